@@ -1,0 +1,103 @@
+#include "core/arena.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct herbs_arena_chunk {
+    herbs_arena_chunk *next;
+    char *base;
+    size_t size, used;
+};
+
+static size_t round_up(size_t n) { return (n + HERBS_ALIGN - 1) / HERBS_ALIGN * HERBS_ALIGN; }
+
+void *herbs_aligned_alloc(size_t bytes)
+{
+    void *p = aligned_alloc(HERBS_ALIGN, round_up(bytes ? bytes : 1));
+    if (!p)
+        herbs_error(HERBS_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
+    return p;
+}
+
+void herbs_free(void *ptr) { free(ptr); }
+
+static herbs_arena_chunk *chunk_new(size_t size)
+{
+    herbs_arena_chunk *c = malloc(sizeof *c);
+    if (!c) {
+        herbs_error(HERBS_ERR_NOMEM, "out of memory allocating an arena chunk");
+        return NULL;
+    }
+    c->base = herbs_aligned_alloc(size);
+    if (!c->base) {
+        free(c);
+        return NULL;
+    }
+    c->next = NULL;
+    c->size = round_up(size);
+    c->used = 0;
+    return c;
+}
+
+static void chunks_free(herbs_arena_chunk *c)
+{
+    while (c) {
+        herbs_arena_chunk *next = c->next;
+        herbs_free(c->base);
+        free(c);
+        c = next;
+    }
+}
+
+void herbs_arena_init(herbs_arena *arena) { memset(arena, 0, sizeof *arena); }
+
+void herbs_arena_free(herbs_arena *arena)
+{
+    chunks_free(arena->chunks);
+    herbs_arena_init(arena);
+}
+
+herbs_status herbs_arena_reset(herbs_arena *arena)
+{
+    if (arena->used > arena->high_water)
+        arena->high_water = arena->used;
+    arena->used = 0;
+    if (arena->chunks && arena->chunks->next) { /* several chunks: merge into one */
+        chunks_free(arena->chunks);
+        arena->chunks = chunk_new(arena->high_water);
+        if (!arena->chunks)
+            return HERBS_ERR_NOMEM;
+    }
+    if (arena->chunks)
+        arena->chunks->used = 0;
+    return HERBS_OK;
+}
+
+void *herbs_arena_alloc(herbs_arena *arena, size_t bytes)
+{
+    size_t need = round_up(bytes ? bytes : 1);
+    herbs_arena_chunk *c = arena->chunks;
+    if (!c || c->size - c->used < need) {
+        size_t size = need > (1u << 20) ? need : (1u << 20);
+        if (!c && arena->high_water > size)
+            size = arena->high_water;
+        herbs_arena_chunk *fresh = chunk_new(size);
+        if (!fresh)
+            return NULL;
+        fresh->next = c;
+        arena->chunks = c = fresh;
+    }
+    void *p = c->base + c->used;
+    c->used += need;
+    arena->used += need;
+    return p;
+}
+
+float *herbs_arena_floats(herbs_arena *arena, size_t count, int zero)
+{
+    float *p = herbs_arena_alloc(arena, count * sizeof(float));
+    if (p && zero)
+        memset(p, 0, count * sizeof(float));
+    return p;
+}

@@ -1,0 +1,38 @@
+/* An arena: bump allocation of 64-byte aligned blocks for one purpose (a model's saved
+   activations, say). The first pass through a computation may spill into extra chunks; the
+   next reset merges everything into one chunk of the high-water mark, so a steady state
+   allocates nothing. */
+#ifndef HERBS_CORE_ARENA_H
+#define HERBS_CORE_ARENA_H
+
+#include <stddef.h>
+
+#include "core/error.h"
+
+#define HERBS_ALIGN 64
+
+typedef struct herbs_arena_chunk herbs_arena_chunk;
+
+typedef struct {
+    herbs_arena_chunk *chunks; /* newest first */
+    size_t used;               /* bytes handed out since the last reset, with padding */
+    size_t high_water;         /* most bytes ever handed out between two resets */
+} herbs_arena;
+
+void herbs_arena_init(herbs_arena *arena);
+void herbs_arena_free(herbs_arena *arena);
+
+/* Forgets every allocation (pointers become invalid) and keeps the memory for reuse. */
+herbs_status herbs_arena_reset(herbs_arena *arena);
+
+/* 64-byte aligned memory for `bytes` bytes (not zeroed), or NULL with an error recorded. */
+void *herbs_arena_alloc(herbs_arena *arena, size_t bytes);
+
+/* Same for `count` floats; zero-filled when `zero` is set. */
+float *herbs_arena_floats(herbs_arena *arena, size_t count, int zero);
+
+/* Aligned heap memory outside any arena; free with herbs_free. NULL with an error recorded. */
+void *herbs_aligned_alloc(size_t bytes);
+void herbs_free(void *ptr);
+
+#endif

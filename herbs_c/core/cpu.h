@@ -1,0 +1,20 @@
+/* Which instruction sets the CPU has, and which one the engine's hand-written kernels use. */
+#ifndef HERBS_CORE_CPU_H
+#define HERBS_CORE_CPU_H
+
+#include "core/error.h"
+
+typedef enum { HERBS_ISA_PORTABLE = 0, HERBS_ISA_AVX2 = 1, HERBS_ISA_AVX512 = 2 } herbs_isa;
+
+/* The best ISA this CPU supports. */
+herbs_isa herbs_isa_best(void);
+
+/* The ISA in use: the best one, unless herbs_isa_select chose a lower one. */
+herbs_isa herbs_isa_current(void);
+
+/* Chooses by name ("avx512", "avx2", "portable"); fails if unknown or not supported here. */
+herbs_status herbs_isa_select(const char *name);
+
+const char *herbs_isa_name(herbs_isa isa);
+
+#endif

@@ -1,0 +1,13 @@
+/* How many OpenMP threads the engine uses; set from Python with herbs.set_num_threads. */
+#ifndef HERBS_CORE_THREADS_H
+#define HERBS_CORE_THREADS_H
+
+/* The thread count for the next parallel region (>= 1). */
+int herbs_num_threads(void);
+void herbs_set_num_threads(int n);
+
+/* Threads worth using for `work` units when one thread should get at least `grain` of them;
+   1 inside an enclosing parallel region, so nested calls stay serial. */
+int herbs_threads_for(double work, double grain);
+
+#endif

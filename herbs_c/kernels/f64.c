@@ -1,0 +1,6 @@
+/* The double-precision build of the templated kernels (names suffixed _f64), which the
+   finite-difference tests call. Each kernel file listed here is also compiled on its own as
+   float. A kernel's static helpers must have names unique across these files. */
+#define HERBS_F64
+#include "kernels/gemm_reference.c"
+#include "kernels/linear.c"

@@ -1,0 +1,23 @@
+/* Portable micro-kernel in plain C: a 4x16 tile the compiler vectorises for whatever the
+   baseline of the build is (SSE2 on x86-64, NEON on arm64). */
+#include "kernels/gemm_microkernels.h"
+
+#define MR 4
+#define NR 16
+
+static void kernel_4x16(int K, const float *a, const float *b, float *c, long ldc, float alpha, float beta)
+{
+    float acc[MR][NR] = {{0}};
+    for (int k = 0; k < K; k++) {
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++)
+                acc[i][j] += a[i] * b[j];
+        a += MR;
+        b += NR;
+    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++)
+            c[i * ldc + j] = beta == 0.0f ? alpha * acc[i][j] : alpha * acc[i][j] + beta * c[i * ldc + j];
+}
+
+const gemm_microkernel gemm_microkernel_portable = {"portable 4x16", MR, NR, 256, 256, 4096, kernel_4x16};

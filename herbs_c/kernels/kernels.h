@@ -1,0 +1,21 @@
+/* Declarations of every kernel, twice: float (the engine) and double (suffix _f64).
+   Kernels are pure math on raw buffers: shapes are arguments, gradients accumulate (+=). */
+#ifndef HERBS_KERNELS_H
+#define HERBS_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define real float
+#define FN(name) name
+#include "kernels/list.h"
+#undef real
+#undef FN
+
+#define real double
+#define FN(name) name##_f64
+#include "kernels/list.h"
+#undef real
+#undef FN
+
+#endif

@@ -1,0 +1,9 @@
+/* A fully connected layer, PyTorch's Linear: weight [OC, C], bias [OC] (NULL for none). */
+
+/* out[N,OC] = inp[N,C] · weightᵀ + bias */
+void FN(linear_forward)(real *out, const real *inp, const real *weight, const real *bias, int N, int C, int OC);
+
+/* dinp[N,C] += dout[N,OC] · weight; dweight[OC,C] += doutᵀ · inp; dbias[OC] += Σ_n dout.
+   Any of dinp, dweight, dbias may be NULL (not wanted). */
+void FN(linear_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
+                         const real *weight, int N, int C, int OC);

@@ -1,0 +1,3 @@
+/* The kernel headers, each a template over `real` and `FN` (see kernels.h): no include guards. */
+#include "kernels/gemm.h"
+#include "kernels/linear.h"

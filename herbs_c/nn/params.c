@@ -1,0 +1,138 @@
+#include "nn/params.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/arena.h"
+#include "core/rng.h"
+
+void params_init(herbs_params *t) { memset(t, 0, sizeof *t); }
+
+void params_free(herbs_params *t)
+{
+    free(t->entries);
+    herbs_free(t->params);
+    herbs_free(t->grads);
+    herbs_free(t->buffers);
+    params_init(t);
+}
+
+const herbs_tensor_info *params_find(const herbs_params *t, const char *name)
+{
+    for (int i = 0; i < t->count; i++)
+        if (strcmp(t->entries[i].name, name) == 0)
+            return &t->entries[i];
+    return NULL;
+}
+
+herbs_status params_add(herbs_params *t, size_t *offset, herbs_tensor_kind kind, herbs_init init,
+                        const char *prefix, const char *name, int ndim, ...)
+{
+    char full[HERBS_NAME_MAX];
+    if (snprintf(full, sizeof full, "%s%s", prefix ? prefix : "", name) >= (int)sizeof full)
+        return herbs_error(HERBS_ERR_VALUE, "tensor name '%s%s' is too long", prefix ? prefix : "", name);
+    if (t->params || t->buffers)
+        return herbs_error(HERBS_ERR_STATE, "tensor '%s' added after the blocks were allocated", full);
+    if (params_find(t, full))
+        return herbs_error(HERBS_ERR_VALUE, "tensor '%s' registered twice", full);
+    if (ndim < 0 || ndim > HERBS_MAX_DIMS)
+        return herbs_error(HERBS_ERR_VALUE, "tensor '%s' has %d dimensions (at most %d)", full, ndim, HERBS_MAX_DIMS);
+    if (t->count == t->capacity) {
+        int cap = t->capacity ? 2 * t->capacity : 64;
+        herbs_tensor_info *grown = realloc(t->entries, cap * sizeof *grown);
+        if (!grown)
+            return herbs_error(HERBS_ERR_NOMEM, "out of memory growing the parameter table");
+        t->entries = grown;
+        t->capacity = cap;
+    }
+    herbs_tensor_info *e = &t->entries[t->count];
+    memset(e, 0, sizeof *e);
+    strcpy(e->name, full);
+    e->kind = kind;
+    e->init = init;
+    e->ndim = ndim;
+    e->size = 1;
+    va_list ap;
+    va_start(ap, ndim);
+    for (int d = 0; d < ndim; d++) {
+        e->shape[d] = va_arg(ap, int64_t);
+        e->size *= (size_t)e->shape[d];
+    }
+    va_end(ap);
+    size_t *total = kind == HERBS_PARAMETER ? &t->n_params : &t->n_buffers;
+    e->offset = *total;
+    *total += (e->size + 15) / 16 * 16; /* every tensor starts 64-byte aligned */
+    *offset = e->offset;
+    t->count++;
+    return HERBS_OK;
+}
+
+static float *zeroed_block(size_t floats)
+{
+    float *p = herbs_aligned_alloc(floats * sizeof(float));
+    if (p)
+        memset(p, 0, floats * sizeof(float));
+    return p;
+}
+
+herbs_status params_allocate(herbs_params *t, uint64_t seed)
+{
+    if (t->params || t->buffers)
+        return herbs_error(HERBS_ERR_STATE, "parameter blocks allocated twice");
+    t->params = zeroed_block(t->n_params);
+    t->grads = zeroed_block(t->n_params);
+    t->buffers = zeroed_block(t->n_buffers);
+    if (!t->params || !t->grads || !t->buffers) {
+        herbs_free(t->params);
+        herbs_free(t->grads);
+        herbs_free(t->buffers);
+        t->params = t->grads = t->buffers = NULL;
+        return herbs_error(HERBS_ERR_NOMEM, "out of memory for %zu parameters", t->n_params);
+    }
+    params_initialize(t, seed);
+    return HERBS_OK;
+}
+
+/* A standard normal number for (seed, stream, counter), by Box-Muller. */
+static float normal01(uint64_t seed, uint64_t stream, uint64_t counter)
+{
+    float u1 = herbs_rng_uniform(seed, stream, 2 * counter), u2 = herbs_rng_uniform(seed, stream, 2 * counter + 1);
+    return sqrtf(-2.0f * logf(1.0f - u1)) * cosf(6.28318530718f * u2);
+}
+
+static float init_value(herbs_init init, uint64_t seed, uint64_t stream, uint64_t i)
+{
+    switch (init.type) {
+    case HERBS_INIT_CONSTANT: return init.a;
+    case HERBS_INIT_NORMAL: return init.a * normal01(seed, stream, i);
+    case HERBS_INIT_TRUNC_NORMAL:
+        for (uint64_t attempt = 0;; attempt++) { /* rejection: keeps 95% of draws */
+            float z = normal01(seed, stream, i + (attempt << 40));
+            if (fabsf(z) <= 2.0f)
+                return init.a * z;
+        }
+    case HERBS_INIT_UNIFORM: return init.a * (2.0f * herbs_rng_uniform(seed, stream, i) - 1.0f);
+    default: return 0.0f;
+    }
+}
+
+void params_initialize(herbs_params *t, uint64_t seed)
+{
+    for (int k = 0; k < t->count; k++) {
+        const herbs_tensor_info *e = &t->entries[k];
+        float *data = (e->kind == HERBS_PARAMETER ? t->params : t->buffers) + e->offset;
+#pragma omp parallel for schedule(static) if (e->size > 65536)
+        for (size_t i = 0; i < e->size; i++)
+            data[i] = init_value(e->init, seed, (uint64_t)k, i);
+    }
+    params_zero_grads(t);
+}
+
+void params_zero_grads(herbs_params *t)
+{
+    if (t->grads)
+        memset(t->grads, 0, t->n_params * sizeof(float));
+}

@@ -1,0 +1,363 @@
+/* herbs._C.Net: any network of the engine (see nn/net.h) as a Python object. Parameters,
+   gradients and buffers are exposed as NumPy views of the engine's blocks (no copies);
+   outputs are copied out. Compute releases the GIL; a second thread calling the same net
+   while it computes gets a RuntimeError instead of a race. */
+#include "py/binding.h" /* first: Python.h must precede system headers */
+
+#include <string.h>
+
+#include "nn/net.h"
+
+typedef struct {
+    PyObject_HEAD
+    herbs_net *net;
+    int busy; /* read and written with the GIL held */
+} NetObject;
+
+/* dict -> herbs_config: numbers, sequences of numbers and strings; None means "default". */
+static int config_from_dict(PyObject *dict, herbs_config *c)
+{
+    memset(c, 0, sizeof *c);
+    if (!PyDict_Check(dict)) {
+        PyErr_Format(PyExc_TypeError, "config must be a dict, got %s", Py_TYPE(dict)->tp_name);
+        return 0;
+    }
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(dict, &pos, &key, &value)) {
+        const char *k = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
+        if (!k) {
+            PyErr_SetString(PyExc_TypeError, "config keys must be strings");
+            return 0;
+        }
+        herbs_status s = HERBS_OK;
+        if (value == Py_None)
+            continue;
+        if (PyUnicode_Check(value)) {
+            s = config_set_text(c, k, PyUnicode_AsUTF8(value));
+        } else if (PyList_Check(value) || PyTuple_Check(value)) {
+            double v[HERBS_CONFIG_MAX_VALUES];
+            Py_ssize_t n = PySequence_Size(value);
+            if (n > HERBS_CONFIG_MAX_VALUES) {
+                PyErr_Format(PyExc_ValueError, "config '%s' has %zd values (at most %d)", k, n, HERBS_CONFIG_MAX_VALUES);
+                return 0;
+            }
+            for (Py_ssize_t i = 0; i < n; i++) {
+                PyObject *item = PySequence_GetItem(value, i);
+                v[i] = item ? PyFloat_AsDouble(item) : -1.0;
+                Py_XDECREF(item);
+                if (PyErr_Occurred()) {
+                    PyErr_Format(PyExc_TypeError, "config '%s' must hold numbers", k);
+                    return 0;
+                }
+            }
+            s = config_set_numbers(c, k, v, (int)n);
+        } else {
+            double v = PyFloat_AsDouble(value);
+            if (PyErr_Occurred()) {
+                PyErr_Format(PyExc_TypeError, "config '%s' must be a number, a sequence of numbers or a string, got %s",
+                             k, Py_TYPE(value)->tp_name);
+                return 0;
+            }
+            s = config_set_numbers(c, k, &v, 1);
+        }
+        if (s != HERBS_OK) {
+            raise_status(s);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int Net_init(NetObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"kind", "config", "seed", NULL};
+    const char *kind;
+    PyObject *dict = NULL;
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|OK", kwlist, &kind, &dict, &seed))
+        return -1;
+    herbs_config config;
+    PyObject *empty = NULL;
+    if (!dict)
+        dict = empty = PyDict_New();
+    int ok = config_from_dict(dict, &config);
+    Py_XDECREF(empty);
+    if (!ok)
+        return -1;
+    if (self->net) {
+        PyErr_SetString(PyExc_RuntimeError, "Net is already initialised");
+        return -1;
+    }
+    herbs_status s = net_create(&self->net, kind, &config, seed);
+    if (s != HERBS_OK) {
+        raise_status(s);
+        return -1;
+    }
+    return 0;
+}
+
+static void Net_dealloc(NetObject *self)
+{
+    net_free(self->net);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int claim(NetObject *self)
+{
+    if (!self->net) {
+        PyErr_SetString(PyExc_RuntimeError, "Net is not initialised");
+        return 0;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "this network is busy in another thread; one call at a time per network");
+        return 0;
+    }
+    self->busy = 1;
+    return 1;
+}
+
+static const char *kind_name(herbs_tensor_kind kind)
+{
+    return kind == HERBS_PARAMETER ? "parameter" : kind == HERBS_BUFFER ? "buffer" : "buffer_int64";
+}
+
+static PyObject *Net_tensors(NetObject *self, PyObject *unused)
+{
+    if (!claim(self))
+        return NULL;
+    self->busy = 0;
+    const herbs_params *t = &self->net->params;
+    PyObject *list = PyList_New(t->count);
+    for (int i = 0; list && i < t->count; i++) {
+        const herbs_tensor_info *e = &t->entries[i];
+        PyObject *shape = PyTuple_New(e->ndim);
+        for (int d = 0; shape && d < e->ndim; d++)
+            PyTuple_SET_ITEM(shape, d, PyLong_FromLongLong(e->shape[d]));
+        PyObject *row = shape ? Py_BuildValue("(ssNnn)", e->name, kind_name(e->kind), shape, (Py_ssize_t)e->offset,
+                                              (Py_ssize_t)e->size)
+                              : NULL;
+        if (!row) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, row);
+    }
+    return list;
+}
+
+/* A 1-D float32 view of `data` (n floats) that keeps `self` alive. */
+static PyObject *block_view(NetObject *self, float *data, size_t n)
+{
+    npy_intp dim = (npy_intp)n;
+    PyObject *view = PyArray_SimpleNewFromData(1, &dim, NPY_FLOAT32, data);
+    if (!view)
+        return NULL;
+    Py_INCREF(self);
+    if (PyArray_SetBaseObject((PyArrayObject *)view, (PyObject *)self) < 0) {
+        Py_DECREF(view);
+        return NULL;
+    }
+    return view;
+}
+
+static PyObject *Net_get_params(NetObject *self, void *c) { return block_view(self, self->net->params.params, self->net->params.n_params); }
+static PyObject *Net_get_grads(NetObject *self, void *c) { return block_view(self, self->net->params.grads, self->net->params.n_params); }
+static PyObject *Net_get_buffers(NetObject *self, void *c) { return block_view(self, self->net->params.buffers, self->net->params.n_buffers); }
+static PyObject *Net_get_kind(NetObject *self, void *c) { return PyUnicode_FromString(self->net->ops->kind); }
+static PyObject *Net_get_image_shape(NetObject *self, void *c)
+{
+    return Py_BuildValue("(iii)", self->net->in_channels, self->net->height, self->net->width);
+}
+
+static PyObject *Net_forward(NetObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"images", "train", NULL};
+    PyObject *obj;
+    int train = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|p", kwlist, &obj, &train))
+        return NULL;
+    if (!claim(self))
+        return NULL;
+    herbs_net *net = self->net;
+    PyObject *result = NULL;
+    int dtype = NPY_FLOAT32;
+    PyArrayObject *x = check_float_array(obj, "images", 4, &dtype);
+    if (!x)
+        goto done;
+    npy_intp want[4] = {PyArray_DIM(x, 0), net->in_channels, net->height, net->width};
+    if (!PyArray_CompareLists(PyArray_DIMS(x) + 1, want + 1, 3) || PyArray_DIM(x, 0) < 1 || PyArray_DIM(x, 0) > 1 << 20) {
+        char got[128], expect[128];
+        format_shape(got, sizeof got, 4, PyArray_DIMS(x));
+        format_shape(expect, sizeof expect, 3, want + 1);
+        PyErr_Format(PyExc_ValueError, "images have shape %s, expected (batch, %s) with batch >= 1", got, expect + 1);
+        goto done;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(x)) {
+        PyErr_SetString(PyExc_ValueError, "images must be C-contiguous (use numpy.ascontiguousarray)");
+        goto done;
+    }
+    herbs_status s;
+    const float *data = PyArray_DATA(x);
+    int batch = (int)PyArray_DIM(x, 0);
+    Py_BEGIN_ALLOW_THREADS
+    s = net->ops->forward(net, data, batch, train);
+    Py_END_ALLOW_THREADS
+    if (s != HERBS_OK) {
+        raise_status(s);
+        goto done;
+    }
+    result = PyDict_New();
+    for (int i = 0; result && i < net->n_outputs; i++) {
+        const herbs_output *o = &net->outputs[i];
+        npy_intp dims[HERBS_MAX_DIMS];
+        for (int d = 0; d < o->ndim; d++)
+            dims[d] = (npy_intp)o->shape[d];
+        PyObject *arr = PyArray_SimpleNew(o->ndim, dims, NPY_FLOAT32);
+        if (!arr || PyDict_SetItemString(result, o->name, arr) < 0) {
+            Py_XDECREF(arr);
+            Py_CLEAR(result);
+            break;
+        }
+        memcpy(PyArray_DATA((PyArrayObject *)arr), o->data, PyArray_NBYTES((PyArrayObject *)arr));
+        Py_DECREF(arr);
+    }
+done:
+    self->busy = 0;
+    return result;
+}
+
+/* Copies the arrays of `grads` (output name -> array of the output's shape) into the outputs'
+   gradient buffers; outputs not named keep a zero gradient. */
+static int set_output_grads(herbs_net *net, PyObject *grads)
+{
+    if (!PyDict_Check(grads)) {
+        PyErr_Format(PyExc_TypeError, "grads must be a dict of output name -> array, got %s", Py_TYPE(grads)->tp_name);
+        return 0;
+    }
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(grads, &pos, &key, &value)) {
+        const char *name = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
+        herbs_output *o = NULL;
+        for (int i = 0; name && i < net->n_outputs; i++)
+            if (strcmp(net->outputs[i].name, name) == 0)
+                o = &net->outputs[i];
+        if (!o) {
+            PyErr_Format(PyExc_ValueError, "grads names %R, which is not an output of the last forward", key);
+            return 0;
+        }
+        int dtype = NPY_FLOAT32;
+        PyArrayObject *g = check_float_array(value, name, o->ndim, &dtype);
+        if (!g)
+            return 0;
+        npy_intp dims[HERBS_MAX_DIMS];
+        for (int d = 0; d < o->ndim; d++)
+            dims[d] = (npy_intp)o->shape[d];
+        if (!PyArray_CompareLists(PyArray_DIMS(g), dims, o->ndim) || !PyArray_IS_C_CONTIGUOUS(g)) {
+            char got[128], expect[128];
+            format_shape(got, sizeof got, o->ndim, PyArray_DIMS(g));
+            format_shape(expect, sizeof expect, o->ndim, dims);
+            PyErr_Format(PyExc_ValueError, "gradient of '%s' has shape %s, expected a C-contiguous %s", name, got, expect);
+            return 0;
+        }
+        memcpy(o->grad, PyArray_DATA(g), PyArray_NBYTES(g));
+    }
+    return 1;
+}
+
+static PyObject *Net_backward(NetObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"grads", "input_grad", NULL};
+    PyObject *grads;
+    int input_grad = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|p", kwlist, &grads, &input_grad))
+        return NULL;
+    if (!claim(self))
+        return NULL;
+    herbs_net *net = self->net;
+    PyObject *dimages = NULL, *result = NULL;
+    if (net->forward_batch == 0 || net->backward_done) {
+        PyErr_SetString(PyExc_RuntimeError, "backward needs a forward pass before it (one backward per forward)");
+        goto done;
+    }
+    if (!set_output_grads(net, grads))
+        goto done;
+    if (input_grad) {
+        npy_intp dims[4] = {net->forward_batch, net->in_channels, net->height, net->width};
+        if (!(dimages = PyArray_ZEROS(4, dims, NPY_FLOAT32, 0)))
+            goto done;
+    }
+    herbs_status s;
+    float *dx = dimages ? PyArray_DATA((PyArrayObject *)dimages) : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    s = net->ops->backward(net, dx);
+    Py_END_ALLOW_THREADS
+    net->backward_done = 1;
+    if (s != HERBS_OK) {
+        raise_status(s);
+        goto done;
+    }
+    result = dimages ? dimages : Py_None;
+    Py_INCREF(result);
+done:
+    Py_XDECREF(dimages);
+    self->busy = 0;
+    return result;
+}
+
+static PyObject *Net_zero_grad(NetObject *self, PyObject *unused)
+{
+    if (!claim(self))
+        return NULL;
+    params_zero_grads(&self->net->params);
+    self->busy = 0;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Net_methods[] = {
+    {"tensors", (PyCFunction)Net_tensors, METH_NOARGS,
+     "tensors() -> [(name, kind, shape, offset, size)]: the table of parameters ('parameter', offsets into\n"
+     "params/grads) and buffers ('buffer' or 'buffer_int64', offsets into buffers), in PyTorch's names."},
+    {"forward", (PyCFunction)(void (*)(void))Net_forward, METH_VARARGS | METH_KEYWORDS,
+     "forward(images, train=False) -> {name: array}: images float32 [B, C, H, W], C-contiguous."},
+    {"backward", (PyCFunction)(void (*)(void))Net_backward, METH_VARARGS | METH_KEYWORDS,
+     "backward(grads, input_grad=False) -> image gradient or None: from {output name: gradient} (absent\n"
+     "outputs count as zero) to the parameter gradients, which accumulate."},
+    {"zero_grad", (PyCFunction)Net_zero_grad, METH_NOARGS, "zero_grad(): sets every parameter gradient to 0."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Net_getset[] = {
+    {"params", (getter)Net_get_params, NULL, "float32 view of the parameter block", NULL},
+    {"grads", (getter)Net_get_grads, NULL, "float32 view of the gradient block (same offsets)", NULL},
+    {"buffers", (getter)Net_get_buffers, NULL, "float32 view of the buffer block", NULL},
+    {"kind", (getter)Net_get_kind, NULL, "the network's kind", NULL},
+    {"image_shape", (getter)Net_get_image_shape, NULL, "(channels, height, width) of the images it takes", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject NetType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "herbs._C.Net",
+    .tp_basicsize = sizeof(NetObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Net(kind, config=None, seed=0): a network of the engine, built from a config dict.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Net_init,
+    .tp_dealloc = (destructor)Net_dealloc,
+    .tp_methods = Net_methods,
+    .tp_getset = Net_getset,
+};
+
+int register_net_type(PyObject *module)
+{
+    if (PyType_Ready(&NetType) < 0)
+        return -1;
+    Py_INCREF(&NetType);
+    if (PyModule_AddObject(module, "Net", (PyObject *)&NetType) < 0) {
+        Py_DECREF(&NetType);
+        return -1;
+    }
+    return 0;
+}

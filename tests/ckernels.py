@@ -1,0 +1,73 @@
+"""Direct access to the engine's kernels for tests, through ctypes on the extension itself.
+
+Every kernel is compiled twice (float, and double with the suffix ``_f64``; see
+herbs_c/kernels/precision.h). Tests call the double versions for finite-difference checks and
+the float versions for comparisons with PyTorch. ``call`` passes NumPy arrays as pointers and
+Python ints and floats by the C types of the kernel's prototype, declared in SIGNATURES; it
+checks that every array is C-contiguous and of the kernel's precision, but the shapes are the
+test's responsibility, as they are the C caller's.
+"""
+import ctypes
+
+import numpy as np
+
+import herbs._C
+
+LIB = ctypes.CDLL(herbs._C.__file__)
+
+# kernel name -> argument kinds: "p" real pointer (None for NULL), "i" int, "l" long, "r" real,
+# "u" uint64, "P" int pointer (int32 array)
+SIGNATURES = {
+    "gemm": "iiiiirplplrpl",
+    "linear_forward": "ppppiii",
+    "linear_backward": "ppppppiii",
+}
+
+
+def _ctype(kind, real):
+    return {
+        "p": ctypes.c_void_p,
+        "P": ctypes.c_void_p,
+        "i": ctypes.c_int,
+        "l": ctypes.c_long,
+        "u": ctypes.c_uint64,
+        "r": ctypes.c_double if real == np.float64 else ctypes.c_float,
+    }[kind]
+
+
+def call(name, *args, dtype=np.float64):
+    """Calls kernel `name` in the precision of `dtype` with NumPy arrays and numbers."""
+    sig = SIGNATURES[name]
+    if len(args) != len(sig):
+        raise TypeError(f"{name} takes {len(sig)} arguments, got {len(args)}")
+    fn = getattr(LIB, name + ("_f64" if dtype == np.float64 else ""))
+    fn.restype = None
+    fn.argtypes = [_ctype(k, dtype) for k in sig]
+    converted = []
+    for kind, arg in zip(sig, args):
+        if kind in "pP":
+            if arg is None:
+                converted.append(None)
+                continue
+            want = np.int32 if kind == "P" else dtype
+            if arg.dtype != want or not arg.flags.c_contiguous:
+                raise TypeError(f"{name}: array argument must be C-contiguous {np.dtype(want).name}")
+            converted.append(arg.ctypes.data)
+        else:
+            converted.append(arg)
+    fn(*converted)
+
+
+def numerical_grad(f, x, eps=1e-6):
+    """Central differences of the scalar function f() with respect to the array x, in place."""
+    grad = np.zeros_like(x)
+    flat, g = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        up = f()
+        flat[i] = old - eps
+        down = f()
+        flat[i] = old
+        g[i] = (up - down) / (2 * eps)
+    return grad

@@ -1,0 +1,50 @@
+"""The linear kernel: finite differences in float64 and PyTorch parity in float32."""
+import numpy as np
+import pytest
+import torch
+
+from ckernels import call, numerical_grad
+
+
+@pytest.mark.parametrize("N,C,OC", [(1, 1, 1), (3, 5, 7), (17, 31, 2)])
+def test_linear_backward_matches_finite_differences(N, C, OC):
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((N, C)), rng.standard_normal((OC, C)), rng.standard_normal(OC)
+    probe = rng.standard_normal((N, OC))  # loss = sum(out * probe), so dout = probe
+
+    def loss():
+        out = np.empty((N, OC))
+        call("linear_forward", out, x, w, b, N, C, OC)
+        return float((out * probe).sum())
+
+    dx, dw, db = np.zeros_like(x), np.zeros_like(w), np.zeros_like(b)
+    call("linear_backward", dx, dw, db, probe, x, w, N, C, OC)
+    for analytic, wrt in ((dx, x), (dw, w), (db, b)):
+        np.testing.assert_allclose(analytic, numerical_grad(loss, wrt), rtol=1e-7, atol=1e-8)
+
+
+@pytest.mark.parametrize("N,C,OC", [(1, 3, 2), (65, 129, 31), (200, 96, 288)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_matches_torch(N, C, OC, with_bias):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((N, C), dtype=np.float32)
+    w = rng.standard_normal((OC, C), dtype=np.float32)
+    b = rng.standard_normal(OC, dtype=np.float32) if with_bias else None
+    dout = rng.standard_normal((N, OC), dtype=np.float32)
+
+    out = np.empty((N, OC), np.float32)
+    call("linear_forward", out, x, w, b, N, C, OC, dtype=np.float32)
+    dx = np.full((N, C), 0.5, np.float32)  # gradients accumulate onto what is there
+    dw, db = np.zeros_like(w), np.zeros(OC, np.float32)
+    call("linear_backward", dx, dw, db if with_bias else None, dout, x, w, N, C, OC, dtype=np.float32)
+
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    tb = torch.tensor(b, requires_grad=True) if with_bias else None
+    tout = torch.nn.functional.linear(tx, tw, tb)
+    tout.backward(torch.tensor(dout))
+    # float32 sums of C (or N) products: errors ~ sqrt(C) * eps * |terms|, far below 1e-4 here
+    np.testing.assert_allclose(out, tout.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx - 0.5, tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw, tw.grad.numpy(), rtol=1e-4, atol=2e-4)
+    if with_bias:
+        np.testing.assert_allclose(db, tb.grad.numpy(), rtol=1e-4, atol=1e-4)
