@@ -3,11 +3,13 @@
 Every kernel is compiled twice (float, and double with the suffix ``_f64``; see
 herbs_c/kernels/precision.h). Tests call the double versions for finite-difference checks and
 the float versions for comparisons with PyTorch. ``call`` passes NumPy arrays as pointers and
-Python ints and floats by the C types of the kernel's prototype, declared in SIGNATURES; it
+Python ints and floats by the C types of the kernel's prototype (read from the kernel headers); it
 checks that every array is C-contiguous and of the kernel's precision, but the shapes are the
 test's responsibility, as they are the C caller's.
 """
 import ctypes
+import pathlib
+import re
 
 import numpy as np
 
@@ -15,13 +17,29 @@ import herbs._C
 
 LIB = ctypes.CDLL(herbs._C.__file__)
 
-# kernel name -> argument kinds: "p" real pointer (None for NULL), "i" int, "l" long, "r" real,
-# "u" uint64, "P" int pointer (int32 array)
-SIGNATURES = {
-    "gemm": "iiiiirplplrpl",
-    "linear_forward": "ppppiii",
-    "linear_backward": "ppppppiii",
-}
+KERNEL_HEADERS = pathlib.Path(__file__).resolve().parent.parent / "herbs_c" / "kernels"
+# C parameter type -> argument kind: "p" real pointer (None for NULL), "P" int32 pointer,
+# "i" int, "l" long, "z" size_t, "u" uint64_t, "r" real
+C_TYPES = {"real*": "p", "int*": "P", "int32_t*": "P", "int": "i", "long": "l", "size_t": "z", "uint64_t": "u",
+           "real": "r"}
+
+
+def _signatures():
+    """Kernel name -> argument kinds, read from the templated prototypes `void FN(name)(...)`."""
+    signatures = {}
+    for header in sorted(KERNEL_HEADERS.glob("*.h")):
+        text = re.sub(r"/\*.*?\*/", "", header.read_text(), flags=re.S)
+        for name, params in re.findall(r"void\s+FN\((\w+)\)\s*\(([^)]*)\)\s*;", text):
+            kinds = ""
+            for param in params.split(","):
+                words = param.replace("*", " * ").split()
+                words = [w for w in words if w != "const"][:-1]  # drop qualifiers and the name
+                kinds += C_TYPES["".join(words)]
+            signatures[name] = kinds
+    return signatures
+
+
+SIGNATURES = _signatures()
 
 
 def _ctype(kind, real):
@@ -30,6 +48,7 @@ def _ctype(kind, real):
         "P": ctypes.c_void_p,
         "i": ctypes.c_int,
         "l": ctypes.c_long,
+        "z": ctypes.c_size_t,
         "u": ctypes.c_uint64,
         "r": ctypes.c_double if real == np.float64 else ctypes.c_float,
     }[kind]

@@ -11,7 +11,13 @@ int herbs_num_threads(void)
     return num_threads;
 }
 
-void herbs_set_num_threads(int n) { num_threads = n < 1 ? 1 : n; }
+void herbs_set_num_threads(int n)
+{
+    num_threads = n < 1 ? 1 : n;
+    omp_set_num_threads(num_threads);
+}
+
+void herbs_threads_apply(void) { omp_set_num_threads(herbs_num_threads()); }
 
 int herbs_threads_for(double work, double grain)
 {

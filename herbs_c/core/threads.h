@@ -6,6 +6,10 @@
 int herbs_num_threads(void);
 void herbs_set_num_threads(int n);
 
+/* Makes OpenMP regions started from the calling thread use herbs_num_threads() threads (the
+   count is per OS thread in OpenMP); the binding calls it before every compute call. */
+void herbs_threads_apply(void);
+
 /* Threads worth using for `work` units when one thread should get at least `grain` of them;
    1 inside an enclosing parallel region, so nested calls stay serial. */
 int herbs_threads_for(double work, double grain);

@@ -4,3 +4,5 @@
 #define HERBS_F64
 #include "kernels/gemm_reference.c"
 #include "kernels/linear.c"
+#include "kernels/activations.c"
+#include "kernels/batchnorm.c"

@@ -4,6 +4,7 @@
 
 #include <limits.h>
 
+#include "core/threads.h"
 #include "kernels/kernels.h"
 
 typedef struct {
@@ -119,6 +120,7 @@ static PyObject *run(PyObject *args, PyObject *kw, int batched)
         return NULL;
     void *A = PyArray_DATA(g.a), *B = PyArray_DATA(g.b), *C = PyArray_DATA(g.c);
     Py_BEGIN_ALLOW_THREADS
+    herbs_threads_apply();
     if (g.dtype == NPY_FLOAT32)
         gemm_batched(g.trans_a, g.trans_b, g.M, g.N, g.K, (float)g.alpha, A, g.lda, g.stride_a, B, g.ldb, g.stride_b,
                      (float)g.beta, C, g.ldc, g.stride_c, g.batch);

@@ -6,6 +6,7 @@
 
 #include <string.h>
 
+#include "core/threads.h"
 #include "nn/net.h"
 
 typedef struct {
@@ -201,6 +202,7 @@ static PyObject *Net_forward(NetObject *self, PyObject *args, PyObject *kw)
     const float *data = PyArray_DATA(x);
     int batch = (int)PyArray_DIM(x, 0);
     Py_BEGIN_ALLOW_THREADS
+    herbs_threads_apply();
     s = net->ops->forward(net, data, batch, train);
     Py_END_ALLOW_THREADS
     if (s != HERBS_OK) {
@@ -291,6 +293,7 @@ static PyObject *Net_backward(NetObject *self, PyObject *args, PyObject *kw)
     herbs_status s;
     float *dx = dimages ? PyArray_DATA((PyArrayObject *)dimages) : NULL;
     Py_BEGIN_ALLOW_THREADS
+    herbs_threads_apply();
     s = net->ops->backward(net, dx);
     Py_END_ALLOW_THREADS
     net->backward_done = 1;

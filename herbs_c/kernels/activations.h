@@ -1,0 +1,11 @@
+/* Elementwise activations over n values. Backward kernels accumulate (+=) into dinp. */
+
+/* out[n] = max(inp, 0); out may alias inp */
+void FN(relu_forward)(real *out, const real *inp, size_t n);
+/* dinp[n] += dout * (out > 0), from the forward's output */
+void FN(relu_backward)(real *dinp, const real *dout, const real *out, size_t n);
+
+/* out[n] = x · Φ(x) = x/2 · (1 + erf(x/√2)), the exact GELU; out may alias inp */
+void FN(gelu_forward)(real *out, const real *inp, size_t n);
+/* dinp[n] += dout · (Φ(x) + x·φ(x)), from the forward's input */
+void FN(gelu_backward)(real *dinp, const real *dout, const real *inp, size_t n);

@@ -1,0 +1,24 @@
+/* Batch normalisation with channels last: rows of C channels, statistics per channel over the
+   N rows. BatchNorm1d on tokens [B, S, C] is N = B·S; BatchNorm2d on NHWC is N = B·H·W.
+   weight and bias may be NULL (no affine part); their gradients then must be NULL too. */
+
+/* Train mode: out[N,C] = (inp - mean) · rstd · weight + bias with the batch's mean[C] and
+   rstd[C] = 1/sqrt(var + eps) (biased var), saved for backward; running_mean/running_var[C]
+   (may be NULL) move by momentum towards mean and the unbiased var. Needs N >= 2. */
+void FN(batchnorm_forward_train)(real *out, real *mean, real *rstd, real *running_mean, real *running_var,
+                                 const real *inp, const real *weight, const real *bias, int N, int C, real eps,
+                                 real momentum);
+
+/* Eval mode: out[N,C] = (inp - running_mean) / sqrt(running_var + eps) · weight + bias. */
+void FN(batchnorm_forward_eval)(real *out, const real *inp, const real *running_mean, const real *running_var,
+                                const real *weight, const real *bias, int N, int C, real eps);
+
+/* Backward of train mode (the statistics depend on inp): dinp[N,C] +=, dweight[C] += Σ dout·x̂,
+   dbias[C] += Σ dout. Any gradient may be NULL. */
+void FN(batchnorm_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
+                            const real *weight, const real *mean, const real *rstd, int N, int C);
+
+/* Backward of eval mode (a fixed affine map per channel): the same gradients. */
+void FN(batchnorm_backward_eval)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
+                                 const real *running_mean, const real *running_var, const real *weight, int N,
+                                 int C, real eps);

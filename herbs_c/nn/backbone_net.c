@@ -1,0 +1,67 @@
+/* A backbone as a network of its own, for tests and benchmarks: outputs "layer1".."layer4". */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nn/backbone.h"
+#include "nn/net.h"
+
+typedef struct {
+    herbs_backbone *bb;
+    herbs_net_ops ops; /* the kind's name differs per backbone */
+} backbone_net;
+
+static herbs_status bn_forward(herbs_net *net, const float *images, int batch, int train)
+{
+    backbone_net *impl = net->impl;
+    herbs_backbone *bb = impl->bb;
+    HERBS_TRY(net_begin_forward(net, batch));
+    float *taps[HERBS_TAPS];
+    HERBS_TRY(bb->ops->forward(bb, &net->params, &net->arena, images, batch, train, net->seed, net->step, taps));
+    for (int i = 0; i < HERBS_TAPS; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "layer%d", i + 1);
+        herbs_output *o;
+        HERBS_TRY(net_add_output(net, name, 3, (int64_t[]){batch, bb->tap_tokens[i], bb->tap_channels[i]}, &o));
+        memcpy(o->data, taps[i], (size_t)batch * bb->tap_tokens[i] * bb->tap_channels[i] * sizeof(float));
+    }
+    if (train)
+        net->step++;
+    net->forward_batch = batch;
+    return HERBS_OK;
+}
+
+static herbs_status bn_backward(herbs_net *net, float *dimages)
+{
+    backbone_net *impl = net->impl;
+    const float *dtaps[HERBS_TAPS];
+    for (int i = 0; i < HERBS_TAPS; i++)
+        dtaps[i] = net->outputs[i].grad;
+    return impl->bb->ops->backward(impl->bb, &net->params, &net->arena, dtaps, dimages);
+}
+
+static void bn_destroy(herbs_net *net)
+{
+    backbone_net *impl = net->impl;
+    if (!impl)
+        return;
+    if (impl->bb)
+        impl->bb->ops->destroy(impl->bb);
+    free(impl);
+}
+
+herbs_status backbone_net_init(herbs_net *net, herbs_config *config, herbs_backbone_create_fn create,
+                               const char *kind)
+{
+    backbone_net *impl = calloc(1, sizeof *impl);
+    if (!impl)
+        return herbs_error(HERBS_ERR_NOMEM, "out of memory creating a %s net", kind);
+    impl->ops = (herbs_net_ops){kind, bn_forward, bn_backward, bn_destroy};
+    net->impl = impl;
+    net->ops = &impl->ops;
+    HERBS_TRY(create(&impl->bb, config, &net->params, ""));
+    HERBS_TRY(config_check_all_used(config, kind));
+    net->in_channels = impl->bb->in_channels;
+    net->height = net->width = impl->bb->img_size;
+    return HERBS_OK;
+}

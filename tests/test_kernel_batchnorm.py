@@ -1,0 +1,92 @@
+"""Batch normalisation (channels last): finite differences in float64, PyTorch parity in
+float32 for train mode (batch statistics, running-stat update) and eval mode."""
+import numpy as np
+import pytest
+import torch
+
+from ckernels import call, numerical_grad
+
+
+def bn_train(x, w, b, rm, rv, eps=1e-5, momentum=0.1, dtype=np.float64):
+    N, C = x.shape
+    out, mean, rstd = np.empty_like(x), np.empty(C, dtype), np.empty(C, dtype)
+    call("batchnorm_forward_train", out, mean, rstd, rm, rv, x, w, b, N, C, eps, momentum, dtype=dtype)
+    return out, mean, rstd
+
+
+@pytest.mark.parametrize("N,C", [(2, 1), (7, 17), (31, 3)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_train_backward_matches_finite_differences(N, C, affine):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, C)) * 2 + 1
+    w = rng.standard_normal(C) if affine else None
+    b = rng.standard_normal(C) if affine else None
+    probe = rng.standard_normal((N, C))
+
+    def loss():
+        return float((bn_train(x, w, b, None, None)[0] * probe).sum())
+
+    _, mean, rstd = bn_train(x, w, b, None, None)
+    dx = np.zeros_like(x)
+    dw, db = (np.zeros(C), np.zeros(C)) if affine else (None, None)
+    call("batchnorm_backward", dx, dw, db, probe, x, w, mean, rstd, N, C)
+    np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-6, atol=1e-8)
+    if affine:
+        np.testing.assert_allclose(dw, numerical_grad(loss, w), rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(db, numerical_grad(loss, b), rtol=1e-6, atol=1e-8)
+
+
+def test_eval_backward_matches_finite_differences():
+    rng = np.random.default_rng(1)
+    N, C = 9, 5
+    x, w, b = rng.standard_normal((N, C)), rng.standard_normal(C), rng.standard_normal(C)
+    rm, rv = rng.standard_normal(C), rng.uniform(0.5, 2, C)
+    probe = rng.standard_normal((N, C))
+
+    def loss():
+        out = np.empty_like(x)
+        call("batchnorm_forward_eval", out, x, rm, rv, w, b, N, C, 1e-5)
+        return float((out * probe).sum())
+
+    dx, dw, db = np.zeros_like(x), np.zeros(C), np.zeros(C)
+    call("batchnorm_backward_eval", dx, dw, db, probe, x, rm, rv, w, N, C, 1e-5)
+    for analytic, wrt in ((dx, x), (dw, w), (db, b)):
+        np.testing.assert_allclose(analytic, numerical_grad(loss, wrt), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("B,C,H,W", [(2, 3, 5, 7), (4, 64, 14, 14), (3, 33, 1, 1)])
+def test_matches_torch_batchnorm2d(B, C, H, W):
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((B, C, H, W)) * 3 + 2).astype(np.float32)
+    g = rng.standard_normal((B, C, H, W)).astype(np.float32)
+    bn = torch.nn.BatchNorm2d(C)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor(rng.standard_normal(C).astype(np.float32)))
+        bn.bias.copy_(torch.tensor(rng.standard_normal(C).astype(np.float32)))
+        bn.running_mean.copy_(torch.tensor(rng.standard_normal(C).astype(np.float32)))
+        bn.running_var.copy_(torch.tensor(rng.uniform(0.5, 2, C).astype(np.float32)))
+    w, b = bn.weight.detach().numpy().copy(), bn.bias.detach().numpy().copy()
+    rm, rv = bn.running_mean.numpy().copy(), bn.running_var.numpy().copy()
+    nhwc = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1).reshape(-1, C))
+    N = B * H * W
+
+    # eval mode, before the running statistics move
+    out = np.empty((N, C), np.float32)
+    call("batchnorm_forward_eval", out, nhwc(x), rm, rv, w, b, N, C, 1e-5, dtype=np.float32)
+    bn.eval()
+    np.testing.assert_allclose(out, nhwc(bn(torch.tensor(x)).detach().numpy()), rtol=1e-5, atol=1e-5)
+
+    # train mode
+    bn.train()
+    tx = torch.tensor(x, requires_grad=True)
+    ty = bn(tx)
+    ty.backward(torch.tensor(g))
+    out, mean, rstd = bn_train(nhwc(x), w, b, rm, rv, dtype=np.float32)
+    dx, dw, db = np.zeros((N, C), np.float32), np.zeros(C, np.float32), np.zeros(C, np.float32)
+    call("batchnorm_backward", dx, dw, db, nhwc(g), nhwc(x), w, mean, rstd, N, C, dtype=np.float32)
+    np.testing.assert_allclose(out, nhwc(ty.detach().numpy()), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rm, bn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rv, bn.running_var.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx, nhwc(tx.grad.numpy()), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw, bn.weight.grad.numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(db, bn.bias.grad.numpy(), rtol=1e-4, atol=1e-3)
