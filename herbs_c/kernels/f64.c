@@ -6,3 +6,4 @@
 #include "kernels/linear.c"
 #include "kernels/activations.c"
 #include "kernels/batchnorm.c"
+#include "kernels/optim.c"

@@ -3,3 +3,4 @@
 #include "kernels/linear.h"
 #include "kernels/activations.h"
 #include "kernels/batchnorm.h"
+#include "kernels/optim.h"

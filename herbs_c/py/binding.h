@@ -29,6 +29,7 @@ void format_shape(char *buf, size_t size, int ndim, const npy_intp *shape);
 /* The methods each part of the binding adds to herbs._C, and the types it registers. */
 extern PyMethodDef gemm_methods[];
 extern PyMethodDef core_methods[];
+extern PyMethodDef optim_methods[];
 int register_net_type(PyObject *module);
 
 #endif

@@ -9,7 +9,7 @@
 #include "core/cpu.h"
 #include "py/binding.h"
 
-static PyMethodDef *method_tables[] = {core_methods, gemm_methods};
+static PyMethodDef *method_tables[] = {core_methods, gemm_methods, optim_methods};
 
 static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "herbs._C",
                                         "The herbs engine: C kernels for HERBS behind NumPy arrays.", -1, NULL};

@@ -1,0 +1,12 @@
+/* Optimiser updates: one flat loop over a parameter block, as PyTorch's torch.optim does per
+   tensor (same formulas, same order of operations). */
+
+/* SGD, PyTorch semantics with dampening 0: g = grad + weight_decay·p;
+   buf = momentum·buf + g; p -= lr · (nesterov ? g + momentum·buf : buf). All [n]. */
+void FN(sgd_update)(real *params, const real *grads, real *momentum_buf, size_t n, real lr, real momentum,
+                    real weight_decay, int nesterov);
+
+/* AdamW, PyTorch semantics: p *= 1 - lr·weight_decay; m += (1-β1)·(g - m); v = β2·v + (1-β2)·g²;
+   p -= lr/(1-β1^step) · m / (sqrt(v)/sqrt(1-β2^step) + eps), step counted from 1. All [n]. */
+void FN(adamw_update)(real *params, const real *grads, real *exp_avg, real *exp_avg_sq, size_t n, real lr,
+                      real beta1, real beta2, real eps, real weight_decay, int step);
