@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import mmap
 import os
 import pickle
 import re
@@ -113,7 +114,7 @@ def _storage_bytes_dtype(dtype: Any) -> np.dtype:
 def _to_native(raw: np.ndarray, dtype: Any, big_endian: bool = False) -> np.ndarray:
     """Raw storage as read from a file -> a native-endian array (bfloat16 widened to float32)."""
     if big_endian and raw.dtype.itemsize > 1:
-        raw = raw.byteswap().view(raw.dtype.newbyteorder(">"))
+        raw = raw.view(raw.dtype.newbyteorder(">"))
     if dtype is _BF16:
         return (raw.astype(np.uint32) << 16).view(np.float32)
     if not raw.dtype.isnative:
@@ -157,8 +158,9 @@ def detect_format(path: str) -> str:
             try:
                 with zipfile.ZipFile(f) as z:
                     names = z.namelist()
-            except (zipfile.BadZipFile, OSError, EOFError) as e:
-                raise WeightsFormatError(f"{path}: a zip archive that is truncated or corrupt ({e})") from e
+            except Exception as e:  # zipfile raises several kinds on damaged archives
+                raise WeightsFormatError(f"{path}: a zip archive that is truncated or corrupt "
+                                         f"({type(e).__name__}: {e})") from e
             if _torch_archive_prefix(path, names) is not None:
                 return "torch"
             if all(n.endswith(".npy") for n in names):
@@ -276,6 +278,13 @@ class _TorchUnpickler(pickle.Unpickler):
         self._load_storage = load_storage
         self._storages: Dict[str, Optional[np.ndarray]] = {}
 
+    def load(self):
+        try:
+            return super().load()
+        except MemoryError:  # the pickle holds no tensor data: a huge length field is damage
+            raise WeightsFormatError(f"{self._path}: corrupt pickle (a length field asks for more "
+                                     f"memory than there is)") from None
+
     def find_class(self, module: str, name: str):
         try:
             return _ALLOWED_GLOBALS[(module, name)]
@@ -370,6 +379,7 @@ def extract_state_dict(obj: Any) -> Dict[str, np.ndarray]:
 
 
 def _load_torch_zip(path: str) -> Any:
+    file_size = os.path.getsize(path)
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
         prefix = _torch_archive_prefix(path, names)
@@ -389,6 +399,9 @@ def _load_torch_zip(path: str) -> Any:
                                          f"the archive") from None
             raw_dtype = _storage_bytes_dtype(storage_type.dtype)
             nbytes = numel * raw_dtype.itemsize
+            if info.file_size > file_size:
+                raise WeightsFormatError(f"{path}: storage '{key}' claims {info.file_size} bytes, more "
+                                         f"than the whole file ({file_size})")
             if info.file_size < nbytes:
                 raise WeightsFormatError(f"{path}: storage '{key}' has {info.file_size} bytes, "
                                          f"expected {nbytes} ({numel} x {storage_type.name})")
@@ -406,15 +419,16 @@ def _load_torch_zip(path: str) -> Any:
 def _load_torch_legacy(path: str) -> Any:
     """The pickle-stream format of torch.save before PyTorch 1.6: three small pickles
     (magic number, protocol version, system info), the object's pickle, a pickle of the
-    sorted storage keys, then for each key an int64 element count and the raw elements."""
-    file_size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        if _TorchUnpickler(f, path, None).load() != _LEGACY_MAGIC:
+    sorted storage keys, then for each key an int64 element count and the raw elements.
+    The file is memory-mapped, so a corrupt length can never make a read allocate more
+    than the file holds."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if _TorchUnpickler(mm, path, None).load() != _LEGACY_MAGIC:
             raise WeightsFormatError(f"{path}: bad magic number")
-        protocol = _TorchUnpickler(f, path, None).load()
+        protocol = _TorchUnpickler(mm, path, None).load()
         if protocol != _LEGACY_PROTOCOL:
             raise WeightsFormatError(f"{path}: unsupported legacy torch protocol {protocol!r}")
-        sys_info = _TorchUnpickler(f, path, None).load()
+        sys_info = _TorchUnpickler(mm, path, None).load()
         big_endian = isinstance(sys_info, dict) and sys_info.get("little_endian") is False
 
         # First pass: find each storage's type and size (tensors are not built yet).
@@ -423,25 +437,29 @@ def _load_torch_legacy(path: str) -> Any:
         def record(key: str, storage_type: _StorageType, numel: int) -> None:
             specs[key] = (storage_type, numel)
 
-        start = f.tell()
-        _TorchUnpickler(f, path, record).load()
-        end = f.tell()
-        keys = _TorchUnpickler(f, path, None).load()
+        start = mm.tell()
+        _TorchUnpickler(mm, path, record).load()
+        end = mm.tell()
+        keys = _TorchUnpickler(mm, path, None).load()
         if not isinstance(keys, list) or set(keys) != set(specs):
             raise WeightsFormatError(f"{path}: the storage list does not match the storages used")
 
         storages: Dict[str, np.ndarray] = {}
+        pos = mm.tell()
         for key in keys:
             storage_type, numel = specs[key]
-            count = struct.unpack("<q" if not big_endian else ">q", f.read(8) or b"\0" * 8)[0]
+            if pos + 8 > len(mm):
+                raise WeightsFormatError(f"{path}: the file ends before storage '{key}' (truncated)")
+            count = struct.unpack_from(">q" if big_endian else "<q", mm, pos)[0]
             raw_dtype = _storage_bytes_dtype(storage_type.dtype)
-            if count != numel or count * raw_dtype.itemsize > file_size - f.tell():
+            pos += 8
+            if count != numel or count * raw_dtype.itemsize > len(mm) - pos:
                 raise WeightsFormatError(f"{path}: storage '{key}' should hold {numel} elements, "
                                          f"the file gives {count} (truncated or corrupt)")
-            buf = _read_exact(f, count * raw_dtype.itemsize, f"storage '{key}'")
-            storages[key] = _to_native(buf.view(raw_dtype), storage_type.dtype, big_endian)
-        f.seek(start)
-        pickle_bytes = io.BytesIO(f.read(end - start))
+            raw = np.frombuffer(mm, raw_dtype, count=count, offset=pos).copy()
+            pos += count * raw_dtype.itemsize
+            storages[key] = _to_native(raw, storage_type.dtype, big_endian)
+        pickle_bytes = io.BytesIO(mm[start:end])
     # Second pass over the object's pickle, now with the storages.
     return _TorchUnpickler(pickle_bytes, path, lambda key, _type, _numel: storages[key]).load()
 
