@@ -95,7 +95,8 @@ class Resize:
 
 def _check_crop(img: Image.Image, size: Tuple[int, int], who: str) -> None:
     if img.height < size[0] or img.width < size[1]:
-        raise ValueError(f"{who}{size}: the image is only {img.height}x{img.width} (height x width)")
+        raise ValueError(f"{who} of {size[0]}x{size[1]}: the image is only {img.height}x{img.width} "
+                         f"(height x width)")
 
 
 class RandomCrop:
