@@ -195,6 +195,25 @@ def test_unsafe_pickles_are_refused(tmp_path):
         weights.load_checkpoint(whole_module)
 
 
+def test_pickles_cannot_change_allowed_globals(tmp_path):
+    """BUILD on an allowed global (to change a storage's dtype or a function's defaults for
+    later files) is refused; so is calling a storage type."""
+    attempts = {
+        "dtype": b"ctorch\nFloatStorage\n}X\x05\x00\x00\x00dtypeX\x01\x00\x00\x00Osb.",
+        "defaults": b"ctorch._utils\n_rebuild_tensor_v2\nN}X\x0c\x00\x00\x00__defaults__)s\x86b.",
+        "call": b"ctorch\nFloatStorage\n)R.",
+    }
+    for name, pkl in attempts.items():
+        path = tmp_path / f"{name}.pth"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("x/data.pkl", b"\x80\x02" + pkl)
+        with pytest.raises(UnsafePickleError, match=f"{name}.pth: refusing to (modify|call)"):
+            weights.load_checkpoint(path)
+    check_same(weights.load_file(small_files(tmp_path)["zip"][0]),
+               {"a.weight": torch.arange(6.0).reshape(2, 3), "a.n": torch.tensor(4)})
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_torchscript_is_refused(tmp_path):
     path = tmp_path / "scripted.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))

@@ -201,11 +201,34 @@ def _torch_archive_prefix(path: str, names) -> Optional[str]:
 # the restricted unpickler
 
 
-class _StorageType:
-    """What the pickle's `torch.<X>Storage` globals resolve to: a name and a dtype, no code."""
+class _Global:
+    """An allowed global as a pickle sees it: a fresh wrapper per reference that calls
+    `target` and has nothing a pickle could change (BUILD on it is refused), so one file
+    can never alter how the next one is read."""
 
-    def __init__(self, name: str, dtype: Any):
-        self.name, self.dtype = name, dtype
+    __slots__ = ("name", "target", "path")
+
+    def __init__(self, name: str, target: Any, path: str):
+        self.name, self.target, self.path = name, target, path
+
+    def __call__(self, *args):
+        return self.target(*args)
+
+    def __setstate__(self, state):
+        raise UnsafePickleError(f"{self.path}: refusing to modify the global '{self.name}'")
+
+
+class _StorageType(_Global):
+    """What `torch.<X>Storage` resolves to: its name and the dtype of its elements."""
+
+    __slots__ = ()
+
+    def __call__(self, *args):
+        raise UnsafePickleError(f"{self.path}: refusing to call the storage type '{self.name}'")
+
+    @property
+    def dtype(self) -> Any:
+        return self.target
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
@@ -264,7 +287,6 @@ _ALLOWED_GLOBALS: Dict[Tuple[str, str], Any] = {
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
 }
-_ALLOWED_GLOBALS.update({("torch", name): _StorageType(name, dtype) for name, dtype in _STORAGE_DTYPES.items()})
 
 
 class _TorchUnpickler(pickle.Unpickler):
@@ -286,13 +308,14 @@ class _TorchUnpickler(pickle.Unpickler):
                                      f"memory than there is)") from None
 
     def find_class(self, module: str, name: str):
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(
-                f"{self._path}: refusing to load the global '{module}.{name}': only tensors, "
-                f"containers and numbers can be read from a torch.save file without running code "
-                f"from it") from None
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(f"torch.{name}", _STORAGE_DTYPES[name], self._path)
+        if (module, name) in _ALLOWED_GLOBALS:
+            return _Global(f"{module}.{name}", _ALLOWED_GLOBALS[(module, name)], self._path)
+        raise UnsafePickleError(
+            f"{self._path}: refusing to load the global '{module}.{name}': only tensors, "
+            f"containers and numbers can be read from a torch.save file without running code "
+            f"from it")
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
