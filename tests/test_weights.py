@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import struct
+import tracemalloc
 import zipfile
 
 import numpy as np
@@ -373,3 +374,23 @@ def test_save_file_format_errors(tmp_path):
         weights.save_file({"a": 1}, tmp_path / "w.safetensors")
     with pytest.raises(TypeError, match=r"checkpoint\['x'\] is a set"):
         weights.save_file({"x": {1}}, tmp_path / "w.pth")
+
+
+@pytest.mark.parametrize("ext", ["safetensors", "pth", "npz", "legacy.pth"])
+def test_files_are_held_in_memory_once(tmp_path, ext):
+    """Peak memory of a load stays near the size of the tensors (storages are read one by
+    one into their final arrays; at most one storage is briefly buffered twice)."""
+    sd = {f"t{i}": np.full(1 << 19, i, np.float32) for i in range(4)}  # 4 x 2 MiB
+    path = tmp_path / f"big.{ext}"
+    if ext == "legacy.pth":
+        torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, path, _use_new_zipfile_serialization=False)
+    else:
+        weights.save_file(sd, path)
+    tracemalloc.start()
+    try:
+        loaded = weights.load_file(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    total = sum(a.nbytes for a in sd.values())
+    assert sorted(loaded) == sorted(sd) and peak < total * 1.3

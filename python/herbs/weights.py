@@ -26,7 +26,7 @@ float32 (exactly: bfloat16 is the top half of a float32). float16 stays float16;
 into the engine (:mod:`herbs.state`) converts it to float32.
 
 Storages are read one at a time straight into their final arrays, so a file is held in
-memory once. Tensors that share a storage in a torch file come back as NumPy views of
+memory about once (a zip archive's reader buffers one storage in transit). Tensors that share a storage in a torch file come back as NumPy views of
 one array, with the same shapes, strides and offsets.
 """
 from __future__ import annotations
