@@ -158,5 +158,7 @@ def test_bad_arguments():
         T.Resize(0)
     with pytest.raises(ValueError, match="img_size 0"):
         T.train_transform(0)
+    with pytest.raises(ValueError, match=r"RandomSharpness p=1.5: expected a probability in \[0, 1\]"):
+        T.RandomSharpness(p=1.5)
     with pytest.raises(ValueError, match="sigma range"):
         T.RandomGaussianBlur(sigma=(2.0, 1.0))

@@ -57,6 +57,12 @@ def _pair(size: Size, what: str) -> Tuple[int, int]:
     return int(h), int(w)
 
 
+def _probability(p: float, who: str) -> float:
+    if not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise ValueError(f"{who} p={p!r}: expected a probability in [0, 1]")
+    return float(p)
+
+
 def _need_rng(rng: Generator, who: str) -> np.random.Generator:
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"{who} is random: pass a numpy.random.Generator (got {type(rng).__name__})")
@@ -138,7 +144,7 @@ class RandomHorizontalFlip:
     """Mirrors left-right with probability `p`."""
 
     def __init__(self, p: float = 0.5):
-        self.p = p
+        self.p = _probability(p, "RandomHorizontalFlip")
 
     def __call__(self, img: Image.Image, rng: Generator = None) -> Image.Image:
         if _need_rng(rng, "RandomHorizontalFlip").random() < self.p:
@@ -202,7 +208,10 @@ class RandomGaussianBlur:
     def __init__(self, kernel_size: int = 5, sigma: Tuple[float, float] = (0.1, 5.0), p: float = 0.1):
         if not 0 < sigma[0] <= sigma[1]:
             raise ValueError(f"sigma range {sigma}: expected 0 < min <= max")
-        self.kernel_size, self.sigma, self.p = kernel_size, tuple(sigma), p
+        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size {kernel_size!r}: expected a positive odd number")
+        self.kernel_size, self.sigma = kernel_size, tuple(sigma)
+        self.p = _probability(p, "RandomGaussianBlur")
 
     def __call__(self, img: Image.Image, rng: Generator = None) -> Image.Image:
         rng = _need_rng(rng, "RandomGaussianBlur")
@@ -218,7 +227,7 @@ class RandomSharpness:
     """With probability `p`, :func:`adjust_sharpness` by `factor`."""
 
     def __init__(self, factor: float = 1.5, p: float = 0.1):
-        self.factor, self.p = factor, p
+        self.factor, self.p = factor, _probability(p, "RandomSharpness")
 
     def __call__(self, img: Image.Image, rng: Generator = None) -> Image.Image:
         if _need_rng(rng, "RandomSharpness").random() < self.p:
