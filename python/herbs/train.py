@@ -1,0 +1,129 @@
+"""The training loop of the HERBS release (SPEC.md §4–5), in plain Python around
+``model.train_step`` and ``optimizer.step`` — readable in one sitting, easy to change.
+
+Per batch: the learning rate comes from the warm-up + cosine schedule; the loss of the batch
+is scaled by 1 / (batches in its accumulation group) and its gradients accumulate; every
+`update_freq` batches (and at the end of an epoch) the optimiser steps and the gradients are
+zeroed. The refinement temperature halves every 10 epochs. After each epoch: evaluation on
+the validation set, one line in ``metrics.jsonl``, and a checkpoint ``last.pth`` (plus
+``best.pth``) written atomically — ``{"model", "optimizer", "epoch", "best", "config"}`` as
+the release saves it, readable by ``torch.load``. Resuming from ``last.pth`` continues to the
+same numbers as an uninterrupted run, since data order and augmentation depend only on
+(seed, epoch).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from herbs import evaluate as evaluation
+from herbs import optim, weights
+from herbs.data import DataLoader, Dataset
+from herbs.progress import Progress
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The release's defaults (SPEC.md §4–5)."""
+
+    epochs: int = 80
+    batch_size: int = 8
+    max_lr: float = 5e-4
+    warmup_batches: int = 1500
+    update_freq: int = 4
+    optimizer: str = "sgd"  # "sgd" (momentum 0.9, Nesterov) or "adamw"
+    weight_decay: float = 3e-4
+    temperature: float = 64.0
+    seed: int = 0
+    num_workers: int = 2
+
+    def check(self) -> None:
+        for name in ("epochs", "batch_size", "update_freq"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if not self.max_lr > 0 or self.warmup_batches < 0 or not self.temperature > 0:
+            raise ValueError("max_lr and temperature must be > 0 and warmup_batches >= 0")
+
+
+def make_optimizer(model, config: TrainConfig):
+    """The optimiser of `config` over the model's flat parameter and gradient blocks."""
+    if config.optimizer == "sgd":
+        return optim.SGD(model.params, model.grads, lr=config.max_lr, weight_decay=config.weight_decay)
+    return optim.AdamW(model.params, model.grads, lr=config.max_lr, weight_decay=config.weight_decay)
+
+
+def _write_checkpoint(path: str, model, optimizer, epoch: int, best: float, config: TrainConfig) -> None:
+    weights.save_file({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                       "best": best, "config": dataclasses.asdict(config)}, path, format="torch")
+
+
+def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: TrainConfig = TrainConfig(),
+          out_dir: Optional[str] = None, resume: Optional[str] = None, loss_options: Optional[dict] = None,
+          log: Callable[[str], None] = print) -> list:
+    """Trains `model` on `train_set`; returns the per-epoch metrics (also in out_dir/metrics.jsonl).
+
+    `loss_options` go to every ``model.train_step`` call (loss weights, for example).
+    `resume` is a checkpoint written by this function (out_dir/last.pth)."""
+    config.check()
+    loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=True,
+                        num_workers=config.num_workers)
+    if len(loader) == 0:
+        raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of {config.batch_size}")
+    val_loader = DataLoader(val_set, config.batch_size, num_workers=config.num_workers) if val_set else None
+    schedule = optim.cosine_schedule(config.max_lr, len(loader), config.epochs,
+                                     min(config.warmup_batches, len(loader) * config.epochs))
+    optimizer = make_optimizer(model, config)
+    start_epoch, best, history = 0, float("-inf"), []
+    if resume:
+        saved = weights.load_checkpoint(resume)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        start_epoch, best = int(saved["epoch"]), float(saved["best"])
+        log(f"resumed from {resume} after epoch {start_epoch}")
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+
+    for epoch in range(start_epoch, config.epochs):
+        temperature = optim.temperature(epoch, config.temperature)
+        loader.set_epoch(epoch)
+        model.zero_grad()
+        sums: dict = {}
+        progress = Progress(len(loader), f"epoch {epoch + 1}/{config.epochs}")
+        started = time.perf_counter()
+        for i, (images, labels) in enumerate(loader):
+            group_start = i - i % config.update_freq
+            group_size = min(config.update_freq, len(loader) - group_start)
+            losses = model.train_step(images, labels, temperature=temperature, loss_scale=1.0 / group_size,
+                                      **(loss_options or {}))
+            if not np.isfinite(losses["total"]):
+                raise FloatingPointError(f"the loss is {losses['total']} at epoch {epoch + 1}, batch {i + 1}")
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + value
+            if i - group_start + 1 == group_size:
+                optimizer.step(lr=schedule[epoch * len(loader) + i])
+                model.zero_grad()
+            progress.update(1, loss=losses["total"], lr=float(schedule[epoch * len(loader) + i]))
+        seconds = time.perf_counter() - started
+        record = {"epoch": epoch + 1, "temperature": temperature, "seconds": round(seconds, 3),
+                  "images_per_second": round(len(loader) * config.batch_size / seconds, 3),
+                  **{f"loss_{k}": v / len(loader) for k, v in sums.items()}}
+        if val_loader:
+            record.update({f"val_{k}": v for k, v in evaluation.evaluate(model, val_loader).items()})
+        history.append(record)
+        log(json.dumps(record))
+        if out_dir:
+            with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+            score = record.get("val_ensemble", -record["loss_total"])
+            _write_checkpoint(os.path.join(out_dir, "last.pth"), model, optimizer, epoch + 1, max(best, score), config)
+            if score > best:
+                _write_checkpoint(os.path.join(out_dir, "best.pth"), model, optimizer, epoch + 1, score, config)
+        best = max(best, record.get("val_ensemble", -record["loss_total"]))
+    return history

@@ -1,0 +1,121 @@
+"""The training loop's bookkeeping with a stand-in model: accumulation groups, learning rate
+per batch, temperature per epoch, checkpoints that torch.load reads, and resuming to the same
+numbers. (The real model's training step is tested against PyTorch elsewhere.)"""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from herbs import data, optim, train
+
+
+class QuadraticModel:
+    """loss = ½|p − target|² per batch; records what the loop hands it."""
+
+    def __init__(self, n=6):
+        self.params = np.linspace(-1, 1, n).astype(np.float32)
+        self.grads = np.zeros(n, np.float32)
+        self.calls = []
+
+    def train_step(self, images, labels, temperature, loss_scale):
+        target = labels.mean() * np.ones_like(self.params)
+        self.calls.append({"temperature": temperature, "scale": loss_scale, "params": self.params.copy(),
+                           "images": images.copy()})
+        self.grads += loss_scale * (self.params - target)
+        return {"total": float(0.5 * ((self.params - target) ** 2).sum()), "comb": 0.0}
+
+    def zero_grad(self):
+        self.grads[:] = 0
+
+    def forward(self, images, train=False):
+        logits = np.zeros((len(images), 3), np.float32)
+        logits[:, 0] = 1
+        return {"comb_outs": logits}
+
+    def state_dict(self):
+        return {"p": self.params.copy()}
+
+    def load_state_dict(self, sd):
+        self.params[:] = sd["p"]
+
+
+def dataset(n=10):
+    return data.SyntheticDataset(num_classes=3, size=8, n_per_class=n // 3 + 1, seed=1)
+
+
+def config(**kw):
+    base = dict(epochs=2, batch_size=2, max_lr=0.1, warmup_batches=3, update_freq=3, num_workers=0, seed=4)
+    return train.TrainConfig(**{**base, **kw})
+
+
+def test_accumulation_groups_and_schedules():
+    model = QuadraticModel()
+    cfg = config(epochs=21, warmup_batches=0)
+    history = train.train(model, dataset(), config=cfg, log=lambda s: None)
+    batches = len(dataset()) // 2  # drop_last
+    assert len(model.calls) == 21 * batches and len(history) == 21
+    per_epoch = [model.calls[e * batches:(e + 1) * batches] for e in range(21)]
+    assert [c[0]["temperature"] for c in per_epoch][::10] == [64.0, 32.0, 16.0]
+    scales = [c["scale"] for c in per_epoch[0]]
+    # groups of update_freq=3; the epoch's last group has what is left (6 batches -> 3+3, 4 -> 3+1)
+    groups = [3] * (batches // 3) + ([batches % 3] if batches % 3 else [])
+    assert scales == pytest.approx([1 / g for g in groups for _ in range(g)])
+    # parameters move only after a group's last batch
+    moved = [not np.array_equal(a["params"], b["params"]) for a, b in zip(model.calls, model.calls[1:])]
+    ends = np.cumsum(groups) - 1
+    assert [i for i, m in enumerate(moved[:batches - 1]) if m] == list(ends[:-1])
+
+
+def test_checkpoints_resume_to_the_same_numbers(tmp_path):
+    straight = QuadraticModel()
+    train.train(straight, dataset(), config=config(epochs=3), out_dir=str(tmp_path / "a"), log=lambda s: None)
+
+    class Crash(Exception):
+        pass
+
+    crashing = QuadraticModel()
+    batches = len(dataset()) // 2
+    original_step = crashing.train_step
+
+    def step_then_crash(*args, **kw):  # dies in the middle of epoch 2, after epoch 1's checkpoint
+        if len(crashing.calls) == batches + 2:
+            raise Crash()
+        return original_step(*args, **kw)
+
+    crashing.train_step = step_then_crash
+    with pytest.raises(Crash):
+        train.train(crashing, dataset(), config=config(epochs=3), out_dir=str(tmp_path / "b"), log=lambda s: None)
+    resumed = QuadraticModel()
+    train.train(resumed, dataset(), config=config(epochs=3), out_dir=str(tmp_path / "b"),
+                resume=str(tmp_path / "b" / "last.pth"), log=lambda s: None)
+    np.testing.assert_array_equal(resumed.params, straight.params)
+    np.testing.assert_array_equal(resumed.calls[-1]["images"], straight.calls[-1]["images"])
+
+    saved = torch.load(tmp_path / "a" / "last.pth", weights_only=True)  # the release's format
+    assert saved["epoch"] == 3 and sorted(saved) == ["best", "config", "epoch", "model", "optimizer"]
+    np.testing.assert_array_equal(saved["model"]["p"].numpy(), straight.params)
+    lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    assert (tmp_path / "a" / "best.pth").exists()
+
+
+def test_validation_metrics_are_recorded():
+    history = train.train(QuadraticModel(), dataset(), dataset(), config=config(epochs=1), log=lambda s: None)
+    assert history[0]["val_count"] == len(dataset()) and "val_ensemble" in history[0]
+
+
+def test_bad_configuration():
+    with pytest.raises(ValueError, match="update_freq"):
+        train.train(QuadraticModel(), dataset(), config=config(update_freq=0))
+    with pytest.raises(ValueError, match="optimizer"):
+        train.train(QuadraticModel(), dataset(), config=config(optimizer="lamb"))
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train.train(QuadraticModel(), dataset(), config=config(batch_size=100))
+
+
+def test_non_finite_loss_stops_with_a_clear_error():
+    model = QuadraticModel()
+    model.params[0] = np.inf
+    with pytest.raises(FloatingPointError, match="epoch 1, batch 1"):
+        train.train(model, dataset(), config=config(), log=lambda s: None)
