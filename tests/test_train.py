@@ -18,7 +18,14 @@ class QuadraticModel:
         self.grads = np.zeros(n, np.float32)
         self.calls = []
 
-    def train_step(self, images, labels, temperature, loss_scale):
+    def flat_parameters(self):
+        return self.params
+
+    def flat_gradients(self):
+        return self.grads
+
+    def train_step(self, images, labels, temperature, accumulation_steps):
+        loss_scale = 1.0 / accumulation_steps
         target = labels.mean() * np.ones_like(self.params)
         self.calls.append({"temperature": temperature, "scale": loss_scale, "params": self.params.copy(),
                            "images": images.copy()})

@@ -2,7 +2,7 @@
 ``model.train_step`` and ``optimizer.step`` — readable in one sitting, easy to change.
 
 Per batch: the learning rate comes from the warm-up + cosine schedule; the loss of the batch
-is scaled by 1 / (batches in its accumulation group) and its gradients accumulate; every
+is divided by the number of batches in its accumulation group and its gradients accumulate; every
 `update_freq` batches (and at the end of an epoch) the optimiser steps and the gradients are
 zeroed. The refinement temperature halves every 10 epochs. After each epoch: evaluation on
 the validation set, one line in ``metrics.jsonl``, and a checkpoint ``last.pth`` (plus
@@ -54,9 +54,8 @@ class TrainConfig:
 
 def make_optimizer(model, config: TrainConfig):
     """The optimiser of `config` over the model's flat parameter and gradient blocks."""
-    if config.optimizer == "sgd":
-        return optim.SGD(model.params, model.grads, lr=config.max_lr, weight_decay=config.weight_decay)
-    return optim.AdamW(model.params, model.grads, lr=config.max_lr, weight_decay=config.weight_decay)
+    make = optim.SGD if config.optimizer == "sgd" else optim.AdamW
+    return make(model.flat_parameters(), model.flat_gradients(), lr=config.max_lr, weight_decay=config.weight_decay)
 
 
 def _write_checkpoint(path: str, model, optimizer, epoch: int, best: float, config: TrainConfig) -> None:
@@ -100,7 +99,7 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
         for i, (images, labels) in enumerate(loader):
             group_start = i - i % config.update_freq
             group_size = min(config.update_freq, len(loader) - group_start)
-            losses = model.train_step(images, labels, temperature=temperature, loss_scale=1.0 / group_size,
+            losses = model.train_step(images, labels, temperature=temperature, accumulation_steps=group_size,
                                       **(loss_options or {}))
             if not np.isfinite(losses["total"]):
                 raise FloatingPointError(f"the loss is {losses['total']} at epoch {epoch + 1}, batch {i + 1}")
