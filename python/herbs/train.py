@@ -58,18 +58,19 @@ def make_optimizer(model, config: TrainConfig):
     return make(model.flat_parameters(), model.flat_gradients(), lr=config.max_lr, weight_decay=config.weight_decay)
 
 
-def _write_checkpoint(path: str, model, optimizer, epoch: int, best: float, config: TrainConfig) -> None:
+def _write_checkpoint(path: str, model, optimizer, epoch: int, best: float, config: TrainConfig, extra: dict) -> None:
     weights.save_file({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                       "best": best, "config": dataclasses.asdict(config)}, path, format="torch")
+                       "best": best, "config": dataclasses.asdict(config), **extra}, path, format="torch")
 
 
 def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: TrainConfig = TrainConfig(),
           out_dir: Optional[str] = None, resume: Optional[str] = None, loss_options: Optional[dict] = None,
-          log: Callable[[str], None] = print) -> list:
+          checkpoint_extra: Optional[dict] = None, log: Callable[[str], None] = print) -> list:
     """Trains `model` on `train_set`; returns the per-epoch metrics (also in out_dir/metrics.jsonl).
 
     `loss_options` go to every ``model.train_step`` call (loss weights, for example).
-    `resume` is a checkpoint written by this function (out_dir/last.pth)."""
+    `resume` is a checkpoint written by this function (out_dir/last.pth); `checkpoint_extra`
+    entries are saved in every checkpoint too (e.g. how to rebuild the model, class names)."""
     config.check()
     loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=True,
                         num_workers=config.num_workers)
@@ -121,8 +122,10 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
             with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
             score = record.get("val_ensemble", -record["loss_total"])
-            _write_checkpoint(os.path.join(out_dir, "last.pth"), model, optimizer, epoch + 1, max(best, score), config)
+            extra = checkpoint_extra or {}
+            _write_checkpoint(os.path.join(out_dir, "last.pth"), model, optimizer, epoch + 1, max(best, score), config,
+                              extra)
             if score > best:
-                _write_checkpoint(os.path.join(out_dir, "best.pth"), model, optimizer, epoch + 1, score, config)
+                _write_checkpoint(os.path.join(out_dir, "best.pth"), model, optimizer, epoch + 1, score, config, extra)
         best = max(best, record.get("val_ensemble", -record["loss_total"]))
     return history

@@ -1,0 +1,4 @@
+"""``python -m herbs``: the same as the ``herbs`` command."""
+from herbs.cli import main
+
+main()

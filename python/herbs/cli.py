@@ -1,0 +1,184 @@
+"""The ``herbs`` command: demo, train, evaluate, predict, info. ``herbs <command> -h`` for help."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+import herbs
+from herbs import data, transforms, weights
+from herbs.evaluate import evaluate
+from herbs.train import TrainConfig, train
+
+#: The demo: a small Swin HERBS on the built-in synthetic shapes, a couple of minutes on 2 cores.
+DEMO_BACKBONE = {"backbone": "swin", "img_size": 64, "patch_size": 2, "embed_dim": 32, "depths": (1, 1, 1, 1),
+                 "num_heads": (1, 2, 4, 8), "window_size": 4, "drop_path_rate": 0.0}
+DEMO_SELECTS = (64, 32, 8, 4)
+
+
+def _layout(root: str, layout: str) -> str:
+    """'folder' (one folder per class), 'cub' or 'nabirds'; 'auto' looks at the files in root."""
+    if layout != "auto":
+        return layout
+    if any(os.path.exists(os.path.join(root, sub, "train_test_split.txt")) for sub in ("", "CUB_200_2011")):
+        return "cub"
+    if any(os.path.exists(os.path.join(root, sub, "hierarchy.txt")) for sub in ("", "nabirds")):
+        return "nabirds"
+    return "folder"
+
+
+def _dataset(root: str, layout: str, split: str, transform) -> data.Dataset:
+    layout = _layout(root, layout)
+    if layout == "folder":
+        return data.ImageFolder(root, transform=transform)
+    return (data.CUB200 if layout == "cub" else data.NABirds)(root, split=split, transform=transform)
+
+
+def _model_from_checkpoint(path: str):
+    saved = weights.load_checkpoint(path)
+    if not isinstance(saved, dict) or "model_args" not in saved:
+        raise SystemExit(f"{path}: not a checkpoint written by 'herbs train' (it has no model_args)")
+    args = saved["model_args"]
+    model = herbs.Model(**args)
+    model.load_state_dict(saved["model"])
+    return model, args
+
+
+def cmd_demo(a) -> None:
+    """Trains the demo model on synthetic shapes and reports its accuracy."""
+    size = DEMO_BACKBONE["img_size"]
+    train_set = data.SyntheticDataset(a.classes, size=size, n_per_class=a.per_class, seed=1,
+                                      transform=transforms.train_transform(size))
+    val_set = data.SyntheticDataset(a.classes, size=size, n_per_class=max(a.per_class // 4, 2), seed=2,
+                                    transform=transforms.eval_transform(size))
+    model = herbs.Model(DEMO_BACKBONE, num_classes=a.classes, num_selects=DEMO_SELECTS, seed=a.seed)
+    print(f"{model}\ntraining on {len(train_set)} synthetic images of {a.classes} classes, "
+          f"validating on {len(val_set)}; {herbs.get_num_threads()} threads")
+    config = TrainConfig(epochs=a.epochs, batch_size=8, max_lr=a.lr, warmup_batches=10, update_freq=1,
+                         seed=a.seed, num_workers=2)
+    started = time.perf_counter()
+    history = train(model, train_set, val_set, config, out_dir=a.out, log=lambda s: None,
+                    checkpoint_extra={"model_args": {"backbone": DEMO_BACKBONE, "num_classes": a.classes,
+                                                     "num_selects": DEMO_SELECTS},
+                                      "class_names": list(train_set.classes)})
+    last = history[-1]
+    print(f"after {a.epochs} epochs ({time.perf_counter() - started:.0f} s): training loss "
+          f"{history[0]['loss_total']:.3f} -> {last['loss_total']:.3f}, validation top-1 "
+          f"{100 * last['val_ensemble']:.1f}% (chance {100 / a.classes:.0f}%)")
+
+
+def cmd_train(a) -> None:
+    if a.backbone not in herbs.BACKBONES:
+        raise ValueError(f"unknown backbone {a.backbone!r}: expected one of {', '.join(sorted(herbs.BACKBONES))}")
+    size = a.img_size or herbs.BACKBONES[a.backbone]["img_size"]
+    train_set = _dataset(a.data, a.layout, "train", transforms.train_transform(size))
+    if _layout(a.data, a.layout) == "folder":
+        val_set = _dataset(a.val, "folder", "test", transforms.eval_transform(size)) if a.val else None
+    else:
+        val_set = _dataset(a.data, a.layout, "test", transforms.eval_transform(size))
+    model_args = {"backbone": a.backbone, "num_classes": a.num_classes or train_set.num_classes, "img_size": size,
+                  "seed": a.seed}
+    model = herbs.Model(**model_args)
+    if a.pretrained:
+        model.load_pretrained(a.pretrained)
+    config = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, max_lr=a.lr, warmup_batches=a.warmup,
+                         update_freq=a.update_freq, optimizer=a.optimizer, weight_decay=a.weight_decay,
+                         temperature=a.temperature, seed=a.seed, num_workers=a.workers)
+    print(f"{model}: {len(train_set)} training images, {train_set.num_classes} classes"
+          + (f", {len(val_set)} validation images" if val_set else ""))
+    train(model, train_set, val_set, config, out_dir=a.out, resume=a.resume,
+          checkpoint_extra={"model_args": model_args, "class_names": list(train_set.classes)})
+
+
+def cmd_evaluate(a) -> None:
+    model, args = _model_from_checkpoint(a.checkpoint)
+    dataset = _dataset(a.data, a.layout, a.split, transforms.eval_transform(model.img_size))
+    loader = data.DataLoader(dataset, a.batch_size, num_workers=a.workers)
+    print(json.dumps(evaluate(model, loader), indent=1))
+
+
+def cmd_predict(a) -> None:
+    model, _ = _model_from_checkpoint(a.checkpoint)
+    names = weights.load_checkpoint(a.checkpoint).get("class_names")
+    transform = transforms.eval_transform(model.img_size)
+    for path in a.images:
+        image = transform(data.read_image(path), None)[None]
+        probs = model.predict(image)[0]
+        best = np.argsort(-probs)[:a.top]
+        print(path + ": " + ", ".join(f"{names[c] if names else c} {probs[c]:.3f}" for c in best))
+
+
+def cmd_info(a) -> None:
+    print(json.dumps({"version": herbs.__version__, **herbs.cpu_info()}, indent=1))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="herbs", description=__doc__)
+    p.add_argument("--threads", type=int, help="engine threads (default: all cores)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train a small HERBS on built-in synthetic images (no downloads)")
+    d.add_argument("--epochs", type=int, default=6)
+    d.add_argument("--classes", type=int, default=4)
+    d.add_argument("--per-class", type=int, default=40, help="training images per class")
+    d.add_argument("--lr", type=float, default=2e-3)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", help="folder for checkpoints and metrics.jsonl")
+    d.set_defaults(run=cmd_demo)
+
+    t = sub.add_parser("train", help="train on a folder per class, CUB-200-2011 or NABirds")
+    t.add_argument("data", help="training images (folder per class) or the CUB/NABirds root")
+    t.add_argument("--val", help="validation folder (folder layout); CUB/NABirds use their test split")
+    t.add_argument("--layout", choices=["auto", "folder", "cub", "nabirds"], default="auto")
+    t.add_argument("--backbone", default="swin_large_patch4_window12_384", help=f"one of {sorted(herbs.BACKBONES)}")
+    t.add_argument("--num-classes", type=int, help="default: the dataset's")
+    t.add_argument("--img-size", type=int, help="default: the backbone's")
+    t.add_argument("--pretrained", help="backbone weights (.pth, .safetensors, .npz)")
+    defaults = TrainConfig()
+    for name in ("epochs", "batch_size", "update_freq", "warmup", "lr", "weight_decay", "temperature", "seed"):
+        field = {"warmup": "warmup_batches", "lr": "max_lr"}.get(name, name)
+        t.add_argument("--" + name.replace("_", "-"), type=type(getattr(defaults, field)), default=getattr(defaults, field),
+                       dest=name)
+    t.add_argument("--optimizer", choices=["sgd", "adamw"], default=defaults.optimizer)
+    t.add_argument("--workers", type=int, default=defaults.num_workers, help="image decoding threads")
+    t.add_argument("--out", default="runs/herbs", help="folder for checkpoints and metrics.jsonl")
+    t.add_argument("--resume", help="a last.pth to continue from")
+    t.set_defaults(run=cmd_train)
+
+    e = sub.add_parser("evaluate", help="top-1 accuracy of a checkpoint, per head and combined")
+    e.add_argument("checkpoint")
+    e.add_argument("data")
+    e.add_argument("--layout", choices=["auto", "folder", "cub", "nabirds"], default="auto")
+    e.add_argument("--split", default="test")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--workers", type=int, default=2)
+    e.set_defaults(run=cmd_evaluate)
+
+    r = sub.add_parser("predict", help="class probabilities of images")
+    r.add_argument("checkpoint")
+    r.add_argument("images", nargs="+")
+    r.add_argument("--top", type=int, default=5)
+    r.set_defaults(run=cmd_predict)
+
+    i = sub.add_parser("info", help="version, instruction set, GEMM kernel and threads")
+    i.set_defaults(run=cmd_info)
+    return p
+
+
+def main(argv=None) -> None:
+    a = parser().parse_args(argv)
+    if a.threads:
+        herbs.set_num_threads(a.threads)
+    try:
+        a.run(a)
+    except (ValueError, OSError) as e:
+        print(f"herbs {a.command}: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()
