@@ -19,6 +19,7 @@
 #define FLOPS_PER_THREAD 4.0e6 /* below this a second thread costs more than it gives */
 #define PACK_COST 64.0         /* packing one element costs about as much as 64 flops */
 #define ADD_COST 64.0          /* so does adding one element of a partial sum */
+#define PREFETCH_BYTES (256 << 10) /* batch items whose operands fit twice in L2 fetch the next */
 
 const gemm_microkernel *gemm_microkernel_current(void)
 {
@@ -100,8 +101,48 @@ static void macro_kernel(const gemm_microkernel *uk, int m, int n, int k, float 
         const float *b = bpack + (size_t)j0 * k;
         const int cols = min_int(uk->nr, n - j0);
         for (int i0 = 0; i0 < m; i0 += uk->mr)
-            uk->run(k, apack + (size_t)i0 * k, b, C + (size_t)i0 * ldc + j0, ldc, alpha, beta,
+            uk->run(k, apack + (size_t)i0 * k, uk->mr, b, uk->nr, C + (size_t)i0 * ldc + j0, ldc, alpha, beta,
                     min_int(uk->mr, m - i0), cols);
+    }
+}
+
+/* Whether rows `ld` floats apart can be read in place: rows 4 KiB apart (or a multiple) all
+   fall into one set of the L1 cache, which holds fewer than a tile's rows. */
+static int readable_in_place(long ld) { return ld % 1024 != 0; }
+
+/* gemm_serial for a product of one cache block (K <= kc, M <= mc, N <= nc): full tiles read A
+   and B where they are; only the edge tile of A, the edge panel of B and a transposed B are
+   packed. */
+static void gemm_small(const gemm_microkernel *uk, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                       const float *A, long lda, const float *B, long ldb, float beta, float *C, long ldc)
+{
+    const int mr = uk->mr, nr = uk->nr;
+    const int full_rows = M / mr * mr, full_cols = trans_b ? 0 : N / nr * nr; /* read in place */
+    const size_t b_floats = (size_t)K * round_up(N - full_cols, nr);
+    float *bpack = workspace_get(BUF_PACK, b_floats + (size_t)K * mr);
+    if (!bpack) {
+        gemm_reference(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    float *apack = bpack + b_floats;
+    if (full_cols < N)
+        uk->pack_b(trans_b, N - full_cols, K, op_at(B, ldb, trans_b, 0, full_cols), ldb, bpack);
+    if (full_rows < M)
+        uk->pack_a(trans_a, M - full_rows, K, op_at(A, lda, trans_a, full_rows, 0), lda, apack);
+    for (int j0 = 0; j0 < N; j0 += nr) {
+        const int cols = min_int(nr, N - j0);
+        const int in_place = j0 < full_cols;
+        const float *b = in_place ? B + j0 : bpack + (size_t)(j0 - full_cols) * K;
+        const long b_step = in_place ? ldb : nr;
+        float *c = C + j0;
+        for (int i0 = 0; i0 < full_rows; i0 += mr) {
+            if (trans_a)
+                uk->run(K, A + i0, lda, b, b_step, c + (size_t)i0 * ldc, ldc, alpha, beta, mr, cols);
+            else
+                uk->run_rows(K, A + (size_t)i0 * lda, lda, b, b_step, c + (size_t)i0 * ldc, ldc, alpha, beta, cols);
+        }
+        if (full_rows < M)
+            uk->run(K, apack, mr, b, b_step, c + (size_t)full_rows * ldc, ldc, alpha, beta, M - full_rows, cols);
     }
 }
 
@@ -110,6 +151,10 @@ static void macro_kernel(const gemm_microkernel *uk, int m, int n, int k, float 
 static void gemm_serial(const gemm_microkernel *uk, int trans_a, int trans_b, int M, int N, int K, float alpha,
                         const float *A, long lda, const float *B, long ldb, float beta, float *C, long ldc)
 {
+    if (K <= uk->kc && M <= uk->mc && N <= uk->nc && readable_in_place(lda) && readable_in_place(ldb)) {
+        gemm_small(uk, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
     const int kc = block_size(K, uk->kc, 16), mc = block_size(M, uk->mc, uk->mr), nc = block_size(N, uk->nc, uk->nr);
     float *bpack = workspace_get(BUF_PACK, (size_t)kc * (nc + mc));
     if (!bpack) { /* out of memory for packing: the plain loops need none */
@@ -234,21 +279,62 @@ void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const floa
     }
 }
 
+/* Asks for the n floats at p to be brought into the L2 cache. */
+static void prefetch_span(const float *p, long n)
+{
+    for (long j = 0; j < n; j += 16)
+        __builtin_prefetch(p + j, 0, 2);
+    __builtin_prefetch(p + n - 1, 0, 2);
+}
+
+/* The same for the rows x cols floats at X with row stride ld. */
+static void prefetch_matrix(const float *X, long ld, int rows, int cols)
+{
+    if (ld == cols) {
+        prefetch_span(X, (long)rows * cols);
+        return;
+    }
+    for (int i = 0; i < rows; i++)
+        prefetch_span(X + (size_t)i * ld, cols);
+}
+
+/* Items b0..b1 of a batch, one after the other on the calling thread. Small items are too
+   short for the hardware prefetcher to find their rows: the next one's operands are fetched
+   while one is computed. */
+static void batch_serial(const gemm_microkernel *uk, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                         const float *A, long lda, long stride_a, const float *B, long ldb, long stride_b, float beta,
+                         float *C, long ldc, long stride_c, int b0, int b1)
+{
+    const int fetch_next = ((double)M * K + (double)K * N) * sizeof(float) <= PREFETCH_BYTES;
+    for (int b = b0; b < b1; b++) {
+        if (fetch_next && b + 1 < b1) {
+            prefetch_matrix(A + (b + 1) * stride_a, lda, trans_a ? K : M, trans_a ? M : K);
+            prefetch_matrix(B + (b + 1) * stride_b, ldb, trans_b ? N : K, trans_b ? K : N);
+        }
+        gemm_serial(uk, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
+                    C + b * stride_c, ldc);
+    }
+}
+
 void gemm_batched(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
                   long stride_a, const float *B, long ldb, long stride_b, float beta, float *C, long ldc,
                   long stride_c, int batch)
 {
     const double flops = 2.0 * M * N * K;
     const int nt = herbs_threads_for(flops * batch, FLOPS_PER_THREAD);
-    if (nt > 1 && batch >= 2 * nt && flops < 64.0 * FLOPS_PER_THREAD) {
-        /* many small products: one thread per product */
-#pragma omp parallel for num_threads(nt) schedule(static)
+    const int whole_items = batch >= 8 * nt || batch % nt == 0 || flops < FLOPS_PER_THREAD;
+    if (M <= 0 || N <= 0 || K <= 0 || alpha == 0.0f || !whole_items) { /* trivial, or few big items */
         for (int b = 0; b < batch; b++)
             gemm(trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
                  C + b * stride_c, ldc);
         return;
     }
-    for (int b = 0; b < batch; b++)
-        gemm(trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
-             C + b * stride_c, ldc);
+    /* whole items per thread, handed out in chunks so that a thread slowed down by another
+       process on its core does not hold the others up */
+    const gemm_microkernel *uk = gemm_microkernel_current();
+    const int chunk = batch / (8 * nt) > 1 ? batch / (8 * nt) : 1;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int b0 = 0; b0 < batch; b0 += chunk)
+        batch_serial(uk, trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c,
+                     b0, min_int(b0 + chunk, batch));
 }

@@ -32,35 +32,72 @@ TARGET static inline void store_row(float *c, __m512 acc0, __m512 acc1, __mmask1
     }
 }
 
-/* c[rows, cols] = alpha * (a[K][14] · b[K][32]) + beta * c: the 14x32 register tile. */
-TARGET static void kernel_14x32(int K, const float *a, const float *b, float *c, long ldc, float alpha,
-                                float beta, int rows, int cols)
+/* The tile of C is needed at the end of the kernel: fetch it while the FMAs run. */
+TARGET static inline void prefetch_tile(const float *c, long ldc, int rows)
 {
-    for (int i = 0; i < rows; i++) { /* the tile of C is needed at the end: fetch it now */
+    for (int i = 0; i < rows; i++) {
         __builtin_prefetch(c + i * ldc, 1, 3);
         __builtin_prefetch(c + i * ldc + NR - 1, 1, 3);
     }
-    __m512 acc[MR][2];
-#pragma GCC unroll 14
-    for (int i = 0; i < MR; i++)
-        acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-    for (int k = 0; k < K; k++) {
-        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
-#pragma GCC unroll 14
-        for (int i = 0; i < MR; i++) {
-            __m512 ai = _mm512_set1_ps(a[i]);
-            acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
-        }
-        a += MR;
-        b += NR;
-    }
+}
+
+/* c[rows, cols] = alpha * acc + beta * c. */
+TARGET static inline void store_tile(__m512 acc[MR][2], float *c, long ldc, float alpha, float beta, int rows,
+                                     int cols)
+{
     const __m512 va = _mm512_set1_ps(alpha);
     const __mmask16 m0 = lanes(cols), m1 = lanes(cols - 16);
 #pragma GCC unroll 14
     for (int i = 0; i < MR; i++)
         if (i < rows)
             store_row(c + i * ldc, acc[i][0], acc[i][1], m0, m1, va, beta);
+}
+
+/* acc[14][32] += a[i] * b row by row of B: 2 B vectors and 14 broadcasts make 28 FMAs. */
+#define RANK1_UPDATE(acc, b, a_of_i)                                                                             \
+    do {                                                                                                         \
+        __m512 b0_ = _mm512_loadu_ps(b), b1_ = _mm512_loadu_ps((b) + 16);                                       \
+        _Pragma("GCC unroll 14") for (int i = 0; i < MR; i++)                                                   \
+        {                                                                                                        \
+            __m512 ai_ = _mm512_set1_ps(a_of_i);                                                                 \
+            acc[i][0] = _mm512_fmadd_ps(ai_, b0_, acc[i][0]);                                                    \
+            acc[i][1] = _mm512_fmadd_ps(ai_, b1_, acc[i][1]);                                                    \
+        }                                                                                                        \
+    } while (0)
+
+/* c[rows, cols] = alpha * (a·b) + beta * c: the 14x32 register tile, A by columns (packed:
+   a_step = 14), B by rows (packed: b_step = 32). */
+TARGET static void kernel_14x32(int K, const float *a, long a_step, const float *b, long b_step, float *c, long ldc,
+                                float alpha, float beta, int rows, int cols)
+{
+    prefetch_tile(c, ldc, rows);
+    __m512 acc[MR][2];
+#pragma GCC unroll 14
+    for (int i = 0; i < MR; i++)
+        acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int k = 0; k < K; k++, a += a_step, b += b_step)
+        RANK1_UPDATE(acc, b, a[i]);
+    store_tile(acc, c, ldc, alpha, beta, rows, cols);
+}
+
+/* c[14, cols] = alpha * (a·b) + beta * c with the 14 rows of A in place at a + i*lda. Rows
+   are addressed from two bases and offsets lda * {0, 1, 2, 3, 4, 5, 6}, so that nothing spills. */
+TARGET static void kernel_14x32_rows(int K, const float *a, long lda, const float *b, long b_step, float *c,
+                                     long ldc, float alpha, float beta, int cols)
+{
+    prefetch_tile(c, ldc, MR);
+    __m512 acc[MR][2];
+#pragma GCC unroll 14
+    for (int i = 0; i < MR; i++)
+        acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    const float *p0 = a, *p7 = a + 7 * lda;
+    const long l3 = 3 * lda, l5 = 5 * lda;
+    for (int k = 0; k < K; k++, p0++, p7++, b += b_step) {
+        const float *row[MR] = {p0, p0 + lda, p0 + 2 * lda, p0 + l3, p0 + 4 * lda, p0 + l5, p0 + 2 * l3,
+                                p7, p7 + lda, p7 + 2 * lda, p7 + l3, p7 + 4 * lda, p7 + l5, p7 + 2 * l3};
+        RANK1_UPDATE(acc, b, *row[i]);
+    }
+    store_tile(acc, c, ldc, alpha, beta, MR, cols);
 }
 
 /* r[0:16] <- its transpose, r being 16 rows of 16 floats. */
@@ -176,7 +213,7 @@ TARGET static void pack_b(int trans, int n, int k, const float *B, long ldb, flo
 }
 
 const gemm_microkernel gemm_microkernel_avx512 = {"avx512 14x32", MR, NR, 256, 504, 4096,
-                                                  kernel_14x32, pack_a, pack_b};
+                                                  kernel_14x32, kernel_14x32_rows, pack_a, pack_b};
 
 #else
 const gemm_microkernel gemm_microkernel_avx512 = {0};

@@ -1,12 +1,19 @@
 /* GEMM micro-kernels and packing routines, one set per ISA (float only).
-   A packed A panel is [K][mr] (one column of the tile per k), a packed B panel is [K][nr]. */
+   A packed A panel is [K][mr] (one column of the tile per k), a packed B panel is [K][nr].
+   The kernels also read unpacked operands whose layout allows it: column k of the A tile at
+   a + k*a_step, row k of the B panel at b + k*b_step (packed: a_step = mr, b_step = nr). */
 #ifndef HERBS_KERNELS_GEMM_MICROKERNELS_H
 #define HERBS_KERNELS_GEMM_MICROKERNELS_H
 
 /* c[0:rows, 0:cols] (row stride ldc) = alpha * (a·b)[0:rows, 0:cols] + beta * c for one
-   mr x nr tile, rows <= mr, cols <= nr; beta == 0 never reads c, nothing outside is touched. */
-typedef void (*gemm_microkernel_fn)(int K, const float *a, const float *b, float *c, long ldc,
-                                    float alpha, float beta, int rows, int cols);
+   mr x nr tile, rows <= mr, cols <= nr; beta == 0 never reads c, nothing outside is touched.
+   The mr values of column k of a are a[k*a_step + 0:mr], the nr of row k of b b[k*b_step + 0:nr]. */
+typedef void (*gemm_microkernel_fn)(int K, const float *a, long a_step, const float *b, long b_step, float *c,
+                                    long ldc, float alpha, float beta, int rows, int cols);
+
+/* The same for a whole mr-row tile of A read in place, row i at a + i*lda (k contiguous). */
+typedef void (*gemm_microkernel_rows_fn)(int K, const float *a, long lda, const float *b, long b_step, float *c,
+                                         long ldc, float alpha, float beta, int cols);
 
 /* dst[ceil(m/mr)][k][mr] <- op(A)[0:m, 0:k], op(A) = trans ? Aᵀ : A; rows beyond m are zero. */
 typedef void (*gemm_pack_a_fn)(int trans, int m, int k, const float *A, long lda, float *dst);
@@ -19,6 +26,7 @@ typedef struct {
     int mr, nr;     /* register tile */
     int kc, mc, nc; /* largest cache blocks: A block mc*kc in L2, B block kc*nc */
     gemm_microkernel_fn run;
+    gemm_microkernel_rows_fn run_rows;
     gemm_pack_a_fn pack_a;
     gemm_pack_b_fn pack_b;
 } gemm_microkernel;
