@@ -93,16 +93,18 @@ static const float *op_at(const float *X, long ld, int trans, int row, int col)
     return trans ? X + (size_t)col * ld + row : X + (size_t)row * ld + col;
 }
 
-/* C[0:m, 0:n] = alpha * Apack · Bpack + beta * C, tile by tile, B panel by B panel. */
+/* C[0:m, 0:n] = alpha * Apack · Bpack + beta * C, a stripe of mr rows of C at a time: the A
+   panel stays in L1 while the B panels stream from L2, and C is written in the order of its
+   memory, which the hardware prefetcher follows. */
 static void macro_kernel(const gemm_microkernel *uk, int m, int n, int k, float alpha, const float *apack,
                          const float *bpack, float beta, float *C, long ldc)
 {
-    for (int j0 = 0; j0 < n; j0 += uk->nr) {
-        const float *b = bpack + (size_t)j0 * k;
-        const int cols = min_int(uk->nr, n - j0);
-        for (int i0 = 0; i0 < m; i0 += uk->mr)
-            uk->run(k, apack + (size_t)i0 * k, uk->mr, b, uk->nr, C + (size_t)i0 * ldc + j0, ldc, alpha, beta,
-                    min_int(uk->mr, m - i0), cols);
+    for (int i0 = 0; i0 < m; i0 += uk->mr) {
+        const float *a = apack + (size_t)i0 * k;
+        const int rows = min_int(uk->mr, m - i0);
+        for (int j0 = 0; j0 < n; j0 += uk->nr)
+            uk->run(k, a, uk->mr, bpack + (size_t)j0 * k, uk->nr, C + (size_t)i0 * ldc + j0, ldc, alpha, beta, rows,
+                    min_int(uk->nr, n - j0));
     }
 }
 

@@ -75,6 +75,7 @@ TARGET static void kernel_14x32(int K, const float *a, long a_step, const float 
 #pragma GCC unroll 14
     for (int i = 0; i < MR; i++)
         acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+#pragma GCC unroll 2
     for (int k = 0; k < K; k++, a += a_step, b += b_step)
         RANK1_UPDATE(acc, b, a[i]);
     store_tile(acc, c, ldc, alpha, beta, rows, cols);
@@ -212,7 +213,7 @@ TARGET static void pack_b(int trans, int n, int k, const float *B, long ldb, flo
     }
 }
 
-const gemm_microkernel gemm_microkernel_avx512 = {"avx512 14x32", MR, NR, 256, 504, 4096,
+const gemm_microkernel gemm_microkernel_avx512 = {"avx512 14x32", MR, NR, 256, 504, 1024,
                                                   kernel_14x32, kernel_14x32_rows, pack_a, pack_b};
 
 #else
