@@ -63,5 +63,5 @@ static void pack_b(int trans, int n, int k, const float *B, long ldb, float *dst
     gemm_pack_b_generic(NR, trans, n, k, B, ldb, dst);
 }
 
-const gemm_microkernel gemm_microkernel_portable = {"portable 4x16", MR, NR, 256, 256, 1024,
+const gemm_microkernel gemm_microkernel_portable = {"portable 4x16", MR, NR, 256, 1024,
                                                     kernel_4x16, kernel_4x16_rows, pack_a, pack_b};
