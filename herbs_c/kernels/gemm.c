@@ -333,6 +333,11 @@ void gemm_batched(int trans_a, int trans_b, int M, int N, int K, float alpha, co
        process on its core does not hold the others up */
     const gemm_microkernel *uk = gemm_microkernel_current();
     const int chunk = batch / (8 * nt) > 1 ? batch / (8 * nt) : 1;
+    if (nt == 1) {
+        batch_serial(uk, trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c,
+                     0, batch);
+        return;
+    }
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
     for (int b0 = 0; b0 < batch; b0 += chunk)
         batch_serial(uk, trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c,
