@@ -4,7 +4,8 @@
 For every shape it prints GFLOP/s of both (median of repeats, with min-max), the ratio
 herbs/NumPy and herbs' fraction of the machine's fp32 FMA peak. The peak is not measured
 here: it is an argument (--peak, GFLOP/s per thread), whose default is the 16-chain
-`vfmadd231ps zmm` loop measured on the project's machines (≈207 GF/s per core).
+`vfmadd231ps zmm` loop measured on the project's machines, ≈207 GF/s per core (for --isa
+avx2, half of it: 8 lanes instead of 16 on the same two FMA ports).
 
 Each thread count runs in a child process that sets OPENBLAS_NUM_THREADS (so threadpoolctl
 is not needed; when installed it is only asked which BLAS and how many threads it uses) and
@@ -34,7 +35,10 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-DEFAULT_PEAK = 207.0  # GF/s per thread: fp32 FMA peak measured on the project's Sapphire-Rapids-class cores
+# GF/s per thread: fp32 FMA peak of the project's Sapphire-Rapids-class cores, measured with a loop of
+# 16 independent vfmadd231ps zmm chains (avx512); avx2 is half of it (the same two FMA ports, 8 lanes);
+# none for the portable kernel
+DEFAULT_PEAKS = {"avx512": 207.0, "avx2": 103.5}
 
 # (label, M, N, K, trans_a, trans_b, batch). Linear layers run forward as X·Wᵀ (trans_b=1, W is
 # [out, in]); backward as dX = dY·W (0, 0) and dW = dYᵀ·X (1, 0).
@@ -189,7 +193,8 @@ def table(rows, threads, peak, markdown):
     for r in rows:
         h, n = statistics.median(r["herbs"]), statistics.median(r["numpy"])
         lines.append([r["label"], describe(r["shape"]), f"{h:.0f}", spread(r["herbs"]), f"{n:.0f}",
-                      spread(r["numpy"]), f"{h / n:.2f}", f"{100 * h / (peak * threads):.0f}%", f"{r['other']:.2f}"])
+                      spread(r["numpy"]), f"{h / n:.2f}", f"{100 * h / (peak * threads):.0f}%" if peak else "-",
+                      f"{r['other']:.2f}"])
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(line) + " |" for line in lines]
@@ -206,9 +211,11 @@ def main():
     parser.add_argument("--repeats", type=int, default=None, help="samples per measurement (default 7, quick 3)")
     parser.add_argument("--min-time", type=float, default=None, help="seconds per sample (default 0.2, quick 0.06)")
     parser.add_argument("--pause", type=float, default=0.3, help="seconds of rest between libraries (default 0.3)")
-    parser.add_argument("--peak", type=float, default=DEFAULT_PEAK,
-                        help=f"fp32 FMA peak per thread in GF/s for the %%-of-peak column (default {DEFAULT_PEAK})")
+    parser.add_argument("--peak", type=float, default=None,
+                        help="fp32 FMA peak per thread in GF/s for the %%-of-peak column (default: measured "
+                             + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_PEAKS.items()) + ")")
     parser.add_argument("--filter", default="", help="only shapes whose label contains this text")
+    parser.add_argument("--isa", default="", help="herbs' instruction set (avx512, avx2, portable; default: the best)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -219,14 +226,19 @@ def main():
         SQUARES, MODEL, ATTENTION = ([s for s in group if args.filter in s[0]] for group in (SQUARES, MODEL, ATTENTION))
         return child(args)
 
+    if args.peak is None:
+        import herbs
+        args.peak = DEFAULT_PEAKS.get(args.isa or herbs.cpu_info()["best_isa"])
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f} at start")
     print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
-    print(f"fp32 FMA peak taken as {args.peak:g} GF/s per thread (--peak); median of {args.repeats} samples "
+    print(f"fp32 FMA peak taken as {args.peak or 0:g} GF/s per thread (--peak); median of {args.repeats} samples "
           f"of >= {args.min_time:g} s, min-max in brackets; 'other load': CPUs kept busy by other processes "
           f"during the row's measurements (the larger of the two), from /proc/stat")
     for threads in [int(t) for t in args.threads.split(",")]:
         env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads))
+        if args.isa:
+            env["HERBS_ISA"] = args.isa
         cmd = [sys.executable, os.path.abspath(__file__), "--child", str(threads), "--repeats", str(args.repeats),
                "--min-time", str(args.min_time), "--pause", str(args.pause), "--filter", args.filter]
         if args.quick:
