@@ -6,3 +6,8 @@
 #include "kernels/linear.c"
 #include "kernels/activations.c"
 #include "kernels/batchnorm.c"
+#include "kernels/tokens.c"
+#include "kernels/select.c"
+#include "kernels/losses.c"
+#include "kernels/dropout.c"
+#include "kernels/graph.c"

@@ -3,3 +3,8 @@
 #include "kernels/linear.h"
 #include "kernels/activations.h"
 #include "kernels/batchnorm.h"
+#include "kernels/tokens.h"
+#include "kernels/select.h"
+#include "kernels/losses.h"
+#include "kernels/dropout.h"
+#include "kernels/graph.h"
