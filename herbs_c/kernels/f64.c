@@ -6,3 +6,8 @@
 #include "kernels/linear.c"
 #include "kernels/activations.c"
 #include "kernels/batchnorm.c"
+#include "kernels/conv2d.c"
+#include "kernels/pool.c"
+#include "kernels/resample.c"
+#include "kernels/layout.c"
+#include "kernels/residual.c"

@@ -3,3 +3,8 @@
 #include "kernels/linear.h"
 #include "kernels/activations.h"
 #include "kernels/batchnorm.h"
+#include "kernels/conv2d.h"
+#include "kernels/pool.h"
+#include "kernels/resample.h"
+#include "kernels/layout.h"
+#include "kernels/residual.h"
