@@ -11,3 +11,8 @@
 #include "kernels/losses.c"
 #include "kernels/dropout.c"
 #include "kernels/graph.c"
+#include "kernels/conv2d.c"
+#include "kernels/pool.c"
+#include "kernels/resample.c"
+#include "kernels/layout.c"
+#include "kernels/residual.c"

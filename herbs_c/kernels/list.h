@@ -8,3 +8,8 @@
 #include "kernels/losses.h"
 #include "kernels/dropout.h"
 #include "kernels/graph.h"
+#include "kernels/conv2d.h"
+#include "kernels/pool.h"
+#include "kernels/resample.h"
+#include "kernels/layout.h"
+#include "kernels/residual.h"

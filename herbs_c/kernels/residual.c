@@ -1,0 +1,25 @@
+#include "kernels/kernels.h"
+#include "kernels/precision.h"
+
+#define RESIDUAL_PARALLEL(n) if ((n) > 32768)
+
+void FN(add_relu_forward)(real *out, const real *a, const real *b, size_t n)
+{
+#pragma omp parallel for simd schedule(static) RESIDUAL_PARALLEL(n)
+    for (size_t i = 0; i < n; i++) {
+        const real s = a[i] + b[i];
+        out[i] = s > 0 ? s : 0;
+    }
+}
+
+void FN(add_relu_backward)(real *da, real *db, const real *dout, const real *out, size_t n)
+{
+#pragma omp parallel for simd schedule(static) RESIDUAL_PARALLEL(n)
+    for (size_t i = 0; i < n; i++) {
+        const real g = out[i] > 0 ? dout[i] : 0;
+        if (da)
+            da[i] += g;
+        if (db)
+            db[i] += g;
+    }
+}
