@@ -10,6 +10,7 @@ static const struct {
 } kinds[] = {
     {"linear", linear_net_create},
     {"herbs", herbs_net_create},
+    {"resnet", resnet_net_create},
 };
 
 herbs_net_create_fn registry_find(const char *kind)
