@@ -6,3 +6,7 @@
 #include "kernels/linear.c"
 #include "kernels/activations.c"
 #include "kernels/batchnorm.c"
+#include "kernels/layernorm.c"
+#include "kernels/window_attention.c"
+#include "kernels/patch.c"
+#include "kernels/drop_path.c"

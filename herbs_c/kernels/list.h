@@ -3,3 +3,7 @@
 #include "kernels/linear.h"
 #include "kernels/activations.h"
 #include "kernels/batchnorm.h"
+#include "kernels/layernorm.h"
+#include "kernels/window_attention.h"
+#include "kernels/patch.h"
+#include "kernels/drop_path.h"

@@ -6,5 +6,6 @@
 #include "nn/net.h"
 
 herbs_status linear_net_create(herbs_net *net, herbs_config *config);
+herbs_status swin_net_create(herbs_net *net, herbs_config *config);
 
 #endif

@@ -9,6 +9,7 @@ static const struct {
     herbs_net_create_fn create;
 } kinds[] = {
     {"linear", linear_net_create},
+    {"swin", swin_net_create},
 };
 
 herbs_net_create_fn registry_find(const char *kind)
