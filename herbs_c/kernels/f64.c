@@ -16,3 +16,7 @@
 #include "kernels/resample.c"
 #include "kernels/layout.c"
 #include "kernels/residual.c"
+#include "kernels/layernorm.c"
+#include "kernels/window_attention.c"
+#include "kernels/patch.c"
+#include "kernels/drop_path.c"

@@ -13,3 +13,7 @@
 #include "kernels/resample.h"
 #include "kernels/layout.h"
 #include "kernels/residual.h"
+#include "kernels/layernorm.h"
+#include "kernels/window_attention.h"
+#include "kernels/patch.h"
+#include "kernels/drop_path.h"

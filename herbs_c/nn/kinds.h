@@ -8,5 +8,6 @@
 herbs_status linear_net_create(herbs_net *net, herbs_config *config);
 herbs_status herbs_net_create(herbs_net *net, herbs_config *config);
 herbs_status resnet_net_create(herbs_net *net, herbs_config *config);
+herbs_status swin_net_create(herbs_net *net, herbs_config *config);
 
 #endif

@@ -11,6 +11,7 @@ static const struct {
     {"linear", linear_net_create},
     {"herbs", herbs_net_create},
     {"resnet", resnet_net_create},
+    {"swin", swin_net_create},
 };
 
 herbs_net_create_fn registry_find(const char *kind)
