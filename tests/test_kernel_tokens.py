@@ -97,13 +97,13 @@ def test_gather_and_scatter_rows(dtype):
     index = np.stack([rng.permutation(S) for _ in range(B)]).astype(np.int32)  # [B, S]: a ranking per sample
     stride = 2 * n * C  # rows land in a wider buffer, as the selector's concatenation does
     out = np.full((B, stride), 7, dtype)
-    call("gather_rows", out, stride, x, index[:, 1:].copy(), S - 1, B, S, n, C, dtype=dtype)
+    call("gather_tokens", out, stride, x, index[:, 1:].copy(), S - 1, B, S, n, C, dtype=dtype)
     np.testing.assert_array_equal(out[:, :n * C].reshape(B, n, C), x[np.arange(B)[:, None], index[:, 1:1 + n]])
     assert np.all(out[:, n * C:] == 7)
 
     g = rng.standard_normal((B, stride)).astype(dtype)
     dx = np.ones_like(x)
-    call("scatter_rows_add", dx, g, stride, index[:, 1:].copy(), S - 1, B, S, n, C, dtype=dtype)
+    call("scatter_tokens_add", dx, g, stride, index[:, 1:].copy(), S - 1, B, S, n, C, dtype=dtype)
     want = np.ones_like(x)
     for b in range(B):
         for j in range(n):

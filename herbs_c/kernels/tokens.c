@@ -74,7 +74,7 @@ void FN(token_mean_backward)(real *dinp, const real *dout, int B, int S, int C)
     }
 }
 
-void FN(gather_rows)(real *out, long out_stride, const real *inp, const int *index, int index_stride, int B, int S,
+void FN(gather_tokens)(real *out, long out_stride, const real *inp, const int *index, int index_stride, int B, int S,
                      int n, int C)
 {
 #pragma omp parallel for schedule(static) if ((size_t)B * n * C > TOKENS_PARALLEL_MIN)
@@ -87,7 +87,7 @@ void FN(gather_rows)(real *out, long out_stride, const real *inp, const int *ind
     }
 }
 
-void FN(scatter_rows_add)(real *dinp, const real *dout, long dout_stride, const int *index, int index_stride, int B,
+void FN(scatter_tokens_add)(real *dinp, const real *dout, long dout_stride, const int *index, int index_stride, int B,
                           int S, int n, int C)
 {
     /* within a sample the indices are distinct (a ranking), so rows never collide across threads

@@ -20,8 +20,8 @@ void FN(token_mean_backward)(real *dinp, const real *dout, int B, int S, int C);
 
 /* out[b*out_stride + j*C + c] = inp[b,index[b*index_stride+j],c] for j < n: n rows of inp [B,S,C] per sample
    (out_stride: elements from one sample's rows to the next, >= n*C) */
-void FN(gather_rows)(real *out, long out_stride, const real *inp, const int *index, int index_stride, int B, int S,
+void FN(gather_tokens)(real *out, long out_stride, const real *inp, const int *index, int index_stride, int B, int S,
                      int n, int C);
-/* dinp[b,index[b*index_stride+j],:] += dout[b*dout_stride + j*C + :]: the backward of gather_rows; dinp [B,S,C] */
-void FN(scatter_rows_add)(real *dinp, const real *dout, long dout_stride, const int *index, int index_stride, int B,
+/* dinp[b,index[b*index_stride+j],:] += dout[b*dout_stride + j*C + :]: the backward of gather_tokens; dinp [B,S,C] */
+void FN(scatter_tokens_add)(real *dinp, const real *dout, long dout_stride, const int *index, int index_stride, int B,
                           int S, int n, int C);

@@ -12,6 +12,8 @@
 #include "nn/herbs_model.h"
 #include "nn/kinds.h"
 #include "nn/patches.h"
+#include "nn/resnet.h"
+#include "nn/swin.h"
 
 /* The backbones a HERBS net can use, and the pyramid that suits each. */
 static const struct {
@@ -19,12 +21,15 @@ static const struct {
     herbs_backbone_create_fn create;
     fpn_type pyramid;
 } backbones[] = {
+    {"swin", swin_backbone_create, FPN_TOKENS},
+    {"resnet", resnet_backbone_create, FPN_CNN},
     {"patches", patches_backbone_create, FPN_TOKENS},
 };
 #define N_BACKBONES (int)(sizeof backbones / sizeof backbones[0])
 
-/* The dropout stream of the combiner: past any stream a backbone takes for its layers. */
-#define COMBINER_DROPOUT_LAYER 1023
+/* The combiner's dropout stream for a step: the last of the step's 65536 streams, which the
+   backbones' per-layer streams (from step << 16 upwards) never reach. */
+#define COMBINER_DROPOUT_STREAM(step) (((uint64_t)(step) << 16) + 0xFFFF)
 
 static herbs_status add_output(herbs_net *net, const char *name, int tap, int ndim, const int64_t *shape, int *index)
 {
@@ -110,7 +115,7 @@ static herbs_status herbs_forward(herbs_net *net, const float *images, int batch
     }
     if (m->use_combiner)
         HERBS_TRY(combiner_forward(&m->combiner, &c, m->selector.kept, net->seed,
-                                   net->step * 1024 + COMBINER_DROPOUT_LAYER, out_data(net, m->out_comb)));
+                                   COMBINER_DROPOUT_STREAM(net->step), out_data(net, m->out_comb)));
     if (m->out_ori >= 0) {
         const int S = bb->tap_tokens[HERBS_TAPS - 1], C = bb->tap_channels[HERBS_TAPS - 1];
         HERBS_TRY(head_alloc(&c, (size_t)batch * C, 0, &m->ori_mean));

@@ -38,10 +38,10 @@ herbs_status selector_forward(head_selector *s, head_ctx *c, float *const logits
         if (!s->order[i] || !scratch)
             return HERBS_ERR_NOMEM;
         select_rank(s->order[i], scratch, score, mean, logits[i], B, S, K);
-        gather_rows(selected[i], (long)n * K, logits[i], s->order[i], S, B, S, n, K);
-        gather_rows(dropped[i], (long)(S - n) * K, logits[i], s->order[i] + n, S, B, S, S - n, K);
+        gather_tokens(selected[i], (long)n * K, logits[i], s->order[i], S, B, S, n, K);
+        gather_tokens(dropped[i], (long)(S - n) * K, logits[i], s->order[i] + n, S, B, S, S - n, K);
         if (s->channels)
-            gather_rows(s->kept + (size_t)offset * s->channels, (long)s->kept_total * s->channels, features[i],
+            gather_tokens(s->kept + (size_t)offset * s->channels, (long)s->kept_total * s->channels, features[i],
                         s->order[i], S, B, S, n, s->channels);
         offset += n;
     }
@@ -57,11 +57,11 @@ herbs_status selector_backward(head_selector *s, head_ctx *c, float *const dsele
     for (int i = 0; i < HERBS_TAPS; i++) {
         const int S = s->tokens[i], n = s->keep[i];
         if (dselected[i])
-            scatter_rows_add(dlogits[i], dselected[i], (long)n * K, s->order[i], S, B, S, n, K);
+            scatter_tokens_add(dlogits[i], dselected[i], (long)n * K, s->order[i], S, B, S, n, K);
         if (ddropped[i])
-            scatter_rows_add(dlogits[i], ddropped[i], (long)(S - n) * K, s->order[i] + n, S, B, S, S - n, K);
+            scatter_tokens_add(dlogits[i], ddropped[i], (long)(S - n) * K, s->order[i] + n, S, B, S, S - n, K);
         if (dkept && dfeatures[i])
-            scatter_rows_add(dfeatures[i], dkept + (size_t)offset * s->channels, (long)s->kept_total * s->channels,
+            scatter_tokens_add(dfeatures[i], dkept + (size_t)offset * s->channels, (long)s->kept_total * s->channels,
                              s->order[i], S, B, S, n, s->channels);
         offset += n;
     }
