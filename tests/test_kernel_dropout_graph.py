@@ -1,4 +1,4 @@
-"""Dropout with a counter-based mask, and the GCN combiner's adaptive adjacency."""
+"""Dropout with a counter-based mask, the GCN combiner's adaptive adjacency, and ReLU's in-place mask."""
 import numpy as np
 import pytest
 import torch
@@ -73,3 +73,14 @@ def test_adjacency_matches_torch():
     np.testing.assert_allclose(A, tA.detach().numpy(), rtol=1e-6, atol=1e-6)
     for mine, theirs in zip(grads, (tq, tk, tadj, talpha)):
         np.testing.assert_allclose(mine, theirs.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_relu_mask_is_relu_backward_in_place(dtype):
+    rng = np.random.default_rng(3)
+    out = np.maximum(rng.standard_normal(1001), 0).astype(dtype)  # a ReLU's output, zeros included
+    g = rng.standard_normal(1001).astype(dtype)
+    want = np.zeros_like(g)
+    call("relu_backward", want, g, out, 1001, dtype=dtype)
+    call("relu_mask", g, out, 1001, dtype=dtype)
+    np.testing.assert_array_equal(g, want)

@@ -38,3 +38,10 @@ void FN(gelu_backward)(real *dinp, const real *dout, const real *inp, size_t n)
         dinp[i] += dout[i] * (cdf + x * pdf);
     }
 }
+
+void FN(relu_mask)(real *d, const real *out, size_t n)
+{
+#pragma omp parallel for simd schedule(static) if (n > PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++)
+        d[i] = out[i] > 0 ? d[i] : 0;
+}

@@ -20,12 +20,17 @@ void FN(linear_backward)(real *dinp, real *dweight, real *dbias, const real *dou
     if (dweight)
         FN(gemm)(1, 0, OC, C, N, 1, dout, OC, inp, C, 1, dweight, C);
     if (dbias) {
+        /* column blocks of 16 (one 64-byte line of a float row), all rows each: every line of dout
+           is read once, and each block sums in a fixed order whatever the thread count */
 #pragma omp parallel for schedule(static) if ((double)N * OC > 1e5)
-        for (int o = 0; o < OC; o++) {
-            real sum = 0;
+        for (int o0 = 0; o0 < OC; o0 += 16) {
+            const int lanes = OC - o0 < 16 ? OC - o0 : 16;
+            double sum[16] = {0};
             for (int n = 0; n < N; n++)
-                sum += dout[(size_t)n * OC + o];
-            dbias[o] += sum;
+                for (int j = 0; j < lanes; j++)
+                    sum[j] += dout[(size_t)n * OC + o0 + j];
+            for (int j = 0; j < lanes; j++)
+                dbias[o0 + j] += (real)sum[j];
         }
     }
 }

@@ -66,14 +66,15 @@ herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, int rows, flo
 
 herbs_status mlp_backward(head_mlp *m, head_ctx *c, const float *dout, float *dx)
 {
-    float *dh, *dz;
+    float *dh;
     HERBS_TRY(head_scratch_begin(c));
-    HERBS_TRY(head_scratch(c, (size_t)m->rows * m->hidden, 1, &dh));
-    HERBS_TRY(head_scratch(c, (size_t)m->rows * m->hidden, 1, &dz));
-    linear_backward(dh, GRAD(c->t, m->w2), GRAD(c->t, m->b2), dout, m->h, PARAM(c->t, m->w2), m->rows, m->hidden,
+    HERBS_TRY(head_scratch(c, (size_t)m->rows * m->hidden, 0, &dh));
+    /* dh = dout · W2 (written, not accumulated), then ReLU's mask in place */
+    gemm(0, 0, m->rows, m->hidden, m->out, 1, dout, m->out, PARAM(c->t, m->w2), m->hidden, 0, dh, m->hidden);
+    linear_backward(NULL, GRAD(c->t, m->w2), GRAD(c->t, m->b2), dout, m->h, PARAM(c->t, m->w2), m->rows, m->hidden,
                     m->out);
-    relu_backward(dz, dh, m->h, (size_t)m->rows * m->hidden);
-    linear_backward(dx, GRAD(c->t, m->w0), GRAD(c->t, m->b0), dz, m->x, PARAM(c->t, m->w0), m->rows, m->in,
+    relu_mask(dh, m->h, (size_t)m->rows * m->hidden);
+    linear_backward(dx, GRAD(c->t, m->w0), GRAD(c->t, m->b0), dh, m->x, PARAM(c->t, m->w0), m->rows, m->in,
                     m->hidden);
     return HERBS_OK;
 }
@@ -157,15 +158,17 @@ herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x,
 herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *dlogits, float *dx)
 {
     const size_t n = (size_t)k->rows * k->channels;
-    float *dr, *dy, *dz;
+    float *dr, *dz;
     HERBS_TRY(head_scratch_begin(c));
-    HERBS_TRY(head_scratch(c, n, 1, &dr));
-    HERBS_TRY(head_scratch(c, n, 1, &dy));
+    HERBS_TRY(head_scratch(c, n, 0, &dr));
     HERBS_TRY(head_scratch(c, n, 1, &dz));
-    linear_backward(dr, GRAD(c->t, k->w3), GRAD(c->t, k->b3), dlogits, k->r, PARAM(c->t, k->w3), k->rows,
+    /* dr = dlogits · W3 (written, not accumulated), then ReLU's mask in place */
+    gemm(0, 0, k->rows, k->channels, k->classes, 1, dlogits, k->classes, PARAM(c->t, k->w3), k->channels, 0, dr,
+         k->channels);
+    linear_backward(NULL, GRAD(c->t, k->w3), GRAD(c->t, k->b3), dlogits, k->r, PARAM(c->t, k->w3), k->rows,
                     k->channels, k->classes);
-    relu_backward(dy, dr, k->r, n);
-    HERBS_TRY(bn_backward(&k->bn, c, dy, dz));
+    relu_mask(dr, k->r, n);
+    HERBS_TRY(bn_backward(&k->bn, c, dr, dz));
     linear_backward(dx, GRAD(c->t, k->w0), GRAD(c->t, k->b0), dz, k->x, PARAM(c->t, k->w0), k->rows, k->channels,
                     k->channels);
     return HERBS_OK;
