@@ -148,7 +148,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small batches and 2 repeats")
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 5, quick 2)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 3, quick 2)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {', '.join(CONFIGS)}")
     p.add_argument("--wait-policy", choices=["passive", "active", "default"], default="passive",
                    help="OMP_WAIT_POLICY of both sides (default: passive, herbs' own default)")
@@ -160,7 +160,7 @@ def main():
     if args.worker:
         return worker(args.worker, args.config, args.batch, args.threads, args.repeats, args.weights)
 
-    repeats = args.repeats or (2 if args.quick else 5)
+    repeats = args.repeats or (2 if args.quick else 3)
     print(f"threads {args.threads}, repeats {repeats}, OMP_WAIT_POLICY {args.wait_policy} (both sides), "
           f"load average {os.getloadavg()[0]:.2f} at start")
     print(f"{'config':<14}{'batch':>6}  {'measure':<9}{'herbs':>22}{'PyTorch':>22}{'ratio':>8}{'peak MB (h/t)':>17}")
