@@ -111,6 +111,26 @@ def numpy_call(a, b, c, ta, tb, batch):
     return lambda: np.matmul(opa, opb, out=c)
 
 
+def cpu_seconds():
+    """(CPU seconds all processes spent busy, CPU seconds of this process), or None off Linux.
+    Their difference over a measurement is the load other processes put on the machine."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return None
+    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    own = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
+def other_load(before, after, seconds):
+    """Average number of CPUs other processes kept busy between two cpu_seconds()."""
+    if before is None or after is None:
+        return float("nan")
+    return max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / seconds
+
+
 def gflops(fn, flops, repeats, min_time):
     """GF/s of `repeats` samples, each timing enough calls to last `min_time` seconds."""
     fn()
@@ -138,8 +158,11 @@ def child(args):
         a, b, c = operands(rng, m, n, k, ta, tb, batch)
         flops = 2.0 * m * n * k * batch
         row = {"label": label, "shape": [m, n, k, ta, tb, batch]}
+        row["other"] = 0.0
         for name, make in (("herbs", herbs_call), ("numpy", numpy_call)):
+            before, start = cpu_seconds(), time.perf_counter()
             row[name] = gflops(make(a, b, c, ta, tb, batch), flops, args.repeats, args.min_time)
+            row["other"] = max(row["other"], other_load(before, cpu_seconds(), time.perf_counter() - start))
             time.sleep(args.pause)  # spinning worker threads (OpenMP, OpenBLAS) go to sleep before the next
         print(json.dumps(row), flush=True)
 
@@ -160,12 +183,13 @@ def describe(shape):
 
 
 def table(rows, threads, peak, markdown):
-    head = ["shape", "MxNxK op", "herbs GF/s", "(min-max)", "numpy GF/s", "(min-max)", "herbs/numpy", "% peak"]
+    head = ["shape", "MxNxK op", "herbs GF/s", "(min-max)", "numpy GF/s", "(min-max)", "herbs/numpy", "% peak",
+            "other load"]
     lines = []
     for r in rows:
         h, n = statistics.median(r["herbs"]), statistics.median(r["numpy"])
         lines.append([r["label"], describe(r["shape"]), f"{h:.0f}", spread(r["herbs"]), f"{n:.0f}",
-                      spread(r["numpy"]), f"{h / n:.2f}", f"{100 * h / (peak * threads):.0f}%"])
+                      spread(r["numpy"]), f"{h / n:.2f}", f"{100 * h / (peak * threads):.0f}%", f"{r['other']:.2f}"])
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(line) + " |" for line in lines]
@@ -199,7 +223,8 @@ def main():
     print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
     print(f"fp32 FMA peak taken as {args.peak:g} GF/s per thread (--peak); median of {args.repeats} samples "
-          f"of >= {args.min_time:g} s, min-max in brackets")
+          f"of >= {args.min_time:g} s, min-max in brackets; 'other load': CPUs kept busy by other processes "
+          f"during the row's measurements (the larger of the two), from /proc/stat")
     for threads in [int(t) for t in args.threads.split(",")]:
         env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads))
         cmd = [sys.executable, os.path.abspath(__file__), "--child", str(threads), "--repeats", str(args.repeats),

@@ -110,8 +110,36 @@ def test_gemm_leading_dimensions(isa, threads):
         np.testing.assert_array_equal(big_c[outside], big_c_before[outside])  # nothing written outside c
 
 
-@pytest.mark.parametrize("batch,m,n,k", [(1, 7, 9, 11), (5, 49, 49, 32), (64, 49, 32, 49), (3, 144, 144, 32), (9, 1, 17, 2)])
-@pytest.mark.parametrize("ta,tb", [(0, 0), (0, 1), (1, 0)])
+@pytest.mark.parametrize("ta,tb", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_gemm_thread_splits(isa, threads, ta, tb):
+    """Shapes that make two threads split K (deep and narrow: partial sums added at the end),
+    the columns (short and wide) or the rows (tall), with alpha, beta and NaN in C for beta=0."""
+    rng = np.random.default_rng(9)
+    for (m, n, k), alpha, beta in [((17, 17, 5000), 1.0, 0.0), ((7, 65, 2049), -0.5, 1.0), ((129, 31, 1000), 2.0, 0.0),
+                                   ((2, 1000, 300), 1.0, 0.5), ((1000, 2, 300), 0.5, 0.0), ((63, 257, 777), 1.0, -1.0)]:
+        a, b = operands(rng, m, n, k, ta, tb)
+        c0 = rng.uniform(-1, 1, (m, n)).astype(np.float32)
+        c = np.full((m, n), np.nan, np.float32) if beta == 0.0 else c0.copy()
+        _C.gemm(a, b, c, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta)
+        check(c, a, b, ta, tb, alpha, beta, c0)
+
+
+def test_gemm_rows_4k_apart(isa, threads):
+    """Row strides that are multiples of 1024 floats (rows in one L1 set), which small products
+    must pack rather than read in place; and the same shapes with a friendlier stride."""
+    rng = np.random.default_rng(10)
+    for width in (1024, 1040):
+        big_a = rng.uniform(-1, 1, (200, width)).astype(np.float32)
+        big_b = rng.uniform(-1, 1, (200, width)).astype(np.float32)
+        for (m, n, k), ta, tb in [((45, 70, 33), 0, 0), ((45, 70, 33), 1, 1), ((30, 64, 100), 0, 1), ((28, 33, 64), 1, 0)]:
+            a = big_a[:k, :m] if ta else big_a[:m, :k]
+            b = big_b[:n, :k] if tb else big_b[:k, :n]
+            check(_C.gemm(a, b, trans_a=ta, trans_b=tb), a, b, ta, tb)
+
+
+@pytest.mark.parametrize("batch,m,n,k", [(1, 7, 9, 11), (5, 49, 49, 32), (64, 49, 32, 49), (3, 144, 144, 32), (9, 1, 17, 2),
+                                         (40, 29, 65, 17), (3, 300, 70, 300)])
+@pytest.mark.parametrize("ta,tb", [(0, 0), (0, 1), (1, 0), (1, 1)])
 def test_gemm_batched(isa, threads, batch, m, n, k, ta, tb):
     rng = np.random.default_rng(5)
     a = rng.uniform(-1, 1, (batch, k, m) if ta else (batch, m, k)).astype(np.float32)
@@ -123,14 +151,21 @@ def test_gemm_batched(isa, threads, batch, m, n, k, ta, tb):
         check(c[i], a[i], b[i], ta, tb, 0.5, 1.0, c0[i])
 
 
-def test_gemm_batched_strided_views():
-    """Batch strides that are not the matrix size (every other matrix, a shared B)."""
+def test_gemm_batched_strided_views(threads):
+    """Batch strides that are not the matrix size (every other matrix, a shared B), and
+    matrices whose rows are spaced within each item."""
     rng = np.random.default_rng(6)
     a = rng.uniform(-1, 1, (10, 33, 20)).astype(np.float32)[::2]
     b = np.broadcast_to(rng.uniform(-1, 1, (20, 17)).astype(np.float32), (5, 20, 17))
     c = _C.gemm_batched(a, b)
     for i in range(5):
         check(c[i], a[i], b[i], 0, 0)
+    a = rng.uniform(-1, 1, (64, 49, 40)).astype(np.float32)[:, :, 3:35]  # rows 40 apart, 32 used
+    b = rng.uniform(-1, 1, (64, 49, 40)).astype(np.float32)[:, :, 5:37]
+    c = np.full((64, 49, 60), np.nan, np.float32)[:, :, 7:56]
+    _C.gemm_batched(a, b, c, trans_b=True)
+    for i in range(64):
+        check(c[i], a[i], b[i], 0, 1)
 
 
 def test_gemm_float64_is_exact_reference():

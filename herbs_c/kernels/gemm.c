@@ -1,7 +1,8 @@
 /* The float GEMM driver, in the BLIS structure. One thread's product (gemm_serial): for each
-   nc-wide block of columns and kc-deep slice of K, the B block is packed into nr-wide panels;
-   for each mc-row block of A, the A block is packed into mr-row panels and the macro-kernel
-   walks the tiles, calling the ISA's micro-kernel. Threads (gemm) split C into a grid of
+   nc-wide block of columns and kc-deep slice of K, the B block is packed into nr-wide panels
+   that stay in L2; then for each stripe of mr rows of C, the stripe's A panel is packed (it
+   stays in L1) and the ISA's micro-kernel runs along the B panels. Small products read A and
+   B in place instead of packing them. Threads (gemm) split C into a grid of
    independent sub-products over rows, columns or depth, chosen by a cost model; each thread
    packs what it needs itself, so the only rendezvous is the end (and, when K is split, one
    barrier before the partial sums are added). On a shared machine every barrier waits for
@@ -19,6 +20,7 @@
 #define FLOPS_PER_THREAD 4.0e6 /* below this a second thread costs more than it gives */
 #define PACK_COST 64.0         /* packing one element costs about as much as 64 flops */
 #define ADD_COST 64.0          /* so does adding one element of a partial sum */
+#define SMALL_A_FLOATS 65536      /* with one block of B and an A this small, both are read in place */
 #define PREFETCH_BYTES (256 << 10) /* batch items whose operands fit twice in L2 fetch the next */
 
 const gemm_microkernel *gemm_microkernel_current(void)
@@ -93,72 +95,68 @@ static const float *op_at(const float *X, long ld, int trans, int row, int col)
     return trans ? X + (size_t)col * ld + row : X + (size_t)row * ld + col;
 }
 
-/* C[0:m, 0:n] = alpha * Apack · Bpack + beta * C, a stripe of mr rows of C at a time: the A
-   panel stays in L1 while the B panels stream from L2, and C is written in the order of its
-   memory, which the hardware prefetcher follows. */
-static void macro_kernel(const gemm_microkernel *uk, int m, int n, int k, float alpha, const float *apack,
-                         const float *bpack, float beta, float *C, long ldc)
-{
-    for (int i0 = 0; i0 < m; i0 += uk->mr) {
-        const float *a = apack + (size_t)i0 * k;
-        const int rows = min_int(uk->mr, m - i0);
-        for (int j0 = 0; j0 < n; j0 += uk->nr)
-            uk->run(k, a, uk->mr, bpack + (size_t)j0 * k, uk->nr, C + (size_t)i0 * ldc + j0, ldc, alpha, beta, rows,
-                    min_int(uk->nr, n - j0));
-    }
-}
-
 /* Whether rows `ld` floats apart can be read in place: rows 4 KiB apart (or a multiple) all
    fall into one set of the L1 cache, which holds fewer than a tile's rows. */
 static int readable_in_place(long ld) { return ld % 1024 != 0; }
 
-/* gemm_serial for a product of one cache block (K <= kc, M <= mc, N <= nc): full tiles read A
-   and B where they are; only the edge tile of A, the edge panel of B and a transposed B are
-   packed. */
-static void gemm_small(const gemm_microkernel *uk, int trans_a, int trans_b, int M, int N, int K, float alpha,
-                       const float *A, long lda, const float *B, long ldb, float beta, float *C, long ldc)
+/* The B panels of one kc x nc block: the first `in_place` columns read where they are (row
+   stride ldb), the others packed. */
+typedef struct {
+    const float *B, *pack;
+    long ldb;
+    int in_place;
+} b_block;
+
+/* Panel j0 of a block of depth k, and the stride between its rows. */
+static const float *b_panel(const b_block *bb, int j0, int k, int nr, long *step)
+{
+    if (j0 < bb->in_place) {
+        *step = bb->ldb;
+        return bb->B + j0;
+    }
+    *step = nr;
+    return bb->pack + (size_t)(j0 - bb->in_place) * k;
+}
+
+/* C[0:m, 0:n] = alpha * op(A)[0:m, 0:k] · (B block) + beta * C, a stripe of mr rows of C at a
+   time: the stripe's A panel (read in place or packed) stays in L1 while the B panels stream
+   from L2, and C is written in the order of its memory, which the hardware prefetcher follows. */
+static void stripes(const gemm_microkernel *uk, int trans_a, int a_in_place, int m, int n, int k, float alpha,
+                    const float *A, long lda, const b_block *bb, float beta, float *C, long ldc, float *apack)
 {
     const int mr = uk->mr, nr = uk->nr;
-    const int full_rows = M / mr * mr, full_cols = trans_b ? 0 : N / nr * nr; /* read in place */
-    const size_t b_floats = (size_t)K * round_up(N - full_cols, nr);
-    float *bpack = workspace_get(BUF_PACK, b_floats + (size_t)K * mr);
-    if (!bpack) {
-        gemm_reference(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        return;
-    }
-    float *apack = bpack + b_floats;
-    if (full_cols < N)
-        uk->pack_b(trans_b, N - full_cols, K, op_at(B, ldb, trans_b, 0, full_cols), ldb, bpack);
-    if (full_rows < M)
-        uk->pack_a(trans_a, M - full_rows, K, op_at(A, lda, trans_a, full_rows, 0), lda, apack);
-    for (int j0 = 0; j0 < N; j0 += nr) {
-        const int cols = min_int(nr, N - j0);
-        const int in_place = j0 < full_cols;
-        const float *b = in_place ? B + j0 : bpack + (size_t)(j0 - full_cols) * K;
-        const long b_step = in_place ? ldb : nr;
-        float *c = C + j0;
-        for (int i0 = 0; i0 < full_rows; i0 += mr) {
-            if (trans_a)
-                uk->run(K, A + i0, lda, b, b_step, c + (size_t)i0 * ldc, ldc, alpha, beta, mr, cols);
+    for (int i0 = 0; i0 < m; i0 += mr) {
+        const int rows = min_int(mr, m - i0), in_place = a_in_place && rows == mr;
+        const float *a = op_at(A, lda, trans_a, i0, 0);
+        if (!in_place)
+            uk->pack_a(trans_a, rows, k, a, lda, apack);
+        for (int j0 = 0; j0 < n; j0 += nr) {
+            long b_step;
+            const float *b = b_panel(bb, j0, k, nr, &b_step);
+            float *c = C + (size_t)i0 * ldc + j0;
+            const int cols = min_int(nr, n - j0);
+            if (!in_place)
+                uk->run(k, apack, mr, b, b_step, c, ldc, alpha, beta, rows, cols);
+            else if (trans_a)
+                uk->run(k, a, lda, b, b_step, c, ldc, alpha, beta, rows, cols);
             else
-                uk->run_rows(K, A + (size_t)i0 * lda, lda, b, b_step, c + (size_t)i0 * ldc, ldc, alpha, beta, cols);
+                uk->run_rows(k, a, lda, b, b_step, c, ldc, alpha, beta, cols);
         }
-        if (full_rows < M)
-            uk->run(K, apack, mr, b, b_step, c + (size_t)full_rows * ldc, ldc, alpha, beta, M - full_rows, cols);
     }
 }
 
 /* C[0:M, 0:N] = alpha * op(A) · op(B) + beta * C with op(A) M x K, op(B) K x N, on the
-   calling thread alone. */
+   calling thread alone. For each nc-wide block of columns and kc-deep slice of K, the B block
+   is packed (a product of one small block reads its full panels in place), then stripes()
+   runs. A is read in place when its rows allow. */
 static void gemm_serial(const gemm_microkernel *uk, int trans_a, int trans_b, int M, int N, int K, float alpha,
                         const float *A, long lda, const float *B, long ldb, float beta, float *C, long ldc)
 {
-    if (K <= uk->kc && M <= uk->mc && N <= uk->nc && readable_in_place(lda) && readable_in_place(ldb)) {
-        gemm_small(uk, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        return;
-    }
-    const int kc = block_size(K, uk->kc, 16), mc = block_size(M, uk->mc, uk->mr), nc = block_size(N, uk->nc, uk->nr);
-    float *bpack = workspace_get(BUF_PACK, (size_t)kc * (nc + mc));
+    const int kc = block_size(K, uk->kc, 16), nc = block_size(N, uk->nc, uk->nr);
+    const int small = K <= uk->kc && N <= uk->nc && (size_t)M * K <= SMALL_A_FLOATS;
+    const int a_in_place = small && readable_in_place(lda);
+    const int b_in_place = small && !trans_b && readable_in_place(ldb);
+    float *bpack = workspace_get(BUF_PACK, (size_t)kc * (nc + uk->mr));
     if (!bpack) { /* out of memory for packing: the plain loops need none */
         gemm_reference(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
@@ -168,12 +166,12 @@ static void gemm_serial(const gemm_microkernel *uk, int trans_a, int trans_b, in
         const int n = min_int(nc, N - jc);
         for (int pc = 0; pc < K; pc += kc) {
             const int k = min_int(kc, K - pc);
-            uk->pack_b(trans_b, n, k, op_at(B, ldb, trans_b, pc, jc), ldb, bpack);
-            for (int ic = 0; ic < M; ic += mc) {
-                const int m = min_int(mc, M - ic);
-                uk->pack_a(trans_a, m, k, op_at(A, lda, trans_a, ic, pc), lda, apack);
-                macro_kernel(uk, m, n, k, alpha, apack, bpack, pc == 0 ? beta : 1.0f, C + (size_t)ic * ldc + jc, ldc);
-            }
+            const float *Bp = op_at(B, ldb, trans_b, pc, jc);
+            b_block bb = {Bp, bpack, ldb, b_in_place ? n / uk->nr * uk->nr : 0};
+            if (bb.in_place < n)
+                uk->pack_b(trans_b, n - bb.in_place, k, op_at(Bp, ldb, trans_b, 0, bb.in_place), ldb, bpack);
+            stripes(uk, trans_a, a_in_place, M, n, k, alpha, op_at(A, lda, trans_a, 0, pc), lda, &bb,
+                    pc == 0 ? beta : 1.0f, C + jc, ldc, apack);
         }
     }
 }
@@ -335,6 +333,11 @@ void gemm_batched(int trans_a, int trans_b, int M, int N, int K, float alpha, co
        process on its core does not hold the others up */
     const gemm_microkernel *uk = gemm_microkernel_current();
     const int chunk = batch / (8 * nt) > 1 ? batch / (8 * nt) : 1;
+    if (nt == 1) {
+        batch_serial(uk, trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c,
+                     0, batch);
+        return;
+    }
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
     for (int b0 = 0; b0 < batch; b0 += chunk)
         batch_serial(uk, trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c,

@@ -98,7 +98,7 @@ static void pack_b(int trans, int n, int k, const float *B, long ldb, float *dst
     gemm_pack_b_generic(NR, trans, n, k, B, ldb, dst);
 }
 
-const gemm_microkernel gemm_microkernel_avx2 = {"avx2 6x16", MR, NR, 256, 240, 1024,
+const gemm_microkernel gemm_microkernel_avx2 = {"avx2 6x16", MR, NR, 256, 1024,
                                                 kernel_6x16, kernel_6x16_rows, pack_a, pack_b};
 
 #else

@@ -213,7 +213,7 @@ TARGET static void pack_b(int trans, int n, int k, const float *B, long ldb, flo
     }
 }
 
-const gemm_microkernel gemm_microkernel_avx512 = {"avx512 14x32", MR, NR, 256, 504, 1024,
+const gemm_microkernel gemm_microkernel_avx512 = {"avx512 14x32", MR, NR, 256, 1024,
                                                   kernel_14x32, kernel_14x32_rows, pack_a, pack_b};
 
 #else

@@ -24,7 +24,7 @@ typedef void (*gemm_pack_b_fn)(int trans, int n, int k, const float *B, long ldb
 typedef struct {
     const char *name;
     int mr, nr;     /* register tile */
-    int kc, mc, nc; /* largest cache blocks: B block kc*nc in L2, A panel kc*mr in L1, A block mc*kc */
+    int kc, nc;     /* largest cache blocks: B block kc*nc in L2, A panel kc*mr in L1 */
     gemm_microkernel_fn run;
     gemm_microkernel_rows_fn run_rows;
     gemm_pack_a_fn pack_a;

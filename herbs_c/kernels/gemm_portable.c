@@ -4,6 +4,21 @@
 
 #define MR 4
 #define NR 16
+#define CHUNK 64 /* columns of an in-place A tile copied at a time */
+
+/* acc[4][16] += a·b over K, column k of the A tile at a + k*a_step, row k of B at b + k*b_step. */
+static void accumulate(float acc[MR][NR], int K, const float *a, long a_step, const float *b, long b_step)
+{
+    for (int k = 0; k < K; k++, a += a_step, b += b_step) {
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; i++) {
+            const float ai = a[i];
+#pragma GCC unroll 16
+            for (int j = 0; j < NR; j++)
+                acc[i][j] += ai * b[j];
+        }
+    }
+}
 
 /* c[rows, cols] = alpha * acc + beta * c. */
 static void store_tile(float acc[MR][NR], float *c, long ldc, float alpha, float beta, int rows, int cols)
@@ -13,28 +28,29 @@ static void store_tile(float acc[MR][NR], float *c, long ldc, float alpha, float
             c[i * ldc + j] = beta == 0.0f ? alpha * acc[i][j] : alpha * acc[i][j] + beta * c[i * ldc + j];
 }
 
-/* c[rows, cols] = alpha * (a·b) + beta * c: the 4x16 tile, A element (i, k) at a[i * a_row + k * a_step]. */
-static void tile_4x16(int K, const float *a, long a_row, long a_step, const float *b, long b_step, float *c,
-                      long ldc, float alpha, float beta, int rows, int cols)
-{
-    float acc[MR][NR] = {{0}};
-    for (int k = 0; k < K; k++, a += a_step, b += b_step)
-        for (int i = 0; i < MR; i++)
-            for (int j = 0; j < NR; j++)
-                acc[i][j] += a[i * a_row] * b[j];
-    store_tile(acc, c, ldc, alpha, beta, rows, cols);
-}
-
+/* c[rows, cols] = alpha * (a·b) + beta * c: the 4x16 tile, A by columns, B by rows. */
 static void kernel_4x16(int K, const float *a, long a_step, const float *b, long b_step, float *c, long ldc,
                         float alpha, float beta, int rows, int cols)
 {
-    tile_4x16(K, a, 1, a_step, b, b_step, c, ldc, alpha, beta, rows, cols);
+    float acc[MR][NR] = {{0}};
+    accumulate(acc, K, a, a_step, b, b_step);
+    store_tile(acc, c, ldc, alpha, beta, rows, cols);
 }
 
+/* c[4, cols] = alpha * (a·b) + beta * c with the 4 rows of A in place at a + i*lda: copied by
+   columns in chunks, so that the compiler sees the same loop as above. */
 static void kernel_4x16_rows(int K, const float *a, long lda, const float *b, long b_step, float *c, long ldc,
                              float alpha, float beta, int cols)
 {
-    tile_4x16(K, a, lda, 1, b, b_step, c, ldc, alpha, beta, MR, cols);
+    float acc[MR][NR] = {{0}}, chunk[CHUNK][MR];
+    for (int k0 = 0; k0 < K; k0 += CHUNK) {
+        const int kn = K - k0 < CHUNK ? K - k0 : CHUNK;
+        for (int k = 0; k < kn; k++)
+            for (int i = 0; i < MR; i++)
+                chunk[k][i] = a[i * lda + k0 + k];
+        accumulate(acc, kn, chunk[0], MR, b + k0 * b_step, b_step);
+    }
+    store_tile(acc, c, ldc, alpha, beta, MR, cols);
 }
 
 static void pack_a(int trans, int m, int k, const float *A, long lda, float *dst)
@@ -47,5 +63,5 @@ static void pack_b(int trans, int n, int k, const float *B, long ldb, float *dst
     gemm_pack_b_generic(NR, trans, n, k, B, ldb, dst);
 }
 
-const gemm_microkernel gemm_microkernel_portable = {"portable 4x16", MR, NR, 256, 256, 1024,
+const gemm_microkernel gemm_microkernel_portable = {"portable 4x16", MR, NR, 256, 1024,
                                                     kernel_4x16, kernel_4x16_rows, pack_a, pack_b};

@@ -21,9 +21,9 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *unused) { return P
 static PyObject *py_cpu_info(PyObject *self, PyObject *unused)
 {
     const gemm_microkernel *uk = gemm_microkernel_current();
-    return Py_BuildValue("{s:s,s:s,s:s,s:(iii),s:i}", "isa", herbs_isa_name(herbs_isa_current()),
+    return Py_BuildValue("{s:s,s:s,s:s,s:(ii),s:i}", "isa", herbs_isa_name(herbs_isa_current()),
                          "best_isa", herbs_isa_name(herbs_isa_best()), "gemm_kernel", uk->name,
-                         "gemm_blocks_kc_mc_nc", uk->kc, uk->mc, uk->nc, "threads", herbs_num_threads());
+                         "gemm_blocks_kc_nc", uk->kc, uk->nc, "threads", herbs_num_threads());
 }
 
 static PyObject *py_set_isa(PyObject *self, PyObject *arg)
