@@ -1,12 +1,16 @@
 """2-D convolution (NHWC, im2col onto the GEMM): finite differences in float64 through the weight
 repack, and float32 parity with torch.nn.functional.conv2d on odd sizes, strides, paddings and
 kernels 1x1 / 3x3 / 7x7, with the im2col chunked into few-pixel pieces as well as whole."""
+import ctypes
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ckernels import call, numerical_grad
+from ckernels import LIB, call, numerical_grad
+
+LIB.conv2d_scratch_floats.restype = ctypes.c_size_t
 
 
 def out_size(n, k, stride, pad):
@@ -22,7 +26,10 @@ def conv(x, w_oihw, bias, stride, pad, scratch_rows=None, dtype=np.float64):
     OH, OW = out_size(H, KH, stride, pad), out_size(W, KW, stride, pad)
     K = KH * KW * C
     rows = scratch_rows or B * OH * OW
-    scratch = np.empty(rows * K, dtype)
+    # the double build needs only im2col rows (few rows: the chunking is exercised); the float
+    # build's direct convolution also packs the weight there
+    need = rows * K if dtype == np.float64 else max(rows * K, LIB.conv2d_scratch_floats(C, OC, KH, KW))
+    scratch = np.empty(need, dtype)
     out = np.empty((B, OH, OW, OC), dtype)
     call("conv2d_forward", out, x, w, bias, scratch, scratch.size, B, H, W, C, OC, KH, KW, stride, pad, dtype=dtype)
     return out, w, scratch

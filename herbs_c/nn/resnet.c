@@ -21,7 +21,6 @@
 #define BN_MOMENTUM 0.1f
 #define EXPANSION 4
 #define STAGES 4
-#define IM2COL_CHUNK_FLOATS ((size_t)1 << 22) /* 16 MB of im2col rows per GEMM, at most */
 
 typedef struct {
     size_t weight; /* offset of the PyTorch-layout weight [OC, C, k, k] */
@@ -55,7 +54,7 @@ typedef struct {
     int batch, train;
     float *x0, *y0, *a0, *p0; /* NHWC image, stem conv output, after ReLU, after max-pool */
     int *argmax;
-    float *scratch; /* im2col rows */
+    float *scratch; /* the convolutions' scratch (packed weights, im2col chunks) */
     size_t scratch_floats;
 } resnet;
 
@@ -267,14 +266,21 @@ static herbs_status resnet_forward(herbs_backbone *bb, const herbs_params *t, he
                            batch, last_positions);
     r->batch = batch;
     r->train = train;
-    /* im2col rows for the largest conv, capped: bigger chunks only cost memory */
-    size_t need = 0;
+    /* one scratch (packed weights, im2col chunks) for every conv */
+    r->scratch_floats = 0;
     for (int i = -1; i < r->n_blocks; i++) {
-        const conv_layer *c = i < 0 ? &r->stem_conv : &r->blocks[i].conv2;
-        size_t cols = (size_t)batch * c->OH * c->OW * c->k * c->k * c->in_c;
-        need = cols > need ? cols : need;
+        const conv_layer *cs[4] = {&r->stem_conv};
+        if (i >= 0) {
+            cs[0] = &r->blocks[i].conv1;
+            cs[1] = &r->blocks[i].conv2;
+            cs[2] = &r->blocks[i].conv3;
+            cs[3] = &r->blocks[i].down_conv;
+        }
+        for (int j = 0; j < (i < 0 ? 1 : r->blocks[i].has_down ? 4 : 3); j++) {
+            size_t need = conv2d_scratch_floats(cs[j]->in_c, cs[j]->out_c, cs[j]->k, cs[j]->k);
+            r->scratch_floats = need > r->scratch_floats ? need : r->scratch_floats;
+        }
     }
-    r->scratch_floats = need < IM2COL_CHUNK_FLOATS ? need : IM2COL_CHUNK_FLOATS;
     r->scratch = herbs_arena_floats(arena, r->scratch_floats, 0);
     r->x0 = herbs_arena_floats(arena, image_floats(r, batch), 0);
     if (!r->scratch || !r->x0)
