@@ -1,16 +1,17 @@
+#include "kernels/clones.h"
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
 
 #define PARALLEL_MIN 32768 /* elements below which a second thread does not pay */
 
-void FN(relu_forward)(real *out, const real *inp, size_t n)
+HERBS_CLONES void FN(relu_forward)(real *out, const real *inp, size_t n)
 {
 #pragma omp parallel for simd schedule(static) if (n > PARALLEL_MIN)
     for (size_t i = 0; i < n; i++)
         out[i] = inp[i] > 0 ? inp[i] : 0;
 }
 
-void FN(relu_backward)(real *dinp, const real *dout, const real *out, size_t n)
+HERBS_CLONES void FN(relu_backward)(real *dinp, const real *dout, const real *out, size_t n)
 {
 #pragma omp parallel for simd schedule(static) if (n > PARALLEL_MIN)
     for (size_t i = 0; i < n; i++)

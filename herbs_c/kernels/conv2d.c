@@ -6,12 +6,13 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "kernels/clones.h"
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
 
 #define CONV_PARALLEL(work) if ((double)(work) > 65536)
 
-void FN(conv2d_weight_to_ohwi)(real *out, const real *w, int OC, int C, int KH, int KW)
+HERBS_CLONES void FN(conv2d_weight_to_ohwi)(real *out, const real *w, int OC, int C, int KH, int KW)
 {
     const int taps = KH * KW;
 #pragma omp parallel for schedule(static) CONV_PARALLEL((double)OC * C * taps)
@@ -21,7 +22,7 @@ void FN(conv2d_weight_to_ohwi)(real *out, const real *w, int OC, int C, int KH, 
                 out[((size_t)o * taps + t) * C + c] = w[((size_t)o * C + c) * taps + t];
 }
 
-void FN(conv2d_weight_grad_from_ohwi)(real *dw, const real *dw_ohwi, int OC, int C, int KH, int KW)
+HERBS_CLONES void FN(conv2d_weight_grad_from_ohwi)(real *dw, const real *dw_ohwi, int OC, int C, int KH, int KW)
 {
     const int taps = KH * KW;
 #pragma omp parallel for schedule(static) CONV_PARALLEL((double)OC * C * taps)
@@ -32,7 +33,7 @@ void FN(conv2d_weight_grad_from_ohwi)(real *dw, const real *dw_ohwi, int OC, int
 }
 
 /* cols[m - m0][K] <- the receptive fields of output pixels [m0, m1), zeros in the padding. */
-static void FN(conv_im2col)(real *cols, const real *inp, int m0, int m1, int H, int W, int C, int OH, int OW,
+HERBS_CLONES static void FN(conv_im2col)(real *cols, const real *inp, int m0, int m1, int H, int W, int C, int OH, int OW,
                             int KH, int KW, int stride, int pad)
 {
     const size_t K = (size_t)KH * KW * C;
@@ -61,7 +62,7 @@ static void FN(conv_im2col)(real *cols, const real *inp, int m0, int m1, int H, 
 
 /* dinp += the columns dcols of output pixels [m0, m1) put back where they came from: each input
    pixel gathers the taps that read it, in order (ki, kj). */
-static void FN(conv_col2im_add)(real *dinp, const real *dcols, int m0, int m1, int H, int W, int C, int OH,
+HERBS_CLONES static void FN(conv_col2im_add)(real *dinp, const real *dcols, int m0, int m1, int H, int W, int C, int OH,
                                 int OW, int KH, int KW, int stride, int pad)
 {
     const size_t K = (size_t)KH * KW * C;

@@ -1,9 +1,10 @@
+#include "kernels/clones.h"
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
 
 #define RESIDUAL_PARALLEL(n) if ((n) > 32768)
 
-void FN(add_relu_forward)(real *out, const real *a, const real *b, size_t n)
+HERBS_CLONES void FN(add_relu_forward)(real *out, const real *a, const real *b, size_t n)
 {
 #pragma omp parallel for simd schedule(static) RESIDUAL_PARALLEL(n)
     for (size_t i = 0; i < n; i++) {
@@ -12,7 +13,7 @@ void FN(add_relu_forward)(real *out, const real *a, const real *b, size_t n)
     }
 }
 
-void FN(add_relu_backward)(real *da, real *db, const real *dout, const real *out, size_t n)
+HERBS_CLONES void FN(add_relu_backward)(real *da, real *db, const real *dout, const real *out, size_t n)
 {
 #pragma omp parallel for simd schedule(static) RESIDUAL_PARALLEL(n)
     for (size_t i = 0; i < n; i++) {

@@ -172,36 +172,44 @@ static void conv_backward_pass(resnet *r, conv_layer *c, herbs_params *t, float 
         conv2d_weight_grad_from_ohwi(GRAD(t, c->weight), dw, c->out_c, c->in_c, c->k, c->k);
 }
 
-/* out[N, C] = BN(inp): batch statistics and a running-stat update in train mode */
+/* out[N, C] = BN(inp), through a ReLU when relu is set: batch statistics and a running-stat
+   update in train mode */
 static herbs_status bn_forward_pass(resnet *r, bn_layer *b, const herbs_params *t, herbs_arena *arena,
-                                    const float *inp, float *out, int N)
+                                    const float *inp, float *out, int N, int relu)
 {
     const int C = b->channels;
     const float *w = PARAM(t, b->weight), *bias = PARAM(t, b->bias);
     float *rm = BUFFER(t, b->running_mean), *rv = BUFFER(t, b->running_var);
     if (!r->train) {
-        batchnorm_forward_eval(out, inp, rm, rv, w, bias, N, C, BN_EPS);
+        (relu ? batchnorm_relu_forward_eval : batchnorm_forward_eval)(out, inp, rm, rv, w, bias, N, C, BN_EPS);
         return HERBS_OK;
     }
     b->mean = herbs_arena_floats(arena, C, 0);
     b->rstd = herbs_arena_floats(arena, C, 0);
     if (!b->mean || !b->rstd)
         return HERBS_ERR_NOMEM;
-    batchnorm_forward_train(out, b->mean, b->rstd, rm, rv, inp, w, bias, N, C, BN_EPS, BN_MOMENTUM);
+    (relu ? batchnorm_relu_forward_train : batchnorm_forward_train)(out, b->mean, b->rstd, rm, rv, inp, w, bias, N,
+                                                                     C, BN_EPS, BN_MOMENTUM);
     BUFFER(t, b->num_batches_tracked)[0] += 1;
     return HERBS_OK;
 }
 
+/* dinp += d(inp) from dout = d(out); relu_out is the forward's output when a ReLU followed the
+   BN (its mask is applied on the fly), else NULL */
 static void bn_backward_pass(resnet *r, bn_layer *b, herbs_params *t, float *dinp, const float *dout,
-                             const float *inp, int N)
+                             const float *relu_out, const float *inp, int N)
 {
     const int C = b->channels;
     float *dw = GRAD(t, b->weight), *db = GRAD(t, b->bias);
-    if (r->train)
-        batchnorm_backward(dinp, dw, db, dout, inp, PARAM(t, b->weight), b->mean, b->rstd, N, C);
+    const float *w = PARAM(t, b->weight), *rm = BUFFER(t, b->running_mean), *rv = BUFFER(t, b->running_var);
+    if (r->train && relu_out)
+        batchnorm_relu_backward(dinp, dw, db, dout, relu_out, inp, w, b->mean, b->rstd, N, C);
+    else if (r->train)
+        batchnorm_backward(dinp, dw, db, dout, inp, w, b->mean, b->rstd, N, C);
+    else if (relu_out)
+        batchnorm_relu_backward_eval(dinp, dw, db, dout, relu_out, inp, rm, rv, w, N, C, BN_EPS);
     else
-        batchnorm_backward_eval(dinp, dw, db, dout, inp, BUFFER(t, b->running_mean), BUFFER(t, b->running_var),
-                                PARAM(t, b->weight), N, C, BN_EPS);
+        batchnorm_backward_eval(dinp, dw, db, dout, inp, rm, rv, w, N, C, BN_EPS);
 }
 
 /* y = conv(inp); a = ReLU(BN(y)) */
@@ -209,13 +217,10 @@ static herbs_status conv_bn_relu_forward(resnet *r, conv_layer *c, bn_layer *b, 
                                          herbs_arena *arena, const float *inp, float **y, float **a)
 {
     HERBS_TRY(conv_forward_pass(r, c, t, arena, inp, y));
-    const size_t n = conv_out_floats(c, r->batch);
-    *a = herbs_arena_floats(arena, n, 0);
+    *a = herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0);
     if (!*a)
         return HERBS_ERR_NOMEM;
-    HERBS_TRY(bn_forward_pass(r, b, t, arena, *y, *a, r->batch * c->OH * c->OW));
-    relu_forward(*a, *a, n);
-    return HERBS_OK;
+    return bn_forward_pass(r, b, t, arena, *y, *a, r->batch * c->OH * c->OW, 1);
 }
 
 static herbs_status block_forward(resnet *r, bottleneck *blk, const herbs_params *t, herbs_arena *arena,
@@ -230,7 +235,7 @@ static herbs_status block_forward(resnet *r, bottleneck *blk, const herbs_params
     blk->out = herbs_arena_floats(arena, n, 0);
     if (!blk->out)
         return HERBS_ERR_NOMEM;
-    HERBS_TRY(bn_forward_pass(r, &blk->bn3, t, arena, blk->y3, blk->out, N));
+    HERBS_TRY(bn_forward_pass(r, &blk->bn3, t, arena, blk->y3, blk->out, N, 0));
     const float *identity = x;
     if (blk->has_down) {
         HERBS_TRY(conv_forward_pass(r, &blk->down_conv, t, arena, x, &blk->yd));
@@ -238,7 +243,7 @@ static herbs_status block_forward(resnet *r, bottleneck *blk, const herbs_params
         float *z = herbs_arena_floats(arena, n, 0);
         if (!z)
             return HERBS_ERR_NOMEM;
-        HERBS_TRY(bn_forward_pass(r, &blk->down_bn, t, arena, blk->yd, z, N));
+        HERBS_TRY(bn_forward_pass(r, &blk->down_bn, t, arena, blk->yd, z, N, 0));
         identity = z;
     }
     add_relu_forward(blk->out, blk->out, identity, n);
@@ -325,16 +330,14 @@ static void block_backward(resnet *r, bottleneck *blk, herbs_params *t, grad_buf
     /* the add and its ReLU: g = d(both branches); the identity takes it straight */
     add_relu_backward(zeroed(gb->g, n_out), blk->has_down ? NULL : gb->prev, gb->cur, blk->out, n_out);
     if (blk->has_down) {
-        bn_backward_pass(r, &blk->down_bn, t, zeroed(gb->d, n_out), gb->g, blk->yd, N3);
+        bn_backward_pass(r, &blk->down_bn, t, zeroed(gb->d, n_out), gb->g, NULL, blk->yd, N3);
         conv_backward_pass(r, &blk->down_conv, t, gb->dw, gb->prev, gb->d, blk->x);
     }
-    bn_backward_pass(r, &blk->bn3, t, zeroed(gb->d, n_out), gb->g, blk->y3, N3);
-    conv_backward_pass(r, &blk->conv3, t, gb->dw, zeroed(gb->g, n2), gb->d, blk->a2);            /* d a2 */
-    relu_backward(zeroed(gb->d, n2), gb->g, blk->a2, n2);                                          /* d z2 */
-    bn_backward_pass(r, &blk->bn2, t, zeroed(gb->g, n2), gb->d, blk->y2, N3);                     /* d y2 */
-    conv_backward_pass(r, &blk->conv2, t, gb->dw, zeroed(gb->d, n1), gb->g, blk->a1);             /* d a1 */
-    relu_backward(zeroed(gb->g, n1), gb->d, blk->a1, n1);                                          /* d z1 */
-    bn_backward_pass(r, &blk->bn1, t, zeroed(gb->d, n1), gb->g, blk->y1, N1);                     /* d y1 */
+    bn_backward_pass(r, &blk->bn3, t, zeroed(gb->d, n_out), gb->g, NULL, blk->y3, N3);
+    conv_backward_pass(r, &blk->conv3, t, gb->dw, zeroed(gb->g, n2), gb->d, blk->a2);       /* d a2 */
+    bn_backward_pass(r, &blk->bn2, t, zeroed(gb->d, n2), gb->g, blk->a2, blk->y2, N3);      /* d y2 */
+    conv_backward_pass(r, &blk->conv2, t, gb->dw, zeroed(gb->g, n1), gb->d, blk->a1);       /* d a1 */
+    bn_backward_pass(r, &blk->bn1, t, zeroed(gb->d, n1), gb->g, blk->a1, blk->y1, N1);      /* d y1 */
     conv_backward_pass(r, &blk->conv1, t, gb->dw, gb->prev, gb->d, blk->x);
 }
 
@@ -394,10 +397,9 @@ static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
     conv_layer *stem = &r->stem_conv;
     const size_t n0 = conv_out_floats(stem, r->batch);
     maxpool2d_backward(zeroed(gb.g, n0), gb.cur, r->argmax, r->batch, stem->OH, stem->OW, stem->out_c, 3, 2, 1);
-    relu_backward(zeroed(gb.d, n0), gb.g, r->a0, n0);
-    bn_backward_pass(r, &r->stem_bn, t, zeroed(gb.g, n0), gb.d, r->y0, r->batch * stem->OH * stem->OW);
-    float *dx = dimages ? zeroed(gb.d, image_floats(r, r->batch)) : NULL;
-    conv_backward_pass(r, stem, t, gb.dw, dx, gb.g, r->x0);
+    bn_backward_pass(r, &r->stem_bn, t, zeroed(gb.d, n0), gb.g, r->a0, r->y0, r->batch * stem->OH * stem->OW);
+    float *dx = dimages ? zeroed(gb.g, image_floats(r, r->batch)) : NULL;
+    conv_backward_pass(r, stem, t, gb.dw, dx, gb.d, r->x0);
     if (dimages)
         nchw_to_nhwc_backward(dimages, dx, r->batch, bb->in_channels, bb->img_size, bb->img_size);
     return HERBS_OK;
