@@ -26,7 +26,6 @@ typedef struct {
     size_t weight; /* offset of the PyTorch-layout weight [OC, C, k, k] */
     int in_c, out_c, k, stride, pad;
     int H, W, OH, OW; /* input and output sizes (fixed by img_size) */
-    float *weight_ohwi; /* the last forward's repacked weight; NULL for 1x1 (same memory) */
 } conv_layer;
 
 typedef struct {
@@ -56,6 +55,7 @@ typedef struct {
     int *argmax;
     float *scratch; /* the convolutions' scratch (packed weights, im2col chunks) */
     size_t scratch_floats;
+    float *weight_ohwi; /* the current conv's weight in the compute layout (k > 1) */
 } resnet;
 
 /* --- building ---------------------------------------------------------------------------- */
@@ -133,24 +133,23 @@ static herbs_status block_init(bottleneck *blk, herbs_params *t, const char *pre
 
 static size_t conv_out_floats(const conv_layer *c, int batch) { return (size_t)batch * c->OH * c->OW * c->out_c; }
 
-/* the weight in the compute layout: 1x1 kernels are the same memory; others are repacked once
-   per forward into the arena (and reused by backward) */
-static const float *conv_weight(conv_layer *c, const herbs_params *t, herbs_arena *arena)
+/* the weight in the compute layout: 1x1 kernels are the same memory; others are repacked into
+   the shared buffer r->weight_ohwi just before each use (cheap next to the conv, and one buffer
+   instead of a copy of every 3x3/7x7 weight kept from forward to backward) */
+static const float *conv_weight(resnet *r, const conv_layer *c, const herbs_params *t)
 {
     if (c->k == 1)
         return PARAM(t, c->weight);
-    c->weight_ohwi = herbs_arena_floats(arena, (size_t)c->out_c * c->k * c->k * c->in_c, 0);
-    if (c->weight_ohwi)
-        conv2d_weight_to_ohwi(c->weight_ohwi, PARAM(t, c->weight), c->out_c, c->in_c, c->k, c->k);
-    return c->weight_ohwi;
+    conv2d_weight_to_ohwi(r->weight_ohwi, PARAM(t, c->weight), c->out_c, c->in_c, c->k, c->k);
+    return r->weight_ohwi;
 }
 
 static herbs_status conv_forward_pass(resnet *r, conv_layer *c, const herbs_params *t, herbs_arena *arena,
                                       const float *inp, float **out)
 {
-    const float *w = conv_weight(c, t, arena);
+    const float *w = conv_weight(r, c, t);
     *out = herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0);
-    if (!w || !*out)
+    if (!*out)
         return HERBS_ERR_NOMEM;
     conv2d_forward(*out, inp, w, NULL, r->scratch, r->scratch_floats, r->batch, c->H, c->W, c->in_c, c->out_c, c->k,
                    c->k, c->stride, c->pad);
@@ -162,7 +161,7 @@ static herbs_status conv_forward_pass(resnet *r, conv_layer *c, const herbs_para
 static void conv_backward_pass(resnet *r, conv_layer *c, herbs_params *t, float *dw_scratch, float *dinp,
                                const float *dout, const float *inp)
 {
-    const float *w = c->k == 1 ? PARAM(t, c->weight) : c->weight_ohwi;
+    const float *w = conv_weight(r, c, t);
     float *dw = c->k == 1 ? GRAD(t, c->weight) : dw_scratch;
     if (c->k != 1)
         memset(dw, 0, (size_t)c->out_c * c->k * c->k * c->in_c * sizeof(float));
@@ -271,7 +270,8 @@ static herbs_status resnet_forward(herbs_backbone *bb, const herbs_params *t, he
                            batch, last_positions);
     r->batch = batch;
     r->train = train;
-    /* one scratch (packed weights, im2col chunks) for every conv */
+    /* one scratch (packed weights, im2col chunks) and one repacked weight for every conv */
+    size_t weights = 0;
     r->scratch_floats = 0;
     for (int i = -1; i < r->n_blocks; i++) {
         const conv_layer *cs[4] = {&r->stem_conv};
@@ -283,12 +283,15 @@ static herbs_status resnet_forward(herbs_backbone *bb, const herbs_params *t, he
         }
         for (int j = 0; j < (i < 0 ? 1 : r->blocks[i].has_down ? 4 : 3); j++) {
             size_t need = conv2d_scratch_floats(cs[j]->in_c, cs[j]->out_c, cs[j]->k, cs[j]->k);
+            size_t weight = (size_t)cs[j]->out_c * cs[j]->in_c * cs[j]->k * cs[j]->k;
             r->scratch_floats = need > r->scratch_floats ? need : r->scratch_floats;
+            weights = weight > weights ? weight : weights;
         }
     }
+    r->weight_ohwi = herbs_arena_floats(arena, weights, 0);
     r->scratch = herbs_arena_floats(arena, r->scratch_floats, 0);
     r->x0 = herbs_arena_floats(arena, image_floats(r, batch), 0);
-    if (!r->scratch || !r->x0)
+    if (!r->scratch || !r->x0 || !r->weight_ohwi)
         return HERBS_ERR_NOMEM;
     nchw_to_nhwc_forward(r->x0, images, batch, bb->in_channels, bb->img_size, bb->img_size);
 
