@@ -23,18 +23,31 @@ size_t conv_direct_packed_floats(int VOC, int VC, int taps)
 void conv_direct_pack_weight(float *wpack, const float *w, int flip, int VOC, int VC, int taps)
 {
     const int nr = gemm_microkernel_current()->nr, panels = (VOC + nr - 1) / nr;
+    /* one (panel, tap) per iteration; the loops run along the source's contiguous axis (k for
+       OHWI, n for the flipped transpose) and scatter within the panel's [VC][nr] block */
 #pragma omp parallel for schedule(static) if ((double)panels * nr * taps * VC > 65536)
-    for (int p = 0; p < panels; p++)
-        for (int t = 0; t < taps; t++)
-            for (int k = 0; k < VC; k++) {
-                float *dst = wpack + (((size_t)p * taps + t) * VC + k) * nr;
-                for (int j = 0; j < nr; j++) {
-                    const int n = p * nr + j;
-                    dst[j] = n >= VOC ? 0.0f
-                             : flip   ? w[((size_t)k * taps + (taps - 1 - t)) * VOC + n]
-                                      : w[((size_t)n * taps + t) * VC + k];
-                }
+    for (int item = 0; item < panels * taps; item++) {
+        const int p = item / taps, t = item % taps;
+        float *dst = wpack + (size_t)item * VC * nr;
+        for (int j = 0; j < nr; j++) {
+            const int n = p * nr + j;
+            if (n >= VOC) {
+                for (int k = 0; k < VC; k++)
+                    dst[(size_t)k * nr + j] = 0.0f;
+            } else if (!flip) {
+                const float *src = w + ((size_t)n * taps + t) * VC;
+                for (int k = 0; k < VC; k++)
+                    dst[(size_t)k * nr + j] = src[k];
             }
+        }
+        if (flip) {
+            const int cols = VOC - p * nr < nr ? VOC - p * nr : nr;
+            for (int k = 0; k < VC; k++) {
+                const float *src = w + ((size_t)k * taps + (taps - 1 - t)) * VOC + p * nr;
+                memcpy(dst + (size_t)k * nr, src, cols * sizeof(float));
+            }
+        }
+    }
 }
 
 /* Any ISA: the rows' slice packed as the micro-kernel's A panel, then its tile product. */
@@ -61,7 +74,10 @@ void conv_direct_forward(float *out, const float *inp, const float *wpack, float
     const int blocks = (tiles + TILES_PER_BLOCK - 1) / TILES_PER_BLOCK;
     const int nt = herbs_threads_for(2.0 * M * OC * taps * C, 4.0e6);
 
-#pragma omp parallel for num_threads(nt) schedule(static)
+    /* dynamic, a whole block of tiles per grab (its input rows stay in one core's L2): on a shared
+       machine a thread whose core is busy takes fewer blocks; results do not depend on which
+       thread runs an item (each computes its whole reduction) */
+#pragma omp parallel for num_threads(nt) schedule(dynamic, panels)
     for (int item = 0; item < blocks * panels; item++) {
         const int blk = item / panels, p = item % panels;
         const int cols = OC - p * nr < nr ? OC - p * nr : nr;
