@@ -156,12 +156,18 @@ static inline __attribute__((always_inline)) void FN(bn_backward_block)(
     for (int n = 0; n < N; n++) {
         const real *g = dout + (size_t)n * C + c0, *x = inp + (size_t)n * C + c0;
         const real *m = relu_out ? relu_out + (size_t)n * C + c0 : NULL;
-        if (m) {
+        if (m) { /* the masked row first (a vector blend), then the sums: one loop of both does
+                    not vectorise */
+            real masked[BN_MAX_BLOCK];
 #pragma omp simd
             for (int j = 0; j < w; j++) {
-                real gj = m[j] > 0 ? g[j] : 0;
-                sum_g[j] += gj;
-                sum_gx[j] += gj * (double)(x[j] - center[j]);
+                const real gv = g[j], mv = m[j];
+                masked[j] = mv > 0 ? gv : 0;
+            }
+#pragma omp simd
+            for (int j = 0; j < w; j++) {
+                sum_g[j] += masked[j];
+                sum_gx[j] += masked[j] * (double)(x[j] - center[j]);
             }
         } else {
 #pragma omp simd
@@ -190,8 +196,10 @@ static inline __attribute__((always_inline)) void FN(bn_backward_block)(
         real *d = dinp + (size_t)n * C + c0;
         if (m) {
 #pragma omp simd
-            for (int j = 0; j < w; j++)
-                d[j] += (m[j] > 0 ? g[j] : 0) * a[j] + (x[j] - center[j]) * b[j] + k[j];
+            for (int j = 0; j < w; j++) {
+                const real gv = g[j], mv = m[j];
+                d[j] += (mv > 0 ? gv : 0) * a[j] + (x[j] - center[j]) * b[j] + k[j];
+            }
         } else {
 #pragma omp simd
             for (int j = 0; j < w; j++)

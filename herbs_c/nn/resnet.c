@@ -193,8 +193,8 @@ static herbs_status bn_forward_pass(resnet *r, bn_layer *b, const herbs_params *
     return HERBS_OK;
 }
 
-/* dinp += d(inp) from dout = d(out); relu_out is the forward's output when a ReLU followed the
-   BN (its mask is applied on the fly), else NULL */
+/* dinp += d(inp) from dout; relu_out, when not NULL, is the output of a ReLU downstream of the
+   BN (directly, or after the residual add), whose mask is applied to dout on the fly */
 static void bn_backward_pass(resnet *r, bn_layer *b, herbs_params *t, float *dinp, const float *dout,
                              const float *relu_out, const float *inp, int N)
 {
@@ -330,13 +330,15 @@ static void block_backward(resnet *r, bottleneck *blk, herbs_params *t, grad_buf
     const size_t n_out = conv_out_floats(&blk->conv3, r->batch);
     const size_t n1 = conv_out_floats(&blk->conv1, r->batch), n2 = conv_out_floats(&blk->conv2, r->batch);
     const int N1 = r->batch * blk->conv1.OH * blk->conv1.OW, N3 = r->batch * blk->conv3.OH * blk->conv3.OW;
-    /* the add and its ReLU: g = d(both branches); the identity takes it straight */
-    add_relu_backward(zeroed(gb->g, n_out), blk->has_down ? NULL : gb->prev, gb->cur, blk->out, n_out);
+    /* the add and its ReLU: both branches get cur masked by out > 0 — the BN passes apply the
+       mask on the fly, the identity takes it straight */
+    if (!blk->has_down)
+        add_relu_backward(NULL, gb->prev, gb->cur, blk->out, n_out);
     if (blk->has_down) {
-        bn_backward_pass(r, &blk->down_bn, t, zeroed(gb->d, n_out), gb->g, NULL, blk->yd, N3);
+        bn_backward_pass(r, &blk->down_bn, t, zeroed(gb->d, n_out), gb->cur, blk->out, blk->yd, N3);
         conv_backward_pass(r, &blk->down_conv, t, gb->dw, gb->prev, gb->d, blk->x);
     }
-    bn_backward_pass(r, &blk->bn3, t, zeroed(gb->d, n_out), gb->g, NULL, blk->y3, N3);
+    bn_backward_pass(r, &blk->bn3, t, zeroed(gb->d, n_out), gb->cur, blk->out, blk->y3, N3);
     conv_backward_pass(r, &blk->conv3, t, gb->dw, zeroed(gb->g, n2), gb->d, blk->a2);       /* d a2 */
     bn_backward_pass(r, &blk->bn2, t, zeroed(gb->d, n2), gb->g, blk->a2, blk->y2, N3);      /* d y2 */
     conv_backward_pass(r, &blk->conv2, t, gb->dw, zeroed(gb->g, n1), gb->d, blk->a1);       /* d a1 */
