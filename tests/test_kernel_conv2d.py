@@ -121,3 +121,27 @@ def test_weight_repack_round_trip():
     back = np.ones_like(w)
     call("conv2d_weight_grad_from_ohwi", back, ohwi, 5, 3, 2, 7)
     np.testing.assert_array_equal(back, w + 1)  # accumulates
+
+
+def _supported_isas():
+    import herbs
+    order = ["portable", "avx2", "avx512"]
+    return order[:order.index(herbs.cpu_info()["best_isa"]) + 1]
+
+
+@pytest.mark.parametrize("isa", _supported_isas())
+@pytest.mark.parametrize("threads", [1, 2])
+def test_direct_path_on_every_isa_and_thread_count(isa, threads):
+    """The float engine's direct convolution runs the current ISA's micro-kernel tile (a
+    row-pointer kernel on AVX-512, a packed tile elsewhere): same results on each."""
+    import herbs
+    from herbs import _C
+    _C._set_isa(isa)
+    old_threads = herbs.get_num_threads()
+    herbs.set_num_threads(threads)
+    try:
+        for case in [(2, 9, 7, 17, 40, 3, 1, 1, None), (3, 11, 7, 33, 20, 1, 1, 0, None), (2, 8, 8, 24, 16, 3, 2, 1, 7)]:
+            test_matches_torch(*case, bias=True)
+    finally:
+        _C._set_isa(herbs.cpu_info()["best_isa"])
+        herbs.set_num_threads(old_threads)
