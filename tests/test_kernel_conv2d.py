@@ -1,12 +1,16 @@
 """2-D convolution (NHWC, im2col onto the GEMM): finite differences in float64 through the weight
 repack, and float32 parity with torch.nn.functional.conv2d on odd sizes, strides, paddings and
 kernels 1x1 / 3x3 / 7x7, with the im2col chunked into few-pixel pieces as well as whole."""
+import ctypes
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ckernels import call, numerical_grad
+from ckernels import LIB, call, numerical_grad
+
+LIB.conv2d_scratch_floats.restype = ctypes.c_size_t
 
 
 def out_size(n, k, stride, pad):
@@ -22,7 +26,10 @@ def conv(x, w_oihw, bias, stride, pad, scratch_rows=None, dtype=np.float64):
     OH, OW = out_size(H, KH, stride, pad), out_size(W, KW, stride, pad)
     K = KH * KW * C
     rows = scratch_rows or B * OH * OW
-    scratch = np.empty(rows * K, dtype)
+    # the double build needs only im2col rows (few rows: the chunking is exercised); the float
+    # build's direct convolution also packs the weight there
+    need = rows * K if dtype == np.float64 else max(rows * K, LIB.conv2d_scratch_floats(C, OC, KH, KW))
+    scratch = np.empty(need, dtype)
     out = np.empty((B, OH, OW, OC), dtype)
     call("conv2d_forward", out, x, w, bias, scratch, scratch.size, B, H, W, C, OC, KH, KW, stride, pad, dtype=dtype)
     return out, w, scratch
@@ -114,3 +121,27 @@ def test_weight_repack_round_trip():
     back = np.ones_like(w)
     call("conv2d_weight_grad_from_ohwi", back, ohwi, 5, 3, 2, 7)
     np.testing.assert_array_equal(back, w + 1)  # accumulates
+
+
+def _supported_isas():
+    import herbs
+    order = ["portable", "avx2", "avx512"]
+    return order[:order.index(herbs.cpu_info()["best_isa"]) + 1]
+
+
+@pytest.mark.parametrize("isa", _supported_isas())
+@pytest.mark.parametrize("threads", [1, 2])
+def test_direct_path_on_every_isa_and_thread_count(isa, threads):
+    """The float engine's direct convolution runs the current ISA's micro-kernel tile (a
+    row-pointer kernel on AVX-512, a packed tile elsewhere): same results on each."""
+    import herbs
+    from herbs import _C
+    _C._set_isa(isa)
+    old_threads = herbs.get_num_threads()
+    herbs.set_num_threads(threads)
+    try:
+        for case in [(2, 9, 7, 17, 40, 3, 1, 1, None), (3, 11, 7, 33, 20, 1, 1, 0, None), (2, 8, 8, 24, 16, 3, 2, 1, 7)]:
+            test_matches_torch(*case, bias=True)
+    finally:
+        _C._set_isa(herbs.cpu_info()["best_isa"])
+        herbs.set_num_threads(old_threads)

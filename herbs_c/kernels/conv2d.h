@@ -8,9 +8,13 @@ void FN(conv2d_weight_to_ohwi)(real *out, const real *w, int OC, int C, int KH, 
 /* dw[OC,C,KH,KW] += dw_ohwi[OC,KH,KW,C] (the gradient back to PyTorch's layout) */
 void FN(conv2d_weight_grad_from_ohwi)(real *dw, const real *dw_ohwi, int OC, int C, int KH, int KW);
 
+/* Scratch floats a conv needs at full speed in the float engine (packed weights or im2col
+   chunks); declared for both precisions, defined once (the double build needs only K). */
+size_t conv2d_scratch_floats(int C, int OC, int KH, int KW);
+
 /* out[B,OH,OW,OC] = conv(inp[B,H,W,C], weight[OC,KH,KW,C]) + bias[OC] (bias may be NULL), with
-   OH = (H + 2·pad - KH)/stride + 1 (likewise OW). scratch holds scratch_floats >= K floats (more
-   means fewer, larger GEMMs); a 1x1 stride-1 unpadded conv needs none (it is one GEMM). */
+   OH = (H + 2·pad - KH)/stride + 1 (likewise OW). scratch holds scratch_floats >= conv2d_scratch_floats(...)
+   floats (the double build needs only K). */
 void FN(conv2d_forward)(real *out, const real *inp, const real *weight, const real *bias, real *scratch,
                         size_t scratch_floats, int B, int H, int W, int C, int OC, int KH, int KW, int stride,
                         int pad);

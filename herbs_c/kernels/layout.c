@@ -1,9 +1,10 @@
+#include "kernels/clones.h"
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
 
 #define LAYOUT_PARALLEL(work) if ((double)(work) > 65536)
 
-void FN(nchw_to_nhwc_forward)(real *out, const real *inp, int B, int C, int H, int W)
+HERBS_CLONES void FN(nchw_to_nhwc_forward)(real *out, const real *inp, int B, int C, int H, int W)
 {
     const size_t plane = (size_t)H * W;
 #pragma omp parallel for schedule(static) LAYOUT_PARALLEL((double)B * C * plane)
@@ -16,7 +17,7 @@ void FN(nchw_to_nhwc_forward)(real *out, const real *inp, int B, int C, int H, i
     }
 }
 
-void FN(nchw_to_nhwc_backward)(real *dinp, const real *dout, int B, int C, int H, int W)
+HERBS_CLONES void FN(nchw_to_nhwc_backward)(real *dinp, const real *dout, int B, int C, int H, int W)
 {
     const size_t plane = (size_t)H * W;
 #pragma omp parallel for schedule(static) LAYOUT_PARALLEL((double)B * C * plane)

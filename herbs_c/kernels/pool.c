@@ -1,12 +1,13 @@
 #include <math.h>
 
+#include "kernels/clones.h"
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
 
 #define POOL_LANES 16
 #define POOL_PARALLEL(work) if ((double)(work) > 32768)
 
-void FN(maxpool2d_forward)(real *out, int *argmax, const real *inp, int B, int H, int W, int C, int K, int stride,
+HERBS_CLONES void FN(maxpool2d_forward)(real *out, int *argmax, const real *inp, int B, int H, int W, int C, int K, int stride,
                            int pad)
 {
     const int OH = (H + 2 * pad - K) / stride + 1, OW = (W + 2 * pad - K) / stride + 1;
@@ -45,7 +46,7 @@ void FN(maxpool2d_forward)(real *out, int *argmax, const real *inp, int B, int H
     }
 }
 
-void FN(maxpool2d_backward)(real *dinp, const real *dout, const int *argmax, int B, int H, int W, int C, int K,
+HERBS_CLONES void FN(maxpool2d_backward)(real *dinp, const real *dout, const int *argmax, int B, int H, int W, int C, int K,
                             int stride, int pad)
 {
     const int OH = (H + 2 * pad - K) / stride + 1, OW = (W + 2 * pad - K) / stride + 1;

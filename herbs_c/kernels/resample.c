@@ -1,3 +1,4 @@
+#include "kernels/clones.h"
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
 
@@ -25,7 +26,7 @@ static real FN(up2x_weight)(int o, int i, int n)
     return (i0 == i ? l0 : 0) + (i1 == i ? l1 : 0);
 }
 
-void FN(upsample_bilinear2x_forward)(real *out, const real *inp, int B, int H, int W, int C)
+HERBS_CLONES void FN(upsample_bilinear2x_forward)(real *out, const real *inp, int B, int H, int W, int C)
 {
     const int OH = 2 * H, OW = 2 * W;
 #pragma omp parallel for schedule(static) RESAMPLE_PARALLEL((double)B * OH * OW * C)
@@ -49,7 +50,7 @@ void FN(upsample_bilinear2x_forward)(real *out, const real *inp, int B, int H, i
     }
 }
 
-void FN(upsample_bilinear2x_backward)(real *dinp, const real *dout, int B, int H, int W, int C)
+HERBS_CLONES void FN(upsample_bilinear2x_backward)(real *dinp, const real *dout, int B, int H, int W, int C)
 {
     const int OH = 2 * H, OW = 2 * W;
     /* a gather: input index i is read only by outputs 2i-2 .. 2i+3 */
@@ -81,7 +82,7 @@ void FN(upsample_bilinear2x_backward)(real *dinp, const real *dout, int B, int H
     }
 }
 
-void FN(avgpool2x2_forward)(real *out, const real *inp, int B, int H, int W, int C)
+HERBS_CLONES void FN(avgpool2x2_forward)(real *out, const real *inp, int B, int H, int W, int C)
 {
     const int OH = H / 2, OW = W / 2;
 #pragma omp parallel for schedule(static) RESAMPLE_PARALLEL((double)B * OH * OW * C * 4)
@@ -98,7 +99,7 @@ void FN(avgpool2x2_forward)(real *out, const real *inp, int B, int H, int W, int
     }
 }
 
-void FN(avgpool2x2_backward)(real *dinp, const real *dout, int B, int H, int W, int C)
+HERBS_CLONES void FN(avgpool2x2_backward)(real *dinp, const real *dout, int B, int H, int W, int C)
 {
     const int OH = H / 2, OW = W / 2;
 #pragma omp parallel for schedule(static) RESAMPLE_PARALLEL((double)B * OH * OW * C * 4)

@@ -21,13 +21,11 @@
 #define BN_MOMENTUM 0.1f
 #define EXPANSION 4
 #define STAGES 4
-#define IM2COL_CHUNK_FLOATS ((size_t)1 << 22) /* 16 MB of im2col rows per GEMM, at most */
 
 typedef struct {
     size_t weight; /* offset of the PyTorch-layout weight [OC, C, k, k] */
     int in_c, out_c, k, stride, pad;
     int H, W, OH, OW; /* input and output sizes (fixed by img_size) */
-    float *weight_ohwi; /* the last forward's repacked weight; NULL for 1x1 (same memory) */
 } conv_layer;
 
 typedef struct {
@@ -55,8 +53,9 @@ typedef struct {
     int batch, train;
     float *x0, *y0, *a0, *p0; /* NHWC image, stem conv output, after ReLU, after max-pool */
     int *argmax;
-    float *scratch; /* im2col rows */
+    float *scratch; /* the convolutions' scratch (packed weights, im2col chunks) */
     size_t scratch_floats;
+    float *weight_ohwi; /* the current conv's weight in the compute layout (k > 1) */
 } resnet;
 
 /* --- building ---------------------------------------------------------------------------- */
@@ -134,24 +133,23 @@ static herbs_status block_init(bottleneck *blk, herbs_params *t, const char *pre
 
 static size_t conv_out_floats(const conv_layer *c, int batch) { return (size_t)batch * c->OH * c->OW * c->out_c; }
 
-/* the weight in the compute layout: 1x1 kernels are the same memory; others are repacked once
-   per forward into the arena (and reused by backward) */
-static const float *conv_weight(conv_layer *c, const herbs_params *t, herbs_arena *arena)
+/* the weight in the compute layout: 1x1 kernels are the same memory; others are repacked into
+   the shared buffer r->weight_ohwi just before each use (cheap next to the conv, and one buffer
+   instead of a copy of every 3x3/7x7 weight kept from forward to backward) */
+static const float *conv_weight(resnet *r, const conv_layer *c, const herbs_params *t)
 {
     if (c->k == 1)
         return PARAM(t, c->weight);
-    c->weight_ohwi = herbs_arena_floats(arena, (size_t)c->out_c * c->k * c->k * c->in_c, 0);
-    if (c->weight_ohwi)
-        conv2d_weight_to_ohwi(c->weight_ohwi, PARAM(t, c->weight), c->out_c, c->in_c, c->k, c->k);
-    return c->weight_ohwi;
+    conv2d_weight_to_ohwi(r->weight_ohwi, PARAM(t, c->weight), c->out_c, c->in_c, c->k, c->k);
+    return r->weight_ohwi;
 }
 
 static herbs_status conv_forward_pass(resnet *r, conv_layer *c, const herbs_params *t, herbs_arena *arena,
                                       const float *inp, float **out)
 {
-    const float *w = conv_weight(c, t, arena);
+    const float *w = conv_weight(r, c, t);
     *out = herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0);
-    if (!w || !*out)
+    if (!*out)
         return HERBS_ERR_NOMEM;
     conv2d_forward(*out, inp, w, NULL, r->scratch, r->scratch_floats, r->batch, c->H, c->W, c->in_c, c->out_c, c->k,
                    c->k, c->stride, c->pad);
@@ -163,7 +161,7 @@ static herbs_status conv_forward_pass(resnet *r, conv_layer *c, const herbs_para
 static void conv_backward_pass(resnet *r, conv_layer *c, herbs_params *t, float *dw_scratch, float *dinp,
                                const float *dout, const float *inp)
 {
-    const float *w = c->k == 1 ? PARAM(t, c->weight) : c->weight_ohwi;
+    const float *w = conv_weight(r, c, t);
     float *dw = c->k == 1 ? GRAD(t, c->weight) : dw_scratch;
     if (c->k != 1)
         memset(dw, 0, (size_t)c->out_c * c->k * c->k * c->in_c * sizeof(float));
@@ -173,36 +171,44 @@ static void conv_backward_pass(resnet *r, conv_layer *c, herbs_params *t, float 
         conv2d_weight_grad_from_ohwi(GRAD(t, c->weight), dw, c->out_c, c->in_c, c->k, c->k);
 }
 
-/* out[N, C] = BN(inp): batch statistics and a running-stat update in train mode */
+/* out[N, C] = BN(inp), through a ReLU when relu is set: batch statistics and a running-stat
+   update in train mode */
 static herbs_status bn_forward_pass(resnet *r, bn_layer *b, const herbs_params *t, herbs_arena *arena,
-                                    const float *inp, float *out, int N)
+                                    const float *inp, float *out, int N, int relu)
 {
     const int C = b->channels;
     const float *w = PARAM(t, b->weight), *bias = PARAM(t, b->bias);
     float *rm = BUFFER(t, b->running_mean), *rv = BUFFER(t, b->running_var);
     if (!r->train) {
-        batchnorm_forward_eval(out, inp, rm, rv, w, bias, N, C, BN_EPS);
+        (relu ? batchnorm_relu_forward_eval : batchnorm_forward_eval)(out, inp, rm, rv, w, bias, N, C, BN_EPS);
         return HERBS_OK;
     }
     b->mean = herbs_arena_floats(arena, C, 0);
     b->rstd = herbs_arena_floats(arena, C, 0);
     if (!b->mean || !b->rstd)
         return HERBS_ERR_NOMEM;
-    batchnorm_forward_train(out, b->mean, b->rstd, rm, rv, inp, w, bias, N, C, BN_EPS, BN_MOMENTUM);
+    (relu ? batchnorm_relu_forward_train : batchnorm_forward_train)(out, b->mean, b->rstd, rm, rv, inp, w, bias, N,
+                                                                     C, BN_EPS, BN_MOMENTUM);
     BUFFER(t, b->num_batches_tracked)[0] += 1;
     return HERBS_OK;
 }
 
+/* dinp += d(inp) from dout; relu_out, when not NULL, is the output of a ReLU downstream of the
+   BN (directly, or after the residual add), whose mask is applied to dout on the fly */
 static void bn_backward_pass(resnet *r, bn_layer *b, herbs_params *t, float *dinp, const float *dout,
-                             const float *inp, int N)
+                             const float *relu_out, const float *inp, int N)
 {
     const int C = b->channels;
     float *dw = GRAD(t, b->weight), *db = GRAD(t, b->bias);
-    if (r->train)
-        batchnorm_backward(dinp, dw, db, dout, inp, PARAM(t, b->weight), b->mean, b->rstd, N, C);
+    const float *w = PARAM(t, b->weight), *rm = BUFFER(t, b->running_mean), *rv = BUFFER(t, b->running_var);
+    if (r->train && relu_out)
+        batchnorm_relu_backward(dinp, dw, db, dout, relu_out, inp, w, b->mean, b->rstd, N, C);
+    else if (r->train)
+        batchnorm_backward(dinp, dw, db, dout, inp, w, b->mean, b->rstd, N, C);
+    else if (relu_out)
+        batchnorm_relu_backward_eval(dinp, dw, db, dout, relu_out, inp, rm, rv, w, N, C, BN_EPS);
     else
-        batchnorm_backward_eval(dinp, dw, db, dout, inp, BUFFER(t, b->running_mean), BUFFER(t, b->running_var),
-                                PARAM(t, b->weight), N, C, BN_EPS);
+        batchnorm_backward_eval(dinp, dw, db, dout, inp, rm, rv, w, N, C, BN_EPS);
 }
 
 /* y = conv(inp); a = ReLU(BN(y)) */
@@ -210,13 +216,10 @@ static herbs_status conv_bn_relu_forward(resnet *r, conv_layer *c, bn_layer *b, 
                                          herbs_arena *arena, const float *inp, float **y, float **a)
 {
     HERBS_TRY(conv_forward_pass(r, c, t, arena, inp, y));
-    const size_t n = conv_out_floats(c, r->batch);
-    *a = herbs_arena_floats(arena, n, 0);
+    *a = herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0);
     if (!*a)
         return HERBS_ERR_NOMEM;
-    HERBS_TRY(bn_forward_pass(r, b, t, arena, *y, *a, r->batch * c->OH * c->OW));
-    relu_forward(*a, *a, n);
-    return HERBS_OK;
+    return bn_forward_pass(r, b, t, arena, *y, *a, r->batch * c->OH * c->OW, 1);
 }
 
 static herbs_status block_forward(resnet *r, bottleneck *blk, const herbs_params *t, herbs_arena *arena,
@@ -231,7 +234,7 @@ static herbs_status block_forward(resnet *r, bottleneck *blk, const herbs_params
     blk->out = herbs_arena_floats(arena, n, 0);
     if (!blk->out)
         return HERBS_ERR_NOMEM;
-    HERBS_TRY(bn_forward_pass(r, &blk->bn3, t, arena, blk->y3, blk->out, N));
+    HERBS_TRY(bn_forward_pass(r, &blk->bn3, t, arena, blk->y3, blk->out, N, 0));
     const float *identity = x;
     if (blk->has_down) {
         HERBS_TRY(conv_forward_pass(r, &blk->down_conv, t, arena, x, &blk->yd));
@@ -239,7 +242,7 @@ static herbs_status block_forward(resnet *r, bottleneck *blk, const herbs_params
         float *z = herbs_arena_floats(arena, n, 0);
         if (!z)
             return HERBS_ERR_NOMEM;
-        HERBS_TRY(bn_forward_pass(r, &blk->down_bn, t, arena, blk->yd, z, N));
+        HERBS_TRY(bn_forward_pass(r, &blk->down_bn, t, arena, blk->yd, z, N, 0));
         identity = z;
     }
     add_relu_forward(blk->out, blk->out, identity, n);
@@ -267,17 +270,28 @@ static herbs_status resnet_forward(herbs_backbone *bb, const herbs_params *t, he
                            batch, last_positions);
     r->batch = batch;
     r->train = train;
-    /* im2col rows for the largest conv, capped: bigger chunks only cost memory */
-    size_t need = 0;
+    /* one scratch (packed weights, im2col chunks) and one repacked weight for every conv */
+    size_t weights = 0;
+    r->scratch_floats = 0;
     for (int i = -1; i < r->n_blocks; i++) {
-        const conv_layer *c = i < 0 ? &r->stem_conv : &r->blocks[i].conv2;
-        size_t cols = (size_t)batch * c->OH * c->OW * c->k * c->k * c->in_c;
-        need = cols > need ? cols : need;
+        const conv_layer *cs[4] = {&r->stem_conv};
+        if (i >= 0) {
+            cs[0] = &r->blocks[i].conv1;
+            cs[1] = &r->blocks[i].conv2;
+            cs[2] = &r->blocks[i].conv3;
+            cs[3] = &r->blocks[i].down_conv;
+        }
+        for (int j = 0; j < (i < 0 ? 1 : r->blocks[i].has_down ? 4 : 3); j++) {
+            size_t need = conv2d_scratch_floats(cs[j]->in_c, cs[j]->out_c, cs[j]->k, cs[j]->k);
+            size_t weight = (size_t)cs[j]->out_c * cs[j]->in_c * cs[j]->k * cs[j]->k;
+            r->scratch_floats = need > r->scratch_floats ? need : r->scratch_floats;
+            weights = weight > weights ? weight : weights;
+        }
     }
-    r->scratch_floats = need < IM2COL_CHUNK_FLOATS ? need : IM2COL_CHUNK_FLOATS;
+    r->weight_ohwi = herbs_arena_floats(arena, weights, 0);
     r->scratch = herbs_arena_floats(arena, r->scratch_floats, 0);
     r->x0 = herbs_arena_floats(arena, image_floats(r, batch), 0);
-    if (!r->scratch || !r->x0)
+    if (!r->scratch || !r->x0 || !r->weight_ohwi)
         return HERBS_ERR_NOMEM;
     nchw_to_nhwc_forward(r->x0, images, batch, bb->in_channels, bb->img_size, bb->img_size);
 
@@ -316,19 +330,19 @@ static void block_backward(resnet *r, bottleneck *blk, herbs_params *t, grad_buf
     const size_t n_out = conv_out_floats(&blk->conv3, r->batch);
     const size_t n1 = conv_out_floats(&blk->conv1, r->batch), n2 = conv_out_floats(&blk->conv2, r->batch);
     const int N1 = r->batch * blk->conv1.OH * blk->conv1.OW, N3 = r->batch * blk->conv3.OH * blk->conv3.OW;
-    /* the add and its ReLU: g = d(both branches); the identity takes it straight */
-    add_relu_backward(zeroed(gb->g, n_out), blk->has_down ? NULL : gb->prev, gb->cur, blk->out, n_out);
+    /* the add and its ReLU: both branches get cur masked by out > 0 — the BN passes apply the
+       mask on the fly, the identity takes it straight */
+    if (!blk->has_down)
+        add_relu_backward(NULL, gb->prev, gb->cur, blk->out, n_out);
     if (blk->has_down) {
-        bn_backward_pass(r, &blk->down_bn, t, zeroed(gb->d, n_out), gb->g, blk->yd, N3);
+        bn_backward_pass(r, &blk->down_bn, t, zeroed(gb->d, n_out), gb->cur, blk->out, blk->yd, N3);
         conv_backward_pass(r, &blk->down_conv, t, gb->dw, gb->prev, gb->d, blk->x);
     }
-    bn_backward_pass(r, &blk->bn3, t, zeroed(gb->d, n_out), gb->g, blk->y3, N3);
-    conv_backward_pass(r, &blk->conv3, t, gb->dw, zeroed(gb->g, n2), gb->d, blk->a2);            /* d a2 */
-    relu_backward(zeroed(gb->d, n2), gb->g, blk->a2, n2);                                          /* d z2 */
-    bn_backward_pass(r, &blk->bn2, t, zeroed(gb->g, n2), gb->d, blk->y2, N3);                     /* d y2 */
-    conv_backward_pass(r, &blk->conv2, t, gb->dw, zeroed(gb->d, n1), gb->g, blk->a1);             /* d a1 */
-    relu_backward(zeroed(gb->g, n1), gb->d, blk->a1, n1);                                          /* d z1 */
-    bn_backward_pass(r, &blk->bn1, t, zeroed(gb->d, n1), gb->g, blk->y1, N1);                     /* d y1 */
+    bn_backward_pass(r, &blk->bn3, t, zeroed(gb->d, n_out), gb->cur, blk->out, blk->y3, N3);
+    conv_backward_pass(r, &blk->conv3, t, gb->dw, zeroed(gb->g, n2), gb->d, blk->a2);       /* d a2 */
+    bn_backward_pass(r, &blk->bn2, t, zeroed(gb->d, n2), gb->g, blk->a2, blk->y2, N3);      /* d y2 */
+    conv_backward_pass(r, &blk->conv2, t, gb->dw, zeroed(gb->g, n1), gb->d, blk->a1);       /* d a1 */
+    bn_backward_pass(r, &blk->bn1, t, zeroed(gb->d, n1), gb->g, blk->a1, blk->y1, N1);      /* d y1 */
     conv_backward_pass(r, &blk->conv1, t, gb->dw, gb->prev, gb->d, blk->x);
 }
 
@@ -388,10 +402,9 @@ static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
     conv_layer *stem = &r->stem_conv;
     const size_t n0 = conv_out_floats(stem, r->batch);
     maxpool2d_backward(zeroed(gb.g, n0), gb.cur, r->argmax, r->batch, stem->OH, stem->OW, stem->out_c, 3, 2, 1);
-    relu_backward(zeroed(gb.d, n0), gb.g, r->a0, n0);
-    bn_backward_pass(r, &r->stem_bn, t, zeroed(gb.g, n0), gb.d, r->y0, r->batch * stem->OH * stem->OW);
-    float *dx = dimages ? zeroed(gb.d, image_floats(r, r->batch)) : NULL;
-    conv_backward_pass(r, stem, t, gb.dw, dx, gb.g, r->x0);
+    bn_backward_pass(r, &r->stem_bn, t, zeroed(gb.d, n0), gb.g, r->a0, r->y0, r->batch * stem->OH * stem->OW);
+    float *dx = dimages ? zeroed(gb.g, image_floats(r, r->batch)) : NULL;
+    conv_backward_pass(r, stem, t, gb.dw, dx, gb.d, r->x0);
     if (dimages)
         nchw_to_nhwc_backward(dimages, dx, r->batch, bb->in_channels, bb->img_size, bb->img_size);
     return HERBS_OK;
