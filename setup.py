@@ -11,7 +11,6 @@ sources = sorted(glob.glob(os.path.join("herbs_c", "**", "*.c"), recursive=True)
 
 extra_compile_args = [
     "-std=c11", "-O3", "-fopenmp", "-fno-math-errno",
-    "-ffp-contract=fast",  # a*b+c may become one FMA (GCC's default outside strict ISO modes)
     "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers",
 ]
 if os.environ.get("HERBS_SANITIZE"):

@@ -2,6 +2,7 @@
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
 
+#undef RESIDUAL_PARALLEL /* residual.c, compiled into the same f64.c, has its own */
 #define RESIDUAL_PARALLEL(n) if ((double)(n) > 65536)
 
 void FN(drop_path_scales)(real *scale, int B, real keep_prob, uint64_t seed, uint64_t stream)

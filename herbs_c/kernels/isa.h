@@ -1,15 +1,18 @@
 /* Builds of a kernel's inner loop for each instruction set, chosen at run time by
    herbs_isa_current() (so HERBS_ISA=avx2 forces them down with the GEMM): the loop is written
-   once as an always-inline body over `real`, and the compiler vectorises it again in each build. */
+   once as an always-inline body over `real`, and the compiler vectorises it again in each build.
+   The AVX builds may contract a*b+c into one FMA (the build's ISO C mode turns that off
+   elsewhere); the portable build, which has no FMA, computes as written. */
 #ifndef HERBS_KERNELS_ISA_H
 #define HERBS_KERNELS_ISA_H
 
 #include "core/cpu.h"
 
 #if defined(__x86_64__)
-#define HERBS_TARGET_AVX512 \
-    __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")))
-#define HERBS_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define HERBS_TARGET_AVX512                                                                    \
+    __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512"), \
+                   optimize("fp-contract=fast")))
+#define HERBS_TARGET_AVX2 __attribute__((target("avx2,fma"), optimize("fp-contract=fast")))
 #else
 #define HERBS_TARGET_AVX512
 #define HERBS_TARGET_AVX2

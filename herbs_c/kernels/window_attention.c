@@ -2,7 +2,7 @@
    are gathered into the thread's work area, and the six products (q·kᵀ, p·v; dout·vᵀ,
    dlogits·k, dlogitsᵀ·q, pᵀ·dout) are N×N×d with N = 49 or 144 and d = 32: too small for the
    packed GEMM to pay for its packing, so they go through one register-blocked routine
-   (small_mm) written with GCC vector extensions and built per instruction set (isa.h).
+   (wa_small_mm) written with GCC vector extensions and built per instruction set (isa.h).
    Backward recomputes the probabilities from the saved log-sum-exp instead of storing them. */
 #include <omp.h>
 #include <string.h>
@@ -18,8 +18,8 @@
 typedef real FN(wa_vec) __attribute__((vector_size(WA_BYTES), aligned(sizeof(real)))); /* unaligned access */
 
 /* out[r][v·VL : (v+1)·VL] = alpha · Σ_k a[r·ar + k·ak] · b[k·ldb + v·VL ...] for r < R, v < V: R·V
-   vector accumulators in registers (R, V are constants once inlined into small_mm). */
-HERBS_INLINE void FN(small_mm_block)(real *out, long ldo, const real *a, long ar, long ak, const real *b, long ldb,
+   vector accumulators in registers (R, V are constants once inlined into wa_small_mm). */
+HERBS_INLINE void FN(wa_small_mm_block)(real *out, long ldo, const real *a, long ar, long ak, const real *b, long ldb,
                                      int K, real alpha, const int R, const int V)
 {
     FN(wa_vec) acc[4][4];
@@ -44,23 +44,23 @@ HERBS_INLINE void FN(small_mm_block)(real *out, long ldo, const real *a, long ar
 /* out[M][cols] (row stride ldo) = alpha · A[M][K] · B[K][cols]; A's element (r, k) is at
    a[r·ar + k·ak] (so Aᵀ is a matter of strides), B rows have stride ldb, cols is a multiple of
    the vector length. */
-HERBS_INLINE void FN(small_mm)(real *out, long ldo, const real *a, long ar, long ak, const real *b, long ldb, int M,
+HERBS_INLINE void FN(wa_small_mm)(real *out, long ldo, const real *a, long ar, long ak, const real *b, long ldb, int M,
                                int K, int cols, real alpha)
 {
     int r = 0;
     for (; r + 4 <= M; r += 4) {
         int c = 0;
         for (; c + 4 * WA_VL <= cols; c += 4 * WA_VL)
-            FN(small_mm_block)(out + (size_t)r * ldo + c, ldo, a + r * ar, ar, ak, b + c, ldb, K, alpha, 4, 4);
+            FN(wa_small_mm_block)(out + (size_t)r * ldo + c, ldo, a + r * ar, ar, ak, b + c, ldb, K, alpha, 4, 4);
         for (; c < cols; c += WA_VL)
-            FN(small_mm_block)(out + (size_t)r * ldo + c, ldo, a + r * ar, ar, ak, b + c, ldb, K, alpha, 4, 1);
+            FN(wa_small_mm_block)(out + (size_t)r * ldo + c, ldo, a + r * ar, ar, ak, b + c, ldb, K, alpha, 4, 1);
     }
     for (; r < M; r++) {
         int c = 0;
         for (; c + 4 * WA_VL <= cols; c += 4 * WA_VL)
-            FN(small_mm_block)(out + (size_t)r * ldo + c, ldo, a + r * ar, ar, ak, b + c, ldb, K, alpha, 1, 4);
+            FN(wa_small_mm_block)(out + (size_t)r * ldo + c, ldo, a + r * ar, ar, ak, b + c, ldb, K, alpha, 1, 4);
         for (; c < cols; c += WA_VL)
-            FN(small_mm_block)(out + (size_t)r * ldo + c, ldo, a + r * ar, ar, ak, b + c, ldb, K, alpha, 1, 1);
+            FN(wa_small_mm_block)(out + (size_t)r * ldo + c, ldo, a + r * ar, ar, ak, b + c, ldb, K, alpha, 1, 1);
     }
 }
 
@@ -118,7 +118,7 @@ size_t FN(window_attention_work)(int head_dim, int window, int heads)
 /* An item's window: tok[n] = token index (in its sample) of window position n; with a shift,
    label[n] = pre-roll region (3·row region + column region). Returns whether the window holds
    several regions (only windows in the last row or column of windows do). */
-static int FN(window_tokens)(const FN(wa_geometry) *g, int w, int *tok, int *label)
+static int FN(wa_window_tokens)(const FN(wa_geometry) *g, int w, int *tok, int *label)
 {
     const int wy = w / g->nwx, wx = w % g->nwx, H = g->H, W = g->W, win = g->window, s = g->shift;
     for (int i = 0; i < win; i++)
@@ -132,7 +132,7 @@ static int FN(window_tokens)(const FN(wa_geometry) *g, int w, int *tok, int *lab
 
 /* rows[N][dp] = scale · columns col..col+d of the rows tok[n] of src (row stride ld), zero-padded;
    with `transposed` non-NULL, also transposed[dp][Np] (zero-padded). */
-static void FN(gather)(real *rows, real *transposed, const real *src, long ld, int col, real scale, const int *tok,
+static void FN(wa_gather)(real *rows, real *transposed, const real *src, long ld, int col, real scale, const int *tok,
                        const FN(wa_geometry) *g)
 {
     const int N = g->N, d = g->d, dp = g->dp, Np = g->Np;
@@ -153,7 +153,7 @@ static void FN(gather)(real *rows, real *transposed, const real *src, long ld, i
 }
 
 /* rows tok[n] of dst (row stride ld) from column col += o[N][dp] (d columns) */
-static void FN(scatter_add)(real *dst, long ld, int col, const real *o, const int *tok, const FN(wa_geometry) *g)
+static void FN(wa_scatter_add)(real *dst, long ld, int col, const real *o, const int *tok, const FN(wa_geometry) *g)
 {
     for (int n = 0; n < g->N; n++) {
         real *row = dst + (size_t)tok[n] * ld + col;
@@ -164,7 +164,7 @@ static void FN(scatter_add)(real *dst, long ld, int col, const real *o, const in
 }
 
 /* s[N][Np] += bias (+ the mask between different labels) */
-HERBS_INLINE void FN(add_bias_mask)(real *s, const real *bias, const int *label, int masked, const FN(wa_geometry) *g)
+HERBS_INLINE void FN(wa_add_bias_mask)(real *s, const real *bias, const int *label, int masked, const FN(wa_geometry) *g)
 {
     const int N = g->N;
     for (int i = 0; i < N; i++) {
@@ -183,15 +183,15 @@ HERBS_INLINE void FN(add_bias_mask)(real *s, const real *bias, const int *label,
 }
 
 /* One item forward: logits, softmax (lse saved), p·v written to the tokens' rows of y. */
-HERBS_INLINE void FN(forward_item)(const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x,
+HERBS_INLINE void FN(wa_forward_item)(const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x,
                                    const real *bias, int h, real *y, real *lse)
 {
     const int N = g->N, Np = g->Np, dp = g->dp, d = g->d, C = g->C;
-    FN(gather)(w->q, NULL, x, 3 * C, h * d, g->scale, w->tok, g);
-    FN(gather)(w->k, w->kt, x, 3 * C, C + h * d, 1, w->tok, g);
-    FN(gather)(w->v, NULL, x, 3 * C, 2 * C + h * d, 1, w->tok, g);
-    FN(small_mm)(w->s, Np, w->q, dp, 1, w->kt, Np, N, d, Np, 1);
-    FN(add_bias_mask)(w->s, bias, w->label, masked, g);
+    FN(wa_gather)(w->q, NULL, x, 3 * C, h * d, g->scale, w->tok, g);
+    FN(wa_gather)(w->k, w->kt, x, 3 * C, C + h * d, 1, w->tok, g);
+    FN(wa_gather)(w->v, NULL, x, 3 * C, 2 * C + h * d, 1, w->tok, g);
+    FN(wa_small_mm)(w->s, Np, w->q, dp, 1, w->kt, Np, N, d, Np, 1);
+    FN(wa_add_bias_mask)(w->s, bias, w->label, masked, g);
     for (int i = 0; i < N; i++) {
         real *row = w->s + (size_t)i * Np, m = row[0], sum = 0;
 #pragma omp simd reduction(max : m)
@@ -208,28 +208,28 @@ HERBS_INLINE void FN(forward_item)(const FN(wa_geometry) *g, const FN(wa_work) *
         for (int j = 0; j < N; j++)
             row[j] *= inv;
     }
-    FN(small_mm)(w->o, dp, w->s, Np, 1, w->v, dp, N, N, dp, 1);
+    FN(wa_small_mm)(w->o, dp, w->s, Np, 1, w->v, dp, N, N, dp, 1);
     for (int n = 0; n < N; n++)
         memcpy(y + (size_t)w->tok[n] * C + h * d, w->o + (size_t)n * dp, d * sizeof(real));
 }
-HERBS_ISA_VARIANTS(forward_item,
+HERBS_ISA_VARIANTS(wa_forward_item,
                    (const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x, const real *bias, int h,
                     real *y, real *lse),
                    (g, w, masked, x, bias, h, y, lse))
 
 /* One item backward: p recomputed from lse; dp = dout·vᵀ; dlogits = p·(dp - Σ_j p·dp);
    dbias += dlogits; dq = scale·dlogits·k; dk = dlogitsᵀ·(scale·q); dv = pᵀ·dout. */
-HERBS_INLINE void FN(backward_item)(const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x,
+HERBS_INLINE void FN(wa_backward_item)(const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x,
                                     const real *dy, const real *bias, const real *lse, int h, real *dx, real *dbias)
 {
     const int N = g->N, Np = g->Np, dp = g->dp, d = g->d, C = g->C;
-    FN(gather)(w->q, NULL, x, 3 * C, h * d, g->scale, w->tok, g);
-    FN(gather)(w->k, w->kt, x, 3 * C, C + h * d, 1, w->tok, g);
-    FN(gather)(w->v, w->vt, x, 3 * C, 2 * C + h * d, 1, w->tok, g);
-    FN(gather)(w->dy, NULL, dy, C, h * d, 1, w->tok, g);
-    FN(small_mm)(w->s, Np, w->q, dp, 1, w->kt, Np, N, d, Np, 1);
-    FN(add_bias_mask)(w->s, bias, w->label, masked, g);
-    FN(small_mm)(w->ds, Np, w->dy, dp, 1, w->vt, Np, N, d, Np, 1);
+    FN(wa_gather)(w->q, NULL, x, 3 * C, h * d, g->scale, w->tok, g);
+    FN(wa_gather)(w->k, w->kt, x, 3 * C, C + h * d, 1, w->tok, g);
+    FN(wa_gather)(w->v, w->vt, x, 3 * C, 2 * C + h * d, 1, w->tok, g);
+    FN(wa_gather)(w->dy, NULL, dy, C, h * d, 1, w->tok, g);
+    FN(wa_small_mm)(w->s, Np, w->q, dp, 1, w->kt, Np, N, d, Np, 1);
+    FN(wa_add_bias_mask)(w->s, bias, w->label, masked, g);
+    FN(wa_small_mm)(w->ds, Np, w->dy, dp, 1, w->vt, Np, N, d, Np, 1);
     for (int i = 0; i < N; i++) {
         real *p = w->s + (size_t)i * Np, *gi = w->ds + (size_t)i * Np, *db = dbias + (size_t)i * N, dot = 0;
         const real l = lse[i];
@@ -244,14 +244,14 @@ HERBS_INLINE void FN(backward_item)(const FN(wa_geometry) *g, const FN(wa_work) 
             db[j] += gi[j];
         }
     }
-    FN(small_mm)(w->o, dp, w->ds, Np, 1, w->k, dp, N, N, dp, g->scale);
-    FN(scatter_add)(dx, 3 * C, h * d, w->o, w->tok, g);
-    FN(small_mm)(w->o, dp, w->ds, 1, Np, w->q, dp, N, N, dp, 1);
-    FN(scatter_add)(dx, 3 * C, C + h * d, w->o, w->tok, g);
-    FN(small_mm)(w->o, dp, w->s, 1, Np, w->dy, dp, N, N, dp, 1);
-    FN(scatter_add)(dx, 3 * C, 2 * C + h * d, w->o, w->tok, g);
+    FN(wa_small_mm)(w->o, dp, w->ds, Np, 1, w->k, dp, N, N, dp, g->scale);
+    FN(wa_scatter_add)(dx, 3 * C, h * d, w->o, w->tok, g);
+    FN(wa_small_mm)(w->o, dp, w->ds, 1, Np, w->q, dp, N, N, dp, 1);
+    FN(wa_scatter_add)(dx, 3 * C, C + h * d, w->o, w->tok, g);
+    FN(wa_small_mm)(w->o, dp, w->s, 1, Np, w->dy, dp, N, N, dp, 1);
+    FN(wa_scatter_add)(dx, 3 * C, 2 * C + h * d, w->o, w->tok, g);
 }
-HERBS_ISA_VARIANTS(backward_item,
+HERBS_ISA_VARIANTS(wa_backward_item,
                    (const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x, const real *dy,
                     const real *bias, const real *lse, int h, real *dx, real *dbias),
                    (g, w, masked, x, dy, bias, lse, h, dx, dbias))
@@ -281,7 +281,7 @@ void FN(relative_bias_backward)(real *dtable, const real *dbias, int heads, int 
 #define WA_PARALLEL(items, g) if ((items) > 1 && (double)(items) * (g).N * (g).N * (g).d > 1e5)
 
 /* The thread's work area: aligned to a vector inside the caller's buffer. */
-static real *FN(thread_work)(real *work, size_t per_thread)
+static real *FN(wa_thread_work)(real *work, size_t per_thread)
 {
     real *base = work + per_thread * omp_get_thread_num();
     const size_t misalign = ((uintptr_t)base / sizeof(real)) % WA_VL;
@@ -295,17 +295,17 @@ void FN(window_attention_forward)(real *out, real *lse, real *work, const real *
     const long items = (long)B * g.nw * heads;
     const size_t per_thread = FN(window_attention_work)(g.d, window, heads);
     void (*item_fn)(const FN(wa_geometry) *, const FN(wa_work) *, int, const real *, const real *, int, real *,
-                    real *) = FN(forward_item_isa)();
+                    real *) = FN(wa_forward_item_isa)();
 #pragma omp parallel num_threads(threads) WA_PARALLEL(items, g)
     {
-        const FN(wa_work) w = FN(wa_work_of)(FN(thread_work)(work, per_thread), &g);
+        const FN(wa_work) w = FN(wa_work_of)(FN(wa_thread_work)(work, per_thread), &g);
         long window_of_tokens = -1; /* the (sample, window) whose tokens are in w.tok */
         int masked = 0;
 #pragma omp for schedule(static)
         for (long item = 0; item < items; item++) {
             const int h = (int)(item % heads), win = (int)(item / heads % g.nw), b = (int)(item / heads / g.nw);
             if (item / heads != window_of_tokens) {
-                masked = FN(window_tokens)(&g, win, w.tok, w.label);
+                masked = FN(wa_window_tokens)(&g, win, w.tok, w.label);
                 window_of_tokens = item / heads;
             }
             item_fn(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, bias + (size_t)h * g.N * g.N, h,
@@ -322,10 +322,10 @@ void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const re
     const long items = (long)B * g.nw * heads;
     const size_t per_thread = FN(window_attention_work)(g.d, window, heads), nn = (size_t)g.N * g.N;
     void (*item_fn)(const FN(wa_geometry) *, const FN(wa_work) *, int, const real *, const real *, const real *,
-                    const real *, int, real *, real *) = FN(backward_item_isa)();
+                    const real *, int, real *, real *) = FN(wa_backward_item_isa)();
 #pragma omp parallel num_threads(threads) WA_PARALLEL(items, g)
     {
-        const FN(wa_work) w = FN(wa_work_of)(FN(thread_work)(work, per_thread), &g);
+        const FN(wa_work) w = FN(wa_work_of)(FN(wa_thread_work)(work, per_thread), &g);
         const int nt = omp_get_num_threads();
         memset(w.dbias, 0, heads * nn * sizeof(real));
         long window_of_tokens = -1;
@@ -334,7 +334,7 @@ void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const re
         for (long item = 0; item < items; item++) {
             const int h = (int)(item % heads), win = (int)(item / heads % g.nw), b = (int)(item / heads / g.nw);
             if (item / heads != window_of_tokens) {
-                masked = FN(window_tokens)(&g, win, w.tok, w.label);
+                masked = FN(wa_window_tokens)(&g, win, w.tok, w.label);
                 window_of_tokens = item / heads;
             }
             item_fn(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, dout + (size_t)b * H * W * C,
