@@ -1,12 +1,14 @@
-/* The float GEMM driver, in the BLIS structure: for each NC-wide block of columns and KC-deep
-   slice of K, the B block is packed into NR-wide panels (shared by the team); each thread packs
-   MC-row blocks of A into MR-row panels and runs the macro-kernel, which walks the tiles and
-   calls the ISA's micro-kernel. Work items are (A block, range of B panels), so short-and-wide
-   products split over columns and tall ones over rows. */
+/* The float GEMM driver, in the BLIS structure. One thread's product (gemm_serial): for each
+   nc-wide block of columns and kc-deep slice of K, the B block is packed into nr-wide panels;
+   for each mc-row block of A, the A block is packed into mr-row panels and the macro-kernel
+   walks the tiles, calling the ISA's micro-kernel. Threads (gemm) split C into a grid of
+   independent sub-products over rows, columns or depth, chosen by a cost model; each thread
+   packs what it needs itself, so the only rendezvous is the end (and, when K is split, one
+   barrier before the partial sums are added). On a shared machine every barrier waits for
+   the slowest thread's time slice, so fewer is faster. */
 #include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "core/arena.h"
 #include "core/cpu.h"
@@ -15,6 +17,9 @@
 #include "kernels/kernels.h"
 
 #define FLOPS_PER_THREAD 4.0e6 /* below this a second thread costs more than it gives */
+#define PACK_COST 64.0         /* packing one element costs about as much as 64 flops */
+#define ADD_COST 64.0          /* so does adding one element of a partial sum */
+#define PREFETCH_BYTES (256 << 10) /* batch items whose operands fit twice in L2 fetch the next */
 
 const gemm_microkernel *gemm_microkernel_current(void)
 {
@@ -25,11 +30,13 @@ const gemm_microkernel *gemm_microkernel_current(void)
     }
 }
 
-/* --- per-OS-thread pack buffers, freed when the thread ends ------------------------------ */
+/* --- per-OS-thread buffers, freed when the thread ends ------------------------------------- */
+
+enum { BUF_PACK, BUF_PARTIAL, BUF_COUNT }; /* pack buffers; partial sums of a split K */
 
 typedef struct {
-    float *data;
-    size_t capacity; /* floats */
+    float *data[BUF_COUNT];
+    size_t capacity[BUF_COUNT]; /* floats */
 } workspace;
 
 static pthread_key_t workspace_key;
@@ -38,14 +45,15 @@ static pthread_once_t workspace_once = PTHREAD_ONCE_INIT;
 static void workspace_destroy(void *p)
 {
     workspace *ws = p;
-    herbs_free(ws->data);
+    for (int i = 0; i < BUF_COUNT; i++)
+        herbs_free(ws->data[i]);
     free(ws);
 }
 
 static void workspace_key_create(void) { pthread_key_create(&workspace_key, workspace_destroy); }
 
-/* This thread's buffer of at least `floats` floats, or NULL when memory runs out. */
-static float *workspace_get(size_t floats)
+/* This thread's buffer `which` of at least `floats` floats, or NULL when memory runs out. */
+static float *workspace_get(int which, size_t floats)
 {
     pthread_once(&workspace_once, workspace_key_create);
     workspace *ws = pthread_getspecific(workspace_key);
@@ -56,88 +64,176 @@ static float *workspace_get(size_t floats)
             return NULL;
         }
     }
-    if (ws->capacity < floats) {
-        herbs_free(ws->data);
-        ws->capacity = 0;
-        ws->data = herbs_aligned_alloc(floats * sizeof(float));
-        if (!ws->data)
+    if (ws->capacity[which] < floats) {
+        herbs_free(ws->data[which]);
+        ws->capacity[which] = 0;
+        ws->data[which] = herbs_aligned_alloc(floats * sizeof(float));
+        if (!ws->data[which])
             return NULL;
-        ws->capacity = floats;
+        ws->capacity[which] = floats;
     }
-    return ws->data;
+    return ws->data[which];
 }
 
-/* --- packing ------------------------------------------------------------------------------ */
+/* --- one thread's product ------------------------------------------------------------------ */
 
-/* dst [ceil(m/mr)][k][mr] <- op(A)[0:m, 0:k] (rows beyond m are zero). */
-static void pack_a(int trans, int m, int k, const float *A, long lda, int mr, float *dst)
+static int min_int(int a, int b) { return a < b ? a : b; }
+static int round_up(int n, int unit) { return (n + unit - 1) / unit * unit; }
+
+/* The size, a multiple of `unit`, of equal blocks covering n with blocks of at most `most`. */
+static int block_size(int n, int most, int unit)
 {
-    for (int p0 = 0; p0 < m; p0 += mr, dst += (size_t)k * mr) {
-        int rows = m - p0 < mr ? m - p0 : mr;
-        if (!trans) {
-            for (int i = 0; i < rows; i++) {
-                const float *src = A + (size_t)(p0 + i) * lda;
-                for (int kk = 0; kk < k; kk++)
-                    dst[(size_t)kk * mr + i] = src[kk];
-            }
-        } else {
-            for (int kk = 0; kk < k; kk++)
-                memcpy(dst + (size_t)kk * mr, A + (size_t)kk * lda + p0, rows * sizeof(float));
-        }
-        if (rows < mr)
-            for (int kk = 0; kk < k; kk++)
-                memset(dst + (size_t)kk * mr + rows, 0, (mr - rows) * sizeof(float));
-    }
+    const int blocks = (n + most - 1) / most;
+    return round_up((n + blocks - 1) / blocks, unit);
 }
 
-/* dst [k][nr] <- op(B)[0:k, j0:j0+nr] for one panel (columns beyond n are zero). */
-static void pack_b_panel(int trans, int n, int k, const float *B, long ldb, int nr, int j0, float *dst)
+/* Where op(X)[row, col] is, for X with row stride ld, transposed or not. */
+static const float *op_at(const float *X, long ld, int trans, int row, int col)
 {
-    int cols = n - j0 < nr ? n - j0 : nr;
-    if (!trans) {
-        for (int kk = 0; kk < k; kk++) {
-            memcpy(dst + (size_t)kk * nr, B + (size_t)kk * ldb + j0, cols * sizeof(float));
-            if (cols < nr)
-                memset(dst + (size_t)kk * nr + cols, 0, (nr - cols) * sizeof(float));
-        }
-    } else {
-        for (int j = 0; j < cols; j++) {
-            const float *src = B + (size_t)(j0 + j) * ldb;
-            for (int kk = 0; kk < k; kk++)
-                dst[(size_t)kk * nr + j] = src[kk];
-        }
-        for (int j = cols; j < nr; j++)
-            for (int kk = 0; kk < k; kk++)
-                dst[(size_t)kk * nr + j] = 0.0f;
+    return trans ? X + (size_t)col * ld + row : X + (size_t)row * ld + col;
+}
+
+/* C[0:m, 0:n] = alpha * Apack · Bpack + beta * C, a stripe of mr rows of C at a time: the A
+   panel stays in L1 while the B panels stream from L2, and C is written in the order of its
+   memory, which the hardware prefetcher follows. */
+static void macro_kernel(const gemm_microkernel *uk, int m, int n, int k, float alpha, const float *apack,
+                         const float *bpack, float beta, float *C, long ldc)
+{
+    for (int i0 = 0; i0 < m; i0 += uk->mr) {
+        const float *a = apack + (size_t)i0 * k;
+        const int rows = min_int(uk->mr, m - i0);
+        for (int j0 = 0; j0 < n; j0 += uk->nr)
+            uk->run(k, a, uk->mr, bpack + (size_t)j0 * k, uk->nr, C + (size_t)i0 * ldc + j0, ldc, alpha, beta, rows,
+                    min_int(uk->nr, n - j0));
     }
 }
 
-/* --- macro-kernel --------------------------------------------------------------------------- */
+/* Whether rows `ld` floats apart can be read in place: rows 4 KiB apart (or a multiple) all
+   fall into one set of the L1 cache, which holds fewer than a tile's rows. */
+static int readable_in_place(long ld) { return ld % 1024 != 0; }
 
-/* C[0:m, panels p0..p1) = alpha * Apack · Bpack + beta * C, tile by tile. */
-static void macro_kernel(const gemm_microkernel *uk, int m, int n, int k, int p0, int p1, float alpha,
-                         const float *apack, const float *bpack, float beta, float *C, long ldc)
+/* gemm_serial for a product of one cache block (K <= kc, M <= mc, N <= nc): full tiles read A
+   and B where they are; only the edge tile of A, the edge panel of B and a transposed B are
+   packed. */
+static void gemm_small(const gemm_microkernel *uk, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                       const float *A, long lda, const float *B, long ldb, float beta, float *C, long ldc)
 {
     const int mr = uk->mr, nr = uk->nr;
-    float edge[32 * 32] __attribute__((aligned(64))); /* holds one tile: mr*nr <= 32*32 */
-    for (int p = p0; p < p1; p++) {
-        int j0 = p * nr, cols = n - j0 < nr ? n - j0 : nr;
-        const float *b = bpack + (size_t)p * k * nr;
-        for (int i0 = 0; i0 < m; i0 += mr) {
-            int rows = m - i0 < mr ? m - i0 : mr;
-            const float *a = apack + (size_t)i0 * k;
-            float *c = C + (size_t)i0 * ldc + j0;
-            if (rows == mr && cols == nr) {
-                uk->run(k, a, b, c, ldc, alpha, beta);
-                continue;
+    const int full_rows = M / mr * mr, full_cols = trans_b ? 0 : N / nr * nr; /* read in place */
+    const size_t b_floats = (size_t)K * round_up(N - full_cols, nr);
+    float *bpack = workspace_get(BUF_PACK, b_floats + (size_t)K * mr);
+    if (!bpack) {
+        gemm_reference(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    float *apack = bpack + b_floats;
+    if (full_cols < N)
+        uk->pack_b(trans_b, N - full_cols, K, op_at(B, ldb, trans_b, 0, full_cols), ldb, bpack);
+    if (full_rows < M)
+        uk->pack_a(trans_a, M - full_rows, K, op_at(A, lda, trans_a, full_rows, 0), lda, apack);
+    for (int j0 = 0; j0 < N; j0 += nr) {
+        const int cols = min_int(nr, N - j0);
+        const int in_place = j0 < full_cols;
+        const float *b = in_place ? B + j0 : bpack + (size_t)(j0 - full_cols) * K;
+        const long b_step = in_place ? ldb : nr;
+        float *c = C + j0;
+        for (int i0 = 0; i0 < full_rows; i0 += mr) {
+            if (trans_a)
+                uk->run(K, A + i0, lda, b, b_step, c + (size_t)i0 * ldc, ldc, alpha, beta, mr, cols);
+            else
+                uk->run_rows(K, A + (size_t)i0 * lda, lda, b, b_step, c + (size_t)i0 * ldc, ldc, alpha, beta, cols);
+        }
+        if (full_rows < M)
+            uk->run(K, apack, mr, b, b_step, c + (size_t)full_rows * ldc, ldc, alpha, beta, M - full_rows, cols);
+    }
+}
+
+/* C[0:M, 0:N] = alpha * op(A) · op(B) + beta * C with op(A) M x K, op(B) K x N, on the
+   calling thread alone. */
+static void gemm_serial(const gemm_microkernel *uk, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                        const float *A, long lda, const float *B, long ldb, float beta, float *C, long ldc)
+{
+    if (K <= uk->kc && M <= uk->mc && N <= uk->nc && readable_in_place(lda) && readable_in_place(ldb)) {
+        gemm_small(uk, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    const int kc = block_size(K, uk->kc, 16), mc = block_size(M, uk->mc, uk->mr), nc = block_size(N, uk->nc, uk->nr);
+    float *bpack = workspace_get(BUF_PACK, (size_t)kc * (nc + mc));
+    if (!bpack) { /* out of memory for packing: the plain loops need none */
+        gemm_reference(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    float *apack = bpack + (size_t)kc * nc;
+    for (int jc = 0; jc < N; jc += nc) {
+        const int n = min_int(nc, N - jc);
+        for (int pc = 0; pc < K; pc += kc) {
+            const int k = min_int(kc, K - pc);
+            uk->pack_b(trans_b, n, k, op_at(B, ldb, trans_b, pc, jc), ldb, bpack);
+            for (int ic = 0; ic < M; ic += mc) {
+                const int m = min_int(mc, M - ic);
+                uk->pack_a(trans_a, m, k, op_at(A, lda, trans_a, ic, pc), lda, apack);
+                macro_kernel(uk, m, n, k, alpha, apack, bpack, pc == 0 ? beta : 1.0f, C + (size_t)ic * ldc + jc, ldc);
             }
-            uk->run(k, a, b, edge, nr, 1.0f, 0.0f);
-            for (int i = 0; i < rows; i++)
-                for (int j = 0; j < cols; j++)
-                    c[(size_t)i * ldc + j] = beta == 0.0f ? alpha * edge[i * nr + j]
-                                                          : alpha * edge[i * nr + j] + beta * c[(size_t)i * ldc + j];
         }
     }
+}
+
+/* --- threads ------------------------------------------------------------------------------- */
+
+/* Threads along rows (m), columns (n) and depth (k) of the product: m * n * k of them. */
+typedef struct {
+    int m, n, k;
+} thread_grid;
+
+/* The cost in flops, padding and packing included, of the largest share of a grid. */
+static double grid_cost(const gemm_microkernel *uk, int M, int N, int K, thread_grid g)
+{
+    const double rows = (double)round_up(M, uk->mr * g.m) / g.m, cols = (double)round_up(N, uk->nr * g.n) / g.n;
+    const double depth = (double)(K + g.k - 1) / g.k;
+    const double a_packs = (double)((int)cols + uk->nc - 1) / uk->nc; /* A is packed once per column block */
+    const double reduce = g.k > 1 ? (double)M * N * g.k / (g.m * g.n * g.k) : 0.0;
+    return 2.0 * rows * cols * depth + PACK_COST * depth * (rows * (int)a_packs + cols) + ADD_COST * reduce;
+}
+
+/* The cheapest grid of nt threads; depth is split only when allowed and deep enough. */
+static thread_grid choose_grid(const gemm_microkernel *uk, int M, int N, int K, int nt, int split_k)
+{
+    thread_grid best = {nt, 1, 1};
+    double best_cost = grid_cost(uk, M, N, K, best);
+    for (int tk = 1; tk <= (split_k ? nt : 1); tk++) {
+        if (nt % tk || (tk > 1 && K < tk * uk->kc))
+            continue;
+        for (int tm = 1; tm <= nt / tk; tm++) {
+            if ((nt / tk) % tm)
+                continue;
+            thread_grid g = {tm, nt / tk / tm, tk};
+            double cost = grid_cost(uk, M, N, K, g);
+            if (cost < best_cost) {
+                best = g;
+                best_cost = cost;
+            }
+        }
+    }
+    return best;
+}
+
+/* Start of share `i` of `parts` over `units` units of `unit` elements, clipped to n. */
+static int share(int i, int parts, int n, int unit)
+{
+    const int units = (n + unit - 1) / unit;
+    return min_int(n, (int)((long)units * i / parts) * unit);
+}
+
+/* C[rows r0..r1) += the `count` partial products of M x N stored one after the other. */
+static void add_partials(int r0, int r1, int M, int N, const float *partial, int count, float *C, long ldc)
+{
+    for (int p = 0; p < count; p++)
+        for (int i = r0; i < r1; i++) {
+            const float *src = partial + ((size_t)p * M + i) * N;
+            float *dst = C + (size_t)i * ldc;
+            for (int j = 0; j < N; j++)
+                dst[j] += src[j];
+        }
 }
 
 static void scale_c(int M, int N, float beta, float *C, long ldc)
@@ -157,62 +253,68 @@ void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const floa
         return;
     }
     const gemm_microkernel *uk = gemm_microkernel_current();
-    const int mr = uk->mr, nr = uk->nr;
     const int nt = herbs_threads_for(2.0 * M * N * K, FLOPS_PER_THREAD);
-    const int kc_max = K < uk->kc ? K : uk->kc;
-    const int nc_max = N < uk->nc ? (N + nr - 1) / nr * nr : uk->nc;
-
-    /* A blocks: at most mc rows, and enough blocks that every thread has one when M allows. */
-    int mc = uk->mc;
-    int rows_per_thread = (M + nt - 1) / nt;
-    if (rows_per_thread < mc)
-        mc = (rows_per_thread + mr - 1) / mr * mr;
-    const size_t a_floats = (size_t)mc * kc_max, b_floats = (size_t)kc_max * nc_max;
-
-    float *work = workspace_get(b_floats + (size_t)nt * a_floats);
-    if (!work) { /* out of memory for packing: the plain loops need none */
-        gemm_reference(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    if (nt == 1) {
+        gemm_serial(uk, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    float *bpack = work;
+    thread_grid g = choose_grid(uk, M, N, K, nt, 1);
+    float *partial = NULL; /* K split: the products of depth shares 1.. go here, share 0 into C */
+    if (g.k > 1 && !(partial = workspace_get(BUF_PARTIAL, (size_t)(g.k - 1) * M * N)))
+        g = choose_grid(uk, M, N, K, nt, 0);
 
 #pragma omp parallel num_threads(nt)
     {
-        const int tid = omp_get_thread_num();
-        float *apack = work + b_floats + (size_t)tid * a_floats;
-        for (int jc = 0; jc < N; jc += uk->nc) {
-            const int nc = N - jc < uk->nc ? N - jc : uk->nc;
-            const int panels = (nc + nr - 1) / nr;
-            const float *Bj = trans_b ? B + (size_t)jc * ldb : B + jc;
-            for (int pc = 0; pc < K; pc += uk->kc) {
-                const int kc = K - pc < uk->kc ? K - pc : uk->kc;
-                const float beta_p = pc == 0 ? beta : 1.0f;
-                const float *Bp = trans_b ? Bj + pc : Bj + (size_t)pc * ldb;
-                const float *Ap = trans_a ? A + (size_t)pc * lda : A + pc;
-#pragma omp for schedule(static)
-                for (int p = 0; p < panels; p++)
-                    pack_b_panel(trans_b, nc, kc, Bp, ldb, nr, p * nr, bpack + (size_t)p * kc * nr);
-
-                const int blocks = (M + mc - 1) / mc;
-                int chunks = blocks >= nt ? 1 : (nt + blocks - 1) / blocks;
-                if (chunks > panels)
-                    chunks = panels;
-                int packed_block = -1;
-#pragma omp for schedule(static)
-                for (int item = 0; item < blocks * chunks; item++) {
-                    const int blk = item / chunks, chunk = item % chunks;
-                    const int ic = blk * mc, m = M - ic < mc ? M - ic : mc;
-                    if (blk != packed_block) {
-                        const float *Ai = trans_a ? Ap + ic : Ap + (size_t)ic * lda;
-                        pack_a(trans_a, m, kc, Ai, lda, mr, apack);
-                        packed_block = blk;
-                    }
-                    const int p0 = panels * chunk / chunks, p1 = panels * (chunk + 1) / chunks;
-                    macro_kernel(uk, m, nc, kc, p0, p1, alpha, apack, bpack, beta_p,
-                                 C + (size_t)ic * ldc + jc, ldc);
-                }
-            }
+        const int t = omp_get_thread_num();
+        const int ti = t % g.m, tj = t / g.m % g.n, tk = t / (g.m * g.n);
+        const int m0 = share(ti, g.m, M, uk->mr), m1 = share(ti + 1, g.m, M, uk->mr);
+        const int n0 = share(tj, g.n, N, uk->nr), n1 = share(tj + 1, g.n, N, uk->nr);
+        const int k0 = share(tk, g.k, K, 1), k1 = share(tk + 1, g.k, K, 1);
+        float *c = tk == 0 ? C + (size_t)m0 * ldc + n0 : partial + ((size_t)(tk - 1) * M + m0) * N + n0;
+        if (m1 > m0 && n1 > n0)
+            gemm_serial(uk, trans_a, trans_b, m1 - m0, n1 - n0, k1 - k0, alpha, op_at(A, lda, trans_a, m0, k0), lda,
+                        op_at(B, ldb, trans_b, k0, n0), ldb, tk == 0 ? beta : 0.0f, c, tk == 0 ? ldc : N);
+        if (g.k > 1) {
+#pragma omp barrier
+            add_partials(share(t, nt, M, 1), share(t + 1, nt, M, 1), M, N, partial, g.k - 1, C, ldc);
         }
+    }
+}
+
+/* Asks for the n floats at p to be brought into the L2 cache. */
+static void prefetch_span(const float *p, long n)
+{
+    for (long j = 0; j < n; j += 16)
+        __builtin_prefetch(p + j, 0, 2);
+    __builtin_prefetch(p + n - 1, 0, 2);
+}
+
+/* The same for the rows x cols floats at X with row stride ld. */
+static void prefetch_matrix(const float *X, long ld, int rows, int cols)
+{
+    if (ld == cols) {
+        prefetch_span(X, (long)rows * cols);
+        return;
+    }
+    for (int i = 0; i < rows; i++)
+        prefetch_span(X + (size_t)i * ld, cols);
+}
+
+/* Items b0..b1 of a batch, one after the other on the calling thread. Small items are too
+   short for the hardware prefetcher to find their rows: the next one's operands are fetched
+   while one is computed. */
+static void batch_serial(const gemm_microkernel *uk, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                         const float *A, long lda, long stride_a, const float *B, long ldb, long stride_b, float beta,
+                         float *C, long ldc, long stride_c, int b0, int b1)
+{
+    const int fetch_next = ((double)M * K + (double)K * N) * sizeof(float) <= PREFETCH_BYTES;
+    for (int b = b0; b < b1; b++) {
+        if (fetch_next && b + 1 < b1) {
+            prefetch_matrix(A + (b + 1) * stride_a, lda, trans_a ? K : M, trans_a ? M : K);
+            prefetch_matrix(B + (b + 1) * stride_b, ldb, trans_b ? N : K, trans_b ? K : N);
+        }
+        gemm_serial(uk, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
+                    C + b * stride_c, ldc);
     }
 }
 
@@ -222,15 +324,19 @@ void gemm_batched(int trans_a, int trans_b, int M, int N, int K, float alpha, co
 {
     const double flops = 2.0 * M * N * K;
     const int nt = herbs_threads_for(flops * batch, FLOPS_PER_THREAD);
-    if (nt > 1 && batch >= 2 * nt && flops < 64.0 * FLOPS_PER_THREAD) {
-        /* many small products: one thread per product */
-#pragma omp parallel for num_threads(nt) schedule(static)
+    const int whole_items = batch >= 8 * nt || batch % nt == 0 || flops < FLOPS_PER_THREAD;
+    if (M <= 0 || N <= 0 || K <= 0 || alpha == 0.0f || !whole_items) { /* trivial, or few big items */
         for (int b = 0; b < batch; b++)
             gemm(trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
                  C + b * stride_c, ldc);
         return;
     }
-    for (int b = 0; b < batch; b++)
-        gemm(trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
-             C + b * stride_c, ldc);
+    /* whole items per thread, handed out in chunks so that a thread slowed down by another
+       process on its core does not hold the others up */
+    const gemm_microkernel *uk = gemm_microkernel_current();
+    const int chunk = batch / (8 * nt) > 1 ? batch / (8 * nt) : 1;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int b0 = 0; b0 < batch; b0 += chunk)
+        batch_serial(uk, trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c,
+                     b0, min_int(b0 + chunk, batch));
 }

@@ -1,5 +1,7 @@
-/* AVX-512 micro-kernel: a 14x32 tile in 28 zmm accumulators; per k, two B vectors and 14
-   broadcasts of A feed 28 FMAs. */
+/* AVX-512 micro-kernel and packing. The tile is 14x32 in 28 zmm accumulators: per k, two B
+   vectors and 14 broadcasts of A feed 28 FMAs (a broadcast from memory is a load-port uop
+   only, so one broadcast feeding two FMAs beats FMAs with an embedded {1to16} operand, which
+   would load every A element twice). Packing transposes 16x16 blocks in registers. */
 #include "kernels/gemm_microkernels.h"
 
 #if defined(__x86_64__)
@@ -7,44 +9,212 @@
 
 #define MR 14
 #define NR 32
+#define TARGET __attribute__((target("avx512f,prfchw")))
 
-__attribute__((target("avx512f"))) static void
-kernel_14x32(int K, const float *a, const float *b, float *c, long ldc, float alpha, float beta)
+/* The first n lanes of 16 (n may be <= 0 or >= 16). */
+TARGET static inline __mmask16 lanes(int n)
 {
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+
+/* c[i, 0:32] = alpha * acc + beta * c (beta == 0: c not read), columns masked by m0, m1. */
+TARGET static inline void store_row(float *c, __m512 acc0, __m512 acc1, __mmask16 m0, __mmask16 m1,
+                                    __m512 va, float beta)
+{
+    if (beta == 0.0f) {
+        _mm512_mask_storeu_ps(c, m0, _mm512_mul_ps(va, acc0));
+        _mm512_mask_storeu_ps(c + 16, m1, _mm512_mul_ps(va, acc1));
+    } else {
+        __m512 vb = _mm512_set1_ps(beta);
+        __m512 c0 = _mm512_maskz_loadu_ps(m0, c), c1 = _mm512_maskz_loadu_ps(m1, c + 16);
+        _mm512_mask_storeu_ps(c, m0, _mm512_fmadd_ps(va, acc0, _mm512_mul_ps(vb, c0)));
+        _mm512_mask_storeu_ps(c + 16, m1, _mm512_fmadd_ps(va, acc1, _mm512_mul_ps(vb, c1)));
+    }
+}
+
+/* The tile of C is needed at the end of the kernel: fetch it while the FMAs run. */
+TARGET static inline void prefetch_tile(const float *c, long ldc, int rows)
+{
+    for (int i = 0; i < rows; i++) {
+        __builtin_prefetch(c + i * ldc, 1, 3);
+        __builtin_prefetch(c + i * ldc + NR - 1, 1, 3);
+    }
+}
+
+/* c[rows, cols] = alpha * acc + beta * c. */
+TARGET static inline void store_tile(__m512 acc[MR][2], float *c, long ldc, float alpha, float beta, int rows,
+                                     int cols)
+{
+    const __m512 va = _mm512_set1_ps(alpha);
+    const __mmask16 m0 = lanes(cols), m1 = lanes(cols - 16);
+#pragma GCC unroll 14
+    for (int i = 0; i < MR; i++)
+        if (i < rows)
+            store_row(c + i * ldc, acc[i][0], acc[i][1], m0, m1, va, beta);
+}
+
+/* acc[14][32] += a[i] * b row by row of B: 2 B vectors and 14 broadcasts make 28 FMAs. */
+#define RANK1_UPDATE(acc, b, a_of_i)                                                                             \
+    do {                                                                                                         \
+        __m512 b0_ = _mm512_loadu_ps(b), b1_ = _mm512_loadu_ps((b) + 16);                                       \
+        _Pragma("GCC unroll 14") for (int i = 0; i < MR; i++)                                                   \
+        {                                                                                                        \
+            __m512 ai_ = _mm512_set1_ps(a_of_i);                                                                 \
+            acc[i][0] = _mm512_fmadd_ps(ai_, b0_, acc[i][0]);                                                    \
+            acc[i][1] = _mm512_fmadd_ps(ai_, b1_, acc[i][1]);                                                    \
+        }                                                                                                        \
+    } while (0)
+
+/* c[rows, cols] = alpha * (a·b) + beta * c: the 14x32 register tile, A by columns (packed:
+   a_step = 14), B by rows (packed: b_step = 32). */
+TARGET static void kernel_14x32(int K, const float *a, long a_step, const float *b, long b_step, float *c, long ldc,
+                                float alpha, float beta, int rows, int cols)
+{
+    prefetch_tile(c, ldc, rows);
     __m512 acc[MR][2];
 #pragma GCC unroll 14
     for (int i = 0; i < MR; i++)
         acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-    for (int k = 0; k < K; k++) {
-        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+#pragma GCC unroll 2
+    for (int k = 0; k < K; k++, a += a_step, b += b_step)
+        RANK1_UPDATE(acc, b, a[i]);
+    store_tile(acc, c, ldc, alpha, beta, rows, cols);
+}
+
+/* c[14, cols] = alpha * (a·b) + beta * c with the 14 rows of A in place at a + i*lda. Rows
+   are addressed from two bases and offsets lda * {0, 1, 2, 3, 4, 5, 6}, so that nothing spills. */
+TARGET static void kernel_14x32_rows(int K, const float *a, long lda, const float *b, long b_step, float *c,
+                                     long ldc, float alpha, float beta, int cols)
+{
+    prefetch_tile(c, ldc, MR);
+    __m512 acc[MR][2];
 #pragma GCC unroll 14
-        for (int i = 0; i < MR; i++) {
-            __m512 ai = _mm512_set1_ps(a[i]);
-            acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
-        }
-        a += MR;
-        b += NR;
+    for (int i = 0; i < MR; i++)
+        acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    const float *p0 = a, *p7 = a + 7 * lda;
+    const long l3 = 3 * lda, l5 = 5 * lda;
+    for (int k = 0; k < K; k++, p0++, p7++, b += b_step) {
+        const float *row[MR] = {p0, p0 + lda, p0 + 2 * lda, p0 + l3, p0 + 4 * lda, p0 + l5, p0 + 2 * l3,
+                                p7, p7 + lda, p7 + 2 * lda, p7 + l3, p7 + 4 * lda, p7 + l5, p7 + 2 * l3};
+        RANK1_UPDATE(acc, b, *row[i]);
     }
-    __m512 va = _mm512_set1_ps(alpha);
-    if (beta == 0.0f) {
-#pragma GCC unroll 14
-        for (int i = 0; i < MR; i++) {
-            _mm512_storeu_ps(c + i * ldc, _mm512_mul_ps(va, acc[i][0]));
-            _mm512_storeu_ps(c + i * ldc + 16, _mm512_mul_ps(va, acc[i][1]));
-        }
-    } else {
-        __m512 vb = _mm512_set1_ps(beta);
-#pragma GCC unroll 14
-        for (int i = 0; i < MR; i++) {
-            float *ci = c + i * ldc;
-            _mm512_storeu_ps(ci, _mm512_fmadd_ps(va, acc[i][0], _mm512_mul_ps(vb, _mm512_loadu_ps(ci))));
-            _mm512_storeu_ps(ci + 16, _mm512_fmadd_ps(va, acc[i][1], _mm512_mul_ps(vb, _mm512_loadu_ps(ci + 16))));
+    store_tile(acc, c, ldc, alpha, beta, MR, cols);
+}
+
+/* r[0:16] <- its transpose, r being 16 rows of 16 floats. */
+TARGET static inline void transpose16(__m512 r[16])
+{
+    __m512 t[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 16; i += 2) { /* pairs of rows interleaved */
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 16; i += 4) { /* r[i + c], lane L: column 4L + c of rows i..i+3 */
+        __m512d t0 = _mm512_castps_pd(t[i]), t1 = _mm512_castps_pd(t[i + 1]);
+        __m512d t2 = _mm512_castps_pd(t[i + 2]), t3 = _mm512_castps_pd(t[i + 3]);
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) { /* gather lane L of r[c], r[4 + c], r[8 + c], r[12 + c] */
+        __m512 u0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44), u1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xEE);
+        __m512 v0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44), v1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xEE);
+        t[c] = _mm512_shuffle_f32x4(u0, v0, 0x88);
+        t[4 + c] = _mm512_shuffle_f32x4(u0, v0, 0xDD);
+        t[8 + c] = _mm512_shuffle_f32x4(u1, v1, 0x88);
+        t[12 + c] = _mm512_shuffle_f32x4(u1, v1, 0xDD);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++)
+        r[i] = t[i];
+}
+
+/* r[0:16] <- rows src + i*ld, 16 floats from column 0 (masked by kmask), rows >= rows zero. */
+TARGET static inline void load_rows16(const float *src, long ld, int rows, __mmask16 kmask, __m512 r[16])
+{
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++)
+        r[i] = i < rows ? _mm512_maskz_loadu_ps(kmask, src + i * ld) : _mm512_setzero_ps();
+}
+
+/* dst[k][14] <- A[0:rows, 0:k]ᵀ (A row-major, rows <= 14): 16x16 transposes, 14 lanes stored. */
+TARGET static void pack_a_rows(int rows, int k, const float *A, long lda, float *dst)
+{
+    for (int k0 = 0; k0 < k; k0 += 16) {
+        __m512 r[16];
+        load_rows16(A + k0, lda, rows, lanes(k - k0), r);
+        transpose16(r);
+#pragma GCC unroll 16
+        for (int kk = 0; kk < 16; kk++)
+            if (k0 + kk < k)
+                _mm512_mask_storeu_ps(dst + (size_t)(k0 + kk) * MR, lanes(MR), r[kk]);
+    }
+}
+
+/* dst[k][14] <- rows of A[0:k, 0:rows] (A holds op(A) transposed, rows <= 14). */
+TARGET static void pack_a_cols(int rows, int k, const float *A, long lda, float *dst)
+{
+    const __mmask16 m = lanes(rows);
+    for (int kk = 0; kk < k; kk++)
+        _mm512_mask_storeu_ps(dst + (size_t)kk * MR, lanes(MR), _mm512_maskz_loadu_ps(m, A + (size_t)kk * lda));
+}
+
+TARGET static void pack_a(int trans, int m, int k, const float *A, long lda, float *dst)
+{
+    for (int i0 = 0; i0 < m; i0 += MR, dst += (size_t)k * MR) {
+        const int rows = m - i0 < MR ? m - i0 : MR;
+        if (trans)
+            pack_a_cols(rows, k, A + i0, lda, dst);
+        else
+            pack_a_rows(rows, k, A + (size_t)i0 * lda, lda, dst);
+    }
+}
+
+/* dst[k][32] <- B[0:cols, 0:k]ᵀ (B holds op(B) transposed, cols <= 32): two 16-row halves. */
+TARGET static void pack_b_rows(int cols, int k, const float *B, long ldb, float *dst)
+{
+    for (int half = 0; half < 2; half++) {
+        const float *src = B + (size_t)16 * half * ldb;
+        for (int k0 = 0; k0 < k; k0 += 16) {
+            __m512 r[16];
+            load_rows16(src + k0, ldb, cols - 16 * half, lanes(k - k0), r);
+            transpose16(r);
+#pragma GCC unroll 16
+            for (int kk = 0; kk < 16; kk++)
+                if (k0 + kk < k)
+                    _mm512_store_ps(dst + (size_t)(k0 + kk) * NR + 16 * half, r[kk]);
         }
     }
 }
 
-const gemm_microkernel gemm_microkernel_avx512 = {"avx512 14x32", MR, NR, 256, 504, 4096, kernel_14x32};
+/* dst[k][32] <- B[0:k, 0:cols] (B row-major, cols <= 32), zero beyond cols. */
+TARGET static void pack_b_cols(int cols, int k, const float *B, long ldb, float *dst)
+{
+    const __mmask16 m0 = lanes(cols), m1 = lanes(cols - 16);
+    for (int kk = 0; kk < k; kk++) {
+        const float *src = B + (size_t)kk * ldb;
+        _mm512_store_ps(dst + (size_t)kk * NR, _mm512_maskz_loadu_ps(m0, src));
+        _mm512_store_ps(dst + (size_t)kk * NR + 16, _mm512_maskz_loadu_ps(m1, src + 16));
+    }
+}
+
+TARGET static void pack_b(int trans, int n, int k, const float *B, long ldb, float *dst)
+{
+    for (int j0 = 0; j0 < n; j0 += NR, dst += (size_t)k * NR) {
+        const int cols = n - j0 < NR ? n - j0 : NR;
+        if (trans)
+            pack_b_rows(cols, k, B + (size_t)j0 * ldb, ldb, dst);
+        else
+            pack_b_cols(cols, k, B + j0, ldb, dst);
+    }
+}
+
+const gemm_microkernel gemm_microkernel_avx512 = {"avx512 14x32", MR, NR, 256, 504, 1024,
+                                                  kernel_14x32, kernel_14x32_rows, pack_a, pack_b};
 
 #else
 const gemm_microkernel gemm_microkernel_avx512 = {0};

@@ -1,17 +1,34 @@
-/* GEMM micro-kernels: one register tile per ISA over packed panels (float only).
-   A packed A panel is [K][mr] (column of the tile per k), a packed B panel is [K][nr]. */
+/* GEMM micro-kernels and packing routines, one set per ISA (float only).
+   A packed A panel is [K][mr] (one column of the tile per k), a packed B panel is [K][nr].
+   The kernels also read unpacked operands whose layout allows it: column k of the A tile at
+   a + k*a_step, row k of the B panel at b + k*b_step (packed: a_step = mr, b_step = nr). */
 #ifndef HERBS_KERNELS_GEMM_MICROKERNELS_H
 #define HERBS_KERNELS_GEMM_MICROKERNELS_H
 
-/* c[mr,nr] (row stride ldc) = alpha * a·b + beta * c; beta == 0 never reads c. */
-typedef void (*gemm_microkernel_fn)(int K, const float *a, const float *b, float *c, long ldc,
-                                    float alpha, float beta);
+/* c[0:rows, 0:cols] (row stride ldc) = alpha * (a·b)[0:rows, 0:cols] + beta * c for one
+   mr x nr tile, rows <= mr, cols <= nr; beta == 0 never reads c, nothing outside is touched.
+   The mr values of column k of a are a[k*a_step + 0:mr], the nr of row k of b b[k*b_step + 0:nr]. */
+typedef void (*gemm_microkernel_fn)(int K, const float *a, long a_step, const float *b, long b_step, float *c,
+                                    long ldc, float alpha, float beta, int rows, int cols);
+
+/* The same for a whole mr-row tile of A read in place, row i at a + i*lda (k contiguous). */
+typedef void (*gemm_microkernel_rows_fn)(int K, const float *a, long lda, const float *b, long b_step, float *c,
+                                         long ldc, float alpha, float beta, int cols);
+
+/* dst[ceil(m/mr)][k][mr] <- op(A)[0:m, 0:k], op(A) = trans ? Aᵀ : A; rows beyond m are zero. */
+typedef void (*gemm_pack_a_fn)(int trans, int m, int k, const float *A, long lda, float *dst);
+
+/* dst[ceil(n/nr)][k][nr] <- op(B)[0:k, 0:n], op(B) = trans ? Bᵀ : B; columns beyond n are zero. */
+typedef void (*gemm_pack_b_fn)(int trans, int n, int k, const float *B, long ldb, float *dst);
 
 typedef struct {
     const char *name;
     int mr, nr;     /* register tile */
-    int kc, mc, nc; /* cache blocks: B micro-panel kc*nr in L1, A block mc*kc in L2, B block kc*nc in L3 */
+    int kc, mc, nc; /* largest cache blocks: B block kc*nc in L2, A panel kc*mr in L1, A block mc*kc */
     gemm_microkernel_fn run;
+    gemm_microkernel_rows_fn run_rows;
+    gemm_pack_a_fn pack_a;
+    gemm_pack_b_fn pack_b;
 } gemm_microkernel;
 
 extern const gemm_microkernel gemm_microkernel_avx512;
@@ -21,9 +38,8 @@ extern const gemm_microkernel gemm_microkernel_portable;
 /* The micro-kernel of the current ISA (herbs_isa_current). */
 const gemm_microkernel *gemm_microkernel_current(void);
 
-/* Largest blocks over all micro-kernels, for sizing pack buffers. */
-#define GEMM_MAX_KC 512
-#define GEMM_MAX_MC 1024
-#define GEMM_MAX_NC 4096
+/* Packing in plain C for any tile (gemm_pack.c), for the ISAs without their own. */
+void gemm_pack_a_generic(int mr, int trans, int m, int k, const float *A, long lda, float *dst);
+void gemm_pack_b_generic(int nr, int trans, int n, int k, const float *B, long ldb, float *dst);
 
 #endif

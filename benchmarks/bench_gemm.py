@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""herbs' float GEMM against NumPy's BLAS, side by side, at 1 and 2 threads.
+
+For every shape it prints GFLOP/s of both (median of repeats, with min-max), the ratio
+herbs/NumPy and herbs' fraction of the machine's fp32 FMA peak. The peak is not measured
+here: it is an argument (--peak, GFLOP/s per thread), whose default is the 16-chain
+`vfmadd231ps zmm` loop measured on the project's machines (≈207 GF/s per core).
+
+Each thread count runs in a child process that sets OPENBLAS_NUM_THREADS (so threadpoolctl
+is not needed; when installed it is only asked which BLAS and how many threads it uses) and
+herbs.set_num_threads. OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are removed from the
+environment before NumPy is loaded: they would make OpenBLAS pick a slower kernel, and they
+do not affect herbs, which does not use BLAS.
+
+    python benchmarks/bench_gemm.py            # everything, 1 and 2 threads
+    python benchmarks/bench_gemm.py --quick    # fewer repeats, no 2048 square
+    python benchmarks/bench_gemm.py --markdown # the table as Markdown (for README.md)
+"""
+import os
+import sys
+
+BLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+if any(v in os.environ for v in BLAS_VARIABLES):  # before NumPy loads OpenBLAS: start again without them
+    os.execve(sys.executable, [sys.executable] + sys.argv,
+              {k: v for k, v in os.environ.items() if k not in BLAS_VARIABLES})
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+DEFAULT_PEAK = 207.0  # GF/s per thread: fp32 FMA peak measured on the project's Sapphire-Rapids-class cores
+
+# (label, M, N, K, trans_a, trans_b, batch). Linear layers run forward as X·Wᵀ (trans_b=1, W is
+# [out, in]); backward as dX = dY·W (0, 0) and dW = dYᵀ·X (1, 0).
+SQUARES = [(f"square {n}", n, n, n, 0, 0, 1) for n in (256, 512, 1024, 2048)]
+MODEL = [
+    ("swin-t qkv fwd", 25088, 288, 96, 0, 1, 1),
+    ("swin-t qkv dX", 25088, 96, 288, 0, 0, 1),
+    ("swin-t qkv dW", 288, 96, 25088, 1, 0, 1),
+    ("swin-t fc1 fwd", 25088, 384, 96, 0, 1, 1),
+    ("swin-t fc2 fwd", 25088, 96, 384, 0, 1, 1),
+    ("swin-t fc2 dW", 96, 384, 25088, 1, 0, 1),
+    ("swin-t s3 fc2 fwd", 6272, 192, 768, 0, 1, 1),
+    ("swin-t s3 qkv fwd", 1568, 1152, 384, 0, 1, 1),
+    ("swin-t s4 fc2 fwd", 392, 768, 3072, 0, 1, 1),
+    ("swin-t s4 fc2 dX", 392, 3072, 768, 0, 0, 1),
+    ("resnet 1x1 64>256", 25088, 256, 64, 0, 1, 1),
+    ("resnet 1x1 512>128", 6272, 128, 512, 0, 1, 1),
+    ("resnet 1x1 2048>512", 392, 512, 2048, 0, 1, 1),
+    ("swin-l qkv fwd", 2304, 1152, 384, 0, 1, 1),
+    ("swin-l qkv fwd (NN)", 2304, 1152, 384, 0, 0, 1),
+    ("swin-l s1 fc1 fwd", 2304, 768, 192, 0, 1, 1),
+    ("swin-l s3 fc2 fwd", 576, 384, 1536, 0, 1, 1),
+    ("swin-l s4 fc1 fwd", 144, 1536, 6144, 0, 1, 1),
+]
+ATTENTION = [
+    ("swin-t attn q.kT", 49, 49, 32, 0, 1, 1536),
+    ("swin-t attn a.v", 49, 32, 49, 0, 0, 1536),
+    ("swin-l attn q.kT", 144, 144, 32, 0, 1, 384),
+    ("swin-l attn a.v", 144, 32, 144, 0, 0, 384),
+]
+
+
+def machine():
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} logical CPUs"
+
+
+def blas_info():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "threadpoolctl not installed"
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    return ", ".join(f"{i['internal_api']} {i.get('version')} {i.get('architecture')} "
+                     f"({i['num_threads']} threads)" for i in blas) or "no BLAS found"
+
+
+def operands(rng, m, n, k, ta, tb, batch):
+    shape_a = (k, m) if ta else (m, k)
+    shape_b = (n, k) if tb else (k, n)
+    if batch > 1:
+        shape_a, shape_b = (batch,) + shape_a, (batch,) + shape_b
+    a = rng.uniform(-1, 1, shape_a).astype(np.float32)
+    b = rng.uniform(-1, 1, shape_b).astype(np.float32)
+    c = np.zeros(((batch,) if batch > 1 else ()) + (m, n), np.float32)
+    return a, b, c
+
+
+def herbs_call(a, b, c, ta, tb, batch):
+    from herbs import _C
+    if batch > 1:
+        return lambda: _C.gemm_batched(a, b, c, trans_a=ta, trans_b=tb)
+    return lambda: _C.gemm(a, b, c, trans_a=ta, trans_b=tb)
+
+
+def numpy_call(a, b, c, ta, tb, batch):
+    opa = np.swapaxes(a, -1, -2) if ta else a
+    opb = np.swapaxes(b, -1, -2) if tb else b
+    return lambda: np.matmul(opa, opb, out=c)
+
+
+def gflops(fn, flops, repeats, min_time):
+    """GF/s of `repeats` samples, each timing enough calls to last `min_time` seconds."""
+    fn()
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min_time / 4 or calls < 2:
+        fn()
+        calls += 1
+    per_sample = max(1, int(min_time / ((time.perf_counter() - start) / calls)))
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(per_sample):
+            fn()
+        samples.append(flops * per_sample / (time.perf_counter() - start) / 1e9)
+    return samples
+
+
+def child(args):
+    """Runs every shape at args.child threads and prints one JSON line per shape."""
+    import herbs
+    herbs.set_num_threads(args.child)
+    rng = np.random.default_rng(0)
+    print(json.dumps({"blas": blas_info(), "herbs": herbs.cpu_info()}), flush=True)
+    for label, m, n, k, ta, tb, batch in shapes(args):
+        a, b, c = operands(rng, m, n, k, ta, tb, batch)
+        flops = 2.0 * m * n * k * batch
+        row = {"label": label, "shape": [m, n, k, ta, tb, batch]}
+        for name, make in (("herbs", herbs_call), ("numpy", numpy_call)):
+            row[name] = gflops(make(a, b, c, ta, tb, batch), flops, args.repeats, args.min_time)
+            time.sleep(args.pause)  # spinning worker threads (OpenMP, OpenBLAS) go to sleep before the next
+        print(json.dumps(row), flush=True)
+
+
+def shapes(args):
+    squares = [s for s in SQUARES if not (args.quick and s[1] > 1024)]
+    return squares + MODEL + ATTENTION
+
+
+def spread(samples):
+    return f"{min(samples):.0f}-{max(samples):.0f}"
+
+
+def describe(shape):
+    m, n, k, ta, tb, batch = shape
+    ops = "NT"[ta] + "NT"[tb]
+    return f"{m}x{n}x{k} {ops}" + (f" x{batch}" if batch > 1 else "")
+
+
+def table(rows, threads, peak, markdown):
+    head = ["shape", "MxNxK op", "herbs GF/s", "(min-max)", "numpy GF/s", "(min-max)", "herbs/numpy", "% peak"]
+    lines = []
+    for r in rows:
+        h, n = statistics.median(r["herbs"]), statistics.median(r["numpy"])
+        lines.append([r["label"], describe(r["shape"]), f"{h:.0f}", spread(r["herbs"]), f"{n:.0f}",
+                      spread(r["numpy"]), f"{h / n:.2f}", f"{100 * h / (peak * threads):.0f}%"])
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(line) + " |" for line in lines]
+        return "\n".join(out)
+    widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
+    fmt = lambda line: "  ".join(x.ljust(w) if i < 2 else x.rjust(w) for i, (x, w) in enumerate(zip(line, widths)))
+    return "\n".join([fmt(head)] + [fmt(line) for line in lines])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    parser.add_argument("--quick", action="store_true", help="3 short repeats, squares up to 1024")
+    parser.add_argument("--repeats", type=int, default=None, help="samples per measurement (default 7, quick 3)")
+    parser.add_argument("--min-time", type=float, default=None, help="seconds per sample (default 0.2, quick 0.06)")
+    parser.add_argument("--pause", type=float, default=0.3, help="seconds of rest between libraries (default 0.3)")
+    parser.add_argument("--peak", type=float, default=DEFAULT_PEAK,
+                        help=f"fp32 FMA peak per thread in GF/s for the %%-of-peak column (default {DEFAULT_PEAK})")
+    parser.add_argument("--filter", default="", help="only shapes whose label contains this text")
+    parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+    parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.repeats = args.repeats or (3 if args.quick else 7)
+    args.min_time = args.min_time or (0.06 if args.quick else 0.2)
+    if args.child:
+        global SQUARES, MODEL, ATTENTION
+        SQUARES, MODEL, ATTENTION = ([s for s in group if args.filter in s[0]] for group in (SQUARES, MODEL, ATTENTION))
+        return child(args)
+
+    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f} at start")
+    print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
+    print(f"fp32 FMA peak taken as {args.peak:g} GF/s per thread (--peak); median of {args.repeats} samples "
+          f"of >= {args.min_time:g} s, min-max in brackets")
+    for threads in [int(t) for t in args.threads.split(",")]:
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads))
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", str(threads), "--repeats", str(args.repeats),
+               "--min-time", str(args.min_time), "--pause", str(args.pause), "--filter", args.filter]
+        if args.quick:
+            cmd.append("--quick")
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"the {threads}-thread run failed:\n{out.stderr}")
+        header, *rows = [json.loads(line) for line in out.stdout.splitlines()]
+        print(f"\n{threads} thread(s): herbs {header['herbs']['gemm_kernel']} ({header['herbs']['threads']} threads); "
+              f"numpy {np.__version__}: {header['blas']}; load average {os.getloadavg()[0]:.2f} after")
+        print(table(rows, threads, args.peak, args.markdown))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+/* Packing in plain C for any register tile: what the ISAs without their own packers use. */
+#include <string.h>
+
+#include "kernels/gemm_microkernels.h"
+
+/* dst[k][mr] <- op(A)[0:rows, 0:k] for one panel of rows <= mr rows, the rest zero. */
+static void pack_a_panel(int mr, int trans, int rows, int k, const float *A, long lda, float *dst)
+{
+    if (trans) {
+        for (int kk = 0; kk < k; kk++)
+            memcpy(dst + (size_t)kk * mr, A + (size_t)kk * lda, rows * sizeof(float));
+    } else {
+        for (int i = 0; i < rows; i++) {
+            const float *src = A + (size_t)i * lda;
+            for (int kk = 0; kk < k; kk++)
+                dst[(size_t)kk * mr + i] = src[kk];
+        }
+    }
+    if (rows < mr)
+        for (int kk = 0; kk < k; kk++)
+            memset(dst + (size_t)kk * mr + rows, 0, (mr - rows) * sizeof(float));
+}
+
+void gemm_pack_a_generic(int mr, int trans, int m, int k, const float *A, long lda, float *dst)
+{
+    for (int i0 = 0; i0 < m; i0 += mr, dst += (size_t)k * mr) {
+        const float *src = trans ? A + i0 : A + (size_t)i0 * lda;
+        pack_a_panel(mr, trans, m - i0 < mr ? m - i0 : mr, k, src, lda, dst);
+    }
+}
+
+/* dst[k][nr] <- op(B)[0:k, 0:cols] for one panel of cols <= nr columns, the rest zero. */
+static void pack_b_panel(int nr, int trans, int cols, int k, const float *B, long ldb, float *dst)
+{
+    if (trans) {
+        for (int j = 0; j < cols; j++) {
+            const float *src = B + (size_t)j * ldb;
+            for (int kk = 0; kk < k; kk++)
+                dst[(size_t)kk * nr + j] = src[kk];
+        }
+    } else {
+        for (int kk = 0; kk < k; kk++)
+            memcpy(dst + (size_t)kk * nr, B + (size_t)kk * ldb, cols * sizeof(float));
+    }
+    if (cols < nr)
+        for (int kk = 0; kk < k; kk++)
+            memset(dst + (size_t)kk * nr + cols, 0, (nr - cols) * sizeof(float));
+}
+
+void gemm_pack_b_generic(int nr, int trans, int n, int k, const float *B, long ldb, float *dst)
+{
+    for (int j0 = 0; j0 < n; j0 += nr, dst += (size_t)k * nr) {
+        const float *src = trans ? B + (size_t)j0 * ldb : B + j0;
+        pack_b_panel(nr, trans, n - j0 < nr ? n - j0 : nr, k, src, ldb, dst);
+    }
+}
