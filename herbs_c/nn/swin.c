@@ -209,44 +209,51 @@ typedef struct {
     int threads;
 } backward_scratch;
 
-/* d [B, L, C]: the gradient of the block's output on entry, of its input on return. */
+/* The gradient into a branch: d itself without drop path, else scale·d in `buffer`. */
+static const float *branch_grad(float *buffer, const float *d, const float *scale, int B, long per_sample)
+{
+    if (!scale)
+        return d;
+    zero(buffer, (size_t)B * per_sample);
+    residual_add_backward(buffer, d, scale, B, per_sample);
+    return buffer;
+}
+
+/* d [B, L, C]: the gradient of the block's output on entry, of its input on return. Products
+   into fresh buffers are written by gemm (beta 0); parameter gradients accumulate. */
 static void block_backward(const swin_block *k, const swin_stage *st, herbs_params *t, float *d, int B,
                            const backward_scratch *z)
 {
     const int C = st->dim, L = st->res * st->res, M = B * L, H = st->hidden, N = st->window * st->window;
-    const size_t MC = (size_t)M * C, MH = (size_t)M * H;
 
     /* MLP branch: out = x1 + scale2 · fc2(gelu(fc1(norm2(x1)))) */
-    zero(z->dbranch, MC);
-    residual_add_backward(z->dbranch, d, k->scale2, B, (long)L * C);
+    const float *g = branch_grad(z->dbranch, d, k->scale2, B, (long)L * C);
     layernorm_forward(z->ln, k->mean2, k->rstd2, k->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, C,
                       LN_EPS);
-    gelu_forward(z->act, k->hidden, MH);
-    zero(z->dact, MH);
-    linear_backward(z->dact, GRAD(t, k->fc2_w), GRAD(t, k->fc2_b), z->dbranch, z->act, PARAM(t, k->fc2_w), M, H, C);
-    zero(z->act, MH); /* now the hidden pre-activation's gradient */
-    gelu_backward(z->act, z->dact, k->hidden, MH);
-    zero(z->dln, MC);
-    linear_backward(z->dln, GRAD(t, k->fc1_w), GRAD(t, k->fc1_b), z->act, z->ln, PARAM(t, k->fc1_w), M, C, H);
+    gelu_forward(z->act, k->hidden, (size_t)M * H);
+    linear_backward(NULL, GRAD(t, k->fc2_w), GRAD(t, k->fc2_b), g, z->act, PARAM(t, k->fc2_w), M, H, C);
+    gemm(0, 0, M, H, C, 1, g, C, PARAM(t, k->fc2_w), H, 0, z->dact, H);
+    zero(z->act, (size_t)M * H); /* now the hidden pre-activation's gradient */
+    gelu_backward(z->act, z->dact, k->hidden, (size_t)M * H);
+    linear_backward(NULL, GRAD(t, k->fc1_w), GRAD(t, k->fc1_b), z->act, z->ln, PARAM(t, k->fc1_w), M, C, H);
+    gemm(0, 0, M, C, H, 1, z->act, H, PARAM(t, k->fc1_w), C, 0, z->dln, C);
     layernorm_backward(d, GRAD(t, k->norm2.weight), GRAD(t, k->norm2.bias), z->dln, k->x1, PARAM(t, k->norm2.weight),
                        k->mean2, k->rstd2, M, C);
 
     /* attention branch: x1 = x + scale1 · proj(attention(qkv(norm1(x)))) */
-    zero(z->dbranch, MC);
-    residual_add_backward(z->dbranch, d, k->scale1, B, (long)L * C);
-    zero(z->datt, MC);
-    linear_backward(z->datt, GRAD(t, k->proj_w), GRAD(t, k->proj_b), z->dbranch, k->att, PARAM(t, k->proj_w), M, C,
-                    C);
-    zero(z->dqkv, 3 * MC);
+    g = branch_grad(z->dbranch, d, k->scale1, B, (long)L * C);
+    linear_backward(NULL, GRAD(t, k->proj_w), GRAD(t, k->proj_b), g, k->att, PARAM(t, k->proj_w), M, C, C);
+    gemm(0, 0, M, C, C, 1, g, C, PARAM(t, k->proj_w), C, 0, z->datt, C);
+    zero(z->dqkv, (size_t)M * 3 * C);
     zero(z->dbias, (size_t)st->heads * N * N);
     window_attention_backward(z->dqkv, z->dbias, z->work, z->datt, k->qkv, k->bias, k->lse, B, st->res, st->res, C,
                               st->heads, st->window, k->shift, z->threads);
     relative_bias_backward(GRAD(t, k->table), z->dbias, st->heads, st->window);
     layernorm_forward(z->ln, k->mean1, k->rstd1, k->x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C,
                       LN_EPS);
-    zero(z->dln, MC);
-    linear_backward(z->dln, GRAD(t, k->qkv_w), k->qkv_b == NONE ? NULL : GRAD(t, k->qkv_b), z->dqkv, z->ln,
+    linear_backward(NULL, GRAD(t, k->qkv_w), k->qkv_b == NONE ? NULL : GRAD(t, k->qkv_b), z->dqkv, z->ln,
                     PARAM(t, k->qkv_w), M, C, 3 * C);
+    gemm(0, 0, M, C, 3 * C, 1, z->dqkv, 3 * C, PARAM(t, k->qkv_w), C, 0, z->dln, C);
     layernorm_backward(d, GRAD(t, k->norm1.weight), GRAD(t, k->norm1.bias), z->dln, k->x, PARAM(t, k->norm1.weight),
                        k->mean1, k->rstd1, M, C);
 }
@@ -259,9 +266,9 @@ static void merge_backward(const swin_stage *st, herbs_params *t, float *dx, con
     const size_t MC4 = (size_t)M * 4 * C;
     layernorm_forward(z->ln, st->merge_mean, st->merge_rstd, st->merged, PARAM(t, st->merge_norm.weight),
                       PARAM(t, st->merge_norm.bias), M, 4 * C, LN_EPS);
-    zero(z->dln, MC4);
-    linear_backward(z->dln, GRAD(t, st->merge_reduction), NULL, dtap, z->ln, PARAM(t, st->merge_reduction), M, 4 * C,
+    linear_backward(NULL, GRAD(t, st->merge_reduction), NULL, dtap, z->ln, PARAM(t, st->merge_reduction), M, 4 * C,
                     2 * C);
+    gemm(0, 0, M, 4 * C, 2 * C, 1, dtap, 2 * C, PARAM(t, st->merge_reduction), 4 * C, 0, z->dln, 4 * C);
     zero(z->datt, MC4);
     layernorm_backward(z->datt, GRAD(t, st->merge_norm.weight), GRAD(t, st->merge_norm.bias), z->dln, st->merged,
                        PARAM(t, st->merge_norm.weight), st->merge_mean, st->merge_rstd, M, 4 * C);
