@@ -49,8 +49,9 @@ typedef struct {
     norm_offsets embed_norm;
     swin_stage stages[STAGES];
     /* the last forward */
-    int batch;
+    int batch, threads;
     float *patches, *embedded, *embed_mean, *embed_rstd;
+    float *ln, *branch, *act, *work; /* its scratch, which backward reuses */
 } swin;
 
 /* ------------------------------------------------------------------------------------------ */
@@ -171,6 +172,11 @@ static herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herb
     ALLOC(z.branch, need.tokens_dim);
     ALLOC(z.act, need.tokens_hidden);
     ALLOC(z.work, need.attention_work);
+    s->ln = z.ln;
+    s->branch = z.branch;
+    s->act = z.act;
+    s->work = z.work;
+    s->threads = z.threads;
 
     float *x;
     ALLOC(s->patches, (size_t)M0 * K);
@@ -269,11 +275,12 @@ static void merge_backward(const swin_stage *st, herbs_params *t, float *dx, con
     linear_backward(NULL, GRAD(t, st->merge_reduction), NULL, dtap, z->ln, PARAM(t, st->merge_reduction), M, 4 * C,
                     2 * C);
     gemm(0, 0, M, 4 * C, 2 * C, 1, dtap, 2 * C, PARAM(t, st->merge_reduction), 4 * C, 0, z->dln, 4 * C);
-    zero(z->datt, MC4);
-    layernorm_backward(z->datt, GRAD(t, st->merge_norm.weight), GRAD(t, st->merge_norm.bias), z->dln, st->merged,
+    float *dmerged = z->dqkv; /* free here, and at least res²·C floats */
+    zero(dmerged, MC4);
+    layernorm_backward(dmerged, GRAD(t, st->merge_norm.weight), GRAD(t, st->merge_norm.bias), z->dln, st->merged,
                        PARAM(t, st->merge_norm.weight), st->merge_mean, st->merge_rstd, M, 4 * C);
     zero(dx, MC4);
-    patch_merge_backward(dx, z->datt, B, st->res, st->res, C);
+    patch_merge_backward(dx, dmerged, B, st->res, st->res, C);
 }
 
 static herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *arena,
@@ -290,20 +297,20 @@ static herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_are
     if (top < 0)
         return HERBS_OK;
 
-    backward_scratch z = {.threads = herbs_num_threads()};
+    /* the forward's scratch is free again; buffers whose uses never overlap share storage:
+       dln/datt (datt dies in attention backward before dln is written) and dact/dqkv (one per
+       branch) */
+    backward_scratch z = {.ln = s->ln, .dbranch = s->branch, .act = s->act, .work = s->work, .threads = s->threads};
     scratch_sizes need = scratch_needed(s, B, z.threads);
+    const size_t wide = need.tokens_hidden > 3 * need.tokens_dim ? need.tokens_hidden : 3 * need.tokens_dim;
     float *d, *other;
     ALLOC(d, need.tokens_dim);
     ALLOC(other, need.tokens_dim);
-    ALLOC(z.ln, need.tokens_dim);
-    ALLOC(z.dbranch, need.tokens_dim);
     ALLOC(z.dln, need.tokens_dim);
-    ALLOC(z.datt, need.tokens_dim);
-    ALLOC(z.act, need.tokens_hidden);
-    ALLOC(z.dact, need.tokens_hidden);
-    ALLOC(z.dqkv, 3 * need.tokens_dim);
+    z.datt = z.dln;
+    ALLOC(z.dact, wide);
+    z.dqkv = z.dact;
     ALLOC(z.dbias, need.bias);
-    ALLOC(z.work, need.attention_work);
 
     for (int i = top; i >= 0; i--) {
         swin_stage *st = &s->stages[i];
