@@ -1,8 +1,9 @@
 """herbs's Swin backbone against the PyTorch reference (tests/reference_swin.py), same weights,
-same thread count, in one run: forward (eval) and forward+backward (train, gradients on all four
-taps), images/s as the median of repeats with their spread, and the peak resident memory of each
-side. Every (implementation, setting, mode) runs in its own subprocess so that memory peaks do
-not mix; the weights come from one herbs net, passed to both sides through an .npz file.
+same thread count, in one run: forward (eval; PyTorch under no_grad) and forward+backward (train,
+gradients on all four taps), images/s with their spread, and the peak resident memory of each
+side. Every measurement runs in its own subprocess so that memory peaks do not mix, and the
+sides alternate over several rounds so that a shared machine's changing load hits both; the
+weights come from one herbs net, passed to both sides through an .npz file.
 
     python benchmarks/bench_swin.py            # Swin-T 224 px batch 8, Swin-L 384 px batch 1
     python benchmarks/bench_swin.py --quick    # smaller settings, a minute or so
@@ -25,6 +26,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "tests"))
+
+WARMUP = 2  # steps before timing: herbs sizes its arena on the first and touches it on the second
 
 SETTINGS = {
     "full": [
@@ -110,10 +113,12 @@ def child(job):
     print(json.dumps({"times": times, "peak_mb": peak, "model_mb": before}))
 
 
-def measure(impl, config, batch, mode, threads, repeats, warmup, weights):
+def measure(impl, config, batch, mode, threads, repeats, warmup, weights, wait_policy):
     job = dict(impl=impl, config=config, batch=batch, mode=mode, threads=threads, repeats=repeats, warmup=warmup,
                weights=weights)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if wait_policy != "default":
+        env["OMP_WAIT_POLICY"] = wait_policy
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], capture_output=True, text=True,
                          env=env, check=False)
     if out.returncode != 0:
@@ -135,7 +140,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller settings")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of both sides")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per process")
+    parser.add_argument("--rounds", type=int, default=3, help="processes per side, alternating herbs and torch")
+    parser.add_argument("--wait-policy", choices=["passive", "active", "default"], default="passive",
+                        help="OMP_WAIT_POLICY of both sides (passive: threads sleep at barriers, which is what "
+                             "shared cores need; default: the OpenMP runtime's spin-then-sleep)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -145,15 +154,19 @@ def main():
     import herbs
     from herbs import _C
     import torch
-    repeats = args.repeats or (3 if args.quick else 5)
+    repeats = args.repeats or 3
     print(f"date     {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"machine  {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}")
-    print(f"threads  {args.threads} (herbs.set_num_threads / torch.set_num_threads)")
+    print(f"threads  {args.threads} (herbs.set_num_threads / torch.set_num_threads), "
+          f"OMP_WAIT_POLICY {args.wait_policy} for both")
     print(f"herbs    {herbs.__version__}, {herbs.cpu_info()}")
     print(f"torch    {torch.__version__}")
     print(f"load     {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} (1, 5, 15 min) at start")
-    print(f"timing   median of {repeats} repeats after 1 warm-up, [min, max]; memory = peak RSS of the process\n")
-    header = f"{'setting':38} {'mode':14} {'herbs img/s':>22} {'torch img/s':>22} {'ratio':>6} {'herbs MB':>9} {'torch MB':>9}"
+    print(f"timing   {args.rounds} rounds of (herbs process, torch process), each {repeats} timed steps after {WARMUP} "
+          f"warm-ups;\n         images/s: median [min, max] over all steps; ratio: median [min, max] of the rounds' "
+          f"ratios;\n         memory: peak RSS of a process (largest over rounds)\n")
+    header = (f"{'setting':38} {'mode':16} {'herbs img/s':>22} {'torch img/s':>22} {'herbs/torch':>20} "
+              f"{'herbs MB':>9} {'torch MB':>9}")
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,16 +177,20 @@ def main():
                                  for name, _, shape, o, n in net.tensors()})
             del net
             for mode in ("forward", "forward+backward"):
-                rates, mems = {}, {}
-                for impl in ("herbs", "torch"):
-                    r = measure(impl, config, batch, mode, args.threads, repeats, 1, weights)
-                    ips = [batch / t for t in r["times"]]
-                    rates[impl] = (statistics.median(ips), min(ips), max(ips))
-                    mems[impl] = r["peak_mb"]
-                cell = {k: f"{v[0]:7.2f} [{v[1]:.2f}, {v[2]:.2f}]" for k, v in rates.items()}
-                print(f"{title:38} {mode:14} {cell['herbs']:>22} {cell['torch']:>22} "
-                      f"{rates['herbs'][0] / rates['torch'][0]:5.2f}x {mems['herbs']:9.0f} {mems['torch']:9.0f}",
-                      flush=True)
+                rates, ratios, mems = {"herbs": [], "torch": []}, [], {"herbs": 0.0, "torch": 0.0}
+                for _ in range(args.rounds):  # alternate the sides so that load drift hits both
+                    round_rates = {}
+                    for impl in ("herbs", "torch"):
+                        r = measure(impl, config, batch, mode, args.threads, repeats, WARMUP, weights, args.wait_policy)
+                        ips = [batch / t for t in r["times"]]
+                        rates[impl] += ips
+                        round_rates[impl] = statistics.median(ips)
+                        mems[impl] = max(mems[impl], r["peak_mb"])
+                    ratios.append(round_rates["herbs"] / round_rates["torch"])
+                cell = {k: f"{statistics.median(v):7.2f} [{min(v):.2f}, {max(v):.2f}]" for k, v in rates.items()}
+                ratio = f"{statistics.median(ratios):5.2f}x [{min(ratios):.2f}, {max(ratios):.2f}]"
+                print(f"{title:38} {mode:16} {cell['herbs']:>22} {cell['torch']:>22} {ratio:>20} "
+                      f"{mems['herbs']:9.0f} {mems['torch']:9.0f}", flush=True)
     print(f"\nload     {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} at end")
 
 
