@@ -246,7 +246,9 @@ class SwinTransformer(nn.Module):
 
 
 def swin(variant=None, **config):
-    """SwinTransformer from a herbs-style config dict (`variant` picks SPEC.md's dims)."""
+    """SwinTransformer from a herbs-style config dict, with herbs's defaults: `variant` picks
+    SPEC.md's dims, and the window is 12 at 384 px, 7 otherwise."""
+    config.setdefault("window_size", 12 if config.get("img_size", 224) == 384 else 7)
     if variant is not None:
         dim, depths, heads = VARIANTS[variant]
         config = {"embed_dim": dim, "depths": depths, "num_heads": heads, **config}

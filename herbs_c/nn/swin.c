@@ -2,7 +2,10 @@
    activations in the owner's arena. What backward needs is saved lean: each block keeps its
    input, the LayerNorm statistics (not their outputs, which backward recomputes), qkv, the
    log-sum-exp of each attention row (not the probabilities), the attention output, the residual
-   after attention, and the MLP's hidden pre-activation (not the GELU output). */
+   after attention, and the MLP's hidden pre-activation (not the GELU output). That is in train
+   mode; an eval-mode forward keeps only each block's input and output and puts the rest in one
+   set of buffers shared by all blocks, and a backward after it (heat maps) recomputes each
+   block's forward into that set just before going back through the block. */
 #include "nn/swin.h"
 
 #include <stdio.h>
@@ -22,16 +25,22 @@ typedef struct {
     size_t weight, bias;
 } norm_offsets;
 
+/* What a block's backward needs from its forward, besides the block's input. */
+typedef struct {
+    float *mean1, *rstd1, *qkv, *bias, *lse, *att, *x1, *mean2, *rstd2, *hidden;
+} block_saved;
+
 typedef struct {
     int index;        /* over all blocks of all stages */
     int shift;        /* 0 or window/2 */
     float drop_prob;  /* stochastic depth rate of this block */
     norm_offsets norm1, norm2;
     size_t table, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b;
-    /* saved by the last forward */
+    /* the last forward */
     const float *x;
-    float *mean1, *rstd1, *qkv, *bias, *lse, *att, *x1, *mean2, *rstd2, *hidden, *out;
+    float *out;
     float *scale1, *scale2; /* drop-path scales per sample, NULL when no drop path ran */
+    block_saved saved;      /* train mode only */
 } swin_block;
 
 typedef struct {
@@ -49,14 +58,46 @@ typedef struct {
     norm_offsets embed_norm;
     swin_stage stages[STAGES];
     /* the last forward */
-    int batch;
+    int batch, threads;
+    int kept;              /* train mode: every block kept its block_saved; eval: `shared` serves all */
+    block_saved shared;
     float *patches, *embedded, *embed_mean, *embed_rstd;
+    float *ln, *branch, *act, *work; /* its scratch, which backward reuses */
 } swin;
 
 /* ------------------------------------------------------------------------------------------ */
 /* Sizes */
 
 static size_t stage_tokens(const swin_stage *st, int B) { return (size_t)B * st->res * st->res; }
+
+/* Floats of the block_saved buffers of a block of stage st. */
+typedef struct {
+    size_t stats, qkv, bias, lse, tokens, hidden;
+} saved_sizes;
+
+static saved_sizes saved_sizes_of(const swin_stage *st, int B)
+{
+    const size_t M = stage_tokens(st, B), N = (size_t)st->window * st->window;
+    return (saved_sizes){M, 3 * M * st->dim, st->heads * N * N, M * st->heads, M * st->dim, M * st->hidden};
+}
+
+/* The largest of each over all stages: one block_saved that serves every block. */
+static saved_sizes saved_sizes_max(const swin *s, int B)
+{
+    saved_sizes m = {0, 0, 0, 0, 0, 0};
+    for (int i = 0; i < STAGES; i++) {
+        saved_sizes n = saved_sizes_of(&s->stages[i], B);
+#define WIDEN(f) m.f = n.f > m.f ? n.f : m.f
+        WIDEN(stats);
+        WIDEN(qkv);
+        WIDEN(bias);
+        WIDEN(lse);
+        WIDEN(tokens);
+        WIDEN(hidden);
+#undef WIDEN
+    }
+    return m;
+}
 
 /* Largest per-call scratch over the stages, for buffers shared by all of them. */
 typedef struct {
@@ -92,6 +133,21 @@ static scratch_sizes scratch_needed(const swin *s, int B, int threads)
 
 static void zero(float *p, size_t n) { memset(p, 0, n * sizeof *p); }
 
+static herbs_status alloc_saved(block_saved *v, saved_sizes n, herbs_arena *arena)
+{
+    ALLOC(v->mean1, n.stats);
+    ALLOC(v->rstd1, n.stats);
+    ALLOC(v->qkv, n.qkv);
+    ALLOC(v->bias, n.bias);
+    ALLOC(v->lse, n.lse);
+    ALLOC(v->att, n.tokens);
+    ALLOC(v->x1, n.tokens);
+    ALLOC(v->mean2, n.stats);
+    ALLOC(v->rstd2, n.stats);
+    ALLOC(v->hidden, n.hidden);
+    return HERBS_OK;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Forward */
 
@@ -100,23 +156,13 @@ typedef struct {
     int threads;
 } forward_scratch;
 
+/* x [B, L, C] -> out [B, L, C] (out may be z->branch), keeping what backward needs in v. Drop
+   path in train mode, with its scales allocated here. */
 static herbs_status block_forward(swin_block *k, const swin_stage *st, const herbs_params *t, herbs_arena *arena,
-                                  const float *x, int B, int train, uint64_t seed, uint64_t step,
-                                  const forward_scratch *z)
+                                  const float *x, float *out, const block_saved *v, int B, int train, uint64_t seed,
+                                  uint64_t step, const forward_scratch *z)
 {
-    const int C = st->dim, L = st->res * st->res, M = B * L, N = st->window * st->window;
-    ALLOC(k->mean1, M);
-    ALLOC(k->rstd1, M);
-    ALLOC(k->qkv, (size_t)M * 3 * C);
-    ALLOC(k->bias, (size_t)st->heads * N * N);
-    ALLOC(k->lse, (size_t)M * st->heads);
-    ALLOC(k->att, (size_t)M * C);
-    ALLOC(k->x1, (size_t)M * C);
-    ALLOC(k->mean2, M);
-    ALLOC(k->rstd2, M);
-    ALLOC(k->hidden, (size_t)M * st->hidden);
-    ALLOC(k->out, (size_t)M * C);
-    k->x = x;
+    const int C = st->dim, L = st->res * st->res, M = B * L;
     k->scale1 = k->scale2 = NULL;
     if (train && k->drop_prob > 0) {
         ALLOC(k->scale1, B);
@@ -125,20 +171,20 @@ static herbs_status block_forward(swin_block *k, const swin_stage *st, const her
         drop_path_scales(k->scale2, B, 1 - k->drop_prob, seed, SWIN_DROP_STREAM(step, k->index, 1));
     }
 
-    layernorm_forward(z->ln, k->mean1, k->rstd1, x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C, LN_EPS);
-    linear_forward(k->qkv, z->ln, PARAM(t, k->qkv_w), k->qkv_b == NONE ? NULL : PARAM(t, k->qkv_b), M, C, 3 * C);
-    relative_bias_forward(k->bias, PARAM(t, k->table), st->heads, st->window);
-    window_attention_forward(k->att, k->lse, z->work, k->qkv, k->bias, B, st->res, st->res, C, st->heads, st->window,
+    layernorm_forward(z->ln, v->mean1, v->rstd1, x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C, LN_EPS);
+    linear_forward(v->qkv, z->ln, PARAM(t, k->qkv_w), k->qkv_b == NONE ? NULL : PARAM(t, k->qkv_b), M, C, 3 * C);
+    relative_bias_forward(v->bias, PARAM(t, k->table), st->heads, st->window);
+    window_attention_forward(v->att, v->lse, z->work, v->qkv, v->bias, B, st->res, st->res, C, st->heads, st->window,
                              k->shift, z->threads);
-    linear_forward(z->branch, k->att, PARAM(t, k->proj_w), PARAM(t, k->proj_b), M, C, C);
-    residual_add_forward(k->x1, x, z->branch, k->scale1, B, (long)L * C);
+    linear_forward(z->branch, v->att, PARAM(t, k->proj_w), PARAM(t, k->proj_b), M, C, C);
+    residual_add_forward(v->x1, x, z->branch, k->scale1, B, (long)L * C);
 
-    layernorm_forward(z->ln, k->mean2, k->rstd2, k->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, C,
+    layernorm_forward(z->ln, v->mean2, v->rstd2, v->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, C,
                       LN_EPS);
-    linear_forward(k->hidden, z->ln, PARAM(t, k->fc1_w), PARAM(t, k->fc1_b), M, C, st->hidden);
-    gelu_forward(z->act, k->hidden, (size_t)M * st->hidden);
+    linear_forward(v->hidden, z->ln, PARAM(t, k->fc1_w), PARAM(t, k->fc1_b), M, C, st->hidden);
+    gelu_forward(z->act, v->hidden, (size_t)M * st->hidden);
     linear_forward(z->branch, z->act, PARAM(t, k->fc2_w), PARAM(t, k->fc2_b), M, st->hidden, C);
-    residual_add_forward(k->out, k->x1, z->branch, k->scale2, B, (long)L * C);
+    residual_add_forward(out, v->x1, z->branch, k->scale2, B, (long)L * C);
     return HERBS_OK;
 }
 
@@ -171,6 +217,14 @@ static herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herb
     ALLOC(z.branch, need.tokens_dim);
     ALLOC(z.act, need.tokens_hidden);
     ALLOC(z.work, need.attention_work);
+    s->ln = z.ln;
+    s->branch = z.branch;
+    s->act = z.act;
+    s->work = z.work;
+    s->threads = z.threads;
+    s->kept = train;
+    if (!train)
+        HERBS_TRY(alloc_saved(&s->shared, saved_sizes_max(s, B), arena));
 
     float *x;
     ALLOC(s->patches, (size_t)M0 * K);
@@ -186,8 +240,14 @@ static herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herb
     for (int i = 0; i < STAGES; i++) {
         swin_stage *st = &s->stages[i];
         for (int b = 0; b < st->depth; b++) {
-            HERBS_TRY(block_forward(&st->blocks[b], st, t, arena, x, B, train, seed, step, &z));
-            x = st->blocks[b].out;
+            swin_block *k = &st->blocks[b];
+            if (train)
+                HERBS_TRY(alloc_saved(&k->saved, saved_sizes_of(st, B), arena));
+            ALLOC(k->out, stage_tokens(st, B) * st->dim);
+            k->x = x;
+            HERBS_TRY(block_forward(k, st, t, arena, x, k->out, train ? &k->saved : &s->shared, B, train, seed, step,
+                                    &z));
+            x = k->out;
         }
         if (i < STAGES - 1) {
             HERBS_TRY(merge_forward(st, t, arena, x, B, z.ln));
@@ -209,46 +269,53 @@ typedef struct {
     int threads;
 } backward_scratch;
 
-/* d [B, L, C]: the gradient of the block's output on entry, of its input on return. */
-static void block_backward(const swin_block *k, const swin_stage *st, herbs_params *t, float *d, int B,
-                           const backward_scratch *z)
+/* The gradient into a branch: d itself without drop path, else scale·d in `buffer`. */
+static const float *branch_grad(float *buffer, const float *d, const float *scale, int B, long per_sample)
+{
+    if (!scale)
+        return d;
+    zero(buffer, (size_t)B * per_sample);
+    residual_add_backward(buffer, d, scale, B, per_sample);
+    return buffer;
+}
+
+/* d [B, L, C]: the gradient of the block's output on entry, of its input on return. Products
+   into fresh buffers are written by gemm (beta 0); parameter gradients accumulate. */
+static void block_backward(const swin_block *k, const block_saved *v, const swin_stage *st, herbs_params *t, float *d,
+                           int B, const backward_scratch *z)
 {
     const int C = st->dim, L = st->res * st->res, M = B * L, H = st->hidden, N = st->window * st->window;
-    const size_t MC = (size_t)M * C, MH = (size_t)M * H;
 
     /* MLP branch: out = x1 + scale2 · fc2(gelu(fc1(norm2(x1)))) */
-    zero(z->dbranch, MC);
-    residual_add_backward(z->dbranch, d, k->scale2, B, (long)L * C);
-    layernorm_forward(z->ln, k->mean2, k->rstd2, k->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, C,
+    const float *g = branch_grad(z->dbranch, d, k->scale2, B, (long)L * C);
+    layernorm_forward(z->ln, v->mean2, v->rstd2, v->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, C,
                       LN_EPS);
-    gelu_forward(z->act, k->hidden, MH);
-    zero(z->dact, MH);
-    linear_backward(z->dact, GRAD(t, k->fc2_w), GRAD(t, k->fc2_b), z->dbranch, z->act, PARAM(t, k->fc2_w), M, H, C);
-    zero(z->act, MH); /* now the hidden pre-activation's gradient */
-    gelu_backward(z->act, z->dact, k->hidden, MH);
-    zero(z->dln, MC);
-    linear_backward(z->dln, GRAD(t, k->fc1_w), GRAD(t, k->fc1_b), z->act, z->ln, PARAM(t, k->fc1_w), M, C, H);
-    layernorm_backward(d, GRAD(t, k->norm2.weight), GRAD(t, k->norm2.bias), z->dln, k->x1, PARAM(t, k->norm2.weight),
-                       k->mean2, k->rstd2, M, C);
+    gelu_forward(z->act, v->hidden, (size_t)M * H);
+    linear_backward(NULL, GRAD(t, k->fc2_w), GRAD(t, k->fc2_b), g, z->act, PARAM(t, k->fc2_w), M, H, C);
+    gemm(0, 0, M, H, C, 1, g, C, PARAM(t, k->fc2_w), H, 0, z->dact, H);
+    zero(z->act, (size_t)M * H); /* now the hidden pre-activation's gradient */
+    gelu_backward(z->act, z->dact, v->hidden, (size_t)M * H);
+    linear_backward(NULL, GRAD(t, k->fc1_w), GRAD(t, k->fc1_b), z->act, z->ln, PARAM(t, k->fc1_w), M, C, H);
+    gemm(0, 0, M, C, H, 1, z->act, H, PARAM(t, k->fc1_w), C, 0, z->dln, C);
+    layernorm_backward(d, GRAD(t, k->norm2.weight), GRAD(t, k->norm2.bias), z->dln, v->x1, PARAM(t, k->norm2.weight),
+                       v->mean2, v->rstd2, M, C);
 
     /* attention branch: x1 = x + scale1 · proj(attention(qkv(norm1(x)))) */
-    zero(z->dbranch, MC);
-    residual_add_backward(z->dbranch, d, k->scale1, B, (long)L * C);
-    zero(z->datt, MC);
-    linear_backward(z->datt, GRAD(t, k->proj_w), GRAD(t, k->proj_b), z->dbranch, k->att, PARAM(t, k->proj_w), M, C,
-                    C);
-    zero(z->dqkv, 3 * MC);
+    g = branch_grad(z->dbranch, d, k->scale1, B, (long)L * C);
+    linear_backward(NULL, GRAD(t, k->proj_w), GRAD(t, k->proj_b), g, v->att, PARAM(t, k->proj_w), M, C, C);
+    gemm(0, 0, M, C, C, 1, g, C, PARAM(t, k->proj_w), C, 0, z->datt, C);
+    zero(z->dqkv, (size_t)M * 3 * C);
     zero(z->dbias, (size_t)st->heads * N * N);
-    window_attention_backward(z->dqkv, z->dbias, z->work, z->datt, k->qkv, k->bias, k->lse, B, st->res, st->res, C,
+    window_attention_backward(z->dqkv, z->dbias, z->work, z->datt, v->qkv, v->bias, v->lse, B, st->res, st->res, C,
                               st->heads, st->window, k->shift, z->threads);
     relative_bias_backward(GRAD(t, k->table), z->dbias, st->heads, st->window);
-    layernorm_forward(z->ln, k->mean1, k->rstd1, k->x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C,
+    layernorm_forward(z->ln, v->mean1, v->rstd1, k->x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C,
                       LN_EPS);
-    zero(z->dln, MC);
-    linear_backward(z->dln, GRAD(t, k->qkv_w), k->qkv_b == NONE ? NULL : GRAD(t, k->qkv_b), z->dqkv, z->ln,
+    linear_backward(NULL, GRAD(t, k->qkv_w), k->qkv_b == NONE ? NULL : GRAD(t, k->qkv_b), z->dqkv, z->ln,
                     PARAM(t, k->qkv_w), M, C, 3 * C);
+    gemm(0, 0, M, C, 3 * C, 1, z->dqkv, 3 * C, PARAM(t, k->qkv_w), C, 0, z->dln, C);
     layernorm_backward(d, GRAD(t, k->norm1.weight), GRAD(t, k->norm1.bias), z->dln, k->x, PARAM(t, k->norm1.weight),
-                       k->mean1, k->rstd1, M, C);
+                       v->mean1, v->rstd1, M, C);
 }
 
 /* dtap [B, res²/4, 2C] -> dx [B, res², C] (overwritten). */
@@ -259,14 +326,15 @@ static void merge_backward(const swin_stage *st, herbs_params *t, float *dx, con
     const size_t MC4 = (size_t)M * 4 * C;
     layernorm_forward(z->ln, st->merge_mean, st->merge_rstd, st->merged, PARAM(t, st->merge_norm.weight),
                       PARAM(t, st->merge_norm.bias), M, 4 * C, LN_EPS);
-    zero(z->dln, MC4);
-    linear_backward(z->dln, GRAD(t, st->merge_reduction), NULL, dtap, z->ln, PARAM(t, st->merge_reduction), M, 4 * C,
+    linear_backward(NULL, GRAD(t, st->merge_reduction), NULL, dtap, z->ln, PARAM(t, st->merge_reduction), M, 4 * C,
                     2 * C);
-    zero(z->datt, MC4);
-    layernorm_backward(z->datt, GRAD(t, st->merge_norm.weight), GRAD(t, st->merge_norm.bias), z->dln, st->merged,
+    gemm(0, 0, M, 4 * C, 2 * C, 1, dtap, 2 * C, PARAM(t, st->merge_reduction), 4 * C, 0, z->dln, 4 * C);
+    float *dmerged = z->dqkv; /* free here, and at least res²·C floats */
+    zero(dmerged, MC4);
+    layernorm_backward(dmerged, GRAD(t, st->merge_norm.weight), GRAD(t, st->merge_norm.bias), z->dln, st->merged,
                        PARAM(t, st->merge_norm.weight), st->merge_mean, st->merge_rstd, M, 4 * C);
     zero(dx, MC4);
-    patch_merge_backward(dx, z->datt, B, st->res, st->res, C);
+    patch_merge_backward(dx, dmerged, B, st->res, st->res, C);
 }
 
 static herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *arena,
@@ -283,20 +351,21 @@ static herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_are
     if (top < 0)
         return HERBS_OK;
 
-    backward_scratch z = {.threads = herbs_num_threads()};
+    /* the forward's scratch is free again; buffers whose uses never overlap share storage:
+       dln/datt (datt dies in attention backward before dln is written) and dact/dqkv (one per
+       branch) */
+    backward_scratch z = {.ln = s->ln, .dbranch = s->branch, .act = s->act, .work = s->work, .threads = s->threads};
+    const forward_scratch recompute = {s->ln, s->branch, s->act, s->work, s->threads};
     scratch_sizes need = scratch_needed(s, B, z.threads);
+    const size_t wide = need.tokens_hidden > 3 * need.tokens_dim ? need.tokens_hidden : 3 * need.tokens_dim;
     float *d, *other;
     ALLOC(d, need.tokens_dim);
     ALLOC(other, need.tokens_dim);
-    ALLOC(z.ln, need.tokens_dim);
-    ALLOC(z.dbranch, need.tokens_dim);
     ALLOC(z.dln, need.tokens_dim);
-    ALLOC(z.datt, need.tokens_dim);
-    ALLOC(z.act, need.tokens_hidden);
-    ALLOC(z.dact, need.tokens_hidden);
-    ALLOC(z.dqkv, 3 * need.tokens_dim);
+    z.datt = z.dln;
+    ALLOC(z.dact, wide);
+    z.dqkv = z.dact;
     ALLOC(z.dbias, need.bias);
-    ALLOC(z.work, need.attention_work);
 
     for (int i = top; i >= 0; i--) {
         swin_stage *st = &s->stages[i];
@@ -311,8 +380,12 @@ static herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_are
             d = other;
             other = swap;
         }
-        for (int b = st->depth - 1; b >= 0; b--)
-            block_backward(&st->blocks[b], st, t, d, B, &z);
+        for (int b = st->depth - 1; b >= 0; b--) {
+            swin_block *k = &st->blocks[b];
+            if (!s->kept) /* recompute into the shared buffers; the output goes to scratch */
+                HERBS_TRY(block_forward(k, st, t, arena, k->x, s->branch, &s->shared, B, 0, 0, 0, &recompute));
+            block_backward(k, s->kept ? &k->saved : &s->shared, st, t, d, B, &z);
+        }
     }
 
     const int res0 = s->stages[0].res, D = s->embed_dim, M0 = B * res0 * res0, in = bb->in_channels;
