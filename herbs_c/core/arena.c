@@ -10,6 +10,11 @@ struct herbs_arena_chunk {
     size_t size, used;
 };
 
+/* Chunks are mapped straight from the OS (glibc maps blocks above 32 MB), so a chunk freed when
+   the arena merges goes back to the OS instead of staying in the heap; pages a chunk never
+   touches cost address space only. */
+#define ARENA_MIN_CHUNK ((size_t)64 << 20)
+
 static size_t round_up(size_t n) { return (n + HERBS_ALIGN - 1) / HERBS_ALIGN * HERBS_ALIGN; }
 
 void *herbs_aligned_alloc(size_t bytes)
@@ -79,7 +84,7 @@ void *herbs_arena_alloc(herbs_arena *arena, size_t bytes)
     size_t need = round_up(bytes ? bytes : 1);
     herbs_arena_chunk *c = arena->chunks;
     if (!c || c->size - c->used < need) {
-        size_t size = need > (1u << 20) ? need : (1u << 20);
+        size_t size = need > ARENA_MIN_CHUNK ? need : ARENA_MIN_CHUNK;
         if (!c && arena->high_water > size)
             size = arena->high_water;
         herbs_arena_chunk *fresh = chunk_new(size);

@@ -1,40 +1,63 @@
+#include "kernels/clones.h"
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
+#include "kernels/fastmath.h" /* after precision.h: it is a template over real */
 
 #define PARALLEL_MIN 32768 /* elements below which a second thread does not pay */
 
-void FN(relu_forward)(real *out, const real *inp, size_t n)
+HERBS_CLONES void FN(relu_forward)(real *out, const real *inp, size_t n)
 {
 #pragma omp parallel for simd schedule(static) if (n > PARALLEL_MIN)
     for (size_t i = 0; i < n; i++)
         out[i] = inp[i] > 0 ? inp[i] : 0;
 }
 
-void FN(relu_backward)(real *dinp, const real *dout, const real *out, size_t n)
+HERBS_CLONES void FN(relu_backward)(real *dinp, const real *dout, const real *out, size_t n)
 {
 #pragma omp parallel for simd schedule(static) if (n > PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++)
-        dinp[i] += out[i] > 0 ? dout[i] : 0;
+    for (size_t i = 0; i < n; i++) {
+        const real g = dout[i], o = out[i]; /* both loaded: the select vectorises as a blend */
+        dinp[i] += o > 0 ? g : 0;
+    }
 }
+
+/* GELU over a span, vectorised (fastmath.h) in each instruction set's build. */
+HERBS_INLINE void FN(gelu_forward_span)(real *out, const real *inp, size_t n)
+{
+#pragma omp simd
+    for (size_t i = 0; i < n; i++)
+        out[i] = inp[i] * FN(normal_cdf)(inp[i]);
+}
+HERBS_ISA_VARIANTS(gelu_forward_span, (real *out, const real *inp, size_t n), (out, inp, n))
+
+HERBS_INLINE void FN(gelu_backward_span)(real *dinp, const real *dout, const real *inp, size_t n)
+{
+#pragma omp simd
+    for (size_t i = 0; i < n; i++)
+        dinp[i] += dout[i] * (FN(normal_cdf)(inp[i]) + inp[i] * FN(normal_pdf)(inp[i]));
+}
+HERBS_ISA_VARIANTS(gelu_backward_span, (real *dinp, const real *dout, const real *inp, size_t n),
+                   (dinp, dout, inp, n))
 
 void FN(gelu_forward)(real *out, const real *inp, size_t n)
 {
-    const real inv_sqrt2 = (real)0.70710678118654752440;
+    void (*span)(real *, const real *, size_t) = FN(gelu_forward_span_isa)();
 #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++) {
-        real x = inp[i];
-        out[i] = (real)0.5 * x * erfc(-x * inv_sqrt2); /* erfc: no cancellation for x << 0 */
-    }
+    for (size_t i0 = 0; i0 < n; i0 += PARALLEL_MIN)
+        span(out + i0, inp + i0, n - i0 < PARALLEL_MIN ? n - i0 : PARALLEL_MIN);
 }
 
 void FN(gelu_backward)(real *dinp, const real *dout, const real *inp, size_t n)
 {
-    const real inv_sqrt2 = (real)0.70710678118654752440, inv_sqrt2pi = (real)0.39894228040143267794;
+    void (*span)(real *, const real *, const real *, size_t) = FN(gelu_backward_span_isa)();
 #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++) {
-        real x = inp[i];
-        real cdf = (real)0.5 * erfc(-x * inv_sqrt2);
-        real pdf = inv_sqrt2pi * exp((real)-0.5 * x * x);
-        dinp[i] += dout[i] * (cdf + x * pdf);
-    }
+    for (size_t i0 = 0; i0 < n; i0 += PARALLEL_MIN)
+        span(dinp + i0, dout + i0, inp + i0, n - i0 < PARALLEL_MIN ? n - i0 : PARALLEL_MIN);
+}
+
+void FN(relu_mask)(real *d, const real *out, size_t n)
+{
+#pragma omp parallel for simd schedule(static) if (n > PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++)
+        d[i] = out[i] > 0 ? d[i] : 0;
 }

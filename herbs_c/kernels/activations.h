@@ -9,3 +9,6 @@ void FN(relu_backward)(real *dinp, const real *dout, const real *out, size_t n);
 void FN(gelu_forward)(real *out, const real *inp, size_t n);
 /* dinp[n] += dout · (Φ(x) + x·φ(x)), from the forward's input */
 void FN(gelu_backward)(real *dinp, const real *dout, const real *inp, size_t n);
+
+/* d[n] = out > 0 ? d : 0, in place: ReLU's backward when d holds only this ReLU's output gradient */
+void FN(relu_mask)(real *d, const real *out, size_t n);

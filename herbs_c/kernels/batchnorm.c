@@ -1,121 +1,269 @@
-/* Batch normalisation, channels last. Each kernel walks blocks of BN_LANES channels (one
-   thread per block, rows in order, double accumulators), so results do not depend on the thread
-   count and long columns keep their precision. A block is one 64-byte line of a float row. */
+/* Batch normalisation, channels last. Each kernel splits the channels into contiguous blocks
+   (one thread per block, rows in order, double accumulators), so results do not depend on the
+   thread count and long columns keep their precision. */
+#include "core/threads.h"
+#include "kernels/clones.h"
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
 
-#define BN_LANES 16
-#define BN_PARALLEL(N, C) if ((double)(N) * (C) > 65536)
+#define BN_MAX_BLOCK 1024 /* channels per block, for the per-channel accumulators on the stack */
+
+/* The channel blocks [c_begin, c_end): as many as threads (or more for wide rows), 16-channel
+   aligned. A block walks every row in order, so each channel's sums have one fixed order. Whole
+   contiguous runs of each row per block keep the reads streaming (blocks of one 64-byte line,
+   striding over long rows, ran at under 1 GB/s). */
+static int FN(bn_blocks)(int N, int C, int *threads)
+{
+    const int lines = (C + 15) / 16, wide = (C + BN_MAX_BLOCK - 1) / BN_MAX_BLOCK;
+    int nt = herbs_threads_for((double)N * C, 65536);
+    nt = nt > lines ? lines : nt;
+    *threads = nt;
+    return nt < wide ? wide : nt;
+}
+
+static void FN(bn_block_range)(int C, int nb, int b, int *c_begin, int *c_end)
+{
+    const int lines = (C + 15) / 16;
+    *c_begin = lines * b / nb * 16;
+    *c_end = b == nb - 1 ? C : lines * (b + 1) / nb * 16;
+}
+
+/* out = inp·scale + shift on the block's channels [c0, c0 + w), through a ReLU when relu is set */
+static inline __attribute__((always_inline)) void FN(bn_apply)(real *out, const real *inp, const real *scale,
+                                                               const real *shift, int N, int C, int c0, int w, int relu)
+{
+    for (int n = 0; n < N; n++) {
+        const real *x = inp + (size_t)n * C + c0;
+        real *y = out + (size_t)n * C + c0;
+        if (relu) {
+#pragma omp simd
+            for (int j = 0; j < w; j++) {
+                real v = x[j] * scale[j] + shift[j];
+                y[j] = v > 0 ? v : 0;
+            }
+        } else {
+#pragma omp simd
+            for (int j = 0; j < w; j++)
+                y[j] = x[j] * scale[j] + shift[j];
+        }
+    }
+}
+
+/* Train mode, optionally followed by a ReLU (relu = 1) in the same pass. */
+HERBS_CLONES static void FN(bn_train)(real *out, real *mean, real *rstd, real *running_mean, real *running_var,
+                                      const real *inp, const real *weight, const real *bias, int N, int C, real eps,
+                                      real momentum, int relu)
+{
+    int nt;
+    const int nb = FN(bn_blocks)(N, C, &nt);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int b = 0; b < nb; b++) {
+        int c0, c1;
+        FN(bn_block_range)(C, nb, b, &c0, &c1);
+        const int w = c1 - c0;
+        /* one pass: sums of (x - shift) and its square in double, shifted by the first row so
+           the variance does not cancel */
+        double s1[BN_MAX_BLOCK], s2[BN_MAX_BLOCK], shift[BN_MAX_BLOCK];
+        real scale[BN_MAX_BLOCK], offset[BN_MAX_BLOCK];
+        for (int j = 0; j < w; j++) {
+            s1[j] = s2[j] = 0;
+            shift[j] = inp[c0 + j];
+        }
+        for (int n = 0; n < N; n++) {
+            const real *x = inp + (size_t)n * C + c0;
+#pragma omp simd
+            for (int j = 0; j < w; j++) {
+                double d = (double)x[j] - shift[j];
+                s1[j] += d;
+                s2[j] += d * d;
+            }
+        }
+        for (int j = 0; j < w; j++) {
+            const int c = c0 + j;
+            double m = s1[j] / N, sq = s2[j] - s1[j] * m; /* Σ (x - mean)² */
+            sq = sq > 0 ? sq : 0;
+            mean[c] = (real)(shift[j] + m);
+            rstd[c] = (real)(1 / sqrt(sq / N + eps));
+            scale[j] = rstd[c] * (weight ? weight[c] : 1);
+            offset[j] = (bias ? bias[c] : 0) - mean[c] * scale[j];
+            if (running_mean)
+                running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mean[c];
+            if (running_var)
+                running_var[c] = (1 - momentum) * running_var[c] + momentum * (real)(sq / (N - 1));
+        }
+        FN(bn_apply)(out, inp, scale, offset, N, C, c0, w, relu);
+    }
+}
 
 void FN(batchnorm_forward_train)(real *out, real *mean, real *rstd, real *running_mean, real *running_var,
                                  const real *inp, const real *weight, const real *bias, int N, int C, real eps,
                                  real momentum)
 {
-#pragma omp parallel for schedule(static) BN_PARALLEL(N, C)
-    for (int c0 = 0; c0 < C; c0 += BN_LANES) {
-        const int lanes = C - c0 < BN_LANES ? C - c0 : BN_LANES;
-        double sum[BN_LANES] = {0}, sq[BN_LANES] = {0};
-        real scale[BN_LANES], shift[BN_LANES];
-        for (int n = 0; n < N; n++)
-            for (int j = 0; j < lanes; j++)
-                sum[j] += inp[(size_t)n * C + c0 + j];
-        for (int j = 0; j < lanes; j++)
-            mean[c0 + j] = (real)(sum[j] / N);
-        for (int n = 0; n < N; n++)
-            for (int j = 0; j < lanes; j++) {
-                double d = inp[(size_t)n * C + c0 + j] - mean[c0 + j];
-                sq[j] += d * d;
-            }
-        for (int j = 0; j < lanes; j++) {
+    FN(bn_train)(out, mean, rstd, running_mean, running_var, inp, weight, bias, N, C, eps, momentum, 0);
+}
+
+void FN(batchnorm_relu_forward_train)(real *out, real *mean, real *rstd, real *running_mean, real *running_var,
+                                      const real *inp, const real *weight, const real *bias, int N, int C, real eps,
+                                      real momentum)
+{
+    FN(bn_train)(out, mean, rstd, running_mean, running_var, inp, weight, bias, N, C, eps, momentum, 1);
+}
+
+HERBS_CLONES static void FN(bn_eval)(real *out, const real *inp, const real *running_mean, const real *running_var,
+                                     const real *weight, const real *bias, int N, int C, real eps, int relu)
+{
+    int nt;
+    const int nb = FN(bn_blocks)(N, C, &nt);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int b = 0; b < nb; b++) {
+        int c0, c1;
+        FN(bn_block_range)(C, nb, b, &c0, &c1);
+        const int w = c1 - c0;
+        real scale[BN_MAX_BLOCK], shift[BN_MAX_BLOCK];
+        for (int j = 0; j < w; j++) {
             const int c = c0 + j;
-            double var = sq[j] / N;
-            rstd[c] = (real)(1 / sqrt(var + eps));
-            scale[j] = rstd[c] * (weight ? weight[c] : 1);
-            shift[j] = (bias ? bias[c] : 0) - mean[c] * scale[j];
-            if (running_mean)
-                running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mean[c];
-            if (running_var)
-                running_var[c] = (1 - momentum) * running_var[c] + momentum * (real)(sq[j] / (N - 1));
+            scale[j] = (weight ? weight[c] : 1) / sqrt(running_var[c] + eps);
+            shift[j] = (bias ? bias[c] : 0) - running_mean[c] * scale[j];
         }
-        for (int n = 0; n < N; n++)
-            for (int j = 0; j < lanes; j++)
-                out[(size_t)n * C + c0 + j] = inp[(size_t)n * C + c0 + j] * scale[j] + shift[j];
+        FN(bn_apply)(out, inp, scale, shift, N, C, c0, w, relu);
     }
 }
 
 void FN(batchnorm_forward_eval)(real *out, const real *inp, const real *running_mean, const real *running_var,
                                 const real *weight, const real *bias, int N, int C, real eps)
 {
-#pragma omp parallel for schedule(static) BN_PARALLEL(N, C)
-    for (int c0 = 0; c0 < C; c0 += BN_LANES) {
-        const int lanes = C - c0 < BN_LANES ? C - c0 : BN_LANES;
-        real scale[BN_LANES], shift[BN_LANES];
-        for (int j = 0; j < lanes; j++) {
-            const int c = c0 + j;
-            scale[j] = (weight ? weight[c] : 1) / sqrt(running_var[c] + eps);
-            shift[j] = (bias ? bias[c] : 0) - running_mean[c] * scale[j];
-        }
-        for (int n = 0; n < N; n++)
-            for (int j = 0; j < lanes; j++)
-                out[(size_t)n * C + c0 + j] = inp[(size_t)n * C + c0 + j] * scale[j] + shift[j];
-    }
+    FN(bn_eval)(out, inp, running_mean, running_var, weight, bias, N, C, eps, 0);
+}
+
+void FN(batchnorm_relu_forward_eval)(real *out, const real *inp, const real *running_mean, const real *running_var,
+                                     const real *weight, const real *bias, int N, int C, real eps)
+{
+    FN(bn_eval)(out, inp, running_mean, running_var, weight, bias, N, C, eps, 1);
 }
 
 /* Both backward passes for a block: with x̂ = (x - center)·r, dweight += Σ g·x̂, dbias += Σ g,
    and dinp += w·r·(g - batch_stats·(mean(g) + x̂·mean(g·x̂))) — batch_stats is 0 in eval mode,
-   where the statistics do not depend on the input. */
-static void FN(bn_backward_block)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
-                                  const real *weight, const real *center, const real *r, int batch_stats, int N,
-                                  int C, int c0, int lanes)
+   where the statistics do not depend on the input. center and r are the block's [w] values.
+   With `relu_out` (the output of a ReLU after the BN), g is dout where relu_out > 0, else 0. */
+static inline __attribute__((always_inline)) void FN(bn_backward_block)(
+    real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out, const real *inp,
+    const real *weight, const real *center, const real *r, int batch_stats, int N, int C, int c0, int w)
 {
-    double sum_g[BN_LANES] = {0}, sum_gx[BN_LANES] = {0};
-    for (int n = 0; n < N; n++)
-        for (int j = 0; j < lanes; j++) {
-            size_t i = (size_t)n * C + c0 + j;
-            sum_g[j] += dout[i];
-            sum_gx[j] += dout[i] * (double)(inp[i] - center[j]);
+    double sum_g[BN_MAX_BLOCK], sum_gx[BN_MAX_BLOCK];
+    real a[BN_MAX_BLOCK], b[BN_MAX_BLOCK], k[BN_MAX_BLOCK];
+    for (int j = 0; j < w; j++)
+        sum_g[j] = sum_gx[j] = 0;
+    for (int n = 0; n < N; n++) {
+        const real *g = dout + (size_t)n * C + c0, *x = inp + (size_t)n * C + c0;
+        const real *m = relu_out ? relu_out + (size_t)n * C + c0 : NULL;
+        if (m) { /* the masked row first (a vector blend), then the sums: one loop of both does
+                    not vectorise */
+            real masked[BN_MAX_BLOCK];
+#pragma omp simd
+            for (int j = 0; j < w; j++) {
+                const real gv = g[j], mv = m[j];
+                masked[j] = mv > 0 ? gv : 0;
+            }
+#pragma omp simd
+            for (int j = 0; j < w; j++) {
+                sum_g[j] += masked[j];
+                sum_gx[j] += masked[j] * (double)(x[j] - center[j]);
+            }
+        } else {
+#pragma omp simd
+            for (int j = 0; j < w; j++) {
+                sum_g[j] += g[j];
+                sum_gx[j] += g[j] * (double)(x[j] - center[j]);
+            }
         }
-    real a[BN_LANES], b[BN_LANES], k[BN_LANES];
-    for (int j = 0; j < lanes; j++) {
+    }
+    for (int j = 0; j < w; j++) {
         const int c = c0 + j;
         if (dweight)
             dweight[c] += (real)(sum_gx[j] * r[j]);
         if (dbias)
             dbias[c] += (real)sum_g[j];
-        real w = weight ? weight[c] : 1;
-        a[j] = w * r[j];
-        b[j] = batch_stats ? (real)(-w * r[j] * r[j] * r[j] * sum_gx[j] / N) : 0;
-        k[j] = batch_stats ? (real)(-w * r[j] * sum_g[j] / N) : 0;
+        real wc = weight ? weight[c] : 1;
+        a[j] = wc * r[j];
+        b[j] = batch_stats ? (real)(-wc * r[j] * r[j] * r[j] * sum_gx[j] / N) : 0;
+        k[j] = batch_stats ? (real)(-wc * r[j] * sum_g[j] / N) : 0;
     }
     if (!dinp)
         return;
-    for (int n = 0; n < N; n++)
-        for (int j = 0; j < lanes; j++) {
-            size_t i = (size_t)n * C + c0 + j;
-            dinp[i] += dout[i] * a[j] + (inp[i] - center[j]) * b[j] + k[j];
+    for (int n = 0; n < N; n++) {
+        const real *g = dout + (size_t)n * C + c0, *x = inp + (size_t)n * C + c0;
+        const real *m = relu_out ? relu_out + (size_t)n * C + c0 : NULL;
+        real *d = dinp + (size_t)n * C + c0;
+        if (m) {
+#pragma omp simd
+            for (int j = 0; j < w; j++) {
+                const real gv = g[j], mv = m[j];
+                d[j] += (mv > 0 ? gv : 0) * a[j] + (x[j] - center[j]) * b[j] + k[j];
+            }
+        } else {
+#pragma omp simd
+            for (int j = 0; j < w; j++)
+                d[j] += g[j] * a[j] + (x[j] - center[j]) * b[j] + k[j];
         }
+    }
+}
+
+HERBS_CLONES static void FN(bn_backward)(real *dinp, real *dweight, real *dbias, const real *dout,
+                                         const real *relu_out, const real *inp, const real *weight, const real *mean,
+                                         const real *rstd, int N, int C)
+{
+    int nt;
+    const int nb = FN(bn_blocks)(N, C, &nt);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int b = 0; b < nb; b++) {
+        int c0, c1;
+        FN(bn_block_range)(C, nb, b, &c0, &c1);
+        FN(bn_backward_block)(dinp, dweight, dbias, dout, relu_out, inp, weight, mean + c0, rstd + c0, 1, N, C, c0,
+                              c1 - c0);
+    }
+}
+
+HERBS_CLONES static void FN(bn_backward_eval)(real *dinp, real *dweight, real *dbias, const real *dout,
+                                              const real *relu_out, const real *inp, const real *running_mean,
+                                              const real *running_var, const real *weight, int N, int C, real eps)
+{
+    int nt;
+    const int nb = FN(bn_blocks)(N, C, &nt);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int b = 0; b < nb; b++) {
+        int c0, c1;
+        FN(bn_block_range)(C, nb, b, &c0, &c1);
+        real r[BN_MAX_BLOCK];
+        for (int j = 0; j < c1 - c0; j++)
+            r[j] = 1 / sqrt(running_var[c0 + j] + eps);
+        FN(bn_backward_block)(dinp, dweight, dbias, dout, relu_out, inp, weight, running_mean + c0, r, 0, N, C, c0,
+                              c1 - c0);
+    }
 }
 
 void FN(batchnorm_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
                             const real *weight, const real *mean, const real *rstd, int N, int C)
 {
-#pragma omp parallel for schedule(static) BN_PARALLEL(N, C)
-    for (int c0 = 0; c0 < C; c0 += BN_LANES) {
-        const int lanes = C - c0 < BN_LANES ? C - c0 : BN_LANES;
-        FN(bn_backward_block)(dinp, dweight, dbias, dout, inp, weight, mean + c0, rstd + c0, 1, N, C, c0, lanes);
-    }
+    FN(bn_backward)(dinp, dweight, dbias, dout, NULL, inp, weight, mean, rstd, N, C);
 }
 
 void FN(batchnorm_backward_eval)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
                                  const real *running_mean, const real *running_var, const real *weight, int N,
                                  int C, real eps)
 {
-#pragma omp parallel for schedule(static) BN_PARALLEL(N, C)
-    for (int c0 = 0; c0 < C; c0 += BN_LANES) {
-        const int lanes = C - c0 < BN_LANES ? C - c0 : BN_LANES;
-        real r[BN_LANES];
-        for (int j = 0; j < lanes; j++)
-            r[j] = 1 / sqrt(running_var[c0 + j] + eps);
-        FN(bn_backward_block)(dinp, dweight, dbias, dout, inp, weight, running_mean + c0, r, 0, N, C, c0, lanes);
-    }
+    FN(bn_backward_eval)(dinp, dweight, dbias, dout, NULL, inp, running_mean, running_var, weight, N, C, eps);
+}
+
+void FN(batchnorm_relu_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *out,
+                                 const real *inp, const real *weight, const real *mean, const real *rstd, int N,
+                                 int C)
+{
+    FN(bn_backward)(dinp, dweight, dbias, dout, out, inp, weight, mean, rstd, N, C);
+}
+
+void FN(batchnorm_relu_backward_eval)(real *dinp, real *dweight, real *dbias, const real *dout, const real *out,
+                                      const real *inp, const real *running_mean, const real *running_var,
+                                      const real *weight, int N, int C, real eps)
+{
+    FN(bn_backward_eval)(dinp, dweight, dbias, dout, out, inp, running_mean, running_var, weight, N, C, eps);
 }

@@ -1,6 +1,8 @@
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
 
+#define LINEAR_BIAS_BLOCK 64 /* columns summed together by one thread */
+
 void FN(linear_forward)(real *out, const real *inp, const real *weight, const real *bias, int N, int C, int OC)
 {
     if (bias) {
@@ -19,13 +21,18 @@ void FN(linear_backward)(real *dinp, real *dweight, real *dbias, const real *dou
         FN(gemm)(0, 0, N, C, OC, 1, dout, OC, weight, C, 1, dinp, C);
     if (dweight)
         FN(gemm)(1, 0, OC, C, N, 1, dout, OC, inp, C, 1, dweight, C);
-    if (dbias) {
+    if (dbias) { /* blocks of columns, rows in order: contiguous, vectorisable, deterministic */
 #pragma omp parallel for schedule(static) if ((double)N * OC > 1e5)
-        for (int o = 0; o < OC; o++) {
-            real sum = 0;
-            for (int n = 0; n < N; n++)
-                sum += dout[(size_t)n * OC + o];
-            dbias[o] += sum;
+        for (int o0 = 0; o0 < OC; o0 += LINEAR_BIAS_BLOCK) {
+            const int cols = OC - o0 < LINEAR_BIAS_BLOCK ? OC - o0 : LINEAR_BIAS_BLOCK;
+            real sum[LINEAR_BIAS_BLOCK] = {0};
+            for (int n = 0; n < N; n++) {
+                const real *row = dout + (size_t)n * OC + o0;
+                for (int j = 0; j < cols; j++)
+                    sum[j] += row[j];
+            }
+            for (int j = 0; j < cols; j++)
+                dbias[o0 + j] += sum[j];
         }
     }
 }

@@ -6,5 +6,8 @@
 #include "nn/net.h"
 
 herbs_status linear_net_create(herbs_net *net, herbs_config *config);
+herbs_status herbs_net_create(herbs_net *net, herbs_config *config);
+herbs_status resnet_net_create(herbs_net *net, herbs_config *config);
+herbs_status swin_net_create(herbs_net *net, herbs_config *config);
 
 #endif

@@ -21,7 +21,18 @@ typedef struct {
     int64_t shape[HERBS_MAX_DIMS];
     float *data;
     float *grad;
+    int integer; /* the values are whole numbers (token indices, say): returned as int64, no gradient */
 } herbs_output;
+
+#define HERBS_MAX_LOSS_TERMS 8
+#define HERBS_LOSS_NAME_MAX 16
+
+/* The terms of a training objective, by name ("total" first). */
+typedef struct {
+    int count;
+    char name[HERBS_MAX_LOSS_TERMS][HERBS_LOSS_NAME_MAX];
+    double value[HERBS_MAX_LOSS_TERMS];
+} herbs_loss_terms;
 
 typedef struct herbs_net herbs_net;
 
@@ -34,6 +45,13 @@ typedef struct {
        or eval mode before it, and at most one backward per forward. */
     herbs_status (*backward)(herbs_net *net, float *dimages);
     void (*destroy)(herbs_net *net); /* frees what the kind added; net_free does the rest */
+    /* Optional (NULL when the kind has no objective): the training objective of the last forward
+       for labels [batch] (class indices) with kind-specific `options` (numbers; unknown keys are
+       rejected). Fills `terms` and sets the outputs' gradients to the objective's gradient, so that
+       backward completes a training step. With check_only it only validates labels and options
+       (batch is then the batch about to be forwarded) and changes nothing. */
+    herbs_status (*loss)(herbs_net *net, const int64_t *labels, int batch, herbs_config *options, int check_only,
+                         herbs_loss_terms *terms);
 } herbs_net_ops;
 
 struct herbs_net {

@@ -103,9 +103,11 @@ static float normal01(uint64_t seed, uint64_t stream, uint64_t counter)
     return sqrtf(-2.0f * logf(1.0f - u1)) * cosf(6.28318530718f * u2);
 }
 
-static float init_value(herbs_init init, uint64_t seed, uint64_t stream, uint64_t i)
+/* Element i of a tensor whose rows have `cols` elements. */
+static float init_value(herbs_init init, uint64_t seed, uint64_t stream, uint64_t i, uint64_t cols)
 {
     switch (init.type) {
+    case HERBS_INIT_EYE_PLUS_ONE: return init.a * (i / cols == i % cols ? 2.0f : 1.0f);
     case HERBS_INIT_CONSTANT: return init.a;
     case HERBS_INIT_NORMAL: return init.a * normal01(seed, stream, i);
     case HERBS_INIT_TRUNC_NORMAL:
@@ -124,9 +126,10 @@ void params_initialize(herbs_params *t, uint64_t seed)
     for (int k = 0; k < t->count; k++) {
         const herbs_tensor_info *e = &t->entries[k];
         float *data = (e->kind == HERBS_PARAMETER ? t->params : t->buffers) + e->offset;
+        const uint64_t cols = e->ndim ? (uint64_t)e->shape[e->ndim - 1] : 1;
 #pragma omp parallel for schedule(static) if (e->size > 65536)
         for (size_t i = 0; i < e->size; i++)
-            data[i] = init_value(e->init, seed, (uint64_t)k, i);
+            data[i] = init_value(e->init, seed, (uint64_t)k, i, cols);
     }
     params_zero_grads(t);
 }

@@ -27,6 +27,7 @@ typedef enum {
     HERBS_INIT_NORMAL,       /* N(0, a²) */
     HERBS_INIT_TRUNC_NORMAL, /* N(0, a²) cut to [-2a, 2a] (timm's trunc_normal_(std=a)) */
     HERBS_INIT_UNIFORM,      /* U(-a, a) */
+    HERBS_INIT_EYE_PLUS_ONE, /* a · (I + 1) on a matrix: a + a on the diagonal, a elsewhere */
 } herbs_init_type;
 
 typedef struct {

@@ -9,6 +9,9 @@ static const struct {
     herbs_net_create_fn create;
 } kinds[] = {
     {"linear", linear_net_create},
+    {"herbs", herbs_net_create},
+    {"resnet", resnet_net_create},
+    {"swin", swin_net_create},
 };
 
 herbs_net_create_fn registry_find(const char *kind)

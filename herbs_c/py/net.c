@@ -171,6 +171,57 @@ static PyObject *Net_get_image_shape(NetObject *self, void *c)
     return Py_BuildValue("(iii)", self->net->in_channels, self->net->height, self->net->width);
 }
 
+/* The images of a forward pass: a C-contiguous float32 [B, C, H, W] of this net's image size. */
+static int check_images(herbs_net *net, PyObject *obj, const float **data, int *batch)
+{
+    int dtype = NPY_FLOAT32;
+    PyArrayObject *x = check_float_array(obj, "images", 4, &dtype);
+    if (!x)
+        return 0;
+    npy_intp want[4] = {PyArray_DIM(x, 0), net->in_channels, net->height, net->width};
+    if (!PyArray_CompareLists(PyArray_DIMS(x) + 1, want + 1, 3) || PyArray_DIM(x, 0) < 1 || PyArray_DIM(x, 0) > 1 << 20) {
+        char got[128], expect[128];
+        format_shape(got, sizeof got, 4, PyArray_DIMS(x));
+        format_shape(expect, sizeof expect, 3, want + 1);
+        PyErr_Format(PyExc_ValueError, "images have shape %s, expected (batch, %s) with batch >= 1", got, expect + 1);
+        return 0;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(x)) {
+        PyErr_SetString(PyExc_ValueError, "images must be C-contiguous (use numpy.ascontiguousarray)");
+        return 0;
+    }
+    *data = PyArray_DATA(x);
+    *batch = (int)PyArray_DIM(x, 0);
+    return 1;
+}
+
+/* {name: array} of the last forward's outputs: float32 copies, int64 for integer outputs. */
+static PyObject *outputs_dict(herbs_net *net)
+{
+    PyObject *result = PyDict_New();
+    for (int i = 0; result && i < net->n_outputs; i++) {
+        const herbs_output *o = &net->outputs[i];
+        npy_intp dims[HERBS_MAX_DIMS];
+        for (int d = 0; d < o->ndim; d++)
+            dims[d] = (npy_intp)o->shape[d];
+        PyObject *arr = PyArray_SimpleNew(o->ndim, dims, o->integer ? NPY_INT64 : NPY_FLOAT32);
+        if (!arr || PyDict_SetItemString(result, o->name, arr) < 0) {
+            Py_XDECREF(arr);
+            Py_CLEAR(result);
+            break;
+        }
+        if (o->integer) {
+            int64_t *dst = PyArray_DATA((PyArrayObject *)arr);
+            for (npy_intp j = 0; j < PyArray_SIZE((PyArrayObject *)arr); j++)
+                dst[j] = (int64_t)o->data[j];
+        } else {
+            memcpy(PyArray_DATA((PyArrayObject *)arr), o->data, PyArray_NBYTES((PyArrayObject *)arr));
+        }
+        Py_DECREF(arr);
+    }
+    return result;
+}
+
 static PyObject *Net_forward(NetObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"images", "train", NULL};
@@ -182,25 +233,11 @@ static PyObject *Net_forward(NetObject *self, PyObject *args, PyObject *kw)
         return NULL;
     herbs_net *net = self->net;
     PyObject *result = NULL;
-    int dtype = NPY_FLOAT32;
-    PyArrayObject *x = check_float_array(obj, "images", 4, &dtype);
-    if (!x)
+    const float *data;
+    int batch;
+    if (!check_images(net, obj, &data, &batch))
         goto done;
-    npy_intp want[4] = {PyArray_DIM(x, 0), net->in_channels, net->height, net->width};
-    if (!PyArray_CompareLists(PyArray_DIMS(x) + 1, want + 1, 3) || PyArray_DIM(x, 0) < 1 || PyArray_DIM(x, 0) > 1 << 20) {
-        char got[128], expect[128];
-        format_shape(got, sizeof got, 4, PyArray_DIMS(x));
-        format_shape(expect, sizeof expect, 3, want + 1);
-        PyErr_Format(PyExc_ValueError, "images have shape %s, expected (batch, %s) with batch >= 1", got, expect + 1);
-        goto done;
-    }
-    if (!PyArray_IS_C_CONTIGUOUS(x)) {
-        PyErr_SetString(PyExc_ValueError, "images must be C-contiguous (use numpy.ascontiguousarray)");
-        goto done;
-    }
     herbs_status s;
-    const float *data = PyArray_DATA(x);
-    int batch = (int)PyArray_DIM(x, 0);
     Py_BEGIN_ALLOW_THREADS
     herbs_threads_apply();
     s = net->ops->forward(net, data, batch, train);
@@ -209,21 +246,7 @@ static PyObject *Net_forward(NetObject *self, PyObject *args, PyObject *kw)
         raise_status(s);
         goto done;
     }
-    result = PyDict_New();
-    for (int i = 0; result && i < net->n_outputs; i++) {
-        const herbs_output *o = &net->outputs[i];
-        npy_intp dims[HERBS_MAX_DIMS];
-        for (int d = 0; d < o->ndim; d++)
-            dims[d] = (npy_intp)o->shape[d];
-        PyObject *arr = PyArray_SimpleNew(o->ndim, dims, NPY_FLOAT32);
-        if (!arr || PyDict_SetItemString(result, o->name, arr) < 0) {
-            Py_XDECREF(arr);
-            Py_CLEAR(result);
-            break;
-        }
-        memcpy(PyArray_DATA((PyArrayObject *)arr), o->data, PyArray_NBYTES((PyArrayObject *)arr));
-        Py_DECREF(arr);
-    }
+    result = outputs_dict(net);
 done:
     self->busy = 0;
     return result;
@@ -247,6 +270,10 @@ static int set_output_grads(herbs_net *net, PyObject *grads)
                 o = &net->outputs[i];
         if (!o) {
             PyErr_Format(PyExc_ValueError, "grads names %R, which is not an output of the last forward", key);
+            return 0;
+        }
+        if (o->integer) {
+            PyErr_Format(PyExc_ValueError, "output '%s' holds integers (indices) and has no gradient", name);
             return 0;
         }
         int dtype = NPY_FLOAT32;
@@ -309,6 +336,144 @@ done:
     return result;
 }
 
+/* Class labels as a new C-contiguous int64 array of `batch` entries, or NULL with an exception. */
+static PyArrayObject *labels_array(PyObject *obj, int batch)
+{
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROM_O(obj);
+    if (!a)
+        return NULL;
+    if (!PyArray_ISINTEGER(a)) {
+        PyErr_Format(PyExc_TypeError, "labels must be integer class indices, got dtype %s",
+                     PyArray_DESCR(a)->typeobj->tp_name);
+        Py_DECREF(a);
+        return NULL;
+    }
+    if (PyArray_NDIM(a) != 1 || PyArray_DIM(a, 0) != batch) {
+        char shape[128];
+        format_shape(shape, sizeof shape, PyArray_NDIM(a), PyArray_DIMS(a));
+        PyErr_Format(PyExc_ValueError, "labels have shape %s, expected (%d,): one label per image", shape, batch);
+        Py_DECREF(a);
+        return NULL;
+    }
+    PyArrayObject *b = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)a, NPY_INT64, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    Py_DECREF(a);
+    return b;
+}
+
+/* The objective's options from keyword arguments, leaving out the `skip` names. */
+static int options_config(PyObject *kw, const char *const *skip, herbs_config *config)
+{
+    PyObject *rest = kw ? PyDict_Copy(kw) : PyDict_New();
+    if (!rest)
+        return 0;
+    for (int i = 0; skip[i]; i++)
+        if (PyDict_GetItemString(rest, skip[i]) && PyDict_DelItemString(rest, skip[i]) < 0) {
+            Py_DECREF(rest);
+            return 0;
+        }
+    int ok = config_from_dict(rest, config);
+    Py_DECREF(rest);
+    return ok;
+}
+
+static PyObject *terms_dict(const herbs_loss_terms *terms)
+{
+    PyObject *d = PyDict_New();
+    for (int i = 0; d && i < terms->count; i++) {
+        PyObject *v = PyFloat_FromDouble(terms->value[i]);
+        if (!v || PyDict_SetItemString(d, terms->name[i], v) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(v);
+    }
+    return d;
+}
+
+static int has_objective(herbs_net *net)
+{
+    if (!net->ops->loss)
+        PyErr_Format(PyExc_TypeError, "a '%s' net has no training objective", net->ops->kind);
+    return net->ops->loss != NULL;
+}
+
+static PyObject *Net_loss(NetObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *labels_obj;
+    if (!PyArg_ParseTuple(args, "O:loss", &labels_obj))
+        return NULL;
+    if (!claim(self))
+        return NULL;
+    herbs_net *net = self->net;
+    PyObject *result = NULL;
+    PyArrayObject *labels = NULL;
+    herbs_config options;
+    herbs_loss_terms terms;
+    static const char *const skip[] = {NULL};
+    if (!has_objective(net))
+        goto done;
+    if (net->forward_batch == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "loss needs a forward pass before it");
+        goto done;
+    }
+    if (!(labels = labels_array(labels_obj, net->forward_batch)) || !options_config(kw, skip, &options))
+        goto done;
+    herbs_status s;
+    const int64_t *y = PyArray_DATA(labels);
+    Py_BEGIN_ALLOW_THREADS
+    herbs_threads_apply();
+    s = net->ops->loss(net, y, net->forward_batch, &options, 0, &terms);
+    Py_END_ALLOW_THREADS
+    result = s == HERBS_OK ? terms_dict(&terms) : raise_status(s);
+done:
+    Py_XDECREF(labels);
+    self->busy = 0;
+    return result;
+}
+
+static PyObject *Net_train_step(NetObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *images_obj, *labels_obj, *train_obj = kw ? PyDict_GetItemString(kw, "train") : NULL;
+    if (!PyArg_ParseTuple(args, "OO:train_step", &images_obj, &labels_obj))
+        return NULL;
+    int train = train_obj ? PyObject_IsTrue(train_obj) : 1;
+    if (train < 0)
+        return NULL;
+    if (!claim(self))
+        return NULL;
+    herbs_net *net = self->net;
+    PyObject *result = NULL;
+    PyArrayObject *labels = NULL;
+    herbs_config options;
+    herbs_loss_terms terms;
+    static const char *const skip[] = {"train", NULL};
+    const float *images;
+    int batch;
+    if (!has_objective(net) || !check_images(net, images_obj, &images, &batch))
+        goto done;
+    if (!(labels = labels_array(labels_obj, batch)) || !options_config(kw, skip, &options))
+        goto done;
+    const int64_t *y = PyArray_DATA(labels);
+    herbs_status s = net->ops->loss(net, y, batch, &options, 1, &terms); /* bad labels or options: before any work */
+    if (s != HERBS_OK) {
+        raise_status(s);
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    herbs_threads_apply();
+    s = net->ops->forward(net, images, batch, train);
+    if (s == HERBS_OK)
+        s = net->ops->loss(net, y, batch, &options, 0, &terms);
+    if (s == HERBS_OK) {
+        s = net->ops->backward(net, NULL);
+        net->backward_done = 1;
+    }
+    Py_END_ALLOW_THREADS
+    result = s == HERBS_OK ? terms_dict(&terms) : raise_status(s);
+done:
+    Py_XDECREF(labels);
+    self->busy = 0;
+    return result;
+}
+
 static PyObject *Net_zero_grad(NetObject *self, PyObject *unused)
 {
     if (!claim(self))
@@ -325,9 +490,18 @@ static PyMethodDef Net_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Net_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(images, train=False) -> {name: array}: images float32 [B, C, H, W], C-contiguous."},
     {"backward", (PyCFunction)(void (*)(void))Net_backward, METH_VARARGS | METH_KEYWORDS,
-     "backward(grads, input_grad=False) -> image gradient or None: from {output name: gradient} (absent\n"
-     "outputs count as zero) to the parameter gradients, which accumulate."},
+     "backward(grads, input_grad=False) -> image gradient or None: from {output name: gradient} to the\n"
+     "parameter gradients, which accumulate. Outputs not named keep their gradient: zero after forward,\n"
+     "the objective's after loss()."},
     {"zero_grad", (PyCFunction)Net_zero_grad, METH_NOARGS, "zero_grad(): sets every parameter gradient to 0."},
+    {"loss", (PyCFunction)(void (*)(void))Net_loss, METH_VARARGS | METH_KEYWORDS,
+     "loss(labels, **options) -> {term: value}: the training objective of the last forward for integer\n"
+     "labels [B]; sets the outputs' gradients to its gradient, so backward({}) completes a step.\n"
+     "Options are the kind's (unknown names are refused). Kinds without an objective raise TypeError."},
+    {"train_step", (PyCFunction)(void (*)(void))Net_train_step, METH_VARARGS | METH_KEYWORDS,
+     "train_step(images, labels, train=True, **options) -> {term: value}: forward (train mode unless\n"
+     "train=False), objective and backward in one call; parameter gradients accumulate. Labels and\n"
+     "options are checked before any work."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,0 +1,191 @@
+"""HERBS on herbs against the PyTorch reference (tests/reference_herbs.py on tests/reference_swin.py
+or tests/reference_resnet.py), same weights, same thread count, side by side in one run:
+
+- train: one full training step (forward, the objective of SPEC.md §4, backward), images/s;
+- infer: an eval-mode forward of the same batch, images/s;
+- latency: an eval-mode forward of one image, ms.
+
+Each side runs in its own subprocess (so peak memory, the max resident set size, is its own),
+repeats every measurement after a warm-up, and reports the median and the min–max spread.
+
+    python benchmarks/bench_herbs.py            # Swin-T 224 b8, ResNet-50 224 b8, Swin-L 384 b1
+    python benchmarks/bench_herbs.py --quick    # small batches, fewer repeats
+    python benchmarks/bench_herbs.py --threads 2 --repeats 5
+"""
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests")]
+
+CONFIGS = {  # name: (herbs.Model backbone, batch, img_size)
+    "swin_t_224": ("swin_tiny_patch4_window7_224", 8, 224),
+    "resnet50_224": ("resnet50", 8, 224),
+    "swin_l_384": ("swin_large_patch4_window12_384", 1, 384),
+}
+QUICK = {"swin_t_224": 2, "resnet50_224": 2, "swin_l_384": 1}
+CLASSES = 200
+
+
+def herbs_model(backbone, img_size):
+    import herbs
+    return herbs.Model(backbone, num_classes=CLASSES, img_size=img_size, seed=0)
+
+
+def torch_model(model):
+    """The PyTorch reference with the herbs model's configuration and weights."""
+    import torch
+    import reference_resnet
+    import reference_swin
+    from herbs_compare import RECOMPUTED
+    from reference_herbs import HERBS
+    import fnmatch
+
+    c = model.config
+    if c["backbone"] == "swin":
+        dims, depths, heads = reference_swin.VARIANTS[c["variant"]]
+        backbone = reference_swin.swin(img_size=c["img_size"], embed_dim=dims, depths=depths, num_heads=heads,
+                                       window_size=c["window_size"])
+        patch = c["img_size"] // 4
+        tokens = [(patch // 2) ** 2, (patch // 4) ** 2, (patch // 8) ** 2, (patch // 8) ** 2]
+        channels = [dims * 2, dims * 4, dims * 8, dims * 8]
+        cnn = False
+    else:
+        backbone = reference_resnet.ResNet(c.get("depths", (3, 4, 6, 3)))
+        side = c["img_size"] // 4
+        tokens = [side ** 2, (side // 2) ** 2, (side // 4) ** 2, (side // 8) ** 2]
+        channels = [256, 512, 1024, 2048]
+        cnn = True
+    keep = [s * n // 9 for s, n in zip(tokens, (1, 2, 4, 2))]  # herbs' default num_selects
+    assert sum(keep) == dict(model.named_parameters())["combiner.param_pool0.weight"].shape[1]
+    ref = HERBS(backbone, channels, tokens, CLASSES, keep, cnn=cnn)
+    sd = {k: torch.from_numpy(v) for k, v in model.state_dict().items()}
+    missing, unexpected = ref.load_state_dict(sd, strict=False)
+    assert not unexpected and all(any(fnmatch.fnmatchcase(k, p) for p in RECOMPUTED) for k in missing)
+    return ref
+
+
+def timed(fn, repeats):
+    fn()  # warm-up: first-touch memory, arena sizing, caches
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def worker(side, config, batch, threads, repeats, weights):
+    """Runs one side's measurements; prints one JSON line."""
+    import numpy as np
+    import herbs
+
+    backbone, _, img_size = CONFIGS[config]
+    herbs.set_num_threads(threads)
+    model = herbs_model(backbone, img_size)
+    model.load_state_dict(dict(np.load(weights)))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 3, img_size, img_size)).astype(np.float32)
+    y = rng.integers(0, CLASSES, batch)
+    x1 = x[:1].copy()
+    if side == "herbs":
+        train = lambda: model.train_step(x, y)
+        infer = lambda: model.forward(x, train=False)
+        latency = lambda: model.forward(x1, train=False)
+    else:
+        import torch
+        from reference_herbs import herbs_loss
+        torch.set_num_threads(threads)
+        ref = torch_model(model)
+        del model
+        tx, ty, tx1 = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(x1)
+
+        def train():
+            ref.train()
+            out, _ = ref(tx)
+            herbs_loss(out, ty)[0].backward()
+
+        def infer_on(images):
+            ref.eval()
+            with torch.no_grad():
+                ref(images)
+
+        infer = lambda: infer_on(tx)
+        latency = lambda: infer_on(tx1)
+    result = {"train": timed(train, repeats), "infer": timed(infer, repeats), "latency": timed(latency, repeats),
+              "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    print(json.dumps(result))
+
+
+def run_side(side, config, batch, threads, repeats, weights, wait_policy):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env.pop("GOMP_SPINCOUNT", None)
+    if wait_policy == "default":  # herbs' own default (passive) still applies on the herbs side
+        env.pop("OMP_WAIT_POLICY", None)
+    else:
+        env["OMP_WAIT_POLICY"] = wait_policy
+    cmd = [sys.executable, __file__, "--worker", side, "--config", config, "--batch", str(batch), "--threads",
+           str(threads), "--repeats", str(repeats), "--weights", weights]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{side} {config} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def median(v):
+    s = sorted(v)
+    return s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small batches and 2 repeats")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 3, quick 2)")
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {', '.join(CONFIGS)}")
+    p.add_argument("--wait-policy", choices=["passive", "active", "default"], default="passive",
+                   help="OMP_WAIT_POLICY of both sides (default: passive, herbs' own default)")
+    p.add_argument("--worker", choices=["herbs", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--config", help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--weights", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args.worker, args.config, args.batch, args.threads, args.repeats, args.weights)
+
+    repeats = args.repeats or (2 if args.quick else 3)
+    print(f"threads {args.threads}, repeats {repeats}, OMP_WAIT_POLICY {args.wait_policy} (both sides), "
+          f"load average {os.getloadavg()[0]:.2f} at start")
+    print(f"{'config':<14}{'batch':>6}  {'measure':<9}{'herbs':>22}{'PyTorch':>22}{'ratio':>8}{'peak MB (h/t)':>17}")
+    for config in args.configs.split(","):
+        backbone, batch, img_size = CONFIGS[config]
+        batch = QUICK[config] if args.quick else batch
+        with tempfile.TemporaryDirectory() as tmp:
+            import numpy as np
+            weights = os.path.join(tmp, "weights.npz")
+            np.savez(weights, **herbs_model(backbone, img_size).state_dict())
+            results = {side: run_side(side, config, batch, args.threads, repeats, weights, args.wait_policy)
+                       for side in ("herbs", "torch")}
+        for measure, unit in (("train", "img/s"), ("infer", "img/s"), ("latency", "ms")):
+            h, t = results["herbs"][measure], results["torch"][measure]
+            if unit == "ms":
+                fmt = lambda v: f"{1e3 * median(v):8.1f} ({1e3 * min(v):.0f}-{1e3 * max(v):.0f}) ms"
+                ratio = median(t) / median(h)
+            else:
+                n = batch
+                fmt = lambda v: f"{n / median(v):7.2f} ({n / max(v):.2f}-{n / min(v):.2f})"
+                ratio = median(t) / median(h)
+            mem = f"{results['herbs']['peak_mb']:.0f}/{results['torch']['peak_mb']:.0f}" if measure == "train" else ""
+            print(f"{config:<14}{batch:>6}  {measure:<9}{fmt(h):>22}{fmt(t):>22}{ratio:>7.2f}x{mem:>17}", flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end; ratio = PyTorch time / herbs time (> 1: herbs faster)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""herbs' ResNet backbone against the PyTorch reference (tests/reference_resnet.py), same weights,
+same thread count, one run: forward in eval mode and forward+backward in train mode (gradients
+from all four taps, parameter gradients zeroed each step), images/s as the median of repeats with
+the spread, and each side's peak resident memory (each side runs in its own subprocess; the
+weights travel as an .npz, so the herbs process never imports torch).
+
+    python benchmarks/bench_resnet.py            # ResNet-50, 224 px, batch 8
+    python benchmarks/bench_resnet.py --quick    # a smaller, faster run
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def timed(step, repeats, warmup):
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def peak_rss_mb():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_herbs(args, weights):
+    import numpy as np
+    sys.path.insert(0, os.path.join(ROOT, "python"))
+    import herbs
+    from herbs import _C
+    herbs.set_num_threads(args.threads)
+    net = _C.Net("resnet", {"img_size": args.img_size, "depths": args.depths, "width": args.width}, 0)
+    state = np.load(weights)
+    for name, kind, shape, offset, size in net.tensors():
+        block = net.params if kind == "parameter" else net.buffers
+        block[offset:offset + size] = state[name].reshape(-1)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch, 3, args.img_size, args.img_size)).astype(np.float32)
+    out = net.forward(x)
+    grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in out.items()}
+
+    def train_step():
+        net.zero_grad()
+        net.forward(x, train=True)
+        net.backward(grads)
+
+    return {"forward": timed(lambda: net.forward(x), args.repeats, args.warmup),
+            "train": timed(train_step, args.repeats, args.warmup), "peak_mb": peak_rss_mb()}
+
+
+def run_torch(args, weights, channels_last):
+    import numpy as np
+    import torch
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from reference_resnet import ResNet
+    torch.set_num_threads(args.threads)
+    model = ResNet(tuple(args.depths), args.width)
+    state = np.load(weights)
+    model.load_state_dict({k: torch.from_numpy(state[k]) for k in model.state_dict()})
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((args.batch, 3, args.img_size, args.img_size)).astype(np.float32))
+    x = x.contiguous(memory_format=fmt)
+    model.eval()
+    with torch.no_grad():
+        taps = model(x)
+    grads = [torch.from_numpy(rng.standard_normal(t.shape).astype(np.float32)) for t in taps]
+
+    def forward():
+        with torch.no_grad():
+            model(x)
+
+    def train_step():
+        model.zero_grad()
+        taps = model(x)
+        torch.autograd.backward(taps, grads)
+
+    model.eval()
+    fwd = timed(forward, args.repeats, args.warmup)
+    model.train()
+    return {"forward": fwd, "train": timed(train_step, args.repeats, args.warmup), "peak_mb": peak_rss_mb()}
+
+
+def make_weights(args, path):
+    import numpy as np
+    import torch
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from reference_resnet import ResNet, randomize
+    torch.manual_seed(0)
+    model = randomize(ResNet(tuple(args.depths), args.width))
+    # running statistics that fit the activations (as in a trained net): eval-mode values then
+    # stay of order one instead of drifting into denormals or overflow, which would time the
+    # floating-point slow paths rather than the network
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:
+        m.momentum = None  # a cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(4, 3, args.img_size, args.img_size))
+    for m in bns:
+        m.momentum = 0.1
+    np.savez(path, **{k: v.numpy() for k, v in model.state_dict().items()})
+
+
+def stats(times, batch):
+    rates = sorted(batch / t for t in times)
+    med = rates[len(rates) // 2] if len(rates) % 2 else (rates[len(rates) // 2 - 1] + rates[len(rates) // 2]) / 2
+    return med, rates[0], rates[-1]
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="112 px, batch 4, 3 repeats")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--depths", type=int, nargs=4, default=[3, 4, 6, 3])
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--side", choices=["herbs", "torch", "torch_channels_last"], help=argparse.SUPPRESS)
+    p.add_argument("--weights", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.quick:
+        args.img_size, args.batch, args.repeats, args.warmup = 112, 4, 3, 1
+
+    if args.side:  # a child: one side, results as JSON on stdout
+        result = (run_herbs(args, args.weights) if args.side == "herbs"
+                  else run_torch(args, args.weights, args.side == "torch_channels_last"))
+        print(json.dumps(result))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = os.path.join(tmp, "weights.npz")
+        make_weights(args, weights)
+        base = [sys.executable, os.path.abspath(__file__), "--weights", weights, "--img-size", str(args.img_size),
+                "--batch", str(args.batch), "--width", str(args.width), "--threads", str(args.threads),
+                "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--depths", *map(str, args.depths)]
+        results = {}
+        for side in ("herbs", "torch", "torch_channels_last"):
+            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+            done = subprocess.run(base + ["--side", side], capture_output=True, text=True, env=env)
+            if done.returncode:
+                sys.exit(f"{side} failed:\n{done.stderr}")
+            results[side] = json.loads(done.stdout.strip().splitlines()[-1])
+
+    print(f"ResNet depths={args.depths} width={args.width}, {args.img_size} px, batch {args.batch}")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; threads: {args.threads}; "
+          f"load: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; {datetime.datetime.now():%Y-%m-%d %H:%M}")
+    print(f"median of {args.repeats} repeats after {args.warmup} warm-up, [min, max] in images/s")
+    print(f"{'':24s}{'herbs':>22s}{'torch NCHW':>22s}{'torch channels_last':>22s}{'ratio vs best torch':>21s}")
+    for what in ("forward", "train"):
+        row = {side: stats(r[what], args.batch) for side, r in results.items()}
+        best = max(row["torch"][0], row["torch_channels_last"][0])
+        label = "forward (eval)" if what == "forward" else "forward+backward (train)"
+        cells = "".join(f"{m:8.2f} [{lo:5.2f},{hi:5.2f}]".rjust(22) for m, lo, hi in row.values())
+        print(f"{label:24s}{cells}{row['herbs'][0] / best:20.2f}x")
+    print(f"{'peak resident MB':24s}" + "".join(f"{r['peak_mb']:22.0f}" for r in results.values()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+/* Layer normalisation. Rows are split over threads in contiguous ranges; the row loops are built
+   per instruction set (isa.h). The weight and bias gradients are summed per thread in a stack
+   buffer and added in thread order, so for a given thread count the result does not depend on
+   timing. Rows wider than LN_STACK_C channels sum those gradients in a second pass over blocks
+   of channels instead (no stack buffer). */
+#include <omp.h>
+
+#include "kernels/kernels.h"
+#include "kernels/precision.h"
+#include "kernels/isa.h"
+
+#define LN_STACK_C 4096
+#define LN_PARALLEL(N, C) if ((double)(N) * (C) > 32768)
+
+/* rows [n0, n1) of layernorm_forward */
+HERBS_INLINE void FN(ln_forward_rows)(real *out, real *mean, real *rstd, const real *inp, const real *weight,
+                                      const real *bias, int n0, int n1, int C, real eps)
+{
+    for (int n = n0; n < n1; n++) {
+        const real *x = inp + (size_t)n * C;
+        real *y = out + (size_t)n * C, sum = 0, sq = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int c = 0; c < C; c++)
+            sum += x[c];
+        const real m = sum / C;
+#pragma omp simd reduction(+ : sq)
+        for (int c = 0; c < C; c++)
+            sq += (x[c] - m) * (x[c] - m);
+        const real r = 1 / sqrt(sq / C + eps);
+        mean[n] = m;
+        rstd[n] = r;
+#pragma omp simd
+        for (int c = 0; c < C; c++)
+            y[c] = (x[c] - m) * r * weight[c] + bias[c];
+    }
+}
+HERBS_ISA_VARIANTS(ln_forward_rows,
+                   (real *out, real *mean, real *rstd, const real *inp, const real *weight, const real *bias, int n0,
+                    int n1, int C, real eps),
+                   (out, mean, rstd, inp, weight, bias, n0, n1, C, eps))
+
+/* rows [n0, n1) of layernorm_backward: dinp += r·(g - mean(g) - x̂·mean(g·x̂)) with g = dout·weight
+   (dinp may be NULL); dw += dout·x̂ and db += dout (both NULL or both given). */
+HERBS_INLINE void FN(ln_backward_rows)(real *dinp, real *dw, real *db, const real *dout, const real *inp,
+                                       const real *weight, const real *mean, const real *rstd, int n0, int n1, int C)
+{
+    for (int n = n0; n < n1; n++) {
+        const real *dy = dout + (size_t)n * C, *x = inp + (size_t)n * C, m = mean[n], r = rstd[n];
+        if (dinp) {
+            real sum_g = 0, sum_gx = 0;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
+            for (int c = 0; c < C; c++) {
+                const real g = dy[c] * weight[c];
+                sum_g += g;
+                sum_gx += g * (x[c] - m) * r;
+            }
+            const real mg = sum_g / C, mgx = sum_gx / C;
+            real *dx = dinp + (size_t)n * C;
+#pragma omp simd
+            for (int c = 0; c < C; c++)
+                dx[c] += r * (dy[c] * weight[c] - mg - (x[c] - m) * r * mgx);
+        }
+        if (dw) {
+#pragma omp simd
+            for (int c = 0; c < C; c++) {
+                dw[c] += dy[c] * (x[c] - m) * r;
+                db[c] += dy[c];
+            }
+        }
+    }
+}
+HERBS_ISA_VARIANTS(ln_backward_rows,
+                   (real *dinp, real *dw, real *db, const real *dout, const real *inp, const real *weight,
+                    const real *mean, const real *rstd, int n0, int n1, int C),
+                   (dinp, dw, db, dout, inp, weight, mean, rstd, n0, n1, C))
+
+void FN(layernorm_forward)(real *out, real *mean, real *rstd, const real *inp, const real *weight, const real *bias,
+                           int N, int C, real eps)
+{
+    void (*rows)(real *, real *, real *, const real *, const real *, const real *, int, int, int, real) =
+        FN(ln_forward_rows_isa)();
+#pragma omp parallel LN_PARALLEL(N, C)
+    {
+        const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        rows(out, mean, rstd, inp, weight, bias, (int)((long)N * tid / nt), (int)((long)N * (tid + 1) / nt), C, eps);
+    }
+}
+
+/* dweight and dbias over all rows, in blocks of 16 channels (one thread per block). */
+static void FN(layernorm_param_grads_by_columns)(real *dweight, real *dbias, const real *dout, const real *inp,
+                                                 const real *mean, const real *rstd, int N, int C)
+{
+#pragma omp parallel for schedule(static) LN_PARALLEL(N, C)
+    for (int c0 = 0; c0 < C; c0 += 16) {
+        const int lanes = C - c0 < 16 ? C - c0 : 16;
+        real dw[16] = {0}, db[16] = {0};
+        for (int n = 0; n < N; n++)
+            for (int j = 0; j < lanes; j++) {
+                const size_t i = (size_t)n * C + c0 + j;
+                dw[j] += dout[i] * (inp[i] - mean[n]) * rstd[n];
+                db[j] += dout[i];
+            }
+        for (int j = 0; j < lanes; j++) {
+            if (dweight)
+                dweight[c0 + j] += dw[j];
+            if (dbias)
+                dbias[c0 + j] += db[j];
+        }
+    }
+}
+
+void FN(layernorm_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
+                            const real *weight, const real *mean, const real *rstd, int N, int C)
+{
+    void (*rows)(real *, real *, real *, const real *, const real *, const real *, const real *, const real *, int,
+                 int, int) = FN(ln_backward_rows_isa)();
+    const int param_grads = dweight || dbias, on_stack = param_grads && C <= LN_STACK_C;
+    if (!dinp && !on_stack) {
+        if (param_grads)
+            FN(layernorm_param_grads_by_columns)(dweight, dbias, dout, inp, mean, rstd, N, C);
+        return;
+    }
+#pragma omp parallel LN_PARALLEL(N, C)
+    {
+        const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        real dw[on_stack ? C : 1], db[on_stack ? C : 1];
+        for (int c = 0; on_stack && c < C; c++)
+            dw[c] = db[c] = 0;
+        rows(dinp, on_stack ? dw : NULL, on_stack ? db : NULL, dout, inp, weight, mean, rstd,
+             (int)((long)N * tid / nt), (int)((long)N * (tid + 1) / nt), C);
+        if (on_stack) {
+#pragma omp for ordered schedule(static, 1)
+            for (int t = 0; t < nt; t++) {
+#pragma omp ordered
+                for (int c = 0; c < C; c++) {
+                    if (dweight)
+                        dweight[c] += dw[c];
+                    if (dbias)
+                        dbias[c] += db[c];
+                }
+            }
+        }
+    }
+    if (param_grads && !on_stack)
+        FN(layernorm_param_grads_by_columns)(dweight, dbias, dout, inp, mean, rstd, N, C);
+}

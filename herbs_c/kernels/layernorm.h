@@ -1,0 +1,11 @@
+/* Layer normalisation over rows of C values (PyTorch's LayerNorm on the last axis). */
+
+/* out[N,C] = (inp - mean) · rstd · weight + bias per row; saves mean[N] and rstd[N] = 1/sqrt(var + eps)
+   (biased var) for backward. out may alias inp. */
+void FN(layernorm_forward)(real *out, real *mean, real *rstd, const real *inp, const real *weight, const real *bias,
+                           int N, int C, real eps);
+
+/* dinp[N,C] += the input gradient; dweight[C] += Σ_rows dout·x̂; dbias[C] += Σ_rows dout, with
+   x̂ = (inp - mean)·rstd. dinp, dweight, dbias may be NULL (not wanted). */
+void FN(layernorm_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
+                            const real *weight, const real *mean, const real *rstd, int N, int C);

@@ -1,0 +1,77 @@
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "kernels/precision.h"
+
+#define PATCH_PARALLEL(n) if ((double)(n) > 65536)
+
+void FN(patch_embed_forward)(real *out, real *patches, const real *images, const real *weight, const real *bias, int B,
+                             int C, int H, int W, int p, int D)
+{
+    const int gh = H / p, gw = W / p, K = C * p * p;
+#pragma omp parallel for collapse(2) schedule(static) PATCH_PARALLEL((double)B * C * H * W)
+    for (int b = 0; b < B; b++)
+        for (int y = 0; y < gh; y++)
+            for (int x = 0; x < gw; x++) {
+                real *row = patches + (((size_t)b * gh + y) * gw + x) * K;
+                for (int c = 0; c < C; c++)
+                    for (int ky = 0; ky < p; ky++)
+                        memcpy(row + (c * p + ky) * p, images + (((size_t)b * C + c) * H + y * p + ky) * W + x * p,
+                               p * sizeof(real));
+            }
+    FN(linear_forward)(out, patches, weight, bias, B * gh * gw, K, D);
+}
+
+void FN(patch_embed_backward)(real *dimages, real *dweight, real *dbias, real *work, const real *dout,
+                              const real *patches, const real *weight, int B, int C, int H, int W, int p, int D)
+{
+    const int gh = H / p, gw = W / p, K = C * p * p, L = gh * gw;
+    FN(linear_backward)(NULL, dweight, dbias, dout, patches, weight, B * L, K, D);
+    if (!dimages)
+        return;
+    FN(gemm)(0, 0, B * L, K, D, 1, dout, D, weight, K, 0, work, K);
+#pragma omp parallel for collapse(2) schedule(static) PATCH_PARALLEL((double)B * C * H * W)
+    for (int b = 0; b < B; b++)
+        for (int y = 0; y < gh; y++)
+            for (int x = 0; x < gw; x++) {
+                const real *row = work + (((size_t)b * gh + y) * gw + x) * K;
+                for (int c = 0; c < C; c++)
+                    for (int ky = 0; ky < p; ky++) {
+                        real *img = dimages + (((size_t)b * C + c) * H + y * p + ky) * W + x * p;
+                        for (int kx = 0; kx < p; kx++)
+                            img[kx] += row[(c * p + ky) * p + kx];
+                    }
+            }
+}
+
+/* The input token of output token (y, x), part q (0..3) in the order (0,0), (1,0), (0,1), (1,1). */
+static size_t FN(merge_source)(int W, int y, int x, int q) { return (size_t)(2 * y + (q & 1)) * W + 2 * x + (q >> 1); }
+
+void FN(patch_merge_forward)(real *out, const real *inp, int B, int H, int W, int C)
+{
+    const int oh = H / 2, ow = W / 2;
+#pragma omp parallel for collapse(2) schedule(static) PATCH_PARALLEL((double)B * H * W * C)
+    for (int b = 0; b < B; b++)
+        for (int y = 0; y < oh; y++)
+            for (int x = 0; x < ow; x++) {
+                real *row = out + (((size_t)b * oh + y) * ow + x) * 4 * C;
+                for (int q = 0; q < 4; q++)
+                    memcpy(row + q * C, inp + ((size_t)b * H * W + FN(merge_source)(W, y, x, q)) * C, C * sizeof(real));
+            }
+}
+
+void FN(patch_merge_backward)(real *dinp, const real *dout, int B, int H, int W, int C)
+{
+    const int oh = H / 2, ow = W / 2;
+#pragma omp parallel for collapse(2) schedule(static) PATCH_PARALLEL((double)B * H * W * C)
+    for (int b = 0; b < B; b++)
+        for (int y = 0; y < oh; y++)
+            for (int x = 0; x < ow; x++) {
+                const real *row = dout + (((size_t)b * oh + y) * ow + x) * 4 * C;
+                for (int q = 0; q < 4; q++) {
+                    real *d = dinp + ((size_t)b * H * W + FN(merge_source)(W, y, x, q)) * C;
+                    for (int c = 0; c < C; c++)
+                        d[c] += row[q * C + c];
+                }
+            }
+}

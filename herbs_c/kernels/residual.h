@@ -1,0 +1,6 @@
+/* The residual join of a bottleneck block: the sum of two branches through a ReLU. */
+
+/* out[n] = max(a + b, 0); out may alias a or b */
+void FN(add_relu_forward)(real *out, const real *a, const real *b, size_t n);
+/* da[n] += dout·(out > 0), db[n] += the same, from the forward's output; either may be NULL */
+void FN(add_relu_backward)(real *da, real *db, const real *dout, const real *out, size_t n);

@@ -1,0 +1,83 @@
+#include "kernels/kernels.h"
+#include "kernels/precision.h"
+
+/* The class whose softmax of the token-mean logits is largest (the first of equals). */
+static int FN(select_top_class)(const real *logits, real *mean, int S, int C)
+{
+    for (int c = 0; c < C; c++)
+        mean[c] = 0;
+    for (int s = 0; s < S; s++)
+        for (int c = 0; c < C; c++)
+            mean[c] += logits[(size_t)s * C + c];
+    real top = -INFINITY;
+    for (int c = 0; c < C; c++) {
+        mean[c] /= S;
+        if (mean[c] > top)
+            top = mean[c];
+    }
+    real sum = 0;
+    for (int c = 0; c < C; c++)
+        sum += exp(mean[c] - top);
+    int best = 0;
+    real best_p = -1;
+    for (int c = 0; c < C; c++) { /* compared as probabilities, as the release does */
+        real p = exp(mean[c] - top) / sum;
+        if (p > best_p) {
+            best_p = p;
+            best = c;
+        }
+    }
+    return best;
+}
+
+/* softmax(row)[c] */
+static real FN(select_prob)(const real *row, int C, int c)
+{
+    real top = row[0];
+    for (int j = 1; j < C; j++)
+        top = row[j] > top ? row[j] : top;
+    real sum = 0;
+    for (int j = 0; j < C; j++)
+        sum += exp(row[j] - top);
+    return exp(row[c] - top) / sum;
+}
+
+/* Sorts idx[0..n) by key descending, stably, with tmp[n] as room: a bottom-up merge sort. */
+static void FN(select_sort)(int *idx, int *tmp, const real *key, int n)
+{
+    int *src = idx, *dst = tmp;
+    for (int width = 1; width < n; width *= 2) {
+        for (int lo = 0; lo < n; lo += 2 * width) {
+            int mid = lo + width < n ? lo + width : n, hi = lo + 2 * width < n ? lo + 2 * width : n;
+            int i = lo, j = mid, o = lo;
+            while (i < mid && j < hi)
+                dst[o++] = key[src[j]] > key[src[i]] ? src[j++] : src[i++]; /* equal: the left (earlier) one */
+            while (i < mid)
+                dst[o++] = src[i++];
+            while (j < hi)
+                dst[o++] = src[j++];
+        }
+        int *t = src;
+        src = dst;
+        dst = t;
+    }
+    if (src != idx)
+        for (int i = 0; i < n; i++)
+            idx[i] = src[i];
+}
+
+void FN(select_rank)(int *order, int *scratch, real *score, real *mean, const real *logits, int B, int S, int C)
+{
+#pragma omp parallel for schedule(dynamic, 1) if ((double)B * S * C > 65536)
+    for (int b = 0; b < B; b++) {
+        const real *lb = logits + (size_t)b * S * C;
+        real *sb = score + (size_t)b * S;
+        int *ob = order + (size_t)b * S;
+        const int top = FN(select_top_class)(lb, mean + (size_t)b * C, S, C);
+        for (int s = 0; s < S; s++) {
+            sb[s] = FN(select_prob)(lb + (size_t)s * C, C, top);
+            ob[s] = s;
+        }
+        FN(select_sort)(ob, scratch + (size_t)b * S, sb, S);
+    }
+}

@@ -1,0 +1,352 @@
+/* Window attention, one (sample, window, head) item at a time. The item's q, k, v (and dout)
+   are gathered into the thread's work area, and the six products (q·kᵀ, p·v; dout·vᵀ,
+   dlogits·k, dlogitsᵀ·q, pᵀ·dout) are N×N×d with N = 49 or 144 and d = 32: too small for the
+   packed GEMM to pay for its packing, so they go through one register-blocked routine
+   (wa_small_mm) written with GCC vector extensions and built per instruction set (isa.h).
+   Backward recomputes the probabilities from the saved log-sum-exp instead of storing them. */
+#include <omp.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "kernels/precision.h"
+#include "kernels/fastmath.h" /* after precision.h: it is a template over real */
+
+#define WA_MASK ((real)-100)
+#define WA_BYTES 64                         /* one vector of the routine below: a zmm */
+#define WA_VL ((int)(WA_BYTES / sizeof(real))) /* its lanes */
+
+typedef real FN(wa_vec) __attribute__((vector_size(WA_BYTES), aligned(sizeof(real)))); /* unaligned access */
+
+/* out[r][v·VL : (v+1)·VL] = alpha · Σ_k a[r·ar + k·ak] · b[k·ldb + v·VL ...] for r < R, v < V: R·V
+   vector accumulators in registers (R, V are constants once inlined into wa_small_mm). */
+HERBS_INLINE void FN(wa_small_mm_block)(real *out, long ldo, const real *a, long ar, long ak, const real *b, long ldb,
+                                     int K, real alpha, const int R, const int V)
+{
+    FN(wa_vec) acc[4][4];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < V; v++)
+            acc[r][v] = (FN(wa_vec)){0};
+    for (int k = 0; k < K; k++) {
+        FN(wa_vec) bv[4];
+        for (int v = 0; v < V; v++)
+            bv[v] = *(const FN(wa_vec) *)(b + (size_t)k * ldb + v * WA_VL);
+        for (int r = 0; r < R; r++) {
+            const real x = a[r * ar + k * ak];
+            for (int v = 0; v < V; v++)
+                acc[r][v] += x * bv[v];
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < V; v++)
+            *(FN(wa_vec) *)(out + (size_t)r * ldo + v * WA_VL) = alpha * acc[r][v];
+}
+
+/* out[M][cols] (row stride ldo) = alpha · A[M][K] · B[K][cols]; A's element (r, k) is at
+   a[r·ar + k·ak] (so Aᵀ is a matter of strides), B rows have stride ldb, cols is a multiple of
+   the vector length. */
+HERBS_INLINE void FN(wa_small_mm)(real *out, long ldo, const real *a, long ar, long ak, const real *b, long ldb, int M,
+                               int K, int cols, real alpha)
+{
+    int r = 0;
+    for (; r + 4 <= M; r += 4) {
+        int c = 0;
+        for (; c + 4 * WA_VL <= cols; c += 4 * WA_VL)
+            FN(wa_small_mm_block)(out + (size_t)r * ldo + c, ldo, a + r * ar, ar, ak, b + c, ldb, K, alpha, 4, 4);
+        for (; c < cols; c += WA_VL)
+            FN(wa_small_mm_block)(out + (size_t)r * ldo + c, ldo, a + r * ar, ar, ak, b + c, ldb, K, alpha, 4, 1);
+    }
+    for (; r < M; r++) {
+        int c = 0;
+        for (; c + 4 * WA_VL <= cols; c += 4 * WA_VL)
+            FN(wa_small_mm_block)(out + (size_t)r * ldo + c, ldo, a + r * ar, ar, ak, b + c, ldb, K, alpha, 1, 4);
+        for (; c < cols; c += WA_VL)
+            FN(wa_small_mm_block)(out + (size_t)r * ldo + c, ldo, a + r * ar, ar, ak, b + c, ldb, K, alpha, 1, 1);
+    }
+}
+
+typedef struct {
+    int H, W, C, heads, window, shift, d, N, nwx, nw;
+    int Np, dp; /* N and d rounded up to the vector length: row strides of the work buffers */
+    real scale;
+} FN(wa_geometry);
+
+static FN(wa_geometry) FN(wa_geometry_of)(int H, int W, int C, int heads, int window, int shift)
+{
+    FN(wa_geometry) g = {H, W, C, heads, window, shift, C / heads, window * window, W / window, 0, 0, 0, 0};
+    g.nw = (H / window) * g.nwx;
+    g.Np = (g.N + WA_VL - 1) / WA_VL * WA_VL;
+    g.dp = (g.d + WA_VL - 1) / WA_VL * WA_VL;
+    g.scale = 1 / sqrt((real)g.d);
+    return g;
+}
+
+/* The work area of one thread. */
+typedef struct {
+    real *q, *k, *v, *dy, *o; /* [N][dp]: q (already scaled), k, v, dout, a product's result */
+    real *kt, *vt;            /* [dp][Np]: k and v transposed */
+    real *s, *ds;             /* [N][Np]: logits then probabilities; their gradient */
+    real *dbias;              /* [heads][N][N]: this thread's share of the bias gradient */
+    int *tok, *label;         /* [N] */
+} FN(wa_work);
+
+static FN(wa_work) FN(wa_work_of)(real *base, const FN(wa_geometry) *g)
+{
+    const size_t Nd = (size_t)g->N * g->dp, dN = (size_t)g->dp * g->Np, NN = (size_t)g->N * g->Np;
+    FN(wa_work) w;
+    w.q = base;
+    w.k = w.q + Nd;
+    w.v = w.k + Nd;
+    w.dy = w.v + Nd;
+    w.o = w.dy + Nd;
+    w.kt = w.o + Nd;
+    w.vt = w.kt + dN;
+    w.s = w.vt + dN;
+    w.ds = w.s + NN;
+    w.dbias = w.ds + NN;
+    w.tok = (int *)(w.dbias + (size_t)g->heads * g->N * g->N);
+    w.label = w.tok + g->N;
+    return w;
+}
+
+size_t FN(window_attention_work)(int head_dim, int window, int heads)
+{
+    const size_t N = (size_t)window * window, Np = (N + WA_VL - 1) / WA_VL * WA_VL;
+    const size_t dp = ((size_t)head_dim + WA_VL - 1) / WA_VL * WA_VL;
+    return 5 * N * dp + 2 * dp * Np + 2 * N * Np + (size_t)heads * N * N + 2 * N + 2 * (size_t)WA_VL;
+}
+
+/* An item's window: tok[n] = token index (in its sample) of window position n; with a shift,
+   label[n] = pre-roll region (3·row region + column region). Returns whether the window holds
+   several regions (only windows in the last row or column of windows do). */
+static int FN(wa_window_tokens)(const FN(wa_geometry) *g, int w, int *tok, int *label)
+{
+    const int wy = w / g->nwx, wx = w % g->nwx, H = g->H, W = g->W, win = g->window, s = g->shift;
+    for (int i = 0; i < win; i++)
+        for (int j = 0; j < win; j++) {
+            const int r = wy * win + i, c = wx * win + j, n = i * win + j;
+            tok[n] = ((r + s) % H) * W + (c + s) % W;
+            label[n] = s ? 3 * (r < H - win ? 0 : r < H - s ? 1 : 2) + (c < W - win ? 0 : c < W - s ? 1 : 2) : 0;
+        }
+    return s && ((wy + 1) * win == H || (wx + 1) * win == W);
+}
+
+/* rows[N][dp] = scale · columns col..col+d of the rows tok[n] of src (row stride ld), zero-padded;
+   with `transposed` non-NULL, also transposed[dp][Np] (zero-padded). */
+static void FN(wa_gather)(real *rows, real *transposed, const real *src, long ld, int col, real scale, const int *tok,
+                       const FN(wa_geometry) *g)
+{
+    const int N = g->N, d = g->d, dp = g->dp, Np = g->Np;
+    for (int n = 0; n < N; n++) {
+        const real *x = src + (size_t)tok[n] * ld + col;
+        real *row = rows + (size_t)n * dp;
+        for (int c = 0; c < d; c++)
+            row[c] = scale * x[c];
+        for (int c = d; c < dp; c++)
+            row[c] = 0;
+    }
+    if (!transposed)
+        return;
+    memset(transposed, 0, (size_t)dp * Np * sizeof(real));
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < d; c++)
+            transposed[(size_t)c * Np + n] = rows[(size_t)n * dp + c];
+}
+
+/* rows tok[n] of dst (row stride ld) from column col += o[N][dp] (d columns) */
+static void FN(wa_scatter_add)(real *dst, long ld, int col, const real *o, const int *tok, const FN(wa_geometry) *g)
+{
+    for (int n = 0; n < g->N; n++) {
+        real *row = dst + (size_t)tok[n] * ld + col;
+        const real *src = o + (size_t)n * g->dp;
+        for (int c = 0; c < g->d; c++)
+            row[c] += src[c];
+    }
+}
+
+/* s[N][Np] += bias (+ the mask between different labels) */
+HERBS_INLINE void FN(wa_add_bias_mask)(real *s, const real *bias, const int *label, int masked, const FN(wa_geometry) *g)
+{
+    const int N = g->N;
+    for (int i = 0; i < N; i++) {
+        real *row = s + (size_t)i * g->Np;
+        const real *b = bias + (size_t)i * N;
+#pragma omp simd
+        for (int j = 0; j < N; j++)
+            row[j] += b[j];
+        if (masked) {
+            const int li = label[i];
+#pragma omp simd
+            for (int j = 0; j < N; j++)
+                row[j] += label[j] != li ? WA_MASK : 0;
+        }
+    }
+}
+
+/* One item forward: logits, softmax (lse saved), p·v written to the tokens' rows of y. */
+HERBS_INLINE void FN(wa_forward_item)(const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x,
+                                   const real *bias, int h, real *y, real *lse)
+{
+    const int N = g->N, Np = g->Np, dp = g->dp, d = g->d, C = g->C;
+    FN(wa_gather)(w->q, NULL, x, 3 * C, h * d, g->scale, w->tok, g);
+    FN(wa_gather)(w->k, w->kt, x, 3 * C, C + h * d, 1, w->tok, g);
+    FN(wa_gather)(w->v, NULL, x, 3 * C, 2 * C + h * d, 1, w->tok, g);
+    FN(wa_small_mm)(w->s, Np, w->q, dp, 1, w->kt, Np, N, d, Np, 1);
+    FN(wa_add_bias_mask)(w->s, bias, w->label, masked, g);
+    for (int i = 0; i < N; i++) {
+        real *row = w->s + (size_t)i * Np, m = row[0], sum = 0;
+#pragma omp simd reduction(max : m)
+        for (int j = 0; j < N; j++)
+            m = row[j] > m ? row[j] : m;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < N; j++) {
+            row[j] = FN(exp_fast)(row[j] - m);
+            sum += row[j];
+        }
+        lse[i] = m + log(sum);
+        const real inv = 1 / sum;
+#pragma omp simd
+        for (int j = 0; j < N; j++)
+            row[j] *= inv;
+    }
+    FN(wa_small_mm)(w->o, dp, w->s, Np, 1, w->v, dp, N, N, dp, 1);
+    for (int n = 0; n < N; n++)
+        memcpy(y + (size_t)w->tok[n] * C + h * d, w->o + (size_t)n * dp, d * sizeof(real));
+}
+HERBS_ISA_VARIANTS(wa_forward_item,
+                   (const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x, const real *bias, int h,
+                    real *y, real *lse),
+                   (g, w, masked, x, bias, h, y, lse))
+
+/* One item backward: p recomputed from lse; dp = dout·vᵀ; dlogits = p·(dp - Σ_j p·dp);
+   dbias += dlogits; dq = scale·dlogits·k; dk = dlogitsᵀ·(scale·q); dv = pᵀ·dout. */
+HERBS_INLINE void FN(wa_backward_item)(const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x,
+                                    const real *dy, const real *bias, const real *lse, int h, real *dx, real *dbias)
+{
+    const int N = g->N, Np = g->Np, dp = g->dp, d = g->d, C = g->C;
+    FN(wa_gather)(w->q, NULL, x, 3 * C, h * d, g->scale, w->tok, g);
+    FN(wa_gather)(w->k, w->kt, x, 3 * C, C + h * d, 1, w->tok, g);
+    FN(wa_gather)(w->v, w->vt, x, 3 * C, 2 * C + h * d, 1, w->tok, g);
+    FN(wa_gather)(w->dy, NULL, dy, C, h * d, 1, w->tok, g);
+    FN(wa_small_mm)(w->s, Np, w->q, dp, 1, w->kt, Np, N, d, Np, 1);
+    FN(wa_add_bias_mask)(w->s, bias, w->label, masked, g);
+    FN(wa_small_mm)(w->ds, Np, w->dy, dp, 1, w->vt, Np, N, d, Np, 1);
+    for (int i = 0; i < N; i++) {
+        real *p = w->s + (size_t)i * Np, *gi = w->ds + (size_t)i * Np, *db = dbias + (size_t)i * N, dot = 0;
+        const real l = lse[i];
+#pragma omp simd reduction(+ : dot)
+        for (int j = 0; j < N; j++) {
+            p[j] = FN(exp_fast)(p[j] - l);
+            dot += p[j] * gi[j];
+        }
+#pragma omp simd
+        for (int j = 0; j < N; j++) {
+            gi[j] = p[j] * (gi[j] - dot);
+            db[j] += gi[j];
+        }
+    }
+    FN(wa_small_mm)(w->o, dp, w->ds, Np, 1, w->k, dp, N, N, dp, g->scale);
+    FN(wa_scatter_add)(dx, 3 * C, h * d, w->o, w->tok, g);
+    FN(wa_small_mm)(w->o, dp, w->ds, 1, Np, w->q, dp, N, N, dp, 1);
+    FN(wa_scatter_add)(dx, 3 * C, C + h * d, w->o, w->tok, g);
+    FN(wa_small_mm)(w->o, dp, w->s, 1, Np, w->dy, dp, N, N, dp, 1);
+    FN(wa_scatter_add)(dx, 3 * C, 2 * C + h * d, w->o, w->tok, g);
+}
+HERBS_ISA_VARIANTS(wa_backward_item,
+                   (const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x, const real *dy,
+                    const real *bias, const real *lse, int h, real *dx, real *dbias),
+                   (g, w, masked, x, dy, bias, lse, h, dx, dbias))
+
+void FN(relative_bias_forward)(real *bias, const real *table, int heads, int window)
+{
+    const int N = window * window, span = 2 * window - 1;
+    for (int h = 0; h < heads; h++)
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < N; j++) {
+                const int dy = i / window - j / window, dx = i % window - j % window;
+                bias[((size_t)h * N + i) * N + j] = table[((dy + window - 1) * span + dx + window - 1) * heads + h];
+            }
+}
+
+void FN(relative_bias_backward)(real *dtable, const real *dbias, int heads, int window)
+{
+    const int N = window * window, span = 2 * window - 1;
+    for (int h = 0; h < heads; h++)
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < N; j++) {
+                const int dy = i / window - j / window, dx = i % window - j % window;
+                dtable[((dy + window - 1) * span + dx + window - 1) * heads + h] += dbias[((size_t)h * N + i) * N + j];
+            }
+}
+
+#define WA_PARALLEL(items, g) if ((items) > 1 && (double)(items) * (g).N * (g).N * (g).d > 1e5)
+
+/* The thread's work area: aligned to a vector inside the caller's buffer. */
+static real *FN(wa_thread_work)(real *work, size_t per_thread)
+{
+    real *base = work + per_thread * omp_get_thread_num();
+    const size_t misalign = ((uintptr_t)base / sizeof(real)) % WA_VL;
+    return misalign ? base + (WA_VL - misalign) : base;
+}
+
+void FN(window_attention_forward)(real *out, real *lse, real *work, const real *qkv, const real *bias, int B, int H,
+                                  int W, int C, int heads, int window, int shift, int threads)
+{
+    const FN(wa_geometry) g = FN(wa_geometry_of)(H, W, C, heads, window, shift);
+    const long items = (long)B * g.nw * heads;
+    const size_t per_thread = FN(window_attention_work)(g.d, window, heads);
+    void (*item_fn)(const FN(wa_geometry) *, const FN(wa_work) *, int, const real *, const real *, int, real *,
+                    real *) = FN(wa_forward_item_isa)();
+#pragma omp parallel num_threads(threads) WA_PARALLEL(items, g)
+    {
+        const FN(wa_work) w = FN(wa_work_of)(FN(wa_thread_work)(work, per_thread), &g);
+        long window_of_tokens = -1; /* the (sample, window) whose tokens are in w.tok */
+        int masked = 0;
+#pragma omp for schedule(static)
+        for (long item = 0; item < items; item++) {
+            const int h = (int)(item % heads), win = (int)(item / heads % g.nw), b = (int)(item / heads / g.nw);
+            if (item / heads != window_of_tokens) {
+                masked = FN(wa_window_tokens)(&g, win, w.tok, w.label);
+                window_of_tokens = item / heads;
+            }
+            item_fn(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, bias + (size_t)h * g.N * g.N, h,
+                    out + (size_t)b * H * W * C, lse + (((size_t)b * g.nw + win) * heads + h) * g.N);
+        }
+    }
+}
+
+void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const real *dout, const real *qkv,
+                                   const real *bias, const real *lse, int B, int H, int W, int C, int heads,
+                                   int window, int shift, int threads)
+{
+    const FN(wa_geometry) g = FN(wa_geometry_of)(H, W, C, heads, window, shift);
+    const long items = (long)B * g.nw * heads;
+    const size_t per_thread = FN(window_attention_work)(g.d, window, heads), nn = (size_t)g.N * g.N;
+    void (*item_fn)(const FN(wa_geometry) *, const FN(wa_work) *, int, const real *, const real *, const real *,
+                    const real *, int, real *, real *) = FN(wa_backward_item_isa)();
+#pragma omp parallel num_threads(threads) WA_PARALLEL(items, g)
+    {
+        const FN(wa_work) w = FN(wa_work_of)(FN(wa_thread_work)(work, per_thread), &g);
+        const int nt = omp_get_num_threads();
+        memset(w.dbias, 0, heads * nn * sizeof(real));
+        long window_of_tokens = -1;
+        int masked = 0;
+#pragma omp for schedule(static)
+        for (long item = 0; item < items; item++) {
+            const int h = (int)(item % heads), win = (int)(item / heads % g.nw), b = (int)(item / heads / g.nw);
+            if (item / heads != window_of_tokens) {
+                masked = FN(wa_window_tokens)(&g, win, w.tok, w.label);
+                window_of_tokens = item / heads;
+            }
+            item_fn(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, dout + (size_t)b * H * W * C,
+                    bias + (size_t)h * nn, lse + (((size_t)b * g.nw + win) * heads + h) * g.N, h,
+                    dqkv + (size_t)b * H * W * 3 * C, w.dbias + (size_t)h * nn);
+        }
+        /* per-thread bias gradients, added in thread order: deterministic for a thread count */
+#pragma omp for ordered schedule(static, 1)
+        for (int t = 0; t < nt; t++) {
+#pragma omp ordered
+            for (size_t e = 0; e < heads * nn; e++)
+                dbias[e] += w.dbias[e];
+        }
+    }
+}

@@ -1,0 +1,28 @@
+/* Shifted-window multi-head self-attention of Swin (SPEC.md §2) on a map of H×W tokens, fused per
+   (sample, window, head): the windows are gathered from all tokens by index, with the cyclic shift
+   (roll by -shift) applied by the index, and the results go back to the tokens they came from.
+   Windows are window×window = N tokens; window divides H and W; shift is 0 or less than window.
+   With a shift, logits between tokens of different pre-roll regions get -100 (old timm's mask). */
+
+/* bias[heads, N, N] <- table[(2w-1)², heads] through the relative-position index
+   (dy + w - 1)·(2w - 1) + (dx + w - 1) of each (query, key) pair, w = window. */
+void FN(relative_bias_forward)(real *bias, const real *table, int heads, int window);
+
+/* dtable[(2w-1)², heads] += dbias[heads, N, N] summed back through the same index. */
+void FN(relative_bias_backward)(real *dtable, const real *dbias, int heads, int window);
+
+/* Floats of `work` per thread that window_attention_forward/backward need. */
+size_t FN(window_attention_work)(int head_dim, int window, int heads);
+
+/* qkv[B, H·W, 3C] (q | k | v per token, heads contiguous inside each, C = heads·head_dim) ->
+   out[B, H·W, C] = softmax(q·kᵀ/√head_dim + bias + mask)·v per window and head; lse[B, nW, heads, N]
+   (log-sum-exp of every logit row, nW = H·W/N windows) is saved for backward. work holds
+   threads × window_attention_work(...) floats; at most `threads` threads run. */
+void FN(window_attention_forward)(real *out, real *lse, real *work, const real *qkv, const real *bias, int B, int H,
+                                  int W, int C, int heads, int window, int shift, int threads);
+
+/* dout[B, H·W, C] -> dqkv[B, H·W, 3C] +=, dbias[heads, N, N] += (summed over samples and windows in
+   a fixed order for a given thread count), from the forward's qkv and lse. */
+void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const real *dout, const real *qkv,
+                                   const real *bias, const real *lse, int B, int H, int W, int C, int heads,
+                                   int window, int shift, int threads);

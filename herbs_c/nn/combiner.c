@@ -1,0 +1,139 @@
+/* The GCN combiner (SPEC.md §3.6, the release's GCNCombiner). The release works on [B, F, nodes];
+   here features stay [B, nodes, F] (channels last), so its Linear over nodes (param_pool0/1) is a
+   token-axis Conv1d, its Conv1d over channels (conv1, conv_q1, conv_k1) a Linear on rows, and
+   hs·A becomes Aᵀ·hs per sample:
+     h0 = pool0(kept)                      [B, J, F]
+     q = mean_o conv_q1(h0), k likewise    [B, J]
+     A = adj1 + alpha1 · tanh(q_j - k_l)   [B, J, J]
+     h1 = conv1(h0); h2_b = A_bᵀ h1_b       [B, J, F]
+     h3 = batch_norm1(h2) (over B·J rows); h4 = pool1(h3) [B, F]; h5 = dropout(h4)
+     out = classifier(h5)                  [B, classes] */
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "nn/head.h"
+
+herbs_status combiner_init(head_combiner *g, herbs_params *t, int nodes_in, int channels, int classes, float dropout)
+{
+    memset(g, 0, sizeof *g);
+    g->nodes_in = nodes_in;
+    g->nodes = nodes_in / 64;
+    g->channels = channels;
+    g->reduced = channels / 4;
+    g->classes = classes;
+    g->dropout = dropout;
+    if (g->nodes < 1)
+        return herbs_error(HERBS_ERR_VALUE, "the combiner needs at least 64 selected tokens in all (num_selects sum "
+                           "to %d; its graph has sum // 64 nodes)", nodes_in);
+    if (g->reduced < 1)
+        return herbs_error(HERBS_ERR_VALUE, "the combiner needs fpn_size >= 4 (conv_q1 has fpn_size // 4 channels), "
+                           "got %d", channels);
+    const int J = g->nodes, F = channels;
+    const char *p = "combiner.";
+    /* PyTorch's state_dict order: the module's own parameters first, then its children */
+    HERBS_TRY(params_add(t, &g->adj1, HERBS_PARAMETER, (herbs_init){HERBS_INIT_EYE_PLUS_ONE, 0.01f}, p, "adj1", 2,
+                         (int64_t)J, (int64_t)J));
+    HERBS_TRY(params_add(t, &g->alpha1, HERBS_PARAMETER, (herbs_init){HERBS_INIT_ZEROS, 0}, p, "alpha1", 1, (int64_t)1));
+    HERBS_TRY(head_add_weight_bias(t, &g->pool0_w, &g->pool0_b, p, "param_pool0", J, nodes_in, 0));
+    HERBS_TRY(head_add_weight_bias(t, &g->conv1_w, &g->conv1_b, p, "conv1", F, F, 1));
+    HERBS_TRY(bn_init(&g->bn, t, "combiner.batch_norm1.", F));
+    HERBS_TRY(head_add_weight_bias(t, &g->q_w, &g->q_b, p, "conv_q1", g->reduced, F, 1));
+    HERBS_TRY(head_add_weight_bias(t, &g->k_w, &g->k_b, p, "conv_k1", g->reduced, F, 1));
+    HERBS_TRY(head_add_weight_bias(t, &g->pool1_w, &g->pool1_b, p, "param_pool1", 1, J, 0));
+    return head_add_weight_bias(t, &g->cls_w, &g->cls_b, p, "classifier", classes, F, 0);
+}
+
+/* summary[B·J] = mean over the R outputs of Linear(F -> R)(h0 rows), with the rows in `room` [B·J, R] */
+static void node_summary(head_combiner *g, head_ctx *c, size_t w, size_t b, float *room, float *summary)
+{
+    const int rows = c->batch * g->nodes;
+    linear_forward(room, g->h0, PARAM(c->t, w), PARAM(c->t, b), rows, g->channels, g->reduced);
+    token_mean_forward(summary, room, rows, g->reduced, 1);
+}
+
+herbs_status combiner_forward(head_combiner *g, head_ctx *c, const float *kept, uint64_t seed, uint64_t stream,
+                              float *out)
+{
+    const int B = c->batch, J = g->nodes, F = g->channels;
+    const size_t nodes = (size_t)B * J * F;
+    g->x = kept;
+    HERBS_TRY(head_alloc(c, nodes, 0, &g->h0));
+    HERBS_TRY(head_alloc(c, (size_t)B * J, 0, &g->q));
+    HERBS_TRY(head_alloc(c, (size_t)B * J, 0, &g->k));
+    HERBS_TRY(head_alloc(c, (size_t)B * J * J, 0, &g->adjacency));
+    HERBS_TRY(head_alloc(c, nodes, 0, &g->h1));
+    HERBS_TRY(head_alloc(c, nodes, 0, &g->h2));
+    HERBS_TRY(head_alloc(c, nodes, 0, &g->h3));
+    HERBS_TRY(head_alloc(c, (size_t)B * F, 0, &g->h5));
+    float *room, *h4;
+    HERBS_TRY(head_scratch_begin(c));
+    HERBS_TRY(head_scratch(c, (size_t)B * J * g->reduced, 0, &room));
+    HERBS_TRY(head_scratch(c, (size_t)B * F, 0, &h4));
+
+    token_linear_forward(g->h0, kept, PARAM(c->t, g->pool0_w), PARAM(c->t, g->pool0_b), B, g->nodes_in, J, F, 0);
+    node_summary(g, c, g->q_w, g->q_b, room, g->q);
+    node_summary(g, c, g->k_w, g->k_b, room, g->k);
+    adjacency_forward(g->adjacency, g->q, g->k, PARAM(c->t, g->adj1), PARAM(c->t, g->alpha1), B, J);
+    linear_forward(g->h1, g->h0, PARAM(c->t, g->conv1_w), PARAM(c->t, g->conv1_b), B * J, F, F);
+    gemm_batched(1, 0, J, F, J, 1, g->adjacency, J, (long)J * J, g->h1, F, (long)J * F, 0, g->h2, F, (long)J * F, B);
+    HERBS_TRY(bn_forward(&g->bn, c, g->h2, B * J, g->h3));
+    token_linear_forward(h4, g->h3, PARAM(c->t, g->pool1_w), PARAM(c->t, g->pool1_b), B, J, 1, F, 0);
+    g->dropped = c->train && g->dropout > 0;
+    g->dropout_seed = seed, g->dropout_stream = stream;
+    if (g->dropped)
+        dropout_forward(g->h5, h4, (size_t)B * F, g->dropout, seed, stream);
+    else
+        memcpy(g->h5, h4, (size_t)B * F * sizeof(float));
+    linear_forward(out, g->h5, PARAM(c->t, g->cls_w), PARAM(c->t, g->cls_b), B, F, g->classes);
+    return HERBS_OK;
+}
+
+/* dh0 += the gradient through summary = mean_o Linear(h0) from dsummary [B·J] */
+static void node_summary_backward(head_combiner *g, head_ctx *c, size_t w, size_t b, const float *dsummary,
+                                  float *room, float *dh0)
+{
+    const int rows = c->batch * g->nodes;
+    memset(room, 0, (size_t)rows * g->reduced * sizeof(float));
+    token_mean_backward(room, dsummary, rows, g->reduced, 1);
+    linear_backward(dh0, GRAD(c->t, w), GRAD(c->t, b), room, g->h0, PARAM(c->t, w), rows, g->channels, g->reduced);
+}
+
+herbs_status combiner_backward(head_combiner *g, head_ctx *c, const float *dout, float *dkept)
+{
+    const int B = c->batch, J = g->nodes, F = g->channels;
+    const size_t nodes = (size_t)B * J * F;
+    float *dh5, *dh4, *dh3, *dh2, *dh1, *dh0, *dA, *dq, *dk, *room;
+    HERBS_TRY(head_scratch_begin(c));
+    HERBS_TRY(head_scratch(c, (size_t)B * F, 1, &dh5));
+    HERBS_TRY(head_scratch(c, (size_t)B * F, 1, &dh4));
+    HERBS_TRY(head_scratch(c, nodes, 1, &dh3));
+    HERBS_TRY(head_scratch(c, nodes, 1, &dh2));
+    HERBS_TRY(head_scratch(c, nodes, 1, &dh1));
+    HERBS_TRY(head_scratch(c, nodes, 1, &dh0));
+    HERBS_TRY(head_scratch(c, (size_t)B * J * J, 0, &dA));
+    HERBS_TRY(head_scratch(c, (size_t)B * J, 1, &dq));
+    HERBS_TRY(head_scratch(c, (size_t)B * J, 1, &dk));
+    HERBS_TRY(head_scratch(c, (size_t)B * J * g->reduced, 0, &room));
+
+    linear_backward(dh5, GRAD(c->t, g->cls_w), GRAD(c->t, g->cls_b), dout, g->h5, PARAM(c->t, g->cls_w), B, F,
+                    g->classes);
+    if (g->dropped)
+        dropout_backward(dh4, dh5, (size_t)B * F, g->dropout, g->dropout_seed, g->dropout_stream);
+    else
+        memcpy(dh4, dh5, (size_t)B * F * sizeof(float));
+    token_linear_backward(dh3, GRAD(c->t, g->pool1_w), GRAD(c->t, g->pool1_b), dh4, g->h3, PARAM(c->t, g->pool1_w), B,
+                          J, 1, F);
+    HERBS_TRY(bn_backward(&g->bn, c, dh3, dh2));
+    /* h2_b = A_bᵀ h1_b: dh1_b = A_b dh2_b, dA_b = h1_b dh2_bᵀ */
+    gemm_batched(0, 0, J, F, J, 1, g->adjacency, J, (long)J * J, dh2, F, (long)J * F, 1, dh1, F, (long)J * F, B);
+    gemm_batched(0, 1, J, J, F, 1, g->h1, F, (long)J * F, dh2, F, (long)J * F, 0, dA, J, (long)J * J, B);
+    adjacency_backward(dq, dk, GRAD(c->t, g->adj1), GRAD(c->t, g->alpha1), dA, g->q, g->k, PARAM(c->t, g->alpha1), B,
+                       J);
+    linear_backward(dh0, GRAD(c->t, g->conv1_w), GRAD(c->t, g->conv1_b), dh1, g->h0, PARAM(c->t, g->conv1_w), B * J,
+                    F, F);
+    node_summary_backward(g, c, g->q_w, g->q_b, dq, room, dh0);
+    node_summary_backward(g, c, g->k_w, g->k_b, dk, room, dh0);
+    token_linear_backward(dkept, GRAD(c->t, g->pool0_w), GRAD(c->t, g->pool0_b), dh0, g->x, PARAM(c->t, g->pool0_w), B,
+                          g->nodes_in, J, F);
+    return HERBS_OK;
+}

@@ -1,0 +1,161 @@
+/* The two-way feature pyramid (SPEC.md §3.1, §3.3; §2 "FPN for a CNN"). Top-down: project every
+   tap to F channels, then from layer4 down add the mixed/upsampled upper level into the lower.
+   Bottom-up: project the top-down features again, then from layer1 up add the mixed/pooled lower
+   level into the upper. Cascades run in place, as the release's dict updates do. */
+#include <stdio.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "nn/head.h"
+
+static size_t level_size(const head_fpn *f, int batch, int i) { return (size_t)batch * f->tokens[i] * f->size; }
+
+/* The CNN path needs each level to be the same size as the next or twice it. */
+static int doubles(const head_fpn *f, int lo, int hi)
+{
+    return f->height[lo] == 2 * f->height[hi] && f->width[lo] == 2 * f->width[hi];
+}
+static int same_grid(const head_fpn *f, int lo, int hi)
+{
+    return f->height[lo] == f->height[hi] && f->width[lo] == f->width[hi];
+}
+
+herbs_status fpn_down_init(head_fpn *f, herbs_params *t, const herbs_backbone *bb, fpn_type type, int size)
+{
+    memset(f, 0, sizeof *f);
+    f->type = type;
+    f->size = size;
+    for (int i = 0; i < HERBS_TAPS; i++) {
+        f->tokens[i] = bb->tap_tokens[i], f->channels[i] = bb->tap_channels[i];
+        f->height[i] = bb->tap_height[i], f->width[i] = bb->tap_width[i];
+    }
+    for (int i = 1; type == FPN_CNN && i < HERBS_TAPS; i++)
+        if (!doubles(f, i - 1, i) && !same_grid(f, i - 1, i))
+            return herbs_error(HERBS_ERR_VALUE, "the CNN feature pyramid needs layer%d's grid (%dx%d) to be twice or "
+                               "equal to layer%d's (%dx%d): choose an image size divisible by 32", i, f->height[i - 1],
+                               f->width[i - 1], i + 1, f->height[i], f->width[i]);
+    char prefix[HERBS_NAME_MAX];
+    for (int i = 0; i < HERBS_TAPS; i++) {
+        snprintf(prefix, sizeof prefix, "fpn_down.Proj_layer%d.", i + 1);
+        HERBS_TRY(mlp_init(&f->down_proj[i], t, prefix, f->channels[i], f->channels[i], size, type == FPN_CNN));
+        if (type == FPN_TOKENS && i > 0) {
+            snprintf(prefix, sizeof prefix, "Up_layer%d", i + 1);
+            HERBS_TRY(head_add_weight_bias(t, &f->up_w[i], &f->up_b[i], "fpn_down.", prefix, f->tokens[i - 1],
+                                           f->tokens[i], 1));
+        }
+    }
+    return HERBS_OK;
+}
+
+herbs_status fpn_up_init(head_fpn *f, herbs_params *t)
+{
+    char prefix[HERBS_NAME_MAX];
+    for (int i = 0; i < HERBS_TAPS; i++) {
+        snprintf(prefix, sizeof prefix, "fpn_up.Proj_layer%d.", i + 1);
+        HERBS_TRY(mlp_init(&f->up_proj[i], t, prefix, f->size, f->size, f->size, 0));
+        if (f->type == FPN_TOKENS && i < HERBS_TAPS - 1) {
+            snprintf(prefix, sizeof prefix, "Down_layer%d", i + 1);
+            HERBS_TRY(head_add_weight_bias(t, &f->down_w[i], &f->down_b[i], "fpn_up.", prefix, f->tokens[i + 1],
+                                           f->tokens[i], 1));
+        }
+    }
+    return HERBS_OK;
+}
+
+static void add_into(float *dst, const float *src, size_t n)
+{
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (size_t j = 0; j < n; j++)
+        dst[j] += src[j];
+}
+
+/* dst (level `to`) += upsample x2 or identity of src (level `from`, one level up) */
+static herbs_status cnn_add_upsampled(head_fpn *f, head_ctx *c, float *dst, int to, const float *src, int from)
+{
+    if (same_grid(f, to, from)) {
+        add_into(dst, src, level_size(f, c->batch, to));
+        return HERBS_OK;
+    }
+    float *tmp;
+    HERBS_TRY(head_scratch_begin(c));
+    HERBS_TRY(head_scratch(c, level_size(f, c->batch, to), 0, &tmp));
+    upsample_bilinear2x_forward(tmp, src, c->batch, f->height[from], f->width[from], f->size);
+    add_into(dst, tmp, level_size(f, c->batch, to));
+    return HERBS_OK;
+}
+
+/* dst (level `to`) += 2x2 average pool or identity of src (level `from`, one level down) */
+static herbs_status cnn_add_pooled(head_fpn *f, head_ctx *c, float *dst, int to, const float *src, int from)
+{
+    if (same_grid(f, to, from)) {
+        add_into(dst, src, level_size(f, c->batch, to));
+        return HERBS_OK;
+    }
+    float *tmp;
+    HERBS_TRY(head_scratch_begin(c));
+    HERBS_TRY(head_scratch(c, level_size(f, c->batch, to), 0, &tmp));
+    avgpool2x2_forward(tmp, src, c->batch, f->height[from], f->width[from], f->size);
+    add_into(dst, tmp, level_size(f, c->batch, to));
+    return HERBS_OK;
+}
+
+herbs_status fpn_forward(head_fpn *f, head_ctx *c, float *const taps[HERBS_TAPS])
+{
+    const int B = c->batch, F = f->size;
+    for (int i = 0; i < HERBS_TAPS; i++) {
+        HERBS_TRY(head_alloc(c, level_size(f, B, i), 0, &f->top_down[i]));
+        HERBS_TRY(mlp_forward(&f->down_proj[i], c, taps[i], B * f->tokens[i], f->top_down[i]));
+    }
+    for (int i = HERBS_TAPS - 1; i > 0; i--) {
+        if (f->type == FPN_TOKENS)
+            token_linear_forward(f->top_down[i - 1], f->top_down[i], PARAM(c->t, f->up_w[i]), PARAM(c->t, f->up_b[i]), B,
+                                 f->tokens[i], f->tokens[i - 1], F, 1);
+        else
+            HERBS_TRY(cnn_add_upsampled(f, c, f->top_down[i - 1], i - 1, f->top_down[i], i));
+    }
+    for (int i = 0; i < HERBS_TAPS; i++) {
+        HERBS_TRY(head_alloc(c, level_size(f, B, i), 0, &f->bottom_up[i]));
+        HERBS_TRY(mlp_forward(&f->up_proj[i], c, f->top_down[i], B * f->tokens[i], f->bottom_up[i]));
+    }
+    for (int i = 0; i < HERBS_TAPS - 1; i++) {
+        if (f->type == FPN_TOKENS)
+            token_linear_forward(f->bottom_up[i + 1], f->bottom_up[i], PARAM(c->t, f->down_w[i]),
+                                 PARAM(c->t, f->down_b[i]), B, f->tokens[i], f->tokens[i + 1], F, 1);
+        else
+            HERBS_TRY(cnn_add_pooled(f, c, f->bottom_up[i + 1], i + 1, f->bottom_up[i], i));
+    }
+    return HERBS_OK;
+}
+
+herbs_status fpn_backward(head_fpn *f, head_ctx *c, float *const d_top_down[HERBS_TAPS],
+                          float *const d_bottom_up[HERBS_TAPS], float *const dtaps[HERBS_TAPS])
+{
+    const int B = c->batch, F = f->size;
+    /* bottom-up cascade, read upwards: bottom_up[i] = proj_i + Down(bottom_up[i-1]) */
+    for (int i = HERBS_TAPS - 1; i > 0; i--) {
+        if (f->type == FPN_TOKENS)
+            token_linear_backward(d_bottom_up[i - 1], GRAD(c->t, f->down_w[i - 1]), GRAD(c->t, f->down_b[i - 1]),
+                                  d_bottom_up[i], f->bottom_up[i - 1], PARAM(c->t, f->down_w[i - 1]), B,
+                                  f->tokens[i - 1], f->tokens[i], F);
+        else if (same_grid(f, i - 1, i))
+            add_into(d_bottom_up[i - 1], d_bottom_up[i], level_size(f, B, i));
+        else
+            avgpool2x2_backward(d_bottom_up[i - 1], d_bottom_up[i], B, f->height[i - 1], f->width[i - 1], F);
+    }
+    for (int i = 0; i < HERBS_TAPS; i++)
+        HERBS_TRY(mlp_backward(&f->up_proj[i], c, d_bottom_up[i], d_top_down[i]));
+    /* top-down cascade, read upwards: top_down[i] = proj_i + Up(top_down[i+1]) */
+    for (int i = 0; i < HERBS_TAPS - 1; i++) {
+        if (f->type == FPN_TOKENS)
+            token_linear_backward(d_top_down[i + 1], GRAD(c->t, f->up_w[i + 1]), GRAD(c->t, f->up_b[i + 1]),
+                                  d_top_down[i], f->top_down[i + 1], PARAM(c->t, f->up_w[i + 1]), B,
+                                  f->tokens[i + 1], f->tokens[i], F);
+        else if (same_grid(f, i, i + 1))
+            add_into(d_top_down[i + 1], d_top_down[i], level_size(f, B, i));
+        else
+            upsample_bilinear2x_backward(d_top_down[i + 1], d_top_down[i], B, f->height[i + 1], f->width[i + 1], F);
+    }
+    for (int i = 0; i < HERBS_TAPS; i++)
+        HERBS_TRY(mlp_backward(&f->down_proj[i], c, d_top_down[i], dtaps[i]));
+    return HERBS_OK;
+}

@@ -1,0 +1,162 @@
+/* The HERBS head (SPEC.md §3): the layers between a backbone's four taps and the 17 outputs.
+   Each part keeps what its backward needs from the last forward (pointers into the owner's
+   arena); tensors live in the owner's parameter table under the release's names.
+   Token features travel as [B, S, C] rows; a CNN tap's [B, H, W, C] (NHWC) is the same memory. */
+#ifndef HERBS_NN_HEAD_H
+#define HERBS_NN_HEAD_H
+
+#include <stdint.h>
+
+#include "core/arena.h"
+#include "nn/backbone.h"
+#include "nn/params.h"
+
+/* The arguments every head layer's forward and backward share. */
+typedef struct {
+    herbs_params *t;
+    herbs_arena *arena;   /* what must outlive the call: activations kept for backward */
+    herbs_arena *scratch; /* temporaries of one innermost layer call, which resets it on entry */
+    int batch;
+    int train; /* batch statistics and dropout (forward); which BatchNorm backward (backward) */
+} head_ctx;
+
+/* --- building blocks (head_layers.c) -------------------------------------------------------- */
+
+/* Linear–ReLU–Linear on rows: the release's Proj_ layers, nn.Sequential(Linear, ReLU, Linear)
+   or, with conv_shapes, nn.Sequential(Conv2d 1x1, ReLU, Conv2d 1x1) (weights [out, in, 1, 1]). */
+typedef struct {
+    size_t w0, b0, w2, b2;
+    int in, hidden, out;
+    const float *x; /* last forward: input and post-ReLU hidden rows */
+    float *h;
+    int rows;
+} head_mlp;
+
+herbs_status mlp_init(head_mlp *m, herbs_params *t, const char *prefix, int in, int hidden, int out, int conv_shapes);
+/* out[rows, out] = Linear2(ReLU(Linear0(x[rows, in]))) */
+herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, int rows, float *out);
+/* dx[rows, in] += (NULL: not wanted); parameter gradients accumulate */
+herbs_status mlp_backward(head_mlp *m, head_ctx *c, const float *dout, float *dx);
+
+/* BatchNorm over the rows of [N, C] (BatchNorm1d on [B, C, L] is N = B·L): eps 1e-5, momentum 0.1,
+   tensors weight, bias, running_mean, running_var, num_batches_tracked under prefix. */
+typedef struct {
+    size_t weight, bias, running_mean, running_var, num_batches_tracked;
+    int channels;
+    const float *x; /* last forward: input, batch mean and rstd (train mode) */
+    float *mean, *rstd;
+    int rows, train;
+} head_bn;
+
+herbs_status bn_init(head_bn *bn, herbs_params *t, const char *prefix, int channels);
+herbs_status bn_forward(head_bn *bn, head_ctx *c, const float *x, int rows, float *out);
+herbs_status bn_backward(head_bn *bn, head_ctx *c, const float *dout, float *dx);
+
+/* A token classifier (the paper's k1/k2, the release's fpn_classifier_{down,up}_layer{i}):
+   Conv1d(F, F, 1) – BatchNorm1d(F) – ReLU – Conv1d(F, classes, 1), per token. */
+typedef struct {
+    size_t w0, b0, w3, b3;
+    head_bn bn;
+    int channels, classes;
+    const float *x; /* last forward: input rows, first conv's output (BN input), post-ReLU rows */
+    float *z, *r;
+    int rows;
+} head_classifier;
+
+herbs_status classifier_init(head_classifier *k, herbs_params *t, const char *prefix, int channels, int classes);
+/* logits[rows, classes] from x[rows, F] */
+herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x, int rows, float *logits);
+/* dx[rows, F] += from dlogits */
+herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *dlogits, float *dx);
+
+/* --- the two-way feature pyramid (fpn.c) ----------------------------------------------------- */
+
+typedef enum {
+    FPN_TOKENS = 0, /* Swin: Linear projections, token-axis Conv1d up (Up_layer) and down (Down_layer) */
+    FPN_CNN,        /* ResNet: 1x1-conv projections, bilinear x2 up, 2x2 average-pool down */
+} fpn_type;
+
+typedef struct {
+    fpn_type type;
+    int size; /* F */
+    int tokens[HERBS_TAPS], channels[HERBS_TAPS], height[HERBS_TAPS], width[HERBS_TAPS];
+    head_mlp down_proj[HERBS_TAPS], up_proj[HERBS_TAPS];
+    /* tap i (0-based) is layer{i+1}; tokens only: [i] holds Up_layer{i+1} = Conv1d(S_i -> S_{i-1}) for
+       i >= 1 and Down_layer{i+1} = Conv1d(S_i -> S_{i+1}) for i <= 2, over the token axis */
+    size_t up_w[HERBS_TAPS], up_b[HERBS_TAPS];
+    size_t down_w[HERBS_TAPS], down_b[HERBS_TAPS];
+    float *top_down[HERBS_TAPS];  /* last forward: FPN1 features [B, S_i, F] */
+    float *bottom_up[HERBS_TAPS]; /* last forward: bottom-up features [B, S_i, F] */
+} head_fpn;
+
+/* Registers fpn_down.* for a backbone's taps (checks the CNN path's x2 geometry), then, in a
+   second call (the release's order: the top-down classifiers come between), fpn_up.*. */
+herbs_status fpn_down_init(head_fpn *f, herbs_params *t, const herbs_backbone *bb, fpn_type type, int size);
+herbs_status fpn_up_init(head_fpn *f, herbs_params *t);
+/* taps [B, S_i, C_i] -> f->top_down, f->bottom_up */
+herbs_status fpn_forward(head_fpn *f, head_ctx *c, float *const taps[HERBS_TAPS]);
+/* From d_top_down, d_bottom_up [B, S_i, F] (the gradients from outside the pyramid; the cascades
+   complete them in place) -> dtaps += [B, S_i, C_i]. */
+herbs_status fpn_backward(head_fpn *f, head_ctx *c, float *const d_top_down[HERBS_TAPS],
+                          float *const d_bottom_up[HERBS_TAPS], float *const dtaps[HERBS_TAPS]);
+
+/* --- the selector (selector.c) --------------------------------------------------------------- */
+
+typedef struct {
+    int tokens[HERBS_TAPS], keep[HERBS_TAPS], classes, channels; /* channels: of the kept features (0: none) */
+    int kept_total;  /* Σ keep */
+    int *order[HERBS_TAPS]; /* last forward: token ranking [B, S_i], the first keep[i] are kept */
+    float *kept;            /* last forward: kept features [B, Σ keep, channels], taps in order */
+} head_selector;
+
+void selector_init(head_selector *s, const int tokens[HERBS_TAPS], const int keep[HERBS_TAPS], int classes,
+                   int channels);
+/* From logits [B, S_i, classes] and features [B, S_i, channels] (NULL when channels is 0):
+   selected [B, K_i, classes], dropped [B, S_i - K_i, classes], s->order, s->kept. */
+herbs_status selector_forward(head_selector *s, head_ctx *c, float *const logits[HERBS_TAPS],
+                              float *const features[HERBS_TAPS], float *const selected[HERBS_TAPS],
+                              float *const dropped[HERBS_TAPS]);
+/* dlogits += the scatter of dselected/ddropped; dfeatures += the scatter of dkept (NULLs allowed). */
+herbs_status selector_backward(head_selector *s, head_ctx *c, float *const dselected[HERBS_TAPS],
+                               float *const ddropped[HERBS_TAPS], const float *dkept,
+                               float *const dlogits[HERBS_TAPS], float *const dfeatures[HERBS_TAPS]);
+
+/* --- the GCN combiner (combiner.c) ----------------------------------------------------------- */
+
+typedef struct {
+    int nodes_in, nodes, channels, reduced, classes; /* ΣK, J = ΣK // 64, F, F // 4, classes */
+    float dropout;
+    size_t adj1, alpha1, pool0_w, pool0_b, conv1_w, conv1_b, q_w, q_b, k_w, k_b, pool1_w, pool1_b, cls_w, cls_b;
+    head_bn bn;
+    uint64_t dropout_seed, dropout_stream; /* of the last forward */
+    /* last forward */
+    const float *x;
+    float *h0, *q, *k, *adjacency, *h1, *h2, *h3, *h5;
+    int dropped; /* dropout was applied */
+} head_combiner;
+
+herbs_status combiner_init(head_combiner *g, herbs_params *t, int nodes_in, int channels, int classes, float dropout);
+/* kept [B, ΣK, F] -> out [B, classes]; dropout (train mode) keyed by (seed, stream) */
+herbs_status combiner_forward(head_combiner *g, head_ctx *c, const float *kept, uint64_t seed, uint64_t stream,
+                              float *out);
+/* dkept [B, ΣK, F] += from dout [B, classes] */
+herbs_status combiner_backward(head_combiner *g, head_ctx *c, const float *dout, float *dkept);
+
+/* --- helpers ---------------------------------------------------------------------------------- */
+
+/* count floats from the arena, zeroed when asked; HERBS_ERR_NOMEM (message set) when memory runs out */
+herbs_status head_alloc(head_ctx *c, size_t count, int zero, float **out);
+/* The same from the scratch arena, which head_scratch_begin empties: only innermost layer calls
+   (those that call no other head layer) use it, so temporaries never outlive their layer. */
+herbs_status head_scratch_begin(head_ctx *c);
+herbs_status head_scratch(head_ctx *c, size_t count, int zero, float **out);
+
+/* Registers {prefix}{name}.weight [out, in] followed by `ones` (0, 1 or 2) dimensions of size 1
+   (Linear, Conv1d or Conv2d with kernel 1) and {prefix}{name}.bias [out], PyTorch's default init. */
+herbs_status head_add_weight_bias(herbs_params *t, size_t *w, size_t *b, const char *prefix, const char *name,
+                                  int out, int in, int ones);
+
+/* PyTorch's default initialiser of Linear/Conv weights and biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in)). */
+herbs_init head_default_init(int fan_in);
+
+#endif

@@ -1,0 +1,175 @@
+/* The head's building blocks: Linear–ReLU–Linear projections, BatchNorm over rows, and the
+   per-token classifiers. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "nn/head.h"
+
+#define BN_EPS 1e-5f
+#define BN_MOMENTUM 0.1f
+
+herbs_status head_alloc(head_ctx *c, size_t count, int zero, float **out)
+{
+    *out = herbs_arena_floats(c->arena, count, zero);
+    return *out ? HERBS_OK : HERBS_ERR_NOMEM;
+}
+
+herbs_status head_scratch_begin(head_ctx *c) { return herbs_arena_reset(c->scratch); }
+
+herbs_status head_scratch(head_ctx *c, size_t count, int zero, float **out)
+{
+    *out = herbs_arena_floats(c->scratch, count, zero);
+    return *out ? HERBS_OK : HERBS_ERR_NOMEM;
+}
+
+herbs_init head_default_init(int fan_in) { return (herbs_init){HERBS_INIT_UNIFORM, 1.0f / sqrtf((float)fan_in)}; }
+
+herbs_status head_add_weight_bias(herbs_params *t, size_t *w, size_t *b, const char *prefix, const char *name,
+                                    int out, int in, int ones)
+{
+    char key[HERBS_NAME_MAX];
+    herbs_init init = head_default_init(in);
+    snprintf(key, sizeof key, "%s.weight", name);
+    if (ones == 0)
+        HERBS_TRY(params_add(t, w, HERBS_PARAMETER, init, prefix, key, 2, (int64_t)out, (int64_t)in));
+    else if (ones == 1)
+        HERBS_TRY(params_add(t, w, HERBS_PARAMETER, init, prefix, key, 3, (int64_t)out, (int64_t)in, (int64_t)1));
+    else
+        HERBS_TRY(params_add(t, w, HERBS_PARAMETER, init, prefix, key, 4, (int64_t)out, (int64_t)in, (int64_t)1,
+                             (int64_t)1));
+    snprintf(key, sizeof key, "%s.bias", name);
+    return params_add(t, b, HERBS_PARAMETER, init, prefix, key, 1, (int64_t)out);
+}
+
+/* --- Linear–ReLU–Linear ---------------------------------------------------------------------- */
+
+herbs_status mlp_init(head_mlp *m, herbs_params *t, const char *prefix, int in, int hidden, int out, int conv_shapes)
+{
+    memset(m, 0, sizeof *m);
+    m->in = in, m->hidden = hidden, m->out = out;
+    HERBS_TRY(head_add_weight_bias(t, &m->w0, &m->b0, prefix, "0", hidden, in, conv_shapes ? 2 : 0));
+    return head_add_weight_bias(t, &m->w2, &m->b2, prefix, "2", out, hidden, conv_shapes ? 2 : 0);
+}
+
+herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, int rows, float *out)
+{
+    m->x = x;
+    m->rows = rows;
+    HERBS_TRY(head_alloc(c, (size_t)rows * m->hidden, 0, &m->h));
+    linear_forward(m->h, x, PARAM(c->t, m->w0), PARAM(c->t, m->b0), rows, m->in, m->hidden);
+    relu_forward(m->h, m->h, (size_t)rows * m->hidden);
+    linear_forward(out, m->h, PARAM(c->t, m->w2), PARAM(c->t, m->b2), rows, m->hidden, m->out);
+    return HERBS_OK;
+}
+
+herbs_status mlp_backward(head_mlp *m, head_ctx *c, const float *dout, float *dx)
+{
+    float *dh;
+    HERBS_TRY(head_scratch_begin(c));
+    HERBS_TRY(head_scratch(c, (size_t)m->rows * m->hidden, 0, &dh));
+    /* dh = dout · W2 (written, not accumulated), then ReLU's mask in place */
+    gemm(0, 0, m->rows, m->hidden, m->out, 1, dout, m->out, PARAM(c->t, m->w2), m->hidden, 0, dh, m->hidden);
+    linear_backward(NULL, GRAD(c->t, m->w2), GRAD(c->t, m->b2), dout, m->h, PARAM(c->t, m->w2), m->rows, m->hidden,
+                    m->out);
+    relu_mask(dh, m->h, (size_t)m->rows * m->hidden);
+    linear_backward(dx, GRAD(c->t, m->w0), GRAD(c->t, m->b0), dh, m->x, PARAM(c->t, m->w0), m->rows, m->in,
+                    m->hidden);
+    return HERBS_OK;
+}
+
+/* --- BatchNorm over rows --------------------------------------------------------------------- */
+
+herbs_status bn_init(head_bn *bn, herbs_params *t, const char *prefix, int channels)
+{
+    memset(bn, 0, sizeof *bn);
+    bn->channels = channels;
+    const herbs_init ones = {HERBS_INIT_CONSTANT, 1.0f}, zeros = {HERBS_INIT_ZEROS, 0};
+    const int64_t C = channels;
+    HERBS_TRY(params_add(t, &bn->weight, HERBS_PARAMETER, ones, prefix, "weight", 1, C));
+    HERBS_TRY(params_add(t, &bn->bias, HERBS_PARAMETER, zeros, prefix, "bias", 1, C));
+    HERBS_TRY(params_add(t, &bn->running_mean, HERBS_BUFFER, zeros, prefix, "running_mean", 1, C));
+    HERBS_TRY(params_add(t, &bn->running_var, HERBS_BUFFER, ones, prefix, "running_var", 1, C));
+    return params_add(t, &bn->num_batches_tracked, HERBS_BUFFER_INT64, zeros, prefix, "num_batches_tracked", 0);
+}
+
+herbs_status bn_forward(head_bn *bn, head_ctx *c, const float *x, int rows, float *out)
+{
+    const int C = bn->channels;
+    bn->x = x;
+    bn->rows = rows;
+    bn->train = c->train;
+    if (!c->train) {
+        batchnorm_forward_eval(out, x, BUFFER(c->t, bn->running_mean), BUFFER(c->t, bn->running_var),
+                               PARAM(c->t, bn->weight), PARAM(c->t, bn->bias), rows, C, BN_EPS);
+        return HERBS_OK;
+    }
+    if (rows < 2)
+        return herbs_error(HERBS_ERR_VALUE, "BatchNorm in training needs more than 1 value per channel, got %d "
+                           "(use a larger batch, or eval mode)", rows);
+    HERBS_TRY(head_alloc(c, C, 0, &bn->mean));
+    HERBS_TRY(head_alloc(c, C, 0, &bn->rstd));
+    batchnorm_forward_train(out, bn->mean, bn->rstd, BUFFER(c->t, bn->running_mean), BUFFER(c->t, bn->running_var),
+                            x, PARAM(c->t, bn->weight), PARAM(c->t, bn->bias), rows, C, BN_EPS, BN_MOMENTUM);
+    BUFFER(c->t, bn->num_batches_tracked)[0] += 1;
+    return HERBS_OK;
+}
+
+herbs_status bn_backward(head_bn *bn, head_ctx *c, const float *dout, float *dx)
+{
+    if (bn->train)
+        batchnorm_backward(dx, GRAD(c->t, bn->weight), GRAD(c->t, bn->bias), dout, bn->x, PARAM(c->t, bn->weight),
+                           bn->mean, bn->rstd, bn->rows, bn->channels);
+    else
+        batchnorm_backward_eval(dx, GRAD(c->t, bn->weight), GRAD(c->t, bn->bias), dout, bn->x,
+                                BUFFER(c->t, bn->running_mean), BUFFER(c->t, bn->running_var),
+                                PARAM(c->t, bn->weight), bn->rows, bn->channels, BN_EPS);
+    return HERBS_OK;
+}
+
+/* --- token classifiers ----------------------------------------------------------------------- */
+
+herbs_status classifier_init(head_classifier *k, herbs_params *t, const char *prefix, int channels, int classes)
+{
+    memset(k, 0, sizeof *k);
+    k->channels = channels, k->classes = classes;
+    char bn_prefix[HERBS_NAME_MAX];
+    snprintf(bn_prefix, sizeof bn_prefix, "%s1.", prefix);
+    HERBS_TRY(head_add_weight_bias(t, &k->w0, &k->b0, prefix, "0", channels, channels, 1));
+    HERBS_TRY(bn_init(&k->bn, t, bn_prefix, channels));
+    return head_add_weight_bias(t, &k->w3, &k->b3, prefix, "3", classes, channels, 1);
+}
+
+herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x, int rows, float *logits)
+{
+    const size_t n = (size_t)rows * k->channels;
+    k->x = x;
+    k->rows = rows;
+    HERBS_TRY(head_alloc(c, n, 0, &k->z));
+    HERBS_TRY(head_alloc(c, n, 0, &k->r));
+    linear_forward(k->z, x, PARAM(c->t, k->w0), PARAM(c->t, k->b0), rows, k->channels, k->channels);
+    HERBS_TRY(bn_forward(&k->bn, c, k->z, rows, k->r));
+    relu_forward(k->r, k->r, n);
+    linear_forward(logits, k->r, PARAM(c->t, k->w3), PARAM(c->t, k->b3), rows, k->channels, k->classes);
+    return HERBS_OK;
+}
+
+herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *dlogits, float *dx)
+{
+    const size_t n = (size_t)k->rows * k->channels;
+    float *dr, *dz;
+    HERBS_TRY(head_scratch_begin(c));
+    HERBS_TRY(head_scratch(c, n, 0, &dr));
+    HERBS_TRY(head_scratch(c, n, 1, &dz));
+    /* dr = dlogits · W3 (written, not accumulated), then ReLU's mask in place */
+    gemm(0, 0, k->rows, k->channels, k->classes, 1, dlogits, k->classes, PARAM(c->t, k->w3), k->channels, 0, dr,
+         k->channels);
+    linear_backward(NULL, GRAD(c->t, k->w3), GRAD(c->t, k->b3), dlogits, k->r, PARAM(c->t, k->w3), k->rows,
+                    k->channels, k->classes);
+    relu_mask(dr, k->r, n);
+    HERBS_TRY(bn_backward(&k->bn, c, dr, dz));
+    linear_backward(dx, GRAD(c->t, k->w0), GRAD(c->t, k->b0), dz, k->x, PARAM(c->t, k->w0), k->rows, k->channels,
+                    k->channels);
+    return HERBS_OK;
+}

@@ -1,0 +1,297 @@
+/* The "herbs" net kind: backbone -> two-way FPN and its classifiers -> selector -> GCN combiner
+   (SPEC.md §3), forward and backward, with the release's switches and tensor names.
+   Config: backbone (the backbone's own keys pass through to it), num_classes (200),
+   use_fpn / use_selection / use_combiner (1), fpn_size (the last tap's channels), num_selects
+   (4 ints; default floor(S_i · (1, 2, 4, 2)/9), which is the paper's (256, 128, 64, 32) at
+   Swin-L 384 px), fpn_type ("tokens" or "cnn"; by default the backbone's), dropout (0.1). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "nn/herbs_model.h"
+#include "nn/kinds.h"
+#include "nn/patches.h"
+#include "nn/resnet.h"
+#include "nn/swin.h"
+
+/* The backbones a HERBS net can use, and the pyramid that suits each. */
+static const struct {
+    const char *name;
+    herbs_backbone_create_fn create;
+    fpn_type pyramid;
+} backbones[] = {
+    {"swin", swin_backbone_create, FPN_TOKENS},
+    {"resnet", resnet_backbone_create, FPN_CNN},
+    {"patches", patches_backbone_create, FPN_TOKENS},
+};
+#define N_BACKBONES (int)(sizeof backbones / sizeof backbones[0])
+
+/* The combiner's dropout stream for a step: the last of the step's 65536 streams, which the
+   backbones' per-layer streams (from step << 16 upwards) never reach. */
+#define COMBINER_DROPOUT_STREAM(step) (((uint64_t)(step) << 16) + 0xFFFF)
+
+static herbs_status add_output(herbs_net *net, const char *name, int tap, int ndim, const int64_t *shape, int *index)
+{
+    char full[HERBS_OUTPUT_NAME_MAX];
+    if (tap >= 0)
+        snprintf(full, sizeof full, "%s%d", name, tap + 1);
+    else
+        snprintf(full, sizeof full, "%s", name);
+    herbs_output *o;
+    *index = net->n_outputs;
+    return net_add_output(net, full, ndim, shape, &o);
+}
+
+static float *out_data(herbs_net *net, int index) { return index >= 0 ? net->outputs[index].data : NULL; }
+static float *out_grad(herbs_net *net, int index) { return index >= 0 ? net->outputs[index].grad : NULL; }
+
+/* Every output of this configuration, in a fixed order: FPN1_layer*, layer*, select_layer*,
+   drop_layer*, comb_outs or ori_out, rank_layer* (the selector's token order, integers). */
+static herbs_status add_outputs(herbs_net *net, herbs_model *m, int B)
+{
+    const herbs_backbone *bb = m->bb;
+    const int K = m->classes;
+    for (int i = 0; i < HERBS_TAPS; i++)
+        m->out_fpn1[i] = m->out_layer[i] = m->out_select[i] = m->out_drop[i] = m->out_rank[i] = -1;
+    m->out_comb = m->out_ori = -1;
+    for (int i = 0; m->use_fpn && i < HERBS_TAPS; i++)
+        HERBS_TRY(add_output(net, "FPN1_layer", i, 3, (int64_t[]){B, bb->tap_tokens[i], K}, &m->out_fpn1[i]));
+    for (int i = 0; (m->use_fpn || m->use_selection) && i < HERBS_TAPS; i++)
+        HERBS_TRY(add_output(net, "layer", i, 3, (int64_t[]){B, bb->tap_tokens[i], K}, &m->out_layer[i]));
+    for (int i = 0; m->use_selection && i < HERBS_TAPS; i++)
+        HERBS_TRY(add_output(net, "select_layer", i, 3, (int64_t[]){B, m->selector.keep[i], K}, &m->out_select[i]));
+    for (int i = 0; m->use_selection && i < HERBS_TAPS; i++)
+        HERBS_TRY(add_output(net, "drop_layer", i, 3, (int64_t[]){B, bb->tap_tokens[i] - m->selector.keep[i], K},
+                             &m->out_drop[i]));
+    if (m->use_combiner)
+        HERBS_TRY(add_output(net, "comb_outs", -1, 2, (int64_t[]){B, K}, &m->out_comb));
+    if (!m->use_fpn && !m->use_selection)
+        HERBS_TRY(add_output(net, "ori_out", -1, 2, (int64_t[]){B, K}, &m->out_ori));
+    for (int i = 0; m->use_selection && i < HERBS_TAPS; i++) {
+        HERBS_TRY(add_output(net, "rank_layer", i, 2, (int64_t[]){B, bb->tap_tokens[i]}, &m->out_rank[i]));
+        net->outputs[m->out_rank[i]].integer = 1;
+    }
+    return HERBS_OK;
+}
+
+static herbs_status herbs_forward(herbs_net *net, const float *images, int batch, int train)
+{
+    herbs_model *m = net->impl;
+    const herbs_backbone *bb = m->bb;
+    HERBS_TRY(net_begin_forward(net, batch));
+    head_ctx c = {&net->params, &net->arena, &m->scratch, batch, train};
+    m->train = train;
+    HERBS_TRY(m->bb->ops->forward(m->bb, &net->params, &net->arena, images, batch, train, net->seed, net->step, m->taps));
+    HERBS_TRY(add_outputs(net, m, batch));
+
+    float *logits[HERBS_TAPS], *features[HERBS_TAPS] = {NULL}, *selected[HERBS_TAPS], *dropped[HERBS_TAPS];
+    for (int i = 0; i < HERBS_TAPS; i++) {
+        logits[i] = out_data(net, m->out_layer[i]);
+        selected[i] = out_data(net, m->out_select[i]);
+        dropped[i] = out_data(net, m->out_drop[i]);
+    }
+    if (m->use_fpn) {
+        HERBS_TRY(fpn_forward(&m->fpn, &c, m->taps));
+        for (int i = 0; i < HERBS_TAPS; i++)
+            HERBS_TRY(classifier_forward(&m->down_cls[i], &c, m->fpn.top_down[i], batch * bb->tap_tokens[i],
+                                         out_data(net, m->out_fpn1[i])));
+        for (int i = 0; i < HERBS_TAPS; i++) {
+            HERBS_TRY(classifier_forward(&m->up_cls[i], &c, m->fpn.bottom_up[i], batch * bb->tap_tokens[i], logits[i]));
+            features[i] = m->fpn.bottom_up[i];
+        }
+    } else if (m->use_selection) {
+        for (int i = 0; i < HERBS_TAPS; i++)
+            linear_forward(logits[i], m->taps[i], PARAM(&net->params, m->plain_w[i]), PARAM(&net->params, m->plain_b[i]),
+                           batch * bb->tap_tokens[i], bb->tap_channels[i], m->classes);
+    }
+    if (m->use_selection) {
+        HERBS_TRY(selector_forward(&m->selector, &c, logits, features, selected, dropped));
+        for (int i = 0; i < HERBS_TAPS; i++) {
+            float *rank = out_data(net, m->out_rank[i]);
+            for (size_t j = 0; j < (size_t)batch * bb->tap_tokens[i]; j++)
+                rank[j] = (float)m->selector.order[i][j];
+        }
+    }
+    if (m->use_combiner)
+        HERBS_TRY(combiner_forward(&m->combiner, &c, m->selector.kept, net->seed,
+                                   COMBINER_DROPOUT_STREAM(net->step), out_data(net, m->out_comb)));
+    if (m->out_ori >= 0) {
+        const int S = bb->tap_tokens[HERBS_TAPS - 1], C = bb->tap_channels[HERBS_TAPS - 1];
+        HERBS_TRY(head_alloc(&c, (size_t)batch * C, 0, &m->ori_mean));
+        token_mean_forward(m->ori_mean, m->taps[HERBS_TAPS - 1], batch, S, C);
+        linear_forward(out_data(net, m->out_ori), m->ori_mean, PARAM(&net->params, m->ori_w),
+                       PARAM(&net->params, m->ori_b), batch, C, m->classes);
+    }
+    if (train)
+        net->step++;
+    net->forward_batch = batch;
+    return HERBS_OK;
+}
+
+static herbs_status herbs_backward(herbs_net *net, float *dimages)
+{
+    herbs_model *m = net->impl;
+    const herbs_backbone *bb = m->bb;
+    const int B = net->forward_batch;
+    head_ctx c = {&net->params, &net->arena, &m->scratch, B, m->train};
+    float *dtaps[HERBS_TAPS] = {NULL}, *d_top_down[HERBS_TAPS] = {NULL}, *d_bottom_up[HERBS_TAPS] = {NULL};
+    float *dkept = NULL;
+    for (int i = 0; i < HERBS_TAPS; i++) {
+        const int tap_used = m->use_fpn || m->use_selection || i == HERBS_TAPS - 1;
+        if (tap_used)
+            HERBS_TRY(head_alloc(&c, (size_t)B * bb->tap_tokens[i] * bb->tap_channels[i], 1, &dtaps[i]));
+        if (m->use_fpn) {
+            HERBS_TRY(head_alloc(&c, (size_t)B * bb->tap_tokens[i] * m->fpn_size, 1, &d_top_down[i]));
+            HERBS_TRY(head_alloc(&c, (size_t)B * bb->tap_tokens[i] * m->fpn_size, 1, &d_bottom_up[i]));
+        }
+    }
+    if (m->use_combiner) {
+        HERBS_TRY(head_alloc(&c, (size_t)B * m->selector.kept_total * m->fpn_size, 1, &dkept));
+        HERBS_TRY(combiner_backward(&m->combiner, &c, out_grad(net, m->out_comb), dkept));
+    }
+    float *dlogits[HERBS_TAPS], *dselected[HERBS_TAPS], *ddropped[HERBS_TAPS];
+    for (int i = 0; i < HERBS_TAPS; i++) {
+        dlogits[i] = out_grad(net, m->out_layer[i]);
+        dselected[i] = out_grad(net, m->out_select[i]);
+        ddropped[i] = out_grad(net, m->out_drop[i]);
+    }
+    if (m->use_selection) /* into the layer logits' gradients, which the classifiers below read */
+        HERBS_TRY(selector_backward(&m->selector, &c, dselected, ddropped, dkept, dlogits, d_bottom_up));
+    if (m->use_fpn) {
+        for (int i = 0; i < HERBS_TAPS; i++) {
+            HERBS_TRY(classifier_backward(&m->up_cls[i], &c, dlogits[i], d_bottom_up[i]));
+            HERBS_TRY(classifier_backward(&m->down_cls[i], &c, out_grad(net, m->out_fpn1[i]), d_top_down[i]));
+        }
+        HERBS_TRY(fpn_backward(&m->fpn, &c, d_top_down, d_bottom_up, dtaps));
+    } else if (m->use_selection) {
+        for (int i = 0; i < HERBS_TAPS; i++)
+            linear_backward(dtaps[i], GRAD(&net->params, m->plain_w[i]), GRAD(&net->params, m->plain_b[i]), dlogits[i],
+                            m->taps[i], PARAM(&net->params, m->plain_w[i]), B * bb->tap_tokens[i], bb->tap_channels[i],
+                            m->classes);
+    }
+    if (m->out_ori >= 0) {
+        const int S = bb->tap_tokens[HERBS_TAPS - 1], C = bb->tap_channels[HERBS_TAPS - 1];
+        float *dmean;
+        HERBS_TRY(head_alloc(&c, (size_t)B * C, 1, &dmean));
+        linear_backward(dmean, GRAD(&net->params, m->ori_w), GRAD(&net->params, m->ori_b), out_grad(net, m->out_ori),
+                        m->ori_mean, PARAM(&net->params, m->ori_w), B, C, m->classes);
+        token_mean_backward(dtaps[HERBS_TAPS - 1], dmean, B, S, C);
+    }
+    return m->bb->ops->backward(m->bb, &net->params, &net->arena, (const float *const *)dtaps, dimages);
+}
+
+static void herbs_destroy(herbs_net *net)
+{
+    herbs_model *m = net->impl;
+    if (!m)
+        return;
+    if (m->bb)
+        m->bb->ops->destroy(m->bb);
+    herbs_arena_free(&m->scratch);
+    free(m);
+}
+
+static const herbs_net_ops herbs_ops = {"herbs", herbs_forward, herbs_backward, herbs_destroy, herbs_model_loss};
+
+/* num_selects: given, or floor(S_i · (1, 2, 4, 2) / 9) (at least 1); each 1 <= K_i < S_i */
+static herbs_status read_num_selects(herbs_config *config, const herbs_backbone *bb, int keep[HERBS_TAPS])
+{
+    static const int ninths[HERBS_TAPS] = {1, 2, 4, 2};
+    int deflt[HERBS_TAPS];
+    for (int i = 0; i < HERBS_TAPS; i++) {
+        deflt[i] = (int)((int64_t)bb->tap_tokens[i] * ninths[i] / 9);
+        deflt[i] = deflt[i] < 1 ? 1 : deflt[i];
+    }
+    HERBS_TRY(config_ints(config, "num_selects", HERBS_TAPS, deflt, 1, 1 << 30, keep));
+    for (int i = 0; i < HERBS_TAPS; i++)
+        if (keep[i] >= bb->tap_tokens[i])
+            return herbs_error(HERBS_ERR_VALUE, "num_selects[%d] = %d must be smaller than layer%d's %d tokens", i,
+                               keep[i], i + 1, bb->tap_tokens[i]);
+    return HERBS_OK;
+}
+
+static herbs_status read_switches(herbs_config *config, herbs_model *m)
+{
+    HERBS_TRY(config_int(config, "use_fpn", 1, 0, 1, &m->use_fpn));
+    HERBS_TRY(config_int(config, "use_selection", 1, 0, 1, &m->use_selection));
+    HERBS_TRY(config_int(config, "use_combiner", 1, 0, 1, &m->use_combiner));
+    if (m->use_combiner && !m->use_selection)
+        return herbs_error(HERBS_ERR_VALUE, "use_combiner needs use_selection (the combiner reads the selected tokens)");
+    if (m->use_combiner && !m->use_fpn)
+        return herbs_error(HERBS_ERR_VALUE, "use_combiner needs use_fpn: the release's combiner without a feature "
+                           "pyramid cannot be built (its projection branch fails), so there is nothing to match");
+    return HERBS_OK;
+}
+
+/* Registers the head in the release's order (PyTorch's state_dict order follows it). */
+static herbs_status build_head(herbs_model *m, herbs_params *t, fpn_type pyramid, const int keep[HERBS_TAPS],
+                               float dropout)
+{
+    const herbs_backbone *bb = m->bb;
+    char prefix[HERBS_NAME_MAX], name[HERBS_NAME_MAX];
+    if (!m->use_fpn && !m->use_selection)
+        HERBS_TRY(head_add_weight_bias(t, &m->ori_w, &m->ori_b, "", "classifier", m->classes,
+                                       bb->tap_channels[HERBS_TAPS - 1], 0));
+    if (m->use_fpn) {
+        HERBS_TRY(fpn_down_init(&m->fpn, t, bb, pyramid, m->fpn_size));
+        for (int i = 0; i < HERBS_TAPS; i++) {
+            snprintf(prefix, sizeof prefix, "fpn_classifier_down_layer%d.", i + 1);
+            HERBS_TRY(classifier_init(&m->down_cls[i], t, prefix, m->fpn_size, m->classes));
+        }
+        HERBS_TRY(fpn_up_init(&m->fpn, t));
+        for (int i = 0; i < HERBS_TAPS; i++) {
+            snprintf(prefix, sizeof prefix, "fpn_classifier_up_layer%d.", i + 1);
+            HERBS_TRY(classifier_init(&m->up_cls[i], t, prefix, m->fpn_size, m->classes));
+        }
+    } else if (m->use_selection) {
+        for (int i = 0; i < HERBS_TAPS; i++) {
+            snprintf(name, sizeof name, "classifier_l_layer%d", i + 1);
+            HERBS_TRY(head_add_weight_bias(t, &m->plain_w[i], &m->plain_b[i], "selector.", name, m->classes,
+                                           bb->tap_channels[i], 0));
+        }
+    }
+    if (m->use_selection)
+        selector_init(&m->selector, bb->tap_tokens, keep, m->classes, m->use_fpn ? m->fpn_size : 0);
+    if (m->use_combiner)
+        HERBS_TRY(combiner_init(&m->combiner, t, m->selector.kept_total, m->fpn_size, m->classes, dropout));
+    return HERBS_OK;
+}
+
+herbs_status herbs_net_create(herbs_net *net, herbs_config *config)
+{
+    herbs_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return herbs_error(HERBS_ERR_NOMEM, "out of memory creating a herbs net");
+    net->impl = m;
+    net->ops = &herbs_ops;
+    herbs_arena_init(&m->scratch);
+
+    const char *names[N_BACKBONES + 1], *backbone;
+    for (int i = 0; i < N_BACKBONES; i++)
+        names[i] = backbones[i].name;
+    names[N_BACKBONES] = NULL;
+    HERBS_TRY(config_text(config, "backbone", backbones[0].name, names, &backbone));
+    int which = 0;
+    while (strcmp(backbones[which].name, backbone) != 0)
+        which++;
+    HERBS_TRY(backbones[which].create(&m->bb, config, &net->params, "backbone."));
+    const herbs_backbone *bb = m->bb;
+    net->in_channels = bb->in_channels;
+    net->height = net->width = bb->img_size;
+
+    int keep[HERBS_TAPS];
+    double dropout;
+    const char *pyramid;
+    static const char *const pyramids[] = {"tokens", "cnn", NULL};
+    HERBS_TRY(config_int(config, "num_classes", 200, 1, 1000000, &m->classes));
+    HERBS_TRY(read_switches(config, m));
+    HERBS_TRY(config_int(config, "fpn_size", bb->tap_channels[HERBS_TAPS - 1], 1, 65536, &m->fpn_size));
+    HERBS_TRY(config_text(config, "fpn_type", pyramids[backbones[which].pyramid], pyramids, &pyramid));
+    HERBS_TRY(read_num_selects(config, bb, keep));
+    HERBS_TRY(config_float(config, "dropout", 0.1, 0.0, 0.999999, &dropout));
+    char what[96];
+    snprintf(what, sizeof what, "a herbs net with backbone '%s'", backbone);
+    HERBS_TRY(config_check_all_used(config, what));
+    return build_head(m, &net->params, strcmp(pyramid, "cnn") == 0 ? FPN_CNN : FPN_TOKENS, keep, (float)dropout);
+}

@@ -1,0 +1,114 @@
+#include "nn/patches.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+
+typedef struct {
+    herbs_backbone base;
+    int patch[HERBS_TAPS];
+    size_t weight[HERBS_TAPS], bias[HERBS_TAPS];
+    float *cols[HERBS_TAPS]; /* last forward: the image's patches per tap [B·grid², 3·p·p] */
+    int batch;
+} patches_backbone;
+
+/* cols[(b·g + gy)·g + gx, (ch·p + ky)·p + kx] = img[b, ch, gy·p + ky, gx·p + kx], or the
+   transpose (adding cols back into img) when `back` is set. */
+static void im2col(float *cols, float *img, int B, int channels, int size, int p, int back)
+{
+    const int g = size / p, row = channels * p * p;
+#pragma omp parallel for schedule(static) if ((size_t)B * channels * size * size > 65536)
+    for (int b = 0; b < B; b++)
+        for (int gy = 0; gy < g; gy++)
+            for (int gx = 0; gx < g; gx++)
+                for (int ch = 0; ch < channels; ch++)
+                    for (int ky = 0; ky < p; ky++) {
+                        float *c = cols + ((size_t)(b * g + gy) * g + gx) * row + (ch * p + ky) * p;
+                        float *x = img + (((size_t)b * channels + ch) * size + gy * p + ky) * size + gx * p;
+                        for (int kx = 0; kx < p; kx++) {
+                            if (back)
+                                x[kx] += c[kx];
+                            else
+                                c[kx] = x[kx];
+                        }
+                    }
+}
+
+static herbs_status patches_forward(herbs_backbone *base, const herbs_params *t, herbs_arena *arena,
+                                    const float *images, int batch, int train, uint64_t seed, uint64_t step,
+                                    float *taps[HERBS_TAPS])
+{
+    patches_backbone *pb = (patches_backbone *)base;
+    pb->batch = batch;
+    for (int i = 0; i < HERBS_TAPS; i++) {
+        const int p = pb->patch[i], rows = batch * base->tap_tokens[i], C = base->tap_channels[i];
+        const int row = base->in_channels * p * p;
+        pb->cols[i] = herbs_arena_floats(arena, (size_t)rows * row, 0);
+        taps[i] = herbs_arena_floats(arena, (size_t)rows * C, 0);
+        if (!pb->cols[i] || !taps[i])
+            return HERBS_ERR_NOMEM;
+        im2col(pb->cols[i], (float *)images, batch, base->in_channels, base->img_size, p, 0);
+        linear_forward(taps[i], pb->cols[i], PARAM(t, pb->weight[i]), PARAM(t, pb->bias[i]), rows, row, C);
+    }
+    return HERBS_OK;
+}
+
+static herbs_status patches_backward(herbs_backbone *base, herbs_params *t, herbs_arena *arena,
+                                     const float *const dtaps[HERBS_TAPS], float *dimages)
+{
+    patches_backbone *pb = (patches_backbone *)base;
+    for (int i = 0; i < HERBS_TAPS; i++) {
+        if (!dtaps[i])
+            continue;
+        const int p = pb->patch[i], rows = pb->batch * base->tap_tokens[i], C = base->tap_channels[i];
+        const int row = base->in_channels * p * p;
+        float *dcols = NULL;
+        if (dimages && !(dcols = herbs_arena_floats(arena, (size_t)rows * row, 1)))
+            return HERBS_ERR_NOMEM;
+        linear_backward(dcols, GRAD(t, pb->weight[i]), GRAD(t, pb->bias[i]), dtaps[i], pb->cols[i],
+                        PARAM(t, pb->weight[i]), rows, row, C);
+        if (dimages)
+            im2col(dcols, dimages, pb->batch, base->in_channels, base->img_size, p, 1);
+    }
+    return HERBS_OK;
+}
+
+static void patches_destroy(herbs_backbone *base) { free(base); }
+
+static const herbs_backbone_ops patches_ops = {patches_forward, patches_backward, patches_destroy};
+
+herbs_status patches_backbone_create(herbs_backbone **out, herbs_config *config, herbs_params *t, const char *prefix)
+{
+    static const int default_grid[HERBS_TAPS] = {8, 4, 2, 2}, default_channels[HERBS_TAPS] = {8, 16, 32, 32};
+    int size, grid[HERBS_TAPS], channels[HERBS_TAPS];
+    HERBS_TRY(config_int(config, "img_size", 32, 1, 4096, &size));
+    HERBS_TRY(config_ints(config, "patch_grid", HERBS_TAPS, default_grid, 1, 4096, grid));
+    HERBS_TRY(config_ints(config, "patch_channels", HERBS_TAPS, default_channels, 1, 65536, channels));
+    patches_backbone *pb = calloc(1, sizeof *pb);
+    if (!pb)
+        return herbs_error(HERBS_ERR_NOMEM, "out of memory creating a patches backbone");
+    *out = &pb->base;
+    pb->base.ops = &patches_ops;
+    pb->base.in_channels = 3;
+    pb->base.img_size = size;
+    for (int i = 0; i < HERBS_TAPS; i++) {
+        if (size % grid[i] != 0)
+            return herbs_error(HERBS_ERR_VALUE, "patch_grid[%d] = %d does not divide img_size = %d", i, grid[i], size);
+        const int p = size / grid[i];
+        pb->patch[i] = p;
+        pb->base.tap_height[i] = pb->base.tap_width[i] = grid[i];
+        pb->base.tap_tokens[i] = grid[i] * grid[i];
+        pb->base.tap_channels[i] = channels[i];
+        char name[32];
+        herbs_init init = {HERBS_INIT_UNIFORM, 1.0f / sqrtf(3.0f * p * p)};
+        snprintf(name, sizeof name, "tap%d.weight", i + 1);
+        HERBS_TRY(params_add(t, &pb->weight[i], HERBS_PARAMETER, init, prefix, name, 4, (int64_t)channels[i],
+                             (int64_t)3, (int64_t)p, (int64_t)p));
+        snprintf(name, sizeof name, "tap%d.bias", i + 1);
+        HERBS_TRY(params_add(t, &pb->bias[i], HERBS_PARAMETER, init, prefix, name, 1, (int64_t)channels[i]));
+    }
+    return HERBS_OK;
+}

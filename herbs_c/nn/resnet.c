@@ -1,0 +1,472 @@
+/* ResNet v1.5 (torchvision's layout): stem conv 7x7/2 - BN - ReLU - max-pool 3x3/2, then four
+   stages of bottleneck blocks (1x1 - 3x3 (stride here, v1.5) - 1x1, BN after each, ReLU after
+   the first two and after the residual add). Activations are NHWC rows; BatchNorm2d is the
+   channels-last kernel over N = B·H·W rows.
+
+   Saved for backward, per block: its input (the previous block's output), each conv's output
+   (the BN input, which BN backward needs) and each post-ReLU activation (the next conv's input,
+   whose sign is also the ReLU's mask), and the block output. Nothing is saved twice.
+   Backward walks the blocks upwards with four gradient buffers of the largest activation. */
+#include "nn/resnet.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "nn/kinds.h"
+
+#define BN_EPS 1e-5f
+#define BN_MOMENTUM 0.1f
+#define EXPANSION 4
+#define STAGES 4
+
+typedef struct {
+    size_t weight; /* offset of the PyTorch-layout weight [OC, C, k, k] */
+    int in_c, out_c, k, stride, pad;
+    int H, W, OH, OW; /* input and output sizes (fixed by img_size) */
+} conv_layer;
+
+typedef struct {
+    size_t weight, bias, running_mean, running_var, num_batches_tracked;
+    int channels;
+    float *mean, *rstd; /* batch statistics of the last forward in train mode */
+} bn_layer;
+
+typedef struct {
+    conv_layer conv1, conv2, conv3, down_conv;
+    bn_layer bn1, bn2, bn3, down_bn;
+    int has_down;
+    const float *x;                              /* the block input */
+    float *y1, *a1, *y2, *a2, *y3, *yd, *out;    /* conv outputs y, post-ReLU a, block output */
+} bottleneck;
+
+typedef struct {
+    herbs_backbone base;
+    conv_layer stem_conv;
+    bn_layer stem_bn;
+    int n_blocks;
+    bottleneck *blocks;
+    int stage_last[STAGES]; /* index of each stage's last block */
+    /* the last forward */
+    int batch, train;
+    float *x0, *y0, *a0, *p0; /* NHWC image, stem conv output, after ReLU, after max-pool */
+    int *argmax;
+    float *scratch; /* the convolutions' scratch (packed weights, im2col chunks) */
+    size_t scratch_floats;
+    float *weight_ohwi; /* the current conv's weight in the compute layout (k > 1) */
+} resnet;
+
+/* --- building ---------------------------------------------------------------------------- */
+
+static herbs_status conv_init(conv_layer *c, herbs_params *t, const char *prefix, const char *name, int in_c,
+                              int out_c, int k, int stride, int H, int W)
+{
+    memset(c, 0, sizeof *c);
+    c->in_c = in_c;
+    c->out_c = out_c;
+    c->k = k;
+    c->stride = stride;
+    c->pad = k / 2;
+    c->H = H;
+    c->W = W;
+    c->OH = (H + 2 * c->pad - k) / stride + 1;
+    c->OW = (W + 2 * c->pad - k) / stride + 1;
+    /* kaiming_normal_(mode="fan_out", nonlinearity="relu"), torchvision's init */
+    herbs_init init = {HERBS_INIT_NORMAL, sqrtf(2.0f / ((float)out_c * k * k))};
+    return params_add(t, &c->weight, HERBS_PARAMETER, init, prefix, name, 4, (int64_t)out_c, (int64_t)in_c,
+                      (int64_t)k, (int64_t)k);
+}
+
+static herbs_status bn_init(bn_layer *b, herbs_params *t, const char *prefix, const char *name, int channels)
+{
+    char full[HERBS_NAME_MAX];
+    const herbs_init zeros = {HERBS_INIT_ZEROS, 0}, ones = {HERBS_INIT_CONSTANT, 1};
+    memset(b, 0, sizeof *b);
+    b->channels = channels;
+    const struct {
+        size_t *offset;
+        const char *field;
+        herbs_tensor_kind kind;
+        herbs_init init;
+        int ndim;
+    } tensors[] = {
+        {&b->weight, "weight", HERBS_PARAMETER, ones, 1},
+        {&b->bias, "bias", HERBS_PARAMETER, zeros, 1},
+        {&b->running_mean, "running_mean", HERBS_BUFFER, zeros, 1},
+        {&b->running_var, "running_var", HERBS_BUFFER, ones, 1},
+        {&b->num_batches_tracked, "num_batches_tracked", HERBS_BUFFER_INT64, zeros, 0},
+    };
+    for (size_t i = 0; i < sizeof tensors / sizeof tensors[0]; i++) {
+        snprintf(full, sizeof full, "%s.%s", name, tensors[i].field);
+        HERBS_TRY(params_add(t, tensors[i].offset, tensors[i].kind, tensors[i].init, prefix, full, tensors[i].ndim,
+                             (int64_t)channels));
+    }
+    return HERBS_OK;
+}
+
+static herbs_status block_init(bottleneck *blk, herbs_params *t, const char *prefix, int stage, int index,
+                               int in_c, int planes, int stride, int H, int W)
+{
+    char name[HERBS_NAME_MAX];
+    memset(blk, 0, sizeof *blk);
+#define BLOCK_NAME(part) (snprintf(name, sizeof name, "layer%d.%d.%s", stage + 1, index, part), name)
+    HERBS_TRY(conv_init(&blk->conv1, t, prefix, BLOCK_NAME("conv1.weight"), in_c, planes, 1, 1, H, W));
+    HERBS_TRY(bn_init(&blk->bn1, t, prefix, BLOCK_NAME("bn1"), planes));
+    HERBS_TRY(conv_init(&blk->conv2, t, prefix, BLOCK_NAME("conv2.weight"), planes, planes, 3, stride, H, W));
+    HERBS_TRY(bn_init(&blk->bn2, t, prefix, BLOCK_NAME("bn2"), planes));
+    const int OH = blk->conv2.OH, OW = blk->conv2.OW;
+    HERBS_TRY(conv_init(&blk->conv3, t, prefix, BLOCK_NAME("conv3.weight"), planes, planes * EXPANSION, 1, 1, OH, OW));
+    HERBS_TRY(bn_init(&blk->bn3, t, prefix, BLOCK_NAME("bn3"), planes * EXPANSION));
+    blk->has_down = stride != 1 || in_c != planes * EXPANSION;
+    if (blk->has_down) {
+        HERBS_TRY(conv_init(&blk->down_conv, t, prefix, BLOCK_NAME("downsample.0.weight"), in_c, planes * EXPANSION,
+                            1, stride, H, W));
+        HERBS_TRY(bn_init(&blk->down_bn, t, prefix, BLOCK_NAME("downsample.1"), planes * EXPANSION));
+    }
+#undef BLOCK_NAME
+    return HERBS_OK;
+}
+
+/* --- layer passes -------------------------------------------------------------------------- */
+
+static size_t conv_out_floats(const conv_layer *c, int batch) { return (size_t)batch * c->OH * c->OW * c->out_c; }
+
+/* the weight in the compute layout: 1x1 kernels are the same memory; others are repacked into
+   the shared buffer r->weight_ohwi just before each use (cheap next to the conv, and one buffer
+   instead of a copy of every 3x3/7x7 weight kept from forward to backward) */
+static const float *conv_weight(resnet *r, const conv_layer *c, const herbs_params *t)
+{
+    if (c->k == 1)
+        return PARAM(t, c->weight);
+    conv2d_weight_to_ohwi(r->weight_ohwi, PARAM(t, c->weight), c->out_c, c->in_c, c->k, c->k);
+    return r->weight_ohwi;
+}
+
+static herbs_status conv_forward_pass(resnet *r, conv_layer *c, const herbs_params *t, herbs_arena *arena,
+                                      const float *inp, float **out)
+{
+    const float *w = conv_weight(r, c, t);
+    *out = herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0);
+    if (!*out)
+        return HERBS_ERR_NOMEM;
+    conv2d_forward(*out, inp, w, NULL, r->scratch, r->scratch_floats, r->batch, c->H, c->W, c->in_c, c->out_c, c->k,
+                   c->k, c->stride, c->pad);
+    return HERBS_OK;
+}
+
+/* dinp (may be NULL) += and the weight gradient += from dout; dw_scratch holds the largest
+   repacked weight gradient */
+static void conv_backward_pass(resnet *r, conv_layer *c, herbs_params *t, float *dw_scratch, float *dinp,
+                               const float *dout, const float *inp)
+{
+    const float *w = conv_weight(r, c, t);
+    float *dw = c->k == 1 ? GRAD(t, c->weight) : dw_scratch;
+    if (c->k != 1)
+        memset(dw, 0, (size_t)c->out_c * c->k * c->k * c->in_c * sizeof(float));
+    conv2d_backward(dinp, dw, NULL, dout, inp, w, r->scratch, r->scratch_floats, r->batch, c->H, c->W, c->in_c,
+                    c->out_c, c->k, c->k, c->stride, c->pad);
+    if (c->k != 1)
+        conv2d_weight_grad_from_ohwi(GRAD(t, c->weight), dw, c->out_c, c->in_c, c->k, c->k);
+}
+
+/* out[N, C] = BN(inp), through a ReLU when relu is set: batch statistics and a running-stat
+   update in train mode */
+static herbs_status bn_forward_pass(resnet *r, bn_layer *b, const herbs_params *t, herbs_arena *arena,
+                                    const float *inp, float *out, int N, int relu)
+{
+    const int C = b->channels;
+    const float *w = PARAM(t, b->weight), *bias = PARAM(t, b->bias);
+    float *rm = BUFFER(t, b->running_mean), *rv = BUFFER(t, b->running_var);
+    if (!r->train) {
+        (relu ? batchnorm_relu_forward_eval : batchnorm_forward_eval)(out, inp, rm, rv, w, bias, N, C, BN_EPS);
+        return HERBS_OK;
+    }
+    b->mean = herbs_arena_floats(arena, C, 0);
+    b->rstd = herbs_arena_floats(arena, C, 0);
+    if (!b->mean || !b->rstd)
+        return HERBS_ERR_NOMEM;
+    (relu ? batchnorm_relu_forward_train : batchnorm_forward_train)(out, b->mean, b->rstd, rm, rv, inp, w, bias, N,
+                                                                     C, BN_EPS, BN_MOMENTUM);
+    BUFFER(t, b->num_batches_tracked)[0] += 1;
+    return HERBS_OK;
+}
+
+/* dinp += d(inp) from dout; relu_out, when not NULL, is the output of a ReLU downstream of the
+   BN (directly, or after the residual add), whose mask is applied to dout on the fly */
+static void bn_backward_pass(resnet *r, bn_layer *b, herbs_params *t, float *dinp, const float *dout,
+                             const float *relu_out, const float *inp, int N)
+{
+    const int C = b->channels;
+    float *dw = GRAD(t, b->weight), *db = GRAD(t, b->bias);
+    const float *w = PARAM(t, b->weight), *rm = BUFFER(t, b->running_mean), *rv = BUFFER(t, b->running_var);
+    if (r->train && relu_out)
+        batchnorm_relu_backward(dinp, dw, db, dout, relu_out, inp, w, b->mean, b->rstd, N, C);
+    else if (r->train)
+        batchnorm_backward(dinp, dw, db, dout, inp, w, b->mean, b->rstd, N, C);
+    else if (relu_out)
+        batchnorm_relu_backward_eval(dinp, dw, db, dout, relu_out, inp, rm, rv, w, N, C, BN_EPS);
+    else
+        batchnorm_backward_eval(dinp, dw, db, dout, inp, rm, rv, w, N, C, BN_EPS);
+}
+
+/* y = conv(inp); a = ReLU(BN(y)) */
+static herbs_status conv_bn_relu_forward(resnet *r, conv_layer *c, bn_layer *b, const herbs_params *t,
+                                         herbs_arena *arena, const float *inp, float **y, float **a)
+{
+    HERBS_TRY(conv_forward_pass(r, c, t, arena, inp, y));
+    *a = herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0);
+    if (!*a)
+        return HERBS_ERR_NOMEM;
+    return bn_forward_pass(r, b, t, arena, *y, *a, r->batch * c->OH * c->OW, 1);
+}
+
+static herbs_status block_forward(resnet *r, bottleneck *blk, const herbs_params *t, herbs_arena *arena,
+                                  const float *x)
+{
+    blk->x = x;
+    HERBS_TRY(conv_bn_relu_forward(r, &blk->conv1, &blk->bn1, t, arena, x, &blk->y1, &blk->a1));
+    HERBS_TRY(conv_bn_relu_forward(r, &blk->conv2, &blk->bn2, t, arena, blk->a1, &blk->y2, &blk->a2));
+    HERBS_TRY(conv_forward_pass(r, &blk->conv3, t, arena, blk->a2, &blk->y3));
+    const size_t n = conv_out_floats(&blk->conv3, r->batch);
+    const int N = r->batch * blk->conv3.OH * blk->conv3.OW;
+    blk->out = herbs_arena_floats(arena, n, 0);
+    if (!blk->out)
+        return HERBS_ERR_NOMEM;
+    HERBS_TRY(bn_forward_pass(r, &blk->bn3, t, arena, blk->y3, blk->out, N, 0));
+    const float *identity = x;
+    if (blk->has_down) {
+        HERBS_TRY(conv_forward_pass(r, &blk->down_conv, t, arena, x, &blk->yd));
+        /* the downsample's BN output only feeds the add: the add's buffer holds it */
+        float *z = herbs_arena_floats(arena, n, 0);
+        if (!z)
+            return HERBS_ERR_NOMEM;
+        HERBS_TRY(bn_forward_pass(r, &blk->down_bn, t, arena, blk->yd, z, N, 0));
+        identity = z;
+    }
+    add_relu_forward(blk->out, blk->out, identity, n);
+    return HERBS_OK;
+}
+
+/* --- the backbone ------------------------------------------------------------------------ */
+
+static size_t image_floats(const resnet *r, int batch)
+{
+    return (size_t)batch * r->base.in_channels * r->base.img_size * r->base.img_size;
+}
+
+static herbs_status resnet_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena *arena,
+                                   const float *images, int batch, int train, uint64_t seed, uint64_t step,
+                                   float *taps[HERBS_TAPS])
+{
+    resnet *r = (resnet *)bb;
+    r->batch = 0; /* nothing to go back through until this forward succeeds */
+    const int last_positions = bb->tap_tokens[STAGES - 1];
+    if (train && (long)batch * last_positions < 2)
+        return herbs_error(HERBS_ERR_VALUE,
+                           "ResNet batch norm in train mode needs more than one value per channel, but layer4 has "
+                           "batch %d x %d position(s); use a batch >= 2, larger images, or eval mode",
+                           batch, last_positions);
+    r->batch = batch;
+    r->train = train;
+    /* one scratch (packed weights, im2col chunks) and one repacked weight for every conv */
+    size_t weights = 0;
+    r->scratch_floats = 0;
+    for (int i = -1; i < r->n_blocks; i++) {
+        const conv_layer *cs[4] = {&r->stem_conv};
+        if (i >= 0) {
+            cs[0] = &r->blocks[i].conv1;
+            cs[1] = &r->blocks[i].conv2;
+            cs[2] = &r->blocks[i].conv3;
+            cs[3] = &r->blocks[i].down_conv;
+        }
+        for (int j = 0; j < (i < 0 ? 1 : r->blocks[i].has_down ? 4 : 3); j++) {
+            size_t need = conv2d_scratch_floats(cs[j]->in_c, cs[j]->out_c, cs[j]->k, cs[j]->k);
+            size_t weight = (size_t)cs[j]->out_c * cs[j]->in_c * cs[j]->k * cs[j]->k;
+            r->scratch_floats = need > r->scratch_floats ? need : r->scratch_floats;
+            weights = weight > weights ? weight : weights;
+        }
+    }
+    r->weight_ohwi = herbs_arena_floats(arena, weights, 0);
+    r->scratch = herbs_arena_floats(arena, r->scratch_floats, 0);
+    r->x0 = herbs_arena_floats(arena, image_floats(r, batch), 0);
+    if (!r->scratch || !r->x0 || !r->weight_ohwi)
+        return HERBS_ERR_NOMEM;
+    nchw_to_nhwc_forward(r->x0, images, batch, bb->in_channels, bb->img_size, bb->img_size);
+
+    conv_layer *stem = &r->stem_conv;
+    HERBS_TRY(conv_bn_relu_forward(r, stem, &r->stem_bn, t, arena, r->x0, &r->y0, &r->a0));
+    const conv_layer *first = &r->blocks[0].conv1;
+    const size_t pooled = (size_t)batch * first->H * first->W * first->in_c;
+    r->p0 = herbs_arena_floats(arena, pooled, 0);
+    r->argmax = herbs_arena_alloc(arena, pooled * sizeof(int));
+    if (!r->p0 || !r->argmax)
+        return HERBS_ERR_NOMEM;
+    maxpool2d_forward(r->p0, r->argmax, r->a0, batch, stem->OH, stem->OW, stem->out_c, 3, 2, 1);
+
+    const float *x = r->p0;
+    for (int i = 0; i < r->n_blocks; i++) {
+        HERBS_TRY(block_forward(r, &r->blocks[i], t, arena, x));
+        x = r->blocks[i].out;
+    }
+    for (int s = 0; s < STAGES; s++)
+        taps[s] = r->blocks[r->stage_last[s]].out;
+    return HERBS_OK;
+}
+
+/* gradient buffers of the backward pass, each of the largest activation */
+typedef struct {
+    float *cur, *prev; /* gradients of the current block's output and input */
+    float *g, *d;      /* scratch of one block */
+    float *dw;         /* the largest repacked weight gradient */
+} grad_buffers;
+
+static float *zeroed(float *p, size_t n) { return memset(p, 0, n * sizeof(float)); }
+
+/* gb->prev += d(block input), from gb->cur = d(block output) */
+static void block_backward(resnet *r, bottleneck *blk, herbs_params *t, grad_buffers *gb)
+{
+    const size_t n_out = conv_out_floats(&blk->conv3, r->batch);
+    const size_t n1 = conv_out_floats(&blk->conv1, r->batch), n2 = conv_out_floats(&blk->conv2, r->batch);
+    const int N1 = r->batch * blk->conv1.OH * blk->conv1.OW, N3 = r->batch * blk->conv3.OH * blk->conv3.OW;
+    /* the add and its ReLU: both branches get cur masked by out > 0 — the BN passes apply the
+       mask on the fly, the identity takes it straight */
+    if (!blk->has_down)
+        add_relu_backward(NULL, gb->prev, gb->cur, blk->out, n_out);
+    if (blk->has_down) {
+        bn_backward_pass(r, &blk->down_bn, t, zeroed(gb->d, n_out), gb->cur, blk->out, blk->yd, N3);
+        conv_backward_pass(r, &blk->down_conv, t, gb->dw, gb->prev, gb->d, blk->x);
+    }
+    bn_backward_pass(r, &blk->bn3, t, zeroed(gb->d, n_out), gb->cur, blk->out, blk->y3, N3);
+    conv_backward_pass(r, &blk->conv3, t, gb->dw, zeroed(gb->g, n2), gb->d, blk->a2);       /* d a2 */
+    bn_backward_pass(r, &blk->bn2, t, zeroed(gb->d, n2), gb->g, blk->a2, blk->y2, N3);      /* d y2 */
+    conv_backward_pass(r, &blk->conv2, t, gb->dw, zeroed(gb->g, n1), gb->d, blk->a1);       /* d a1 */
+    bn_backward_pass(r, &blk->bn1, t, zeroed(gb->d, n1), gb->g, blk->a1, blk->y1, N1);      /* d y1 */
+    conv_backward_pass(r, &blk->conv1, t, gb->dw, gb->prev, gb->d, blk->x);
+}
+
+static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *arena,
+                                    const float *const dtaps[HERBS_TAPS], float *dimages)
+{
+    resnet *r = (resnet *)bb;
+    if (r->batch == 0)
+        return herbs_error(HERBS_ERR_STATE, "ResNet backward needs a successful forward before it");
+    int top = STAGES - 1;
+    while (top >= 0 && !dtaps[top])
+        top--;
+    if (top < 0)
+        return HERBS_OK; /* no gradient flows */
+
+    size_t act = image_floats(r, r->batch), wmax = 0;
+    for (int i = -1; i < r->n_blocks; i++) {
+        const conv_layer *cs[4];
+        int nc = 0;
+        if (i < 0) {
+            cs[nc++] = &r->stem_conv;
+        } else {
+            cs[nc++] = &r->blocks[i].conv1;
+            cs[nc++] = &r->blocks[i].conv2;
+            cs[nc++] = &r->blocks[i].conv3;
+        }
+        for (int j = 0; j < nc; j++) {
+            size_t a = conv_out_floats(cs[j], r->batch), w = (size_t)cs[j]->out_c * cs[j]->in_c * cs[j]->k * cs[j]->k;
+            act = a > act ? a : act;
+            wmax = w > wmax ? w : wmax;
+        }
+    }
+    grad_buffers gb = {herbs_arena_floats(arena, act, 0), herbs_arena_floats(arena, act, 0),
+                       herbs_arena_floats(arena, act, 0), herbs_arena_floats(arena, act, 0),
+                       herbs_arena_floats(arena, wmax, 0)};
+    if (!gb.cur || !gb.prev || !gb.g || !gb.d || !gb.dw)
+        return HERBS_ERR_NOMEM;
+
+    zeroed(gb.cur, conv_out_floats(&r->blocks[r->stage_last[top]].conv3, r->batch));
+    for (int i = r->stage_last[top], s = top; i >= 0; i--) {
+        bottleneck *blk = &r->blocks[i];
+        while (s > 0 && i <= r->stage_last[s - 1])
+            s--;
+        if (i == r->stage_last[s] && dtaps[s]) {
+            const size_t n = conv_out_floats(&blk->conv3, r->batch);
+            for (size_t k = 0; k < n; k++)
+                gb.cur[k] += dtaps[s][k];
+        }
+        zeroed(gb.prev, (size_t)r->batch * blk->conv1.H * blk->conv1.W * blk->conv1.in_c);
+        block_backward(r, blk, t, &gb);
+        float *swap = gb.cur;
+        gb.cur = gb.prev;
+        gb.prev = swap;
+    }
+
+    /* the stem: max-pool, ReLU, BN, conv, layout */
+    conv_layer *stem = &r->stem_conv;
+    const size_t n0 = conv_out_floats(stem, r->batch);
+    maxpool2d_backward(zeroed(gb.g, n0), gb.cur, r->argmax, r->batch, stem->OH, stem->OW, stem->out_c, 3, 2, 1);
+    bn_backward_pass(r, &r->stem_bn, t, zeroed(gb.d, n0), gb.g, r->a0, r->y0, r->batch * stem->OH * stem->OW);
+    float *dx = dimages ? zeroed(gb.g, image_floats(r, r->batch)) : NULL;
+    conv_backward_pass(r, stem, t, gb.dw, dx, gb.d, r->x0);
+    if (dimages)
+        nchw_to_nhwc_backward(dimages, dx, r->batch, bb->in_channels, bb->img_size, bb->img_size);
+    return HERBS_OK;
+}
+
+static void resnet_destroy(herbs_backbone *bb)
+{
+    resnet *r = (resnet *)bb;
+    free(r->blocks);
+    free(r);
+}
+
+static const herbs_backbone_ops resnet_ops = {resnet_forward, resnet_backward, resnet_destroy};
+
+herbs_status resnet_backbone_create(herbs_backbone **out, herbs_config *config, herbs_params *t,
+                                    const char *prefix)
+{
+    int img_size, in_chans, width, depths[STAGES];
+    const int default_depths[STAGES] = {3, 4, 6, 3};
+    HERBS_TRY(config_int(config, "img_size", 224, 1, 8192, &img_size));
+    HERBS_TRY(config_int(config, "in_chans", 3, 1, 4096, &in_chans));
+    HERBS_TRY(config_ints(config, "depths", STAGES, default_depths, 1, 256, depths));
+    HERBS_TRY(config_int(config, "width", 64, 1, 4096, &width));
+
+    resnet *r = calloc(1, sizeof *r);
+    int n_blocks = depths[0] + depths[1] + depths[2] + depths[3];
+    bottleneck *blocks = calloc(n_blocks, sizeof *blocks);
+    if (!r || !blocks) {
+        free(r);
+        free(blocks);
+        return herbs_error(HERBS_ERR_NOMEM, "out of memory creating a ResNet");
+    }
+    r->base.ops = &resnet_ops;
+    r->blocks = blocks;
+    r->n_blocks = n_blocks;
+    *out = &r->base; /* owned by the caller from here, also on failure */
+    r->base.in_channels = in_chans;
+    r->base.img_size = img_size;
+
+    HERBS_TRY(conv_init(&r->stem_conv, t, prefix, "conv1.weight", in_chans, width, 7, 2, img_size, img_size));
+    HERBS_TRY(bn_init(&r->stem_bn, t, prefix, "bn1", width));
+    int H = (r->stem_conv.OH + 2 - 3) / 2 + 1, W = (r->stem_conv.OW + 2 - 3) / 2 + 1; /* after the max-pool */
+    int in_c = width, i = 0;
+    for (int s = 0; s < STAGES; s++) {
+        const int planes = width << s;
+        for (int b = 0; b < depths[s]; b++, i++) {
+            const int stride = s > 0 && b == 0 ? 2 : 1;
+            HERBS_TRY(block_init(&blocks[i], t, prefix, s, b, in_c, planes, stride, H, W));
+            in_c = planes * EXPANSION;
+            H = blocks[i].conv3.OH;
+            W = blocks[i].conv3.OW;
+        }
+        r->stage_last[s] = i - 1;
+        r->base.tap_height[s] = H;
+        r->base.tap_width[s] = W;
+        r->base.tap_tokens[s] = H * W;
+        r->base.tap_channels[s] = in_c;
+    }
+    return HERBS_OK;
+}
+
+herbs_status resnet_net_create(herbs_net *net, herbs_config *config)
+{
+    return backbone_net_init(net, config, resnet_backbone_create, "resnet");
+}

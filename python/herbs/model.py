@@ -1,0 +1,356 @@
+"""``herbs.Model``: the HERBS classifier (a backbone, the two-way feature pyramid, the selector,
+the GCN combiner and the training objective of SPEC.md §3–§4) on the C engine.
+
+::
+
+    m = herbs.Model("swin_tiny_patch4_window7_224", num_classes=200)
+    outs = m.forward(x)                       # the 17 outputs, NumPy arrays
+    p = m.predict(x)                          # [B, classes]
+    losses = m.train_step(x, y, temperature=64.0)
+    m.zero_grad(); sd = m.state_dict(); m.load_state_dict(sd)
+
+Everything runs in C (forward, objective, backward) with the GIL released; this class checks
+arguments, builds the engine's config, and moves arrays in and out.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import OrderedDict
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from herbs import _C
+from herbs import state as _state
+from herbs import weights as _weights
+
+__all__ = ["Model", "BACKBONES"]
+
+#: Backbone names herbs.Model knows, with their engine settings. Names may carry timm's
+#: pretrained-tag suffixes (".ms_in22k", "_in22k"), which are ignored.
+BACKBONES: Dict[str, dict] = {
+    "swin_tiny_patch4_window7_224": dict(backbone="swin", variant="tiny", img_size=224, window_size=7),
+    "swin_small_patch4_window7_224": dict(backbone="swin", variant="small", img_size=224, window_size=7),
+    "swin_base_patch4_window7_224": dict(backbone="swin", variant="base", img_size=224, window_size=7),
+    "swin_base_patch4_window12_384": dict(backbone="swin", variant="base", img_size=384, window_size=12),
+    "swin_large_patch4_window7_224": dict(backbone="swin", variant="large", img_size=224, window_size=7),
+    "swin_large_patch4_window12_384": dict(backbone="swin", variant="large", img_size=384, window_size=12),
+    "resnet50": dict(backbone="resnet", depths=(3, 4, 6, 3), img_size=448),  # the release trains it at 448 px
+}
+
+# Keys of a release (or backbone) checkpoint that the model does not use: the backbone's own
+# ImageNet classifier and final norm, and Swin buffers the engine recomputes.
+_RELEASE_UNUSED = {
+    "swin": ("backbone.head.*", "backbone.norm.*", "*.attn_mask", "*.relative_position_index"),
+    "resnet": ("backbone.fc.*",),
+    "patches": (),
+}
+_BACKBONE_UNUSED = {"swin": _state.SWIN_UNUSED, "resnet": _state.RESNET_UNUSED, "patches": ()}
+
+_IMAGE_LEVEL = [f"FPN1_layer{i}" for i in range(1, 5)] + [f"layer{i}" for i in range(1, 5)]
+
+
+def _backbone_settings(backbone: Union[str, Mapping]) -> dict:
+    """The engine's backbone keys for a name of BACKBONES or a dict of settings."""
+    if isinstance(backbone, Mapping):
+        settings = dict(backbone)
+        kind = settings.get("backbone")
+        if kind not in _RELEASE_UNUSED:
+            raise ValueError(f"a backbone dict needs 'backbone': one of {sorted(_RELEASE_UNUSED)}, got {kind!r}")
+        return settings
+    if not isinstance(backbone, str):
+        raise TypeError(f"backbone must be a name or a dict of settings, got {type(backbone).__name__}")
+    name = backbone.split(".")[0]
+    name = name[: -len("_in22k")] if name.endswith("_in22k") else name
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}: expected one of {', '.join(BACKBONES)}, "
+                         "or a dict such as {'backbone': 'swin', 'variant': 'tiny', 'img_size': 224}")
+    return dict(BACKBONES[name])
+
+
+def _num_selects(value) -> Optional[Tuple[int, ...]]:
+    """None, 4 integers, or the release's {"layer1": K1, ..., "layer4": K4}."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        try:
+            value = [value[f"layer{i}"] for i in range(1, 5)]
+        except KeyError as e:
+            raise ValueError(f"num_selects as a dict needs keys layer1..layer4, missing {e.args[0]!r}") from None
+    values = tuple(value)
+    if len(values) != 4 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"num_selects must be 4 integers (tokens kept per tap), got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+class Model:
+    """HERBS: a backbone, a two-way feature pyramid with per-token classifiers, a selector of
+    confident tokens and a GCN combiner (SPEC.md §3), trained with the objective of SPEC.md §4.
+
+    Args:
+        backbone: a name of :data:`BACKBONES` (``"swin_tiny_patch4_window7_224"``,
+            ``"swin_large_patch4_window12_384"``, ``"resnet50"``, ...) or a dict of engine
+            settings with ``"backbone"``: ``"swin"`` or ``"resnet"`` and that backbone's keys
+            (e.g. ``{"backbone": "swin", "variant": "tiny", "img_size": 224, "depths": (2, 2, 6, 2)}``).
+        num_classes: classes of every classifier.
+        img_size: image side in pixels; by default the backbone's (224 or 384 for Swin, as in
+            its name; 448 for ResNet-50, the release's setting).
+        fpn_size: channels of the pyramid; by default the last tap's (768 for Swin-T, 1536 for
+            Swin-L, 2048 for ResNet-50).
+        num_selects: tokens kept per tap (4 integers, or the release's ``{"layer1": ...}``); each
+            must be smaller than its tap's tokens. By default ``floor(S_i · (1, 2, 4, 2) / 9)`` for
+            tap sizes S_i, which is the paper's (256, 128, 64, 32) for Swin-L at 384 px. With the
+            combiner, their sum must be at least 64 (the graph has sum // 64 nodes).
+        use_fpn, use_selection, use_combiner: the release's switches. Without any, the model is
+            the backbone, a token mean of the last tap and a linear head (output ``ori_out``).
+            The combiner needs the selector and the pyramid.
+        drop_path_rate: Swin's stochastic depth (default 0.1); not for ResNet.
+        dropout: the combiner's dropout (0.1).
+        seed: parameter initialisation and the random streams of dropout and drop path.
+
+    Arrays: images are ``[B, 3, img_size, img_size]``; float32 is used as is, float64 and
+    float16 are converted to float32 (a copy), other dtypes are refused; non-contiguous arrays
+    are copied to contiguous ones. Labels are integer class indices ``[B]``.
+
+    One model serves one call at a time: a second thread calling into it while it computes gets a
+    RuntimeError (use one Model per thread). Compute releases the GIL.
+    """
+
+    def __init__(self, backbone: Union[str, Mapping] = "swin_tiny_patch4_window7_224", num_classes: int = 200,
+                 img_size: Optional[int] = None, fpn_size: Optional[int] = None,
+                 num_selects: Union[Sequence[int], Mapping[str, int], None] = None, use_fpn: bool = True,
+                 use_selection: bool = True, use_combiner: bool = True, drop_path_rate: Optional[float] = None,
+                 dropout: float = 0.1, seed: int = 0):
+        settings = _backbone_settings(backbone)
+        self.backbone_kind = settings["backbone"]
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if img_size is not None:
+            settings["img_size"] = img_size
+        if drop_path_rate is not None:
+            if self.backbone_kind != "swin":
+                raise ValueError(f"drop_path_rate applies to Swin backbones only, not {self.backbone_kind!r}")
+            settings["drop_path_rate"] = drop_path_rate
+        config = dict(settings, num_classes=int(num_classes), fpn_size=fpn_size, num_selects=_num_selects(num_selects),
+                      use_fpn=int(bool(use_fpn)), use_selection=int(bool(use_selection)),
+                      use_combiner=int(bool(use_combiner)), dropout=dropout)
+        self._net = _C.Net("herbs", config, int(seed))
+        self._lock = threading.Lock()
+        self._table = [(name, kind, tuple(shape), offset, size) for name, kind, shape, offset, size in self._net.tensors()]
+        self.backbone = backbone if isinstance(backbone, str) else dict(backbone)
+        self.num_classes = int(num_classes)
+        self.image_shape = tuple(self._net.image_shape)
+        self.img_size = self.image_shape[1]
+        self.config = {k: v for k, v in config.items() if v is not None}
+        self.training = False
+
+    # ------------------------------------------------------------------------------------------
+    # calls
+
+    @contextlib.contextmanager
+    def _claim(self):
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("this herbs.Model is busy in another thread: one call at a time per model "
+                               "(use one Model per thread)")
+        try:
+            yield self._net
+        finally:
+            self._lock.release()
+
+    def _images(self, x) -> np.ndarray:
+        """x as a C-contiguous float32 [B, C, H, W] of this model's image size."""
+        a = np.asarray(x)
+        if a.dtype in (np.float64, np.float16):
+            a = a.astype(np.float32)
+        elif a.dtype != np.float32:
+            raise TypeError(f"images must be floating point (float32; float64 and float16 are converted), "
+                            f"got dtype {a.dtype}")
+        want = self.image_shape
+        if a.ndim != 4 or a.shape[1:] != want or a.shape[0] < 1:
+            raise ValueError(f"images have shape {a.shape}, expected (batch, {want[0]}, {want[1]}, {want[2]}) "
+                             f"with batch >= 1 (img_size = {self.img_size})")
+        return np.ascontiguousarray(a)
+
+    def _labels(self, y, batch: int) -> np.ndarray:
+        a = np.asarray(y)
+        if a.dtype == np.bool_ or a.dtype.kind not in "iu":
+            raise TypeError(f"labels must be integer class indices, got dtype {a.dtype}")
+        if a.shape != (batch,):
+            raise ValueError(f"labels have shape {a.shape}, expected ({batch},): one label per image")
+        if a.size and (a.min() < 0 or a.max() >= self.num_classes):
+            bad = int(np.flatnonzero((a < 0) | (a >= self.num_classes))[0])
+            raise ValueError(f"labels[{bad}] = {int(a[bad])} is not a class index in [0, {self.num_classes})")
+        return np.ascontiguousarray(a, np.int64)
+
+    def train(self, mode: bool = True) -> "Model":
+        """Sets the default mode of :meth:`forward` (PyTorch style); returns the model."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> "Model":
+        """Same as ``train(False)``: forward uses BatchNorm running statistics and no dropout."""
+        return self.train(False)
+
+    def forward(self, x, train: Optional[bool] = None, return_ranks: bool = False) -> Dict[str, np.ndarray]:
+        """The model's outputs for images x ``[B, 3, H, W]``, by the release's names: token logits
+        ``FPN1_layer{1..4}`` (top-down) and ``layer{1..4}`` (bottom-up) ``[B, S_i, classes]``,
+        ``select_layer{i}`` ``[B, K_i, classes]`` and ``drop_layer{i}`` ``[B, S_i - K_i, classes]``
+        (kept and dropped tokens, most confident first), ``comb_outs`` ``[B, classes]`` — the
+        outputs the switches leave (``ori_out`` without any). With return_ranks, also
+        ``rank_layer{i}`` (int64 ``[B, S_i]``: token indices by confidence, the first K_i kept).
+
+        train: BatchNorm batch statistics (updating the running ones), dropout and drop path;
+        by default the mode set with :meth:`train` / :meth:`eval` (eval after construction)."""
+        x = self._images(x)
+        mode = self.training if train is None else bool(train)
+        with self._claim() as net:
+            out = net.forward(x, train=mode)
+        if not return_ranks:
+            out = {k: v for k, v in out.items() if not k.startswith("rank_")}
+        return out
+
+    def predict(self, x) -> np.ndarray:
+        """Class probabilities ``[B, classes]`` (float32) in eval mode: the softmax of each
+        image-level score — the token mean of ``FPN1_layer{i}`` and ``layer{i}``, and
+        ``comb_outs`` — summed and divided by their number (9 with every switch on, SPEC.md §6;
+        the ablations average the heads they have)."""
+        out = self.forward(x, train=False)
+        scores = [out[n].mean(axis=1, dtype=np.float64) for n in _IMAGE_LEVEL if n in out]
+        scores += [out[n].astype(np.float64) for n in ("comb_outs", "ori_out") if n in out]
+        total = np.zeros_like(scores[0])
+        for s in scores:
+            e = np.exp(s - s.max(axis=1, keepdims=True))
+            total += e / e.sum(axis=1, keepdims=True)
+        return (total / len(scores)).astype(np.float32)
+
+    def train_step(self, x, y, temperature: float = 64.0, lambda_c: float = 1.0, lambda_b: float = 0.3,
+                   lambda_n: float = 5.0, lambda_s: float = 0.0, lambda_r: float = 1.375,
+                   accumulation_steps: int = 1, train: bool = True) -> Dict[str, float]:
+        """Forward, objective (SPEC.md §4) and backward in one call; parameter gradients
+        ACCUMULATE (call :meth:`zero_grad` after each optimiser step).
+
+        The objective: ``comb`` = λ_c·CE(comb_outs), ``layer`` = λ_b·Σ_i CE(token mean of
+        layer{i}), ``drop`` = λ_n·Σ_i MSE(tanh(drop_layer{i}), −1), ``select`` = λ_s·Σ_i CE over
+        kept tokens, ``refine`` = λ_r·Σ_i KLDivLoss(log_softmax(FPN1_layer{i}/T),
+        softmax(layer{i}/T)) with the target detached (``ori`` = CE(ori_out) without switches).
+        Defaults are the release's (T = 64; for epoch e the release uses 64·0.5^⌊e/10⌋).
+
+        accumulation_steps: the number of batches whose gradients are summed before an
+        optimiser step; the gradient is that of total / accumulation_steps (the release divides
+        by update_freq = 4, or by the size of a last, shorter group).
+        train: False runs the step with BatchNorm running statistics and without dropout/drop path.
+
+        Returns ``{"total", "comb", "layer", "drop", "select", "refine"}`` (the terms this
+        configuration has), each already weighted by its λ and not divided by accumulation_steps."""
+        x = self._images(x)
+        y = self._labels(y, x.shape[0])
+        options = dict(temperature=temperature, lambda_c=lambda_c, lambda_b=lambda_b, lambda_n=lambda_n,
+                       lambda_s=lambda_s, lambda_r=lambda_r, accumulation_steps=accumulation_steps)
+        with self._claim() as net:
+            return net.train_step(x, y, train=bool(train), **options)
+
+    def zero_grad(self) -> None:
+        """Sets every parameter gradient to zero."""
+        with self._claim() as net:
+            net.zero_grad()
+
+    # ------------------------------------------------------------------------------------------
+    # tensors
+
+    def _view(self, block: np.ndarray, row) -> np.ndarray:
+        _, _, shape, offset, size = row
+        return block[offset:offset + size].reshape(shape)
+
+    def named_parameters(self) -> List[Tuple[str, np.ndarray]]:
+        """``[(name, array)]`` for every trainable tensor, in PyTorch's order and shapes. The arrays
+        are live float32 views of the engine's memory: writing into them changes the model."""
+        params = self._net.params
+        return [(row[0], self._view(params, row)) for row in self._table if row[1] == "parameter"]
+
+    def named_buffers(self) -> List[Tuple[str, np.ndarray]]:
+        """``[(name, array)]`` for BatchNorm running statistics and counters (live float32 views;
+        ``num_batches_tracked`` is held as float32 here, int64 in :meth:`state_dict`)."""
+        buffers = self._net.buffers
+        return [(row[0], self._view(buffers, row)) for row in self._table if row[1] != "parameter"]
+
+    def grads(self) -> Dict[str, np.ndarray]:
+        """``{name: gradient}`` of every parameter: live float32 views of the engine's gradients."""
+        grads = self._net.grads
+        return {row[0]: self._view(grads, row) for row in self._table if row[1] == "parameter"}
+
+    def flat_parameters(self) -> np.ndarray:
+        """The whole parameter block as one live float32 array (tensors at the offsets of
+        ``_C.Net.tensors()``, padded to 16 floats; padding is zero): an optimiser's flat loop."""
+        return self._net.params
+
+    def flat_gradients(self) -> np.ndarray:
+        """The gradient block with the same layout as :meth:`flat_parameters`."""
+        return self._net.grads
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(row[4] for row in self._table if row[1] == "parameter")
+
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Copies of every parameter and buffer by the release's names (``backbone.*``,
+        ``fpn_down.*``, ``fpn_classifier_down_layer{i}.*``, ``fpn_up.*``, ``fpn_classifier_up_layer{i}.*``,
+        ``combiner.*``), float32, with ``num_batches_tracked`` as int64 — what the release's
+        ``torch.save({"model": ...})`` holds, and what its ``PluginMoodel.load_state_dict(...,
+        strict=False)`` takes (the only keys it would miss are those it does not need: a Swin
+        backbone's recomputed ``attn_mask``/``relative_position_index`` buffers and its unused
+        ImageNet ``norm``/``head``)."""
+        with self._claim() as net:  # np.asarray: 0-d counters as arrays (torch.from_numpy needs arrays)
+            return OrderedDict((k, np.asarray(v)) for k, v in _state.state_dict_from(net).items())
+
+    def load_state_dict(self, state_dict: Mapping, strict: bool = True) -> _state.LoadResult:
+        """Copies tensors into the model by name (arrays of any float dtype; torch tensors work
+        too). Accepts :meth:`state_dict` output and the release's checkpoints (pass
+        ``ckpt["model"]``): keys the model does not use — a Swin backbone's ``head``/``norm`` and
+        recomputed buffers, a ResNet's ``fc`` — are skipped; a ``module.`` prefix
+        (DataParallel) is removed; a Swin backbone in timm >= 0.9's layout is converted.
+
+        strict: missing or unexpected keys raise :class:`herbs.state.StateDictError`; shapes
+        must always match. Nothing is copied unless everything fits. Returns
+        ``(missing_keys, unexpected_keys)``."""
+        sd = self._normalise(state_dict)
+        if self.backbone_kind == "swin":
+            backbone = _state.strip_prefix(sd, "backbone.")
+            if any(k.startswith("layers.") for k in backbone):
+                sd = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
+                sd.update(_state.add_prefix(_state.swin_to_original(backbone), "backbone."))
+        with self._claim() as net:
+            return _state.load_into(self._table, {"params": net.params, "buffers": net.buffers}, sd, strict=strict,
+                                    skip=_RELEASE_UNUSED[self.backbone_kind])
+
+    def load_pretrained(self, path: str) -> _state.LoadResult:
+        """Loads backbone weights from a file of any format :mod:`herbs.weights` reads
+        (``torch.save`` archives, safetensors, ``.npz``): Microsoft's Swin ``.pth``, timm files
+        (timm >= 0.9 Swin layouts are converted), torchvision/timm ResNet-50, or a HERBS release
+        checkpoint (its ``backbone.*`` part). Every backbone tensor must be present with its shape;
+        the file's classifier, final norm and recomputed buffers are skipped; the head keeps its
+        values. Returns ``(missing_keys, unexpected_keys)`` of the backbone."""
+        sd = self._normalise(_weights.load_file(path))
+        if any(k.startswith("backbone.") for k in sd):
+            sd = _state.strip_prefix(sd, "backbone.")
+        if self.backbone_kind == "swin":
+            sd = _state.swin_to_original(sd)
+        table = [(name[len("backbone."):], kind, shape, offset, size) for name, kind, shape, offset, size in self._table
+                 if name.startswith("backbone.")]
+        with self._claim() as net:
+            return _state.load_into(table, {"params": net.params, "buffers": net.buffers}, sd, strict=True,
+                                    skip=_BACKBONE_UNUSED[self.backbone_kind])
+
+    @staticmethod
+    def _normalise(state_dict: Mapping) -> Dict[str, np.ndarray]:
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"a state dict must be a mapping of names to arrays, got {type(state_dict).__name__}")
+        sd = {str(k): (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
+              for k, v in state_dict.items()}
+        if sd and all(k.startswith("module.") for k in sd):
+            sd = _state.strip_prefix(sd, "module.")
+        return sd
+
+    def __repr__(self) -> str:
+        return (f"herbs.Model(backbone={self.backbone!r}, num_classes={self.num_classes}, img_size={self.img_size}, "
+                f"parameters={self.num_parameters / 1e6:.1f}M)")

@@ -1,0 +1,104 @@
+"""The whole HERBS model on its real backbones against the PyTorch reference (tests/reference_herbs
+with tests/reference_swin and tests/reference_resnet), in small configurations: all 17 outputs,
+the selector's rankings, every loss term, every parameter gradient (backbone included) and the
+BatchNorm buffers after a step, in train mode (drop path and dropout 0) and eval mode.
+
+Tolerances (see herbs_compare.compare_step): 2e-5 of each output's scale, 1e-4 of each gradient's
+scale. The backbones alone match to ~1e-6 (their own tests); the head adds ~8 float32 layers."""
+import numpy as np
+import pytest
+
+import reference_resnet
+import reference_swin
+from herbs import _C
+from herbs_compare import OUTPUT_NAMES, compare_step
+from reference_herbs import HERBS
+
+CLASSES = 10
+# patch 2 on 64 px: taps 16x16x32, 8x8x64, 4x4x128, 4x4x128; shifted windows in stages 1-3, and
+# stage 4's map is exactly one window (no shift)
+SWIN = dict(img_size=64, patch_size=2, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(2, 2, 4, 4), window_size=4)
+SWIN_TOKENS, SWIN_CHANNELS = (256, 64, 16, 16), (32, 64, 128, 128)
+SWIN_KEEP = (100, 24, 6, 4)  # ΣK = 134: two graph nodes
+# one bottleneck per stage, width 8 on 64 px: taps 16x16x32, 8x8x64, 4x4x128, 2x2x256
+RESNET = dict(img_size=64, depths=(1, 1, 1, 1), width=8)
+RESNET_TOKENS, RESNET_CHANNELS = (256, 64, 16, 4), (32, 64, 128, 256)
+RESNET_KEEP = (100, 24, 6, 2)
+
+
+def swin_pair(**switches):
+    net = _C.Net("herbs", {"backbone": "swin", **SWIN, "drop_path_rate": 0.0, "num_classes": CLASSES,
+                           "num_selects": SWIN_KEEP, "dropout": 0.0, **switches}, 11)
+    backbone = reference_swin.swin(**SWIN, drop_path_rate=0.0)
+    ref = HERBS(backbone, SWIN_CHANNELS, SWIN_TOKENS, CLASSES, list(SWIN_KEEP), dropout=0.0, **switches)
+    return net, ref
+
+
+def resnet_pair(**switches):
+    net = _C.Net("herbs", {"backbone": "resnet", **RESNET, "num_classes": CLASSES, "num_selects": RESNET_KEEP,
+                           "dropout": 0.0, **switches}, 12)
+    backbone = reference_resnet.ResNet(RESNET["depths"], RESNET["width"])
+    ref = HERBS(backbone, RESNET_CHANNELS, RESNET_TOKENS, CLASSES, list(RESNET_KEEP), cnn=True, dropout=0.0,
+                **switches)
+    return net, ref
+
+
+def perturb_running_stats(net, seed=3):
+    rng = np.random.default_rng(seed)
+    for name, kind, shape, offset, size in net.tensors():
+        if name.endswith("running_mean"):
+            net.buffers[offset:offset + size] = rng.standard_normal(size) * 0.2
+        elif name.endswith("running_var"):
+            net.buffers[offset:offset + size] = rng.uniform(0.5, 2.0, size)
+
+
+def data(B=2, size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((B, 3, size, size)).astype(np.float32), rng.integers(0, CLASSES, B).astype(np.int64)
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("pair", [swin_pair, resnet_pair], ids=["swin", "resnet"])
+def test_full_model_matches_reference(pair, train):
+    net, ref = pair()
+    perturb_running_stats(net)
+    x, y = data()
+    out, terms = compare_step(net, ref, x, y, train)
+    assert set(OUTPUT_NAMES) <= set(out)
+    for i, keep in enumerate(SWIN_KEEP if pair is swin_pair else RESNET_KEEP, 1):
+        assert out[f"select_layer{i}"].shape == (2, keep, CLASSES)
+
+
+@pytest.mark.parametrize("pair", [swin_pair, resnet_pair], ids=["swin", "resnet"])
+def test_second_step_and_options(pair):
+    """A second step from the updated BN statistics, with other λs and temperature."""
+    net, ref = pair()
+    x, y = data(B=3, seed=1)
+    net.train_step(x, y)
+    compare_step(net, ref, x[::-1].copy(), y[::-1].copy(), True,
+                 options=dict(temperature=4.0, lambda_s=0.5, lambda_r=2.0, lambda_n=1.0))
+
+
+@pytest.mark.parametrize("switches", [dict(use_combiner=False), dict(use_fpn=False, use_selection=False,
+                                                                         use_combiner=False)])
+def test_swin_ablations(switches):
+    net, ref = swin_pair(**switches)
+    x, y = data()
+    compare_step(net, ref, x, y, True)
+
+
+@pytest.mark.parametrize("pair", [swin_pair, resnet_pair], ids=["swin", "resnet"])
+def test_accumulation_over_halves_equals_the_whole_batch(pair):
+    """Two half batches with accumulation_steps=2 give the whole batch's gradient where the maths
+    says so: with BatchNorm on running statistics (train=False), which also turns off drop path
+    and dropout. In train mode BatchNorm normalises each call's batch by its own statistics."""
+    (whole, _), (halves, _) = pair(), pair()
+    perturb_running_stats(whole)
+    halves.buffers[:] = whole.buffers
+    x, y = data(B=4, seed=2)
+    total = whole.train_step(x, y, train=False)["total"]
+    parts = [halves.train_step(x[i:i + 2], y[i:i + 2], train=False, accumulation_steps=2)["total"] for i in (0, 2)]
+    assert total == pytest.approx(sum(parts) / 2, rel=1e-5)
+    scale = np.abs(whole.grads).max()
+    # the same products summed in other groupings: float32 rounding of the largest gradients
+    assert np.abs(whole.grads - halves.grads).max() <= 1e-5 * scale
