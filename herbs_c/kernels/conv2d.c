@@ -104,8 +104,9 @@ static int FN(conv_is_pointwise)(int KH, int KW, int stride, int pad) { return K
 
 /* output pixels per im2col chunk: as many as the scratch holds, at most `cap`. Measured on
    ResNet-50's 3x3 and 7x7 convs (one core, AVX-512): the forward GEMM is best with ~900-1800
-   rows (10-40% over whole-batch im2col), the weight gradient's with ~220-450 (5-15% over 900; 448 keeps the parallel regions fewer),
-   as its reduction then runs over rows that are still in L2. */
+   rows (10-40% over whole-batch im2col), the weight gradient's with ~220-450 (5-15% over 900),
+   as its reduction then runs over rows still in L2; 448 rather than 224 halves the parallel
+   regions. */
 #define CONV_CHUNK_ROWS 896
 #define CONV_BACKWARD_CHUNK_ROWS 448
 static int FN(conv_chunk_rows)(size_t scratch_floats, size_t K, int M, int cap)
