@@ -2,7 +2,8 @@
 same thread count, one run: forward in eval mode and forward+backward in train mode (gradients
 from all four taps, parameter gradients zeroed each step), images/s as the median of repeats with
 the spread, and each side's peak resident memory (each side runs in its own subprocess; the
-weights travel as an .npz, so the herbs process never imports torch).
+weights travel as an .npz, so the herbs process never imports torch). The sides take turns over
+several rounds, so a change of load on a shared machine does not favour one of them.
 
     python benchmarks/bench_resnet.py            # ResNet-50, 224 px, batch 8
     python benchmarks/bench_resnet.py --quick    # a smaller, faster run
@@ -142,13 +143,14 @@ def main():
     p.add_argument("--depths", type=int, nargs=4, default=[3, 4, 6, 3])
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=3, help="turns each side takes")
+    p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--side", choices=["herbs", "torch", "torch_channels_last"], help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
-        args.img_size, args.batch, args.repeats, args.warmup = 112, 4, 3, 1
+        args.img_size, args.batch, args.repeats, args.rounds, args.warmup = 112, 4, 3, 2, 1
 
     if args.side:  # a child: one side, results as JSON on stdout
         result = (run_herbs(args, args.weights) if args.side == "herbs"
@@ -156,24 +158,33 @@ def main():
         print(json.dumps(result))
         return
 
+    load_before = " ".join(f"{v:.2f}" for v in os.getloadavg())
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "weights.npz")
         make_weights(args, weights)
         base = [sys.executable, os.path.abspath(__file__), "--weights", weights, "--img-size", str(args.img_size),
                 "--batch", str(args.batch), "--width", str(args.width), "--threads", str(args.threads),
-                "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--depths", *map(str, args.depths)]
-        results = {}
-        for side in ("herbs", "torch", "torch_channels_last"):
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-            done = subprocess.run(base + ["--side", side], capture_output=True, text=True, env=env)
-            if done.returncode:
-                sys.exit(f"{side} failed:\n{done.stderr}")
-            results[side] = json.loads(done.stdout.strip().splitlines()[-1])
+                "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--rounds", "1",
+                "--depths", *map(str, args.depths)]
+        results = {side: {"forward": [], "train": [], "peak_mb": 0} for side in
+                   ("herbs", "torch", "torch_channels_last")}
+        for _ in range(args.rounds):
+            for side, merged in results.items():
+                env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+                done = subprocess.run(base + ["--side", side], capture_output=True, text=True, env=env)
+                if done.returncode:
+                    sys.exit(f"{side} failed:\n{done.stderr}")
+                one = json.loads(done.stdout.strip().splitlines()[-1])
+                merged["forward"] += one["forward"]
+                merged["train"] += one["train"]
+                merged["peak_mb"] = max(merged["peak_mb"], one["peak_mb"])
 
     print(f"ResNet depths={args.depths} width={args.width}, {args.img_size} px, batch {args.batch}")
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; threads: {args.threads}; "
-          f"load: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; {datetime.datetime.now():%Y-%m-%d %H:%M}")
-    print(f"median of {args.repeats} repeats after {args.warmup} warm-up, [min, max] in images/s")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; threads: {args.threads}; load (1/5/15 min) before: "
+          f"{load_before}, after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
+          f"{datetime.datetime.now():%Y-%m-%d %H:%M}")
+    print(f"median of {args.rounds} rounds x {args.repeats} repeats (each after {args.warmup} warm-up), "
+          f"[min, max], in images/s")
     print(f"{'':24s}{'herbs':>22s}{'torch NCHW':>22s}{'torch channels_last':>22s}{'ratio vs best torch':>21s}")
     for what in ("forward", "train"):
         row = {side: stats(r[what], args.batch) for side, r in results.items()}
