@@ -9,3 +9,10 @@ void FN(relu_backward)(real *dinp, const real *dout, const real *out, size_t n);
 void FN(gelu_forward)(real *out, const real *inp, size_t n);
 /* dinp[n] += dout · (Φ(x) + x·φ(x)), from the forward's input */
 void FN(gelu_backward)(real *dinp, const real *dout, const real *inp, size_t n);
+
+/* out[n] = gelu(x) and deriv[n] = gelu'(x) in one pass, for a backward that needs both (the
+   output for a weight gradient, the derivative for the input gradient); deriv may alias inp */
+void FN(gelu_forward_derivative)(real *out, real *deriv, const real *inp, size_t n);
+
+/* dinp[n] += dout · deriv: the backward of an elementwise activation, given its derivative */
+void FN(activation_backward)(real *dinp, const real *dout, const real *deriv, size_t n);

@@ -131,7 +131,14 @@ static scratch_sizes scratch_needed(const swin *s, int B, int threads)
             return HERBS_ERR_NOMEM;                                         \
     } while (0)
 
-static void zero(float *p, size_t n) { memset(p, 0, n * sizeof *p); }
+/* memset, split over the threads for large buffers */
+static void zero(float *p, size_t n)
+{
+    const size_t chunk = (size_t)1 << 16;
+#pragma omp parallel for schedule(static) if (n > 4 * chunk)
+    for (size_t i = 0; i < n; i += chunk)
+        memset(p + i, 0, (n - i < chunk ? n - i : chunk) * sizeof *p);
+}
 
 static herbs_status alloc_saved(block_saved *v, saved_sizes n, herbs_arena *arena)
 {
@@ -290,11 +297,13 @@ static void block_backward(const swin_block *k, const block_saved *v, const swin
     const float *g = branch_grad(z->dbranch, d, k->scale2, B, (long)L * C);
     layernorm_forward(z->ln, v->mean2, v->rstd2, v->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, C,
                       LN_EPS);
-    gelu_forward(z->act, v->hidden, (size_t)M * H);
+    /* the GELU output again, and its derivative in place of the saved pre-activation (dead after
+       this, which is why a forward allows one backward) */
+    gelu_forward_derivative(z->act, v->hidden, v->hidden, (size_t)M * H);
     linear_backward(NULL, GRAD(t, k->fc2_w), GRAD(t, k->fc2_b), g, z->act, PARAM(t, k->fc2_w), M, H, C);
     gemm(0, 0, M, H, C, 1, g, C, PARAM(t, k->fc2_w), H, 0, z->dact, H);
     zero(z->act, (size_t)M * H); /* now the hidden pre-activation's gradient */
-    gelu_backward(z->act, z->dact, v->hidden, (size_t)M * H);
+    activation_backward(z->act, z->dact, v->hidden, (size_t)M * H);
     linear_backward(NULL, GRAD(t, k->fc1_w), GRAD(t, k->fc1_b), z->act, z->ln, PARAM(t, k->fc1_w), M, C, H);
     gemm(0, 0, M, C, H, 1, z->act, H, PARAM(t, k->fc1_w), C, 0, z->dln, C);
     layernorm_backward(d, GRAD(t, k->norm2.weight), GRAD(t, k->norm2.bias), z->dln, v->x1, PARAM(t, k->norm2.weight),
@@ -343,7 +352,8 @@ static herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_are
     swin *s = (swin *)bb;
     const int B = s->batch;
     if (B == 0)
-        return herbs_error(HERBS_ERR_STATE, "swin backward needs a successful forward pass before it");
+        return herbs_error(HERBS_ERR_STATE, "swin backward needs a forward pass before it (one backward per forward)");
+    s->batch = 0; /* backward overwrites some of what the forward saved */
     int top = -1; /* the deepest tap with a gradient: nothing above it needs to run */
     for (int i = 0; i < HERBS_TAPS; i++)
         if (dtaps[i])
