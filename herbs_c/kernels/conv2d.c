@@ -14,11 +14,14 @@
 #include "kernels/precision.h"
 
 #define CONV_PARALLEL(work) if ((double)(work) > 65536)
+/* weight repacks are cheap next to their conv: a team only for the largest, since every
+   parallel region costs a wait for the slowest thread on a busy machine */
+#define REPACK_PARALLEL(work) if ((double)(work) > (1 << 20))
 
 HERBS_CLONES void FN(conv2d_weight_to_ohwi)(real *out, const real *w, int OC, int C, int KH, int KW)
 {
     const int taps = KH * KW;
-#pragma omp parallel for schedule(static) CONV_PARALLEL((double)OC * C * taps)
+#pragma omp parallel for schedule(static) REPACK_PARALLEL((double)OC * C * taps)
     for (int o = 0; o < OC; o++)
         for (int c = 0; c < C; c++)
             for (int t = 0; t < taps; t++)
@@ -28,7 +31,7 @@ HERBS_CLONES void FN(conv2d_weight_to_ohwi)(real *out, const real *w, int OC, in
 HERBS_CLONES void FN(conv2d_weight_grad_from_ohwi)(real *dw, const real *dw_ohwi, int OC, int C, int KH, int KW)
 {
     const int taps = KH * KW;
-#pragma omp parallel for schedule(static) CONV_PARALLEL((double)OC * C * taps)
+#pragma omp parallel for schedule(static) REPACK_PARALLEL((double)OC * C * taps)
     for (int o = 0; o < OC; o++)
         for (int c = 0; c < C; c++)
             for (int t = 0; t < taps; t++)
