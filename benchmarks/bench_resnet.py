@@ -22,14 +22,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def timed(step, repeats, warmup):
+    """Wall-clock seconds of each repeat, and the process's CPU seconds (all threads) of each."""
     for _ in range(warmup):
         step()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t0)
-    return times
+        cpu.append(time.process_time() - c0)
+    return times, cpu
 
 
 def peak_rss_mb():
@@ -58,8 +60,9 @@ def run_herbs(args, weights):
         net.forward(x, train=True)
         net.backward(grads)
 
-    return {"forward": timed(lambda: net.forward(x), args.repeats, args.warmup),
-            "train": timed(train_step, args.repeats, args.warmup), "peak_mb": peak_rss_mb()}
+    fwd, fwd_cpu = timed(lambda: net.forward(x), args.repeats, args.warmup)
+    train, train_cpu = timed(train_step, args.repeats, args.warmup)
+    return {"forward": fwd, "train": train, "forward_cpu": fwd_cpu, "train_cpu": train_cpu, "peak_mb": peak_rss_mb()}
 
 
 def run_torch(args, weights, channels_last):
@@ -91,9 +94,10 @@ def run_torch(args, weights, channels_last):
         torch.autograd.backward(taps, grads)
 
     model.eval()
-    fwd = timed(forward, args.repeats, args.warmup)
+    fwd, fwd_cpu = timed(forward, args.repeats, args.warmup)
     model.train()
-    return {"forward": fwd, "train": timed(train_step, args.repeats, args.warmup), "peak_mb": peak_rss_mb()}
+    train, train_cpu = timed(train_step, args.repeats, args.warmup)
+    return {"forward": fwd, "train": train, "forward_cpu": fwd_cpu, "train_cpu": train_cpu, "peak_mb": peak_rss_mb()}
 
 
 def make_weights(args, path):
@@ -166,8 +170,8 @@ def main():
                 "--batch", str(args.batch), "--width", str(args.width), "--threads", str(args.threads),
                 "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--rounds", "1",
                 "--depths", *map(str, args.depths)]
-        results = {side: {"forward": [], "train": [], "peak_mb": 0} for side in
-                   ("herbs", "torch", "torch_channels_last")}
+        results = {side: {"forward": [], "train": [], "forward_cpu": [], "train_cpu": [], "peak_mb": 0}
+                   for side in ("herbs", "torch", "torch_channels_last")}
         for _ in range(args.rounds):
             for side, merged in results.items():
                 env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
@@ -175,8 +179,8 @@ def main():
                 if done.returncode:
                     sys.exit(f"{side} failed:\n{done.stderr}")
                 one = json.loads(done.stdout.strip().splitlines()[-1])
-                merged["forward"] += one["forward"]
-                merged["train"] += one["train"]
+                for what in ("forward", "train", "forward_cpu", "train_cpu"):
+                    merged[what] += one[what]
                 merged["peak_mb"] = max(merged["peak_mb"], one["peak_mb"])
 
     print(f"ResNet depths={args.depths} width={args.width}, {args.img_size} px, batch {args.batch}")
@@ -193,6 +197,15 @@ def main():
         cells = "".join(f"{m:8.2f} [{lo:5.2f},{hi:5.2f}]".rjust(22) for m, lo, hi in row.values())
         print(f"{label:24s}{cells}{row['herbs'][0] / best:20.2f}x")
     print(f"{'peak resident MB':24s}" + "".join(f"{r['peak_mb']:22.0f}" for r in results.values()))
+    # CPU time is what a busy shared machine disturbs least (a thread waiting for its core costs
+    # none); with several threads it includes time spent spinning at barriers
+    print("CPU seconds (all threads) per image, median [min, max]:")
+    for what in ("forward", "train"):
+        row = {side: stats(r[what + "_cpu"], args.batch) for side, r in results.items()}
+        best = min(1 / row["torch"][0], 1 / row["torch_channels_last"][0])
+        label = "forward (eval)" if what == "forward" else "forward+backward (train)"
+        cells = "".join(f"{1 / m:8.3f} [{1 / hi:5.3f},{1 / lo:5.3f}]".rjust(22) for m, lo, hi in row.values())
+        print(f"{label:24s}{cells}{best * row['herbs'][0]:20.2f}x")
 
 
 if __name__ == "__main__":
