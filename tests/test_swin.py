@@ -191,6 +191,23 @@ def test_names_shapes_and_initialisation():
     assert abs(w.std() - 0.02) < 0.001 and abs(w.mean()) < 0.001
 
 
+def resident_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="needs Linux's /proc")
+def test_gradients_take_memory_only_once_written():
+    before = resident_mb()
+    net = _C.Net("swin", {"drop_path_rate": 0.0})  # Swin-T: 105 MB of parameters
+    size_mb = net.params.nbytes / 2**20
+    built = resident_mb()
+    assert built - before < 1.5 * size_mb  # parameters only (eager gradients would make it 2x)
+    assert not net.grads.any()  # and yet the gradients read as zero
+    net.zero_grad()
+    assert resident_mb() - built > 0.8 * size_mb  # writing them makes them resident
+
+
 def test_default_is_swin_tiny_224():
     net = _C.Net("swin", {})
     assert net.image_shape == (3, 224, 224)

@@ -256,26 +256,34 @@ HERBS_ISA_VARIANTS(wa_backward_item,
                     const real *bias, const real *lse, int h, real *dx, real *dbias),
                    (g, w, masked, x, dy, bias, lse, h, dx, dbias))
 
+/* body for every (query, key) pair in order, with `pair` = query·N + key and `row` = the pair's
+   row of the bias table; query (yi, xi), key (yj, xj): no divisions. */
+#define WA_FOR_PAIRS(window, body)                                                                \
+    for (int yi = 0, pair = 0; yi < (window); yi++)                                               \
+        for (int xi = 0; xi < (window); xi++)                                                     \
+            for (int yj = 0; yj < (window); yj++)                                                 \
+                for (int xj = 0, row = ((yi - yj + (window)-1) * (2 * (window)-1) + xi + (window)-1); \
+                     xj < (window); xj++, pair++, row--)                                          \
+                    body
+
 void FN(relative_bias_forward)(real *bias, const real *table, int heads, int window)
 {
-    const int N = window * window, span = 2 * window - 1;
-    for (int h = 0; h < heads; h++)
-        for (int i = 0; i < N; i++)
-            for (int j = 0; j < N; j++) {
-                const int dy = i / window - j / window, dx = i % window - j % window;
-                bias[((size_t)h * N + i) * N + j] = table[((dy + window - 1) * span + dx + window - 1) * heads + h];
-            }
+    const size_t nn = (size_t)window * window * window * window;
+#pragma omp parallel for schedule(static) if (heads * nn > 65536)
+    for (int h = 0; h < heads; h++) {
+        real *b = bias + h * nn;
+        WA_FOR_PAIRS(window, { b[pair] = table[(size_t)row * heads + h]; })
+    }
 }
 
 void FN(relative_bias_backward)(real *dtable, const real *dbias, int heads, int window)
 {
-    const int N = window * window, span = 2 * window - 1;
-    for (int h = 0; h < heads; h++)
-        for (int i = 0; i < N; i++)
-            for (int j = 0; j < N; j++) {
-                const int dy = i / window - j / window, dx = i % window - j % window;
-                dtable[((dy + window - 1) * span + dx + window - 1) * heads + h] += dbias[((size_t)h * N + i) * N + j];
-            }
+    const size_t nn = (size_t)window * window * window * window;
+#pragma omp parallel for schedule(static) if (heads * nn > 65536)
+    for (int h = 0; h < heads; h++) { /* each head owns a column of the table: no races */
+        const real *d = dbias + h * nn;
+        WA_FOR_PAIRS(window, { dtable[(size_t)row * heads + h] += d[pair]; })
+    }
 }
 
 #define WA_PARALLEL(items, g) if ((items) > 1 && (double)(items) * (g).N * (g).N * (g).d > 1e5)

@@ -1,4 +1,7 @@
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS under -std=c11 */
 #include "nn/params.h"
+
+#include <sys/mman.h>
 
 #include <math.h>
 #include <stdarg.h>
@@ -11,11 +14,26 @@
 
 void params_init(herbs_params *t) { memset(t, 0, sizeof *t); }
 
+/* The gradient block is mapped from the OS, whose fresh pages read as zero: gradients take no
+   memory until a backward writes them, so a net used only for inference never pays for them. */
+static float *lazy_zero_block(size_t floats)
+{
+    void *p = mmap(NULL, floats ? floats * sizeof(float) : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void lazy_zero_block_free(float *p, size_t floats)
+{
+    if (p)
+        munmap(p, floats ? floats * sizeof(float) : 1);
+}
+
 void params_free(herbs_params *t)
 {
     free(t->entries);
     herbs_free(t->params);
-    herbs_free(t->grads);
+    lazy_zero_block_free(t->grads, t->n_params);
     herbs_free(t->buffers);
     params_init(t);
 }
@@ -78,21 +96,23 @@ static float *zeroed_block(size_t floats)
     return p;
 }
 
+static void fill_tensors(herbs_params *t, uint64_t seed);
+
 herbs_status params_allocate(herbs_params *t, uint64_t seed)
 {
     if (t->params || t->buffers)
         return herbs_error(HERBS_ERR_STATE, "parameter blocks allocated twice");
     t->params = zeroed_block(t->n_params);
-    t->grads = zeroed_block(t->n_params);
+    t->grads = lazy_zero_block(t->n_params);
     t->buffers = zeroed_block(t->n_buffers);
     if (!t->params || !t->grads || !t->buffers) {
         herbs_free(t->params);
-        herbs_free(t->grads);
+        lazy_zero_block_free(t->grads, t->n_params);
         herbs_free(t->buffers);
         t->params = t->grads = t->buffers = NULL;
         return herbs_error(HERBS_ERR_NOMEM, "out of memory for %zu parameters", t->n_params);
     }
-    params_initialize(t, seed);
+    fill_tensors(t, seed); /* the gradients are zero already, and stay untouched */
     return HERBS_OK;
 }
 
@@ -121,7 +141,7 @@ static float init_value(herbs_init init, uint64_t seed, uint64_t stream, uint64_
     }
 }
 
-void params_initialize(herbs_params *t, uint64_t seed)
+static void fill_tensors(herbs_params *t, uint64_t seed)
 {
     for (int k = 0; k < t->count; k++) {
         const herbs_tensor_info *e = &t->entries[k];
@@ -131,6 +151,11 @@ void params_initialize(herbs_params *t, uint64_t seed)
         for (size_t i = 0; i < e->size; i++)
             data[i] = init_value(e->init, seed, (uint64_t)k, i, cols);
     }
+}
+
+void params_initialize(herbs_params *t, uint64_t seed)
+{
+    fill_tensors(t, seed);
     params_zero_grads(t);
 }
 
