@@ -4,7 +4,8 @@
 For every shape it prints GFLOP/s of both (median of repeats, with min-max), the ratio
 herbs/NumPy and herbs' fraction of the machine's fp32 FMA peak. The peak is not measured
 here: it is an argument (--peak, GFLOP/s per thread), whose default is the 16-chain
-`vfmadd231ps zmm` loop measured on the project's machines (≈207 GF/s per core).
+`vfmadd231ps zmm` loop measured on the project's machines, ≈207 GF/s per core (for --isa
+avx2, half of it: 8 lanes instead of 16 on the same two FMA ports).
 
 Each thread count runs in a child process that sets OPENBLAS_NUM_THREADS (so threadpoolctl
 is not needed; when installed it is only asked which BLAS and how many threads it uses) and
@@ -34,7 +35,10 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-DEFAULT_PEAK = 207.0  # GF/s per thread: fp32 FMA peak measured on the project's Sapphire-Rapids-class cores
+# GF/s per thread: fp32 FMA peak of the project's Sapphire-Rapids-class cores, measured with a loop of
+# 16 independent vfmadd231ps zmm chains (avx512); avx2 is half of it (the same two FMA ports, 8 lanes);
+# none for the portable kernel
+DEFAULT_PEAKS = {"avx512": 207.0, "avx2": 103.5}
 
 # (label, M, N, K, trans_a, trans_b, batch). Linear layers run forward as X·Wᵀ (trans_b=1, W is
 # [out, in]); backward as dX = dY·W (0, 0) and dW = dYᵀ·X (1, 0).
@@ -116,36 +120,45 @@ def cpu_seconds():
     Their difference over a measurement is the load other processes put on the machine."""
     try:
         with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:]]
+            ticks = [int(x) for x in f.readline().split()[1:8]]
     except OSError:
         return None
-    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    busy = sum(ticks) - ticks[3] - ticks[4]  # user, nice, system, irq, softirq, steal
     own = os.times()
     return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
 
 
-def other_load(before, after, seconds):
-    """Average number of CPUs other processes kept busy between two cpu_seconds()."""
-    if before is None or after is None:
-        return float("nan")
-    return max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / seconds
-
-
-def gflops(fn, flops, repeats, min_time):
-    """GF/s of `repeats` samples, each timing enough calls to last `min_time` seconds."""
-    fn()
+def calls_per_sample(fn, min_time):
+    """How many calls of fn (already warm) last about min_time seconds."""
     calls, start = 0, time.perf_counter()
     while time.perf_counter() - start < min_time / 4 or calls < 2:
         fn()
         calls += 1
-    per_sample = max(1, int(min_time / ((time.perf_counter() - start) / calls)))
-    samples = []
+    return max(1, int(min_time / ((time.perf_counter() - start) / calls)))
+
+
+def measure(fns, flops, repeats, min_time, pause):
+    """{name: [GF/s per sample]} and the other load, for the functions in `fns` taking turns
+    sample by sample (so that a change of load on the machine hits all of them alike), with a
+    pause after each sample so that spinning worker threads (OpenMP's, OpenBLAS's) sleep before
+    the other library runs."""
+    calls = {}
+    for name, fn in fns.items():
+        fn()
+        calls[name] = calls_per_sample(fn, min_time)
+        time.sleep(pause)
+    samples = {name: [] for name in fns}
+    before, start = cpu_seconds(), time.perf_counter()
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(per_sample):
-            fn()
-        samples.append(flops * per_sample / (time.perf_counter() - start) / 1e9)
-    return samples
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            samples[name].append(flops * calls[name] / (time.perf_counter() - t) / 1e9)
+            time.sleep(pause)
+    after, seconds = cpu_seconds(), time.perf_counter() - start
+    other = float("nan") if before is None else max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / seconds
+    return samples, other
 
 
 def child(args):
@@ -156,14 +169,9 @@ def child(args):
     print(json.dumps({"blas": blas_info(), "herbs": herbs.cpu_info()}), flush=True)
     for label, m, n, k, ta, tb, batch in shapes(args):
         a, b, c = operands(rng, m, n, k, ta, tb, batch)
-        flops = 2.0 * m * n * k * batch
-        row = {"label": label, "shape": [m, n, k, ta, tb, batch]}
-        row["other"] = 0.0
-        for name, make in (("herbs", herbs_call), ("numpy", numpy_call)):
-            before, start = cpu_seconds(), time.perf_counter()
-            row[name] = gflops(make(a, b, c, ta, tb, batch), flops, args.repeats, args.min_time)
-            row["other"] = max(row["other"], other_load(before, cpu_seconds(), time.perf_counter() - start))
-            time.sleep(args.pause)  # spinning worker threads (OpenMP, OpenBLAS) go to sleep before the next
+        fns = {"herbs": herbs_call(a, b, c, ta, tb, batch), "numpy": numpy_call(a, b, c, ta, tb, batch)}
+        row, other = measure(fns, 2.0 * m * n * k * batch, args.repeats, args.min_time, args.pause)
+        row.update(label=label, shape=[m, n, k, ta, tb, batch], other=other)
         print(json.dumps(row), flush=True)
 
 
@@ -189,7 +197,8 @@ def table(rows, threads, peak, markdown):
     for r in rows:
         h, n = statistics.median(r["herbs"]), statistics.median(r["numpy"])
         lines.append([r["label"], describe(r["shape"]), f"{h:.0f}", spread(r["herbs"]), f"{n:.0f}",
-                      spread(r["numpy"]), f"{h / n:.2f}", f"{100 * h / (peak * threads):.0f}%", f"{r['other']:.2f}"])
+                      spread(r["numpy"]), f"{h / n:.2f}", f"{100 * h / (peak * threads):.0f}%" if peak else "-",
+                      f"{r['other']:.2f}"])
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(line) + " |" for line in lines]
@@ -204,29 +213,36 @@ def main():
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--quick", action="store_true", help="3 short repeats, squares up to 1024")
     parser.add_argument("--repeats", type=int, default=None, help="samples per measurement (default 7, quick 3)")
-    parser.add_argument("--min-time", type=float, default=None, help="seconds per sample (default 0.2, quick 0.06)")
-    parser.add_argument("--pause", type=float, default=0.3, help="seconds of rest between libraries (default 0.3)")
-    parser.add_argument("--peak", type=float, default=DEFAULT_PEAK,
-                        help=f"fp32 FMA peak per thread in GF/s for the %%-of-peak column (default {DEFAULT_PEAK})")
+    parser.add_argument("--min-time", type=float, default=None, help="seconds per sample (default 0.2, quick 0.05)")
+    parser.add_argument("--pause", type=float, default=0.15, help="seconds of rest after each sample (default 0.15)")
+    parser.add_argument("--peak", type=float, default=None,
+                        help="fp32 FMA peak per thread in GF/s for the %%-of-peak column (default: measured "
+                             + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_PEAKS.items()) + ")")
     parser.add_argument("--filter", default="", help="only shapes whose label contains this text")
+    parser.add_argument("--isa", default="", help="herbs' instruction set (avx512, avx2, portable; default: the best)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.repeats = args.repeats or (3 if args.quick else 7)
-    args.min_time = args.min_time or (0.06 if args.quick else 0.2)
+    args.min_time = args.min_time or (0.05 if args.quick else 0.2)
     if args.child:
         global SQUARES, MODEL, ATTENTION
         SQUARES, MODEL, ATTENTION = ([s for s in group if args.filter in s[0]] for group in (SQUARES, MODEL, ATTENTION))
         return child(args)
 
+    if args.peak is None:
+        import herbs
+        args.peak = DEFAULT_PEAKS.get(args.isa or herbs.cpu_info()["best_isa"])
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f} at start")
     print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
-    print(f"fp32 FMA peak taken as {args.peak:g} GF/s per thread (--peak); median of {args.repeats} samples "
+    print(f"fp32 FMA peak taken as {args.peak or 0:g} GF/s per thread (--peak); median of {args.repeats} samples "
           f"of >= {args.min_time:g} s, min-max in brackets; 'other load': CPUs kept busy by other processes "
-          f"during the row's measurements (the larger of the two), from /proc/stat")
+          f"over the row's samples and pauses, from /proc/stat")
     for threads in [int(t) for t in args.threads.split(",")]:
         env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads))
+        if args.isa:
+            env["HERBS_ISA"] = args.isa
         cmd = [sys.executable, os.path.abspath(__file__), "--child", str(threads), "--repeats", str(args.repeats),
                "--min-time", str(args.min_time), "--pause", str(args.pause), "--filter", args.filter]
         if args.quick:
