@@ -2,7 +2,8 @@
 same thread count, one run: forward in eval mode and forward+backward in train mode (gradients
 from all four taps, parameter gradients zeroed each step), images/s as the median of repeats with
 the spread, and each side's peak resident memory (each side runs in its own subprocess; the
-weights travel as an .npz, so the herbs process never imports torch).
+weights travel as an .npz, so the herbs process never imports torch). The sides take turns over
+several rounds, so a change of load on a shared machine does not favour one of them.
 
     python benchmarks/bench_resnet.py            # ResNet-50, 224 px, batch 8
     python benchmarks/bench_resnet.py --quick    # a smaller, faster run
@@ -21,14 +22,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def timed(step, repeats, warmup):
+    """Wall-clock seconds of each repeat, and the process's CPU seconds (all threads) of each."""
     for _ in range(warmup):
         step()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t0)
-    return times
+        cpu.append(time.process_time() - c0)
+    return times, cpu
 
 
 def peak_rss_mb():
@@ -57,8 +60,9 @@ def run_herbs(args, weights):
         net.forward(x, train=True)
         net.backward(grads)
 
-    return {"forward": timed(lambda: net.forward(x), args.repeats, args.warmup),
-            "train": timed(train_step, args.repeats, args.warmup), "peak_mb": peak_rss_mb()}
+    fwd, fwd_cpu = timed(lambda: net.forward(x), args.repeats, args.warmup)
+    train, train_cpu = timed(train_step, args.repeats, args.warmup)
+    return {"forward": fwd, "train": train, "forward_cpu": fwd_cpu, "train_cpu": train_cpu, "peak_mb": peak_rss_mb()}
 
 
 def run_torch(args, weights, channels_last):
@@ -90,9 +94,10 @@ def run_torch(args, weights, channels_last):
         torch.autograd.backward(taps, grads)
 
     model.eval()
-    fwd = timed(forward, args.repeats, args.warmup)
+    fwd, fwd_cpu = timed(forward, args.repeats, args.warmup)
     model.train()
-    return {"forward": fwd, "train": timed(train_step, args.repeats, args.warmup), "peak_mb": peak_rss_mb()}
+    train, train_cpu = timed(train_step, args.repeats, args.warmup)
+    return {"forward": fwd, "train": train, "forward_cpu": fwd_cpu, "train_cpu": train_cpu, "peak_mb": peak_rss_mb()}
 
 
 def make_weights(args, path):
@@ -142,13 +147,14 @@ def main():
     p.add_argument("--depths", type=int, nargs=4, default=[3, 4, 6, 3])
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=3, help="turns each side takes")
+    p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--side", choices=["herbs", "torch", "torch_channels_last"], help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
-        args.img_size, args.batch, args.repeats, args.warmup = 112, 4, 3, 1
+        args.img_size, args.batch, args.repeats, args.rounds, args.warmup = 112, 4, 3, 2, 1
 
     if args.side:  # a child: one side, results as JSON on stdout
         result = (run_herbs(args, args.weights) if args.side == "herbs"
@@ -156,24 +162,33 @@ def main():
         print(json.dumps(result))
         return
 
+    load_before = " ".join(f"{v:.2f}" for v in os.getloadavg())
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "weights.npz")
         make_weights(args, weights)
         base = [sys.executable, os.path.abspath(__file__), "--weights", weights, "--img-size", str(args.img_size),
                 "--batch", str(args.batch), "--width", str(args.width), "--threads", str(args.threads),
-                "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--depths", *map(str, args.depths)]
-        results = {}
-        for side in ("herbs", "torch", "torch_channels_last"):
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-            done = subprocess.run(base + ["--side", side], capture_output=True, text=True, env=env)
-            if done.returncode:
-                sys.exit(f"{side} failed:\n{done.stderr}")
-            results[side] = json.loads(done.stdout.strip().splitlines()[-1])
+                "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--rounds", "1",
+                "--depths", *map(str, args.depths)]
+        results = {side: {"forward": [], "train": [], "forward_cpu": [], "train_cpu": [], "peak_mb": 0}
+                   for side in ("herbs", "torch", "torch_channels_last")}
+        for _ in range(args.rounds):
+            for side, merged in results.items():
+                env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+                done = subprocess.run(base + ["--side", side], capture_output=True, text=True, env=env)
+                if done.returncode:
+                    sys.exit(f"{side} failed:\n{done.stderr}")
+                one = json.loads(done.stdout.strip().splitlines()[-1])
+                for what in ("forward", "train", "forward_cpu", "train_cpu"):
+                    merged[what] += one[what]
+                merged["peak_mb"] = max(merged["peak_mb"], one["peak_mb"])
 
     print(f"ResNet depths={args.depths} width={args.width}, {args.img_size} px, batch {args.batch}")
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; threads: {args.threads}; "
-          f"load: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; {datetime.datetime.now():%Y-%m-%d %H:%M}")
-    print(f"median of {args.repeats} repeats after {args.warmup} warm-up, [min, max] in images/s")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; threads: {args.threads}; load (1/5/15 min) before: "
+          f"{load_before}, after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
+          f"{datetime.datetime.now():%Y-%m-%d %H:%M}")
+    print(f"median of {args.rounds} rounds x {args.repeats} repeats (each after {args.warmup} warm-up), "
+          f"[min, max], in images/s")
     print(f"{'':24s}{'herbs':>22s}{'torch NCHW':>22s}{'torch channels_last':>22s}{'ratio vs best torch':>21s}")
     for what in ("forward", "train"):
         row = {side: stats(r[what], args.batch) for side, r in results.items()}
@@ -182,6 +197,15 @@ def main():
         cells = "".join(f"{m:8.2f} [{lo:5.2f},{hi:5.2f}]".rjust(22) for m, lo, hi in row.values())
         print(f"{label:24s}{cells}{row['herbs'][0] / best:20.2f}x")
     print(f"{'peak resident MB':24s}" + "".join(f"{r['peak_mb']:22.0f}" for r in results.values()))
+    # CPU time is what a busy shared machine disturbs least (a thread waiting for its core costs
+    # none); with several threads it includes time spent spinning at barriers
+    print("CPU seconds (all threads) per image, median [min, max]:")
+    for what in ("forward", "train"):
+        row = {side: stats(r[what + "_cpu"], args.batch) for side, r in results.items()}
+        best = min(1 / row["torch"][0], 1 / row["torch_channels_last"][0])
+        label = "forward (eval)" if what == "forward" else "forward+backward (train)"
+        cells = "".join(f"{1 / m:8.3f} [{1 / hi:5.3f},{1 / lo:5.3f}]".rjust(22) for m, lo, hi in row.values())
+        print(f"{label:24s}{cells}{best * row['herbs'][0]:20.2f}x")
 
 
 if __name__ == "__main__":

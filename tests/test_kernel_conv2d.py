@@ -133,14 +133,16 @@ def _supported_isas():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_direct_path_on_every_isa_and_thread_count(isa, threads):
     """The float engine's direct convolution runs the current ISA's micro-kernel tile (a
-    row-pointer kernel on AVX-512, a packed tile elsewhere): same results on each."""
+    row-pointer kernel on AVX-512, a packed tile elsewhere): same results on each. The last two
+    cases are large enough for the weight gradient to split its rows among two threads."""
     import herbs
     from herbs import _C
     _C._set_isa(isa)
     old_threads = herbs.get_num_threads()
     herbs.set_num_threads(threads)
     try:
-        for case in [(2, 9, 7, 17, 40, 3, 1, 1, None), (3, 11, 7, 33, 20, 1, 1, 0, None), (2, 8, 8, 24, 16, 3, 2, 1, 7)]:
+        for case in [(2, 9, 7, 17, 40, 3, 1, 1, None), (3, 11, 7, 33, 20, 1, 1, 0, None), (2, 8, 8, 24, 16, 3, 2, 1, 7),
+                     (3, 21, 21, 32, 40, 3, 1, 1, None), (3, 24, 24, 64, 48, 1, 1, 0, None)]:
             test_matches_torch(*case, bias=True)
     finally:
         _C._set_isa(herbs.cpu_info()["best_isa"])

@@ -3,19 +3,25 @@
    channels) is one contiguous run of the input. Forward: out = cols · weightᵀ. Backward:
    dweight += doutᵀ · cols, and dcols = dout · weight scattered back by a gather over the input
    pixels (col2im), so threads never write the same element. */
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "core/threads.h"
 
 #include "kernels/clones.h"
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
 
 #define CONV_PARALLEL(work) if ((double)(work) > 65536)
+/* weight repacks are cheap next to their conv: a team only for the largest, since every
+   parallel region costs a wait for the slowest thread on a busy machine */
+#define REPACK_PARALLEL(work) if ((double)(work) > (1 << 20))
 
 HERBS_CLONES void FN(conv2d_weight_to_ohwi)(real *out, const real *w, int OC, int C, int KH, int KW)
 {
     const int taps = KH * KW;
-#pragma omp parallel for schedule(static) CONV_PARALLEL((double)OC * C * taps)
+#pragma omp parallel for schedule(static) REPACK_PARALLEL((double)OC * C * taps)
     for (int o = 0; o < OC; o++)
         for (int c = 0; c < C; c++)
             for (int t = 0; t < taps; t++)
@@ -25,7 +31,7 @@ HERBS_CLONES void FN(conv2d_weight_to_ohwi)(real *out, const real *w, int OC, in
 HERBS_CLONES void FN(conv2d_weight_grad_from_ohwi)(real *dw, const real *dw_ohwi, int OC, int C, int KH, int KW)
 {
     const int taps = KH * KW;
-#pragma omp parallel for schedule(static) CONV_PARALLEL((double)OC * C * taps)
+#pragma omp parallel for schedule(static) REPACK_PARALLEL((double)OC * C * taps)
     for (int o = 0; o < OC; o++)
         for (int c = 0; c < C; c++)
             for (int t = 0; t < taps; t++)
@@ -102,15 +108,90 @@ HERBS_CLONES static void FN(conv_col2im_add)(real *dinp, const real *dcols, int 
 
 static int FN(conv_is_pointwise)(int KH, int KW, int stride, int pad) { return KH == 1 && KW == 1 && stride == 1 && pad == 0; }
 
-/* output pixels per im2col chunk: as many as the scratch holds, at most CONV_CHUNK_ROWS (measured:
-   chunks of ~500-900 rows, whose columns stay in L2 for the GEMM, beat whole-batch im2col by
-   10-40% on ResNet-50's 3x3 and 7x7 convs) */
+/* output pixels per im2col chunk: as many as the scratch holds, at most max(rows, floats / K).
+   Measured on ResNet-50's 3x3 and 7x7 convs (one core, AVX-512): the forward GEMM is best with
+   ~900-1800 rows (10-40% over whole-batch im2col), the weight gradient's with ~220-450 (5-15%
+   over 900), as its reduction then runs over rows still in L2. Narrow rows (the stem's K = 147)
+   take more of them per chunk: fewer chunks, fewer parallel regions, which matters on a busy
+   machine where every region waits for its slowest thread. */
 #define CONV_CHUNK_ROWS 896
-static int FN(conv_chunk_rows)(size_t scratch_floats, size_t K, int M)
+#define CONV_CHUNK_FLOATS ((size_t)1 << 19)
+#define CONV_BACKWARD_CHUNK_ROWS 224
+#define CONV_BACKWARD_CHUNK_FLOATS ((size_t)1 << 18)
+static int FN(conv_chunk_rows)(size_t scratch_floats, size_t K, int M, size_t rows_cap, size_t floats_cap)
 {
+    size_t cap = floats_cap / K > rows_cap ? floats_cap / K : rows_cap;
     size_t rows = scratch_floats / K;
-    rows = rows > CONV_CHUNK_ROWS ? CONV_CHUNK_ROWS : rows;
+    rows = rows > cap ? cap : rows;
     return rows < 1 ? 1 : rows > (size_t)M ? M : (int)rows;
+}
+
+/* Floats of one thread's share of the weight-gradient scratch: a private partial dweight
+   (64-byte multiple) and, unless the conv is pointwise, one im2col chunk. */
+static size_t FN(conv_wgrad_share)(size_t K, int OC, int pointwise)
+{
+    const size_t chunk = K * CONV_BACKWARD_CHUNK_ROWS > CONV_BACKWARD_CHUNK_FLOATS ? K * CONV_BACKWARD_CHUNK_ROWS
+                                                                                   : CONV_BACKWARD_CHUNK_FLOATS;
+    return ((size_t)OC * K + 15) / 16 * 16 + (pointwise ? 0 : (chunk + 15) / 16 * 16);
+}
+
+/* dweight[OC,K] += doutᵀ · cols over the output pixels [m0, m1), one thread, im2col in chunks
+   of `cols` (NULL for a pointwise conv, whose columns are its input rows); beta 0 overwrites. */
+static void FN(conv_wgrad_rows)(real *dweight, real beta, const real *dout, const real *inp, real *cols,
+                                size_t cols_floats, int m0, int m1, int H, int W, int C, int OC, int OH, int OW,
+                                int KH, int KW, int stride, int pad)
+{
+    const int K = KH * KW * C;
+    if (!cols) {
+        FN(gemm)(1, 0, OC, C, m1 - m0, 1, dout + (size_t)m0 * OC, OC, inp + (size_t)m0 * C, C, beta, dweight, C);
+        return;
+    }
+    const int rows = FN(conv_chunk_rows)(cols_floats, K, m1 - m0, CONV_BACKWARD_CHUNK_ROWS,
+                                         CONV_BACKWARD_CHUNK_FLOATS);
+    for (int a = m0; a < m1; a += rows, beta = 1) {
+        const int b = m1 - a < rows ? m1 : a + rows;
+        FN(conv_im2col)(cols, inp, a, b, H, W, C, OH, OW, KH, KW, stride, pad);
+        FN(gemm)(1, 0, OC, K, b - a, 1, dout + (size_t)a * OC, OC, cols, K, beta, dweight, K);
+    }
+}
+
+/* The weight gradient with the output pixels split among threads: each reduces its rows into a
+   private partial with a one-thread GEMM (no team barrier per slice of the reduction, which on a
+   busy machine costs a wait for the slowest thread each time), then the partials are added to
+   dweight in thread order, so the result is fixed for a thread count. As many threads as the
+   scratch has shares for; with one, straight into dweight. */
+static void FN(conv_weight_grad)(real *dweight, const real *dout, const real *inp, real *scratch,
+                                 size_t scratch_floats, int M, int H, int W, int C, int OC, int OH, int OW, int KH,
+                                 int KW, int stride, int pad, int pointwise)
+{
+    const size_t K = (size_t)KH * KW * C, wsize = (size_t)OC * K;
+    const size_t share = FN(conv_wgrad_share)(K, OC, pointwise), wpart = (wsize + 15) / 16 * 16;
+    int nt = herbs_threads_for(2.0 * M * wsize, 4.0e6);
+    if ((size_t)nt > scratch_floats / share)
+        nt = (int)(scratch_floats / share);
+    if (nt < 2) {
+        FN(conv_wgrad_rows)(dweight, 1, dout, inp, pointwise ? NULL : scratch, scratch_floats, 0, M, H, W, C, OC, OH,
+                            OW, KH, KW, stride, pad);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num(), m0 = (int)((long)M * t / nt), m1 = (int)((long)M * (t + 1) / nt);
+        real *part = scratch + (size_t)t * share;
+        if (m1 > m0)
+            FN(conv_wgrad_rows)(part, 0, dout, inp, pointwise ? NULL : part + wpart, share - wpart, m0, m1, H, W, C,
+                                OC, OH, OW, KH, KW, stride, pad);
+        else
+            memset(part, 0, wsize * sizeof(real));
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (size_t i = 0; i < wsize; i++) {
+            real sum = dweight[i];
+            for (int j = 0; j < nt; j++)
+                sum += scratch[(size_t)j * share + i];
+            dweight[i] = sum;
+        }
+    }
 }
 
 #ifndef HERBS_F64
@@ -126,9 +207,12 @@ static float *conv_aligned(float *scratch) { return (float *)(((uintptr_t)scratc
 
 size_t conv2d_scratch_floats(int C, int OC, int KH, int KW)
 {
-    const size_t K = (size_t)KH * KW * C, cols = K * CONV_CHUNK_ROWS;
+    const size_t K = (size_t)KH * KW * C;
+    const size_t cols = K * CONV_CHUNK_ROWS > CONV_CHUNK_FLOATS ? K * CONV_CHUNK_ROWS : CONV_CHUNK_FLOATS;
     const size_t fwd = conv_direct_packed_floats(OC, C, KH * KW), bwd = conv_direct_packed_floats(C, OC, KH * KW);
+    const size_t wgrad = (size_t)herbs_num_threads() * FN(conv_wgrad_share)(K, OC, 0);
     size_t need = cols > fwd ? cols : fwd;
+    need = need > wgrad ? need : wgrad;
     return (need > bwd ? need : bwd) + 16;
 }
 #endif
@@ -157,7 +241,7 @@ void FN(conv2d_forward)(real *out, const real *inp, const real *weight, const re
         FN(gemm)(0, 1, M, OC, C, 1, inp, C, weight, C, beta, out, OC);
         return;
     }
-    const int rows = FN(conv_chunk_rows)(scratch_floats, K, M);
+    const int rows = FN(conv_chunk_rows)(scratch_floats, K, M, CONV_CHUNK_ROWS, CONV_CHUNK_FLOATS);
     for (int m0 = 0; m0 < M; m0 += rows) {
         const int m1 = M - m0 < rows ? M : m0 + rows;
         FN(conv_im2col)(scratch, inp, m0, m1, H, W, C, OH, OW, KH, KW, stride, pad);
@@ -181,16 +265,10 @@ void FN(conv2d_backward)(real *dinp, real *dweight, real *dbias, const real *dou
         }
     }
     const int pointwise = FN(conv_is_pointwise)(KH, KW, stride, pad);
-    const int rows = FN(conv_chunk_rows)(scratch_floats, K, M);
-    if (dweight) { /* dweight += doutᵀ · cols */
-        if (pointwise)
-            FN(gemm)(1, 0, OC, C, M, 1, dout, OC, inp, C, 1, dweight, C);
-        for (int m0 = 0; !pointwise && m0 < M; m0 += rows) {
-            const int m1 = M - m0 < rows ? M : m0 + rows;
-            FN(conv_im2col)(scratch, inp, m0, m1, H, W, C, OH, OW, KH, KW, stride, pad);
-            FN(gemm)(1, 0, OC, K, m1 - m0, 1, dout + (size_t)m0 * OC, OC, scratch, K, 1, dweight, K);
-        }
-    }
+    const int rows = FN(conv_chunk_rows)(scratch_floats, K, M, CONV_BACKWARD_CHUNK_ROWS, CONV_BACKWARD_CHUNK_FLOATS);
+    if (dweight)
+        FN(conv_weight_grad)(dweight, dout, inp, scratch, scratch_floats, M, H, W, C, OC, OH, OW, KH, KW, stride, pad,
+                             pointwise);
     if (!dinp)
         return;
 #ifndef HERBS_F64

@@ -268,6 +268,10 @@ static herbs_status resnet_forward(herbs_backbone *bb, const herbs_params *t, he
                            "ResNet batch norm in train mode needs more than one value per channel, but layer4 has "
                            "batch %d x %d position(s); use a batch >= 2, larger images, or eval mode",
                            batch, last_positions);
+    const conv_layer *stem = &r->stem_conv;
+    if ((double)batch * stem->OH * stem->OW > 2147483647.0) /* pixel rows are counted in int */
+        return herbs_error(HERBS_ERR_VALUE, "batch %d of %d px images has more than 2^31 positions after the "
+                           "ResNet stem; use a smaller batch", batch, bb->img_size);
     r->batch = batch;
     r->train = train;
     /* one scratch (packed weights, im2col chunks) and one repacked weight for every conv */
@@ -295,8 +299,7 @@ static herbs_status resnet_forward(herbs_backbone *bb, const herbs_params *t, he
         return HERBS_ERR_NOMEM;
     nchw_to_nhwc_forward(r->x0, images, batch, bb->in_channels, bb->img_size, bb->img_size);
 
-    conv_layer *stem = &r->stem_conv;
-    HERBS_TRY(conv_bn_relu_forward(r, stem, &r->stem_bn, t, arena, r->x0, &r->y0, &r->a0));
+    HERBS_TRY(conv_bn_relu_forward(r, &r->stem_conv, &r->stem_bn, t, arena, r->x0, &r->y0, &r->a0));
     const conv_layer *first = &r->blocks[0].conv1;
     const size_t pooled = (size_t)batch * first->H * first->W * first->in_c;
     r->p0 = herbs_arena_floats(arena, pooled, 0);
