@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,11 +40,13 @@ SETTINGS = {
 }
 
 
-def rss_mb():
-    """Current resident memory of this process (MB)."""
+def memory_mb(field):
+    """VmRSS (now) or VmHWM (peak) of this process in MB. The peak is read here rather than from
+    getrusage's ru_maxrss, which Linux carries across execve: a child would report at least the
+    parent's peak (the parent holds torch and has built the net)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -101,7 +102,7 @@ def child(job):
                 grads = [torch.from_numpy(rng.standard_normal(t.shape).astype(np.float32)) for t in taps]
             sum((t * g).sum() for t, g in zip(taps, grads)).backward()
 
-    before = rss_mb()
+    before = memory_mb("VmRSS")
     for _ in range(job["warmup"]):
         step()
     times = []
@@ -109,8 +110,7 @@ def child(job):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"times": times, "peak_mb": peak, "model_mb": before}))
+    print(json.dumps({"times": times, "peak_mb": memory_mb("VmHWM"), "model_mb": before}))
 
 
 def measure(impl, config, batch, mode, threads, repeats, warmup, weights, wait_policy):

@@ -61,3 +61,30 @@ void FN(relu_mask)(real *d, const real *out, size_t n)
     for (size_t i = 0; i < n; i++)
         d[i] = out[i] > 0 ? d[i] : 0;
 }
+
+HERBS_INLINE void FN(gelu_forward_derivative_span)(real *out, real *deriv, const real *inp, size_t n)
+{
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) {
+        const real x = inp[i], cdf = FN(normal_cdf)(x);
+        out[i] = x * cdf;
+        deriv[i] = cdf + x * FN(normal_pdf)(x);
+    }
+}
+HERBS_ISA_VARIANTS(gelu_forward_derivative_span, (real *out, real *deriv, const real *inp, size_t n),
+                   (out, deriv, inp, n))
+
+void FN(gelu_forward_derivative)(real *out, real *deriv, const real *inp, size_t n)
+{
+    void (*span)(real *, real *, const real *, size_t) = FN(gelu_forward_derivative_span_isa)();
+#pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    for (size_t i0 = 0; i0 < n; i0 += PARALLEL_MIN)
+        span(out + i0, deriv + i0, inp + i0, n - i0 < PARALLEL_MIN ? n - i0 : PARALLEL_MIN);
+}
+
+void FN(activation_backward)(real *dinp, const real *dout, const real *deriv, size_t n)
+{
+#pragma omp parallel for simd schedule(static) if (n > PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++)
+        dinp[i] += dout[i] * deriv[i];
+}

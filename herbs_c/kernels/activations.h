@@ -12,3 +12,10 @@ void FN(gelu_backward)(real *dinp, const real *dout, const real *inp, size_t n);
 
 /* d[n] = out > 0 ? d : 0, in place: ReLU's backward when d holds only this ReLU's output gradient */
 void FN(relu_mask)(real *d, const real *out, size_t n);
+
+/* out[n] = gelu(x) and deriv[n] = gelu'(x) in one pass, for a backward that needs both (the
+   output for a weight gradient, the derivative for the input gradient); deriv may alias inp */
+void FN(gelu_forward_derivative)(real *out, real *deriv, const real *inp, size_t n);
+
+/* dinp[n] += dout · deriv: the backward of an elementwise activation, given its derivative */
+void FN(activation_backward)(real *dinp, const real *dout, const real *deriv, size_t n);

@@ -6,64 +6,11 @@
    mode; an eval-mode forward keeps only each block's input and output and puts the rest in one
    set of buffers shared by all blocks, and a backward after it (heat maps) recomputes each
    block's forward into that set just before going back through the block. */
-#include "nn/swin.h"
-
-#include <stdio.h>
-#include <stdlib.h>
-#include <math.h>
 #include <string.h>
 
 #include "core/threads.h"
 #include "kernels/kernels.h"
-#include "nn/kinds.h"
-
-#define STAGES 4
-#define LN_EPS 1e-5f
-#define NONE ((size_t)-1) /* an absent tensor's offset */
-
-typedef struct {
-    size_t weight, bias;
-} norm_offsets;
-
-/* What a block's backward needs from its forward, besides the block's input. */
-typedef struct {
-    float *mean1, *rstd1, *qkv, *bias, *lse, *att, *x1, *mean2, *rstd2, *hidden;
-} block_saved;
-
-typedef struct {
-    int index;        /* over all blocks of all stages */
-    int shift;        /* 0 or window/2 */
-    float drop_prob;  /* stochastic depth rate of this block */
-    norm_offsets norm1, norm2;
-    size_t table, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b;
-    /* the last forward */
-    const float *x;
-    float *out;
-    float *scale1, *scale2; /* drop-path scales per sample, NULL when no drop path ran */
-    block_saved saved;      /* train mode only */
-} swin_block;
-
-typedef struct {
-    int depth, dim, heads, res, window, hidden; /* res: the map is res × res; window = min(window, res) */
-    swin_block *blocks;
-    norm_offsets merge_norm; /* stages 1–3 end with a patch merging */
-    size_t merge_reduction;
-    float *merged, *merge_mean, *merge_rstd, *tap; /* saved */
-} swin_stage;
-
-typedef struct {
-    herbs_backbone base;
-    int patch, embed_dim;
-    size_t embed_w, embed_b;
-    norm_offsets embed_norm;
-    swin_stage stages[STAGES];
-    /* the last forward */
-    int batch, threads;
-    int kept;              /* train mode: every block kept its block_saved; eval: `shared` serves all */
-    block_saved shared;
-    float *patches, *embedded, *embed_mean, *embed_rstd;
-    float *ln, *branch, *act, *work; /* its scratch, which backward reuses */
-} swin;
+#include "nn/swin_internal.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* Sizes */
@@ -85,7 +32,7 @@ static saved_sizes saved_sizes_of(const swin_stage *st, int B)
 static saved_sizes saved_sizes_max(const swin *s, int B)
 {
     saved_sizes m = {0, 0, 0, 0, 0, 0};
-    for (int i = 0; i < STAGES; i++) {
+    for (int i = 0; i < SWIN_STAGES; i++) {
         saved_sizes n = saved_sizes_of(&s->stages[i], B);
 #define WIDEN(f) m.f = n.f > m.f ? n.f : m.f
         WIDEN(stats);
@@ -109,7 +56,7 @@ static scratch_sizes scratch_needed(const swin *s, int B, int threads)
     scratch_sizes z = {0, 0, 0, 0};
     const int res0 = s->stages[0].res;
     z.tokens_dim = (size_t)B * res0 * res0 * s->embed_dim; /* the patch embedding's output */
-    for (int i = 0; i < STAGES; i++) {
+    for (int i = 0; i < SWIN_STAGES; i++) {
         const swin_stage *st = &s->stages[i];
         const size_t M = stage_tokens(st, B), N = (size_t)st->window * st->window;
         if (M * st->dim > z.tokens_dim)
@@ -131,7 +78,14 @@ static scratch_sizes scratch_needed(const swin *s, int B, int threads)
             return HERBS_ERR_NOMEM;                                         \
     } while (0)
 
-static void zero(float *p, size_t n) { memset(p, 0, n * sizeof *p); }
+/* memset, split over the threads for large buffers */
+static void zero(float *p, size_t n)
+{
+    const size_t chunk = (size_t)1 << 16;
+#pragma omp parallel for schedule(static) if (n > 4 * chunk)
+    for (size_t i = 0; i < n; i += chunk)
+        memset(p + i, 0, (n - i < chunk ? n - i : chunk) * sizeof *p);
+}
 
 static herbs_status alloc_saved(block_saved *v, saved_sizes n, herbs_arena *arena)
 {
@@ -171,8 +125,8 @@ static herbs_status block_forward(swin_block *k, const swin_stage *st, const her
         drop_path_scales(k->scale2, B, 1 - k->drop_prob, seed, SWIN_DROP_STREAM(step, k->index, 1));
     }
 
-    layernorm_forward(z->ln, v->mean1, v->rstd1, x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C, LN_EPS);
-    linear_forward(v->qkv, z->ln, PARAM(t, k->qkv_w), k->qkv_b == NONE ? NULL : PARAM(t, k->qkv_b), M, C, 3 * C);
+    layernorm_forward(z->ln, v->mean1, v->rstd1, x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C, SWIN_LN_EPS);
+    linear_forward(v->qkv, z->ln, PARAM(t, k->qkv_w), k->qkv_b == SWIN_NONE ? NULL : PARAM(t, k->qkv_b), M, C, 3 * C);
     relative_bias_forward(v->bias, PARAM(t, k->table), st->heads, st->window);
     window_attention_forward(v->att, v->lse, z->work, v->qkv, v->bias, B, st->res, st->res, C, st->heads, st->window,
                              k->shift, z->threads);
@@ -180,7 +134,7 @@ static herbs_status block_forward(swin_block *k, const swin_stage *st, const her
     residual_add_forward(v->x1, x, z->branch, k->scale1, B, (long)L * C);
 
     layernorm_forward(z->ln, v->mean2, v->rstd2, v->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, C,
-                      LN_EPS);
+                      SWIN_LN_EPS);
     linear_forward(v->hidden, z->ln, PARAM(t, k->fc1_w), PARAM(t, k->fc1_b), M, C, st->hidden);
     gelu_forward(z->act, v->hidden, (size_t)M * st->hidden);
     linear_forward(z->branch, z->act, PARAM(t, k->fc2_w), PARAM(t, k->fc2_b), M, st->hidden, C);
@@ -199,12 +153,12 @@ static herbs_status merge_forward(swin_stage *st, const herbs_params *t, herbs_a
     ALLOC(st->tap, (size_t)M * 2 * C);
     patch_merge_forward(st->merged, x, B, st->res, st->res, C);
     layernorm_forward(ln, st->merge_mean, st->merge_rstd, st->merged, PARAM(t, st->merge_norm.weight),
-                      PARAM(t, st->merge_norm.bias), M, 4 * C, LN_EPS);
+                      PARAM(t, st->merge_norm.bias), M, 4 * C, SWIN_LN_EPS);
     linear_forward(st->tap, ln, PARAM(t, st->merge_reduction), NULL, M, 4 * C, 2 * C);
     return HERBS_OK;
 }
 
-static herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena *arena, const float *images,
+herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena *arena, const float *images,
                                  int batch, int train, uint64_t seed, uint64_t step, float *taps[HERBS_TAPS])
 {
     swin *s = (swin *)bb;
@@ -235,9 +189,9 @@ static herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herb
     patch_embed_forward(s->embedded, s->patches, images, PARAM(t, s->embed_w), PARAM(t, s->embed_b), B, in,
                         bb->img_size, bb->img_size, s->patch, D);
     layernorm_forward(x, s->embed_mean, s->embed_rstd, s->embedded, PARAM(t, s->embed_norm.weight),
-                      PARAM(t, s->embed_norm.bias), M0, D, LN_EPS);
+                      PARAM(t, s->embed_norm.bias), M0, D, SWIN_LN_EPS);
 
-    for (int i = 0; i < STAGES; i++) {
+    for (int i = 0; i < SWIN_STAGES; i++) {
         swin_stage *st = &s->stages[i];
         for (int b = 0; b < st->depth; b++) {
             swin_block *k = &st->blocks[b];
@@ -249,7 +203,7 @@ static herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herb
                                     &z));
             x = k->out;
         }
-        if (i < STAGES - 1) {
+        if (i < SWIN_STAGES - 1) {
             HERBS_TRY(merge_forward(st, t, arena, x, B, z.ln));
             x = st->tap;
         } else {
@@ -289,12 +243,14 @@ static void block_backward(const swin_block *k, const block_saved *v, const swin
     /* MLP branch: out = x1 + scale2 · fc2(gelu(fc1(norm2(x1)))) */
     const float *g = branch_grad(z->dbranch, d, k->scale2, B, (long)L * C);
     layernorm_forward(z->ln, v->mean2, v->rstd2, v->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, C,
-                      LN_EPS);
-    gelu_forward(z->act, v->hidden, (size_t)M * H);
+                      SWIN_LN_EPS);
+    /* the GELU output again, and its derivative in place of the saved pre-activation (dead after
+       this, which is why a forward allows one backward) */
+    gelu_forward_derivative(z->act, v->hidden, v->hidden, (size_t)M * H);
     linear_backward(NULL, GRAD(t, k->fc2_w), GRAD(t, k->fc2_b), g, z->act, PARAM(t, k->fc2_w), M, H, C);
     gemm(0, 0, M, H, C, 1, g, C, PARAM(t, k->fc2_w), H, 0, z->dact, H);
     zero(z->act, (size_t)M * H); /* now the hidden pre-activation's gradient */
-    gelu_backward(z->act, z->dact, v->hidden, (size_t)M * H);
+    activation_backward(z->act, z->dact, v->hidden, (size_t)M * H);
     linear_backward(NULL, GRAD(t, k->fc1_w), GRAD(t, k->fc1_b), z->act, z->ln, PARAM(t, k->fc1_w), M, C, H);
     gemm(0, 0, M, C, H, 1, z->act, H, PARAM(t, k->fc1_w), C, 0, z->dln, C);
     layernorm_backward(d, GRAD(t, k->norm2.weight), GRAD(t, k->norm2.bias), z->dln, v->x1, PARAM(t, k->norm2.weight),
@@ -310,8 +266,8 @@ static void block_backward(const swin_block *k, const block_saved *v, const swin
                               st->heads, st->window, k->shift, z->threads);
     relative_bias_backward(GRAD(t, k->table), z->dbias, st->heads, st->window);
     layernorm_forward(z->ln, v->mean1, v->rstd1, k->x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C,
-                      LN_EPS);
-    linear_backward(NULL, GRAD(t, k->qkv_w), k->qkv_b == NONE ? NULL : GRAD(t, k->qkv_b), z->dqkv, z->ln,
+                      SWIN_LN_EPS);
+    linear_backward(NULL, GRAD(t, k->qkv_w), k->qkv_b == SWIN_NONE ? NULL : GRAD(t, k->qkv_b), z->dqkv, z->ln,
                     PARAM(t, k->qkv_w), M, C, 3 * C);
     gemm(0, 0, M, C, 3 * C, 1, z->dqkv, 3 * C, PARAM(t, k->qkv_w), C, 0, z->dln, C);
     layernorm_backward(d, GRAD(t, k->norm1.weight), GRAD(t, k->norm1.bias), z->dln, k->x, PARAM(t, k->norm1.weight),
@@ -325,7 +281,7 @@ static void merge_backward(const swin_stage *st, herbs_params *t, float *dx, con
     const int C = st->dim, M = (int)(stage_tokens(st, B) / 4);
     const size_t MC4 = (size_t)M * 4 * C;
     layernorm_forward(z->ln, st->merge_mean, st->merge_rstd, st->merged, PARAM(t, st->merge_norm.weight),
-                      PARAM(t, st->merge_norm.bias), M, 4 * C, LN_EPS);
+                      PARAM(t, st->merge_norm.bias), M, 4 * C, SWIN_LN_EPS);
     linear_backward(NULL, GRAD(t, st->merge_reduction), NULL, dtap, z->ln, PARAM(t, st->merge_reduction), M, 4 * C,
                     2 * C);
     gemm(0, 0, M, 4 * C, 2 * C, 1, dtap, 2 * C, PARAM(t, st->merge_reduction), 4 * C, 0, z->dln, 4 * C);
@@ -337,13 +293,14 @@ static void merge_backward(const swin_stage *st, herbs_params *t, float *dx, con
     patch_merge_backward(dx, dmerged, B, st->res, st->res, C);
 }
 
-static herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *arena,
+herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *arena,
                                   const float *const dtaps[HERBS_TAPS], float *dimages)
 {
     swin *s = (swin *)bb;
     const int B = s->batch;
     if (B == 0)
-        return herbs_error(HERBS_ERR_STATE, "swin backward needs a successful forward pass before it");
+        return herbs_error(HERBS_ERR_STATE, "swin backward needs a forward pass before it (one backward per forward)");
+    s->batch = 0; /* backward overwrites some of what the forward saved */
     int top = -1; /* the deepest tap with a gradient: nothing above it needs to run */
     for (int i = 0; i < HERBS_TAPS; i++)
         if (dtaps[i])
@@ -355,7 +312,8 @@ static herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_are
        dln/datt (datt dies in attention backward before dln is written) and dact/dqkv (one per
        branch) */
     backward_scratch z = {.ln = s->ln, .dbranch = s->branch, .act = s->act, .work = s->work, .threads = s->threads};
-    const forward_scratch recompute = {s->ln, s->branch, s->act, s->work, s->threads};
+    const forward_scratch recompute = {.ln = s->ln, .branch = s->branch, .act = s->act, .work = s->work,
+                                       .threads = s->threads};
     scratch_sizes need = scratch_needed(s, B, z.threads);
     const size_t wide = need.tokens_hidden > 3 * need.tokens_dim ? need.tokens_hidden : 3 * need.tokens_dim;
     float *d, *other;
@@ -374,7 +332,7 @@ static herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_are
             memcpy(d, dtaps[i], tap_size * sizeof(float));
         else if (dtaps[i])
             residual_add_forward(d, d, dtaps[i], NULL, 1, (long)tap_size);
-        if (i < STAGES - 1) {
+        if (i < SWIN_STAGES - 1) {
             merge_backward(st, t, other, d, B, &z);
             float *swap = d;
             d = other;
@@ -398,224 +356,4 @@ static herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_are
     patch_embed_backward(dimages, GRAD(t, s->embed_w), GRAD(t, s->embed_b), image_work, z.dln, s->patches,
                          PARAM(t, s->embed_w), B, in, bb->img_size, bb->img_size, s->patch, D);
     return HERBS_OK;
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* Construction */
-
-static void swin_destroy(herbs_backbone *bb)
-{
-    swin *s = (swin *)bb;
-    for (int i = 0; i < STAGES; i++)
-        free(s->stages[i].blocks);
-    free(s);
-}
-
-static const herbs_backbone_ops swin_ops = {swin_forward, swin_backward, swin_destroy};
-
-typedef struct {
-    const char *name;
-    int embed_dim, depths[STAGES], heads[STAGES];
-} swin_variant;
-
-static const swin_variant variants[] = {
-    {"tiny", 96, {2, 2, 6, 2}, {3, 6, 12, 24}},
-    {"small", 96, {2, 2, 18, 2}, {3, 6, 12, 24}},
-    {"base", 128, {2, 2, 18, 2}, {4, 8, 16, 32}},
-    {"large", 192, {2, 2, 18, 2}, {6, 12, 24, 48}},
-};
-
-typedef struct {
-    int img_size, patch, in_chans, embed_dim, depths[STAGES], heads[STAGES], window, qkv_bias;
-    double mlp_ratio, drop_path_rate;
-} swin_config;
-
-static herbs_status read_config(herbs_config *config, swin_config *c)
-{
-    static const char *const names[] = {"tiny", "small", "base", "large", NULL};
-    const char *name;
-    HERBS_TRY(config_text(config, "variant", "tiny", names, &name));
-    const swin_variant *v = &variants[0];
-    for (size_t i = 0; i < sizeof variants / sizeof variants[0]; i++)
-        if (strcmp(variants[i].name, name) == 0)
-            v = &variants[i];
-    HERBS_TRY(config_int(config, "img_size", 224, 1, 16384, &c->img_size));
-    HERBS_TRY(config_int(config, "patch_size", 4, 1, 1024, &c->patch));
-    HERBS_TRY(config_int(config, "in_chans", 3, 1, 1024, &c->in_chans));
-    HERBS_TRY(config_int(config, "embed_dim", v->embed_dim, 1, 16384, &c->embed_dim));
-    HERBS_TRY(config_ints(config, "depths", STAGES, v->depths, 1, 256, c->depths));
-    HERBS_TRY(config_ints(config, "num_heads", STAGES, v->heads, 1, 4096, c->heads));
-    HERBS_TRY(config_int(config, "window_size", c->img_size == 384 ? 12 : 7, 1, 1024, &c->window));
-    HERBS_TRY(config_float(config, "mlp_ratio", 4.0, 1e-3, 64.0, &c->mlp_ratio));
-    HERBS_TRY(config_int(config, "qkv_bias", 1, 0, 1, &c->qkv_bias));
-    HERBS_TRY(config_float(config, "drop_path_rate", 0.1, 0.0, 1.0, &c->drop_path_rate));
-    if (c->drop_path_rate >= 1.0)
-        return herbs_error(HERBS_ERR_VALUE, "config 'drop_path_rate' = %g must be below 1 (1 drops every block)",
-                           c->drop_path_rate);
-    if (c->img_size % c->patch != 0)
-        return herbs_error(HERBS_ERR_VALUE, "config 'img_size' = %d is not a multiple of 'patch_size' = %d",
-                           c->img_size, c->patch);
-    return HERBS_OK;
-}
-
-/* Fills the stage geometry and checks what the config implies. */
-static herbs_status plan_stages(swin *s, const swin_config *c)
-{
-    int res = c->img_size / c->patch, dim = c->embed_dim;
-    for (int i = 0; i < STAGES; i++) {
-        swin_stage *st = &s->stages[i];
-        if (i < STAGES - 1 && res % 2 != 0)
-            return herbs_error(HERBS_ERR_VALUE,
-                               "config 'img_size' = %d gives stage %d a %dx%d map, which patch merging cannot halve "
-                               "(img_size / patch_size must be a multiple of 8)",
-                               c->img_size, i + 1, res, res);
-        if (res > c->window && res % c->window != 0)
-            return herbs_error(HERBS_ERR_VALUE,
-                               "config 'window_size' = %d does not divide stage %d's %dx%d map (img_size %d, patch_size "
-                               "%d); a window must tile the map or cover all of it",
-                               c->window, i + 1, res, res, c->img_size, c->patch);
-        if (dim % c->heads[i] != 0)
-            return herbs_error(HERBS_ERR_VALUE, "config 'num_heads' = %d for stage %d does not divide its dim %d",
-                               c->heads[i], i + 1, dim);
-        const double hidden = dim * c->mlp_ratio;
-        if (hidden < 1 || hidden > 1 << 20)
-            return herbs_error(HERBS_ERR_VALUE, "config 'mlp_ratio' = %g gives stage %d an MLP of %g units",
-                               c->mlp_ratio, i + 1, hidden);
-        st->depth = c->depths[i];
-        st->dim = dim;
-        st->heads = c->heads[i];
-        st->res = res;
-        st->window = res <= c->window ? res : c->window;
-        st->hidden = (int)hidden;
-        if (i < STAGES - 1) {
-            res /= 2;
-            dim *= 2;
-        }
-    }
-    return HERBS_OK;
-}
-
-static const herbs_init ZEROS = {HERBS_INIT_ZEROS, 0}, ONES = {HERBS_INIT_CONSTANT, 1};
-/* timm's trunc_normal_(std=.02) cuts at ±2 absolute, i.e. ±100σ: in effect a plain normal */
-static const herbs_init LINEAR_INIT = {HERBS_INIT_NORMAL, 0.02f};
-
-/* full = name + "." + suffix */
-static herbs_status join(char full[HERBS_NAME_MAX], const char *name, const char *suffix)
-{
-    if (snprintf(full, HERBS_NAME_MAX, "%s.%s", name, suffix) >= HERBS_NAME_MAX)
-        return herbs_error(HERBS_ERR_VALUE, "tensor name '%s.%s' is too long", name, suffix);
-    return HERBS_OK;
-}
-
-static herbs_status add_norm(herbs_params *t, norm_offsets *n, const char *prefix, const char *name, int dim)
-{
-    char full[HERBS_NAME_MAX];
-    HERBS_TRY(join(full, name, "weight"));
-    HERBS_TRY(params_add(t, &n->weight, HERBS_PARAMETER, ONES, prefix, full, 1, (int64_t)dim));
-    HERBS_TRY(join(full, name, "bias"));
-    return params_add(t, &n->bias, HERBS_PARAMETER, ZEROS, prefix, full, 1, (int64_t)dim);
-}
-
-/* Registers "<name>.weight" [out, in] and, if bias is not NULL, "<name>.bias" [out]. */
-static herbs_status add_linear(herbs_params *t, size_t *weight, size_t *bias, const char *prefix, const char *name,
-                               int in, int out)
-{
-    char full[HERBS_NAME_MAX];
-    HERBS_TRY(join(full, name, "weight"));
-    HERBS_TRY(params_add(t, weight, HERBS_PARAMETER, LINEAR_INIT, prefix, full, 2, (int64_t)out, (int64_t)in));
-    if (!bias)
-        return HERBS_OK;
-    HERBS_TRY(join(full, name, "bias"));
-    return params_add(t, bias, HERBS_PARAMETER, ZEROS, prefix, full, 1, (int64_t)out);
-}
-
-/* Tensors in timm's state-dict order. */
-static herbs_status register_block(herbs_params *t, swin_block *k, const swin_stage *st, const char *prefix,
-                                   const char *name, int qkv_bias)
-{
-    char n[HERBS_NAME_MAX];
-    const int C = st->dim, span = 2 * st->window - 1;
-    HERBS_TRY(join(n, name, "norm1"));
-    HERBS_TRY(add_norm(t, &k->norm1, prefix, n, C));
-    HERBS_TRY(join(n, name, "attn.relative_position_bias_table"));
-    HERBS_TRY(params_add(t, &k->table, HERBS_PARAMETER, LINEAR_INIT, prefix, n, 2, (int64_t)span * span,
-                         (int64_t)st->heads));
-    k->qkv_b = NONE;
-    HERBS_TRY(join(n, name, "attn.qkv"));
-    HERBS_TRY(add_linear(t, &k->qkv_w, qkv_bias ? &k->qkv_b : NULL, prefix, n, C, 3 * C));
-    HERBS_TRY(join(n, name, "attn.proj"));
-    HERBS_TRY(add_linear(t, &k->proj_w, &k->proj_b, prefix, n, C, C));
-    HERBS_TRY(join(n, name, "norm2"));
-    HERBS_TRY(add_norm(t, &k->norm2, prefix, n, C));
-    HERBS_TRY(join(n, name, "mlp.fc1"));
-    HERBS_TRY(add_linear(t, &k->fc1_w, &k->fc1_b, prefix, n, C, st->hidden));
-    HERBS_TRY(join(n, name, "mlp.fc2"));
-    return add_linear(t, &k->fc2_w, &k->fc2_b, prefix, n, st->hidden, C);
-}
-
-static herbs_status register_tensors(swin *s, herbs_params *t, const char *prefix, const swin_config *c)
-{
-    const int fan_in = c->in_chans * c->patch * c->patch;
-    const herbs_init conv_init = {HERBS_INIT_UNIFORM, 1.0f / sqrtf((float)fan_in)}; /* PyTorch's Conv2d default */
-    HERBS_TRY(params_add(t, &s->embed_w, HERBS_PARAMETER, conv_init, prefix, "patch_embed.proj.weight", 4,
-                         (int64_t)c->embed_dim, (int64_t)c->in_chans, (int64_t)c->patch, (int64_t)c->patch));
-    HERBS_TRY(params_add(t, &s->embed_b, HERBS_PARAMETER, conv_init, prefix, "patch_embed.proj.bias", 1,
-                         (int64_t)c->embed_dim));
-    HERBS_TRY(add_norm(t, &s->embed_norm, prefix, "patch_embed.norm", c->embed_dim));
-    int total = 0, index = 0;
-    for (int i = 0; i < STAGES; i++)
-        total += c->depths[i];
-    for (int i = 0; i < STAGES; i++) {
-        swin_stage *st = &s->stages[i];
-        st->blocks = calloc(st->depth, sizeof *st->blocks);
-        if (!st->blocks)
-            return herbs_error(HERBS_ERR_NOMEM, "out of memory creating a swin backbone");
-        for (int b = 0; b < st->depth; b++, index++) {
-            swin_block *k = &st->blocks[b];
-            char name[HERBS_NAME_MAX];
-            snprintf(name, sizeof name, "layers.%d.blocks.%d", i, b);
-            k->index = index;
-            k->shift = b % 2 == 1 && st->res > c->window ? c->window / 2 : 0;
-            /* torch.linspace(0, rate, total)[index] */
-            k->drop_prob = total > 1 ? (float)(c->drop_path_rate * index / (total - 1)) : 0.0f;
-            HERBS_TRY(register_block(t, k, st, prefix, name, c->qkv_bias));
-        }
-        if (i < STAGES - 1) {
-            char name[HERBS_NAME_MAX];
-            snprintf(name, sizeof name, "layers.%d.downsample.reduction", i);
-            HERBS_TRY(add_linear(t, &st->merge_reduction, NULL, prefix, name, 4 * st->dim, 2 * st->dim));
-            snprintf(name, sizeof name, "layers.%d.downsample.norm", i);
-            HERBS_TRY(add_norm(t, &st->merge_norm, prefix, name, 4 * st->dim));
-        }
-    }
-    return HERBS_OK;
-}
-
-herbs_status swin_backbone_create(herbs_backbone **out, herbs_config *config, herbs_params *t, const char *prefix)
-{
-    swin_config c;
-    HERBS_TRY(read_config(config, &c));
-    swin *s = calloc(1, sizeof *s);
-    if (!s)
-        return herbs_error(HERBS_ERR_NOMEM, "out of memory creating a swin backbone");
-    *out = &s->base;
-    s->base.ops = &swin_ops;
-    s->base.in_channels = c.in_chans;
-    s->base.img_size = c.img_size;
-    s->patch = c.patch;
-    s->embed_dim = c.embed_dim;
-    HERBS_TRY(plan_stages(s, &c));
-    for (int i = 0; i < STAGES; i++) {
-        const swin_stage *st = &s->stages[i];
-        const int last = i == STAGES - 1;
-        s->base.tap_height[i] = s->base.tap_width[i] = last ? st->res : st->res / 2;
-        s->base.tap_tokens[i] = s->base.tap_height[i] * s->base.tap_width[i];
-        s->base.tap_channels[i] = last ? st->dim : 2 * st->dim;
-    }
-    return register_tensors(s, t, prefix, &c);
-}
-
-herbs_status swin_net_create(herbs_net *net, herbs_config *config)
-{
-    return backbone_net_init(net, config, swin_backbone_create, "swin");
 }
