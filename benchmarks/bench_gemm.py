@@ -120,36 +120,45 @@ def cpu_seconds():
     Their difference over a measurement is the load other processes put on the machine."""
     try:
         with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:]]
+            ticks = [int(x) for x in f.readline().split()[1:8]]
     except OSError:
         return None
-    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    busy = sum(ticks) - ticks[3] - ticks[4]  # user, nice, system, irq, softirq, steal
     own = os.times()
     return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
 
 
-def other_load(before, after, seconds):
-    """Average number of CPUs other processes kept busy between two cpu_seconds()."""
-    if before is None or after is None:
-        return float("nan")
-    return max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / seconds
-
-
-def gflops(fn, flops, repeats, min_time):
-    """GF/s of `repeats` samples, each timing enough calls to last `min_time` seconds."""
-    fn()
+def calls_per_sample(fn, min_time):
+    """How many calls of fn (already warm) last about min_time seconds."""
     calls, start = 0, time.perf_counter()
     while time.perf_counter() - start < min_time / 4 or calls < 2:
         fn()
         calls += 1
-    per_sample = max(1, int(min_time / ((time.perf_counter() - start) / calls)))
-    samples = []
+    return max(1, int(min_time / ((time.perf_counter() - start) / calls)))
+
+
+def measure(fns, flops, repeats, min_time, pause):
+    """{name: [GF/s per sample]} and the other load, for the functions in `fns` taking turns
+    sample by sample (so that a change of load on the machine hits all of them alike), with a
+    pause after each sample so that spinning worker threads (OpenMP's, OpenBLAS's) sleep before
+    the other library runs."""
+    calls = {}
+    for name, fn in fns.items():
+        fn()
+        calls[name] = calls_per_sample(fn, min_time)
+        time.sleep(pause)
+    samples = {name: [] for name in fns}
+    before, start = cpu_seconds(), time.perf_counter()
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(per_sample):
-            fn()
-        samples.append(flops * per_sample / (time.perf_counter() - start) / 1e9)
-    return samples
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            samples[name].append(flops * calls[name] / (time.perf_counter() - t) / 1e9)
+            time.sleep(pause)
+    after, seconds = cpu_seconds(), time.perf_counter() - start
+    other = float("nan") if before is None else max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / seconds
+    return samples, other
 
 
 def child(args):
@@ -160,14 +169,9 @@ def child(args):
     print(json.dumps({"blas": blas_info(), "herbs": herbs.cpu_info()}), flush=True)
     for label, m, n, k, ta, tb, batch in shapes(args):
         a, b, c = operands(rng, m, n, k, ta, tb, batch)
-        flops = 2.0 * m * n * k * batch
-        row = {"label": label, "shape": [m, n, k, ta, tb, batch]}
-        row["other"] = 0.0
-        for name, make in (("herbs", herbs_call), ("numpy", numpy_call)):
-            before, start = cpu_seconds(), time.perf_counter()
-            row[name] = gflops(make(a, b, c, ta, tb, batch), flops, args.repeats, args.min_time)
-            row["other"] = max(row["other"], other_load(before, cpu_seconds(), time.perf_counter() - start))
-            time.sleep(args.pause)  # spinning worker threads (OpenMP, OpenBLAS) go to sleep before the next
+        fns = {"herbs": herbs_call(a, b, c, ta, tb, batch), "numpy": numpy_call(a, b, c, ta, tb, batch)}
+        row, other = measure(fns, 2.0 * m * n * k * batch, args.repeats, args.min_time, args.pause)
+        row.update(label=label, shape=[m, n, k, ta, tb, batch], other=other)
         print(json.dumps(row), flush=True)
 
 
@@ -209,8 +213,8 @@ def main():
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--quick", action="store_true", help="3 short repeats, squares up to 1024")
     parser.add_argument("--repeats", type=int, default=None, help="samples per measurement (default 7, quick 3)")
-    parser.add_argument("--min-time", type=float, default=None, help="seconds per sample (default 0.2, quick 0.06)")
-    parser.add_argument("--pause", type=float, default=0.3, help="seconds of rest between libraries (default 0.3)")
+    parser.add_argument("--min-time", type=float, default=None, help="seconds per sample (default 0.2, quick 0.05)")
+    parser.add_argument("--pause", type=float, default=0.15, help="seconds of rest after each sample (default 0.15)")
     parser.add_argument("--peak", type=float, default=None,
                         help="fp32 FMA peak per thread in GF/s for the %%-of-peak column (default: measured "
                              + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_PEAKS.items()) + ")")
@@ -220,7 +224,7 @@ def main():
     parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.repeats = args.repeats or (3 if args.quick else 7)
-    args.min_time = args.min_time or (0.06 if args.quick else 0.2)
+    args.min_time = args.min_time or (0.05 if args.quick else 0.2)
     if args.child:
         global SQUARES, MODEL, ATTENTION
         SQUARES, MODEL, ATTENTION = ([s for s in group if args.filter in s[0]] for group in (SQUARES, MODEL, ATTENTION))
@@ -234,7 +238,7 @@ def main():
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
     print(f"fp32 FMA peak taken as {args.peak or 0:g} GF/s per thread (--peak); median of {args.repeats} samples "
           f"of >= {args.min_time:g} s, min-max in brackets; 'other load': CPUs kept busy by other processes "
-          f"during the row's measurements (the larger of the two), from /proc/stat")
+          f"over the row's samples and pauses, from /proc/stat")
     for threads in [int(t) for t in args.threads.split(",")]:
         env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads))
         if args.isa:

@@ -6,11 +6,13 @@ or tests/reference_resnet.py), same weights, same thread count, side by side in 
 - latency: an eval-mode forward of one image, ms.
 
 Each side runs in its own subprocess (so peak memory, the max resident set size, is its own),
-repeats every measurement after a warm-up, and reports the median and the min–max spread.
+repeats every measurement after a warm-up, and reports the median and the min–max spread over
+all runs. The sides alternate over rounds (herbs, PyTorch, then PyTorch, herbs, ...), so a change
+in the machine's load during the run falls on both.
 
     python benchmarks/bench_herbs.py            # Swin-T 224 b8, ResNet-50 224 b8, Swin-L 384 b1
     python benchmarks/bench_herbs.py --quick    # small batches, fewer repeats
-    python benchmarks/bench_herbs.py --threads 2 --repeats 5
+    python benchmarks/bench_herbs.py --threads 2 --rounds 3 --repeats 2
 """
 import argparse
 import json
@@ -72,6 +74,16 @@ def torch_model(model):
     return ref
 
 
+def peak_rss_mb():
+    """This process's peak resident set (VmHWM): unlike ru_maxrss it starts afresh at exec, so
+    a worker does not inherit the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: an upper bound
+
+
 def timed(fn, repeats):
     fn()  # warm-up: first-touch memory, arena sizing, caches
     times = []
@@ -120,7 +132,7 @@ def worker(side, config, batch, threads, repeats, weights):
         infer = lambda: infer_on(tx)
         latency = lambda: infer_on(tx1)
     result = {"train": timed(train, repeats), "infer": timed(infer, repeats), "latency": timed(latency, repeats),
-              "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+              "peak_mb": peak_rss_mb()}
     print(json.dumps(result))
 
 
@@ -146,9 +158,10 @@ def median(v):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small batches and 2 repeats")
+    p.add_argument("--quick", action="store_true", help="small batches, one timed run per round")
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 3, quick 2)")
+    p.add_argument("--rounds", type=int, default=2, help="subprocesses per side, alternating (default 2)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement and round (default 2, quick 1)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {', '.join(CONFIGS)}")
     p.add_argument("--wait-policy", choices=["passive", "active", "default"], default="passive",
                    help="OMP_WAIT_POLICY of both sides (default: passive, herbs' own default)")
@@ -160,8 +173,8 @@ def main():
     if args.worker:
         return worker(args.worker, args.config, args.batch, args.threads, args.repeats, args.weights)
 
-    repeats = args.repeats or (2 if args.quick else 3)
-    print(f"threads {args.threads}, repeats {repeats}, OMP_WAIT_POLICY {args.wait_policy} (both sides), "
+    repeats = args.repeats or (1 if args.quick else 2)
+    print(f"threads {args.threads}, {args.rounds} rounds x {repeats} runs, OMP_WAIT_POLICY {args.wait_policy} (both sides), "
           f"load average {os.getloadavg()[0]:.2f} at start")
     print(f"{'config':<14}{'batch':>6}  {'measure':<9}{'herbs':>22}{'PyTorch':>22}{'ratio':>8}{'peak MB (h/t)':>17}")
     for config in args.configs.split(","):
@@ -171,8 +184,15 @@ def main():
             import numpy as np
             weights = os.path.join(tmp, "weights.npz")
             np.savez(weights, **herbs_model(backbone, img_size).state_dict())
-            results = {side: run_side(side, config, batch, args.threads, repeats, weights, args.wait_policy)
-                       for side in ("herbs", "torch")}
+            results = {"herbs": {}, "torch": {}}
+            for r in range(args.rounds):
+                for side in ("herbs", "torch") if r % 2 == 0 else ("torch", "herbs"):
+                    got = run_side(side, config, batch, args.threads, repeats, weights, args.wait_policy)
+                    for key, value in got.items():
+                        if key == "peak_mb":
+                            results[side][key] = max(results[side].get(key, 0), value)
+                        else:
+                            results[side].setdefault(key, []).extend(value)
         for measure, unit in (("train", "img/s"), ("infer", "img/s"), ("latency", "ms")):
             h, t = results["herbs"][measure], results["torch"][measure]
             if unit == "ms":

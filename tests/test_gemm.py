@@ -168,6 +168,19 @@ def test_gemm_batched_strided_views(threads):
         check(c[i], a[i], b[i], 0, 1)
 
 
+def test_gemm_batched_trivial(threads):
+    """alpha = 0 and K = 0 only scale C (beta = 0: zeros, even over NaN); an empty batch does nothing."""
+    rng = np.random.default_rng(11)
+    a, b = rng.uniform(-1, 1, (20, 5, 3)).astype(np.float32), rng.uniform(-1, 1, (20, 3, 4)).astype(np.float32)
+    c = np.full((20, 5, 4), 2.0, np.float32)
+    _C.gemm_batched(a, b, c, alpha=0.0, beta=0.5)
+    np.testing.assert_array_equal(c, 1.0)
+    c[...] = np.nan
+    _C.gemm_batched(np.zeros((20, 5, 0), np.float32), np.zeros((20, 0, 4), np.float32), c)
+    np.testing.assert_array_equal(c, 0.0)
+    assert _C.gemm_batched(np.zeros((0, 5, 3), np.float32), np.zeros((0, 3, 4), np.float32)).shape == (0, 5, 4)
+
+
 def test_gemm_float64_is_exact_reference():
     rng = np.random.default_rng(7)
     for ta, tb in [(0, 0), (0, 1), (1, 0), (1, 1)]:
