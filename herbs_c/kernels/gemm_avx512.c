@@ -155,23 +155,26 @@ TARGET static void pack_a_rows(int rows, int k, const float *A, long lda, float 
     }
 }
 
-/* dst[k][14] <- rows of A[0:k, 0:rows] (A holds op(A) transposed, rows <= 14). */
-TARGET static void pack_a_cols(int rows, int k, const float *A, long lda, float *dst)
+/* dst[ceil(m/14)][k][14] <- rows of A[0:k, 0:m] (A holds op(A) transposed): row by row of A,
+   which the hardware prefetcher streams, each row cut into the panels. */
+TARGET static void pack_a_cols(int m, int k, const float *A, long lda, float *dst)
 {
-    const __mmask16 m = lanes(rows);
-    for (int kk = 0; kk < k; kk++)
-        _mm512_mask_storeu_ps(dst + (size_t)kk * MR, lanes(MR), _mm512_maskz_loadu_ps(m, A + (size_t)kk * lda));
+    for (int kk = 0; kk < k; kk++) {
+        const float *src = A + (size_t)kk * lda;
+        for (int i0 = 0; i0 < m; i0 += MR)
+            _mm512_mask_storeu_ps(dst + (size_t)i0 * k + (size_t)kk * MR, lanes(MR),
+                                  _mm512_maskz_loadu_ps(lanes(m - i0), src + i0));
+    }
 }
 
 TARGET static void pack_a(int trans, int m, int k, const float *A, long lda, float *dst)
 {
-    for (int i0 = 0; i0 < m; i0 += MR, dst += (size_t)k * MR) {
-        const int rows = m - i0 < MR ? m - i0 : MR;
-        if (trans)
-            pack_a_cols(rows, k, A + i0, lda, dst);
-        else
-            pack_a_rows(rows, k, A + (size_t)i0 * lda, lda, dst);
+    if (trans) {
+        pack_a_cols(m, k, A, lda, dst);
+        return;
     }
+    for (int i0 = 0; i0 < m; i0 += MR, dst += (size_t)k * MR)
+        pack_a_rows(m - i0 < MR ? m - i0 : MR, k, A + (size_t)i0 * lda, lda, dst);
 }
 
 /* dst[k][32] <- B[0:cols, 0:k]ᵀ (B holds op(B) transposed, cols <= 32): two 16-row halves. */

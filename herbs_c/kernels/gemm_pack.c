@@ -3,30 +3,41 @@
 
 #include "kernels/gemm_microkernels.h"
 
-/* dst[k][mr] <- op(A)[0:rows, 0:k] for one panel of rows <= mr rows, the rest zero. */
-static void pack_a_panel(int mr, int trans, int rows, int k, const float *A, long lda, float *dst)
+/* dst[k][mr] <- A[0:rows, 0:k] for one panel of rows <= mr rows of a row-major A, the rest zero. */
+static void pack_a_rows(int mr, int rows, int k, const float *A, long lda, float *dst)
 {
-    if (trans) {
+    for (int i = 0; i < rows; i++) {
+        const float *src = A + (size_t)i * lda;
         for (int kk = 0; kk < k; kk++)
-            memcpy(dst + (size_t)kk * mr, A + (size_t)kk * lda, rows * sizeof(float));
-    } else {
-        for (int i = 0; i < rows; i++) {
-            const float *src = A + (size_t)i * lda;
-            for (int kk = 0; kk < k; kk++)
-                dst[(size_t)kk * mr + i] = src[kk];
-        }
+            dst[(size_t)kk * mr + i] = src[kk];
     }
     if (rows < mr)
         for (int kk = 0; kk < k; kk++)
             memset(dst + (size_t)kk * mr + rows, 0, (mr - rows) * sizeof(float));
 }
 
+/* dst[ceil(m/mr)][k][mr] <- rows of A[0:k, 0:m] (A holds op(A) transposed), row by row of A. */
+static void pack_a_cols(int mr, int m, int k, const float *A, long lda, float *dst)
+{
+    for (int kk = 0; kk < k; kk++) {
+        const float *src = A + (size_t)kk * lda;
+        for (int i0 = 0; i0 < m; i0 += mr) {
+            const int rows = m - i0 < mr ? m - i0 : mr;
+            float *panel_row = dst + (size_t)i0 * k + (size_t)kk * mr;
+            memcpy(panel_row, src + i0, rows * sizeof(float));
+            memset(panel_row + rows, 0, (mr - rows) * sizeof(float));
+        }
+    }
+}
+
 void gemm_pack_a_generic(int mr, int trans, int m, int k, const float *A, long lda, float *dst)
 {
-    for (int i0 = 0; i0 < m; i0 += mr, dst += (size_t)k * mr) {
-        const float *src = trans ? A + i0 : A + (size_t)i0 * lda;
-        pack_a_panel(mr, trans, m - i0 < mr ? m - i0 : mr, k, src, lda, dst);
+    if (trans) {
+        pack_a_cols(mr, m, k, A, lda, dst);
+        return;
     }
+    for (int i0 = 0; i0 < m; i0 += mr, dst += (size_t)k * mr)
+        pack_a_rows(mr, m - i0 < mr ? m - i0 : mr, k, A + (size_t)i0 * lda, lda, dst);
 }
 
 /* dst[k][nr] <- op(B)[0:k, 0:cols] for one panel of cols <= nr columns, the rest zero. */
