@@ -194,26 +194,28 @@ TARGET static void pack_b_rows(int cols, int k, const float *B, long ldb, float 
     }
 }
 
-/* dst[k][32] <- B[0:k, 0:cols] (B row-major, cols <= 32), zero beyond cols. */
-TARGET static void pack_b_cols(int cols, int k, const float *B, long ldb, float *dst)
+/* dst[ceil(n/32)][k][32] <- B[0:k, 0:n] (B row-major), zero beyond n: row by row of B, which
+   the hardware prefetcher streams, each row cut into the panels. */
+TARGET static void pack_b_cols(int n, int k, const float *B, long ldb, float *dst)
 {
-    const __mmask16 m0 = lanes(cols), m1 = lanes(cols - 16);
     for (int kk = 0; kk < k; kk++) {
         const float *src = B + (size_t)kk * ldb;
-        _mm512_store_ps(dst + (size_t)kk * NR, _mm512_maskz_loadu_ps(m0, src));
-        _mm512_store_ps(dst + (size_t)kk * NR + 16, _mm512_maskz_loadu_ps(m1, src + 16));
+        for (int j0 = 0; j0 < n; j0 += NR) {
+            float *panel_row = dst + (size_t)j0 * k + (size_t)kk * NR;
+            _mm512_store_ps(panel_row, _mm512_maskz_loadu_ps(lanes(n - j0), src + j0));
+            _mm512_store_ps(panel_row + 16, _mm512_maskz_loadu_ps(lanes(n - j0 - 16), src + j0 + 16));
+        }
     }
 }
 
 TARGET static void pack_b(int trans, int n, int k, const float *B, long ldb, float *dst)
 {
-    for (int j0 = 0; j0 < n; j0 += NR, dst += (size_t)k * NR) {
-        const int cols = n - j0 < NR ? n - j0 : NR;
-        if (trans)
-            pack_b_rows(cols, k, B + (size_t)j0 * ldb, ldb, dst);
-        else
-            pack_b_cols(cols, k, B + j0, ldb, dst);
+    if (!trans) {
+        pack_b_cols(n, k, B, ldb, dst);
+        return;
     }
+    for (int j0 = 0; j0 < n; j0 += NR, dst += (size_t)k * NR)
+        pack_b_rows(n - j0 < NR ? n - j0 : NR, k, B + (size_t)j0 * ldb, ldb, dst);
 }
 
 const gemm_microkernel gemm_microkernel_avx512 = {"avx512 14x32", MR, NR, 256, 1024,
