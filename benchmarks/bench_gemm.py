@@ -128,6 +128,20 @@ def cpu_seconds():
     return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
 
 
+def wait_for_quiet(limit, threshold=0.2, window=1.0):
+    """Waits up to `limit` seconds for a `window` in which other processes keep fewer than
+    `threshold` CPUs busy (a shared machine); True when one came."""
+    deadline = time.perf_counter() + limit
+    while True:
+        before = cpu_seconds()
+        time.sleep(window)
+        after = cpu_seconds()
+        if before is None or (after[0] - before[0]) - (after[1] - before[1]) < threshold * window:
+            return True
+        if time.perf_counter() > deadline:
+            return False
+
+
 def calls_per_sample(fn, min_time):
     """How many calls of fn (already warm) last about min_time seconds."""
     calls, start = 0, time.perf_counter()
@@ -170,6 +184,8 @@ def child(args):
     for label, m, n, k, ta, tb, batch in shapes(args):
         a, b, c = operands(rng, m, n, k, ta, tb, batch)
         fns = {"herbs": herbs_call(a, b, c, ta, tb, batch), "numpy": numpy_call(a, b, c, ta, tb, batch)}
+        if args.wait_quiet:
+            wait_for_quiet(args.wait_quiet)
         row, other = measure(fns, 2.0 * m * n * k * batch, args.repeats, args.min_time, args.pause)
         row.update(label=label, shape=[m, n, k, ta, tb, batch], other=other)
         print(json.dumps(row), flush=True)
@@ -219,6 +235,8 @@ def main():
                         help="fp32 FMA peak per thread in GF/s for the %%-of-peak column (default: measured "
                              + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_PEAKS.items()) + ")")
     parser.add_argument("--filter", default="", help="only shapes whose label contains this text")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="before each shape, wait up to SECONDS for other processes to leave the CPUs idle")
     parser.add_argument("--isa", default="", help="herbs' instruction set (avx512, avx2, portable; default: the best)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
@@ -244,7 +262,8 @@ def main():
         if args.isa:
             env["HERBS_ISA"] = args.isa
         cmd = [sys.executable, os.path.abspath(__file__), "--child", str(threads), "--repeats", str(args.repeats),
-               "--min-time", str(args.min_time), "--pause", str(args.pause), "--filter", args.filter]
+               "--min-time", str(args.min_time), "--pause", str(args.pause), "--filter", args.filter,
+               "--wait-quiet", str(args.wait_quiet)]
         if args.quick:
             cmd.append("--quick")
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)

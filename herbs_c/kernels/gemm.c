@@ -17,11 +17,12 @@
 #include "kernels/gemm_microkernels.h"
 #include "kernels/kernels.h"
 
-#define FLOPS_PER_THREAD 4.0e6 /* below this a second thread costs more than it gives */
-#define PACK_COST 64.0         /* packing one element costs about as much as 64 flops */
-#define ADD_COST 64.0          /* so does adding one element of a partial sum */
-#define SMALL_A_FLOATS 65536      /* with one block of B and an A this small, both are read in place */
-#define PREFETCH_BYTES (256 << 10) /* batch items whose operands fit twice in L2 fetch the next */
+#define FLOPS_PER_THREAD 4.0e6     /* below this a second thread costs more than it gives */
+#define PACK_COST 64.0             /* packing one element costs about as much as 64 flops */
+#define ADD_COST 64.0              /* so does adding one element of a partial sum */
+#define SMALL_A_FLOATS 65536       /* with one block of B and an A this small, both are read in place */
+#define PREFETCH_BYTES (256 << 10) /* batch items with operands this small fetch the next item's */
+#define TRANSPOSED_A_ROWS 512      /* rows of a transposed A packed at once (512 x kc floats in L2) */
 
 const gemm_microkernel *gemm_microkernel_current(void)
 {
@@ -118,25 +119,33 @@ static const float *b_panel(const b_block *bb, int j0, int k, int nr, long *step
     return bb->pack + (size_t)(j0 - bb->in_place) * k;
 }
 
+/* Rows of A packed at once: one stripe, or for a transposed A (whose packing reads rows of A,
+   better streamed whole) the stripes of about TRANSPOSED_A_ROWS rows. */
+static int rows_packed_at_once(const gemm_microkernel *uk, int trans_a)
+{
+    return trans_a ? TRANSPOSED_A_ROWS / uk->mr * uk->mr : uk->mr;
+}
+
 /* C[0:m, 0:n] = alpha * op(A)[0:m, 0:k] · (B block) + beta * C, a stripe of mr rows of C at a
    time: the stripe's A panel (read in place or packed) stays in L1 while the B panels stream
    from L2, and C is written in the order of its memory, which the hardware prefetcher follows. */
 static void stripes(const gemm_microkernel *uk, int trans_a, int a_in_place, int m, int n, int k, float alpha,
                     const float *A, long lda, const b_block *bb, float beta, float *C, long ldc, float *apack)
 {
-    const int mr = uk->mr, nr = uk->nr;
+    const int mr = uk->mr, nr = uk->nr, group = a_in_place ? mr : rows_packed_at_once(uk, trans_a);
     for (int i0 = 0; i0 < m; i0 += mr) {
         const int rows = min_int(mr, m - i0), in_place = a_in_place && rows == mr;
         const float *a = op_at(A, lda, trans_a, i0, 0);
-        if (!in_place)
-            uk->pack_a(trans_a, rows, k, a, lda, apack);
+        if (!in_place && i0 % group == 0)
+            uk->pack_a(trans_a, min_int(group, m - i0), k, a, lda, apack);
+        const float *a_panel = apack + (size_t)(i0 % group) * k;
         for (int j0 = 0; j0 < n; j0 += nr) {
             long b_step;
             const float *b = b_panel(bb, j0, k, nr, &b_step);
             float *c = C + (size_t)i0 * ldc + j0;
             const int cols = min_int(nr, n - j0);
             if (!in_place)
-                uk->run(k, apack, mr, b, b_step, c, ldc, alpha, beta, rows, cols);
+                uk->run(k, a_panel, mr, b, b_step, c, ldc, alpha, beta, rows, cols);
             else if (trans_a)
                 uk->run(k, a, lda, b, b_step, c, ldc, alpha, beta, rows, cols);
             else
@@ -156,7 +165,7 @@ static void gemm_serial(const gemm_microkernel *uk, int trans_a, int trans_b, in
     const int small = K <= uk->kc && N <= uk->nc && (size_t)M * K <= SMALL_A_FLOATS;
     const int a_in_place = small && readable_in_place(lda);
     const int b_in_place = small && !trans_b && readable_in_place(ldb);
-    float *bpack = workspace_get(BUF_PACK, (size_t)kc * (nc + uk->mr));
+    float *bpack = workspace_get(BUF_PACK, (size_t)kc * (nc + rows_packed_at_once(uk, trans_a)));
     if (!bpack) { /* out of memory for packing: the plain loops need none */
         gemm_reference(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
@@ -183,14 +192,15 @@ typedef struct {
     int m, n, k;
 } thread_grid;
 
-/* The cost in flops, padding and packing included, of the largest share of a grid. */
+/* The work of the largest share of a grid in flop-equivalents: its multiply-adds (edge tiles
+   padded), its packing (its B columns once, its A rows once per column block) and its part
+   of the sum of partial products when K is split. */
 static double grid_cost(const gemm_microkernel *uk, int M, int N, int K, thread_grid g)
 {
-    const double rows = (double)round_up(M, uk->mr * g.m) / g.m, cols = (double)round_up(N, uk->nr * g.n) / g.n;
-    const double depth = (double)(K + g.k - 1) / g.k;
-    const double a_packs = (double)((int)cols + uk->nc - 1) / uk->nc; /* A is packed once per column block */
-    const double reduce = g.k > 1 ? (double)M * N * g.k / (g.m * g.n * g.k) : 0.0;
-    return 2.0 * rows * cols * depth + PACK_COST * depth * (rows * (int)a_packs + cols) + ADD_COST * reduce;
+    const int rows = round_up(M, uk->mr * g.m) / g.m, cols = round_up(N, uk->nr * g.n) / g.n;
+    const int depth = (K + g.k - 1) / g.k, column_blocks = (cols + uk->nc - 1) / uk->nc;
+    const double adds = (double)M * N * (g.k - 1) / (g.m * g.n * g.k);
+    return 2.0 * rows * cols * depth + PACK_COST * depth * ((double)rows * column_blocks + cols) + ADD_COST * adds;
 }
 
 /* The cheapest grid of nt threads; depth is split only when allowed and deep enough. */

@@ -155,23 +155,26 @@ TARGET static void pack_a_rows(int rows, int k, const float *A, long lda, float 
     }
 }
 
-/* dst[k][14] <- rows of A[0:k, 0:rows] (A holds op(A) transposed, rows <= 14). */
-TARGET static void pack_a_cols(int rows, int k, const float *A, long lda, float *dst)
+/* dst[ceil(m/14)][k][14] <- rows of A[0:k, 0:m] (A holds op(A) transposed): row by row of A,
+   which the hardware prefetcher streams, each row cut into the panels. */
+TARGET static void pack_a_cols(int m, int k, const float *A, long lda, float *dst)
 {
-    const __mmask16 m = lanes(rows);
-    for (int kk = 0; kk < k; kk++)
-        _mm512_mask_storeu_ps(dst + (size_t)kk * MR, lanes(MR), _mm512_maskz_loadu_ps(m, A + (size_t)kk * lda));
+    for (int kk = 0; kk < k; kk++) {
+        const float *src = A + (size_t)kk * lda;
+        for (int i0 = 0; i0 < m; i0 += MR)
+            _mm512_mask_storeu_ps(dst + (size_t)i0 * k + (size_t)kk * MR, lanes(MR),
+                                  _mm512_maskz_loadu_ps(lanes(m - i0), src + i0));
+    }
 }
 
 TARGET static void pack_a(int trans, int m, int k, const float *A, long lda, float *dst)
 {
-    for (int i0 = 0; i0 < m; i0 += MR, dst += (size_t)k * MR) {
-        const int rows = m - i0 < MR ? m - i0 : MR;
-        if (trans)
-            pack_a_cols(rows, k, A + i0, lda, dst);
-        else
-            pack_a_rows(rows, k, A + (size_t)i0 * lda, lda, dst);
+    if (trans) {
+        pack_a_cols(m, k, A, lda, dst);
+        return;
     }
+    for (int i0 = 0; i0 < m; i0 += MR, dst += (size_t)k * MR)
+        pack_a_rows(m - i0 < MR ? m - i0 : MR, k, A + (size_t)i0 * lda, lda, dst);
 }
 
 /* dst[k][32] <- B[0:cols, 0:k]ᵀ (B holds op(B) transposed, cols <= 32): two 16-row halves. */
@@ -191,26 +194,28 @@ TARGET static void pack_b_rows(int cols, int k, const float *B, long ldb, float 
     }
 }
 
-/* dst[k][32] <- B[0:k, 0:cols] (B row-major, cols <= 32), zero beyond cols. */
-TARGET static void pack_b_cols(int cols, int k, const float *B, long ldb, float *dst)
+/* dst[ceil(n/32)][k][32] <- B[0:k, 0:n] (B row-major), zero beyond n: row by row of B, which
+   the hardware prefetcher streams, each row cut into the panels. */
+TARGET static void pack_b_cols(int n, int k, const float *B, long ldb, float *dst)
 {
-    const __mmask16 m0 = lanes(cols), m1 = lanes(cols - 16);
     for (int kk = 0; kk < k; kk++) {
         const float *src = B + (size_t)kk * ldb;
-        _mm512_store_ps(dst + (size_t)kk * NR, _mm512_maskz_loadu_ps(m0, src));
-        _mm512_store_ps(dst + (size_t)kk * NR + 16, _mm512_maskz_loadu_ps(m1, src + 16));
+        for (int j0 = 0; j0 < n; j0 += NR) {
+            float *panel_row = dst + (size_t)j0 * k + (size_t)kk * NR;
+            _mm512_store_ps(panel_row, _mm512_maskz_loadu_ps(lanes(n - j0), src + j0));
+            _mm512_store_ps(panel_row + 16, _mm512_maskz_loadu_ps(lanes(n - j0 - 16), src + j0 + 16));
+        }
     }
 }
 
 TARGET static void pack_b(int trans, int n, int k, const float *B, long ldb, float *dst)
 {
-    for (int j0 = 0; j0 < n; j0 += NR, dst += (size_t)k * NR) {
-        const int cols = n - j0 < NR ? n - j0 : NR;
-        if (trans)
-            pack_b_rows(cols, k, B + (size_t)j0 * ldb, ldb, dst);
-        else
-            pack_b_cols(cols, k, B + j0, ldb, dst);
+    if (!trans) {
+        pack_b_cols(n, k, B, ldb, dst);
+        return;
     }
+    for (int j0 = 0; j0 < n; j0 += NR, dst += (size_t)k * NR)
+        pack_b_rows(n - j0 < NR ? n - j0 : NR, k, B + (size_t)j0 * ldb, ldb, dst);
 }
 
 const gemm_microkernel gemm_microkernel_avx512 = {"avx512 14x32", MR, NR, 256, 1024,
