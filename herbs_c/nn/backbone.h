@@ -25,9 +25,11 @@ typedef struct {
                             int batch, int train, uint64_t seed, uint64_t step, float *taps[HERBS_TAPS]);
     /* dtaps[i] [B, S_i, C_i], or NULL for a tap without gradient -> parameter gradients
        accumulated into t->grads; the image gradient [B, in_channels, H, W] added into dimages
-       unless it is NULL. Goes back through the last forward; scratch comes from `arena`. */
+       unless it is NULL. tap_grads (NULL, or entries NULL for taps not wanted) receives the whole
+       gradient at each tap: its dtaps plus what flows back from the stages above (heat maps).
+       Goes back through the last forward; scratch comes from `arena`. */
     herbs_status (*backward)(herbs_backbone *bb, herbs_params *t, herbs_arena *arena,
-                             const float *const dtaps[HERBS_TAPS], float *dimages);
+                             const float *const dtaps[HERBS_TAPS], float *dimages, float *tap_grads[HERBS_TAPS]);
     void (*destroy)(herbs_backbone *bb); /* frees bb and what it owns */
 } herbs_backbone_ops;
 
@@ -40,6 +42,10 @@ struct herbs_backbone {
 
 /* Constructors: read the backbone's keys from `config` (leaving unknown keys for the caller
    to reject), register tensors in `t` under `prefix`. */
+/* Copies the whole gradient at tap i into tap_grads[i] if it is wanted (zeros when `grad` is
+   NULL): the backbones' shared step for the tap_grads of backward. */
+void backbone_keep_tap_grad(const herbs_backbone *bb, float *tap_grads[HERBS_TAPS], int i, int batch, const float *grad);
+
 typedef herbs_status (*herbs_backbone_create_fn)(herbs_backbone **out, herbs_config *config, herbs_params *t,
                                                  const char *prefix);
 

@@ -37,7 +37,18 @@ static herbs_status bn_backward(herbs_net *net, float *dimages)
     const float *dtaps[HERBS_TAPS];
     for (int i = 0; i < HERBS_TAPS; i++)
         dtaps[i] = net->outputs[i].grad;
-    return impl->bb->ops->backward(impl->bb, &net->params, &net->arena, dtaps, dimages);
+    return impl->bb->ops->backward(impl->bb, &net->params, &net->arena, dtaps, dimages, NULL);
+}
+
+void backbone_keep_tap_grad(const herbs_backbone *bb, float *tap_grads[HERBS_TAPS], int i, int batch, const float *grad)
+{
+    if (!tap_grads || !tap_grads[i])
+        return;
+    const size_t n = (size_t)batch * bb->tap_tokens[i] * bb->tap_channels[i];
+    if (grad)
+        memcpy(tap_grads[i], grad, n * sizeof(float));
+    else
+        memset(tap_grads[i], 0, n * sizeof(float));
 }
 
 static void bn_destroy(herbs_net *net)

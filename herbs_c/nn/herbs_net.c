@@ -75,6 +75,20 @@ static herbs_status add_outputs(herbs_net *net, herbs_model *m, int B)
     return HERBS_OK;
 }
 
+/* The backbone's taps as probes "backbone.layer1".."backbone.layer4" [B, S_i, C_i]. */
+static void add_tap_probes(herbs_net *net, const herbs_model *m, int B)
+{
+    for (int i = 0; i < HERBS_TAPS; i++) {
+        herbs_output *p = &net->probes[i];
+        snprintf(p->name, sizeof p->name, "backbone.layer%d", i + 1);
+        p->ndim = 3;
+        p->shape[0] = B, p->shape[1] = m->bb->tap_tokens[i], p->shape[2] = m->bb->tap_channels[i];
+        p->data = m->taps[i];
+        p->grad = NULL;
+    }
+    net->n_probes = HERBS_TAPS;
+}
+
 static herbs_status herbs_forward(herbs_net *net, const float *images, int batch, int train)
 {
     herbs_model *m = net->impl;
@@ -84,6 +98,7 @@ static herbs_status herbs_forward(herbs_net *net, const float *images, int batch
     m->train = train;
     HERBS_TRY(m->bb->ops->forward(m->bb, &net->params, &net->arena, images, batch, train, net->seed, net->step, m->taps));
     HERBS_TRY(add_outputs(net, m, batch));
+    add_tap_probes(net, m, batch);
 
     float *logits[HERBS_TAPS], *features[HERBS_TAPS] = {NULL}, *selected[HERBS_TAPS], *dropped[HERBS_TAPS];
     for (int i = 0; i < HERBS_TAPS; i++) {
@@ -178,7 +193,13 @@ static herbs_status herbs_backward(herbs_net *net, float *dimages)
                         m->ori_mean, PARAM(&net->params, m->ori_w), B, C, m->classes);
         token_mean_backward(dtaps[HERBS_TAPS - 1], dmean, B, S, C);
     }
-    return m->bb->ops->backward(m->bb, &net->params, &net->arena, (const float *const *)dtaps, dimages);
+    float *tap_grads[HERBS_TAPS] = {NULL};
+    for (int i = 0; net->probe_backward && i < HERBS_TAPS; i++) {
+        HERBS_TRY(head_alloc(&c, (size_t)B * bb->tap_tokens[i] * bb->tap_channels[i], 0, &tap_grads[i]));
+        net->probes[i].grad = tap_grads[i];
+    }
+    return m->bb->ops->backward(m->bb, &net->params, &net->arena, (const float *const *)dtaps, dimages,
+                                net->probe_backward ? tap_grads : NULL);
 }
 
 static void herbs_destroy(herbs_net *net)

@@ -45,6 +45,7 @@ herbs_status net_begin_forward(herbs_net *net, int batch)
     net->forward_batch = 0;
     net->backward_done = 0;
     net->n_outputs = 0;
+    net->n_probes = 0;
     return herbs_arena_reset(&net->arena);
 }
 

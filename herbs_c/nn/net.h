@@ -11,6 +11,7 @@
 #include "nn/params.h"
 
 #define HERBS_MAX_OUTPUTS 24
+#define HERBS_MAX_PROBES 4
 #define HERBS_OUTPUT_NAME_MAX 32
 
 /* An output of the last forward pass; `data` and `grad` live in the net's arena. `grad` is
@@ -61,6 +62,11 @@ struct herbs_net {
     int in_channels, height, width; /* the image size this net takes */
     int n_outputs;
     herbs_output outputs[HERBS_MAX_OUTPUTS];
+    /* Activations inside the net that a caller may inspect with their gradients (the backbone's
+       taps, for heat maps): data from the last forward; grad set by a backward in probe mode. */
+    int n_probes;
+    herbs_output probes[HERBS_MAX_PROBES];
+    int probe_backward; /* set for one backward: also keep the whole gradient at each probe */
     int forward_batch;  /* batch of the last forward; 0 when there is none to go back through */
     int backward_done;  /* set by backward, cleared by forward */
     uint64_t seed;      /* random streams (drop path, dropout) are keyed by (seed, step, layer) */

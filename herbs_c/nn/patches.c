@@ -57,10 +57,12 @@ static herbs_status patches_forward(herbs_backbone *base, const herbs_params *t,
 }
 
 static herbs_status patches_backward(herbs_backbone *base, herbs_params *t, herbs_arena *arena,
-                                     const float *const dtaps[HERBS_TAPS], float *dimages)
+                                     const float *const dtaps[HERBS_TAPS], float *dimages,
+                                     float *tap_grads[HERBS_TAPS])
 {
     patches_backbone *pb = (patches_backbone *)base;
     for (int i = 0; i < HERBS_TAPS; i++) {
+        backbone_keep_tap_grad(base, tap_grads, i, pb->batch, dtaps[i]); /* no tap feeds another */
         if (!dtaps[i])
             continue;
         const int p = pb->patch[i], rows = pb->batch * base->tap_tokens[i], C = base->tap_channels[i];

@@ -350,7 +350,8 @@ static void block_backward(resnet *r, bottleneck *blk, herbs_params *t, grad_buf
 }
 
 static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *arena,
-                                    const float *const dtaps[HERBS_TAPS], float *dimages)
+                                    const float *const dtaps[HERBS_TAPS], float *dimages,
+                                    float *tap_grads[HERBS_TAPS])
 {
     resnet *r = (resnet *)bb;
     if (r->batch == 0)
@@ -358,6 +359,8 @@ static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
     int top = STAGES - 1;
     while (top >= 0 && !dtaps[top])
         top--;
+    for (int i = top + 1; i < STAGES; i++)
+        backbone_keep_tap_grad(bb, tap_grads, i, r->batch, NULL);
     if (top < 0)
         return HERBS_OK; /* no gradient flows */
 
@@ -394,6 +397,8 @@ static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
             for (size_t k = 0; k < n; k++)
                 gb.cur[k] += dtaps[s][k];
         }
+        if (i == r->stage_last[s])
+            backbone_keep_tap_grad(bb, tap_grads, s, r->batch, gb.cur);
         zeroed(gb.prev, (size_t)r->batch * blk->conv1.H * blk->conv1.W * blk->conv1.in_c);
         block_backward(r, blk, t, &gb);
         float *swap = gb.cur;

@@ -294,7 +294,7 @@ static void merge_backward(const swin_stage *st, herbs_params *t, float *dx, con
 }
 
 herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *arena,
-                                  const float *const dtaps[HERBS_TAPS], float *dimages)
+                                  const float *const dtaps[HERBS_TAPS], float *dimages, float *tap_grads[HERBS_TAPS])
 {
     swin *s = (swin *)bb;
     const int B = s->batch;
@@ -305,6 +305,8 @@ herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *are
     for (int i = 0; i < HERBS_TAPS; i++)
         if (dtaps[i])
             top = i;
+    for (int i = top + 1; i < HERBS_TAPS; i++)
+        backbone_keep_tap_grad(bb, tap_grads, i, B, NULL);
     if (top < 0)
         return HERBS_OK;
 
@@ -332,6 +334,7 @@ herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *are
             memcpy(d, dtaps[i], tap_size * sizeof(float));
         else if (dtaps[i])
             residual_add_forward(d, d, dtaps[i], NULL, 1, (long)tap_size);
+        backbone_keep_tap_grad(bb, tap_grads, i, B, d);
         if (i < SWIN_STAGES - 1) {
             merge_backward(st, t, other, d, B, &z);
             float *swap = d;

@@ -58,6 +58,6 @@ typedef struct {
 herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena *arena, const float *images,
                           int batch, int train, uint64_t seed, uint64_t step, float *taps[HERBS_TAPS]);
 herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *arena,
-                           const float *const dtaps[HERBS_TAPS], float *dimages);
+                           const float *const dtaps[HERBS_TAPS], float *dimages, float *tap_grads[HERBS_TAPS]);
 
 #endif

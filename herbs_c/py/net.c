@@ -195,29 +195,34 @@ static int check_images(herbs_net *net, PyObject *obj, const float **data, int *
     return 1;
 }
 
-/* {name: array} of the last forward's outputs: float32 copies, int64 for integer outputs. */
+/* A new array holding `src` (float32 values of output or probe `o`; int64 for integer outputs). */
+static PyObject *array_of(const herbs_output *o, const float *src)
+{
+    npy_intp dims[HERBS_MAX_DIMS];
+    for (int d = 0; d < o->ndim; d++)
+        dims[d] = (npy_intp)o->shape[d];
+    PyObject *arr = PyArray_SimpleNew(o->ndim, dims, o->integer ? NPY_INT64 : NPY_FLOAT32);
+    if (!arr)
+        return NULL;
+    if (o->integer) {
+        int64_t *dst = PyArray_DATA((PyArrayObject *)arr);
+        for (npy_intp j = 0; j < PyArray_SIZE((PyArrayObject *)arr); j++)
+            dst[j] = (int64_t)src[j];
+    } else {
+        memcpy(PyArray_DATA((PyArrayObject *)arr), src, PyArray_NBYTES((PyArrayObject *)arr));
+    }
+    return arr;
+}
+
+/* {name: array} of the last forward's outputs. */
 static PyObject *outputs_dict(herbs_net *net)
 {
     PyObject *result = PyDict_New();
     for (int i = 0; result && i < net->n_outputs; i++) {
-        const herbs_output *o = &net->outputs[i];
-        npy_intp dims[HERBS_MAX_DIMS];
-        for (int d = 0; d < o->ndim; d++)
-            dims[d] = (npy_intp)o->shape[d];
-        PyObject *arr = PyArray_SimpleNew(o->ndim, dims, o->integer ? NPY_INT64 : NPY_FLOAT32);
-        if (!arr || PyDict_SetItemString(result, o->name, arr) < 0) {
-            Py_XDECREF(arr);
+        PyObject *arr = array_of(&net->outputs[i], net->outputs[i].data);
+        if (!arr || PyDict_SetItemString(result, net->outputs[i].name, arr) < 0)
             Py_CLEAR(result);
-            break;
-        }
-        if (o->integer) {
-            int64_t *dst = PyArray_DATA((PyArrayObject *)arr);
-            for (npy_intp j = 0; j < PyArray_SIZE((PyArrayObject *)arr); j++)
-                dst[j] = (int64_t)o->data[j];
-        } else {
-            memcpy(PyArray_DATA((PyArrayObject *)arr), o->data, PyArray_NBYTES((PyArrayObject *)arr));
-        }
-        Py_DECREF(arr);
+        Py_XDECREF(arr);
     }
     return result;
 }
@@ -297,10 +302,10 @@ static int set_output_grads(herbs_net *net, PyObject *grads)
 
 static PyObject *Net_backward(NetObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"grads", "input_grad", NULL};
+    static char *kwlist[] = {"grads", "input_grad", "probe_grads", NULL};
     PyObject *grads;
-    int input_grad = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|p", kwlist, &grads, &input_grad))
+    int input_grad = 0, probe_grads = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|pp", kwlist, &grads, &input_grad, &probe_grads))
         return NULL;
     if (!claim(self))
         return NULL;
@@ -308,6 +313,10 @@ static PyObject *Net_backward(NetObject *self, PyObject *args, PyObject *kw)
     PyObject *dimages = NULL, *result = NULL;
     if (net->forward_batch == 0 || net->backward_done) {
         PyErr_SetString(PyExc_RuntimeError, "backward needs a forward pass before it (one backward per forward)");
+        goto done;
+    }
+    if (probe_grads && net->n_probes == 0) {
+        PyErr_Format(PyExc_ValueError, "a '%s' network has no probes", net->ops->kind);
         goto done;
     }
     if (!set_output_grads(net, grads))
@@ -319,10 +328,12 @@ static PyObject *Net_backward(NetObject *self, PyObject *args, PyObject *kw)
     }
     herbs_status s;
     float *dx = dimages ? PyArray_DATA((PyArrayObject *)dimages) : NULL;
+    net->probe_backward = probe_grads;
     Py_BEGIN_ALLOW_THREADS
     herbs_threads_apply();
     s = net->ops->backward(net, dx);
     Py_END_ALLOW_THREADS
+    net->probe_backward = 0;
     net->backward_done = 1;
     if (s != HERBS_OK) {
         raise_status(s);
@@ -332,6 +343,26 @@ static PyObject *Net_backward(NetObject *self, PyObject *args, PyObject *kw)
     Py_INCREF(result);
 done:
     Py_XDECREF(dimages);
+    self->busy = 0;
+    return result;
+}
+
+static PyObject *Net_probes(NetObject *self, PyObject *unused)
+{
+    if (!claim(self))
+        return NULL;
+    herbs_net *net = self->net;
+    PyObject *result = PyDict_New();
+    for (int i = 0; result && i < net->n_probes; i++) {
+        const herbs_output *p = &net->probes[i];
+        PyObject *data = array_of(p, p->data), *grad = p->grad ? array_of(p, p->grad) : (Py_INCREF(Py_None), Py_None);
+        PyObject *pair = data && grad ? PyTuple_Pack(2, data, grad) : NULL;
+        if (!pair || PyDict_SetItemString(result, p->name, pair) < 0)
+            Py_CLEAR(result);
+        Py_XDECREF(data);
+        Py_XDECREF(grad);
+        Py_XDECREF(pair);
+    }
     self->busy = 0;
     return result;
 }
@@ -490,9 +521,14 @@ static PyMethodDef Net_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Net_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(images, train=False) -> {name: array}: images float32 [B, C, H, W], C-contiguous."},
     {"backward", (PyCFunction)(void (*)(void))Net_backward, METH_VARARGS | METH_KEYWORDS,
-     "backward(grads, input_grad=False) -> image gradient or None: from {output name: gradient} to the\n"
-     "parameter gradients, which accumulate. Outputs not named keep their gradient: zero after forward,\n"
-     "the objective's after loss()."},
+     "backward(grads, input_grad=False, probe_grads=False) -> image gradient or None: from {output name:\n"
+     "gradient} to the parameter gradients, which accumulate. Outputs not named keep their gradient: zero\n"
+     "after forward, the objective's after loss(). probe_grads also keeps the gradient at each probe\n"
+     "(see probes())."},
+    {"probes", (PyCFunction)Net_probes, METH_NOARGS,
+     "probes() -> {name: (activation, gradient or None)}: activations inside the net from the last forward\n"
+     "(the HERBS net's backbone taps, 'backbone.layer1'..4, [B, S_i, C_i]) and their whole gradients\n"
+     "from a backward(..., probe_grads=True) after it."},
     {"zero_grad", (PyCFunction)Net_zero_grad, METH_NOARGS, "zero_grad(): sets every parameter gradient to 0."},
     {"loss", (PyCFunction)(void (*)(void))Net_loss, METH_VARARGS | METH_KEYWORDS,
      "loss(labels, **options) -> {term: value}: the training objective of the last forward for integer\n"

@@ -1,4 +1,4 @@
-"""The ``herbs`` command: demo, train, evaluate, predict, info. ``herbs <command> -h`` for help."""
+"""The ``herbs`` command: demo, train, evaluate, predict, heatmap, info. ``herbs <command> -h`` for help."""
 from __future__ import annotations
 
 import argparse
@@ -112,6 +112,22 @@ def cmd_predict(a) -> None:
         print(path + ": " + ", ".join(f"{names[c] if names else c} {probs[c]:.3f}" for c in best))
 
 
+def cmd_heatmap(a) -> None:
+    from PIL import Image
+
+    from herbs.heatmap import heatmap, overlay
+
+    model, _ = _model_from_checkpoint(a.checkpoint)
+    names = weights.load_checkpoint(a.checkpoint).get("class_names")
+    transform = transforms.eval_transform(model.img_size)
+    picture = data.read_image(a.image)
+    shown = transforms.Compose(transform.transforms[:2])(picture, None)  # resized and cropped, not normalised
+    result = heatmap(model, transform(picture, None), target=a.target, rectify=a.rectify)
+    Image.fromarray(overlay(np.asarray(shown), result["heatmap"])).save(a.out)
+    label = names[result["class"]] if names else result["class"]
+    print(f"{a.image}: class {label} (score {result['score']:.3f}); heat map written to {a.out}")
+
+
 def cmd_info(a) -> None:
     print(json.dumps({"version": herbs.__version__, **herbs.cpu_info()}, indent=1))
 
@@ -163,6 +179,15 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("images", nargs="+")
     r.add_argument("--top", type=int, default=5)
     r.set_defaults(run=cmd_predict)
+
+    h = sub.add_parser("heatmap", help="where the model looks: a heat map over an image (the release's recipe)")
+    h.add_argument("checkpoint")
+    h.add_argument("image")
+    h.add_argument("--out", default="heatmap.png", help="the image with the heat map over it (PNG, JPEG, ...)")
+    h.add_argument("--target", type=int, help="class to explain (default: the prediction)")
+    h.add_argument("--rectify", choices=["each", "sum"], default="each",
+                   help="'each': ReLU per channel term (the release); 'sum': ReLU of the sum (Grad-CAM)")
+    h.set_defaults(run=cmd_heatmap)
 
     i = sub.add_parser("info", help="version, instruction set, GEMM kernel and threads")
     i.set_defaults(run=cmd_info)

@@ -1,0 +1,112 @@
+"""Heat maps against the release's recipe run on the PyTorch reference with autograd: the same
+score, back-propagated to the backbone's taps, the same maps."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import herbs
+import reference_resnet
+import reference_swin
+from herbs import heatmap as hm
+from herbs_compare import load_reference, torch_threads
+from reference_herbs import HERBS
+
+CLASSES = 5
+SWIN = dict(img_size=64, patch_size=2, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(2, 2, 4, 4), window_size=4)
+KEEP = (100, 24, 6, 4)
+RESNET = dict(img_size=64, depths=(1, 1, 1, 1), width=8)
+
+
+@pytest.fixture(scope="module", params=["swin", "resnet"])
+def pair(request):
+    if request.param == "swin":
+        model = herbs.Model({"backbone": "swin", **SWIN, "drop_path_rate": 0.0}, num_classes=CLASSES,
+                            num_selects=KEEP, dropout=0.0, seed=3)
+        ref = HERBS(reference_swin.swin(**SWIN, drop_path_rate=0.0), (32, 64, 128, 128), (256, 64, 16, 16), CLASSES,
+                    list(KEEP), dropout=0.0)
+    else:
+        model = herbs.Model({"backbone": "resnet", **RESNET}, num_classes=CLASSES, num_selects=(100, 24, 6, 2),
+                            dropout=0.0, seed=3)
+        ref = HERBS(reference_resnet.ResNet(RESNET["depths"], RESNET["width"]), (32, 64, 128, 256),
+                    (256, 64, 16, 4), CLASSES, [100, 24, 6, 2], cnn=True, dropout=0.0)
+    load_reference(ref, model._net)
+    return model, ref.double().eval()  # float64: the arbiter (PyTorch float32 is itself ~2e-4 off here)
+
+
+def reference_heatmap(ref, x, rectify):
+    """The release's visualiser, written out with autograd on the reference."""
+    taps = []
+    original = ref.backbone.forward
+
+    def keep_taps(images):
+        out = original(images)
+        for t in out:
+            t.retain_grad()
+        taps.extend(out)
+        return out
+
+    ref.backbone.forward = keep_taps
+    with torch_threads(1):
+        out, _ = ref(torch.from_numpy(x).double())
+    ref.backbone.forward = original
+    heads = [out[f"FPN1_layer{i}"].mean(1) for i in range(1, 5)] + [out[f"layer{i}"].mean(1) for i in range(1, 5)]
+    total = sum(torch.softmax(s, -1) for s in heads + [out["comb_outs"]])
+    cls = int(total[0].argmax())
+    total[0, cls].backward()
+    heat = torch.ones(64, 64, dtype=torch.float64)
+    for t in taps:
+        act, grad = t[0].detach().double(), t.grad[0].double()
+        if act.ndim == 3:  # a CNN map [C, H, W] -> tokens [H·W, C]
+            act, grad = act.flatten(1).T, grad.flatten(1).T
+        weighted = act * grad.mean(0)
+        cam = F.relu(weighted).sum(1) if rectify == "each" else F.relu(weighted.sum(1))
+        side = int(cam.numel() ** 0.5)
+        cam = (cam / cam.max()).reshape(1, 1, side, side)
+        heat *= F.interpolate(cam, size=(64, 64), mode="bilinear", align_corners=False)[0, 0]
+    return (heat / heat.max()).numpy(), cls
+
+
+@pytest.mark.parametrize("rectify", ["each", "sum"])
+def test_heatmap_matches_the_release_recipe(pair, rectify):
+    model, ref = pair
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    result = hm.heatmap(model, x[0], rectify=rectify)
+    expected, cls = reference_heatmap(ref, x, rectify)
+    assert result["class"] == cls and 0 < result["score"] <= 1
+    assert result["heatmap"].shape == (64, 64) and result["heatmap"].max() == pytest.approx(1.0)
+    # float32 against float64: each tap's map agrees to ~3e-7, their product to ~5e-7 of the peak
+    np.testing.assert_allclose(result["heatmap"], expected, atol=1e-5)
+    assert not model.flat_gradients().any()  # the backward's gradients are cleared
+
+
+def test_resize_bilinear_matches_torch():
+    grid = np.random.default_rng(1).random((5, 5))
+    ours = hm.resize_bilinear(grid, 23)
+    theirs = F.interpolate(torch.from_numpy(grid)[None, None], size=(23, 23), mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(ours, theirs[0, 0].numpy(), rtol=1e-12)
+
+
+def test_bad_arguments(pair):
+    model, _ = pair
+    x = np.zeros((3, 64, 64), np.float32)
+    with pytest.raises(ValueError, match="one image"):
+        hm.heatmap(model, np.zeros((2, 3, 64, 64), np.float32))
+    with pytest.raises(ValueError, match="target class 7"):
+        hm.heatmap(model, x, target=7)
+    with pytest.raises(ValueError, match="rectify"):
+        hm.heatmap(model, x, rectify="max")
+    linear = herbs._C.Net("linear", {"img_size": 4})
+    linear.forward(np.zeros((1, 3, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="'linear' network has no probes"):
+        linear.backward({}, probe_grads=True)
+
+
+def test_overlay():
+    rgb = np.full((4, 4, 3), 100, np.uint8)
+    heat = np.zeros((4, 4), np.float32)
+    heat[0, 0] = 1
+    out = hm.overlay(rgb, heat)
+    assert out.dtype == np.uint8 and out[0, 0, 0] > out[0, 0, 2] and out[1, 1, 2] > out[1, 1, 0]  # red hot, blue cold
+    with pytest.raises(ValueError, match="differ in size"):
+        hm.overlay(rgb, np.zeros((3, 3)))
