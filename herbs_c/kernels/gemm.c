@@ -134,22 +134,25 @@ static void stripes(const gemm_microkernel *uk, int trans_a, int a_in_place, int
 {
     const int mr = uk->mr, nr = uk->nr, group = a_in_place ? mr : rows_packed_at_once(uk, trans_a);
     for (int i0 = 0; i0 < m; i0 += mr) {
-        const int rows = min_int(mr, m - i0), in_place = a_in_place && rows == mr;
-        const float *a = op_at(A, lda, trans_a, i0, 0);
+        const int rows = min_int(mr, m - i0);
+        /* in place: a full stripe, or for rows of A the last mr rows, storing the stripe's own */
+        const int in_place = a_in_place && (rows == mr || (!trans_a && m >= mr));
+        const int shift = in_place ? mr - rows : 0;
+        const float *a = op_at(A, lda, trans_a, i0 - shift, 0);
         if (!in_place && i0 % group == 0)
             uk->pack_a(trans_a, min_int(group, m - i0), k, a, lda, apack);
         const float *a_panel = apack + (size_t)(i0 % group) * k;
         for (int j0 = 0; j0 < n; j0 += nr) {
             long b_step;
             const float *b = b_panel(bb, j0, k, nr, &b_step);
-            float *c = C + (size_t)i0 * ldc + j0;
+            float *c = C + (size_t)(i0 - shift) * ldc + j0;
             const int cols = min_int(nr, n - j0);
             if (!in_place)
                 uk->run(k, a_panel, mr, b, b_step, c, ldc, alpha, beta, rows, cols);
             else if (trans_a)
                 uk->run(k, a, lda, b, b_step, c, ldc, alpha, beta, rows, cols);
             else
-                uk->run_rows(k, a, lda, b, b_step, c, ldc, alpha, beta, cols);
+                uk->run_rows(k, a, lda, b, b_step, c, ldc, alpha, beta, shift, cols);
         }
     }
 }

@@ -31,14 +31,14 @@ TARGET static inline void store8(float *c, __m256 acc, __m256 va, float beta, in
     }
 }
 
-/* c[rows, cols] = alpha * acc + beta * c. */
-TARGET static inline void store_tile(__m256 acc[MR][2], float *c, long ldc, float alpha, float beta, int rows,
-                                     int cols)
+/* c[first:rows, 0:cols] = alpha * acc + beta * c. */
+TARGET static inline void store_tile(__m256 acc[MR][2], float *c, long ldc, float alpha, float beta, int first,
+                                     int rows, int cols)
 {
     const __m256 va = _mm256_set1_ps(alpha);
 #pragma GCC unroll 6
     for (int i = 0; i < MR; i++) {
-        if (i < rows) {
+        if (i >= first && i < rows) {
             store8(c + i * ldc, acc[i][0], va, beta, cols);
             store8(c + i * ldc + 8, acc[i][1], va, beta, cols - 8);
         }
@@ -69,12 +69,12 @@ TARGET static void kernel_6x16(int K, const float *a, long a_step, const float *
         acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     for (int k = 0; k < K; k++, a += a_step, b += b_step)
         RANK1_UPDATE(acc, b, a[i]);
-    store_tile(acc, c, ldc, alpha, beta, rows, cols);
+    store_tile(acc, c, ldc, alpha, beta, 0, rows, cols);
 }
 
-/* c[6, cols] = alpha * (a·b) + beta * c with the 6 rows of A in place at a + i*lda. */
+/* c[first:6, cols] = alpha * (a·b) + beta * c with the 6 rows of A in place at a + i*lda. */
 TARGET static void kernel_6x16_rows(int K, const float *a, long lda, const float *b, long b_step, float *c, long ldc,
-                                    float alpha, float beta, int cols)
+                                    float alpha, float beta, int first, int cols)
 {
     __m256 acc[MR][2];
 #pragma GCC unroll 6
@@ -85,7 +85,7 @@ TARGET static void kernel_6x16_rows(int K, const float *a, long lda, const float
         const float *row[MR] = {a, a + lda, a + 2 * lda, a + l3, a + 4 * lda, a + l5};
         RANK1_UPDATE(acc, b, *row[i]);
     }
-    store_tile(acc, c, ldc, alpha, beta, MR, cols);
+    store_tile(acc, c, ldc, alpha, beta, first, MR, cols);
 }
 
 static void pack_a(int trans, int m, int k, const float *A, long lda, float *dst)

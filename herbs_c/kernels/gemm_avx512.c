@@ -41,15 +41,15 @@ TARGET static inline void prefetch_tile(const float *c, long ldc, int rows)
     }
 }
 
-/* c[rows, cols] = alpha * acc + beta * c. */
-TARGET static inline void store_tile(__m512 acc[MR][2], float *c, long ldc, float alpha, float beta, int rows,
-                                     int cols)
+/* c[first:rows, 0:cols] = alpha * acc + beta * c. */
+TARGET static inline void store_tile(__m512 acc[MR][2], float *c, long ldc, float alpha, float beta, int first,
+                                     int rows, int cols)
 {
     const __m512 va = _mm512_set1_ps(alpha);
     const __mmask16 m0 = lanes(cols), m1 = lanes(cols - 16);
 #pragma GCC unroll 14
     for (int i = 0; i < MR; i++)
-        if (i < rows)
+        if (i >= first && i < rows)
             store_row(c + i * ldc, acc[i][0], acc[i][1], m0, m1, va, beta);
 }
 
@@ -78,15 +78,15 @@ TARGET static void kernel_14x32(int K, const float *a, long a_step, const float 
 #pragma GCC unroll 2
     for (int k = 0; k < K; k++, a += a_step, b += b_step)
         RANK1_UPDATE(acc, b, a[i]);
-    store_tile(acc, c, ldc, alpha, beta, rows, cols);
+    store_tile(acc, c, ldc, alpha, beta, 0, rows, cols);
 }
 
-/* c[14, cols] = alpha * (a·b) + beta * c with the 14 rows of A in place at a + i*lda. Rows
-   are addressed from two bases and offsets lda * {0, 1, 2, 3, 4, 5, 6}, so that nothing spills. */
+/* c[first:14, cols] = alpha * (a·b) + beta * c with the 14 rows of A in place at a + i*lda.
+   Rows are addressed from two bases and offsets lda * {0, 1, 2, 3, 4, 5, 6}, so that nothing spills. */
 TARGET static void kernel_14x32_rows(int K, const float *a, long lda, const float *b, long b_step, float *c,
-                                     long ldc, float alpha, float beta, int cols)
+                                     long ldc, float alpha, float beta, int first, int cols)
 {
-    prefetch_tile(c, ldc, MR);
+    prefetch_tile(c + first * ldc, ldc, MR - first);
     __m512 acc[MR][2];
 #pragma GCC unroll 14
     for (int i = 0; i < MR; i++)
@@ -98,7 +98,7 @@ TARGET static void kernel_14x32_rows(int K, const float *a, long lda, const floa
                                 p7, p7 + lda, p7 + 2 * lda, p7 + l3, p7 + 4 * lda, p7 + l5, p7 + 2 * l3};
         RANK1_UPDATE(acc, b, *row[i]);
     }
-    store_tile(acc, c, ldc, alpha, beta, MR, cols);
+    store_tile(acc, c, ldc, alpha, beta, first, MR, cols);
 }
 
 /* r[0:16] <- its transpose, r being 16 rows of 16 floats. */

@@ -11,9 +11,10 @@
 typedef void (*gemm_microkernel_fn)(int K, const float *a, long a_step, const float *b, long b_step, float *c,
                                     long ldc, float alpha, float beta, int rows, int cols);
 
-/* The same for a whole mr-row tile of A read in place, row i at a + i*lda (k contiguous). */
+/* The same for mr rows of A read in place, row i at a + i*lda (k contiguous), of which rows
+   first..mr-1 of c are stored (an edge stripe reads the last mr rows of A and stores its own). */
 typedef void (*gemm_microkernel_rows_fn)(int K, const float *a, long lda, const float *b, long b_step, float *c,
-                                         long ldc, float alpha, float beta, int cols);
+                                         long ldc, float alpha, float beta, int first, int cols);
 
 /* dst[ceil(m/mr)][k][mr] <- op(A)[0:m, 0:k], op(A) = trans ? Aᵀ : A; rows beyond m are zero. */
 typedef void (*gemm_pack_a_fn)(int trans, int m, int k, const float *A, long lda, float *dst);

@@ -20,10 +20,10 @@ static void accumulate(float acc[MR][NR], int K, const float *a, long a_step, co
     }
 }
 
-/* c[rows, cols] = alpha * acc + beta * c. */
-static void store_tile(float acc[MR][NR], float *c, long ldc, float alpha, float beta, int rows, int cols)
+/* c[first:rows, 0:cols] = alpha * acc + beta * c. */
+static void store_tile(float acc[MR][NR], float *c, long ldc, float alpha, float beta, int first, int rows, int cols)
 {
-    for (int i = 0; i < rows; i++)
+    for (int i = first; i < rows; i++)
         for (int j = 0; j < cols; j++)
             c[i * ldc + j] = beta == 0.0f ? alpha * acc[i][j] : alpha * acc[i][j] + beta * c[i * ldc + j];
 }
@@ -34,13 +34,13 @@ static void kernel_4x16(int K, const float *a, long a_step, const float *b, long
 {
     float acc[MR][NR] = {{0}};
     accumulate(acc, K, a, a_step, b, b_step);
-    store_tile(acc, c, ldc, alpha, beta, rows, cols);
+    store_tile(acc, c, ldc, alpha, beta, 0, rows, cols);
 }
 
-/* c[4, cols] = alpha * (a·b) + beta * c with the 4 rows of A in place at a + i*lda: copied by
-   columns in chunks, so that the compiler sees the same loop as above. */
+/* c[first:4, cols] = alpha * (a·b) + beta * c with the 4 rows of A in place at a + i*lda:
+   copied by columns in chunks, so that the compiler sees the same loop as above. */
 static void kernel_4x16_rows(int K, const float *a, long lda, const float *b, long b_step, float *c, long ldc,
-                             float alpha, float beta, int cols)
+                             float alpha, float beta, int first, int cols)
 {
     float acc[MR][NR] = {{0}}, chunk[CHUNK][MR];
     for (int k0 = 0; k0 < K; k0 += CHUNK) {
@@ -50,7 +50,7 @@ static void kernel_4x16_rows(int K, const float *a, long lda, const float *b, lo
                 chunk[k][i] = a[i * lda + k0 + k];
         accumulate(acc, kn, chunk[0], MR, b + k0 * b_step, b_step);
     }
-    store_tile(acc, c, ldc, alpha, beta, MR, cols);
+    store_tile(acc, c, ldc, alpha, beta, first, MR, cols);
 }
 
 static void pack_a(int trans, int m, int k, const float *A, long lda, float *dst)
