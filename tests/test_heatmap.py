@@ -70,7 +70,11 @@ def reference_heatmap(ref, x, rectify):
 @pytest.mark.parametrize("rectify", ["each", "sum"])
 def test_heatmap_matches_the_release_recipe(pair, rectify):
     model, ref = pair
-    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    # The map goes through the head's ReLUs, whose inputs come within float32 rounding of 0 for some
+    # images: the sign then follows the rounding (seed 0 had one at 2e-7 of its tensor's peak, and
+    # flipped with the upsampling's FMA, moving the map by 2e-5 to 1e-4). With this image every
+    # head ReLU input is at least 2e-6 of its peak away from 0, for both backbones.
+    x = np.random.default_rng(4).standard_normal((1, 3, 64, 64)).astype(np.float32)
     result = hm.heatmap(model, x[0], rectify=rectify)
     expected, cls = reference_heatmap(ref, x, rectify)
     assert result["class"] == cls and 0 < result["score"] <= 1

@@ -1,10 +1,11 @@
 /* Batch normalisation, channels last. Each kernel splits the channels into contiguous blocks
-   (one thread per block, rows in order, double accumulators), so results do not depend on the
-   thread count and long columns keep their precision. */
+   (rows in order, double accumulators), so results do not depend on the thread count and long
+   columns keep their precision. The work of a range of blocks is a body built per instruction
+   set, run over contiguous ranges of blocks, one per thread (isa.h). */
 #include "core/threads.h"
-#include "kernels/clones.h"
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
+#include "kernels/isa.h"
 
 #define BN_MAX_BLOCK 1024 /* channels per block, for the per-channel accumulators on the stack */
 
@@ -29,8 +30,8 @@ static void FN(bn_block_range)(int C, int nb, int b, int *c_begin, int *c_end)
 }
 
 /* out = inp·scale + shift on the block's channels [c0, c0 + w), through a ReLU when relu is set */
-static inline __attribute__((always_inline)) void FN(bn_apply)(real *out, const real *inp, const real *scale,
-                                                               const real *shift, int N, int C, int c0, int w, int relu)
+HERBS_INLINE void FN(bn_apply)(real *out, const real *inp, const real *scale, const real *shift, int N, int C, int c0,
+                               int w, int relu)
 {
     for (int n = 0; n < N; n++) {
         const real *x = inp + (size_t)n * C + c0;
@@ -49,15 +50,12 @@ static inline __attribute__((always_inline)) void FN(bn_apply)(real *out, const 
     }
 }
 
-/* Train mode, optionally followed by a ReLU (relu = 1) in the same pass. */
-HERBS_CLONES static void FN(bn_train)(real *out, real *mean, real *rstd, real *running_mean, real *running_var,
+/* Train mode, optionally followed by a ReLU (relu = 1) in the same pass: blocks [b0, b1) of nb. */
+HERBS_INLINE void FN(bn_train_blocks)(real *out, real *mean, real *rstd, real *running_mean, real *running_var,
                                       const real *inp, const real *weight, const real *bias, int N, int C, real eps,
-                                      real momentum, int relu)
+                                      real momentum, int relu, int nb, int b0, int b1)
 {
-    int nt;
-    const int nb = FN(bn_blocks)(N, C, &nt);
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int b = 0; b < nb; b++) {
+    for (int b = b0; b < b1; b++) {
         int c0, c1;
         FN(bn_block_range)(C, nb, b, &c0, &c1);
         const int w = c1 - c0;
@@ -94,6 +92,21 @@ HERBS_CLONES static void FN(bn_train)(real *out, real *mean, real *rstd, real *r
         FN(bn_apply)(out, inp, scale, offset, N, C, c0, w, relu);
     }
 }
+HERBS_ISA_VARIANTS(bn_train_blocks,
+                   (real *out, real *mean, real *rstd, real *running_mean, real *running_var, const real *inp,
+                    const real *weight, const real *bias, int N, int C, real eps, real momentum, int relu, int nb,
+                    int b0, int b1),
+                   (out, mean, rstd, running_mean, running_var, inp, weight, bias, N, C, eps, momentum, relu, nb, b0,
+                    b1))
+
+static void FN(bn_train)(real *out, real *mean, real *rstd, real *running_mean, real *running_var, const real *inp,
+                         const real *weight, const real *bias, int N, int C, real eps, real momentum, int relu)
+{
+    int nt;
+    const int nb = FN(bn_blocks)(N, C, &nt);
+    HERBS_ISA_PARALLEL(bn_train_blocks, nb, nt, out, mean, rstd, running_mean, running_var, inp, weight, bias, N, C,
+                       eps, momentum, relu, nb);
+}
 
 void FN(batchnorm_forward_train)(real *out, real *mean, real *rstd, real *running_mean, real *running_var,
                                  const real *inp, const real *weight, const real *bias, int N, int C, real eps,
@@ -109,13 +122,12 @@ void FN(batchnorm_relu_forward_train)(real *out, real *mean, real *rstd, real *r
     FN(bn_train)(out, mean, rstd, running_mean, running_var, inp, weight, bias, N, C, eps, momentum, 1);
 }
 
-HERBS_CLONES static void FN(bn_eval)(real *out, const real *inp, const real *running_mean, const real *running_var,
-                                     const real *weight, const real *bias, int N, int C, real eps, int relu)
+/* Eval mode, optionally followed by a ReLU: blocks [b0, b1) of nb. */
+HERBS_INLINE void FN(bn_eval_blocks)(real *out, const real *inp, const real *running_mean, const real *running_var,
+                                     const real *weight, const real *bias, int N, int C, real eps, int relu, int nb,
+                                     int b0, int b1)
 {
-    int nt;
-    const int nb = FN(bn_blocks)(N, C, &nt);
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int b = 0; b < nb; b++) {
+    for (int b = b0; b < b1; b++) {
         int c0, c1;
         FN(bn_block_range)(C, nb, b, &c0, &c1);
         const int w = c1 - c0;
@@ -127,6 +139,18 @@ HERBS_CLONES static void FN(bn_eval)(real *out, const real *inp, const real *run
         }
         FN(bn_apply)(out, inp, scale, shift, N, C, c0, w, relu);
     }
+}
+HERBS_ISA_VARIANTS(bn_eval_blocks,
+                   (real *out, const real *inp, const real *running_mean, const real *running_var, const real *weight,
+                    const real *bias, int N, int C, real eps, int relu, int nb, int b0, int b1),
+                   (out, inp, running_mean, running_var, weight, bias, N, C, eps, relu, nb, b0, b1))
+
+static void FN(bn_eval)(real *out, const real *inp, const real *running_mean, const real *running_var,
+                        const real *weight, const real *bias, int N, int C, real eps, int relu)
+{
+    int nt;
+    const int nb = FN(bn_blocks)(N, C, &nt);
+    HERBS_ISA_PARALLEL(bn_eval_blocks, nb, nt, out, inp, running_mean, running_var, weight, bias, N, C, eps, relu, nb);
 }
 
 void FN(batchnorm_forward_eval)(real *out, const real *inp, const real *running_mean, const real *running_var,
@@ -145,9 +169,9 @@ void FN(batchnorm_relu_forward_eval)(real *out, const real *inp, const real *run
    and dinp += w·r·(g - batch_stats·(mean(g) + x̂·mean(g·x̂))) — batch_stats is 0 in eval mode,
    where the statistics do not depend on the input. center and r are the block's [w] values.
    With `relu_out` (the output of a ReLU after the BN), g is dout where relu_out > 0, else 0. */
-static inline __attribute__((always_inline)) void FN(bn_backward_block)(
-    real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out, const real *inp,
-    const real *weight, const real *center, const real *r, int batch_stats, int N, int C, int c0, int w)
+HERBS_INLINE void FN(bn_backward_block)(real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out,
+                                        const real *inp, const real *weight, const real *center, const real *r,
+                                        int batch_stats, int N, int C, int c0, int w)
 {
     double sum_g[BN_MAX_BLOCK], sum_gx[BN_MAX_BLOCK];
     real a[BN_MAX_BLOCK], b[BN_MAX_BLOCK], k[BN_MAX_BLOCK];
@@ -208,29 +232,39 @@ static inline __attribute__((always_inline)) void FN(bn_backward_block)(
     }
 }
 
-HERBS_CLONES static void FN(bn_backward)(real *dinp, real *dweight, real *dbias, const real *dout,
+/* Backward of train mode: blocks [b0, b1) of nb. */
+HERBS_INLINE void FN(bn_backward_blocks)(real *dinp, real *dweight, real *dbias, const real *dout,
                                          const real *relu_out, const real *inp, const real *weight, const real *mean,
-                                         const real *rstd, int N, int C)
+                                         const real *rstd, int N, int C, int nb, int b0, int b1)
 {
-    int nt;
-    const int nb = FN(bn_blocks)(N, C, &nt);
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int b = 0; b < nb; b++) {
+    for (int b = b0; b < b1; b++) {
         int c0, c1;
         FN(bn_block_range)(C, nb, b, &c0, &c1);
         FN(bn_backward_block)(dinp, dweight, dbias, dout, relu_out, inp, weight, mean + c0, rstd + c0, 1, N, C, c0,
                               c1 - c0);
     }
 }
+HERBS_ISA_VARIANTS(bn_backward_blocks,
+                   (real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out, const real *inp,
+                    const real *weight, const real *mean, const real *rstd, int N, int C, int nb, int b0, int b1),
+                   (dinp, dweight, dbias, dout, relu_out, inp, weight, mean, rstd, N, C, nb, b0, b1))
 
-HERBS_CLONES static void FN(bn_backward_eval)(real *dinp, real *dweight, real *dbias, const real *dout,
-                                              const real *relu_out, const real *inp, const real *running_mean,
-                                              const real *running_var, const real *weight, int N, int C, real eps)
+static void FN(bn_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out,
+                            const real *inp, const real *weight, const real *mean, const real *rstd, int N, int C)
 {
     int nt;
     const int nb = FN(bn_blocks)(N, C, &nt);
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int b = 0; b < nb; b++) {
+    HERBS_ISA_PARALLEL(bn_backward_blocks, nb, nt, dinp, dweight, dbias, dout, relu_out, inp, weight, mean, rstd, N, C,
+                       nb);
+}
+
+/* Backward of eval mode: blocks [b0, b1) of nb. */
+HERBS_INLINE void FN(bn_backward_eval_blocks)(real *dinp, real *dweight, real *dbias, const real *dout,
+                                              const real *relu_out, const real *inp, const real *running_mean,
+                                              const real *running_var, const real *weight, int N, int C, real eps,
+                                              int nb, int b0, int b1)
+{
+    for (int b = b0; b < b1; b++) {
         int c0, c1;
         FN(bn_block_range)(C, nb, b, &c0, &c1);
         real r[BN_MAX_BLOCK];
@@ -239,6 +273,22 @@ HERBS_CLONES static void FN(bn_backward_eval)(real *dinp, real *dweight, real *d
         FN(bn_backward_block)(dinp, dweight, dbias, dout, relu_out, inp, weight, running_mean + c0, r, 0, N, C, c0,
                               c1 - c0);
     }
+}
+HERBS_ISA_VARIANTS(bn_backward_eval_blocks,
+                   (real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out, const real *inp,
+                    const real *running_mean, const real *running_var, const real *weight, int N, int C, real eps,
+                    int nb, int b0, int b1),
+                   (dinp, dweight, dbias, dout, relu_out, inp, running_mean, running_var, weight, N, C, eps, nb, b0,
+                    b1))
+
+static void FN(bn_backward_eval)(real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out,
+                                 const real *inp, const real *running_mean, const real *running_var,
+                                 const real *weight, int N, int C, real eps)
+{
+    int nt;
+    const int nb = FN(bn_blocks)(N, C, &nt);
+    HERBS_ISA_PARALLEL(bn_backward_eval_blocks, nb, nt, dinp, dweight, dbias, dout, relu_out, inp, running_mean,
+                       running_var, weight, N, C, eps, nb);
 }
 
 void FN(batchnorm_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,

@@ -8,43 +8,56 @@
 #include <string.h>
 
 #include "core/threads.h"
-
-#include "kernels/clones.h"
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
+#include "kernels/isa.h"
 
-#define CONV_PARALLEL(work) if ((double)(work) > 65536)
+/* The data movement around the GEMMs (weight repacks, im2col, col2im) is built per instruction
+   set: bodies over a range of rows, run over contiguous ranges, one per thread (isa.h). */
+#define CONV_THREADS(work) herbs_threads_for((double)(work), 32768) /* a thread's elements, at least */
 /* weight repacks are cheap next to their conv: a team only for the largest, since every
    parallel region costs a wait for the slowest thread on a busy machine */
-#define REPACK_PARALLEL(work) if ((double)(work) > (1 << 20))
+#define REPACK_THREADS(work) herbs_threads_for((double)(work), 1 << 19)
 
-HERBS_CLONES void FN(conv2d_weight_to_ohwi)(real *out, const real *w, int OC, int C, int KH, int KW)
+/* output channels [o0, o1) */
+HERBS_INLINE void FN(conv_weight_to_ohwi_rows)(real *out, const real *w, int C, int taps, int o0, int o1)
 {
-    const int taps = KH * KW;
-#pragma omp parallel for schedule(static) REPACK_PARALLEL((double)OC * C * taps)
-    for (int o = 0; o < OC; o++)
+    for (int o = o0; o < o1; o++)
         for (int c = 0; c < C; c++)
             for (int t = 0; t < taps; t++)
                 out[((size_t)o * taps + t) * C + c] = w[((size_t)o * C + c) * taps + t];
 }
+HERBS_ISA_VARIANTS(conv_weight_to_ohwi_rows, (real *out, const real *w, int C, int taps, int o0, int o1),
+                   (out, w, C, taps, o0, o1))
 
-HERBS_CLONES void FN(conv2d_weight_grad_from_ohwi)(real *dw, const real *dw_ohwi, int OC, int C, int KH, int KW)
+void FN(conv2d_weight_to_ohwi)(real *out, const real *w, int OC, int C, int KH, int KW)
 {
-    const int taps = KH * KW;
-#pragma omp parallel for schedule(static) REPACK_PARALLEL((double)OC * C * taps)
-    for (int o = 0; o < OC; o++)
+    HERBS_ISA_PARALLEL(conv_weight_to_ohwi_rows, OC, REPACK_THREADS((double)OC * C * KH * KW), out, w, C, KH * KW);
+}
+
+/* output channels [o0, o1) */
+HERBS_INLINE void FN(conv_weight_grad_from_ohwi_rows)(real *dw, const real *dw_ohwi, int C, int taps, int o0, int o1)
+{
+    for (int o = o0; o < o1; o++)
         for (int c = 0; c < C; c++)
             for (int t = 0; t < taps; t++)
                 dw[((size_t)o * C + c) * taps + t] += dw_ohwi[((size_t)o * taps + t) * C + c];
 }
+HERBS_ISA_VARIANTS(conv_weight_grad_from_ohwi_rows, (real *dw, const real *dw_ohwi, int C, int taps, int o0, int o1),
+                   (dw, dw_ohwi, C, taps, o0, o1))
 
-/* cols[m - m0][K] <- the receptive fields of output pixels [m0, m1), zeros in the padding. */
-HERBS_CLONES static void FN(conv_im2col)(real *cols, const real *inp, int m0, int m1, int H, int W, int C, int OH, int OW,
-                            int KH, int KW, int stride, int pad)
+void FN(conv2d_weight_grad_from_ohwi)(real *dw, const real *dw_ohwi, int OC, int C, int KH, int KW)
+{
+    HERBS_ISA_PARALLEL(conv_weight_grad_from_ohwi_rows, OC, REPACK_THREADS((double)OC * C * KH * KW), dw, dw_ohwi,
+                       C, KH * KW);
+}
+
+/* The im2col rows of output pixels m0 + [i0, i1) into cols[m - m0][K], zeros in the padding. */
+HERBS_INLINE void FN(conv_im2col_rows)(real *cols, const real *inp, int m0, int H, int W, int C, int OH, int OW,
+                                       int KH, int KW, int stride, int pad, int i0, int i1)
 {
     const size_t K = (size_t)KH * KW * C;
-#pragma omp parallel for schedule(static) CONV_PARALLEL((double)(m1 - m0) * K)
-    for (int m = m0; m < m1; m++) {
+    for (int m = m0 + i0; m < m0 + i1; m++) {
         const int ow = m % OW, oh = (m / OW) % OH, b = m / OW / OH;
         const int ih0 = oh * stride - pad, iw0 = ow * stride - pad;
         const int kj0 = iw0 < 0 ? -iw0 : 0, kj1 = W - iw0 < KW ? W - iw0 : KW; /* valid taps [kj0, kj1) */
@@ -65,22 +78,25 @@ HERBS_CLONES static void FN(conv_im2col)(real *cols, const real *inp, int m0, in
         }
     }
 }
+HERBS_ISA_VARIANTS(conv_im2col_rows,
+                   (real *cols, const real *inp, int m0, int H, int W, int C, int OH, int OW, int KH, int KW,
+                    int stride, int pad, int i0, int i1),
+                   (cols, inp, m0, H, W, C, OH, OW, KH, KW, stride, pad, i0, i1))
 
-/* dinp += the columns dcols of output pixels [m0, m1) put back where they came from: each input
-   pixel gathers the taps that read it, in order (ki, kj). */
-HERBS_CLONES static void FN(conv_col2im_add)(real *dinp, const real *dcols, int m0, int m1, int H, int W, int C, int OH,
-                                int OW, int KH, int KW, int stride, int pad)
+/* cols[m - m0][K] <- the receptive fields of output pixels [m0, m1), zeros in the padding. */
+static void FN(conv_im2col)(real *cols, const real *inp, int m0, int m1, int H, int W, int C, int OH, int OW, int KH,
+                            int KW, int stride, int pad)
+{
+    HERBS_ISA_PARALLEL(conv_im2col_rows, m1 - m0, CONV_THREADS((double)(m1 - m0) * KH * KW * C), cols, inp, m0, H, W,
+                       C, OH, OW, KH, KW, stride, pad);
+}
+
+/* Input rows q0 + [i0, i1) (q = b·H + ih) of conv_col2im_add. */
+HERBS_INLINE void FN(conv_col2im_rows)(real *dinp, const real *dcols, int m0, int m1, int q0, int H, int W, int C,
+                                       int OH, int OW, int KH, int KW, int stride, int pad, int i0, int i1)
 {
     const size_t K = (size_t)KH * KW * C;
-    /* input rows (b·H + ih) that the first and last output rows of the chunk read */
-    const int r0 = m0 / OW, r1 = (m1 - 1) / OW;
-    int q0 = (r0 / OH) * H + (r0 % OH) * stride - pad, q1 = (r1 / OH) * H + (r1 % OH) * stride - pad + KH - 1;
-    if (q0 < (r0 / OH) * H)
-        q0 = (r0 / OH) * H;
-    if (q1 > (r1 / OH) * H + H - 1)
-        q1 = (r1 / OH) * H + H - 1;
-#pragma omp parallel for schedule(static) CONV_PARALLEL((double)(q1 - q0 + 1) * W * C * KH * KW / stride / stride)
-    for (int q = q0; q <= q1; q++) {
+    for (int q = q0 + i0; q < q0 + i1; q++) {
         const int b = q / H, ih = q % H;
         for (int iw = 0; iw < W; iw++) {
             real *dst = dinp + ((size_t)q * W + iw) * C;
@@ -104,6 +120,27 @@ HERBS_CLONES static void FN(conv_col2im_add)(real *dinp, const real *dcols, int 
             }
         }
     }
+}
+HERBS_ISA_VARIANTS(conv_col2im_rows,
+                   (real *dinp, const real *dcols, int m0, int m1, int q0, int H, int W, int C, int OH, int OW,
+                    int KH, int KW, int stride, int pad, int i0, int i1),
+                   (dinp, dcols, m0, m1, q0, H, W, C, OH, OW, KH, KW, stride, pad, i0, i1))
+
+/* dinp += the columns dcols of output pixels [m0, m1) put back where they came from: each input
+   pixel gathers the taps that read it, in order (ki, kj). */
+static void FN(conv_col2im_add)(real *dinp, const real *dcols, int m0, int m1, int H, int W, int C, int OH, int OW,
+                                int KH, int KW, int stride, int pad)
+{
+    /* input rows (b·H + ih) that the first and last output rows of the chunk read */
+    const int r0 = m0 / OW, r1 = (m1 - 1) / OW;
+    int q0 = (r0 / OH) * H + (r0 % OH) * stride - pad, q1 = (r1 / OH) * H + (r1 % OH) * stride - pad + KH - 1;
+    if (q0 < (r0 / OH) * H)
+        q0 = (r0 / OH) * H;
+    if (q1 > (r1 / OH) * H + H - 1)
+        q1 = (r1 / OH) * H + H - 1;
+    HERBS_ISA_PARALLEL(conv_col2im_rows, q1 - q0 + 1,
+                       CONV_THREADS((double)(q1 - q0 + 1) * W * C * KH * KW / stride / stride), dinp, dcols, m0, m1,
+                       q0, H, W, C, OH, OW, KH, KW, stride, pad);
 }
 
 static int FN(conv_is_pointwise)(int KH, int KW, int stride, int pad) { return KH == 1 && KW == 1 && stride == 1 && pad == 0; }
@@ -224,7 +261,7 @@ void FN(conv2d_forward)(real *out, const real *inp, const real *weight, const re
     const int OH = (H + 2 * pad - KH) / stride + 1, OW = (W + 2 * pad - KW) / stride + 1;
     const int M = B * OH * OW, K = KH * KW * C;
     if (bias) {
-#pragma omp parallel for schedule(static) CONV_PARALLEL((double)M * OC)
+#pragma omp parallel for schedule(static) num_threads(CONV_THREADS((double)M * OC))
         for (int m = 0; m < M; m++)
             memcpy(out + (size_t)m * OC, bias, OC * sizeof(real));
     }
@@ -256,7 +293,7 @@ void FN(conv2d_backward)(real *dinp, real *dweight, real *dbias, const real *dou
     const int OH = (H + 2 * pad - KH) / stride + 1, OW = (W + 2 * pad - KW) / stride + 1;
     const int M = B * OH * OW, K = KH * KW * C;
     if (dbias) {
-#pragma omp parallel for schedule(static) CONV_PARALLEL((double)M * OC)
+#pragma omp parallel for schedule(static) num_threads(CONV_THREADS((double)M * OC))
         for (int o = 0; o < OC; o++) {
             double sum = 0;
             for (int m = 0; m < M; m++)

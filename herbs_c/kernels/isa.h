@@ -6,7 +6,10 @@
 #ifndef HERBS_KERNELS_ISA_H
 #define HERBS_KERNELS_ISA_H
 
+#include <omp.h>
+
 #include "core/cpu.h"
+#include "core/threads.h"
 
 #if defined(__x86_64__)
 #define HERBS_TARGET_AVX512                                                                    \
@@ -33,5 +36,25 @@
                : isa == HERBS_ISA_AVX2 ? FN(name##_avx2)                                          \
                                        : FN(name##_portable);                                     \
     }
+
+#define HERBS_PRAGMA(text) _Pragma(#text)
+
+/* The usual driver of such a body: runs the current instruction set's build of FN(name), whose
+   last two parameters are a range [i0, i1) of items, as FN(name)(args..., i0, i1) over items
+   [0, n), one contiguous range per thread of a team of `threads` (the caller's choice, e.g.
+   herbs_threads_for(work, grain); 1 runs it on the calling thread alone). Items must write
+   disjoint outputs. */
+#define HERBS_ISA_PARALLEL(name, n, threads, ...)                                                 \
+    do {                                                                                          \
+        __typeof__(FN(name##_isa)()) herbs_body_ = FN(name##_isa)();                              \
+        const long herbs_items_ = (long)(n);                                                      \
+        const int herbs_team_ = (threads);                                                        \
+        HERBS_PRAGMA(omp parallel num_threads(herbs_team_) if (herbs_team_ > 1))                  \
+        {                                                                                         \
+            const long herbs_t_ = omp_get_thread_num(), herbs_nt_ = omp_get_num_threads();        \
+            herbs_body_(__VA_ARGS__, herbs_items_ * herbs_t_ / herbs_nt_,                         \
+                        herbs_items_ * (herbs_t_ + 1) / herbs_nt_);                               \
+        }                                                                                         \
+    } while (0)
 
 #endif

@@ -10,11 +10,11 @@
 #include "kernels/isa.h"
 
 #define LN_STACK_C 4096
-#define LN_PARALLEL(N, C) if ((double)(N) * (C) > 32768)
+#define LN_THREADS(N, C) herbs_threads_for((double)(N) * (C), 16384) /* a thread's elements, at least */
 
 /* rows [n0, n1) of layernorm_forward */
 HERBS_INLINE void FN(ln_forward_rows)(real *out, real *mean, real *rstd, const real *inp, const real *weight,
-                                      const real *bias, int n0, int n1, int C, real eps)
+                                      const real *bias, int C, real eps, int n0, int n1)
 {
     for (int n = n0; n < n1; n++) {
         const real *x = inp + (size_t)n * C;
@@ -35,9 +35,9 @@ HERBS_INLINE void FN(ln_forward_rows)(real *out, real *mean, real *rstd, const r
     }
 }
 HERBS_ISA_VARIANTS(ln_forward_rows,
-                   (real *out, real *mean, real *rstd, const real *inp, const real *weight, const real *bias, int n0,
-                    int n1, int C, real eps),
-                   (out, mean, rstd, inp, weight, bias, n0, n1, C, eps))
+                   (real *out, real *mean, real *rstd, const real *inp, const real *weight, const real *bias, int C,
+                    real eps, int n0, int n1),
+                   (out, mean, rstd, inp, weight, bias, C, eps, n0, n1))
 
 /* rows [n0, n1) of layernorm_backward: dinp += r·(g - mean(g) - x̂·mean(g·x̂)) with g = dout·weight
    (dinp may be NULL); dw += dout·x̂ and db += dout (both NULL or both given). */
@@ -77,20 +77,14 @@ HERBS_ISA_VARIANTS(ln_backward_rows,
 void FN(layernorm_forward)(real *out, real *mean, real *rstd, const real *inp, const real *weight, const real *bias,
                            int N, int C, real eps)
 {
-    void (*rows)(real *, real *, real *, const real *, const real *, const real *, int, int, int, real) =
-        FN(ln_forward_rows_isa)();
-#pragma omp parallel LN_PARALLEL(N, C)
-    {
-        const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-        rows(out, mean, rstd, inp, weight, bias, (int)((long)N * tid / nt), (int)((long)N * (tid + 1) / nt), C, eps);
-    }
+    HERBS_ISA_PARALLEL(ln_forward_rows, N, LN_THREADS(N, C), out, mean, rstd, inp, weight, bias, C, eps);
 }
 
 /* dweight and dbias over all rows, in blocks of 16 channels (one thread per block). */
 static void FN(layernorm_param_grads_by_columns)(real *dweight, real *dbias, const real *dout, const real *inp,
                                                  const real *mean, const real *rstd, int N, int C)
 {
-#pragma omp parallel for schedule(static) LN_PARALLEL(N, C)
+#pragma omp parallel for schedule(static) num_threads(LN_THREADS(N, C))
     for (int c0 = 0; c0 < C; c0 += 16) {
         const int lanes = C - c0 < 16 ? C - c0 : 16;
         real dw[16] = {0}, db[16] = {0};
@@ -120,7 +114,7 @@ void FN(layernorm_backward)(real *dinp, real *dweight, real *dbias, const real *
             FN(layernorm_param_grads_by_columns)(dweight, dbias, dout, inp, mean, rstd, N, C);
         return;
     }
-#pragma omp parallel LN_PARALLEL(N, C)
+#pragma omp parallel num_threads(LN_THREADS(N, C))
     {
         const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
         real dw[on_stack ? C : 1], db[on_stack ? C : 1];

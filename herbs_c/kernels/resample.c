@@ -1,12 +1,15 @@
-#include "kernels/clones.h"
+/* Resampling by two: bodies over rows [r0, r1) of the output (or, for the upsampling's backward,
+   of the input gradient), built per instruction set and run over contiguous ranges of rows, one
+   per thread (isa.h). */
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
+#include "kernels/isa.h"
 
-#define RESAMPLE_PARALLEL(work) if ((double)(work) > 32768)
+#define RESAMPLE_THREADS(work) herbs_threads_for((double)(work), 16384) /* a thread's work, at least */
 
 /* PyTorch's source coordinate of output index o when upsampling n -> 2n (align_corners False):
    src = max((o + 0.5)/2 - 0.5, 0); it reads i0 = floor(src) with weight l0 and i1 with l1. */
-static void FN(up2x_source)(int o, int n, int *i0, int *i1, real *l0, real *l1)
+HERBS_INLINE void FN(up2x_source)(int o, int n, int *i0, int *i1, real *l0, real *l1)
 {
     real src = (real)0.5 * ((real)o + (real)0.5) - (real)0.5;
     if (src < 0)
@@ -18,7 +21,7 @@ static void FN(up2x_source)(int o, int n, int *i0, int *i1, real *l0, real *l1)
 }
 
 /* The weight with which output index o reads input index i (0 when it does not). */
-static real FN(up2x_weight)(int o, int i, int n)
+HERBS_INLINE real FN(up2x_weight)(int o, int i, int n)
 {
     int i0, i1;
     real l0, l1;
@@ -26,11 +29,12 @@ static real FN(up2x_weight)(int o, int i, int n)
     return (i0 == i ? l0 : 0) + (i1 == i ? l1 : 0);
 }
 
-HERBS_CLONES void FN(upsample_bilinear2x_forward)(real *out, const real *inp, int B, int H, int W, int C)
+/* output rows (image, oh) [r0, r1) */
+HERBS_INLINE void FN(upsample_bilinear2x_forward_rows)(real *out, const real *inp, int H, int W, int C, int r0,
+                                                       int r1)
 {
     const int OH = 2 * H, OW = 2 * W;
-#pragma omp parallel for schedule(static) RESAMPLE_PARALLEL((double)B * OH * OW * C)
-    for (int r = 0; r < B * OH; r++) {
+    for (int r = r0; r < r1; r++) {
         const int b = r / OH, oh = r % OH;
         int h0, h1;
         real a0, a1;
@@ -49,13 +53,21 @@ HERBS_CLONES void FN(upsample_bilinear2x_forward)(real *out, const real *inp, in
         }
     }
 }
+HERBS_ISA_VARIANTS(upsample_bilinear2x_forward_rows, (real *out, const real *inp, int H, int W, int C, int r0, int r1),
+                   (out, inp, H, W, C, r0, r1))
 
-HERBS_CLONES void FN(upsample_bilinear2x_backward)(real *dinp, const real *dout, int B, int H, int W, int C)
+void FN(upsample_bilinear2x_forward)(real *out, const real *inp, int B, int H, int W, int C)
+{
+    HERBS_ISA_PARALLEL(upsample_bilinear2x_forward_rows, B * 2 * H, RESAMPLE_THREADS((double)B * 4 * H * W * C), out,
+                       inp, H, W, C);
+}
+
+/* input rows (image, h) [r0, r1), each a gather: input index i is read only by outputs 2i-2 .. 2i+3 */
+HERBS_INLINE void FN(upsample_bilinear2x_backward_rows)(real *dinp, const real *dout, int H, int W, int C, int r0,
+                                                        int r1)
 {
     const int OH = 2 * H, OW = 2 * W;
-    /* a gather: input index i is read only by outputs 2i-2 .. 2i+3 */
-#pragma omp parallel for schedule(static) RESAMPLE_PARALLEL((double)B * OH * OW * C)
-    for (int r = 0; r < B * H; r++) {
+    for (int r = r0; r < r1; r++) {
         const int b = r / H, h = r % H;
         for (int w = 0; w < W; w++) {
             real *d = dinp + ((size_t)r * W + w) * C;
@@ -81,12 +93,20 @@ HERBS_CLONES void FN(upsample_bilinear2x_backward)(real *dinp, const real *dout,
         }
     }
 }
+HERBS_ISA_VARIANTS(upsample_bilinear2x_backward_rows,
+                   (real *dinp, const real *dout, int H, int W, int C, int r0, int r1), (dinp, dout, H, W, C, r0, r1))
 
-HERBS_CLONES void FN(avgpool2x2_forward)(real *out, const real *inp, int B, int H, int W, int C)
+void FN(upsample_bilinear2x_backward)(real *dinp, const real *dout, int B, int H, int W, int C)
+{
+    HERBS_ISA_PARALLEL(upsample_bilinear2x_backward_rows, B * H, RESAMPLE_THREADS((double)B * 4 * H * W * C), dinp,
+                       dout, H, W, C);
+}
+
+/* output rows (image, oh) [r0, r1) */
+HERBS_INLINE void FN(avgpool2x2_forward_rows)(real *out, const real *inp, int H, int W, int C, int r0, int r1)
 {
     const int OH = H / 2, OW = W / 2;
-#pragma omp parallel for schedule(static) RESAMPLE_PARALLEL((double)B * OH * OW * C * 4)
-    for (int r = 0; r < B * OH; r++) {
+    for (int r = r0; r < r1; r++) {
         const int b = r / OH, oh = r % OH;
         const real *row0 = inp + ((size_t)b * H + 2 * oh) * W * C, *row1 = row0 + (size_t)W * C;
         for (int ow = 0; ow < OW; ow++) {
@@ -98,12 +118,20 @@ HERBS_CLONES void FN(avgpool2x2_forward)(real *out, const real *inp, int B, int 
         }
     }
 }
+HERBS_ISA_VARIANTS(avgpool2x2_forward_rows, (real *out, const real *inp, int H, int W, int C, int r0, int r1),
+                   (out, inp, H, W, C, r0, r1))
 
-HERBS_CLONES void FN(avgpool2x2_backward)(real *dinp, const real *dout, int B, int H, int W, int C)
+void FN(avgpool2x2_forward)(real *out, const real *inp, int B, int H, int W, int C)
+{
+    HERBS_ISA_PARALLEL(avgpool2x2_forward_rows, B * (H / 2), RESAMPLE_THREADS((double)B * (H / 2) * (W / 2) * C * 4),
+                       out, inp, H, W, C);
+}
+
+/* output-gradient rows (image, oh) [r0, r1): each writes its own two input rows */
+HERBS_INLINE void FN(avgpool2x2_backward_rows)(real *dinp, const real *dout, int H, int W, int C, int r0, int r1)
 {
     const int OH = H / 2, OW = W / 2;
-#pragma omp parallel for schedule(static) RESAMPLE_PARALLEL((double)B * OH * OW * C * 4)
-    for (int r = 0; r < B * OH; r++) {
+    for (int r = r0; r < r1; r++) {
         const int b = r / OH, oh = r % OH;
         real *row0 = dinp + ((size_t)b * H + 2 * oh) * W * C, *row1 = row0 + (size_t)W * C;
         for (int ow = 0; ow < OW; ow++) {
@@ -119,4 +147,12 @@ HERBS_CLONES void FN(avgpool2x2_backward)(real *dinp, const real *dout, int B, i
             }
         }
     }
+}
+HERBS_ISA_VARIANTS(avgpool2x2_backward_rows, (real *dinp, const real *dout, int H, int W, int C, int r0, int r1),
+                   (dinp, dout, H, W, C, r0, r1))
+
+void FN(avgpool2x2_backward)(real *dinp, const real *dout, int B, int H, int W, int C)
+{
+    HERBS_ISA_PARALLEL(avgpool2x2_backward_rows, B * (H / 2), RESAMPLE_THREADS((double)B * (H / 2) * (W / 2) * C * 4),
+                       dinp, dout, H, W, C);
 }
