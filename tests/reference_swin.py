@@ -12,7 +12,6 @@ masks of another implementation exactly.
 """
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 VARIANTS = {  # embed_dim, depths, num_heads (SPEC.md §2)
     "tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24)),

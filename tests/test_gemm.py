@@ -18,25 +18,11 @@ import herbs
 from herbs import _C
 
 EPS32 = np.finfo(np.float32).eps
-def _supported_isas():
-    order = ["portable", "avx2", "avx512"]
-    best = herbs.cpu_info()["best_isa"]
-    return order[: order.index(best) + 1]
-
-
-ISAS = _supported_isas()
 SIZES = [1, 2, 7, 17, 31, 63, 65, 127, 129, 257, 1000]
 # every awkward size appears in every position; at most one dimension is 1000
 SHAPES = sorted({(m, n, k) for m in SIZES for n in SIZES for k in SIZES
                  if (m, n, k).count(1000) <= 1 and (m == n or n == k or m == k or 1000 in (m, n, k))})
 SHAPES = [s for i, s in enumerate(SHAPES) if i % 7 == 0 or 1000 in s]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    _C._set_isa(request.param)
-    yield request.param
-    _C._set_isa(herbs.cpu_info()["best_isa"])
 
 
 @pytest.fixture(params=[1, 2])

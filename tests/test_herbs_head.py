@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from herbs import _C
-from herbs_compare import OUTPUT_NAMES, compare_step, grads_of, load_reference
+from herbs_compare import OUTPUT_NAMES, compare_step, grads_of
 from reference_herbs import HERBS, Patches
 
 IMG, GRID, CHANNELS, CLASSES = 32, (8, 4, 2, 2), (8, 16, 24, 32), 7

@@ -12,7 +12,6 @@ import herbs
 import reference_swin
 from herbs.state import StateDictError, swin_original_to_timm
 from herbs.weights import save_file
-from herbs_compare import RECOMPUTED
 from reference_herbs import HERBS
 
 SWIN = {"backbone": "swin", "img_size": 64, "patch_size": 2, "embed_dim": 16, "depths": (2, 2, 2, 2),

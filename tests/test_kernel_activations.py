@@ -5,6 +5,9 @@ import torch
 
 from ckernels import call, numerical_grad
 
+# these kernels are built per instruction set (kernels/isa.h): every test runs on each
+pytestmark = pytest.mark.usefixtures("isa")
+
 TORCH = {"relu": torch.relu, "gelu": torch.nn.functional.gelu}
 
 

@@ -6,6 +6,9 @@ import torch
 
 from ckernels import call, numerical_grad
 
+# these kernels are built per instruction set (kernels/isa.h): every test runs on each
+pytestmark = pytest.mark.usefixtures("isa")
+
 
 def bn_train(x, w, b, rm, rv, eps=1e-5, momentum=0.1, dtype=np.float64):
     N, C = x.shape

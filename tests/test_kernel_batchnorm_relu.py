@@ -6,6 +6,9 @@ import torch
 
 from ckernels import call, numerical_grad
 
+# these kernels are built per instruction set (kernels/isa.h): every test runs on each
+pytestmark = pytest.mark.usefixtures("isa")
+
 
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("N,C", [(7, 17), (12, 3), (5, 33)])

@@ -3,9 +3,13 @@ accuracy of the float32 GELU (vectorised erfc and exp of kernels/fastmath.h) ove
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from ckernels import call, numerical_grad
+
+# these kernels are built per instruction set (kernels/isa.h): every test runs on each
+pytestmark = pytest.mark.usefixtures("isa")
 
 
 def test_derivative_matches_finite_differences_and_output_matches_gelu_forward():

@@ -6,6 +6,9 @@ import torch
 
 from ckernels import call, numerical_grad
 
+# these kernels are built per instruction set (kernels/isa.h): every test runs on each
+pytestmark = pytest.mark.usefixtures("isa")
+
 
 def ln_forward(x, w, b, eps=1e-5, dtype=np.float64):
     N, C = x.shape

@@ -1,8 +1,12 @@
 """The NCHW -> NHWC move at the stem and the residual add + ReLU: exact against NumPy, and
 finite differences in float64 for the backward passes."""
 import numpy as np
+import pytest
 
 from ckernels import call, numerical_grad
+
+# these kernels are built per instruction set (kernels/isa.h): every test runs on each
+pytestmark = pytest.mark.usefixtures("isa")
 
 
 def test_nchw_to_nhwc_and_back():

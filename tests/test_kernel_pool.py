@@ -7,6 +7,9 @@ import torch.nn.functional as F
 
 from ckernels import call, numerical_grad
 
+# these kernels are built per instruction set (kernels/isa.h): every test runs on each
+pytestmark = pytest.mark.usefixtures("isa")
+
 
 def pool(x, K, stride, pad, dtype=np.float64):
     B, H, W, C = x.shape

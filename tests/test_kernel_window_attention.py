@@ -88,7 +88,7 @@ def test_backward_matches_finite_differences(B, H, W, heads, d, window, shift):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_matches_torch(B, H, W, heads, d, window, shift, threads):
     rng = np.random.default_rng(2)
-    C, N = heads * d, window * window
+    C = heads * d
     qkv = rng.standard_normal((B, H * W, 3 * C)).astype(np.float32)
     table = (rng.standard_normal(((2 * window - 1) ** 2, heads)) * 0.5).astype(np.float32)
     g = rng.standard_normal((B, H * W, C)).astype(np.float32)

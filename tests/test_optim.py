@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ckernels import call, numerical_grad
+from ckernels import call
 from herbs import optim
 
 SHAPES = [(7, 3), (130,), (1,), (5, 2, 3)]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from herbs import data, optim, train
+from herbs import data, train
 
 
 class QuadraticModel:
