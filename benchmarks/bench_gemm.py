@@ -28,12 +28,13 @@ if any(v in os.environ for v in BLAS_VARIABLES):  # before NumPy loads OpenBLAS:
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+from common import load, machine  # noqa: E402
 
 # GF/s per thread: fp32 FMA peak of the project's Sapphire-Rapids-class cores, measured with a loop of
 # 16 independent vfmadd231ps zmm chains (avx512); avx2 is half of it (the same two FMA ports, 8 lanes);
@@ -69,16 +70,6 @@ ATTENTION = [
     ("swin-l attn q.kT", 144, 144, 32, 0, 1, 384),
     ("swin-l attn a.v", 144, 32, 144, 0, 0, 384),
 ]
-
-
-def machine():
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} logical CPUs"
 
 
 def blas_info():
@@ -251,7 +242,7 @@ def main():
     if args.peak is None:
         import herbs
         args.peak = DEFAULT_PEAKS.get(args.isa or herbs.cpu_info()["best_isa"])
-    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f} at start")
+    print(f"machine: {machine()}; load (1/5/15 min) {load()} at start")
     print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
     print(f"fp32 FMA peak taken as {args.peak or 0:g} GF/s per thread (--peak); median of {args.repeats} samples "
@@ -271,7 +262,7 @@ def main():
             sys.exit(f"the {threads}-thread run failed:\n{out.stderr}")
         header, *rows = [json.loads(line) for line in out.stdout.splitlines()]
         print(f"\n{threads} thread(s): herbs {header['herbs']['gemm_kernel']} ({header['herbs']['threads']} threads); "
-              f"numpy {np.__version__}: {header['blas']}; load average {os.getloadavg()[0]:.2f} after")
+              f"numpy {np.__version__}: {header['blas']}; load (1/5/15 min) {load()} after")
         print(table(rows, threads, args.peak, args.markdown))
 
 

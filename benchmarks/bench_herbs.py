@@ -18,14 +18,15 @@ import argparse
 import json
 import os
 import pathlib
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from common import load, machine, memory_mb, timed  # noqa: E402
+from statistics import median  # noqa: E402
 
 CONFIGS = {  # name: (herbs.Model backbone, batch, img_size)
     "swin_t_224": ("swin_tiny_patch4_window7_224", 8, 224),
@@ -74,26 +75,6 @@ def torch_model(model):
     return ref
 
 
-def peak_rss_mb():
-    """This process's peak resident set (VmHWM): unlike ru_maxrss it starts afresh at exec, so
-    a worker does not inherit the parent's peak."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: an upper bound
-
-
-def timed(fn, repeats):
-    fn()  # warm-up: first-touch memory, arena sizing, caches
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
-
-
 def worker(side, config, batch, threads, repeats, weights):
     """Runs one side's measurements; prints one JSON line."""
     import numpy as np
@@ -132,7 +113,7 @@ def worker(side, config, batch, threads, repeats, weights):
         infer = lambda: infer_on(tx)
         latency = lambda: infer_on(tx1)
     result = {"train": timed(train, repeats), "infer": timed(infer, repeats), "latency": timed(latency, repeats),
-              "peak_mb": peak_rss_mb()}
+              "peak_mb": memory_mb()}
     print(json.dumps(result))
 
 
@@ -149,11 +130,6 @@ def run_side(side, config, batch, threads, repeats, weights, wait_policy):
     if done.returncode != 0:
         raise RuntimeError(f"{side} {config} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def median(v):
-    s = sorted(v)
-    return s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
 
 
 def main():
@@ -174,8 +150,8 @@ def main():
         return worker(args.worker, args.config, args.batch, args.threads, args.repeats, args.weights)
 
     repeats = args.repeats or (1 if args.quick else 2)
-    print(f"threads {args.threads}, {args.rounds} rounds x {repeats} runs, OMP_WAIT_POLICY {args.wait_policy} (both sides), "
-          f"load average {os.getloadavg()[0]:.2f} at start")
+    print(f"machine: {machine()}; threads {args.threads}, {args.rounds} rounds x {repeats} runs, OMP_WAIT_POLICY "
+          f"{args.wait_policy} (both sides); load (1/5/15 min) at start {load()}")
     print(f"{'config':<14}{'batch':>6}  {'measure':<9}{'herbs':>22}{'PyTorch':>22}{'ratio':>8}{'peak MB (h/t)':>17}")
     for config in args.configs.split(","):
         backbone, batch, img_size = CONFIGS[config]
@@ -204,7 +180,7 @@ def main():
                 ratio = median(t) / median(h)
             mem = f"{results['herbs']['peak_mb']:.0f}/{results['torch']['peak_mb']:.0f}" if measure == "train" else ""
             print(f"{config:<14}{batch:>6}  {measure:<9}{fmt(h):>22}{fmt(t):>22}{ratio:>7.2f}x{mem:>17}", flush=True)
-    print(f"load average {os.getloadavg()[0]:.2f} at the end; ratio = PyTorch time / herbs time (> 1: herbs faster)")
+    print(f"load (1/5/15 min) at the end {load()}; ratio = PyTorch time / herbs time (> 1: herbs faster)")
 
 
 if __name__ == "__main__":

@@ -12,36 +12,17 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
+
+from common import load, machine, memory_mb, summary, timed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def timed(step, repeats, warmup):
-    """Wall-clock seconds of each repeat, and the process's CPU seconds (all threads) of each."""
-    for _ in range(warmup):
-        step()
-    times, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        step()
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return times, cpu
-
-
-def peak_rss_mb():
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_herbs(args, weights):
     import numpy as np
-    sys.path.insert(0, os.path.join(ROOT, "python"))
     import herbs
     from herbs import _C
     herbs.set_num_threads(args.threads)
@@ -60,9 +41,10 @@ def run_herbs(args, weights):
         net.forward(x, train=True)
         net.backward(grads)
 
-    fwd, fwd_cpu = timed(lambda: net.forward(x), args.repeats, args.warmup)
-    train, train_cpu = timed(train_step, args.repeats, args.warmup)
-    return {"forward": fwd, "train": train, "forward_cpu": fwd_cpu, "train_cpu": train_cpu, "peak_mb": peak_rss_mb()}
+    fwd_cpu, train_cpu = [], []
+    fwd = timed(lambda: net.forward(x), args.repeats, args.warmup, fwd_cpu)
+    train = timed(train_step, args.repeats, args.warmup, train_cpu)
+    return {"forward": fwd, "train": train, "forward_cpu": fwd_cpu, "train_cpu": train_cpu, "peak_mb": memory_mb()}
 
 
 def run_torch(args, weights, channels_last):
@@ -94,10 +76,11 @@ def run_torch(args, weights, channels_last):
         torch.autograd.backward(taps, grads)
 
     model.eval()
-    fwd, fwd_cpu = timed(forward, args.repeats, args.warmup)
+    fwd_cpu, train_cpu = [], []
+    fwd = timed(forward, args.repeats, args.warmup, fwd_cpu)
     model.train()
-    train, train_cpu = timed(train_step, args.repeats, args.warmup)
-    return {"forward": fwd, "train": train, "forward_cpu": fwd_cpu, "train_cpu": train_cpu, "peak_mb": peak_rss_mb()}
+    train = timed(train_step, args.repeats, args.warmup, train_cpu)
+    return {"forward": fwd, "train": train, "forward_cpu": fwd_cpu, "train_cpu": train_cpu, "peak_mb": memory_mb()}
 
 
 def make_weights(args, path):
@@ -123,20 +106,8 @@ def make_weights(args, path):
 
 
 def stats(times, batch):
-    rates = sorted(batch / t for t in times)
-    med = rates[len(rates) // 2] if len(rates) % 2 else (rates[len(rates) // 2 - 1] + rates[len(rates) // 2]) / 2
-    return med, rates[0], rates[-1]
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    """Images/s: (median, min, max)."""
+    return summary([batch / t for t in times])
 
 
 def main():
@@ -162,7 +133,7 @@ def main():
         print(json.dumps(result))
         return
 
-    load_before = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    load_before = load()
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "weights.npz")
         make_weights(args, weights)
@@ -184,8 +155,8 @@ def main():
                 merged["peak_mb"] = max(merged["peak_mb"], one["peak_mb"])
 
     print(f"ResNet depths={args.depths} width={args.width}, {args.img_size} px, batch {args.batch}")
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; threads: {args.threads}; load (1/5/15 min) before: "
-          f"{load_before}, after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
+    print(f"machine: {machine()}; threads: {args.threads}; load (1/5/15 min) before: "
+          f"{load_before}, after: {load()}; "
           f"{datetime.datetime.now():%Y-%m-%d %H:%M}")
     print(f"median of {args.rounds} rounds x {args.repeats} repeats (each after {args.warmup} warm-up), "
           f"[min, max], in images/s")

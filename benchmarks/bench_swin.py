@@ -13,18 +13,17 @@ import datetime
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "tests"))
+
+from common import load, machine, memory_mb, timed  # noqa: E402
 
 WARMUP = 2  # steps before timing: herbs sizes its arena on the first and touches it on the second
 
@@ -38,17 +37,6 @@ SETTINGS = {
         ("Swin-L 192 px (window 12), batch 1", {"variant": "large", "img_size": 192, "window_size": 12}, 1),
     ],
 }
-
-
-def memory_mb(field):
-    """VmRSS (now) or VmHWM (peak) of this process in MB. The peak is read here rather than from
-    getrusage's ru_maxrss, which Linux carries across execve: a child would report at least the
-    parent's peak (the parent holds torch and has built the net)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def child(job):
@@ -103,13 +91,7 @@ def child(job):
             sum((t * g).sum() for t, g in zip(taps, grads)).backward()
 
     before = memory_mb("VmRSS")
-    for _ in range(job["warmup"]):
-        step()
-    times = []
-    for _ in range(job["repeats"]):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    times = timed(step, job["repeats"], job["warmup"])
     print(json.dumps({"times": times, "peak_mb": memory_mb("VmHWM"), "model_mb": before}))
 
 
@@ -124,16 +106,6 @@ def measure(impl, config, batch, mode, threads, repeats, warmup, weights, wait_p
     if out.returncode != 0:
         raise RuntimeError(f"{impl} {mode} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main():
@@ -156,12 +128,12 @@ def main():
     import torch
     repeats = args.repeats or 3
     print(f"date     {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(f"machine  {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}")
+    print(f"machine  {machine()}")
     print(f"threads  {args.threads} (herbs.set_num_threads / torch.set_num_threads), "
           f"OMP_WAIT_POLICY {args.wait_policy} for both")
     print(f"herbs    {herbs.__version__}, {herbs.cpu_info()}")
     print(f"torch    {torch.__version__}")
-    print(f"load     {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} (1, 5, 15 min) at start")
+    print(f"load     {load()} (1, 5, 15 min) at start")
     print(f"timing   {args.rounds} rounds of (herbs process, torch process), each {repeats} timed steps after {WARMUP} "
           f"warm-ups;\n         images/s: median [min, max] over all steps; ratio: median [min, max] of the rounds' "
           f"ratios;\n         memory: peak RSS of a process (largest over rounds)\n")
@@ -191,7 +163,7 @@ def main():
                 ratio = f"{statistics.median(ratios):5.2f}x [{min(ratios):.2f}, {max(ratios):.2f}]"
                 print(f"{title:38} {mode:16} {cell['herbs']:>22} {cell['torch']:>22} {ratio:>20} "
                       f"{mems['herbs']:9.0f} {mems['torch']:9.0f}", flush=True)
-    print(f"\nload     {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} at end")
+    print(f"\nload     {load()} at end")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,56 @@
+"""What every benchmark script shares: timing, the process's memory, the machine's name."""
+import os
+import platform
+import statistics
+import time
+
+
+def timed(step, repeats, warmup=1, cpu=None):
+    """Wall-clock seconds of each of `repeats` calls of step(), after `warmup` untimed calls
+    (first-touch memory, arena sizing, caches, the thread team). Given a list `cpu`, appends to it
+    the process's CPU seconds (all threads) of each call."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        times.append(time.perf_counter() - t0)
+        if cpu is not None:
+            cpu.append(time.process_time() - c0)
+    return times
+
+
+def memory_mb(field="VmHWM"):
+    """This process's VmRSS (now) or VmHWM (peak resident set) in MB. Read from /proc rather than
+    getrusage's ru_maxrss, which Linux carries across execve: a child would report at least its
+    parent's peak. NaN where /proc is missing (not Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def machine():
+    """'CPU model, N logical CPUs'."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} logical CPUs"
+
+
+def load():
+    """The load averages over 1, 5 and 15 minutes, as text."""
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def summary(values):
+    """(median, min, max) of a list of numbers."""
+    return statistics.median(values), min(values), max(values)
