@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/threads.h"
+
 struct herbs_arena_chunk {
     herbs_arena_chunk *next;
     char *base;
@@ -103,6 +105,6 @@ float *herbs_arena_floats(herbs_arena *arena, size_t count, int zero)
 {
     float *p = herbs_arena_alloc(arena, count * sizeof(float));
     if (p && zero)
-        memset(p, 0, count * sizeof(float));
+        herbs_zero_floats(p, count);
     return p;
 }

@@ -1,6 +1,7 @@
 #include "core/threads.h"
 
 #include <omp.h>
+#include <string.h>
 
 static int num_threads; /* 0 until first asked: then OpenMP's default (OMP_NUM_THREADS) */
 
@@ -28,4 +29,16 @@ int herbs_threads_for(double work, double grain)
     if (useful < nt)
         nt = useful < 1 ? 1 : (int)useful;
     return nt;
+}
+
+float *herbs_zero_floats(float *p, size_t count)
+{
+    const int team = herbs_threads_for((double)count, 1 << 18);
+#pragma omp parallel num_threads(team) if (team > 1)
+    {
+        const size_t t = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads();
+        const size_t i0 = count * t / nt, i1 = count * (t + 1) / nt;
+        memset(p + i0, 0, (i1 - i0) * sizeof(float));
+    }
+    return p;
 }

@@ -2,6 +2,8 @@
 #ifndef HERBS_CORE_THREADS_H
 #define HERBS_CORE_THREADS_H
 
+#include <stddef.h>
+
 /* The thread count for the next parallel region (>= 1). */
 int herbs_num_threads(void);
 void herbs_set_num_threads(int n);
@@ -13,5 +15,9 @@ void herbs_threads_apply(void);
 /* Threads worth using for `work` units when one thread should get at least `grain` of them;
    1 inside an enclosing parallel region, so nested calls stay serial. */
 int herbs_threads_for(double work, double grain);
+
+/* p[0, count) = 0: one contiguous share per thread for large buffers (a single thread cannot
+   reach the memory bandwidth of the machine), the calling thread alone for small ones. */
+float *herbs_zero_floats(float *p, size_t count);
 
 #endif

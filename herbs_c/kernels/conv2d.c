@@ -17,7 +17,7 @@
 #define CONV_THREADS(work) herbs_threads_for((double)(work), 32768) /* a thread's elements, at least */
 /* weight repacks are cheap next to their conv: a team only for the largest, since every
    parallel region costs a wait for the slowest thread on a busy machine */
-#define REPACK_THREADS(work) herbs_threads_for((double)(work), 1 << 19)
+#define REPACK_THREADS(work) herbs_threads_for((double)(work), 1 << 16)
 
 /* output channels [o0, o1) */
 HERBS_INLINE void FN(conv_weight_to_ohwi_rows)(real *out, const real *w, int C, int taps, int o0, int o1)

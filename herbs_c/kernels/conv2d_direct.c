@@ -25,7 +25,7 @@ void conv_direct_pack_weight(float *wpack, const float *w, int flip, int VOC, in
     const int nr = gemm_microkernel_current()->nr, panels = (VOC + nr - 1) / nr;
     /* one (panel, tap) per iteration; the loops run along the source's contiguous axis (k for
        OHWI, n for the flipped transpose) and scatter within the panel's [VC][nr] block */
-#pragma omp parallel for schedule(static) if ((double)panels * nr * taps * VC > (1 << 20)) /* as conv2d.c's repacks */
+#pragma omp parallel for schedule(static) if ((double)panels * nr * taps * VC > (1 << 17)) /* as conv2d.c's repacks */
     for (int item = 0; item < panels * taps; item++) {
         const int p = item / taps, t = item % taps;
         float *dst = wpack + (size_t)item * VC * nr;

@@ -22,8 +22,8 @@ static herbs_status bn_forward(herbs_net *net, const float *images, int batch, i
         char name[16];
         snprintf(name, sizeof name, "layer%d", i + 1);
         herbs_output *o;
-        HERBS_TRY(net_add_output(net, name, 3, (int64_t[]){batch, bb->tap_tokens[i], bb->tap_channels[i]}, &o));
-        memcpy(o->data, taps[i], (size_t)batch * bb->tap_tokens[i] * bb->tap_channels[i] * sizeof(float));
+        const int64_t shape[3] = {batch, bb->tap_tokens[i], bb->tap_channels[i]};
+        HERBS_TRY(net_add_output(net, name, 3, shape, taps[i], &o)); /* the tap itself, kept until the next forward */
     }
     if (train)
         net->step++;

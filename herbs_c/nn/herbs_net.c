@@ -40,7 +40,7 @@ static herbs_status add_output(herbs_net *net, const char *name, int tap, int nd
         snprintf(full, sizeof full, "%s", name);
     herbs_output *o;
     *index = net->n_outputs;
-    return net_add_output(net, full, ndim, shape, &o);
+    return net_add_output(net, full, ndim, shape, NULL, &o);
 }
 
 static float *out_data(herbs_net *net, int index) { return index >= 0 ? net->outputs[index].data : NULL; }

@@ -49,7 +49,8 @@ herbs_status net_begin_forward(herbs_net *net, int batch)
     return herbs_arena_reset(&net->arena);
 }
 
-herbs_status net_add_output(herbs_net *net, const char *name, int ndim, const int64_t *shape, herbs_output **out)
+herbs_status net_add_output(herbs_net *net, const char *name, int ndim, const int64_t *shape, float *data,
+                            herbs_output **out)
 {
     if (net->n_outputs == HERBS_MAX_OUTPUTS)
         return herbs_error(HERBS_ERR_STATE, "more than %d outputs", HERBS_MAX_OUTPUTS);
@@ -62,7 +63,7 @@ herbs_status net_add_output(herbs_net *net, const char *name, int ndim, const in
         o->shape[d] = shape[d];
         size *= (size_t)shape[d];
     }
-    o->data = herbs_arena_floats(&net->arena, size, 0);
+    o->data = data ? data : herbs_arena_floats(&net->arena, size, 0);
     o->grad = herbs_arena_floats(&net->arena, size, 1);
     if (!o->data || !o->grad)
         return HERBS_ERR_NOMEM;

@@ -82,8 +82,11 @@ void net_free(herbs_net *net);
 /* Starts a forward pass: checks the batch, resets the arena, forgets old outputs. */
 herbs_status net_begin_forward(herbs_net *net, int batch);
 
-/* Adds an output [shape] with data and a zeroed gradient from the arena; returns it. */
-herbs_status net_add_output(herbs_net *net, const char *name, int ndim, const int64_t *shape, herbs_output **out);
+/* Adds an output [shape] with a zeroed gradient from the arena; its data is `data` (memory that
+   lives until the next forward, e.g. an activation the net keeps) or, when NULL, fresh arena
+   memory for the caller to fill. Returns it. */
+herbs_status net_add_output(herbs_net *net, const char *name, int ndim, const int64_t *shape, float *data,
+                            herbs_output **out);
 
 /* The kinds, each in its own file: `create` fills a net whose params/arena are initialised. */
 typedef herbs_status (*herbs_net_create_fn)(herbs_net *net, herbs_config *config);

@@ -11,6 +11,7 @@
 
 #include "core/arena.h"
 #include "core/rng.h"
+#include "core/threads.h"
 
 void params_init(herbs_params *t) { memset(t, 0, sizeof *t); }
 
@@ -162,5 +163,5 @@ void params_initialize(herbs_params *t, uint64_t seed)
 void params_zero_grads(herbs_params *t)
 {
     if (t->grads)
-        memset(t->grads, 0, t->n_params * sizeof(float));
+        herbs_zero_floats(t->grads, t->n_params);
 }

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/threads.h"
 #include "kernels/kernels.h"
 #include "nn/kinds.h"
 
@@ -164,7 +165,7 @@ static void conv_backward_pass(resnet *r, conv_layer *c, herbs_params *t, float 
     const float *w = conv_weight(r, c, t);
     float *dw = c->k == 1 ? GRAD(t, c->weight) : dw_scratch;
     if (c->k != 1)
-        memset(dw, 0, (size_t)c->out_c * c->k * c->k * c->in_c * sizeof(float));
+        herbs_zero_floats(dw, (size_t)c->out_c * c->k * c->k * c->in_c);
     conv2d_backward(dinp, dw, NULL, dout, inp, w, r->scratch, r->scratch_floats, r->batch, c->H, c->W, c->in_c,
                     c->out_c, c->k, c->k, c->stride, c->pad);
     if (c->k != 1)
@@ -325,8 +326,6 @@ typedef struct {
     float *dw;         /* the largest repacked weight gradient */
 } grad_buffers;
 
-static float *zeroed(float *p, size_t n) { return memset(p, 0, n * sizeof(float)); }
-
 /* gb->prev += d(block input), from gb->cur = d(block output) */
 static void block_backward(resnet *r, bottleneck *blk, herbs_params *t, grad_buffers *gb)
 {
@@ -338,14 +337,14 @@ static void block_backward(resnet *r, bottleneck *blk, herbs_params *t, grad_buf
     if (!blk->has_down)
         add_relu_backward(NULL, gb->prev, gb->cur, blk->out, n_out);
     if (blk->has_down) {
-        bn_backward_pass(r, &blk->down_bn, t, zeroed(gb->d, n_out), gb->cur, blk->out, blk->yd, N3);
+        bn_backward_pass(r, &blk->down_bn, t, herbs_zero_floats(gb->d, n_out), gb->cur, blk->out, blk->yd, N3);
         conv_backward_pass(r, &blk->down_conv, t, gb->dw, gb->prev, gb->d, blk->x);
     }
-    bn_backward_pass(r, &blk->bn3, t, zeroed(gb->d, n_out), gb->cur, blk->out, blk->y3, N3);
-    conv_backward_pass(r, &blk->conv3, t, gb->dw, zeroed(gb->g, n2), gb->d, blk->a2);       /* d a2 */
-    bn_backward_pass(r, &blk->bn2, t, zeroed(gb->d, n2), gb->g, blk->a2, blk->y2, N3);      /* d y2 */
-    conv_backward_pass(r, &blk->conv2, t, gb->dw, zeroed(gb->g, n1), gb->d, blk->a1);       /* d a1 */
-    bn_backward_pass(r, &blk->bn1, t, zeroed(gb->d, n1), gb->g, blk->a1, blk->y1, N1);      /* d y1 */
+    bn_backward_pass(r, &blk->bn3, t, herbs_zero_floats(gb->d, n_out), gb->cur, blk->out, blk->y3, N3);
+    conv_backward_pass(r, &blk->conv3, t, gb->dw, herbs_zero_floats(gb->g, n2), gb->d, blk->a2);       /* d a2 */
+    bn_backward_pass(r, &blk->bn2, t, herbs_zero_floats(gb->d, n2), gb->g, blk->a2, blk->y2, N3);      /* d y2 */
+    conv_backward_pass(r, &blk->conv2, t, gb->dw, herbs_zero_floats(gb->g, n1), gb->d, blk->a1);       /* d a1 */
+    bn_backward_pass(r, &blk->bn1, t, herbs_zero_floats(gb->d, n1), gb->g, blk->a1, blk->y1, N1);      /* d y1 */
     conv_backward_pass(r, &blk->conv1, t, gb->dw, gb->prev, gb->d, blk->x);
 }
 
@@ -387,7 +386,7 @@ static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
     if (!gb.cur || !gb.prev || !gb.g || !gb.d || !gb.dw)
         return HERBS_ERR_NOMEM;
 
-    zeroed(gb.cur, conv_out_floats(&r->blocks[r->stage_last[top]].conv3, r->batch));
+    herbs_zero_floats(gb.cur, conv_out_floats(&r->blocks[r->stage_last[top]].conv3, r->batch));
     for (int i = r->stage_last[top], s = top; i >= 0; i--) {
         bottleneck *blk = &r->blocks[i];
         while (s > 0 && i <= r->stage_last[s - 1])
@@ -399,7 +398,7 @@ static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
         }
         if (i == r->stage_last[s])
             backbone_keep_tap_grad(bb, tap_grads, s, r->batch, gb.cur);
-        zeroed(gb.prev, (size_t)r->batch * blk->conv1.H * blk->conv1.W * blk->conv1.in_c);
+        herbs_zero_floats(gb.prev, (size_t)r->batch * blk->conv1.H * blk->conv1.W * blk->conv1.in_c);
         block_backward(r, blk, t, &gb);
         float *swap = gb.cur;
         gb.cur = gb.prev;
@@ -409,9 +408,9 @@ static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
     /* the stem: max-pool, ReLU, BN, conv, layout */
     conv_layer *stem = &r->stem_conv;
     const size_t n0 = conv_out_floats(stem, r->batch);
-    maxpool2d_backward(zeroed(gb.g, n0), gb.cur, r->argmax, r->batch, stem->OH, stem->OW, stem->out_c, 3, 2, 1);
-    bn_backward_pass(r, &r->stem_bn, t, zeroed(gb.d, n0), gb.g, r->a0, r->y0, r->batch * stem->OH * stem->OW);
-    float *dx = dimages ? zeroed(gb.g, image_floats(r, r->batch)) : NULL;
+    maxpool2d_backward(herbs_zero_floats(gb.g, n0), gb.cur, r->argmax, r->batch, stem->OH, stem->OW, stem->out_c, 3, 2, 1);
+    bn_backward_pass(r, &r->stem_bn, t, herbs_zero_floats(gb.d, n0), gb.g, r->a0, r->y0, r->batch * stem->OH * stem->OW);
+    float *dx = dimages ? herbs_zero_floats(gb.g, image_floats(r, r->batch)) : NULL;
     conv_backward_pass(r, stem, t, gb.dw, dx, gb.d, r->x0);
     if (dimages)
         nchw_to_nhwc_backward(dimages, dx, r->batch, bb->in_channels, bb->img_size, bb->img_size);
