@@ -31,14 +31,25 @@ int herbs_threads_for(double work, double grain)
     return nt;
 }
 
-float *herbs_zero_floats(float *p, size_t count)
+/* memset (src NULL) or memcpy of one contiguous share per thread */
+static void fill_or_copy(float *dst, const float *src, size_t count)
 {
     const int team = herbs_threads_for((double)count, 1 << 18);
 #pragma omp parallel num_threads(team) if (team > 1)
     {
         const size_t t = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads();
         const size_t i0 = count * t / nt, i1 = count * (t + 1) / nt;
-        memset(p + i0, 0, (i1 - i0) * sizeof(float));
+        if (src)
+            memcpy(dst + i0, src + i0, (i1 - i0) * sizeof(float));
+        else
+            memset(dst + i0, 0, (i1 - i0) * sizeof(float));
     }
+}
+
+float *herbs_zero_floats(float *p, size_t count)
+{
+    fill_or_copy(p, NULL, count);
     return p;
 }
+
+void herbs_copy_floats(float *dst, const float *src, size_t count) { fill_or_copy(dst, src, count); }

@@ -16,8 +16,10 @@ void herbs_threads_apply(void);
    1 inside an enclosing parallel region, so nested calls stay serial. */
 int herbs_threads_for(double work, double grain);
 
-/* p[0, count) = 0: one contiguous share per thread for large buffers (a single thread cannot
-   reach the memory bandwidth of the machine), the calling thread alone for small ones. */
+/* p[0, count) = 0, and dst[0, count) = src[0, count): one contiguous share per thread for large
+   buffers (a single thread cannot reach the machine's memory bandwidth, nor take all the page
+   faults of fresh memory), the calling thread alone for small ones. */
 float *herbs_zero_floats(float *p, size_t count);
+void herbs_copy_floats(float *dst, const float *src, size_t count);
 
 #endif

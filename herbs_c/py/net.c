@@ -209,7 +209,7 @@ static PyObject *array_of(const herbs_output *o, const float *src)
         for (npy_intp j = 0; j < PyArray_SIZE((PyArrayObject *)arr); j++)
             dst[j] = (int64_t)src[j];
     } else {
-        memcpy(PyArray_DATA((PyArrayObject *)arr), src, PyArray_NBYTES((PyArrayObject *)arr));
+        herbs_copy_floats(PyArray_DATA((PyArrayObject *)arr), src, (size_t)PyArray_SIZE((PyArrayObject *)arr));
     }
     return arr;
 }
