@@ -138,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="train a small HERBS on built-in synthetic images (no downloads)")
-    d.add_argument("--epochs", type=int, default=6)
+    d.add_argument("--epochs", type=int, default=10)
     d.add_argument("--classes", type=int, default=4)
     d.add_argument("--per-class", type=int, default=40, help="training images per class")
     d.add_argument("--lr", type=float, default=2e-3)
