@@ -17,8 +17,8 @@ def out_size(n, k, stride, pad):
     return (n + 2 * pad - k) // stride + 1
 
 
-def conv(x, w_oihw, bias, stride, pad, scratch_rows=None, dtype=np.float64):
-    """x [B,H,W,C], w in PyTorch's layout -> out [B,OH,OW,OC] through the kernel."""
+def conv(x, w_oihw, bias, stride, pad, scratch_rows=None, dtype=np.float64, scale=None, relu=0):
+    """x [B,H,W,C], w in PyTorch's layout -> out [B,OH,OW,OC] = act(conv·scale + bias) through the kernel."""
     B, H, W, C = x.shape
     OC, _, KH, KW = w_oihw.shape
     w = np.empty((OC, KH, KW, C), dtype)
@@ -31,7 +31,8 @@ def conv(x, w_oihw, bias, stride, pad, scratch_rows=None, dtype=np.float64):
     need = rows * K if dtype == np.float64 else max(rows * K, LIB.conv2d_scratch_floats(C, OC, KH, KW))
     scratch = np.empty(need, dtype)
     out = np.empty((B, OH, OW, OC), dtype)
-    call("conv2d_forward", out, x, w, bias, scratch, scratch.size, B, H, W, C, OC, KH, KW, stride, pad, dtype=dtype)
+    call("conv2d_forward", out, x, w, scale, bias, relu, scratch, scratch.size, B, H, W, C, OC, KH, KW, stride, pad,
+         dtype=dtype)
     return out, w, scratch
 
 
@@ -121,6 +122,36 @@ def test_weight_repack_round_trip():
     back = np.ones_like(w)
     call("conv2d_weight_grad_from_ohwi", back, ohwi, 5, 3, 2, 7)
     np.testing.assert_array_equal(back, w + 1)  # accumulates
+
+
+@pytest.mark.parametrize("B,H,W,C,OC,K,stride,pad", [
+    (2, 9, 7, 17, 40, 3, 1, 1),  # direct path, edge tiles along pixels and channels
+    (3, 11, 7, 33, 20, 1, 1, 0),  # direct path, 1x1
+    (2, 8, 8, 3, 24, 7, 2, 3),  # im2col chunks (few input channels, like the stem), stride 2
+    (2, 5, 6, 8, 10, 1, 1, 0),  # one GEMM (1x1 below the direct path's channel minimum)
+])
+@pytest.mark.parametrize("relu", [0, 1])
+def test_folded_batchnorm_gives_the_bits_of_conv_then_batchnorm(isa, B, H, W, C, OC, K, stride, pad, relu):
+    """An eval-mode BatchNorm (+ReLU) folded into the conv's store (scale and shift from
+    batchnorm_eval_affine) equals the conv followed by the BatchNorm kernel exactly, on every
+    path and instruction set; a scale alone and the ReLU alone as NumPy computes them."""
+    rng = np.random.default_rng(5)
+    f32 = np.float32
+    x = rng.standard_normal((B, H, W, C)).astype(f32)
+    w = (rng.standard_normal((OC, C, K, K)) * 0.3).astype(f32)
+    mean, var = rng.standard_normal(OC).astype(f32), rng.uniform(0.2, 2, OC).astype(f32)
+    gamma, beta = rng.standard_normal(OC).astype(f32), rng.standard_normal(OC).astype(f32)
+    scale, shift = np.empty(OC, f32), np.empty(OC, f32)
+    call("batchnorm_eval_affine", scale, shift, mean, var, gamma, beta, OC, 1e-5, dtype=f32)
+    plain, _, _ = conv(x, w, None, stride, pad, dtype=f32)
+    expected = np.empty_like(plain)
+    call("batchnorm_relu_forward_eval" if relu else "batchnorm_forward_eval", expected, plain, mean, var, gamma, beta,
+         plain.size // OC, OC, 1e-5, dtype=f32)
+    folded, _, _ = conv(x, w, shift, stride, pad, dtype=f32, scale=scale, relu=relu)
+    np.testing.assert_array_equal(folded, expected)
+    scaled, _, _ = conv(x, w, None, stride, pad, dtype=f32, scale=scale, relu=relu)
+    np.testing.assert_array_equal(scaled, np.maximum(plain * scale, 0) if relu else plain * scale)
+    assert relu == 0 or (folded == 0).any()  # the ReLU had something to clip
 
 
 @pytest.mark.parametrize("threads", [1, 2])

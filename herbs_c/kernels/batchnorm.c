@@ -122,6 +122,15 @@ void FN(batchnorm_relu_forward_train)(real *out, real *mean, real *rstd, real *r
     FN(bn_train)(out, mean, rstd, running_mean, running_var, inp, weight, bias, N, C, eps, momentum, 1);
 }
 
+void FN(batchnorm_eval_affine)(real *scale, real *shift, const real *running_mean, const real *running_var,
+                               const real *weight, const real *bias, int C, real eps)
+{
+    for (int c = 0; c < C; c++) {
+        scale[c] = (weight ? weight[c] : 1) / sqrt(running_var[c] + eps);
+        shift[c] = (bias ? bias[c] : 0) - running_mean[c] * scale[c];
+    }
+}
+
 /* Eval mode, optionally followed by a ReLU: blocks [b0, b1) of nb. */
 HERBS_INLINE void FN(bn_eval_blocks)(real *out, const real *inp, const real *running_mean, const real *running_var,
                                      const real *weight, const real *bias, int N, int C, real eps, int relu, int nb,
@@ -132,11 +141,8 @@ HERBS_INLINE void FN(bn_eval_blocks)(real *out, const real *inp, const real *run
         FN(bn_block_range)(C, nb, b, &c0, &c1);
         const int w = c1 - c0;
         real scale[BN_MAX_BLOCK], shift[BN_MAX_BLOCK];
-        for (int j = 0; j < w; j++) {
-            const int c = c0 + j;
-            scale[j] = (weight ? weight[c] : 1) / sqrt(running_var[c] + eps);
-            shift[j] = (bias ? bias[c] : 0) - running_mean[c] * scale[j];
-        }
+        FN(batchnorm_eval_affine)(scale, shift, running_mean + c0, running_var + c0, weight ? weight + c0 : NULL,
+                                  bias ? bias + c0 : NULL, w, eps);
         FN(bn_apply)(out, inp, scale, shift, N, C, c0, w, relu);
     }
 }

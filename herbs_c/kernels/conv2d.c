@@ -254,35 +254,70 @@ size_t conv2d_scratch_floats(int C, int OC, int KH, int KW)
 }
 #endif
 
-void FN(conv2d_forward)(real *out, const real *inp, const real *weight, const real *bias, real *scratch,
-                        size_t scratch_floats, int B, int H, int W, int C, int OC, int KH, int KW, int stride,
-                        int pad)
+/* rows [m0, m1) of y [.., ldy]: y = y·scale + shift per channel, then the ReLU (see conv2d.h);
+   written as BatchNorm's eval pass writes it, so the two round alike in every build */
+HERBS_INLINE void FN(conv_epilogue_rows)(real *y, long ldy, const real *scale, const real *shift, int relu, int cols,
+                                         int m0, int m1)
+{
+    for (int m = m0; m < m1; m++) {
+        real *row = y + (size_t)m * ldy;
+        if (scale && shift) {
+#pragma omp simd
+            for (int j = 0; j < cols; j++)
+                row[j] = row[j] * scale[j] + shift[j];
+        } else if (scale) {
+#pragma omp simd
+            for (int j = 0; j < cols; j++)
+                row[j] = row[j] * scale[j];
+        } else if (shift) {
+#pragma omp simd
+            for (int j = 0; j < cols; j++)
+                row[j] = row[j] + shift[j];
+        }
+        if (relu) {
+#pragma omp simd
+            for (int j = 0; j < cols; j++)
+                row[j] = row[j] > 0 ? row[j] : 0;
+        }
+    }
+}
+HERBS_ISA_VARIANTS(conv_epilogue_rows,
+                   (real *y, long ldy, const real *scale, const real *shift, int relu, int cols, int m0, int m1),
+                   (y, ldy, scale, shift, relu, cols, m0, m1))
+
+/* the epilogue on rows [0, M) of out [M, OC], rows split among threads */
+static void FN(conv_epilogue)(real *out, const real *scale, const real *shift, int relu, int M, int OC)
+{
+    if (scale || shift || relu)
+        HERBS_ISA_PARALLEL(conv_epilogue_rows, M, CONV_THREADS((double)M * OC), out, OC, scale, shift, relu, OC);
+}
+
+void FN(conv2d_forward)(real *out, const real *inp, const real *weight, const real *scale, const real *shift, int relu,
+                        real *scratch, size_t scratch_floats, int B, int H, int W, int C, int OC, int KH, int KW,
+                        int stride, int pad)
 {
     const int OH = (H + 2 * pad - KH) / stride + 1, OW = (W + 2 * pad - KW) / stride + 1;
     const int M = B * OH * OW, K = KH * KW * C;
-    if (bias) {
-#pragma omp parallel for schedule(static) num_threads(CONV_THREADS((double)M * OC))
-        for (int m = 0; m < M; m++)
-            memcpy(out + (size_t)m * OC, bias, OC * sizeof(real));
-    }
-    const real beta = bias ? 1 : 0;
 #ifndef HERBS_F64
     if (C >= CONV_DIRECT_MIN_CHANNELS) {
         float *wpack = conv_aligned(scratch);
         conv_direct_pack_weight(wpack, weight, 0, OC, C, KH * KW);
-        conv_direct_forward(out, inp, wpack, beta, B, H, W, C, OC, KH, KW, stride, pad);
+        conv_direct_forward(out, inp, wpack, 0.0f, B, H, W, C, OC, KH, KW, stride, pad,
+                            scale || shift || relu ? FN(conv_epilogue_rows_isa)() : NULL, scale, shift, relu);
         return;
     }
 #endif
     if (FN(conv_is_pointwise)(KH, KW, stride, pad)) {
-        FN(gemm)(0, 1, M, OC, C, 1, inp, C, weight, C, beta, out, OC);
+        FN(gemm)(0, 1, M, OC, C, 1, inp, C, weight, C, 0, out, OC);
+        FN(conv_epilogue)(out, scale, shift, relu, M, OC);
         return;
     }
     const int rows = FN(conv_chunk_rows)(scratch_floats, K, M, CONV_CHUNK_ROWS, CONV_CHUNK_FLOATS);
     for (int m0 = 0; m0 < M; m0 += rows) {
         const int m1 = M - m0 < rows ? M : m0 + rows;
         FN(conv_im2col)(scratch, inp, m0, m1, H, W, C, OH, OW, KH, KW, stride, pad);
-        FN(gemm)(0, 1, m1 - m0, OC, K, 1, scratch, K, weight, K, beta, out + (size_t)m0 * OC, OC);
+        FN(gemm)(0, 1, m1 - m0, OC, K, 1, scratch, K, weight, K, 0, out + (size_t)m0 * OC, OC);
+        FN(conv_epilogue)(out + (size_t)m0 * OC, scale, shift, relu, m1 - m0, OC); /* while the chunk is in cache */
     }
 }
 
@@ -312,7 +347,8 @@ void FN(conv2d_backward)(real *dinp, real *dweight, real *dbias, const real *dou
     if (stride == 1 && KH == KW && pad < KH && OC >= CONV_DIRECT_MIN_CHANNELS) { /* a correlation of dout with the flipped weight */
         float *wpack = conv_aligned(scratch);
         conv_direct_pack_weight(wpack, weight, 1, C, OC, KH * KW);
-        conv_direct_forward(dinp, dout, wpack, 1.0f, B, OH, OW, OC, C, KH, KW, 1, KH - 1 - pad);
+        conv_direct_forward(dinp, dout, wpack, 1.0f, B, OH, OW, OC, C, KH, KW, 1, KH - 1 - pad, NULL, NULL, NULL,
+                            0);
         return;
     }
 #endif

@@ -12,12 +12,15 @@ void FN(conv2d_weight_grad_from_ohwi)(real *dw, const real *dw_ohwi, int OC, int
    chunks); declared for both precisions, defined once (the double build needs only K). */
 size_t conv2d_scratch_floats(int C, int OC, int KH, int KW);
 
-/* out[B,OH,OW,OC] = conv(inp[B,H,W,C], weight[OC,KH,KW,C]) + bias[OC] (bias may be NULL), with
-   OH = (H + 2·pad - KH)/stride + 1 (likewise OW). scratch holds scratch_floats >= conv2d_scratch_floats(...)
-   floats (the double build needs only K). */
-void FN(conv2d_forward)(real *out, const real *inp, const real *weight, const real *bias, real *scratch,
-                        size_t scratch_floats, int B, int H, int W, int C, int OC, int KH, int KW, int stride,
-                        int pad);
+/* out[B,OH,OW,OC] = conv(inp[B,H,W,C], weight[OC,KH,KW,C])·scale[OC] + shift[OC], through a ReLU
+   when relu is set (scale and shift may be NULL: 1 and 0; shift alone is a bias), with
+   OH = (H + 2·pad - KH)/stride + 1 (likewise OW). The scale, shift and ReLU are applied to each
+   output tile while it is in cache: an eval-mode BatchNorm folded in this way (scale and shift from
+   batchnorm_eval_affine) gives the same bits as the two run apart. scratch holds
+   scratch_floats >= conv2d_scratch_floats(...) floats (the double build needs only K). */
+void FN(conv2d_forward)(real *out, const real *inp, const real *weight, const real *scale, const real *shift, int relu,
+                        real *scratch, size_t scratch_floats, int B, int H, int W, int C, int OC, int KH, int KW,
+                        int stride, int pad);
 
 /* dinp[B,H,W,C] +=, dweight[OC,KH,KW,C] +=, dbias[OC] += from dout[B,OH,OW,OC]; any gradient may be
    NULL. scratch as for the forward. */

@@ -62,7 +62,8 @@ static void rows_through_packed_kernel(const gemm_microkernel *uk, int K, const 
 }
 
 void conv_direct_forward(float *out, const float *inp, const float *wpack, float beta, int B, int H, int W, int C,
-                         int OC, int KH, int KW, int stride, int pad)
+                         int OC, int KH, int KW, int stride, int pad, conv_epilogue_fn epilogue, const float *scale,
+                         const float *shift, int relu)
 {
     const gemm_microkernel *uk = gemm_microkernel_current();
     const int mr = uk->mr, nr = uk->nr;
@@ -130,6 +131,9 @@ void conv_direct_forward(float *out, const float *inp, const float *wpack, float
             if (!full)
                 for (int i = 0; i < valid; i++)
                     memcpy(out + (size_t)(m0 + i) * OC + p * nr, edge + i * nr, cols * sizeof(float));
+            if (epilogue)
+                epilogue(out + (size_t)m0 * OC + p * nr, OC, scale ? scale + p * nr : NULL,
+                         shift ? shift + p * nr : NULL, relu, cols, 0, valid);
         }
     }
 }

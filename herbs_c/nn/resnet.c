@@ -145,16 +145,36 @@ static const float *conv_weight(resnet *r, const conv_layer *c, const herbs_para
     return r->weight_ohwi;
 }
 
+/* out = conv(inp), or with `fold` (eval mode) ReLU?(BN(conv(inp))) in one pass: the eval-mode
+   BatchNorm `fold` is applied to each output tile as the conv stores it (relu: and a ReLU) */
 static herbs_status conv_forward_pass(resnet *r, conv_layer *c, const herbs_params *t, herbs_arena *arena,
-                                      const float *inp, float **out)
+                                      const float *inp, const bn_layer *fold, int relu, float **out)
 {
     const float *w = conv_weight(r, c, t);
+    float *scale = NULL, *shift = NULL;
+    if (fold) {
+        scale = herbs_arena_floats(arena, c->out_c, 0);
+        shift = herbs_arena_floats(arena, c->out_c, 0);
+        if (!scale || !shift)
+            return HERBS_ERR_NOMEM;
+        batchnorm_eval_affine(scale, shift, BUFFER(t, fold->running_mean), BUFFER(t, fold->running_var),
+                              PARAM(t, fold->weight), PARAM(t, fold->bias), c->out_c, BN_EPS);
+    }
     *out = herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0);
     if (!*out)
         return HERBS_ERR_NOMEM;
-    conv2d_forward(*out, inp, w, NULL, r->scratch, r->scratch_floats, r->batch, c->H, c->W, c->in_c, c->out_c, c->k,
-                   c->k, c->stride, c->pad);
+    conv2d_forward(*out, inp, w, scale, shift, relu, r->scratch, r->scratch_floats, r->batch, c->H, c->W, c->in_c,
+                   c->out_c, c->k, c->k, c->stride, c->pad);
     return HERBS_OK;
+}
+
+/* *y: the conv's output before its BatchNorm, which a train-mode forward keeps; an eval-mode
+   forward folds the BatchNorm into the conv and keeps none, so a backward after it (heat maps)
+   computes it again */
+static herbs_status conv_output(resnet *r, conv_layer *c, const herbs_params *t, herbs_arena *arena,
+                                const float *inp, float **y)
+{
+    return *y ? HERBS_OK : conv_forward_pass(r, c, t, arena, inp, NULL, 0, y);
 }
 
 /* dinp (may be NULL) += and the weight gradient += from dout; dw_scratch holds the largest
@@ -172,18 +192,14 @@ static void conv_backward_pass(resnet *r, conv_layer *c, herbs_params *t, float 
         conv2d_weight_grad_from_ohwi(GRAD(t, c->weight), dw, c->out_c, c->in_c, c->k, c->k);
 }
 
-/* out[N, C] = BN(inp), through a ReLU when relu is set: batch statistics and a running-stat
-   update in train mode */
-static herbs_status bn_forward_pass(resnet *r, bn_layer *b, const herbs_params *t, herbs_arena *arena,
-                                    const float *inp, float *out, int N, int relu)
+/* out[N, C] = BN(inp) in train mode (batch statistics, running-stat update), through a ReLU
+   when relu is set; eval mode folds the BN into its conv (conv_forward_pass) */
+static herbs_status bn_forward_pass(bn_layer *b, const herbs_params *t, herbs_arena *arena, const float *inp,
+                                    float *out, int N, int relu)
 {
     const int C = b->channels;
     const float *w = PARAM(t, b->weight), *bias = PARAM(t, b->bias);
     float *rm = BUFFER(t, b->running_mean), *rv = BUFFER(t, b->running_var);
-    if (!r->train) {
-        (relu ? batchnorm_relu_forward_eval : batchnorm_forward_eval)(out, inp, rm, rv, w, bias, N, C, BN_EPS);
-        return HERBS_OK;
-    }
     b->mean = herbs_arena_floats(arena, C, 0);
     b->rstd = herbs_arena_floats(arena, C, 0);
     if (!b->mean || !b->rstd)
@@ -212,15 +228,32 @@ static void bn_backward_pass(resnet *r, bn_layer *b, herbs_params *t, float *din
         batchnorm_backward_eval(dinp, dw, db, dout, inp, rm, rv, w, N, C, BN_EPS);
 }
 
-/* y = conv(inp); a = ReLU(BN(y)) */
+/* a = ReLU(BN(conv(inp))); train mode keeps y = conv(inp) for the backward */
 static herbs_status conv_bn_relu_forward(resnet *r, conv_layer *c, bn_layer *b, const herbs_params *t,
                                          herbs_arena *arena, const float *inp, float **y, float **a)
 {
-    HERBS_TRY(conv_forward_pass(r, c, t, arena, inp, y));
+    *y = NULL;
+    if (!r->train)
+        return conv_forward_pass(r, c, t, arena, inp, b, 1, a);
+    HERBS_TRY(conv_forward_pass(r, c, t, arena, inp, NULL, 0, y));
     *a = herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0);
     if (!*a)
         return HERBS_ERR_NOMEM;
-    return bn_forward_pass(r, b, t, arena, *y, *a, r->batch * c->OH * c->OW, 1);
+    return bn_forward_pass(b, t, arena, *y, *a, r->batch * c->OH * c->OW, 1);
+}
+
+/* out = BN(conv(inp)) (no ReLU); train mode keeps y = conv(inp) */
+static herbs_status conv_bn_forward(resnet *r, conv_layer *c, bn_layer *b, const herbs_params *t, herbs_arena *arena,
+                                    const float *inp, float **y, float **out)
+{
+    *y = NULL;
+    if (!r->train)
+        return conv_forward_pass(r, c, t, arena, inp, b, 0, out);
+    HERBS_TRY(conv_forward_pass(r, c, t, arena, inp, NULL, 0, y));
+    *out = herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0);
+    if (!*out)
+        return HERBS_ERR_NOMEM;
+    return bn_forward_pass(b, t, arena, *y, *out, r->batch * c->OH * c->OW, 0);
 }
 
 static herbs_status block_forward(resnet *r, bottleneck *blk, const herbs_params *t, herbs_arena *arena,
@@ -229,24 +262,14 @@ static herbs_status block_forward(resnet *r, bottleneck *blk, const herbs_params
     blk->x = x;
     HERBS_TRY(conv_bn_relu_forward(r, &blk->conv1, &blk->bn1, t, arena, x, &blk->y1, &blk->a1));
     HERBS_TRY(conv_bn_relu_forward(r, &blk->conv2, &blk->bn2, t, arena, blk->a1, &blk->y2, &blk->a2));
-    HERBS_TRY(conv_forward_pass(r, &blk->conv3, t, arena, blk->a2, &blk->y3));
-    const size_t n = conv_out_floats(&blk->conv3, r->batch);
-    const int N = r->batch * blk->conv3.OH * blk->conv3.OW;
-    blk->out = herbs_arena_floats(arena, n, 0);
-    if (!blk->out)
-        return HERBS_ERR_NOMEM;
-    HERBS_TRY(bn_forward_pass(r, &blk->bn3, t, arena, blk->y3, blk->out, N, 0));
+    HERBS_TRY(conv_bn_forward(r, &blk->conv3, &blk->bn3, t, arena, blk->a2, &blk->y3, &blk->out));
     const float *identity = x;
-    if (blk->has_down) {
-        HERBS_TRY(conv_forward_pass(r, &blk->down_conv, t, arena, x, &blk->yd));
-        /* the downsample's BN output only feeds the add: the add's buffer holds it */
-        float *z = herbs_arena_floats(arena, n, 0);
-        if (!z)
-            return HERBS_ERR_NOMEM;
-        HERBS_TRY(bn_forward_pass(r, &blk->down_bn, t, arena, blk->yd, z, N, 0));
+    if (blk->has_down) { /* the downsample's BN output only feeds the add */
+        float *z;
+        HERBS_TRY(conv_bn_forward(r, &blk->down_conv, &blk->down_bn, t, arena, x, &blk->yd, &z));
         identity = z;
     }
-    add_relu_forward(blk->out, blk->out, identity, n);
+    add_relu_forward(blk->out, blk->out, identity, conv_out_floats(&blk->conv3, r->batch));
     return HERBS_OK;
 }
 
@@ -327,11 +350,17 @@ typedef struct {
 } grad_buffers;
 
 /* gb->prev += d(block input), from gb->cur = d(block output) */
-static void block_backward(resnet *r, bottleneck *blk, herbs_params *t, grad_buffers *gb)
+static herbs_status block_backward(resnet *r, bottleneck *blk, herbs_params *t, herbs_arena *arena,
+                                   grad_buffers *gb)
 {
     const size_t n_out = conv_out_floats(&blk->conv3, r->batch);
     const size_t n1 = conv_out_floats(&blk->conv1, r->batch), n2 = conv_out_floats(&blk->conv2, r->batch);
     const int N1 = r->batch * blk->conv1.OH * blk->conv1.OW, N3 = r->batch * blk->conv3.OH * blk->conv3.OW;
+    HERBS_TRY(conv_output(r, &blk->conv1, t, arena, blk->x, &blk->y1));
+    HERBS_TRY(conv_output(r, &blk->conv2, t, arena, blk->a1, &blk->y2));
+    HERBS_TRY(conv_output(r, &blk->conv3, t, arena, blk->a2, &blk->y3));
+    if (blk->has_down)
+        HERBS_TRY(conv_output(r, &blk->down_conv, t, arena, blk->x, &blk->yd));
     /* the add and its ReLU: both branches get cur masked by out > 0 — the BN passes apply the
        mask on the fly, the identity takes it straight */
     if (!blk->has_down)
@@ -341,11 +370,12 @@ static void block_backward(resnet *r, bottleneck *blk, herbs_params *t, grad_buf
         conv_backward_pass(r, &blk->down_conv, t, gb->dw, gb->prev, gb->d, blk->x);
     }
     bn_backward_pass(r, &blk->bn3, t, herbs_zero_floats(gb->d, n_out), gb->cur, blk->out, blk->y3, N3);
-    conv_backward_pass(r, &blk->conv3, t, gb->dw, herbs_zero_floats(gb->g, n2), gb->d, blk->a2);       /* d a2 */
-    bn_backward_pass(r, &blk->bn2, t, herbs_zero_floats(gb->d, n2), gb->g, blk->a2, blk->y2, N3);      /* d y2 */
-    conv_backward_pass(r, &blk->conv2, t, gb->dw, herbs_zero_floats(gb->g, n1), gb->d, blk->a1);       /* d a1 */
-    bn_backward_pass(r, &blk->bn1, t, herbs_zero_floats(gb->d, n1), gb->g, blk->a1, blk->y1, N1);      /* d y1 */
+    conv_backward_pass(r, &blk->conv3, t, gb->dw, herbs_zero_floats(gb->g, n2), gb->d, blk->a2); /* d a2 */
+    bn_backward_pass(r, &blk->bn2, t, herbs_zero_floats(gb->d, n2), gb->g, blk->a2, blk->y2, N3);   /* d y2 */
+    conv_backward_pass(r, &blk->conv2, t, gb->dw, herbs_zero_floats(gb->g, n1), gb->d, blk->a1); /* d a1 */
+    bn_backward_pass(r, &blk->bn1, t, herbs_zero_floats(gb->d, n1), gb->g, blk->a1, blk->y1, N1);   /* d y1 */
     conv_backward_pass(r, &blk->conv1, t, gb->dw, gb->prev, gb->d, blk->x);
+    return HERBS_OK;
 }
 
 static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *arena,
@@ -399,7 +429,7 @@ static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
         if (i == r->stage_last[s])
             backbone_keep_tap_grad(bb, tap_grads, s, r->batch, gb.cur);
         herbs_zero_floats(gb.prev, (size_t)r->batch * blk->conv1.H * blk->conv1.W * blk->conv1.in_c);
-        block_backward(r, blk, t, &gb);
+        HERBS_TRY(block_backward(r, blk, t, arena, &gb));
         float *swap = gb.cur;
         gb.cur = gb.prev;
         gb.prev = swap;
@@ -408,8 +438,11 @@ static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
     /* the stem: max-pool, ReLU, BN, conv, layout */
     conv_layer *stem = &r->stem_conv;
     const size_t n0 = conv_out_floats(stem, r->batch);
-    maxpool2d_backward(herbs_zero_floats(gb.g, n0), gb.cur, r->argmax, r->batch, stem->OH, stem->OW, stem->out_c, 3, 2, 1);
-    bn_backward_pass(r, &r->stem_bn, t, herbs_zero_floats(gb.d, n0), gb.g, r->a0, r->y0, r->batch * stem->OH * stem->OW);
+    HERBS_TRY(conv_output(r, stem, t, arena, r->x0, &r->y0));
+    maxpool2d_backward(herbs_zero_floats(gb.g, n0), gb.cur, r->argmax, r->batch, stem->OH, stem->OW, stem->out_c, 3,
+                       2, 1);
+    bn_backward_pass(r, &r->stem_bn, t, herbs_zero_floats(gb.d, n0), gb.g, r->a0, r->y0,
+                     r->batch * stem->OH * stem->OW);
     float *dx = dimages ? herbs_zero_floats(gb.g, image_floats(r, r->batch)) : NULL;
     conv_backward_pass(r, stem, t, gb.dw, dx, gb.d, r->x0);
     if (dimages)
