@@ -228,45 +228,32 @@ static void bn_backward_pass(resnet *r, bn_layer *b, herbs_params *t, float *din
         batchnorm_backward_eval(dinp, dw, db, dout, inp, rm, rv, w, N, C, BN_EPS);
 }
 
-/* a = ReLU(BN(conv(inp))); train mode keeps y = conv(inp) for the backward */
-static herbs_status conv_bn_relu_forward(resnet *r, conv_layer *c, bn_layer *b, const herbs_params *t,
-                                         herbs_arena *arena, const float *inp, float **y, float **a)
+/* out = BN(conv(inp)), through a ReLU when relu is set; train mode keeps y = conv(inp) for the
+   backward, eval mode folds the BN into the conv and keeps no y */
+static herbs_status conv_bn_forward(resnet *r, conv_layer *c, bn_layer *b, int relu, const herbs_params *t,
+                                    herbs_arena *arena, const float *inp, float **y, float **out)
 {
     *y = NULL;
     if (!r->train)
-        return conv_forward_pass(r, c, t, arena, inp, b, 1, a);
-    HERBS_TRY(conv_forward_pass(r, c, t, arena, inp, NULL, 0, y));
-    *a = herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0);
-    if (!*a)
-        return HERBS_ERR_NOMEM;
-    return bn_forward_pass(b, t, arena, *y, *a, r->batch * c->OH * c->OW, 1);
-}
-
-/* out = BN(conv(inp)) (no ReLU); train mode keeps y = conv(inp) */
-static herbs_status conv_bn_forward(resnet *r, conv_layer *c, bn_layer *b, const herbs_params *t, herbs_arena *arena,
-                                    const float *inp, float **y, float **out)
-{
-    *y = NULL;
-    if (!r->train)
-        return conv_forward_pass(r, c, t, arena, inp, b, 0, out);
+        return conv_forward_pass(r, c, t, arena, inp, b, relu, out);
     HERBS_TRY(conv_forward_pass(r, c, t, arena, inp, NULL, 0, y));
     *out = herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0);
     if (!*out)
         return HERBS_ERR_NOMEM;
-    return bn_forward_pass(b, t, arena, *y, *out, r->batch * c->OH * c->OW, 0);
+    return bn_forward_pass(b, t, arena, *y, *out, r->batch * c->OH * c->OW, relu);
 }
 
 static herbs_status block_forward(resnet *r, bottleneck *blk, const herbs_params *t, herbs_arena *arena,
                                   const float *x)
 {
     blk->x = x;
-    HERBS_TRY(conv_bn_relu_forward(r, &blk->conv1, &blk->bn1, t, arena, x, &blk->y1, &blk->a1));
-    HERBS_TRY(conv_bn_relu_forward(r, &blk->conv2, &blk->bn2, t, arena, blk->a1, &blk->y2, &blk->a2));
-    HERBS_TRY(conv_bn_forward(r, &blk->conv3, &blk->bn3, t, arena, blk->a2, &blk->y3, &blk->out));
+    HERBS_TRY(conv_bn_forward(r, &blk->conv1, &blk->bn1, 1, t, arena, x, &blk->y1, &blk->a1));
+    HERBS_TRY(conv_bn_forward(r, &blk->conv2, &blk->bn2, 1, t, arena, blk->a1, &blk->y2, &blk->a2));
+    HERBS_TRY(conv_bn_forward(r, &blk->conv3, &blk->bn3, 0, t, arena, blk->a2, &blk->y3, &blk->out));
     const float *identity = x;
     if (blk->has_down) { /* the downsample's BN output only feeds the add */
         float *z;
-        HERBS_TRY(conv_bn_forward(r, &blk->down_conv, &blk->down_bn, t, arena, x, &blk->yd, &z));
+        HERBS_TRY(conv_bn_forward(r, &blk->down_conv, &blk->down_bn, 0, t, arena, x, &blk->yd, &z));
         identity = z;
     }
     add_relu_forward(blk->out, blk->out, identity, conv_out_floats(&blk->conv3, r->batch));
@@ -323,7 +310,7 @@ static herbs_status resnet_forward(herbs_backbone *bb, const herbs_params *t, he
         return HERBS_ERR_NOMEM;
     nchw_to_nhwc_forward(r->x0, images, batch, bb->in_channels, bb->img_size, bb->img_size);
 
-    HERBS_TRY(conv_bn_relu_forward(r, &r->stem_conv, &r->stem_bn, t, arena, r->x0, &r->y0, &r->a0));
+    HERBS_TRY(conv_bn_forward(r, &r->stem_conv, &r->stem_bn, 1, t, arena, r->x0, &r->y0, &r->a0));
     const conv_layer *first = &r->blocks[0].conv1;
     const size_t pooled = (size_t)batch * first->H * first->W * first->in_c;
     r->p0 = herbs_arena_floats(arena, pooled, 0);
