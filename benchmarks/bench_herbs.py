@@ -25,7 +25,7 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from common import load, machine, memory_mb, timed  # noqa: E402
+from common import add_wait_policy_argument, child_env, load, machine, memory_mb, timed  # noqa: E402
 from statistics import median  # noqa: E402
 
 CONFIGS = {  # name: (herbs.Model backbone, batch, img_size)
@@ -118,12 +118,7 @@ def worker(side, config, batch, threads, repeats, weights):
 
 
 def run_side(side, config, batch, threads, repeats, weights, wait_policy):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    env.pop("GOMP_SPINCOUNT", None)
-    if wait_policy == "default":  # herbs' own default (passive) still applies on the herbs side
-        env.pop("OMP_WAIT_POLICY", None)
-    else:
-        env["OMP_WAIT_POLICY"] = wait_policy
+    env = child_env(threads, wait_policy)
     cmd = [sys.executable, __file__, "--worker", side, "--config", config, "--batch", str(batch), "--threads",
            str(threads), "--repeats", str(repeats), "--weights", weights]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -139,8 +134,7 @@ def main():
     p.add_argument("--rounds", type=int, default=2, help="subprocesses per side, alternating (default 2)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement and round (default 2, quick 1)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {', '.join(CONFIGS)}")
-    p.add_argument("--wait-policy", choices=["passive", "active", "default"], default="passive",
-                   help="OMP_WAIT_POLICY of both sides (default: passive, herbs' own default)")
+    add_wait_policy_argument(p)
     p.add_argument("--worker", choices=["herbs", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)

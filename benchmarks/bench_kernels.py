@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 
-from common import load, machine, summary, timed
+from common import add_wait_policy_argument, child_env, load, machine, summary, timed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, H, W, C = 8, 56, 56, 256  # ResNet-50 stage 1 after its first block
@@ -118,6 +118,7 @@ def main():
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--repeats", type=int, default=10, help="timed calls per kernel per round")
     p.add_argument("--rounds", type=int, default=3, help="turns each side takes")
+    add_wait_policy_argument(p)
     p.add_argument("--side", choices=["herbs", "torch"], help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -137,7 +138,7 @@ def main():
     results = {side: {name: [] for name in KERNELS} for side in ("herbs", "torch")}
     for _ in range(args.rounds):
         for side, merged in results.items():
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+            env = child_env(args.threads, args.wait_policy)
             cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--threads", str(args.threads),
                    "--repeats", str(args.repeats)]
             done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -146,9 +147,9 @@ def main():
             for name, times in json.loads(done.stdout.strip().splitlines()[-1]).items():
                 merged[name] += times
     isa = os.environ.get("HERBS_ISA", "best")
-    print(f"threads {args.threads}, herbs ISA {isa}; median of {args.rounds} rounds x {args.repeats} calls, "
-          f"ms [min, max]; load (1/5/15 min) before {load_before}, after "
-          f"{load()}\nmachine: {machine()}")
+    print(f"threads {args.threads}, OMP_WAIT_POLICY {args.wait_policy} (both sides), herbs ISA {isa}; "
+          f"median of {args.rounds} rounds x {args.repeats} calls, ms [min, max]; load (1/5/15 min) before "
+          f"{load_before}, after {load()}\nmachine: {machine()}")
     print(f"{'kernel':24s}{'herbs':>22s}{'torch':>22s}{'torch/herbs':>13s}")
     for name in KERNELS:
         cells = {side: [1e3 * v for v in summary(r[name])] for side, r in results.items()}

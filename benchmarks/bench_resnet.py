@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 
-from common import load, machine, memory_mb, summary, timed
+from common import add_wait_policy_argument, child_env, load, machine, memory_mb, summary, timed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,6 +121,7 @@ def main():
     p.add_argument("--repeats", type=int, default=3, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3, help="turns each side takes")
     p.add_argument("--warmup", type=int, default=1)
+    add_wait_policy_argument(p)
     p.add_argument("--side", choices=["herbs", "torch", "torch_channels_last"], help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -145,8 +146,8 @@ def main():
                    for side in ("herbs", "torch", "torch_channels_last")}
         for _ in range(args.rounds):
             for side, merged in results.items():
-                env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-                done = subprocess.run(base + ["--side", side], capture_output=True, text=True, env=env)
+                done = subprocess.run(base + ["--side", side], capture_output=True, text=True,
+                                      env=child_env(args.threads, args.wait_policy))
                 if done.returncode:
                     sys.exit(f"{side} failed:\n{done.stderr}")
                 one = json.loads(done.stdout.strip().splitlines()[-1])
@@ -155,8 +156,8 @@ def main():
                 merged["peak_mb"] = max(merged["peak_mb"], one["peak_mb"])
 
     print(f"ResNet depths={args.depths} width={args.width}, {args.img_size} px, batch {args.batch}")
-    print(f"machine: {machine()}; threads: {args.threads}; load (1/5/15 min) before: "
-          f"{load_before}, after: {load()}; "
+    print(f"machine: {machine()}; threads: {args.threads}; OMP_WAIT_POLICY {args.wait_policy} (both sides); "
+          f"load (1/5/15 min) before: {load_before}, after: {load()}; "
           f"{datetime.datetime.now():%Y-%m-%d %H:%M}")
     print(f"median of {args.rounds} rounds x {args.repeats} repeats (each after {args.warmup} warm-up), "
           f"[min, max], in images/s")

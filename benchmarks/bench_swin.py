@@ -23,7 +23,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from common import load, machine, memory_mb, timed  # noqa: E402
+from common import add_wait_policy_argument, child_env, load, machine, memory_mb, timed  # noqa: E402
 
 WARMUP = 2  # steps before timing: herbs sizes its arena on the first and touches it on the second
 
@@ -98,9 +98,7 @@ def child(job):
 def measure(impl, config, batch, mode, threads, repeats, warmup, weights, wait_policy):
     job = dict(impl=impl, config=config, batch=batch, mode=mode, threads=threads, repeats=repeats, warmup=warmup,
                weights=weights)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    if wait_policy != "default":
-        env["OMP_WAIT_POLICY"] = wait_policy
+    env = child_env(threads, wait_policy)
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], capture_output=True, text=True,
                          env=env, check=False)
     if out.returncode != 0:
@@ -114,9 +112,7 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of both sides")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per process")
     parser.add_argument("--rounds", type=int, default=3, help="processes per side, alternating herbs and torch")
-    parser.add_argument("--wait-policy", choices=["passive", "active", "default"], default="passive",
-                        help="OMP_WAIT_POLICY of both sides (passive: threads sleep at barriers, which is what "
-                             "shared cores need; default: the OpenMP runtime's spin-then-sleep)")
+    add_wait_policy_argument(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -54,3 +54,22 @@ def load():
 def summary(values):
     """(median, min, max) of a list of numbers."""
     return statistics.median(values), min(values), max(values)
+
+
+def add_wait_policy_argument(parser):
+    """--wait-policy: how the OpenMP threads of both sides wait at barriers."""
+    parser.add_argument("--wait-policy", choices=["passive", "active", "default"], default="passive",
+                        help="OMP_WAIT_POLICY of both sides (passive, herbs' own default: threads sleep at "
+                             "barriers, which shared cores need; default: each library's own, i.e. PyTorch's "
+                             "OpenMP spins for a while and herbs sleeps)")
+
+
+def child_env(threads, wait_policy):
+    """The environment of a measuring subprocess: its thread count and OpenMP wait policy."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env.pop("GOMP_SPINCOUNT", None)
+    if wait_policy == "default":
+        env.pop("OMP_WAIT_POLICY", None)
+    else:
+        env["OMP_WAIT_POLICY"] = wait_policy
+    return env
