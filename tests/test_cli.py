@@ -1,6 +1,8 @@
 """The herbs command end to end on built-in synthetic data: demo (which writes a checkpoint),
 then evaluate, predict and heatmap from that checkpoint, and clear errors for bad input."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -54,3 +56,12 @@ def test_bad_input_is_a_clear_error(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", str(tmp_path), "--backbone", "vgg16"])
     assert "unknown backbone 'vgg16'" in capsys.readouterr().err
+
+
+def test_output_into_a_closed_pipe_is_not_an_error():
+    """`herbs info | head -1`: the reader going away ends the command quietly, exit status 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "herbs", "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert err == b""

@@ -200,6 +200,10 @@ def main(argv=None) -> None:
         herbs.set_num_threads(a.threads)
     try:
         a.run(a)
+        sys.stdout.flush()
+    except BrokenPipeError:  # output piped into a reader that stopped (herbs info | head): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        raise SystemExit(0)
     except (ValueError, OSError) as e:
         print(f"herbs {a.command}: {e}", file=sys.stderr)
         raise SystemExit(2)
