@@ -40,40 +40,9 @@ void gemm_pack_a_generic(int mr, int trans, int m, int k, const float *A, long l
         pack_a_rows(mr, m - i0 < mr ? m - i0 : mr, k, A + (size_t)i0 * lda, lda, dst);
 }
 
-/* dst[k][nr] <- B[0:cols, 0:k]ᵀ for one panel of cols <= nr rows of B (B holds op(B)
-   transposed), the rest zero. */
-static void pack_b_rows(int nr, int cols, int k, const float *B, long ldb, float *dst)
-{
-    for (int j = 0; j < cols; j++) {
-        const float *src = B + (size_t)j * ldb;
-        for (int kk = 0; kk < k; kk++)
-            dst[(size_t)kk * nr + j] = src[kk];
-    }
-    if (cols < nr)
-        for (int kk = 0; kk < k; kk++)
-            memset(dst + (size_t)kk * nr + cols, 0, (nr - cols) * sizeof(float));
-}
-
-/* dst[ceil(n/nr)][k][nr] <- B[0:k, 0:n] (B row-major), row by row of B. */
-static void pack_b_cols(int nr, int n, int k, const float *B, long ldb, float *dst)
-{
-    for (int kk = 0; kk < k; kk++) {
-        const float *src = B + (size_t)kk * ldb;
-        for (int j0 = 0; j0 < n; j0 += nr) {
-            const int cols = n - j0 < nr ? n - j0 : nr;
-            float *panel_row = dst + (size_t)j0 * k + (size_t)kk * nr;
-            memcpy(panel_row, src + j0, cols * sizeof(float));
-            memset(panel_row + cols, 0, (nr - cols) * sizeof(float));
-        }
-    }
-}
-
+/* The column panels of op(B) are the row panels of op(B)ᵀ, whose storage B is with the transpose
+   flag flipped: packing B is packing that A. */
 void gemm_pack_b_generic(int nr, int trans, int n, int k, const float *B, long ldb, float *dst)
 {
-    if (!trans) {
-        pack_b_cols(nr, n, k, B, ldb, dst);
-        return;
-    }
-    for (int j0 = 0; j0 < n; j0 += nr, dst += (size_t)k * nr)
-        pack_b_rows(nr, n - j0 < nr ? n - j0 : nr, k, B + (size_t)j0 * ldb, ldb, dst);
+    gemm_pack_a_generic(nr, !trans, n, k, B, ldb, dst);
 }
