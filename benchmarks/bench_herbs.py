@@ -18,14 +18,13 @@ import argparse
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from common import add_wait_policy_argument, child_env, load, machine, memory_mb, timed  # noqa: E402
+from common import add_wait_policy_argument, load, machine, memory_mb, run_child, timed  # noqa: E402
 from statistics import median  # noqa: E402
 
 CONFIGS = {  # name: (herbs.Model backbone, batch, img_size)
@@ -118,13 +117,9 @@ def worker(side, config, batch, threads, repeats, weights):
 
 
 def run_side(side, config, batch, threads, repeats, weights, wait_policy):
-    env = child_env(threads, wait_policy)
-    cmd = [sys.executable, __file__, "--worker", side, "--config", config, "--batch", str(batch), "--threads",
-           str(threads), "--repeats", str(repeats), "--weights", weights]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{side} {config} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    args = ["--worker", side, "--config", config, "--batch", str(batch), "--threads", str(threads), "--repeats",
+            str(repeats), "--weights", weights]
+    return run_child(__file__, args, threads, wait_policy, f"{side} {config}")
 
 
 def main():

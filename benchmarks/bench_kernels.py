@@ -14,10 +14,9 @@ points at, so two builds can be compared); HERBS_ISA picks its path.
 import argparse
 import json
 import os
-import subprocess
 import sys
 
-from common import add_wait_policy_argument, child_env, load, machine, summary, timed
+from common import add_wait_policy_argument, load, machine, run_child, summary, timed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, H, W, C = 8, 56, 56, 256  # ResNet-50 stage 1 after its first block
@@ -138,13 +137,8 @@ def main():
     results = {side: {name: [] for name in KERNELS} for side in ("herbs", "torch")}
     for _ in range(args.rounds):
         for side, merged in results.items():
-            env = child_env(args.threads, args.wait_policy)
-            cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--threads", str(args.threads),
-                   "--repeats", str(args.repeats)]
-            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if done.returncode:
-                sys.exit(f"{side} failed:\n{done.stderr}")
-            for name, times in json.loads(done.stdout.strip().splitlines()[-1]).items():
+            child = ["--side", side, "--threads", str(args.threads), "--repeats", str(args.repeats)]
+            for name, times in run_child(__file__, child, args.threads, args.wait_policy, side).items():
                 merged[name] += times
     isa = os.environ.get("HERBS_ISA", "best")
     print(f"threads {args.threads}, OMP_WAIT_POLICY {args.wait_policy} (both sides), herbs ISA {isa}; "

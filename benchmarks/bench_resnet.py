@@ -12,11 +12,10 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
-from common import add_wait_policy_argument, child_env, load, machine, memory_mb, summary, timed
+from common import add_wait_policy_argument, load, machine, memory_mb, run_child, summary, timed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -138,19 +137,14 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "weights.npz")
         make_weights(args, weights)
-        base = [sys.executable, os.path.abspath(__file__), "--weights", weights, "--img-size", str(args.img_size),
-                "--batch", str(args.batch), "--width", str(args.width), "--threads", str(args.threads),
-                "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--rounds", "1",
-                "--depths", *map(str, args.depths)]
+        base = ["--weights", weights, "--img-size", str(args.img_size), "--batch", str(args.batch), "--width",
+                str(args.width), "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup",
+                str(args.warmup), "--rounds", "1", "--depths", *map(str, args.depths)]
         results = {side: {"forward": [], "train": [], "forward_cpu": [], "train_cpu": [], "peak_mb": 0}
                    for side in ("herbs", "torch", "torch_channels_last")}
         for _ in range(args.rounds):
             for side, merged in results.items():
-                done = subprocess.run(base + ["--side", side], capture_output=True, text=True,
-                                      env=child_env(args.threads, args.wait_policy))
-                if done.returncode:
-                    sys.exit(f"{side} failed:\n{done.stderr}")
-                one = json.loads(done.stdout.strip().splitlines()[-1])
+                one = run_child(__file__, base + ["--side", side], args.threads, args.wait_policy, side)
                 for what in ("forward", "train", "forward_cpu", "train_cpu"):
                     merged[what] += one[what]
                 merged["peak_mb"] = max(merged["peak_mb"], one["peak_mb"])

@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -23,7 +22,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from common import add_wait_policy_argument, child_env, load, machine, memory_mb, timed  # noqa: E402
+from common import add_wait_policy_argument, load, machine, memory_mb, run_child, timed  # noqa: E402
 
 WARMUP = 2  # steps before timing: herbs sizes its arena on the first and touches it on the second
 
@@ -98,12 +97,7 @@ def child(job):
 def measure(impl, config, batch, mode, threads, repeats, warmup, weights, wait_policy):
     job = dict(impl=impl, config=config, batch=batch, mode=mode, threads=threads, repeats=repeats, warmup=warmup,
                weights=weights)
-    env = child_env(threads, wait_policy)
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], capture_output=True, text=True,
-                         env=env, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"{impl} {mode} failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(__file__, ["--child", json.dumps(job)], threads, wait_policy, f"{impl} {mode}")
 
 
 def main():

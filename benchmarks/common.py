@@ -1,7 +1,10 @@
 """What every benchmark script shares: timing, the process's memory, the machine's name."""
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 
@@ -64,12 +67,17 @@ def add_wait_policy_argument(parser):
                              "OpenMP spins for a while and herbs sleeps)")
 
 
-def child_env(threads, wait_policy):
-    """The environment of a measuring subprocess: its thread count and OpenMP wait policy."""
+def run_child(script, args, threads, wait_policy, what):
+    """Runs `python script *args` as a measuring subprocess (its own memory peak and OpenMP runtime)
+    with `threads` threads and the OpenMP wait policy, and returns the JSON of its last output
+    line; a failure exits naming `what` with the child's error output."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     env.pop("GOMP_SPINCOUNT", None)
     if wait_policy == "default":
         env.pop("OMP_WAIT_POLICY", None)
     else:
         env["OMP_WAIT_POLICY"] = wait_policy
-    return env
+    done = subprocess.run([sys.executable, os.path.abspath(script), *args], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        sys.exit(f"{what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
