@@ -1,5 +1,7 @@
 """BatchNorm followed by ReLU in one pass (channels last), train and eval mode: finite
-differences in float64 and float32 parity with PyTorch's relu(batch_norm(x))."""
+differences in float64 and float32 parity with PyTorch's relu(batch_norm(x)). Eval mode's forward
+is BatchNorm then the ReLU (the engine folds the pair into the conv before it; see
+test_kernel_conv2d.py); its backward is the one-pass kernel."""
 import numpy as np
 import pytest
 import torch
@@ -23,7 +25,8 @@ def test_backward_matches_finite_differences(train, N, C):
         if train:
             call("batchnorm_relu_forward_train", out, mean, rstd, None, None, x, w, b, N, C, 1e-5, 0.1)
         else:
-            call("batchnorm_relu_forward_eval", out, x, rm, rv, w, b, N, C, 1e-5)
+            call("batchnorm_forward_eval", out, x, rm, rv, w, b, N, C, 1e-5)  # then the ReLU (exact)
+            np.maximum(out, 0, out=out)
         return out, mean, rstd
 
     out, mean, rstd = forward()
@@ -64,7 +67,8 @@ def test_matches_torch(train, B, C, H, W):
              dtype=np.float32)
         call("batchnorm_relu_backward", dx, dw, db, nhwc(g), out, nhwc(x), w, mean, rstd, N, C, dtype=np.float32)
     else:
-        call("batchnorm_relu_forward_eval", out, nhwc(x), rm, rv, w, b, N, C, 1e-5, dtype=np.float32)
+        call("batchnorm_forward_eval", out, nhwc(x), rm, rv, w, b, N, C, 1e-5, dtype=np.float32)
+        np.maximum(out, 0, out=out)
         call("batchnorm_relu_backward_eval", dx, dw, db, nhwc(g), out, nhwc(x), rm, rv, w, N, C, 1e-5,
              dtype=np.float32)
     # as for BatchNorm alone (test_kernel_batchnorm.py): float32 statistics over N <= 784 rows, sums

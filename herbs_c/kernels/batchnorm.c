@@ -131,10 +131,10 @@ void FN(batchnorm_eval_affine)(real *scale, real *shift, const real *running_mea
     }
 }
 
-/* Eval mode, optionally followed by a ReLU: blocks [b0, b1) of nb. */
+/* Eval mode: blocks [b0, b1) of nb. */
 HERBS_INLINE void FN(bn_eval_blocks)(real *out, const real *inp, const real *running_mean, const real *running_var,
-                                     const real *weight, const real *bias, int N, int C, real eps, int relu, int nb,
-                                     int b0, int b1)
+                                     const real *weight, const real *bias, int N, int C, real eps, int nb, int b0,
+                                     int b1)
 {
     for (int b = b0; b < b1; b++) {
         int c0, c1;
@@ -143,32 +143,20 @@ HERBS_INLINE void FN(bn_eval_blocks)(real *out, const real *inp, const real *run
         real scale[BN_MAX_BLOCK], shift[BN_MAX_BLOCK];
         FN(batchnorm_eval_affine)(scale, shift, running_mean + c0, running_var + c0, weight ? weight + c0 : NULL,
                                   bias ? bias + c0 : NULL, w, eps);
-        FN(bn_apply)(out, inp, scale, shift, N, C, c0, w, relu);
+        FN(bn_apply)(out, inp, scale, shift, N, C, c0, w, 0);
     }
 }
 HERBS_ISA_VARIANTS(bn_eval_blocks,
                    (real *out, const real *inp, const real *running_mean, const real *running_var, const real *weight,
-                    const real *bias, int N, int C, real eps, int relu, int nb, int b0, int b1),
-                   (out, inp, running_mean, running_var, weight, bias, N, C, eps, relu, nb, b0, b1))
-
-static void FN(bn_eval)(real *out, const real *inp, const real *running_mean, const real *running_var,
-                        const real *weight, const real *bias, int N, int C, real eps, int relu)
-{
-    int nt;
-    const int nb = FN(bn_blocks)(N, C, &nt);
-    HERBS_ISA_PARALLEL(bn_eval_blocks, nb, nt, out, inp, running_mean, running_var, weight, bias, N, C, eps, relu, nb);
-}
+                    const real *bias, int N, int C, real eps, int nb, int b0, int b1),
+                   (out, inp, running_mean, running_var, weight, bias, N, C, eps, nb, b0, b1))
 
 void FN(batchnorm_forward_eval)(real *out, const real *inp, const real *running_mean, const real *running_var,
                                 const real *weight, const real *bias, int N, int C, real eps)
 {
-    FN(bn_eval)(out, inp, running_mean, running_var, weight, bias, N, C, eps, 0);
-}
-
-void FN(batchnorm_relu_forward_eval)(real *out, const real *inp, const real *running_mean, const real *running_var,
-                                     const real *weight, const real *bias, int N, int C, real eps)
-{
-    FN(bn_eval)(out, inp, running_mean, running_var, weight, bias, N, C, eps, 1);
+    int nt;
+    const int nb = FN(bn_blocks)(N, C, &nt);
+    HERBS_ISA_PARALLEL(bn_eval_blocks, nb, nt, out, inp, running_mean, running_var, weight, bias, N, C, eps, nb);
 }
 
 /* Both backward passes for a block: with x̂ = (x - center)·r, dweight += Σ g·x̂, dbias += Σ g,

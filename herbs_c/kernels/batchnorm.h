@@ -27,12 +27,11 @@ void FN(batchnorm_backward_eval)(real *dinp, real *dweight, real *dbias, const r
                                  const real *running_mean, const real *running_var, const real *weight, int N,
                                  int C, real eps);
 
-/* BatchNorm followed by a ReLU in one pass (out = max(BN(inp), 0)); arguments as above. */
+/* BatchNorm followed by a ReLU in one pass (out = max(BN(inp), 0)); arguments as above. In eval
+   mode the pair is folded into the conv before it (conv2d_forward with batchnorm_eval_affine). */
 void FN(batchnorm_relu_forward_train)(real *out, real *mean, real *rstd, real *running_mean, real *running_var,
                                       const real *inp, const real *weight, const real *bias, int N, int C, real eps,
                                       real momentum);
-void FN(batchnorm_relu_forward_eval)(real *out, const real *inp, const real *running_mean, const real *running_var,
-                                     const real *weight, const real *bias, int N, int C, real eps);
 /* Their backward passes, the ReLU's mask read from the forward's output out[N,C] on the fly. */
 void FN(batchnorm_relu_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *out,
                                  const real *inp, const real *weight, const real *mean, const real *rstd, int N,
