@@ -1,5 +1,5 @@
-"""The NCHW -> NHWC move at the stem and the residual add + ReLU: exact against NumPy, and
-finite differences in float64 for the backward passes."""
+"""The NCHW -> NHWC move at the stem, the residual add + ReLU and the plain add that joins gradients:
+exact against NumPy, and finite differences in float64 for the backward passes."""
 import numpy as np
 import pytest
 
@@ -41,3 +41,12 @@ def test_add_relu():
     np.testing.assert_allclose(db, numerical_grad(loss, b), rtol=1e-6, atol=1e-8)
     call("add_relu_backward", None, db, probe, out, 37)  # either gradient may be NULL
     np.testing.assert_allclose(db, 2 * da)
+
+
+@pytest.mark.parametrize("n", [1, 37, 100003])  # the last is split among threads
+def test_add_into(n):
+    rng = np.random.default_rng(3)
+    dst, src = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    want = dst + src
+    call("add_into", dst, src, n, dtype=np.float32)
+    np.testing.assert_array_equal(dst, want)

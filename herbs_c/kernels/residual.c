@@ -47,3 +47,16 @@ void FN(add_relu_backward)(real *da, real *db, const real *dout, const real *out
 {
     HERBS_ISA_PARALLEL(add_relu_backward_span, n, RESIDUAL_THREADS(n), da, db, dout, out);
 }
+
+HERBS_INLINE void FN(add_into_span)(real *dst, const real *src, size_t i0, size_t i1)
+{
+#pragma omp simd
+    for (size_t i = i0; i < i1; i++)
+        dst[i] += src[i];
+}
+HERBS_ISA_VARIANTS(add_into_span, (real *dst, const real *src, size_t i0, size_t i1), (dst, src, i0, i1))
+
+void FN(add_into)(real *dst, const real *src, size_t n)
+{
+    HERBS_ISA_PARALLEL(add_into_span, n, RESIDUAL_THREADS(n), dst, src);
+}

@@ -62,13 +62,6 @@ herbs_status fpn_up_init(head_fpn *f, herbs_params *t)
     return HERBS_OK;
 }
 
-static void add_into(float *dst, const float *src, size_t n)
-{
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-    for (size_t j = 0; j < n; j++)
-        dst[j] += src[j];
-}
-
 /* the resampling between neighbouring CNN levels: [B,H,W,C] -> [B,2H,2W,C] or [B,H/2,W/2,C] */
 typedef void (*resample_fn)(float *out, const float *inp, int B, int H, int W, int C);
 

@@ -408,11 +408,8 @@ static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
         bottleneck *blk = &r->blocks[i];
         while (s > 0 && i <= r->stage_last[s - 1])
             s--;
-        if (i == r->stage_last[s] && dtaps[s]) {
-            const size_t n = conv_out_floats(&blk->conv3, r->batch);
-            for (size_t k = 0; k < n; k++)
-                gb.cur[k] += dtaps[s][k];
-        }
+        if (i == r->stage_last[s] && dtaps[s])
+            add_into(gb.cur, dtaps[s], conv_out_floats(&blk->conv3, r->batch));
         if (i == r->stage_last[s])
             backbone_keep_tap_grad(bb, tap_grads, s, r->batch, gb.cur);
         herbs_zero_floats(gb.prev, (size_t)r->batch * blk->conv1.H * blk->conv1.W * blk->conv1.in_c);
