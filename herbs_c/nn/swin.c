@@ -78,15 +78,6 @@ static scratch_sizes scratch_needed(const swin *s, int B, int threads)
             return HERBS_ERR_NOMEM;                                         \
     } while (0)
 
-/* memset, split over the threads for large buffers */
-static void zero(float *p, size_t n)
-{
-    const size_t chunk = (size_t)1 << 16;
-#pragma omp parallel for schedule(static) if (n > 4 * chunk)
-    for (size_t i = 0; i < n; i += chunk)
-        memset(p + i, 0, (n - i < chunk ? n - i : chunk) * sizeof *p);
-}
-
 static herbs_status alloc_saved(block_saved *v, saved_sizes n, herbs_arena *arena)
 {
     ALLOC(v->mean1, n.stats);
@@ -228,7 +219,7 @@ static const float *branch_grad(float *buffer, const float *d, const float *scal
 {
     if (!scale)
         return d;
-    zero(buffer, (size_t)B * per_sample);
+    herbs_zero_floats(buffer, (size_t)B * per_sample);
     residual_add_backward(buffer, d, scale, B, per_sample);
     return buffer;
 }
@@ -249,7 +240,7 @@ static void block_backward(const swin_block *k, const block_saved *v, const swin
     gelu_forward_derivative(z->act, v->hidden, v->hidden, (size_t)M * H);
     linear_backward(NULL, GRAD(t, k->fc2_w), GRAD(t, k->fc2_b), g, z->act, PARAM(t, k->fc2_w), M, H, C);
     gemm(0, 0, M, H, C, 1, g, C, PARAM(t, k->fc2_w), H, 0, z->dact, H);
-    zero(z->act, (size_t)M * H); /* now the hidden pre-activation's gradient */
+    herbs_zero_floats(z->act, (size_t)M * H); /* now the hidden pre-activation's gradient */
     activation_backward(z->act, z->dact, v->hidden, (size_t)M * H);
     linear_backward(NULL, GRAD(t, k->fc1_w), GRAD(t, k->fc1_b), z->act, z->ln, PARAM(t, k->fc1_w), M, C, H);
     gemm(0, 0, M, C, H, 1, z->act, H, PARAM(t, k->fc1_w), C, 0, z->dln, C);
@@ -260,8 +251,8 @@ static void block_backward(const swin_block *k, const block_saved *v, const swin
     g = branch_grad(z->dbranch, d, k->scale1, B, (long)L * C);
     linear_backward(NULL, GRAD(t, k->proj_w), GRAD(t, k->proj_b), g, v->att, PARAM(t, k->proj_w), M, C, C);
     gemm(0, 0, M, C, C, 1, g, C, PARAM(t, k->proj_w), C, 0, z->datt, C);
-    zero(z->dqkv, (size_t)M * 3 * C);
-    zero(z->dbias, (size_t)st->heads * N * N);
+    herbs_zero_floats(z->dqkv, (size_t)M * 3 * C);
+    herbs_zero_floats(z->dbias, (size_t)st->heads * N * N);
     window_attention_backward(z->dqkv, z->dbias, z->work, z->datt, v->qkv, v->bias, v->lse, B, st->res, st->res, C,
                               st->heads, st->window, k->shift, z->threads);
     relative_bias_backward(GRAD(t, k->table), z->dbias, st->heads, st->window);
@@ -286,10 +277,10 @@ static void merge_backward(const swin_stage *st, herbs_params *t, float *dx, con
                     2 * C);
     gemm(0, 0, M, 4 * C, 2 * C, 1, dtap, 2 * C, PARAM(t, st->merge_reduction), 4 * C, 0, z->dln, 4 * C);
     float *dmerged = z->dqkv; /* free here, and at least res²·C floats */
-    zero(dmerged, MC4);
+    herbs_zero_floats(dmerged, MC4);
     layernorm_backward(dmerged, GRAD(t, st->merge_norm.weight), GRAD(t, st->merge_norm.bias), z->dln, st->merged,
                        PARAM(t, st->merge_norm.weight), st->merge_mean, st->merge_rstd, M, 4 * C);
-    zero(dx, MC4);
+    herbs_zero_floats(dx, MC4);
     patch_merge_backward(dx, dmerged, B, st->res, st->res, C);
 }
 
@@ -350,7 +341,7 @@ herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *are
     }
 
     const int res0 = s->stages[0].res, D = s->embed_dim, M0 = B * res0 * res0, in = bb->in_channels;
-    zero(z.dln, (size_t)M0 * D);
+    herbs_zero_floats(z.dln, (size_t)M0 * D);
     layernorm_backward(z.dln, GRAD(t, s->embed_norm.weight), GRAD(t, s->embed_norm.bias), d, s->embedded,
                        PARAM(t, s->embed_norm.weight), s->embed_mean, s->embed_rstd, M0, D);
     float *image_work = NULL;
