@@ -23,19 +23,23 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def image_scores(outputs: dict) -> dict:
-    """{head name: [B, classes] image-level logits} for every head present in `outputs`."""
-    scores = {name: outputs[name].mean(axis=1) for name in TOKEN_HEADS if name in outputs}
-    scores.update({name: outputs[name] for name in IMAGE_HEADS if name in outputs})
+    """{head name: [B, classes] image-level logits (float64)} for every head present in `outputs`."""
+    scores = {name: outputs[name].mean(axis=1, dtype=np.float64) for name in TOKEN_HEADS if name in outputs}
+    scores.update({name: outputs[name].astype(np.float64) for name in IMAGE_HEADS if name in outputs})
     if not scores:
         raise ValueError(f"no classification head among the outputs {sorted(outputs)}")
     return scores
 
 
-def ensemble_probabilities(outputs: dict) -> np.ndarray:
-    """[B, classes]: the mean of the softmax of every image-level score (the nine heads of the
-    full model; fewer when the ablation switches remove some)."""
-    scores = image_scores(outputs)
+def ensemble_of(scores: dict) -> np.ndarray:
+    """[B, classes]: the mean of the softmax of the image-level scores of :func:`image_scores`
+    (the nine heads of the full model; fewer when the ablation switches remove some)."""
     return sum(softmax(s) for s in scores.values()) / len(scores)
+
+
+def ensemble_probabilities(outputs: dict) -> np.ndarray:
+    """The ensemble of :func:`ensemble_of` straight from a forward's outputs."""
+    return ensemble_of(image_scores(outputs))
 
 
 def evaluate(model, batches: Iterable, progress=None) -> dict:
@@ -46,8 +50,9 @@ def evaluate(model, batches: Iterable, progress=None) -> dict:
     for images, labels in batches:
         outputs = model.forward(images, train=False)
         labels = np.asarray(labels)
-        predictions = {name: s.argmax(axis=1) for name, s in image_scores(outputs).items()}
-        predictions["ensemble"] = ensemble_probabilities(outputs).argmax(axis=1)
+        scores = image_scores(outputs)
+        predictions = {name: s.argmax(axis=1) for name, s in scores.items()}
+        predictions["ensemble"] = ensemble_of(scores).argmax(axis=1)
         for name, predicted in predictions.items():
             correct[name] = correct.get(name, 0) + int((predicted == labels).sum())
         count += len(labels)

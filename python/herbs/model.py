@@ -22,6 +22,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from herbs import _C
+from herbs import evaluate as _evaluate
 from herbs import state as _state
 from herbs import weights as _weights
 
@@ -47,8 +48,6 @@ _RELEASE_UNUSED = {
     "patches": (),
 }
 _BACKBONE_UNUSED = {"swin": _state.SWIN_UNUSED, "resnet": _state.RESNET_UNUSED, "patches": ()}
-
-_IMAGE_LEVEL = [f"FPN1_layer{i}" for i in range(1, 5)] + [f"layer{i}" for i in range(1, 5)]
 
 
 def _backbone_settings(backbone: Union[str, Mapping]) -> dict:
@@ -215,14 +214,7 @@ class Model:
         image-level score — the token mean of ``FPN1_layer{i}`` and ``layer{i}``, and
         ``comb_outs`` — summed and divided by their number (9 with every switch on, SPEC.md §6;
         the ablations average the heads they have)."""
-        out = self.forward(x, train=False)
-        scores = [out[n].mean(axis=1, dtype=np.float64) for n in _IMAGE_LEVEL if n in out]
-        scores += [out[n].astype(np.float64) for n in ("comb_outs", "ori_out") if n in out]
-        total = np.zeros_like(scores[0])
-        for s in scores:
-            e = np.exp(s - s.max(axis=1, keepdims=True))
-            total += e / e.sum(axis=1, keepdims=True)
-        return (total / len(scores)).astype(np.float32)
+        return _evaluate.ensemble_probabilities(self.forward(x, train=False)).astype(np.float32)
 
     def train_step(self, x, y, temperature: float = 64.0, lambda_c: float = 1.0, lambda_b: float = 0.3,
                    lambda_n: float = 5.0, lambda_s: float = 0.0, lambda_r: float = 1.375,
