@@ -89,9 +89,8 @@ def child(job):
                 grads = [torch.from_numpy(rng.standard_normal(t.shape).astype(np.float32)) for t in taps]
             sum((t * g).sum() for t, g in zip(taps, grads)).backward()
 
-    before = memory_mb("VmRSS")
     times = timed(step, job["repeats"], job["warmup"])
-    print(json.dumps({"times": times, "peak_mb": memory_mb("VmHWM"), "model_mb": before}))
+    print(json.dumps({"times": times, "peak_mb": memory_mb("VmHWM")}))
 
 
 def measure(impl, config, batch, mode, threads, repeats, warmup, weights, wait_policy):

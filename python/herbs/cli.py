@@ -39,13 +39,13 @@ def _dataset(root: str, layout: str, split: str, transform) -> data.Dataset:
 
 
 def _model_from_checkpoint(path: str):
+    """(model, class names or None) from a checkpoint of 'herbs train', read once."""
     saved = weights.load_checkpoint(path)
     if not isinstance(saved, dict) or "model_args" not in saved:
         raise SystemExit(f"{path}: not a checkpoint written by 'herbs train' (it has no model_args)")
-    args = saved["model_args"]
-    model = herbs.Model(**args)
+    model = herbs.Model(**saved["model_args"])
     model.load_state_dict(saved["model"])
-    return model, args
+    return model, saved.get("class_names")
 
 
 def cmd_demo(a) -> None:
@@ -95,15 +95,14 @@ def cmd_train(a) -> None:
 
 
 def cmd_evaluate(a) -> None:
-    model, args = _model_from_checkpoint(a.checkpoint)
+    model, _ = _model_from_checkpoint(a.checkpoint)
     dataset = _dataset(a.data, a.layout, a.split, transforms.eval_transform(model.img_size))
     loader = data.DataLoader(dataset, a.batch_size, num_workers=a.workers)
     print(json.dumps(evaluate(model, loader), indent=1))
 
 
 def cmd_predict(a) -> None:
-    model, _ = _model_from_checkpoint(a.checkpoint)
-    names = weights.load_checkpoint(a.checkpoint).get("class_names")
+    model, names = _model_from_checkpoint(a.checkpoint)
     transform = transforms.eval_transform(model.img_size)
     for path in a.images:
         image = transform(data.read_image(path), None)[None]
@@ -117,12 +116,11 @@ def cmd_heatmap(a) -> None:
 
     from herbs.heatmap import heatmap, overlay
 
-    model, _ = _model_from_checkpoint(a.checkpoint)
-    names = weights.load_checkpoint(a.checkpoint).get("class_names")
+    model, names = _model_from_checkpoint(a.checkpoint)
     transform = transforms.eval_transform(model.img_size)
-    picture = data.read_image(a.image)
-    shown = transforms.Compose(transform.transforms[:2])(picture, None)  # resized and cropped, not normalised
-    result = heatmap(model, transform(picture, None), target=a.target, rectify=a.rectify)
+    resize_crop, to_input = transforms.Compose(transform.transforms[:2]), transforms.Compose(transform.transforms[2:])
+    shown = resize_crop(data.read_image(a.image), None)  # what the model sees, before normalising
+    result = heatmap(model, to_input(shown, None), target=a.target, rectify=a.rectify)
     Image.fromarray(overlay(np.asarray(shown), result["heatmap"])).save(a.out)
     label = names[result["class"]] if names else result["class"]
     print(f"{a.image}: class {label} (score {result['score']:.3f}); heat map written to {a.out}")

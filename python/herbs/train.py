@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from typing import Callable, Optional
 
@@ -90,10 +91,10 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
 
+    model.zero_grad()  # each update group ends with a zero_grad, so once is enough
     for epoch in range(start_epoch, config.epochs):
         temperature = optim.temperature(epoch, config.temperature)
         loader.set_epoch(epoch)
-        model.zero_grad()
         sums: dict = {}
         progress = Progress(len(loader), f"epoch {epoch + 1}/{config.epochs}")
         started = time.perf_counter()
@@ -118,14 +119,14 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
             record.update({f"val_{k}": v for k, v in evaluation.evaluate(model, val_loader).items()})
         history.append(record)
         log(json.dumps(record))
+        score = record.get("val_ensemble", -record["loss_total"])
+        improved, best = score > best, max(best, score)
         if out_dir:
             with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
-            score = record.get("val_ensemble", -record["loss_total"])
-            extra = checkpoint_extra or {}
-            _write_checkpoint(os.path.join(out_dir, "last.pth"), model, optimizer, epoch + 1, max(best, score), config,
-                              extra)
-            if score > best:
-                _write_checkpoint(os.path.join(out_dir, "best.pth"), model, optimizer, epoch + 1, score, config, extra)
-        best = max(best, record.get("val_ensemble", -record["loss_total"]))
+            last = os.path.join(out_dir, "last.pth")
+            _write_checkpoint(last, model, optimizer, epoch + 1, best, config, checkpoint_extra or {})
+            if improved:  # the same bytes as last.pth
+                with open(last, "rb") as src, weights.atomic_write(os.path.join(out_dir, "best.pth")) as dst:
+                    shutil.copyfileobj(src, dst)
     return history
