@@ -24,7 +24,7 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from common import add_wait_policy_argument, load, machine, memory_mb, run_child, timed  # noqa: E402
+from common import add_wait_policy_argument, load, machine, memory_mb, run_child, take_turns, timed  # noqa: E402
 from statistics import median  # noqa: E402
 
 CONFIGS = {  # name: (herbs.Model backbone, batch, img_size)
@@ -149,15 +149,8 @@ def main():
             import numpy as np
             weights = os.path.join(tmp, "weights.npz")
             np.savez(weights, **herbs_model(backbone, img_size).state_dict())
-            results = {"herbs": {}, "torch": {}}
-            for r in range(args.rounds):
-                for side in ("herbs", "torch") if r % 2 == 0 else ("torch", "herbs"):
-                    got = run_side(side, config, batch, args.threads, repeats, weights, args.wait_policy)
-                    for key, value in got.items():
-                        if key == "peak_mb":
-                            results[side][key] = max(results[side].get(key, 0), value)
-                        else:
-                            results[side].setdefault(key, []).extend(value)
+            results = take_turns(args.rounds, ("herbs", "torch"), lambda side: run_side(
+                side, config, batch, args.threads, repeats, weights, args.wait_policy))
         for measure, unit in (("train", "img/s"), ("infer", "img/s"), ("latency", "ms")):
             h, t = results["herbs"][measure], results["torch"][measure]
             if unit == "ms":

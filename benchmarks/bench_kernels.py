@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from common import add_wait_policy_argument, load, machine, run_child, summary, timed
+from common import add_wait_policy_argument, load, machine, run_child, summary, take_turns, timed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, H, W, C = 8, 56, 56, 256  # ResNet-50 stage 1 after its first block
@@ -134,12 +134,9 @@ def main():
         return
 
     load_before = load()
-    results = {side: {name: [] for name in KERNELS} for side in ("herbs", "torch")}
-    for _ in range(args.rounds):
-        for side, merged in results.items():
-            child = ["--side", side, "--threads", str(args.threads), "--repeats", str(args.repeats)]
-            for name, times in run_child(__file__, child, args.threads, args.wait_policy, side).items():
-                merged[name] += times
+    child = ["--threads", str(args.threads), "--repeats", str(args.repeats)]
+    results = take_turns(args.rounds, ("herbs", "torch"), lambda side: run_child(
+        __file__, ["--side", side] + child, args.threads, args.wait_policy, side))
     isa = os.environ.get("HERBS_ISA", "best")
     print(f"threads {args.threads}, OMP_WAIT_POLICY {args.wait_policy} (both sides), herbs ISA {isa}; "
           f"median of {args.rounds} rounds x {args.repeats} calls, ms [min, max]; load (1/5/15 min) before "

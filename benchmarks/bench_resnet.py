@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 
-from common import add_wait_policy_argument, load, machine, memory_mb, run_child, summary, timed
+from common import add_wait_policy_argument, load, machine, memory_mb, run_child, summary, take_turns, timed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -140,14 +140,8 @@ def main():
         base = ["--weights", weights, "--img-size", str(args.img_size), "--batch", str(args.batch), "--width",
                 str(args.width), "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup",
                 str(args.warmup), "--rounds", "1", "--depths", *map(str, args.depths)]
-        results = {side: {"forward": [], "train": [], "forward_cpu": [], "train_cpu": [], "peak_mb": 0}
-                   for side in ("herbs", "torch", "torch_channels_last")}
-        for _ in range(args.rounds):
-            for side, merged in results.items():
-                one = run_child(__file__, base + ["--side", side], args.threads, args.wait_policy, side)
-                for what in ("forward", "train", "forward_cpu", "train_cpu"):
-                    merged[what] += one[what]
-                merged["peak_mb"] = max(merged["peak_mb"], one["peak_mb"])
+        results = take_turns(args.rounds, ("herbs", "torch", "torch_channels_last"), lambda side: run_child(
+            __file__, base + ["--side", side], args.threads, args.wait_policy, side))
 
     print(f"ResNet depths={args.depths} width={args.width}, {args.img_size} px, batch {args.batch}")
     print(f"machine: {machine()}; threads: {args.threads}; OMP_WAIT_POLICY {args.wait_policy} (both sides); "

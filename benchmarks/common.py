@@ -81,3 +81,18 @@ def run_child(script, args, threads, wait_policy, what):
     if done.returncode != 0:
         sys.exit(f"{what} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def take_turns(rounds, sides, measure):
+    """Runs measure(side) -> {key: list of numbers, "peak_mb": number} for every side in every
+    round, the order reversed every other round so that a change of load falls on all sides, and
+    merges the results per side: lists concatenated, "peak_mb" the largest."""
+    merged = {side: {} for side in sides}
+    for r in range(rounds):
+        for side in sides if r % 2 == 0 else sides[::-1]:
+            for key, value in measure(side).items():
+                if key == "peak_mb":
+                    merged[side][key] = max(merged[side].get(key, 0.0), value)
+                else:
+                    merged[side].setdefault(key, []).extend(value)
+    return merged
