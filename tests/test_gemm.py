@@ -110,6 +110,40 @@ def test_gemm_thread_splits(isa, threads, ta, tb):
         check(c, a, b, ta, tb, alpha, beta, c0)
 
 
+AFFINE_SHAPES = [(1, 1, 1), (45, 70, 33), (17, 17, 5000), (7, 65, 2049), (1000, 2, 300), (2, 1000, 300),
+                 (129, 2100, 300), (300, 1100, 520)]
+
+
+@pytest.mark.parametrize("parts", ["scale,shift,relu", "shift", "scale", "relu", "shift,relu"])
+@pytest.mark.parametrize("ta,tb", [(0, 0), (0, 1), (1, 1)])
+def test_gemm_affine(isa, threads, parts, ta, tb):
+    """gemm_affine: the per-column scale and shift and the ReLU on each finished tile, exactly
+    once, after the last slice of K (K over several cache blocks, split among threads), on
+    every column block (N over two blocks) and on an edge stripe read in place; beta reads C."""
+    from ckernels import call
+    rng = np.random.default_rng(11)
+    for m, n, k in AFFINE_SHAPES:
+        a, b = operands(rng, m, n, k, ta, tb)
+        scale = rng.uniform(-2, 2, n).astype(np.float32) if "scale" in parts else None
+        shift = rng.uniform(-30, 30, n).astype(np.float32) if "shift" in parts else None
+        relu = int("relu" in parts)
+        c0 = rng.uniform(-1, 1, (m, n)).astype(np.float32)
+        c = c0.copy()
+        call("gemm_affine", ta, tb, m, n, k, 0.5, a, a.shape[1], b, b.shape[1], 1.0, c, n, scale, shift, relu,
+             dtype=np.float32)
+        A, B = op(a, ta).astype(np.float64), op(b, tb).astype(np.float64)
+        product = 0.5 * (A @ B) + c0
+        bound = 2 * k * EPS32 * 0.5 * (np.abs(A) @ np.abs(B)) + 2 * EPS32 * np.abs(c0)
+        s = 1.0 if scale is None else scale.astype(np.float64)
+        ref = product * s + (0.0 if shift is None else shift)
+        bound = bound * np.abs(s) + 2 * EPS32 * (np.abs(ref) + (0.0 if shift is None else np.abs(shift))) + 1e-30
+        if relu:
+            ref = np.maximum(ref, 0)
+        err = np.abs(c - ref)
+        worst = np.unravel_index(np.argmax(err - bound), err.shape)
+        assert np.all(err <= bound), f"{(m, n, k)} element {worst}: got {c[worst]}, want {ref[worst]}"
+
+
 def test_gemm_rows_4k_apart(isa, threads):
     """Row strides that are multiples of 1024 floats (rows in one L1 set), which small products
     must pack rather than read in place; and the same shapes with a friendlier stride."""

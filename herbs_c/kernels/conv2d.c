@@ -254,44 +254,6 @@ size_t conv2d_scratch_floats(int C, int OC, int KH, int KW)
 }
 #endif
 
-/* rows [m0, m1) of y [.., ldy]: y = y·scale + shift per channel, then the ReLU (see conv2d.h);
-   written as BatchNorm's eval pass writes it, so the two round alike in every build */
-HERBS_INLINE void FN(conv_epilogue_rows)(real *y, long ldy, const real *scale, const real *shift, int relu, int cols,
-                                         int m0, int m1)
-{
-    for (int m = m0; m < m1; m++) {
-        real *row = y + (size_t)m * ldy;
-        if (scale && shift) {
-#pragma omp simd
-            for (int j = 0; j < cols; j++)
-                row[j] = row[j] * scale[j] + shift[j];
-        } else if (scale) {
-#pragma omp simd
-            for (int j = 0; j < cols; j++)
-                row[j] = row[j] * scale[j];
-        } else if (shift) {
-#pragma omp simd
-            for (int j = 0; j < cols; j++)
-                row[j] = row[j] + shift[j];
-        }
-        if (relu) {
-#pragma omp simd
-            for (int j = 0; j < cols; j++)
-                row[j] = row[j] > 0 ? row[j] : 0;
-        }
-    }
-}
-HERBS_ISA_VARIANTS(conv_epilogue_rows,
-                   (real *y, long ldy, const real *scale, const real *shift, int relu, int cols, int m0, int m1),
-                   (y, ldy, scale, shift, relu, cols, m0, m1))
-
-/* the epilogue on rows [0, M) of out [M, OC], rows split among threads */
-static void FN(conv_epilogue)(real *out, const real *scale, const real *shift, int relu, int M, int OC)
-{
-    if (scale || shift || relu)
-        HERBS_ISA_PARALLEL(conv_epilogue_rows, M, CONV_THREADS((double)M * OC), out, OC, scale, shift, relu, OC);
-}
-
 void FN(conv2d_forward)(real *out, const real *inp, const real *weight, const real *scale, const real *shift, int relu,
                         real *scratch, size_t scratch_floats, int B, int H, int W, int C, int OC, int KH, int KW,
                         int stride, int pad)
@@ -303,21 +265,20 @@ void FN(conv2d_forward)(real *out, const real *inp, const real *weight, const re
         float *wpack = conv_aligned(scratch);
         conv_direct_pack_weight(wpack, weight, 0, OC, C, KH * KW);
         conv_direct_forward(out, inp, wpack, 0.0f, B, H, W, C, OC, KH, KW, stride, pad,
-                            scale || shift || relu ? FN(conv_epilogue_rows_isa)() : NULL, scale, shift, relu);
+                            scale || shift || relu ? affine_rows_current() : NULL, scale, shift, relu);
         return;
     }
 #endif
     if (FN(conv_is_pointwise)(KH, KW, stride, pad)) {
-        FN(gemm)(0, 1, M, OC, C, 1, inp, C, weight, C, 0, out, OC);
-        FN(conv_epilogue)(out, scale, shift, relu, M, OC);
+        FN(gemm_affine)(0, 1, M, OC, C, 1, inp, C, weight, C, 0, out, OC, scale, shift, relu);
         return;
     }
     const int rows = FN(conv_chunk_rows)(scratch_floats, K, M, CONV_CHUNK_ROWS, CONV_CHUNK_FLOATS);
     for (int m0 = 0; m0 < M; m0 += rows) {
         const int m1 = M - m0 < rows ? M : m0 + rows;
         FN(conv_im2col)(scratch, inp, m0, m1, H, W, C, OH, OW, KH, KW, stride, pad);
-        FN(gemm)(0, 1, m1 - m0, OC, K, 1, scratch, K, weight, K, 0, out + (size_t)m0 * OC, OC);
-        FN(conv_epilogue)(out + (size_t)m0 * OC, scale, shift, relu, m1 - m0, OC); /* while the chunk is in cache */
+        FN(gemm_affine)(0, 1, m1 - m0, OC, K, 1, scratch, K, weight, K, 0, out + (size_t)m0 * OC, OC, scale, shift,
+                        relu);
     }
 }
 

@@ -62,7 +62,7 @@ static void rows_through_packed_kernel(const gemm_microkernel *uk, int K, const 
 }
 
 void conv_direct_forward(float *out, const float *inp, const float *wpack, float beta, int B, int H, int W, int C,
-                         int OC, int KH, int KW, int stride, int pad, conv_epilogue_fn epilogue, const float *scale,
+                         int OC, int KH, int KW, int stride, int pad, affine_rows_fn epilogue, const float *scale,
                          const float *shift, int relu)
 {
     const gemm_microkernel *uk = gemm_microkernel_current();

@@ -8,6 +8,8 @@
 
 #include <stddef.h>
 
+#include "kernels/kernels.h"
+
 #define CONV_DIRECT_KC 256 /* channels per micro-kernel call (a B micro-panel stays in L1) */
 
 /* c[14,32] (row stride ldc) = Σ_k rows[i][k]·b[k][j] + beta·c (beta 0: c is not read) */
@@ -24,15 +26,10 @@ size_t conv_direct_packed_floats(int VOC, int VC, int taps);
    conv is the correlation of dout with that weight). wpack must be 64-byte aligned. */
 void conv_direct_pack_weight(float *wpack, const float *w, int flip, int VOC, int VC, int taps);
 
-/* The step after a tile's sums, on rows [m0, m1) of y (row stride ldy, `cols` channels): see
-   conv2d_forward (conv2d.c builds it per instruction set). */
-typedef void (*conv_epilogue_fn)(float *y, long ldy, const float *scale, const float *shift, int relu, int cols,
-                                 int m0, int m1);
-
 /* out[B,OH,OW,OC] = conv(inp[B,H,W,C], wpack) + beta·out (beta 0: out is not read), then, when
-   epilogue is not NULL, epilogue(tile, ..., scale, shift, relu) on each finished output tile. */
+   epilogue is not NULL, epilogue(tile, ..., scale, shift, relu) on each finished output tile (affine.h). */
 void conv_direct_forward(float *out, const float *inp, const float *wpack, float beta, int B, int H, int W, int C,
-                         int OC, int KH, int KW, int stride, int pad, conv_epilogue_fn epilogue, const float *scale,
+                         int OC, int KH, int KW, int stride, int pad, affine_rows_fn epilogue, const float *scale,
                          const float *shift, int relu);
 
 #endif

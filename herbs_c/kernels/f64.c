@@ -3,6 +3,7 @@
    float. A kernel's static helpers must have names unique across these files. */
 #define HERBS_F64
 #include "kernels/gemm_reference.c"
+#include "kernels/affine.c"
 #include "kernels/linear.c"
 #include "kernels/activations.c"
 #include "kernels/batchnorm.c"

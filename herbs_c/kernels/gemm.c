@@ -6,7 +6,8 @@
    independent sub-products over rows, columns or depth, chosen by a cost model; each thread
    packs what it needs itself, so the only rendezvous is the end (and, when K is split, one
    barrier before the partial sums are added). On a shared machine every barrier waits for
-   the slowest thread's time slice, so fewer is faster. */
+   the slowest thread's time slice, so fewer is faster. gemm_affine's per-column step runs on
+   each tile right after its last slice of K, while the tile is in L1. */
 #include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -119,6 +120,23 @@ static const float *b_panel(const b_block *bb, int j0, int k, int nr, long *step
     return bb->pack + (size_t)(j0 - bb->in_place) * k;
 }
 
+/* What runs on each finished tile (gemm_affine): rows(tile, ..., scale, shift, relu), with
+   scale and shift starting at the tile's first column of the product. */
+typedef struct {
+    affine_rows_fn rows;
+    const float *scale, *shift;
+    int relu;
+} tile_epilogue;
+
+/* The same epilogue for the product's columns from `col` on; NULL stays NULL. */
+static tile_epilogue epilogue_from(const tile_epilogue *ep, int col)
+{
+    tile_epilogue at = *ep;
+    at.scale = ep->scale ? ep->scale + col : NULL;
+    at.shift = ep->shift ? ep->shift + col : NULL;
+    return at;
+}
+
 /* Rows of A packed at once: one stripe, or for a transposed A (whose packing reads rows of A,
    better streamed whole) the stripes of about TRANSPOSED_A_ROWS rows. */
 static int rows_packed_at_once(const gemm_microkernel *uk, int trans_a)
@@ -128,9 +146,11 @@ static int rows_packed_at_once(const gemm_microkernel *uk, int trans_a)
 
 /* C[0:m, 0:n] = alpha * op(A)[0:m, 0:k] · (B block) + beta * C, a stripe of mr rows of C at a
    time: the stripe's A panel (read in place or packed) stays in L1 while the B panels stream
-   from L2, and C is written in the order of its memory, which the hardware prefetcher follows. */
+   from L2, and C is written in the order of its memory, which the hardware prefetcher follows.
+   ep (NULL: none) runs on each tile once it is stored. */
 static void stripes(const gemm_microkernel *uk, int trans_a, int a_in_place, int m, int n, int k, float alpha,
-                    const float *A, long lda, const b_block *bb, float beta, float *C, long ldc, float *apack)
+                    const float *A, long lda, const b_block *bb, float beta, float *C, long ldc, float *apack,
+                    const tile_epilogue *ep)
 {
     const int mr = uk->mr, nr = uk->nr, group = a_in_place ? mr : rows_packed_at_once(uk, trans_a);
     for (int i0 = 0; i0 < m; i0 += mr) {
@@ -153,6 +173,9 @@ static void stripes(const gemm_microkernel *uk, int trans_a, int a_in_place, int
                 uk->run(k, a, lda, b, b_step, c, ldc, alpha, beta, rows, cols);
             else
                 uk->run_rows(k, a, lda, b, b_step, c, ldc, alpha, beta, shift, cols);
+            if (ep) /* the tile's own rows: an edge stripe read in place stores rows shift.. */
+                ep->rows(c, ldc, ep->scale ? ep->scale + j0 : NULL, ep->shift ? ep->shift + j0 : NULL, ep->relu,
+                         cols, shift, shift + rows);
         }
     }
 }
@@ -160,9 +183,11 @@ static void stripes(const gemm_microkernel *uk, int trans_a, int a_in_place, int
 /* C[0:M, 0:N] = alpha * op(A) · op(B) + beta * C with op(A) M x K, op(B) K x N, on the
    calling thread alone. For each nc-wide block of columns and kc-deep slice of K, the B block
    is packed (a product of one small block reads its full panels in place), then stripes()
-   runs. A is read in place when its rows allow. */
+   runs. A is read in place when its rows allow. ep (NULL: none) runs on each tile after its
+   last slice of K. */
 static void gemm_serial(const gemm_microkernel *uk, int trans_a, int trans_b, int M, int N, int K, float alpha,
-                        const float *A, long lda, const float *B, long ldb, float beta, float *C, long ldc)
+                        const float *A, long lda, const float *B, long ldb, float beta, float *C, long ldc,
+                        const tile_epilogue *ep)
 {
     const int kc = block_size(K, uk->kc, 16), nc = block_size(N, uk->nc, uk->nr);
     const int small = K <= uk->kc && N <= uk->nc && (size_t)M * K <= SMALL_A_FLOATS;
@@ -171,6 +196,8 @@ static void gemm_serial(const gemm_microkernel *uk, int trans_a, int trans_b, in
     float *bpack = workspace_get(BUF_PACK, (size_t)kc * (nc + rows_packed_at_once(uk, trans_a)));
     if (!bpack) { /* out of memory for packing: the plain loops need none */
         gemm_reference(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        if (ep)
+            ep->rows(C, ldc, ep->scale, ep->shift, ep->relu, N, 0, M);
         return;
     }
     float *apack = bpack + (size_t)kc * nc;
@@ -182,8 +209,9 @@ static void gemm_serial(const gemm_microkernel *uk, int trans_a, int trans_b, in
             b_block bb = {Bp, bpack, ldb, b_in_place ? n / uk->nr * uk->nr : 0};
             if (bb.in_place < n)
                 uk->pack_b(trans_b, n - bb.in_place, k, op_at(Bp, ldb, trans_b, 0, bb.in_place), ldb, bpack);
+            const tile_epilogue at = ep ? epilogue_from(ep, jc) : (tile_epilogue){0};
             stripes(uk, trans_a, a_in_place, M, n, k, alpha, op_at(A, lda, trans_a, 0, pc), lda, &bb,
-                    pc == 0 ? beta : 1.0f, C + jc, ldc, apack);
+                    pc == 0 ? beta : 1.0f, C + jc, ldc, apack, ep && pc + k == K ? &at : NULL);
         }
     }
 }
@@ -254,19 +282,23 @@ static void scale_c(int M, int N, float beta, float *C, long ldc)
             C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
 }
 
-void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
-          const float *B, long ldb, float beta, float *C, long ldc)
+void gemm_affine(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
+                 const float *B, long ldb, float beta, float *C, long ldc, const float *scale, const float *shift,
+                 int relu)
 {
     if (M <= 0 || N <= 0)
         return;
+    const tile_epilogue epilogue = {affine_rows_current(), scale, shift, relu};
+    const tile_epilogue *ep = scale || shift || relu ? &epilogue : NULL;
     if (K <= 0 || alpha == 0.0f) {
         scale_c(M, N, beta, C, ldc);
+        affine_rows(C, ldc, scale, shift, relu, M, N);
         return;
     }
     const gemm_microkernel *uk = gemm_microkernel_current();
     const int nt = herbs_threads_for(2.0 * M * N * K, FLOPS_PER_THREAD);
     if (nt == 1) {
-        gemm_serial(uk, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        gemm_serial(uk, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep);
         return;
     }
     thread_grid g = choose_grid(uk, M, N, K, nt, 1);
@@ -282,14 +314,25 @@ void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const floa
         const int n0 = share(tj, g.n, N, uk->nr), n1 = share(tj + 1, g.n, N, uk->nr);
         const int k0 = share(tk, g.k, K, 1), k1 = share(tk + 1, g.k, K, 1);
         float *c = tk == 0 ? C + (size_t)m0 * ldc + n0 : partial + ((size_t)(tk - 1) * M + m0) * N + n0;
+        const tile_epilogue at = ep ? epilogue_from(ep, n0) : (tile_epilogue){0};
         if (m1 > m0 && n1 > n0)
             gemm_serial(uk, trans_a, trans_b, m1 - m0, n1 - n0, k1 - k0, alpha, op_at(A, lda, trans_a, m0, k0), lda,
-                        op_at(B, ldb, trans_b, k0, n0), ldb, tk == 0 ? beta : 0.0f, c, tk == 0 ? ldc : N);
-        if (g.k > 1) {
+                        op_at(B, ldb, trans_b, k0, n0), ldb, tk == 0 ? beta : 0.0f, c, tk == 0 ? ldc : N,
+                        ep && g.k == 1 ? &at : NULL);
+        if (g.k > 1) { /* the sums are whole only now: the epilogue follows the adding */
+            const int r0 = share(t, nt, M, 1), r1 = share(t + 1, nt, M, 1);
 #pragma omp barrier
-            add_partials(share(t, nt, M, 1), share(t + 1, nt, M, 1), M, N, partial, g.k - 1, C, ldc);
+            add_partials(r0, r1, M, N, partial, g.k - 1, C, ldc);
+            if (ep)
+                ep->rows(C, ldc, scale, shift, relu, N, r0, r1);
         }
     }
+}
+
+void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
+          const float *B, long ldb, float beta, float *C, long ldc)
+{
+    gemm_affine(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL, NULL, 0);
 }
 
 /* Asks for the n floats at p to be brought into the L2 cache. */
@@ -325,7 +368,7 @@ static void batch_serial(const gemm_microkernel *uk, int trans_a, int trans_b, i
             prefetch_matrix(B + (b + 1) * stride_b, ldb, trans_b ? N : K, trans_b ? K : N);
         }
         gemm_serial(uk, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
-                    C + b * stride_c, ldc);
+                    C + b * stride_c, ldc, NULL);
     }
 }
 

@@ -6,6 +6,12 @@
 void FN(gemm)(int trans_a, int trans_b, int M, int N, int K, real alpha,
               const real *A, long lda, const real *B, long ldb, real beta, real *C, long ldc);
 
+/* The same, then per column j of C: C[:, j] = C[:, j]·scale[j] + shift[j] and, with relu, max(·, 0)
+   (affine.h; scale or shift NULL: none), applied to each tile as it is finished. */
+void FN(gemm_affine)(int trans_a, int trans_b, int M, int N, int K, real alpha, const real *A, long lda,
+                     const real *B, long ldb, real beta, real *C, long ldc, const real *scale, const real *shift,
+                     int relu);
+
 /* `batch` independent products: item b uses A + b*stride_a, B + b*stride_b, C + b*stride_c. */
 void FN(gemm_batched)(int trans_a, int trans_b, int M, int N, int K, real alpha,
                       const real *A, long lda, long stride_a, const real *B, long ldb, long stride_b,

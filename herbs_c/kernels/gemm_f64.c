@@ -7,6 +7,14 @@ void gemm_f64(int trans_a, int trans_b, int M, int N, int K, double alpha, const
     gemm_reference_f64(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+void gemm_affine_f64(int trans_a, int trans_b, int M, int N, int K, double alpha, const double *A, long lda,
+                     const double *B, long ldb, double beta, double *C, long ldc, const double *scale,
+                     const double *shift, int relu)
+{
+    gemm_reference_f64(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    affine_rows_f64(C, ldc, scale, shift, relu, M, N);
+}
+
 void gemm_batched_f64(int trans_a, int trans_b, int M, int N, int K, double alpha, const double *A, long lda,
                       long stride_a, const double *B, long ldb, long stride_b, double beta, double *C,
                       long ldc, long stride_c, int batch)

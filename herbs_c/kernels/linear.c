@@ -5,13 +5,13 @@
 
 void FN(linear_forward)(real *out, const real *inp, const real *weight, const real *bias, int N, int C, int OC)
 {
-    if (bias) {
-#pragma omp parallel for schedule(static) if ((double)N * OC > 1e5)
-        for (int n = 0; n < N; n++)
-            for (int o = 0; o < OC; o++)
-                out[(size_t)n * OC + o] = bias[o];
-    }
-    FN(gemm)(0, 1, N, OC, C, 1, inp, C, weight, C, bias ? 1 : 0, out, OC);
+    FN(gemm_affine)(0, 1, N, OC, C, 1, inp, C, weight, C, 0, out, OC, NULL, bias, 0);
+}
+
+void FN(linear_affine_forward)(real *out, const real *inp, const real *weight, const real *scale, const real *shift,
+                               int relu, int N, int C, int OC)
+{
+    FN(gemm_affine)(0, 1, N, OC, C, 1, inp, C, weight, C, 0, out, OC, scale, shift, relu);
 }
 
 void FN(linear_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,

@@ -1,5 +1,6 @@
 /* The kernel headers, each a template over `real` and `FN` (see kernels.h): no include guards. */
 #include "kernels/gemm.h"
+#include "kernels/affine.h"
 #include "kernels/linear.h"
 #include "kernels/activations.h"
 #include "kernels/batchnorm.h"

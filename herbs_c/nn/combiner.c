@@ -76,7 +76,7 @@ herbs_status combiner_forward(head_combiner *g, head_ctx *c, const float *kept, 
     adjacency_forward(g->adjacency, g->q, g->k, PARAM(c->t, g->adj1), PARAM(c->t, g->alpha1), B, J);
     linear_forward(g->h1, g->h0, PARAM(c->t, g->conv1_w), PARAM(c->t, g->conv1_b), B * J, F, F);
     gemm_batched(1, 0, J, F, J, 1, g->adjacency, J, (long)J * J, g->h1, F, (long)J * F, 0, g->h2, F, (long)J * F, B);
-    HERBS_TRY(bn_forward(&g->bn, c, g->h2, B * J, g->h3));
+    HERBS_TRY(bn_forward(&g->bn, c, g->h2, B * J, g->h3, 0));
     token_linear_forward(h4, g->h3, PARAM(c->t, g->pool1_w), PARAM(c->t, g->pool1_b), B, J, 1, F, 0);
     g->dropped = c->train && g->dropout > 0;
     g->dropout_seed = seed, g->dropout_stream = stream;

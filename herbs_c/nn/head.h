@@ -43,13 +43,14 @@ herbs_status mlp_backward(head_mlp *m, head_ctx *c, const float *dout, float *dx
 typedef struct {
     size_t weight, bias, running_mean, running_var, num_batches_tracked;
     int channels;
-    const float *x; /* last forward: input, batch mean and rstd (train mode) */
+    const float *x, *out; /* last forward: input, output, batch mean and rstd (train mode) */
     float *mean, *rstd;
-    int rows, train;
+    int rows, train, relu;
 } head_bn;
 
 herbs_status bn_init(head_bn *bn, herbs_params *t, const char *prefix, int channels);
-herbs_status bn_forward(head_bn *bn, head_ctx *c, const float *x, int rows, float *out);
+/* out[rows, C] = BN(x), through a ReLU when relu is set */
+herbs_status bn_forward(head_bn *bn, head_ctx *c, const float *x, int rows, float *out, int relu);
 herbs_status bn_backward(head_bn *bn, head_ctx *c, const float *dout, float *dx);
 
 /* A token classifier (the paper's k1/k2, the release's fpn_classifier_{down,up}_layer{i}):
@@ -58,7 +59,7 @@ typedef struct {
     size_t w0, b0, w3, b3;
     head_bn bn;
     int channels, classes;
-    const float *x; /* last forward: input rows, first conv's output (BN input), post-ReLU rows */
+    const float *x; /* last forward: input rows, first conv's output (BN input; eval: NULL), post-ReLU rows */
     float *z, *r;
     int rows;
 } head_classifier;

@@ -58,8 +58,7 @@ herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, int rows, flo
     m->x = x;
     m->rows = rows;
     HERBS_TRY(head_alloc(c, (size_t)rows * m->hidden, 0, &m->h));
-    linear_forward(m->h, x, PARAM(c->t, m->w0), PARAM(c->t, m->b0), rows, m->in, m->hidden);
-    relu_forward(m->h, m->h, (size_t)rows * m->hidden);
+    linear_affine_forward(m->h, x, PARAM(c->t, m->w0), NULL, PARAM(c->t, m->b0), 1, rows, m->in, m->hidden);
     linear_forward(out, m->h, PARAM(c->t, m->w2), PARAM(c->t, m->b2), rows, m->hidden, m->out);
     return HERBS_OK;
 }
@@ -94,15 +93,19 @@ herbs_status bn_init(head_bn *bn, herbs_params *t, const char *prefix, int chann
     return params_add(t, &bn->num_batches_tracked, HERBS_BUFFER_INT64, zeros, prefix, "num_batches_tracked", 0);
 }
 
-herbs_status bn_forward(head_bn *bn, head_ctx *c, const float *x, int rows, float *out)
+herbs_status bn_forward(head_bn *bn, head_ctx *c, const float *x, int rows, float *out, int relu)
 {
     const int C = bn->channels;
     bn->x = x;
+    bn->out = out;
     bn->rows = rows;
     bn->train = c->train;
+    bn->relu = relu;
     if (!c->train) {
         batchnorm_forward_eval(out, x, BUFFER(c->t, bn->running_mean), BUFFER(c->t, bn->running_var),
                                PARAM(c->t, bn->weight), PARAM(c->t, bn->bias), rows, C, BN_EPS);
+        if (relu)
+            relu_forward(out, out, (size_t)rows * C);
         return HERBS_OK;
     }
     if (rows < 2)
@@ -110,21 +113,26 @@ herbs_status bn_forward(head_bn *bn, head_ctx *c, const float *x, int rows, floa
                            "(use a larger batch, or eval mode)", rows);
     HERBS_TRY(head_alloc(c, C, 0, &bn->mean));
     HERBS_TRY(head_alloc(c, C, 0, &bn->rstd));
-    batchnorm_forward_train(out, bn->mean, bn->rstd, BUFFER(c->t, bn->running_mean), BUFFER(c->t, bn->running_var),
-                            x, PARAM(c->t, bn->weight), PARAM(c->t, bn->bias), rows, C, BN_EPS, BN_MOMENTUM);
+    (relu ? batchnorm_relu_forward_train : batchnorm_forward_train)(
+        out, bn->mean, bn->rstd, BUFFER(c->t, bn->running_mean), BUFFER(c->t, bn->running_var), x,
+        PARAM(c->t, bn->weight), PARAM(c->t, bn->bias), rows, C, BN_EPS, BN_MOMENTUM);
     BUFFER(c->t, bn->num_batches_tracked)[0] += 1;
     return HERBS_OK;
 }
 
 herbs_status bn_backward(head_bn *bn, head_ctx *c, const float *dout, float *dx)
 {
-    if (bn->train)
-        batchnorm_backward(dx, GRAD(c->t, bn->weight), GRAD(c->t, bn->bias), dout, bn->x, PARAM(c->t, bn->weight),
-                           bn->mean, bn->rstd, bn->rows, bn->channels);
+    float *dw = GRAD(c->t, bn->weight), *db = GRAD(c->t, bn->bias);
+    const float *w = PARAM(c->t, bn->weight), *rm = BUFFER(c->t, bn->running_mean);
+    const float *rv = BUFFER(c->t, bn->running_var);
+    if (bn->train && bn->relu)
+        batchnorm_relu_backward(dx, dw, db, dout, bn->out, bn->x, w, bn->mean, bn->rstd, bn->rows, bn->channels);
+    else if (bn->train)
+        batchnorm_backward(dx, dw, db, dout, bn->x, w, bn->mean, bn->rstd, bn->rows, bn->channels);
+    else if (bn->relu)
+        batchnorm_relu_backward_eval(dx, dw, db, dout, bn->out, bn->x, rm, rv, w, bn->rows, bn->channels, BN_EPS);
     else
-        batchnorm_backward_eval(dx, GRAD(c->t, bn->weight), GRAD(c->t, bn->bias), dout, bn->x,
-                                BUFFER(c->t, bn->running_mean), BUFFER(c->t, bn->running_var),
-                                PARAM(c->t, bn->weight), bn->rows, bn->channels, BN_EPS);
+        batchnorm_backward_eval(dx, dw, db, dout, bn->x, rm, rv, w, bn->rows, bn->channels, BN_EPS);
     return HERBS_OK;
 }
 
@@ -141,16 +149,39 @@ herbs_status classifier_init(head_classifier *k, herbs_params *t, const char *pr
     return head_add_weight_bias(t, &k->w3, &k->b3, prefix, "3", classes, channels, 1);
 }
 
+/* Eval mode: r = ReLU(BN(x·W0ᵀ + b0)) = ReLU((x·W0ᵀ)·scale + (b0·scale + shift)) with BN's
+   scale and shift, one product that stores r; the BN input z is not kept (classifier_backward
+   computes it again if a backward follows). */
+static herbs_status classifier_forward_eval(head_classifier *k, head_ctx *c, const float *x, int rows)
+{
+    const int F = k->channels;
+    const float *b0 = PARAM(c->t, k->b0);
+    float *scale, *shift;
+    HERBS_TRY(head_alloc(c, F, 0, &scale));
+    HERBS_TRY(head_alloc(c, F, 0, &shift));
+    batchnorm_eval_affine(scale, shift, BUFFER(c->t, k->bn.running_mean), BUFFER(c->t, k->bn.running_var),
+                          PARAM(c->t, k->bn.weight), PARAM(c->t, k->bn.bias), F, BN_EPS);
+    for (int j = 0; j < F; j++)
+        shift[j] += b0[j] * scale[j];
+    linear_affine_forward(k->r, x, PARAM(c->t, k->w0), scale, shift, 1, rows, F, F);
+    k->z = NULL; /* the BN's record of this forward, but for its input */
+    k->bn.x = NULL, k->bn.out = k->r, k->bn.rows = rows, k->bn.train = 0, k->bn.relu = 1;
+    return HERBS_OK;
+}
+
 herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x, int rows, float *logits)
 {
     const size_t n = (size_t)rows * k->channels;
     k->x = x;
     k->rows = rows;
-    HERBS_TRY(head_alloc(c, n, 0, &k->z));
     HERBS_TRY(head_alloc(c, n, 0, &k->r));
-    linear_forward(k->z, x, PARAM(c->t, k->w0), PARAM(c->t, k->b0), rows, k->channels, k->channels);
-    HERBS_TRY(bn_forward(&k->bn, c, k->z, rows, k->r));
-    relu_forward(k->r, k->r, n);
+    if (c->train) {
+        HERBS_TRY(head_alloc(c, n, 0, &k->z));
+        linear_forward(k->z, x, PARAM(c->t, k->w0), PARAM(c->t, k->b0), rows, k->channels, k->channels);
+        HERBS_TRY(bn_forward(&k->bn, c, k->z, rows, k->r, 1));
+    } else {
+        HERBS_TRY(classifier_forward_eval(k, c, x, rows));
+    }
     linear_forward(logits, k->r, PARAM(c->t, k->w3), PARAM(c->t, k->b3), rows, k->channels, k->classes);
     return HERBS_OK;
 }
@@ -159,15 +190,19 @@ herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *d
 {
     const size_t n = (size_t)k->rows * k->channels;
     float *dr, *dz;
+    if (!k->z) { /* after an eval-mode forward */
+        HERBS_TRY(head_alloc(c, n, 0, &k->z));
+        linear_forward(k->z, k->x, PARAM(c->t, k->w0), PARAM(c->t, k->b0), k->rows, k->channels, k->channels);
+        k->bn.x = k->z;
+    }
     HERBS_TRY(head_scratch_begin(c));
     HERBS_TRY(head_scratch(c, n, 0, &dr));
     HERBS_TRY(head_scratch(c, n, 1, &dz));
-    /* dr = dlogits · W3 (written, not accumulated), then ReLU's mask in place */
+    /* dr = dlogits · W3 (written, not accumulated); the BN pass applies ReLU's mask */
     gemm(0, 0, k->rows, k->channels, k->classes, 1, dlogits, k->classes, PARAM(c->t, k->w3), k->channels, 0, dr,
          k->channels);
     linear_backward(NULL, GRAD(c->t, k->w3), GRAD(c->t, k->b3), dlogits, k->r, PARAM(c->t, k->w3), k->rows,
                     k->channels, k->classes);
-    relu_mask(dr, k->r, n);
     HERBS_TRY(bn_backward(&k->bn, c, dr, dz));
     linear_backward(dx, GRAD(c->t, k->w0), GRAD(c->t, k->b0), dz, k->x, PARAM(c->t, k->w0), k->rows, k->channels,
                     k->channels);
