@@ -22,9 +22,9 @@
 /* output channels [o0, o1) */
 HERBS_INLINE void FN(conv_weight_to_ohwi_rows)(real *out, const real *w, int C, int taps, int o0, int o1)
 {
-    for (int o = o0; o < o1; o++)
-        for (int c = 0; c < C; c++)
-            for (int t = 0; t < taps; t++)
+    for (int o = o0; o < o1; o++) /* writes in order; an output channel's w (taps·C floats) stays in L1 */
+        for (int t = 0; t < taps; t++)
+            for (int c = 0; c < C; c++)
                 out[((size_t)o * taps + t) * C + c] = w[((size_t)o * C + c) * taps + t];
 }
 HERBS_ISA_VARIANTS(conv_weight_to_ohwi_rows, (real *out, const real *w, int C, int taps, int o0, int o1),

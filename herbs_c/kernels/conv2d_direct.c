@@ -22,31 +22,18 @@ size_t conv_direct_packed_floats(int VOC, int VC, int taps)
 
 void conv_direct_pack_weight(float *wpack, const float *w, int flip, int VOC, int VC, int taps)
 {
-    const int nr = gemm_microkernel_current()->nr, panels = (VOC + nr - 1) / nr;
-    /* one (panel, tap) per iteration; the loops run along the source's contiguous axis (k for
-       OHWI, n for the flipped transpose) and scatter within the panel's [VC][nr] block */
+    const gemm_microkernel *uk = gemm_microkernel_current();
+    const int nr = uk->nr, panels = (VOC + nr - 1) / nr;
+    /* one (panel, tap) per iteration: a [VC][nr] block, which is the GEMM's packing of the tap's
+       [VOC][VC] slice of w (rows taps*VC apart) transposed, or with flip of its [VC][VOC] slice */
 #pragma omp parallel for schedule(static) if ((double)panels * nr * taps * VC > (1 << 17)) /* as conv2d.c's repacks */
     for (int item = 0; item < panels * taps; item++) {
-        const int p = item / taps, t = item % taps;
+        const int p = item / taps, t = item % taps, cols = VOC - p * nr < nr ? VOC - p * nr : nr;
         float *dst = wpack + (size_t)item * VC * nr;
-        for (int j = 0; j < nr; j++) {
-            const int n = p * nr + j;
-            if (n >= VOC) {
-                for (int k = 0; k < VC; k++)
-                    dst[(size_t)k * nr + j] = 0.0f;
-            } else if (!flip) {
-                const float *src = w + ((size_t)n * taps + t) * VC;
-                for (int k = 0; k < VC; k++)
-                    dst[(size_t)k * nr + j] = src[k];
-            }
-        }
-        if (flip) {
-            const int cols = VOC - p * nr < nr ? VOC - p * nr : nr;
-            for (int k = 0; k < VC; k++) {
-                const float *src = w + ((size_t)k * taps + (taps - 1 - t)) * VOC + p * nr;
-                memcpy(dst + (size_t)k * nr, src, cols * sizeof(float));
-            }
-        }
+        if (!flip)
+            uk->pack_b(1, cols, VC, w + ((size_t)p * nr * taps + t) * VC, (long)taps * VC, dst);
+        else
+            uk->pack_b(0, cols, VC, w + (size_t)(taps - 1 - t) * VOC + p * nr, (long)taps * VOC, dst);
     }
 }
 
