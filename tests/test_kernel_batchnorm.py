@@ -30,9 +30,9 @@ def test_train_backward_matches_finite_differences(N, C, affine):
         return float((bn_train(x, w, b, None, None)[0] * probe).sum())
 
     _, mean, rstd = bn_train(x, w, b, None, None)
-    dx = np.zeros_like(x)
+    dx = np.full_like(x, np.nan)  # written, not read
     dw, db = (np.zeros(C), np.zeros(C)) if affine else (None, None)
-    call("batchnorm_backward", dx, dw, db, probe, x, w, mean, rstd, N, C)
+    call("batchnorm_backward", dx, dw, db, probe, x, w, mean, rstd, N, C, 0)
     np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-6, atol=1e-8)
     if affine:
         np.testing.assert_allclose(dw, numerical_grad(loss, w), rtol=1e-6, atol=1e-8)
@@ -51,8 +51,8 @@ def test_eval_backward_matches_finite_differences():
         call("batchnorm_forward_eval", out, x, rm, rv, w, b, N, C, 1e-5)
         return float((out * probe).sum())
 
-    dx, dw, db = np.zeros_like(x), np.zeros(C), np.zeros(C)
-    call("batchnorm_backward_eval", dx, dw, db, probe, x, rm, rv, w, N, C, 1e-5)
+    dx, dw, db = np.full_like(x, np.nan), np.zeros(C), np.zeros(C)  # dx written, not read
+    call("batchnorm_backward_eval", dx, dw, db, probe, x, rm, rv, w, N, C, 1e-5, 0)
     for analytic, wrt in ((dx, x), (dw, w), (db, b)):
         np.testing.assert_allclose(analytic, numerical_grad(loss, wrt), rtol=1e-6, atol=1e-8)
 
@@ -85,8 +85,9 @@ def test_matches_torch_batchnorm2d(B, C, H, W):
     ty = bn(tx)
     ty.backward(torch.tensor(g))
     out, mean, rstd = bn_train(nhwc(x), w, b, rm, rv, dtype=np.float32)
-    dx, dw, db = np.zeros((N, C), np.float32), np.zeros(C, np.float32), np.zeros(C, np.float32)
-    call("batchnorm_backward", dx, dw, db, nhwc(g), nhwc(x), w, mean, rstd, N, C, dtype=np.float32)
+    dx, dw, db = np.full((N, C), 0.5, np.float32), np.zeros(C, np.float32), np.zeros(C, np.float32)
+    call("batchnorm_backward", dx, dw, db, nhwc(g), nhwc(x), w, mean, rstd, N, C, 1, dtype=np.float32)
+    dx -= 0.5  # accumulated onto what was there
     np.testing.assert_allclose(out, nhwc(ty.detach().numpy()), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(rm, bn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(rv, bn.running_var.numpy(), rtol=1e-5, atol=1e-6)

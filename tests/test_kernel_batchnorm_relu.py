@@ -31,11 +31,11 @@ def test_backward_matches_finite_differences(train, N, C):
 
     out, mean, rstd = forward()
     assert (out == 0).any() and (out > 0).any()
-    dx, dw, db = np.zeros_like(x), np.zeros(C), np.zeros(C)
+    dx, dw, db = np.full_like(x, np.nan), np.zeros(C), np.zeros(C)  # dx written, not read
     if train:
-        call("batchnorm_relu_backward", dx, dw, db, probe, out, x, w, mean, rstd, N, C)
+        call("batchnorm_relu_backward", dx, dw, db, probe, out, x, w, mean, rstd, N, C, 0)
     else:
-        call("batchnorm_relu_backward_eval", dx, dw, db, probe, out, x, rm, rv, w, N, C, 1e-5)
+        call("batchnorm_relu_backward_eval", dx, dw, db, probe, out, x, rm, rv, w, N, C, 1e-5, 0)
     loss = lambda: float((forward()[0] * probe).sum())
     for analytic, wrt in ((dx, x), (dw, w), (db, b)):
         np.testing.assert_allclose(analytic, numerical_grad(loss, wrt), rtol=1e-6, atol=1e-8)
@@ -59,18 +59,19 @@ def test_matches_torch(train, B, C, H, W):
     tx = torch.tensor(x, requires_grad=True)
     ty = torch.relu(bn(tx))
     ty.backward(torch.tensor(g))
-    out, dx = np.empty((N, C), np.float32), np.zeros((N, C), np.float32)
+    out, dx = np.empty((N, C), np.float32), np.full((N, C), 0.5, np.float32)  # the gradient adds onto dx
     dw, db = np.zeros(C, np.float32), np.zeros(C, np.float32)
     if train:
         mean, rstd = np.empty(C, np.float32), np.empty(C, np.float32)
         call("batchnorm_relu_forward_train", out, mean, rstd, rm, rv, nhwc(x), w, b, N, C, 1e-5, 0.1,
              dtype=np.float32)
-        call("batchnorm_relu_backward", dx, dw, db, nhwc(g), out, nhwc(x), w, mean, rstd, N, C, dtype=np.float32)
+        call("batchnorm_relu_backward", dx, dw, db, nhwc(g), out, nhwc(x), w, mean, rstd, N, C, 1, dtype=np.float32)
     else:
         call("batchnorm_forward_eval", out, nhwc(x), rm, rv, w, b, N, C, 1e-5, dtype=np.float32)
         np.maximum(out, 0, out=out)
-        call("batchnorm_relu_backward_eval", dx, dw, db, nhwc(g), out, nhwc(x), rm, rv, w, N, C, 1e-5,
+        call("batchnorm_relu_backward_eval", dx, dw, db, nhwc(g), out, nhwc(x), rm, rv, w, N, C, 1e-5, 1,
              dtype=np.float32)
+    dx -= 0.5
     # as for BatchNorm alone (test_kernel_batchnorm.py): float32 statistics over N <= 784 rows, sums
     # in double on our side; the ReLU adds no rounding, and no input lies within rounding of its kink
     np.testing.assert_allclose(out, nhwc(ty.detach().numpy()), rtol=1e-4, atol=1e-4)

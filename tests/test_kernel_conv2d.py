@@ -36,14 +36,17 @@ def conv(x, w_oihw, bias, stride, pad, scratch_rows=None, dtype=np.float64, scal
     return out, w, scratch
 
 
-def conv_backward(dout, x, w, scratch, shape, stride, pad, bias=True, dtype=np.float64):
+def conv_backward(dout, x, w, scratch, shape, stride, pad, bias=True, dtype=np.float64, accumulate=0):
+    """dx, dw, db; dx written over NaN (accumulate 0) or added to 0.5 and the 0.5 taken off again."""
     B, H, W, C = x.shape
     OC, KH, KW, _ = w.shape
-    dx, dw_ohwi = np.zeros_like(x), np.zeros_like(w)
+    dx, dw_ohwi = np.full_like(x, 0.5 if accumulate else np.nan), np.zeros_like(w)
     dw = np.zeros((OC, C, KH, KW), dtype)
     db = np.zeros(OC, dtype) if bias else None
     call("conv2d_backward", dx, dw_ohwi, db, dout, x, w, scratch, scratch.size, B, H, W, C, OC, KH, KW, stride,
-         pad, dtype=dtype)
+         pad, accumulate, dtype=dtype)
+    if accumulate:
+        dx -= dtype(0.5)
     call("conv2d_weight_grad_from_ohwi", dw, dw_ohwi, OC, C, KH, KW, dtype=dtype)
     return dx, dw, db
 
@@ -102,7 +105,10 @@ def test_matches_torch(B, H, W, C, OC, K, stride, pad, rows, bias):
     g = rng.standard_normal(ty.shape, dtype=np.float32)
     ty.backward(torch.tensor(g))
     dout = np.ascontiguousarray(g.transpose(0, 2, 3, 1))
-    dx, dw, db = conv_backward(dout, x, w_ohwi, scratch, out.shape, stride, pad, bias, dtype=np.float32)
+    # dx written over NaN without a bias, added onto 0.5 with one: both modes on every path (direct,
+    # pointwise, im2col)
+    dx, dw, db = conv_backward(dout, x, w_ohwi, scratch, out.shape, stride, pad, bias, dtype=np.float32,
+                               accumulate=int(bias))
     # float32 sums of up to K·K·C (forward, dx) or B·OH·OW (dw) terms of unit size: rounding
     # grows like sqrt(terms)·2^-24 relative to the sum of magnitudes, far below 1e-4 absolute
     # on outputs of size ~1 (dw sums up to ~600 products, so its scale is ~25: tolerance 1e-3).

@@ -29,8 +29,8 @@ def test_add_relu():
     call("add_relu_forward", out, a, b, 37)
     np.testing.assert_array_equal(out, np.maximum(a + b, 0))
     probe = rng.standard_normal(37)
-    da, db = np.zeros(37), np.zeros(37)
-    call("add_relu_backward", da, db, probe, out, 37)
+    da, db = np.full(37, np.nan), np.full(37, np.nan)
+    call("add_relu_backward", da, db, probe, out, 37, 0)  # written, not read
 
     def loss():
         y = np.empty(37)
@@ -39,7 +39,7 @@ def test_add_relu():
 
     np.testing.assert_allclose(da, numerical_grad(loss, a), rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(db, numerical_grad(loss, b), rtol=1e-6, atol=1e-8)
-    call("add_relu_backward", None, db, probe, out, 37)  # either gradient may be NULL
+    call("add_relu_backward", None, db, probe, out, 37, 1)  # either gradient may be NULL; this one adds
     np.testing.assert_allclose(db, 2 * da)
 
 

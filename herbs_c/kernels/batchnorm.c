@@ -160,12 +160,13 @@ void FN(batchnorm_forward_eval)(real *out, const real *inp, const real *running_
 }
 
 /* Both backward passes for a block: with x̂ = (x - center)·r, dweight += Σ g·x̂, dbias += Σ g,
-   and dinp += w·r·(g - batch_stats·(mean(g) + x̂·mean(g·x̂))) — batch_stats is 0 in eval mode,
-   where the statistics do not depend on the input. center and r are the block's [w] values.
+   and dinp (+)= w·r·(g - batch_stats·(mean(g) + x̂·mean(g·x̂))) — batch_stats is 0 in eval mode,
+   where the statistics do not depend on the input; dinp is added to when `accumulate` is set,
+   else written. center and r are the block's [w] values.
    With `relu_out` (the output of a ReLU after the BN), g is dout where relu_out > 0, else 0. */
 HERBS_INLINE void FN(bn_backward_block)(real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out,
                                         const real *inp, const real *weight, const real *center, const real *r,
-                                        int batch_stats, int N, int C, int c0, int w)
+                                        int batch_stats, int N, int C, int c0, int w, int accumulate)
 {
     double sum_g[BN_MAX_BLOCK], sum_gx[BN_MAX_BLOCK];
     real a[BN_MAX_BLOCK], b[BN_MAX_BLOCK], k[BN_MAX_BLOCK];
@@ -211,17 +212,26 @@ HERBS_INLINE void FN(bn_backward_block)(real *dinp, real *dweight, real *dbias, 
     for (int n = 0; n < N; n++) {
         const real *g = dout + (size_t)n * C + c0, *x = inp + (size_t)n * C + c0;
         const real *m = relu_out ? relu_out + (size_t)n * C + c0 : NULL;
-        real *d = dinp + (size_t)n * C + c0;
+        real *d = dinp + (size_t)n * C + c0, v[BN_MAX_BLOCK];
         if (m) {
 #pragma omp simd
             for (int j = 0; j < w; j++) {
                 const real gv = g[j], mv = m[j];
-                d[j] += (mv > 0 ? gv : 0) * a[j] + (x[j] - center[j]) * b[j] + k[j];
+                v[j] = (mv > 0 ? gv : 0) * a[j] + (x[j] - center[j]) * b[j] + k[j];
             }
         } else {
 #pragma omp simd
             for (int j = 0; j < w; j++)
-                d[j] += g[j] * a[j] + (x[j] - center[j]) * b[j] + k[j];
+                v[j] = g[j] * a[j] + (x[j] - center[j]) * b[j] + k[j];
+        }
+        if (accumulate) {
+#pragma omp simd
+            for (int j = 0; j < w; j++)
+                d[j] += v[j];
+        } else {
+#pragma omp simd
+            for (int j = 0; j < w; j++)
+                d[j] = v[j];
         }
     }
 }
@@ -229,34 +239,36 @@ HERBS_INLINE void FN(bn_backward_block)(real *dinp, real *dweight, real *dbias, 
 /* Backward of train mode: blocks [b0, b1) of nb. */
 HERBS_INLINE void FN(bn_backward_blocks)(real *dinp, real *dweight, real *dbias, const real *dout,
                                          const real *relu_out, const real *inp, const real *weight, const real *mean,
-                                         const real *rstd, int N, int C, int nb, int b0, int b1)
+                                         const real *rstd, int N, int C, int accumulate, int nb, int b0, int b1)
 {
     for (int b = b0; b < b1; b++) {
         int c0, c1;
         FN(bn_block_range)(C, nb, b, &c0, &c1);
         FN(bn_backward_block)(dinp, dweight, dbias, dout, relu_out, inp, weight, mean + c0, rstd + c0, 1, N, C, c0,
-                              c1 - c0);
+                              c1 - c0, accumulate);
     }
 }
 HERBS_ISA_VARIANTS(bn_backward_blocks,
                    (real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out, const real *inp,
-                    const real *weight, const real *mean, const real *rstd, int N, int C, int nb, int b0, int b1),
-                   (dinp, dweight, dbias, dout, relu_out, inp, weight, mean, rstd, N, C, nb, b0, b1))
+                    const real *weight, const real *mean, const real *rstd, int N, int C, int accumulate, int nb,
+                    int b0, int b1),
+                   (dinp, dweight, dbias, dout, relu_out, inp, weight, mean, rstd, N, C, accumulate, nb, b0, b1))
 
 static void FN(bn_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out,
-                            const real *inp, const real *weight, const real *mean, const real *rstd, int N, int C)
+                            const real *inp, const real *weight, const real *mean, const real *rstd, int N, int C,
+                            int accumulate)
 {
     int nt;
     const int nb = FN(bn_blocks)(N, C, &nt);
     HERBS_ISA_PARALLEL(bn_backward_blocks, nb, nt, dinp, dweight, dbias, dout, relu_out, inp, weight, mean, rstd, N, C,
-                       nb);
+                       accumulate, nb);
 }
 
 /* Backward of eval mode: blocks [b0, b1) of nb. */
 HERBS_INLINE void FN(bn_backward_eval_blocks)(real *dinp, real *dweight, real *dbias, const real *dout,
                                               const real *relu_out, const real *inp, const real *running_mean,
                                               const real *running_var, const real *weight, int N, int C, real eps,
-                                              int nb, int b0, int b1)
+                                              int accumulate, int nb, int b0, int b1)
 {
     for (int b = b0; b < b1; b++) {
         int c0, c1;
@@ -265,49 +277,51 @@ HERBS_INLINE void FN(bn_backward_eval_blocks)(real *dinp, real *dweight, real *d
         for (int j = 0; j < c1 - c0; j++)
             r[j] = 1 / sqrt(running_var[c0 + j] + eps);
         FN(bn_backward_block)(dinp, dweight, dbias, dout, relu_out, inp, weight, running_mean + c0, r, 0, N, C, c0,
-                              c1 - c0);
+                              c1 - c0, accumulate);
     }
 }
 HERBS_ISA_VARIANTS(bn_backward_eval_blocks,
                    (real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out, const real *inp,
                     const real *running_mean, const real *running_var, const real *weight, int N, int C, real eps,
-                    int nb, int b0, int b1),
-                   (dinp, dweight, dbias, dout, relu_out, inp, running_mean, running_var, weight, N, C, eps, nb, b0,
-                    b1))
+                    int accumulate, int nb, int b0, int b1),
+                   (dinp, dweight, dbias, dout, relu_out, inp, running_mean, running_var, weight, N, C, eps, accumulate,
+                    nb, b0, b1))
 
 static void FN(bn_backward_eval)(real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out,
                                  const real *inp, const real *running_mean, const real *running_var,
-                                 const real *weight, int N, int C, real eps)
+                                 const real *weight, int N, int C, real eps, int accumulate)
 {
     int nt;
     const int nb = FN(bn_blocks)(N, C, &nt);
     HERBS_ISA_PARALLEL(bn_backward_eval_blocks, nb, nt, dinp, dweight, dbias, dout, relu_out, inp, running_mean,
-                       running_var, weight, N, C, eps, nb);
+                       running_var, weight, N, C, eps, accumulate, nb);
 }
 
 void FN(batchnorm_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
-                            const real *weight, const real *mean, const real *rstd, int N, int C)
+                            const real *weight, const real *mean, const real *rstd, int N, int C, int accumulate)
 {
-    FN(bn_backward)(dinp, dweight, dbias, dout, NULL, inp, weight, mean, rstd, N, C);
+    FN(bn_backward)(dinp, dweight, dbias, dout, NULL, inp, weight, mean, rstd, N, C, accumulate);
 }
 
 void FN(batchnorm_backward_eval)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
                                  const real *running_mean, const real *running_var, const real *weight, int N,
-                                 int C, real eps)
+                                 int C, real eps, int accumulate)
 {
-    FN(bn_backward_eval)(dinp, dweight, dbias, dout, NULL, inp, running_mean, running_var, weight, N, C, eps);
+    FN(bn_backward_eval)(dinp, dweight, dbias, dout, NULL, inp, running_mean, running_var, weight, N, C, eps,
+                         accumulate);
 }
 
 void FN(batchnorm_relu_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *out,
                                  const real *inp, const real *weight, const real *mean, const real *rstd, int N,
-                                 int C)
+                                 int C, int accumulate)
 {
-    FN(bn_backward)(dinp, dweight, dbias, dout, out, inp, weight, mean, rstd, N, C);
+    FN(bn_backward)(dinp, dweight, dbias, dout, out, inp, weight, mean, rstd, N, C, accumulate);
 }
 
 void FN(batchnorm_relu_backward_eval)(real *dinp, real *dweight, real *dbias, const real *dout, const real *out,
                                       const real *inp, const real *running_mean, const real *running_var,
-                                      const real *weight, int N, int C, real eps)
+                                      const real *weight, int N, int C, real eps, int accumulate)
 {
-    FN(bn_backward_eval)(dinp, dweight, dbias, dout, out, inp, running_mean, running_var, weight, N, C, eps);
+    FN(bn_backward_eval)(dinp, dweight, dbias, dout, out, inp, running_mean, running_var, weight, N, C, eps,
+                         accumulate);
 }

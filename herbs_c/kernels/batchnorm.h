@@ -9,23 +9,23 @@ void FN(batchnorm_forward_train)(real *out, real *mean, real *rstd, real *runnin
                                  const real *inp, const real *weight, const real *bias, int N, int C, real eps,
                                  real momentum);
 
-/* Eval mode: out[N,C] = (inp - running_mean) / sqrt(running_var + eps) · weight + bias. */
 /* scale[C], shift[C]: eval-mode BatchNorm as out = inp·scale + shift (weight, bias may be NULL),
    computed as batchnorm_forward_eval computes them (for folding into a conv's store) */
 void FN(batchnorm_eval_affine)(real *scale, real *shift, const real *running_mean, const real *running_var,
                                const real *weight, const real *bias, int C, real eps);
+/* Eval mode: out[N,C] = (inp - running_mean) / sqrt(running_var + eps) · weight + bias. */
 void FN(batchnorm_forward_eval)(real *out, const real *inp, const real *running_mean, const real *running_var,
                                 const real *weight, const real *bias, int N, int C, real eps);
 
-/* Backward of train mode (the statistics depend on inp): dinp[N,C] +=, dweight[C] += Σ dout·x̂,
-   dbias[C] += Σ dout. Any gradient may be NULL. */
+/* Backward of train mode (the statistics depend on inp): dinp[N,C] += (accumulate set) or =
+   (dinp not read) its gradient, dweight[C] += Σ dout·x̂, dbias[C] += Σ dout. Any gradient may be NULL. */
 void FN(batchnorm_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
-                            const real *weight, const real *mean, const real *rstd, int N, int C);
+                            const real *weight, const real *mean, const real *rstd, int N, int C, int accumulate);
 
 /* Backward of eval mode (a fixed affine map per channel): the same gradients. */
 void FN(batchnorm_backward_eval)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
                                  const real *running_mean, const real *running_var, const real *weight, int N,
-                                 int C, real eps);
+                                 int C, real eps, int accumulate);
 
 /* BatchNorm followed by a ReLU in one pass (out = max(BN(inp), 0)); arguments as above. In eval
    mode the pair is folded into the conv before it (conv2d_forward with batchnorm_eval_affine). */
@@ -35,7 +35,7 @@ void FN(batchnorm_relu_forward_train)(real *out, real *mean, real *rstd, real *r
 /* Their backward passes, the ReLU's mask read from the forward's output out[N,C] on the fly. */
 void FN(batchnorm_relu_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *out,
                                  const real *inp, const real *weight, const real *mean, const real *rstd, int N,
-                                 int C);
+                                 int C, int accumulate);
 void FN(batchnorm_relu_backward_eval)(real *dinp, real *dweight, real *dbias, const real *dout, const real *out,
                                       const real *inp, const real *running_mean, const real *running_var,
-                                      const real *weight, int N, int C, real eps);
+                                      const real *weight, int N, int C, real eps, int accumulate);

@@ -282,9 +282,19 @@ void FN(conv2d_forward)(real *out, const real *inp, const real *weight, const re
     }
 }
 
+/* p[0:n] = 0, split among threads in the float engine */
+static void FN(conv_zero)(real *p, size_t n)
+{
+#ifdef HERBS_F64
+    memset(p, 0, n * sizeof(real));
+#else
+    herbs_zero_floats(p, n);
+#endif
+}
+
 void FN(conv2d_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
                          const real *weight, real *scratch, size_t scratch_floats, int B, int H, int W, int C,
-                         int OC, int KH, int KW, int stride, int pad)
+                         int OC, int KH, int KW, int stride, int pad, int accumulate)
 {
     const int OH = (H + 2 * pad - KH) / stride + 1, OW = (W + 2 * pad - KW) / stride + 1;
     const int M = B * OH * OW, K = KH * KW * C;
@@ -308,15 +318,17 @@ void FN(conv2d_backward)(real *dinp, real *dweight, real *dbias, const real *dou
     if (stride == 1 && KH == KW && pad < KH && OC >= CONV_DIRECT_MIN_CHANNELS) { /* a correlation of dout with the flipped weight */
         float *wpack = conv_aligned(scratch);
         conv_direct_pack_weight(wpack, weight, 1, C, OC, KH * KW);
-        conv_direct_forward(dinp, dout, wpack, 1.0f, B, OH, OW, OC, C, KH, KW, 1, KH - 1 - pad, NULL, NULL, NULL,
-                            0);
+        conv_direct_forward(dinp, dout, wpack, accumulate ? 1.0f : 0.0f, B, OH, OW, OC, C, KH, KW, 1, KH - 1 - pad,
+                            NULL, NULL, NULL, 0);
         return;
     }
 #endif
     if (pointwise) {
-        FN(gemm)(0, 0, M, C, OC, 1, dout, OC, weight, C, 1, dinp, C);
+        FN(gemm)(0, 0, M, C, OC, 1, dout, OC, weight, C, accumulate ? 1 : 0, dinp, C);
         return;
     }
+    if (!accumulate) /* col2im adds the columns' overlapping windows up */
+        FN(conv_zero)(dinp, (size_t)B * H * W * C);
     for (int m0 = 0; m0 < M; m0 += rows) { /* dcols = dout · weight, put back by col2im */
         const int m1 = M - m0 < rows ? M : m0 + rows;
         FN(gemm)(0, 0, m1 - m0, K, OC, 1, dout + (size_t)m0 * OC, OC, weight, K, 0, scratch, K);

@@ -22,8 +22,8 @@ void FN(conv2d_forward)(real *out, const real *inp, const real *weight, const re
                         real *scratch, size_t scratch_floats, int B, int H, int W, int C, int OC, int KH, int KW,
                         int stride, int pad);
 
-/* dinp[B,H,W,C] +=, dweight[OC,KH,KW,C] +=, dbias[OC] += from dout[B,OH,OW,OC]; any gradient may be
-   NULL. scratch as for the forward. */
+/* dinp[B,H,W,C] += (accumulate set) or = (not read), dweight[OC,KH,KW,C] +=, dbias[OC] += from
+   dout[B,OH,OW,OC]; any gradient may be NULL. scratch as for the forward. */
 void FN(conv2d_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
                          const real *weight, real *scratch, size_t scratch_floats, int B, int H, int W, int C,
-                         int OC, int KH, int KW, int stride, int pad);
+                         int OC, int KH, int KW, int stride, int pad, int accumulate);

@@ -107,7 +107,7 @@ herbs_status combiner_backward(head_combiner *g, head_ctx *c, const float *dout,
     HERBS_TRY(head_scratch(c, (size_t)B * F, 1, &dh5));
     HERBS_TRY(head_scratch(c, (size_t)B * F, 1, &dh4));
     HERBS_TRY(head_scratch(c, nodes, 1, &dh3));
-    HERBS_TRY(head_scratch(c, nodes, 1, &dh2));
+    HERBS_TRY(head_scratch(c, nodes, 0, &dh2)); /* written by the BatchNorm's backward */
     HERBS_TRY(head_scratch(c, nodes, 1, &dh1));
     HERBS_TRY(head_scratch(c, nodes, 1, &dh0));
     HERBS_TRY(head_scratch(c, (size_t)B * J * J, 0, &dA));

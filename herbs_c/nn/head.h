@@ -51,6 +51,7 @@ typedef struct {
 herbs_status bn_init(head_bn *bn, herbs_params *t, const char *prefix, int channels);
 /* out[rows, C] = BN(x), through a ReLU when relu is set */
 herbs_status bn_forward(head_bn *bn, head_ctx *c, const float *x, int rows, float *out, int relu);
+/* dx[rows, C] = d(x) (written, not added to); parameter gradients accumulate */
 herbs_status bn_backward(head_bn *bn, head_ctx *c, const float *dout, float *dx);
 
 /* A token classifier (the paper's k1/k2, the release's fpn_classifier_{down,up}_layer{i}):

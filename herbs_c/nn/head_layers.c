@@ -126,13 +126,13 @@ herbs_status bn_backward(head_bn *bn, head_ctx *c, const float *dout, float *dx)
     const float *w = PARAM(c->t, bn->weight), *rm = BUFFER(c->t, bn->running_mean);
     const float *rv = BUFFER(c->t, bn->running_var);
     if (bn->train && bn->relu)
-        batchnorm_relu_backward(dx, dw, db, dout, bn->out, bn->x, w, bn->mean, bn->rstd, bn->rows, bn->channels);
+        batchnorm_relu_backward(dx, dw, db, dout, bn->out, bn->x, w, bn->mean, bn->rstd, bn->rows, bn->channels, 0);
     else if (bn->train)
-        batchnorm_backward(dx, dw, db, dout, bn->x, w, bn->mean, bn->rstd, bn->rows, bn->channels);
+        batchnorm_backward(dx, dw, db, dout, bn->x, w, bn->mean, bn->rstd, bn->rows, bn->channels, 0);
     else if (bn->relu)
-        batchnorm_relu_backward_eval(dx, dw, db, dout, bn->out, bn->x, rm, rv, w, bn->rows, bn->channels, BN_EPS);
+        batchnorm_relu_backward_eval(dx, dw, db, dout, bn->out, bn->x, rm, rv, w, bn->rows, bn->channels, BN_EPS, 0);
     else
-        batchnorm_backward_eval(dx, dw, db, dout, bn->x, rm, rv, w, bn->rows, bn->channels, BN_EPS);
+        batchnorm_backward_eval(dx, dw, db, dout, bn->x, rm, rv, w, bn->rows, bn->channels, BN_EPS, 0);
     return HERBS_OK;
 }
 
@@ -197,7 +197,7 @@ herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *d
     }
     HERBS_TRY(head_scratch_begin(c));
     HERBS_TRY(head_scratch(c, n, 0, &dr));
-    HERBS_TRY(head_scratch(c, n, 1, &dz));
+    HERBS_TRY(head_scratch(c, n, 0, &dz));
     /* dr = dlogits · W3 (written, not accumulated); the BN pass applies ReLU's mask */
     gemm(0, 0, k->rows, k->channels, k->classes, 1, dlogits, k->classes, PARAM(c->t, k->w3), k->channels, 0, dr,
          k->channels);

@@ -177,17 +177,17 @@ static herbs_status conv_output(resnet *r, conv_layer *c, const herbs_params *t,
     return *y ? HERBS_OK : conv_forward_pass(r, c, t, arena, inp, NULL, 0, y);
 }
 
-/* dinp (may be NULL) += and the weight gradient += from dout; dw_scratch holds the largest
-   repacked weight gradient */
+/* dinp (may be NULL) += (accumulate set) or = d(inp), and the weight gradient += from dout;
+   dw_scratch holds the largest repacked weight gradient */
 static void conv_backward_pass(resnet *r, conv_layer *c, herbs_params *t, float *dw_scratch, float *dinp,
-                               const float *dout, const float *inp)
+                               const float *dout, const float *inp, int accumulate)
 {
     const float *w = conv_weight(r, c, t);
     float *dw = c->k == 1 ? GRAD(t, c->weight) : dw_scratch;
     if (c->k != 1)
         herbs_zero_floats(dw, (size_t)c->out_c * c->k * c->k * c->in_c);
     conv2d_backward(dinp, dw, NULL, dout, inp, w, r->scratch, r->scratch_floats, r->batch, c->H, c->W, c->in_c,
-                    c->out_c, c->k, c->k, c->stride, c->pad);
+                    c->out_c, c->k, c->k, c->stride, c->pad, accumulate);
     if (c->k != 1)
         conv2d_weight_grad_from_ohwi(GRAD(t, c->weight), dw, c->out_c, c->in_c, c->k, c->k);
 }
@@ -210,8 +210,9 @@ static herbs_status bn_forward_pass(bn_layer *b, const herbs_params *t, herbs_ar
     return HERBS_OK;
 }
 
-/* dinp += d(inp) from dout; relu_out, when not NULL, is the output of a ReLU downstream of the
-   BN (directly, or after the residual add), whose mask is applied to dout on the fly */
+/* dinp = d(inp) from dout (written, not read); relu_out, when not NULL, is the output of a ReLU
+   downstream of the BN (directly, or after the residual add), whose mask is applied to dout on
+   the fly */
 static void bn_backward_pass(resnet *r, bn_layer *b, herbs_params *t, float *dinp, const float *dout,
                              const float *relu_out, const float *inp, int N)
 {
@@ -219,13 +220,13 @@ static void bn_backward_pass(resnet *r, bn_layer *b, herbs_params *t, float *din
     float *dw = GRAD(t, b->weight), *db = GRAD(t, b->bias);
     const float *w = PARAM(t, b->weight), *rm = BUFFER(t, b->running_mean), *rv = BUFFER(t, b->running_var);
     if (r->train && relu_out)
-        batchnorm_relu_backward(dinp, dw, db, dout, relu_out, inp, w, b->mean, b->rstd, N, C);
+        batchnorm_relu_backward(dinp, dw, db, dout, relu_out, inp, w, b->mean, b->rstd, N, C, 0);
     else if (r->train)
-        batchnorm_backward(dinp, dw, db, dout, inp, w, b->mean, b->rstd, N, C);
+        batchnorm_backward(dinp, dw, db, dout, inp, w, b->mean, b->rstd, N, C, 0);
     else if (relu_out)
-        batchnorm_relu_backward_eval(dinp, dw, db, dout, relu_out, inp, rm, rv, w, N, C, BN_EPS);
+        batchnorm_relu_backward_eval(dinp, dw, db, dout, relu_out, inp, rm, rv, w, N, C, BN_EPS, 0);
     else
-        batchnorm_backward_eval(dinp, dw, db, dout, inp, rm, rv, w, N, C, BN_EPS);
+        batchnorm_backward_eval(dinp, dw, db, dout, inp, rm, rv, w, N, C, BN_EPS, 0);
 }
 
 /* out = BN(conv(inp)), through a ReLU when relu is set; train mode keeps y = conv(inp) for the
@@ -336,12 +337,11 @@ typedef struct {
     float *dw;         /* the largest repacked weight gradient */
 } grad_buffers;
 
-/* gb->prev += d(block input), from gb->cur = d(block output) */
+/* gb->prev = d(block input), from gb->cur = d(block output) */
 static herbs_status block_backward(resnet *r, bottleneck *blk, herbs_params *t, herbs_arena *arena,
                                    grad_buffers *gb)
 {
     const size_t n_out = conv_out_floats(&blk->conv3, r->batch);
-    const size_t n1 = conv_out_floats(&blk->conv1, r->batch), n2 = conv_out_floats(&blk->conv2, r->batch);
     const int N1 = r->batch * blk->conv1.OH * blk->conv1.OW, N3 = r->batch * blk->conv3.OH * blk->conv3.OW;
     HERBS_TRY(conv_output(r, &blk->conv1, t, arena, blk->x, &blk->y1));
     HERBS_TRY(conv_output(r, &blk->conv2, t, arena, blk->a1, &blk->y2));
@@ -349,19 +349,20 @@ static herbs_status block_backward(resnet *r, bottleneck *blk, herbs_params *t, 
     if (blk->has_down)
         HERBS_TRY(conv_output(r, &blk->down_conv, t, arena, blk->x, &blk->yd));
     /* the add and its ReLU: both branches get cur masked by out > 0 — the BN passes apply the
-       mask on the fly, the identity takes it straight */
+       mask on the fly, the identity takes it straight. Each pass writes its gradient; only the
+       last adds, conv1's d(x) onto the identity's (or the downsample's) */
     if (!blk->has_down)
-        add_relu_backward(NULL, gb->prev, gb->cur, blk->out, n_out);
+        add_relu_backward(NULL, gb->prev, gb->cur, blk->out, n_out, 0);
     if (blk->has_down) {
-        bn_backward_pass(r, &blk->down_bn, t, herbs_zero_floats(gb->d, n_out), gb->cur, blk->out, blk->yd, N3);
-        conv_backward_pass(r, &blk->down_conv, t, gb->dw, gb->prev, gb->d, blk->x);
+        bn_backward_pass(r, &blk->down_bn, t, gb->d, gb->cur, blk->out, blk->yd, N3);
+        conv_backward_pass(r, &blk->down_conv, t, gb->dw, gb->prev, gb->d, blk->x, 0);
     }
-    bn_backward_pass(r, &blk->bn3, t, herbs_zero_floats(gb->d, n_out), gb->cur, blk->out, blk->y3, N3);
-    conv_backward_pass(r, &blk->conv3, t, gb->dw, herbs_zero_floats(gb->g, n2), gb->d, blk->a2); /* d a2 */
-    bn_backward_pass(r, &blk->bn2, t, herbs_zero_floats(gb->d, n2), gb->g, blk->a2, blk->y2, N3);   /* d y2 */
-    conv_backward_pass(r, &blk->conv2, t, gb->dw, herbs_zero_floats(gb->g, n1), gb->d, blk->a1); /* d a1 */
-    bn_backward_pass(r, &blk->bn1, t, herbs_zero_floats(gb->d, n1), gb->g, blk->a1, blk->y1, N1);   /* d y1 */
-    conv_backward_pass(r, &blk->conv1, t, gb->dw, gb->prev, gb->d, blk->x);
+    bn_backward_pass(r, &blk->bn3, t, gb->d, gb->cur, blk->out, blk->y3, N3);
+    conv_backward_pass(r, &blk->conv3, t, gb->dw, gb->g, gb->d, blk->a2, 0); /* d a2 */
+    bn_backward_pass(r, &blk->bn2, t, gb->d, gb->g, blk->a2, blk->y2, N3);   /* d y2 */
+    conv_backward_pass(r, &blk->conv2, t, gb->dw, gb->g, gb->d, blk->a1, 0); /* d a1 */
+    bn_backward_pass(r, &blk->bn1, t, gb->d, gb->g, blk->a1, blk->y1, N1);   /* d y1 */
+    conv_backward_pass(r, &blk->conv1, t, gb->dw, gb->prev, gb->d, blk->x, 1);
     return HERBS_OK;
 }
 
@@ -412,7 +413,6 @@ static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
             add_into(gb.cur, dtaps[s], conv_out_floats(&blk->conv3, r->batch));
         if (i == r->stage_last[s])
             backbone_keep_tap_grad(bb, tap_grads, s, r->batch, gb.cur);
-        herbs_zero_floats(gb.prev, (size_t)r->batch * blk->conv1.H * blk->conv1.W * blk->conv1.in_c);
         HERBS_TRY(block_backward(r, blk, t, arena, &gb));
         float *swap = gb.cur;
         gb.cur = gb.prev;
@@ -425,10 +425,9 @@ static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
     HERBS_TRY(conv_output(r, stem, t, arena, r->x0, &r->y0));
     maxpool2d_backward(herbs_zero_floats(gb.g, n0), gb.cur, r->argmax, r->batch, stem->OH, stem->OW, stem->out_c, 3,
                        2, 1);
-    bn_backward_pass(r, &r->stem_bn, t, herbs_zero_floats(gb.d, n0), gb.g, r->a0, r->y0,
-                     r->batch * stem->OH * stem->OW);
-    float *dx = dimages ? herbs_zero_floats(gb.g, image_floats(r, r->batch)) : NULL;
-    conv_backward_pass(r, stem, t, gb.dw, dx, gb.d, r->x0);
+    bn_backward_pass(r, &r->stem_bn, t, gb.d, gb.g, r->a0, r->y0, r->batch * stem->OH * stem->OW);
+    float *dx = dimages ? gb.g : NULL;
+    conv_backward_pass(r, stem, t, gb.dw, dx, gb.d, r->x0, 0);
     if (dimages)
         nchw_to_nhwc_backward(dimages, dx, r->batch, bb->in_channels, bb->img_size, bb->img_size);
     return HERBS_OK;
