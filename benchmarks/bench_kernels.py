@@ -57,14 +57,14 @@ def herbs_steps():
     call("maxpool2d_forward", p_out, p_arg, p_in, pb, ph, pw, pc, 3, 2, 1, **f32)
     return {
         "bn train forward": bn_fwd("batchnorm_forward_train"),
-        "bn train backward": lambda: call("batchnorm_backward", dx, dw, db, g, x, w, mean, rstd, N, C, **f32),
+        "bn train backward": lambda: call("batchnorm_backward", dx, dw, db, g, None, x, w, mean, rstd, N, C, 0, **f32),
         "bn+relu train forward": bn_fwd("batchnorm_relu_forward_train"),
-        "bn+relu train backward": lambda: call("batchnorm_relu_backward", dx, dw, db, g, relu_out, x, w, mean, rstd,
-                                               N, C, **f32),
+        "bn+relu train backward": lambda: call("batchnorm_backward", dx, dw, db, g, relu_out, x, w, mean, rstd, N, C,
+                                               0, **f32),
         "relu forward": lambda: call("relu_forward", y, x, n, **f32),
         "relu backward": lambda: call("relu_backward", dx, g, relu_out, n, **f32),
         "add+relu forward": lambda: call("add_relu_forward", y, x, g, n, **f32),
-        "add+relu backward": lambda: call("add_relu_backward", None, dx, g, relu_out, n, **f32),
+        "add+relu backward": lambda: call("add_relu_backward", None, dx, g, relu_out, n, 0, **f32),
         "maxpool forward": lambda: call("maxpool2d_forward", p_out, p_arg, p_in, pb, ph, pw, pc, 3, 2, 1, **f32),
         "maxpool backward": lambda: call("maxpool2d_backward", p_din, p_grad, p_arg, pb, ph, pw, pc, 3, 2, 1, **f32),
         "nchw->nhwc forward": lambda: call("nchw_to_nhwc_forward", img_nhwc, img, *IMAGES, **f32),

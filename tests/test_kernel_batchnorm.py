@@ -32,7 +32,7 @@ def test_train_backward_matches_finite_differences(N, C, affine):
     _, mean, rstd = bn_train(x, w, b, None, None)
     dx = np.full_like(x, np.nan)  # written, not read
     dw, db = (np.zeros(C), np.zeros(C)) if affine else (None, None)
-    call("batchnorm_backward", dx, dw, db, probe, x, w, mean, rstd, N, C, 0)
+    call("batchnorm_backward", dx, dw, db, probe, None, x, w, mean, rstd, N, C, 0)
     np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-6, atol=1e-8)
     if affine:
         np.testing.assert_allclose(dw, numerical_grad(loss, w), rtol=1e-6, atol=1e-8)
@@ -52,7 +52,7 @@ def test_eval_backward_matches_finite_differences():
         return float((out * probe).sum())
 
     dx, dw, db = np.full_like(x, np.nan), np.zeros(C), np.zeros(C)  # dx written, not read
-    call("batchnorm_backward_eval", dx, dw, db, probe, x, rm, rv, w, N, C, 1e-5, 0)
+    call("batchnorm_backward_eval", dx, dw, db, probe, None, x, rm, rv, w, N, C, 1e-5, 0)
     for analytic, wrt in ((dx, x), (dw, w), (db, b)):
         np.testing.assert_allclose(analytic, numerical_grad(loss, wrt), rtol=1e-6, atol=1e-8)
 
@@ -86,7 +86,7 @@ def test_matches_torch_batchnorm2d(B, C, H, W):
     ty.backward(torch.tensor(g))
     out, mean, rstd = bn_train(nhwc(x), w, b, rm, rv, dtype=np.float32)
     dx, dw, db = np.full((N, C), 0.5, np.float32), np.zeros(C, np.float32), np.zeros(C, np.float32)
-    call("batchnorm_backward", dx, dw, db, nhwc(g), nhwc(x), w, mean, rstd, N, C, 1, dtype=np.float32)
+    call("batchnorm_backward", dx, dw, db, nhwc(g), None, nhwc(x), w, mean, rstd, N, C, 1, dtype=np.float32)
     dx -= 0.5  # accumulated onto what was there
     np.testing.assert_allclose(out, nhwc(ty.detach().numpy()), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(rm, bn.running_mean.numpy(), rtol=1e-5, atol=1e-6)

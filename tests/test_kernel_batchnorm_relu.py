@@ -33,9 +33,9 @@ def test_backward_matches_finite_differences(train, N, C):
     assert (out == 0).any() and (out > 0).any()
     dx, dw, db = np.full_like(x, np.nan), np.zeros(C), np.zeros(C)  # dx written, not read
     if train:
-        call("batchnorm_relu_backward", dx, dw, db, probe, out, x, w, mean, rstd, N, C, 0)
+        call("batchnorm_backward", dx, dw, db, probe, out, x, w, mean, rstd, N, C, 0)
     else:
-        call("batchnorm_relu_backward_eval", dx, dw, db, probe, out, x, rm, rv, w, N, C, 1e-5, 0)
+        call("batchnorm_backward_eval", dx, dw, db, probe, out, x, rm, rv, w, N, C, 1e-5, 0)
     loss = lambda: float((forward()[0] * probe).sum())
     for analytic, wrt in ((dx, x), (dw, w), (db, b)):
         np.testing.assert_allclose(analytic, numerical_grad(loss, wrt), rtol=1e-6, atol=1e-8)
@@ -65,11 +65,11 @@ def test_matches_torch(train, B, C, H, W):
         mean, rstd = np.empty(C, np.float32), np.empty(C, np.float32)
         call("batchnorm_relu_forward_train", out, mean, rstd, rm, rv, nhwc(x), w, b, N, C, 1e-5, 0.1,
              dtype=np.float32)
-        call("batchnorm_relu_backward", dx, dw, db, nhwc(g), out, nhwc(x), w, mean, rstd, N, C, 1, dtype=np.float32)
+        call("batchnorm_backward", dx, dw, db, nhwc(g), out, nhwc(x), w, mean, rstd, N, C, 1, dtype=np.float32)
     else:
         call("batchnorm_forward_eval", out, nhwc(x), rm, rv, w, b, N, C, 1e-5, dtype=np.float32)
         np.maximum(out, 0, out=out)
-        call("batchnorm_relu_backward_eval", dx, dw, db, nhwc(g), out, nhwc(x), rm, rv, w, N, C, 1e-5, 1,
+        call("batchnorm_backward_eval", dx, dw, db, nhwc(g), out, nhwc(x), rm, rv, w, N, C, 1e-5, 1,
              dtype=np.float32)
     dx -= 0.5
     # as for BatchNorm alone (test_kernel_batchnorm.py): float32 statistics over N <= 784 rows, sums

@@ -254,7 +254,7 @@ HERBS_ISA_VARIANTS(bn_backward_blocks,
                     int b0, int b1),
                    (dinp, dweight, dbias, dout, relu_out, inp, weight, mean, rstd, N, C, accumulate, nb, b0, b1))
 
-static void FN(bn_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out,
+void FN(batchnorm_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out,
                             const real *inp, const real *weight, const real *mean, const real *rstd, int N, int C,
                             int accumulate)
 {
@@ -287,7 +287,7 @@ HERBS_ISA_VARIANTS(bn_backward_eval_blocks,
                    (dinp, dweight, dbias, dout, relu_out, inp, running_mean, running_var, weight, N, C, eps, accumulate,
                     nb, b0, b1))
 
-static void FN(bn_backward_eval)(real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out,
+void FN(batchnorm_backward_eval)(real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out,
                                  const real *inp, const real *running_mean, const real *running_var,
                                  const real *weight, int N, int C, real eps, int accumulate)
 {
@@ -295,33 +295,4 @@ static void FN(bn_backward_eval)(real *dinp, real *dweight, real *dbias, const r
     const int nb = FN(bn_blocks)(N, C, &nt);
     HERBS_ISA_PARALLEL(bn_backward_eval_blocks, nb, nt, dinp, dweight, dbias, dout, relu_out, inp, running_mean,
                        running_var, weight, N, C, eps, accumulate, nb);
-}
-
-void FN(batchnorm_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
-                            const real *weight, const real *mean, const real *rstd, int N, int C, int accumulate)
-{
-    FN(bn_backward)(dinp, dweight, dbias, dout, NULL, inp, weight, mean, rstd, N, C, accumulate);
-}
-
-void FN(batchnorm_backward_eval)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
-                                 const real *running_mean, const real *running_var, const real *weight, int N,
-                                 int C, real eps, int accumulate)
-{
-    FN(bn_backward_eval)(dinp, dweight, dbias, dout, NULL, inp, running_mean, running_var, weight, N, C, eps,
-                         accumulate);
-}
-
-void FN(batchnorm_relu_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *out,
-                                 const real *inp, const real *weight, const real *mean, const real *rstd, int N,
-                                 int C, int accumulate)
-{
-    FN(bn_backward)(dinp, dweight, dbias, dout, out, inp, weight, mean, rstd, N, C, accumulate);
-}
-
-void FN(batchnorm_relu_backward_eval)(real *dinp, real *dweight, real *dbias, const real *dout, const real *out,
-                                      const real *inp, const real *running_mean, const real *running_var,
-                                      const real *weight, int N, int C, real eps, int accumulate)
-{
-    FN(bn_backward_eval)(dinp, dweight, dbias, dout, out, inp, running_mean, running_var, weight, N, C, eps,
-                         accumulate);
 }

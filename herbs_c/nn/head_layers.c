@@ -125,14 +125,11 @@ herbs_status bn_backward(head_bn *bn, head_ctx *c, const float *dout, float *dx)
     float *dw = GRAD(c->t, bn->weight), *db = GRAD(c->t, bn->bias);
     const float *w = PARAM(c->t, bn->weight), *rm = BUFFER(c->t, bn->running_mean);
     const float *rv = BUFFER(c->t, bn->running_var);
-    if (bn->train && bn->relu)
-        batchnorm_relu_backward(dx, dw, db, dout, bn->out, bn->x, w, bn->mean, bn->rstd, bn->rows, bn->channels, 0);
-    else if (bn->train)
-        batchnorm_backward(dx, dw, db, dout, bn->x, w, bn->mean, bn->rstd, bn->rows, bn->channels, 0);
-    else if (bn->relu)
-        batchnorm_relu_backward_eval(dx, dw, db, dout, bn->out, bn->x, rm, rv, w, bn->rows, bn->channels, BN_EPS, 0);
+    const float *relu_out = bn->relu ? bn->out : NULL;
+    if (bn->train)
+        batchnorm_backward(dx, dw, db, dout, relu_out, bn->x, w, bn->mean, bn->rstd, bn->rows, bn->channels, 0);
     else
-        batchnorm_backward_eval(dx, dw, db, dout, bn->x, rm, rv, w, bn->rows, bn->channels, BN_EPS, 0);
+        batchnorm_backward_eval(dx, dw, db, dout, relu_out, bn->x, rm, rv, w, bn->rows, bn->channels, BN_EPS, 0);
     return HERBS_OK;
 }
 

@@ -219,14 +219,10 @@ static void bn_backward_pass(resnet *r, bn_layer *b, herbs_params *t, float *din
     const int C = b->channels;
     float *dw = GRAD(t, b->weight), *db = GRAD(t, b->bias);
     const float *w = PARAM(t, b->weight), *rm = BUFFER(t, b->running_mean), *rv = BUFFER(t, b->running_var);
-    if (r->train && relu_out)
-        batchnorm_relu_backward(dinp, dw, db, dout, relu_out, inp, w, b->mean, b->rstd, N, C, 0);
-    else if (r->train)
-        batchnorm_backward(dinp, dw, db, dout, inp, w, b->mean, b->rstd, N, C, 0);
-    else if (relu_out)
-        batchnorm_relu_backward_eval(dinp, dw, db, dout, relu_out, inp, rm, rv, w, N, C, BN_EPS, 0);
+    if (r->train)
+        batchnorm_backward(dinp, dw, db, dout, relu_out, inp, w, b->mean, b->rstd, N, C, 0);
     else
-        batchnorm_backward_eval(dinp, dw, db, dout, inp, rm, rv, w, N, C, BN_EPS, 0);
+        batchnorm_backward_eval(dinp, dw, db, dout, relu_out, inp, rm, rv, w, N, C, BN_EPS, 0);
 }
 
 /* out = BN(conv(inp)), through a ReLU when relu is set; train mode keeps y = conv(inp) for the
