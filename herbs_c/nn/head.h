@@ -49,8 +49,14 @@ typedef struct {
 } head_bn;
 
 herbs_status bn_init(head_bn *bn, herbs_params *t, const char *prefix, int channels);
-/* out[rows, C] = BN(x), through a ReLU when relu is set */
+/* out[rows, C] = BN(x), through a ReLU when relu is set (train mode; in eval mode a ReLU is
+   folded with the BN into the product before them: bn_fold_eval) */
 herbs_status bn_forward(head_bn *bn, head_ctx *c, const float *x, int rows, float *out, int relu);
+/* Eval mode, folded into the product y before it: ReLU(BN(y + bias)) = ReLU(y·scale + shift), with
+   scale[C], shift[C] from the running statistics and `bias` (y's, may be NULL); records the
+   forward (output out[rows, C]) for bn_backward, which needs bn->x set to the BN input first. */
+herbs_status bn_fold_eval(head_bn *bn, head_ctx *c, const float *bias, int rows, const float *out, float **scale,
+                          float **shift);
 /* dx[rows, C] = d(x) (written, not added to); parameter gradients accumulate */
 herbs_status bn_backward(head_bn *bn, head_ctx *c, const float *dout, float *dx);
 

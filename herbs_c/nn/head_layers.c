@@ -102,10 +102,11 @@ herbs_status bn_forward(head_bn *bn, head_ctx *c, const float *x, int rows, floa
     bn->train = c->train;
     bn->relu = relu;
     if (!c->train) {
+        if (relu)
+            return herbs_error(HERBS_ERR_STATE, "eval-mode BatchNorm+ReLU is folded into the product before it "
+                               "(bn_fold_eval), not run by bn_forward");
         batchnorm_forward_eval(out, x, BUFFER(c->t, bn->running_mean), BUFFER(c->t, bn->running_var),
                                PARAM(c->t, bn->weight), PARAM(c->t, bn->bias), rows, C, BN_EPS);
-        if (relu)
-            relu_forward(out, out, (size_t)rows * C);
         return HERBS_OK;
     }
     if (rows < 2)
@@ -117,6 +118,20 @@ herbs_status bn_forward(head_bn *bn, head_ctx *c, const float *x, int rows, floa
         out, bn->mean, bn->rstd, BUFFER(c->t, bn->running_mean), BUFFER(c->t, bn->running_var), x,
         PARAM(c->t, bn->weight), PARAM(c->t, bn->bias), rows, C, BN_EPS, BN_MOMENTUM);
     BUFFER(c->t, bn->num_batches_tracked)[0] += 1;
+    return HERBS_OK;
+}
+
+herbs_status bn_fold_eval(head_bn *bn, head_ctx *c, const float *bias, int rows, const float *out, float **scale,
+                          float **shift)
+{
+    const int C = bn->channels;
+    HERBS_TRY(head_alloc(c, C, 0, scale));
+    HERBS_TRY(head_alloc(c, C, 0, shift));
+    batchnorm_eval_affine(*scale, *shift, BUFFER(c->t, bn->running_mean), BUFFER(c->t, bn->running_var),
+                          PARAM(c->t, bn->weight), PARAM(c->t, bn->bias), C, BN_EPS);
+    for (int j = 0; bias && j < C; j++)
+        (*shift)[j] += bias[j] * (*scale)[j];
+    bn->x = NULL, bn->out = out, bn->rows = rows, bn->train = 0, bn->relu = 1;
     return HERBS_OK;
 }
 
@@ -146,26 +161,6 @@ herbs_status classifier_init(head_classifier *k, herbs_params *t, const char *pr
     return head_add_weight_bias(t, &k->w3, &k->b3, prefix, "3", classes, channels, 1);
 }
 
-/* Eval mode: r = ReLU(BN(x·W0ᵀ + b0)) = ReLU((x·W0ᵀ)·scale + (b0·scale + shift)) with BN's
-   scale and shift, one product that stores r; the BN input z is not kept (classifier_backward
-   computes it again if a backward follows). */
-static herbs_status classifier_forward_eval(head_classifier *k, head_ctx *c, const float *x, int rows)
-{
-    const int F = k->channels;
-    const float *b0 = PARAM(c->t, k->b0);
-    float *scale, *shift;
-    HERBS_TRY(head_alloc(c, F, 0, &scale));
-    HERBS_TRY(head_alloc(c, F, 0, &shift));
-    batchnorm_eval_affine(scale, shift, BUFFER(c->t, k->bn.running_mean), BUFFER(c->t, k->bn.running_var),
-                          PARAM(c->t, k->bn.weight), PARAM(c->t, k->bn.bias), F, BN_EPS);
-    for (int j = 0; j < F; j++)
-        shift[j] += b0[j] * scale[j];
-    linear_affine_forward(k->r, x, PARAM(c->t, k->w0), scale, shift, 1, rows, F, F);
-    k->z = NULL; /* the BN's record of this forward, but for its input */
-    k->bn.x = NULL, k->bn.out = k->r, k->bn.rows = rows, k->bn.train = 0, k->bn.relu = 1;
-    return HERBS_OK;
-}
-
 herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x, int rows, float *logits)
 {
     const size_t n = (size_t)rows * k->channels;
@@ -176,8 +171,11 @@ herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x,
         HERBS_TRY(head_alloc(c, n, 0, &k->z));
         linear_forward(k->z, x, PARAM(c->t, k->w0), PARAM(c->t, k->b0), rows, k->channels, k->channels);
         HERBS_TRY(bn_forward(&k->bn, c, k->z, rows, k->r, 1));
-    } else {
-        HERBS_TRY(classifier_forward_eval(k, c, x, rows));
+    } else { /* r = ReLU(BN(x·W0ᵀ + b0)) in the product's store; z is not kept */
+        float *scale, *shift;
+        HERBS_TRY(bn_fold_eval(&k->bn, c, PARAM(c->t, k->b0), rows, k->r, &scale, &shift));
+        linear_affine_forward(k->r, x, PARAM(c->t, k->w0), scale, shift, 1, rows, k->channels, k->channels);
+        k->z = NULL;
     }
     linear_forward(logits, k->r, PARAM(c->t, k->w3), PARAM(c->t, k->b3), rows, k->channels, k->classes);
     return HERBS_OK;
@@ -187,7 +185,7 @@ herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *d
 {
     const size_t n = (size_t)k->rows * k->channels;
     float *dr, *dz;
-    if (!k->z) { /* after an eval-mode forward */
+    if (!k->z) { /* after an eval-mode forward: the BN input, for its backward */
         HERBS_TRY(head_alloc(c, n, 0, &k->z));
         linear_forward(k->z, k->x, PARAM(c->t, k->w0), PARAM(c->t, k->b0), k->rows, k->channels, k->channels);
         k->bn.x = k->z;
