@@ -41,16 +41,14 @@ def herbs_model(backbone, img_size):
     return herbs.Model(backbone, num_classes=CLASSES, img_size=img_size, seed=0)
 
 
-def torch_model(model):
-    """The PyTorch reference with the herbs model's configuration and weights."""
-    import torch
+def torch_model(c, state):
+    """The PyTorch reference with a herbs model's configuration `c` (Model.config) and weights
+    (its state dict)."""
     import reference_resnet
     import reference_swin
-    from herbs_compare import RECOMPUTED
+    from herbs_compare import load_reference
     from reference_herbs import HERBS
-    import fnmatch
 
-    c = model.config
     if c["backbone"] == "swin":
         dims, depths, heads = reference_swin.VARIANTS[c["variant"]]
         backbone = reference_swin.swin(img_size=c["img_size"], embed_dim=dims, depths=depths, num_heads=heads,
@@ -66,28 +64,29 @@ def torch_model(model):
         channels = [256, 512, 1024, 2048]
         cnn = True
     keep = [s * n // 9 for s, n in zip(tokens, (1, 2, 4, 2))]  # herbs' default num_selects
-    assert sum(keep) == dict(model.named_parameters())["combiner.param_pool0.weight"].shape[1]
+    assert sum(keep) == state["combiner.param_pool0.weight"].shape[1]
     ref = HERBS(backbone, channels, tokens, CLASSES, keep, cnn=cnn)
-    sd = {k: torch.from_numpy(v) for k, v in model.state_dict().items()}
-    missing, unexpected = ref.load_state_dict(sd, strict=False)
-    assert not unexpected and all(any(fnmatch.fnmatchcase(k, p) for p in RECOMPUTED) for k in missing)
+    load_reference(ref, state)
     return ref
 
 
 def worker(side, config, batch, threads, repeats, weights):
-    """Runs one side's measurements; prints one JSON line."""
+    """Runs one side's measurements; prints one JSON line. The PyTorch side builds no herbs
+    model (its memory would count in PyTorch's peak): it reads the configuration and weights."""
     import numpy as np
-    import herbs
 
     backbone, _, img_size = CONFIGS[config]
-    herbs.set_num_threads(threads)
-    model = herbs_model(backbone, img_size)
-    model.load_state_dict(dict(np.load(weights)))
+    state = dict(np.load(weights))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, 3, img_size, img_size)).astype(np.float32)
     y = rng.integers(0, CLASSES, batch)
     x1 = x[:1].copy()
     if side == "herbs":
+        import herbs
+        herbs.set_num_threads(threads)
+        model = herbs_model(backbone, img_size)
+        model.load_state_dict(state)
+        del state
         train = lambda: model.train_step(x, y)
         infer = lambda: model.forward(x, train=False)
         latency = lambda: model.forward(x1, train=False)
@@ -95,8 +94,9 @@ def worker(side, config, batch, threads, repeats, weights):
         import torch
         from reference_herbs import herbs_loss
         torch.set_num_threads(threads)
-        ref = torch_model(model)
-        del model
+        with open(weights + ".json") as f:
+            ref = torch_model(json.load(f), state)
+        del state
         tx, ty, tx1 = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(x1)
 
         def train():
@@ -148,18 +148,20 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             import numpy as np
             weights = os.path.join(tmp, "weights.npz")
-            np.savez(weights, **herbs_model(backbone, img_size).state_dict())
+            model = herbs_model(backbone, img_size)
+            np.savez(weights, **model.state_dict())
+            with open(weights + ".json", "w") as f:
+                json.dump(model.config, f)
+            del model
             results = take_turns(args.rounds, ("herbs", "torch"), lambda side: run_side(
                 side, config, batch, args.threads, repeats, weights, args.wait_policy))
         for measure, unit in (("train", "img/s"), ("infer", "img/s"), ("latency", "ms")):
             h, t = results["herbs"][measure], results["torch"][measure]
+            ratio = median(t) / median(h)
             if unit == "ms":
                 fmt = lambda v: f"{1e3 * median(v):8.1f} ({1e3 * min(v):.0f}-{1e3 * max(v):.0f}) ms"
-                ratio = median(t) / median(h)
             else:
-                n = batch
-                fmt = lambda v: f"{n / median(v):7.2f} ({n / max(v):.2f}-{n / min(v):.2f})"
-                ratio = median(t) / median(h)
+                fmt = lambda v: f"{batch / median(v):7.2f} ({batch / max(v):.2f}-{batch / min(v):.2f})"
             mem = f"{results['herbs']['peak_mb']:.0f}/{results['torch']['peak_mb']:.0f}" if measure == "train" else ""
             print(f"{config:<14}{batch:>6}  {measure:<9}{fmt(h):>22}{fmt(t):>22}{ratio:>7.2f}x{mem:>17}", flush=True)
     print(f"load (1/5/15 min) at the end {load()}; ratio = PyTorch time / herbs time (> 1: herbs faster)")

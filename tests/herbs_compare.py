@@ -3,6 +3,7 @@ the same weights through the state dict, then outputs, rankings, loss terms, gra
 BatchNorm buffers side by side."""
 import contextlib
 import copy
+from collections.abc import Mapping
 import fnmatch
 import warnings
 
@@ -20,11 +21,12 @@ OUTPUT_NAMES = ([f"FPN1_layer{i}" for i in range(1, 5)] + [f"layer{i}" for i in 
 RECOMPUTED = ("*.attn_mask", "*.relative_position_index")
 
 
-def load_reference(ref, net):
-    """Copies the engine's tensors into the reference by name: every key must match, except the
-    reference's recomputed Swin buffers, which the engine does not store."""
-    result = ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict_from(net).items()},
-                                 strict=False)
+def load_reference(ref, state):
+    """Copies tensors into the reference by name — `state` is an engine net (its tensors) or a
+    name -> array mapping: every key must match, except the reference's recomputed Swin buffers,
+    which the engine does not store."""
+    arrays = state if isinstance(state, Mapping) else state_dict_from(state)
+    result = ref.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
     assert all(any(fnmatch.fnmatchcase(k, p) for p in RECOMPUTED) for k in result.missing_keys), result.missing_keys
 

@@ -17,7 +17,7 @@ IMAGE_HEADS = ["comb_outs", "ori_out"]
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     """A numerically stable softmax in float64."""
-    z = logits.astype(np.float64) - logits.max(axis=axis, keepdims=True)
+    z = np.asarray(logits, np.float64) - logits.max(axis=axis, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=axis, keepdims=True)
 

@@ -160,16 +160,14 @@ class Model:
     def _images(self, x) -> np.ndarray:
         """x as a C-contiguous float32 [B, C, H, W] of this model's image size."""
         a = np.asarray(x)
-        if a.dtype in (np.float64, np.float16):
-            a = a.astype(np.float32)
-        elif a.dtype != np.float32:
+        if a.dtype not in (np.float32, np.float64, np.float16):
             raise TypeError(f"images must be floating point (float32; float64 and float16 are converted), "
                             f"got dtype {a.dtype}")
         want = self.image_shape
         if a.ndim != 4 or a.shape[1:] != want or a.shape[0] < 1:
             raise ValueError(f"images have shape {a.shape}, expected (batch, {want[0]}, {want[1]}, {want[2]}) "
                              f"with batch >= 1 (img_size = {self.img_size})")
-        return np.ascontiguousarray(a)
+        return np.ascontiguousarray(a, dtype=np.float32)  # one copy at most: converted and C-ordered
 
     def _labels(self, y, batch: int) -> np.ndarray:
         a = np.asarray(y)
@@ -292,8 +290,8 @@ class Model:
         strict=False)`` takes (the only keys it would miss are those it does not need: a Swin
         backbone's recomputed ``attn_mask``/``relative_position_index`` buffers and its unused
         ImageNet ``norm``/``head``)."""
-        with self._claim() as net:  # np.asarray: 0-d counters as arrays (torch.from_numpy needs arrays)
-            return OrderedDict((k, np.asarray(v)) for k, v in _state.state_dict_from(net).items())
+        with self._claim() as net:
+            return OrderedDict(_state.state_dict_from(net))
 
     def load_state_dict(self, state_dict: Mapping, strict: bool = True) -> _state.LoadResult:
         """Copies tensors into the model by name (arrays of any float dtype; torch tensors work
