@@ -26,7 +26,7 @@ def run_herbs(args, weights):
     from herbs import _C
     herbs.set_num_threads(args.threads)
     net = _C.Net("resnet", {"img_size": args.img_size, "depths": args.depths, "width": args.width}, 0)
-    state = np.load(weights)
+    state = np.load(weights)  # lazy, one tensor at a time (state.load_into holds them all: a higher peak)
     for name, kind, shape, offset, size in net.tensors():
         block = net.params if kind == "parameter" else net.buffers
         block[offset:offset + size] = state[name].reshape(-1)

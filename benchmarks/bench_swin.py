@@ -22,7 +22,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from common import add_wait_policy_argument, load, machine, memory_mb, run_child, timed  # noqa: E402
+from common import add_wait_policy_argument, load, machine, memory_mb, run_child, take_turns, timed  # noqa: E402
 
 WARMUP = 2  # steps before timing: herbs sizes its arena on the first and touches it on the second
 
@@ -50,7 +50,7 @@ def child(job):
         from herbs import _C
         herbs.set_num_threads(threads)
         net = _C.Net("swin", config, 0)
-        for name, _, shape, offset, n in net.tensors():
+        for name, _, shape, offset, n in net.tensors():  # not state.load_into, which holds every array at once
             net.params[offset:offset + n] = weights[name].reshape(-1)
         grads = None
 
@@ -90,7 +90,7 @@ def child(job):
             sum((t * g).sum() for t, g in zip(taps, grads)).backward()
 
     times = timed(step, job["repeats"], job["warmup"])
-    print(json.dumps({"times": times, "peak_mb": memory_mb("VmHWM")}))
+    print(json.dumps({"times": times, "peak_mb": memory_mb()}))
 
 
 def measure(impl, config, batch, mode, threads, repeats, warmup, weights, wait_policy):
@@ -114,6 +114,7 @@ def main():
 
     import herbs
     from herbs import _C
+    from herbs.state import state_dict_from
     import torch
     repeats = args.repeats or 3
     print(f"date     {datetime.datetime.now().isoformat(timespec='seconds')}")
@@ -123,8 +124,8 @@ def main():
     print(f"herbs    {herbs.__version__}, {herbs.cpu_info()}")
     print(f"torch    {torch.__version__}")
     print(f"load     {load()} (1, 5, 15 min) at start")
-    print(f"timing   {args.rounds} rounds of (herbs process, torch process), each {repeats} timed steps after {WARMUP} "
-          f"warm-ups;\n         images/s: median [min, max] over all steps; ratio: median [min, max] of the rounds' "
+    print(f"timing   {args.rounds} rounds of a herbs and a torch process (which first alternates), each {repeats} "
+          f"timed steps after {WARMUP} warm-ups;\n         images/s: median [min, max] over all steps; ratio: median [min, max] of the rounds' "
           f"ratios;\n         memory: peak RSS of a process (largest over rounds)\n")
     header = (f"{'setting':38} {'mode':16} {'herbs img/s':>22} {'torch img/s':>22} {'herbs/torch':>20} "
               f"{'herbs MB':>9} {'torch MB':>9}")
@@ -134,24 +135,21 @@ def main():
         for title, config, batch in SETTINGS["quick" if args.quick else "full"]:
             net = _C.Net("swin", config, 0)
             weights = os.path.join(tmp, "weights.npz")
-            np.savez(weights, **{name: net.params[o:o + n].reshape(shape)
-                                 for name, _, shape, o, n in net.tensors()})
+            np.savez(weights, **state_dict_from(net))
             del net
             for mode in ("forward", "forward+backward"):
-                rates, ratios, mems = {"herbs": [], "torch": []}, [], {"herbs": 0.0, "torch": 0.0}
-                for _ in range(args.rounds):  # alternate the sides so that load drift hits both
-                    round_rates = {}
-                    for impl in ("herbs", "torch"):
-                        r = measure(impl, config, batch, mode, args.threads, repeats, WARMUP, weights, args.wait_policy)
-                        ips = [batch / t for t in r["times"]]
-                        rates[impl] += ips
-                        round_rates[impl] = statistics.median(ips)
-                        mems[impl] = max(mems[impl], r["peak_mb"])
-                    ratios.append(round_rates["herbs"] / round_rates["torch"])
-                cell = {k: f"{statistics.median(v):7.2f} [{min(v):.2f}, {max(v):.2f}]" for k, v in rates.items()}
+                def side(impl):
+                    r = measure(impl, config, batch, mode, args.threads, repeats, WARMUP, weights, args.wait_policy)
+                    ips = [batch / t for t in r["times"]]
+                    return {"ips": ips, "round_median": [statistics.median(ips)], "peak_mb": r["peak_mb"]}
+
+                res = take_turns(args.rounds, ("herbs", "torch"), side)
+                ratios = [h / t for h, t in zip(res["herbs"]["round_median"], res["torch"]["round_median"])]
+                cell = {k: f"{statistics.median(v['ips']):7.2f} [{min(v['ips']):.2f}, {max(v['ips']):.2f}]"
+                        for k, v in res.items()}
                 ratio = f"{statistics.median(ratios):5.2f}x [{min(ratios):.2f}, {max(ratios):.2f}]"
                 print(f"{title:38} {mode:16} {cell['herbs']:>22} {cell['torch']:>22} {ratio:>20} "
-                      f"{mems['herbs']:9.0f} {mems['torch']:9.0f}", flush=True)
+                      f"{res['herbs']['peak_mb']:9.0f} {res['torch']['peak_mb']:9.0f}", flush=True)
     print(f"\nload     {load()} at end")
 
 

@@ -24,14 +24,14 @@ def timed(step, repeats, warmup=1, cpu=None):
     return times
 
 
-def memory_mb(field="VmHWM"):
-    """This process's VmRSS (now) or VmHWM (peak resident set) in MB. Read from /proc rather than
+def memory_mb():
+    """This process's peak resident set (VmHWM) in MB. Read from /proc rather than
     getrusage's ru_maxrss, which Linux carries across execve: a child would report at least its
     parent's peak. NaN where /proc is missing (not Linux)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith(field + ":"):
+                if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
