@@ -15,10 +15,10 @@ void FN(linear_affine_forward)(real *out, const real *inp, const real *weight, c
 }
 
 void FN(linear_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
-                         const real *weight, int N, int C, int OC)
+                         const real *weight, int N, int C, int OC, int accumulate)
 {
     if (dinp)
-        FN(gemm)(0, 0, N, C, OC, 1, dout, OC, weight, C, 1, dinp, C);
+        FN(gemm)(0, 0, N, C, OC, 1, dout, OC, weight, C, accumulate ? 1 : 0, dinp, C);
     if (dweight)
         FN(gemm)(1, 0, OC, C, N, 1, dout, OC, inp, C, 1, dweight, C);
     if (dbias) { /* blocks of columns, rows in order: contiguous, vectorisable, deterministic */

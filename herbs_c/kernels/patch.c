@@ -26,10 +26,9 @@ void FN(patch_embed_backward)(real *dimages, real *dweight, real *dbias, real *w
                               const real *patches, const real *weight, int B, int C, int H, int W, int p, int D)
 {
     const int gh = H / p, gw = W / p, K = C * p * p, L = gh * gw;
-    FN(linear_backward)(NULL, dweight, dbias, dout, patches, weight, B * L, K, D);
+    FN(linear_backward)(dimages ? work : NULL, dweight, dbias, dout, patches, weight, B * L, K, D, 0);
     if (!dimages)
         return;
-    FN(gemm)(0, 0, B * L, K, D, 1, dout, D, weight, K, 0, work, K);
 #pragma omp parallel for collapse(2) schedule(static) PATCH_PARALLEL((double)B * C * H * W)
     for (int b = 0; b < B; b++)
         for (int y = 0; y < gh; y++)

@@ -95,7 +95,8 @@ static void node_summary_backward(head_combiner *g, head_ctx *c, size_t w, size_
     const int rows = c->batch * g->nodes;
     memset(room, 0, (size_t)rows * g->reduced * sizeof(float));
     token_mean_backward(room, dsummary, rows, g->reduced, 1);
-    linear_backward(dh0, GRAD(c->t, w), GRAD(c->t, b), room, g->h0, PARAM(c->t, w), rows, g->channels, g->reduced);
+    linear_backward(dh0, GRAD(c->t, w), GRAD(c->t, b), room, g->h0, PARAM(c->t, w), rows, g->channels, g->reduced,
+                    1);
 }
 
 herbs_status combiner_backward(head_combiner *g, head_ctx *c, const float *dout, float *dkept)
@@ -104,19 +105,19 @@ herbs_status combiner_backward(head_combiner *g, head_ctx *c, const float *dout,
     const size_t nodes = (size_t)B * J * F;
     float *dh5, *dh4, *dh3, *dh2, *dh1, *dh0, *dA, *dq, *dk, *room;
     HERBS_TRY(head_scratch_begin(c));
-    HERBS_TRY(head_scratch(c, (size_t)B * F, 1, &dh5));
+    HERBS_TRY(head_scratch(c, (size_t)B * F, 0, &dh5));
     HERBS_TRY(head_scratch(c, (size_t)B * F, 1, &dh4));
     HERBS_TRY(head_scratch(c, nodes, 1, &dh3));
     HERBS_TRY(head_scratch(c, nodes, 0, &dh2)); /* written by the BatchNorm's backward */
-    HERBS_TRY(head_scratch(c, nodes, 1, &dh1));
-    HERBS_TRY(head_scratch(c, nodes, 1, &dh0));
+    HERBS_TRY(head_scratch(c, nodes, 0, &dh1));
+    HERBS_TRY(head_scratch(c, nodes, 0, &dh0));
     HERBS_TRY(head_scratch(c, (size_t)B * J * J, 0, &dA));
     HERBS_TRY(head_scratch(c, (size_t)B * J, 1, &dq));
     HERBS_TRY(head_scratch(c, (size_t)B * J, 1, &dk));
     HERBS_TRY(head_scratch(c, (size_t)B * J * g->reduced, 0, &room));
 
     linear_backward(dh5, GRAD(c->t, g->cls_w), GRAD(c->t, g->cls_b), dout, g->h5, PARAM(c->t, g->cls_w), B, F,
-                    g->classes);
+                    g->classes, 0);
     if (g->dropped)
         dropout_backward(dh4, dh5, (size_t)B * F, g->dropout, g->dropout_seed, g->dropout_stream);
     else
@@ -125,12 +126,12 @@ herbs_status combiner_backward(head_combiner *g, head_ctx *c, const float *dout,
                           J, 1, F);
     HERBS_TRY(bn_backward(&g->bn, c, dh3, dh2));
     /* h2_b = A_bᵀ h1_b: dh1_b = A_b dh2_b, dA_b = h1_b dh2_bᵀ */
-    gemm_batched(0, 0, J, F, J, 1, g->adjacency, J, (long)J * J, dh2, F, (long)J * F, 1, dh1, F, (long)J * F, B);
+    gemm_batched(0, 0, J, F, J, 1, g->adjacency, J, (long)J * J, dh2, F, (long)J * F, 0, dh1, F, (long)J * F, B);
     gemm_batched(0, 1, J, J, F, 1, g->h1, F, (long)J * F, dh2, F, (long)J * F, 0, dA, J, (long)J * J, B);
     adjacency_backward(dq, dk, GRAD(c->t, g->adj1), GRAD(c->t, g->alpha1), dA, g->q, g->k, PARAM(c->t, g->alpha1), B,
                        J);
     linear_backward(dh0, GRAD(c->t, g->conv1_w), GRAD(c->t, g->conv1_b), dh1, g->h0, PARAM(c->t, g->conv1_w), B * J,
-                    F, F);
+                    F, F, 0); /* dh0's first part; the node summaries add theirs */
     node_summary_backward(g, c, g->q_w, g->q_b, dq, room, dh0);
     node_summary_backward(g, c, g->k_w, g->k_b, dk, room, dh0);
     token_linear_backward(dkept, GRAD(c->t, g->pool0_w), GRAD(c->t, g->pool0_b), dh0, g->x, PARAM(c->t, g->pool0_w), B,

@@ -126,7 +126,7 @@ herbs_status fpn_backward(head_fpn *f, head_ctx *c, float *const d_top_down[HERB
             avgpool2x2_backward(d_bottom_up[i - 1], d_bottom_up[i], B, f->height[i - 1], f->width[i - 1], F);
     }
     for (int i = 0; i < HERBS_TAPS; i++)
-        HERBS_TRY(mlp_backward(&f->up_proj[i], c, d_bottom_up[i], d_top_down[i]));
+        HERBS_TRY(mlp_backward(&f->up_proj[i], c, d_bottom_up[i], d_top_down[i], 1));
     /* top-down cascade, read upwards: top_down[i] = proj_i + Up(top_down[i+1]) */
     for (int i = 0; i < HERBS_TAPS - 1; i++) {
         if (f->type == FPN_TOKENS)
@@ -139,6 +139,6 @@ herbs_status fpn_backward(head_fpn *f, head_ctx *c, float *const d_top_down[HERB
             upsample_bilinear2x_backward(d_top_down[i + 1], d_top_down[i], B, f->height[i + 1], f->width[i + 1], F);
     }
     for (int i = 0; i < HERBS_TAPS; i++)
-        HERBS_TRY(mlp_backward(&f->down_proj[i], c, d_top_down[i], dtaps[i]));
+        HERBS_TRY(mlp_backward(&f->down_proj[i], c, d_top_down[i], dtaps[i], 0));
     return HERBS_OK;
 }

@@ -35,8 +35,8 @@ typedef struct {
 herbs_status mlp_init(head_mlp *m, herbs_params *t, const char *prefix, int in, int hidden, int out, int conv_shapes);
 /* out[rows, out] = Linear2(ReLU(Linear0(x[rows, in]))) */
 herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, int rows, float *out);
-/* dx[rows, in] += (NULL: not wanted); parameter gradients accumulate */
-herbs_status mlp_backward(head_mlp *m, head_ctx *c, const float *dout, float *dx);
+/* dx[rows, in] += (accumulate set) or = (NULL: not wanted); parameter gradients accumulate */
+herbs_status mlp_backward(head_mlp *m, head_ctx *c, const float *dout, float *dx, int accumulate);
 
 /* BatchNorm over the rows of [N, C] (BatchNorm1d on [B, C, L] is N = B·L): eps 1e-5, momentum 0.1,
    tensors weight, bias, running_mean, running_var, num_batches_tracked under prefix. */
@@ -75,7 +75,7 @@ herbs_status classifier_init(head_classifier *k, herbs_params *t, const char *pr
 /* logits[rows, classes] from x[rows, F] */
 herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x, int rows, float *logits);
 /* dx[rows, F] += from dlogits */
-herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *dlogits, float *dx);
+herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *dlogits, float *dx, int accumulate);
 
 /* --- the two-way feature pyramid (fpn.c) ----------------------------------------------------- */
 
@@ -104,7 +104,7 @@ herbs_status fpn_up_init(head_fpn *f, herbs_params *t);
 /* taps [B, S_i, C_i] -> f->top_down, f->bottom_up */
 herbs_status fpn_forward(head_fpn *f, head_ctx *c, float *const taps[HERBS_TAPS]);
 /* From d_top_down, d_bottom_up [B, S_i, F] (the gradients from outside the pyramid; the cascades
-   complete them in place) -> dtaps += [B, S_i, C_i]. */
+   complete them in place) -> dtaps = [B, S_i, C_i] (written, not read). */
 herbs_status fpn_backward(head_fpn *f, head_ctx *c, float *const d_top_down[HERBS_TAPS],
                           float *const d_bottom_up[HERBS_TAPS], float *const dtaps[HERBS_TAPS]);
 

@@ -63,18 +63,17 @@ herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, int rows, flo
     return HERBS_OK;
 }
 
-herbs_status mlp_backward(head_mlp *m, head_ctx *c, const float *dout, float *dx)
+herbs_status mlp_backward(head_mlp *m, head_ctx *c, const float *dout, float *dx, int accumulate)
 {
     float *dh;
     HERBS_TRY(head_scratch_begin(c));
     HERBS_TRY(head_scratch(c, (size_t)m->rows * m->hidden, 0, &dh));
-    /* dh = dout · W2 (written, not accumulated), then ReLU's mask in place */
-    gemm(0, 0, m->rows, m->hidden, m->out, 1, dout, m->out, PARAM(c->t, m->w2), m->hidden, 0, dh, m->hidden);
-    linear_backward(NULL, GRAD(c->t, m->w2), GRAD(c->t, m->b2), dout, m->h, PARAM(c->t, m->w2), m->rows, m->hidden,
-                    m->out);
+    /* dh = dout · W2, then ReLU's mask in place */
+    linear_backward(dh, GRAD(c->t, m->w2), GRAD(c->t, m->b2), dout, m->h, PARAM(c->t, m->w2), m->rows, m->hidden,
+                    m->out, 0);
     relu_mask(dh, m->h, (size_t)m->rows * m->hidden);
     linear_backward(dx, GRAD(c->t, m->w0), GRAD(c->t, m->b0), dh, m->x, PARAM(c->t, m->w0), m->rows, m->in,
-                    m->hidden);
+                    m->hidden, accumulate);
     return HERBS_OK;
 }
 
@@ -181,7 +180,7 @@ herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x,
     return HERBS_OK;
 }
 
-herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *dlogits, float *dx)
+herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *dlogits, float *dx, int accumulate)
 {
     const size_t n = (size_t)k->rows * k->channels;
     float *dr, *dz;
@@ -193,13 +192,11 @@ herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *d
     HERBS_TRY(head_scratch_begin(c));
     HERBS_TRY(head_scratch(c, n, 0, &dr));
     HERBS_TRY(head_scratch(c, n, 0, &dz));
-    /* dr = dlogits · W3 (written, not accumulated); the BN pass applies ReLU's mask */
-    gemm(0, 0, k->rows, k->channels, k->classes, 1, dlogits, k->classes, PARAM(c->t, k->w3), k->channels, 0, dr,
-         k->channels);
-    linear_backward(NULL, GRAD(c->t, k->w3), GRAD(c->t, k->b3), dlogits, k->r, PARAM(c->t, k->w3), k->rows,
-                    k->channels, k->classes);
+    /* dr = dlogits · W3; the BN pass applies ReLU's mask */
+    linear_backward(dr, GRAD(c->t, k->w3), GRAD(c->t, k->b3), dlogits, k->r, PARAM(c->t, k->w3), k->rows,
+                    k->channels, k->classes, 0);
     HERBS_TRY(bn_backward(&k->bn, c, dr, dz));
     linear_backward(dx, GRAD(c->t, k->w0), GRAD(c->t, k->b0), dz, k->x, PARAM(c->t, k->w0), k->rows, k->channels,
-                    k->channels);
+                    k->channels, accumulate);
     return HERBS_OK;
 }

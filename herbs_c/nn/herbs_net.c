@@ -152,13 +152,17 @@ static herbs_status herbs_backward(herbs_net *net, float *dimages)
     head_ctx c = {&net->params, &net->arena, &m->scratch, B, m->train};
     float *dtaps[HERBS_TAPS] = {NULL}, *d_top_down[HERBS_TAPS] = {NULL}, *d_bottom_up[HERBS_TAPS] = {NULL};
     float *dkept = NULL;
+    /* Each gradient buffer is written by its first contributor and added to by the others; zeroed
+       only where all of them add: the taps' when only ori_out's mean reaches them, the bottom-up
+       features' when the selector scatters the combiner's gradient into them first. */
+    const int taps_written = m->use_fpn || m->use_selection, kept_scattered = m->use_combiner;
     for (int i = 0; i < HERBS_TAPS; i++) {
-        const int tap_used = m->use_fpn || m->use_selection || i == HERBS_TAPS - 1;
-        if (tap_used)
-            HERBS_TRY(head_alloc(&c, (size_t)B * bb->tap_tokens[i] * bb->tap_channels[i], 1, &dtaps[i]));
+        const size_t tokens = (size_t)B * bb->tap_tokens[i];
+        if (taps_written || i == HERBS_TAPS - 1)
+            HERBS_TRY(head_alloc(&c, tokens * bb->tap_channels[i], !taps_written, &dtaps[i]));
         if (m->use_fpn) {
-            HERBS_TRY(head_alloc(&c, (size_t)B * bb->tap_tokens[i] * m->fpn_size, 1, &d_top_down[i]));
-            HERBS_TRY(head_alloc(&c, (size_t)B * bb->tap_tokens[i] * m->fpn_size, 1, &d_bottom_up[i]));
+            HERBS_TRY(head_alloc(&c, tokens * m->fpn_size, 0, &d_top_down[i]));
+            HERBS_TRY(head_alloc(&c, tokens * m->fpn_size, kept_scattered, &d_bottom_up[i]));
         }
     }
     if (m->use_combiner) {
@@ -175,22 +179,22 @@ static herbs_status herbs_backward(herbs_net *net, float *dimages)
         HERBS_TRY(selector_backward(&m->selector, &c, dselected, ddropped, dkept, dlogits, d_bottom_up));
     if (m->use_fpn) {
         for (int i = 0; i < HERBS_TAPS; i++) {
-            HERBS_TRY(classifier_backward(&m->up_cls[i], &c, dlogits[i], d_bottom_up[i]));
-            HERBS_TRY(classifier_backward(&m->down_cls[i], &c, out_grad(net, m->out_fpn1[i]), d_top_down[i]));
+            HERBS_TRY(classifier_backward(&m->up_cls[i], &c, dlogits[i], d_bottom_up[i], kept_scattered));
+            HERBS_TRY(classifier_backward(&m->down_cls[i], &c, out_grad(net, m->out_fpn1[i]), d_top_down[i], 0));
         }
         HERBS_TRY(fpn_backward(&m->fpn, &c, d_top_down, d_bottom_up, dtaps));
     } else if (m->use_selection) {
         for (int i = 0; i < HERBS_TAPS; i++)
             linear_backward(dtaps[i], GRAD(&net->params, m->plain_w[i]), GRAD(&net->params, m->plain_b[i]), dlogits[i],
                             m->taps[i], PARAM(&net->params, m->plain_w[i]), B * bb->tap_tokens[i], bb->tap_channels[i],
-                            m->classes);
+                            m->classes, 0);
     }
     if (m->out_ori >= 0) {
         const int S = bb->tap_tokens[HERBS_TAPS - 1], C = bb->tap_channels[HERBS_TAPS - 1];
         float *dmean;
-        HERBS_TRY(head_alloc(&c, (size_t)B * C, 1, &dmean));
+        HERBS_TRY(head_alloc(&c, (size_t)B * C, 0, &dmean));
         linear_backward(dmean, GRAD(&net->params, m->ori_w), GRAD(&net->params, m->ori_b), out_grad(net, m->out_ori),
-                        m->ori_mean, PARAM(&net->params, m->ori_w), B, C, m->classes);
+                        m->ori_mean, PARAM(&net->params, m->ori_w), B, C, m->classes, 0);
         token_mean_backward(dtaps[HERBS_TAPS - 1], dmean, B, S, C);
     }
     float *tap_grads[HERBS_TAPS] = {NULL};

@@ -37,7 +37,7 @@ static herbs_status linear_backward_pass(herbs_net *net, float *dimages)
     linear_net *ln = net->impl;
     int features = net->in_channels * net->height * net->width;
     linear_backward(dimages, GRAD(&net->params, ln->weight), GRAD(&net->params, ln->bias), net->outputs[0].grad,
-                    ln->images, PARAM(&net->params, ln->weight), net->forward_batch, features, ln->classes);
+                    ln->images, PARAM(&net->params, ln->weight), net->forward_batch, features, ln->classes, 1);
     return HERBS_OK;
 }
 

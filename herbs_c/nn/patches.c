@@ -3,7 +3,6 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "kernels/kernels.h"
 
@@ -14,28 +13,6 @@ typedef struct {
     float *cols[HERBS_TAPS]; /* last forward: the image's patches per tap [B·grid², 3·p·p] */
     int batch;
 } patches_backbone;
-
-/* cols[(b·g + gy)·g + gx, (ch·p + ky)·p + kx] = img[b, ch, gy·p + ky, gx·p + kx], or the
-   transpose (adding cols back into img) when `back` is set. */
-static void im2col(float *cols, float *img, int B, int channels, int size, int p, int back)
-{
-    const int g = size / p, row = channels * p * p;
-#pragma omp parallel for schedule(static) if ((size_t)B * channels * size * size > 65536)
-    for (int b = 0; b < B; b++)
-        for (int gy = 0; gy < g; gy++)
-            for (int gx = 0; gx < g; gx++)
-                for (int ch = 0; ch < channels; ch++)
-                    for (int ky = 0; ky < p; ky++) {
-                        float *c = cols + ((size_t)(b * g + gy) * g + gx) * row + (ch * p + ky) * p;
-                        float *x = img + (((size_t)b * channels + ch) * size + gy * p + ky) * size + gx * p;
-                        for (int kx = 0; kx < p; kx++) {
-                            if (back)
-                                x[kx] += c[kx];
-                            else
-                                c[kx] = x[kx];
-                        }
-                    }
-}
 
 static herbs_status patches_forward(herbs_backbone *base, const herbs_params *t, herbs_arena *arena,
                                     const float *images, int batch, int train, uint64_t seed, uint64_t step,
@@ -50,8 +27,8 @@ static herbs_status patches_forward(herbs_backbone *base, const herbs_params *t,
         taps[i] = herbs_arena_floats(arena, (size_t)rows * C, 0);
         if (!pb->cols[i] || !taps[i])
             return HERBS_ERR_NOMEM;
-        im2col(pb->cols[i], (float *)images, batch, base->in_channels, base->img_size, p, 0);
-        linear_forward(taps[i], pb->cols[i], PARAM(t, pb->weight[i]), PARAM(t, pb->bias[i]), rows, row, C);
+        patch_embed_forward(taps[i], pb->cols[i], images, PARAM(t, pb->weight[i]), PARAM(t, pb->bias[i]), batch,
+                            base->in_channels, base->img_size, base->img_size, p, C);
     }
     return HERBS_OK;
 }
@@ -67,13 +44,12 @@ static herbs_status patches_backward(herbs_backbone *base, herbs_params *t, herb
             continue;
         const int p = pb->patch[i], rows = pb->batch * base->tap_tokens[i], C = base->tap_channels[i];
         const int row = base->in_channels * p * p;
-        float *dcols = NULL;
-        if (dimages && !(dcols = herbs_arena_floats(arena, (size_t)rows * row, 1)))
+        float *work = NULL;
+        if (dimages && !(work = herbs_arena_floats(arena, (size_t)rows * row, 0)))
             return HERBS_ERR_NOMEM;
-        linear_backward(dcols, GRAD(t, pb->weight[i]), GRAD(t, pb->bias[i]), dtaps[i], pb->cols[i],
-                        PARAM(t, pb->weight[i]), rows, row, C);
-        if (dimages)
-            im2col(dcols, dimages, pb->batch, base->in_channels, base->img_size, p, 1);
+        patch_embed_backward(dimages, GRAD(t, pb->weight[i]), GRAD(t, pb->bias[i]), work, dtaps[i], pb->cols[i],
+                             PARAM(t, pb->weight[i]), pb->batch, base->in_channels, base->img_size, base->img_size, p,
+                             C);
     }
     return HERBS_OK;
 }

@@ -238,19 +238,16 @@ static void block_backward(const swin_block *k, const block_saved *v, const swin
     /* the GELU output again, and its derivative in place of the saved pre-activation (dead after
        this, which is why a forward allows one backward) */
     gelu_forward_derivative(z->act, v->hidden, v->hidden, (size_t)M * H);
-    linear_backward(NULL, GRAD(t, k->fc2_w), GRAD(t, k->fc2_b), g, z->act, PARAM(t, k->fc2_w), M, H, C);
-    gemm(0, 0, M, H, C, 1, g, C, PARAM(t, k->fc2_w), H, 0, z->dact, H);
+    linear_backward(z->dact, GRAD(t, k->fc2_w), GRAD(t, k->fc2_b), g, z->act, PARAM(t, k->fc2_w), M, H, C, 0);
     herbs_zero_floats(z->act, (size_t)M * H); /* now the hidden pre-activation's gradient */
     activation_backward(z->act, z->dact, v->hidden, (size_t)M * H);
-    linear_backward(NULL, GRAD(t, k->fc1_w), GRAD(t, k->fc1_b), z->act, z->ln, PARAM(t, k->fc1_w), M, C, H);
-    gemm(0, 0, M, C, H, 1, z->act, H, PARAM(t, k->fc1_w), C, 0, z->dln, C);
+    linear_backward(z->dln, GRAD(t, k->fc1_w), GRAD(t, k->fc1_b), z->act, z->ln, PARAM(t, k->fc1_w), M, C, H, 0);
     layernorm_backward(d, GRAD(t, k->norm2.weight), GRAD(t, k->norm2.bias), z->dln, v->x1, PARAM(t, k->norm2.weight),
                        v->mean2, v->rstd2, M, C);
 
     /* attention branch: x1 = x + scale1 · proj(attention(qkv(norm1(x)))) */
     g = branch_grad(z->dbranch, d, k->scale1, B, (long)L * C);
-    linear_backward(NULL, GRAD(t, k->proj_w), GRAD(t, k->proj_b), g, v->att, PARAM(t, k->proj_w), M, C, C);
-    gemm(0, 0, M, C, C, 1, g, C, PARAM(t, k->proj_w), C, 0, z->datt, C);
+    linear_backward(z->datt, GRAD(t, k->proj_w), GRAD(t, k->proj_b), g, v->att, PARAM(t, k->proj_w), M, C, C, 0);
     herbs_zero_floats(z->dqkv, (size_t)M * 3 * C);
     herbs_zero_floats(z->dbias, (size_t)st->heads * N * N);
     window_attention_backward(z->dqkv, z->dbias, z->work, z->datt, v->qkv, v->bias, v->lse, B, st->res, st->res, C,
@@ -258,9 +255,8 @@ static void block_backward(const swin_block *k, const block_saved *v, const swin
     relative_bias_backward(GRAD(t, k->table), z->dbias, st->heads, st->window);
     layernorm_forward(z->ln, v->mean1, v->rstd1, k->x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C,
                       SWIN_LN_EPS);
-    linear_backward(NULL, GRAD(t, k->qkv_w), k->qkv_b == SWIN_NONE ? NULL : GRAD(t, k->qkv_b), z->dqkv, z->ln,
-                    PARAM(t, k->qkv_w), M, C, 3 * C);
-    gemm(0, 0, M, C, 3 * C, 1, z->dqkv, 3 * C, PARAM(t, k->qkv_w), C, 0, z->dln, C);
+    linear_backward(z->dln, GRAD(t, k->qkv_w), k->qkv_b == SWIN_NONE ? NULL : GRAD(t, k->qkv_b), z->dqkv, z->ln,
+                    PARAM(t, k->qkv_w), M, C, 3 * C, 0);
     layernorm_backward(d, GRAD(t, k->norm1.weight), GRAD(t, k->norm1.bias), z->dln, k->x, PARAM(t, k->norm1.weight),
                        v->mean1, v->rstd1, M, C);
 }
@@ -273,9 +269,8 @@ static void merge_backward(const swin_stage *st, herbs_params *t, float *dx, con
     const size_t MC4 = (size_t)M * 4 * C;
     layernorm_forward(z->ln, st->merge_mean, st->merge_rstd, st->merged, PARAM(t, st->merge_norm.weight),
                       PARAM(t, st->merge_norm.bias), M, 4 * C, SWIN_LN_EPS);
-    linear_backward(NULL, GRAD(t, st->merge_reduction), NULL, dtap, z->ln, PARAM(t, st->merge_reduction), M, 4 * C,
-                    2 * C);
-    gemm(0, 0, M, 4 * C, 2 * C, 1, dtap, 2 * C, PARAM(t, st->merge_reduction), 4 * C, 0, z->dln, 4 * C);
+    linear_backward(z->dln, GRAD(t, st->merge_reduction), NULL, dtap, z->ln, PARAM(t, st->merge_reduction), M, 4 * C,
+                    2 * C, 0);
     float *dmerged = z->dqkv; /* free here, and at least res²·C floats */
     herbs_zero_floats(dmerged, MC4);
     layernorm_backward(dmerged, GRAD(t, st->merge_norm.weight), GRAD(t, st->merge_norm.bias), z->dln, st->merged,
