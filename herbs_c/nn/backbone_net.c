@@ -1,8 +1,8 @@
 /* A backbone as a network of its own, for tests and benchmarks: outputs "layer1".."layer4". */
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
+#include "core/threads.h"
 #include "nn/backbone.h"
 #include "nn/net.h"
 
@@ -46,9 +46,9 @@ void backbone_keep_tap_grad(const herbs_backbone *bb, float *tap_grads[HERBS_TAP
         return;
     const size_t n = (size_t)batch * bb->tap_tokens[i] * bb->tap_channels[i];
     if (grad)
-        memcpy(tap_grads[i], grad, n * sizeof(float));
+        herbs_copy_floats(tap_grads[i], grad, n);
     else
-        memset(tap_grads[i], 0, n * sizeof(float));
+        herbs_zero_floats(tap_grads[i], n);
 }
 
 static void bn_destroy(herbs_net *net)

@@ -44,6 +44,7 @@ herbs_status net_begin_forward(herbs_net *net, int batch)
         return herbs_error(HERBS_ERR_VALUE, "batch must be at least 1, got %d", batch);
     net->forward_batch = 0;
     net->backward_done = 0;
+    net->output_grads_zero = 1; /* net_add_output's gradients start zeroed */
     net->n_outputs = 0;
     net->n_probes = 0;
     return herbs_arena_reset(&net->arena);

@@ -69,6 +69,7 @@ struct herbs_net {
     int probe_backward; /* set for one backward: also keep the whole gradient at each probe */
     int forward_batch;  /* batch of the last forward; 0 when there is none to go back through */
     int backward_done;  /* set by backward, cleared by forward */
+    int output_grads_zero; /* every output's gradient is still the forward's zeros (none written since) */
     uint64_t seed;      /* random streams (drop path, dropout) are keyed by (seed, step, layer) */
     uint64_t step;      /* counts forward passes in train mode */
     void *impl;         /* the kind's own state */

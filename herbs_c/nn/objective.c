@@ -3,8 +3,8 @@
    gradients, ready for backward. Means are over every element, as PyTorch's default reductions. */
 #include <math.h>
 #include <stdio.h>
-#include <string.h>
 
+#include "core/threads.h"
 #include "kernels/kernels.h"
 #include "nn/herbs_model.h"
 
@@ -151,10 +151,12 @@ herbs_status herbs_model_loss(herbs_net *net, const int64_t *labels, int batch, 
         size_t size = 1;
         for (int d = 0; d < o->ndim; d++)
             size *= (size_t)o->shape[d];
-        memset(o->grad, 0, size * sizeof(float)); /* the objective's gradient replaces any earlier one */
+        if (!net->output_grads_zero) /* the objective's gradient replaces any earlier one */
+            herbs_zero_floats(o->grad, size);
         if (o->ndim == 3 && (size_t)(o->shape[0] * o->shape[1]) > most_rows)
             most_rows = (size_t)(o->shape[0] * o->shape[1]);
     }
+    net->output_grads_zero = 0;
     int *label_ints = herbs_arena_alloc(&net->arena, (size_t)batch * sizeof(int));
     float *rows;
     HERBS_TRY(head_alloc(&c, most_rows, 0, &rows));

@@ -295,6 +295,7 @@ static int set_output_grads(herbs_net *net, PyObject *grads)
             PyErr_Format(PyExc_ValueError, "gradient of '%s' has shape %s, expected a C-contiguous %s", name, got, expect);
             return 0;
         }
+        net->output_grads_zero = 0;
         herbs_copy_floats(o->grad, PyArray_DATA(g), (size_t)PyArray_SIZE(g));
     }
     return 1;
