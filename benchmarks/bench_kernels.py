@@ -62,7 +62,7 @@ def herbs_steps():
         "bn+relu train backward": lambda: call("batchnorm_backward", dx, dw, db, g, relu_out, x, w, mean, rstd, N, C,
                                                0, **f32),
         "relu forward": lambda: call("relu_forward", y, x, n, **f32),
-        "relu backward": lambda: call("relu_backward", dx, g, relu_out, n, **f32),
+        "relu backward": lambda: call("relu_backward", dx, g, relu_out, n, 0, **f32),
         "add+relu forward": lambda: call("add_relu_forward", y, x, g, n, **f32),
         "add+relu backward": lambda: call("add_relu_backward", None, dx, g, relu_out, n, 0, **f32),
         "maxpool forward": lambda: call("maxpool2d_forward", p_out, p_arg, p_in, pb, ph, pw, pc, 3, 2, 1, **f32),

@@ -76,11 +76,11 @@ def test_adjacency_matches_torch():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_relu_mask_is_relu_backward_in_place(dtype):
+def test_relu_backward_in_place_is_relu_backward_onto_zeros(dtype):
     rng = np.random.default_rng(3)
     out = np.maximum(rng.standard_normal(1001), 0).astype(dtype)  # a ReLU's output, zeros included
     g = rng.standard_normal(1001).astype(dtype)
     want = np.zeros_like(g)
-    call("relu_backward", want, g, out, 1001, dtype=dtype)
-    call("relu_mask", g, out, 1001, dtype=dtype)
+    call("relu_backward", want, g, out, 1001, 1, dtype=dtype)
+    call("relu_backward", g, g, out, 1001, 0, dtype=dtype)
     np.testing.assert_array_equal(g, want)

@@ -20,35 +20,30 @@ void FN(relu_forward)(real *out, const real *inp, size_t n)
     HERBS_ISA_PARALLEL(relu_forward_span, n, ACT_THREADS(n), out, inp);
 }
 
-HERBS_INLINE void FN(relu_backward_span)(real *dinp, const real *dout, const real *out, size_t i0, size_t i1)
+HERBS_INLINE void FN(relu_backward_span)(real *dinp, const real *dout, const real *out, int accumulate, size_t i0,
+                                         size_t i1)
 {
+    if (accumulate) {
 #pragma omp simd
-    for (size_t i = i0; i < i1; i++) {
-        const real g = dout[i], o = out[i]; /* both loaded: the select vectorises as a blend */
-        dinp[i] += o > 0 ? g : 0;
+        for (size_t i = i0; i < i1; i++) {
+            const real g = dout[i], o = out[i]; /* both loaded: the select vectorises as a blend */
+            dinp[i] += o > 0 ? g : 0;
+        }
+    } else {
+#pragma omp simd
+        for (size_t i = i0; i < i1; i++) {
+            const real g = dout[i], o = out[i];
+            dinp[i] = o > 0 ? g : 0;
+        }
     }
 }
-HERBS_ISA_VARIANTS(relu_backward_span, (real *dinp, const real *dout, const real *out, size_t i0, size_t i1),
-                   (dinp, dout, out, i0, i1))
+HERBS_ISA_VARIANTS(relu_backward_span,
+                   (real *dinp, const real *dout, const real *out, int accumulate, size_t i0, size_t i1),
+                   (dinp, dout, out, accumulate, i0, i1))
 
-void FN(relu_backward)(real *dinp, const real *dout, const real *out, size_t n)
+void FN(relu_backward)(real *dinp, const real *dout, const real *out, size_t n, int accumulate)
 {
-    HERBS_ISA_PARALLEL(relu_backward_span, n, ACT_THREADS(n), dinp, dout, out);
-}
-
-HERBS_INLINE void FN(relu_mask_span)(real *d, const real *out, size_t i0, size_t i1)
-{
-#pragma omp simd
-    for (size_t i = i0; i < i1; i++) {
-        const real g = d[i], o = out[i];
-        d[i] = o > 0 ? g : 0;
-    }
-}
-HERBS_ISA_VARIANTS(relu_mask_span, (real *d, const real *out, size_t i0, size_t i1), (d, out, i0, i1))
-
-void FN(relu_mask)(real *d, const real *out, size_t n)
-{
-    HERBS_ISA_PARALLEL(relu_mask_span, n, ACT_THREADS(n), d, out);
+    HERBS_ISA_PARALLEL(relu_backward_span, n, ACT_THREADS(n), dinp, dout, out, accumulate);
 }
 
 /* GELU, vectorised through fastmath.h */

@@ -1,17 +1,16 @@
-/* Elementwise activations over n values. Backward kernels accumulate (+=) into dinp. */
+/* Elementwise activations over n values. Backward kernels accumulate (+=) into dinp (relu_backward
+   when asked to). */
 
 /* out[n] = max(inp, 0); out may alias inp */
 void FN(relu_forward)(real *out, const real *inp, size_t n);
-/* dinp[n] += dout * (out > 0), from the forward's output */
-void FN(relu_backward)(real *dinp, const real *dout, const real *out, size_t n);
+/* dinp[n] += (accumulate set) or = dout * (out > 0), from the forward's output; dinp may alias
+   dout when it is written (the mask applied in place) */
+void FN(relu_backward)(real *dinp, const real *dout, const real *out, size_t n, int accumulate);
 
 /* out[n] = x · Φ(x) = x/2 · (1 + erf(x/√2)), the exact GELU; out may alias inp */
 void FN(gelu_forward)(real *out, const real *inp, size_t n);
 /* dinp[n] += dout · (Φ(x) + x·φ(x)), from the forward's input */
 void FN(gelu_backward)(real *dinp, const real *dout, const real *inp, size_t n);
-
-/* d[n] = out > 0 ? d : 0, in place: ReLU's backward when d holds only this ReLU's output gradient */
-void FN(relu_mask)(real *d, const real *out, size_t n);
 
 /* out[n] = gelu(x) and deriv[n] = gelu'(x) in one pass, for a backward that needs both (the
    output for a weight gradient, the derivative for the input gradient); deriv may alias inp */

@@ -71,7 +71,7 @@ herbs_status mlp_backward(head_mlp *m, head_ctx *c, const float *dout, float *dx
     /* dh = dout · W2, then ReLU's mask in place */
     linear_backward(dh, GRAD(c->t, m->w2), GRAD(c->t, m->b2), dout, m->h, PARAM(c->t, m->w2), m->rows, m->hidden,
                     m->out, 0);
-    relu_mask(dh, m->h, (size_t)m->rows * m->hidden);
+    relu_backward(dh, dh, m->h, (size_t)m->rows * m->hidden, 0);
     linear_backward(dx, GRAD(c->t, m->w0), GRAD(c->t, m->b0), dh, m->x, PARAM(c->t, m->w0), m->rows, m->in,
                     m->hidden, accumulate);
     return HERBS_OK;
