@@ -1,20 +1,12 @@
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
 
-/* The class whose softmax of the token-mean logits is largest (the first of equals). */
-static int FN(select_top_class)(const real *logits, real *mean, int S, int C)
+/* The class whose softmax of the token-mean logits mean[C] is largest (the first of equals). */
+static int FN(select_top_class)(const real *mean, int C)
 {
-    for (int c = 0; c < C; c++)
-        mean[c] = 0;
-    for (int s = 0; s < S; s++)
-        for (int c = 0; c < C; c++)
-            mean[c] += logits[(size_t)s * C + c];
     real top = -INFINITY;
-    for (int c = 0; c < C; c++) {
-        mean[c] /= S;
-        if (mean[c] > top)
-            top = mean[c];
-    }
+    for (int c = 0; c < C; c++)
+        top = mean[c] > top ? mean[c] : top;
     real sum = 0;
     for (int c = 0; c < C; c++)
         sum += exp(mean[c] - top);
@@ -68,12 +60,13 @@ static void FN(select_sort)(int *idx, int *tmp, const real *key, int n)
 
 void FN(select_rank)(int *order, int *scratch, real *score, real *mean, const real *logits, int B, int S, int C)
 {
+    FN(token_mean_forward)(mean, logits, B, S, C);
 #pragma omp parallel for schedule(dynamic, 1) if ((double)B * S * C > 65536)
     for (int b = 0; b < B; b++) {
         const real *lb = logits + (size_t)b * S * C;
         real *sb = score + (size_t)b * S;
         int *ob = order + (size_t)b * S;
-        const int top = FN(select_top_class)(lb, mean + (size_t)b * C, S, C);
+        const int top = FN(select_top_class)(mean + (size_t)b * C, C);
         for (int s = 0; s < S; s++) {
             sb[s] = FN(select_prob)(lb + (size_t)s * C, C, top);
             ob[s] = s;
