@@ -11,18 +11,30 @@ from ckernels import call, numerical_grad
 pytestmark = pytest.mark.usefixtures("isa")
 
 
-def upsample(x, dtype=np.float64):
+def upsample(x, dtype=np.float64, onto=None):
+    """The upsampling of x, written over NaN, or added onto a copy of `onto`."""
     B, H, W, C = x.shape
-    out = np.empty((B, 2 * H, 2 * W, C), dtype)
-    call("upsample_bilinear2x_forward", out, x, B, H, W, C, dtype=dtype)
+    out = np.full((B, 2 * H, 2 * W, C), np.nan, dtype) if onto is None else onto.astype(dtype)
+    call("upsample_bilinear2x_forward", out, x, B, H, W, C, int(onto is not None), dtype=dtype)
     return out
 
 
-def avgpool(x, dtype=np.float64):
+def avgpool(x, dtype=np.float64, onto=None):
     B, H, W, C = x.shape
-    out = np.empty((B, H // 2, W // 2, C), dtype)
-    call("avgpool2x2_forward", out, x, B, H, W, C, dtype=dtype)
+    out = np.full((B, H // 2, W // 2, C), np.nan, dtype) if onto is None else onto.astype(dtype)
+    call("avgpool2x2_forward", out, x, B, H, W, C, int(onto is not None), dtype=dtype)
     return out
+
+
+@pytest.mark.parametrize("forward", [upsample, avgpool])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_forward_adds_onto_out(forward, dtype):
+    """accumulate: out + the resampling, the sum rounded once, as adding the written result."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 6, 5, 7)).astype(dtype)
+    written = forward(x, dtype)
+    onto = rng.standard_normal(written.shape).astype(dtype)
+    np.testing.assert_array_equal(forward(x, dtype, onto), onto + written)
 
 
 @pytest.mark.parametrize("op,shape", [("upsample_bilinear2x", (2, 3, 5, 2)), ("upsample_bilinear2x", (1, 1, 2, 3)),

@@ -30,8 +30,8 @@ HERBS_INLINE real FN(up2x_weight)(int o, int i, int n)
 }
 
 /* output rows (image, oh) [r0, r1) */
-HERBS_INLINE void FN(upsample_bilinear2x_forward_rows)(real *out, const real *inp, int H, int W, int C, int r0,
-                                                       int r1)
+HERBS_INLINE void FN(upsample_bilinear2x_forward_rows)(real *out, const real *inp, int H, int W, int C,
+                                                       int accumulate, int r0, int r1)
 {
     const int OH = 2 * H, OW = 2 * W;
     for (int r = r0; r < r1; r++) {
@@ -49,17 +49,18 @@ HERBS_INLINE void FN(upsample_bilinear2x_forward_rows)(real *out, const real *in
             const real *x10 = row1 + (size_t)w0 * C, *x11 = row1 + (size_t)w1 * C;
 #pragma omp simd
             for (int c = 0; c < C; c++)
-                y[c] = a0 * (b0 * x00[c] + b1 * x01[c]) + a1 * (b0 * x10[c] + b1 * x11[c]);
+                y[c] = (accumulate ? y[c] : 0) + (a0 * (b0 * x00[c] + b1 * x01[c]) + a1 * (b0 * x10[c] + b1 * x11[c]));
         }
     }
 }
-HERBS_ISA_VARIANTS(upsample_bilinear2x_forward_rows, (real *out, const real *inp, int H, int W, int C, int r0, int r1),
-                   (out, inp, H, W, C, r0, r1))
+HERBS_ISA_VARIANTS(upsample_bilinear2x_forward_rows,
+                   (real *out, const real *inp, int H, int W, int C, int accumulate, int r0, int r1),
+                   (out, inp, H, W, C, accumulate, r0, r1))
 
-void FN(upsample_bilinear2x_forward)(real *out, const real *inp, int B, int H, int W, int C)
+void FN(upsample_bilinear2x_forward)(real *out, const real *inp, int B, int H, int W, int C, int accumulate)
 {
     HERBS_ISA_PARALLEL(upsample_bilinear2x_forward_rows, B * 2 * H, RESAMPLE_THREADS((double)B * 4 * H * W * C), out,
-                       inp, H, W, C);
+                       inp, H, W, C, accumulate);
 }
 
 /* input rows (image, h) [r0, r1), each a gather: input index i is read only by outputs 2i-2 .. 2i+3 */
@@ -103,7 +104,8 @@ void FN(upsample_bilinear2x_backward)(real *dinp, const real *dout, int B, int H
 }
 
 /* output rows (image, oh) [r0, r1) */
-HERBS_INLINE void FN(avgpool2x2_forward_rows)(real *out, const real *inp, int H, int W, int C, int r0, int r1)
+HERBS_INLINE void FN(avgpool2x2_forward_rows)(real *out, const real *inp, int H, int W, int C, int accumulate,
+                                              int r0, int r1)
 {
     const int OH = H / 2, OW = W / 2;
     for (int r = r0; r < r1; r++) {
@@ -114,17 +116,18 @@ HERBS_INLINE void FN(avgpool2x2_forward_rows)(real *out, const real *inp, int H,
             const size_t i = (size_t)2 * ow * C;
 #pragma omp simd
             for (int c = 0; c < C; c++)
-                y[c] = (row0[i + c] + row0[i + C + c] + row1[i + c] + row1[i + C + c]) / 4;
+                y[c] = (accumulate ? y[c] : 0) + (row0[i + c] + row0[i + C + c] + row1[i + c] + row1[i + C + c]) / 4;
         }
     }
 }
-HERBS_ISA_VARIANTS(avgpool2x2_forward_rows, (real *out, const real *inp, int H, int W, int C, int r0, int r1),
-                   (out, inp, H, W, C, r0, r1))
+HERBS_ISA_VARIANTS(avgpool2x2_forward_rows,
+                   (real *out, const real *inp, int H, int W, int C, int accumulate, int r0, int r1),
+                   (out, inp, H, W, C, accumulate, r0, r1))
 
-void FN(avgpool2x2_forward)(real *out, const real *inp, int B, int H, int W, int C)
+void FN(avgpool2x2_forward)(real *out, const real *inp, int B, int H, int W, int C, int accumulate)
 {
     HERBS_ISA_PARALLEL(avgpool2x2_forward_rows, B * (H / 2), RESAMPLE_THREADS((double)B * (H / 2) * (W / 2) * C * 4),
-                       out, inp, H, W, C);
+                       out, inp, H, W, C, accumulate);
 }
 
 /* output-gradient rows (image, oh) [r0, r1): each writes its own two input rows */

@@ -62,23 +62,17 @@ herbs_status fpn_up_init(head_fpn *f, herbs_params *t)
     return HERBS_OK;
 }
 
-/* the resampling between neighbouring CNN levels: [B,H,W,C] -> [B,2H,2W,C] or [B,H/2,W/2,C] */
-typedef void (*resample_fn)(float *out, const float *inp, int B, int H, int W, int C);
+/* the resampling between neighbouring CNN levels, added onto out: [B,H,W,C] -> [B,2H,2W,C] or [B,H/2,W/2,C] */
+typedef void (*resample_fn)(float *out, const float *inp, int B, int H, int W, int C, int accumulate);
 
 /* dst (level `to`) += resample(src) (level `from`, the neighbour), or src itself on the same grid */
-static herbs_status cnn_add_resampled(head_fpn *f, head_ctx *c, float *dst, int to, const float *src, int from,
-                                      resample_fn resample)
+static void cnn_add_resampled(head_fpn *f, head_ctx *c, float *dst, int to, const float *src, int from,
+                              resample_fn resample)
 {
-    if (same_grid(f, to, from)) {
+    if (same_grid(f, to, from))
         add_into(dst, src, level_size(f, c->batch, to));
-        return HERBS_OK;
-    }
-    float *tmp;
-    HERBS_TRY(head_scratch_begin(c));
-    HERBS_TRY(head_scratch(c, level_size(f, c->batch, to), 0, &tmp));
-    resample(tmp, src, c->batch, f->height[from], f->width[from], f->size);
-    add_into(dst, tmp, level_size(f, c->batch, to));
-    return HERBS_OK;
+    else
+        resample(dst, src, c->batch, f->height[from], f->width[from], f->size, 1);
 }
 
 herbs_status fpn_forward(head_fpn *f, head_ctx *c, float *const taps[HERBS_TAPS])
@@ -93,8 +87,7 @@ herbs_status fpn_forward(head_fpn *f, head_ctx *c, float *const taps[HERBS_TAPS]
             token_linear_forward(f->top_down[i - 1], f->top_down[i], PARAM(c->t, f->up_w[i]), PARAM(c->t, f->up_b[i]), B,
                                  f->tokens[i], f->tokens[i - 1], F, 1);
         else
-            HERBS_TRY(cnn_add_resampled(f, c, f->top_down[i - 1], i - 1, f->top_down[i], i,
-                                        upsample_bilinear2x_forward));
+            cnn_add_resampled(f, c, f->top_down[i - 1], i - 1, f->top_down[i], i, upsample_bilinear2x_forward);
     }
     for (int i = 0; i < HERBS_TAPS; i++) {
         HERBS_TRY(head_alloc(c, level_size(f, B, i), 0, &f->bottom_up[i]));
@@ -105,7 +98,7 @@ herbs_status fpn_forward(head_fpn *f, head_ctx *c, float *const taps[HERBS_TAPS]
             token_linear_forward(f->bottom_up[i + 1], f->bottom_up[i], PARAM(c->t, f->down_w[i]),
                                  PARAM(c->t, f->down_b[i]), B, f->tokens[i], f->tokens[i + 1], F, 1);
         else
-            HERBS_TRY(cnn_add_resampled(f, c, f->bottom_up[i + 1], i + 1, f->bottom_up[i], i, avgpool2x2_forward));
+            cnn_add_resampled(f, c, f->bottom_up[i + 1], i + 1, f->bottom_up[i], i, avgpool2x2_forward);
     }
     return HERBS_OK;
 }
