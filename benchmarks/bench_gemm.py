@@ -119,18 +119,22 @@ def cpu_seconds():
     return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
 
 
+def other_cpu_seconds(before, after):
+    """CPU seconds other processes used between two cpu_seconds() readings."""
+    return (after[0] - before[0]) - (after[1] - before[1])
+
+
 def wait_for_quiet(limit, threshold=0.2, window=1.0):
     """Waits up to `limit` seconds for a `window` in which other processes keep fewer than
-    `threshold` CPUs busy (a shared machine); True when one came."""
+    `threshold` CPUs busy (a shared machine)."""
     deadline = time.perf_counter() + limit
     while True:
         before = cpu_seconds()
         time.sleep(window)
-        after = cpu_seconds()
-        if before is None or (after[0] - before[0]) - (after[1] - before[1]) < threshold * window:
-            return True
+        if before is None or other_cpu_seconds(before, cpu_seconds()) < threshold * window:
+            return
         if time.perf_counter() > deadline:
-            return False
+            return
 
 
 def calls_per_sample(fn, min_time):
@@ -162,7 +166,7 @@ def measure(fns, flops, repeats, min_time, pause):
             samples[name].append(flops * calls[name] / (time.perf_counter() - t) / 1e9)
             time.sleep(pause)
     after, seconds = cpu_seconds(), time.perf_counter() - start
-    other = float("nan") if before is None else max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / seconds
+    other = float("nan") if before is None else max(0.0, other_cpu_seconds(before, after)) / seconds
     return samples, other
 
 

@@ -139,7 +139,7 @@ def main():
         make_weights(args, weights)
         base = ["--weights", weights, "--img-size", str(args.img_size), "--batch", str(args.batch), "--width",
                 str(args.width), "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup",
-                str(args.warmup), "--rounds", "1", "--depths", *map(str, args.depths)]
+                str(args.warmup), "--depths", *map(str, args.depths)]
         results = take_turns(args.rounds, ("herbs", "torch", "torch_channels_last"), lambda side: run_child(
             __file__, base + ["--side", side], args.threads, args.wait_policy, side))
 

@@ -12,6 +12,7 @@ import numpy as np
 import herbs
 from herbs import data, transforms, weights
 from herbs.evaluate import evaluate
+from herbs.model import _backbone_settings as backbone_settings
 from herbs.train import TrainConfig, train
 
 #: The demo: a small Swin HERBS on the built-in synthetic shapes, a couple of minutes on 2 cores.
@@ -72,14 +73,13 @@ def cmd_demo(a) -> None:
 
 
 def cmd_train(a) -> None:
-    if a.backbone not in herbs.BACKBONES:
-        raise ValueError(f"unknown backbone {a.backbone!r}: expected one of {', '.join(sorted(herbs.BACKBONES))}")
-    size = a.img_size or herbs.BACKBONES[a.backbone]["img_size"]
-    train_set = _dataset(a.data, a.layout, "train", transforms.train_transform(size))
-    if _layout(a.data, a.layout) == "folder":
+    size = a.img_size or backbone_settings(a.backbone)["img_size"]  # which also checks the name
+    layout = _layout(a.data, a.layout)
+    train_set = _dataset(a.data, layout, "train", transforms.train_transform(size))
+    if layout == "folder":
         val_set = _dataset(a.val, "folder", "test", transforms.eval_transform(size)) if a.val else None
     else:
-        val_set = _dataset(a.data, a.layout, "test", transforms.eval_transform(size))
+        val_set = _dataset(a.data, layout, "test", transforms.eval_transform(size))
     model_args = {"backbone": a.backbone, "num_classes": a.num_classes or train_set.num_classes, "img_size": size,
                   "seed": a.seed}
     model = herbs.Model(**model_args)

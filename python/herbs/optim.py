@@ -40,12 +40,12 @@ class _Optimizer:
         """Restores what state_dict returned; refuses another optimiser or another model size."""
         if state.get("type") != type(self).__name__:
             raise ValueError(f"optimiser state is for {state.get('type')!r}, not {type(self).__name__}")
+        saved = {name: np.asarray(state[name], dtype=np.float32) for name in self.state}
         for name, array in self.state.items():
-            saved = np.asarray(state[name], dtype=np.float32)
-            if saved.shape != array.shape:
-                raise ValueError(f"optimiser state {name!r} has shape {saved.shape}, expected {array.shape}")
+            if saved[name].shape != array.shape:
+                raise ValueError(f"optimiser state {name!r} has shape {saved[name].shape}, expected {array.shape}")
         for name, array in self.state.items():
-            array[...] = state[name]
+            array[...] = saved[name]
         for key in vars(self):
             if key not in ("params", "grads", "state") and key in state:
                 setattr(self, key, type(getattr(self, key))(state[key]))

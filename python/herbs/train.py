@@ -107,10 +107,11 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
                 raise FloatingPointError(f"the loss is {losses['total']} at epoch {epoch + 1}, batch {i + 1}")
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + value
+            lr = float(schedule[epoch * len(loader) + i])
             if i - group_start + 1 == group_size:
-                optimizer.step(lr=schedule[epoch * len(loader) + i])
+                optimizer.step(lr=lr)
                 model.zero_grad()
-            progress.update(1, loss=losses["total"], lr=float(schedule[epoch * len(loader) + i]))
+            progress.update(1, loss=losses["total"], lr=lr)
         seconds = time.perf_counter() - started
         record = {"epoch": epoch + 1, "temperature": temperature, "seconds": round(seconds, 3),
                   "images_per_second": round(len(loader) * config.batch_size / seconds, 3),
