@@ -22,6 +22,18 @@ typedef struct {
 
 /* --- building blocks (head_layers.c) -------------------------------------------------------- */
 
+/* Rows x[rows, F] known as the sum they were made of, x = h·Wᵀ + b + up2x(upper): a top-down CNN
+   level (fpn_top_down_factors). A product x·Aᵀ (A [N, F]) is then h·(A·W)ᵀ + up2x(upper·Aᵀ) + A·b,
+   products over h's `hidden` channels and over the upper level's four times fewer rows instead of
+   one over rows x F: fewer multiply-adds when hidden is small next to F (ResNet-50's layer1: 256
+   channels, F = 2048). The same values up to float rounding. */
+typedef struct {
+    const float *h, *w, *b; /* h [rows, hidden], W [F, hidden], b [F] */
+    int hidden;
+    const float *upper; /* [batch, height, width, F], x2 bilinear to x's grid */
+    int height, width;
+} level_factors;
+
 /* Linear–ReLU–Linear on rows: the release's Proj_ layers, nn.Sequential(Linear, ReLU, Linear)
    or, with conv_shapes, nn.Sequential(Conv2d 1x1, ReLU, Conv2d 1x1) (weights [out, in, 1, 1]). */
 typedef struct {
@@ -33,8 +45,9 @@ typedef struct {
 } head_mlp;
 
 herbs_status mlp_init(head_mlp *m, herbs_params *t, const char *prefix, int in, int hidden, int out, int conv_shapes);
-/* out[rows, out] = Linear2(ReLU(Linear0(x[rows, in]))) */
-herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, int rows, float *out);
+/* out[rows, out] = Linear2(ReLU(Linear0(x[rows, in]))); xf (NULL: none) describes x, and the first
+   product is computed from it when that takes fewer multiply-adds */
+herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, const level_factors *xf, int rows, float *out);
 /* dx[rows, in] += (accumulate set) or = (NULL: not wanted); parameter gradients accumulate */
 herbs_status mlp_backward(head_mlp *m, head_ctx *c, const float *dout, float *dx, int accumulate);
 
@@ -72,8 +85,9 @@ typedef struct {
 } head_classifier;
 
 herbs_status classifier_init(head_classifier *k, herbs_params *t, const char *prefix, int channels, int classes);
-/* logits[rows, classes] from x[rows, F] */
-herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x, int rows, float *logits);
+/* logits[rows, classes] from x[rows, F]; xf (NULL: none) as in mlp_forward */
+herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x, const level_factors *xf, int rows,
+                                float *logits);
 /* dx[rows, F] += from dlogits */
 herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *dlogits, float *dx, int accumulate);
 
@@ -103,6 +117,9 @@ herbs_status fpn_down_init(head_fpn *f, herbs_params *t, const herbs_backbone *b
 herbs_status fpn_up_init(head_fpn *f, herbs_params *t);
 /* taps [B, S_i, C_i] -> f->top_down, f->bottom_up */
 herbs_status fpn_forward(head_fpn *f, head_ctx *c, float *const taps[HERBS_TAPS]);
+/* Once the top-down cascade has run: top-down level i as its factors (level_factors), or 0 where it is
+   not such a sum (the token pyramid, the top level, a level on its upper neighbour's grid). */
+int fpn_top_down_factors(const head_fpn *f, const head_ctx *c, int i, level_factors *xf);
 /* From d_top_down, d_bottom_up [B, S_i, F] (the gradients from outside the pyramid; the cascades
    complete them in place) -> dtaps = [B, S_i, C_i] (written, not read). */
 herbs_status fpn_backward(head_fpn *f, head_ctx *c, float *const d_top_down[HERBS_TAPS],

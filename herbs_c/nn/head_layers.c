@@ -43,6 +43,44 @@ herbs_status head_add_weight_bias(herbs_params *t, size_t *w, size_t *b, const c
     return params_add(t, b, HERBS_PARAMETER, init, prefix, key, 1, (int64_t)out);
 }
 
+/* --- products over factored rows (level_factors) --------------------------------------------- */
+
+/* Whether x·Aᵀ from x's factors takes fewer multiply-adds than the plain product (per column of A:
+   F·hidden + rows·hidden + upper rows·F against rows·F), by a margin that pays for the extra passes
+   (three products instead of one, the upsampling of upper·Aᵀ). */
+static int factors_pay(const level_factors *xf, int batch, int rows, int F)
+{
+    const double upper_rows = (double)batch * xf->height * xf->width;
+    const double factored = (double)F * xf->hidden + (double)rows * xf->hidden + upper_rows * F;
+    return factored < 0.8 * (double)rows * F;
+}
+
+/* *out[N] = A·b + bias (bias NULL: none), the constant part of x·Aᵀ + bias, in the arena */
+static herbs_status factored_bias(head_ctx *c, const level_factors *xf, const float *a, const float *bias, int N,
+                                  int F, float **out)
+{
+    HERBS_TRY(head_alloc(c, N, 0, out));
+    linear_forward(*out, xf->b, a, bias, 1, F, N);
+    return HERBS_OK;
+}
+
+/* out[rows, N] = (x·Aᵀ)·scale + shift (then ReLU with relu) from x's factors, A [N, F], with A·b in
+   shift (factored_bias): out = up2x(upper·Aᵀ), then out += h·(A·W)ᵀ with the affine on each tile. */
+static herbs_status factored_product(head_ctx *c, const level_factors *xf, const float *a, int N, int F, int rows,
+                                     float *out, const float *scale, const float *shift, int relu)
+{
+    const int upper_rows = c->batch * xf->height * xf->width;
+    float *aw, *upper_a;
+    HERBS_TRY(head_scratch_begin(c));
+    HERBS_TRY(head_scratch(c, (size_t)N * xf->hidden, 0, &aw));
+    HERBS_TRY(head_scratch(c, (size_t)upper_rows * N, 0, &upper_a));
+    gemm(0, 0, N, xf->hidden, F, 1.0f, a, F, xf->w, xf->hidden, 0.0f, aw, xf->hidden);
+    linear_forward(upper_a, xf->upper, a, NULL, upper_rows, F, N);
+    upsample_bilinear2x_forward(out, upper_a, c->batch, xf->height, xf->width, N, 0);
+    gemm_affine(0, 1, rows, N, xf->hidden, 1.0f, xf->h, xf->hidden, aw, xf->hidden, 1.0f, out, N, scale, shift, relu);
+    return HERBS_OK;
+}
+
 /* --- Linear–ReLU–Linear ---------------------------------------------------------------------- */
 
 herbs_status mlp_init(head_mlp *m, herbs_params *t, const char *prefix, int in, int hidden, int out, int conv_shapes)
@@ -53,12 +91,18 @@ herbs_status mlp_init(head_mlp *m, herbs_params *t, const char *prefix, int in, 
     return head_add_weight_bias(t, &m->w2, &m->b2, prefix, "2", out, hidden, conv_shapes ? 2 : 0);
 }
 
-herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, int rows, float *out)
+herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, const level_factors *xf, int rows, float *out)
 {
+    const float *w0 = PARAM(c->t, m->w0), *b0 = PARAM(c->t, m->b0);
     m->x = x;
     m->rows = rows;
     HERBS_TRY(head_alloc(c, (size_t)rows * m->hidden, 0, &m->h));
-    linear_affine_forward(m->h, x, PARAM(c->t, m->w0), NULL, PARAM(c->t, m->b0), 1, rows, m->in, m->hidden);
+    if (xf && factors_pay(xf, c->batch, rows, m->in)) {
+        float *shift;
+        HERBS_TRY(factored_bias(c, xf, w0, b0, m->hidden, m->in, &shift));
+        HERBS_TRY(factored_product(c, xf, w0, m->hidden, m->in, rows, m->h, NULL, shift, 1));
+    } else
+        linear_affine_forward(m->h, x, w0, NULL, b0, 1, rows, m->in, m->hidden);
     linear_forward(out, m->h, PARAM(c->t, m->w2), PARAM(c->t, m->b2), rows, m->hidden, m->out);
     return HERBS_OK;
 }
@@ -160,23 +204,36 @@ herbs_status classifier_init(head_classifier *k, herbs_params *t, const char *pr
     return head_add_weight_bias(t, &k->w3, &k->b3, prefix, "3", classes, channels, 1);
 }
 
-herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x, int rows, float *logits)
+herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x, const level_factors *xf, int rows,
+                                float *logits)
 {
-    const size_t n = (size_t)rows * k->channels;
+    const int F = k->channels;
+    const size_t n = (size_t)rows * F;
+    const float *w0 = PARAM(c->t, k->w0), *b0 = PARAM(c->t, k->b0);
+    float *factored = NULL; /* with factors: W0·b + b0, the first product's bias */
     k->x = x;
     k->rows = rows;
     HERBS_TRY(head_alloc(c, n, 0, &k->r));
+    if (xf && factors_pay(xf, c->batch, rows, F))
+        HERBS_TRY(factored_bias(c, xf, w0, b0, F, F, &factored));
+    const float *bias = factored ? factored : b0;
     if (c->train) {
         HERBS_TRY(head_alloc(c, n, 0, &k->z));
-        linear_forward(k->z, x, PARAM(c->t, k->w0), PARAM(c->t, k->b0), rows, k->channels, k->channels);
+        if (factored)
+            HERBS_TRY(factored_product(c, xf, w0, F, F, rows, k->z, NULL, factored, 0));
+        else
+            linear_forward(k->z, x, w0, b0, rows, F, F);
         HERBS_TRY(bn_forward(&k->bn, c, k->z, rows, k->r, 1));
     } else { /* r = ReLU(BN(x·W0ᵀ + b0)) in the product's store; z is not kept */
         float *scale, *shift;
-        HERBS_TRY(bn_fold_eval(&k->bn, c, PARAM(c->t, k->b0), rows, k->r, &scale, &shift));
-        linear_affine_forward(k->r, x, PARAM(c->t, k->w0), scale, shift, 1, rows, k->channels, k->channels);
+        HERBS_TRY(bn_fold_eval(&k->bn, c, bias, rows, k->r, &scale, &shift));
+        if (factored)
+            HERBS_TRY(factored_product(c, xf, w0, F, F, rows, k->r, scale, shift, 1));
+        else
+            linear_affine_forward(k->r, x, w0, scale, shift, 1, rows, F, F);
         k->z = NULL;
     }
-    linear_forward(logits, k->r, PARAM(c->t, k->w3), PARAM(c->t, k->b3), rows, k->channels, k->classes);
+    linear_forward(logits, k->r, PARAM(c->t, k->w3), PARAM(c->t, k->b3), rows, F, k->classes);
     return HERBS_OK;
 }
 

@@ -108,11 +108,15 @@ static herbs_status herbs_forward(herbs_net *net, const float *images, int batch
     }
     if (m->use_fpn) {
         HERBS_TRY(fpn_forward(&m->fpn, &c, m->taps));
-        for (int i = 0; i < HERBS_TAPS; i++)
-            HERBS_TRY(classifier_forward(&m->down_cls[i], &c, m->fpn.top_down[i], batch * bb->tap_tokens[i],
-                                         out_data(net, m->out_fpn1[i])));
         for (int i = 0; i < HERBS_TAPS; i++) {
-            HERBS_TRY(classifier_forward(&m->up_cls[i], &c, m->fpn.bottom_up[i], batch * bb->tap_tokens[i], logits[i]));
+            level_factors xf;
+            const int factored = fpn_top_down_factors(&m->fpn, &c, i, &xf);
+            HERBS_TRY(classifier_forward(&m->down_cls[i], &c, m->fpn.top_down[i], factored ? &xf : NULL,
+                                         batch * bb->tap_tokens[i], out_data(net, m->out_fpn1[i])));
+        }
+        for (int i = 0; i < HERBS_TAPS; i++) {
+            HERBS_TRY(classifier_forward(&m->up_cls[i], &c, m->fpn.bottom_up[i], NULL, batch * bb->tap_tokens[i],
+                                         logits[i]));
             features[i] = m->fpn.bottom_up[i];
         }
     } else if (m->use_selection) {
