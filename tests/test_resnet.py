@@ -148,7 +148,10 @@ def test_resnet50_as_accurate_as_torch_float32(train):
     by luck. So both float32 results are judged against a float64 run of the same reference:
     herbs must be as close to it as PyTorch float32 is (taps within 2x of PyTorch's error plus
     a rounding floor; gradients: median error within 2x of PyTorch's median, and no tensor off
-    by more than 5e-2, which any real bug exceeds by far)."""
+    by more than 5e-2 or twice PyTorch's worst, whichever is larger — a real bug is off by far
+    more). Over input seeds 1-10 the worst parameter gradient is off by up to 6.4e-2 in PyTorch float32 and
+    up to 4.3x PyTorch's worst in herbs (portable kernels; 2.4e-2 against 5.5e-3), so neither
+    bound alone holds by more than luck; together they hold for all ten on every ISA."""
     import copy
     net, ref = make_pair((3, 4, 6, 3), 64, 64)
     ref64 = copy.deepcopy(ref)
@@ -173,7 +176,8 @@ def test_resnet50_as_accurate_as_torch_float32(train):
     theirs = {n: rel_err(grads32[n], grads64[n]) for n in mine}
     mine["image"], theirs["image"] = rel_err(dx, dx64), rel_err(dx32, dx64)
     worst = max(mine, key=mine.get)
-    assert mine[worst] < 5e-2, f"{worst}: {mine[worst]:.2e} (PyTorch float32: {theirs[worst]:.2e})"
+    bound = max(5e-2, 2 * max(theirs.values()))
+    assert mine[worst] < bound, f"{worst}: {mine[worst]:.2e} > {bound:.2e} (PyTorch float32 here: {theirs[worst]:.2e})"
     assert np.median(list(mine.values())) < 2 * np.median(list(theirs.values())) + 1e-5
 
 
