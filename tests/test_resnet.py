@@ -149,9 +149,10 @@ def test_resnet50_as_accurate_as_torch_float32(train):
     herbs must be as close to it as PyTorch float32 is (taps within 2x of PyTorch's error plus
     a rounding floor; gradients: median error within 2x of PyTorch's median, and no tensor off
     by more than 5e-2 or twice PyTorch's worst, whichever is larger — a real bug is off by far
-    more). Over input seeds 1-10 the worst parameter gradient is off by up to 6.4e-2 in PyTorch float32 and
-    up to 4.3x PyTorch's worst in herbs (portable kernels; 2.4e-2 against 5.5e-3), so neither
-    bound alone holds by more than luck; together they hold for all ten on every ISA."""
+    more). Over input seeds 1-10 the worst parameter gradient is off by up to 6.4e-2 in PyTorch
+    float32 and by up to 4.3x PyTorch's worst in herbs (portable kernels; 2.4e-2 against
+    5.5e-3), so neither bound alone holds by more than luck; together they hold for all ten on
+    every ISA."""
     import copy
     net, ref = make_pair((3, 4, 6, 3), 64, 64)
     ref64 = copy.deepcopy(ref)
