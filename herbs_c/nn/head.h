@@ -26,7 +26,8 @@ typedef struct {
    level (fpn_top_down_factors). A product x·Aᵀ (A [N, F]) is then h·(A·W)ᵀ + up2x(upper·Aᵀ) + A·b,
    products over h's `hidden` channels and over the upper level's four times fewer rows instead of
    one over rows x F: fewer multiply-adds when hidden is small next to F (ResNet-50's layer1: 256
-   channels, F = 2048). The same values up to float rounding. */
+   channels, F = 2048). The same values up to float rounding. The weight gradient likewise:
+   dA += dyᵀ·x = (dyᵀ·h)·Wᵀ + (Σ dy)·bᵀ + up2x_backward(dy)ᵀ·upper. */
 typedef struct {
     const float *h, *w, *b; /* h [rows, hidden], W [F, hidden], b [F] */
     int hidden;
@@ -42,6 +43,8 @@ typedef struct {
     const float *x; /* last forward: input and post-ReLU hidden rows */
     float *h;
     int rows;
+    int factored; /* last forward: x's factors were used (then kept in xf, for the weight gradient) */
+    level_factors xf;
 } head_mlp;
 
 herbs_status mlp_init(head_mlp *m, herbs_params *t, const char *prefix, int in, int hidden, int out, int conv_shapes);
@@ -82,6 +85,8 @@ typedef struct {
     const float *x; /* last forward: input rows, first conv's output (BN input; eval: NULL), post-ReLU rows */
     float *z, *r;
     int rows;
+    int factored; /* as in head_mlp */
+    level_factors xf;
 } head_classifier;
 
 herbs_status classifier_init(head_classifier *k, herbs_params *t, const char *prefix, int channels, int classes);

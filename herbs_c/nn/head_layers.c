@@ -81,6 +81,35 @@ static herbs_status factored_product(head_ctx *c, const level_factors *xf, const
     return HERBS_OK;
 }
 
+/* dw[N, F] += dyᵀ·x for dy [rows, N] from x's factors: (dyᵀ·h)·Wᵀ + (Σ dy)·bᵀ + up2x_backward(dy)ᵀ·upper,
+   with temporaries in the scratch (not reset: the caller's dy may live there). */
+static herbs_status factored_weight_grad(head_ctx *c, const level_factors *xf, const float *dy, int rows, int N,
+                                         int F, float *dw)
+{
+    const int upper_rows = c->batch * xf->height * xf->width;
+    float *dy_h, *dy_sum, *dy_upper;
+    HERBS_TRY(head_scratch(c, (size_t)N * xf->hidden, 0, &dy_h));
+    HERBS_TRY(head_scratch(c, N, 1, &dy_sum));
+    HERBS_TRY(head_scratch(c, (size_t)upper_rows * N, 1, &dy_upper));
+    gemm(1, 0, N, xf->hidden, rows, 1.0f, dy, N, xf->h, xf->hidden, 0.0f, dy_h, xf->hidden);
+    gemm(0, 1, N, F, xf->hidden, 1.0f, dy_h, xf->hidden, xf->w, xf->hidden, 1.0f, dw, F);
+    linear_backward(NULL, NULL, dy_sum, dy, NULL, NULL, rows, F, N, 0);
+    gemm(1, 0, N, F, 1, 1.0f, dy_sum, N, xf->b, F, 1.0f, dw, F);
+    upsample_bilinear2x_backward(dy_upper, dy, c->batch, xf->height, xf->width, N);
+    gemm(1, 0, N, F, upper_rows, 1.0f, dy_upper, N, xf->upper, F, 1.0f, dw, F);
+    return HERBS_OK;
+}
+
+/* dx[rows, F] (+)= dy·A, dA += dyᵀ·x, dbias += Σ dy for the product x·Aᵀ + bias of a forward that used
+   x's factors (factored; then dA from them) or x itself */
+static herbs_status product_backward(head_ctx *c, int factored, const level_factors *xf, float *dx, float *da,
+                                     float *dbias, const float *dy, const float *x, const float *a, int rows, int F,
+                                     int N, int accumulate)
+{
+    linear_backward(dx, factored ? NULL : da, dbias, dy, x, a, rows, F, N, accumulate);
+    return factored ? factored_weight_grad(c, xf, dy, rows, N, F, da) : HERBS_OK;
+}
+
 /* --- Linear–ReLU–Linear ---------------------------------------------------------------------- */
 
 herbs_status mlp_init(head_mlp *m, herbs_params *t, const char *prefix, int in, int hidden, int out, int conv_shapes)
@@ -97,8 +126,10 @@ herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, const level_f
     m->x = x;
     m->rows = rows;
     HERBS_TRY(head_alloc(c, (size_t)rows * m->hidden, 0, &m->h));
-    if (xf && factors_pay(xf, c->batch, rows, m->in)) {
+    m->factored = xf && factors_pay(xf, c->batch, rows, m->in);
+    if (m->factored) {
         float *shift;
+        m->xf = *xf;
         HERBS_TRY(factored_bias(c, xf, w0, b0, m->hidden, m->in, &shift));
         HERBS_TRY(factored_product(c, xf, w0, m->hidden, m->in, rows, m->h, NULL, shift, 1));
     } else
@@ -116,9 +147,8 @@ herbs_status mlp_backward(head_mlp *m, head_ctx *c, const float *dout, float *dx
     linear_backward(dh, GRAD(c->t, m->w2), GRAD(c->t, m->b2), dout, m->h, PARAM(c->t, m->w2), m->rows, m->hidden,
                     m->out, 0);
     relu_backward(dh, dh, m->h, (size_t)m->rows * m->hidden, 0);
-    linear_backward(dx, GRAD(c->t, m->w0), GRAD(c->t, m->b0), dh, m->x, PARAM(c->t, m->w0), m->rows, m->in,
-                    m->hidden, accumulate);
-    return HERBS_OK;
+    return product_backward(c, m->factored, &m->xf, dx, GRAD(c->t, m->w0), GRAD(c->t, m->b0), dh, m->x,
+                            PARAM(c->t, m->w0), m->rows, m->in, m->hidden, accumulate);
 }
 
 /* --- BatchNorm over rows --------------------------------------------------------------------- */
@@ -210,24 +240,27 @@ herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x,
     const int F = k->channels;
     const size_t n = (size_t)rows * F;
     const float *w0 = PARAM(c->t, k->w0), *b0 = PARAM(c->t, k->b0);
-    float *factored = NULL; /* with factors: W0·b + b0, the first product's bias */
+    float *factored_b0 = NULL; /* with factors: W0·b + b0, the bias of x's other terms through W0 */
     k->x = x;
     k->rows = rows;
     HERBS_TRY(head_alloc(c, n, 0, &k->r));
-    if (xf && factors_pay(xf, c->batch, rows, F))
-        HERBS_TRY(factored_bias(c, xf, w0, b0, F, F, &factored));
-    const float *bias = factored ? factored : b0;
+    k->factored = xf && factors_pay(xf, c->batch, rows, F);
+    if (k->factored) {
+        k->xf = *xf;
+        HERBS_TRY(factored_bias(c, xf, w0, b0, F, F, &factored_b0));
+    }
+    const float *bias = k->factored ? factored_b0 : b0;
     if (c->train) {
         HERBS_TRY(head_alloc(c, n, 0, &k->z));
-        if (factored)
-            HERBS_TRY(factored_product(c, xf, w0, F, F, rows, k->z, NULL, factored, 0));
+        if (k->factored)
+            HERBS_TRY(factored_product(c, xf, w0, F, F, rows, k->z, NULL, bias, 0));
         else
             linear_forward(k->z, x, w0, b0, rows, F, F);
         HERBS_TRY(bn_forward(&k->bn, c, k->z, rows, k->r, 1));
     } else { /* r = ReLU(BN(x·W0ᵀ + b0)) in the product's store; z is not kept */
         float *scale, *shift;
         HERBS_TRY(bn_fold_eval(&k->bn, c, bias, rows, k->r, &scale, &shift));
-        if (factored)
+        if (k->factored)
             HERBS_TRY(factored_product(c, xf, w0, F, F, rows, k->r, scale, shift, 1));
         else
             linear_affine_forward(k->r, x, w0, scale, shift, 1, rows, F, F);
@@ -253,7 +286,6 @@ herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *d
     linear_backward(dr, GRAD(c->t, k->w3), GRAD(c->t, k->b3), dlogits, k->r, PARAM(c->t, k->w3), k->rows,
                     k->channels, k->classes, 0);
     HERBS_TRY(bn_backward(&k->bn, c, dr, dz));
-    linear_backward(dx, GRAD(c->t, k->w0), GRAD(c->t, k->b0), dz, k->x, PARAM(c->t, k->w0), k->rows, k->channels,
-                    k->channels, accumulate);
-    return HERBS_OK;
+    return product_backward(c, k->factored, &k->xf, dx, GRAD(c->t, k->w0), GRAD(c->t, k->b0), dz, k->x,
+                            PARAM(c->t, k->w0), k->rows, k->channels, k->channels, accumulate);
 }
