@@ -58,6 +58,21 @@ def test_full_model_matches_reference(train, cnn):
     assert set(terms) == {"total", "comb", "layer", "drop", "select", "refine"}
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_cnn_pyramid_through_level_factors(train):
+    """A top-down CNN level is h·Wᵀ + b + up2x(upper), and the engine computes the products that read
+    it (and their backward) through those factors where that takes fewer multiply-adds. At
+    fpn_size 96 and batch 12 it does for layer1 and layer2 in the forward, the weight gradients and
+    the input gradients (handed on as terms, so layer2's gradient is the cascade from layer1 plus
+    terms only), and not for layer3 (on layer4's grid); the fpn_size-32 model of
+    test_full_model_matches_reference takes the factored forward and weight gradients at layer1
+    only. Must match the reference as the plain products do."""
+    net = engine(fpn_type="cnn", fpn_size=96)
+    perturb_buffers(net)
+    x, y = batch(B=12)
+    compare_step(net, reference(cnn=True, fpn_size=96), x, y, train)
+
+
 def test_two_graph_nodes_and_trained_adjacency():
     """J = 2 nodes and a non-zero alpha1 (it starts at 0), so the adaptive adjacency matters."""
     keep = (110, 20, 3, 3)  # ΣK = 136 -> J = 2 graph nodes; 48 px images give layer1 144 tokens

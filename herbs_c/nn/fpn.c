@@ -116,8 +116,21 @@ herbs_status fpn_forward(head_fpn *f, head_ctx *c, float *const taps[HERBS_TAPS]
     return HERBS_OK;
 }
 
+/* d_upper[B, H, W, F] += up2x_backward(dy)·A for a term dy·A of the level below, on its x2 grid */
+static herbs_status term_upsample_backward(head_ctx *c, const grad_term *t, int H, int W, int F, float *d_upper)
+{
+    const int upper_rows = c->batch * H * W;
+    float *dy_upper;
+    HERBS_TRY(head_scratch_begin(c));
+    HERBS_TRY(head_scratch(c, (size_t)upper_rows * t->n, 1, &dy_upper));
+    upsample_bilinear2x_backward(dy_upper, t->dy, c->batch, H, W, t->n);
+    gemm(0, 0, upper_rows, F, t->n, 1.0f, dy_upper, t->n, t->a, F, 1.0f, d_upper, F);
+    return HERBS_OK;
+}
+
 herbs_status fpn_backward(head_fpn *f, head_ctx *c, float *const d_top_down[HERBS_TAPS],
-                          float *const d_bottom_up[HERBS_TAPS], float *const dtaps[HERBS_TAPS])
+                          const grad_term td_terms[HERBS_TAPS], float *const d_bottom_up[HERBS_TAPS],
+                          float *const dtaps[HERBS_TAPS])
 {
     const int B = c->batch, F = f->size;
     /* bottom-up cascade, read upwards: bottom_up[i] = proj_i + Down(bottom_up[i-1]) */
@@ -131,20 +144,43 @@ herbs_status fpn_backward(head_fpn *f, head_ctx *c, float *const d_top_down[HERB
         else
             avgpool2x2_backward(d_bottom_up[i - 1], d_bottom_up[i], B, f->height[i - 1], f->width[i - 1], F);
     }
-    for (int i = 0; i < HERBS_TAPS; i++)
-        HERBS_TRY(mlp_backward(&f->up_proj[i], c, d_bottom_up[i], d_top_down[i], 1));
-    /* top-down cascade, read upwards: top_down[i] = proj_i + Up(top_down[i+1]) */
-    for (int i = 0; i < HERBS_TAPS - 1; i++) {
-        if (f->type == FPN_TOKENS)
-            token_linear_backward(d_top_down[i + 1], GRAD(c->t, f->up_w[i + 1]), GRAD(c->t, f->up_b[i + 1]),
-                                  d_top_down[i], f->top_down[i + 1], PARAM(c->t, f->up_w[i + 1]), B,
-                                  f->tokens[i + 1], f->tokens[i], F);
-        else if (same_grid(f, i, i + 1))
-            add_into(d_top_down[i + 1], d_top_down[i], level_size(f, B, i));
-        else
-            upsample_bilinear2x_backward(d_top_down[i + 1], d_top_down[i], B, f->height[i + 1], f->width[i + 1], F);
+    /* each top-down level's gradient: one array (NULL: none yet) plus terms (grad_term) */
+    float *dense[HERBS_TAPS];
+    int count[HERBS_TAPS];
+    grad_term terms[HERBS_TAPS][2];
+    for (int i = 0; i < HERBS_TAPS; i++) {
+        dense[i] = td_terms[i].dy ? NULL : d_top_down[i]; /* else d_top_down[i] holds the term's dy */
+        count[i] = 0;
+        if (td_terms[i].dy)
+            terms[i][count[i]++] = td_terms[i];
+        if (mlp_defers(&f->up_proj[i], c)) {
+            HERBS_TRY(mlp_backward(&f->up_proj[i], c, d_bottom_up[i], NULL, 0, NULL, 0, &terms[i][count[i]]));
+            count[i]++;
+            continue;
+        }
+        const int accumulate = dense[i] != NULL;
+        if (!dense[i])
+            HERBS_TRY(head_alloc(c, level_size(f, B, i), 0, &dense[i]));
+        HERBS_TRY(mlp_backward(&f->up_proj[i], c, d_bottom_up[i], NULL, 0, dense[i], accumulate, NULL));
     }
-    for (int i = 0; i < HERBS_TAPS; i++)
-        HERBS_TRY(mlp_backward(&f->down_proj[i], c, d_top_down[i], dtaps[i], 0));
+    /* top-down cascade, read upwards: top_down[i] = proj_i + Up(top_down[i+1]); each level is whole
+       before its projection's backward */
+    for (int i = 0; i < HERBS_TAPS; i++) {
+        if (i < HERBS_TAPS - 1 && !dense[i + 1]) /* only terms there so far: the cascade adds onto zeros */
+            HERBS_TRY(head_alloc(c, level_size(f, B, i + 1), 1, &dense[i + 1]));
+        if (i < HERBS_TAPS - 1 && dense[i]) {
+            if (f->type == FPN_TOKENS)
+                token_linear_backward(dense[i + 1], GRAD(c->t, f->up_w[i + 1]), GRAD(c->t, f->up_b[i + 1]), dense[i],
+                                      f->top_down[i + 1], PARAM(c->t, f->up_w[i + 1]), B, f->tokens[i + 1],
+                                      f->tokens[i], F);
+            else if (same_grid(f, i, i + 1))
+                add_into(dense[i + 1], dense[i], level_size(f, B, i));
+            else
+                upsample_bilinear2x_backward(dense[i + 1], dense[i], B, f->height[i + 1], f->width[i + 1], F);
+        }
+        for (int j = 0; i < HERBS_TAPS - 1 && j < count[i]; j++) /* terms come from factored levels: x2 grids */
+            HERBS_TRY(term_upsample_backward(c, &terms[i][j], f->height[i + 1], f->width[i + 1], F, dense[i + 1]));
+        HERBS_TRY(mlp_backward(&f->down_proj[i], c, dense[i], terms[i], count[i], dtaps[i], 0, NULL));
+    }
     return HERBS_OK;
 }

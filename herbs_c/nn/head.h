@@ -35,6 +35,15 @@ typedef struct {
     int height, width;
 } level_factors;
 
+/* A gradient with respect to rows x[rows, F] kept as the product it is, dy·A (dy [rows, n], A [n, F]):
+   what the backward of a product computed from x's factors hands on instead of forming dy·A when
+   going through the factors is cheaper (rows x n x F multiply-adds saved; mlp_backward of x's
+   projection and the top-down cascade take such terms). */
+typedef struct {
+    const float *dy, *a;
+    int n;
+} grad_term;
+
 /* Linear–ReLU–Linear on rows: the release's Proj_ layers, nn.Sequential(Linear, ReLU, Linear)
    or, with conv_shapes, nn.Sequential(Conv2d 1x1, ReLU, Conv2d 1x1) (weights [out, in, 1, 1]). */
 typedef struct {
@@ -51,8 +60,15 @@ herbs_status mlp_init(head_mlp *m, herbs_params *t, const char *prefix, int in, 
 /* out[rows, out] = Linear2(ReLU(Linear0(x[rows, in]))); xf (NULL: none) describes x, and the first
    product is computed from it when that takes fewer multiply-adds */
 herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, const level_factors *xf, int rows, float *out);
-/* dx[rows, in] += (accumulate set) or = (NULL: not wanted); parameter gradients accumulate */
-herbs_status mlp_backward(head_mlp *m, head_ctx *c, const float *dout, float *dx, int accumulate);
+/* dx[rows, in] += (accumulate set) or = (not read; NULL: not wanted) from the output's gradient: dout
+   (NULL: none) plus `count` terms (grad_term; dout or one term at least); parameter gradients
+   accumulate. defer (NULL: not wanted): when mlp_defers, *defer receives dx as a term (its dy in the
+   arena) and dx is not touched; otherwise defer->dy is NULL. */
+herbs_status mlp_backward(head_mlp *m, head_ctx *c, const float *dout, const grad_term *terms, int count, float *dx,
+                          int accumulate, grad_term *defer);
+/* Whether, after the last forward, mlp_backward with defer hands dx on as a term: the forward used x's
+   factors and the term is cheaper than dx. */
+int mlp_defers(const head_mlp *m, const head_ctx *c);
 
 /* BatchNorm over the rows of [N, C] (BatchNorm1d on [B, C, L] is N = B·L): eps 1e-5, momentum 0.1,
    tensors weight, bias, running_mean, running_var, num_batches_tracked under prefix. */
@@ -93,8 +109,10 @@ herbs_status classifier_init(head_classifier *k, herbs_params *t, const char *pr
 /* logits[rows, classes] from x[rows, F]; xf (NULL: none) as in mlp_forward */
 herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x, const level_factors *xf, int rows,
                                 float *logits);
-/* dx[rows, F] += from dlogits */
-herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *dlogits, float *dx, int accumulate);
+/* dx[rows, F] += (accumulate set) or = (not read) from dlogits; defer as in mlp_backward (with
+   accumulate 0 only), except that the term's dy is written into dx's memory */
+herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *dlogits, float *dx, int accumulate,
+                                 grad_term *defer);
 
 /* --- the two-way feature pyramid (fpn.c) ----------------------------------------------------- */
 
@@ -126,9 +144,12 @@ herbs_status fpn_forward(head_fpn *f, head_ctx *c, float *const taps[HERBS_TAPS]
    not such a sum (the token pyramid, the top level, a level on its upper neighbour's grid). */
 int fpn_top_down_factors(const head_fpn *f, const head_ctx *c, int i, level_factors *xf);
 /* From d_top_down, d_bottom_up [B, S_i, F] (the gradients from outside the pyramid; the cascades
-   complete them in place) -> dtaps = [B, S_i, C_i] (written, not read). */
+   complete them in place) -> dtaps = [B, S_i, C_i] (written, not read). td_terms[i]: the top-down
+   classifier's gradient of level i when it handed on a term (then d_top_down[i] was not written),
+   dy NULL otherwise. */
 herbs_status fpn_backward(head_fpn *f, head_ctx *c, float *const d_top_down[HERBS_TAPS],
-                          float *const d_bottom_up[HERBS_TAPS], float *const dtaps[HERBS_TAPS]);
+                          const grad_term td_terms[HERBS_TAPS], float *const d_bottom_up[HERBS_TAPS],
+                          float *const dtaps[HERBS_TAPS]);
 
 /* --- the selector (selector.c) --------------------------------------------------------------- */
 

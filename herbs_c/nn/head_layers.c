@@ -55,6 +55,17 @@ static int factors_pay(const level_factors *xf, int batch, int rows, int F)
     return factored < 0.8 * (double)rows * F;
 }
 
+/* Whether the backward of x·Aᵀ, computed from x's factors, pays for handing dx on as a term dy·A
+   (grad_term) rather than forming it: per column of A, the term costs the projection 2·F·hidden +
+   2·rows·hidden (A·W, dy·(A·W), Aᵀ·(dyᵀ·h)) and the upper level rows/4·F (up2x_backward(dy)·A),
+   against rows·F for dy·A. */
+static int deferring_pays(const level_factors *xf, int batch, int rows, int F)
+{
+    const double upper_rows = (double)batch * xf->height * xf->width;
+    const double deferred = 2.0 * F * xf->hidden + 2.0 * rows * xf->hidden + upper_rows * F;
+    return deferred < 0.8 * (double)rows * F;
+}
+
 /* *out[N] = A·b + bias (bias NULL: none), the constant part of x·Aᵀ + bias, in the arena */
 static herbs_status factored_bias(head_ctx *c, const level_factors *xf, const float *a, const float *bias, int N,
                                   int F, float **out)
@@ -100,14 +111,42 @@ static herbs_status factored_weight_grad(head_ctx *c, const level_factors *xf, c
     return HERBS_OK;
 }
 
-/* dx[rows, F] (+)= dy·A, dA += dyᵀ·x, dbias += Σ dy for the product x·Aᵀ + bias of a forward that used
-   x's factors (factored; then dA from them) or x itself */
+/* The backward of the product x·Aᵀ + bias (A [N, F]): dA += dyᵀ·x (from x's factors when the forward
+   used them: factored), dbias += Σ dy, and dx[rows, F] (+)= dy·A — or, with defer, *defer = the term
+   dy·A (dy must outlive the call) and dx is not touched. */
 static herbs_status product_backward(head_ctx *c, int factored, const level_factors *xf, float *dx, float *da,
                                      float *dbias, const float *dy, const float *x, const float *a, int rows, int F,
-                                     int N, int accumulate)
+                                     int N, int accumulate, grad_term *defer)
 {
-    linear_backward(dx, factored ? NULL : da, dbias, dy, x, a, rows, F, N, accumulate);
+    linear_backward(defer ? NULL : dx, factored ? NULL : da, dbias, dy, x, a, rows, F, N, accumulate);
+    if (defer)
+        *defer = (grad_term){dy, a, N};
     return factored ? factored_weight_grad(c, xf, dy, rows, N, F, da) : HERBS_OK;
+}
+
+/* The backward of a linear layer out = inp·Wᵀ + b (W [out, in]) whose output gradient is dout (NULL:
+   none) plus `count` terms dyⱼ·Aⱼ: dinp[rows, in] = dout·W + Σ dyⱼ·(Aⱼ·W) (written, not read),
+   dW += doutᵀ·inp + Σ Aⱼᵀ·(dyⱼᵀ·inp), db += Σ dout + Σ Aⱼᵀ·Σ dyⱼ. Temporaries in the scratch. */
+static herbs_status linear_backward_terms(head_ctx *c, float *dinp, float *dw, float *db, const float *dout,
+                                          const grad_term *terms, int count, const float *inp, const float *w,
+                                          int rows, int in, int out)
+{
+    if (dout)
+        linear_backward(dinp, dw, db, dout, inp, w, rows, in, out, 0);
+    for (int j = 0; j < count; j++) {
+        const grad_term *t = &terms[j];
+        float *aw, *dy_inp, *dy_sum;
+        HERBS_TRY(head_scratch(c, (size_t)t->n * in, 0, &aw));
+        HERBS_TRY(head_scratch(c, (size_t)t->n * in, 0, &dy_inp));
+        HERBS_TRY(head_scratch(c, t->n, 1, &dy_sum));
+        gemm(0, 0, t->n, in, out, 1.0f, t->a, out, w, in, 0.0f, aw, in);
+        gemm(0, 0, rows, in, t->n, 1.0f, t->dy, t->n, aw, in, dout || j > 0 ? 1.0f : 0.0f, dinp, in);
+        gemm(1, 0, t->n, in, rows, 1.0f, t->dy, t->n, inp, in, 0.0f, dy_inp, in);
+        gemm(1, 0, out, in, t->n, 1.0f, t->a, out, dy_inp, in, 1.0f, dw, in);
+        linear_backward(NULL, NULL, dy_sum, t->dy, NULL, NULL, rows, in, t->n, 0);
+        gemm(1, 0, out, 1, t->n, 1.0f, t->a, out, dy_sum, 1, 1.0f, db, 1);
+    }
+    return HERBS_OK;
 }
 
 /* --- Linear–ReLU–Linear ---------------------------------------------------------------------- */
@@ -138,17 +177,27 @@ herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, const level_f
     return HERBS_OK;
 }
 
-herbs_status mlp_backward(head_mlp *m, head_ctx *c, const float *dout, float *dx, int accumulate)
+int mlp_defers(const head_mlp *m, const head_ctx *c)
 {
+    return m->factored && deferring_pays(&m->xf, c->batch, m->rows, m->in);
+}
+
+herbs_status mlp_backward(head_mlp *m, head_ctx *c, const float *dout, const grad_term *terms, int count, float *dx,
+                          int accumulate, grad_term *defer)
+{
+    const size_t n = (size_t)m->rows * m->hidden;
+    const int deferring = defer && mlp_defers(m, c);
     float *dh;
+    if (defer)
+        defer->dy = NULL;
     HERBS_TRY(head_scratch_begin(c));
-    HERBS_TRY(head_scratch(c, (size_t)m->rows * m->hidden, 0, &dh));
-    /* dh = dout · W2, then ReLU's mask in place */
-    linear_backward(dh, GRAD(c->t, m->w2), GRAD(c->t, m->b2), dout, m->h, PARAM(c->t, m->w2), m->rows, m->hidden,
-                    m->out, 0);
-    relu_backward(dh, dh, m->h, (size_t)m->rows * m->hidden, 0);
+    HERBS_TRY(deferring ? head_alloc(c, n, 0, &dh) : head_scratch(c, n, 0, &dh)); /* a term outlives the call */
+    /* dh = dout · W2 (and the terms'), then ReLU's mask in place */
+    HERBS_TRY(linear_backward_terms(c, dh, GRAD(c->t, m->w2), GRAD(c->t, m->b2), dout, terms, count, m->h,
+                                    PARAM(c->t, m->w2), m->rows, m->hidden, m->out));
+    relu_backward(dh, dh, m->h, n, 0);
     return product_backward(c, m->factored, &m->xf, dx, GRAD(c->t, m->w0), GRAD(c->t, m->b0), dh, m->x,
-                            PARAM(c->t, m->w0), m->rows, m->in, m->hidden, accumulate);
+                            PARAM(c->t, m->w0), m->rows, m->in, m->hidden, accumulate, deferring ? defer : NULL);
 }
 
 /* --- BatchNorm over rows --------------------------------------------------------------------- */
@@ -270,10 +319,15 @@ herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x,
     return HERBS_OK;
 }
 
-herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *dlogits, float *dx, int accumulate)
+herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *dlogits, float *dx, int accumulate,
+                                 grad_term *defer)
 {
     const size_t n = (size_t)k->rows * k->channels;
+    const int deferring =
+        defer && !accumulate && k->factored && deferring_pays(&k->xf, c->batch, k->rows, k->channels);
     float *dr, *dz;
+    if (defer)
+        defer->dy = NULL;
     if (!k->z) { /* after an eval-mode forward: the BN input, for its backward */
         HERBS_TRY(head_alloc(c, n, 0, &k->z));
         linear_forward(k->z, k->x, PARAM(c->t, k->w0), PARAM(c->t, k->b0), k->rows, k->channels, k->channels);
@@ -281,11 +335,15 @@ herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *d
     }
     HERBS_TRY(head_scratch_begin(c));
     HERBS_TRY(head_scratch(c, n, 0, &dr));
-    HERBS_TRY(head_scratch(c, n, 0, &dz));
+    if (deferring) /* the term's dy, [rows, F] as dx, in dx's memory (dx is not formed) */
+        dz = dx;
+    else
+        HERBS_TRY(head_scratch(c, n, 0, &dz));
     /* dr = dlogits · W3; the BN pass applies ReLU's mask */
     linear_backward(dr, GRAD(c->t, k->w3), GRAD(c->t, k->b3), dlogits, k->r, PARAM(c->t, k->w3), k->rows,
                     k->channels, k->classes, 0);
     HERBS_TRY(bn_backward(&k->bn, c, dr, dz));
     return product_backward(c, k->factored, &k->xf, dx, GRAD(c->t, k->w0), GRAD(c->t, k->b0), dz, k->x,
-                            PARAM(c->t, k->w0), k->rows, k->channels, k->channels, accumulate);
+                            PARAM(c->t, k->w0), k->rows, k->channels, k->channels, accumulate,
+                            deferring ? defer : NULL);
 }

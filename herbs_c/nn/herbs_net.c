@@ -182,11 +182,13 @@ static herbs_status herbs_backward(herbs_net *net, float *dimages)
     if (m->use_selection) /* into the layer logits' gradients, which the classifiers below read */
         HERBS_TRY(selector_backward(&m->selector, &c, dselected, ddropped, dkept, dlogits, d_bottom_up));
     if (m->use_fpn) {
+        grad_term td_terms[HERBS_TAPS];
         for (int i = 0; i < HERBS_TAPS; i++) {
-            HERBS_TRY(classifier_backward(&m->up_cls[i], &c, dlogits[i], d_bottom_up[i], kept_scattered));
-            HERBS_TRY(classifier_backward(&m->down_cls[i], &c, out_grad(net, m->out_fpn1[i]), d_top_down[i], 0));
+            HERBS_TRY(classifier_backward(&m->up_cls[i], &c, dlogits[i], d_bottom_up[i], kept_scattered, NULL));
+            HERBS_TRY(classifier_backward(&m->down_cls[i], &c, out_grad(net, m->out_fpn1[i]), d_top_down[i], 0,
+                                          &td_terms[i]));
         }
-        HERBS_TRY(fpn_backward(&m->fpn, &c, d_top_down, d_bottom_up, dtaps));
+        HERBS_TRY(fpn_backward(&m->fpn, &c, d_top_down, td_terms, d_bottom_up, dtaps));
     } else if (m->use_selection) {
         for (int i = 0; i < HERBS_TAPS; i++)
             linear_backward(dtaps[i], GRAD(&net->params, m->plain_w[i]), GRAD(&net->params, m->plain_b[i]), dlogits[i],
