@@ -81,7 +81,7 @@ int fpn_top_down_factors(const head_fpn *f, const head_ctx *c, int i, level_fact
         return 0;
     const head_mlp *proj = &f->down_proj[i];
     *xf = (level_factors){proj->h, PARAM(c->t, proj->w2), PARAM(c->t, proj->b2), proj->hidden,
-                               f->top_down[i + 1], f->height[i + 1], f->width[i + 1]};
+                          f->top_down[i + 1], f->height[i + 1], f->width[i + 1]};
     return 1;
 }
 

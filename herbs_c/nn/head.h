@@ -145,8 +145,8 @@ herbs_status fpn_forward(head_fpn *f, head_ctx *c, float *const taps[HERBS_TAPS]
 int fpn_top_down_factors(const head_fpn *f, const head_ctx *c, int i, level_factors *xf);
 /* From d_top_down, d_bottom_up [B, S_i, F] (the gradients from outside the pyramid; the cascades
    complete them in place) -> dtaps = [B, S_i, C_i] (written, not read). td_terms[i]: the top-down
-   classifier's gradient of level i when it handed on a term (then d_top_down[i] was not written),
-   dy NULL otherwise. */
+   classifier's gradient of level i when it handed on a term (whose dy is then what d_top_down[i]
+   holds), dy NULL otherwise. */
 herbs_status fpn_backward(head_fpn *f, head_ctx *c, float *const d_top_down[HERBS_TAPS],
                           const grad_term td_terms[HERBS_TAPS], float *const d_bottom_up[HERBS_TAPS],
                           float *const dtaps[HERBS_TAPS]);
