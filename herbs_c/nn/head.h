@@ -35,13 +35,22 @@ typedef struct {
     int height, width;
 } level_factors;
 
+/* What a product x·Aᵀ computed from x's factors keeps from its forward for the backward. */
+typedef struct {
+    int used;         /* the last forward used x's factors */
+    level_factors xf; /* then: the factors */
+    const float *aw;  /* and A·W [N, hidden] */
+} factored_use;
+
 /* A gradient with respect to rows x[rows, F] kept as the product it is, dy·A (dy [rows, n], A [n, F]):
    what the backward of a product computed from x's factors hands on instead of forming dy·A when
    going through the factors is cheaper (rows x n x F multiply-adds saved; mlp_backward of x's
-   projection and the top-down cascade take such terms). */
+   projection and the top-down cascade take such terms). With it, what those need of dy, made once:
+   A·W and dyᵀ·h [n, hidden], Σ dy [n], up2x_backward(dy) [upper rows, n]. */
 typedef struct {
     const float *dy, *a;
     int n;
+    const float *aw, *dy_h, *dy_sum, *dy_upper;
 } grad_term;
 
 /* Linear–ReLU–Linear on rows: the release's Proj_ layers, nn.Sequential(Linear, ReLU, Linear)
@@ -52,8 +61,7 @@ typedef struct {
     const float *x; /* last forward: input and post-ReLU hidden rows */
     float *h;
     int rows;
-    int factored; /* last forward: x's factors were used (then kept in xf, for the weight gradient) */
-    level_factors xf;
+    factored_use factored; /* the first product's */
 } head_mlp;
 
 herbs_status mlp_init(head_mlp *m, herbs_params *t, const char *prefix, int in, int hidden, int out, int conv_shapes);
@@ -101,8 +109,7 @@ typedef struct {
     const float *x; /* last forward: input rows, first conv's output (BN input; eval: NULL), post-ReLU rows */
     float *z, *r;
     int rows;
-    int factored; /* as in head_mlp */
-    level_factors xf;
+    factored_use factored; /* the first product's */
 } head_classifier;
 
 herbs_status classifier_init(head_classifier *k, herbs_params *t, const char *prefix, int channels, int classes);
