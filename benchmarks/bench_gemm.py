@@ -131,9 +131,8 @@ def wait_for_quiet(limit, threshold=0.2, window=1.0):
     while True:
         before = cpu_seconds()
         time.sleep(window)
-        if before is None or other_cpu_seconds(before, cpu_seconds()) < threshold * window:
-            return
-        if time.perf_counter() > deadline:
+        quiet = before is None or other_cpu_seconds(before, cpu_seconds()) < threshold * window
+        if quiet or time.perf_counter() > deadline:
             return
 
 

@@ -15,7 +15,7 @@ from herbs.evaluate import evaluate
 from herbs.model import _backbone_settings as backbone_settings
 from herbs.train import TrainConfig, train
 
-#: The demo: a small Swin HERBS on the built-in synthetic shapes, a couple of minutes on 2 cores.
+#: The demo: a small Swin HERBS on the built-in synthetic shapes, about 20 s on 2 cores.
 DEMO_BACKBONE = {"backbone": "swin", "img_size": 64, "patch_size": 2, "embed_dim": 32, "depths": (1, 1, 1, 1),
                  "num_heads": (1, 2, 4, 8), "window_size": 4, "drop_path_rate": 0.0}
 DEMO_SELECTS = (64, 32, 8, 4)

@@ -159,7 +159,7 @@ def state_dict_from(net) -> Dict[str, np.ndarray]:
     out = {}
     for name, kind, shape, offset, size in net.tensors():
         data = blocks[_BLOCKS[kind]][offset:offset + size].reshape(shape)
-        # np.asarray: a 0-d counter stays an array (astype of a 0-d array gives a NumPy scalar)
+        # np.asarray: a 0-d counter stays an array (np.rint of a 0-d array gives a NumPy scalar)
         out[name] = np.asarray(np.rint(data), dtype=np.int64) if kind == "buffer_int64" else data.copy()
     return out
 
