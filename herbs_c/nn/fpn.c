@@ -116,6 +116,18 @@ herbs_status fpn_forward(head_fpn *f, head_ctx *c, float *const taps[HERBS_TAPS]
     return HERBS_OK;
 }
 
+/* d_upper[B, H, W, F] += up2x_backward(dy)·A for a term dy·A of the level below, on its x2 grid */
+static herbs_status term_upsample_backward(head_ctx *c, const grad_term *t, int H, int W, int F, float *d_upper)
+{
+    const int upper_rows = c->batch * H * W;
+    float *dy_upper;
+    HERBS_TRY(head_scratch_begin(c));
+    HERBS_TRY(head_scratch(c, (size_t)upper_rows * t->n, 1, &dy_upper));
+    upsample_bilinear2x_backward(dy_upper, t->dy, c->batch, H, W, t->n);
+    gemm(0, 0, upper_rows, F, t->n, 1.0f, dy_upper, t->n, t->a, F, 1.0f, d_upper, F);
+    return HERBS_OK;
+}
+
 herbs_status fpn_backward(head_fpn *f, head_ctx *c, float *const d_top_down[HERBS_TAPS],
                           const grad_term td_terms[HERBS_TAPS], float *const d_bottom_up[HERBS_TAPS],
                           float *const dtaps[HERBS_TAPS])
@@ -166,10 +178,8 @@ herbs_status fpn_backward(head_fpn *f, head_ctx *c, float *const d_top_down[HERB
             else
                 upsample_bilinear2x_backward(dense[i + 1], dense[i], B, f->height[i + 1], f->width[i + 1], F);
         }
-        for (int j = 0; i < HERBS_TAPS - 1 && j < count[i]; j++) { /* a term's share: up2x_backward(dy)·A */
-            const grad_term *t = &terms[i][j];
-            gemm(0, 0, B * f->tokens[i + 1], F, t->n, 1.0f, t->dy_upper, t->n, t->a, F, 1.0f, dense[i + 1], F);
-        }
+        for (int j = 0; i < HERBS_TAPS - 1 && j < count[i]; j++)
+            HERBS_TRY(term_upsample_backward(c, &terms[i][j], f->height[i + 1], f->width[i + 1], F, dense[i + 1]));
         HERBS_TRY(mlp_backward(&f->down_proj[i], c, dense[i], terms[i], count[i], dtaps[i], 0, NULL));
     }
     return HERBS_OK;

@@ -45,12 +45,12 @@ typedef struct {
 /* A gradient with respect to rows x[rows, F] kept as the product it is, dy·A (dy [rows, n], A [n, F]):
    what the backward of a product computed from x's factors hands on instead of forming dy·A when
    going through the factors is cheaper (rows x n x F multiply-adds saved; mlp_backward of x's
-   projection and the top-down cascade take such terms). With it, what those need of dy, made once:
-   A·W and dyᵀ·h [n, hidden], Σ dy [n], up2x_backward(dy) [upper rows, n]. */
+   projection and the top-down cascade take such terms). With it, what the projection's backward needs
+   of it, made once: A·W and dyᵀ·h [n, hidden], Σ dy [n]. */
 typedef struct {
     const float *dy, *a;
     int n;
-    const float *aw, *dy_h, *dy_sum, *dy_upper;
+    const float *aw, *dy_h, *dy_sum;
 } grad_term;
 
 /* Linear–ReLU–Linear on rows: the release's Proj_ layers, nn.Sequential(Linear, ReLU, Linear)

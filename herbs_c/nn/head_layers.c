@@ -87,8 +87,8 @@ static herbs_status factored_product(head_ctx *c, const level_factors *xf, const
 /* The backward of the product x·Aᵀ + bias (A [N, F]) from dy [rows, N]: dA += dyᵀ·x, dbias += Σ dy, and
    dx[rows, F] (+)= dy·A — or, with defer (after a forward through x's factors only), *defer = the term
    dy·A (dy must outlive the call) and dx is not touched. After a forward through the factors, dA is
-   (dyᵀ·h)·Wᵀ + (Σ dy)·bᵀ + up2x_backward(dy)ᵀ·upper, and a term keeps these reductions of dy (in the
-   arena; without defer they go to the scratch, which is not reset: dy may live there). */
+   (dyᵀ·h)·Wᵀ + (Σ dy)·bᵀ + up2x_backward(dy)ᵀ·upper; a term keeps the first two reductions of dy (in
+   the arena; the rest goes to the scratch, which is not reset: dy may live there). */
 static herbs_status product_backward(head_ctx *c, const factored_use *use, float *dx, float *da, float *dbias,
                                      const float *dy, const float *x, const float *a, int rows, int F, int N,
                                      int accumulate, grad_term *defer)
@@ -102,7 +102,7 @@ static herbs_status product_backward(head_ctx *c, const factored_use *use, float
     float *dy_h, *dy_sum, *dy_upper;
     HERBS_TRY(keep(c, (size_t)N * xf->hidden, 0, &dy_h));
     HERBS_TRY(keep(c, N, 1, &dy_sum));
-    HERBS_TRY(keep(c, (size_t)upper_rows * N, 1, &dy_upper));
+    HERBS_TRY(head_scratch(c, (size_t)upper_rows * N, 1, &dy_upper)); /* a quarter level: made again if needed */
     gemm(1, 0, N, xf->hidden, rows, 1.0f, dy, N, xf->h, xf->hidden, 0.0f, dy_h, xf->hidden);
     linear_backward(NULL, NULL, dy_sum, dy, NULL, NULL, rows, F, N, 0);
     upsample_bilinear2x_backward(dy_upper, dy, c->batch, xf->height, xf->width, N);
@@ -110,7 +110,7 @@ static herbs_status product_backward(head_ctx *c, const factored_use *use, float
     gemm(1, 0, N, F, 1, 1.0f, dy_sum, N, xf->b, F, 1.0f, da, F);
     gemm(1, 0, N, F, upper_rows, 1.0f, dy_upper, N, xf->upper, F, 1.0f, da, F);
     if (defer)
-        *defer = (grad_term){dy, a, N, use->aw, dy_h, dy_sum, dy_upper};
+        *defer = (grad_term){dy, a, N, use->aw, dy_h, dy_sum};
     return HERBS_OK;
 }
 

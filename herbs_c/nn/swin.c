@@ -319,7 +319,7 @@ herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *are
         if (i == top)
             memcpy(d, dtaps[i], tap_size * sizeof(float));
         else if (dtaps[i])
-            residual_add_forward(d, d, dtaps[i], NULL, 1, (long)tap_size);
+            add_into(d, dtaps[i], tap_size);
         backbone_keep_tap_grad(bb, tap_grads, i, B, d);
         if (i < SWIN_STAGES - 1) {
             merge_backward(st, t, other, d, B, &z);
