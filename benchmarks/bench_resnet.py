@@ -15,7 +15,8 @@ import os
 import sys
 import tempfile
 
-from common import add_wait_policy_argument, load, machine, memory_mb, run_child, summary, take_turns, timed
+from common import (add_wait_policy_argument, load, load_weights, machine, memory_mb, run_child, summary, take_turns,
+                    timed)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,10 +27,7 @@ def run_herbs(args, weights):
     from herbs import _C
     herbs.set_num_threads(args.threads)
     net = _C.Net("resnet", {"img_size": args.img_size, "depths": args.depths, "width": args.width}, 0)
-    state = np.load(weights)  # lazy, one tensor at a time (state.load_into holds them all: a higher peak)
-    for name, kind, shape, offset, size in net.tensors():
-        block = net.params if kind == "parameter" else net.buffers
-        block[offset:offset + size] = state[name].reshape(-1)
+    load_weights(net, weights)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, 3, args.img_size, args.img_size)).astype(np.float32)
     out = net.forward(x)

@@ -22,7 +22,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from common import add_wait_policy_argument, load, machine, memory_mb, run_child, take_turns, timed  # noqa: E402
+from common import (add_wait_policy_argument, load, load_weights, machine, memory_mb, run_child,  # noqa: E402
+                    take_turns, timed)
 
 WARMUP = 2  # steps before timing: herbs sizes its arena on the first and touches it on the second
 
@@ -50,8 +51,7 @@ def child(job):
         from herbs import _C
         herbs.set_num_threads(threads)
         net = _C.Net("swin", config, 0)
-        for name, _, shape, offset, n in net.tensors():  # not state.load_into, which holds every array at once
-            net.params[offset:offset + n] = weights[name].reshape(-1)
+        load_weights(net, weights)
         grads = None
 
         def step():

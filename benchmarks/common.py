@@ -59,6 +59,16 @@ def summary(values):
     return statistics.median(values), min(values), max(values)
 
 
+def load_weights(net, weights):
+    """Copies the arrays of a .npz file (or an already opened np.load) into an engine net by name,
+    one tensor at a time (herbs.state.load_into holds every array before copying: a higher peak)."""
+    import numpy as np
+    state = np.load(weights) if isinstance(weights, str) else weights
+    for name, kind, shape, offset, size in net.tensors():
+        block = net.params if kind == "parameter" else net.buffers
+        block[offset:offset + size] = state[name].reshape(-1)
+
+
 def add_wait_policy_argument(parser):
     """--wait-policy: how the OpenMP threads of both sides wait at barriers."""
     parser.add_argument("--wait-policy", choices=["passive", "active", "default"], default="passive",

@@ -212,26 +212,17 @@ HERBS_INLINE void FN(bn_backward_block)(real *dinp, real *dweight, real *dbias, 
     for (int n = 0; n < N; n++) {
         const real *g = dout + (size_t)n * C + c0, *x = inp + (size_t)n * C + c0;
         const real *m = relu_out ? relu_out + (size_t)n * C + c0 : NULL;
-        real *d = dinp + (size_t)n * C + c0, v[BN_MAX_BLOCK];
+        real *d = dinp + (size_t)n * C + c0;
         if (m) {
 #pragma omp simd
             for (int j = 0; j < w; j++) {
                 const real gv = g[j], mv = m[j];
-                v[j] = (mv > 0 ? gv : 0) * a[j] + (x[j] - center[j]) * b[j] + k[j];
+                d[j] = (accumulate ? d[j] : 0) + ((mv > 0 ? gv : 0) * a[j] + (x[j] - center[j]) * b[j] + k[j]);
             }
         } else {
 #pragma omp simd
             for (int j = 0; j < w; j++)
-                v[j] = g[j] * a[j] + (x[j] - center[j]) * b[j] + k[j];
-        }
-        if (accumulate) {
-#pragma omp simd
-            for (int j = 0; j < w; j++)
-                d[j] += v[j];
-        } else {
-#pragma omp simd
-            for (int j = 0; j < w; j++)
-                d[j] = v[j];
+                d[j] = (accumulate ? d[j] : 0) + (g[j] * a[j] + (x[j] - center[j]) * b[j] + k[j]);
         }
     }
 }

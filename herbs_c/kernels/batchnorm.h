@@ -10,7 +10,8 @@ void FN(batchnorm_forward_train)(real *out, real *mean, real *rstd, real *runnin
                                  real momentum);
 
 /* scale[C], shift[C]: eval-mode BatchNorm as out = inp·scale + shift (weight, bias may be NULL),
-   computed as batchnorm_forward_eval computes them (for folding into a conv's store) */
+   computed as batchnorm_forward_eval computes them (for folding into the store of the product before it:
+   a conv's, a linear layer's) */
 void FN(batchnorm_eval_affine)(real *scale, real *shift, const real *running_mean, const real *running_var,
                                const real *weight, const real *bias, int C, real eps);
 /* Eval mode: out[N,C] = (inp - running_mean) / sqrt(running_var + eps) · weight + bias. */

@@ -15,8 +15,7 @@
 /* The data movement around the GEMMs (weight repacks, im2col, col2im) is built per instruction
    set: bodies over a range of rows, run over contiguous ranges, one per thread (isa.h). */
 #define CONV_THREADS(work) herbs_threads_for((double)(work), 32768) /* a thread's elements, at least */
-/* weight repacks: a team from 64K elements (a larger threshold left most of ResNet-50's repacks
-   to one thread while the other waited, 2.5% of a forward) */
+/* weight repacks: a thread per 64K elements (a team from 128K) */
 #define REPACK_THREADS(work) herbs_threads_for((double)(work), 1 << 16)
 
 /* output channels [o0, o1) */
@@ -264,8 +263,7 @@ void FN(conv2d_forward)(real *out, const real *inp, const real *weight, const re
     if (C >= CONV_DIRECT_MIN_CHANNELS) {
         float *wpack = conv_aligned(scratch);
         conv_direct_pack_weight(wpack, weight, 0, OC, C, KH * KW);
-        conv_direct_forward(out, inp, wpack, 0.0f, B, H, W, C, OC, KH, KW, stride, pad,
-                            scale || shift || relu ? affine_rows_current() : NULL, scale, shift, relu);
+        conv_direct_forward(out, inp, wpack, 0.0f, B, H, W, C, OC, KH, KW, stride, pad, scale, shift, relu);
         return;
     }
 #endif
@@ -319,7 +317,7 @@ void FN(conv2d_backward)(real *dinp, real *dweight, real *dbias, const real *dou
         float *wpack = conv_aligned(scratch);
         conv_direct_pack_weight(wpack, weight, 1, C, OC, KH * KW);
         conv_direct_forward(dinp, dout, wpack, accumulate ? 1.0f : 0.0f, B, OH, OW, OC, C, KH, KW, 1, KH - 1 - pad,
-                            NULL, NULL, NULL, 0);
+                            NULL, NULL, 0);
         return;
     }
 #endif

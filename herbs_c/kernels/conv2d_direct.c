@@ -49,9 +49,9 @@ static void rows_through_packed_kernel(const gemm_microkernel *uk, int K, const 
 }
 
 void conv_direct_forward(float *out, const float *inp, const float *wpack, float beta, int B, int H, int W, int C,
-                         int OC, int KH, int KW, int stride, int pad, affine_rows_fn epilogue, const float *scale,
-                         const float *shift, int relu)
+                         int OC, int KH, int KW, int stride, int pad, const float *scale, const float *shift, int relu)
 {
+    const affine_rows_fn epilogue = scale || shift || relu ? affine_rows_current() : NULL;
     const gemm_microkernel *uk = gemm_microkernel_current();
     const int mr = uk->mr, nr = uk->nr;
     const conv_rows_kernel_fn fast =

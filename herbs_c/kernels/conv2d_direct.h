@@ -26,10 +26,9 @@ size_t conv_direct_packed_floats(int VOC, int VC, int taps);
    conv is the correlation of dout with that weight). wpack must be 64-byte aligned. */
 void conv_direct_pack_weight(float *wpack, const float *w, int flip, int VOC, int VC, int taps);
 
-/* out[B,OH,OW,OC] = conv(inp[B,H,W,C], wpack) + beta·out (beta 0: out is not read), then, when
-   epilogue is not NULL, epilogue(tile, ..., scale, shift, relu) on each finished output tile (affine.h). */
+/* out[B,OH,OW,OC] = conv(inp[B,H,W,C], wpack) + beta·out (beta 0: out is not read), then the per-channel
+   scale, shift and ReLU of affine.h on each finished output tile (scale, shift NULL and relu 0: none). */
 void conv_direct_forward(float *out, const float *inp, const float *wpack, float beta, int B, int H, int W, int C,
-                         int OC, int KH, int KW, int stride, int pad, affine_rows_fn epilogue, const float *scale,
-                         const float *shift, int relu);
+                         int OC, int KH, int KW, int stride, int pad, const float *scale, const float *shift, int relu);
 
 #endif

@@ -1,6 +1,7 @@
 /* Declarations of every kernel, twice: float (the engine) and double (suffix _f64).
-   Kernels are pure math on raw buffers: shapes are arguments, gradients accumulate (+=), but for
-   the input gradients of kernels with an `accumulate` argument, which write them when it is 0. */
+   Kernels are pure math on raw buffers: shapes are arguments, gradients accumulate (+=). Where a
+   kernel takes an `accumulate` argument (input gradients, and a few forward outputs), it adds onto
+   its output when set and writes it (not read) when 0. */
 #ifndef HERBS_KERNELS_H
 #define HERBS_KERNELS_H
 

@@ -5,7 +5,7 @@
 
 void FN(linear_forward)(real *out, const real *inp, const real *weight, const real *bias, int N, int C, int OC)
 {
-    FN(gemm_affine)(0, 1, N, OC, C, 1, inp, C, weight, C, 0, out, OC, NULL, bias, 0);
+    FN(linear_affine_forward)(out, inp, weight, NULL, bias, 0, N, C, OC);
 }
 
 void FN(linear_affine_forward)(real *out, const real *inp, const real *weight, const real *scale, const real *shift,
