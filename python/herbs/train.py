@@ -24,6 +24,7 @@ import numpy as np
 
 from herbs import evaluate as evaluation
 from herbs import optim, weights
+from herbs.files import atomic_write
 from herbs.data import DataLoader, Dataset
 from herbs.progress import Progress
 
@@ -128,6 +129,6 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
             last = os.path.join(out_dir, "last.pth")
             _write_checkpoint(last, model, optimizer, epoch + 1, best, config, checkpoint_extra or {})
             if improved:  # the same bytes as last.pth
-                with open(last, "rb") as src, weights.atomic_write(os.path.join(out_dir, "best.pth")) as dst:
+                with open(last, "rb") as src, atomic_write(os.path.join(out_dir, "best.pth")) as dst:
                     shutil.copyfileobj(src, dst)
     return history

@@ -1,0 +1,269 @@
+"""The pickle inside ``torch.save`` files, read and written without torch.
+
+Reading uses a restricted unpickler: only the few functions that rebuild tensors
+(``torch._utils._rebuild_tensor_v2``, ``_rebuild_parameter``), storage types,
+``collections.OrderedDict``, sets, byte strings and NumPy scalars are allowed. Any other
+global is refused with :class:`UnsafePickleError` naming it, so loading a file never runs
+code from it. Both torch file formats (zip and legacy) hold this pickle; they differ in where
+the storages' bytes are.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+from collections import OrderedDict
+from typing import IO, Any, Callable, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from herbs.formats.common import BF16, WeightsFormatError
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A ``torch.save`` file refers to a Python global that is not needed to rebuild tensors."""
+
+
+
+# torch storage type -> NumPy dtype (little-endian) or BF16
+STORAGE_DTYPES: Dict[str, Any] = {
+    "FloatStorage": np.dtype("<f4"),
+    "DoubleStorage": np.dtype("<f8"),
+    "HalfStorage": np.dtype("<f2"),
+    "BFloat16Storage": BF16,
+    "LongStorage": np.dtype("<i8"),
+    "IntStorage": np.dtype("<i4"),
+    "ShortStorage": np.dtype("<i2"),
+    "CharStorage": np.dtype("i1"),
+    "ByteStorage": np.dtype("u1"),
+    "BoolStorage": np.dtype("?"),
+    "ComplexFloatStorage": np.dtype("<c8"),
+    "ComplexDoubleStorage": np.dtype("<c16"),
+}
+DTYPE_STORAGES = {dtype.str: name for name, dtype in STORAGE_DTYPES.items() if dtype is not BF16}
+
+
+class _Global:
+    """An allowed global as a pickle sees it: a fresh wrapper per reference that calls
+    `target` and has nothing a pickle could change (BUILD on it is refused), so one file
+    can never alter how the next one is read."""
+
+    __slots__ = ("name", "target", "path")
+
+    def __init__(self, name: str, target: Any, path: str):
+        self.name, self.target, self.path = name, target, path
+
+    def __call__(self, *args):
+        return self.target(*args)
+
+    def __setstate__(self, state):
+        raise UnsafePickleError(f"{self.path}: refusing to modify the global '{self.name}'")
+
+
+class StorageType(_Global):
+    """What `torch.<X>Storage` resolves to: its name and the dtype of its elements."""
+
+    __slots__ = ()
+
+    def __call__(self, *args):
+        raise UnsafePickleError(f"{self.path}: refusing to call the storage type '{self.name}'")
+
+    @property
+    def dtype(self) -> Any:
+        return self.target
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
+                    metadata=None) -> Optional[np.ndarray]:
+    """torch._utils._rebuild_tensor_v2 for NumPy: a strided view into the storage array."""
+    if storage is None:  # first pass over a legacy file: storages are not read yet
+        return None
+    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    offset = int(storage_offset)
+    if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
+        raise ValueError(f"invalid tensor layout: size {size}, stride {stride}, offset {offset}")
+    if 0 not in size:
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= storage.size:
+            raise ValueError(f"a tensor of size {size}, stride {stride} at offset {offset} "
+                             f"reaches past its storage of {storage.size} elements")
+    elif offset > storage.size:
+        raise ValueError(f"tensor offset {offset} is past its storage of {storage.size} elements")
+    base = storage[offset:]
+    strides = tuple(s * storage.itemsize for s in stride)
+    return np.lib.stride_tricks.as_strided(base, shape=size, strides=strides)
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
+    """torch._utils._rebuild_parameter(_with_state): a parameter is its data."""
+    return data
+
+
+def _codecs_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """_codecs.encode as protocol-2 pickles use it for byte strings (latin-1 text)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise ValueError(f"unexpected _codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+def _numpy_scalar(dtype: np.dtype, data: bytes = b""):
+    """numpy.core.multiarray.scalar: a NumPy scalar from its dtype and raw bytes."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes) \
+            or len(data) != dtype.itemsize:
+        raise ValueError(f"unexpected numpy scalar of dtype {dtype!r} with {len(data)} bytes")
+    return np.frombuffer(data, dtype)[0]
+
+
+_ALLOWED_GLOBALS: Dict[Tuple[str, str], Any] = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch", "Size"): tuple,
+    ("collections", "OrderedDict"): OrderedDict,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("__builtin__", "set"): set,
+    ("__builtin__", "frozenset"): frozenset,
+    ("_codecs", "encode"): _codecs_encode,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+}
+
+
+class TorchUnpickler(pickle.Unpickler):
+    """Unpickles a torch.save pickle, resolving only the globals of _ALLOWED_GLOBALS and
+    handing each storage reference to `load_storage(key, storage_type, numel)`."""
+
+    def __init__(self, file: IO[bytes], path: str,
+                 load_storage: Callable[[str, StorageType, int], Optional[np.ndarray]]):
+        super().__init__(file)
+        self._path = path
+        self._load_storage = load_storage
+        self._storages: Dict[str, Optional[np.ndarray]] = {}
+
+    def load(self):
+        try:
+            return super().load()
+        except MemoryError:  # the pickle holds no tensor data: a huge length field is damage
+            raise WeightsFormatError(f"{self._path}: corrupt pickle (a length field asks for more "
+                                     f"memory than there is)") from None
+
+    def find_class(self, module: str, name: str):
+        if module == "torch" and name in STORAGE_DTYPES:
+            return StorageType(f"torch.{name}", STORAGE_DTYPES[name], self._path)
+        if (module, name) in _ALLOWED_GLOBALS:
+            return _Global(f"{module}.{name}", _ALLOWED_GLOBALS[(module, name)], self._path)
+        raise UnsafePickleError(
+            f"{self._path}: refusing to load the global '{module}.{name}': only tensors, "
+            f"containers and numbers can be read from a torch.save file without running code "
+            f"from it")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
+        storage_type, key, numel = pid[1], str(pid[2]), pid[4]
+        if not isinstance(storage_type, StorageType) or not isinstance(numel, int) or numel < 0:
+            raise pickle.UnpicklingError(f"invalid storage reference {pid!r:.80}")
+        if len(pid) > 5 and pid[5] is not None:
+            raise pickle.UnpicklingError("storage views of the pre-1.0 torch format are not supported; "
+                                         "re-save the file with a newer PyTorch")
+        if key not in self._storages:
+            self._storages[key] = self._load_storage(key, storage_type, numel)
+        return self._storages[key]
+
+
+class TorchPickler:
+    """Writes a protocol-2 pickle of nested containers, numbers, strings and arrays in the
+    form torch.save uses: each array becomes `torch._utils._rebuild_tensor_v2` of a storage
+    referenced by a persistent id ('storage', torch.<X>Storage, key, 'cpu', numel), the
+    storage bytes going to data/<key>. The opcodes are emitted directly, so torch need not
+    be importable."""
+
+    def __init__(self):
+        self.storages: list = []
+        self._out = io.BytesIO()
+
+    def dumps(self, obj: Any) -> bytes:
+        self._out.write(pickle.PROTO + b"\x02")
+        self._save(obj, "checkpoint")
+        self._out.write(pickle.STOP)
+        return self._out.getvalue()
+
+    def _global(self, module: str, name: str) -> None:
+        self._out.write(pickle.GLOBAL + f"{module}\n{name}\n".encode("ascii"))
+
+    def _save(self, obj: Any, where: str) -> None:
+        w = self._out.write
+        if isinstance(obj, np.generic) and not isinstance(obj, np.void):
+            obj = obj.item()
+        if obj is None:
+            w(pickle.NONE)
+        elif obj is True or obj is False:
+            w(pickle.NEWTRUE if obj else pickle.NEWFALSE)
+        elif isinstance(obj, int):
+            if -(2 ** 31) <= obj < 2 ** 31:
+                w(pickle.BININT + struct.pack("<i", obj))
+            else:
+                raw = obj.to_bytes((obj.bit_length() + 8) // 8, "little", signed=True)
+                w(pickle.LONG1 + bytes([len(raw)]) + raw)
+        elif isinstance(obj, float):
+            w(pickle.BINFLOAT + struct.pack(">d", obj))
+        elif isinstance(obj, str):
+            raw = obj.encode("utf-8", "surrogatepass")
+            w(pickle.BINUNICODE + struct.pack("<I", len(raw)) + raw)
+        elif isinstance(obj, np.ndarray):
+            self._save_array(obj, where)
+        elif isinstance(obj, Mapping):
+            if isinstance(obj, OrderedDict):
+                self._global("collections", "OrderedDict")
+                w(pickle.EMPTY_TUPLE + pickle.REDUCE)
+            else:
+                w(pickle.EMPTY_DICT)
+            if obj:
+                w(pickle.MARK)
+                for key, value in obj.items():
+                    if not isinstance(key, (str, int)) or isinstance(key, bool):
+                        raise TypeError(f"{where}: keys must be strings or ints, got {key!r}")
+                    self._save(key, where)
+                    self._save(value, f"{where}[{key!r}]")
+                w(pickle.SETITEMS)
+        elif isinstance(obj, list):
+            w(pickle.EMPTY_LIST)
+            if obj:
+                w(pickle.MARK)
+                for i, value in enumerate(obj):
+                    self._save(value, f"{where}[{i}]")
+                w(pickle.APPENDS)
+        elif isinstance(obj, tuple):
+            w(pickle.MARK)
+            for i, value in enumerate(obj):
+                self._save(value, f"{where}[{i}]")
+            w(pickle.TUPLE)
+        else:
+            raise TypeError(f"{where} is a {type(obj).__name__}; torch files written here hold "
+                            f"arrays, dicts, lists, tuples, strings, numbers and None")
+
+    def _save_array(self, arr: np.ndarray, where: str) -> None:
+        dtype = arr.dtype.newbyteorder("<") if arr.dtype.itemsize > 1 else arr.dtype
+        storage = DTYPE_STORAGES.get(dtype.str)
+        if storage is None:
+            raise TypeError(f"{where} has dtype {arr.dtype}, which torch files cannot hold")
+        arr = np.require(arr, requirements="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+        key = len(self.storages)
+        self.storages.append(arr)
+        strides = tuple(int(np.prod(arr.shape[i + 1:], dtype=np.int64)) for i in range(arr.ndim))
+        self._global("torch._utils", "_rebuild_tensor_v2")
+        self._out.write(pickle.MARK + pickle.MARK)  # the argument tuple, then the persistent id
+        self._save("storage", where)
+        self._global("torch", storage)
+        self._save(str(key), where)
+        self._save("cpu", where)
+        self._save(int(arr.size), where)
+        self._out.write(pickle.TUPLE + pickle.BINPERSID)
+        self._save(0, where)
+        self._save(tuple(int(s) for s in arr.shape), where)
+        self._save(strides, where)
+        self._save(False, where)
+        self._global("collections", "OrderedDict")
+        self._out.write(pickle.EMPTY_TUPLE + pickle.REDUCE + pickle.TUPLE + pickle.REDUCE)
