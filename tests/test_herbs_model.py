@@ -199,6 +199,18 @@ def test_load_pretrained(tmp_path, layout, fmt):
         m.load_pretrained(str(tmp_path / "partial.npz"))
 
 
+def test_release_checkpoint_with_a_timm_backbone():
+    a, b = small(seed=1), small(seed=2)
+    sd = a.state_dict()
+    backbone = swin_original_to_timm({k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")})
+    mixed = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
+    mixed.update({"backbone." + k: v for k, v in backbone.items()})
+    assert "backbone.layers.1.downsample.norm.weight" in mixed and "backbone.layers.0.downsample.norm.weight" not in mixed
+    result = b.load_state_dict(mixed)
+    assert not result.missing_keys and not result.unexpected_keys
+    np.testing.assert_array_equal(b.flat_parameters(), a.flat_parameters())
+
+
 def test_input_validation():
     m = small()
     x, y = data()

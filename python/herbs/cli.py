@@ -10,9 +10,8 @@ import time
 import numpy as np
 
 import herbs
-from herbs import data, transforms, weights
+from herbs import backbones, data, transforms, weights
 from herbs.evaluate import evaluate
-from herbs.model import _backbone_settings as backbone_settings
 from herbs.train import TrainConfig, train
 
 #: The demo: a small Swin HERBS on the built-in synthetic shapes, about 20 s on 2 cores.
@@ -73,7 +72,7 @@ def cmd_demo(a) -> None:
 
 
 def cmd_train(a) -> None:
-    size = a.img_size or backbone_settings(a.backbone)["img_size"]  # which also checks the name
+    size = a.img_size or backbones.resolve(a.backbone)[1]["img_size"]  # which also checks the name
     layout = _layout(a.data, a.layout)
     train_set = _dataset(a.data, layout, "train", transforms.train_transform(size))
     if layout == "folder":

@@ -22,51 +22,13 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from herbs import _C
+from herbs import backbones as _backbones
 from herbs import evaluate as _evaluate
 from herbs import state as _state
 from herbs import weights as _weights
+from herbs.backbones import BACKBONES
 
 __all__ = ["Model", "BACKBONES"]
-
-#: Backbone names herbs.Model knows, with their engine settings. Names may carry timm's
-#: pretrained-tag suffixes (".ms_in22k", "_in22k"), which are ignored.
-BACKBONES: Dict[str, dict] = {
-    "swin_tiny_patch4_window7_224": dict(backbone="swin", variant="tiny", img_size=224, window_size=7),
-    "swin_small_patch4_window7_224": dict(backbone="swin", variant="small", img_size=224, window_size=7),
-    "swin_base_patch4_window7_224": dict(backbone="swin", variant="base", img_size=224, window_size=7),
-    "swin_base_patch4_window12_384": dict(backbone="swin", variant="base", img_size=384, window_size=12),
-    "swin_large_patch4_window7_224": dict(backbone="swin", variant="large", img_size=224, window_size=7),
-    "swin_large_patch4_window12_384": dict(backbone="swin", variant="large", img_size=384, window_size=12),
-    "resnet50": dict(backbone="resnet", depths=(3, 4, 6, 3), img_size=448),  # the release trains it at 448 px
-}
-
-# Keys of a release (or backbone) checkpoint that the model does not use: the backbone's own
-# ImageNet classifier and final norm, and Swin buffers the engine recomputes.
-_RELEASE_UNUSED = {
-    "swin": ("backbone.head.*", "backbone.norm.*", "*.attn_mask", "*.relative_position_index"),
-    "resnet": ("backbone.fc.*",),
-    "patches": (),
-}
-_BACKBONE_UNUSED = {"swin": _state.SWIN_UNUSED, "resnet": _state.RESNET_UNUSED, "patches": ()}
-
-
-def _backbone_settings(backbone: Union[str, Mapping]) -> dict:
-    """The engine's backbone keys for a name of BACKBONES or a dict of settings."""
-    if isinstance(backbone, Mapping):
-        settings = dict(backbone)
-        kind = settings.get("backbone")
-        if kind not in _RELEASE_UNUSED:
-            raise ValueError(f"a backbone dict needs 'backbone': one of {sorted(_RELEASE_UNUSED)}, got {kind!r}")
-        return settings
-    if not isinstance(backbone, str):
-        raise TypeError(f"backbone must be a name or a dict of settings, got {type(backbone).__name__}")
-    name = backbone.split(".")[0]
-    name = name[: -len("_in22k")] if name.endswith("_in22k") else name
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}: expected one of {', '.join(BACKBONES)}, "
-                         "or a dict such as {'backbone': 'swin', 'variant': 'tiny', 'img_size': 224}")
-    return dict(BACKBONES[name])
-
 
 def _num_selects(value) -> Optional[Tuple[int, ...]]:
     """None, 4 integers, or the release's {"layer1": K1, ..., "layer4": K4}."""
@@ -90,7 +52,8 @@ class Model:
     Args:
         backbone: a name of :data:`BACKBONES` (``"swin_tiny_patch4_window7_224"``,
             ``"swin_large_patch4_window12_384"``, ``"resnet50"``, ...) or a dict of engine
-            settings with ``"backbone"``: ``"swin"`` or ``"resnet"`` and that backbone's keys
+            settings with ``"backbone"``: a kind of :data:`herbs.backbones.SPECS` (``"swin"``,
+            ``"resnet"``) and that backbone's keys
             (e.g. ``{"backbone": "swin", "variant": "tiny", "img_size": 224, "depths": (2, 2, 6, 2)}``).
         num_classes: classes of every classifier.
         img_size: image side in pixels; by default the backbone's (224 or 384 for Swin, as in
@@ -121,15 +84,16 @@ class Model:
                  num_selects: Union[Sequence[int], Mapping[str, int], None] = None, use_fpn: bool = True,
                  use_selection: bool = True, use_combiner: bool = True, drop_path_rate: Optional[float] = None,
                  dropout: float = 0.1, seed: int = 0):
-        settings = _backbone_settings(backbone)
-        self.backbone_kind = settings["backbone"]
+        self._spec, settings = _backbones.resolve(backbone)
+        self.backbone_kind = self._spec.kind
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         if img_size is not None:
             settings["img_size"] = img_size
         if drop_path_rate is not None:
-            if self.backbone_kind != "swin":
-                raise ValueError(f"drop_path_rate applies to Swin backbones only, not {self.backbone_kind!r}")
+            if "drop_path_rate" not in self._spec.options:
+                takers = " and ".join(s.title for s in _backbones.SPECS.values() if "drop_path_rate" in s.options)
+                raise ValueError(f"drop_path_rate applies to {takers} backbones only, not {self.backbone_kind!r}")
             settings["drop_path_rate"] = drop_path_rate
         config = dict(settings, num_classes=int(num_classes), fpn_size=fpn_size, num_selects=_num_selects(num_selects),
                       use_fpn=int(bool(use_fpn)), use_selection=int(bool(use_selection)),
@@ -304,14 +268,13 @@ class Model:
         must always match. Nothing is copied unless everything fits. Returns
         ``(missing_keys, unexpected_keys)``."""
         sd = self._normalise(state_dict)
-        if self.backbone_kind == "swin":
-            backbone = _state.strip_prefix(sd, "backbone.")
-            if any(k.startswith("layers.") for k in backbone):
-                sd = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
-                sd.update(_state.add_prefix(_state.swin_to_original(backbone), "backbone."))
+        if self._spec.convert is not None:
+            backbone = self._spec.convert(_state.strip_prefix(sd, "backbone."))
+            sd = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
+            sd.update(_state.add_prefix(backbone, "backbone."))
         with self._claim() as net:
             return _state.load_into(self._table, {"params": net.params, "buffers": net.buffers}, sd, strict=strict,
-                                    skip=_RELEASE_UNUSED[self.backbone_kind])
+                                    skip=self._spec.unused_keys("backbone."))
 
     def load_pretrained(self, path: str) -> _state.LoadResult:
         """Loads backbone weights from a file of any format :mod:`herbs.weights` reads
@@ -323,13 +286,13 @@ class Model:
         sd = self._normalise(_weights.load_file(path))
         if any(k.startswith("backbone.") for k in sd):
             sd = _state.strip_prefix(sd, "backbone.")
-        if self.backbone_kind == "swin":
-            sd = _state.swin_to_original(sd)
+        if self._spec.convert is not None:
+            sd = self._spec.convert(sd)
         table = [(name[len("backbone."):], kind, shape, offset, size) for name, kind, shape, offset, size in self._table
                  if name.startswith("backbone.")]
         with self._claim() as net:
             return _state.load_into(table, {"params": net.params, "buffers": net.buffers}, sd, strict=True,
-                                    skip=_BACKBONE_UNUSED[self.backbone_kind])
+                                    skip=self._spec.unused_keys())
 
     @staticmethod
     def _normalise(state_dict: Mapping) -> Dict[str, np.ndarray]:

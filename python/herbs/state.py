@@ -6,32 +6,19 @@ size)`` where kind is ``"parameter"`` (offset into ``net.params``), ``"buffer"``
 ``"buffer_int64"`` (offsets into ``net.buffers``; PyTorch stores the latter as int64, e.g.
 BatchNorm's ``num_batches_tracked``, the engine as float). Names and shapes are PyTorch's.
 
-Layouts of Swin state dicts (see :func:`detect_swin_layout`):
-
-- ``"original"``: Microsoft's Swin repository, timm < 0.9 and the HERBS release. Stage s
-  ends with its patch merging, stored as ``layers.{s}.downsample.*`` for s = 0 .. n-2; the
-  classifier is ``head.*``; files may hold the buffers ``*.attn_mask`` and
-  ``*.relative_position_index``. This is the layout herbs uses.
-- ``"timm"``: timm >= 0.9. The merging that ends stage s is stored at the start of the next
-  stage, ``layers.{s+1}.downsample.*``; the classifier is ``head.fc.*``; the two buffers are
-  not saved. The 2x2 gather of timm >= 0.9's PatchMerging (a reshape to
-  [B, H/2, 2, W/2, 2, C] and a permutation to [B, H/2, W/2, 2(w), 2(h), C]) produces the
-  same channel order as the original concatenation of x[0::2, 0::2], x[1::2, 0::2],
-  x[0::2, 1::2], x[1::2, 1::2], so the merging's ``norm`` and ``reduction`` weights carry
-  over unpermuted, and no tensor changes shape.
-
-torchvision's and timm's ResNet-50 use the same names (``conv1``, ``bn1``,
-``layer{1..4}.{b}.conv{1,2,3}``, ``bn{1,2,3}``, ``downsample.0/1``, and ``fc`` for the
-classifier in both), so ResNet files need no conversion; the classifier is skipped with
-:data:`RESNET_UNUSED`.
+Checkpoint conversions belong to each backbone's spec (:mod:`herbs.backbones`); the Swin
+layout functions and the unused-key lists of Swin and ResNet are also importable from here.
 """
 from __future__ import annotations
 
 import fnmatch
-import re
-from typing import Dict, Iterable, List, Mapping, NamedTuple, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Sequence
 
 import numpy as np
+
+from herbs.backbones.resnet import RESNET_UNUSED
+from herbs.backbones.swin import (SWIN_UNUSED, detect_swin_layout, swin_original_to_timm, swin_timm_to_original,
+                                  swin_to_original)
 
 __all__ = [
     "SWIN_UNUSED",
@@ -47,12 +34,6 @@ __all__ = [
     "swin_original_to_timm",
     "swin_to_original",
 ]
-
-#: Keys of Swin checkpoints that a backbone does not use: the classifier, the final norm,
-#: and buffers the engine recomputes (the shifted-window mask, the relative position index).
-SWIN_UNUSED: Tuple[str, ...] = ("head.*", "norm.*", "*.attn_mask", "*.relative_position_index")
-#: Keys of ResNet checkpoints that a backbone does not use: the ImageNet classifier.
-RESNET_UNUSED: Tuple[str, ...] = ("fc.*",)
 
 _BLOCKS = {"parameter": "params", "buffer": "buffers", "buffer_int64": "buffers"}
 _FLOAT32_EXACT_INT = 2 ** 24  # integers beyond this are not exact in float32
@@ -174,70 +155,3 @@ def strip_prefix(state_dict: Mapping[str, np.ndarray], prefix: str) -> Dict[str,
     left out. E.g. ``strip_prefix(release_sd, "backbone.")`` is the release's backbone, and
     ``strip_prefix(sd, "module.")`` undoes ``torch.nn.DataParallel``."""
     return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
-
-
-_STAGE = re.compile(r"layers\.(\d+)\.")
-_DOWNSAMPLE = re.compile(r"layers\.(\d+)\.downsample\.(.+)")
-
-
-def detect_swin_layout(state_dict: Mapping[str, np.ndarray]) -> str:
-    """``"original"`` or ``"timm"`` (timm >= 0.9): where a Swin state dict keeps its patch
-    merging (see the module docstring). Keys must be the backbone's own (strip a prefix
-    such as ``backbone.`` first). A state dict without merging layers is ``"original"``
-    unless its classifier is ``head.fc.*``. Raises ValueError if there are no Swin stages or
-    the merging layers fit neither layout."""
-    stages = {int(m.group(1)) for m in map(_STAGE.match, state_dict) if m}
-    merging = {int(m.group(1)) for m in map(_DOWNSAMPLE.fullmatch, state_dict) if m}
-    if not stages:
-        raise ValueError("not a Swin state dict: no keys 'layers.<stage>.…' (strip any prefix first)")
-    last = max(stages)
-    if merging == set(range(last)) and merging:
-        return "original"
-    if merging == set(range(1, last + 1)) and merging:
-        return "timm"
-    if not merging:
-        return "timm" if "head.fc.weight" in state_dict else "original"
-    raise ValueError(f"patch merging found in stages {sorted(merging)} of stages 0..{last}: expected "
-                     f"0..{last - 1} (original layout) or 1..{last} (timm >= 0.9)")
-
-
-def swin_timm_to_original(state_dict: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """A timm >= 0.9 Swin state dict in the original layout: ``layers.{s}.downsample.*`` ->
-    ``layers.{s-1}.downsample.*`` and ``head.fc.*`` -> ``head.*``. The arrays are the same
-    objects (no tensor changes shape or channel order)."""
-    out = {}
-    for key, value in state_dict.items():
-        m = _DOWNSAMPLE.fullmatch(key)
-        if m:
-            stage = int(m.group(1))
-            if stage == 0:
-                raise ValueError(f"'{key}': stage 0 has no patch merging in timm >= 0.9's layout")
-            key = f"layers.{stage - 1}.downsample.{m.group(2)}"
-        elif key.startswith("head.fc."):
-            key = "head." + key[len("head.fc."):]
-        out[key] = value
-    return out
-
-
-def swin_original_to_timm(state_dict: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """An original-layout Swin state dict in timm >= 0.9's layout (the inverse of
-    :func:`swin_timm_to_original`); the buffers ``*.attn_mask`` and
-    ``*.relative_position_index``, which timm >= 0.9 does not save, are left out."""
-    out = {}
-    for key, value in state_dict.items():
-        if key.endswith((".attn_mask", ".relative_position_index")):
-            continue
-        m = _DOWNSAMPLE.fullmatch(key)
-        if m:
-            key = f"layers.{int(m.group(1)) + 1}.downsample.{m.group(2)}"
-        elif key.startswith("head."):
-            key = "head.fc." + key[len("head."):]
-        out[key] = value
-    return out
-
-
-def swin_to_original(state_dict: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """A Swin state dict of either layout in the original one (the layout herbs uses)."""
-    if detect_swin_layout(state_dict) == "timm":
-        return swin_timm_to_original(state_dict)
-    return dict(state_dict)
