@@ -211,6 +211,38 @@ def test_release_checkpoint_with_a_timm_backbone():
     np.testing.assert_array_equal(b.flat_parameters(), a.flat_parameters())
 
 
+def test_tap_gradients():
+    m = small()
+    x, _ = data()
+    seen = []
+
+    def gradients(scale):
+        def of(outputs):
+            seen.append(sorted(outputs))
+            return {"comb_outs": np.full(outputs["comb_outs"].shape, scale, np.float32),
+                    "layer2": np.full(outputs["layer2"].shape, -scale, np.float32)}
+        return of
+
+    outputs, taps = m.tap_gradients(x, gradients(1.0))
+    assert seen[0] == sorted(OUTPUTS)  # the outputs of forward, without ranks
+    for name, value in m.forward(x, train=False).items():
+        np.testing.assert_array_equal(outputs[name], value)
+    assert sorted(taps) == [f"backbone.layer{i}" for i in range(1, 5)]
+    for i, name in enumerate(sorted(taps)):
+        activation, gradient = taps[name]
+        assert activation.shape == gradient.shape == (2, TOKENS[i], CHANNELS[i])
+        assert activation.dtype == gradient.dtype == np.float32 and np.abs(gradient).max() > 0
+    assert np.abs(m.flat_gradients()).max() > 0  # the backward added into the parameter gradients
+    m.zero_grad()
+    _, doubled = m.tap_gradients(x, gradients(2.0))
+    for name, (activation, gradient) in doubled.items():  # linear in the output gradient
+        np.testing.assert_array_equal(activation, taps[name][0])
+        np.testing.assert_allclose(gradient, 2 * taps[name][1], rtol=1e-5, atol=1e-6 * np.abs(gradient).max())
+    _, none = m.tap_gradients(x, lambda outputs: {})
+    assert not any(np.any(g) for _, g in none.values())
+    m.zero_grad()
+
+
 def test_input_validation():
     m = small()
     x, y = data()

@@ -77,18 +77,21 @@ def heatmap(model, image: np.ndarray, target: Optional[int] = None, rectify: str
         raise ValueError(f"heatmap takes one image [3, H, W] or [1, 3, H, W], got shape {np.shape(image)}")
     if target is not None and not 0 <= target < model.num_classes:
         raise ValueError(f"target class {target} is outside [0, {model.num_classes})")
+    cls = score = None  # known once the outputs are
+
+    def score_gradients(outputs: dict) -> dict:
+        nonlocal cls, score
+        cls, score, grads = _score_gradients(outputs, target)
+        return grads
+
     try:
-        with model._claim() as net:
-            outputs = net.forward(model._images(x), train=False)
-            cls, score, grads = _score_gradients(outputs, target)
-            net.backward(grads, probe_grads=True)
-            probes = net.probes()
+        _, taps = model.tap_gradients(x, score_gradients)
     finally:
         model.zero_grad()
     size = model.img_size
     heat = np.ones((size, size))
-    for name in sorted(probes):
-        activation, gradient = probes[name]
+    for name in sorted(taps):
+        activation, gradient = taps[name]
         heat *= resize_bilinear(_tap_map(activation[0], gradient[0], rectify), size)
     peak = heat.max()
     return {"heatmap": (heat / peak if peak > 0 else heat).astype(np.float32), "class": cls, "score": score}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -208,6 +208,29 @@ class Model:
         """Sets every parameter gradient to zero."""
         with self._claim() as net:
             net.zero_grad()
+
+    def tap_gradients(self, x, output_gradients: Callable[[Dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+                      ) -> Tuple[Dict[str, np.ndarray], Dict[str, Tuple[np.ndarray, np.ndarray]]]:
+        """What explaining a prediction needs (heat maps, :mod:`herbs.heatmap`): the backbone's
+        four taps and the gradient of a score at each.
+
+        Runs an eval-mode forward of images x ``[B, 3, H, W]``, calls
+        ``output_gradients(outputs)`` with its outputs (those of :meth:`forward`), which returns
+        ``{output name: d score / d output}`` (float32, the output's shape; outputs it leaves out
+        get no gradient), and back-propagates that to the taps. Returns ``(outputs, taps)`` with
+        ``taps = {"backbone.layer1": (activation, gradient), ..., "backbone.layer4": ...}``, each
+        ``[B, S_i, C_i]`` float32 with the tokens in row-major order of the tap's grid; the
+        gradient is the whole one at the tap (what its classifiers send and what flows back from
+        the stages above).
+
+        The backward adds into the parameter gradients as :meth:`train_step` does: call
+        :meth:`zero_grad` afterwards, and do not call this between a train_step and its
+        optimiser step."""
+        x = self._images(x)
+        with self._claim() as net:
+            outputs = {k: v for k, v in net.forward(x, train=False).items() if not k.startswith("rank_")}
+            net.backward(dict(output_gradients(outputs)), probe_grads=True)
+            return outputs, net.probes()
 
     # ------------------------------------------------------------------------------------------
     # tensors
