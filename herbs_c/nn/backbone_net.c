@@ -11,7 +11,7 @@ typedef struct {
     herbs_net_ops ops; /* the kind's name differs per backbone */
 } backbone_net;
 
-static herbs_status bn_forward(herbs_net *net, const float *images, int batch, int train)
+static herbs_status backbone_net_forward(herbs_net *net, const float *images, int batch, int train)
 {
     backbone_net *impl = net->impl;
     herbs_backbone *bb = impl->bb;
@@ -31,7 +31,7 @@ static herbs_status bn_forward(herbs_net *net, const float *images, int batch, i
     return HERBS_OK;
 }
 
-static herbs_status bn_backward(herbs_net *net, float *dimages)
+static herbs_status backbone_net_backward(herbs_net *net, float *dimages)
 {
     backbone_net *impl = net->impl;
     const float *dtaps[HERBS_TAPS];
@@ -51,7 +51,7 @@ void backbone_keep_tap_grad(const herbs_backbone *bb, float *tap_grads[HERBS_TAP
         herbs_zero_floats(tap_grads[i], n);
 }
 
-static void bn_destroy(herbs_net *net)
+static void backbone_net_destroy(herbs_net *net)
 {
     backbone_net *impl = net->impl;
     if (!impl)
@@ -67,7 +67,7 @@ herbs_status backbone_net_init(herbs_net *net, herbs_config *config, herbs_backb
     backbone_net *impl = calloc(1, sizeof *impl);
     if (!impl)
         return herbs_error(HERBS_ERR_NOMEM, "out of memory creating a %s net", kind);
-    impl->ops = (herbs_net_ops){kind, bn_forward, bn_backward, bn_destroy};
+    impl->ops = (herbs_net_ops){kind, backbone_net_forward, backbone_net_backward, backbone_net_destroy};
     net->impl = impl;
     net->ops = &impl->ops;
     HERBS_TRY(create(&impl->bb, config, &net->params, ""));
