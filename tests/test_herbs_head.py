@@ -256,7 +256,7 @@ def test_default_num_selects_and_fpn_size():
     ({"num_selects": (30, 10, 2, 2)}, "at least 64 selected tokens"),
     ({"use_combiner": 1, "use_selection": 0}, "use_combiner needs use_selection"),
     ({"use_fpn": 0}, "use_combiner needs use_fpn"),
-    ({"backbone": "vgg16"}, "'backbone' = 'vgg16' is not one of"),
+    ({"backbone": "vgg16"}, "'backbone' = 'vgg16' is not one of: swin, resnet, patches"),  # the registry's list
     ({"fpn_type": "conv"}, "'fpn_type' = 'conv' is not one of"),
     ({"num_clases": 3}, "unknown config key 'num_clases' for a herbs net with backbone 'patches'"),
     ({"dropout": 1.0}, "'dropout' = 1 is outside"),

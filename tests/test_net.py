@@ -66,8 +66,29 @@ def test_bad_config(config, exc, words):
 
 
 def test_unknown_kind():
-    with pytest.raises(ValueError, match="unknown network kind 'lenet'"):
+    with pytest.raises(ValueError, match="unknown network kind 'lenet'") as info:
         _C.Net("lenet", {})
+    assert "(known: linear, herbs, swin, resnet, patches)" in str(info.value)  # every backbone is a kind
+
+
+def test_every_backbone_is_a_net_kind():
+    """The registry's backbones are kinds of their own ("patches" included): outputs layer1..4 are the
+    taps, here Conv2d(3, C_i, p_i, stride p_i) as tokens, against NumPy."""
+    grid, channels = (4, 2, 2, 1), (3, 5, 7, 2)
+    net = _C.Net("patches", {"img_size": 8, "patch_grid": grid, "patch_channels": channels}, 1)
+    assert net.kind == "patches" and net.image_shape == (3, 8, 8)
+    table = {name: (offset, size, shape) for name, _, shape, offset, size in net.tensors()}
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8), dtype=np.float32)
+    out = net.forward(x)
+    assert sorted(out) == ["layer1", "layer2", "layer3", "layer4"]
+    for i, (g, c) in enumerate(zip(grid, channels)):
+        p = 8 // g
+        offset, size, shape = table[f"tap{i + 1}.weight"]
+        w = net.params[offset:offset + size].reshape(shape)
+        offset, size, _ = table[f"tap{i + 1}.bias"]
+        b = net.params[offset:offset + size]
+        rows = x.reshape(2, 3, g, p, g, p).transpose(0, 2, 4, 1, 3, 5).reshape(2, g * g, 3 * p * p)
+        np.testing.assert_allclose(out[f"layer{i + 1}"], rows @ w.reshape(c, -1).T + b, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_calls():

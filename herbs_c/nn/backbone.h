@@ -40,17 +40,13 @@ struct herbs_backbone {
     int tap_height[HERBS_TAPS], tap_width[HERBS_TAPS];
 };
 
-/* Constructors: read the backbone's keys from `config` (leaving unknown keys for the caller
-   to reject), register tensors in `t` under `prefix`. */
 /* Copies the whole gradient at tap i into tap_grads[i] if it is wanted (zeros when `grad` is
    NULL): the backbones' shared step for the tap_grads of backward. */
 void backbone_keep_tap_grad(const herbs_backbone *bb, float *tap_grads[HERBS_TAPS], int i, int batch, const float *grad);
 
+/* Constructors (one per backbone, listed in registry.c): read the backbone's keys from `config`
+   (leaving unknown keys for the caller to reject), register tensors in `t` under `prefix`. */
 typedef herbs_status (*herbs_backbone_create_fn)(herbs_backbone **out, herbs_config *config, herbs_params *t,
                                                  const char *prefix);
-
-/* A herbs_net around a backbone alone: outputs "layer1".."layer4" are the taps. */
-herbs_status backbone_net_init(herbs_net *net, herbs_config *config, herbs_backbone_create_fn create,
-                               const char *kind);
 
 #endif

@@ -3,8 +3,7 @@
 #include <stdlib.h>
 
 #include "core/threads.h"
-#include "nn/backbone.h"
-#include "nn/net.h"
+#include "nn/registry.h"
 
 typedef struct {
     herbs_backbone *bb;
@@ -61,16 +60,16 @@ static void backbone_net_destroy(herbs_net *net)
     free(impl);
 }
 
-herbs_status backbone_net_init(herbs_net *net, herbs_config *config, herbs_backbone_create_fn create,
-                               const char *kind)
+herbs_status backbone_net_create(herbs_net *net, herbs_config *config, const backbone_spec *spec)
 {
+    const char *kind = spec->name;
     backbone_net *impl = calloc(1, sizeof *impl);
     if (!impl)
         return herbs_error(HERBS_ERR_NOMEM, "out of memory creating a %s net", kind);
     impl->ops = (herbs_net_ops){kind, backbone_net_forward, backbone_net_backward, backbone_net_destroy};
     net->impl = impl;
     net->ops = &impl->ops;
-    HERBS_TRY(create(&impl->bb, config, &net->params, ""));
+    HERBS_TRY(spec->create(&impl->bb, config, &net->params, ""));
     HERBS_TRY(config_check_all_used(config, kind));
     net->in_channels = impl->bb->in_channels;
     net->height = net->width = impl->bb->img_size;

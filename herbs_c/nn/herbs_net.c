@@ -10,22 +10,7 @@
 
 #include "kernels/kernels.h"
 #include "nn/herbs_model.h"
-#include "nn/kinds.h"
-#include "nn/patches.h"
-#include "nn/resnet.h"
-#include "nn/swin.h"
-
-/* The backbones a HERBS net can use, and the pyramid that suits each. */
-static const struct {
-    const char *name;
-    herbs_backbone_create_fn create;
-    fpn_type pyramid;
-} backbones[] = {
-    {"swin", swin_backbone_create, FPN_TOKENS},
-    {"resnet", resnet_backbone_create, FPN_CNN},
-    {"patches", patches_backbone_create, FPN_TOKENS},
-};
-#define N_BACKBONES (int)(sizeof backbones / sizeof backbones[0])
+#include "nn/registry.h"
 
 /* The combiner's dropout stream for a step: the last of the step's 65536 streams, which the
    backbones' per-layer streams (from step << 16 upwards) never reach. */
@@ -298,15 +283,9 @@ herbs_status herbs_net_create(herbs_net *net, herbs_config *config)
     net->ops = &herbs_ops;
     herbs_arena_init(&m->scratch);
 
-    const char *names[N_BACKBONES + 1], *backbone;
-    for (int i = 0; i < N_BACKBONES; i++)
-        names[i] = backbones[i].name;
-    names[N_BACKBONES] = NULL;
-    HERBS_TRY(config_text(config, "backbone", backbones[0].name, names, &backbone));
-    int which = 0;
-    while (strcmp(backbones[which].name, backbone) != 0)
-        which++;
-    HERBS_TRY(backbones[which].create(&m->bb, config, &net->params, "backbone."));
+    const backbone_spec *spec;
+    HERBS_TRY(registry_backbone(config, "backbone", &spec));
+    HERBS_TRY(spec->create(&m->bb, config, &net->params, "backbone."));
     const herbs_backbone *bb = m->bb;
     net->in_channels = bb->in_channels;
     net->height = net->width = bb->img_size;
@@ -318,11 +297,11 @@ herbs_status herbs_net_create(herbs_net *net, herbs_config *config)
     HERBS_TRY(config_int(config, "num_classes", 200, 1, 1000000, &m->classes));
     HERBS_TRY(read_switches(config, m));
     HERBS_TRY(config_int(config, "fpn_size", bb->tap_channels[HERBS_TAPS - 1], 1, 65536, &m->fpn_size));
-    HERBS_TRY(config_text(config, "fpn_type", pyramids[backbones[which].pyramid], pyramids, &pyramid));
+    HERBS_TRY(config_text(config, "fpn_type", pyramids[spec->pyramid], pyramids, &pyramid));
     HERBS_TRY(read_num_selects(config, bb, keep));
     HERBS_TRY(config_float(config, "dropout", 0.1, 0.0, 0.999999, &dropout));
     char what[96];
-    snprintf(what, sizeof what, "a herbs net with backbone '%s'", backbone);
+    snprintf(what, sizeof what, "a herbs net with backbone '%s'", spec->name);
     HERBS_TRY(config_check_all_used(config, what));
     return build_head(m, &net->params, strcmp(pyramid, "cnn") == 0 ? FPN_CNN : FPN_TOKENS, keep, (float)dropout);
 }

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "kernels/kernels.h"
-#include "nn/kinds.h"
+#include "nn/registry.h"
 
 typedef struct {
     int classes;

@@ -7,16 +7,13 @@
 
 herbs_status net_create(herbs_net **out, const char *kind, herbs_config *config, uint64_t seed)
 {
-    herbs_net_create_fn create = registry_find(kind);
-    if (!create)
-        return herbs_error(HERBS_ERR_VALUE, "unknown network kind '%s' (known: %s)", kind, registry_names());
     herbs_net *net = calloc(1, sizeof *net);
     if (!net)
         return herbs_error(HERBS_ERR_NOMEM, "out of memory creating a network");
     params_init(&net->params);
     herbs_arena_init(&net->arena);
     net->seed = seed;
-    herbs_status s = create(net, config);
+    herbs_status s = registry_create(net, kind, config);
     if (s == HERBS_OK)
         s = params_allocate(&net->params, seed);
     if (s != HERBS_OK) {

@@ -75,8 +75,7 @@ struct herbs_net {
     void *impl;         /* the kind's own state */
 };
 
-/* Builds a net of `kind` ("swin", "resnet", "herbs", ...) from `config`, parameters
-   initialised from `seed`. */
+/* Builds a net of `kind` (see registry.h) from `config`, parameters initialised from `seed`. */
 herbs_status net_create(herbs_net **out, const char *kind, herbs_config *config, uint64_t seed);
 void net_free(herbs_net *net);
 
@@ -88,8 +87,5 @@ herbs_status net_begin_forward(herbs_net *net, int batch);
    memory for the caller to fill. Returns it. */
 herbs_status net_add_output(herbs_net *net, const char *name, int ndim, const int64_t *shape, float *data,
                             herbs_output **out);
-
-/* The kinds, each in its own file: `create` fills a net whose params/arena are initialised. */
-typedef herbs_status (*herbs_net_create_fn)(herbs_net *net, herbs_config *config);
 
 #endif

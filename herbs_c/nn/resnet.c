@@ -16,7 +16,6 @@
 
 #include "core/threads.h"
 #include "kernels/kernels.h"
-#include "nn/kinds.h"
 
 #define BN_EPS 1e-5f
 #define BN_MOMENTUM 0.1f
@@ -483,9 +482,4 @@ herbs_status resnet_backbone_create(herbs_backbone **out, herbs_config *config, 
         r->base.tap_channels[s] = in_c;
     }
     return HERBS_OK;
-}
-
-herbs_status resnet_net_create(herbs_net *net, herbs_config *config)
-{
-    return backbone_net_init(net, config, resnet_backbone_create, "resnet");
 }

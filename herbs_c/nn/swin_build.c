@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "nn/kinds.h"
 #include "nn/swin_internal.h"
 
 static void swin_destroy(herbs_backbone *bb)
@@ -218,9 +217,4 @@ herbs_status swin_backbone_create(herbs_backbone **out, herbs_config *config, he
         s->base.tap_channels[i] = last ? st->dim : 2 * st->dim;
     }
     return register_tensors(s, t, prefix, &c);
-}
-
-herbs_status swin_net_create(herbs_net *net, herbs_config *config)
-{
-    return backbone_net_init(net, config, swin_backbone_create, "swin");
 }
