@@ -180,6 +180,42 @@ def test_dropout_masks_are_deterministic_and_change_per_step():
     assert not np.allclose(first, a.forward(x, train=True)["comb_outs"])  # the next step draws another mask
 
 
+def test_the_step_counter_advances_once_per_train_mode_forward():
+    """net.c counts the steps that key the dropout stream: one per forward in train mode, by forward
+    or train_step, none in eval mode; so the n-th train-mode pass draws the n-th mask whatever ran
+    between. (Train mode normalises with batch statistics, so the running ones that train_step
+    updates do not change these outputs.)"""
+    x, y = batch()
+    counted = engine(dropout=0.5)
+    masks = [counted.forward(x, train=True)["comb_outs"] for _ in range(3)]  # steps 0, 1, 2
+    assert not np.allclose(masks[1], masks[2])
+    mixed = engine(dropout=0.5)
+    mixed.forward(x, train=False)
+    mixed.train_step(x, y, train=False)
+    np.testing.assert_array_equal(mixed.forward(x, train=True)["comb_outs"], masks[0])  # eval counted no step
+    mixed.train_step(x, y)  # step 1
+    np.testing.assert_array_equal(mixed.forward(x, train=True)["comb_outs"], masks[2])
+
+
+def test_one_backward_per_forward():
+    x, y = batch()
+    net = engine()
+    net.train_step(x, y)
+    with pytest.raises(RuntimeError, match="one backward per forward"):
+        net.backward({})  # train_step went back through its forward already
+    net.forward(x, train=True)
+    net.loss(y)
+    net.backward({}, probe_grads=True)
+    grads = net.grads.copy()
+    for probe_grads in (False, True):
+        with pytest.raises(RuntimeError, match="one backward per forward"):
+            net.backward({}, probe_grads=probe_grads)
+    np.testing.assert_array_equal(net.grads, grads)  # refused before any work
+    net.forward(x)
+    net.backward({"comb_outs": np.ones((3, CLASSES), np.float32)})  # a new forward can be gone back through
+    assert not np.array_equal(net.grads, grads)
+
+
 def test_release_state_dict_keys():
     """Every head key and shape of the reference (written with the release's module names), plus
     a few spelled out here."""

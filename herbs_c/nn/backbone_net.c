@@ -14,7 +14,6 @@ static herbs_status backbone_net_forward(herbs_net *net, const float *images, in
 {
     backbone_net *impl = net->impl;
     herbs_backbone *bb = impl->bb;
-    HERBS_TRY(net_begin_forward(net, batch));
     float *taps[HERBS_TAPS];
     HERBS_TRY(bb->ops->forward(bb, &net->params, &net->arena, images, batch, train, net->seed, net->step, taps));
     for (int i = 0; i < HERBS_TAPS; i++) {
@@ -22,11 +21,9 @@ static herbs_status backbone_net_forward(herbs_net *net, const float *images, in
         snprintf(name, sizeof name, "layer%d", i + 1);
         herbs_output *o;
         const int64_t shape[3] = {batch, bb->tap_tokens[i], bb->tap_channels[i]};
-        HERBS_TRY(net_add_output(net, name, 3, shape, taps[i], &o)); /* the tap itself, kept until the next forward */
+        /* the tap itself, kept until the next forward */
+        HERBS_TRY(net_add_output(net, name, 3, shape, taps[i], &o));
     }
-    if (train)
-        net->step++;
-    net->forward_batch = batch;
     return HERBS_OK;
 }
 

@@ -78,7 +78,6 @@ static herbs_status herbs_forward(herbs_net *net, const float *images, int batch
 {
     herbs_model *m = net->impl;
     const herbs_backbone *bb = m->bb;
-    HERBS_TRY(net_begin_forward(net, batch));
     head_ctx c = {&net->params, &net->arena, &m->scratch, batch, train};
     m->train = train;
     HERBS_TRY(m->bb->ops->forward(m->bb, &net->params, &net->arena, images, batch, train, net->seed, net->step, m->taps));
@@ -127,9 +126,6 @@ static herbs_status herbs_forward(herbs_net *net, const float *images, int batch
         linear_forward(out_data(net, m->out_ori), m->ori_mean, PARAM(&net->params, m->ori_w),
                        PARAM(&net->params, m->ori_b), batch, C, m->classes);
     }
-    if (train)
-        net->step++;
-    net->forward_batch = batch;
     return HERBS_OK;
 }
 

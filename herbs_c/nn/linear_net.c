@@ -17,7 +17,6 @@ typedef struct {
 static herbs_status linear_forward_pass(herbs_net *net, const float *images, int batch, int train)
 {
     linear_net *ln = net->impl;
-    HERBS_TRY(net_begin_forward(net, batch));
     herbs_output *logits;
     HERBS_TRY(net_add_output(net, "logits", 2, (int64_t[]){batch, ln->classes}, NULL, &logits));
     int features = net->in_channels * net->height * net->width;
@@ -28,7 +27,6 @@ static herbs_status linear_forward_pass(herbs_net *net, const float *images, int
     ln->images = copy;
     linear_forward(logits->data, copy, PARAM(&net->params, ln->weight), PARAM(&net->params, ln->bias), batch,
                    features, ln->classes);
-    net->forward_batch = batch;
     return HERBS_OK;
 }
 

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/threads.h"
 #include "nn/registry.h"
 
 herbs_status net_create(herbs_net **out, const char *kind, herbs_config *config, uint64_t seed)
@@ -35,7 +36,15 @@ void net_free(herbs_net *net)
     free(net);
 }
 
-herbs_status net_begin_forward(herbs_net *net, int batch)
+static size_t output_size(const herbs_output *o)
+{
+    size_t size = 1;
+    for (int d = 0; d < o->ndim; d++)
+        size *= (size_t)o->shape[d];
+    return size;
+}
+
+herbs_status net_forward(herbs_net *net, const float *images, int batch, int train)
 {
     if (batch < 1)
         return herbs_error(HERBS_ERR_VALUE, "batch must be at least 1, got %d", batch);
@@ -44,7 +53,80 @@ herbs_status net_begin_forward(herbs_net *net, int batch)
     net->output_grads_zero = 1; /* net_add_output's gradients start zeroed */
     net->n_outputs = 0;
     net->n_probes = 0;
-    return herbs_arena_reset(&net->arena);
+    HERBS_TRY(herbs_arena_reset(&net->arena));
+    HERBS_TRY(net->ops->forward(net, images, batch, train));
+    if (train)
+        net->step++;
+    net->forward_batch = batch;
+    return HERBS_OK;
+}
+
+herbs_status net_backward_ready(const herbs_net *net, int probe_grads)
+{
+    if (net->forward_batch == 0 || net->backward_done)
+        return herbs_error(HERBS_ERR_STATE, "backward needs a forward pass before it (one backward per forward)");
+    if (probe_grads && net->n_probes == 0)
+        return herbs_error(HERBS_ERR_VALUE, "a '%s' network has no probes", net->ops->kind);
+    return HERBS_OK;
+}
+
+herbs_status net_output_grad(herbs_net *net, const char *name, herbs_output **out)
+{
+    for (int i = 0; i < net->n_outputs; i++) {
+        herbs_output *o = &net->outputs[i];
+        if (strcmp(o->name, name) != 0)
+            continue;
+        if (o->integer)
+            return herbs_error(HERBS_ERR_VALUE, "output '%s' holds integers (indices) and has no gradient", name);
+        net->output_grads_zero = 0;
+        *out = o;
+        return HERBS_OK;
+    }
+    return herbs_error(HERBS_ERR_VALUE, "grads names '%s', which is not an output of the last forward", name);
+}
+
+herbs_status net_backward(herbs_net *net, float *dimages, int probe_grads)
+{
+    HERBS_TRY(net_backward_ready(net, probe_grads));
+    net->probe_backward = probe_grads;
+    herbs_status s = net->ops->backward(net, dimages);
+    net->probe_backward = 0;
+    net->backward_done = 1; /* also after a failure: the saved activations may be spent */
+    return s;
+}
+
+herbs_status net_loss_ready(const herbs_net *net)
+{
+    if (!net->ops->loss)
+        return herbs_error(HERBS_ERR_TYPE, "a '%s' net has no training objective", net->ops->kind);
+    if (net->forward_batch == 0)
+        return herbs_error(HERBS_ERR_STATE, "loss needs a forward pass before it");
+    return HERBS_OK;
+}
+
+herbs_status net_loss(herbs_net *net, const int64_t *labels, int batch, herbs_config *options,
+                      herbs_loss_terms *terms)
+{
+    HERBS_TRY(net_loss_ready(net));
+    if (batch != net->forward_batch)
+        return herbs_error(HERBS_ERR_VALUE, "got %d labels for a forward pass of %d images", batch, net->forward_batch);
+    HERBS_TRY(net->ops->loss(net, labels, batch, options, 1, terms));
+    /* the objective's gradient replaces any earlier one */
+    for (int i = 0; !net->output_grads_zero && i < net->n_outputs; i++)
+        herbs_zero_floats(net->outputs[i].grad, output_size(&net->outputs[i]));
+    net->output_grads_zero = 0;
+    return net->ops->loss(net, labels, batch, options, 0, terms);
+}
+
+herbs_status net_train_step(herbs_net *net, const float *images, int batch, int train, const int64_t *labels,
+                            herbs_config *options, herbs_loss_terms *terms)
+{
+    if (!net->ops->loss)
+        return herbs_error(HERBS_ERR_TYPE, "a '%s' net has no training objective", net->ops->kind);
+    HERBS_TRY(net->ops->loss(net, labels, batch, options, 1, terms)); /* bad labels or options: before any work */
+    HERBS_TRY(net_forward(net, images, batch, train));
+    HERBS_TRY(net_loss(net, labels, batch, options, terms));
+    return net_backward(net, NULL, 0);
 }
 
 herbs_status net_add_output(herbs_net *net, const char *name, int ndim, const int64_t *shape, float *data,
@@ -56,11 +138,9 @@ herbs_status net_add_output(herbs_net *net, const char *name, int ndim, const in
     memset(o, 0, sizeof *o);
     strncpy(o->name, name, HERBS_OUTPUT_NAME_MAX - 1);
     o->ndim = ndim;
-    size_t size = 1;
-    for (int d = 0; d < ndim; d++) {
+    for (int d = 0; d < ndim; d++)
         o->shape[d] = shape[d];
-        size *= (size_t)shape[d];
-    }
+    const size_t size = output_size(o);
     o->data = data ? data : herbs_arena_floats(&net->arena, size, 0);
     o->grad = herbs_arena_floats(&net->arena, size, 1);
     if (!o->data || !o->grad)

@@ -37,20 +37,24 @@ typedef struct {
 
 typedef struct herbs_net herbs_net;
 
+/* What a kind implements: it only computes. net.c runs the lifecycle around it (checks, arena,
+   outputs, step counter, one backward per forward) and calls these at most once per step. */
 typedef struct {
     const char *kind;
-    /* images [B, 3, H, W] (NCHW, as PyTorch); resets the arena, fills net->outputs. */
+    /* images [B, 3, H, W] (NCHW, as PyTorch) -> net->outputs (net_add_output) and probes. Called
+       with a fresh arena and no outputs; net->step is the step of this pass. */
     herbs_status (*forward)(herbs_net *net, const float *images, int batch, int train);
     /* From the output gradients to the parameter gradients (accumulated); adds the image
-       gradient [B, 3, H, W] into dimages unless it is NULL. Needs a forward in train mode
-       or eval mode before it, and at most one backward per forward. */
+       gradient [B, 3, H, W] into dimages unless it is NULL; fills each probe's grad when
+       net->probe_backward is set. Goes back through the last forward (net->forward_batch images). */
     herbs_status (*backward)(herbs_net *net, float *dimages);
     void (*destroy)(herbs_net *net); /* frees what the kind added; net_free does the rest */
     /* Optional (NULL when the kind has no objective): the training objective of the last forward
        for labels [batch] (class indices) with kind-specific `options` (numbers; unknown keys are
-       rejected). Fills `terms` and sets the outputs' gradients to the objective's gradient, so that
-       backward completes a training step. With check_only it only validates labels and options
-       (batch is then the batch about to be forwarded) and changes nothing. */
+       rejected). Fills `terms` and writes the outputs' gradients (zero on entry) with the
+       objective's gradient, so that backward completes a training step. With check_only it only
+       validates labels and options (batch is then the batch about to be forwarded) and changes
+       nothing. */
     herbs_status (*loss)(herbs_net *net, const int64_t *labels, int batch, herbs_config *options, int check_only,
                          herbs_loss_terms *terms);
 } herbs_net_ops;
@@ -66,21 +70,53 @@ struct herbs_net {
        taps, for heat maps): data from the last forward; grad set by a backward in probe mode. */
     int n_probes;
     herbs_output probes[HERBS_MAX_PROBES];
-    int probe_backward; /* set for one backward: also keep the whole gradient at each probe */
-    int forward_batch;  /* batch of the last forward; 0 when there is none to go back through */
-    int backward_done;  /* set by backward, cleared by forward */
+    /* The lifecycle's state, kept by net.c alone (kinds read it): */
+    int probe_backward;    /* set for one backward: also keep the whole gradient at each probe */
+    int forward_batch;     /* batch of the last forward; 0 when there is none to go back through */
+    int backward_done;     /* set by net_backward, cleared by net_forward */
     int output_grads_zero; /* every output's gradient is still the forward's zeros (none written since) */
-    uint64_t seed;      /* random streams (drop path, dropout) are keyed by (seed, step, layer) */
-    uint64_t step;      /* counts forward passes in train mode */
-    void *impl;         /* the kind's own state */
+    uint64_t seed;         /* random streams (drop path, dropout) are keyed by (seed, step, layer) */
+    uint64_t step;         /* counts forward passes in train mode (net_forward adds 1 after each) */
+    void *impl;            /* the kind's own state */
 };
 
 /* Builds a net of `kind` (see registry.h) from `config`, parameters initialised from `seed`. */
 herbs_status net_create(herbs_net **out, const char *kind, herbs_config *config, uint64_t seed);
 void net_free(herbs_net *net);
 
-/* Starts a forward pass: checks the batch, resets the arena, forgets old outputs. */
-herbs_status net_begin_forward(herbs_net *net, int batch);
+/* --- the lifecycle: forward -> objective -> backward ------------------------------------------ */
+
+/* images [batch, C, H, W] -> net->outputs and probes (valid until the next forward). Forgets the
+   last forward (arena, outputs, gradients); in train mode the step counter then advances. */
+herbs_status net_forward(herbs_net *net, const float *images, int batch, int train);
+
+/* Whether net_backward may run now (a forward to go back through, not yet gone back through;
+   probes when probe_grads is set): HERBS_OK or the error net_backward would return. */
+herbs_status net_backward_ready(const herbs_net *net, int probe_grads);
+
+/* The gradient of output `name` for the caller to write before net_backward (not an integer
+   output's); the outputs not written keep theirs. */
+herbs_status net_output_grad(herbs_net *net, const char *name, herbs_output **out);
+
+/* One backward per forward: from the outputs' gradients to the parameter gradients (which
+   accumulate), the image gradient added into dimages [batch, C, H, W] unless it is NULL; with
+   probe_grads also each probe's whole gradient. */
+herbs_status net_backward(herbs_net *net, float *dimages, int probe_grads);
+
+/* Whether net_loss may run now (the kind has an objective, a forward was made). */
+herbs_status net_loss_ready(const herbs_net *net);
+
+/* The kind's objective of the last forward for labels [batch]: fills `terms` and replaces the
+   outputs' gradients with the objective's (nothing changes when labels or options are bad). */
+herbs_status net_loss(herbs_net *net, const int64_t *labels, int batch, herbs_config *options,
+                      herbs_loss_terms *terms);
+
+/* A training step: labels and options checked before any work, then forward, objective, backward
+   (parameter gradients accumulate). */
+herbs_status net_train_step(herbs_net *net, const float *images, int batch, int train, const int64_t *labels,
+                            herbs_config *options, herbs_loss_terms *terms);
+
+/* --- for the kinds ------------------------------------------------------------------------------ */
 
 /* Adds an output [shape] with a zeroed gradient from the arena; its data is `data` (memory that
    lives until the next forward, e.g. an activation the net keeps) or, when NULL, fresh arena

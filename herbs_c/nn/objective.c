@@ -139,24 +139,14 @@ herbs_status herbs_model_loss(herbs_net *net, const int64_t *labels, int batch, 
     HERBS_TRY(check_labels(m, labels, batch));
     if (check_only)
         return HERBS_OK;
-    if (net->forward_batch == 0)
-        return herbs_error(HERBS_ERR_STATE, "the objective needs a forward pass before it");
-    if (batch != net->forward_batch)
-        return herbs_error(HERBS_ERR_VALUE, "got %d labels for a forward pass of %d images", batch, net->forward_batch);
 
     head_ctx c = {&net->params, &net->arena, &m->scratch, batch, m->train};
     size_t most_rows = (size_t)batch;
     for (int i = 0; i < net->n_outputs; i++) {
-        herbs_output *o = &net->outputs[i];
-        size_t size = 1;
-        for (int d = 0; d < o->ndim; d++)
-            size *= (size_t)o->shape[d];
-        if (!net->output_grads_zero) /* the objective's gradient replaces any earlier one */
-            herbs_zero_floats(o->grad, size);
+        const herbs_output *o = &net->outputs[i];
         if (o->ndim == 3 && (size_t)(o->shape[0] * o->shape[1]) > most_rows)
             most_rows = (size_t)(o->shape[0] * o->shape[1]);
     }
-    net->output_grads_zero = 0;
     int *label_ints = herbs_arena_alloc(&net->arena, (size_t)batch * sizeof(int));
     float *rows;
     HERBS_TRY(head_alloc(&c, most_rows, 0, &rows));

@@ -245,7 +245,7 @@ static PyObject *Net_forward(NetObject *self, PyObject *args, PyObject *kw)
     herbs_status s;
     Py_BEGIN_ALLOW_THREADS
     herbs_threads_apply();
-    s = net->ops->forward(net, data, batch, train);
+    s = net_forward(net, data, batch, train);
     Py_END_ALLOW_THREADS
     if (s != HERBS_OK) {
         raise_status(s);
@@ -269,16 +269,14 @@ static int set_output_grads(herbs_net *net, PyObject *grads)
     Py_ssize_t pos = 0;
     while (PyDict_Next(grads, &pos, &key, &value)) {
         const char *name = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
-        herbs_output *o = NULL;
-        for (int i = 0; name && i < net->n_outputs; i++)
-            if (strcmp(net->outputs[i].name, name) == 0)
-                o = &net->outputs[i];
-        if (!o) {
+        if (!name) {
             PyErr_Format(PyExc_ValueError, "grads names %R, which is not an output of the last forward", key);
             return 0;
         }
-        if (o->integer) {
-            PyErr_Format(PyExc_ValueError, "output '%s' holds integers (indices) and has no gradient", name);
+        herbs_output *o;
+        herbs_status s = net_output_grad(net, name, &o);
+        if (s != HERBS_OK) {
+            raise_status(s);
             return 0;
         }
         int dtype = NPY_FLOAT32;
@@ -295,7 +293,6 @@ static int set_output_grads(herbs_net *net, PyObject *grads)
             PyErr_Format(PyExc_ValueError, "gradient of '%s' has shape %s, expected a C-contiguous %s", name, got, expect);
             return 0;
         }
-        net->output_grads_zero = 0;
         herbs_copy_floats(o->grad, PyArray_DATA(g), (size_t)PyArray_SIZE(g));
     }
     return 1;
@@ -312,12 +309,9 @@ static PyObject *Net_backward(NetObject *self, PyObject *args, PyObject *kw)
         return NULL;
     herbs_net *net = self->net;
     PyObject *dimages = NULL, *result = NULL;
-    if (net->forward_batch == 0 || net->backward_done) {
-        PyErr_SetString(PyExc_RuntimeError, "backward needs a forward pass before it (one backward per forward)");
-        goto done;
-    }
-    if (probe_grads && net->n_probes == 0) {
-        PyErr_Format(PyExc_ValueError, "a '%s' network has no probes", net->ops->kind);
+    herbs_status s = net_backward_ready(net, probe_grads);
+    if (s != HERBS_OK) {
+        raise_status(s);
         goto done;
     }
     if (!set_output_grads(net, grads))
@@ -327,15 +321,11 @@ static PyObject *Net_backward(NetObject *self, PyObject *args, PyObject *kw)
         if (!(dimages = PyArray_ZEROS(4, dims, NPY_FLOAT32, 0)))
             goto done;
     }
-    herbs_status s;
     float *dx = dimages ? PyArray_DATA((PyArrayObject *)dimages) : NULL;
-    net->probe_backward = probe_grads;
     Py_BEGIN_ALLOW_THREADS
     herbs_threads_apply();
-    s = net->ops->backward(net, dx);
+    s = net_backward(net, dx, probe_grads);
     Py_END_ALLOW_THREADS
-    net->probe_backward = 0;
-    net->backward_done = 1;
     if (s != HERBS_OK) {
         raise_status(s);
         goto done;
@@ -420,13 +410,6 @@ static PyObject *terms_dict(const herbs_loss_terms *terms)
     return d;
 }
 
-static int has_objective(herbs_net *net)
-{
-    if (!net->ops->loss)
-        PyErr_Format(PyExc_TypeError, "a '%s' net has no training objective", net->ops->kind);
-    return net->ops->loss != NULL;
-}
-
 static PyObject *Net_loss(NetObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *labels_obj;
@@ -440,19 +423,17 @@ static PyObject *Net_loss(NetObject *self, PyObject *args, PyObject *kw)
     herbs_config options;
     herbs_loss_terms terms;
     static const char *const skip[] = {NULL};
-    if (!has_objective(net))
-        goto done;
-    if (net->forward_batch == 0) {
-        PyErr_SetString(PyExc_RuntimeError, "loss needs a forward pass before it");
+    herbs_status s = net_loss_ready(net);
+    if (s != HERBS_OK) {
+        raise_status(s);
         goto done;
     }
     if (!(labels = labels_array(labels_obj, net->forward_batch)) || !options_config(kw, skip, &options))
         goto done;
-    herbs_status s;
     const int64_t *y = PyArray_DATA(labels);
     Py_BEGIN_ALLOW_THREADS
     herbs_threads_apply();
-    s = net->ops->loss(net, y, net->forward_batch, &options, 0, &terms);
+    s = net_loss(net, y, net->forward_batch, &options, &terms);
     Py_END_ALLOW_THREADS
     result = s == HERBS_OK ? terms_dict(&terms) : raise_status(s);
 done:
@@ -479,25 +460,15 @@ static PyObject *Net_train_step(NetObject *self, PyObject *args, PyObject *kw)
     static const char *const skip[] = {"train", NULL};
     const float *images;
     int batch;
-    if (!has_objective(net) || !check_images(net, images_obj, &images, &batch))
+    if (!check_images(net, images_obj, &images, &batch))
         goto done;
     if (!(labels = labels_array(labels_obj, batch)) || !options_config(kw, skip, &options))
         goto done;
+    herbs_status s;
     const int64_t *y = PyArray_DATA(labels);
-    herbs_status s = net->ops->loss(net, y, batch, &options, 1, &terms); /* bad labels or options: before any work */
-    if (s != HERBS_OK) {
-        raise_status(s);
-        goto done;
-    }
     Py_BEGIN_ALLOW_THREADS
     herbs_threads_apply();
-    s = net->ops->forward(net, images, batch, train);
-    if (s == HERBS_OK)
-        s = net->ops->loss(net, y, batch, &options, 0, &terms);
-    if (s == HERBS_OK) {
-        s = net->ops->backward(net, NULL);
-        net->backward_done = 1;
-    }
+    s = net_train_step(net, images, batch, train, y, &options, &terms);
     Py_END_ALLOW_THREADS
     result = s == HERBS_OK ? terms_dict(&terms) : raise_status(s);
 done:
