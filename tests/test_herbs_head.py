@@ -197,6 +197,25 @@ def test_the_step_counter_advances_once_per_train_mode_forward():
     np.testing.assert_array_equal(mixed.forward(x, train=True)["comb_outs"], masks[2])
 
 
+def test_ranks_are_int64_and_the_selectors_order():
+    """rank_layer{i} is the selector's token order as int64 (no float round trip): a permutation of
+    each image's tokens by which select_layer{i} (the first K_i) and drop_layer{i} (the rest) are
+    gathered from layer{i}. Float outputs carry gradients; a rank has none."""
+    x, _ = batch()
+    net = engine()
+    out = net.forward(x)
+    for i in range(4):
+        rank = out[f"rank_layer{i + 1}"]
+        assert rank.dtype == np.int64 and rank.shape == (3, TOKENS[i])
+        np.testing.assert_array_equal(np.sort(rank, axis=1), np.broadcast_to(np.arange(TOKENS[i]), rank.shape))
+        gathered = np.take_along_axis(out[f"layer{i + 1}"], rank[:, :, None], axis=1)
+        np.testing.assert_array_equal(gathered[:, :KEEP[i]], out[f"select_layer{i + 1}"])
+        np.testing.assert_array_equal(gathered[:, KEEP[i]:], out[f"drop_layer{i + 1}"])
+        assert out[f"layer{i + 1}"].dtype == np.float32
+    with pytest.raises(ValueError, match="'rank_layer4' holds integers .* no gradient"):
+        net.backward({"rank_layer4": np.zeros((3, TOKENS[3]), np.float32)})
+
+
 def test_one_backward_per_forward():
     x, y = batch()
     net = engine()

@@ -22,7 +22,7 @@ static herbs_status backbone_net_forward(herbs_net *net, const float *images, in
         herbs_output *o;
         const int64_t shape[3] = {batch, bb->tap_tokens[i], bb->tap_channels[i]};
         /* the tap itself, kept until the next forward */
-        HERBS_TRY(net_add_output(net, name, 3, shape, taps[i], &o));
+        HERBS_TRY(net_add_output(net, name, HERBS_FLOAT32, 3, shape, taps[i], &o));
     }
     return HERBS_OK;
 }

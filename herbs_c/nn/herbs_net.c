@@ -16,7 +16,8 @@
    backbones' per-layer streams (from step << 16 upwards) never reach. */
 #define COMBINER_DROPOUT_STREAM(step) (((uint64_t)(step) << 16) + 0xFFFF)
 
-static herbs_status add_output(herbs_net *net, const char *name, int tap, int ndim, const int64_t *shape, int *index)
+static herbs_status add_output(herbs_net *net, const char *name, int tap, herbs_dtype dtype, int ndim,
+                               const int64_t *shape, int *index)
 {
     char full[HERBS_OUTPUT_NAME_MAX];
     if (tap >= 0)
@@ -25,14 +26,14 @@ static herbs_status add_output(herbs_net *net, const char *name, int tap, int nd
         snprintf(full, sizeof full, "%s", name);
     herbs_output *o;
     *index = net->n_outputs;
-    return net_add_output(net, full, ndim, shape, NULL, &o);
+    return net_add_output(net, full, dtype, ndim, shape, NULL, &o);
 }
 
 static float *out_data(herbs_net *net, int index) { return index >= 0 ? net->outputs[index].data : NULL; }
 static float *out_grad(herbs_net *net, int index) { return index >= 0 ? net->outputs[index].grad : NULL; }
 
 /* Every output of this configuration, in a fixed order: FPN1_layer*, layer*, select_layer*,
-   drop_layer*, comb_outs or ori_out, rank_layer* (the selector's token order, integers). */
+   drop_layer*, comb_outs or ori_out, rank_layer* (the selector's token order, int64). */
 static herbs_status add_outputs(herbs_net *net, herbs_model *m, int B)
 {
     const herbs_backbone *bb = m->bb;
@@ -40,23 +41,22 @@ static herbs_status add_outputs(herbs_net *net, herbs_model *m, int B)
     for (int i = 0; i < HERBS_TAPS; i++)
         m->out_fpn1[i] = m->out_layer[i] = m->out_select[i] = m->out_drop[i] = m->out_rank[i] = -1;
     m->out_comb = m->out_ori = -1;
+    const herbs_dtype f32 = HERBS_FLOAT32;
     for (int i = 0; m->use_fpn && i < HERBS_TAPS; i++)
-        HERBS_TRY(add_output(net, "FPN1_layer", i, 3, (int64_t[]){B, bb->tap_tokens[i], K}, &m->out_fpn1[i]));
+        HERBS_TRY(add_output(net, "FPN1_layer", i, f32, 3, (int64_t[]){B, bb->tap_tokens[i], K}, &m->out_fpn1[i]));
     for (int i = 0; (m->use_fpn || m->use_selection) && i < HERBS_TAPS; i++)
-        HERBS_TRY(add_output(net, "layer", i, 3, (int64_t[]){B, bb->tap_tokens[i], K}, &m->out_layer[i]));
+        HERBS_TRY(add_output(net, "layer", i, f32, 3, (int64_t[]){B, bb->tap_tokens[i], K}, &m->out_layer[i]));
     for (int i = 0; m->use_selection && i < HERBS_TAPS; i++)
-        HERBS_TRY(add_output(net, "select_layer", i, 3, (int64_t[]){B, m->selector.keep[i], K}, &m->out_select[i]));
+        HERBS_TRY(add_output(net, "select_layer", i, f32, 3, (int64_t[]){B, m->selector.keep[i], K}, &m->out_select[i]));
     for (int i = 0; m->use_selection && i < HERBS_TAPS; i++)
-        HERBS_TRY(add_output(net, "drop_layer", i, 3, (int64_t[]){B, bb->tap_tokens[i] - m->selector.keep[i], K},
+        HERBS_TRY(add_output(net, "drop_layer", i, f32, 3, (int64_t[]){B, bb->tap_tokens[i] - m->selector.keep[i], K},
                              &m->out_drop[i]));
     if (m->use_combiner)
-        HERBS_TRY(add_output(net, "comb_outs", -1, 2, (int64_t[]){B, K}, &m->out_comb));
+        HERBS_TRY(add_output(net, "comb_outs", -1, f32, 2, (int64_t[]){B, K}, &m->out_comb));
     if (!m->use_fpn && !m->use_selection)
-        HERBS_TRY(add_output(net, "ori_out", -1, 2, (int64_t[]){B, K}, &m->out_ori));
-    for (int i = 0; m->use_selection && i < HERBS_TAPS; i++) {
-        HERBS_TRY(add_output(net, "rank_layer", i, 2, (int64_t[]){B, bb->tap_tokens[i]}, &m->out_rank[i]));
-        net->outputs[m->out_rank[i]].integer = 1;
-    }
+        HERBS_TRY(add_output(net, "ori_out", -1, f32, 2, (int64_t[]){B, K}, &m->out_ori));
+    for (int i = 0; m->use_selection && i < HERBS_TAPS; i++)
+        HERBS_TRY(add_output(net, "rank_layer", i, HERBS_INT64, 2, (int64_t[]){B, bb->tap_tokens[i]}, &m->out_rank[i]));
     return HERBS_OK;
 }
 
@@ -66,6 +66,7 @@ static void add_tap_probes(herbs_net *net, const herbs_model *m, int B)
     for (int i = 0; i < HERBS_TAPS; i++) {
         herbs_output *p = &net->probes[i];
         snprintf(p->name, sizeof p->name, "backbone.layer%d", i + 1);
+        p->dtype = HERBS_FLOAT32;
         p->ndim = 3;
         p->shape[0] = B, p->shape[1] = m->bb->tap_tokens[i], p->shape[2] = m->bb->tap_channels[i];
         p->data = m->taps[i];
@@ -111,9 +112,9 @@ static herbs_status herbs_forward(herbs_net *net, const float *images, int batch
     if (m->use_selection) {
         HERBS_TRY(selector_forward(&m->selector, &c, logits, features, selected, dropped));
         for (int i = 0; i < HERBS_TAPS; i++) {
-            float *rank = out_data(net, m->out_rank[i]);
+            int64_t *rank = net->outputs[m->out_rank[i]].data;
             for (size_t j = 0; j < (size_t)batch * bb->tap_tokens[i]; j++)
-                rank[j] = (float)m->selector.order[i][j];
+                rank[j] = m->selector.order[i][j];
         }
     }
     if (m->use_combiner)

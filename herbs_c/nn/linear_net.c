@@ -18,7 +18,7 @@ static herbs_status linear_forward_pass(herbs_net *net, const float *images, int
 {
     linear_net *ln = net->impl;
     herbs_output *logits;
-    HERBS_TRY(net_add_output(net, "logits", 2, (int64_t[]){batch, ln->classes}, NULL, &logits));
+    HERBS_TRY(net_add_output(net, "logits", HERBS_FLOAT32, 2, (int64_t[]){batch, ln->classes}, NULL, &logits));
     int features = net->in_channels * net->height * net->width;
     float *copy = herbs_arena_floats(&net->arena, (size_t)batch * features, 0);
     if (!copy)

@@ -76,7 +76,7 @@ herbs_status net_output_grad(herbs_net *net, const char *name, herbs_output **ou
         herbs_output *o = &net->outputs[i];
         if (strcmp(o->name, name) != 0)
             continue;
-        if (o->integer)
+        if (o->dtype != HERBS_FLOAT32)
             return herbs_error(HERBS_ERR_VALUE, "output '%s' holds integers (indices) and has no gradient", name);
         net->output_grads_zero = 0;
         *out = o;
@@ -113,7 +113,8 @@ herbs_status net_loss(herbs_net *net, const int64_t *labels, int batch, herbs_co
     HERBS_TRY(net->ops->loss(net, labels, batch, options, 1, terms));
     /* the objective's gradient replaces any earlier one */
     for (int i = 0; !net->output_grads_zero && i < net->n_outputs; i++)
-        herbs_zero_floats(net->outputs[i].grad, output_size(&net->outputs[i]));
+        if (net->outputs[i].grad)
+            herbs_zero_floats(net->outputs[i].grad, output_size(&net->outputs[i]));
     net->output_grads_zero = 0;
     return net->ops->loss(net, labels, batch, options, 0, terms);
 }
@@ -129,21 +130,28 @@ herbs_status net_train_step(herbs_net *net, const float *images, int batch, int 
     return net_backward(net, NULL, 0);
 }
 
-herbs_status net_add_output(herbs_net *net, const char *name, int ndim, const int64_t *shape, float *data,
-                            herbs_output **out)
+herbs_status net_add_output(herbs_net *net, const char *name, herbs_dtype dtype, int ndim, const int64_t *shape,
+                            void *data, herbs_output **out)
 {
     if (net->n_outputs == HERBS_MAX_OUTPUTS)
         return herbs_error(HERBS_ERR_STATE, "more than %d outputs", HERBS_MAX_OUTPUTS);
     herbs_output *o = &net->outputs[net->n_outputs];
     memset(o, 0, sizeof *o);
     strncpy(o->name, name, HERBS_OUTPUT_NAME_MAX - 1);
+    o->dtype = dtype;
     o->ndim = ndim;
     for (int d = 0; d < ndim; d++)
         o->shape[d] = shape[d];
     const size_t size = output_size(o);
-    o->data = data ? data : herbs_arena_floats(&net->arena, size, 0);
-    o->grad = herbs_arena_floats(&net->arena, size, 1);
-    if (!o->data || !o->grad)
+    if (dtype == HERBS_FLOAT32) {
+        o->data = data ? data : herbs_arena_floats(&net->arena, size, 0);
+        o->grad = herbs_arena_floats(&net->arena, size, 1);
+        if (!o->grad)
+            return HERBS_ERR_NOMEM;
+    } else {
+        o->data = data ? data : herbs_arena_alloc(&net->arena, size * sizeof(int64_t));
+    }
+    if (!o->data)
         return HERBS_ERR_NOMEM;
     net->n_outputs++;
     *out = o;

@@ -14,15 +14,22 @@
 #define HERBS_MAX_PROBES 4
 #define HERBS_OUTPUT_NAME_MAX 32
 
-/* An output of the last forward pass; `data` and `grad` live in the net's arena. `grad` is
-   zeroed by forward; the caller (or a loss) fills it before backward. */
+/* The element type of an output's values. */
+typedef enum {
+    HERBS_FLOAT32 = 0,
+    HERBS_INT64, /* whole numbers (token indices, say): no gradient */
+} herbs_dtype;
+
+/* An output of the last forward pass; `data` and `grad` live in the net's arena. `grad` (float32
+   outputs only; NULL for int64) is zeroed by forward; the caller (or a loss) fills it before
+   backward. */
 typedef struct {
     char name[HERBS_OUTPUT_NAME_MAX];
+    herbs_dtype dtype;
     int ndim;
     int64_t shape[HERBS_MAX_DIMS];
-    float *data;
+    void *data; /* shape values of `dtype` */
     float *grad;
-    int integer; /* the values are whole numbers (token indices, say): returned as int64, no gradient */
 } herbs_output;
 
 #define HERBS_MAX_LOSS_TERMS 8
@@ -94,8 +101,8 @@ herbs_status net_forward(herbs_net *net, const float *images, int batch, int tra
    probes when probe_grads is set): HERBS_OK or the error net_backward would return. */
 herbs_status net_backward_ready(const herbs_net *net, int probe_grads);
 
-/* The gradient of output `name` for the caller to write before net_backward (not an integer
-   output's); the outputs not written keep theirs. */
+/* The gradient of output `name` for the caller to write before net_backward (float32 outputs
+   only); the outputs not written keep theirs. */
 herbs_status net_output_grad(herbs_net *net, const char *name, herbs_output **out);
 
 /* One backward per forward: from the outputs' gradients to the parameter gradients (which
@@ -118,10 +125,10 @@ herbs_status net_train_step(herbs_net *net, const float *images, int batch, int 
 
 /* --- for the kinds ------------------------------------------------------------------------------ */
 
-/* Adds an output [shape] with a zeroed gradient from the arena; its data is `data` (memory that
-   lives until the next forward, e.g. an activation the net keeps) or, when NULL, fresh arena
-   memory for the caller to fill. Returns it. */
-herbs_status net_add_output(herbs_net *net, const char *name, int ndim, const int64_t *shape, float *data,
-                            herbs_output **out);
+/* Adds an output [shape] of `dtype` (float32 ones with a zeroed gradient from the arena); its
+   data is `data` (memory that lives until the next forward, e.g. an activation the net keeps) or,
+   when NULL, fresh arena memory for the caller to fill. Returns it. */
+herbs_status net_add_output(herbs_net *net, const char *name, herbs_dtype dtype, int ndim, const int64_t *shape,
+                            void *data, herbs_output **out);
 
 #endif

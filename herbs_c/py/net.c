@@ -195,22 +195,16 @@ static int check_images(herbs_net *net, PyObject *obj, const float **data, int *
     return 1;
 }
 
-/* A new array holding `src` (float32 values of output or probe `o`; int64 for integer outputs). */
-static PyObject *array_of(const herbs_output *o, const float *src)
+/* A new array of output or probe `o`'s shape and dtype holding a copy of `src` (its data, or its
+   gradient: float32). */
+static PyObject *array_of(const herbs_output *o, herbs_dtype dtype, const void *src)
 {
     npy_intp dims[HERBS_MAX_DIMS];
     for (int d = 0; d < o->ndim; d++)
         dims[d] = (npy_intp)o->shape[d];
-    PyObject *arr = PyArray_SimpleNew(o->ndim, dims, o->integer ? NPY_INT64 : NPY_FLOAT32);
-    if (!arr)
-        return NULL;
-    if (o->integer) {
-        int64_t *dst = PyArray_DATA((PyArrayObject *)arr);
-        for (npy_intp j = 0; j < PyArray_SIZE((PyArrayObject *)arr); j++)
-            dst[j] = (int64_t)src[j];
-    } else {
-        herbs_copy_floats(PyArray_DATA((PyArrayObject *)arr), src, (size_t)PyArray_SIZE((PyArrayObject *)arr));
-    }
+    PyObject *arr = PyArray_SimpleNew(o->ndim, dims, dtype == HERBS_INT64 ? NPY_INT64 : NPY_FLOAT32);
+    if (arr)
+        memcpy(PyArray_DATA((PyArrayObject *)arr), src, PyArray_NBYTES((PyArrayObject *)arr));
     return arr;
 }
 
@@ -219,7 +213,7 @@ static PyObject *outputs_dict(herbs_net *net)
 {
     PyObject *result = PyDict_New();
     for (int i = 0; result && i < net->n_outputs; i++) {
-        PyObject *arr = array_of(&net->outputs[i], net->outputs[i].data);
+        PyObject *arr = array_of(&net->outputs[i], net->outputs[i].dtype, net->outputs[i].data);
         if (!arr || PyDict_SetItemString(result, net->outputs[i].name, arr) < 0)
             Py_CLEAR(result);
         Py_XDECREF(arr);
@@ -346,7 +340,8 @@ static PyObject *Net_probes(NetObject *self, PyObject *unused)
     PyObject *result = PyDict_New();
     for (int i = 0; result && i < net->n_probes; i++) {
         const herbs_output *p = &net->probes[i];
-        PyObject *data = array_of(p, p->data), *grad = p->grad ? array_of(p, p->grad) : (Py_INCREF(Py_None), Py_None);
+        PyObject *data = array_of(p, p->dtype, p->data);
+        PyObject *grad = p->grad ? array_of(p, HERBS_FLOAT32, p->grad) : (Py_INCREF(Py_None), Py_None);
         PyObject *pair = data && grad ? PyTuple_Pack(2, data, grad) : NULL;
         if (!pair || PyDict_SetItemString(result, p->name, pair) < 0)
             Py_CLEAR(result);
