@@ -22,8 +22,8 @@
    3. Tests: the backbone alone against its PyTorch model, outputs and every gradient
       (tests/test_resnet.py and tests/test_swin.py are the pattern, with a reference in
       tests/reference_*.py), and the HERBS model over it (tests/test_herbs_backbones.py).
-   The Python side (the settings Model passes, checkpoint conversion) has its own steps in the
-   package's backbone specs. */
+   The Python side (a spec in python/herbs/backbones/: names, settings, unused checkpoint keys,
+   conversion) and the whole walk-through are in docs/BACKBONES.md. */
 #ifndef HERBS_NN_REGISTRY_H
 #define HERBS_NN_REGISTRY_H
 
