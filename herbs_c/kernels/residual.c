@@ -1,11 +1,41 @@
-/* The residual join: bodies over the elements [i0, i1), built per instruction set and run over
-   contiguous ranges, one per thread (isa.h). */
+/* Residual joins. The add+ReLU and the plain add are bodies over the elements [i0, i1), built per
+   instruction set and run over contiguous ranges, one per thread (isa.h); the per-sample scaled
+   add runs one parallel region for all samples (each thread takes the same share of every
+   sample), so a batch costs one fork and one join. */
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
 #include "kernels/isa.h"
 
 #define RESIDUAL_GRAIN 16384 /* elements a thread should get at least */
 #define RESIDUAL_THREADS(n) herbs_threads_for((double)(n), RESIDUAL_GRAIN)
+
+void FN(residual_add_forward)(real *out, const real *res, const real *branch, const real *scale, int B, long M)
+{
+    const int team = RESIDUAL_THREADS((double)B * M);
+#pragma omp parallel num_threads(team) if (team > 1)
+    for (int b = 0; b < B; b++) {
+        const real s = scale ? scale[b] : 1;
+        const size_t o = (size_t)b * M;
+#pragma omp for simd schedule(static) nowait
+        for (long i = 0; i < M; i++)
+            out[o + i] = res[o + i] + s * branch[o + i];
+    }
+}
+
+void FN(residual_add_backward)(real *dbranch, const real *dout, const real *scale, int B, long M)
+{
+    const int team = RESIDUAL_THREADS((double)B * M);
+#pragma omp parallel num_threads(team) if (team > 1)
+    for (int b = 0; b < B; b++) {
+        const real s = scale ? scale[b] : 1;
+        const size_t o = (size_t)b * M;
+        if (s == 0)
+            continue;
+#pragma omp for simd schedule(static) nowait
+        for (long i = 0; i < M; i++)
+            dbranch[o + i] += s * dout[o + i];
+    }
+}
 
 HERBS_INLINE void FN(add_relu_forward_span)(real *out, const real *a, const real *b, size_t i0, size_t i1)
 {
