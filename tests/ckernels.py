@@ -77,6 +77,16 @@ def call(name, *args, dtype=np.float64):
     fn(*converted)
 
 
+def grad_buffer(shape, accumulate, rng, dtype=np.float64):
+    """An input-gradient buffer for a backward kernel called with `accumulate`, and what it holds
+    that is not the gradient: for 0, NaN everywhere (the kernel must store, never read) and zeros;
+    for 1, random values (the kernel must add onto them) and a copy of them."""
+    if accumulate:
+        base = rng.standard_normal(shape).astype(dtype)
+        return base.copy(), base
+    return np.full(shape, np.nan, dtype), np.zeros(shape, dtype)
+
+
 def numerical_grad(f, x, eps=1e-6):
     """Central differences of the scalar function f() with respect to the array x, in place."""
     grad = np.zeros_like(x)

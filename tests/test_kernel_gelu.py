@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ckernels import call, numerical_grad
+from ckernels import call, grad_buffer, numerical_grad
 
 # these kernels are built per instruction set (kernels/isa.h): every test runs on each
 pytestmark = pytest.mark.usefixtures("isa")
@@ -34,12 +34,17 @@ def test_derivative_matches_finite_differences_and_output_matches_gelu_forward()
     np.testing.assert_array_equal(in_place, deriv)
 
 
-def test_activation_backward_accumulates():
+@pytest.mark.parametrize("accumulate", [0, 1])
+def test_activation_backward_writes_or_adds(accumulate):
     rng = np.random.default_rng(1)
     g, d = rng.standard_normal(33), rng.standard_normal(33)
-    dx = np.full(33, 0.5)
-    call("activation_backward", dx, g, d, 33)
-    np.testing.assert_allclose(dx, 0.5 + g * d, rtol=1e-15)
+    dx, before = grad_buffer(33, accumulate, rng)
+    call("activation_backward", dx, g, d, 33, accumulate)
+    # one rounding of the product and the sum, or one fused (the AVX builds contract into an FMA)
+    np.testing.assert_allclose(dx, before + g * d, rtol=1e-15, atol=1e-14)
+    in_place = g.copy()
+    call("activation_backward", in_place, in_place, d, 33, 0)  # written, dinp may alias dout
+    np.testing.assert_array_equal(in_place, g * d)
 
 
 def test_float32_derivative_matches_torch():

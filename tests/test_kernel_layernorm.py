@@ -1,10 +1,11 @@
 """LayerNorm over rows: finite differences in float64, PyTorch parity in float32 (both code paths
-for the weight gradients: per-thread sums for rows up to 4096 channels, column blocks beyond)."""
+for the weight gradients: per-thread sums for rows up to 4096 channels, column blocks beyond), the
+input gradient written (accumulate 0) or added (1)."""
 import numpy as np
 import pytest
 import torch
 
-from ckernels import call, numerical_grad
+from ckernels import call, grad_buffer, numerical_grad
 
 # these kernels are built per instruction set (kernels/isa.h): every test runs on each
 pytestmark = pytest.mark.usefixtures("isa")
@@ -18,7 +19,8 @@ def ln_forward(x, w, b, eps=1e-5, dtype=np.float64):
 
 
 @pytest.mark.parametrize("N,C", [(1, 2), (3, 7), (5, 33)])
-def test_backward_matches_finite_differences(N, C):
+@pytest.mark.parametrize("accumulate", [0, 1])
+def test_backward_matches_finite_differences(N, C, accumulate):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((N, C)) * 2 + 0.5
     w, b = rng.standard_normal(C), rng.standard_normal(C)
@@ -28,9 +30,10 @@ def test_backward_matches_finite_differences(N, C):
         return float((ln_forward(x, w, b)[0] * probe).sum())
 
     _, mean, rstd = ln_forward(x, w, b)
-    dx, dw, db = np.full((N, C), 0.5), np.full(C, 0.25), np.full(C, -1.0)  # gradients accumulate
-    call("layernorm_backward", dx, dw, db, probe, x, w, mean, rstd, N, C)
-    np.testing.assert_allclose(dx - 0.5, numerical_grad(loss, x), rtol=1e-6, atol=1e-8)
+    dx, before = grad_buffer((N, C), accumulate, rng)
+    dw, db = np.full(C, 0.25), np.full(C, -1.0)  # parameter gradients accumulate
+    call("layernorm_backward", dx, dw, db, probe, x, w, mean, rstd, N, C, accumulate)
+    np.testing.assert_allclose(dx - before, numerical_grad(loss, x), rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(dw - 0.25, numerical_grad(loss, w), rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(db + 1.0, numerical_grad(loss, b), rtol=1e-6, atol=1e-8)
 
@@ -41,16 +44,17 @@ def test_optional_gradients():
     x, w, b, g = (rng.standard_normal(s) for s in ((N, C), C, C, (N, C)))
     _, mean, rstd = ln_forward(x, w, b)
     dx, dw, db = np.zeros((N, C)), np.zeros(C), np.zeros(C)
-    call("layernorm_backward", dx, dw, db, g, x, w, mean, rstd, N, C)
-    only_dx, only_dw = np.zeros((N, C)), np.zeros(C)
-    call("layernorm_backward", only_dx, None, None, g, x, w, mean, rstd, N, C)
-    call("layernorm_backward", None, only_dw, None, g, x, w, mean, rstd, N, C)
+    call("layernorm_backward", dx, dw, db, g, x, w, mean, rstd, N, C, 1)
+    only_dx, only_dw = np.full((N, C), np.nan), np.zeros(C)
+    call("layernorm_backward", only_dx, None, None, g, x, w, mean, rstd, N, C, 0)
+    call("layernorm_backward", None, only_dw, None, g, x, w, mean, rstd, N, C, 0)
     np.testing.assert_array_equal(only_dx, dx)
     np.testing.assert_allclose(only_dw, dw, rtol=1e-12)
 
 
 @pytest.mark.parametrize("N,C", [(1, 1), (7, 97), (1003, 96), (9, 4100)])
-def test_matches_torch(N, C):
+@pytest.mark.parametrize("accumulate", [0, 1])
+def test_matches_torch(N, C, accumulate):
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((N, C)) * 3 + 1).astype(np.float32)
     w, b = (rng.standard_normal(C).astype(np.float32) for _ in range(2))
@@ -59,11 +63,12 @@ def test_matches_torch(N, C):
     ty = torch.nn.functional.layer_norm(tx, (C,), tw, tb, 1e-5)
     ty.backward(torch.tensor(g))
     out, mean, rstd = ln_forward(x, w, b, dtype=np.float32)
-    dx, dw, db = np.zeros_like(x), np.zeros_like(w), np.zeros_like(b)
-    call("layernorm_backward", dx, dw, db, g, x, w, mean, rstd, N, C, dtype=np.float32)
+    dx, before = grad_buffer((N, C), accumulate, rng, np.float32)
+    dw, db = np.zeros_like(w), np.zeros_like(b)
+    call("layernorm_backward", dx, dw, db, g, x, w, mean, rstd, N, C, accumulate, dtype=np.float32)
     # outputs are O(|w|·3 + |b|): a few float32 ulps of that; dw and db are sums over N rows of
     # O(1) products, so their rounding grows like sqrt(N)·ulp, hence the looser atol
     np.testing.assert_allclose(out, ty.detach().numpy(), rtol=1e-5, atol=2e-5)
-    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx - before, tx.grad.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dw, tw.grad.numpy(), rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(db, tb.grad.numpy(), rtol=1e-4, atol=1e-3)

@@ -1,10 +1,11 @@
 """Patch embedding (conv k = stride = p as patchify + GEMM) and patch merging's 2×2 gather:
-finite differences in float64, PyTorch parity in float32."""
+finite differences in float64, PyTorch parity in float32, input gradients written (accumulate 0)
+or added (1)."""
 import numpy as np
 import pytest
 import torch
 
-from ckernels import call, numerical_grad
+from ckernels import call, grad_buffer, numerical_grad
 
 
 def embed(images, w, b, p, dtype=np.float64):
@@ -15,16 +16,19 @@ def embed(images, w, b, p, dtype=np.float64):
     return out, patches
 
 
-def embed_backward(images, w, patches, g, p, dtype=np.float64):
+def embed_backward(images, w, patches, g, p, accumulate, rng, dtype=np.float64):
+    """The gradients, with the image's less what its buffer held before"""
     B, C, H, W = images.shape
     D = w.shape[0]
-    dimg, dw, db = np.zeros_like(images), np.zeros_like(w), np.zeros(D, dtype)
+    dimg, before = grad_buffer(images.shape, accumulate, rng, dtype)
+    dw, db = np.zeros_like(w), np.zeros(D, dtype)
     work = np.empty(patches.shape, dtype)
-    call("patch_embed_backward", dimg, dw, db, work, g, patches, w, B, C, H, W, p, D, dtype=dtype)
-    return dimg, dw, db
+    call("patch_embed_backward", dimg, dw, db, work, g, patches, w, B, C, H, W, p, D, accumulate, dtype=dtype)
+    return dimg - before, dw, db
 
 
-def test_embed_backward_matches_finite_differences():
+@pytest.mark.parametrize("accumulate", [0, 1])
+def test_embed_backward_matches_finite_differences(accumulate):
     rng = np.random.default_rng(0)
     B, C, H, W, p, D = 2, 3, 6, 9, 3, 5
     x, w, b = rng.standard_normal((B, C, H, W)), rng.standard_normal((D, C, p, p)), rng.standard_normal(D)
@@ -34,14 +38,16 @@ def test_embed_backward_matches_finite_differences():
         return float((embed(x, w, b, p)[0] * probe).sum())
 
     _, patches = embed(x, w, b, p)
-    dimg, dw, db = embed_backward(x, w, patches, probe, p)
+    dimg, dw, db = embed_backward(x, w, patches, probe, p, accumulate, rng)
     for analytic, wrt in ((dimg, x), (dw, w), (db, b)):
         # central differences carry ~1e-16·|loss|/1e-6 ≈ 1e-9 of rounding
         np.testing.assert_allclose(analytic, numerical_grad(loss, wrt), rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("B,C,H,W,p,D", [(1, 3, 4, 4, 4, 1), (3, 3, 28, 20, 4, 96), (2, 5, 14, 21, 7, 17)])
-def test_embed_matches_torch_conv(B, C, H, W, p, D):
+@pytest.mark.parametrize("B,C,H,W,p,D", [(1, 3, 4, 4, 4, 1), (3, 3, 28, 20, 4, 96), (2, 5, 14, 21, 7, 17),
+                                         (1, 2, 7, 11, 3, 4)])  # the last leaves pixels out of every patch
+@pytest.mark.parametrize("accumulate", [0, 1])
+def test_embed_matches_torch_conv(B, C, H, W, p, D, accumulate):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((B, C, H, W)).astype(np.float32)
     w = (rng.standard_normal((D, C, p, p)) * 0.2).astype(np.float32)
@@ -52,7 +58,7 @@ def test_embed_matches_torch_conv(B, C, H, W, p, D):
     ty = torch.nn.functional.conv2d(tx, tw, tb, stride=p).flatten(2).transpose(1, 2)  # [B, L, D]
     ty.backward(torch.tensor(g))
     out, patches = embed(x, w, b, p, dtype=np.float32)
-    dimg, dw, db = embed_backward(x, w, patches, g.reshape(B * L, D), p, dtype=np.float32)
+    dimg, dw, db = embed_backward(x, w, patches, g.reshape(B * L, D), p, accumulate, rng, dtype=np.float32)
     # sums of C·p·p (forward, image grad) or B·L (weight grad) O(1) products: float32 rounding
     # relative to the sums' magnitude
     np.testing.assert_allclose(out, ty.detach().numpy().reshape(B * L, D), rtol=1e-4, atol=1e-5)
@@ -62,7 +68,8 @@ def test_embed_matches_torch_conv(B, C, H, W, p, D):
 
 
 @pytest.mark.parametrize("B,H,W,C", [(1, 2, 2, 1), (2, 6, 4, 5), (3, 14, 14, 96)])
-def test_merge_matches_torch_gather(B, H, W, C):
+@pytest.mark.parametrize("accumulate", [0, 1])
+def test_merge_matches_torch_gather(B, H, W, C, accumulate):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((B, H * W, C)).astype(np.float32)
     t = torch.tensor(x).view(B, H, W, C)
@@ -72,10 +79,10 @@ def test_merge_matches_torch_gather(B, H, W, C):
     np.testing.assert_array_equal(out, expect.reshape(B, -1, 4 * C).numpy())
     # backward is the adjoint of the gather (a permutation): <gather(x), g> = <x, scatter(g)>
     g = rng.standard_normal(out.shape).astype(np.float32)
-    dx = np.ones_like(x)
-    call("patch_merge_backward", dx, g, B, H, W, C, dtype=np.float32)
+    dx, before = grad_buffer(x.shape, accumulate, rng, np.float32)
+    call("patch_merge_backward", dx, g, B, H, W, C, accumulate, dtype=np.float32)
     back = torch.zeros(B, H, W, C)
     gt = torch.tensor(g).view(B, H // 2, W // 2, 4, C)
     for q, (dy, dx_) in enumerate([(0, 0), (1, 0), (0, 1), (1, 1)]):
         back[:, dy::2, dx_::2] = gt[:, :, :, q]
-    np.testing.assert_array_equal(dx, 1 + back.reshape(B, H * W, C).numpy())
+    np.testing.assert_array_equal(dx, before + back.reshape(B, H * W, C).numpy())

@@ -1,27 +1,48 @@
 """Residual joins: Swin's per-sample scaled residual add, the residual add + ReLU and the plain add
-that joins gradients: exact against NumPy, finite differences in float64 for the backward passes."""
+that joins gradients: exact against NumPy, finite differences in float64 for the backward passes,
+input gradients written (accumulate 0) or added (1)."""
 import numpy as np
 import pytest
 
-from ckernels import call, numerical_grad
+from ckernels import call, grad_buffer, numerical_grad
 
 # these kernels are built per instruction set (kernels/isa.h): every test runs on each
 pytestmark = pytest.mark.usefixtures("isa")
 
 
-def test_residual_add_forward_backward():
+@pytest.mark.parametrize("B,M", [(3, 11), (2, 40013)])  # the second runs on several threads
+@pytest.mark.parametrize("accumulate", [0, 1])
+def test_residual_add_forward_backward(B, M, accumulate):
     rng = np.random.default_rng(0)
-    B, M = 3, 11
     res, branch, dout = (rng.standard_normal((B, M)) for _ in range(3))
-    scale = np.array([2.0, 0.0, 1.25])
+    scale = np.array([2.0, 0.0, 1.25][:B])  # a dropped sample among them
     out = np.empty((B, M))
     call("residual_add_forward", out, res, branch, scale, B, M)
     np.testing.assert_allclose(out, res + scale[:, None] * branch, rtol=1e-15)
     call("residual_add_forward", out, res, branch, None, B, M)
     np.testing.assert_allclose(out, res + branch, rtol=1e-15)
-    dbranch = np.ones((B, M))
-    call("residual_add_backward", dbranch, dout, scale, B, M)
-    np.testing.assert_allclose(dbranch, 1 + scale[:, None] * dout, rtol=1e-15)
+    for s in (scale, None):
+        dbranch, before = grad_buffer((B, M), accumulate, rng)
+        call("residual_add_backward", dbranch, dout, s, B, M, accumulate)
+        np.testing.assert_allclose(dbranch, before + (1 if s is None else s[:, None]) * dout, rtol=1e-15,
+                                   atol=1e-15)
+
+
+def test_residual_add_backward_matches_finite_differences():
+    rng = np.random.default_rng(4)
+    B, M = 3, 5
+    res, branch, probe = (rng.standard_normal((B, M)) for _ in range(3))
+    scale = np.array([1.5, 0.0, 0.75])
+
+    def loss():
+        out = np.empty((B, M))
+        call("residual_add_forward", out, res, branch, scale, B, M)
+        return float((out * probe).sum())
+
+    dbranch = np.full((B, M), np.nan)
+    call("residual_add_backward", dbranch, probe, scale, B, M, 0)
+    np.testing.assert_allclose(dbranch, numerical_grad(loss, branch), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(probe, numerical_grad(loss, res), rtol=1e-6, atol=1e-8)  # the residual's is dout
 
 
 def test_add_relu():

@@ -1,10 +1,11 @@
 """Token-axis kernels: Conv1d(S_in, S_out, 1) over tokens, the token mean, and the selector's
-gather/scatter of rows. Finite differences in float64, PyTorch parity in float32."""
+gather/scatter of rows. Finite differences in float64, PyTorch parity in float32; the token linear's
+input gradient written (accumulate 0) or added (1)."""
 import numpy as np
 import pytest
 import torch
 
-from ckernels import call, numerical_grad
+from ckernels import call, grad_buffer, numerical_grad
 
 
 def token_linear(x, w, b, accumulate_onto=None, dtype=np.float64):
@@ -17,7 +18,8 @@ def token_linear(x, w, b, accumulate_onto=None, dtype=np.float64):
 
 @pytest.mark.parametrize("B,S_in,S_out,C", [(1, 1, 1, 1), (2, 5, 3, 7), (3, 4, 9, 2)])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_token_linear_backward_matches_finite_differences(B, S_in, S_out, C, with_bias):
+@pytest.mark.parametrize("accumulate", [0, 1])
+def test_token_linear_backward_matches_finite_differences(B, S_in, S_out, C, with_bias, accumulate):
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal((B, S_in, C)), rng.standard_normal((S_out, S_in))
     b = rng.standard_normal(S_out) if with_bias else None
@@ -26,10 +28,11 @@ def test_token_linear_backward_matches_finite_differences(B, S_in, S_out, C, wit
     def loss():
         return float((token_linear(x, w, b) * probe).sum())
 
-    dx, dw = np.zeros_like(x), np.zeros_like(w)
+    dx, before = grad_buffer(x.shape, accumulate, rng)
+    dw = np.zeros_like(w)
     db = np.zeros(S_out) if with_bias else None
-    call("token_linear_backward", dx, dw, db, probe, x, w, B, S_in, S_out, C)
-    for analytic, wrt in ((dx, x), (dw, w)) + (((db, b),) if with_bias else ()):
+    call("token_linear_backward", dx, dw, db, probe, x, w, B, S_in, S_out, C, accumulate)
+    for analytic, wrt in ((dx - before, x), (dw, w)) + (((db, b),) if with_bias else ()):
         np.testing.assert_allclose(analytic, numerical_grad(loss, wrt), rtol=1e-7, atol=1e-8)
 
 
@@ -43,15 +46,17 @@ def test_token_linear_accumulates_onto_out():
 
 
 @pytest.mark.parametrize("B,S_in,S_out,C", [(1, 7, 3, 1), (2, 49, 196, 33), (3, 131, 67, 96)])
-def test_token_linear_matches_torch_conv1d(B, S_in, S_out, C):
+@pytest.mark.parametrize("accumulate", [0, 1])
+def test_token_linear_matches_torch_conv1d(B, S_in, S_out, C, accumulate):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((B, S_in, C), dtype=np.float32)
     w = rng.standard_normal((S_out, S_in), dtype=np.float32)
     b = rng.standard_normal(S_out, dtype=np.float32)
     g = rng.standard_normal((B, S_out, C), dtype=np.float32)
     out = token_linear(x, w, b, dtype=np.float32)
-    dx, dw, db = np.full_like(x, 0.25), np.zeros_like(w), np.zeros_like(b)  # gradients accumulate
-    call("token_linear_backward", dx, dw, db, g, x, w, B, S_in, S_out, C, dtype=np.float32)
+    dx, before = grad_buffer(x.shape, accumulate, rng, np.float32)
+    dw, db = np.zeros_like(w), np.zeros_like(b)  # parameter gradients accumulate
+    call("token_linear_backward", dx, dw, db, g, x, w, B, S_in, S_out, C, accumulate, dtype=np.float32)
 
     tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w[:, :, None], b))
     tout = torch.nn.functional.conv1d(tx, tw, tb)  # the release's Up_/Down_ layers: tokens are channels
@@ -59,7 +64,7 @@ def test_token_linear_matches_torch_conv1d(B, S_in, S_out, C):
     # float32 sums of up to S_in (forward), S_out (dx) or B*C (dw) products of unit normals:
     # rounding ~ sqrt(terms) * 6e-8 * |terms| stays below 1e-4 relative to sums of size ~sqrt(terms)
     np.testing.assert_allclose(out, tout.detach().numpy(), rtol=1e-4, atol=2e-4)
-    np.testing.assert_allclose(dx - 0.25, tx.grad.numpy(), rtol=1e-4, atol=2e-4)
+    np.testing.assert_allclose(dx - before, tx.grad.numpy(), rtol=1e-4, atol=2e-4)
     np.testing.assert_allclose(dw, tw.grad.numpy()[:, :, 0], rtol=1e-4, atol=5e-4)
     np.testing.assert_allclose(db, tb.grad.numpy(), rtol=1e-4, atol=5e-4)
 

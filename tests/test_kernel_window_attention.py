@@ -1,13 +1,14 @@
 """Shifted-window attention (gather by index with the cyclic shift, relative-position bias, -100
 mask, softmax, ·v, written back to the tokens): finite differences in float64, PyTorch parity in
-float32 against the reference's roll / partition / reverse path."""
+float32 against the reference's roll / partition / reverse path; the input gradients written
+(accumulate 0) or added (1)."""
 import ctypes
 
 import numpy as np
 import pytest
 import torch
 
-from ckernels import LIB, call, numerical_grad
+from ckernels import LIB, call, grad_buffer, numerical_grad
 from reference_swin import relative_position_index, shifted_window_attention
 
 
@@ -33,14 +34,17 @@ def attention(qkv, bias, H, W, heads, window, shift, threads=2, dtype=np.float64
     return out, lse
 
 
-def attention_backward(dout, qkv, bias, lse, H, W, heads, window, shift, threads=2, dtype=np.float64):
+def attention_backward(dout, qkv, bias, lse, H, W, heads, window, shift, threads=2, dtype=np.float64, accumulate=0,
+                       rng=None):
+    """dqkv and dbias, less what their buffers held before (random values when accumulating)"""
     B, L, C3 = qkv.shape
     C = C3 // 3
-    dqkv, dbias = np.zeros_like(qkv), np.zeros_like(bias)
+    rng = rng or np.random.default_rng(7)
+    (dqkv, qkv_before), (dbias, bias_before) = (grad_buffer(a.shape, accumulate, rng, dtype) for a in (qkv, bias))
     work = np.empty(work_floats(C // heads, window, heads, dtype, threads), dtype)
     call("window_attention_backward", dqkv, dbias, work, dout, qkv, bias, lse, B, H, W, C, heads, window, shift,
-         threads, dtype=dtype)
-    return dqkv, dbias
+         threads, accumulate, dtype=dtype)
+    return dqkv - qkv_before, dbias - bias_before
 
 
 def test_relative_bias_gathers_and_scatters_through_the_index():
@@ -63,7 +67,8 @@ def test_relative_bias_gathers_and_scatters_through_the_index():
     (2, 6, 3, 1, 3, 3, 1),   # odd window, non-square map
     (1, 3, 3, 2, 2, 3, 0),   # one window, no shift
 ])
-def test_backward_matches_finite_differences(B, H, W, heads, d, window, shift):
+@pytest.mark.parametrize("accumulate", [0, 1])
+def test_backward_matches_finite_differences(B, H, W, heads, d, window, shift, accumulate):
     rng = np.random.default_rng(1)
     C, N = heads * d, window * window
     qkv = rng.standard_normal((B, H * W, 3 * C))
@@ -74,7 +79,7 @@ def test_backward_matches_finite_differences(B, H, W, heads, d, window, shift):
         return float((attention(qkv, bias, H, W, heads, window, shift)[0] * probe).sum())
 
     _, lse = attention(qkv, bias, H, W, heads, window, shift)
-    dqkv, dbias = attention_backward(probe, qkv, bias, lse, H, W, heads, window, shift)
+    dqkv, dbias = attention_backward(probe, qkv, bias, lse, H, W, heads, window, shift, accumulate=accumulate)
     np.testing.assert_allclose(dqkv, numerical_grad(loss, qkv), rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(dbias, numerical_grad(loss, bias), rtol=1e-6, atol=1e-8)
 
@@ -86,7 +91,8 @@ def test_backward_matches_finite_differences(B, H, W, heads, d, window, shift):
     (1, 24, 24, 2, 32, 12, 6),  # window 12 (384 px models)
 ])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_matches_torch(B, H, W, heads, d, window, shift, threads):
+@pytest.mark.parametrize("accumulate", [0, 1])
+def test_matches_torch(B, H, W, heads, d, window, shift, threads, accumulate):
     rng = np.random.default_rng(2)
     C = heads * d
     qkv = rng.standard_normal((B, H * W, 3 * C)).astype(np.float32)
@@ -98,7 +104,7 @@ def test_matches_torch(B, H, W, heads, d, window, shift, threads):
 
     bias = expand_bias(table, heads, window, np.float32)
     out, lse = attention(qkv, bias, H, W, heads, window, shift, threads, np.float32)
-    dqkv, dbias = attention_backward(g, qkv, bias, lse, H, W, heads, window, shift, threads, np.float32)
+    dqkv, dbias = attention_backward(g, qkv, bias, lse, H, W, heads, window, shift, threads, np.float32, accumulate)
     dtable = np.zeros_like(table)
     call("relative_bias_backward", dtable, dbias, heads, window, dtype=np.float32)
     # outputs are convex combinations of O(1) values: float32 rounding of d-term dot products and

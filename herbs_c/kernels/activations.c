@@ -60,18 +60,26 @@ void FN(gelu_forward)(real *out, const real *inp, size_t n)
     HERBS_ISA_PARALLEL(gelu_forward_span, n, ACT_THREADS(n), out, inp);
 }
 
-HERBS_INLINE void FN(gelu_backward_span)(real *dinp, const real *dout, const real *inp, size_t i0, size_t i1)
+HERBS_INLINE void FN(gelu_backward_span)(real *dinp, const real *dout, const real *inp, int accumulate, size_t i0,
+                                         size_t i1)
 {
+    if (accumulate) {
 #pragma omp simd
-    for (size_t i = i0; i < i1; i++)
-        dinp[i] += dout[i] * (FN(normal_cdf)(inp[i]) + inp[i] * FN(normal_pdf)(inp[i]));
+        for (size_t i = i0; i < i1; i++)
+            dinp[i] += dout[i] * (FN(normal_cdf)(inp[i]) + inp[i] * FN(normal_pdf)(inp[i]));
+    } else {
+#pragma omp simd
+        for (size_t i = i0; i < i1; i++)
+            dinp[i] = dout[i] * (FN(normal_cdf)(inp[i]) + inp[i] * FN(normal_pdf)(inp[i]));
+    }
 }
-HERBS_ISA_VARIANTS(gelu_backward_span, (real *dinp, const real *dout, const real *inp, size_t i0, size_t i1),
-                   (dinp, dout, inp, i0, i1))
+HERBS_ISA_VARIANTS(gelu_backward_span,
+                   (real *dinp, const real *dout, const real *inp, int accumulate, size_t i0, size_t i1),
+                   (dinp, dout, inp, accumulate, i0, i1))
 
-void FN(gelu_backward)(real *dinp, const real *dout, const real *inp, size_t n)
+void FN(gelu_backward)(real *dinp, const real *dout, const real *inp, size_t n, int accumulate)
 {
-    HERBS_ISA_PARALLEL(gelu_backward_span, n, ACT_THREADS(n), dinp, dout, inp);
+    HERBS_ISA_PARALLEL(gelu_backward_span, n, ACT_THREADS(n), dinp, dout, inp, accumulate);
 }
 
 HERBS_INLINE void FN(gelu_forward_derivative_span)(real *out, real *deriv, const real *inp, size_t i0, size_t i1)
@@ -91,16 +99,24 @@ void FN(gelu_forward_derivative)(real *out, real *deriv, const real *inp, size_t
     HERBS_ISA_PARALLEL(gelu_forward_derivative_span, n, ACT_THREADS(n), out, deriv, inp);
 }
 
-HERBS_INLINE void FN(activation_backward_span)(real *dinp, const real *dout, const real *deriv, size_t i0, size_t i1)
+HERBS_INLINE void FN(activation_backward_span)(real *dinp, const real *dout, const real *deriv, int accumulate,
+                                               size_t i0, size_t i1)
 {
+    if (accumulate) {
 #pragma omp simd
-    for (size_t i = i0; i < i1; i++)
-        dinp[i] += dout[i] * deriv[i];
+        for (size_t i = i0; i < i1; i++)
+            dinp[i] += dout[i] * deriv[i];
+    } else {
+#pragma omp simd
+        for (size_t i = i0; i < i1; i++)
+            dinp[i] = dout[i] * deriv[i];
+    }
 }
-HERBS_ISA_VARIANTS(activation_backward_span, (real *dinp, const real *dout, const real *deriv, size_t i0, size_t i1),
-                   (dinp, dout, deriv, i0, i1))
+HERBS_ISA_VARIANTS(activation_backward_span,
+                   (real *dinp, const real *dout, const real *deriv, int accumulate, size_t i0, size_t i1),
+                   (dinp, dout, deriv, accumulate, i0, i1))
 
-void FN(activation_backward)(real *dinp, const real *dout, const real *deriv, size_t n)
+void FN(activation_backward)(real *dinp, const real *dout, const real *deriv, size_t n, int accumulate)
 {
-    HERBS_ISA_PARALLEL(activation_backward_span, n, ACT_THREADS(n), dinp, dout, deriv);
+    HERBS_ISA_PARALLEL(activation_backward_span, n, ACT_THREADS(n), dinp, dout, deriv, accumulate);
 }

@@ -1,5 +1,5 @@
-/* Elementwise activations over n values. Backward kernels accumulate (+=) into dinp (relu_backward
-   when asked to). */
+/* Elementwise activations over n values. Backward kernels add onto dinp when `accumulate` is set
+   and write it (not read) when it is 0. */
 
 /* out[n] = max(inp, 0); out may alias inp */
 void FN(relu_forward)(real *out, const real *inp, size_t n);
@@ -9,12 +9,13 @@ void FN(relu_backward)(real *dinp, const real *dout, const real *out, size_t n, 
 
 /* out[n] = x · Φ(x) = x/2 · (1 + erf(x/√2)), the exact GELU; out may alias inp */
 void FN(gelu_forward)(real *out, const real *inp, size_t n);
-/* dinp[n] += dout · (Φ(x) + x·φ(x)), from the forward's input */
-void FN(gelu_backward)(real *dinp, const real *dout, const real *inp, size_t n);
+/* dinp[n] += (accumulate set) or = dout · (Φ(x) + x·φ(x)), from the forward's input */
+void FN(gelu_backward)(real *dinp, const real *dout, const real *inp, size_t n, int accumulate);
 
 /* out[n] = gelu(x) and deriv[n] = gelu'(x) in one pass, for a backward that needs both (the
    output for a weight gradient, the derivative for the input gradient); deriv may alias inp */
 void FN(gelu_forward_derivative)(real *out, real *deriv, const real *inp, size_t n);
 
-/* dinp[n] += dout · deriv: the backward of an elementwise activation, given its derivative */
-void FN(activation_backward)(real *dinp, const real *dout, const real *deriv, size_t n);
+/* dinp[n] += (accumulate set) or = dout · deriv: the backward of an elementwise activation, given
+   its derivative; dinp may alias dout or deriv when it is written */
+void FN(activation_backward)(real *dinp, const real *dout, const real *deriv, size_t n, int accumulate);

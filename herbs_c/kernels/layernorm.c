@@ -39,10 +39,11 @@ HERBS_ISA_VARIANTS(ln_forward_rows,
                     real eps, int n0, int n1),
                    (out, mean, rstd, inp, weight, bias, C, eps, n0, n1))
 
-/* rows [n0, n1) of layernorm_backward: dinp += r·(g - mean(g) - x̂·mean(g·x̂)) with g = dout·weight
+/* rows [n0, n1) of layernorm_backward: dinp (+)= r·(g - mean(g) - x̂·mean(g·x̂)) with g = dout·weight
    (dinp may be NULL); dw += dout·x̂ and db += dout (both NULL or both given). */
 HERBS_INLINE void FN(ln_backward_rows)(real *dinp, real *dw, real *db, const real *dout, const real *inp,
-                                       const real *weight, const real *mean, const real *rstd, int n0, int n1, int C)
+                                       const real *weight, const real *mean, const real *rstd, int accumulate,
+                                       int n0, int n1, int C)
 {
     for (int n = n0; n < n1; n++) {
         const real *dy = dout + (size_t)n * C, *x = inp + (size_t)n * C, m = mean[n], r = rstd[n];
@@ -56,9 +57,15 @@ HERBS_INLINE void FN(ln_backward_rows)(real *dinp, real *dw, real *db, const rea
             }
             const real mg = sum_g / C, mgx = sum_gx / C;
             real *dx = dinp + (size_t)n * C;
+            if (accumulate) {
 #pragma omp simd
-            for (int c = 0; c < C; c++)
-                dx[c] += r * (dy[c] * weight[c] - mg - (x[c] - m) * r * mgx);
+                for (int c = 0; c < C; c++)
+                    dx[c] += r * (dy[c] * weight[c] - mg - (x[c] - m) * r * mgx);
+            } else {
+#pragma omp simd
+                for (int c = 0; c < C; c++)
+                    dx[c] = r * (dy[c] * weight[c] - mg - (x[c] - m) * r * mgx);
+            }
         }
         if (dw) {
 #pragma omp simd
@@ -71,8 +78,8 @@ HERBS_INLINE void FN(ln_backward_rows)(real *dinp, real *dw, real *db, const rea
 }
 HERBS_ISA_VARIANTS(ln_backward_rows,
                    (real *dinp, real *dw, real *db, const real *dout, const real *inp, const real *weight,
-                    const real *mean, const real *rstd, int n0, int n1, int C),
-                   (dinp, dw, db, dout, inp, weight, mean, rstd, n0, n1, C))
+                    const real *mean, const real *rstd, int accumulate, int n0, int n1, int C),
+                   (dinp, dw, db, dout, inp, weight, mean, rstd, accumulate, n0, n1, C))
 
 void FN(layernorm_forward)(real *out, real *mean, real *rstd, const real *inp, const real *weight, const real *bias,
                            int N, int C, real eps)
@@ -104,10 +111,10 @@ static void FN(layernorm_param_grads_by_columns)(real *dweight, real *dbias, con
 }
 
 void FN(layernorm_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
-                            const real *weight, const real *mean, const real *rstd, int N, int C)
+                            const real *weight, const real *mean, const real *rstd, int N, int C, int accumulate)
 {
     void (*rows)(real *, real *, real *, const real *, const real *, const real *, const real *, const real *, int,
-                 int, int) = FN(ln_backward_rows_isa)();
+                 int, int, int) = FN(ln_backward_rows_isa)();
     const int param_grads = dweight || dbias, on_stack = param_grads && C <= LN_STACK_C;
     if (!dinp && !on_stack) {
         if (param_grads)
@@ -120,7 +127,7 @@ void FN(layernorm_backward)(real *dinp, real *dweight, real *dbias, const real *
         real dw[on_stack ? C : 1], db[on_stack ? C : 1];
         for (int c = 0; on_stack && c < C; c++)
             dw[c] = db[c] = 0;
-        rows(dinp, on_stack ? dw : NULL, on_stack ? db : NULL, dout, inp, weight, mean, rstd,
+        rows(dinp, on_stack ? dw : NULL, on_stack ? db : NULL, dout, inp, weight, mean, rstd, accumulate,
              (int)((long)N * tid / nt), (int)((long)N * (tid + 1) / nt), C);
         if (on_stack) {
 #pragma omp for ordered schedule(static, 1)

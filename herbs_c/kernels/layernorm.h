@@ -5,7 +5,7 @@
 void FN(layernorm_forward)(real *out, real *mean, real *rstd, const real *inp, const real *weight, const real *bias,
                            int N, int C, real eps);
 
-/* dinp[N,C] += the input gradient; dweight[C] += Σ_rows dout·x̂; dbias[C] += Σ_rows dout, with
-   x̂ = (inp - mean)·rstd. dinp, dweight, dbias may be NULL (not wanted). */
+/* dinp[N,C] += (accumulate set) or = (not read) the input gradient; dweight[C] += Σ_rows dout·x̂;
+   dbias[C] += Σ_rows dout, with x̂ = (inp - mean)·rstd. dinp, dweight, dbias may be NULL (not wanted). */
 void FN(layernorm_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
-                            const real *weight, const real *mean, const real *rstd, int N, int C);
+                            const real *weight, const real *mean, const real *rstd, int N, int C, int accumulate);

@@ -23,23 +23,29 @@ void FN(patch_embed_forward)(real *out, real *patches, const real *images, const
 }
 
 void FN(patch_embed_backward)(real *dimages, real *dweight, real *dbias, real *work, const real *dout,
-                              const real *patches, const real *weight, int B, int C, int H, int W, int p, int D)
+                              const real *patches, const real *weight, int B, int C, int H, int W, int p, int D,
+                              int accumulate)
 {
     const int gh = H / p, gw = W / p, K = C * p * p, L = gh * gw;
     FN(linear_backward)(dimages ? work : NULL, dweight, dbias, dout, patches, weight, B * L, K, D, 0);
     if (!dimages)
         return;
-#pragma omp parallel for collapse(2) schedule(static) PATCH_PARALLEL((double)B * C * H * W)
+    /* one image row at a time: the patch row it lies in, column block by column block; pixels
+       right of or below the last whole patch get no gradient */
+#pragma omp parallel for collapse(3) schedule(static) PATCH_PARALLEL((double)B * C * H * W)
     for (int b = 0; b < B; b++)
-        for (int y = 0; y < gh; y++)
-            for (int x = 0; x < gw; x++) {
-                const real *row = work + (((size_t)b * gh + y) * gw + x) * K;
-                for (int c = 0; c < C; c++)
-                    for (int ky = 0; ky < p; ky++) {
-                        real *img = dimages + (((size_t)b * C + c) * H + y * p + ky) * W + x * p;
-                        for (int kx = 0; kx < p; kx++)
-                            img[kx] += row[(c * p + ky) * p + kx];
-                    }
+        for (int c = 0; c < C; c++)
+            for (int iy = 0; iy < H; iy++) {
+                real *img = dimages + (((size_t)b * C + c) * H + iy) * W;
+                const int y = iy / p, ky = iy % p, covered = y < gh ? gw * p : 0;
+                for (int x = 0; x < covered / p; x++) {
+                    const real *from = work + (((size_t)b * gh + y) * gw + x) * K + (c * p + ky) * p;
+                    real *to = img + x * p;
+                    for (int kx = 0; kx < p; kx++)
+                        to[kx] = accumulate ? to[kx] + from[kx] : from[kx];
+                }
+                for (int ix = covered; !accumulate && ix < W; ix++)
+                    img[ix] = 0;
             }
 }
 
@@ -59,7 +65,7 @@ void FN(patch_merge_forward)(real *out, const real *inp, int B, int H, int W, in
             }
 }
 
-void FN(patch_merge_backward)(real *dinp, const real *dout, int B, int H, int W, int C)
+void FN(patch_merge_backward)(real *dinp, const real *dout, int B, int H, int W, int C, int accumulate)
 {
     const int oh = H / 2, ow = W / 2;
 #pragma omp parallel for collapse(2) schedule(static) PATCH_PARALLEL((double)B * H * W * C)
@@ -69,8 +75,11 @@ void FN(patch_merge_backward)(real *dinp, const real *dout, int B, int H, int W,
                 const real *row = dout + (((size_t)b * oh + y) * ow + x) * 4 * C;
                 for (int q = 0; q < 4; q++) {
                     real *d = dinp + ((size_t)b * H * W + FN(merge_source)(W, y, x, q)) * C;
-                    for (int c = 0; c < C; c++)
-                        d[c] += row[q * C + c];
+                    if (accumulate)
+                        for (int c = 0; c < C; c++)
+                            d[c] += row[q * C + c];
+                    else
+                        memcpy(d, row + q * C, C * sizeof(real));
                 }
             }
 }

@@ -22,18 +22,29 @@ void FN(residual_add_forward)(real *out, const real *res, const real *branch, co
     }
 }
 
-void FN(residual_add_backward)(real *dbranch, const real *dout, const real *scale, int B, long M)
+void FN(residual_add_backward)(real *dbranch, const real *dout, const real *scale, int B, long M, int accumulate)
 {
     const int team = RESIDUAL_THREADS((double)B * M);
 #pragma omp parallel num_threads(team) if (team > 1)
     for (int b = 0; b < B; b++) {
         const real s = scale ? scale[b] : 1;
-        const size_t o = (size_t)b * M;
-        if (s == 0)
+        real *d = dbranch + (size_t)b * M;
+        const real *g = dout + (size_t)b * M;
+        if (accumulate && s == 0) /* a dropped sample adds nothing */
             continue;
+        if (accumulate) {
 #pragma omp for simd schedule(static) nowait
-        for (long i = 0; i < M; i++)
-            dbranch[o + i] += s * dout[o + i];
+            for (long i = 0; i < M; i++)
+                d[i] += s * g[i];
+        } else if (s == 0) { /* written as zeros, whatever dout holds */
+#pragma omp for simd schedule(static) nowait
+            for (long i = 0; i < M; i++)
+                d[i] = 0;
+        } else {
+#pragma omp for simd schedule(static) nowait
+            for (long i = 0; i < M; i++)
+                d[i] = s * g[i];
+        }
     }
 }
 

@@ -4,8 +4,9 @@
 
 /* out[B, M] = res + scale[b]·branch (scale NULL: 1). out may alias res or branch. */
 void FN(residual_add_forward)(real *out, const real *res, const real *branch, const real *scale, int B, long M);
-/* dbranch[B, M] += scale[b]·dout (scale NULL: 1). The residual's gradient is dout itself. */
-void FN(residual_add_backward)(real *dbranch, const real *dout, const real *scale, int B, long M);
+/* dbranch[B, M] += (accumulate set) or = (not read) scale[b]·dout (scale NULL: 1). The residual's
+   gradient is dout itself. */
+void FN(residual_add_backward)(real *dbranch, const real *dout, const real *scale, int B, long M, int accumulate);
 
 /* out[n] = max(a + b, 0); out may alias a or b */
 void FN(add_relu_forward)(real *out, const real *a, const real *b, size_t n);

@@ -22,11 +22,11 @@ void FN(token_linear_forward)(real *out, const real *inp, const real *weight, co
 }
 
 void FN(token_linear_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
-                               const real *weight, int B, int S_in, int S_out, int C)
+                               const real *weight, int B, int S_in, int S_out, int C, int accumulate)
 {
     if (dinp)
-        FN(gemm_batched)(1, 0, S_in, C, S_out, 1, weight, S_in, 0, dout, C, (long)S_out * C, 1, dinp, C,
-                         (long)S_in * C, B);
+        FN(gemm_batched)(1, 0, S_in, C, S_out, 1, weight, S_in, 0, dout, C, (long)S_out * C, accumulate ? 1 : 0, dinp,
+                         C, (long)S_in * C, B);
     if (dweight)
         for (int b = 0; b < B; b++) /* one product per sample, summed in a fixed order */
             FN(gemm)(0, 1, S_out, S_in, C, 1, dout + (size_t)b * S_out * C, C, inp + (size_t)b * S_in * C, C, 1,

@@ -8,10 +8,10 @@
 void FN(token_linear_forward)(real *out, const real *inp, const real *weight, const real *bias, int B, int S_in,
                               int S_out, int C, int accumulate);
 
-/* dinp[B,S_in,C] += weightᵀ · dout[b]; dweight[S_out,S_in] += Σ_b dout[b] · inp[b]ᵀ; dbias[S_out] += Σ_{b,c} dout.
-   Any of dinp, dweight, dbias may be NULL. */
+/* dinp[B,S_in,C] += (accumulate set) or = (not read) weightᵀ · dout[b]; dweight[S_out,S_in] += Σ_b dout[b] · inp[b]ᵀ;
+   dbias[S_out] += Σ_{b,c} dout. Any of dinp, dweight, dbias may be NULL. */
 void FN(token_linear_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
-                               const real *weight, int B, int S_in, int S_out, int C);
+                               const real *weight, int B, int S_in, int S_out, int C, int accumulate);
 
 /* out[B,C] = mean over the S tokens of inp[B,S,C] */
 void FN(token_mean_forward)(real *out, const real *inp, int B, int S, int C);

@@ -152,14 +152,18 @@ static void FN(wa_gather)(real *rows, real *transposed, const real *src, long ld
             transposed[(size_t)c * Np + n] = rows[(size_t)n * dp + c];
 }
 
-/* rows tok[n] of dst (row stride ld) from column col += o[N][dp] (d columns) */
-static void FN(wa_scatter_add)(real *dst, long ld, int col, const real *o, const int *tok, const FN(wa_geometry) *g)
+/* rows tok[n] of dst (row stride ld) from column col += (accumulate set) or = o[N][dp] (d columns) */
+static void FN(wa_scatter)(real *dst, long ld, int col, const real *o, const int *tok, const FN(wa_geometry) *g,
+                           int accumulate)
 {
     for (int n = 0; n < g->N; n++) {
         real *row = dst + (size_t)tok[n] * ld + col;
         const real *src = o + (size_t)n * g->dp;
-        for (int c = 0; c < g->d; c++)
-            row[c] += src[c];
+        if (accumulate)
+            for (int c = 0; c < g->d; c++)
+                row[c] += src[c];
+        else
+            memcpy(row, src, g->d * sizeof(real));
     }
 }
 
@@ -220,7 +224,8 @@ HERBS_ISA_VARIANTS(wa_forward_item,
 /* One item backward: p recomputed from lse; dp = dout·vᵀ; dlogits = p·(dp - Σ_j p·dp);
    dbias += dlogits; dq = scale·dlogits·k; dk = dlogitsᵀ·(scale·q); dv = pᵀ·dout. */
 HERBS_INLINE void FN(wa_backward_item)(const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x,
-                                    const real *dy, const real *bias, const real *lse, int h, real *dx, real *dbias)
+                                    const real *dy, const real *bias, const real *lse, int h, real *dx, real *dbias,
+                                    int accumulate)
 {
     const int N = g->N, Np = g->Np, dp = g->dp, d = g->d, C = g->C;
     FN(wa_gather)(w->q, NULL, x, 3 * C, h * d, g->scale, w->tok, g);
@@ -245,16 +250,16 @@ HERBS_INLINE void FN(wa_backward_item)(const FN(wa_geometry) *g, const FN(wa_wor
         }
     }
     FN(wa_small_mm)(w->o, dp, w->ds, Np, 1, w->k, dp, N, N, dp, g->scale);
-    FN(wa_scatter_add)(dx, 3 * C, h * d, w->o, w->tok, g);
+    FN(wa_scatter)(dx, 3 * C, h * d, w->o, w->tok, g, accumulate);
     FN(wa_small_mm)(w->o, dp, w->ds, 1, Np, w->q, dp, N, N, dp, 1);
-    FN(wa_scatter_add)(dx, 3 * C, C + h * d, w->o, w->tok, g);
+    FN(wa_scatter)(dx, 3 * C, C + h * d, w->o, w->tok, g, accumulate);
     FN(wa_small_mm)(w->o, dp, w->s, 1, Np, w->dy, dp, N, N, dp, 1);
-    FN(wa_scatter_add)(dx, 3 * C, 2 * C + h * d, w->o, w->tok, g);
+    FN(wa_scatter)(dx, 3 * C, 2 * C + h * d, w->o, w->tok, g, accumulate);
 }
 HERBS_ISA_VARIANTS(wa_backward_item,
                    (const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x, const real *dy,
-                    const real *bias, const real *lse, int h, real *dx, real *dbias),
-                   (g, w, masked, x, dy, bias, lse, h, dx, dbias))
+                    const real *bias, const real *lse, int h, real *dx, real *dbias, int accumulate),
+                   (g, w, masked, x, dy, bias, lse, h, dx, dbias, accumulate))
 
 /* body for every (query, key) pair in order, with `pair` = query·N + key and `row` = the pair's
    row of the bias table; query (yi, xi), key (yj, xj): no divisions. */
@@ -324,13 +329,13 @@ void FN(window_attention_forward)(real *out, real *lse, real *work, const real *
 
 void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const real *dout, const real *qkv,
                                    const real *bias, const real *lse, int B, int H, int W, int C, int heads,
-                                   int window, int shift, int threads)
+                                   int window, int shift, int threads, int accumulate)
 {
     const FN(wa_geometry) g = FN(wa_geometry_of)(H, W, C, heads, window, shift);
     const long items = (long)B * g.nw * heads;
     const size_t per_thread = FN(window_attention_work)(g.d, window, heads), nn = (size_t)g.N * g.N;
     void (*item_fn)(const FN(wa_geometry) *, const FN(wa_work) *, int, const real *, const real *, const real *,
-                    const real *, int, real *, real *) = FN(wa_backward_item_isa)();
+                    const real *, int, real *, real *, int) = FN(wa_backward_item_isa)();
 #pragma omp parallel num_threads(threads) WA_PARALLEL(items, g)
     {
         const FN(wa_work) w = FN(wa_work_of)(FN(wa_thread_work)(work, per_thread), &g);
@@ -347,14 +352,18 @@ void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const re
             }
             item_fn(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, dout + (size_t)b * H * W * C,
                     bias + (size_t)h * nn, lse + (((size_t)b * g.nw + win) * heads + h) * g.N, h,
-                    dqkv + (size_t)b * H * W * 3 * C, w.dbias + (size_t)h * nn);
+                    dqkv + (size_t)b * H * W * 3 * C, w.dbias + (size_t)h * nn, accumulate);
         }
-        /* per-thread bias gradients, added in thread order: deterministic for a thread count */
+        /* per-thread bias gradients, added in thread order: deterministic for a thread count (the
+           first thread's written when not accumulating) */
 #pragma omp for ordered schedule(static, 1)
         for (int t = 0; t < nt; t++) {
 #pragma omp ordered
-            for (size_t e = 0; e < heads * nn; e++)
-                dbias[e] += w.dbias[e];
+            if (accumulate || t > 0)
+                for (size_t e = 0; e < heads * nn; e++)
+                    dbias[e] += w.dbias[e];
+            else
+                memcpy(dbias, w.dbias, heads * nn * sizeof(real));
         }
     }
 }

@@ -21,8 +21,9 @@ size_t FN(window_attention_work)(int head_dim, int window, int heads);
 void FN(window_attention_forward)(real *out, real *lse, real *work, const real *qkv, const real *bias, int B, int H,
                                   int W, int C, int heads, int window, int shift, int threads);
 
-/* dout[B, H·W, C] -> dqkv[B, H·W, 3C] +=, dbias[heads, N, N] += (summed over samples and windows in
-   a fixed order for a given thread count), from the forward's qkv and lse. */
+/* dout[B, H·W, C] -> dqkv[B, H·W, 3C] and dbias[heads, N, N] (summed over samples and windows in a
+   fixed order for a given thread count), from the forward's qkv and lse: both added onto when
+   accumulate is set, written (not read) when it is 0. */
 void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const real *dout, const real *qkv,
                                    const real *bias, const real *lse, int B, int H, int W, int C, int heads,
-                                   int window, int shift, int threads);
+                                   int window, int shift, int threads, int accumulate);

@@ -107,7 +107,7 @@ herbs_status combiner_backward(head_combiner *g, head_ctx *c, const float *dout,
     HERBS_TRY(head_scratch_begin(c));
     HERBS_TRY(head_scratch(c, (size_t)B * F, 0, &dh5));
     HERBS_TRY(head_scratch(c, (size_t)B * F, 1, &dh4));
-    HERBS_TRY(head_scratch(c, nodes, 1, &dh3));
+    HERBS_TRY(head_scratch(c, nodes, 0, &dh3));
     HERBS_TRY(head_scratch(c, nodes, 0, &dh2)); /* written by the BatchNorm's backward */
     HERBS_TRY(head_scratch(c, nodes, 0, &dh1));
     HERBS_TRY(head_scratch(c, nodes, 0, &dh0));
@@ -123,7 +123,7 @@ herbs_status combiner_backward(head_combiner *g, head_ctx *c, const float *dout,
     else
         memcpy(dh4, dh5, (size_t)B * F * sizeof(float));
     token_linear_backward(dh3, GRAD(c->t, g->pool1_w), GRAD(c->t, g->pool1_b), dh4, g->h3, PARAM(c->t, g->pool1_w), B,
-                          J, 1, F);
+                          J, 1, F, 0);
     HERBS_TRY(bn_backward(&g->bn, c, dh3, dh2));
     /* h2_b = A_bᵀ h1_b: dh1_b = A_b dh2_b, dA_b = h1_b dh2_bᵀ */
     gemm_batched(0, 0, J, F, J, 1, g->adjacency, J, (long)J * J, dh2, F, (long)J * F, 0, dh1, F, (long)J * F, B);
@@ -135,6 +135,6 @@ herbs_status combiner_backward(head_combiner *g, head_ctx *c, const float *dout,
     node_summary_backward(g, c, g->q_w, g->q_b, dq, room, dh0);
     node_summary_backward(g, c, g->k_w, g->k_b, dk, room, dh0);
     token_linear_backward(dkept, GRAD(c->t, g->pool0_w), GRAD(c->t, g->pool0_b), dh0, g->x, PARAM(c->t, g->pool0_w), B,
-                          g->nodes_in, J, F);
+                          g->nodes_in, J, F, 1);
     return HERBS_OK;
 }

@@ -138,7 +138,7 @@ herbs_status fpn_backward(head_fpn *f, head_ctx *c, float *const d_top_down[HERB
         if (f->type == FPN_TOKENS)
             token_linear_backward(d_bottom_up[i - 1], GRAD(c->t, f->down_w[i - 1]), GRAD(c->t, f->down_b[i - 1]),
                                   d_bottom_up[i], f->bottom_up[i - 1], PARAM(c->t, f->down_w[i - 1]), B,
-                                  f->tokens[i - 1], f->tokens[i], F);
+                                  f->tokens[i - 1], f->tokens[i], F, 1);
         else if (same_grid(f, i - 1, i))
             add_into(d_bottom_up[i - 1], d_bottom_up[i], level_size(f, B, i));
         else
@@ -172,7 +172,7 @@ herbs_status fpn_backward(head_fpn *f, head_ctx *c, float *const d_top_down[HERB
             if (f->type == FPN_TOKENS)
                 token_linear_backward(dense[i + 1], GRAD(c->t, f->up_w[i + 1]), GRAD(c->t, f->up_b[i + 1]), dense[i],
                                       f->top_down[i + 1], PARAM(c->t, f->up_w[i + 1]), B, f->tokens[i + 1],
-                                      f->tokens[i], F);
+                                      f->tokens[i], F, 1);
             else if (same_grid(f, i, i + 1))
                 add_into(dense[i + 1], dense[i], level_size(f, B, i));
             else

@@ -49,7 +49,7 @@ static herbs_status patches_backward(herbs_backbone *base, herbs_params *t, herb
             return HERBS_ERR_NOMEM;
         patch_embed_backward(dimages, GRAD(t, pb->weight[i]), GRAD(t, pb->bias[i]), work, dtaps[i], pb->cols[i],
                              PARAM(t, pb->weight[i]), pb->batch, base->in_channels, base->img_size, base->img_size, p,
-                             C);
+                             C, 1);
     }
     return HERBS_OK;
 }

@@ -219,17 +219,17 @@ static const float *branch_grad(float *buffer, const float *d, const float *scal
 {
     if (!scale)
         return d;
-    herbs_zero_floats(buffer, (size_t)B * per_sample);
-    residual_add_backward(buffer, d, scale, B, per_sample);
+    residual_add_backward(buffer, d, scale, B, per_sample, 0);
     return buffer;
 }
 
-/* d [B, L, C]: the gradient of the block's output on entry, of its input on return. Products
-   into fresh buffers are written by gemm (beta 0); parameter gradients accumulate. */
+/* d [B, L, C]: the gradient of the block's output on entry, of its input on return. Every
+   backward writes (accumulate 0) the fresh buffer it is the first writer of, and the LayerNorms
+   add their input gradient onto d (the residual's); parameter gradients accumulate. */
 static void block_backward(const swin_block *k, const block_saved *v, const swin_stage *st, herbs_params *t, float *d,
                            int B, const backward_scratch *z)
 {
-    const int C = st->dim, L = st->res * st->res, M = B * L, H = st->hidden, N = st->window * st->window;
+    const int C = st->dim, L = st->res * st->res, M = B * L, H = st->hidden;
 
     /* MLP branch: out = x1 + scale2 · fc2(gelu(fc1(norm2(x1)))) */
     const float *g = branch_grad(z->dbranch, d, k->scale2, B, (long)L * C);
@@ -239,26 +239,23 @@ static void block_backward(const swin_block *k, const block_saved *v, const swin
        this, which is why a forward allows one backward) */
     gelu_forward_derivative(z->act, v->hidden, v->hidden, (size_t)M * H);
     linear_backward(z->dact, GRAD(t, k->fc2_w), GRAD(t, k->fc2_b), g, z->act, PARAM(t, k->fc2_w), M, H, C, 0);
-    herbs_zero_floats(z->act, (size_t)M * H); /* now the hidden pre-activation's gradient */
-    activation_backward(z->act, z->dact, v->hidden, (size_t)M * H);
+    activation_backward(z->act, z->dact, v->hidden, (size_t)M * H, 0); /* the pre-activation's gradient */
     linear_backward(z->dln, GRAD(t, k->fc1_w), GRAD(t, k->fc1_b), z->act, z->ln, PARAM(t, k->fc1_w), M, C, H, 0);
     layernorm_backward(d, GRAD(t, k->norm2.weight), GRAD(t, k->norm2.bias), z->dln, v->x1, PARAM(t, k->norm2.weight),
-                       v->mean2, v->rstd2, M, C);
+                       v->mean2, v->rstd2, M, C, 1);
 
     /* attention branch: x1 = x + scale1 · proj(attention(qkv(norm1(x)))) */
     g = branch_grad(z->dbranch, d, k->scale1, B, (long)L * C);
     linear_backward(z->datt, GRAD(t, k->proj_w), GRAD(t, k->proj_b), g, v->att, PARAM(t, k->proj_w), M, C, C, 0);
-    herbs_zero_floats(z->dqkv, (size_t)M * 3 * C);
-    herbs_zero_floats(z->dbias, (size_t)st->heads * N * N);
     window_attention_backward(z->dqkv, z->dbias, z->work, z->datt, v->qkv, v->bias, v->lse, B, st->res, st->res, C,
-                              st->heads, st->window, k->shift, z->threads);
+                              st->heads, st->window, k->shift, z->threads, 0);
     relative_bias_backward(GRAD(t, k->table), z->dbias, st->heads, st->window);
     layernorm_forward(z->ln, v->mean1, v->rstd1, k->x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C,
                       SWIN_LN_EPS);
     linear_backward(z->dln, GRAD(t, k->qkv_w), k->qkv_b == SWIN_NONE ? NULL : GRAD(t, k->qkv_b), z->dqkv, z->ln,
                     PARAM(t, k->qkv_w), M, C, 3 * C, 0);
     layernorm_backward(d, GRAD(t, k->norm1.weight), GRAD(t, k->norm1.bias), z->dln, k->x, PARAM(t, k->norm1.weight),
-                       v->mean1, v->rstd1, M, C);
+                       v->mean1, v->rstd1, M, C, 1);
 }
 
 /* dtap [B, res²/4, 2C] -> dx [B, res², C] (overwritten). */
@@ -266,17 +263,14 @@ static void merge_backward(const swin_stage *st, herbs_params *t, float *dx, con
                            const backward_scratch *z)
 {
     const int C = st->dim, M = (int)(stage_tokens(st, B) / 4);
-    const size_t MC4 = (size_t)M * 4 * C;
     layernorm_forward(z->ln, st->merge_mean, st->merge_rstd, st->merged, PARAM(t, st->merge_norm.weight),
                       PARAM(t, st->merge_norm.bias), M, 4 * C, SWIN_LN_EPS);
     linear_backward(z->dln, GRAD(t, st->merge_reduction), NULL, dtap, z->ln, PARAM(t, st->merge_reduction), M, 4 * C,
                     2 * C, 0);
     float *dmerged = z->dqkv; /* free here, and at least res²·C floats */
-    herbs_zero_floats(dmerged, MC4);
     layernorm_backward(dmerged, GRAD(t, st->merge_norm.weight), GRAD(t, st->merge_norm.bias), z->dln, st->merged,
-                       PARAM(t, st->merge_norm.weight), st->merge_mean, st->merge_rstd, M, 4 * C);
-    herbs_zero_floats(dx, MC4);
-    patch_merge_backward(dx, dmerged, B, st->res, st->res, C);
+                       PARAM(t, st->merge_norm.weight), st->merge_mean, st->merge_rstd, M, 4 * C, 0);
+    patch_merge_backward(dx, dmerged, B, st->res, st->res, C, 0);
 }
 
 herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *arena,
@@ -336,13 +330,12 @@ herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *are
     }
 
     const int res0 = s->stages[0].res, D = s->embed_dim, M0 = B * res0 * res0, in = bb->in_channels;
-    herbs_zero_floats(z.dln, (size_t)M0 * D);
     layernorm_backward(z.dln, GRAD(t, s->embed_norm.weight), GRAD(t, s->embed_norm.bias), d, s->embedded,
-                       PARAM(t, s->embed_norm.weight), s->embed_mean, s->embed_rstd, M0, D);
+                       PARAM(t, s->embed_norm.weight), s->embed_mean, s->embed_rstd, M0, D, 0);
     float *image_work = NULL;
     if (dimages)
         ALLOC(image_work, (size_t)M0 * in * s->patch * s->patch);
     patch_embed_backward(dimages, GRAD(t, s->embed_w), GRAD(t, s->embed_b), image_work, z.dln, s->patches,
-                         PARAM(t, s->embed_w), B, in, bb->img_size, bb->img_size, s->patch, D);
+                         PARAM(t, s->embed_w), B, in, bb->img_size, bb->img_size, s->patch, D, 1);
     return HERBS_OK;
 }
