@@ -101,10 +101,12 @@ void *herbs_arena_alloc(herbs_arena *arena, size_t bytes)
     return p;
 }
 
-float *herbs_arena_floats(herbs_arena *arena, size_t count, int zero)
+herbs_status herbs_arena_floats(herbs_arena *arena, size_t count, int zero, float **out)
 {
-    float *p = herbs_arena_alloc(arena, count * sizeof(float));
-    if (p && zero)
-        herbs_zero_floats(p, count);
-    return p;
+    *out = herbs_arena_alloc(arena, count * sizeof(float));
+    if (!*out)
+        return HERBS_ERR_NOMEM; /* the message is set where the chunk failed */
+    if (zero)
+        herbs_zero_floats(*out, count);
+    return HERBS_OK;
 }

@@ -28,8 +28,9 @@ herbs_status herbs_arena_reset(herbs_arena *arena);
 /* 64-byte aligned memory for `bytes` bytes (not zeroed), or NULL with an error recorded. */
 void *herbs_arena_alloc(herbs_arena *arena, size_t bytes);
 
-/* Same for `count` floats; zero-filled when `zero` is set. */
-float *herbs_arena_floats(herbs_arena *arena, size_t count, int zero);
+/* *out = `count` floats from the arena, zero-filled when `zero` is set: the engine's one way to
+   allocate floats from an arena or fail (HERBS_ERR_NOMEM, message set; *out is then NULL). */
+herbs_status herbs_arena_floats(herbs_arena *arena, size_t count, int zero, float **out);
 
 /* Aligned heap memory outside any arena; free with herbs_free. NULL with an error recorded. */
 void *herbs_aligned_alloc(size_t bytes);

@@ -12,16 +12,14 @@
 
 herbs_status head_alloc(head_ctx *c, size_t count, int zero, float **out)
 {
-    *out = herbs_arena_floats(c->arena, count, zero);
-    return *out ? HERBS_OK : HERBS_ERR_NOMEM;
+    return herbs_arena_floats(c->arena, count, zero, out);
 }
 
 herbs_status head_scratch_begin(head_ctx *c) { return herbs_arena_reset(c->scratch); }
 
 herbs_status head_scratch(head_ctx *c, size_t count, int zero, float **out)
 {
-    *out = herbs_arena_floats(c->scratch, count, zero);
-    return *out ? HERBS_OK : HERBS_ERR_NOMEM;
+    return herbs_arena_floats(c->scratch, count, zero, out);
 }
 
 herbs_init head_default_init(int fan_in) { return (herbs_init){HERBS_INIT_UNIFORM, 1.0f / sqrtf((float)fan_in)}; }

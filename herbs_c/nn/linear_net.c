@@ -20,9 +20,8 @@ static herbs_status linear_forward_pass(herbs_net *net, const float *images, int
     herbs_output *logits;
     HERBS_TRY(net_add_output(net, "logits", HERBS_FLOAT32, 2, (int64_t[]){batch, ln->classes}, NULL, &logits));
     int features = net->in_channels * net->height * net->width;
-    float *copy = herbs_arena_floats(&net->arena, (size_t)batch * features, 0);
-    if (!copy)
-        return HERBS_ERR_NOMEM;
+    float *copy;
+    HERBS_TRY(herbs_arena_floats(&net->arena, (size_t)batch * features, 0, &copy));
     memcpy(copy, images, (size_t)batch * features * sizeof(float));
     ln->images = copy;
     linear_forward(logits->data, copy, PARAM(&net->params, ln->weight), PARAM(&net->params, ln->bias), batch,

@@ -144,15 +144,16 @@ herbs_status net_add_output(herbs_net *net, const char *name, herbs_dtype dtype,
         o->shape[d] = shape[d];
     const size_t size = output_size(o);
     if (dtype == HERBS_FLOAT32) {
-        o->data = data ? data : herbs_arena_floats(&net->arena, size, 0);
-        o->grad = herbs_arena_floats(&net->arena, size, 1);
-        if (!o->grad)
-            return HERBS_ERR_NOMEM;
+        float *values = data;
+        if (!values)
+            HERBS_TRY(herbs_arena_floats(&net->arena, size, 0, &values));
+        o->data = values;
+        HERBS_TRY(herbs_arena_floats(&net->arena, size, 1, &o->grad));
     } else {
         o->data = data ? data : herbs_arena_alloc(&net->arena, size * sizeof(int64_t));
+        if (!o->data)
+            return HERBS_ERR_NOMEM;
     }
-    if (!o->data)
-        return HERBS_ERR_NOMEM;
     net->n_outputs++;
     *out = o;
     return HERBS_OK;

@@ -23,10 +23,8 @@ static herbs_status patches_forward(herbs_backbone *base, const herbs_params *t,
     for (int i = 0; i < HERBS_TAPS; i++) {
         const int p = pb->patch[i], rows = batch * base->tap_tokens[i], C = base->tap_channels[i];
         const int row = base->in_channels * p * p;
-        pb->cols[i] = herbs_arena_floats(arena, (size_t)rows * row, 0);
-        taps[i] = herbs_arena_floats(arena, (size_t)rows * C, 0);
-        if (!pb->cols[i] || !taps[i])
-            return HERBS_ERR_NOMEM;
+        HERBS_TRY(herbs_arena_floats(arena, (size_t)rows * row, 0, &pb->cols[i]));
+        HERBS_TRY(herbs_arena_floats(arena, (size_t)rows * C, 0, &taps[i]));
         patch_embed_forward(taps[i], pb->cols[i], images, PARAM(t, pb->weight[i]), PARAM(t, pb->bias[i]), batch,
                             base->in_channels, base->img_size, base->img_size, p, C);
     }
@@ -45,8 +43,8 @@ static herbs_status patches_backward(herbs_backbone *base, herbs_params *t, herb
         const int p = pb->patch[i], rows = pb->batch * base->tap_tokens[i], C = base->tap_channels[i];
         const int row = base->in_channels * p * p;
         float *work = NULL;
-        if (dimages && !(work = herbs_arena_floats(arena, (size_t)rows * row, 0)))
-            return HERBS_ERR_NOMEM;
+        if (dimages)
+            HERBS_TRY(herbs_arena_floats(arena, (size_t)rows * row, 0, &work));
         patch_embed_backward(dimages, GRAD(t, pb->weight[i]), GRAD(t, pb->bias[i]), work, dtaps[i], pb->cols[i],
                              PARAM(t, pb->weight[i]), pb->batch, base->in_channels, base->img_size, base->img_size, p,
                              C, 1);

@@ -152,16 +152,12 @@ static herbs_status conv_forward_pass(resnet *r, conv_layer *c, const herbs_para
     const float *w = conv_weight(r, c, t);
     float *scale = NULL, *shift = NULL;
     if (fold) {
-        scale = herbs_arena_floats(arena, c->out_c, 0);
-        shift = herbs_arena_floats(arena, c->out_c, 0);
-        if (!scale || !shift)
-            return HERBS_ERR_NOMEM;
+        HERBS_TRY(herbs_arena_floats(arena, c->out_c, 0, &scale));
+        HERBS_TRY(herbs_arena_floats(arena, c->out_c, 0, &shift));
         batchnorm_eval_affine(scale, shift, BUFFER(t, fold->running_mean), BUFFER(t, fold->running_var),
                               PARAM(t, fold->weight), PARAM(t, fold->bias), c->out_c, BN_EPS);
     }
-    *out = herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0);
-    if (!*out)
-        return HERBS_ERR_NOMEM;
+    HERBS_TRY(herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0, out));
     conv2d_forward(*out, inp, w, scale, shift, relu, r->scratch, r->scratch_floats, r->batch, c->H, c->W, c->in_c,
                    c->out_c, c->k, c->k, c->stride, c->pad);
     return HERBS_OK;
@@ -199,10 +195,8 @@ static herbs_status bn_forward_pass(bn_layer *b, const herbs_params *t, herbs_ar
     const int C = b->channels;
     const float *w = PARAM(t, b->weight), *bias = PARAM(t, b->bias);
     float *rm = BUFFER(t, b->running_mean), *rv = BUFFER(t, b->running_var);
-    b->mean = herbs_arena_floats(arena, C, 0);
-    b->rstd = herbs_arena_floats(arena, C, 0);
-    if (!b->mean || !b->rstd)
-        return HERBS_ERR_NOMEM;
+    HERBS_TRY(herbs_arena_floats(arena, C, 0, &b->mean));
+    HERBS_TRY(herbs_arena_floats(arena, C, 0, &b->rstd));
     (relu ? batchnorm_relu_forward_train : batchnorm_forward_train)(out, b->mean, b->rstd, rm, rv, inp, w, bias, N,
                                                                      C, BN_EPS, BN_MOMENTUM);
     BUFFER(t, b->num_batches_tracked)[0] += 1;
@@ -233,9 +227,7 @@ static herbs_status conv_bn_forward(resnet *r, conv_layer *c, bn_layer *b, int r
     if (!r->train)
         return conv_forward_pass(r, c, t, arena, inp, b, relu, out);
     HERBS_TRY(conv_forward_pass(r, c, t, arena, inp, NULL, 0, y));
-    *out = herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0);
-    if (!*out)
-        return HERBS_ERR_NOMEM;
+    HERBS_TRY(herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0, out));
     return bn_forward_pass(b, t, arena, *y, *out, r->batch * c->OH * c->OW, relu);
 }
 
@@ -299,19 +291,16 @@ static herbs_status resnet_forward(herbs_backbone *bb, const herbs_params *t, he
             weights = weight > weights ? weight : weights;
         }
     }
-    r->weight_ohwi = herbs_arena_floats(arena, weights, 0);
-    r->scratch = herbs_arena_floats(arena, r->scratch_floats, 0);
-    r->x0 = herbs_arena_floats(arena, image_floats(r, batch), 0);
-    if (!r->scratch || !r->x0 || !r->weight_ohwi)
-        return HERBS_ERR_NOMEM;
+    HERBS_TRY(herbs_arena_floats(arena, weights, 0, &r->weight_ohwi));
+    HERBS_TRY(herbs_arena_floats(arena, r->scratch_floats, 0, &r->scratch));
+    HERBS_TRY(herbs_arena_floats(arena, image_floats(r, batch), 0, &r->x0));
     nchw_to_nhwc_forward(r->x0, images, batch, bb->in_channels, bb->img_size, bb->img_size);
 
     HERBS_TRY(conv_bn_forward(r, &r->stem_conv, &r->stem_bn, 1, t, arena, r->x0, &r->y0, &r->a0));
     const conv_layer *first = &r->blocks[0].conv1;
     const size_t pooled = (size_t)batch * first->H * first->W * first->in_c;
-    r->p0 = herbs_arena_floats(arena, pooled, 0);
-    r->argmax = herbs_arena_alloc(arena, pooled * sizeof(int));
-    if (!r->p0 || !r->argmax)
+    HERBS_TRY(herbs_arena_floats(arena, pooled, 0, &r->p0));
+    if (!(r->argmax = herbs_arena_alloc(arena, pooled * sizeof(int))))
         return HERBS_ERR_NOMEM;
     maxpool2d_forward(r->p0, r->argmax, r->a0, batch, stem->OH, stem->OW, stem->out_c, 3, 2, 1);
 
@@ -393,11 +382,12 @@ static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
             wmax = w > wmax ? w : wmax;
         }
     }
-    grad_buffers gb = {herbs_arena_floats(arena, act, 0), herbs_arena_floats(arena, act, 0),
-                       herbs_arena_floats(arena, act, 0), herbs_arena_floats(arena, act, 0),
-                       herbs_arena_floats(arena, wmax, 0)};
-    if (!gb.cur || !gb.prev || !gb.g || !gb.d || !gb.dw)
-        return HERBS_ERR_NOMEM;
+    grad_buffers gb;
+    HERBS_TRY(herbs_arena_floats(arena, act, 0, &gb.cur));
+    HERBS_TRY(herbs_arena_floats(arena, act, 0, &gb.prev));
+    HERBS_TRY(herbs_arena_floats(arena, act, 0, &gb.g));
+    HERBS_TRY(herbs_arena_floats(arena, act, 0, &gb.d));
+    HERBS_TRY(herbs_arena_floats(arena, wmax, 0, &gb.dw));
 
     herbs_zero_floats(gb.cur, conv_out_floats(&r->blocks[r->stage_last[top]].conv3, r->batch));
     for (int i = r->stage_last[top], s = top; i >= 0; i--) {

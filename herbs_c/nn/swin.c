@@ -72,24 +72,18 @@ static scratch_sizes scratch_needed(const swin *s, int B, int threads)
     return z;
 }
 
-#define ALLOC(ptr, count)                                                   \
-    do {                                                                    \
-        if (!((ptr) = herbs_arena_floats(arena, (size_t)(count), 0)))       \
-            return HERBS_ERR_NOMEM;                                         \
-    } while (0)
-
 static herbs_status alloc_saved(block_saved *v, saved_sizes n, herbs_arena *arena)
 {
-    ALLOC(v->mean1, n.stats);
-    ALLOC(v->rstd1, n.stats);
-    ALLOC(v->qkv, n.qkv);
-    ALLOC(v->bias, n.bias);
-    ALLOC(v->lse, n.lse);
-    ALLOC(v->att, n.tokens);
-    ALLOC(v->x1, n.tokens);
-    ALLOC(v->mean2, n.stats);
-    ALLOC(v->rstd2, n.stats);
-    ALLOC(v->hidden, n.hidden);
+    HERBS_TRY(herbs_arena_floats(arena, n.stats, 0, &v->mean1));
+    HERBS_TRY(herbs_arena_floats(arena, n.stats, 0, &v->rstd1));
+    HERBS_TRY(herbs_arena_floats(arena, n.qkv, 0, &v->qkv));
+    HERBS_TRY(herbs_arena_floats(arena, n.bias, 0, &v->bias));
+    HERBS_TRY(herbs_arena_floats(arena, n.lse, 0, &v->lse));
+    HERBS_TRY(herbs_arena_floats(arena, n.tokens, 0, &v->att));
+    HERBS_TRY(herbs_arena_floats(arena, n.tokens, 0, &v->x1));
+    HERBS_TRY(herbs_arena_floats(arena, n.stats, 0, &v->mean2));
+    HERBS_TRY(herbs_arena_floats(arena, n.stats, 0, &v->rstd2));
+    HERBS_TRY(herbs_arena_floats(arena, n.hidden, 0, &v->hidden));
     return HERBS_OK;
 }
 
@@ -110,8 +104,8 @@ static herbs_status block_forward(swin_block *k, const swin_stage *st, const her
     const int C = st->dim, L = st->res * st->res, M = B * L;
     k->scale1 = k->scale2 = NULL;
     if (train && k->drop_prob > 0) {
-        ALLOC(k->scale1, B);
-        ALLOC(k->scale2, B);
+        HERBS_TRY(herbs_arena_floats(arena, B, 0, &k->scale1));
+        HERBS_TRY(herbs_arena_floats(arena, B, 0, &k->scale2));
         drop_path_scales(k->scale1, B, 1 - k->drop_prob, seed, SWIN_DROP_STREAM(step, k->index, 0));
         drop_path_scales(k->scale2, B, 1 - k->drop_prob, seed, SWIN_DROP_STREAM(step, k->index, 1));
     }
@@ -138,10 +132,10 @@ static herbs_status merge_forward(swin_stage *st, const herbs_params *t, herbs_a
                                   float *ln)
 {
     const int C = st->dim, M = (int)(stage_tokens(st, B) / 4);
-    ALLOC(st->merged, (size_t)M * 4 * C);
-    ALLOC(st->merge_mean, M);
-    ALLOC(st->merge_rstd, M);
-    ALLOC(st->tap, (size_t)M * 2 * C);
+    HERBS_TRY(herbs_arena_floats(arena, (size_t)M * 4 * C, 0, &st->merged));
+    HERBS_TRY(herbs_arena_floats(arena, M, 0, &st->merge_mean));
+    HERBS_TRY(herbs_arena_floats(arena, M, 0, &st->merge_rstd));
+    HERBS_TRY(herbs_arena_floats(arena, (size_t)M * 2 * C, 0, &st->tap));
     patch_merge_forward(st->merged, x, B, st->res, st->res, C);
     layernorm_forward(ln, st->merge_mean, st->merge_rstd, st->merged, PARAM(t, st->merge_norm.weight),
                       PARAM(t, st->merge_norm.bias), M, 4 * C, SWIN_LN_EPS);
@@ -158,10 +152,10 @@ herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena
     s->batch = 0;
     forward_scratch z = {.threads = herbs_num_threads()};
     scratch_sizes need = scratch_needed(s, B, z.threads);
-    ALLOC(z.ln, need.tokens_dim);
-    ALLOC(z.branch, need.tokens_dim);
-    ALLOC(z.act, need.tokens_hidden);
-    ALLOC(z.work, need.attention_work);
+    HERBS_TRY(herbs_arena_floats(arena, need.tokens_dim, 0, &z.ln));
+    HERBS_TRY(herbs_arena_floats(arena, need.tokens_dim, 0, &z.branch));
+    HERBS_TRY(herbs_arena_floats(arena, need.tokens_hidden, 0, &z.act));
+    HERBS_TRY(herbs_arena_floats(arena, need.attention_work, 0, &z.work));
     s->ln = z.ln;
     s->branch = z.branch;
     s->act = z.act;
@@ -172,11 +166,11 @@ herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena
         HERBS_TRY(alloc_saved(&s->shared, saved_sizes_max(s, B), arena));
 
     float *x;
-    ALLOC(s->patches, (size_t)M0 * K);
-    ALLOC(s->embedded, (size_t)M0 * D);
-    ALLOC(s->embed_mean, M0);
-    ALLOC(s->embed_rstd, M0);
-    ALLOC(x, (size_t)M0 * D);
+    HERBS_TRY(herbs_arena_floats(arena, (size_t)M0 * K, 0, &s->patches));
+    HERBS_TRY(herbs_arena_floats(arena, (size_t)M0 * D, 0, &s->embedded));
+    HERBS_TRY(herbs_arena_floats(arena, M0, 0, &s->embed_mean));
+    HERBS_TRY(herbs_arena_floats(arena, M0, 0, &s->embed_rstd));
+    HERBS_TRY(herbs_arena_floats(arena, (size_t)M0 * D, 0, &x));
     patch_embed_forward(s->embedded, s->patches, images, PARAM(t, s->embed_w), PARAM(t, s->embed_b), B, in,
                         bb->img_size, bb->img_size, s->patch, D);
     layernorm_forward(x, s->embed_mean, s->embed_rstd, s->embedded, PARAM(t, s->embed_norm.weight),
@@ -188,7 +182,7 @@ herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena
             swin_block *k = &st->blocks[b];
             if (train)
                 HERBS_TRY(alloc_saved(&k->saved, saved_sizes_of(st, B), arena));
-            ALLOC(k->out, stage_tokens(st, B) * st->dim);
+            HERBS_TRY(herbs_arena_floats(arena, stage_tokens(st, B) * st->dim, 0, &k->out));
             k->x = x;
             HERBS_TRY(block_forward(k, st, t, arena, x, k->out, train ? &k->saved : &s->shared, B, train, seed, step,
                                     &z));
@@ -299,13 +293,13 @@ herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *are
     scratch_sizes need = scratch_needed(s, B, z.threads);
     const size_t wide = need.tokens_hidden > 3 * need.tokens_dim ? need.tokens_hidden : 3 * need.tokens_dim;
     float *d, *other;
-    ALLOC(d, need.tokens_dim);
-    ALLOC(other, need.tokens_dim);
-    ALLOC(z.dln, need.tokens_dim);
+    HERBS_TRY(herbs_arena_floats(arena, need.tokens_dim, 0, &d));
+    HERBS_TRY(herbs_arena_floats(arena, need.tokens_dim, 0, &other));
+    HERBS_TRY(herbs_arena_floats(arena, need.tokens_dim, 0, &z.dln));
     z.datt = z.dln;
-    ALLOC(z.dact, wide);
+    HERBS_TRY(herbs_arena_floats(arena, wide, 0, &z.dact));
     z.dqkv = z.dact;
-    ALLOC(z.dbias, need.bias);
+    HERBS_TRY(herbs_arena_floats(arena, need.bias, 0, &z.dbias));
 
     for (int i = top; i >= 0; i--) {
         swin_stage *st = &s->stages[i];
@@ -334,7 +328,7 @@ herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *are
                        PARAM(t, s->embed_norm.weight), s->embed_mean, s->embed_rstd, M0, D, 0);
     float *image_work = NULL;
     if (dimages)
-        ALLOC(image_work, (size_t)M0 * in * s->patch * s->patch);
+        HERBS_TRY(herbs_arena_floats(arena, (size_t)M0 * in * s->patch * s->patch, 0, &image_work));
     patch_embed_backward(dimages, GRAD(t, s->embed_w), GRAD(t, s->embed_b), image_work, z.dln, s->patches,
                          PARAM(t, s->embed_w), B, in, bb->img_size, bb->img_size, s->patch, D, 1);
     return HERBS_OK;
