@@ -36,7 +36,7 @@ herbs_status combiner_init(head_combiner *g, herbs_params *t, int nodes_in, int 
     HERBS_TRY(params_add(t, &g->alpha1, HERBS_PARAMETER, (herbs_init){HERBS_INIT_ZEROS, 0}, p, "alpha1", 1, (int64_t)1));
     HERBS_TRY(head_add_weight_bias(t, &g->pool0_w, &g->pool0_b, p, "param_pool0", J, nodes_in, 0));
     HERBS_TRY(head_add_weight_bias(t, &g->conv1_w, &g->conv1_b, p, "conv1", F, F, 1));
-    HERBS_TRY(bn_init(&g->bn, t, "combiner.batch_norm1.", F));
+    HERBS_TRY(batchnorm_layer_init(&g->bn, t, p, "batch_norm1", F));
     HERBS_TRY(head_add_weight_bias(t, &g->q_w, &g->q_b, p, "conv_q1", g->reduced, F, 1));
     HERBS_TRY(head_add_weight_bias(t, &g->k_w, &g->k_b, p, "conv_k1", g->reduced, F, 1));
     HERBS_TRY(head_add_weight_bias(t, &g->pool1_w, &g->pool1_b, p, "param_pool1", 1, J, 0));
@@ -76,7 +76,7 @@ herbs_status combiner_forward(head_combiner *g, head_ctx *c, const float *kept, 
     adjacency_forward(g->adjacency, g->q, g->k, PARAM(c->t, g->adj1), PARAM(c->t, g->alpha1), B, J);
     linear_forward(g->h1, g->h0, PARAM(c->t, g->conv1_w), PARAM(c->t, g->conv1_b), B * J, F, F);
     gemm_batched(1, 0, J, F, J, 1, g->adjacency, J, (long)J * J, g->h1, F, (long)J * F, 0, g->h2, F, (long)J * F, B);
-    HERBS_TRY(bn_forward(&g->bn, c, g->h2, B * J, g->h3, 0));
+    HERBS_TRY(batchnorm_layer_forward(&g->bn, c->t, c->arena, c->train, g->h2, B * J, g->h3, 0));
     token_linear_forward(h4, g->h3, PARAM(c->t, g->pool1_w), PARAM(c->t, g->pool1_b), B, J, 1, F, 0);
     g->dropped = c->train && g->dropout > 0;
     g->dropout_seed = seed, g->dropout_stream = stream;
@@ -124,7 +124,7 @@ herbs_status combiner_backward(head_combiner *g, head_ctx *c, const float *dout,
         memcpy(dh4, dh5, (size_t)B * F * sizeof(float));
     token_linear_backward(dh3, GRAD(c->t, g->pool1_w), GRAD(c->t, g->pool1_b), dh4, g->h3, PARAM(c->t, g->pool1_w), B,
                           J, 1, F, 0);
-    HERBS_TRY(bn_backward(&g->bn, c, dh3, dh2));
+    batchnorm_layer_backward(&g->bn, c->t, dh2, dh3, NULL, g->h2, B * J, 0);
     /* h2_b = A_bᵀ h1_b: dh1_b = A_b dh2_b, dA_b = h1_b dh2_bᵀ */
     gemm_batched(0, 0, J, F, J, 1, g->adjacency, J, (long)J * J, dh2, F, (long)J * F, 0, dh1, F, (long)J * F, B);
     gemm_batched(0, 1, J, J, F, 1, g->h1, F, (long)J * F, dh2, F, (long)J * F, 0, dA, J, (long)J * J, B);

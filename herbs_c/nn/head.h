@@ -9,6 +9,7 @@
 
 #include "core/arena.h"
 #include "nn/backbone.h"
+#include "nn/batchnorm_layer.h"
 #include "nn/params.h"
 
 /* The arguments every head layer's forward and backward share. */
@@ -78,33 +79,11 @@ herbs_status mlp_backward(head_mlp *m, head_ctx *c, const float *dout, const gra
    factors and the term is cheaper than dx. */
 int mlp_defers(const head_mlp *m, const head_ctx *c);
 
-/* BatchNorm over the rows of [N, C] (BatchNorm1d on [B, C, L] is N = B·L): eps 1e-5, momentum 0.1,
-   tensors weight, bias, running_mean, running_var, num_batches_tracked under prefix. */
-typedef struct {
-    size_t weight, bias, running_mean, running_var, num_batches_tracked;
-    int channels;
-    const float *x, *out; /* last forward: input, output, batch mean and rstd (train mode) */
-    float *mean, *rstd;
-    int rows, train, relu;
-} head_bn;
-
-herbs_status bn_init(head_bn *bn, herbs_params *t, const char *prefix, int channels);
-/* out[rows, C] = BN(x), through a ReLU when relu is set (train mode; in eval mode a ReLU is
-   folded with the BN into the product before them: bn_fold_eval) */
-herbs_status bn_forward(head_bn *bn, head_ctx *c, const float *x, int rows, float *out, int relu);
-/* Eval mode, folded into the product y before it: ReLU(BN(y + bias)) = ReLU(y·scale + shift), with
-   scale[C], shift[C] from the running statistics and `bias` (y's, may be NULL); records the
-   forward (output out[rows, C]) for bn_backward, which needs bn->x set to the BN input first. */
-herbs_status bn_fold_eval(head_bn *bn, head_ctx *c, const float *bias, int rows, const float *out, float **scale,
-                          float **shift);
-/* dx[rows, C] = d(x) (written, not added to); parameter gradients accumulate */
-herbs_status bn_backward(head_bn *bn, head_ctx *c, const float *dout, float *dx);
-
 /* A token classifier (the paper's k1/k2, the release's fpn_classifier_{down,up}_layer{i}):
    Conv1d(F, F, 1) – BatchNorm1d(F) – ReLU – Conv1d(F, classes, 1), per token. */
 typedef struct {
     size_t w0, b0, w3, b3;
-    head_bn bn;
+    batchnorm_layer bn;
     int channels, classes;
     const float *x; /* last forward: input rows, first conv's output (BN input; eval: NULL), post-ReLU rows */
     float *z, *r;
@@ -185,7 +164,7 @@ typedef struct {
     int nodes_in, nodes, channels, reduced, classes; /* ΣK, J = ΣK // 64, F, F // 4, classes */
     float dropout;
     size_t adj1, alpha1, pool0_w, pool0_b, conv1_w, conv1_b, q_w, q_b, k_w, k_b, pool1_w, pool1_b, cls_w, cls_b;
-    head_bn bn;
+    batchnorm_layer bn;
     uint64_t dropout_seed, dropout_stream; /* of the last forward */
     /* last forward */
     const float *x;

@@ -1,14 +1,11 @@
-/* The head's building blocks: Linear–ReLU–Linear projections, BatchNorm over rows, and the
-   per-token classifiers. */
+/* The head's building blocks: Linear–ReLU–Linear projections and the per-token classifiers
+   (their BatchNorm is batchnorm_layer.h's). */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "kernels/kernels.h"
 #include "nn/head.h"
-
-#define BN_EPS 1e-5f
-#define BN_MOMENTUM 0.1f
 
 herbs_status head_alloc(head_ctx *c, size_t count, int zero, float **out)
 {
@@ -179,86 +176,14 @@ herbs_status mlp_backward(head_mlp *m, head_ctx *c, const float *dout, const gra
                             m->rows, m->in, m->hidden, accumulate, deferring ? defer : NULL);
 }
 
-/* --- BatchNorm over rows --------------------------------------------------------------------- */
-
-herbs_status bn_init(head_bn *bn, herbs_params *t, const char *prefix, int channels)
-{
-    memset(bn, 0, sizeof *bn);
-    bn->channels = channels;
-    const herbs_init ones = {HERBS_INIT_CONSTANT, 1.0f}, zeros = {HERBS_INIT_ZEROS, 0};
-    const int64_t C = channels;
-    HERBS_TRY(params_add(t, &bn->weight, HERBS_PARAMETER, ones, prefix, "weight", 1, C));
-    HERBS_TRY(params_add(t, &bn->bias, HERBS_PARAMETER, zeros, prefix, "bias", 1, C));
-    HERBS_TRY(params_add(t, &bn->running_mean, HERBS_BUFFER, zeros, prefix, "running_mean", 1, C));
-    HERBS_TRY(params_add(t, &bn->running_var, HERBS_BUFFER, ones, prefix, "running_var", 1, C));
-    return params_add(t, &bn->num_batches_tracked, HERBS_BUFFER_INT64, zeros, prefix, "num_batches_tracked", 0);
-}
-
-herbs_status bn_forward(head_bn *bn, head_ctx *c, const float *x, int rows, float *out, int relu)
-{
-    const int C = bn->channels;
-    bn->x = x;
-    bn->out = out;
-    bn->rows = rows;
-    bn->train = c->train;
-    bn->relu = relu;
-    if (!c->train) {
-        if (relu)
-            return herbs_error(HERBS_ERR_STATE, "eval-mode BatchNorm+ReLU is folded into the product before it "
-                               "(bn_fold_eval), not run by bn_forward");
-        batchnorm_forward_eval(out, x, BUFFER(c->t, bn->running_mean), BUFFER(c->t, bn->running_var),
-                               PARAM(c->t, bn->weight), PARAM(c->t, bn->bias), rows, C, BN_EPS);
-        return HERBS_OK;
-    }
-    if (rows < 2)
-        return herbs_error(HERBS_ERR_VALUE, "BatchNorm in training needs more than 1 value per channel, got %d "
-                           "(use a larger batch, or eval mode)", rows);
-    HERBS_TRY(head_alloc(c, C, 0, &bn->mean));
-    HERBS_TRY(head_alloc(c, C, 0, &bn->rstd));
-    (relu ? batchnorm_relu_forward_train : batchnorm_forward_train)(
-        out, bn->mean, bn->rstd, BUFFER(c->t, bn->running_mean), BUFFER(c->t, bn->running_var), x,
-        PARAM(c->t, bn->weight), PARAM(c->t, bn->bias), rows, C, BN_EPS, BN_MOMENTUM);
-    BUFFER(c->t, bn->num_batches_tracked)[0] += 1;
-    return HERBS_OK;
-}
-
-herbs_status bn_fold_eval(head_bn *bn, head_ctx *c, const float *bias, int rows, const float *out, float **scale,
-                          float **shift)
-{
-    const int C = bn->channels;
-    HERBS_TRY(head_alloc(c, C, 0, scale));
-    HERBS_TRY(head_alloc(c, C, 0, shift));
-    batchnorm_eval_affine(*scale, *shift, BUFFER(c->t, bn->running_mean), BUFFER(c->t, bn->running_var),
-                          PARAM(c->t, bn->weight), PARAM(c->t, bn->bias), C, BN_EPS);
-    for (int j = 0; bias && j < C; j++)
-        (*shift)[j] += bias[j] * (*scale)[j];
-    bn->x = NULL, bn->out = out, bn->rows = rows, bn->train = 0, bn->relu = 1;
-    return HERBS_OK;
-}
-
-herbs_status bn_backward(head_bn *bn, head_ctx *c, const float *dout, float *dx)
-{
-    float *dw = GRAD(c->t, bn->weight), *db = GRAD(c->t, bn->bias);
-    const float *w = PARAM(c->t, bn->weight), *rm = BUFFER(c->t, bn->running_mean);
-    const float *rv = BUFFER(c->t, bn->running_var);
-    const float *relu_out = bn->relu ? bn->out : NULL;
-    if (bn->train)
-        batchnorm_backward(dx, dw, db, dout, relu_out, bn->x, w, bn->mean, bn->rstd, bn->rows, bn->channels, 0);
-    else
-        batchnorm_backward_eval(dx, dw, db, dout, relu_out, bn->x, rm, rv, w, bn->rows, bn->channels, BN_EPS, 0);
-    return HERBS_OK;
-}
-
 /* --- token classifiers ----------------------------------------------------------------------- */
 
 herbs_status classifier_init(head_classifier *k, herbs_params *t, const char *prefix, int channels, int classes)
 {
     memset(k, 0, sizeof *k);
     k->channels = channels, k->classes = classes;
-    char bn_prefix[HERBS_NAME_MAX];
-    snprintf(bn_prefix, sizeof bn_prefix, "%s1.", prefix);
     HERBS_TRY(head_add_weight_bias(t, &k->w0, &k->b0, prefix, "0", channels, channels, 1));
-    HERBS_TRY(bn_init(&k->bn, t, bn_prefix, channels));
+    HERBS_TRY(batchnorm_layer_init(&k->bn, t, prefix, "1", channels));
     return head_add_weight_bias(t, &k->w3, &k->b3, prefix, "3", classes, channels, 1);
 }
 
@@ -283,10 +208,10 @@ herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x,
             HERBS_TRY(factored_product(c, xf, w0, F, F, rows, k->z, NULL, bias, 0, &k->factored));
         else
             linear_forward(k->z, x, w0, b0, rows, F, F);
-        HERBS_TRY(bn_forward(&k->bn, c, k->z, rows, k->r, 1));
+        HERBS_TRY(batchnorm_layer_forward(&k->bn, c->t, c->arena, 1, k->z, rows, k->r, 1));
     } else { /* r = ReLU(BN(x·W0ᵀ + b0)) in the product's store; z is not kept */
         float *scale, *shift;
-        HERBS_TRY(bn_fold_eval(&k->bn, c, bias, rows, k->r, &scale, &shift));
+        HERBS_TRY(batchnorm_layer_fold(&k->bn, c->t, c->arena, bias, &scale, &shift));
         if (factored)
             HERBS_TRY(factored_product(c, xf, w0, F, F, rows, k->r, scale, shift, 1, &k->factored));
         else
@@ -309,7 +234,6 @@ herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *d
     if (!k->z) { /* after an eval-mode forward: the BN input, for its backward */
         HERBS_TRY(head_alloc(c, n, 0, &k->z));
         linear_forward(k->z, k->x, PARAM(c->t, k->w0), PARAM(c->t, k->b0), k->rows, k->channels, k->channels);
-        k->bn.x = k->z;
     }
     HERBS_TRY(head_scratch_begin(c));
     HERBS_TRY(head_scratch(c, n, 0, &dr));
@@ -320,7 +244,7 @@ herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *d
     /* dr = dlogits · W3; the BN pass applies ReLU's mask */
     linear_backward(dr, GRAD(c->t, k->w3), GRAD(c->t, k->b3), dlogits, k->r, PARAM(c->t, k->w3), k->rows,
                     k->channels, k->classes, 0);
-    HERBS_TRY(bn_backward(&k->bn, c, dr, dz));
+    batchnorm_layer_backward(&k->bn, c->t, dz, dr, k->r, k->z, k->rows, 0);
     return product_backward(c, &k->factored, dx, GRAD(c->t, k->w0), GRAD(c->t, k->b0), dz, k->x, PARAM(c->t, k->w0),
                             k->rows, k->channels, k->channels, accumulate, deferring ? defer : NULL);
 }

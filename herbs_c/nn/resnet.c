@@ -16,9 +16,8 @@
 
 #include "core/threads.h"
 #include "kernels/kernels.h"
+#include "nn/batchnorm_layer.h"
 
-#define BN_EPS 1e-5f
-#define BN_MOMENTUM 0.1f
 #define EXPANSION 4
 #define STAGES 4
 
@@ -29,14 +28,8 @@ typedef struct {
 } conv_layer;
 
 typedef struct {
-    size_t weight, bias, running_mean, running_var, num_batches_tracked;
-    int channels;
-    float *mean, *rstd; /* batch statistics of the last forward in train mode */
-} bn_layer;
-
-typedef struct {
     conv_layer conv1, conv2, conv3, down_conv;
-    bn_layer bn1, bn2, bn3, down_bn;
+    batchnorm_layer bn1, bn2, bn3, down_bn;
     int has_down;
     const float *x;                              /* the block input */
     float *y1, *a1, *y2, *a2, *y3, *yd, *out;    /* conv outputs y, post-ReLU a, block output */
@@ -45,7 +38,7 @@ typedef struct {
 typedef struct {
     herbs_backbone base;
     conv_layer stem_conv;
-    bn_layer stem_bn;
+    batchnorm_layer stem_bn;
     int n_blocks;
     bottleneck *blocks;
     int stage_last[STAGES]; /* index of each stage's last block */
@@ -79,33 +72,6 @@ static herbs_status conv_init(conv_layer *c, herbs_params *t, const char *prefix
                       (int64_t)k, (int64_t)k);
 }
 
-static herbs_status bn_init(bn_layer *b, herbs_params *t, const char *prefix, const char *name, int channels)
-{
-    char full[HERBS_NAME_MAX];
-    const herbs_init zeros = {HERBS_INIT_ZEROS, 0}, ones = {HERBS_INIT_CONSTANT, 1};
-    memset(b, 0, sizeof *b);
-    b->channels = channels;
-    const struct {
-        size_t *offset;
-        const char *field;
-        herbs_tensor_kind kind;
-        herbs_init init;
-        int ndim;
-    } tensors[] = {
-        {&b->weight, "weight", HERBS_PARAMETER, ones, 1},
-        {&b->bias, "bias", HERBS_PARAMETER, zeros, 1},
-        {&b->running_mean, "running_mean", HERBS_BUFFER, zeros, 1},
-        {&b->running_var, "running_var", HERBS_BUFFER, ones, 1},
-        {&b->num_batches_tracked, "num_batches_tracked", HERBS_BUFFER_INT64, zeros, 0},
-    };
-    for (size_t i = 0; i < sizeof tensors / sizeof tensors[0]; i++) {
-        snprintf(full, sizeof full, "%s.%s", name, tensors[i].field);
-        HERBS_TRY(params_add(t, tensors[i].offset, tensors[i].kind, tensors[i].init, prefix, full, tensors[i].ndim,
-                             (int64_t)channels));
-    }
-    return HERBS_OK;
-}
-
 static herbs_status block_init(bottleneck *blk, herbs_params *t, const char *prefix, int stage, int index,
                                int in_c, int planes, int stride, int H, int W)
 {
@@ -113,17 +79,17 @@ static herbs_status block_init(bottleneck *blk, herbs_params *t, const char *pre
     memset(blk, 0, sizeof *blk);
 #define BLOCK_NAME(part) (snprintf(name, sizeof name, "layer%d.%d.%s", stage + 1, index, part), name)
     HERBS_TRY(conv_init(&blk->conv1, t, prefix, BLOCK_NAME("conv1.weight"), in_c, planes, 1, 1, H, W));
-    HERBS_TRY(bn_init(&blk->bn1, t, prefix, BLOCK_NAME("bn1"), planes));
+    HERBS_TRY(batchnorm_layer_init(&blk->bn1, t, prefix, BLOCK_NAME("bn1"), planes));
     HERBS_TRY(conv_init(&blk->conv2, t, prefix, BLOCK_NAME("conv2.weight"), planes, planes, 3, stride, H, W));
-    HERBS_TRY(bn_init(&blk->bn2, t, prefix, BLOCK_NAME("bn2"), planes));
+    HERBS_TRY(batchnorm_layer_init(&blk->bn2, t, prefix, BLOCK_NAME("bn2"), planes));
     const int OH = blk->conv2.OH, OW = blk->conv2.OW;
     HERBS_TRY(conv_init(&blk->conv3, t, prefix, BLOCK_NAME("conv3.weight"), planes, planes * EXPANSION, 1, 1, OH, OW));
-    HERBS_TRY(bn_init(&blk->bn3, t, prefix, BLOCK_NAME("bn3"), planes * EXPANSION));
+    HERBS_TRY(batchnorm_layer_init(&blk->bn3, t, prefix, BLOCK_NAME("bn3"), planes * EXPANSION));
     blk->has_down = stride != 1 || in_c != planes * EXPANSION;
     if (blk->has_down) {
         HERBS_TRY(conv_init(&blk->down_conv, t, prefix, BLOCK_NAME("downsample.0.weight"), in_c, planes * EXPANSION,
                             1, stride, H, W));
-        HERBS_TRY(bn_init(&blk->down_bn, t, prefix, BLOCK_NAME("downsample.1"), planes * EXPANSION));
+        HERBS_TRY(batchnorm_layer_init(&blk->down_bn, t, prefix, BLOCK_NAME("downsample.1"), planes * EXPANSION));
     }
 #undef BLOCK_NAME
     return HERBS_OK;
@@ -147,16 +113,12 @@ static const float *conv_weight(resnet *r, const conv_layer *c, const herbs_para
 /* out = conv(inp), or with `fold` (eval mode) ReLU?(BN(conv(inp))) in one pass: the eval-mode
    BatchNorm `fold` is applied to each output tile as the conv stores it (relu: and a ReLU) */
 static herbs_status conv_forward_pass(resnet *r, conv_layer *c, const herbs_params *t, herbs_arena *arena,
-                                      const float *inp, const bn_layer *fold, int relu, float **out)
+                                      const float *inp, batchnorm_layer *fold, int relu, float **out)
 {
     const float *w = conv_weight(r, c, t);
     float *scale = NULL, *shift = NULL;
-    if (fold) {
-        HERBS_TRY(herbs_arena_floats(arena, c->out_c, 0, &scale));
-        HERBS_TRY(herbs_arena_floats(arena, c->out_c, 0, &shift));
-        batchnorm_eval_affine(scale, shift, BUFFER(t, fold->running_mean), BUFFER(t, fold->running_var),
-                              PARAM(t, fold->weight), PARAM(t, fold->bias), c->out_c, BN_EPS);
-    }
+    if (fold)
+        HERBS_TRY(batchnorm_layer_fold(fold, t, arena, NULL, &scale, &shift));
     HERBS_TRY(herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0, out));
     conv2d_forward(*out, inp, w, scale, shift, relu, r->scratch, r->scratch_floats, r->batch, c->H, c->W, c->in_c,
                    c->out_c, c->k, c->k, c->stride, c->pad);
@@ -187,40 +149,9 @@ static void conv_backward_pass(resnet *r, conv_layer *c, herbs_params *t, float 
         conv2d_weight_grad_from_ohwi(GRAD(t, c->weight), dw, c->out_c, c->in_c, c->k, c->k);
 }
 
-/* out[N, C] = BN(inp) in train mode (batch statistics, running-stat update), through a ReLU
-   when relu is set; eval mode folds the BN into its conv (conv_forward_pass) */
-static herbs_status bn_forward_pass(bn_layer *b, const herbs_params *t, herbs_arena *arena, const float *inp,
-                                    float *out, int N, int relu)
-{
-    const int C = b->channels;
-    const float *w = PARAM(t, b->weight), *bias = PARAM(t, b->bias);
-    float *rm = BUFFER(t, b->running_mean), *rv = BUFFER(t, b->running_var);
-    HERBS_TRY(herbs_arena_floats(arena, C, 0, &b->mean));
-    HERBS_TRY(herbs_arena_floats(arena, C, 0, &b->rstd));
-    (relu ? batchnorm_relu_forward_train : batchnorm_forward_train)(out, b->mean, b->rstd, rm, rv, inp, w, bias, N,
-                                                                     C, BN_EPS, BN_MOMENTUM);
-    BUFFER(t, b->num_batches_tracked)[0] += 1;
-    return HERBS_OK;
-}
-
-/* dinp = d(inp) from dout (written, not read); relu_out, when not NULL, is the output of a ReLU
-   downstream of the BN (directly, or after the residual add), whose mask is applied to dout on
-   the fly */
-static void bn_backward_pass(resnet *r, bn_layer *b, herbs_params *t, float *dinp, const float *dout,
-                             const float *relu_out, const float *inp, int N)
-{
-    const int C = b->channels;
-    float *dw = GRAD(t, b->weight), *db = GRAD(t, b->bias);
-    const float *w = PARAM(t, b->weight), *rm = BUFFER(t, b->running_mean), *rv = BUFFER(t, b->running_var);
-    if (r->train)
-        batchnorm_backward(dinp, dw, db, dout, relu_out, inp, w, b->mean, b->rstd, N, C, 0);
-    else
-        batchnorm_backward_eval(dinp, dw, db, dout, relu_out, inp, rm, rv, w, N, C, BN_EPS, 0);
-}
-
 /* out = BN(conv(inp)), through a ReLU when relu is set; train mode keeps y = conv(inp) for the
    backward, eval mode folds the BN into the conv and keeps no y */
-static herbs_status conv_bn_forward(resnet *r, conv_layer *c, bn_layer *b, int relu, const herbs_params *t,
+static herbs_status conv_bn_forward(resnet *r, conv_layer *c, batchnorm_layer *b, int relu, const herbs_params *t,
                                     herbs_arena *arena, const float *inp, float **y, float **out)
 {
     *y = NULL;
@@ -228,7 +159,7 @@ static herbs_status conv_bn_forward(resnet *r, conv_layer *c, bn_layer *b, int r
         return conv_forward_pass(r, c, t, arena, inp, b, relu, out);
     HERBS_TRY(conv_forward_pass(r, c, t, arena, inp, NULL, 0, y));
     HERBS_TRY(herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0, out));
-    return bn_forward_pass(b, t, arena, *y, *out, r->batch * c->OH * c->OW, relu);
+    return batchnorm_layer_forward(b, t, arena, 1, *y, r->batch * c->OH * c->OW, *out, relu);
 }
 
 static herbs_status block_forward(resnet *r, bottleneck *blk, const herbs_params *t, herbs_arena *arena,
@@ -338,14 +269,14 @@ static herbs_status block_backward(resnet *r, bottleneck *blk, herbs_params *t, 
     if (!blk->has_down)
         add_relu_backward(NULL, gb->prev, gb->cur, blk->out, n_out, 0);
     if (blk->has_down) {
-        bn_backward_pass(r, &blk->down_bn, t, gb->d, gb->cur, blk->out, blk->yd, N3);
+        batchnorm_layer_backward(&blk->down_bn, t, gb->d, gb->cur, blk->out, blk->yd, N3, 0);
         conv_backward_pass(r, &blk->down_conv, t, gb->dw, gb->prev, gb->d, blk->x, 0);
     }
-    bn_backward_pass(r, &blk->bn3, t, gb->d, gb->cur, blk->out, blk->y3, N3);
+    batchnorm_layer_backward(&blk->bn3, t, gb->d, gb->cur, blk->out, blk->y3, N3, 0);
     conv_backward_pass(r, &blk->conv3, t, gb->dw, gb->g, gb->d, blk->a2, 0); /* d a2 */
-    bn_backward_pass(r, &blk->bn2, t, gb->d, gb->g, blk->a2, blk->y2, N3);   /* d y2 */
+    batchnorm_layer_backward(&blk->bn2, t, gb->d, gb->g, blk->a2, blk->y2, N3, 0);   /* d y2 */
     conv_backward_pass(r, &blk->conv2, t, gb->dw, gb->g, gb->d, blk->a1, 0); /* d a1 */
-    bn_backward_pass(r, &blk->bn1, t, gb->d, gb->g, blk->a1, blk->y1, N1);   /* d y1 */
+    batchnorm_layer_backward(&blk->bn1, t, gb->d, gb->g, blk->a1, blk->y1, N1, 0);   /* d y1 */
     conv_backward_pass(r, &blk->conv1, t, gb->dw, gb->prev, gb->d, blk->x, 1);
     return HERBS_OK;
 }
@@ -410,7 +341,7 @@ static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
     HERBS_TRY(conv_output(r, stem, t, arena, r->x0, &r->y0));
     maxpool2d_backward(herbs_zero_floats(gb.g, n0), gb.cur, r->argmax, r->batch, stem->OH, stem->OW, stem->out_c, 3,
                        2, 1);
-    bn_backward_pass(r, &r->stem_bn, t, gb.d, gb.g, r->a0, r->y0, r->batch * stem->OH * stem->OW);
+    batchnorm_layer_backward(&r->stem_bn, t, gb.d, gb.g, r->a0, r->y0, r->batch * stem->OH * stem->OW, 0);
     float *dx = dimages ? gb.g : NULL;
     conv_backward_pass(r, stem, t, gb.dw, dx, gb.d, r->x0, 0);
     if (dimages)
@@ -453,7 +384,7 @@ herbs_status resnet_backbone_create(herbs_backbone **out, herbs_config *config, 
     r->base.img_size = img_size;
 
     HERBS_TRY(conv_init(&r->stem_conv, t, prefix, "conv1.weight", in_chans, width, 7, 2, img_size, img_size));
-    HERBS_TRY(bn_init(&r->stem_bn, t, prefix, "bn1", width));
+    HERBS_TRY(batchnorm_layer_init(&r->stem_bn, t, prefix, "bn1", width));
     int H = (r->stem_conv.OH + 2 - 3) / 2 + 1, W = (r->stem_conv.OW + 2 - 3) / 2 + 1; /* after the max-pool */
     int in_c = width, i = 0;
     for (int s = 0; s < STAGES; s++) {
