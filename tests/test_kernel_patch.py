@@ -12,7 +12,8 @@ def embed(images, w, b, p, dtype=np.float64):
     B, C, H, W = images.shape
     D, L = w.shape[0], (H // p) * (W // p)
     out, patches = np.empty((B * L, D), dtype), np.empty((B * L, C * p * p), dtype)
-    call("patch_embed_forward", out, patches, images, w, b, B, C, H, W, p, D, dtype=dtype)
+    call("patch_embed_gather", patches, images, B, C, H, W, p, dtype=dtype)
+    call("linear_forward", out, patches, w, b, B * L, C * p * p, D, dtype=dtype)
     return out, patches
 
 
@@ -23,7 +24,8 @@ def embed_backward(images, w, patches, g, p, accumulate, rng, dtype=np.float64):
     dimg, before = grad_buffer(images.shape, accumulate, rng, dtype)
     dw, db = np.zeros_like(w), np.zeros(D, dtype)
     work = np.empty(patches.shape, dtype)
-    call("patch_embed_backward", dimg, dw, db, work, g, patches, w, B, C, H, W, p, D, accumulate, dtype=dtype)
+    call("linear_backward", work, dw, db, g, patches, w, patches.shape[0], patches.shape[1], D, 0, dtype=dtype)
+    call("patch_embed_scatter", dimg, work, B, C, H, W, p, accumulate, dtype=dtype)
     return dimg - before, dw, db
 
 

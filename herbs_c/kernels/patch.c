@@ -5,8 +5,7 @@
 
 #define PATCH_PARALLEL(n) if ((double)(n) > 65536)
 
-void FN(patch_embed_forward)(real *out, real *patches, const real *images, const real *weight, const real *bias, int B,
-                             int C, int H, int W, int p, int D)
+void FN(patch_embed_gather)(real *patches, const real *images, int B, int C, int H, int W, int p)
 {
     const int gh = H / p, gw = W / p, K = C * p * p;
 #pragma omp parallel for collapse(2) schedule(static) PATCH_PARALLEL((double)B * C * H * W)
@@ -19,17 +18,11 @@ void FN(patch_embed_forward)(real *out, real *patches, const real *images, const
                         memcpy(row + (c * p + ky) * p, images + (((size_t)b * C + c) * H + y * p + ky) * W + x * p,
                                p * sizeof(real));
             }
-    FN(linear_forward)(out, patches, weight, bias, B * gh * gw, K, D);
 }
 
-void FN(patch_embed_backward)(real *dimages, real *dweight, real *dbias, real *work, const real *dout,
-                              const real *patches, const real *weight, int B, int C, int H, int W, int p, int D,
-                              int accumulate)
+void FN(patch_embed_scatter)(real *dimages, const real *dpatches, int B, int C, int H, int W, int p, int accumulate)
 {
-    const int gh = H / p, gw = W / p, K = C * p * p, L = gh * gw;
-    FN(linear_backward)(dimages ? work : NULL, dweight, dbias, dout, patches, weight, B * L, K, D, 0);
-    if (!dimages)
-        return;
+    const int gh = H / p, gw = W / p, K = C * p * p;
     /* one image row at a time: the patch row it lies in, column block by column block; pixels
        right of or below the last whole patch get no gradient */
 #pragma omp parallel for collapse(3) schedule(static) PATCH_PARALLEL((double)B * C * H * W)
@@ -39,7 +32,7 @@ void FN(patch_embed_backward)(real *dimages, real *dweight, real *dbias, real *w
                 real *img = dimages + (((size_t)b * C + c) * H + iy) * W;
                 const int y = iy / p, ky = iy % p, covered = y < gh ? gw * p : 0;
                 for (int x = 0; x < covered / p; x++) {
-                    const real *from = work + (((size_t)b * gh + y) * gw + x) * K + (c * p + ky) * p;
+                    const real *from = dpatches + (((size_t)b * gh + y) * gw + x) * K + (c * p + ky) * p;
                     real *to = img + x * p;
                     for (int kx = 0; kx < p; kx++)
                         to[kx] = accumulate ? to[kx] + from[kx] : from[kx];

@@ -34,20 +34,20 @@ herbs_status combiner_init(head_combiner *g, herbs_params *t, int nodes_in, int 
     HERBS_TRY(params_add(t, &g->adj1, HERBS_PARAMETER, (herbs_init){HERBS_INIT_EYE_PLUS_ONE, 0.01f}, p, "adj1", 2,
                          (int64_t)J, (int64_t)J));
     HERBS_TRY(params_add(t, &g->alpha1, HERBS_PARAMETER, (herbs_init){HERBS_INIT_ZEROS, 0}, p, "alpha1", 1, (int64_t)1));
-    HERBS_TRY(head_add_weight_bias(t, &g->pool0_w, &g->pool0_b, p, "param_pool0", J, nodes_in, 0));
-    HERBS_TRY(head_add_weight_bias(t, &g->conv1_w, &g->conv1_b, p, "conv1", F, F, 1));
+    HERBS_TRY(product_add(t, &g->pool0, p, "param_pool0", head_product_spec(J, nodes_in, 0)));
+    HERBS_TRY(product_add(t, &g->conv1, p, "conv1", head_product_spec(F, F, 1)));
     HERBS_TRY(batchnorm_layer_init(&g->bn, t, p, "batch_norm1", F));
-    HERBS_TRY(head_add_weight_bias(t, &g->q_w, &g->q_b, p, "conv_q1", g->reduced, F, 1));
-    HERBS_TRY(head_add_weight_bias(t, &g->k_w, &g->k_b, p, "conv_k1", g->reduced, F, 1));
-    HERBS_TRY(head_add_weight_bias(t, &g->pool1_w, &g->pool1_b, p, "param_pool1", 1, J, 0));
-    return head_add_weight_bias(t, &g->cls_w, &g->cls_b, p, "classifier", classes, F, 0);
+    HERBS_TRY(product_add(t, &g->conv_q, p, "conv_q1", head_product_spec(g->reduced, F, 1)));
+    HERBS_TRY(product_add(t, &g->conv_k, p, "conv_k1", head_product_spec(g->reduced, F, 1)));
+    HERBS_TRY(product_add(t, &g->pool1, p, "param_pool1", head_product_spec(1, J, 0)));
+    return product_add(t, &g->cls, p, "classifier", head_product_spec(classes, F, 0));
 }
 
 /* summary[B·J] = mean over the R outputs of Linear(F -> R)(h0 rows), with the rows in `room` [B·J, R] */
-static void node_summary(head_combiner *g, head_ctx *c, size_t w, size_t b, float *room, float *summary)
+static void node_summary(head_combiner *g, head_ctx *c, herbs_weight *w, float *room, float *summary)
 {
     const int rows = c->batch * g->nodes;
-    linear_forward(room, g->h0, PARAM(c->t, w), PARAM(c->t, b), rows, g->channels, g->reduced);
+    product_rows_forward(w, c->t, c->t->precision, room, g->h0, rows, NULL, NULL, 0);
     token_mean_forward(summary, room, rows, g->reduced, 1);
 }
 
@@ -70,33 +70,32 @@ herbs_status combiner_forward(head_combiner *g, head_ctx *c, const float *kept, 
     HERBS_TRY(head_scratch(c, (size_t)B * J * g->reduced, 0, &room));
     HERBS_TRY(head_scratch(c, (size_t)B * F, 0, &h4));
 
-    token_linear_forward(g->h0, kept, PARAM(c->t, g->pool0_w), PARAM(c->t, g->pool0_b), B, g->nodes_in, J, F, 0);
-    node_summary(g, c, g->q_w, g->q_b, room, g->q);
-    node_summary(g, c, g->k_w, g->k_b, room, g->k);
+    product_tokens_forward(&g->pool0, c->t, c->t->precision, g->h0, kept, B, F, 0);
+    node_summary(g, c, &g->conv_q, room, g->q);
+    node_summary(g, c, &g->conv_k, room, g->k);
     adjacency_forward(g->adjacency, g->q, g->k, PARAM(c->t, g->adj1), PARAM(c->t, g->alpha1), B, J);
-    linear_forward(g->h1, g->h0, PARAM(c->t, g->conv1_w), PARAM(c->t, g->conv1_b), B * J, F, F);
+    product_rows_forward(&g->conv1, c->t, c->t->precision, g->h1, g->h0, B * J, NULL, NULL, 0);
     gemm_batched(1, 0, J, F, J, 1, g->adjacency, J, (long)J * J, g->h1, F, (long)J * F, 0, g->h2, F, (long)J * F, B);
     HERBS_TRY(batchnorm_layer_forward(&g->bn, c->t, c->arena, c->train, g->h2, B * J, g->h3, 0));
-    token_linear_forward(h4, g->h3, PARAM(c->t, g->pool1_w), PARAM(c->t, g->pool1_b), B, J, 1, F, 0);
+    product_tokens_forward(&g->pool1, c->t, c->t->precision, h4, g->h3, B, F, 0);
     g->dropped = c->train && g->dropout > 0;
     g->dropout_seed = seed, g->dropout_stream = stream;
     if (g->dropped)
         dropout_forward(g->h5, h4, (size_t)B * F, g->dropout, seed, stream);
     else
         memcpy(g->h5, h4, (size_t)B * F * sizeof(float));
-    linear_forward(out, g->h5, PARAM(c->t, g->cls_w), PARAM(c->t, g->cls_b), B, F, g->classes);
+    product_rows_forward(&g->cls, c->t, c->t->precision, out, g->h5, B, NULL, NULL, 0);
     return HERBS_OK;
 }
 
 /* dh0 += the gradient through summary = mean_o Linear(h0) from dsummary [B·J] */
-static void node_summary_backward(head_combiner *g, head_ctx *c, size_t w, size_t b, const float *dsummary,
+static void node_summary_backward(head_combiner *g, head_ctx *c, herbs_weight *w, const float *dsummary,
                                   float *room, float *dh0)
 {
     const int rows = c->batch * g->nodes;
     memset(room, 0, (size_t)rows * g->reduced * sizeof(float));
     token_mean_backward(room, dsummary, rows, g->reduced, 1);
-    linear_backward(dh0, GRAD(c->t, w), GRAD(c->t, b), room, g->h0, PARAM(c->t, w), rows, g->channels, g->reduced,
-                    1);
+    product_rows_backward(w, c->t, c->t->precision, dh0, room, g->h0, rows, 1);
 }
 
 herbs_status combiner_backward(head_combiner *g, head_ctx *c, const float *dout, float *dkept)
@@ -116,25 +115,22 @@ herbs_status combiner_backward(head_combiner *g, head_ctx *c, const float *dout,
     HERBS_TRY(head_scratch(c, (size_t)B * J, 1, &dk));
     HERBS_TRY(head_scratch(c, (size_t)B * J * g->reduced, 0, &room));
 
-    linear_backward(dh5, GRAD(c->t, g->cls_w), GRAD(c->t, g->cls_b), dout, g->h5, PARAM(c->t, g->cls_w), B, F,
-                    g->classes, 0);
+    product_rows_backward(&g->cls, c->t, c->t->precision, dh5, dout, g->h5, B, 0);
     if (g->dropped)
         dropout_backward(dh4, dh5, (size_t)B * F, g->dropout, g->dropout_seed, g->dropout_stream);
     else
         memcpy(dh4, dh5, (size_t)B * F * sizeof(float));
-    token_linear_backward(dh3, GRAD(c->t, g->pool1_w), GRAD(c->t, g->pool1_b), dh4, g->h3, PARAM(c->t, g->pool1_w), B,
-                          J, 1, F, 0);
+    product_tokens_backward(&g->pool1, c->t, c->t->precision, dh3, dh4, g->h3, B, F, 0);
     batchnorm_layer_backward(&g->bn, c->t, dh2, dh3, NULL, g->h2, B * J, 0);
     /* h2_b = A_bᵀ h1_b: dh1_b = A_b dh2_b, dA_b = h1_b dh2_bᵀ */
     gemm_batched(0, 0, J, F, J, 1, g->adjacency, J, (long)J * J, dh2, F, (long)J * F, 0, dh1, F, (long)J * F, B);
     gemm_batched(0, 1, J, J, F, 1, g->h1, F, (long)J * F, dh2, F, (long)J * F, 0, dA, J, (long)J * J, B);
     adjacency_backward(dq, dk, GRAD(c->t, g->adj1), GRAD(c->t, g->alpha1), dA, g->q, g->k, PARAM(c->t, g->alpha1), B,
                        J);
-    linear_backward(dh0, GRAD(c->t, g->conv1_w), GRAD(c->t, g->conv1_b), dh1, g->h0, PARAM(c->t, g->conv1_w), B * J,
-                    F, F, 0); /* dh0's first part; the node summaries add theirs */
-    node_summary_backward(g, c, g->q_w, g->q_b, dq, room, dh0);
-    node_summary_backward(g, c, g->k_w, g->k_b, dk, room, dh0);
-    token_linear_backward(dkept, GRAD(c->t, g->pool0_w), GRAD(c->t, g->pool0_b), dh0, g->x, PARAM(c->t, g->pool0_w), B,
-                          g->nodes_in, J, F, 1);
+    /* dh0's first part; the node summaries add theirs */
+    product_rows_backward(&g->conv1, c->t, c->t->precision, dh0, dh1, g->h0, B * J, 0);
+    node_summary_backward(g, c, &g->conv_q, dq, room, dh0);
+    node_summary_backward(g, c, &g->conv_k, dk, room, dh0);
+    product_tokens_backward(&g->pool0, c->t, c->t->precision, dkept, dh0, g->x, B, F, 1);
     return HERBS_OK;
 }

@@ -40,8 +40,8 @@ herbs_status fpn_down_init(head_fpn *f, herbs_params *t, const herbs_backbone *b
         HERBS_TRY(mlp_init(&f->down_proj[i], t, prefix, f->channels[i], f->channels[i], size, type == FPN_CNN));
         if (type == FPN_TOKENS && i > 0) {
             snprintf(prefix, sizeof prefix, "Up_layer%d", i + 1);
-            HERBS_TRY(head_add_weight_bias(t, &f->up_w[i], &f->up_b[i], "fpn_down.", prefix, f->tokens[i - 1],
-                                           f->tokens[i], 1));
+            HERBS_TRY(product_add(t, &f->up[i], "fpn_down.", prefix,
+                                  head_product_spec(f->tokens[i - 1], f->tokens[i], 1)));
         }
     }
     return HERBS_OK;
@@ -55,8 +55,8 @@ herbs_status fpn_up_init(head_fpn *f, herbs_params *t)
         HERBS_TRY(mlp_init(&f->up_proj[i], t, prefix, f->size, f->size, f->size, 0));
         if (f->type == FPN_TOKENS && i < HERBS_TAPS - 1) {
             snprintf(prefix, sizeof prefix, "Down_layer%d", i + 1);
-            HERBS_TRY(head_add_weight_bias(t, &f->down_w[i], &f->down_b[i], "fpn_up.", prefix, f->tokens[i + 1],
-                                           f->tokens[i], 1));
+            HERBS_TRY(product_add(t, &f->down[i], "fpn_up.", prefix,
+                                  head_product_spec(f->tokens[i + 1], f->tokens[i], 1)));
         }
     }
     return HERBS_OK;
@@ -94,8 +94,7 @@ herbs_status fpn_forward(head_fpn *f, head_ctx *c, float *const taps[HERBS_TAPS]
     }
     for (int i = HERBS_TAPS - 1; i > 0; i--) {
         if (f->type == FPN_TOKENS)
-            token_linear_forward(f->top_down[i - 1], f->top_down[i], PARAM(c->t, f->up_w[i]), PARAM(c->t, f->up_b[i]), B,
-                                 f->tokens[i], f->tokens[i - 1], F, 1);
+            product_tokens_forward(&f->up[i], c->t, c->t->precision, f->top_down[i - 1], f->top_down[i], B, F, 1);
         else
             cnn_add_resampled(f, c, f->top_down[i - 1], i - 1, f->top_down[i], i, upsample_bilinear2x_forward);
     }
@@ -108,8 +107,7 @@ herbs_status fpn_forward(head_fpn *f, head_ctx *c, float *const taps[HERBS_TAPS]
     }
     for (int i = 0; i < HERBS_TAPS - 1; i++) {
         if (f->type == FPN_TOKENS)
-            token_linear_forward(f->bottom_up[i + 1], f->bottom_up[i], PARAM(c->t, f->down_w[i]),
-                                 PARAM(c->t, f->down_b[i]), B, f->tokens[i], f->tokens[i + 1], F, 1);
+            product_tokens_forward(&f->down[i], c->t, c->t->precision, f->bottom_up[i + 1], f->bottom_up[i], B, F, 1);
         else
             cnn_add_resampled(f, c, f->bottom_up[i + 1], i + 1, f->bottom_up[i], i, avgpool2x2_forward);
     }
@@ -136,9 +134,8 @@ herbs_status fpn_backward(head_fpn *f, head_ctx *c, float *const d_top_down[HERB
     /* bottom-up cascade, read upwards: bottom_up[i] = proj_i + Down(bottom_up[i-1]) */
     for (int i = HERBS_TAPS - 1; i > 0; i--) {
         if (f->type == FPN_TOKENS)
-            token_linear_backward(d_bottom_up[i - 1], GRAD(c->t, f->down_w[i - 1]), GRAD(c->t, f->down_b[i - 1]),
-                                  d_bottom_up[i], f->bottom_up[i - 1], PARAM(c->t, f->down_w[i - 1]), B,
-                                  f->tokens[i - 1], f->tokens[i], F, 1);
+            product_tokens_backward(&f->down[i - 1], c->t, c->t->precision, d_bottom_up[i - 1], d_bottom_up[i],
+                                    f->bottom_up[i - 1], B, F, 1);
         else if (same_grid(f, i - 1, i))
             add_into(d_bottom_up[i - 1], d_bottom_up[i], level_size(f, B, i));
         else
@@ -170,9 +167,8 @@ herbs_status fpn_backward(head_fpn *f, head_ctx *c, float *const d_top_down[HERB
             HERBS_TRY(head_alloc(c, level_size(f, B, i + 1), 1, &dense[i + 1]));
         if (i < HERBS_TAPS - 1 && dense[i]) {
             if (f->type == FPN_TOKENS)
-                token_linear_backward(dense[i + 1], GRAD(c->t, f->up_w[i + 1]), GRAD(c->t, f->up_b[i + 1]), dense[i],
-                                      f->top_down[i + 1], PARAM(c->t, f->up_w[i + 1]), B, f->tokens[i + 1],
-                                      f->tokens[i], F, 1);
+                product_tokens_backward(&f->up[i + 1], c->t, c->t->precision, dense[i + 1], dense[i],
+                                        f->top_down[i + 1], B, F, 1);
             else if (same_grid(f, i, i + 1))
                 add_into(dense[i + 1], dense[i], level_size(f, B, i));
             else

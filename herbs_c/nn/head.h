@@ -11,6 +11,7 @@
 #include "nn/backbone.h"
 #include "nn/batchnorm_layer.h"
 #include "nn/params.h"
+#include "nn/product.h"
 
 /* The arguments every head layer's forward and backward share. */
 typedef struct {
@@ -114,8 +115,7 @@ typedef struct {
     head_mlp down_proj[HERBS_TAPS], up_proj[HERBS_TAPS];
     /* tap i (0-based) is layer{i+1}; tokens only: [i] holds Up_layer{i+1} = Conv1d(S_i -> S_{i-1}) for
        i >= 1 and Down_layer{i+1} = Conv1d(S_i -> S_{i+1}) for i <= 2, over the token axis */
-    size_t up_w[HERBS_TAPS], up_b[HERBS_TAPS];
-    size_t down_w[HERBS_TAPS], down_b[HERBS_TAPS];
+    herbs_weight up[HERBS_TAPS], down[HERBS_TAPS];
     float *top_down[HERBS_TAPS];  /* last forward: FPN1 features [B, S_i, F] */
     float *bottom_up[HERBS_TAPS]; /* last forward: bottom-up features [B, S_i, F] */
 } head_fpn;
@@ -163,7 +163,8 @@ herbs_status selector_backward(head_selector *s, head_ctx *c, float *const dsele
 typedef struct {
     int nodes_in, nodes, channels, reduced, classes; /* ΣK, J = ΣK // 64, F, F // 4, classes */
     float dropout;
-    size_t adj1, alpha1, pool0_w, pool0_b, conv1_w, conv1_b, q_w, q_b, k_w, k_b, pool1_w, pool1_b, cls_w, cls_b;
+    size_t adj1, alpha1;
+    herbs_weight pool0, conv1, conv_q, conv_k, pool1, cls;
     batchnorm_layer bn;
     uint64_t dropout_seed, dropout_stream; /* of the last forward */
     /* last forward */
@@ -188,8 +189,12 @@ herbs_status head_alloc(head_ctx *c, size_t count, int zero, float **out);
 herbs_status head_scratch_begin(head_ctx *c);
 herbs_status head_scratch(head_ctx *c, size_t count, int zero, float **out);
 
-/* Registers {prefix}{name}.weight [out, in] followed by `ones` (0, 1 or 2) dimensions of size 1
-   (Linear, Conv1d or Conv2d with kernel 1) and {prefix}{name}.bias [out], PyTorch's default init. */
+/* A head product's weight [out, in] followed by `ones` (0, 1 or 2) dimensions of size 1 (Linear,
+   Conv1d or Conv2d with kernel 1) and its bias [out], PyTorch's default init (for product_add). */
+herbs_product_spec head_product_spec(int out, int in, int ones);
+
+/* product_add(t, ..., head_product_spec(out, in, ones)) for the layers whose products do not take
+   handles yet (head_layers.c): the offsets of {prefix}{name}.weight and .bias. */
 herbs_status head_add_weight_bias(herbs_params *t, size_t *w, size_t *b, const char *prefix, const char *name,
                                   int out, int in, int ones);
 

@@ -21,21 +21,21 @@ herbs_status head_scratch(head_ctx *c, size_t count, int zero, float **out)
 
 herbs_init head_default_init(int fan_in) { return (herbs_init){HERBS_INIT_UNIFORM, 1.0f / sqrtf((float)fan_in)}; }
 
-herbs_status head_add_weight_bias(herbs_params *t, size_t *w, size_t *b, const char *prefix, const char *name,
-                                    int out, int in, int ones)
+herbs_product_spec head_product_spec(int out, int in, int ones)
 {
-    char key[HERBS_NAME_MAX];
-    herbs_init init = head_default_init(in);
-    snprintf(key, sizeof key, "%s.weight", name);
-    if (ones == 0)
-        HERBS_TRY(params_add(t, w, HERBS_PARAMETER, init, prefix, key, 2, (int64_t)out, (int64_t)in));
-    else if (ones == 1)
-        HERBS_TRY(params_add(t, w, HERBS_PARAMETER, init, prefix, key, 3, (int64_t)out, (int64_t)in, (int64_t)1));
-    else
-        HERBS_TRY(params_add(t, w, HERBS_PARAMETER, init, prefix, key, 4, (int64_t)out, (int64_t)in, (int64_t)1,
-                             (int64_t)1));
-    snprintf(key, sizeof key, "%s.bias", name);
-    return params_add(t, b, HERBS_PARAMETER, init, prefix, key, 1, (int64_t)out);
+    const herbs_init init = head_default_init(in);
+    return (herbs_product_spec){.out = out, .in = in, .kernel_dims = ones, .k = 1, .stride = 1, .bias = 1,
+                                .weight_init = init, .bias_init = init};
+}
+
+herbs_status head_add_weight_bias(herbs_params *t, size_t *w, size_t *b, const char *prefix, const char *name,
+                                  int out, int in, int ones)
+{
+    herbs_weight handle;
+    HERBS_TRY(product_add(t, &handle, prefix, name, head_product_spec(out, in, ones)));
+    *w = handle.weight;
+    *b = handle.bias;
+    return HERBS_OK;
 }
 
 /* --- products over factored rows (level_factors) --------------------------------------------- */

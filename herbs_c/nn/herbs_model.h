@@ -12,8 +12,8 @@ typedef struct {
     int classes, fpn_size;
     head_fpn fpn;
     head_classifier down_cls[HERBS_TAPS], up_cls[HERBS_TAPS];
-    size_t plain_w[HERBS_TAPS], plain_b[HERBS_TAPS]; /* selector.classifier_l_layer{i}: selection without FPN */
-    size_t ori_w, ori_b;                             /* classifier: the plain backbone (no switch on) */
+    herbs_weight plain[HERBS_TAPS]; /* selector.classifier_l_layer{i}: selection without FPN */
+    herbs_weight ori;               /* classifier: the plain backbone (no switch on) */
     head_selector selector;
     head_combiner combiner;
     herbs_arena scratch;

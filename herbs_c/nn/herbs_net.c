@@ -106,8 +106,8 @@ static herbs_status herbs_forward(herbs_net *net, const float *images, int batch
         }
     } else if (m->use_selection) {
         for (int i = 0; i < HERBS_TAPS; i++)
-            linear_forward(logits[i], m->taps[i], PARAM(&net->params, m->plain_w[i]), PARAM(&net->params, m->plain_b[i]),
-                           batch * bb->tap_tokens[i], bb->tap_channels[i], m->classes);
+            product_rows_forward(&m->plain[i], &net->params, net->params.precision, logits[i], m->taps[i],
+                                 batch * bb->tap_tokens[i], NULL, NULL, 0);
     }
     if (m->use_selection) {
         HERBS_TRY(selector_forward(&m->selector, &c, logits, features, selected, dropped));
@@ -124,8 +124,8 @@ static herbs_status herbs_forward(herbs_net *net, const float *images, int batch
         const int S = bb->tap_tokens[HERBS_TAPS - 1], C = bb->tap_channels[HERBS_TAPS - 1];
         HERBS_TRY(head_alloc(&c, (size_t)batch * C, 0, &m->ori_mean));
         token_mean_forward(m->ori_mean, m->taps[HERBS_TAPS - 1], batch, S, C);
-        linear_forward(out_data(net, m->out_ori), m->ori_mean, PARAM(&net->params, m->ori_w),
-                       PARAM(&net->params, m->ori_b), batch, C, m->classes);
+        product_rows_forward(&m->ori, &net->params, net->params.precision, out_data(net, m->out_ori), m->ori_mean,
+                             batch, NULL, NULL, 0);
     }
     return HERBS_OK;
 }
@@ -173,16 +173,15 @@ static herbs_status herbs_backward(herbs_net *net, float *dimages)
         HERBS_TRY(fpn_backward(&m->fpn, &c, d_top_down, td_terms, d_bottom_up, dtaps));
     } else if (m->use_selection) {
         for (int i = 0; i < HERBS_TAPS; i++)
-            linear_backward(dtaps[i], GRAD(&net->params, m->plain_w[i]), GRAD(&net->params, m->plain_b[i]), dlogits[i],
-                            m->taps[i], PARAM(&net->params, m->plain_w[i]), B * bb->tap_tokens[i], bb->tap_channels[i],
-                            m->classes, 0);
+            product_rows_backward(&m->plain[i], &net->params, net->params.precision, dtaps[i], dlogits[i], m->taps[i],
+                                  B * bb->tap_tokens[i], 0);
     }
     if (m->out_ori >= 0) {
         const int S = bb->tap_tokens[HERBS_TAPS - 1], C = bb->tap_channels[HERBS_TAPS - 1];
         float *dmean;
         HERBS_TRY(head_alloc(&c, (size_t)B * C, 0, &dmean));
-        linear_backward(dmean, GRAD(&net->params, m->ori_w), GRAD(&net->params, m->ori_b), out_grad(net, m->out_ori),
-                        m->ori_mean, PARAM(&net->params, m->ori_w), B, C, m->classes, 0);
+        product_rows_backward(&m->ori, &net->params, net->params.precision, dmean, out_grad(net, m->out_ori),
+                              m->ori_mean, B, 0);
         token_mean_backward(dtaps[HERBS_TAPS - 1], dmean, B, S, C);
     }
     float *tap_grads[HERBS_TAPS] = {NULL};
@@ -244,8 +243,8 @@ static herbs_status build_head(herbs_model *m, herbs_params *t, fpn_type pyramid
     const herbs_backbone *bb = m->bb;
     char prefix[HERBS_NAME_MAX], name[HERBS_NAME_MAX];
     if (!m->use_fpn && !m->use_selection)
-        HERBS_TRY(head_add_weight_bias(t, &m->ori_w, &m->ori_b, "", "classifier", m->classes,
-                                       bb->tap_channels[HERBS_TAPS - 1], 0));
+        HERBS_TRY(product_add(t, &m->ori, "", "classifier",
+                              head_product_spec(m->classes, bb->tap_channels[HERBS_TAPS - 1], 0)));
     if (m->use_fpn) {
         HERBS_TRY(fpn_down_init(&m->fpn, t, bb, pyramid, m->fpn_size));
         for (int i = 0; i < HERBS_TAPS; i++) {
@@ -260,8 +259,8 @@ static herbs_status build_head(herbs_model *m, herbs_params *t, fpn_type pyramid
     } else if (m->use_selection) {
         for (int i = 0; i < HERBS_TAPS; i++) {
             snprintf(name, sizeof name, "classifier_l_layer%d", i + 1);
-            HERBS_TRY(head_add_weight_bias(t, &m->plain_w[i], &m->plain_b[i], "selector.", name, m->classes,
-                                           bb->tap_channels[i], 0));
+            HERBS_TRY(product_add(t, &m->plain[i], "selector.", name,
+                                  head_product_spec(m->classes, bb->tap_channels[i], 0)));
         }
     }
     if (m->use_selection)

@@ -7,10 +7,11 @@
 
 #include "kernels/kernels.h"
 #include "nn/registry.h"
+#include "nn/product.h"
 
 typedef struct {
     int classes;
-    size_t weight, bias; /* offsets of fc.weight [classes, 3HW] and fc.bias [classes] */
+    herbs_weight fc; /* fc.weight [classes, 3HW] and fc.bias [classes] */
     const float *images; /* the input of the last forward */
 } linear_net;
 
@@ -24,17 +25,15 @@ static herbs_status linear_forward_pass(herbs_net *net, const float *images, int
     HERBS_TRY(herbs_arena_floats(&net->arena, (size_t)batch * features, 0, &copy));
     memcpy(copy, images, (size_t)batch * features * sizeof(float));
     ln->images = copy;
-    linear_forward(logits->data, copy, PARAM(&net->params, ln->weight), PARAM(&net->params, ln->bias), batch,
-                   features, ln->classes);
+    product_rows_forward(&ln->fc, &net->params, net->params.precision, logits->data, copy, batch, NULL, NULL, 0);
     return HERBS_OK;
 }
 
 static herbs_status linear_backward_pass(herbs_net *net, float *dimages)
 {
     linear_net *ln = net->impl;
-    int features = net->in_channels * net->height * net->width;
-    linear_backward(dimages, GRAD(&net->params, ln->weight), GRAD(&net->params, ln->bias), net->outputs[0].grad,
-                    ln->images, PARAM(&net->params, ln->weight), net->forward_batch, features, ln->classes, 1);
+    product_rows_backward(&ln->fc, &net->params, net->params.precision, dimages, net->outputs[0].grad, ln->images,
+                          net->forward_batch, 1);
     return HERBS_OK;
 }
 
@@ -57,9 +56,8 @@ herbs_status linear_net_create(herbs_net *net, herbs_config *config)
     net->height = net->width = img_size;
     ln->classes = classes;
     int64_t features = 3 * (int64_t)img_size * img_size;
-    herbs_init weight_init = {HERBS_INIT_UNIFORM, 1.0f / sqrtf((float)features)};
-    HERBS_TRY(params_add(&net->params, &ln->weight, HERBS_PARAMETER, weight_init, "fc.", "weight", 2,
-                         (int64_t)classes, features));
-    HERBS_TRY(params_add(&net->params, &ln->bias, HERBS_PARAMETER, weight_init, "fc.", "bias", 1, (int64_t)classes));
-    return HERBS_OK;
+    herbs_init init = {HERBS_INIT_UNIFORM, 1.0f / sqrtf((float)features)};
+    return product_add(&net->params, &ln->fc, "", "fc",
+                       (herbs_product_spec){.out = classes, .in = (int)features, .bias = 1, .weight_init = init,
+                                            .bias_init = init});
 }

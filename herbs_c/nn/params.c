@@ -36,6 +36,7 @@ void params_free(herbs_params *t)
     herbs_free(t->params);
     lazy_zero_block_free(t->grads, t->n_params);
     herbs_free(t->buffers);
+    lazy_zero_block_free(t->packed, t->n_packed);
     params_init(t);
 }
 
@@ -89,6 +90,17 @@ herbs_status params_add(herbs_params *t, size_t *offset, herbs_tensor_kind kind,
     return HERBS_OK;
 }
 
+herbs_status params_reserve_packed(herbs_params *t, size_t *offset, size_t floats)
+{
+    if (t->params)
+        return herbs_error(HERBS_ERR_STATE, "packed weights reserved after the blocks were allocated");
+    *offset = t->n_packed;
+    t->n_packed += (floats + 15) / 16 * 16; /* 64-byte aligned, as the tensors */
+    return HERBS_OK;
+}
+
+void params_written(herbs_params *t) { t->version++; }
+
 static float *zeroed_block(size_t floats)
 {
     float *p = herbs_aligned_alloc(floats * sizeof(float));
@@ -106,11 +118,13 @@ herbs_status params_allocate(herbs_params *t, uint64_t seed)
     t->params = zeroed_block(t->n_params);
     t->grads = lazy_zero_block(t->n_params);
     t->buffers = zeroed_block(t->n_buffers);
-    if (!t->params || !t->grads || !t->buffers) {
+    t->packed = lazy_zero_block(t->n_packed); /* pages taken when a form is first made */
+    if (!t->params || !t->grads || !t->buffers || !t->packed) {
         herbs_free(t->params);
         lazy_zero_block_free(t->grads, t->n_params);
         herbs_free(t->buffers);
-        t->params = t->grads = t->buffers = NULL;
+        lazy_zero_block_free(t->packed, t->n_packed);
+        t->params = t->grads = t->buffers = t->packed = NULL;
         return herbs_error(HERBS_ERR_NOMEM, "out of memory for %zu parameters", t->n_params);
     }
     fill_tensors(t, seed); /* the gradients are zero already, and stay untouched */
@@ -144,6 +158,7 @@ static float init_value(herbs_init init, uint64_t seed, uint64_t stream, uint64_
 
 static void fill_tensors(herbs_params *t, uint64_t seed)
 {
+    params_written(t);
     for (int k = 0; k < t->count; k++) {
         const herbs_tensor_info *e = &t->entries[k];
         float *data = (e->kind == HERBS_PARAMETER ? t->params : t->buffers) + e->offset;

@@ -45,11 +45,19 @@ typedef struct {
     herbs_init init;
 } herbs_tensor_info;
 
+/* How the products of a net compute (nn/product.h). bf16 joins here (issue 13). */
+typedef enum {
+    HERBS_FP32 = 0,
+} herbs_precision;
+
 typedef struct {
     herbs_tensor_info *entries;
     int count, capacity;
-    size_t n_params, n_buffers; /* floats in each block */
+    size_t n_params, n_buffers, n_packed; /* floats in each block */
     float *params, *grads, *buffers; /* NULL until params_allocate */
+    float *packed;            /* the products' packed weights (nn/product.h), mapped lazily like grads */
+    uint64_t version;         /* bumped by params_written; packed forms are tagged with it */
+    herbs_precision precision; /* of the net's products */
 } herbs_params;
 
 void params_init(herbs_params *t);
@@ -59,6 +67,13 @@ void params_free(herbs_params *t);
    initialiser; stores its offset in *offset. Fails on a duplicate name or after allocation. */
 herbs_status params_add(herbs_params *t, size_t *offset, herbs_tensor_kind kind, herbs_init init,
                         const char *prefix, const char *name, int ndim, ...);
+
+/* Reserves `floats` floats of the packed block (before allocation); stores their offset. */
+herbs_status params_reserve_packed(herbs_params *t, size_t *offset, size_t floats);
+
+/* Marks the parameters as written: every packed form made before is stale from now on. Every
+   write path calls it (nn/product.h says which). */
+void params_written(herbs_params *t);
 
 /* Allocates the blocks (zeroed) once every tensor is registered, then initialises them. */
 herbs_status params_allocate(herbs_params *t, uint64_t seed);
@@ -74,5 +89,6 @@ const herbs_tensor_info *params_find(const herbs_params *t, const char *name);
 #define PARAM(t, offset) ((t)->params + (offset))
 #define GRAD(t, offset) ((t)->grads + (offset))
 #define BUFFER(t, offset) ((t)->buffers + (offset))
+#define PACKED(t, offset) ((t)->packed + (offset))
 
 #endif

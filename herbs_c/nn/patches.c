@@ -5,11 +5,12 @@
 #include <stdlib.h>
 
 #include "kernels/kernels.h"
+#include "nn/product.h"
 
 typedef struct {
     herbs_backbone base;
     int patch[HERBS_TAPS];
-    size_t weight[HERBS_TAPS], bias[HERBS_TAPS];
+    herbs_weight embed[HERBS_TAPS]; /* tap{i}.weight [C_i, 3, p, p], tap{i}.bias: convs with kernel = stride = p */
     float *cols[HERBS_TAPS]; /* last forward: the image's patches per tap [B·grid², 3·p·p] */
     int batch;
 } patches_backbone;
@@ -25,8 +26,8 @@ static herbs_status patches_forward(herbs_backbone *base, const herbs_params *t,
         const int row = base->in_channels * p * p;
         HERBS_TRY(herbs_arena_floats(arena, (size_t)rows * row, 0, &pb->cols[i]));
         HERBS_TRY(herbs_arena_floats(arena, (size_t)rows * C, 0, &taps[i]));
-        patch_embed_forward(taps[i], pb->cols[i], images, PARAM(t, pb->weight[i]), PARAM(t, pb->bias[i]), batch,
-                            base->in_channels, base->img_size, base->img_size, p, C);
+        patch_embed_gather(pb->cols[i], images, batch, base->in_channels, base->img_size, base->img_size, p);
+        product_rows_forward(&pb->embed[i], t, t->precision, taps[i], pb->cols[i], rows, NULL, NULL, 0);
     }
     return HERBS_OK;
 }
@@ -40,14 +41,14 @@ static herbs_status patches_backward(herbs_backbone *base, herbs_params *t, herb
         backbone_keep_tap_grad(base, tap_grads, i, pb->batch, dtaps[i]); /* no tap feeds another */
         if (!dtaps[i])
             continue;
-        const int p = pb->patch[i], rows = pb->batch * base->tap_tokens[i], C = base->tap_channels[i];
+        const int p = pb->patch[i], rows = pb->batch * base->tap_tokens[i];
         const int row = base->in_channels * p * p;
         float *work = NULL;
         if (dimages)
             HERBS_TRY(herbs_arena_floats(arena, (size_t)rows * row, 0, &work));
-        patch_embed_backward(dimages, GRAD(t, pb->weight[i]), GRAD(t, pb->bias[i]), work, dtaps[i], pb->cols[i],
-                             PARAM(t, pb->weight[i]), pb->batch, base->in_channels, base->img_size, base->img_size, p,
-                             C, 1);
+        product_rows_backward(&pb->embed[i], t, t->precision, work, dtaps[i], pb->cols[i], rows, 0);
+        if (dimages)
+            patch_embed_scatter(dimages, work, pb->batch, base->in_channels, base->img_size, base->img_size, p, 1);
     }
     return HERBS_OK;
 }
@@ -80,11 +81,10 @@ herbs_status patches_backbone_create(herbs_backbone **out, herbs_config *config,
         pb->base.tap_channels[i] = channels[i];
         char name[32];
         herbs_init init = {HERBS_INIT_UNIFORM, 1.0f / sqrtf(3.0f * p * p)};
-        snprintf(name, sizeof name, "tap%d.weight", i + 1);
-        HERBS_TRY(params_add(t, &pb->weight[i], HERBS_PARAMETER, init, prefix, name, 4, (int64_t)channels[i],
-                             (int64_t)3, (int64_t)p, (int64_t)p));
-        snprintf(name, sizeof name, "tap%d.bias", i + 1);
-        HERBS_TRY(params_add(t, &pb->bias[i], HERBS_PARAMETER, init, prefix, name, 1, (int64_t)channels[i]));
+        snprintf(name, sizeof name, "tap%d", i + 1);
+        const herbs_product_spec spec = {.out = channels[i], .in = 3, .kernel_dims = 2, .k = p, .stride = p,
+                                         .patch_rows = 1, .bias = 1, .weight_init = init, .bias_init = init};
+        HERBS_TRY(product_add(t, &pb->embed[i], prefix, name, spec));
     }
     return HERBS_OK;
 }

@@ -17,12 +17,13 @@
 #include "core/threads.h"
 #include "kernels/kernels.h"
 #include "nn/batchnorm_layer.h"
+#include "nn/product.h"
 
 #define EXPANSION 4
 #define STAGES 4
 
 typedef struct {
-    size_t weight; /* offset of the PyTorch-layout weight [OC, C, k, k] */
+    herbs_weight weight; /* [OC, C, k, k], no bias */
     int in_c, out_c, k, stride, pad;
     int H, W, OH, OW; /* input and output sizes (fixed by img_size) */
 } conv_layer;
@@ -48,7 +49,6 @@ typedef struct {
     int *argmax;
     float *scratch; /* the convolutions' scratch (packed weights, im2col chunks) */
     size_t scratch_floats;
-    float *weight_ohwi; /* the current conv's weight in the compute layout (k > 1) */
 } resnet;
 
 /* --- building ---------------------------------------------------------------------------- */
@@ -68,8 +68,9 @@ static herbs_status conv_init(conv_layer *c, herbs_params *t, const char *prefix
     c->OW = (W + 2 * c->pad - k) / stride + 1;
     /* kaiming_normal_(mode="fan_out", nonlinearity="relu"), torchvision's init */
     herbs_init init = {HERBS_INIT_NORMAL, sqrtf(2.0f / ((float)out_c * k * k))};
-    return params_add(t, &c->weight, HERBS_PARAMETER, init, prefix, name, 4, (int64_t)out_c, (int64_t)in_c,
-                      (int64_t)k, (int64_t)k);
+    return product_add(t, &c->weight, prefix, name,
+                       (herbs_product_spec){.out = out_c, .in = in_c, .kernel_dims = 2, .k = k, .stride = stride,
+                                            .pad = c->pad, .weight_init = init});
 }
 
 static herbs_status block_init(bottleneck *blk, herbs_params *t, const char *prefix, int stage, int index,
@@ -78,16 +79,16 @@ static herbs_status block_init(bottleneck *blk, herbs_params *t, const char *pre
     char name[HERBS_NAME_MAX];
     memset(blk, 0, sizeof *blk);
 #define BLOCK_NAME(part) (snprintf(name, sizeof name, "layer%d.%d.%s", stage + 1, index, part), name)
-    HERBS_TRY(conv_init(&blk->conv1, t, prefix, BLOCK_NAME("conv1.weight"), in_c, planes, 1, 1, H, W));
+    HERBS_TRY(conv_init(&blk->conv1, t, prefix, BLOCK_NAME("conv1"), in_c, planes, 1, 1, H, W));
     HERBS_TRY(batchnorm_layer_init(&blk->bn1, t, prefix, BLOCK_NAME("bn1"), planes));
-    HERBS_TRY(conv_init(&blk->conv2, t, prefix, BLOCK_NAME("conv2.weight"), planes, planes, 3, stride, H, W));
+    HERBS_TRY(conv_init(&blk->conv2, t, prefix, BLOCK_NAME("conv2"), planes, planes, 3, stride, H, W));
     HERBS_TRY(batchnorm_layer_init(&blk->bn2, t, prefix, BLOCK_NAME("bn2"), planes));
     const int OH = blk->conv2.OH, OW = blk->conv2.OW;
-    HERBS_TRY(conv_init(&blk->conv3, t, prefix, BLOCK_NAME("conv3.weight"), planes, planes * EXPANSION, 1, 1, OH, OW));
+    HERBS_TRY(conv_init(&blk->conv3, t, prefix, BLOCK_NAME("conv3"), planes, planes * EXPANSION, 1, 1, OH, OW));
     HERBS_TRY(batchnorm_layer_init(&blk->bn3, t, prefix, BLOCK_NAME("bn3"), planes * EXPANSION));
     blk->has_down = stride != 1 || in_c != planes * EXPANSION;
     if (blk->has_down) {
-        HERBS_TRY(conv_init(&blk->down_conv, t, prefix, BLOCK_NAME("downsample.0.weight"), in_c, planes * EXPANSION,
+        HERBS_TRY(conv_init(&blk->down_conv, t, prefix, BLOCK_NAME("downsample.0"), in_c, planes * EXPANSION,
                             1, stride, H, W));
         HERBS_TRY(batchnorm_layer_init(&blk->down_bn, t, prefix, BLOCK_NAME("downsample.1"), planes * EXPANSION));
     }
@@ -99,29 +100,17 @@ static herbs_status block_init(bottleneck *blk, herbs_params *t, const char *pre
 
 static size_t conv_out_floats(const conv_layer *c, int batch) { return (size_t)batch * c->OH * c->OW * c->out_c; }
 
-/* the weight in the compute layout: 1x1 kernels are the same memory; others are repacked into
-   the shared buffer r->weight_ohwi just before each use (cheap next to the conv, and one buffer
-   instead of a copy of every 3x3/7x7 weight kept from forward to backward) */
-static const float *conv_weight(resnet *r, const conv_layer *c, const herbs_params *t)
-{
-    if (c->k == 1)
-        return PARAM(t, c->weight);
-    conv2d_weight_to_ohwi(r->weight_ohwi, PARAM(t, c->weight), c->out_c, c->in_c, c->k, c->k);
-    return r->weight_ohwi;
-}
-
 /* out = conv(inp), or with `fold` (eval mode) ReLU?(BN(conv(inp))) in one pass: the eval-mode
    BatchNorm `fold` is applied to each output tile as the conv stores it (relu: and a ReLU) */
 static herbs_status conv_forward_pass(resnet *r, conv_layer *c, const herbs_params *t, herbs_arena *arena,
                                       const float *inp, batchnorm_layer *fold, int relu, float **out)
 {
-    const float *w = conv_weight(r, c, t);
     float *scale = NULL, *shift = NULL;
     if (fold)
         HERBS_TRY(batchnorm_layer_fold(fold, t, arena, NULL, &scale, &shift));
     HERBS_TRY(herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0, out));
-    conv2d_forward(*out, inp, w, scale, shift, relu, r->scratch, r->scratch_floats, r->batch, c->H, c->W, c->in_c,
-                   c->out_c, c->k, c->k, c->stride, c->pad);
+    product_conv_forward(&c->weight, t, t->precision, *out, inp, r->batch, c->H, c->W, scale, shift, relu, r->scratch,
+                         r->scratch_floats);
     return HERBS_OK;
 }
 
@@ -139,14 +128,8 @@ static herbs_status conv_output(resnet *r, conv_layer *c, const herbs_params *t,
 static void conv_backward_pass(resnet *r, conv_layer *c, herbs_params *t, float *dw_scratch, float *dinp,
                                const float *dout, const float *inp, int accumulate)
 {
-    const float *w = conv_weight(r, c, t);
-    float *dw = c->k == 1 ? GRAD(t, c->weight) : dw_scratch;
-    if (c->k != 1)
-        herbs_zero_floats(dw, (size_t)c->out_c * c->k * c->k * c->in_c);
-    conv2d_backward(dinp, dw, NULL, dout, inp, w, r->scratch, r->scratch_floats, r->batch, c->H, c->W, c->in_c,
-                    c->out_c, c->k, c->k, c->stride, c->pad, accumulate);
-    if (c->k != 1)
-        conv2d_weight_grad_from_ohwi(GRAD(t, c->weight), dw, c->out_c, c->in_c, c->k, c->k);
+    product_conv_backward(&c->weight, t, t->precision, dinp, dout, inp, r->batch, c->H, c->W, r->scratch,
+                          r->scratch_floats, dw_scratch, accumulate);
 }
 
 /* out = BN(conv(inp)), through a ReLU when relu is set; train mode keeps y = conv(inp) for the
@@ -204,8 +187,7 @@ static herbs_status resnet_forward(herbs_backbone *bb, const herbs_params *t, he
                            "ResNet stem; use a smaller batch", batch, bb->img_size);
     r->batch = batch;
     r->train = train;
-    /* one scratch (packed weights, im2col chunks) and one repacked weight for every conv */
-    size_t weights = 0;
+    /* one scratch (packed weights, im2col chunks) for every conv */
     r->scratch_floats = 0;
     for (int i = -1; i < r->n_blocks; i++) {
         const conv_layer *cs[4] = {&r->stem_conv};
@@ -217,12 +199,9 @@ static herbs_status resnet_forward(herbs_backbone *bb, const herbs_params *t, he
         }
         for (int j = 0; j < (i < 0 ? 1 : r->blocks[i].has_down ? 4 : 3); j++) {
             size_t need = conv2d_scratch_floats(cs[j]->in_c, cs[j]->out_c, cs[j]->k, cs[j]->k);
-            size_t weight = (size_t)cs[j]->out_c * cs[j]->in_c * cs[j]->k * cs[j]->k;
             r->scratch_floats = need > r->scratch_floats ? need : r->scratch_floats;
-            weights = weight > weights ? weight : weights;
         }
     }
-    HERBS_TRY(herbs_arena_floats(arena, weights, 0, &r->weight_ohwi));
     HERBS_TRY(herbs_arena_floats(arena, r->scratch_floats, 0, &r->scratch));
     HERBS_TRY(herbs_arena_floats(arena, image_floats(r, batch), 0, &r->x0));
     nchw_to_nhwc_forward(r->x0, images, batch, bb->in_channels, bb->img_size, bb->img_size);
@@ -383,7 +362,7 @@ herbs_status resnet_backbone_create(herbs_backbone **out, herbs_config *config, 
     r->base.in_channels = in_chans;
     r->base.img_size = img_size;
 
-    HERBS_TRY(conv_init(&r->stem_conv, t, prefix, "conv1.weight", in_chans, width, 7, 2, img_size, img_size));
+    HERBS_TRY(conv_init(&r->stem_conv, t, prefix, "conv1", in_chans, width, 7, 2, img_size, img_size));
     HERBS_TRY(batchnorm_layer_init(&r->stem_bn, t, prefix, "bn1", width));
     int H = (r->stem_conv.OH + 2 - 3) / 2 + 1, W = (r->stem_conv.OW + 2 - 3) / 2 + 1; /* after the max-pool */
     int in_c = width, i = 0;

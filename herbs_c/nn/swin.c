@@ -111,18 +111,18 @@ static herbs_status block_forward(swin_block *k, const swin_stage *st, const her
     }
 
     layernorm_forward(z->ln, v->mean1, v->rstd1, x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C, SWIN_LN_EPS);
-    linear_forward(v->qkv, z->ln, PARAM(t, k->qkv_w), k->qkv_b == SWIN_NONE ? NULL : PARAM(t, k->qkv_b), M, C, 3 * C);
+    product_rows_forward(&k->qkv, t, t->precision, v->qkv, z->ln, M, NULL, NULL, 0);
     relative_bias_forward(v->bias, PARAM(t, k->table), st->heads, st->window);
     window_attention_forward(v->att, v->lse, z->work, v->qkv, v->bias, B, st->res, st->res, C, st->heads, st->window,
                              k->shift, z->threads);
-    linear_forward(z->branch, v->att, PARAM(t, k->proj_w), PARAM(t, k->proj_b), M, C, C);
+    product_rows_forward(&k->proj, t, t->precision, z->branch, v->att, M, NULL, NULL, 0);
     residual_add_forward(v->x1, x, z->branch, k->scale1, B, (long)L * C);
 
     layernorm_forward(z->ln, v->mean2, v->rstd2, v->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, C,
                       SWIN_LN_EPS);
-    linear_forward(v->hidden, z->ln, PARAM(t, k->fc1_w), PARAM(t, k->fc1_b), M, C, st->hidden);
+    product_rows_forward(&k->fc1, t, t->precision, v->hidden, z->ln, M, NULL, NULL, 0);
     gelu_forward(z->act, v->hidden, (size_t)M * st->hidden);
-    linear_forward(z->branch, z->act, PARAM(t, k->fc2_w), PARAM(t, k->fc2_b), M, st->hidden, C);
+    product_rows_forward(&k->fc2, t, t->precision, z->branch, z->act, M, NULL, NULL, 0);
     residual_add_forward(out, v->x1, z->branch, k->scale2, B, (long)L * C);
     return HERBS_OK;
 }
@@ -139,7 +139,7 @@ static herbs_status merge_forward(swin_stage *st, const herbs_params *t, herbs_a
     patch_merge_forward(st->merged, x, B, st->res, st->res, C);
     layernorm_forward(ln, st->merge_mean, st->merge_rstd, st->merged, PARAM(t, st->merge_norm.weight),
                       PARAM(t, st->merge_norm.bias), M, 4 * C, SWIN_LN_EPS);
-    linear_forward(st->tap, ln, PARAM(t, st->merge_reduction), NULL, M, 4 * C, 2 * C);
+    product_rows_forward(&st->merge_reduction, t, t->precision, st->tap, ln, M, NULL, NULL, 0);
     return HERBS_OK;
 }
 
@@ -171,8 +171,8 @@ herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena
     HERBS_TRY(herbs_arena_floats(arena, M0, 0, &s->embed_mean));
     HERBS_TRY(herbs_arena_floats(arena, M0, 0, &s->embed_rstd));
     HERBS_TRY(herbs_arena_floats(arena, (size_t)M0 * D, 0, &x));
-    patch_embed_forward(s->embedded, s->patches, images, PARAM(t, s->embed_w), PARAM(t, s->embed_b), B, in,
-                        bb->img_size, bb->img_size, s->patch, D);
+    patch_embed_gather(s->patches, images, B, in, bb->img_size, bb->img_size, s->patch);
+    product_rows_forward(&s->embed, t, t->precision, s->embedded, s->patches, M0, NULL, NULL, 0);
     layernorm_forward(x, s->embed_mean, s->embed_rstd, s->embedded, PARAM(t, s->embed_norm.weight),
                       PARAM(t, s->embed_norm.bias), M0, D, SWIN_LN_EPS);
 
@@ -220,7 +220,7 @@ static const float *branch_grad(float *buffer, const float *d, const float *scal
 /* d [B, L, C]: the gradient of the block's output on entry, of its input on return. Every
    backward writes (accumulate 0) the fresh buffer it is the first writer of, and the LayerNorms
    add their input gradient onto d (the residual's); parameter gradients accumulate. */
-static void block_backward(const swin_block *k, const block_saved *v, const swin_stage *st, herbs_params *t, float *d,
+static void block_backward(swin_block *k, const block_saved *v, const swin_stage *st, herbs_params *t, float *d,
                            int B, const backward_scratch *z)
 {
     const int C = st->dim, L = st->res * st->res, M = B * L, H = st->hidden;
@@ -232,35 +232,33 @@ static void block_backward(const swin_block *k, const block_saved *v, const swin
     /* the GELU output again, and its derivative in place of the saved pre-activation (dead after
        this, which is why a forward allows one backward) */
     gelu_forward_derivative(z->act, v->hidden, v->hidden, (size_t)M * H);
-    linear_backward(z->dact, GRAD(t, k->fc2_w), GRAD(t, k->fc2_b), g, z->act, PARAM(t, k->fc2_w), M, H, C, 0);
+    product_rows_backward(&k->fc2, t, t->precision, z->dact, g, z->act, M, 0);
     activation_backward(z->act, z->dact, v->hidden, (size_t)M * H, 0); /* the pre-activation's gradient */
-    linear_backward(z->dln, GRAD(t, k->fc1_w), GRAD(t, k->fc1_b), z->act, z->ln, PARAM(t, k->fc1_w), M, C, H, 0);
+    product_rows_backward(&k->fc1, t, t->precision, z->dln, z->act, z->ln, M, 0);
     layernorm_backward(d, GRAD(t, k->norm2.weight), GRAD(t, k->norm2.bias), z->dln, v->x1, PARAM(t, k->norm2.weight),
                        v->mean2, v->rstd2, M, C, 1);
 
     /* attention branch: x1 = x + scale1 · proj(attention(qkv(norm1(x)))) */
     g = branch_grad(z->dbranch, d, k->scale1, B, (long)L * C);
-    linear_backward(z->datt, GRAD(t, k->proj_w), GRAD(t, k->proj_b), g, v->att, PARAM(t, k->proj_w), M, C, C, 0);
+    product_rows_backward(&k->proj, t, t->precision, z->datt, g, v->att, M, 0);
     window_attention_backward(z->dqkv, z->dbias, z->work, z->datt, v->qkv, v->bias, v->lse, B, st->res, st->res, C,
                               st->heads, st->window, k->shift, z->threads, 0);
     relative_bias_backward(GRAD(t, k->table), z->dbias, st->heads, st->window);
     layernorm_forward(z->ln, v->mean1, v->rstd1, k->x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C,
                       SWIN_LN_EPS);
-    linear_backward(z->dln, GRAD(t, k->qkv_w), k->qkv_b == SWIN_NONE ? NULL : GRAD(t, k->qkv_b), z->dqkv, z->ln,
-                    PARAM(t, k->qkv_w), M, C, 3 * C, 0);
+    product_rows_backward(&k->qkv, t, t->precision, z->dln, z->dqkv, z->ln, M, 0);
     layernorm_backward(d, GRAD(t, k->norm1.weight), GRAD(t, k->norm1.bias), z->dln, k->x, PARAM(t, k->norm1.weight),
                        v->mean1, v->rstd1, M, C, 1);
 }
 
 /* dtap [B, res²/4, 2C] -> dx [B, res², C] (overwritten). */
-static void merge_backward(const swin_stage *st, herbs_params *t, float *dx, const float *dtap, int B,
+static void merge_backward(swin_stage *st, herbs_params *t, float *dx, const float *dtap, int B,
                            const backward_scratch *z)
 {
     const int C = st->dim, M = (int)(stage_tokens(st, B) / 4);
     layernorm_forward(z->ln, st->merge_mean, st->merge_rstd, st->merged, PARAM(t, st->merge_norm.weight),
                       PARAM(t, st->merge_norm.bias), M, 4 * C, SWIN_LN_EPS);
-    linear_backward(z->dln, GRAD(t, st->merge_reduction), NULL, dtap, z->ln, PARAM(t, st->merge_reduction), M, 4 * C,
-                    2 * C, 0);
+    product_rows_backward(&st->merge_reduction, t, t->precision, z->dln, dtap, z->ln, M, 0);
     float *dmerged = z->dqkv; /* free here, and at least res²·C floats */
     layernorm_backward(dmerged, GRAD(t, st->merge_norm.weight), GRAD(t, st->merge_norm.bias), z->dln, st->merged,
                        PARAM(t, st->merge_norm.weight), st->merge_mean, st->merge_rstd, M, 4 * C, 0);
@@ -329,7 +327,8 @@ herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *are
     float *image_work = NULL;
     if (dimages)
         HERBS_TRY(herbs_arena_floats(arena, (size_t)M0 * in * s->patch * s->patch, 0, &image_work));
-    patch_embed_backward(dimages, GRAD(t, s->embed_w), GRAD(t, s->embed_b), image_work, z.dln, s->patches,
-                         PARAM(t, s->embed_w), B, in, bb->img_size, bb->img_size, s->patch, D, 1);
+    product_rows_backward(&s->embed, t, t->precision, image_work, z.dln, s->patches, M0, 0);
+    if (dimages)
+        patch_embed_scatter(dimages, image_work, B, in, bb->img_size, bb->img_size, s->patch, 1);
     return HERBS_OK;
 }

@@ -120,17 +120,13 @@ static herbs_status add_norm(herbs_params *t, norm_offsets *n, const char *prefi
     return params_add(t, &n->bias, HERBS_PARAMETER, ZEROS, prefix, full, 1, (int64_t)dim);
 }
 
-/* Registers "<name>.weight" [out, in] and, if bias is not NULL, "<name>.bias" [out]. */
-static herbs_status add_linear(herbs_params *t, size_t *weight, size_t *bias, const char *prefix, const char *name,
-                               int in, int out)
+/* Registers "<name>.weight" [out, in] and, if bias is set, "<name>.bias" [out]. */
+static herbs_status add_linear(herbs_params *t, herbs_weight *w, const char *prefix, const char *name, int in, int out,
+                               int bias)
 {
-    char full[HERBS_NAME_MAX];
-    HERBS_TRY(join(full, name, "weight"));
-    HERBS_TRY(params_add(t, weight, HERBS_PARAMETER, LINEAR_INIT, prefix, full, 2, (int64_t)out, (int64_t)in));
-    if (!bias)
-        return HERBS_OK;
-    HERBS_TRY(join(full, name, "bias"));
-    return params_add(t, bias, HERBS_PARAMETER, ZEROS, prefix, full, 1, (int64_t)out);
+    return product_add(t, w, prefix, name,
+                       (herbs_product_spec){.out = out, .in = in, .bias = bias,
+                                            .weight_init = LINEAR_INIT, .bias_init = ZEROS});
 }
 
 /* Tensors in timm's state-dict order. */
@@ -144,27 +140,26 @@ static herbs_status register_block(herbs_params *t, swin_block *k, const swin_st
     HERBS_TRY(join(n, name, "attn.relative_position_bias_table"));
     HERBS_TRY(params_add(t, &k->table, HERBS_PARAMETER, LINEAR_INIT, prefix, n, 2, (int64_t)span * span,
                          (int64_t)st->heads));
-    k->qkv_b = SWIN_NONE;
     HERBS_TRY(join(n, name, "attn.qkv"));
-    HERBS_TRY(add_linear(t, &k->qkv_w, qkv_bias ? &k->qkv_b : NULL, prefix, n, C, 3 * C));
+    HERBS_TRY(add_linear(t, &k->qkv, prefix, n, C, 3 * C, qkv_bias));
     HERBS_TRY(join(n, name, "attn.proj"));
-    HERBS_TRY(add_linear(t, &k->proj_w, &k->proj_b, prefix, n, C, C));
+    HERBS_TRY(add_linear(t, &k->proj, prefix, n, C, C, 1));
     HERBS_TRY(join(n, name, "norm2"));
     HERBS_TRY(add_norm(t, &k->norm2, prefix, n, C));
     HERBS_TRY(join(n, name, "mlp.fc1"));
-    HERBS_TRY(add_linear(t, &k->fc1_w, &k->fc1_b, prefix, n, C, st->hidden));
+    HERBS_TRY(add_linear(t, &k->fc1, prefix, n, C, st->hidden, 1));
     HERBS_TRY(join(n, name, "mlp.fc2"));
-    return add_linear(t, &k->fc2_w, &k->fc2_b, prefix, n, st->hidden, C);
+    return add_linear(t, &k->fc2, prefix, n, st->hidden, C, 1);
 }
 
 static herbs_status register_tensors(swin *s, herbs_params *t, const char *prefix, const swin_config *c)
 {
     const int fan_in = c->in_chans * c->patch * c->patch;
     const herbs_init conv_init = {HERBS_INIT_UNIFORM, 1.0f / sqrtf((float)fan_in)}; /* PyTorch's Conv2d default */
-    HERBS_TRY(params_add(t, &s->embed_w, HERBS_PARAMETER, conv_init, prefix, "patch_embed.proj.weight", 4,
-                         (int64_t)c->embed_dim, (int64_t)c->in_chans, (int64_t)c->patch, (int64_t)c->patch));
-    HERBS_TRY(params_add(t, &s->embed_b, HERBS_PARAMETER, conv_init, prefix, "patch_embed.proj.bias", 1,
-                         (int64_t)c->embed_dim));
+    HERBS_TRY(product_add(t, &s->embed, prefix, "patch_embed.proj",
+                          (herbs_product_spec){.out = c->embed_dim, .in = c->in_chans, .kernel_dims = 2, .k = c->patch,
+                                               .stride = c->patch, .patch_rows = 1, .bias = 1, .weight_init = conv_init,
+                                               .bias_init = conv_init}));
     HERBS_TRY(add_norm(t, &s->embed_norm, prefix, "patch_embed.norm", c->embed_dim));
     int total = 0, index = 0;
     for (int i = 0; i < SWIN_STAGES; i++)
@@ -187,7 +182,7 @@ static herbs_status register_tensors(swin *s, herbs_params *t, const char *prefi
         if (i < SWIN_STAGES - 1) {
             char name[HERBS_NAME_MAX];
             snprintf(name, sizeof name, "layers.%d.downsample.reduction", i);
-            HERBS_TRY(add_linear(t, &st->merge_reduction, NULL, prefix, name, 4 * st->dim, 2 * st->dim));
+            HERBS_TRY(add_linear(t, &st->merge_reduction, prefix, name, 4 * st->dim, 2 * st->dim, 0));
             snprintf(name, sizeof name, "layers.%d.downsample.norm", i);
             HERBS_TRY(add_norm(t, &st->merge_norm, prefix, name, 4 * st->dim));
         }

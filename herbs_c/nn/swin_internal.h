@@ -5,11 +5,11 @@
 
 #include <stddef.h>
 
+#include "nn/product.h"
 #include "nn/swin.h"
 
 #define SWIN_STAGES 4
 #define SWIN_LN_EPS 1e-5f /* every LayerNorm of the backbone */
-#define SWIN_NONE ((size_t)-1) /* an absent tensor's offset */
 
 typedef struct {
     size_t weight, bias;
@@ -25,7 +25,8 @@ typedef struct {
     int shift;        /* 0 or window/2 */
     float drop_prob;  /* stochastic depth rate of this block */
     norm_offsets norm1, norm2;
-    size_t table, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b;
+    size_t table;
+    herbs_weight qkv, proj, fc1, fc2;
     /* the last forward */
     const float *x;
     float *out;
@@ -37,14 +38,14 @@ typedef struct {
     int depth, dim, heads, res, window, hidden; /* res: the map is res × res; window = min(window, res) */
     swin_block *blocks;
     norm_offsets merge_norm; /* stages 1–3 end with a patch merging */
-    size_t merge_reduction;
+    herbs_weight merge_reduction;
     float *merged, *merge_mean, *merge_rstd, *tap; /* saved */
 } swin_stage;
 
 typedef struct {
     herbs_backbone base;
     int patch, embed_dim;
-    size_t embed_w, embed_b;
+    herbs_weight embed; /* the patch embedding's conv, kernel = stride = patch */
     norm_offsets embed_norm;
     swin_stage stages[SWIN_STAGES];
     /* the last forward */

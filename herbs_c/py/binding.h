@@ -10,6 +10,7 @@
 #include <numpy/arrayobject.h>
 
 #include "core/error.h"
+#include "nn/params.h"
 
 /* Raises the exception for `status` with the engine's last message; returns NULL. */
 PyObject *raise_status(herbs_status status);
@@ -25,6 +26,9 @@ long row_stride(PyArrayObject *a, const char *what);
 
 /* "(2, 3, 4)" for messages. */
 void format_shape(char *buf, size_t size, int ndim, const npy_intp *shape);
+
+/* The parameter table whose block `array` views (a Net's params, or a view of it), or NULL. */
+herbs_params *params_viewed_by(PyObject *array);
 
 /* The methods each part of the binding adds to herbs._C, and the types it registers. */
 extern PyMethodDef gemm_methods[];

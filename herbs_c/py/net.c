@@ -165,6 +165,10 @@ static PyObject *block_view(NetObject *self, float *data, size_t n)
 static PyObject *Net_get_params(NetObject *self, void *c) { return block_view(self, self->net->params.params, self->net->params.n_params); }
 static PyObject *Net_get_grads(NetObject *self, void *c) { return block_view(self, self->net->params.grads, self->net->params.n_params); }
 static PyObject *Net_get_buffers(NetObject *self, void *c) { return block_view(self, self->net->params.buffers, self->net->params.n_buffers); }
+static PyObject *Net_get_params_version(NetObject *self, void *c)
+{
+    return PyLong_FromUnsignedLongLong(self->net->params.version);
+}
 static PyObject *Net_get_kind(NetObject *self, void *c) { return PyUnicode_FromString(self->net->ops->kind); }
 static PyObject *Net_get_image_shape(NetObject *self, void *c)
 {
@@ -237,6 +241,7 @@ static PyObject *Net_forward(NetObject *self, PyObject *args, PyObject *kw)
     if (!check_images(net, obj, &data, &batch))
         goto done;
     herbs_status s;
+    params_written(&net->params); /* the parameter views may have been written (nn/product.h) */
     Py_BEGIN_ALLOW_THREADS
     herbs_threads_apply();
     s = net_forward(net, data, batch, train);
@@ -461,6 +466,7 @@ static PyObject *Net_train_step(NetObject *self, PyObject *args, PyObject *kw)
         goto done;
     herbs_status s;
     const int64_t *y = PyArray_DATA(labels);
+    params_written(&net->params); /* the parameter views may have been written (nn/product.h) */
     Py_BEGIN_ALLOW_THREADS
     herbs_threads_apply();
     s = net_train_step(net, images, batch, train, y, &options, &terms);
@@ -481,6 +487,15 @@ static PyObject *Net_zero_grad(NetObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+static PyObject *Net_params_written(NetObject *self, PyObject *unused)
+{
+    if (!claim(self))
+        return NULL;
+    params_written(&self->net->params);
+    self->busy = 0;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Net_methods[] = {
     {"tensors", (PyCFunction)Net_tensors, METH_NOARGS,
      "tensors() -> [(name, kind, shape, offset, size)]: the table of parameters ('parameter', offsets into\n"
@@ -497,6 +512,9 @@ static PyMethodDef Net_methods[] = {
      "(the HERBS net's backbone taps, 'backbone.layer1'..4, [B, S_i, C_i]) and their whole gradients\n"
      "from a backward(..., probe_grads=True) after it."},
     {"zero_grad", (PyCFunction)Net_zero_grad, METH_NOARGS, "zero_grad(): sets every parameter gradient to 0."},
+    {"params_written", (PyCFunction)Net_params_written, METH_NOARGS,
+     "params_written(): the parameters were written (packed weights made before are stale). Every write\n"
+     "path of the package calls it; forward and train_step also assume it, as views may have been written."},
     {"loss", (PyCFunction)(void (*)(void))Net_loss, METH_VARARGS | METH_KEYWORDS,
      "loss(labels, **options) -> {term: value}: the training objective of the last forward for integer\n"
      "labels [B]; sets the outputs' gradients to its gradient, so backward({}) completes a step.\n"
@@ -512,6 +530,8 @@ static PyGetSetDef Net_getset[] = {
     {"params", (getter)Net_get_params, NULL, "float32 view of the parameter block", NULL},
     {"grads", (getter)Net_get_grads, NULL, "float32 view of the gradient block (same offsets)", NULL},
     {"buffers", (getter)Net_get_buffers, NULL, "float32 view of the buffer block", NULL},
+    {"params_version", (getter)Net_get_params_version, NULL,
+     "the parameters' version, bumped by every write path (packed weights are tagged with it)", NULL},
     {"kind", (getter)Net_get_kind, NULL, "the network's kind", NULL},
     {"image_shape", (getter)Net_get_image_shape, NULL, "(channels, height, width) of the images it takes", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -529,6 +549,16 @@ static PyTypeObject NetType = {
     .tp_methods = Net_methods,
     .tp_getset = Net_getset,
 };
+
+herbs_params *params_viewed_by(PyObject *array)
+{
+    for (PyObject *o = array; o && PyArray_Check(o); o = PyArray_BASE((PyArrayObject *)o)) {
+        PyObject *base = PyArray_BASE((PyArrayObject *)o);
+        if (base && PyObject_TypeCheck(base, &NetType) && ((NetObject *)base)->net)
+            return &((NetObject *)base)->net->params;
+    }
+    return NULL;
+}
 
 int register_net_type(PyObject *module)
 {

@@ -1,5 +1,6 @@
 /* herbs._C.sgd_update and herbs._C.adamw_update: optimiser steps over flat float32 blocks
-   (a net's params/grads views and the optimiser's state arrays). */
+   (a net's params/grads views and the optimiser's state arrays). A step on a net's parameter
+   block marks them written (nn/product.h). */
 #include "py/binding.h" /* first: Python.h must precede system headers */
 
 #include "core/threads.h"
@@ -50,6 +51,9 @@ static PyObject *py_sgd_update(PyObject *self, PyObject *args, PyObject *kw)
     sgd_update(DATA(a[0]), DATA(a[1]), DATA(a[2]), (size_t)n, (float)lr, (float)momentum, (float)weight_decay,
                nesterov);
     Py_END_ALLOW_THREADS
+    herbs_params *t = params_viewed_by(a[0]);
+    if (t) /* a net's parameters: its packed weights are stale */
+        params_written(t);
     Py_RETURN_NONE;
 }
 
@@ -74,6 +78,9 @@ static PyObject *py_adamw_update(PyObject *self, PyObject *args, PyObject *kw)
     adamw_update(DATA(a[0]), DATA(a[1]), DATA(a[2]), DATA(a[3]), (size_t)n, (float)lr, (float)beta1, (float)beta2,
                  (float)eps, (float)weight_decay, step);
     Py_END_ALLOW_THREADS
+    herbs_params *t = params_viewed_by(a[0]);
+    if (t) /* a net's parameters: its packed weights are stale */
+        params_written(t);
     Py_RETURN_NONE;
 }
 

@@ -241,7 +241,8 @@ class Model:
 
     def named_parameters(self) -> List[Tuple[str, np.ndarray]]:
         """``[(name, array)]`` for every trainable tensor, in PyTorch's order and shapes. The arrays
-        are live float32 views of the engine's memory: writing into them changes the model."""
+        are live float32 views of the engine's memory: writing into them changes the model (from the
+        next forward or train_step on)."""
         params = self._net.params
         return [(row[0], self._view(params, row)) for row in self._table if row[1] == "parameter"]
 
@@ -296,8 +297,10 @@ class Model:
             sd = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
             sd.update(_state.add_prefix(backbone, "backbone."))
         with self._claim() as net:
-            return _state.load_into(self._table, {"params": net.params, "buffers": net.buffers}, sd, strict=strict,
-                                    skip=self._spec.unused_keys("backbone."))
+            result = _state.load_into(self._table, {"params": net.params, "buffers": net.buffers}, sd, strict=strict,
+                                      skip=self._spec.unused_keys("backbone."))
+            net.params_written()
+            return result
 
     def load_pretrained(self, path: str) -> _state.LoadResult:
         """Loads backbone weights from a file of any format :mod:`herbs.weights` reads
@@ -314,8 +317,10 @@ class Model:
         table = [(name[len("backbone."):], kind, shape, offset, size) for name, kind, shape, offset, size in self._table
                  if name.startswith("backbone.")]
         with self._claim() as net:
-            return _state.load_into(table, {"params": net.params, "buffers": net.buffers}, sd, strict=True,
-                                    skip=self._spec.unused_keys())
+            result = _state.load_into(table, {"params": net.params, "buffers": net.buffers}, sd, strict=True,
+                                      skip=self._spec.unused_keys())
+            net.params_written()
+            return result
 
     @staticmethod
     def _normalise(state_dict: Mapping) -> Dict[str, np.ndarray]:

@@ -1,0 +1,109 @@
+/* Products through weight handles (product.h): the layer-level wrapper of the linear, conv2d
+   and token kernels, which choose the weight's form for the precision. */
+#include "nn/product.h"
+
+#include <stdio.h>
+
+#include "core/threads.h"
+#include "kernels/kernels.h"
+
+herbs_status product_add(herbs_params *t, herbs_weight *w, const char *prefix, const char *name,
+                         herbs_product_spec spec)
+{
+    char key[HERBS_NAME_MAX];
+    if (spec.k < 1) /* a Linear's */
+        spec.k = spec.stride = 1;
+    const int64_t out = spec.out, in = spec.in, k = spec.k;
+    *w = (herbs_weight){.weight = HERBS_NO_TENSOR, .bias = HERBS_NO_TENSOR, .out = spec.out, .in = spec.in,
+                        .k = spec.k, .stride = spec.stride, .pad = spec.pad, .fp32 = {.offset = HERBS_NO_TENSOR}};
+    if (snprintf(key, sizeof key, "%s.weight", name) >= (int)sizeof key)
+        return herbs_error(HERBS_ERR_VALUE, "tensor name '%s%s.weight' is too long", prefix ? prefix : "", name);
+    if (spec.kernel_dims == 0)
+        HERBS_TRY(params_add(t, &w->weight, HERBS_PARAMETER, spec.weight_init, prefix, key, 2, out, in));
+    else if (spec.kernel_dims == 1)
+        HERBS_TRY(params_add(t, &w->weight, HERBS_PARAMETER, spec.weight_init, prefix, key, 3, out, in, k));
+    else
+        HERBS_TRY(params_add(t, &w->weight, HERBS_PARAMETER, spec.weight_init, prefix, key, 4, out, in, k, k));
+    if (spec.kernel_dims == 2 && spec.k > 1 && !spec.patch_rows) { /* OIHW and OHWI differ: the compute layout is a packed form */
+        w->fp32.floats = (size_t)out * in * k * k;
+        HERBS_TRY(params_reserve_packed(t, &w->fp32.offset, w->fp32.floats));
+    }
+    if (!spec.bias)
+        return HERBS_OK;
+    snprintf(key, sizeof key, "%s.bias", name);
+    return params_add(t, &w->bias, HERBS_PARAMETER, spec.bias_init, prefix, key, 1, out);
+}
+
+static const float *bias_of(const herbs_weight *w, const herbs_params *t)
+{
+    return w->bias == HERBS_NO_TENSOR ? NULL : PARAM(t, w->bias);
+}
+
+static float *bias_grad_of(const herbs_weight *w, herbs_params *t)
+{
+    return w->bias == HERBS_NO_TENSOR ? NULL : GRAD(t, w->bias);
+}
+
+/* The weight as the product at precision p reads it, [out, k, k, in]: a k×k conv's OHWI form,
+   made from the parameters once per table version; otherwise the parameters themselves. */
+static const float *compute_weight(herbs_weight *w, const herbs_params *t, herbs_precision p)
+{
+    switch (p) {
+    case HERBS_FP32:
+    default:
+        if (w->fp32.offset == HERBS_NO_TENSOR)
+            return PARAM(t, w->weight);
+        if (w->fp32.version != t->version) {
+            conv2d_weight_to_ohwi(PACKED(t, w->fp32.offset), PARAM(t, w->weight), w->out, w->in, w->k, w->k);
+            w->fp32.version = t->version;
+        }
+        return PACKED(t, w->fp32.offset);
+    }
+}
+
+void product_rows_forward(herbs_weight *w, const herbs_params *t, herbs_precision p, float *out, const float *x,
+                          int rows, const float *scale, const float *shift, int relu)
+{
+    linear_affine_forward(out, x, compute_weight(w, t, p), scale, shift ? shift : bias_of(w, t), relu, rows,
+                          w->in * w->k * w->k, w->out);
+}
+
+void product_rows_backward(herbs_weight *w, herbs_params *t, herbs_precision p, float *dx, const float *dy,
+                           const float *x, int rows, int accumulate)
+{
+    linear_backward(dx, GRAD(t, w->weight), bias_grad_of(w, t), dy, x, compute_weight(w, t, p), rows,
+                    w->in * w->k * w->k, w->out, accumulate);
+}
+
+void product_conv_forward(herbs_weight *w, const herbs_params *t, herbs_precision p, float *out, const float *x, int B,
+                          int H, int W, const float *scale, const float *shift, int relu, float *scratch,
+                          size_t scratch_floats)
+{
+    conv2d_forward(out, x, compute_weight(w, t, p), scale, shift ? shift : bias_of(w, t), relu, scratch,
+                   scratch_floats, B, H, W, w->in, w->out, w->k, w->k, w->stride, w->pad);
+}
+
+void product_conv_backward(herbs_weight *w, herbs_params *t, herbs_precision p, float *dx, const float *dy,
+                           const float *x, int B, int H, int W, float *scratch, size_t scratch_floats, float *dw_work,
+                           int accumulate)
+{
+    const int repacked = w->fp32.offset != HERBS_NO_TENSOR; /* the gradient comes in the compute layout */
+    float *dw = repacked ? herbs_zero_floats(dw_work, w->fp32.floats) : GRAD(t, w->weight);
+    conv2d_backward(dx, dw, bias_grad_of(w, t), dy, x, compute_weight(w, t, p), scratch, scratch_floats, B, H, W,
+                    w->in, w->out, w->k, w->k, w->stride, w->pad, accumulate);
+    if (repacked)
+        conv2d_weight_grad_from_ohwi(GRAD(t, w->weight), dw, w->out, w->in, w->k, w->k);
+}
+
+void product_tokens_forward(herbs_weight *w, const herbs_params *t, herbs_precision p, float *out, const float *x,
+                            int B, int C, int accumulate)
+{
+    token_linear_forward(out, x, compute_weight(w, t, p), bias_of(w, t), B, w->in, w->out, C, accumulate);
+}
+
+void product_tokens_backward(herbs_weight *w, herbs_params *t, herbs_precision p, float *dx, const float *dy,
+                             const float *x, int B, int C, int accumulate)
+{
+    token_linear_backward(dx, GRAD(t, w->weight), bias_grad_of(w, t), dy, x, compute_weight(w, t, p), B, w->in,
+                          w->out, C, accumulate);
+}
