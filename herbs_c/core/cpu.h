@@ -17,4 +17,17 @@ herbs_status herbs_isa_select(const char *name);
 
 const char *herbs_isa_name(herbs_isa isa);
 
+/* The same for the bf16 GEMM's kernels, chosen on their own (HERBS_BF16_ISA): AVX512-BF16
+   (vdpbf16ps), AMX-BF16 (tile dot products, with Linux's permission for the tile data asked
+   once per process; refused: no AMX), or portable C. */
+typedef enum { HERBS_BF16_ISA_PORTABLE = 0, HERBS_BF16_ISA_AVX512 = 1, HERBS_BF16_ISA_AMX = 2 } herbs_bf16_isa;
+
+herbs_bf16_isa herbs_bf16_isa_best(void);
+herbs_bf16_isa herbs_bf16_isa_current(void);
+
+/* Chooses by name ("amx", "avx512_bf16", "portable"); fails if unknown or not supported here. */
+herbs_status herbs_bf16_isa_select(const char *name);
+
+const char *herbs_bf16_isa_name(herbs_bf16_isa isa);
+
 #endif

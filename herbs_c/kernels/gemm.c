@@ -1,4 +1,4 @@
-/* The float GEMM driver, in the BLIS structure. One thread's product (gemm_serial): for each
+/* The GEMM driver of fp32 and bf16, in the BLIS structure. One thread's product (gemm_serial): for each
    nc-wide block of columns and kc-deep slice of K, the B block is packed into nr-wide panels
    that stay in L2; then for each stripe of mr rows of C, the stripe's A panel is packed (it
    stays in L1) and the ISA's micro-kernel runs along the B panels. Small products read A and
@@ -7,10 +7,13 @@
    packs what it needs itself, so the only rendezvous is the end (and, when K is split, one
    barrier before the partial sums are added). On a shared machine every barrier waits for
    the slowest thread's time slice, so fewer is faster. gemm_affine's per-column step runs on
-   each tile right after its last slice of K, while the tile is in L1. */
+   each tile right after its last slice of K, while the tile is in L1. The micro-kernel (of
+   either precision) says how it packs: the element size of its panels and the unit of depth
+   they are padded to; a B packed once (gemm_prepack_b) replaces the packing of B blocks. */
 #include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/arena.h"
 #include "core/cpu.h"
@@ -25,22 +28,44 @@
 #define PREFETCH_BYTES (256 << 10) /* batch items with operands this small fetch the next item's */
 #define TRANSPOSED_A_ROWS 512      /* rows of a transposed A packed at once (512 x kc floats in L2) */
 
-const gemm_microkernel *gemm_microkernel_current(void)
+/* Every micro-kernel, with the precision and ISA (herbs_isa or herbs_bf16_isa) it serves. */
+static const struct {
+    gemm_precision precision;
+    int isa;
+    const gemm_microkernel *uk;
+} registry[] = {
+    {GEMM_FP32, HERBS_ISA_AVX512, &gemm_microkernel_avx512},
+    {GEMM_FP32, HERBS_ISA_AVX2, &gemm_microkernel_avx2},
+    {GEMM_FP32, HERBS_ISA_PORTABLE, &gemm_microkernel_portable},
+    {GEMM_BF16, HERBS_BF16_ISA_AMX, &gemm_microkernel_amx_bf16},
+    {GEMM_BF16, HERBS_BF16_ISA_AVX512, &gemm_microkernel_avx512_bf16},
+    {GEMM_BF16, HERBS_BF16_ISA_PORTABLE, &gemm_microkernel_portable_bf16},
+};
+#define KERNELS (int)(sizeof registry / sizeof registry[0])
+
+/* The registry's index of the current kernel of `precision`. */
+static int kernel_index(gemm_precision precision)
 {
-    switch (herbs_isa_current()) {
-    case HERBS_ISA_AVX512: return &gemm_microkernel_avx512;
-    case HERBS_ISA_AVX2: return &gemm_microkernel_avx2;
-    default: return &gemm_microkernel_portable;
-    }
+    const int isa = precision == GEMM_BF16 ? (int)herbs_bf16_isa_current() : (int)herbs_isa_current();
+    int i = 0;
+    while (i < KERNELS - 1 && !(registry[i].precision == precision && registry[i].isa == isa))
+        i++;
+    return i;
 }
+
+const gemm_microkernel *gemm_microkernel_for(gemm_precision precision) { return registry[kernel_index(precision)].uk; }
+
+const gemm_microkernel *gemm_microkernel_current(void) { return gemm_microkernel_for(GEMM_FP32); }
+
+const char *gemm_bf16_kernel_name(void) { return gemm_microkernel_for(GEMM_BF16)->name; }
 
 /* --- per-OS-thread buffers, freed when the thread ends ------------------------------------- */
 
 enum { BUF_PACK, BUF_PARTIAL, BUF_COUNT }; /* pack buffers; partial sums of a split K */
 
 typedef struct {
-    float *data[BUF_COUNT];
-    size_t capacity[BUF_COUNT]; /* floats */
+    void *data[BUF_COUNT];
+    size_t capacity[BUF_COUNT]; /* bytes */
 } workspace;
 
 static pthread_key_t workspace_key;
@@ -56,8 +81,8 @@ static void workspace_destroy(void *p)
 
 static void workspace_key_create(void) { pthread_key_create(&workspace_key, workspace_destroy); }
 
-/* This thread's buffer `which` of at least `floats` floats, or NULL when memory runs out. */
-static float *workspace_get(int which, size_t floats)
+/* This thread's buffer `which` of at least `bytes` bytes, or NULL when memory runs out. */
+static void *workspace_get(int which, size_t bytes)
 {
     pthread_once(&workspace_once, workspace_key_create);
     workspace *ws = pthread_getspecific(workspace_key);
@@ -68,13 +93,13 @@ static float *workspace_get(int which, size_t floats)
             return NULL;
         }
     }
-    if (ws->capacity[which] < floats) {
+    if (ws->capacity[which] < bytes) {
         herbs_free(ws->data[which]);
         ws->capacity[which] = 0;
-        ws->data[which] = herbs_aligned_alloc(floats * sizeof(float));
+        ws->data[which] = herbs_aligned_alloc(bytes);
         if (!ws->data[which])
             return NULL;
-        ws->capacity[which] = floats;
+        ws->capacity[which] = bytes;
     }
     return ws->data[which];
 }
@@ -91,6 +116,15 @@ static int block_size(int n, int most, int unit)
     return round_up((n + blocks - 1) / blocks, unit);
 }
 
+/* Bytes of a packed panel of `width` rows or columns and depth k. */
+static size_t panel_bytes(const gemm_microkernel *uk, int k, int width)
+{
+    return (size_t)round_up(k, uk->ku) * width * uk->elem;
+}
+
+/* The depth of the K slices of a product of depth K: the same for its B packed once. */
+static int slice_depth(const gemm_microkernel *uk, int K) { return block_size(K, uk->kc, uk->ku > 16 ? uk->ku : 16); }
+
 /* Where op(X)[row, col] is, for X with row stride ld, transposed or not. */
 static const float *op_at(const float *X, long ld, int trans, int row, int col)
 {
@@ -104,21 +138,29 @@ static int readable_in_place(long ld) { return ld % 1024 != 0; }
 /* The B panels of one kc x nc block: the first `in_place` columns read where they are (row
    stride ldb), the others packed. */
 typedef struct {
-    const float *B, *pack;
+    const float *B;
+    const char *pack;
     long ldb;
     int in_place;
 } b_block;
 
 /* Panel j0 of a block of depth k, and the stride between its rows. */
-static const float *b_panel(const b_block *bb, int j0, int k, int nr, long *step)
+static const void *b_panel(const gemm_microkernel *uk, const b_block *bb, int j0, int k, long *step)
 {
     if (j0 < bb->in_place) {
         *step = bb->ldb;
         return bb->B + j0;
     }
-    *step = nr;
-    return bb->pack + (size_t)(j0 - bb->in_place) * k;
+    *step = uk->nr;
+    return bb->pack + panel_bytes(uk, k, j0 - bb->in_place);
 }
+
+/* A B packed once (gemm_prepack_b): the K slices one after the other, each of the panels of
+   all `cols` columns (rounded up to nr); a thread's product starts at column col0. */
+typedef struct {
+    const char *data;
+    int cols, col0;
+} b_packed;
 
 /* What runs on each finished tile (gemm_affine): rows(tile, ..., scale, shift, relu), with
    scale and shift starting at the tile's first column of the product. */
@@ -149,7 +191,7 @@ static int rows_packed_at_once(const gemm_microkernel *uk, int trans_a)
    from L2, and C is written in the order of its memory, which the hardware prefetcher follows.
    ep (NULL: none) runs on each tile once it is stored. */
 static void stripes(const gemm_microkernel *uk, int trans_a, int a_in_place, int m, int n, int k, float alpha,
-                    const float *A, long lda, const b_block *bb, float beta, float *C, long ldc, float *apack,
+                    const float *A, long lda, const b_block *bb, float beta, float *C, long ldc, char *apack,
                     const tile_epilogue *ep)
 {
     const int mr = uk->mr, nr = uk->nr, group = a_in_place ? mr : rows_packed_at_once(uk, trans_a);
@@ -161,10 +203,10 @@ static void stripes(const gemm_microkernel *uk, int trans_a, int a_in_place, int
         const float *a = op_at(A, lda, trans_a, i0 - shift, 0);
         if (!in_place && i0 % group == 0)
             uk->pack_a(trans_a, min_int(group, m - i0), k, a, lda, apack);
-        const float *a_panel = apack + (size_t)(i0 % group) * k;
+        const char *a_panel = apack + panel_bytes(uk, k, i0 % group);
         for (int j0 = 0; j0 < n; j0 += nr) {
             long b_step;
-            const float *b = b_panel(bb, j0, k, nr, &b_step);
+            const void *b = b_panel(uk, bb, j0, k, &b_step);
             float *c = C + (size_t)(i0 - shift) * ldc + j0;
             const int cols = min_int(nr, n - j0);
             if (!in_place)
@@ -183,37 +225,49 @@ static void stripes(const gemm_microkernel *uk, int trans_a, int a_in_place, int
 /* C[0:M, 0:N] = alpha * op(A) · op(B) + beta * C with op(A) M x K, op(B) K x N, on the
    calling thread alone. For each nc-wide block of columns and kc-deep slice of K, the B block
    is packed (a product of one small block reads its full panels in place), then stripes()
-   runs. A is read in place when its rows allow. ep (NULL: none) runs on each tile after its
-   last slice of K. */
-static void gemm_serial(const gemm_microkernel *uk, int trans_a, int trans_b, int M, int N, int K, float alpha,
-                        const float *A, long lda, const float *B, long ldb, float beta, float *C, long ldc,
-                        const tile_epilogue *ep)
+   runs; with `packed` (B NULL), the blocks of B packed once are read instead. A is read in place
+   when its rows and the kernel allow. ep (NULL: none) runs on each tile after its last slice of K.
+   Returns 0, or -1 when pack memory ran out with a packed B (without one, the plain loops run). */
+static int gemm_serial(const gemm_microkernel *uk, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                        const float *A, long lda, const float *B, long ldb, const b_packed *packed, float beta,
+                        float *C, long ldc, const tile_epilogue *ep)
 {
-    const int kc = block_size(K, uk->kc, 16), nc = block_size(N, uk->nc, uk->nr);
-    const int small = K <= uk->kc && N <= uk->nc && (size_t)M * K <= SMALL_A_FLOATS;
+    const int kc = slice_depth(uk, K), nc = block_size(N, uk->nc, uk->nr);
+    const int small = K <= uk->kc && N <= uk->nc && (size_t)M * K <= SMALL_A_FLOATS && uk->run_rows;
     const int a_in_place = small && readable_in_place(lda);
-    const int b_in_place = small && !trans_b && readable_in_place(ldb);
-    float *bpack = workspace_get(BUF_PACK, (size_t)kc * (nc + rows_packed_at_once(uk, trans_a)));
+    const int b_in_place = small && !packed && !trans_b && readable_in_place(ldb);
+    const size_t b_bytes = packed ? 0 : panel_bytes(uk, kc, nc);
+    char *bpack = workspace_get(BUF_PACK, b_bytes + panel_bytes(uk, kc, rows_packed_at_once(uk, trans_a)));
+    if (!bpack && packed)
+        return -1;
     if (!bpack) { /* out of memory for packing: the plain loops need none */
-        gemm_reference(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        uk->reference(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         if (ep)
             ep->rows(C, ldc, ep->scale, ep->shift, ep->relu, N, 0, M);
-        return;
+        return 0;
     }
-    float *apack = bpack + (size_t)kc * nc;
+    char *apack = bpack + b_bytes;
     for (int jc = 0; jc < N; jc += nc) {
         const int n = min_int(nc, N - jc);
         for (int pc = 0; pc < K; pc += kc) {
             const int k = min_int(kc, K - pc);
-            const float *Bp = op_at(B, ldb, trans_b, pc, jc);
-            b_block bb = {Bp, bpack, ldb, b_in_place ? n / uk->nr * uk->nr : 0};
-            if (bb.in_place < n)
-                uk->pack_b(trans_b, n - bb.in_place, k, op_at(Bp, ldb, trans_b, 0, bb.in_place), ldb, bpack);
+            b_block bb = {NULL, bpack, ldb, 0};
+            if (packed) {
+                bb.pack = packed->data + panel_bytes(uk, pc, round_up(packed->cols, uk->nr)) +
+                          panel_bytes(uk, k, packed->col0 + jc);
+            } else {
+                const float *Bp = op_at(B, ldb, trans_b, pc, jc);
+                bb.B = Bp;
+                bb.in_place = b_in_place ? n / uk->nr * uk->nr : 0;
+                if (bb.in_place < n)
+                    uk->pack_b(trans_b, n - bb.in_place, k, op_at(Bp, ldb, trans_b, 0, bb.in_place), ldb, bpack);
+            }
             const tile_epilogue at = ep ? epilogue_from(ep, jc) : (tile_epilogue){0};
             stripes(uk, trans_a, a_in_place, M, n, k, alpha, op_at(A, lda, trans_a, 0, pc), lda, &bb,
                     pc == 0 ? beta : 1.0f, C + jc, ldc, apack, ep && pc + k == K ? &at : NULL);
         }
     }
+    return 0;
 }
 
 /* --- threads ------------------------------------------------------------------------------- */
@@ -282,31 +336,50 @@ static void scale_c(int M, int N, float beta, float *C, long ldc)
             C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
 }
 
-void gemm_affine(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
-                 const float *B, long ldb, float beta, float *C, long ldc, const float *scale, const float *shift,
-                 int relu)
+/* The kernel's preparation of the calling thread (AMX: its tile configuration), and its end. */
+static void thread_begin(const gemm_microkernel *uk)
+{
+    if (uk->begin)
+        uk->begin();
+}
+
+static void thread_end(const gemm_microkernel *uk)
+{
+    if (uk->end)
+        uk->end();
+}
+
+/* gemm_affine with the micro-kernel uk, op(B) from B or (B NULL) packed; -1 as gemm_serial. */
+static int product(const gemm_microkernel *uk, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                   const float *A, long lda, const float *B, long ldb, const char *packed, float beta, float *C,
+                   long ldc, const float *scale, const float *shift, int relu)
 {
     if (M <= 0 || N <= 0)
-        return;
+        return 0;
     const tile_epilogue epilogue = {affine_rows_current(), scale, shift, relu};
     const tile_epilogue *ep = scale || shift || relu ? &epilogue : NULL;
     if (K <= 0 || alpha == 0.0f) {
         scale_c(M, N, beta, C, ldc);
         affine_rows(C, ldc, scale, shift, relu, M, N);
-        return;
+        return 0;
     }
-    const gemm_microkernel *uk = gemm_microkernel_current();
     const int nt = herbs_threads_for(2.0 * M * N * K, FLOPS_PER_THREAD);
     if (nt == 1) {
-        gemm_serial(uk, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep);
-        return;
+        const b_packed pb = {packed, N, 0};
+        thread_begin(uk);
+        const int status = gemm_serial(uk, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, packed ? &pb : NULL,
+                                       beta, C, ldc, ep);
+        thread_end(uk);
+        return status;
     }
-    thread_grid g = choose_grid(uk, M, N, K, nt, 1);
+    /* a B packed once is in slices of the whole depth: K is not split */
+    thread_grid g = choose_grid(uk, M, N, K, nt, !packed);
     float *partial = NULL; /* K split: the products of depth shares 1.. go here, share 0 into C */
-    if (g.k > 1 && !(partial = workspace_get(BUF_PARTIAL, (size_t)(g.k - 1) * M * N)))
+    if (g.k > 1 && !(partial = workspace_get(BUF_PARTIAL, (size_t)(g.k - 1) * M * N * sizeof(float))))
         g = choose_grid(uk, M, N, K, nt, 0);
+    int status = 0;
 
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) reduction(min : status)
     {
         const int t = omp_get_thread_num();
         const int ti = t % g.m, tj = t / g.m % g.n, tk = t / (g.m * g.n);
@@ -315,10 +388,14 @@ void gemm_affine(int trans_a, int trans_b, int M, int N, int K, float alpha, con
         const int k0 = share(tk, g.k, K, 1), k1 = share(tk + 1, g.k, K, 1);
         float *c = tk == 0 ? C + (size_t)m0 * ldc + n0 : partial + ((size_t)(tk - 1) * M + m0) * N + n0;
         const tile_epilogue at = ep ? epilogue_from(ep, n0) : (tile_epilogue){0};
-        if (m1 > m0 && n1 > n0)
-            gemm_serial(uk, trans_a, trans_b, m1 - m0, n1 - n0, k1 - k0, alpha, op_at(A, lda, trans_a, m0, k0), lda,
-                        op_at(B, ldb, trans_b, k0, n0), ldb, tk == 0 ? beta : 0.0f, c, tk == 0 ? ldc : N,
-                        ep && g.k == 1 ? &at : NULL);
+        const b_packed pb = {packed, N, n0};
+        if (m1 > m0 && n1 > n0) {
+            thread_begin(uk);
+            status = gemm_serial(uk, trans_a, trans_b, m1 - m0, n1 - n0, k1 - k0, alpha, op_at(A, lda, trans_a, m0, k0),
+                                 lda, packed ? NULL : op_at(B, ldb, trans_b, k0, n0), ldb, packed ? &pb : NULL,
+                                 tk == 0 ? beta : 0.0f, c, tk == 0 ? ldc : N, ep && g.k == 1 ? &at : NULL);
+            thread_end(uk);
+        }
         if (g.k > 1) { /* the sums are whole only now: the epilogue follows the adding */
             const int r0 = share(t, nt, M, 1), r1 = share(t + 1, nt, M, 1);
 #pragma omp barrier
@@ -327,6 +404,23 @@ void gemm_affine(int trans_a, int trans_b, int M, int N, int K, float alpha, con
                 ep->rows(C, ldc, scale, shift, relu, N, r0, r1);
         }
     }
+    return status;
+}
+
+void gemm_affine(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
+                 const float *B, long ldb, float beta, float *C, long ldc, const float *scale, const float *shift,
+                 int relu)
+{
+    product(gemm_microkernel_for(GEMM_FP32), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, NULL, beta, C, ldc,
+            scale, shift, relu);
+}
+
+void gemm_bf16_affine(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
+                      const float *B, long ldb, float beta, float *C, long ldc, const float *scale,
+                      const float *shift, int relu)
+{
+    product(gemm_microkernel_for(GEMM_BF16), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, NULL, beta, C, ldc,
+            scale, shift, relu);
 }
 
 void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
@@ -334,6 +428,69 @@ void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const floa
 {
     gemm_affine(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL, NULL, 0);
 }
+
+/* --- B packed once ------------------------------------------------------------------------- */
+
+#define PACK_MAGIC 0x68726273u /* "hrbs" */
+
+/* What a pack starts with; its slices follow at offset PACK_HEADER (alignment of the panels). */
+typedef struct {
+    unsigned magic;
+    int kernel; /* index in the registry */
+    int N, K;
+} pack_header;
+#define PACK_HEADER 64
+
+/* Bytes of the panels of a K x N op(B) for uk: the slices of depth slice_depth, all columns. */
+static size_t packed_bytes(const gemm_microkernel *uk, int N, int K)
+{
+    const int kc = slice_depth(uk, K);
+    return (size_t)K / kc * panel_bytes(uk, kc, round_up(N, uk->nr)) + panel_bytes(uk, K % kc, round_up(N, uk->nr));
+}
+
+size_t gemm_prepack_b_size(gemm_precision precision, int N, int K)
+{
+    return PACK_HEADER + packed_bytes(gemm_microkernel_for(precision), N, K);
+}
+
+void gemm_prepack_b(gemm_precision precision, int trans_b, int N, int K, const float *B, long ldb, void *dst)
+{
+    const int kernel = kernel_index(precision);
+    const gemm_microkernel *uk = registry[kernel].uk;
+    const pack_header header = {PACK_MAGIC, kernel, N, K};
+    memcpy(dst, &header, sizeof header);
+    char *slice = (char *)dst + PACK_HEADER;
+    const int kc = slice_depth(uk, K);
+    for (int pc = 0; pc < K; pc += kc) {
+        const int k = min_int(kc, K - pc);
+        uk->pack_b(trans_b, N, k, op_at(B, ldb, trans_b, pc, 0), ldb, slice);
+        slice += panel_bytes(uk, k, round_up(N, uk->nr));
+    }
+}
+
+int gemm_prepack_b_matches(const void *packed, size_t bytes, int N, int K)
+{
+    pack_header h;
+    if (bytes < PACK_HEADER)
+        return 0;
+    memcpy(&h, packed, sizeof h);
+    return h.magic == PACK_MAGIC && h.kernel >= 0 && h.kernel < KERNELS && h.N == N && h.K == K &&
+           bytes == PACK_HEADER + packed_bytes(registry[h.kernel].uk, N, K);
+}
+
+herbs_status gemm_prepacked(int trans_a, int M, int N, int K, float alpha, const float *A, long lda,
+                            const void *packed, float beta, float *C, long ldc, const float *scale,
+                            const float *shift, int relu)
+{
+    pack_header h;
+    memcpy(&h, packed, sizeof h);
+    if (product(registry[h.kernel].uk, trans_a, 0, M, N, K, alpha, A, lda, NULL, 0, (const char *)packed + PACK_HEADER,
+                beta, C, ldc, scale, shift, relu) < 0)
+        return herbs_error(HERBS_ERR_NOMEM, "gemm_prepacked: no memory for packing A");
+    return HERBS_OK;
+}
+
+/* --- batches ------------------------------------------------------------------------------- */
 
 /* Asks for the n floats at p to be brought into the L2 cache. */
 static void prefetch_span(const float *p, long n)
@@ -362,32 +519,34 @@ static void batch_serial(const gemm_microkernel *uk, int trans_a, int trans_b, i
                          float *C, long ldc, long stride_c, int b0, int b1)
 {
     const int fetch_next = ((double)M * K + (double)K * N) * sizeof(float) <= PREFETCH_BYTES;
+    thread_begin(uk);
     for (int b = b0; b < b1; b++) {
         if (fetch_next && b + 1 < b1) {
             prefetch_matrix(A + (b + 1) * stride_a, lda, trans_a ? K : M, trans_a ? M : K);
             prefetch_matrix(B + (b + 1) * stride_b, ldb, trans_b ? N : K, trans_b ? K : N);
         }
-        gemm_serial(uk, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
+        gemm_serial(uk, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, NULL, beta,
                     C + b * stride_c, ldc, NULL);
     }
+    thread_end(uk);
 }
 
-void gemm_batched(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
-                  long stride_a, const float *B, long ldb, long stride_b, float beta, float *C, long ldc,
-                  long stride_c, int batch)
+/* gemm_batched with the micro-kernel uk. */
+static void batched(const gemm_microkernel *uk, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                    const float *A, long lda, long stride_a, const float *B, long ldb, long stride_b, float beta,
+                    float *C, long ldc, long stride_c, int batch)
 {
     const double flops = 2.0 * M * N * K;
     const int nt = herbs_threads_for(flops * batch, FLOPS_PER_THREAD);
     const int whole_items = batch >= 8 * nt || batch % nt == 0 || flops < FLOPS_PER_THREAD;
     if (M <= 0 || N <= 0 || K <= 0 || alpha == 0.0f || !whole_items) { /* trivial, or few big items */
         for (int b = 0; b < batch; b++)
-            gemm(trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, beta,
-                 C + b * stride_c, ldc);
+            product(uk, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, NULL, beta,
+                    C + b * stride_c, ldc, NULL, NULL, 0);
         return;
     }
     /* whole items per thread, handed out in chunks so that a thread slowed down by another
        process on its core does not hold the others up */
-    const gemm_microkernel *uk = gemm_microkernel_current();
     const int chunk = batch / (8 * nt) > 1 ? batch / (8 * nt) : 1;
     if (nt == 1) {
         batch_serial(uk, trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c,
@@ -398,4 +557,20 @@ void gemm_batched(int trans_a, int trans_b, int M, int N, int K, float alpha, co
     for (int b0 = 0; b0 < batch; b0 += chunk)
         batch_serial(uk, trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c,
                      b0, min_int(b0 + chunk, batch));
+}
+
+void gemm_batched(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
+                  long stride_a, const float *B, long ldb, long stride_b, float beta, float *C, long ldc,
+                  long stride_c, int batch)
+{
+    batched(gemm_microkernel_for(GEMM_FP32), trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b,
+            beta, C, ldc, stride_c, batch);
+}
+
+void gemm_bf16_batched(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
+                       long stride_a, const float *B, long ldb, long stride_b, float beta, float *C, long ldc,
+                       long stride_c, int batch)
+{
+    batched(gemm_microkernel_for(GEMM_BF16), trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b,
+            beta, C, ldc, stride_c, batch);
 }

@@ -1,6 +1,7 @@
 /* AVX2+FMA micro-kernel: a 6x16 tile in 12 ymm accumulators; per k, two B vectors and 6
    broadcasts of A feed 12 FMAs. Packing is the plain C of gemm_pack.c. */
 #include "kernels/gemm_microkernels.h"
+#include "kernels/kernels.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -58,9 +59,10 @@ TARGET static inline void store_tile(__m256 acc[MR][2], float *c, long ldc, floa
     } while (0)
 
 /* c[rows, cols] = alpha * (a·b) + beta * c: the 6x16 tile, A by columns, B by rows. */
-TARGET static void kernel_6x16(int K, const float *a, long a_step, const float *b, long b_step, float *c, long ldc,
-                               float alpha, float beta, int rows, int cols)
+TARGET static void kernel_6x16(int K, const void *a_tile, long a_step, const void *b_panel, long b_step, float *c,
+                               long ldc, float alpha, float beta, int rows, int cols)
 {
+    const float *a = a_tile, *b = b_panel;
     for (int i = 0; i < rows; i++)
         __builtin_prefetch(c + i * ldc, 1, 3);
     __m256 acc[MR][2];
@@ -73,9 +75,10 @@ TARGET static void kernel_6x16(int K, const float *a, long a_step, const float *
 }
 
 /* c[first:6, cols] = alpha * (a·b) + beta * c with the 6 rows of A in place at a + i*lda. */
-TARGET static void kernel_6x16_rows(int K, const float *a, long lda, const float *b, long b_step, float *c, long ldc,
-                                    float alpha, float beta, int first, int cols)
+TARGET static void kernel_6x16_rows(int K, const float *a, long lda, const void *b_panel, long b_step, float *c,
+                                    long ldc, float alpha, float beta, int first, int cols)
 {
+    const float *b = b_panel;
     __m256 acc[MR][2];
 #pragma GCC unroll 6
     for (int i = 0; i < MR; i++)
@@ -88,18 +91,20 @@ TARGET static void kernel_6x16_rows(int K, const float *a, long lda, const float
     store_tile(acc, c, ldc, alpha, beta, first, MR, cols);
 }
 
-static void pack_a(int trans, int m, int k, const float *A, long lda, float *dst)
+static void pack_a(int trans, int m, int k, const float *A, long lda, void *dst)
 {
     gemm_pack_a_generic(MR, trans, m, k, A, lda, dst);
 }
 
-static void pack_b(int trans, int n, int k, const float *B, long ldb, float *dst)
+static void pack_b(int trans, int n, int k, const float *B, long ldb, void *dst)
 {
     gemm_pack_b_generic(NR, trans, n, k, B, ldb, dst);
 }
 
-const gemm_microkernel gemm_microkernel_avx2 = {"avx2 6x16", MR, NR, 256, 1024,
-                                                kernel_6x16, kernel_6x16_rows, pack_a, pack_b};
+const gemm_microkernel gemm_microkernel_avx2 = {
+    .name = "avx2 6x16", .mr = MR, .nr = NR, .kc = 256, .nc = 1024, .elem = sizeof(float), .ku = 1,
+    .run = kernel_6x16, .run_rows = kernel_6x16_rows, .pack_a = pack_a, .pack_b = pack_b,
+    .reference = gemm_reference};
 
 #else
 const gemm_microkernel gemm_microkernel_avx2 = {0};

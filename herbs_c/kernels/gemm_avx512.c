@@ -1,15 +1,20 @@
-/* AVX-512 micro-kernel and packing. The tile is 14x32 in 28 zmm accumulators: per k, two B
-   vectors and 14 broadcasts of A feed 28 FMAs (a broadcast from memory is a load-port uop
-   only, so one broadcast feeding two FMAs beats FMAs with an embedded {1to16} operand, which
-   would load every A element twice). Packing transposes 16x16 blocks in registers. */
+/* AVX-512 micro-kernels, fp32 and bf16, and the fp32 packing. The tile is 14x32 in 28 zmm
+   accumulators: per k, two B vectors and 14 broadcasts of A feed 28 FMAs (a broadcast from
+   memory is a load-port uop only, so one broadcast feeding two FMAs beats FMAs with an embedded
+   {1to16} operand, which would load every A element twice). fp32 packing transposes 16x16
+   blocks in registers. The bf16 kernel (AVX512-BF16) is the same tile over pairs of k: per pair,
+   two B vectors of 16 column pairs and 14 broadcast 32-bit A pairs feed 28 vdpbf16ps. */
 #include "kernels/gemm_microkernels.h"
+#include "kernels/kernels.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include <stdint.h>
 
 #define MR 14
 #define NR 32
 #define TARGET __attribute__((target("avx512f,prfchw")))
+#define TARGET_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16,prfchw")))
 
 /* The first n lanes of 16 (n may be <= 0 or >= 16). */
 TARGET static inline __mmask16 lanes(int n)
@@ -67,9 +72,10 @@ TARGET static inline void store_tile(__m512 acc[MR][2], float *c, long ldc, floa
 
 /* c[rows, cols] = alpha * (a·b) + beta * c: the 14x32 register tile, A by columns (packed:
    a_step = 14), B by rows (packed: b_step = 32). */
-TARGET static void kernel_14x32(int K, const float *a, long a_step, const float *b, long b_step, float *c, long ldc,
-                                float alpha, float beta, int rows, int cols)
+TARGET static void kernel_14x32(int K, const void *a_tile, long a_step, const void *b_panel, long b_step, float *c,
+                                long ldc, float alpha, float beta, int rows, int cols)
 {
+    const float *a = a_tile, *b = b_panel;
     prefetch_tile(c, ldc, rows);
     __m512 acc[MR][2];
 #pragma GCC unroll 14
@@ -83,9 +89,10 @@ TARGET static void kernel_14x32(int K, const float *a, long a_step, const float 
 
 /* c[first:14, cols] = alpha * (a·b) + beta * c with the 14 rows of A in place at a + i*lda.
    Rows are addressed from two bases and offsets lda * {0, 1, 2, 3, 4, 5, 6}, so that nothing spills. */
-TARGET static void kernel_14x32_rows(int K, const float *a, long lda, const float *b, long b_step, float *c,
+TARGET static void kernel_14x32_rows(int K, const float *a, long lda, const void *b_panel, long b_step, float *c,
                                      long ldc, float alpha, float beta, int first, int cols)
 {
+    const float *b = b_panel;
     prefetch_tile(c + first * ldc, ldc, MR - first);
     __m512 acc[MR][2];
 #pragma GCC unroll 14
@@ -167,8 +174,9 @@ TARGET static void pack_a_cols(int m, int k, const float *A, long lda, float *ds
     }
 }
 
-TARGET static void pack_a(int trans, int m, int k, const float *A, long lda, float *dst)
+TARGET static void pack_a(int trans, int m, int k, const float *A, long lda, void *panels)
 {
+    float *dst = panels;
     if (trans) {
         pack_a_cols(m, k, A, lda, dst);
         return;
@@ -189,7 +197,7 @@ TARGET static void pack_b_rows(int cols, int k, const float *B, long ldb, float 
 #pragma GCC unroll 16
             for (int kk = 0; kk < 16; kk++)
                 if (k0 + kk < k)
-                    _mm512_store_ps(dst + (size_t)(k0 + kk) * NR + 16 * half, r[kk]);
+                    _mm512_storeu_ps(dst + (size_t)(k0 + kk) * NR + 16 * half, r[kk]);
         }
     }
 }
@@ -202,14 +210,15 @@ TARGET static void pack_b_cols(int n, int k, const float *B, long ldb, float *ds
         const float *src = B + (size_t)kk * ldb;
         for (int j0 = 0; j0 < n; j0 += NR) {
             float *panel_row = dst + (size_t)j0 * k + (size_t)kk * NR;
-            _mm512_store_ps(panel_row, _mm512_maskz_loadu_ps(lanes(n - j0), src + j0));
-            _mm512_store_ps(panel_row + 16, _mm512_maskz_loadu_ps(lanes(n - j0 - 16), src + j0 + 16));
+            _mm512_storeu_ps(panel_row, _mm512_maskz_loadu_ps(lanes(n - j0), src + j0));
+            _mm512_storeu_ps(panel_row + 16, _mm512_maskz_loadu_ps(lanes(n - j0 - 16), src + j0 + 16));
         }
     }
 }
 
-TARGET static void pack_b(int trans, int n, int k, const float *B, long ldb, float *dst)
+TARGET static void pack_b(int trans, int n, int k, const float *B, long ldb, void *panels)
 {
+    float *dst = panels;
     if (!trans) {
         pack_b_cols(n, k, B, ldb, dst);
         return;
@@ -218,9 +227,53 @@ TARGET static void pack_b(int trans, int n, int k, const float *B, long ldb, flo
         pack_b_rows(n - j0 < NR ? n - j0 : NR, k, B + (size_t)j0 * ldb, ldb, dst);
 }
 
-const gemm_microkernel gemm_microkernel_avx512 = {"avx512 14x32", MR, NR, 256, 1024,
-                                                  kernel_14x32, kernel_14x32_rows, pack_a, pack_b};
+const gemm_microkernel gemm_microkernel_avx512 = {
+    .name = "avx512 14x32", .mr = MR, .nr = NR, .kc = 256, .nc = 1024, .elem = sizeof(float), .ku = 1,
+    .run = kernel_14x32, .run_rows = kernel_14x32_rows, .pack_a = pack_a, .pack_b = pack_b,
+    .reference = gemm_reference};
+
+typedef int32_t bf16_pair __attribute__((may_alias)); /* two bf16 of one row, k and k + 1 */
+
+/* c[rows, cols] = alpha * (a·b) + beta * c: the 14x32 tile on bf16 panels, a [K/2][14][2],
+   b [K/2][32][2] (the steps are not used: bf16 operands are always packed). */
+TARGET_BF16 static void kernel_bf16_14x32(int K, const void *a_panel, long a_step, const void *b_panel, long b_step,
+                                          float *c, long ldc, float alpha, float beta, int rows, int cols)
+{
+    const bf16_pair *a = a_panel;
+    const uint16_t *b = b_panel;
+    prefetch_tile(c, ldc, rows);
+    __m512 acc[MR][2];
+#pragma GCC unroll 14
+    for (int i = 0; i < MR; i++)
+        acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+    for (int p = 0; p < (K + 1) / 2; p++, a += MR, b += 2 * NR) {
+        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + NR);
+#pragma GCC unroll 14
+        for (int i = 0; i < MR; i++) {
+            const __m512bh ai = (__m512bh)_mm512_set1_epi32(a[i]);
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
+        }
+    }
+    store_tile(acc, c, ldc, alpha, beta, 0, rows, cols);
+}
+
+static void pack_a_bf16(int trans, int m, int k, const float *A, long lda, void *dst)
+{
+    gemm_pack_a_bf16(MR, 2, 2, trans, m, k, A, lda, dst);
+}
+
+static void pack_b_bf16(int trans, int n, int k, const float *B, long ldb, void *dst)
+{
+    gemm_pack_b_bf16(NR, 2, 2, trans, n, k, B, ldb, dst);
+}
+
+const gemm_microkernel gemm_microkernel_avx512_bf16 = {
+    .name = "avx512_bf16 14x32", .mr = MR, .nr = NR, .kc = 512, .nc = 1024, .elem = sizeof(uint16_t), .ku = 2,
+    .run = kernel_bf16_14x32, .pack_a = pack_a_bf16, .pack_b = pack_b_bf16, .reference = gemm_reference_bf16};
 
 #else
 const gemm_microkernel gemm_microkernel_avx512 = {0};
+const gemm_microkernel gemm_microkernel_avx512_bf16 = {0};
 #endif

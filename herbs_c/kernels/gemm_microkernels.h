@@ -1,46 +1,76 @@
-/* GEMM micro-kernels and packing routines, one set per ISA (float only).
-   A packed A panel is [K][mr] (one column of the tile per k), a packed B panel is [K][nr].
-   The kernels also read unpacked operands whose layout allows it: column k of the A tile at
-   a + k*a_step, row k of the B panel at b + k*b_step (packed: a_step = mr, b_step = nr). */
+/* GEMM micro-kernels and packing routines, one set per ISA and precision (fp32 or bf16), all
+   run by the one driver of gemm.c. Operands are fp32 in memory; a kernel's packers turn them
+   into its panels of `elem`-byte elements (fp32, or bf16 rounded while packing), with K
+   rounded up to the kernel's k unit `ku` (zeros beyond K):
+     fp32 (ku 1):             A panel [K][mr], B panel [K][nr];
+     bf16 VNNI (ku 2):        A panel [K/2][mr][2], B panel [K/2][nr][2] (pairs of k);
+     bf16 AMX (ku 32):        A panel [K/32][mr][32] (rows of 16x32 A tiles), B panel VNNI.
+   The fp32 kernels also read unpacked operands whose layout allows it: column k of the A tile
+   at a + k*a_step, row k of the B panel at b + k*b_step (packed: a_step = mr, b_step = nr);
+   the bf16 kernels read packed panels only (run_rows NULL). */
 #ifndef HERBS_KERNELS_GEMM_MICROKERNELS_H
 #define HERBS_KERNELS_GEMM_MICROKERNELS_H
 
+#include "kernels/gemm_bf16.h"
+
 /* c[0:rows, 0:cols] (row stride ldc) = alpha * (a·b)[0:rows, 0:cols] + beta * c for one
    mr x nr tile, rows <= mr, cols <= nr; beta == 0 never reads c, nothing outside is touched.
-   The mr values of column k of a are a[k*a_step + 0:mr], the nr of row k of b b[k*b_step + 0:nr]. */
-typedef void (*gemm_microkernel_fn)(int K, const float *a, long a_step, const float *b, long b_step, float *c,
+   The mr values of column k of a are a[k*a_step + 0:mr], the nr of row k of b b[k*b_step + 0:nr]
+   (fp32; a bf16 kernel reads its packed panels of depth K, ignoring the steps). */
+typedef void (*gemm_microkernel_fn)(int K, const void *a, long a_step, const void *b, long b_step, float *c,
                                     long ldc, float alpha, float beta, int rows, int cols);
 
 /* The same for mr rows of A read in place, row i at a + i*lda (k contiguous), of which rows
    first..mr-1 of c are stored (an edge stripe reads the last mr rows of A and stores its own). */
-typedef void (*gemm_microkernel_rows_fn)(int K, const float *a, long lda, const float *b, long b_step, float *c,
+typedef void (*gemm_microkernel_rows_fn)(int K, const float *a, long lda, const void *b, long b_step, float *c,
                                          long ldc, float alpha, float beta, int first, int cols);
 
-/* dst[ceil(m/mr)][k][mr] <- op(A)[0:m, 0:k], op(A) = trans ? Aᵀ : A; rows beyond m are zero. */
-typedef void (*gemm_pack_a_fn)(int trans, int m, int k, const float *A, long lda, float *dst);
+/* dst[ceil(m/mr)] panels <- op(A)[0:m, 0:k], op(A) = trans ? Aᵀ : A; rows beyond m are zero. */
+typedef void (*gemm_pack_a_fn)(int trans, int m, int k, const float *A, long lda, void *dst);
 
-/* dst[ceil(n/nr)][k][nr] <- op(B)[0:k, 0:n], op(B) = trans ? Bᵀ : B; columns beyond n are zero. */
-typedef void (*gemm_pack_b_fn)(int trans, int n, int k, const float *B, long ldb, float *dst);
+/* dst[ceil(n/nr)] panels <- op(B)[0:k, 0:n], op(B) = trans ? Bᵀ : B; columns beyond n are zero. */
+typedef void (*gemm_pack_b_fn)(int trans, int n, int k, const float *B, long ldb, void *dst);
+
+/* The pack-free product of the kernel's precision, for when pack buffers cannot be had. */
+typedef void (*gemm_reference_fn)(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                                  long lda, const float *B, long ldb, float beta, float *C, long ldc);
 
 typedef struct {
     const char *name;
     int mr, nr;     /* register tile */
     int kc, nc;     /* largest cache blocks: B block kc*nc in L2, A panel kc*mr in L1 */
+    int elem, ku;   /* bytes of a packed element; packed depths are multiples of ku */
     gemm_microkernel_fn run;
-    gemm_microkernel_rows_fn run_rows;
+    gemm_microkernel_rows_fn run_rows; /* NULL: operands are always packed */
     gemm_pack_a_fn pack_a;
     gemm_pack_b_fn pack_b;
+    gemm_reference_fn reference;
+    void (*begin)(void), (*end)(void); /* NULL or run by each thread before and after its kernels */
 } gemm_microkernel;
 
 extern const gemm_microkernel gemm_microkernel_avx512;
 extern const gemm_microkernel gemm_microkernel_avx2;
 extern const gemm_microkernel gemm_microkernel_portable;
+extern const gemm_microkernel gemm_microkernel_amx_bf16;
+extern const gemm_microkernel gemm_microkernel_avx512_bf16;
+extern const gemm_microkernel gemm_microkernel_portable_bf16;
 
-/* The micro-kernel of the current ISA (herbs_isa_current). */
+/* The micro-kernel of the current ISA of `precision` (herbs_isa_current, herbs_bf16_isa_current). */
+const gemm_microkernel *gemm_microkernel_for(gemm_precision precision);
+
+/* The fp32 one. */
 const gemm_microkernel *gemm_microkernel_current(void);
 
-/* Packing in plain C for any tile (gemm_pack.c), for the ISAs without their own. */
+/* Packing in plain C for any tile (gemm_pack.c), for the ISAs without their own: fp32 panels,
+   and bf16 panels [depth/ku][mr][ku], depth = k rounded up to `unit` (ku 2: the VNNI layout
+   of k pairs; the AMX kernel's A has ku 32, its B ku 2, both unit 32). */
 void gemm_pack_a_generic(int mr, int trans, int m, int k, const float *A, long lda, float *dst);
 void gemm_pack_b_generic(int nr, int trans, int n, int k, const float *B, long ldb, float *dst);
+void gemm_pack_a_bf16(int mr, int ku, int unit, int trans, int m, int k, const float *A, long lda, void *dst);
+void gemm_pack_b_bf16(int nr, int ku, int unit, int trans, int n, int k, const float *B, long ldb, void *dst);
+
+/* The bf16 product by plain loops on rounded operands (the bf16 kernels' reference). */
+void gemm_reference_bf16(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
+                         const float *B, long ldb, float beta, float *C, long ldc);
 
 #endif

@@ -1,6 +1,8 @@
 /* Packing in plain C for any register tile: what the ISAs without their own packers use. */
+#include <stdint.h>
 #include <string.h>
 
+#include "kernels/bf16.h"
 #include "kernels/gemm_microkernels.h"
 
 /* dst[k][mr] <- A[0:rows, 0:k] for one panel of rows <= mr rows of a row-major A, the rest zero. */
@@ -45,4 +47,38 @@ void gemm_pack_a_generic(int mr, int trans, int m, int k, const float *A, long l
 void gemm_pack_b_generic(int nr, int trans, int n, int k, const float *B, long ldb, float *dst)
 {
     gemm_pack_a_generic(nr, !trans, n, k, B, ldb, dst);
+}
+
+/* bf16 panels [depth/ku][mr][ku] of op(A)[0:m, 0:k], depth = k rounded up to `unit` (a multiple
+   of ku), rounded to bf16 (bf16.h), zero beyond m and k: each row of A's storage read once, in
+   order (rows of op(A), or with trans its columns). */
+void gemm_pack_a_bf16(int mr, int ku, int unit, int trans, int m, int k, const float *A, long lda, void *dst)
+{
+    uint16_t *out = dst;
+    const int kpad = (k + unit - 1) / unit * unit, panels = (m + mr - 1) / mr;
+    if (m % mr || k % unit)
+        memset(out, 0, (size_t)panels * mr * kpad * sizeof *out);
+    if (!trans) {
+        for (int i = 0; i < m; i++) {
+            const float *src = A + (size_t)i * lda;
+            uint16_t *row = out + (size_t)(i / mr) * mr * kpad + (size_t)(i % mr) * ku;
+            for (int k0 = 0; k0 < k; k0 += ku) {
+                const int n = k - k0 < ku ? k - k0 : ku;
+                for (int t = 0; t < n; t++)
+                    row[(size_t)k0 * mr + t] = bf16_from_float(src[k0 + t]);
+            }
+        }
+        return;
+    }
+    for (int kk = 0; kk < k; kk++) {
+        const float *src = A + (size_t)kk * lda;
+        uint16_t *col = out + (size_t)(kk / ku) * ku * mr + kk % ku;
+        for (int i = 0; i < m; i++)
+            col[(size_t)(i / mr) * mr * kpad + (size_t)(i % mr) * ku] = bf16_from_float(src[i]);
+    }
+}
+
+void gemm_pack_b_bf16(int nr, int ku, int unit, int trans, int n, int k, const float *B, long ldb, void *dst)
+{
+    gemm_pack_a_bf16(nr, ku, unit, !trans, n, k, B, ldb, dst);
 }

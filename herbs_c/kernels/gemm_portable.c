@@ -1,6 +1,7 @@
 /* Portable micro-kernel in plain C: a 4x16 tile the compiler vectorises for whatever the
    baseline of the build is (SSE2 on x86-64, NEON on arm64). Packing is gemm_pack.c's. */
 #include "kernels/gemm_microkernels.h"
+#include "kernels/kernels.h"
 
 #define MR 4
 #define NR 16
@@ -29,7 +30,7 @@ static void store_tile(float acc[MR][NR], float *c, long ldc, float alpha, float
 }
 
 /* c[rows, cols] = alpha * (a·b) + beta * c: the 4x16 tile, A by columns, B by rows. */
-static void kernel_4x16(int K, const float *a, long a_step, const float *b, long b_step, float *c, long ldc,
+static void kernel_4x16(int K, const void *a, long a_step, const void *b, long b_step, float *c, long ldc,
                         float alpha, float beta, int rows, int cols)
 {
     float acc[MR][NR] = {{0}};
@@ -39,9 +40,10 @@ static void kernel_4x16(int K, const float *a, long a_step, const float *b, long
 
 /* c[first:4, cols] = alpha * (a·b) + beta * c with the 4 rows of A in place at a + i*lda:
    copied by columns in chunks, so that the compiler sees the same loop as above. */
-static void kernel_4x16_rows(int K, const float *a, long lda, const float *b, long b_step, float *c, long ldc,
+static void kernel_4x16_rows(int K, const float *a, long lda, const void *b_panel, long b_step, float *c, long ldc,
                              float alpha, float beta, int first, int cols)
 {
+    const float *b = b_panel;
     float acc[MR][NR] = {{0}}, chunk[CHUNK][MR];
     for (int k0 = 0; k0 < K; k0 += CHUNK) {
         const int kn = K - k0 < CHUNK ? K - k0 : CHUNK;
@@ -53,15 +55,17 @@ static void kernel_4x16_rows(int K, const float *a, long lda, const float *b, lo
     store_tile(acc, c, ldc, alpha, beta, first, MR, cols);
 }
 
-static void pack_a(int trans, int m, int k, const float *A, long lda, float *dst)
+static void pack_a(int trans, int m, int k, const float *A, long lda, void *dst)
 {
     gemm_pack_a_generic(MR, trans, m, k, A, lda, dst);
 }
 
-static void pack_b(int trans, int n, int k, const float *B, long ldb, float *dst)
+static void pack_b(int trans, int n, int k, const float *B, long ldb, void *dst)
 {
     gemm_pack_b_generic(NR, trans, n, k, B, ldb, dst);
 }
 
-const gemm_microkernel gemm_microkernel_portable = {"portable 4x16", MR, NR, 256, 1024,
-                                                    kernel_4x16, kernel_4x16_rows, pack_a, pack_b};
+const gemm_microkernel gemm_microkernel_portable = {
+    .name = "portable 4x16", .mr = MR, .nr = NR, .kc = 256, .nc = 1024, .elem = sizeof(float), .ku = 1,
+    .run = kernel_4x16, .run_rows = kernel_4x16_rows, .pack_a = pack_a, .pack_b = pack_b,
+    .reference = gemm_reference};

@@ -1,15 +1,17 @@
-/* herbs._C.gemm and herbs._C.gemm_batched: the engine's matrix multiply for tests and
-   benchmarks, with every argument checked. */
+/* herbs._C.gemm, gemm_batched, their bf16 twins and the products with a B packed once: the
+   engine's matrix multiplies for tests and benchmarks, with every argument checked. */
 #include "py/binding.h" /* first: Python.h must precede system headers */
 
 #include <limits.h>
 
 #include "core/threads.h"
+#include "kernels/gemm_bf16.h"
 #include "kernels/kernels.h"
 
 typedef struct {
     PyArrayObject *a, *b, *c; /* c is a new reference once parsed */
-    int trans_a, trans_b, dtype, batch;
+    PyArrayObject *scale, *shift; /* NULL: none */
+    int trans_a, trans_b, dtype, batch, relu;
     int M, N, K;
     long lda, ldb, ldc, stride_a, stride_b, stride_c;
     double alpha, beta;
@@ -29,19 +31,41 @@ static long batch_stride(PyArrayObject *x, int batched)
     return batched ? (long)(PyArray_STRIDE(x, 0) / PyArray_ITEMSIZE(x)) : 0;
 }
 
-/* Parses (a, b, c=None, trans_a=False, trans_b=False, alpha=1, beta=0) for 2-D or 3-D arrays. */
-static int parse(PyObject *args, PyObject *kw, int batched, gemm_call *g)
+/* `obj` (None: *out NULL) as a float32 vector of n elements in *out; 0 with an exception if not. */
+static int parse_vector(PyObject *obj, const char *what, npy_intp n, PyArrayObject **out)
 {
-    static char *kwlist[] = {"a", "b", "c", "trans_a", "trans_b", "alpha", "beta", NULL};
-    PyObject *a, *b, *c = Py_None;
-    g->trans_a = g->trans_b = 0;
+    int dtype = NPY_FLOAT32;
+    *out = NULL;
+    if (obj == Py_None)
+        return 1;
+    if (!(*out = check_float_array(obj, what, 1, &dtype)))
+        return 0;
+    if (PyArray_DIM(*out, 0) != n) {
+        PyErr_Format(PyExc_ValueError, "%s has %ld elements, expected %ld (the columns of c)", what,
+                     (long)PyArray_DIM(*out, 0), (long)n);
+        return 0;
+    }
+    return 1;
+}
+
+/* Parses (a, b, c=None, trans_a=False, trans_b=False, alpha=1, beta=0, scale=None, shift=None,
+   relu=False) for 2-D arrays, or 3-D without the epilogue (batched); bf16: float32 only. */
+static int parse(PyObject *args, PyObject *kw, int batched, int bf16, gemm_call *g)
+{
+    static char *kwlist[] = {"a", "b", "c", "trans_a", "trans_b", "alpha", "beta", "scale", "shift", "relu", NULL};
+    PyObject *a, *b, *c = Py_None, *scale = Py_None, *shift = Py_None;
+    g->trans_a = g->trans_b = g->relu = 0;
     g->alpha = 1.0;
     g->beta = 0.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|Oppdd", kwlist, &a, &b, &c, &g->trans_a, &g->trans_b,
-                                     &g->alpha, &g->beta))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OppddOOp", kwlist, &a, &b, &c, &g->trans_a, &g->trans_b,
+                                     &g->alpha, &g->beta, &scale, &shift, &g->relu))
         return 0;
+    if (batched && (scale != Py_None || shift != Py_None || g->relu)) {
+        PyErr_SetString(PyExc_ValueError, "the batched products take no scale, shift or relu");
+        return 0;
+    }
     const int nd = batched ? 3 : 2;
-    g->dtype = -1;
+    g->dtype = bf16 ? NPY_FLOAT32 : -1;
     if (!(g->a = check_float_array(a, "a", nd, &g->dtype)) || !(g->b = check_float_array(b, "b", nd, &g->dtype)))
         return 0;
     const npy_intp *da = PyArray_DIMS(g->a) + batched, *db = PyArray_DIMS(g->b) + batched;
@@ -76,6 +100,12 @@ static int parse(PyObject *args, PyObject *kw, int batched, gemm_call *g)
         return 0;
     g->stride_a = batch_stride(g->a, batched);
     g->stride_b = batch_stride(g->b, batched);
+    if (!parse_vector(scale, "scale", N, &g->scale) || !parse_vector(shift, "shift", N, &g->shift))
+        return 0;
+    if (g->dtype == NPY_FLOAT64 && (g->scale || g->shift)) {
+        PyErr_SetString(PyExc_TypeError, "scale and shift are float32: the epilogue is the float32 GEMM's");
+        return 0;
+    }
 
     npy_intp want[3] = {g->batch, M, N};
     if (c == Py_None) {
@@ -113,26 +143,130 @@ static int parse(PyObject *args, PyObject *kw, int batched, gemm_call *g)
     return 1;
 }
 
-static PyObject *run(PyObject *args, PyObject *kw, int batched)
+static const float *data_or_null(PyArrayObject *x) { return x ? PyArray_DATA(x) : NULL; }
+
+static PyObject *run(PyObject *args, PyObject *kw, int batched, int bf16)
 {
     gemm_call g;
-    if (!parse(args, kw, batched, &g))
+    if (!parse(args, kw, batched, bf16, &g))
         return NULL;
     void *A = PyArray_DATA(g.a), *B = PyArray_DATA(g.b), *C = PyArray_DATA(g.c);
+    const float *scale = data_or_null(g.scale), *shift = data_or_null(g.shift);
+    const float alpha = (float)g.alpha, beta = (float)g.beta;
     Py_BEGIN_ALLOW_THREADS
     herbs_threads_apply();
-    if (g.dtype == NPY_FLOAT32)
-        gemm_batched(g.trans_a, g.trans_b, g.M, g.N, g.K, (float)g.alpha, A, g.lda, g.stride_a, B, g.ldb, g.stride_b,
-                     (float)g.beta, C, g.ldc, g.stride_c, g.batch);
-    else
+    if (g.dtype == NPY_FLOAT64 && batched)
         gemm_batched_f64(g.trans_a, g.trans_b, g.M, g.N, g.K, g.alpha, A, g.lda, g.stride_a, B, g.ldb, g.stride_b,
                          g.beta, C, g.ldc, g.stride_c, g.batch);
+    else if (g.dtype == NPY_FLOAT64)
+        gemm_affine_f64(g.trans_a, g.trans_b, g.M, g.N, g.K, g.alpha, A, g.lda, B, g.ldb, g.beta, C, g.ldc, NULL,
+                        NULL, g.relu);
+    else if (batched)
+        (bf16 ? gemm_bf16_batched : gemm_batched)(g.trans_a, g.trans_b, g.M, g.N, g.K, alpha, A, g.lda, g.stride_a,
+                                                  B, g.ldb, g.stride_b, beta, C, g.ldc, g.stride_c, g.batch);
+    else
+        (bf16 ? gemm_bf16_affine : gemm_affine)(g.trans_a, g.trans_b, g.M, g.N, g.K, alpha, A, g.lda, B, g.ldb, beta,
+                                                C, g.ldc, scale, shift, g.relu);
     Py_END_ALLOW_THREADS
     return (PyObject *)g.c;
 }
 
-static PyObject *py_gemm(PyObject *self, PyObject *args, PyObject *kw) { return run(args, kw, 0); }
-static PyObject *py_gemm_batched(PyObject *self, PyObject *args, PyObject *kw) { return run(args, kw, 1); }
+static PyObject *py_gemm(PyObject *self, PyObject *args, PyObject *kw) { return run(args, kw, 0, 0); }
+static PyObject *py_gemm_batched(PyObject *self, PyObject *args, PyObject *kw) { return run(args, kw, 1, 0); }
+static PyObject *py_gemm_bf16(PyObject *self, PyObject *args, PyObject *kw) { return run(args, kw, 0, 1); }
+static PyObject *py_gemm_bf16_batched(PyObject *self, PyObject *args, PyObject *kw) { return run(args, kw, 1, 1); }
+
+/* gemm_prepack_b(b, trans_b=False, bf16=True) -> the pack of op(b) as a uint8 array. */
+static PyObject *py_gemm_prepack_b(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"b", "trans_b", "bf16", NULL};
+    PyObject *b;
+    int trans_b = 0, bf16 = 1, dtype = NPY_FLOAT32;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|pp", kwlist, &b, &trans_b, &bf16))
+        return NULL;
+    PyArrayObject *bb = check_float_array(b, "b", 2, &dtype);
+    if (!bb)
+        return NULL;
+    const npy_intp K = PyArray_DIM(bb, trans_b), N = PyArray_DIM(bb, !trans_b);
+    const long ldb = row_stride(bb, "b");
+    if (ldb < 0 || !dim_fits(K, "b") || !dim_fits(N, "b"))
+        return NULL;
+    const gemm_precision precision = bf16 ? GEMM_BF16 : GEMM_FP32;
+    npy_intp bytes = (npy_intp)gemm_prepack_b_size(precision, (int)N, (int)K);
+    PyArrayObject *out = (PyArrayObject *)PyArray_EMPTY(1, &bytes, NPY_UINT8, 0);
+    if (!out)
+        return NULL;
+    const float *B = PyArray_DATA(bb);
+    void *dst = PyArray_DATA(out);
+    Py_BEGIN_ALLOW_THREADS
+    gemm_prepack_b(precision, trans_b, (int)N, (int)K, B, ldb, dst);
+    Py_END_ALLOW_THREADS
+    return (PyObject *)out;
+}
+
+/* gemm_prepacked(a, packed, n, c=None, trans_a=False, alpha=1, beta=0, scale=None, shift=None, relu=False). */
+static PyObject *py_gemm_prepacked(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"a", "packed", "n", "c", "trans_a", "alpha", "beta", "scale", "shift", "relu", NULL};
+    PyObject *a, *packed, *c = Py_None, *scale = Py_None, *shift = Py_None;
+    int n, trans_a = 0, relu = 0, dtype = NPY_FLOAT32;
+    double alpha = 1.0, beta = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOi|OpddOOp", kwlist, &a, &packed, &n, &c, &trans_a, &alpha, &beta,
+                                     &scale, &shift, &relu))
+        return NULL;
+    PyArrayObject *aa = check_float_array(a, "a", 2, &dtype), *sc, *sh;
+    if (!aa)
+        return NULL;
+    const npy_intp M = PyArray_DIM(aa, trans_a), K = PyArray_DIM(aa, !trans_a);
+    const long lda = row_stride(aa, "a");
+    if (lda < 0 || !dim_fits(M, "a") || !dim_fits(K, "a"))
+        return NULL;
+    if (!PyArray_Check(packed) || PyArray_TYPE((PyArrayObject *)packed) != NPY_UINT8 ||
+        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)packed) ||
+        !gemm_prepack_b_matches(PyArray_DATA((PyArrayObject *)packed), PyArray_NBYTES((PyArrayObject *)packed), n,
+                                (int)K)) {
+        PyErr_Format(PyExc_ValueError, "packed is not a pack of gemm_prepack_b for K=%ld, N=%d", (long)K, n);
+        return NULL;
+    }
+    if (!parse_vector(scale, "scale", n, &sc) || !parse_vector(shift, "shift", n, &sh))
+        return NULL;
+    npy_intp want[2] = {M, n};
+    PyArrayObject *cc;
+    if (c == Py_None) {
+        if (beta != 0.0) {
+            PyErr_SetString(PyExc_ValueError, "beta != 0 needs an array c to add to");
+            return NULL;
+        }
+        if (!(cc = (PyArrayObject *)PyArray_EMPTY(2, want, NPY_FLOAT32, 0)))
+            return NULL;
+    } else {
+        if (!(cc = check_float_array(c, "c", 2, &dtype)))
+            return NULL;
+        if (!PyArray_ISWRITEABLE(cc) || !PyArray_CompareLists(PyArray_DIMS(cc), want, 2)) {
+            PyErr_SetString(PyExc_ValueError, "c must be writeable and of shape (M, n)");
+            return NULL;
+        }
+        Py_INCREF(cc);
+    }
+    const long ldc = row_stride(cc, "c");
+    if (ldc < 0) {
+        Py_DECREF(cc);
+        return NULL;
+    }
+    const float *A = PyArray_DATA(aa), *s = data_or_null(sc), *t = data_or_null(sh);
+    const void *P = PyArray_DATA((PyArrayObject *)packed);
+    float *C = PyArray_DATA(cc);
+    herbs_status status;
+    Py_BEGIN_ALLOW_THREADS
+    herbs_threads_apply();
+    status = gemm_prepacked(trans_a, (int)M, n, (int)K, (float)alpha, A, lda, P, (float)beta, C, ldc, s, t, relu);
+    Py_END_ALLOW_THREADS
+    if (status != HERBS_OK) {
+        Py_DECREF(cc);
+        return raise_status(status);
+    }
+    return (PyObject *)cc;
+}
 
 PyMethodDef gemm_methods[] = {
     {"gemm", (PyCFunction)(void (*)(void))py_gemm, METH_VARARGS | METH_KEYWORDS,
@@ -143,5 +277,17 @@ PyMethodDef gemm_methods[] = {
     {"gemm_batched", (PyCFunction)(void (*)(void))py_gemm_batched, METH_VARARGS | METH_KEYWORDS,
      "gemm_batched(a, b, c=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0) -> c\n\n"
      "The same over the first axis of 3-D arrays (any batch strides)."},
+    {"gemm_bf16", (PyCFunction)(void (*)(void))py_gemm_bf16, METH_VARARGS | METH_KEYWORDS,
+     "gemm_bf16(a, b, c=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, scale=None, shift=None,\n"
+     "relu=False) -> c\n\nThe bf16 GEMM on float32 arrays: a and b rounded to bf16, fp32 accumulation, then\n"
+     "per column j c = c * scale[j] + shift[j] and max(c, 0) with relu (gemm also takes these)."},
+    {"gemm_bf16_batched", (PyCFunction)(void (*)(void))py_gemm_bf16_batched, METH_VARARGS | METH_KEYWORDS,
+     "gemm_bf16_batched(a, b, c=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0) -> c"},
+    {"gemm_prepack_b", (PyCFunction)(void (*)(void))py_gemm_prepack_b, METH_VARARGS | METH_KEYWORDS,
+     "gemm_prepack_b(b, trans_b=False, bf16=True) -> uint8 array: op(b) packed once for the current\n"
+     "micro-kernel (bf16 or fp32), for gemm_prepacked."},
+    {"gemm_prepacked", (PyCFunction)(void (*)(void))py_gemm_prepacked, METH_VARARGS | METH_KEYWORDS,
+     "gemm_prepacked(a, packed, n, c=None, trans_a=False, alpha=1.0, beta=0.0, scale=None, shift=None,\n"
+     "relu=False) -> c: the product with the B of gemm_prepack_b (n columns), in its precision."},
     {NULL, NULL, 0, NULL},
 };

@@ -22,6 +22,11 @@ PyMODINIT_FUNC PyInit__C(void)
         PyErr_Format(PyExc_ImportError, "HERBS_ISA: %s", herbs_error_message());
         return NULL;
     }
+    const char *bf16_isa = getenv("HERBS_BF16_ISA");
+    if (bf16_isa && *bf16_isa && herbs_bf16_isa_select(bf16_isa) != HERBS_OK) {
+        PyErr_Format(PyExc_ImportError, "HERBS_BF16_ISA: %s", herbs_error_message());
+        return NULL;
+    }
     PyObject *m = PyModule_Create(&module_def);
     if (!m)
         return NULL;
