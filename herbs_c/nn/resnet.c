@@ -32,8 +32,14 @@ typedef struct {
     conv_layer conv1, conv2, conv3, down_conv;
     batchnorm_layer bn1, bn2, bn3, down_bn;
     int has_down;
-    const float *x;                              /* the block input */
-    float *y1, *a1, *y2, *a2, *y3, *yd, *out;    /* conv outputs y, post-ReLU a, block output */
+    /* the last forward, NHWC rows in the owner's arena: P = B·H·W input and Q = B·OH·OW output
+       positions, `planes` inner channels, 4·planes out */
+    const float *x;  /* [P, in_c]: the block input (the previous block's output) */
+    float *y1, *a1;  /* [P, planes]: conv1's output (bn1's input; train only) and after bn1+ReLU */
+    float *y2, *a2;  /* [Q, planes]: the same for conv2 (stride here) */
+    float *y3;       /* [Q, 4·planes]: conv3's output (bn3's input; train only) */
+    float *yd;       /* [Q, 4·planes]: the downsample conv's output (train only; NULL without one) */
+    float *out;      /* [Q, 4·planes]: ReLU(bn3 + shortcut), also the ReLU mask of the backward */
 } bottleneck;
 
 typedef struct {
@@ -45,8 +51,10 @@ typedef struct {
     int stage_last[STAGES]; /* index of each stage's last block */
     /* the last forward */
     int batch, train;
-    float *x0, *y0, *a0, *p0; /* NHWC image, stem conv output, after ReLU, after max-pool */
-    int *argmax;
+    float *x0;      /* [B, img, img, 3]: the NHWC image */
+    float *y0, *a0; /* [B, S, S, width] (S = img/2): the stem conv's output (train only), after BN+ReLU */
+    float *p0;      /* [B, S/2, S/2, width]: after the 3x3/2 max-pool */
+    int *argmax;    /* [B, S/2, S/2, width]: where each max came from, for its backward */
     float *scratch; /* the convolutions' scratch (packed weights, im2col chunks) */
     size_t scratch_floats;
 } resnet;

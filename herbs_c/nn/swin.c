@@ -25,7 +25,8 @@ typedef struct {
 static saved_sizes saved_sizes_of(const swin_stage *st, int B)
 {
     const size_t M = stage_tokens(st, B), N = (size_t)st->window * st->window;
-    return (saved_sizes){M, 3 * M * st->dim, st->heads * N * N, M * st->heads, M * st->dim, M * st->hidden};
+    return (saved_sizes){.stats = M, .qkv = 3 * M * st->dim, .bias = st->heads * N * N, .lse = M * st->heads,
+                         .tokens = M * st->dim, .hidden = M * st->hidden};
 }
 
 /* The largest of each over all stages: one block_saved that serves every block. */

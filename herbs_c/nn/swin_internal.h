@@ -15,9 +15,18 @@ typedef struct {
     size_t weight, bias;
 } norm_offsets;
 
-/* What a block's backward needs from its forward, besides the block's input. */
+/* What a block's backward needs from its forward, besides the block's input. Shapes for a
+   stage of M = B·res² tokens of C channels, `heads` heads, windows of N = window² tokens and an
+   MLP of `hidden` channels; all in the owner's arena, valid until the next forward. */
 typedef struct {
-    float *mean1, *rstd1, *qkv, *bias, *lse, *att, *x1, *mean2, *rstd2, *hidden;
+    float *mean1, *rstd1; /* [M]: norm1's statistics (its output is recomputed) */
+    float *qkv;           /* [M, 3C]: the qkv product's output */
+    float *bias;          /* [heads, N, N]: the relative position bias gathered from the table */
+    float *lse;           /* [M, heads]: each attention row's log-sum-exp (not the probabilities) */
+    float *att;           /* [M, C]: the attention output, proj's input */
+    float *x1;            /* [M, C]: the residual stream after the attention branch */
+    float *mean2, *rstd2; /* [M]: norm2's statistics */
+    float *hidden;        /* [M, hidden]: fc1's output, GELU's input (backward overwrites it) */
 } block_saved;
 
 typedef struct {
@@ -28,9 +37,9 @@ typedef struct {
     size_t table;
     herbs_weight qkv, proj, fc1, fc2;
     /* the last forward */
-    const float *x;
-    float *out;
-    float *scale1, *scale2; /* drop-path scales per sample, NULL when no drop path ran */
+    const float *x;         /* [B, res², C]: the block's input */
+    float *out;             /* [B, res², C]: its output (the next block's input) */
+    float *scale1, *scale2; /* [B]: drop-path scales per sample, NULL when no drop path ran */
     block_saved saved;      /* train mode only */
 } swin_block;
 
@@ -39,7 +48,11 @@ typedef struct {
     swin_block *blocks;
     norm_offsets merge_norm; /* stages 1–3 end with a patch merging */
     herbs_weight merge_reduction;
-    float *merged, *merge_mean, *merge_rstd, *tap; /* saved */
+    /* saved by the last forward, for a map of M = B·res² tokens of `dim` channels */
+    float *merged;                 /* [M/4, 4·dim]: the patch merging's concatenation, its norm's input */
+    float *merge_mean, *merge_rstd; /* [M/4]: that norm's statistics */
+    float *tap;                    /* the stage's tap: [B, res²/4, 2·dim] after the merging (stages 1–3),
+                                      the last block's output [B, res², dim] (stage 4) */
 } swin_stage;
 
 typedef struct {
@@ -51,9 +64,13 @@ typedef struct {
     /* the last forward */
     int batch, threads;
     int kept;              /* train mode: every block kept its block_saved; eval: `shared` serves all */
-    block_saved shared;
-    float *patches, *embedded, *embed_mean, *embed_rstd;
-    float *ln, *branch, *act, *work; /* its scratch, which backward reuses */
+    block_saved shared;    /* eval: sized for the largest stage, recomputed per block by a backward */
+    /* M0 = B·(img/patch)² tokens of embed_dim D channels; K = 3·patch² */
+    float *patches;                 /* [M0, K]: the images as patch rows, the embedding's input */
+    float *embedded;                /* [M0, D]: the embedding's output, its norm's input */
+    float *embed_mean, *embed_rstd; /* [M0]: that norm's statistics */
+    /* its scratch, which backward reuses: sized by scratch_needed (the largest stage) */
+    float *ln, *branch, *act, *work; /* a LayerNorm output, a branch output, the GELU output, attention work */
 } swin;
 
 herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena *arena, const float *images,
