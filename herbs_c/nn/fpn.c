@@ -114,24 +114,31 @@ herbs_status fpn_forward(head_fpn *f, head_ctx *c, float *const taps[HERBS_TAPS]
     return HERBS_OK;
 }
 
-/* d_upper[B, H, W, F] += up2x_backward(dy)·A for a term dy·A of the level below, on its x2 grid */
-static herbs_status term_upsample_backward(head_ctx *c, const grad_term *t, int H, int W, int F, float *d_upper)
-{
-    const int upper_rows = c->batch * H * W;
-    float *dy_upper;
-    HERBS_TRY(head_scratch_begin(c));
-    HERBS_TRY(head_scratch(c, (size_t)upper_rows * t->n, 1, &dy_upper));
-    upsample_bilinear2x_backward(dy_upper, t->dy, c->batch, H, W, t->n);
-    gemm(0, 0, upper_rows, F, t->n, 1.0f, dy_upper, t->n, t->a, F, 1.0f, d_upper, F);
-    return HERBS_OK;
-}
-
-herbs_status fpn_backward(head_fpn *f, head_ctx *c, float *const d_top_down[HERBS_TAPS],
-                          const grad_term td_terms[HERBS_TAPS], float *const d_bottom_up[HERBS_TAPS],
-                          float *const dtaps[HERBS_TAPS])
+/* The backward of Up, top_down[i] += Up(top_down[i+1]): d_hi += Up's backward of d_lo, its dense part
+   through the cascade's kernel, its terms through the factors (factored.h) */
+static herbs_status up_backward(head_fpn *f, head_ctx *c, int i, const level_grad *d_lo, level_grad *d_hi)
 {
     const int B = c->batch, F = f->size;
-    /* bottom-up cascade, read upwards: bottom_up[i] = proj_i + Down(bottom_up[i-1]) */
+    float *d_upper;
+    HERBS_TRY(level_grad_dense_zeroed(d_hi, c, &d_upper));
+    if (d_lo->written) {
+        if (f->type == FPN_TOKENS)
+            product_tokens_backward(&f->up[i + 1], c->t, c->t->precision, d_upper, d_lo->dense, f->top_down[i + 1],
+                                    B, F, 1);
+        else if (same_grid(f, i, i + 1))
+            add_into(d_upper, d_lo->dense, level_size(f, B, i));
+        else
+            upsample_bilinear2x_backward(d_upper, d_lo->dense, B, f->height[i + 1], f->width[i + 1], F);
+    }
+    HERBS_TRY(head_scratch_begin(c));
+    return level_grad_up2x_backward(d_lo, c, f->height[i + 1], f->width[i + 1], F, d_upper);
+}
+
+herbs_status fpn_backward(head_fpn *f, head_ctx *c, level_grad d_top_down[HERBS_TAPS],
+                          float *const d_bottom_up[HERBS_TAPS], float *const dtaps[HERBS_TAPS])
+{
+    const int B = c->batch, F = f->size;
+    /* bottom-up cascade, read upwards: bottom_up[i] = proj_i(top_down[i]) + Down(bottom_up[i-1]) */
     for (int i = HERBS_TAPS - 1; i > 0; i--) {
         if (f->type == FPN_TOKENS)
             product_tokens_backward(&f->down[i - 1], c->t, c->t->precision, d_bottom_up[i - 1], d_bottom_up[i],
@@ -141,42 +148,17 @@ herbs_status fpn_backward(head_fpn *f, head_ctx *c, float *const d_top_down[HERB
         else
             avgpool2x2_backward(d_bottom_up[i - 1], d_bottom_up[i], B, f->height[i - 1], f->width[i - 1], F);
     }
-    /* each top-down level's gradient: one array (NULL: none yet) plus terms (grad_term) */
-    float *dense[HERBS_TAPS];
-    int count[HERBS_TAPS];
-    grad_term terms[HERBS_TAPS][2];
     for (int i = 0; i < HERBS_TAPS; i++) {
-        dense[i] = td_terms[i].dy ? NULL : d_top_down[i]; /* else d_top_down[i] holds the term's dy */
-        count[i] = 0;
-        if (td_terms[i].dy)
-            terms[i][count[i]++] = td_terms[i];
-        if (mlp_defers(&f->up_proj[i], c)) {
-            HERBS_TRY(mlp_backward(&f->up_proj[i], c, d_bottom_up[i], NULL, 0, NULL, 0, &terms[i][count[i]]));
-            count[i]++;
-            continue;
-        }
-        const int accumulate = dense[i] != NULL;
-        if (!dense[i])
-            HERBS_TRY(head_alloc(c, level_size(f, B, i), 0, &dense[i]));
-        HERBS_TRY(mlp_backward(&f->up_proj[i], c, d_bottom_up[i], NULL, 0, dense[i], accumulate, NULL));
+        const level_grad d_up = {.dense = d_bottom_up[i], .size = level_size(f, B, i), .written = 1};
+        HERBS_TRY(mlp_backward(&f->up_proj[i], c, &d_up, &d_top_down[i]));
     }
-    /* top-down cascade, read upwards: top_down[i] = proj_i + Up(top_down[i+1]); each level is whole
-       before its projection's backward */
+    /* top-down cascade, read upwards: top_down[i] = proj_i(tap_i) + Up(top_down[i+1]); each level is
+       whole before its projection's backward */
     for (int i = 0; i < HERBS_TAPS; i++) {
-        if (i < HERBS_TAPS - 1 && !dense[i + 1]) /* only terms there so far: the cascade adds onto zeros */
-            HERBS_TRY(head_alloc(c, level_size(f, B, i + 1), 1, &dense[i + 1]));
-        if (i < HERBS_TAPS - 1 && dense[i]) {
-            if (f->type == FPN_TOKENS)
-                product_tokens_backward(&f->up[i + 1], c->t, c->t->precision, dense[i + 1], dense[i],
-                                        f->top_down[i + 1], B, F, 1);
-            else if (same_grid(f, i, i + 1))
-                add_into(dense[i + 1], dense[i], level_size(f, B, i));
-            else
-                upsample_bilinear2x_backward(dense[i + 1], dense[i], B, f->height[i + 1], f->width[i + 1], F);
-        }
-        for (int j = 0; i < HERBS_TAPS - 1 && j < count[i]; j++)
-            HERBS_TRY(term_upsample_backward(c, &terms[i][j], f->height[i + 1], f->width[i + 1], F, dense[i + 1]));
-        HERBS_TRY(mlp_backward(&f->down_proj[i], c, dense[i], terms[i], count[i], dtaps[i], 0, NULL));
+        if (i < HERBS_TAPS - 1)
+            HERBS_TRY(up_backward(f, c, i, &d_top_down[i], &d_top_down[i + 1]));
+        level_grad d_tap = {.dense = dtaps[i], .size = (size_t)B * f->tokens[i] * f->channels[i]};
+        HERBS_TRY(mlp_backward(&f->down_proj[i], c, &d_top_down[i], &d_tap));
     }
     return HERBS_OK;
 }

@@ -10,50 +10,20 @@
 #include "core/arena.h"
 #include "nn/backbone.h"
 #include "nn/batchnorm_layer.h"
+#include "nn/factored.h"
 #include "nn/params.h"
 #include "nn/product.h"
 
 /* The arguments every head layer's forward and backward share. */
-typedef struct {
+typedef struct head_ctx {
     herbs_params *t;
     herbs_arena *arena;   /* what must outlive the call: activations kept for backward */
-    herbs_arena *scratch; /* temporaries of one innermost layer call, which resets it on entry */
+    herbs_arena *scratch; /* temporaries of one layer call, which resets it on entry (factored.h) */
     int batch;
     int train; /* batch statistics and dropout (forward); which BatchNorm backward (backward) */
 } head_ctx;
 
 /* --- building blocks (head_layers.c) -------------------------------------------------------- */
-
-/* Rows x[rows, F] known as the sum they were made of, x = h·Wᵀ + b + up2x(upper): a top-down CNN
-   level (fpn_top_down_factors). A product x·Aᵀ (A [N, F]) is then h·(A·W)ᵀ + up2x(upper·Aᵀ) + A·b,
-   products over h's `hidden` channels and over the upper level's four times fewer rows instead of
-   one over rows x F: fewer multiply-adds when hidden is small next to F (ResNet-50's layer1: 256
-   channels, F = 2048). The same values up to float rounding. The weight gradient likewise:
-   dA += dyᵀ·x = (dyᵀ·h)·Wᵀ + (Σ dy)·bᵀ + up2x_backward(dy)ᵀ·upper. */
-typedef struct {
-    const float *h, *w, *b; /* h [rows, hidden], W [F, hidden], b [F] */
-    int hidden;
-    const float *upper; /* [batch, height, width, F], x2 bilinear to x's grid */
-    int height, width;
-} level_factors;
-
-/* What a product x·Aᵀ computed from x's factors keeps from its forward for the backward. */
-typedef struct {
-    int used;         /* the last forward used x's factors */
-    level_factors xf; /* then: the factors */
-    const float *aw;  /* and A·W [N, hidden] */
-} factored_use;
-
-/* A gradient with respect to rows x[rows, F] kept as the product it is, dy·A (dy [rows, n], A [n, F]):
-   what the backward of a product computed from x's factors hands on instead of forming dy·A when
-   going through the factors is cheaper (rows x n x F multiply-adds saved; mlp_backward of x's
-   projection and the top-down cascade take such terms). With it, what the projection's backward needs
-   of it, made once: A·W and dyᵀ·h [n, hidden], Σ dy [n]. */
-typedef struct {
-    const float *dy, *a;
-    int n;
-    const float *aw, *dy_h, *dy_sum;
-} grad_term;
 
 /* Linear–ReLU–Linear on rows: the release's Proj_ layers, nn.Sequential(Linear, ReLU, Linear)
    or, with conv_shapes, nn.Sequential(Conv2d 1x1, ReLU, Conv2d 1x1) (weights [out, in, 1, 1]). */
@@ -63,22 +33,15 @@ typedef struct {
     const float *x; /* last forward: input and post-ReLU hidden rows */
     float *h;
     int rows;
-    factored_use factored; /* the first product's */
+    factored_use first; /* the first Linear's plan (factored.h) */
 } head_mlp;
 
 herbs_status mlp_init(head_mlp *m, herbs_params *t, const char *prefix, int in, int hidden, int out, int conv_shapes);
-/* out[rows, out] = Linear2(ReLU(Linear0(x[rows, in]))); xf (NULL: none) describes x, and the first
-   product is computed from it when that takes fewer multiply-adds */
+/* out[rows, out] = Linear2(ReLU(Linear0(x[rows, in]))); xf: x's factors, when x is such a sum
+   (NULL: it is not), which the first Linear reads where factored_plan says so */
 herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, const level_factors *xf, int rows, float *out);
-/* dx[rows, in] += (accumulate set) or = (not read; NULL: not wanted) from the output's gradient: dout
-   (NULL: none) plus `count` terms (grad_term; dout or one term at least); parameter gradients
-   accumulate. defer (NULL: not wanted): when mlp_defers, *defer receives dx as a term (its dy in the
-   arena) and dx is not touched; otherwise defer->dy is NULL. */
-herbs_status mlp_backward(head_mlp *m, head_ctx *c, const float *dout, const grad_term *terms, int count, float *dx,
-                          int accumulate, grad_term *defer);
-/* Whether, after the last forward, mlp_backward with defer hands dx on as a term: the forward used x's
-   factors and the term is cheaper than dx. */
-int mlp_defers(const head_mlp *m, const head_ctx *c);
+/* dx (the input's gradient, level_grad) += from dout (the output's); parameter gradients accumulate */
+herbs_status mlp_backward(head_mlp *m, head_ctx *c, const level_grad *dout, level_grad *dx);
 
 /* A token classifier (the paper's k1/k2, the release's fpn_classifier_{down,up}_layer{i}):
    Conv1d(F, F, 1) – BatchNorm1d(F) – ReLU – Conv1d(F, classes, 1), per token. */
@@ -89,17 +52,15 @@ typedef struct {
     const float *x; /* last forward: input rows, first conv's output (BN input; eval: NULL), post-ReLU rows */
     float *z, *r;
     int rows;
-    factored_use factored; /* the first product's */
+    factored_use first; /* the first conv's plan (factored.h) */
 } head_classifier;
 
 herbs_status classifier_init(head_classifier *k, herbs_params *t, const char *prefix, int channels, int classes);
-/* logits[rows, classes] from x[rows, F]; xf (NULL: none) as in mlp_forward */
+/* logits[rows, classes] from x[rows, F]; xf as in mlp_forward */
 herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x, const level_factors *xf, int rows,
                                 float *logits);
-/* dx[rows, F] += (accumulate set) or = (not read) from dlogits; defer as in mlp_backward (with
-   accumulate 0 only), except that the term's dy is written into dx's memory */
-herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *dlogits, float *dx, int accumulate,
-                                 grad_term *defer);
+/* dx (the input's gradient, level_grad) += from dlogits; parameter gradients accumulate */
+herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *dlogits, level_grad *dx);
 
 /* --- the two-way feature pyramid (fpn.c) ----------------------------------------------------- */
 
@@ -129,13 +90,11 @@ herbs_status fpn_forward(head_fpn *f, head_ctx *c, float *const taps[HERBS_TAPS]
 /* Once the top-down cascade has run: top-down level i as its factors (level_factors), or 0 where it is
    not such a sum (the token pyramid, the top level, a level on its upper neighbour's grid). */
 int fpn_top_down_factors(const head_fpn *f, const head_ctx *c, int i, level_factors *xf);
-/* From d_top_down, d_bottom_up [B, S_i, F] (the gradients from outside the pyramid; the cascades
-   complete them in place) -> dtaps = [B, S_i, C_i] (written, not read). td_terms[i]: the top-down
-   classifier's gradient of level i when it handed on a term (whose dy is then what d_top_down[i]
-   holds), dy NULL otherwise. */
-herbs_status fpn_backward(head_fpn *f, head_ctx *c, float *const d_top_down[HERBS_TAPS],
-                          const grad_term td_terms[HERBS_TAPS], float *const d_bottom_up[HERBS_TAPS],
-                          float *const dtaps[HERBS_TAPS]);
+/* From the gradients from outside the pyramid, d_top_down (the top-down classifiers' contributions,
+   terms among them) and d_bottom_up [B, S_i, F], which the cascades complete in place ->
+   dtaps = [B, S_i, C_i] (written, not read). */
+herbs_status fpn_backward(head_fpn *f, head_ctx *c, level_grad d_top_down[HERBS_TAPS],
+                          float *const d_bottom_up[HERBS_TAPS], float *const dtaps[HERBS_TAPS]);
 
 /* --- the selector (selector.c) --------------------------------------------------------------- */
 

@@ -136,7 +136,8 @@ static herbs_status herbs_backward(herbs_net *net, float *dimages)
     const herbs_backbone *bb = m->bb;
     const int B = net->forward_batch;
     head_ctx c = {&net->params, &net->arena, &m->scratch, B, m->train};
-    float *dtaps[HERBS_TAPS] = {NULL}, *d_top_down[HERBS_TAPS] = {NULL}, *d_bottom_up[HERBS_TAPS] = {NULL};
+    float *dtaps[HERBS_TAPS] = {NULL}, *d_bottom_up[HERBS_TAPS] = {NULL};
+    level_grad d_top_down[HERBS_TAPS]; /* dense parts allocated by their first contribution */
     float *dkept = NULL;
     /* Each gradient buffer is written by its first contributor and added to by the others; zeroed
        only where all of them add: the taps' when only ori_out's mean reaches them, the bottom-up
@@ -146,10 +147,9 @@ static herbs_status herbs_backward(herbs_net *net, float *dimages)
         const size_t tokens = (size_t)B * bb->tap_tokens[i];
         if (taps_written || i == HERBS_TAPS - 1)
             HERBS_TRY(head_alloc(&c, tokens * bb->tap_channels[i], !taps_written, &dtaps[i]));
-        if (m->use_fpn) {
-            HERBS_TRY(head_alloc(&c, tokens * m->fpn_size, 0, &d_top_down[i]));
+        d_top_down[i] = (level_grad){.size = tokens * m->fpn_size};
+        if (m->use_fpn)
             HERBS_TRY(head_alloc(&c, tokens * m->fpn_size, kept_scattered, &d_bottom_up[i]));
-        }
     }
     if (m->use_combiner) {
         HERBS_TRY(head_alloc(&c, (size_t)B * m->selector.kept_total * m->fpn_size, 1, &dkept));
@@ -164,13 +164,12 @@ static herbs_status herbs_backward(herbs_net *net, float *dimages)
     if (m->use_selection) /* into the layer logits' gradients, which the classifiers below read */
         HERBS_TRY(selector_backward(&m->selector, &c, dselected, ddropped, dkept, dlogits, d_bottom_up));
     if (m->use_fpn) {
-        grad_term td_terms[HERBS_TAPS];
         for (int i = 0; i < HERBS_TAPS; i++) {
-            HERBS_TRY(classifier_backward(&m->up_cls[i], &c, dlogits[i], d_bottom_up[i], kept_scattered, NULL));
-            HERBS_TRY(classifier_backward(&m->down_cls[i], &c, out_grad(net, m->out_fpn1[i]), d_top_down[i], 0,
-                                          &td_terms[i]));
+            level_grad d_up = {.dense = d_bottom_up[i], .size = d_top_down[i].size, .written = kept_scattered};
+            HERBS_TRY(classifier_backward(&m->up_cls[i], &c, dlogits[i], &d_up));
+            HERBS_TRY(classifier_backward(&m->down_cls[i], &c, out_grad(net, m->out_fpn1[i]), &d_top_down[i]));
         }
-        HERBS_TRY(fpn_backward(&m->fpn, &c, d_top_down, td_terms, d_bottom_up, dtaps));
+        HERBS_TRY(fpn_backward(&m->fpn, &c, d_top_down, d_bottom_up, dtaps));
     } else if (m->use_selection) {
         for (int i = 0; i < HERBS_TAPS; i++)
             product_rows_backward(&m->plain[i], &net->params, net->params.precision, dtaps[i], dlogits[i], m->taps[i],
