@@ -86,8 +86,10 @@ int factored_plan(factored_use *u, const head_ctx *c, const level_factors *xf, i
 /* *out[N] = A·b + bias (A [N, F]), in the arena: the bias of x·Aᵀ + bias through x's factors */
 herbs_status factored_bias(const factored_use *u, head_ctx *c, const float *a, const float *bias, int N, int F,
                            float **out);
-/* out[rows, N] = (x·Aᵀ)·scale + shift, then ReLU with relu (scale, shift NULL: none; shift from
-   factored_bias), as linear_affine_forward does on x itself; keeps A·W in u (arena) */
+/* out[rows, N] = (h·(A·W)ᵀ + up2x(upper·Aᵀ))·scale + shift, then ReLU with relu (scale NULL: none):
+   x·Aᵀ but for its constant part A·b, which shift carries as it would carry a bias (factored_bias,
+   then through an eval-mode BatchNorm's folding) — linear_affine_forward on x itself otherwise;
+   keeps A·W in u (arena) */
 herbs_status factored_forward(factored_use *u, head_ctx *c, const float *a, int N, int F, int rows, float *out,
                               const float *scale, const float *shift, int relu);
 
