@@ -30,34 +30,34 @@
 
 /* Every micro-kernel, with the precision and ISA (herbs_isa or herbs_bf16_isa) it serves. */
 static const struct {
-    gemm_precision precision;
+    herbs_precision precision;
     int isa;
     const gemm_microkernel *uk;
 } registry[] = {
-    {GEMM_FP32, HERBS_ISA_AVX512, &gemm_microkernel_avx512},
-    {GEMM_FP32, HERBS_ISA_AVX2, &gemm_microkernel_avx2},
-    {GEMM_FP32, HERBS_ISA_PORTABLE, &gemm_microkernel_portable},
-    {GEMM_BF16, HERBS_BF16_ISA_AMX, &gemm_microkernel_amx_bf16},
-    {GEMM_BF16, HERBS_BF16_ISA_AVX512, &gemm_microkernel_avx512_bf16},
-    {GEMM_BF16, HERBS_BF16_ISA_PORTABLE, &gemm_microkernel_portable_bf16},
+    {HERBS_FP32, HERBS_ISA_AVX512, &gemm_microkernel_avx512},
+    {HERBS_FP32, HERBS_ISA_AVX2, &gemm_microkernel_avx2},
+    {HERBS_FP32, HERBS_ISA_PORTABLE, &gemm_microkernel_portable},
+    {HERBS_BF16, HERBS_BF16_ISA_AMX, &gemm_microkernel_amx_bf16},
+    {HERBS_BF16, HERBS_BF16_ISA_AVX512, &gemm_microkernel_avx512_bf16},
+    {HERBS_BF16, HERBS_BF16_ISA_PORTABLE, &gemm_microkernel_portable_bf16},
 };
 #define KERNELS (int)(sizeof registry / sizeof registry[0])
 
 /* The registry's index of the current kernel of `precision`. */
-static int kernel_index(gemm_precision precision)
+static int kernel_index(herbs_precision precision)
 {
-    const int isa = precision == GEMM_BF16 ? (int)herbs_bf16_isa_current() : (int)herbs_isa_current();
+    const int isa = precision == HERBS_BF16 ? (int)herbs_bf16_isa_current() : (int)herbs_isa_current();
     int i = 0;
     while (i < KERNELS - 1 && !(registry[i].precision == precision && registry[i].isa == isa))
         i++;
     return i;
 }
 
-const gemm_microkernel *gemm_microkernel_for(gemm_precision precision) { return registry[kernel_index(precision)].uk; }
+const gemm_microkernel *gemm_microkernel_for(herbs_precision precision) { return registry[kernel_index(precision)].uk; }
 
-const gemm_microkernel *gemm_microkernel_current(void) { return gemm_microkernel_for(GEMM_FP32); }
+const gemm_microkernel *gemm_microkernel_current(void) { return gemm_microkernel_for(HERBS_FP32); }
 
-const char *gemm_bf16_kernel_name(void) { return gemm_microkernel_for(GEMM_BF16)->name; }
+const char *gemm_bf16_kernel_name(void) { return gemm_microkernel_for(HERBS_BF16)->name; }
 
 /* --- per-OS-thread buffers, freed when the thread ends ------------------------------------- */
 
@@ -407,20 +407,19 @@ static int product(const gemm_microkernel *uk, int trans_a, int trans_b, int M, 
     return status;
 }
 
+void gemm_affine_at(herbs_precision p, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                    long lda, const float *B, long ldb, float beta, float *C, long ldc, const float *scale,
+                    const float *shift, int relu)
+{
+    product(gemm_microkernel_for(p), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, NULL, beta, C, ldc, scale,
+            shift, relu);
+}
+
 void gemm_affine(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
                  const float *B, long ldb, float beta, float *C, long ldc, const float *scale, const float *shift,
                  int relu)
 {
-    product(gemm_microkernel_for(GEMM_FP32), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, NULL, beta, C, ldc,
-            scale, shift, relu);
-}
-
-void gemm_bf16_affine(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
-                      const float *B, long ldb, float beta, float *C, long ldc, const float *scale,
-                      const float *shift, int relu)
-{
-    product(gemm_microkernel_for(GEMM_BF16), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, NULL, beta, C, ldc,
-            scale, shift, relu);
+    gemm_affine_at(HERBS_FP32, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, scale, shift, relu);
 }
 
 void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
@@ -448,12 +447,12 @@ static size_t packed_bytes(const gemm_microkernel *uk, int N, int K)
     return (size_t)K / kc * panel_bytes(uk, kc, round_up(N, uk->nr)) + panel_bytes(uk, K % kc, round_up(N, uk->nr));
 }
 
-size_t gemm_prepack_b_size(gemm_precision precision, int N, int K)
+size_t gemm_prepack_b_size(herbs_precision precision, int N, int K)
 {
     return PACK_HEADER + packed_bytes(gemm_microkernel_for(precision), N, K);
 }
 
-void gemm_prepack_b(gemm_precision precision, int trans_b, int N, int K, const float *B, long ldb, void *dst)
+void gemm_prepack_b(herbs_precision precision, int trans_b, int N, int K, const float *B, long ldb, void *dst)
 {
     const int kernel = kernel_index(precision);
     const gemm_microkernel *uk = registry[kernel].uk;
@@ -559,18 +558,18 @@ static void batched(const gemm_microkernel *uk, int trans_a, int trans_b, int M,
                      b0, min_int(b0 + chunk, batch));
 }
 
+void gemm_batched_at(herbs_precision p, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                     long lda, long stride_a, const float *B, long ldb, long stride_b, float beta, float *C, long ldc,
+                     long stride_c, int batch)
+{
+    batched(gemm_microkernel_for(p), trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C,
+            ldc, stride_c, batch);
+}
+
 void gemm_batched(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
                   long stride_a, const float *B, long ldb, long stride_b, float beta, float *C, long ldc,
                   long stride_c, int batch)
 {
-    batched(gemm_microkernel_for(GEMM_FP32), trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b,
-            beta, C, ldc, stride_c, batch);
-}
-
-void gemm_bf16_batched(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
-                       long stride_a, const float *B, long ldb, long stride_b, float beta, float *C, long ldc,
-                       long stride_c, int batch)
-{
-    batched(gemm_microkernel_for(GEMM_BF16), trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b,
-            beta, C, ldc, stride_c, batch);
+    gemm_batched_at(HERBS_FP32, trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc,
+                    stride_c, batch);
 }

@@ -1,4 +1,4 @@
-/* The bf16 GEMM and weights packed once. Operands are fp32 in memory; packing rounds them to
+/* The GEMM at a precision, and weights packed once. Operands are fp32 in memory; packing rounds them to
    bf16 (round to nearest even, NaN stays NaN) and the micro-kernel multiplies in bf16 with fp32
    accumulation into the fp32 C. The micro-kernel of the current bf16 ISA (herbs_bf16_isa_current:
    AMX, AVX512-BF16, or portable C emulating the rounding) runs in the fp32 GEMM's driver.
@@ -10,33 +10,35 @@
 
 #include "core/error.h"
 
-/* C[M,N] = (alpha * bf16(op(A))[M,K] · bf16(op(B))[K,N] + beta * C) per column j scaled by scale[j],
-   shifted by shift[j] and, with relu, max(·, 0) (NULL: none); as gemm_affine in gemm.h. */
-void gemm_bf16_affine(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
-                      const float *B, long ldb, float beta, float *C, long ldc, const float *scale,
-                      const float *shift, int relu);
+/* How a product computes: fp32 throughout, or bf16 operands with fp32 accumulation. */
+typedef enum { HERBS_FP32 = 0, HERBS_BF16 = 1 } herbs_precision;
 
-/* `batch` independent bf16 products, item b at A + b*stride_a, B + b*stride_b, C + b*stride_c. */
-void gemm_bf16_batched(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
-                       long stride_a, const float *B, long ldb, long stride_b, float beta, float *C, long ldc,
-                       long stride_c, int batch);
+/* gemm_affine (gemm.h) at precision p: HERBS_FP32 is gemm_affine itself; HERBS_BF16 computes
+   alpha * bf16(op(A)) · bf16(op(B)) with fp32 accumulation, then beta·C and the per-column step. */
+void gemm_affine_at(herbs_precision p, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                    long lda, const float *B, long ldb, float beta, float *C, long ldc, const float *scale,
+                    const float *shift, int relu);
+
+/* gemm_batched (gemm.h) at precision p. */
+void gemm_batched_at(herbs_precision p, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                     long lda, long stride_a, const float *B, long ldb, long stride_b, float beta, float *C, long ldc,
+                     long stride_c, int batch);
 
 /* --- B packed once (a weight): op(B)[K,N] in the current micro-kernel's panels ------------- */
 
-typedef enum { GEMM_FP32 = 0, GEMM_BF16 = 1 } gemm_precision;
 
 /* Bytes of the pack of a K x N op(B) for the current micro-kernel of `precision`. */
-size_t gemm_prepack_b_size(gemm_precision precision, int N, int K);
+size_t gemm_prepack_b_size(herbs_precision precision, int N, int K);
 
 /* dst (gemm_prepack_b_size bytes, any alignment) <- op(B)[0:K, 0:N], op(B) = trans_b ? Bᵀ : B,
-   rounded to bf16 for GEMM_BF16. The pack records the micro-kernel that made it, which
+   rounded to bf16 for HERBS_BF16. The pack records the micro-kernel that made it, which
    gemm_prepacked then uses (a pack stays valid when the ISA selection changes). */
-void gemm_prepack_b(gemm_precision precision, int trans_b, int N, int K, const float *B, long ldb, void *dst);
+void gemm_prepack_b(herbs_precision precision, int trans_b, int N, int K, const float *B, long ldb, void *dst);
 
 /* Whether `bytes` bytes at `packed` are a pack of gemm_prepack_b for this N and K. */
 int gemm_prepack_b_matches(const void *packed, size_t bytes, int N, int K);
 
-/* gemm_affine / gemm_bf16_affine (in the precision of the pack) with op(B) the packed one;
+/* gemm_affine_at (in the precision of the pack) with op(B) the packed one;
    HERBS_ERR_NOMEM (C unspecified) when no memory for packing A could be had. */
 herbs_status gemm_prepacked(int trans_a, int M, int N, int K, float alpha, const float *A, long lda,
                             const void *packed, float beta, float *C, long ldc, const float *scale,

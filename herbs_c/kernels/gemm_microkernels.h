@@ -56,7 +56,7 @@ extern const gemm_microkernel gemm_microkernel_avx512_bf16;
 extern const gemm_microkernel gemm_microkernel_portable_bf16;
 
 /* The micro-kernel of the current ISA of `precision` (herbs_isa_current, herbs_bf16_isa_current). */
-const gemm_microkernel *gemm_microkernel_for(gemm_precision precision);
+const gemm_microkernel *gemm_microkernel_for(herbs_precision precision);
 
 /* The fp32 one. */
 const gemm_microkernel *gemm_microkernel_current(void);

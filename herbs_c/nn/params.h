@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "kernels/gemm_bf16.h" /* herbs_precision */
 
 #define HERBS_NAME_MAX 96
 #define HERBS_MAX_DIMS 4
@@ -45,11 +46,6 @@ typedef struct {
     herbs_init init;
 } herbs_tensor_info;
 
-/* How the products of a net compute (nn/product.h). bf16 joins here (issue 13). */
-typedef enum {
-    HERBS_FP32 = 0,
-} herbs_precision;
-
 typedef struct {
     herbs_tensor_info *entries;
     int count, capacity;
@@ -57,7 +53,7 @@ typedef struct {
     float *params, *grads, *buffers; /* NULL until params_allocate */
     float *packed;            /* the products' packed weights (nn/product.h), mapped lazily like grads */
     uint64_t version;         /* bumped by params_written; packed forms are tagged with it */
-    herbs_precision precision; /* of the net's products */
+    herbs_precision precision; /* of the net's products (nn/product.h) */
 } herbs_params;
 
 void params_init(herbs_params *t);

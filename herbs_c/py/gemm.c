@@ -153,6 +153,7 @@ static PyObject *run(PyObject *args, PyObject *kw, int batched, int bf16)
     void *A = PyArray_DATA(g.a), *B = PyArray_DATA(g.b), *C = PyArray_DATA(g.c);
     const float *scale = data_or_null(g.scale), *shift = data_or_null(g.shift);
     const float alpha = (float)g.alpha, beta = (float)g.beta;
+    const herbs_precision precision = bf16 ? HERBS_BF16 : HERBS_FP32;
     Py_BEGIN_ALLOW_THREADS
     herbs_threads_apply();
     if (g.dtype == NPY_FLOAT64 && batched)
@@ -162,11 +163,11 @@ static PyObject *run(PyObject *args, PyObject *kw, int batched, int bf16)
         gemm_affine_f64(g.trans_a, g.trans_b, g.M, g.N, g.K, g.alpha, A, g.lda, B, g.ldb, g.beta, C, g.ldc, NULL,
                         NULL, g.relu);
     else if (batched)
-        (bf16 ? gemm_bf16_batched : gemm_batched)(g.trans_a, g.trans_b, g.M, g.N, g.K, alpha, A, g.lda, g.stride_a,
-                                                  B, g.ldb, g.stride_b, beta, C, g.ldc, g.stride_c, g.batch);
+        gemm_batched_at(precision, g.trans_a, g.trans_b, g.M, g.N, g.K, alpha, A, g.lda, g.stride_a, B, g.ldb,
+                        g.stride_b, beta, C, g.ldc, g.stride_c, g.batch);
     else
-        (bf16 ? gemm_bf16_affine : gemm_affine)(g.trans_a, g.trans_b, g.M, g.N, g.K, alpha, A, g.lda, B, g.ldb, beta,
-                                                C, g.ldc, scale, shift, g.relu);
+        gemm_affine_at(precision, g.trans_a, g.trans_b, g.M, g.N, g.K, alpha, A, g.lda, B, g.ldb, beta, C, g.ldc,
+                       scale, shift, g.relu);
     Py_END_ALLOW_THREADS
     return (PyObject *)g.c;
 }
@@ -191,7 +192,7 @@ static PyObject *py_gemm_prepack_b(PyObject *self, PyObject *args, PyObject *kw)
     const long ldb = row_stride(bb, "b");
     if (ldb < 0 || !dim_fits(K, "b") || !dim_fits(N, "b"))
         return NULL;
-    const gemm_precision precision = bf16 ? GEMM_BF16 : GEMM_FP32;
+    const herbs_precision precision = bf16 ? HERBS_BF16 : HERBS_FP32;
     npy_intp bytes = (npy_intp)gemm_prepack_b_size(precision, (int)N, (int)K);
     PyArrayObject *out = (PyArrayObject *)PyArray_EMPTY(1, &bytes, NPY_UINT8, 0);
     if (!out)
