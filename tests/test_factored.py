@@ -26,8 +26,27 @@ class HeadCtx(ctypes.Structure):  # nn/head.h
                 ("batch", ctypes.c_int), ("train", ctypes.c_int)]
 
 
+class Params(ctypes.Structure):  # nn/params.h: only the blocks are read here
+    _fields_ = [("entries", ctypes.c_void_p), ("count", ctypes.c_int), ("capacity", ctypes.c_int),
+                ("n_params", ctypes.c_size_t), ("n_buffers", ctypes.c_size_t), ("n_packed", ctypes.c_size_t),
+                ("params", ctypes.c_void_p), ("grads", ctypes.c_void_p), ("buffers", ctypes.c_void_p),
+                ("packed", ctypes.c_void_p), ("version", ctypes.c_uint64), ("precision", ctypes.c_int)]
+
+
+class PackedForm(ctypes.Structure):  # nn/product.h
+    _fields_ = [("offset", ctypes.c_size_t), ("floats", ctypes.c_size_t), ("version", ctypes.c_uint64)]
+
+
+NO_TENSOR = ctypes.c_size_t(-1).value
+
+
+class Weight(ctypes.Structure):  # nn/product.h: herbs_weight
+    _fields_ = [("weight", ctypes.c_size_t), ("bias", ctypes.c_size_t), ("out", ctypes.c_int), ("in_", ctypes.c_int),
+                ("k", ctypes.c_int), ("stride", ctypes.c_int), ("pad", ctypes.c_int), ("fp32", PackedForm)]
+
+
 class LevelFactors(ctypes.Structure):
-    _fields_ = [("h", ctypes.c_void_p), ("w", ctypes.c_void_p), ("b", ctypes.c_void_p), ("hidden", ctypes.c_int),
+    _fields_ = [("h", ctypes.c_void_p), ("w", ctypes.POINTER(Weight)), ("hidden", ctypes.c_int),
                 ("upper", ctypes.c_void_p), ("height", ctypes.c_int), ("width", ctypes.c_int)]
 
 
@@ -52,14 +71,14 @@ P = ctypes.c_void_p
 for name, args in {
     "factored_plan": [ctypes.POINTER(FactoredUse), ctypes.POINTER(HeadCtx), ctypes.POINTER(LevelFactors),
                       ctypes.c_int, ctypes.c_int],
-    "factored_bias": [ctypes.POINTER(FactoredUse), ctypes.POINTER(HeadCtx), P, P, ctypes.c_int, ctypes.c_int,
+    "factored_bias": [ctypes.POINTER(FactoredUse), ctypes.POINTER(HeadCtx), ctypes.POINTER(Weight),
                       ctypes.POINTER(c_float_p)],
-    "factored_forward": [ctypes.POINTER(FactoredUse), ctypes.POINTER(HeadCtx), P, ctypes.c_int, ctypes.c_int,
-                         ctypes.c_int, P, P, P, ctypes.c_int],
+    "factored_forward": [ctypes.POINTER(FactoredUse), ctypes.POINTER(HeadCtx), ctypes.POINTER(Weight), ctypes.c_int,
+                         P, P, P, ctypes.c_int],
     "factored_dy": [ctypes.POINTER(FactoredUse), ctypes.POINTER(HeadCtx), ctypes.c_size_t, ctypes.POINTER(c_float_p)],
-    "factored_backward": [ctypes.POINTER(FactoredUse), ctypes.POINTER(HeadCtx), P, P, P, P, P, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_int, ctypes.POINTER(LevelGrad)],
-    "level_grad_linear_backward": [ctypes.POINTER(LevelGrad), P, P, P, P, P, ctypes.c_int, ctypes.c_int,
+    "factored_backward": [ctypes.POINTER(FactoredUse), ctypes.POINTER(HeadCtx), P, P, ctypes.POINTER(Weight),
+                          ctypes.c_int, ctypes.POINTER(LevelGrad)],
+    "level_grad_linear_backward": [ctypes.POINTER(LevelGrad), ctypes.POINTER(HeadCtx), P, ctypes.POINTER(Weight), P,
                                    ctypes.c_int],
     "level_grad_up2x_backward": [ctypes.POINTER(LevelGrad), ctypes.POINTER(HeadCtx), ctypes.c_int, ctypes.c_int,
                                  ctypes.c_int, P],
@@ -89,8 +108,10 @@ def ctx():
     LIB.herbs_arena_init(ctypes.byref(scratch))
     holder = {"arenas": (arena, scratch)}
 
-    def make(batch):
-        c = HeadCtx(None, ctypes.pointer(arena), ctypes.pointer(scratch), batch, 1)
+    def make(batch, level=None):
+        """a head_ctx over level's parameter table (None: no table, for the cost rule)"""
+        c = HeadCtx(ctypes.addressof(level.table) if level else None, ctypes.pointer(arena), ctypes.pointer(scratch),
+                    batch, 1)
         holder.setdefault("ctxs", []).append(c)
         return c
 
@@ -102,7 +123,7 @@ def ctx():
 def plan(ctx, batch, height, width, hidden, F):
     """(factored, term) of factored_plan for a level on the x2 grid of a [batch, height, width] upper level"""
     u = FactoredUse()
-    xf = LevelFactors(None, None, None, hidden, None, height, width)
+    xf = LevelFactors(None, None, hidden, None, height, width)
     c = ctx(batch)
     rows = batch * 4 * height * width
     factored = LIB.factored_plan(ctypes.byref(u), ctypes.byref(c), ctypes.byref(xf), rows, F)
@@ -148,21 +169,38 @@ def up2x_backward(d, H, W):
 
 class Level:
     """A factored level x = h·Wᵀ + b + up2x(upper) [B, 2H, 2W, F], the product's A [N, F], bias [N]
-    and an output gradient dy [rows, N], in float32 for the engine and float64 for NumPy."""
+    and an output gradient dy [rows, N], in float32 for the engine and float64 for NumPy. A, bias
+    (the handle `product`) and W, b (`projection`) live in a parameter table, as in a net: their
+    gradients are da, dbias, dw, db. `like` shares another level's h, W, b and upper."""
 
-    def __init__(self, B=2, H=3, W=5, hidden=7, F=13, N=11, seed=0):
+    def __init__(self, B=2, H=3, W=5, hidden=7, F=13, N=11, seed=0, like=None):
         rng = np.random.default_rng(seed)
         f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
         self.B, self.H, self.W, self.hidden, self.F, self.N = B, H, W, hidden, F, N
         self.rows = B * 4 * H * W
-        self.h, self.w, self.b = f32(self.rows, hidden), f32(F, hidden), f32(F)
-        self.upper, self.a, self.bias, self.dy = f32(B, H, W, F), f32(N, F), f32(N), f32(self.rows, N)
+        self.h, w, b = f32(self.rows, hidden), f32(F, hidden), f32(F)
+        self.upper, a, bias, self.dy = f32(B, H, W, F), f32(N, F), f32(N), f32(self.rows, N)
+        if like:
+            self.h, w, b, self.upper = like.h, like.w, like.b, like.upper
+        sizes = [N * F, N, F * hidden, F]
+        offsets = np.cumsum([0] + sizes)
+        self.block = np.concatenate([a.ravel(), bias, w.ravel(), b]).astype(np.float32)
+        self.grads = np.zeros_like(self.block)
+        view = lambda blk, i, shape: blk[offsets[i]:offsets[i + 1]].reshape(shape)
+        self.a, self.bias, self.w, self.b = (view(self.block, i, s) for i, s in enumerate([(N, F), (N,), (F, hidden),
+                                                                                          (F,)]))
+        self.da, self.dbias, self.dw, self.db = (view(self.grads, i, s) for i, s in enumerate([(N, F), (N,),
+                                                                                              (F, hidden), (F,)]))
+        self.table = Params(params=self.block.ctypes.data, grads=self.grads.ctypes.data, n_params=self.block.size)
+        self.product = Weight(int(offsets[0]), int(offsets[1]), N, F, 1, 1, 0, PackedForm(NO_TENSOR))
+        self.projection = Weight(int(offsets[2]), int(offsets[3]), F, hidden, 1, 1, 0, PackedForm(NO_TENSOR))
         d = lambda v: v.astype(np.float64)
         self.x64 = d(self.h) @ d(self.w).T + d(self.b) + up2x(self.upper).reshape(self.rows, F)
         self.x = self.x64.astype(np.float32)
 
     def factors(self):
-        return LevelFactors(ptr(self.h), ptr(self.w), ptr(self.b), self.hidden, ptr(self.upper), self.H, self.W)
+        return LevelFactors(ptr(self.h), ctypes.pointer(self.projection), self.hidden, ptr(self.upper), self.H,
+                            self.W)
 
 
 def close(mine, want, what, rel=1e-5):
@@ -172,28 +210,28 @@ def close(mine, want, what, rel=1e-5):
 
 def test_factored_forward_matches_the_product_on_x(ctx):
     L = Level()
-    c, u = ctx(L.B), FactoredUse(1, 0, L.factors())
+    c, u = ctx(L.B, L), FactoredUse(1, 0, L.factors())
     shift = c_float_p()
-    assert LIB.factored_bias(ctypes.byref(u), ctypes.byref(c), ptr(L.a), ptr(L.bias), L.N, L.F,
-                             ctypes.byref(shift)) == 0
+    assert LIB.factored_bias(ctypes.byref(u), ctypes.byref(c), ctypes.byref(L.product), ctypes.byref(shift)) == 0
     out = np.empty((L.rows, L.N), np.float32)
-    assert LIB.factored_forward(ctypes.byref(u), ctypes.byref(c), ptr(L.a), L.N, L.F, L.rows, ptr(out), None,
+    assert LIB.factored_forward(ctypes.byref(u), ctypes.byref(c), ctypes.byref(L.product), L.rows, ptr(out), None,
                                 ctypes.cast(shift, P), 0) == 0
     want = L.x64 @ L.a.astype(np.float64).T + L.bias
     close(out, want, "x·Aᵀ + bias")
     close(floats(u.aw, (L.N, L.hidden)), L.a.astype(np.float64) @ L.w, "A·W kept for the backward")
     # with a scale and ReLU in the epilogue, as an eval-mode BatchNorm folds into it
     scale = np.random.default_rng(1).uniform(0.5, 2, L.N).astype(np.float32)
-    assert LIB.factored_forward(ctypes.byref(u), ctypes.byref(c), ptr(L.a), L.N, L.F, L.rows, ptr(out), ptr(scale),
-                                ctypes.cast(shift, P), 1) == 0
+    assert LIB.factored_forward(ctypes.byref(u), ctypes.byref(c), ctypes.byref(L.product), L.rows, ptr(out),
+                                ptr(scale), ctypes.cast(shift, P), 1) == 0
     # the constant part A·b goes through the shift, as a bias folded with the BatchNorm does
     want = np.maximum(((L.x64 - L.b) @ L.a.astype(np.float64).T) * scale + floats(shift, (L.N,)), 0)
     close(out, want, "affine, ReLU")
 
 
 def backward(ctx, L, factored, term, dx):
-    """factored_backward under a forced plan: (dA, dbias)"""
-    c = ctx(L.B)
+    """factored_backward under a forced plan, gradients from zero: (dA, dbias, A·W)"""
+    c = ctx(L.B, L)
+    L.grads[:] = 0
     u = FactoredUse(factored, term, L.factors() if factored else LevelFactors())
     aw = (L.a.astype(np.float64) @ L.w).astype(np.float32)
     u.aw = ptr(aw)
@@ -202,10 +240,9 @@ def backward(ctx, L, factored, term, dx):
     assert LIB.factored_dy(ctypes.byref(u), ctypes.byref(c), L.rows * L.N, ctypes.byref(dy)) == 0
     floats(dy, (L.rows, L.N))  # readable memory of the right size
     ctypes.memmove(dy, L.dy.ctypes.data, L.dy.nbytes)
-    da, dbias = np.zeros((L.N, L.F), np.float32), np.zeros(L.N, np.float32)
-    assert LIB.factored_backward(ctypes.byref(u), ctypes.byref(c), ctypes.cast(dy, P), ptr(L.x), ptr(L.a), ptr(da),
-                                 ptr(dbias), L.rows, L.F, L.N, ctypes.byref(dx)) == 0
-    return da, dbias, aw
+    assert LIB.factored_backward(ctypes.byref(u), ctypes.byref(c), ctypes.cast(dy, P), ptr(L.x),
+                                 ctypes.byref(L.product), L.rows, ctypes.byref(dx)) == 0
+    return L.da.copy(), L.dbias.copy(), aw
 
 
 @pytest.mark.parametrize("factored, term", [(0, 0), (1, 0), (1, 1)])
@@ -229,20 +266,20 @@ def test_backward_paths_match_numpy(ctx, factored, term):
             continue
         assert (g.written, g.count) == (written, 1) and (dense == 0.5).all()  # dx not formed
         t = g.terms[0]
-        assert (t.a, t.n, t.aw) == (ptr(L.a), L.N, ptr(aw))
+        assert (t.a, t.n, t.aw) == (L.a.ctypes.data, L.N, ptr(aw))
         close(floats(t.dy, (L.rows, L.N)), dy64, "the term's dy")
         close(floats(t.dy_h, (L.N, L.hidden)), dy64.T @ L.h, "dyᵀ·h")
         close(floats(t.dy_sum, (L.N,)), dy64.sum(0), "Σ dy")
         grad = dx64 + 0.5 * written  # the level's whole gradient
         dh = np.empty((L.rows, L.hidden), np.float32)
-        dw, db = np.ones((L.F, L.hidden), np.float32), np.ones(L.F, np.float32)
-        LIB.level_grad_linear_backward(ctypes.byref(g), ptr(dh), ptr(dw), ptr(db), ptr(L.h), ptr(L.w), L.rows,
-                                       L.hidden, L.F)
+        L.dw[:], L.db[:] = 1, 1
+        LIB.level_grad_linear_backward(ctypes.byref(g), ctypes.byref(ctx(L.B, L)), ptr(dh),
+                                       ctypes.byref(L.projection), ptr(L.h), L.rows)
         close(dh, grad @ L.w, "dh = dx·W")
-        close(dw, 1 + grad.T @ L.h, "dW += dxᵀ·h")
-        close(db, 1 + grad.sum(0), "db += Σ dx")
+        close(L.dw, 1 + grad.T @ L.h, "dW += dxᵀ·h")
+        close(L.db, 1 + grad.sum(0), "db += Σ dx")
         d_upper = np.full((L.B, L.H, L.W, L.F), 0.25, np.float32)
-        c = ctx(L.B)
+        c = ctx(L.B, L)
         LIB.herbs_arena_reset(c.scratch)
         assert LIB.level_grad_up2x_backward(ctypes.byref(g), ctypes.byref(c), L.H, L.W, L.F, ptr(d_upper)) == 0
         close(d_upper, 0.25 + up2x_backward(dx64.reshape(L.B, 2 * L.H, 2 * L.W, L.F), L.H, L.W), "d_upper (terms)")
@@ -251,28 +288,27 @@ def test_backward_paths_match_numpy(ctx, factored, term):
 def test_two_terms_and_no_third(ctx):
     """A level's two readers both hand on terms (ResNet-50's layer1): the consumers sum them; a third
     is refused."""
-    L, M = Level(), Level(seed=1)  # M: a second reader of L's level, its own A, bias and dy
-    M.h, M.w, M.b, M.upper, M.x, M.x64 = L.h, L.w, L.b, L.upper, L.x, L.x64
+    L = Level()
+    M = Level(seed=1, like=L)  # a second reader of L's level, its own A, bias and dy
     g = LevelGrad(None, L.rows * L.F, 0)
     kept = backward(ctx, L, 1, 1, g), backward(ctx, M, 1, 1, g)  # A·W of each, which the terms point to
     assert (g.dense, g.written, g.count) == (None, 0, 2)
     grad = L.dy.astype(np.float64) @ L.a + M.dy.astype(np.float64) @ M.a
     dh = np.empty((L.rows, L.hidden), np.float32)
-    dw, db = np.zeros((L.F, L.hidden), np.float32), np.zeros(L.F, np.float32)
-    LIB.level_grad_linear_backward(ctypes.byref(g), ptr(dh), ptr(dw), ptr(db), ptr(L.h), ptr(L.w), L.rows, L.hidden,
-                                   L.F)
+    L.grads[:] = 0
+    LIB.level_grad_linear_backward(ctypes.byref(g), ctypes.byref(ctx(L.B, L)), ptr(dh), ctypes.byref(L.projection),
+                                   ptr(L.h), L.rows)
     close(dh, grad @ L.w, "dh")
-    close(dw, grad.T @ L.h, "dW")
-    close(db, grad.sum(0), "db")
+    close(L.dw, grad.T @ L.h, "dW")
+    close(L.db, grad.sum(0), "db")
     d_upper = np.zeros((L.B, L.H, L.W, L.F), np.float32)
-    c = ctx(L.B)
+    c = ctx(L.B, L)
     LIB.herbs_arena_reset(c.scratch)
     assert LIB.level_grad_up2x_backward(ctypes.byref(g), ctypes.byref(c), L.H, L.W, L.F, ptr(d_upper)) == 0
     close(d_upper, up2x_backward(grad.reshape(L.B, 2 * L.H, 2 * L.W, L.F), L.H, L.W), "d_upper")
-    c = ctx(L.B)
+    c = ctx(L.B, L)
     u = FactoredUse(1, 1, L.factors())
     dy = np.zeros((L.rows, L.N), np.float32)
-    da, dbias = np.zeros((L.N, L.F), np.float32), np.zeros(L.N, np.float32)
-    assert LIB.factored_backward(ctypes.byref(u), ctypes.byref(c), ptr(dy), ptr(L.x), ptr(L.a), ptr(da), ptr(dbias),
-                                 L.rows, L.F, L.N, ctypes.byref(g)) != 0
+    assert LIB.factored_backward(ctypes.byref(u), ctypes.byref(c), ptr(dy), ptr(L.x), ctypes.byref(L.product),
+                                 L.rows, ctypes.byref(g)) != 0
     assert g.count == 2

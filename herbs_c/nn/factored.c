@@ -29,27 +29,29 @@ int factored_plan(factored_use *u, const head_ctx *c, const level_factors *xf, i
 
 /* --- forward ------------------------------------------------------------------------------------- */
 
-herbs_status factored_bias(const factored_use *u, head_ctx *c, const float *a, const float *bias, int N, int F,
-                           float **out)
+herbs_status factored_bias(const factored_use *u, head_ctx *c, herbs_weight *a, float **out)
 {
-    HERBS_TRY(head_alloc(c, N, 0, out));
-    linear_forward(*out, u->xf.b, a, bias, 1, F, N);
+    HERBS_TRY(head_alloc(c, a->out, 0, out));
+    linear_forward(*out, PARAM(c->t, u->xf.w->bias), PARAM(c->t, a->weight), PARAM(c->t, a->bias), 1, a->in, a->out);
     return HERBS_OK;
 }
 
 /* out = up2x(upper·Aᵀ), then out += h·(A·W)ᵀ with the affine on each tile */
-herbs_status factored_forward(factored_use *u, head_ctx *c, const float *a, int N, int F, int rows, float *out,
+herbs_status factored_forward(factored_use *u, head_ctx *c, const herbs_weight *a, int rows, float *out,
                               const float *scale, const float *shift, int relu)
 {
     const level_factors *xf = &u->xf;
-    const int upper_rows = c->batch * xf->height * xf->width;
+    const herbs_precision p = c->t->precision;
+    const int upper_rows = c->batch * xf->height * xf->width, N = a->out, F = a->in;
+    const float *A = PARAM(c->t, a->weight);
     float *aw, *upper_a;
     HERBS_TRY(head_alloc(c, (size_t)N * xf->hidden, 0, &aw));
     HERBS_TRY(head_scratch(c, (size_t)upper_rows * N, 0, &upper_a));
-    gemm(0, 0, N, xf->hidden, F, 1.0f, a, F, xf->w, xf->hidden, 0.0f, aw, xf->hidden);
-    linear_forward(upper_a, xf->upper, a, NULL, upper_rows, F, N);
+    gemm(0, 0, N, xf->hidden, F, 1.0f, A, F, PARAM(c->t, xf->w->weight), xf->hidden, 0.0f, aw, xf->hidden);
+    gemm_affine_at(p, 0, 1, upper_rows, N, F, 1.0f, xf->upper, F, A, F, 0.0f, upper_a, N, NULL, NULL, 0);
     upsample_bilinear2x_forward(out, upper_a, c->batch, xf->height, xf->width, N, 0);
-    gemm_affine(0, 1, rows, N, xf->hidden, 1.0f, xf->h, xf->hidden, aw, xf->hidden, 1.0f, out, N, scale, shift, relu);
+    gemm_affine_at(p, 0, 1, rows, N, xf->hidden, 1.0f, xf->h, xf->hidden, aw, xf->hidden, 1.0f, out, N, scale, shift,
+                   relu);
     u->aw = aw;
     return HERBS_OK;
 }
@@ -69,18 +71,24 @@ herbs_status factored_dy(const factored_use *u, head_ctx *c, size_t count, float
 
 /* Through the factors, dA = (dyᵀ·h)·Wᵀ + (Σ dy)·bᵀ + up2x_backward(dy)ᵀ·upper; a term keeps the first
    two reductions of dy (arena), the third is made again by the cascade (a quarter level per term). */
-herbs_status factored_backward(const factored_use *u, head_ctx *c, const float *dy, const float *x, const float *a,
-                               float *da, float *dbias, int rows, int F, int N, level_grad *dx)
+herbs_status factored_backward(const factored_use *u, head_ctx *c, const float *dy, const float *x, herbs_weight *a,
+                               int rows, level_grad *dx)
 {
+    herbs_params *t = c->t;
     float *dx_dense = NULL;
     int accumulate = 0;
     if (u->term && dx->count == LEVEL_TERMS)
         return herbs_error(HERBS_ERR_STATE, "a level gradient takes at most %d terms", LEVEL_TERMS);
     if (!u->term)
         HERBS_TRY(level_grad_dense(dx, c, &dx_dense, &accumulate));
-    linear_backward(dx_dense, u->factored ? NULL : da, dbias, dy, x, a, rows, F, N, accumulate);
-    if (!u->factored)
+    if (!u->factored) {
+        product_rows_backward(a, t, t->precision, dx_dense, dy, x, rows, accumulate);
         return HERBS_OK;
+    }
+    const int N = a->out, F = a->in;
+    const float *A = PARAM(t, a->weight), *W = PARAM(t, u->xf.w->weight);
+    float *da = GRAD(t, a->weight);
+    linear_backward(dx_dense, NULL, GRAD(t, a->bias), dy, NULL, A, rows, F, N, accumulate);
     const level_factors *xf = &u->xf;
     const int upper_rows = c->batch * xf->height * xf->width;
     float *dy_h, *dy_sum, *dy_upper;
@@ -90,11 +98,11 @@ herbs_status factored_backward(const factored_use *u, head_ctx *c, const float *
     gemm(1, 0, N, xf->hidden, rows, 1.0f, dy, N, xf->h, xf->hidden, 0.0f, dy_h, xf->hidden);
     linear_backward(NULL, NULL, dy_sum, dy, NULL, NULL, rows, F, N, 0);
     upsample_bilinear2x_backward(dy_upper, dy, c->batch, xf->height, xf->width, N);
-    gemm(0, 1, N, F, xf->hidden, 1.0f, dy_h, xf->hidden, xf->w, xf->hidden, 1.0f, da, F);
-    gemm(1, 0, N, F, 1, 1.0f, dy_sum, N, xf->b, F, 1.0f, da, F);
+    gemm(0, 1, N, F, xf->hidden, 1.0f, dy_h, xf->hidden, W, xf->hidden, 1.0f, da, F);
+    gemm(1, 0, N, F, 1, 1.0f, dy_sum, N, PARAM(t, xf->w->bias), F, 1.0f, da, F);
     gemm(1, 0, N, F, upper_rows, 1.0f, dy_upper, N, xf->upper, F, 1.0f, da, F);
     if (u->term)
-        dx->terms[dx->count++] = (grad_term){dy, a, N, u->aw, dy_h, dy_sum};
+        dx->terms[dx->count++] = (grad_term){dy, A, N, u->aw, dy_h, dy_sum};
     return HERBS_OK;
 }
 
@@ -120,11 +128,13 @@ herbs_status level_grad_dense_zeroed(level_grad *g, head_ctx *c, float **dense)
 }
 
 /* dinp = dense·W + Σ dyⱼ·(Aⱼ·W), dW += denseᵀ·inp + Σ Aⱼᵀ·(dyⱼᵀ·h), db += Σ dense + Σ Aⱼᵀ·Σ dyⱼ */
-void level_grad_linear_backward(const level_grad *g, float *dinp, float *dw, float *db, const float *inp,
-                                const float *w, int rows, int in, int out)
+void level_grad_linear_backward(const level_grad *g, head_ctx *c, float *dinp, herbs_weight *w, const float *inp,
+                                int rows)
 {
+    const int in = w->in, out = w->out;
+    float *dw = GRAD(c->t, w->weight), *db = GRAD(c->t, w->bias);
     if (g->written)
-        linear_backward(dinp, dw, db, g->dense, inp, w, rows, in, out, 0);
+        product_rows_backward(w, c->t, c->t->precision, dinp, g->dense, inp, rows, 0);
     for (int j = 0; j < g->count; j++) {
         const grad_term *t = &g->terms[j];
         gemm(0, 0, rows, in, t->n, 1.0f, t->dy, t->n, t->aw, in, g->written || j > 0 ? 1.0f : 0.0f, dinp, in);

@@ -24,8 +24,8 @@
    - The unit never resets the scratch. Its callers do, on entry, before their own scratch
      allocations: the layers' forward and backward (head_layers.c), the FPN's cascade before
      level_grad_up2x_backward. So a dy that a layer put in the scratch outlives the unit's calls.
-   - Aliasing: a level_factors points into the arena (h, upper: the last forward's) and the parameter
-     table (W, b); nothing the unit writes aliases what it reads; a term's dy is its own buffer (dx is
+   - Aliasing: a level_factors points into the arena (h, upper: the last forward's) and at a weight
+     handle (W, b); nothing the unit writes aliases what it reads; a term's dy is its own buffer (dx is
      never formed); a level_grad's dense part is its own or a buffer its owner gave it.
    - Lifetime: a factored_use holds from its layer's forward to the next forward; a term from the
      backward that hands it on to the end of the net's backward (its two consumers run within it). */
@@ -35,12 +35,14 @@
 #include <stddef.h>
 
 #include "core/error.h"
+#include "nn/product.h"
 
 typedef struct head_ctx head_ctx; /* nn/head.h */
 
 /* x[rows, F] = h·Wᵀ + b + up2x(upper) */
 typedef struct {
-    const float *h, *w, *b; /* h [rows, hidden], W [F, hidden], b [F] */
+    const float *h;         /* [rows, hidden] */
+    const herbs_weight *w;  /* W [F, hidden] and b [F] */
     int hidden;
     const float *upper; /* [batch, height, width, F], x2 bilinear to x's grid */
     int height, width;
@@ -83,14 +85,13 @@ int factored_plan(factored_use *u, const head_ctx *c, const level_factors *xf, i
 
 /* --- forward (u->factored) ----------------------------------------------------------------------- */
 
-/* *out[N] = A·b + bias (A [N, F]), in the arena: the bias of x·Aᵀ + bias through x's factors */
-herbs_status factored_bias(const factored_use *u, head_ctx *c, const float *a, const float *bias, int N, int F,
-                           float **out);
+/* *out[N] = A·b + bias (a: A [N, F] and bias), in the arena: the bias of x·Aᵀ + bias through x's factors */
+herbs_status factored_bias(const factored_use *u, head_ctx *c, herbs_weight *a, float **out);
 /* out[rows, N] = (h·(A·W)ᵀ + up2x(upper·Aᵀ))·scale + shift, then ReLU with relu (scale NULL: none):
    x·Aᵀ but for its constant part A·b, which shift carries as it would carry a bias (factored_bias,
-   then through an eval-mode BatchNorm's folding) — linear_affine_forward on x itself otherwise;
-   keeps A·W in u (arena) */
-herbs_status factored_forward(factored_use *u, head_ctx *c, const float *a, int N, int F, int rows, float *out,
+   then through an eval-mode BatchNorm's folding); keeps A·W in u (arena). The products run at the
+   net's precision (A·W, of two weights, in fp32). */
+herbs_status factored_forward(factored_use *u, head_ctx *c, const herbs_weight *a, int rows, float *out,
                               const float *scale, const float *shift, int relu);
 
 /* --- backward ------------------------------------------------------------------------------------ */
@@ -98,11 +99,12 @@ herbs_status factored_forward(factored_use *u, head_ctx *c, const float *a, int 
 /* *dy = count floats for the gradient of the product's output, to be filled by the layer before
    factored_backward: in the arena when u hands dx on (the term keeps dy), else in the scratch. */
 herbs_status factored_dy(const factored_use *u, head_ctx *c, size_t count, float **dy);
-/* The backward of x·Aᵀ + bias (x [rows, F], A [N, F]) from dy [rows, N], as u's plan says: dA += dyᵀ·x,
-   dbias += Σ dy and dx += dy·A, on x itself (not factored) or through x's factors, where dx is
-   formed (level_grad_dense) or handed on as the term dy·A (u->term). */
-herbs_status factored_backward(const factored_use *u, head_ctx *c, const float *dy, const float *x, const float *a,
-                               float *da, float *dbias, int rows, int F, int N, level_grad *dx);
+/* The backward of x·Aᵀ + bias (x [rows, F], a: A [N, F] and bias) from dy [rows, N], as u's plan says:
+   dA += dyᵀ·x, dbias += Σ dy into the gradient block and dx += dy·A, on x itself (not factored:
+   product_rows_backward) or through x's factors, where dx is formed (level_grad_dense) or handed on
+   as the term dy·A (u->term). */
+herbs_status factored_backward(const factored_use *u, head_ctx *c, const float *dy, const float *x, herbs_weight *a,
+                               int rows, level_grad *dx);
 
 /* --- the gradient of a level ---------------------------------------------------------------------- */
 
@@ -112,10 +114,10 @@ herbs_status level_grad_dense(level_grad *g, head_ctx *c, float **dense, int *ac
 herbs_status level_grad_dense_zeroed(level_grad *g, head_ctx *c, float **dense);
 
 /* The consumers of terms. The product that made the level, out = inp·Wᵀ + b (inp [rows, in],
-   W [out, in]), whose output's gradient is g (inp and W are the terms' factors h and W):
+   w: W [out, in] and b), whose output's gradient is g (inp and W are the terms' factors h and W):
    dinp = g·W (written, not read), dW += gᵀ·inp, db += Σ g; g holds a contribution at least */
-void level_grad_linear_backward(const level_grad *g, float *dinp, float *dw, float *db, const float *inp,
-                                const float *w, int rows, int in, int out);
+void level_grad_linear_backward(const level_grad *g, head_ctx *c, float *dinp, herbs_weight *w, const float *inp,
+                                int rows);
 /* The cascade from the upper level [batch, H, W, F]: d_upper += up2x_backward(dyⱼ)·Aⱼ over g's terms
    (the dense part goes through the cascade's own backward, fpn.c) */
 herbs_status level_grad_up2x_backward(const level_grad *g, head_ctx *c, int H, int W, int F, float *d_upper);

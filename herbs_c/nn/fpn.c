@@ -75,13 +75,13 @@ static void cnn_add_resampled(head_fpn *f, head_ctx *c, float *dst, int to, cons
         resample(dst, src, c->batch, f->height[from], f->width[from], f->size, 1);
 }
 
-int fpn_top_down_factors(const head_fpn *f, const head_ctx *c, int i, level_factors *xf)
+int fpn_top_down_factors(const head_fpn *f, int i, level_factors *xf)
 {
     if (f->type != FPN_CNN || i == HERBS_TAPS - 1 || !doubles(f, i, i + 1))
         return 0;
     const head_mlp *proj = &f->down_proj[i];
-    *xf = (level_factors){proj->h, PARAM(c->t, proj->w2), PARAM(c->t, proj->b2), proj->hidden,
-                          f->top_down[i + 1], f->height[i + 1], f->width[i + 1]};
+    *xf = (level_factors){proj->h, &proj->linear2, proj->hidden, f->top_down[i + 1], f->height[i + 1],
+                          f->width[i + 1]};
     return 1;
 }
 
@@ -101,7 +101,7 @@ herbs_status fpn_forward(head_fpn *f, head_ctx *c, float *const taps[HERBS_TAPS]
     for (int i = 0; i < HERBS_TAPS; i++) {
         HERBS_TRY(head_alloc(c, level_size(f, B, i), 0, &f->bottom_up[i]));
         level_factors xf;
-        const int factored = fpn_top_down_factors(f, c, i, &xf);
+        const int factored = fpn_top_down_factors(f, i, &xf);
         HERBS_TRY(mlp_forward(&f->up_proj[i], c, f->top_down[i], factored ? &xf : NULL, B * f->tokens[i],
                               f->bottom_up[i]));
     }

@@ -28,7 +28,7 @@ typedef struct head_ctx {
 /* Linear–ReLU–Linear on rows: the release's Proj_ layers, nn.Sequential(Linear, ReLU, Linear)
    or, with conv_shapes, nn.Sequential(Conv2d 1x1, ReLU, Conv2d 1x1) (weights [out, in, 1, 1]). */
 typedef struct {
-    size_t w0, b0, w2, b2;
+    herbs_weight linear0, linear2; /* {prefix}0 [hidden, in] and {prefix}2 [out, hidden] */
     int in, hidden, out;
     const float *x; /* last forward: input and post-ReLU hidden rows */
     float *h;
@@ -46,7 +46,7 @@ herbs_status mlp_backward(head_mlp *m, head_ctx *c, const level_grad *dout, leve
 /* A token classifier (the paper's k1/k2, the release's fpn_classifier_{down,up}_layer{i}):
    Conv1d(F, F, 1) – BatchNorm1d(F) – ReLU – Conv1d(F, classes, 1), per token. */
 typedef struct {
-    size_t w0, b0, w3, b3;
+    herbs_weight conv0, conv3; /* {prefix}0 [F, F, 1] and {prefix}3 [classes, F, 1] */
     batchnorm_layer bn;
     int channels, classes;
     const float *x; /* last forward: input rows, first conv's output (BN input; eval: NULL), post-ReLU rows */
@@ -89,7 +89,7 @@ herbs_status fpn_up_init(head_fpn *f, herbs_params *t);
 herbs_status fpn_forward(head_fpn *f, head_ctx *c, float *const taps[HERBS_TAPS]);
 /* Once the top-down cascade has run: top-down level i as its factors (level_factors), or 0 where it is
    not such a sum (the token pyramid, the top level, a level on its upper neighbour's grid). */
-int fpn_top_down_factors(const head_fpn *f, const head_ctx *c, int i, level_factors *xf);
+int fpn_top_down_factors(const head_fpn *f, int i, level_factors *xf);
 /* From the gradients from outside the pyramid, d_top_down (the top-down classifiers' contributions,
    terms among them) and d_bottom_up [B, S_i, F], which the cascades complete in place ->
    dtaps = [B, S_i, C_i] (written, not read). */
@@ -143,19 +143,15 @@ herbs_status combiner_backward(head_combiner *g, head_ctx *c, const float *dout,
 
 /* count floats from the arena, zeroed when asked; HERBS_ERR_NOMEM (message set) when memory runs out */
 herbs_status head_alloc(head_ctx *c, size_t count, int zero, float **out);
-/* The same from the scratch arena, which head_scratch_begin empties: only innermost layer calls
-   (those that call no other head layer) use it, so temporaries never outlive their layer. */
+/* The same from the scratch arena, which holds one layer call's temporaries: the layers' forward and
+   backward (and the FPN's cascade) empty it with head_scratch_begin on entry; the units they call
+   (factored.h) allocate from it and never empty it. */
 herbs_status head_scratch_begin(head_ctx *c);
 herbs_status head_scratch(head_ctx *c, size_t count, int zero, float **out);
 
 /* A head product's weight [out, in] followed by `ones` (0, 1 or 2) dimensions of size 1 (Linear,
    Conv1d or Conv2d with kernel 1) and its bias [out], PyTorch's default init (for product_add). */
 herbs_product_spec head_product_spec(int out, int in, int ones);
-
-/* product_add(t, ..., head_product_spec(out, in, ones)) for the layers whose products do not take
-   handles yet (head_layers.c): the offsets of {prefix}{name}.weight and .bias. */
-herbs_status head_add_weight_bias(herbs_params *t, size_t *w, size_t *b, const char *prefix, const char *name,
-                                  int out, int in, int ones);
 
 /* PyTorch's default initialiser of Linear/Conv weights and biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in)). */
 herbs_init head_default_init(int fan_in);

@@ -28,40 +28,30 @@ herbs_product_spec head_product_spec(int out, int in, int ones)
                                 .weight_init = init, .bias_init = init};
 }
 
-herbs_status head_add_weight_bias(herbs_params *t, size_t *w, size_t *b, const char *prefix, const char *name,
-                                  int out, int in, int ones)
-{
-    herbs_weight handle;
-    HERBS_TRY(product_add(t, &handle, prefix, name, head_product_spec(out, in, ones)));
-    *w = handle.weight;
-    *b = handle.bias;
-    return HERBS_OK;
-}
-
 /* --- Linear–ReLU–Linear ---------------------------------------------------------------------- */
 
 herbs_status mlp_init(head_mlp *m, herbs_params *t, const char *prefix, int in, int hidden, int out, int conv_shapes)
 {
     memset(m, 0, sizeof *m);
     m->in = in, m->hidden = hidden, m->out = out;
-    HERBS_TRY(head_add_weight_bias(t, &m->w0, &m->b0, prefix, "0", hidden, in, conv_shapes ? 2 : 0));
-    return head_add_weight_bias(t, &m->w2, &m->b2, prefix, "2", out, hidden, conv_shapes ? 2 : 0);
+    HERBS_TRY(product_add(t, &m->linear0, prefix, "0", head_product_spec(hidden, in, conv_shapes ? 2 : 0)));
+    return product_add(t, &m->linear2, prefix, "2", head_product_spec(out, hidden, conv_shapes ? 2 : 0));
 }
 
 herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, const level_factors *xf, int rows, float *out)
 {
-    const float *w0 = PARAM(c->t, m->w0), *b0 = PARAM(c->t, m->b0);
+    herbs_params *t = c->t;
     m->x = x;
     m->rows = rows;
     HERBS_TRY(head_scratch_begin(c));
     HERBS_TRY(head_alloc(c, (size_t)rows * m->hidden, 0, &m->h));
     if (factored_plan(&m->first, c, xf, rows, m->in)) {
         float *shift; /* W0·b + b0 (b: x's bias) */
-        HERBS_TRY(factored_bias(&m->first, c, w0, b0, m->hidden, m->in, &shift));
-        HERBS_TRY(factored_forward(&m->first, c, w0, m->hidden, m->in, rows, m->h, NULL, shift, 1));
+        HERBS_TRY(factored_bias(&m->first, c, &m->linear0, &shift));
+        HERBS_TRY(factored_forward(&m->first, c, &m->linear0, rows, m->h, NULL, shift, 1));
     } else
-        linear_affine_forward(m->h, x, w0, NULL, b0, 1, rows, m->in, m->hidden);
-    linear_forward(out, m->h, PARAM(c->t, m->w2), PARAM(c->t, m->b2), rows, m->hidden, m->out);
+        product_rows_forward(&m->linear0, t, t->precision, m->h, x, rows, NULL, NULL, 1);
+    product_rows_forward(&m->linear2, t, t->precision, out, m->h, rows, NULL, NULL, 0);
     return HERBS_OK;
 }
 
@@ -72,11 +62,9 @@ herbs_status mlp_backward(head_mlp *m, head_ctx *c, const level_grad *dout, leve
     HERBS_TRY(head_scratch_begin(c));
     HERBS_TRY(factored_dy(&m->first, c, n, &dh));
     /* dh = dout · W2, then ReLU's mask in place */
-    level_grad_linear_backward(dout, dh, GRAD(c->t, m->w2), GRAD(c->t, m->b2), m->h, PARAM(c->t, m->w2), m->rows,
-                               m->hidden, m->out);
+    level_grad_linear_backward(dout, c, dh, &m->linear2, m->h, m->rows);
     relu_backward(dh, dh, m->h, n, 0);
-    return factored_backward(&m->first, c, dh, m->x, PARAM(c->t, m->w0), GRAD(c->t, m->w0), GRAD(c->t, m->b0),
-                             m->rows, m->in, m->hidden, dx);
+    return factored_backward(&m->first, c, dh, m->x, &m->linear0, m->rows, dx);
 }
 
 /* --- token classifiers ----------------------------------------------------------------------- */
@@ -85,60 +73,59 @@ herbs_status classifier_init(head_classifier *k, herbs_params *t, const char *pr
 {
     memset(k, 0, sizeof *k);
     k->channels = channels, k->classes = classes;
-    HERBS_TRY(head_add_weight_bias(t, &k->w0, &k->b0, prefix, "0", channels, channels, 1));
+    HERBS_TRY(product_add(t, &k->conv0, prefix, "0", head_product_spec(channels, channels, 1)));
     HERBS_TRY(batchnorm_layer_init(&k->bn, t, prefix, "1", channels));
-    return head_add_weight_bias(t, &k->w3, &k->b3, prefix, "3", classes, channels, 1);
+    return product_add(t, &k->conv3, prefix, "3", head_product_spec(classes, channels, 1));
 }
 
 herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x, const level_factors *xf, int rows,
                                 float *logits)
 {
-    const int F = k->channels;
-    const size_t n = (size_t)rows * F;
-    const float *w0 = PARAM(c->t, k->w0), *b0 = PARAM(c->t, k->b0);
+    herbs_params *t = c->t;
+    const size_t n = (size_t)rows * k->channels;
+    const float *b0 = NULL; /* NULL: conv0's own bias */
     k->x = x;
     k->rows = rows;
     HERBS_TRY(head_scratch_begin(c));
     HERBS_TRY(head_alloc(c, n, 0, &k->r));
-    if (factored_plan(&k->first, c, xf, rows, F)) { /* then b0 becomes W0·b + b0 (b: x's bias) */
+    if (factored_plan(&k->first, c, xf, rows, k->channels)) { /* then b0 becomes W0·b + b0 (b: x's bias) */
         float *factored_b0;
-        HERBS_TRY(factored_bias(&k->first, c, w0, b0, F, F, &factored_b0));
+        HERBS_TRY(factored_bias(&k->first, c, &k->conv0, &factored_b0));
         b0 = factored_b0;
     }
     float *scale = NULL, *shift = NULL;
     if (c->train) /* z = x·W0ᵀ + b0, then r = ReLU(BN(z)) */
         HERBS_TRY(head_alloc(c, n, 0, &k->z));
     else { /* r = ReLU(BN(x·W0ᵀ + b0)) = ReLU((x·W0ᵀ)·scale + shift) in the product's store; z is not kept */
-        HERBS_TRY(batchnorm_layer_fold(&k->bn, c->t, c->arena, b0, &scale, &shift));
+        HERBS_TRY(batchnorm_layer_fold(&k->bn, t, c->arena, b0 ? b0 : PARAM(t, k->conv0.bias), &scale, &shift));
         k->z = NULL;
     }
     float *out = c->train ? k->z : k->r;
     const float *bias = c->train ? b0 : shift;
     if (k->first.factored)
-        HERBS_TRY(factored_forward(&k->first, c, w0, F, F, rows, out, scale, bias, !c->train));
+        HERBS_TRY(factored_forward(&k->first, c, &k->conv0, rows, out, scale, bias, !c->train));
     else
-        linear_affine_forward(out, x, w0, scale, bias, !c->train, rows, F, F);
+        product_rows_forward(&k->conv0, t, t->precision, out, x, rows, scale, bias, !c->train);
     if (c->train)
-        HERBS_TRY(batchnorm_layer_forward(&k->bn, c->t, c->arena, 1, k->z, rows, k->r, 1));
-    linear_forward(logits, k->r, PARAM(c->t, k->w3), PARAM(c->t, k->b3), rows, F, k->classes);
+        HERBS_TRY(batchnorm_layer_forward(&k->bn, t, c->arena, 1, k->z, rows, k->r, 1));
+    product_rows_forward(&k->conv3, t, t->precision, logits, k->r, rows, NULL, NULL, 0);
     return HERBS_OK;
 }
 
 herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *dlogits, level_grad *dx)
 {
+    herbs_params *t = c->t;
     const size_t n = (size_t)k->rows * k->channels;
     float *dr, *dz;
     if (!k->z) { /* after an eval-mode forward: the BN input, for its backward */
         HERBS_TRY(head_alloc(c, n, 0, &k->z));
-        linear_forward(k->z, k->x, PARAM(c->t, k->w0), PARAM(c->t, k->b0), k->rows, k->channels, k->channels);
+        product_rows_forward(&k->conv0, t, t->precision, k->z, k->x, k->rows, NULL, NULL, 0);
     }
     HERBS_TRY(head_scratch_begin(c));
     HERBS_TRY(head_scratch(c, n, 0, &dr));
     HERBS_TRY(factored_dy(&k->first, c, n, &dz));
     /* dr = dlogits · W3; the BN pass applies ReLU's mask */
-    linear_backward(dr, GRAD(c->t, k->w3), GRAD(c->t, k->b3), dlogits, k->r, PARAM(c->t, k->w3), k->rows,
-                    k->channels, k->classes, 0);
-    batchnorm_layer_backward(&k->bn, c->t, dz, dr, k->r, k->z, k->rows, 0);
-    return factored_backward(&k->first, c, dz, k->x, PARAM(c->t, k->w0), GRAD(c->t, k->w0), GRAD(c->t, k->b0),
-                             k->rows, k->channels, k->channels, dx);
+    product_rows_backward(&k->conv3, t, t->precision, dr, dlogits, k->r, k->rows, 0);
+    batchnorm_layer_backward(&k->bn, t, dz, dr, k->r, k->z, k->rows, 0);
+    return factored_backward(&k->first, c, dz, k->x, &k->conv0, k->rows, dx);
 }

@@ -95,7 +95,7 @@ static herbs_status herbs_forward(herbs_net *net, const float *images, int batch
         HERBS_TRY(fpn_forward(&m->fpn, &c, m->taps));
         for (int i = 0; i < HERBS_TAPS; i++) {
             level_factors xf;
-            const int factored = fpn_top_down_factors(&m->fpn, &c, i, &xf);
+            const int factored = fpn_top_down_factors(&m->fpn, i, &xf);
             HERBS_TRY(classifier_forward(&m->down_cls[i], &c, m->fpn.top_down[i], factored ? &xf : NULL,
                                          batch * bb->tap_tokens[i], out_data(net, m->out_fpn1[i])));
         }
