@@ -10,6 +10,7 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #include <stdint.h>
+#include <string.h>
 
 #define MR 14
 #define NR 32
@@ -259,9 +260,36 @@ TARGET_BF16 static void kernel_bf16_14x32(int K, const void *a_panel, long a_ste
     store_tile(acc, c, ldc, alpha, beta, 0, rows, cols);
 }
 
-static void pack_a_bf16(int trans, int m, int k, const float *A, long lda, void *dst)
+/* A [m, k] (not transposed) -> the A panels [K/2][MR][2] bf16: 32 floats of a row become 16 k
+   pairs (vcvtne2ps2bf16: round to nearest even, denormals to zero as vdpbf16ps reads them anyway),
+   scattered MR pairs apart; the depth is padded with zeros, and so are missing rows. Transposed:
+   the generic packing. */
+TARGET_BF16 static void pack_a_bf16(int trans, int m, int k, const float *A, long lda, void *dst)
 {
-    gemm_pack_a_bf16(MR, 2, 2, trans, m, k, A, lda, dst);
+    if (trans) {
+        gemm_pack_a_bf16(MR, 2, 2, trans, m, k, A, lda, dst);
+        return;
+    }
+    const int kpad = (k + 1) / 2 * 2, panels = (m + MR - 1) / MR;
+    uint32_t *out = dst; /* k pairs */
+    if (m % MR)
+        memset(out, 0, (size_t)panels * MR * kpad / 2 * sizeof *out);
+    const __m512i pairs_apart = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2,
+                                                                    1, 0), _mm512_set1_epi32(MR));
+    for (int i = 0; i < m; i++) {
+        const float *src = A + (size_t)i * lda;
+        uint32_t *row = out + (size_t)(i / MR) * MR * kpad / 2 + i % MR;
+        for (int k0 = 0; k0 < k; k0 += 32) {
+            const int rest = k - k0;
+            const __mmask16 lo = rest >= 16 ? 0xffff : (__mmask16)((1u << rest) - 1);
+            const __mmask16 hi = rest >= 32 ? 0xffff : rest > 16 ? (__mmask16)((1u << (rest - 16)) - 1) : 0;
+            const int npairs = rest >= 32 ? 16 : (rest + 1) / 2;
+            const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, src + k0 + 16),
+                                                   _mm512_maskz_loadu_ps(lo, src + k0));
+            _mm512_mask_i32scatter_epi32(row + (size_t)k0 / 2 * MR, (__mmask16)((1u << npairs) - 1), pairs_apart,
+                                         (__m512i)v, 4);
+        }
+    }
 }
 
 static void pack_b_bf16(int trans, int n, int k, const float *B, long ldb, void *dst)

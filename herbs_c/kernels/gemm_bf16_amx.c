@@ -13,7 +13,9 @@
    Linux lets a process use the tile data only once asked (core/cpu.c asks once, at selection);
    where it refuses, this kernel is never chosen. Tile loads and stores are written as inline
    assembly with a memory clobber, so that the compiler orders them with the C around them. */
+#include <immintrin.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "kernels/gemm_microkernels.h"
 
@@ -98,9 +100,32 @@ TARGET static void kernel_32x32(int K, const void *a_panel, long a_step, const v
             c[i * ldc + j] = beta == 0.0f ? alpha * acc[i][j] : alpha * acc[i][j] + beta * c[i * ldc + j];
 }
 
-static void pack_a(int trans, int m, int k, const float *A, long lda, void *dst)
+/* A [m, k] (not transposed) -> the A panels [K/32][32][32] bf16: 32 floats of a row become one
+   64-byte store (vcvtne2ps2bf16: round to nearest even, as bf16_from_float, but denormals to zero
+   as tdpbf16ps reads them anyway); the depth is padded with zeros, and so are missing rows.
+   Transposed: the generic packing. */
+TARGET static void pack_a(int trans, int m, int k, const float *A, long lda, void *dst)
 {
-    gemm_pack_a_bf16(MR, KB, KB, trans, m, k, A, lda, dst);
+    if (trans) {
+        gemm_pack_a_bf16(MR, KB, KB, trans, m, k, A, lda, dst);
+        return;
+    }
+    const int kpad = (k + KB - 1) / KB * KB, panels = (m + MR - 1) / MR;
+    uint16_t *out = dst;
+    if (m % MR)
+        memset(out, 0, (size_t)panels * MR * kpad * sizeof *out);
+    for (int i = 0; i < m; i++) {
+        const float *src = A + (size_t)i * lda;
+        uint16_t *row = out + (size_t)(i / MR) * MR * kpad + (size_t)(i % MR) * KB;
+        for (int k0 = 0; k0 < k; k0 += KB) {
+            const int rest = k - k0;
+            const __mmask16 lo = rest >= 16 ? 0xffff : (__mmask16)((1u << rest) - 1);
+            const __mmask16 hi = rest >= 32 ? 0xffff : rest > 16 ? (__mmask16)((1u << (rest - 16)) - 1) : 0;
+            const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, src + k0 + 16),
+                                                   _mm512_maskz_loadu_ps(lo, src + k0));
+            _mm512_storeu_si512(row + (size_t)k0 * MR, (__m512i)v);
+        }
+    }
 }
 
 static void pack_b(int trans, int n, int k, const float *B, long ldb, void *dst)
