@@ -280,6 +280,27 @@ void FN(conv2d_forward)(real *out, const real *inp, const real *weight, const re
     }
 }
 
+#ifndef HERBS_F64
+int conv2d_forward_prepacked(float *out, const float *inp, const void *packed, const float *scale, const float *shift,
+                             int relu, float *scratch, size_t scratch_floats, int B, int H, int W, int C, int OC,
+                             int KH, int KW, int stride, int pad)
+{
+    const int OH = (H + 2 * pad - KH) / stride + 1, OW = (W + 2 * pad - KW) / stride + 1;
+    const int M = B * OH * OW, K = KH * KW * C;
+    if (conv_is_pointwise(KH, KW, stride, pad))
+        return gemm_prepacked(0, M, OC, C, 1, inp, C, packed, 0, out, OC, scale, shift, relu) == HERBS_OK ? 0 : -1;
+    const int rows = conv_chunk_rows(scratch_floats, K, M, CONV_CHUNK_ROWS, CONV_CHUNK_FLOATS);
+    for (int m0 = 0; m0 < M; m0 += rows) {
+        const int m1 = M - m0 < rows ? M : m0 + rows;
+        conv_im2col(scratch, inp, m0, m1, H, W, C, OH, OW, KH, KW, stride, pad);
+        if (gemm_prepacked(0, m1 - m0, OC, K, 1, scratch, K, packed, 0, out + (size_t)m0 * OC, OC, scale, shift,
+                           relu) != HERBS_OK)
+            return -1;
+    }
+    return 0;
+}
+#endif
+
 /* p[0:n] = 0, split among threads in the float engine */
 static void FN(conv_zero)(real *p, size_t n)
 {

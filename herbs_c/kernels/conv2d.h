@@ -22,6 +22,14 @@ void FN(conv2d_forward)(real *out, const real *inp, const real *weight, const re
                         real *scratch, size_t scratch_floats, int B, int H, int W, int C, int OC, int KH, int KW,
                         int stride, int pad);
 
+/* conv2d_forward with the weight packed once for the GEMM (gemm_prepack_b of the OHWI weight as
+   op(B) = Wᵀ [KH·KW·C, OC]), in the pack's precision (fp32 or bf16): im2col chunks, or the input
+   itself when pointwise, times the pack. Float engine only (declared for both, defined once);
+   0, or -1 when the GEMM had no memory for packing its A (out unspecified). */
+int conv2d_forward_prepacked(float *out, const float *inp, const void *packed, const float *scale, const float *shift,
+                             int relu, float *scratch, size_t scratch_floats, int B, int H, int W, int C, int OC,
+                             int KH, int KW, int stride, int pad);
+
 /* dinp[B,H,W,C] += (accumulate set) or = (not read), dweight[OC,KH,KW,C] +=, dbias[OC] += from
    dout[B,OH,OW,OC]; any gradient may be NULL. scratch as for the forward. */
 void FN(conv2d_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,

@@ -477,6 +477,23 @@ int gemm_prepack_b_matches(const void *packed, size_t bytes, int N, int K)
            bytes == PACK_HEADER + packed_bytes(registry[h.kernel].uk, N, K);
 }
 
+size_t gemm_prepack_b_size_any(herbs_precision precision, int N, int K)
+{
+    size_t most = 0;
+    for (int i = 0; i < KERNELS; i++)
+        if (registry[i].precision == precision && packed_bytes(registry[i].uk, N, K) > most)
+            most = packed_bytes(registry[i].uk, N, K);
+    return PACK_HEADER + most;
+}
+
+int gemm_prepack_b_is_current(const void *packed)
+{
+    pack_header h;
+    memcpy(&h, packed, sizeof h);
+    return h.magic == PACK_MAGIC && h.kernel >= 0 && h.kernel < KERNELS &&
+           h.kernel == kernel_index(registry[h.kernel].precision);
+}
+
 herbs_status gemm_prepacked(int trans_a, int M, int N, int K, float alpha, const float *A, long lda,
                             const void *packed, float beta, float *C, long ldc, const float *scale,
                             const float *shift, int relu)

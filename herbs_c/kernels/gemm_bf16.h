@@ -12,6 +12,7 @@
 
 /* How a product computes: fp32 throughout, or bf16 operands with fp32 accumulation. */
 typedef enum { HERBS_FP32 = 0, HERBS_BF16 = 1 } herbs_precision;
+#define HERBS_PRECISIONS 2
 
 /* gemm_affine (gemm.h) at precision p: HERBS_FP32 is gemm_affine itself; HERBS_BF16 computes
    alpha * bf16(op(A)) · bf16(op(B)) with fp32 accumulation, then beta·C and the per-column step. */
@@ -37,6 +38,13 @@ void gemm_prepack_b(herbs_precision precision, int trans_b, int N, int K, const 
 
 /* Whether `bytes` bytes at `packed` are a pack of gemm_prepack_b for this N and K. */
 int gemm_prepack_b_matches(const void *packed, size_t bytes, int N, int K);
+
+/* The most bytes gemm_prepack_b_size gives for `precision` under any of its kernels (room for a
+   pack whichever kernel is current when it is made). */
+size_t gemm_prepack_b_size_any(herbs_precision precision, int N, int K);
+
+/* Whether a pack (gemm_prepack_b) was made by the current kernel of its precision. */
+int gemm_prepack_b_is_current(const void *packed);
 
 /* gemm_affine_at (in the precision of the pack) with op(B) the packed one;
    HERBS_ERR_NOMEM (C unspecified) when no memory for packing A could be had. */

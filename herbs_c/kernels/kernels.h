@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/gemm_bf16.h" /* herbs_precision, the GEMM at a precision */
+
 #define real float
 #define FN(name) name
 #include "kernels/list.h"

@@ -3,8 +3,8 @@
 
 #define TOKENS_PARALLEL_MIN 65536 /* elements below which a second thread does not pay */
 
-void FN(token_linear_forward)(real *out, const real *inp, const real *weight, const real *bias, int B, int S_in,
-                              int S_out, int C, int accumulate)
+/* out[b] = (accumulate ? out[b] : 0) + bias; returns the GEMM's beta for adding the product onto it */
+static real FN(token_bias_rows)(real *out, const real *bias, int B, int S_out, int C, int accumulate)
 {
     const size_t rows = (size_t)B * S_out;
     if (bias) {
@@ -16,10 +16,26 @@ void FN(token_linear_forward)(real *out, const real *inp, const real *weight, co
                 o[c] = accumulate ? o[c] + v : v;
         }
     }
-    const real beta = bias || accumulate ? 1 : 0;
+    return bias || accumulate ? 1 : 0;
+}
+
+void FN(token_linear_forward)(real *out, const real *inp, const real *weight, const real *bias, int B, int S_in,
+                              int S_out, int C, int accumulate)
+{
+    const real beta = FN(token_bias_rows)(out, bias, B, S_out, C, accumulate);
     FN(gemm_batched)(0, 0, S_out, C, S_in, 1, weight, S_in, 0, inp, C, (long)S_in * C, beta, out, C,
                      (long)S_out * C, B);
 }
+
+#ifndef HERBS_F64
+void token_linear_forward_at(herbs_precision p, float *out, const float *inp, const float *weight, const float *bias,
+                             int B, int S_in, int S_out, int C, int accumulate)
+{
+    const float beta = token_bias_rows(out, bias, B, S_out, C, accumulate);
+    gemm_batched_at(p, 0, 0, S_out, C, S_in, 1, weight, S_in, 0, inp, C, (long)S_in * C, beta, out, C,
+                    (long)S_out * C, B);
+}
+#endif
 
 void FN(token_linear_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
                                const real *weight, int B, int S_in, int S_out, int C, int accumulate)

@@ -8,6 +8,10 @@
 void FN(token_linear_forward)(real *out, const real *inp, const real *weight, const real *bias, int B, int S_in,
                               int S_out, int C, int accumulate);
 
+/* The same at precision p (kernels/gemm_bf16.h). Float engine only (declared for both, defined once). */
+void token_linear_forward_at(herbs_precision p, float *out, const float *inp, const float *weight, const float *bias,
+                             int B, int S_in, int S_out, int C, int accumulate);
+
 /* dinp[B,S_in,C] += (accumulate set) or = (not read) weightᵀ · dout[b]; dweight[S_out,S_in] += Σ_b dout[b] · inp[b]ᵀ;
    dbias[S_out] += Σ_{b,c} dout. Any of dinp, dweight, dbias may be NULL. */
 void FN(token_linear_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,

@@ -1,5 +1,6 @@
 /* Products through weight handles (product.h): the layer-level wrapper of the linear, conv2d
-   and token kernels, which choose the weight's form for the precision. */
+   and token kernels, which choose the weight's form for the precision. The forward runs at the
+   precision asked; the backward in fp32 (a bf16 backward is issue 14's). */
 #include "nn/product.h"
 
 #include <stdio.h>
@@ -15,7 +16,9 @@ herbs_status product_add(herbs_params *t, herbs_weight *w, const char *prefix, c
         spec.k = spec.stride = 1;
     const int64_t out = spec.out, in = spec.in, k = spec.k;
     *w = (herbs_weight){.weight = HERBS_NO_TENSOR, .bias = HERBS_NO_TENSOR, .out = spec.out, .in = spec.in,
-                        .k = spec.k, .stride = spec.stride, .pad = spec.pad, .fp32 = {.offset = HERBS_NO_TENSOR}};
+                        .k = spec.k, .stride = spec.stride, .pad = spec.pad, .ohwi = {.offset = HERBS_NO_TENSOR}};
+    for (int p = 0; p < HERBS_PRECISIONS; p++)
+        w->gemm[p].offset = HERBS_NO_TENSOR;
     if (snprintf(key, sizeof key, "%s.weight", name) >= (int)sizeof key)
         return herbs_error(HERBS_ERR_VALUE, "tensor name '%s%s.weight' is too long", prefix ? prefix : "", name);
     if (spec.kernel_dims == 0)
@@ -25,8 +28,12 @@ herbs_status product_add(herbs_params *t, herbs_weight *w, const char *prefix, c
     else
         HERBS_TRY(params_add(t, &w->weight, HERBS_PARAMETER, spec.weight_init, prefix, key, 4, out, in, k, k));
     if (spec.kernel_dims == 2 && spec.k > 1 && !spec.patch_rows) { /* OIHW and OHWI differ: the compute layout is a packed form */
-        w->fp32.floats = (size_t)out * in * k * k;
-        HERBS_TRY(params_reserve_packed(t, &w->fp32.offset, w->fp32.floats));
+        w->ohwi.floats = (size_t)out * in * k * k;
+        HERBS_TRY(params_reserve_packed(t, &w->ohwi.offset, w->ohwi.floats));
+    }
+    for (int p = 0; p < HERBS_PRECISIONS; p++) { /* room for a GEMM pack of each precision (rows, k×k) */
+        w->gemm[p].floats = (gemm_prepack_b_size_any(p, spec.out, spec.in * spec.k * spec.k) + 3) / 4;
+        HERBS_TRY(params_reserve_packed(t, &w->gemm[p].offset, w->gemm[p].floats));
     }
     if (!spec.bias)
         return HERBS_OK;
@@ -44,34 +51,48 @@ static float *bias_grad_of(const herbs_weight *w, herbs_params *t)
     return w->bias == HERBS_NO_TENSOR ? NULL : GRAD(t, w->bias);
 }
 
-/* The weight as the product at precision p reads it, [out, k, k, in]: a k×k conv's OHWI form,
-   made from the parameters once per table version; otherwise the parameters themselves. */
-static const float *compute_weight(herbs_weight *w, const herbs_params *t, herbs_precision p)
+/* The weight in the compute layout [out, k, k, in]: a k×k conv's OHWI form, made from the
+   parameters once per table version; otherwise the parameters themselves. */
+static const float *compute_weight(herbs_weight *w, const herbs_params *t)
 {
-    switch (p) {
-    case HERBS_FP32:
-    default:
-        if (w->fp32.offset == HERBS_NO_TENSOR)
-            return PARAM(t, w->weight);
-        if (w->fp32.version != t->version) {
-            conv2d_weight_to_ohwi(PACKED(t, w->fp32.offset), PARAM(t, w->weight), w->out, w->in, w->k, w->k);
-            w->fp32.version = t->version;
-        }
-        return PACKED(t, w->fp32.offset);
+    if (w->ohwi.offset == HERBS_NO_TENSOR)
+        return PARAM(t, w->weight);
+    if (w->ohwi.version != t->version) {
+        conv2d_weight_to_ohwi(PACKED(t, w->ohwi.offset), PARAM(t, w->weight), w->out, w->in, w->k, w->k);
+        w->ohwi.version = t->version;
     }
+    return PACKED(t, w->ohwi.offset);
+}
+
+/* The compute-layout weight as op(B) = Wᵀ packed for the GEMM at precision p, made once per table
+   version by the current micro-kernel of p. */
+static const void *gemm_pack(herbs_weight *w, const herbs_params *t, herbs_precision p)
+{
+    herbs_packed_form *f = &w->gemm[p];
+    void *pack = PACKED(t, f->offset);
+    const int K = w->in * w->k * w->k;
+    if (f->version != t->version || !gemm_prepack_b_is_current(pack)) {
+        gemm_prepack_b(p, 1, w->out, K, compute_weight(w, t), K, pack);
+        f->version = t->version;
+    }
+    return pack;
 }
 
 void product_rows_forward(herbs_weight *w, const herbs_params *t, herbs_precision p, float *out, const float *x,
                           int rows, const float *scale, const float *shift, int relu)
 {
-    linear_affine_forward(out, x, compute_weight(w, t, p), scale, shift ? shift : bias_of(w, t), relu, rows,
-                          w->in * w->k * w->k, w->out);
+    const int K = w->in * w->k * w->k;
+    shift = shift ? shift : bias_of(w, t);
+    if (p == HERBS_FP32 ||
+        gemm_prepacked(0, rows, w->out, K, 1.0f, x, K, gemm_pack(w, t, p), 0.0f, out, w->out, scale, shift, relu))
+        gemm_affine_at(p, 0, 1, rows, w->out, K, 1.0f, x, K, compute_weight(w, t), K, 0.0f, out, w->out, scale, shift,
+                       relu);
 }
 
 void product_rows_backward(herbs_weight *w, herbs_params *t, herbs_precision p, float *dx, const float *dy,
                            const float *x, int rows, int accumulate)
 {
-    linear_backward(dx, GRAD(t, w->weight), bias_grad_of(w, t), dy, x, compute_weight(w, t, p), rows,
+    linear_backward(dx, GRAD(t, w->weight), bias_grad_of(w, t), dy, x, compute_weight(w, t), rows,
                     w->in * w->k * w->k, w->out, accumulate);
 }
 
@@ -79,17 +100,21 @@ void product_conv_forward(herbs_weight *w, const herbs_params *t, herbs_precisio
                           int H, int W, const float *scale, const float *shift, int relu, float *scratch,
                           size_t scratch_floats)
 {
-    conv2d_forward(out, x, compute_weight(w, t, p), scale, shift ? shift : bias_of(w, t), relu, scratch,
-                   scratch_floats, B, H, W, w->in, w->out, w->k, w->k, w->stride, w->pad);
+    shift = shift ? shift : bias_of(w, t);
+    if (p == HERBS_FP32 || conv2d_forward_prepacked(out, x, gemm_pack(w, t, p), scale, shift, relu, scratch,
+                                                    scratch_floats, B, H, W, w->in, w->out, w->k, w->k, w->stride,
+                                                    w->pad))
+        conv2d_forward(out, x, compute_weight(w, t), scale, shift, relu, scratch, scratch_floats, B, H, W, w->in,
+                       w->out, w->k, w->k, w->stride, w->pad);
 }
 
 void product_conv_backward(herbs_weight *w, herbs_params *t, herbs_precision p, float *dx, const float *dy,
                            const float *x, int B, int H, int W, float *scratch, size_t scratch_floats, float *dw_work,
                            int accumulate)
 {
-    const int repacked = w->fp32.offset != HERBS_NO_TENSOR; /* the gradient comes in the compute layout */
-    float *dw = repacked ? herbs_zero_floats(dw_work, w->fp32.floats) : GRAD(t, w->weight);
-    conv2d_backward(dx, dw, bias_grad_of(w, t), dy, x, compute_weight(w, t, p), scratch, scratch_floats, B, H, W,
+    const int repacked = w->ohwi.offset != HERBS_NO_TENSOR; /* the gradient comes in the compute layout */
+    float *dw = repacked ? herbs_zero_floats(dw_work, w->ohwi.floats) : GRAD(t, w->weight);
+    conv2d_backward(dx, dw, bias_grad_of(w, t), dy, x, compute_weight(w, t), scratch, scratch_floats, B, H, W,
                     w->in, w->out, w->k, w->k, w->stride, w->pad, accumulate);
     if (repacked)
         conv2d_weight_grad_from_ohwi(GRAD(t, w->weight), dw, w->out, w->in, w->k, w->k);
@@ -98,12 +123,12 @@ void product_conv_backward(herbs_weight *w, herbs_params *t, herbs_precision p, 
 void product_tokens_forward(herbs_weight *w, const herbs_params *t, herbs_precision p, float *out, const float *x,
                             int B, int C, int accumulate)
 {
-    token_linear_forward(out, x, compute_weight(w, t, p), bias_of(w, t), B, w->in, w->out, C, accumulate);
+    token_linear_forward_at(p, out, x, PARAM(t, w->weight), bias_of(w, t), B, w->in, w->out, C, accumulate);
 }
 
 void product_tokens_backward(herbs_weight *w, herbs_params *t, herbs_precision p, float *dx, const float *dy,
                              const float *x, int B, int C, int accumulate)
 {
-    token_linear_backward(dx, GRAD(t, w->weight), bias_grad_of(w, t), dy, x, compute_weight(w, t, p), B, w->in,
-                          w->out, C, accumulate);
+    token_linear_backward(dx, GRAD(t, w->weight), bias_grad_of(w, t), dy, x, PARAM(t, w->weight), B, w->in, w->out,
+                          C, accumulate);
 }

@@ -45,7 +45,10 @@ typedef struct {
 typedef struct {
     size_t weight, bias;         /* offsets into the parameter block; bias HERBS_NO_TENSOR: none */
     int out, in, k, stride, pad; /* the GEMM operand is [out, k·k·in] */
-    herbs_packed_form fp32;      /* a k×k conv's weight in the compute layout OHWI (k > 1 only) */
+    herbs_packed_form ohwi;      /* a k×k conv's weight in the compute layout OHWI (k > 1 only) */
+    herbs_packed_form gemm[HERBS_PRECISIONS]; /* op(B) = Wᵀ [k·k·in, out] (compute layout) packed for the
+                                                 GEMM of each precision (gemm_prepack_b; made by the rows and
+                                                 k×k products, reserved for every weight: mapped lazily) */
 } herbs_weight;
 
 /* Registers {prefix}{name}.weight (and .bias) with spec's shapes and initialisers, reserves

@@ -13,6 +13,12 @@ typedef struct {
     PyObject_HEAD
     herbs_net *net;
     int busy; /* read and written with the GIL held */
+    /* The parameter block's one array (params): a weak reference, and whether it was handed out
+       since the last computing call. Every view of the block is a view of it (NumPy points a
+       view's base at the array that is not itself a view), so the array is alive exactly while
+       some view of the parameters may be written (note_param_writes). */
+    PyObject *params_ref;
+    int params_handed_out;
 } NetObject;
 
 /* dict -> herbs_config: numbers, sequences of numbers and strings; None means "default". */
@@ -100,6 +106,7 @@ static int Net_init(NetObject *self, PyObject *args, PyObject *kw)
 
 static void Net_dealloc(NetObject *self)
 {
+    Py_XDECREF(self->params_ref);
     net_free(self->net);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -162,7 +169,33 @@ static PyObject *block_view(NetObject *self, float *data, size_t n)
     return view;
 }
 
-static PyObject *Net_get_params(NetObject *self, void *c) { return block_view(self, self->net->params.params, self->net->params.n_params); }
+static PyObject *Net_get_params(NetObject *self, void *c)
+{
+    PyObject *array = self->params_ref ? PyWeakref_GetObject(self->params_ref) : Py_None;
+    if (array != Py_None)
+        Py_INCREF(array);
+    else {
+        array = block_view(self, self->net->params.params, self->net->params.n_params);
+        Py_CLEAR(self->params_ref);
+        if (!array || !(self->params_ref = PyWeakref_NewRef(array, NULL))) {
+            Py_XDECREF(array);
+            return NULL;
+        }
+    }
+    self->params_handed_out = 1;
+    return array;
+}
+
+/* Before a call that computes: the parameters count as written (params_written, which makes the
+   packed weights stale, nn/product.h) when a view of them was handed out since the last such call
+   or one is alive now — NumPy views are written without C seeing it. With no view held, packs
+   made by one call serve the next. */
+static void note_param_writes(NetObject *self)
+{
+    if (self->params_handed_out || (self->params_ref && PyWeakref_GetObject(self->params_ref) != Py_None))
+        params_written(&self->net->params);
+    self->params_handed_out = 0;
+}
 static PyObject *Net_get_grads(NetObject *self, void *c) { return block_view(self, self->net->params.grads, self->net->params.n_params); }
 static PyObject *Net_get_buffers(NetObject *self, void *c) { return block_view(self, self->net->params.buffers, self->net->params.n_buffers); }
 static PyObject *Net_get_params_version(NetObject *self, void *c)
@@ -170,6 +203,28 @@ static PyObject *Net_get_params_version(NetObject *self, void *c)
     return PyLong_FromUnsignedLongLong(self->net->params.version);
 }
 static PyObject *Net_get_kind(NetObject *self, void *c) { return PyUnicode_FromString(self->net->ops->kind); }
+
+static const char *const precision_names[HERBS_PRECISIONS] = {"fp32", "bf16"};
+
+static PyObject *Net_get_precision(NetObject *self, void *c)
+{
+    return PyUnicode_FromString(precision_names[self->net->params.precision]);
+}
+
+static int Net_set_precision(NetObject *self, PyObject *value, void *c)
+{
+    const char *name = value && PyUnicode_Check(value) ? PyUnicode_AsUTF8(value) : NULL;
+    for (int p = 0; name && p < HERBS_PRECISIONS; p++)
+        if (strcmp(name, precision_names[p]) == 0) {
+            if (!claim(self))
+                return -1;
+            self->net->params.precision = (herbs_precision)p;
+            self->busy = 0;
+            return 0;
+        }
+    PyErr_Format(PyExc_ValueError, "precision must be 'fp32' or 'bf16', got %R", value ? value : Py_None);
+    return -1;
+}
 static PyObject *Net_get_image_shape(NetObject *self, void *c)
 {
     return Py_BuildValue("(iii)", self->net->in_channels, self->net->height, self->net->width);
@@ -241,7 +296,7 @@ static PyObject *Net_forward(NetObject *self, PyObject *args, PyObject *kw)
     if (!check_images(net, obj, &data, &batch))
         goto done;
     herbs_status s;
-    params_written(&net->params); /* the parameter views may have been written (nn/product.h) */
+    note_param_writes(self);
     Py_BEGIN_ALLOW_THREADS
     herbs_threads_apply();
     s = net_forward(net, data, batch, train);
@@ -466,7 +521,7 @@ static PyObject *Net_train_step(NetObject *self, PyObject *args, PyObject *kw)
         goto done;
     herbs_status s;
     const int64_t *y = PyArray_DATA(labels);
-    params_written(&net->params); /* the parameter views may have been written (nn/product.h) */
+    note_param_writes(self);
     Py_BEGIN_ALLOW_THREADS
     herbs_threads_apply();
     s = net_train_step(net, images, batch, train, y, &options, &terms);
@@ -533,6 +588,8 @@ static PyGetSetDef Net_getset[] = {
     {"params_version", (getter)Net_get_params_version, NULL,
      "the parameters' version, bumped by every write path (packed weights are tagged with it)", NULL},
     {"kind", (getter)Net_get_kind, NULL, "the network's kind", NULL},
+    {"precision", (getter)Net_get_precision, (setter)Net_set_precision,
+     "'fp32' or 'bf16': how the products of forward passes compute (the backward is fp32)", NULL},
     {"image_shape", (getter)Net_get_image_shape, NULL, "(channels, height, width) of the images it takes", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
