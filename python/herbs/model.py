@@ -70,6 +70,12 @@ class Model:
         drop_path_rate: Swin's stochastic depth (default 0.1); not for ResNet.
         dropout: the combiner's dropout (0.1).
         seed: parameter initialisation and the random streams of dropout and drop path.
+        precision: ``"fp32"`` (default) or ``"bf16"``: how the forward pass's products compute
+            (also settable later as :attr:`precision`). bf16 rounds the operands of the linear
+            layers, qkv and projections, 1×1 and k×k convolutions and the pyramid's and
+            classifiers' products to bfloat16 and accumulates in fp32, as PyTorch's CPU autocast
+            does; LayerNorm, BatchNorm, softmax, GELU, attention, reductions and losses stay fp32.
+            Parameters stay fp32 (state dicts are unchanged); the backward of train_step is fp32.
 
     Arrays: images are ``[B, 3, img_size, img_size]``; float32 is used as is, float64 and
     float16 are converted to float32 (a copy), other dtypes are refused; non-contiguous arrays
@@ -83,7 +89,7 @@ class Model:
                  img_size: Optional[int] = None, fpn_size: Optional[int] = None,
                  num_selects: Union[Sequence[int], Mapping[str, int], None] = None, use_fpn: bool = True,
                  use_selection: bool = True, use_combiner: bool = True, drop_path_rate: Optional[float] = None,
-                 dropout: float = 0.1, seed: int = 0):
+                 dropout: float = 0.1, seed: int = 0, precision: str = "fp32"):
         self._spec, settings = _backbones.resolve(backbone)
         self.backbone_kind = self._spec.kind
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
@@ -107,6 +113,21 @@ class Model:
         self.img_size = self.image_shape[1]
         self.config = {k: v for k, v in config.items() if v is not None}
         self.training = False
+        self.precision = precision
+
+    @property
+    def precision(self) -> str:
+        """``"fp32"`` or ``"bf16"``: how the forward pass's products compute (see the class
+        docstring). Inference packs each weight once for the GEMM of its precision and reuses the
+        packs while the parameters are unchanged; any view of them that Python holds (from
+        :meth:`named_parameters`, :meth:`flat_parameters`, an optimiser) makes every call repack,
+        since writes through it cannot be seen — drop such views for the fastest inference."""
+        return self._net.precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        with self._claim() as net:
+            net.precision = value
 
     # ------------------------------------------------------------------------------------------
     # calls
@@ -334,4 +355,4 @@ class Model:
 
     def __repr__(self) -> str:
         return (f"herbs.Model(backbone={self.backbone!r}, num_classes={self.num_classes}, img_size={self.img_size}, "
-                f"parameters={self.num_parameters / 1e6:.1f}M)")
+                f"parameters={self.num_parameters / 1e6:.1f}M, precision={self.precision!r})")
