@@ -260,41 +260,103 @@ TARGET_BF16 static void kernel_bf16_14x32(int K, const void *a_panel, long a_ste
     store_tile(acc, c, ldc, alpha, beta, 0, rows, cols);
 }
 
-/* A [m, k] (not transposed) -> the A panels [K/2][MR][2] bf16: 32 floats of a row become 16 k
-   pairs (vcvtne2ps2bf16: round to nearest even, denormals to zero as vdpbf16ps reads them anyway),
-   scattered MR pairs apart; the depth is padded with zeros, and so are missing rows. Transposed:
-   the generic packing. */
-TARGET_BF16 static void pack_a_bf16(int trans, int m, int k, const float *A, long lda, void *dst)
+/* --- bf16 packing: VNNI panels [K/2][width][2] of k pairs (gemm_microkernels.h) ------------
+   vcvtne2ps2bf16 rounds to nearest even like bf16_from_float, but reads fp32 denormals as zero
+   (vdpbf16ps and tdpbf16ps read bf16 denormals as zero anyway). */
+
+/* The 32 floats at x (lanes beyond `width` zero) as 32 bf16. */
+TARGET_BF16 static inline __m512i bf16_row32(const float *x, int width)
 {
-    if (trans) {
-        gemm_pack_a_bf16(MR, 2, 2, trans, m, k, A, lda, dst);
-        return;
+    return (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(lanes(width - 16), x + 16),
+                                        _mm512_maskz_loadu_ps(lanes(width), x));
+}
+
+/* dst pair rows [kpairs][stride] (32-bit pairs) <- 16 rows of X (row stride ldx, k contiguous,
+   rows >= rows zero), `store` lanes of each pair row: every 32 of k become 16 pairs per row, and
+   a 16x16 transpose of pairs makes each pair's 16 rows one vector. Pairs beyond k are zero up to
+   a multiple of 16 of them, and none is stored at or beyond kpairs. */
+TARGET_BF16 static void pairs_from_rows(int rows, int k, const float *X, long ldx, uint32_t *dst, int stride,
+                                        int store, int kpairs)
+{
+    for (int k0 = 0; k0 < k; k0 += 32) {
+        __m512 r[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++)
+            r[i] = i < rows ? _mm512_castsi512_ps(bf16_row32(X + (size_t)i * ldx + k0, k - k0)) : _mm512_setzero_ps();
+        transpose16(r);
+#pragma GCC unroll 16
+        for (int p = 0; p < 16; p++)
+            if (k0 / 2 + p < kpairs)
+                _mm512_mask_storeu_ps(dst + (size_t)(k0 / 2 + p) * stride, lanes(store), r[p]);
     }
-    const int kpad = (k + 1) / 2 * 2, panels = (m + MR - 1) / MR;
-    uint32_t *out = dst; /* k pairs */
-    if (m % MR)
-        memset(out, 0, (size_t)panels * MR * kpad / 2 * sizeof *out);
-    const __m512i pairs_apart = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2,
-                                                                    1, 0), _mm512_set1_epi32(MR));
-    for (int i = 0; i < m; i++) {
-        const float *src = A + (size_t)i * lda;
-        uint32_t *row = out + (size_t)(i / MR) * MR * kpad / 2 + i % MR;
-        for (int k0 = 0; k0 < k; k0 += 32) {
-            const int rest = k - k0;
-            const __mmask16 lo = rest >= 16 ? 0xffff : (__mmask16)((1u << rest) - 1);
-            const __mmask16 hi = rest >= 32 ? 0xffff : rest > 16 ? (__mmask16)((1u << (rest - 16)) - 1) : 0;
-            const int npairs = rest >= 32 ? 16 : (rest + 1) / 2;
-            const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, src + k0 + 16),
-                                                   _mm512_maskz_loadu_ps(lo, src + k0));
-            _mm512_mask_i32scatter_epi32(row + (size_t)k0 / 2 * MR, (__mmask16)((1u << npairs) - 1), pairs_apart,
-                                         (__m512i)v, 4);
+}
+
+/* The pairs (x[j], y[j]) of two rows of `width` floats (y NULL: zeros), columns 0..15 in *lo and
+   16..31 in *hi. */
+TARGET_BF16 static inline void pairs_of_two_rows(const float *x, const float *y, int width, __m512i *lo, __m512i *hi)
+{
+    const __m512i interleave_lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39,
+                                                   7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i interleave_hi = _mm512_add_epi16(interleave_lo, _mm512_set1_epi16(16));
+    const __m512i bx = bf16_row32(x, width), by = y ? bf16_row32(y, width) : _mm512_setzero_si512();
+    *lo = _mm512_permutex2var_epi16(bx, interleave_lo, by);
+    *hi = _mm512_permutex2var_epi16(bx, interleave_hi, by);
+}
+
+/* Panels [kpairs][width][2] of `width` <= 32 columns from the rows of X (row stride ldx): pair p
+   is rows 2p and 2p + 1 (zero beyond k), columns col0.. . Panels of successive column blocks
+   are width·kpairs pairs apart; rows are read in order, which the hardware prefetcher streams. */
+TARGET_BF16 static void pairs_from_columns(int n, int k, const float *X, long ldx, uint32_t *dst, int width,
+                                           int kpairs)
+{
+    for (int p = 0; p < kpairs; p++) {
+        const float *x = 2 * p < k ? X + (size_t)2 * p * ldx : NULL, *y = 2 * p + 1 < k ? x + ldx : NULL;
+        for (int j0 = 0; j0 < n; j0 += width) {
+            uint32_t *row = dst + (size_t)j0 * kpairs + (size_t)p * width;
+            __m512i lo = _mm512_setzero_si512(), hi = lo;
+            if (x)
+                pairs_of_two_rows(x + j0, y ? y + j0 : NULL, n - j0 < width ? n - j0 : width, &lo, &hi);
+            _mm512_mask_storeu_epi32(row, lanes(width), lo);
+            if (width > 16)
+                _mm512_mask_storeu_epi32(row + 16, lanes(width - 16), hi);
         }
     }
 }
 
+/* op(A)[m, k] -> the A panels [K/2][14][2]; the depth is padded to pairs with zeros, and so are
+   missing rows. A plain A: 14 rows at a time, transposed in pairs; a transposed A (op(A)'s
+   columns are A's rows): pairs of A's rows interleaved. */
+TARGET_BF16 static void pack_a_bf16(int trans, int m, int k, const float *A, long lda, void *dst)
+{
+    const int kpairs = (k + 1) / 2;
+    uint32_t *out = dst;
+    if (trans) {
+        pairs_from_columns(m, k, A, lda, out, MR, kpairs);
+        return;
+    }
+    for (int i0 = 0; i0 < m; i0 += MR, out += (size_t)MR * kpairs)
+        pairs_from_rows(m - i0 < MR ? m - i0 : MR, k, A + (size_t)i0 * lda, lda, out, MR, MR, kpairs);
+}
+
+void gemm_pack_b_bf16_avx512(int unit, int trans, int n, int k, const float *B, long ldb, void *dst)
+{
+    const int kpairs = (k + unit - 1) / unit * unit / 2;
+    uint32_t *out = dst;
+    if (!trans) {
+        pairs_from_columns(n, k, B, ldb, out, 32, kpairs);
+        return;
+    }
+    for (int j0 = 0; j0 < n; j0 += 32, out += (size_t)32 * kpairs)
+        for (int half = 0; half < 2; half++) { /* columns beyond n: zero rows */
+            const int cols = n - j0 - 16 * half;
+            pairs_from_rows(cols < 0 ? 0 : cols < 16 ? cols : 16, k, B + (size_t)(j0 + 16 * half) * ldb, ldb,
+                            out + 16 * half, 32, 16, kpairs);
+        }
+}
+
 static void pack_b_bf16(int trans, int n, int k, const float *B, long ldb, void *dst)
 {
-    gemm_pack_b_bf16(NR, 2, 2, trans, n, k, B, ldb, dst);
+    gemm_pack_b_bf16_avx512(2, trans, n, k, B, ldb, dst);
 }
 
 const gemm_microkernel gemm_microkernel_avx512_bf16 = {

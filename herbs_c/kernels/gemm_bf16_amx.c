@@ -130,7 +130,7 @@ TARGET static void pack_a(int trans, int m, int k, const float *A, long lda, voi
 
 static void pack_b(int trans, int n, int k, const float *B, long ldb, void *dst)
 {
-    gemm_pack_b_bf16(NR, 2, KB, trans, n, k, B, ldb, dst);
+    gemm_pack_b_bf16_avx512(KB, trans, n, k, B, ldb, dst);
 }
 
 const gemm_microkernel gemm_microkernel_amx_bf16 = {

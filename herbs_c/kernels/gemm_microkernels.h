@@ -69,6 +69,10 @@ void gemm_pack_b_generic(int nr, int trans, int n, int k, const float *B, long l
 void gemm_pack_a_bf16(int mr, int ku, int unit, int trans, int m, int k, const float *A, long lda, void *dst);
 void gemm_pack_b_bf16(int nr, int ku, int unit, int trans, int n, int k, const float *B, long ldb, void *dst);
 
+/* gemm_pack_b_bf16 for 32-column panels (nr 32, ku 2) with AVX512-BF16 instructions: the B
+   packing of the AVX512-BF16 and AMX kernels. Only where the CPU has AVX512-BF16. */
+void gemm_pack_b_bf16_avx512(int unit, int trans, int n, int k, const float *B, long ldb, void *dst);
+
 /* The bf16 product by plain loops on rounded operands (the bf16 kernels' reference). */
 void gemm_reference_bf16(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
                          const float *B, long ldb, float beta, float *C, long ldc);
