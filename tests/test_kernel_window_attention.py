@@ -127,3 +127,81 @@ def test_deterministic():
         runs.append((out,) + attention_backward(g, qkv, bias, lse, H, W, heads, window, shift, 2, np.float32))
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
+
+
+def attention_at(precision, qkv, bias, H, W, heads, window, shift, threads=2):
+    """window_attention_forward_at (float32) with precision 0 (fp32) or 1 (bf16)"""
+    B, L, C3 = qkv.shape
+    C, N = C3 // 3, window * window
+    out, lse = np.empty((B, L, C), np.float32), np.empty((B, L // N, heads, N), np.float32)
+    work = np.empty(work_floats(C // heads, window, heads, np.float32, threads), np.float32)
+    fn = LIB.window_attention_forward_at
+    fn.restype, fn.argtypes = None, [ctypes.c_int] + [ctypes.c_void_p] * 5 + [ctypes.c_int] * 8
+    fn(precision, *(a.ctypes.data for a in (out, lse, work, qkv, bias)), B, H, W, C, heads, window, shift, threads)
+    return out, lse
+
+
+def bf16_attention_float64(qkv, bias, H, W, heads, window, shift):
+    """The bf16 forward's products done exactly: q·scale (in float32), k and v rounded to bf16, the
+    logits and softmax in float64, the probabilities rounded to bf16, p·v in float64. Also
+    p·|v| (the scale of each output) and the probabilities' row sums."""
+    from test_gemm_bf16 import bf16_round
+    from reference_swin import shifted_window_mask
+
+    B, L, C3 = qkv.shape
+    C, N, d = C3 // 3, window * window, C3 // 3 // heads
+    x = qkv.reshape(B, H, W, C3)
+    if shift:
+        x = np.roll(x, (-shift, -shift), axis=(1, 2))
+    win = x.reshape(B, H // window, window, W // window, window, 3, heads, d).transpose(0, 1, 3, 5, 6, 2, 4, 7)
+    win = win.reshape(B, -1, 3, heads, N, d)  # [B, nW, q|k|v, heads, N, d]
+    q = bf16_round(win[:, :, 0] * (np.float32(1) / np.sqrt(np.float32(d)))).astype(np.float64)
+    k, v = (bf16_round(win[:, :, i]).astype(np.float64) for i in (1, 2))
+    logits = q @ k.swapaxes(-1, -2) + bias[None, None]
+    if shift:
+        logits += shifted_window_mask(H, W, window, shift).numpy()[None, :, None].astype(np.float64)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    pb = bf16_round(p.astype(np.float32)).astype(np.float64)
+
+    def unpartition(o):  # [B, nW, heads, N, d] -> [B, L, C], rolled back
+        o = o.reshape(B, H // window, W // window, heads, window, window, d).transpose(0, 1, 4, 2, 5, 3, 6)
+        o = o.reshape(B, H, W, C)
+        return (np.roll(o, (shift, shift), axis=(1, 2)) if shift else o).reshape(B, L, C)
+
+    return unpartition(pb @ v), unpartition(pb @ np.abs(v))
+
+
+@pytest.mark.parametrize("B,H,W,heads,d,window,shift", [
+    (2, 14, 14, 3, 32, 7, 3),   # Swin-T stage 1 (window 7, shifted)
+    (1, 12, 8, 3, 5, 4, 2),     # odd head dim, non-square map
+    (3, 5, 5, 2, 7, 5, 0),      # a stage whose map is one window
+    (1, 24, 24, 2, 32, 12, 6),  # window 12 (384 px models): N = 144, 160 keys in pairs
+    (1, 8, 8, 1, 40, 8, 0),     # head dim over 32: two vectors of d pairs
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bf16_forward_is_the_bf16_products(B, H, W, heads, d, window, shift, threads):
+    """Precision bf16: q·scale, k, v and the probabilities rounded to bf16, products accumulated in
+    fp32. Against the float64 product of the same roundings, the error is at most one bf16
+    rounding of each probability that lands the other side of a rounding tie (2^-8 of p·|v|), plus
+    fp32 accumulation; and it is visibly not the fp32 attention. fp32 (precision 0) is
+    window_attention_forward itself, bit for bit. Where the CPU lacks AVX512-BF16 the bf16 request
+    runs fp32 (tested there as that)."""
+    import herbs
+
+    rng = np.random.default_rng(4)
+    C = heads * d
+    qkv = rng.standard_normal((B, H * W, 3 * C)).astype(np.float32)
+    bias = (rng.standard_normal((heads, window ** 2, window ** 2)) * 0.5).astype(np.float32)
+    fp32, lse32 = attention(qkv, bias, H, W, heads, window, shift, threads, np.float32)
+    at32, _ = attention_at(0, qkv, bias, H, W, heads, window, shift, threads)
+    np.testing.assert_array_equal(at32, fp32)
+    out, lse = attention_at(1, qkv, bias, H, W, heads, window, shift, threads)
+    if herbs.cpu_info()["bf16_isa"] == "portable":
+        np.testing.assert_array_equal(out, fp32)
+        return
+    want, scale = bf16_attention_float64(qkv.astype(np.float64), bias.astype(np.float64), H, W, heads, window, shift)
+    err = np.abs(out - want)
+    assert (err <= 2.0 ** -8 * scale + 1e-5 * scale + 1e-6).all(), f"max error {err.max():.3g}"
+    assert np.abs(out - fp32).max() > 1e-3, "no bf16 rounding seen"
+    np.testing.assert_allclose(lse, lse32, rtol=0, atol=0.05)  # logits of bf16 operands: close to fp32's

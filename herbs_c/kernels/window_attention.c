@@ -80,6 +80,23 @@ static FN(wa_geometry) FN(wa_geometry_of)(int H, int W, int C, int heads, int wi
     return g;
 }
 
+/* The bf16 forward's operands, bf16 in pairs (32 bits: two neighbours along the products' depth),
+   zero beyond d and N; dq2 = d rounded up to 32, halved; Nq2 = N rounded up to 32, halved;
+   N16, d16 = N, d rounded up to 16. */
+typedef struct {
+    uint32_t *q, *k; /* [N][dq2]: q·scale and k, pairs along d */
+    uint32_t *kt;    /* [dq2][N16]: k transposed, the B of q·kᵀ */
+    uint32_t *v;     /* [Nq2][d16]: rows 2i and 2i + 1 of v paired, the B of p·v */
+    uint32_t *p;     /* [N][Nq2]: the probabilities, pairs along keys */
+} FN(wa_pairs);
+
+/* 32-bit words of a wa_pairs for head_dim d and N tokens. */
+static size_t FN(wa_pairs_words)(size_t d, size_t N)
+{
+    const size_t dq2 = (d + 31) / 32 * 16, Nq2 = (N + 31) / 32 * 16, N16 = (N + 15) / 16 * 16, d16 = (d + 15) / 16 * 16;
+    return 2 * N * dq2 + dq2 * N16 + Nq2 * d16 + N * Nq2;
+}
+
 /* The work area of one thread. */
 typedef struct {
     real *q, *k, *v, *dy, *o; /* [N][dp]: q (already scaled), k, v, dout, a product's result */
@@ -87,6 +104,7 @@ typedef struct {
     real *s, *ds;             /* [N][Np]: logits then probabilities; their gradient */
     real *dbias;              /* [heads][N][N]: this thread's share of the bias gradient */
     int *tok, *label;         /* [N] */
+    FN(wa_pairs) pairs;       /* the bf16 forward's operands */
 } FN(wa_work);
 
 static FN(wa_work) FN(wa_work_of)(real *base, const FN(wa_geometry) *g)
@@ -105,6 +123,12 @@ static FN(wa_work) FN(wa_work_of)(real *base, const FN(wa_geometry) *g)
     w.dbias = w.ds + NN;
     w.tok = (int *)(w.dbias + (size_t)g->heads * g->N * g->N);
     w.label = w.tok + g->N;
+    const size_t dq2 = (g->d + 31) / 32 * 16, Nq2 = (g->N + 31) / 32 * 16, N16 = (g->N + 15) / 16 * 16;
+    w.pairs.q = (uint32_t *)(w.label + g->N);
+    w.pairs.k = w.pairs.q + (size_t)g->N * dq2;
+    w.pairs.kt = w.pairs.k + (size_t)g->N * dq2;
+    w.pairs.v = w.pairs.kt + dq2 * N16;
+    w.pairs.p = w.pairs.v + Nq2 * ((g->d + 15) / 16 * 16);
     return w;
 }
 
@@ -112,7 +136,8 @@ size_t FN(window_attention_work)(int head_dim, int window, int heads)
 {
     const size_t N = (size_t)window * window, Np = (N + WA_VL - 1) / WA_VL * WA_VL;
     const size_t dp = ((size_t)head_dim + WA_VL - 1) / WA_VL * WA_VL;
-    return 5 * N * dp + 2 * dp * Np + 2 * N * Np + (size_t)heads * N * N + 2 * N + 2 * (size_t)WA_VL;
+    return 5 * N * dp + 2 * dp * Np + 2 * N * Np + (size_t)heads * N * N + 2 * N + 2 * (size_t)WA_VL +
+           FN(wa_pairs_words)(head_dim, N);
 }
 
 /* An item's window: tok[n] = token index (in its sample) of window position n; with a shift,
@@ -186,18 +211,12 @@ HERBS_INLINE void FN(wa_add_bias_mask)(real *s, const real *bias, const int *lab
     }
 }
 
-/* One item forward: logits, softmax (lse saved), p·v written to the tokens' rows of y. */
-HERBS_INLINE void FN(wa_forward_item)(const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x,
-                                   const real *bias, int h, real *y, real *lse)
+/* s[N][Np] <- softmax of each row's first N logits; lse[N] <- each row's log-sum-exp */
+HERBS_INLINE void FN(wa_softmax_rows)(real *s, real *lse, const FN(wa_geometry) *g)
 {
-    const int N = g->N, Np = g->Np, dp = g->dp, d = g->d, C = g->C;
-    FN(wa_gather)(w->q, NULL, x, 3 * C, h * d, g->scale, w->tok, g);
-    FN(wa_gather)(w->k, w->kt, x, 3 * C, C + h * d, 1, w->tok, g);
-    FN(wa_gather)(w->v, NULL, x, 3 * C, 2 * C + h * d, 1, w->tok, g);
-    FN(wa_small_mm)(w->s, Np, w->q, dp, 1, w->kt, Np, N, d, Np, 1);
-    FN(wa_add_bias_mask)(w->s, bias, w->label, masked, g);
+    const int N = g->N;
     for (int i = 0; i < N; i++) {
-        real *row = w->s + (size_t)i * Np, m = row[0], sum = 0;
+        real *row = s + (size_t)i * g->Np, m = row[0], sum = 0;
 #pragma omp simd reduction(max : m)
         for (int j = 0; j < N; j++)
             m = row[j] > m ? row[j] : m;
@@ -212,9 +231,28 @@ HERBS_INLINE void FN(wa_forward_item)(const FN(wa_geometry) *g, const FN(wa_work
         for (int j = 0; j < N; j++)
             row[j] *= inv;
     }
+}
+
+/* The item's output rows o[N][dp] (d columns) to columns h·d.. of the tokens' rows of y[·, C] */
+HERBS_INLINE void FN(wa_put_rows)(real *y, const real *o, int h, const int *tok, const FN(wa_geometry) *g)
+{
+    for (int n = 0; n < g->N; n++)
+        memcpy(y + (size_t)tok[n] * g->C + h * g->d, o + (size_t)n * g->dp, g->d * sizeof(real));
+}
+
+/* One item forward: logits, softmax (lse saved), p·v written to the tokens' rows of y. */
+HERBS_INLINE void FN(wa_forward_item)(const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x,
+                                   const real *bias, int h, real *y, real *lse)
+{
+    const int N = g->N, Np = g->Np, dp = g->dp, d = g->d, C = g->C;
+    FN(wa_gather)(w->q, NULL, x, 3 * C, h * d, g->scale, w->tok, g);
+    FN(wa_gather)(w->k, w->kt, x, 3 * C, C + h * d, 1, w->tok, g);
+    FN(wa_gather)(w->v, NULL, x, 3 * C, 2 * C + h * d, 1, w->tok, g);
+    FN(wa_small_mm)(w->s, Np, w->q, dp, 1, w->kt, Np, N, d, Np, 1);
+    FN(wa_add_bias_mask)(w->s, bias, w->label, masked, g);
+    FN(wa_softmax_rows)(w->s, lse, g);
     FN(wa_small_mm)(w->o, dp, w->s, Np, 1, w->v, dp, N, N, dp, 1);
-    for (int n = 0; n < N; n++)
-        memcpy(y + (size_t)w->tok[n] * C + h * d, w->o + (size_t)n * dp, d * sizeof(real));
+    FN(wa_put_rows)(y, w->o, h, w->tok, g);
 }
 HERBS_ISA_VARIANTS(wa_forward_item,
                    (const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x, const real *bias, int h,
@@ -301,30 +339,38 @@ static real *FN(wa_thread_work)(real *work, size_t per_thread)
     return misalign ? base + (WA_VL - misalign) : base;
 }
 
-void FN(window_attention_forward)(real *out, real *lse, real *work, const real *qkv, const real *bias, int B, int H,
-                                  int W, int C, int heads, int window, int shift, int threads)
+typedef void (*FN(wa_forward_item_fn))(const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x,
+                                       const real *bias, int h, real *y, real *lse);
+
+/* window_attention_forward with `item` computing each (sample, window, head) item */
+static void FN(wa_forward)(FN(wa_forward_item_fn) item, real *out, real *lse, real *work, const real *qkv,
+                           const real *bias, int B, int H, int W, int C, int heads, int window, int shift, int threads)
 {
     const FN(wa_geometry) g = FN(wa_geometry_of)(H, W, C, heads, window, shift);
     const long items = (long)B * g.nw * heads;
     const size_t per_thread = FN(window_attention_work)(g.d, window, heads);
-    void (*item_fn)(const FN(wa_geometry) *, const FN(wa_work) *, int, const real *, const real *, int, real *,
-                    real *) = FN(wa_forward_item_isa)();
 #pragma omp parallel num_threads(threads) WA_PARALLEL(items, g)
     {
         const FN(wa_work) w = FN(wa_work_of)(FN(wa_thread_work)(work, per_thread), &g);
         long window_of_tokens = -1; /* the (sample, window) whose tokens are in w.tok */
         int masked = 0;
 #pragma omp for schedule(static)
-        for (long item = 0; item < items; item++) {
-            const int h = (int)(item % heads), win = (int)(item / heads % g.nw), b = (int)(item / heads / g.nw);
-            if (item / heads != window_of_tokens) {
+        for (long it = 0; it < items; it++) {
+            const int h = (int)(it % heads), win = (int)(it / heads % g.nw), b = (int)(it / heads / g.nw);
+            if (it / heads != window_of_tokens) {
                 masked = FN(wa_window_tokens)(&g, win, w.tok, w.label);
-                window_of_tokens = item / heads;
+                window_of_tokens = it / heads;
             }
-            item_fn(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, bias + (size_t)h * g.N * g.N, h,
-                    out + (size_t)b * H * W * C, lse + (((size_t)b * g.nw + win) * heads + h) * g.N);
+            item(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, bias + (size_t)h * g.N * g.N, h,
+                 out + (size_t)b * H * W * C, lse + (((size_t)b * g.nw + win) * heads + h) * g.N);
         }
     }
+}
+
+void FN(window_attention_forward)(real *out, real *lse, real *work, const real *qkv, const real *bias, int B, int H,
+                                  int W, int C, int heads, int window, int shift, int threads)
+{
+    FN(wa_forward)(FN(wa_forward_item_isa)(), out, lse, work, qkv, bias, B, H, W, C, heads, window, shift, threads);
 }
 
 void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const real *dout, const real *qkv,
@@ -367,3 +413,153 @@ void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const re
         }
     }
 }
+
+/* --- bf16 forward: q·kᵀ and p·v on bf16 operands with fp32 accumulation (vdpbf16ps) ---------
+   Where PyTorch's autocast puts bf16 in attention; the logits, softmax and output stay fp32. q is
+   scaled before rounding. Runs where the CPU has AVX512-BF16 (herbs_bf16_isa_current() is not
+   portable); elsewhere the forward stays fp32. */
+#if !defined(HERBS_F64) && defined(__x86_64__)
+#include <immintrin.h>
+
+#define WA_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,prefer-vector-width=512")))
+
+WA_BF16 static inline __mmask16 wa_lanes(int n)
+{
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+
+/* scale · the first n (of 32) floats at x, zero beyond, as 16 pairs */
+WA_BF16 static inline __m512i wa_pairs32(const float *x, int n, float scale)
+{
+    const __m512 s = _mm512_set1_ps(scale);
+    return (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(s, _mm512_maskz_loadu_ps(wa_lanes(n - 16), x + 16)),
+                                        _mm512_mul_ps(s, _mm512_maskz_loadu_ps(wa_lanes(n), x)));
+}
+
+/* rows[N][dq2] <- scale · columns col..col+d of the rows tok[n] of src (row stride ld), as pairs */
+WA_BF16 static void wa_gather_pairs(uint32_t *rows, int dq2, const float *src, long ld, int col, float scale,
+                                    const int *tok, const wa_geometry *g)
+{
+    for (int n = 0; n < g->N; n++)
+        for (int c0 = 0; c0 < 2 * dq2; c0 += 32)
+            _mm512_storeu_si512(rows + (size_t)n * dq2 + c0 / 2,
+                                wa_pairs32(src + (size_t)tok[n] * ld + col + c0, g->d - c0, scale));
+}
+
+/* kt[dq2][N16] <- k[N][dq2] transposed (zero beyond N), a gather of 16 keys per vector */
+WA_BF16 static void wa_transpose_pairs(uint32_t *kt, const uint32_t *k, int N, int dq2, int N16)
+{
+    const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(dq2));
+    for (int n0 = 0; n0 < N16; n0 += 16) {
+        const __mmask16 m = wa_lanes(N - n0);
+        for (int p = 0; p < dq2; p++)
+            _mm512_storeu_si512(kt + (size_t)p * N16 + n0,
+                                _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, rows,
+                                                            k + (size_t)n0 * dq2 + p, 4));
+    }
+}
+
+/* v[Nq2][d16] <- rows 2i and 2i + 1 of the item's v (columns col..col+d of the rows tok[n] of src)
+   interleaved as pairs, zero beyond N and d */
+WA_BF16 static void wa_pair_rows(uint32_t *v, int Nq2, int d16, const float *src, long ld, int col, const int *tok,
+                                 const wa_geometry *g)
+{
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                                22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (int i = 0; i < Nq2; i++) {
+        const int n0 = 2 * i, n1 = n0 + 1;
+        const float *x0 = src + (size_t)tok[n0 < g->N ? n0 : 0] * ld + col;
+        const float *x1 = src + (size_t)tok[n1 < g->N ? n1 : 0] * ld + col;
+        for (int c0 = 0; c0 < d16; c0 += 16) {
+            const __mmask16 m = wa_lanes(g->d - c0);
+            const __m512 a = _mm512_maskz_loadu_ps(n0 < g->N ? m : 0, x0 + c0);
+            const __m512 b = _mm512_maskz_loadu_ps(n1 < g->N ? m : 0, x1 + c0);
+            _mm512_storeu_si512(v + (size_t)i * d16 + c0,
+                                _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(b, a)));
+        }
+    }
+}
+
+/* out[r][v·16 ..] = Σ_p a[r·lda + p] · b[p·ldb + v·16 ..] over K2 pairs, r < R, v < V, with
+   vdpbf16ps (R, V constants once inlined) */
+WA_BF16 static inline __attribute__((always_inline)) void wa_mm_pairs_block(float *out, long ldo, const uint32_t *a,
+                                                                          long lda, const uint32_t *b, long ldb, int K2,
+                                                                          const int R, const int V)
+{
+    __m512 acc[4][4];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < V; v++)
+            acc[r][v] = _mm512_setzero_ps();
+    for (int p = 0; p < K2; p++) {
+        __m512bh bv[4];
+        for (int v = 0; v < V; v++)
+            bv[v] = (__m512bh)_mm512_loadu_si512(b + (size_t)p * ldb + 16 * v);
+        for (int r = 0; r < R; r++) {
+            const __m512bh x = (__m512bh)_mm512_set1_epi32((int)a[(size_t)r * lda + p]);
+            for (int v = 0; v < V; v++)
+                acc[r][v] = _mm512_dpbf16_ps(acc[r][v], x, bv[v]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < V; v++)
+            _mm512_storeu_ps(out + (size_t)r * ldo + 16 * v, acc[r][v]);
+}
+
+/* out[M][cols] (row stride ldo) = a[M][K2 pairs] · b[K2 pairs][cols], cols a multiple of 16 */
+WA_BF16 static void wa_mm_pairs(float *out, long ldo, const uint32_t *a, long lda, const uint32_t *b, long ldb, int M,
+                                int K2, int cols)
+{
+    int r = 0;
+    for (; r + 4 <= M; r += 4) {
+        int c = 0;
+        for (; c + 64 <= cols; c += 64)
+            wa_mm_pairs_block(out + (size_t)r * ldo + c, ldo, a + (size_t)r * lda, lda, b + c, ldb, K2, 4, 4);
+        for (; c + 32 <= cols; c += 32)
+            wa_mm_pairs_block(out + (size_t)r * ldo + c, ldo, a + (size_t)r * lda, lda, b + c, ldb, K2, 4, 2);
+        for (; c < cols; c += 16)
+            wa_mm_pairs_block(out + (size_t)r * ldo + c, ldo, a + (size_t)r * lda, lda, b + c, ldb, K2, 4, 1);
+    }
+    for (; r < M; r++) {
+        int c = 0;
+        for (; c + 64 <= cols; c += 64)
+            wa_mm_pairs_block(out + (size_t)r * ldo + c, ldo, a + (size_t)r * lda, lda, b + c, ldb, K2, 1, 4);
+        for (; c < cols; c += 16)
+            wa_mm_pairs_block(out + (size_t)r * ldo + c, ldo, a + (size_t)r * lda, lda, b + c, ldb, K2, 1, 1);
+    }
+}
+
+/* One item forward as wa_forward_item, the two products in bf16 */
+WA_BF16 static void wa_forward_item_bf16(const wa_geometry *g, const wa_work *w, int masked, const float *x,
+                                         const float *bias, int h, float *y, float *lse)
+{
+    const int N = g->N, d = g->d, C = g->C, dq2 = (d + 31) / 32 * 16, Nq2 = (N + 31) / 32 * 16;
+    const wa_pairs *pr = &w->pairs;
+    wa_gather_pairs(pr->q, dq2, x, 3 * C, h * d, g->scale, w->tok, g);
+    wa_gather_pairs(pr->k, dq2, x, 3 * C, C + h * d, 1.0f, w->tok, g);
+    wa_transpose_pairs(pr->kt, pr->k, N, dq2, g->Np);
+    wa_pair_rows(pr->v, Nq2, g->dp, x, 3 * C, 2 * C + h * d, w->tok, g);
+    wa_mm_pairs(w->s, g->Np, pr->q, dq2, pr->kt, g->Np, N, dq2, g->Np);
+    wa_add_bias_mask(w->s, bias, w->label, masked, g);
+    wa_softmax_rows(w->s, lse, g);
+    for (int i = 0; i < N; i++)
+        for (int j0 = 0; j0 < 2 * Nq2; j0 += 32)
+            _mm512_storeu_si512(pr->p + (size_t)i * Nq2 + j0 / 2, wa_pairs32(w->s + (size_t)i * g->Np + j0, N - j0, 1.0f));
+    wa_mm_pairs(w->o, g->dp, pr->p, Nq2, pr->v, g->dp, N, Nq2, g->dp);
+    wa_put_rows(y, w->o, h, w->tok, g);
+}
+#endif
+
+#ifndef HERBS_F64
+void window_attention_forward_at(herbs_precision p, float *out, float *lse, float *work, const float *qkv,
+                                 const float *bias, int B, int H, int W, int C, int heads, int window, int shift,
+                                 int threads)
+{
+    wa_forward_item_fn item = wa_forward_item_isa();
+#if defined(__x86_64__)
+    if (p == HERBS_BF16 && herbs_bf16_isa_current() != HERBS_BF16_ISA_PORTABLE)
+        item = wa_forward_item_bf16;
+#endif
+    wa_forward(item, out, lse, work, qkv, bias, B, H, W, C, heads, window, shift, threads);
+}
+#endif

@@ -21,6 +21,13 @@ size_t FN(window_attention_work)(int head_dim, int window, int heads);
 void FN(window_attention_forward)(real *out, real *lse, real *work, const real *qkv, const real *bias, int B, int H,
                                   int W, int C, int heads, int window, int shift, int threads);
 
+/* The same at precision p: HERBS_BF16 multiplies q·kᵀ and p·v with bf16 operands (q scaled first,
+   the probabilities rounded after the fp32 softmax) and fp32 accumulation where the CPU has
+   AVX512-BF16, and stays fp32 elsewhere. Float engine only (declared for both, defined once). */
+void window_attention_forward_at(herbs_precision p, float *out, float *lse, float *work, const float *qkv,
+                                 const float *bias, int B, int H, int W, int C, int heads, int window, int shift,
+                                 int threads);
+
 /* dout[B, H·W, C] -> dqkv[B, H·W, 3C] and dbias[heads, N, N] (summed over samples and windows in a
    fixed order for a given thread count), from the forward's qkv and lse: both added onto when
    accumulate is set, written (not read) when it is 0. */

@@ -114,8 +114,10 @@ static herbs_status block_forward(swin_block *k, const swin_stage *st, const her
     layernorm_forward(z->ln, v->mean1, v->rstd1, x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C, SWIN_LN_EPS);
     product_rows_forward(&k->qkv, t, t->precision, v->qkv, z->ln, M, NULL, NULL, 0);
     relative_bias_forward(v->bias, PARAM(t, k->table), st->heads, st->window);
-    window_attention_forward(v->att, v->lse, z->work, v->qkv, v->bias, B, st->res, st->res, C, st->heads, st->window,
-                             k->shift, z->threads);
+    /* bf16 attention in inference only: the backward recomputes the probabilities from lse with fp32
+       logits, which must be the forward's */
+    window_attention_forward_at(train ? HERBS_FP32 : t->precision, v->att, v->lse, z->work, v->qkv, v->bias, B,
+                                st->res, st->res, C, st->heads, st->window, k->shift, z->threads);
     product_rows_forward(&k->proj, t, t->precision, z->branch, v->att, M, NULL, NULL, 0);
     residual_add_forward(v->x1, x, z->branch, k->scale1, B, (long)L * C);
 
