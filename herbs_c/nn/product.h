@@ -1,15 +1,17 @@
 /* Weight-bearing products through handles. A layer names each product's weight (and bias) by a
    herbs_weight: offsets into the parameter table, the product's shape as a GEMM operand, and
    the packed forms made from the weight, each tagged with the table version it was made from.
-   Layers call product_* with a precision (herbs_precision, params.h: the net's is t->precision); they never see a packed form, so a new precision
-   (bf16, issue 13) changes this file, the table and the GEMM, not the layers.
+   Layers call product_* with a precision (herbs_precision, params.h: the net's is t->precision);
+   they never see a packed form, so a precision changes this file, the table and the GEMM, not
+   the layers.
 
    Staleness rule: a packed form is used only while its tag equals t->version, and every write
    path bumps the version (params_written): initialisation, the optimiser steps, state-dict and
    pretrained loads, and — because C cannot see writes through NumPy views of the parameter
-   block — the binding at the start of every call from Python that computes (forward,
-   train_step). So a pack lives at most from a forward to its backward, and no stale pack can be
-   observed through the public API. A backward computes with the weights its forward saw:
+   block — the binding before a call that computes (forward, train_step) when a view of the
+   block was handed out since the last such call or is alive now (py/net.c). So no stale pack
+   can be observed through the public API, and with no view held the packs serve call after
+   call. A backward computes with the weights its forward saw:
    writing parameters between a forward and its backward is not part of the contract (as in
    PyTorch, which refuses to differentiate through a tensor modified in place).
 
