@@ -24,7 +24,8 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from common import add_wait_policy_argument, load, machine, memory_mb, run_child, take_turns, timed  # noqa: E402
+from common import (add_wait_policy_argument, load, machine, memory_mb, run_child, take_turns, timed,  # noqa: E402
+                    torch_model)
 from statistics import median  # noqa: E402
 
 CONFIGS = {  # name: (herbs.Model backbone, batch, img_size)
@@ -39,35 +40,6 @@ CLASSES = 200
 def herbs_model(backbone, img_size):
     import herbs
     return herbs.Model(backbone, num_classes=CLASSES, img_size=img_size, seed=0)
-
-
-def torch_model(c, state):
-    """The PyTorch reference with a herbs model's configuration `c` (Model.config) and weights
-    (its state dict)."""
-    import reference_resnet
-    import reference_swin
-    from herbs_compare import load_reference
-    from reference_herbs import HERBS
-
-    if c["backbone"] == "swin":
-        dims, depths, heads = reference_swin.VARIANTS[c["variant"]]
-        backbone = reference_swin.swin(img_size=c["img_size"], embed_dim=dims, depths=depths, num_heads=heads,
-                                       window_size=c["window_size"])
-        patch = c["img_size"] // 4
-        tokens = [(patch // 2) ** 2, (patch // 4) ** 2, (patch // 8) ** 2, (patch // 8) ** 2]
-        channels = [dims * 2, dims * 4, dims * 8, dims * 8]
-        cnn = False
-    else:
-        backbone = reference_resnet.ResNet(c.get("depths", (3, 4, 6, 3)))
-        side = c["img_size"] // 4
-        tokens = [side ** 2, (side // 2) ** 2, (side // 4) ** 2, (side // 8) ** 2]
-        channels = [256, 512, 1024, 2048]
-        cnn = True
-    keep = [s * n // 9 for s, n in zip(tokens, (1, 2, 4, 2))]  # herbs' default num_selects
-    assert sum(keep) == state["combiner.param_pool0.weight"].shape[1]
-    ref = HERBS(backbone, channels, tokens, CLASSES, keep, cnn=cnn)
-    load_reference(ref, state)
-    return ref
 
 
 def worker(side, config, batch, threads, repeats, weights):

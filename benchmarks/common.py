@@ -1,6 +1,8 @@
-"""What every benchmark script shares: timing, the process's memory, the machine's name."""
+"""What every benchmark script shares: timing, the process's memory, the machine's name, the
+subprocess per side, and the PyTorch reference of a herbs model."""
 import json
 import os
+import pathlib
 import platform
 import statistics
 import subprocess
@@ -77,10 +79,11 @@ def add_wait_policy_argument(parser):
                              "OpenMP spins for a while and herbs sleeps)")
 
 
-def run_child(script, args, threads, wait_policy, what):
+def run_child(script, args, threads, wait_policy, what, fatal=True):
     """Runs `python script *args` as a measuring subprocess (its own memory peak and OpenMP runtime)
     with `threads` threads and the OpenMP wait policy, and returns the JSON of its last output
-    line; a failure exits naming `what` with the child's error output."""
+    line; a failure exits naming `what` with the child's error output (with fatal=False, raises
+    RuntimeError with that message instead, for the caller to carry on without that side)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     env.pop("GOMP_SPINCOUNT", None)
     if wait_policy == "default":
@@ -89,7 +92,10 @@ def run_child(script, args, threads, wait_policy, what):
         env["OMP_WAIT_POLICY"] = wait_policy
     done = subprocess.run([sys.executable, os.path.abspath(script), *args], capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        sys.exit(f"{what} failed:\n{done.stderr[-3000:]}")
+        message = f"{what} failed:\n{done.stderr[-3000:]}"
+        if fatal:
+            sys.exit(message)
+        raise RuntimeError(message)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -106,3 +112,36 @@ def take_turns(rounds, sides, measure):
                 else:
                     merged[side].setdefault(key, []).extend(value)
     return merged
+
+
+def torch_model(c, state):
+    """The PyTorch reference (tests/reference_herbs.py on tests/reference_swin.py or
+    tests/reference_resnet.py) with a herbs model's configuration `c` (Model.config) and weights
+    (its state dict)."""
+    tests = str(pathlib.Path(__file__).resolve().parent.parent / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import reference_resnet
+    import reference_swin
+    from herbs_compare import load_reference
+    from reference_herbs import HERBS
+
+    if c["backbone"] == "swin":
+        dims, depths, heads = reference_swin.VARIANTS[c["variant"]]
+        backbone = reference_swin.swin(img_size=c["img_size"], embed_dim=dims, depths=depths, num_heads=heads,
+                                       window_size=c["window_size"])
+        patch = c["img_size"] // 4
+        tokens = [(patch // 2) ** 2, (patch // 4) ** 2, (patch // 8) ** 2, (patch // 8) ** 2]
+        channels = [dims * 2, dims * 4, dims * 8, dims * 8]
+        cnn = False
+    else:
+        backbone = reference_resnet.ResNet(c.get("depths", (3, 4, 6, 3)))
+        side = c["img_size"] // 4
+        tokens = [side ** 2, (side // 2) ** 2, (side // 4) ** 2, (side // 8) ** 2]
+        channels = [256, 512, 1024, 2048]
+        cnn = True
+    keep = [s * n // 9 for s, n in zip(tokens, (1, 2, 4, 2))]  # herbs' default num_selects
+    assert sum(keep) == state["combiner.param_pool0.weight"].shape[1]
+    ref = HERBS(backbone, channels, tokens, c["num_classes"], keep, cnn=cnn)
+    load_reference(ref, state)
+    return ref
