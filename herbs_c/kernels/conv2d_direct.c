@@ -45,7 +45,7 @@ static void rows_through_packed_kernel(const gemm_microkernel *uk, int K, const 
     for (int k = 0; k < K; k++)
         for (int i = 0; i < uk->mr; i++)
             apack[k * uk->mr + i] = rows[i][k];
-    uk->run(K, apack, uk->mr, b, uk->nr, c, ldc, 1.0f, beta, uk->mr, uk->nr); /* packed A and B, a full tile */
+    uk->run(K, apack, uk->mr, b, uk->nr, c, ldc, 1.0f, beta, uk->mr, uk->nr, NULL); /* packed A and B, a full tile */
 }
 
 void conv_direct_forward(float *out, const float *inp, const float *wpack, float beta, int B, int H, int W, int C,

@@ -162,21 +162,17 @@ typedef struct {
     int cols, col0;
 } b_packed;
 
-/* What runs on each finished tile (gemm_affine): rows(tile, ..., scale, shift, relu), with
-   scale and shift starting at the tile's first column of the product. */
-typedef struct {
-    affine_rows_fn rows;
-    const float *scale, *shift;
-    int relu;
-} tile_epilogue;
-
-/* The same epilogue for the product's columns from `col` on; NULL stays NULL. */
-static tile_epilogue epilogue_from(const tile_epilogue *ep, int col)
+/* The step of gemm_affine for the product's columns from `col` on. */
+static gemm_tile_step step_from(const gemm_tile_step *step, int col)
 {
-    tile_epilogue at = *ep;
-    at.scale = ep->scale ? ep->scale + col : NULL;
-    at.shift = ep->shift ? ep->shift + col : NULL;
-    return at;
+    return (gemm_tile_step){step->scale ? step->scale + col : NULL, step->shift ? step->shift + col : NULL,
+                            step->relu};
+}
+
+void gemm_tile_step_apply(const gemm_tile_step *step, float *c, long ldc, int first, int rows, int cols)
+{
+    if (step)
+        affine_rows_current()(c, ldc, step->scale, step->shift, step->relu, cols, first, rows);
 }
 
 /* Rows of A packed at once: one stripe, or for a transposed A (whose packing reads rows of A,
@@ -189,10 +185,10 @@ static int rows_packed_at_once(const gemm_microkernel *uk, int trans_a)
 /* C[0:m, 0:n] = alpha * op(A)[0:m, 0:k] · (B block) + beta * C, a stripe of mr rows of C at a
    time: the stripe's A panel (read in place or packed) stays in L1 while the B panels stream
    from L2, and C is written in the order of its memory, which the hardware prefetcher follows.
-   ep (NULL: none) runs on each tile once it is stored. */
+   The kernel applies ep (NULL: none) to each tile as it stores it. */
 static void stripes(const gemm_microkernel *uk, int trans_a, int a_in_place, int m, int n, int k, float alpha,
                     const float *A, long lda, const b_block *bb, float beta, float *C, long ldc, char *apack,
-                    const tile_epilogue *ep)
+                    const gemm_tile_step *ep)
 {
     const int mr = uk->mr, nr = uk->nr, group = a_in_place ? mr : rows_packed_at_once(uk, trans_a);
     for (int i0 = 0; i0 < m; i0 += mr) {
@@ -209,15 +205,14 @@ static void stripes(const gemm_microkernel *uk, int trans_a, int a_in_place, int
             const void *b = b_panel(uk, bb, j0, k, &b_step);
             float *c = C + (size_t)(i0 - shift) * ldc + j0;
             const int cols = min_int(nr, n - j0);
+            const gemm_tile_step at = ep ? step_from(ep, j0) : (gemm_tile_step){0};
+            const gemm_tile_step *step = ep ? &at : NULL;
             if (!in_place)
-                uk->run(k, a_panel, mr, b, b_step, c, ldc, alpha, beta, rows, cols);
+                uk->run(k, a_panel, mr, b, b_step, c, ldc, alpha, beta, rows, cols, step);
             else if (trans_a)
-                uk->run(k, a, lda, b, b_step, c, ldc, alpha, beta, rows, cols);
-            else
-                uk->run_rows(k, a, lda, b, b_step, c, ldc, alpha, beta, shift, cols);
-            if (ep) /* the tile's own rows: an edge stripe read in place stores rows shift.. */
-                ep->rows(c, ldc, ep->scale ? ep->scale + j0 : NULL, ep->shift ? ep->shift + j0 : NULL, ep->relu,
-                         cols, shift, shift + rows);
+                uk->run(k, a, lda, b, b_step, c, ldc, alpha, beta, rows, cols, step);
+            else /* an edge stripe read in place stores (and steps) its own rows shift.. */
+                uk->run_rows(k, a, lda, b, b_step, c, ldc, alpha, beta, shift, cols, step);
         }
     }
 }
@@ -226,11 +221,11 @@ static void stripes(const gemm_microkernel *uk, int trans_a, int a_in_place, int
    calling thread alone. For each nc-wide block of columns and kc-deep slice of K, the B block
    is packed (a product of one small block reads its full panels in place), then stripes()
    runs; with `packed` (B NULL), the blocks of B packed once are read instead. A is read in place
-   when its rows and the kernel allow. ep (NULL: none) runs on each tile after its last slice of K.
+   when its rows and the kernel allow. ep (NULL: none) is applied to each tile after its last slice of K.
    Returns 0, or -1 when pack memory ran out with a packed B (without one, the plain loops run). */
 static int gemm_serial(const gemm_microkernel *uk, int trans_a, int trans_b, int M, int N, int K, float alpha,
                         const float *A, long lda, const float *B, long ldb, const b_packed *packed, float beta,
-                        float *C, long ldc, const tile_epilogue *ep)
+                        float *C, long ldc, const gemm_tile_step *ep)
 {
     const int kc = slice_depth(uk, K), nc = block_size(N, uk->nc, uk->nr);
     const int small = K <= uk->kc && N <= uk->nc && (size_t)M * K <= SMALL_A_FLOATS && uk->run_rows;
@@ -242,8 +237,7 @@ static int gemm_serial(const gemm_microkernel *uk, int trans_a, int trans_b, int
         return -1;
     if (!bpack) { /* out of memory for packing: the plain loops need none */
         uk->reference(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        if (ep)
-            ep->rows(C, ldc, ep->scale, ep->shift, ep->relu, N, 0, M);
+        gemm_tile_step_apply(ep, C, ldc, 0, M, N);
         return 0;
     }
     char *apack = bpack + b_bytes;
@@ -262,7 +256,7 @@ static int gemm_serial(const gemm_microkernel *uk, int trans_a, int trans_b, int
                 if (bb.in_place < n)
                     uk->pack_b(trans_b, n - bb.in_place, k, op_at(Bp, ldb, trans_b, 0, bb.in_place), ldb, bpack);
             }
-            const tile_epilogue at = ep ? epilogue_from(ep, jc) : (tile_epilogue){0};
+            const gemm_tile_step at = ep ? step_from(ep, jc) : (gemm_tile_step){0};
             stripes(uk, trans_a, a_in_place, M, n, k, alpha, op_at(A, lda, trans_a, 0, pc), lda, &bb,
                     pc == 0 ? beta : 1.0f, C + jc, ldc, apack, ep && pc + k == K ? &at : NULL);
         }
@@ -356,8 +350,8 @@ static int product(const gemm_microkernel *uk, int trans_a, int trans_b, int M, 
 {
     if (M <= 0 || N <= 0)
         return 0;
-    const tile_epilogue epilogue = {affine_rows_current(), scale, shift, relu};
-    const tile_epilogue *ep = scale || shift || relu ? &epilogue : NULL;
+    const gemm_tile_step epilogue = {scale, shift, relu};
+    const gemm_tile_step *ep = scale || shift || relu ? &epilogue : NULL;
     if (K <= 0 || alpha == 0.0f) {
         scale_c(M, N, beta, C, ldc);
         affine_rows(C, ldc, scale, shift, relu, M, N);
@@ -387,7 +381,7 @@ static int product(const gemm_microkernel *uk, int trans_a, int trans_b, int M, 
         const int n0 = share(tj, g.n, N, uk->nr), n1 = share(tj + 1, g.n, N, uk->nr);
         const int k0 = share(tk, g.k, K, 1), k1 = share(tk + 1, g.k, K, 1);
         float *c = tk == 0 ? C + (size_t)m0 * ldc + n0 : partial + ((size_t)(tk - 1) * M + m0) * N + n0;
-        const tile_epilogue at = ep ? epilogue_from(ep, n0) : (tile_epilogue){0};
+        const gemm_tile_step at = ep ? step_from(ep, n0) : (gemm_tile_step){0};
         const b_packed pb = {packed, N, n0};
         if (m1 > m0 && n1 > n0) {
             thread_begin(uk);
@@ -400,8 +394,7 @@ static int product(const gemm_microkernel *uk, int trans_a, int trans_b, int M, 
             const int r0 = share(t, nt, M, 1), r1 = share(t + 1, nt, M, 1);
 #pragma omp barrier
             add_partials(r0, r1, M, N, partial, g.k - 1, C, ldc);
-            if (ep)
-                ep->rows(C, ldc, scale, shift, relu, N, r0, r1);
+            gemm_tile_step_apply(ep, C, ldc, r0, r1, N);
         }
     }
     return status;

@@ -60,7 +60,7 @@ TARGET static inline void store_tile(__m256 acc[MR][2], float *c, long ldc, floa
 
 /* c[rows, cols] = alpha * (a·b) + beta * c: the 6x16 tile, A by columns, B by rows. */
 TARGET static void kernel_6x16(int K, const void *a_tile, long a_step, const void *b_panel, long b_step, float *c,
-                               long ldc, float alpha, float beta, int rows, int cols)
+                               long ldc, float alpha, float beta, int rows, int cols, const gemm_tile_step *step)
 {
     const float *a = a_tile, *b = b_panel;
     for (int i = 0; i < rows; i++)
@@ -72,11 +72,13 @@ TARGET static void kernel_6x16(int K, const void *a_tile, long a_step, const voi
     for (int k = 0; k < K; k++, a += a_step, b += b_step)
         RANK1_UPDATE(acc, b, a[i]);
     store_tile(acc, c, ldc, alpha, beta, 0, rows, cols);
+    gemm_tile_step_apply(step, c, ldc, 0, rows, cols);
 }
 
 /* c[first:6, cols] = alpha * (a·b) + beta * c with the 6 rows of A in place at a + i*lda. */
 TARGET static void kernel_6x16_rows(int K, const float *a, long lda, const void *b_panel, long b_step, float *c,
-                                    long ldc, float alpha, float beta, int first, int cols)
+                                    long ldc, float alpha, float beta, int first, int cols,
+                                    const gemm_tile_step *step)
 {
     const float *b = b_panel;
     __m256 acc[MR][2];
@@ -89,6 +91,7 @@ TARGET static void kernel_6x16_rows(int K, const float *a, long lda, const void 
         RANK1_UPDATE(acc, b, *row[i]);
     }
     store_tile(acc, c, ldc, alpha, beta, first, MR, cols);
+    gemm_tile_step_apply(step, c, ldc, first, MR, cols);
 }
 
 static void pack_a(int trans, int m, int k, const float *A, long lda, void *dst)

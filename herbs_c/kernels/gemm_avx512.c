@@ -23,19 +23,56 @@ TARGET static inline __mmask16 lanes(int n)
     return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
 }
 
-/* c[i, 0:32] = alpha * acc + beta * c (beta == 0: c not read), columns masked by m0, m1. */
-TARGET static inline void store_row(float *c, __m512 acc0, __m512 acc1, __mmask16 m0, __mmask16 m1,
-                                    __m512 va, float beta)
+/* The tile step's per-column vectors (gemm_tile_step) for the tile's two halves. */
+typedef struct {
+    int scale, shift, relu; /* which parts apply */
+    __m512 s[2], t[2];      /* scale and shift of columns 0..15 and 16..31 */
+} step_vectors;
+
+TARGET static inline step_vectors step_vectors_of(const gemm_tile_step *step, __mmask16 m0, __mmask16 m1)
 {
-    if (beta == 0.0f) {
-        _mm512_mask_storeu_ps(c, m0, _mm512_mul_ps(va, acc0));
-        _mm512_mask_storeu_ps(c + 16, m1, _mm512_mul_ps(va, acc1));
-    } else {
+    step_vectors v = {0};
+    if (!step)
+        return v;
+    v.scale = step->scale != NULL, v.shift = step->shift != NULL, v.relu = step->relu;
+    if (v.scale) {
+        v.s[0] = _mm512_maskz_loadu_ps(m0, step->scale);
+        v.s[1] = _mm512_maskz_loadu_ps(m1, step->scale + 16);
+    }
+    if (v.shift) {
+        v.t[0] = _mm512_maskz_loadu_ps(m0, step->shift);
+        v.t[1] = _mm512_maskz_loadu_ps(m1, step->shift + 16);
+    }
+    return v;
+}
+
+/* y·scale + shift, then ReLU, as affine_rows computes them (one fma where both apply; ReLU maps
+   NaN to 0, as its max(y, 0) does) */
+TARGET static inline __m512 step_apply(__m512 y, const step_vectors *v, int half)
+{
+    if (v->scale && v->shift)
+        y = _mm512_fmadd_ps(y, v->s[half], v->t[half]);
+    else if (v->scale)
+        y = _mm512_mul_ps(y, v->s[half]);
+    else if (v->shift)
+        y = _mm512_add_ps(y, v->t[half]);
+    return v->relu ? _mm512_max_ps(y, _mm512_setzero_ps()) : y;
+}
+
+/* c[i, 0:32] = alpha * acc + beta * c (beta == 0: c not read), then the step, columns masked by
+   m0, m1. */
+TARGET static inline void store_row(float *c, __m512 acc0, __m512 acc1, __mmask16 m0, __mmask16 m1,
+                                    __m512 va, float beta, const step_vectors *step)
+{
+    __m512 y0 = _mm512_mul_ps(va, acc0), y1 = _mm512_mul_ps(va, acc1);
+    if (beta != 0.0f) {
         __m512 vb = _mm512_set1_ps(beta);
         __m512 c0 = _mm512_maskz_loadu_ps(m0, c), c1 = _mm512_maskz_loadu_ps(m1, c + 16);
-        _mm512_mask_storeu_ps(c, m0, _mm512_fmadd_ps(va, acc0, _mm512_mul_ps(vb, c0)));
-        _mm512_mask_storeu_ps(c + 16, m1, _mm512_fmadd_ps(va, acc1, _mm512_mul_ps(vb, c1)));
+        y0 = _mm512_fmadd_ps(va, acc0, _mm512_mul_ps(vb, c0));
+        y1 = _mm512_fmadd_ps(va, acc1, _mm512_mul_ps(vb, c1));
     }
+    _mm512_mask_storeu_ps(c, m0, step_apply(y0, step, 0));
+    _mm512_mask_storeu_ps(c + 16, m1, step_apply(y1, step, 1));
 }
 
 /* The tile of C is needed at the end of the kernel: fetch it while the FMAs run. */
@@ -47,16 +84,17 @@ TARGET static inline void prefetch_tile(const float *c, long ldc, int rows)
     }
 }
 
-/* c[first:rows, 0:cols] = alpha * acc + beta * c. */
+/* c[first:rows, 0:cols] = alpha * acc + beta * c, then the step (NULL: none). */
 TARGET static inline void store_tile(__m512 acc[MR][2], float *c, long ldc, float alpha, float beta, int first,
-                                     int rows, int cols)
+                                     int rows, int cols, const gemm_tile_step *step)
 {
     const __m512 va = _mm512_set1_ps(alpha);
     const __mmask16 m0 = lanes(cols), m1 = lanes(cols - 16);
+    const step_vectors sv = step_vectors_of(step, m0, m1);
 #pragma GCC unroll 14
     for (int i = 0; i < MR; i++)
         if (i >= first && i < rows)
-            store_row(c + i * ldc, acc[i][0], acc[i][1], m0, m1, va, beta);
+            store_row(c + i * ldc, acc[i][0], acc[i][1], m0, m1, va, beta, &sv);
 }
 
 /* acc[14][32] += a[i] * b row by row of B: 2 B vectors and 14 broadcasts make 28 FMAs. */
@@ -74,7 +112,7 @@ TARGET static inline void store_tile(__m512 acc[MR][2], float *c, long ldc, floa
 /* c[rows, cols] = alpha * (a·b) + beta * c: the 14x32 register tile, A by columns (packed:
    a_step = 14), B by rows (packed: b_step = 32). */
 TARGET static void kernel_14x32(int K, const void *a_tile, long a_step, const void *b_panel, long b_step, float *c,
-                                long ldc, float alpha, float beta, int rows, int cols)
+                                long ldc, float alpha, float beta, int rows, int cols, const gemm_tile_step *step)
 {
     const float *a = a_tile, *b = b_panel;
     prefetch_tile(c, ldc, rows);
@@ -85,13 +123,14 @@ TARGET static void kernel_14x32(int K, const void *a_tile, long a_step, const vo
 #pragma GCC unroll 2
     for (int k = 0; k < K; k++, a += a_step, b += b_step)
         RANK1_UPDATE(acc, b, a[i]);
-    store_tile(acc, c, ldc, alpha, beta, 0, rows, cols);
+    store_tile(acc, c, ldc, alpha, beta, 0, rows, cols, step);
 }
 
 /* c[first:14, cols] = alpha * (a·b) + beta * c with the 14 rows of A in place at a + i*lda.
    Rows are addressed from two bases and offsets lda * {0, 1, 2, 3, 4, 5, 6}, so that nothing spills. */
 TARGET static void kernel_14x32_rows(int K, const float *a, long lda, const void *b_panel, long b_step, float *c,
-                                     long ldc, float alpha, float beta, int first, int cols)
+                                     long ldc, float alpha, float beta, int first, int cols,
+                                     const gemm_tile_step *step)
 {
     const float *b = b_panel;
     prefetch_tile(c + first * ldc, ldc, MR - first);
@@ -106,7 +145,7 @@ TARGET static void kernel_14x32_rows(int K, const float *a, long lda, const void
                                 p7, p7 + lda, p7 + 2 * lda, p7 + l3, p7 + 4 * lda, p7 + l5, p7 + 2 * l3};
         RANK1_UPDATE(acc, b, *row[i]);
     }
-    store_tile(acc, c, ldc, alpha, beta, first, MR, cols);
+    store_tile(acc, c, ldc, alpha, beta, first, MR, cols, step);
 }
 
 /* r[0:16] <- its transpose, r being 16 rows of 16 floats. */
@@ -238,7 +277,8 @@ typedef int32_t bf16_pair __attribute__((may_alias)); /* two bf16 of one row, k 
 /* c[rows, cols] = alpha * (a·b) + beta * c: the 14x32 tile on bf16 panels, a [K/2][14][2],
    b [K/2][32][2] (the steps are not used: bf16 operands are always packed). */
 TARGET_BF16 static void kernel_bf16_14x32(int K, const void *a_panel, long a_step, const void *b_panel, long b_step,
-                                          float *c, long ldc, float alpha, float beta, int rows, int cols)
+                                          float *c, long ldc, float alpha, float beta, int rows, int cols,
+                                          const gemm_tile_step *step)
 {
     const bf16_pair *a = a_panel;
     const uint16_t *b = b_panel;
@@ -257,7 +297,7 @@ TARGET_BF16 static void kernel_bf16_14x32(int K, const void *a_panel, long a_ste
             acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
         }
     }
-    store_tile(acc, c, ldc, alpha, beta, 0, rows, cols);
+    store_tile(acc, c, ldc, alpha, beta, 0, rows, cols, step);
 }
 
 /* --- bf16 packing: VNNI panels [K/2][width][2] of k pairs (gemm_microkernels.h) ------------

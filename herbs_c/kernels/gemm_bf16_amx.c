@@ -57,7 +57,8 @@ TARGET static void tiles_end(void) { __asm__ volatile("tilerelease" ::: "memory"
    b: [K/2][32][2] bf16; the steps are not used). A full tile with alpha 1 and beta 0 or 1 goes
    straight between C and the accumulators; any other through a buffer. */
 TARGET static void kernel_32x32(int K, const void *a_panel, long a_step, const void *b_panel, long b_step,
-                                float *c, long ldc, float alpha, float beta, int rows, int cols)
+                                float *c, long ldc, float alpha, float beta, int rows, int cols,
+                                const gemm_tile_step *step)
 {
     const char *a = a_panel, *b = b_panel;
     const int direct = rows == MR && cols == NR && alpha == 1.0f && (beta == 0.0f || beta == 1.0f);
@@ -88,6 +89,7 @@ TARGET static void kernel_32x32(int K, const void *a_panel, long a_step, const v
         TILE_STORE(1, c + 16, ldc_bytes);
         TILE_STORE(2, c + 16 * ldc, ldc_bytes);
         TILE_STORE(3, c + 16 * ldc + 16, ldc_bytes);
+        gemm_tile_step_apply(step, c, ldc, 0, rows, cols);
         return;
     }
     float acc[MR][NR] __attribute__((aligned(64)));
@@ -98,6 +100,7 @@ TARGET static void kernel_32x32(int K, const void *a_panel, long a_step, const v
     for (int i = 0; i < rows; i++)
         for (int j = 0; j < cols; j++)
             c[i * ldc + j] = beta == 0.0f ? alpha * acc[i][j] : alpha * acc[i][j] + beta * c[i * ldc + j];
+    gemm_tile_step_apply(step, c, ldc, 0, rows, cols);
 }
 
 /* A [m, k] (not transposed) -> the A panels [K/32][32][32] bf16: 32 floats of a row become one

@@ -11,7 +11,7 @@
 
 /* c[rows, cols] = alpha * (a·b) + beta * c, a [K/2][4][2] and b [K/2][16][2] bf16 panels. */
 static void kernel_4x16(int K, const void *a_panel, long a_step, const void *b_panel, long b_step, float *c,
-                        long ldc, float alpha, float beta, int rows, int cols)
+                        long ldc, float alpha, float beta, int rows, int cols, const gemm_tile_step *step)
 {
     const uint16_t *a = a_panel, *b = b_panel;
     float acc[MR][NR] = {{0}};
@@ -30,6 +30,7 @@ static void kernel_4x16(int K, const void *a_panel, long a_step, const void *b_p
     for (int i = 0; i < rows; i++)
         for (int j = 0; j < cols; j++)
             c[i * ldc + j] = beta == 0.0f ? alpha * acc[i][j] : alpha * acc[i][j] + beta * c[i * ldc + j];
+    gemm_tile_step_apply(step, c, ldc, 0, rows, cols);
 }
 
 static void pack_a(int trans, int m, int k, const float *A, long lda, void *dst)

@@ -13,17 +13,30 @@
 
 #include "kernels/gemm_bf16.h"
 
+/* gemm_affine's per-column step on a finished tile (affine.h): y·scale[j] + shift[j], then ReLU;
+   scale and shift start at the tile's first column (NULL: none). */
+typedef struct {
+    const float *scale, *shift;
+    int relu;
+} gemm_tile_step;
+
 /* c[0:rows, 0:cols] (row stride ldc) = alpha * (a·b)[0:rows, 0:cols] + beta * c for one
-   mr x nr tile, rows <= mr, cols <= nr; beta == 0 never reads c, nothing outside is touched.
-   The mr values of column k of a are a[k*a_step + 0:mr], the nr of row k of b b[k*b_step + 0:nr]
-   (fp32; a bf16 kernel reads its packed panels of depth K, ignoring the steps). */
+   mr x nr tile, rows <= mr, cols <= nr, then the step on what was stored (step NULL: none);
+   beta == 0 never reads c, nothing outside is touched. The mr values of column k of a are
+   a[k*a_step + 0:mr], the nr of row k of b b[k*b_step + 0:nr] (fp32; a bf16 kernel reads its
+   packed panels of depth K, ignoring the steps). */
 typedef void (*gemm_microkernel_fn)(int K, const void *a, long a_step, const void *b, long b_step, float *c,
-                                    long ldc, float alpha, float beta, int rows, int cols);
+                                    long ldc, float alpha, float beta, int rows, int cols, const gemm_tile_step *step);
 
 /* The same for mr rows of A read in place, row i at a + i*lda (k contiguous), of which rows
    first..mr-1 of c are stored (an edge stripe reads the last mr rows of A and stores its own). */
 typedef void (*gemm_microkernel_rows_fn)(int K, const float *a, long lda, const void *b, long b_step, float *c,
-                                         long ldc, float alpha, float beta, int first, int cols);
+                                         long ldc, float alpha, float beta, int first, int cols,
+                                         const gemm_tile_step *step);
+
+/* The step (NULL: none) on rows first..rows-1, cols columns of a stored tile: for kernels that
+   do not fuse it into their stores. */
+void gemm_tile_step_apply(const gemm_tile_step *step, float *c, long ldc, int first, int rows, int cols);
 
 /* dst[ceil(m/mr)] panels <- op(A)[0:m, 0:k], op(A) = trans ? Aᵀ : A; rows beyond m are zero. */
 typedef void (*gemm_pack_a_fn)(int trans, int m, int k, const float *A, long lda, void *dst);

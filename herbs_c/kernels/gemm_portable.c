@@ -31,17 +31,18 @@ static void store_tile(float acc[MR][NR], float *c, long ldc, float alpha, float
 
 /* c[rows, cols] = alpha * (a·b) + beta * c: the 4x16 tile, A by columns, B by rows. */
 static void kernel_4x16(int K, const void *a, long a_step, const void *b, long b_step, float *c, long ldc,
-                        float alpha, float beta, int rows, int cols)
+                        float alpha, float beta, int rows, int cols, const gemm_tile_step *step)
 {
     float acc[MR][NR] = {{0}};
     accumulate(acc, K, a, a_step, b, b_step);
     store_tile(acc, c, ldc, alpha, beta, 0, rows, cols);
+    gemm_tile_step_apply(step, c, ldc, 0, rows, cols);
 }
 
 /* c[first:4, cols] = alpha * (a·b) + beta * c with the 4 rows of A in place at a + i*lda:
    copied by columns in chunks, so that the compiler sees the same loop as above. */
 static void kernel_4x16_rows(int K, const float *a, long lda, const void *b_panel, long b_step, float *c, long ldc,
-                             float alpha, float beta, int first, int cols)
+                             float alpha, float beta, int first, int cols, const gemm_tile_step *step)
 {
     const float *b = b_panel;
     float acc[MR][NR] = {{0}}, chunk[CHUNK][MR];
@@ -53,6 +54,7 @@ static void kernel_4x16_rows(int K, const float *a, long lda, const void *b_pane
         accumulate(acc, kn, chunk[0], MR, b + k0 * b_step, b_step);
     }
     store_tile(acc, c, ldc, alpha, beta, first, MR, cols);
+    gemm_tile_step_apply(step, c, ldc, first, MR, cols);
 }
 
 static void pack_a(int trans, int m, int k, const float *A, long lda, void *dst)
