@@ -27,6 +27,7 @@
 #define SMALL_A_FLOATS 65536       /* with one block of B and an A this small, both are read in place */
 #define PREFETCH_BYTES (256 << 10) /* batch items with operands this small fetch the next item's */
 #define TRANSPOSED_A_ROWS 512      /* rows of a transposed A packed at once (512 x kc floats in L2) */
+#define PREPACK_ELEMENTS_PER_THREAD 65536 /* a B packed once is split among threads from this size */
 
 /* Every micro-kernel, with the precision and ISA (herbs_isa or herbs_bf16_isa) it serves. */
 static const struct {
@@ -451,12 +452,17 @@ void gemm_prepack_b(herbs_precision precision, int trans_b, int N, int K, const 
     const gemm_microkernel *uk = registry[kernel].uk;
     const pack_header header = {PACK_MAGIC, kernel, N, K};
     memcpy(dst, &header, sizeof header);
-    char *slice = (char *)dst + PACK_HEADER;
-    const int kc = slice_depth(uk, K);
-    for (int pc = 0; pc < K; pc += kc) {
-        const int k = min_int(kc, K - pc);
-        uk->pack_b(trans_b, N, k, op_at(B, ldb, trans_b, pc, 0), ldb, slice);
-        slice += panel_bytes(uk, k, round_up(N, uk->nr));
+    const int kc = slice_depth(uk, K), nt = herbs_threads_for((double)N * K, PREPACK_ELEMENTS_PER_THREAD);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    { /* each thread its share of every slice's panels */
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        const int j0 = share(t, n, N, uk->nr), j1 = share(t + 1, n, N, uk->nr);
+        char *slice = (char *)dst + PACK_HEADER;
+        for (int pc = 0; pc < K && j1 > j0; pc += kc) {
+            const int k = min_int(kc, K - pc);
+            uk->pack_b(trans_b, j1 - j0, k, op_at(B, ldb, trans_b, pc, j0), ldb, slice + panel_bytes(uk, k, j0));
+            slice += panel_bytes(uk, k, round_up(N, uk->nr));
+        }
     }
 }
 
