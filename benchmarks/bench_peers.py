@@ -33,9 +33,10 @@ precision (> 1: herbs faster). --quick, a smoke run: one round, few runs, throug
 Every side runs in its own subprocess (one per side and round: no thread pool of one library
 spinning while another computes), and the sides take turns over rounds, the order reversed every
 other round, so that a change in the machine's load falls on all of them. OMP_WAIT_POLICY (herbs,
-PyTorch) follows --wait-policy; so does ONNX Runtime's own thread pool: with "passive" (the
-default) its intra- and inter-op spinning is switched off (session.intra_op.allow_spinning = 0),
-with "active" or "default" it spins as it does by default. OpenVINO's TBB pool is left as it is.
+PyTorch) follows --wait-policy; so does ONNX Runtime's own thread pool: with "passive" its intra-
+and inter-op spinning is switched off (session.intra_op.allow_spinning = 0), with "active" or
+"default" (the default: every library as a user gets it) it spins as it does by default. OpenVINO's
+TBB pool is left as it is.
 
 Before timing, the outputs of every side on the same images are compared with PyTorch fp32's
 (max |difference| / max |PyTorch|, every batch); an ONNX Runtime or OpenVINO fp32 error of the

@@ -73,10 +73,10 @@ def load_weights(net, weights):
 
 def add_wait_policy_argument(parser):
     """--wait-policy: how the OpenMP threads of both sides wait at barriers."""
-    parser.add_argument("--wait-policy", choices=["passive", "active", "default"], default="passive",
-                        help="OMP_WAIT_POLICY of both sides (passive, herbs' own default: threads sleep at "
-                             "barriers, which shared cores need; default: each library's own, i.e. PyTorch's "
-                             "OpenMP spins for a while and herbs sleeps)")
+    parser.add_argument("--wait-policy", choices=["passive", "active", "default"], default="default",
+                        help="OMP_WAIT_POLICY of both sides (default: each library's own, as a user gets it: "
+                             "herbs' threads spin 1000 times before they sleep, PyTorch's OpenMP spins longer; "
+                             "passive: both sleep at once, which oversubscribed cores need; active: both spin)")
 
 
 def run_child(script, args, threads, wait_policy, what, fatal=True):
