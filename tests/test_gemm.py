@@ -270,6 +270,32 @@ def test_isa_environment_variable():
     assert bad.returncode != 0 and "unknown ISA 'sse9'" in bad.stderr
 
 
+def proc_cpuinfo():
+    """(vendor, family, model) of the first CPU in /proc/cpuinfo (Linux x86), or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        return fields["vendor_id"], int(fields["cpu family"]), int(fields["model"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def test_cpu_family_and_its_cache_blocks():
+    """cpu_info's family is what /proc/cpuinfo says (Zen 4: AMD family 25, models 0x10-0x1f,
+    0x60-0x7f, 0xa0-0xaf), and the fp32 AVX-512 kernel's cache blocks are Zen 4's own there (kc 384,
+    nc 512) and the kernel's elsewhere (256, 1024)."""
+    info, cpu = herbs.cpu_info(), proc_cpuinfo()
+    if cpu is None:
+        pytest.skip("no /proc/cpuinfo with vendor, family and model to compare with")
+    vendor, family, model = cpu
+    zen4 = vendor == "AuthenticAMD" and family == 0x19 and any(lo <= model <= hi for lo, hi in (
+        (0x10, 0x1F), (0x60, 0x7F), (0xA0, 0xAF)))
+    assert info["cpu_family"] == ("zen4" if zen4 else "generic")
+    if info["gemm_kernel"].startswith("avx512 "):
+        assert info["gemm_blocks_kc_nc"] == ((384, 512) if zen4 else (256, 1024))
+
+
 def test_threads_control():
     before = herbs.get_num_threads()
     herbs.set_num_threads(1)

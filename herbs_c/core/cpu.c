@@ -3,6 +3,9 @@
 
 #include <pthread.h>
 #include <string.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #if defined(__linux__) && defined(__x86_64__)
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -108,3 +111,41 @@ herbs_status herbs_bf16_isa_select(const char *name)
     }
     return herbs_error(HERBS_ERR_VALUE, "unknown bf16 ISA '%s': expected 'amx', 'avx512_bf16' or 'portable'", name);
 }
+
+/* --- microarchitecture ------------------------------------------------------------------------ */
+
+static herbs_cpu_family cpu_family_detect(void)
+{
+#if defined(__x86_64__)
+    unsigned eax, ebx, ecx, edx;
+    char vendor[13] = {0};
+    if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx))
+        return HERBS_CPU_GENERIC;
+    memcpy(vendor, &ebx, 4);
+    memcpy(vendor + 4, &edx, 4);
+    memcpy(vendor + 8, &ecx, 4);
+    if (strcmp(vendor, "AuthenticAMD") != 0 || !__get_cpuid(1, &eax, &ebx, &ecx, &edx))
+        return HERBS_CPU_GENERIC;
+    const unsigned family = ((eax >> 8) & 0xF) + ((eax >> 20) & 0xFF);
+    const unsigned model = ((eax >> 4) & 0xF) | ((eax >> 12) & 0xF0);
+    /* family 19h: Zen 3 and Zen 4; Zen 4 is models 10h-1Fh (Genoa), 60h-7Fh (Raphael, Phoenix),
+       A0h-AFh (Bergamo, Siena) */
+    if (family == 0x19 && ((model >= 0x10 && model <= 0x1F) || (model >= 0x60 && model <= 0x7F) ||
+                           (model >= 0xA0 && model <= 0xAF)))
+        return HERBS_CPU_ZEN4;
+#endif
+    return HERBS_CPU_GENERIC;
+}
+
+static herbs_cpu_family cpu_family;
+static pthread_once_t cpu_family_once = PTHREAD_ONCE_INIT;
+
+static void cpu_family_init(void) { cpu_family = cpu_family_detect(); }
+
+herbs_cpu_family herbs_cpu_family_current(void)
+{
+    pthread_once(&cpu_family_once, cpu_family_init);
+    return cpu_family;
+}
+
+const char *herbs_cpu_family_name(herbs_cpu_family family) { return family == HERBS_CPU_ZEN4 ? "zen4" : "generic"; }

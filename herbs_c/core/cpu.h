@@ -30,4 +30,12 @@ herbs_status herbs_bf16_isa_select(const char *name);
 
 const char *herbs_bf16_isa_name(herbs_bf16_isa isa);
 
+/* The CPU's microarchitecture where a kernel's tuning depends on it (the GEMM's cache blocks, as
+   BLIS keeps one configuration per microarchitecture); GENERIC for every other. */
+typedef enum { HERBS_CPU_GENERIC = 0, HERBS_CPU_ZEN4 = 1 } herbs_cpu_family;
+
+herbs_cpu_family herbs_cpu_family_current(void);
+
+const char *herbs_cpu_family_name(herbs_cpu_family family);
+
 #endif

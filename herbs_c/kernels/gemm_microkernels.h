@@ -68,6 +68,10 @@ extern const gemm_microkernel gemm_microkernel_amx_bf16;
 extern const gemm_microkernel gemm_microkernel_avx512_bf16;
 extern const gemm_microkernel gemm_microkernel_portable_bf16;
 
+/* The cache blocks (kc, nc) the driver uses with uk on this CPU: its own, or its
+   microarchitecture's (gemm.c). */
+void gemm_cache_blocks(const gemm_microkernel *uk, int *kc, int *nc);
+
 /* The micro-kernel of the current ISA of `precision` (herbs_isa_current, herbs_bf16_isa_current). */
 const gemm_microkernel *gemm_microkernel_for(herbs_precision precision);
 

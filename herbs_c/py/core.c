@@ -22,9 +22,12 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *unused) { return P
 static PyObject *py_cpu_info(PyObject *self, PyObject *unused)
 {
     const gemm_microkernel *uk = gemm_microkernel_current();
-    return Py_BuildValue("{s:s,s:s,s:s,s:(ii),s:s,s:s,s:s,s:i}", "isa", herbs_isa_name(herbs_isa_current()),
+    int kc, nc;
+    gemm_cache_blocks(uk, &kc, &nc);
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:(ii),s:s,s:s,s:s,s:i}", "cpu_family",
+                         herbs_cpu_family_name(herbs_cpu_family_current()), "isa", herbs_isa_name(herbs_isa_current()),
                          "best_isa", herbs_isa_name(herbs_isa_best()), "gemm_kernel", uk->name,
-                         "gemm_blocks_kc_nc", uk->kc, uk->nc, "bf16_isa", herbs_bf16_isa_name(herbs_bf16_isa_current()),
+                         "gemm_blocks_kc_nc", kc, nc, "bf16_isa", herbs_bf16_isa_name(herbs_bf16_isa_current()),
                          "best_bf16_isa", herbs_bf16_isa_name(herbs_bf16_isa_best()), "bf16_gemm_kernel",
                          gemm_bf16_kernel_name(), "threads", herbs_num_threads());
 }
