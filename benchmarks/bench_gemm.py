@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""herbs' float GEMM against NumPy's BLAS, side by side, at 1 and 2 threads.
+"""herbs' GEMM against NumPy's BLAS (fp32) or PyTorch's oneDNN (bf16), side by side, at 1 and 2
+threads.
 
-For every shape it prints GFLOP/s of both (median of repeats, with min-max), the ratio
-herbs/NumPy and herbs' fraction of the machine's fp32 FMA peak. The peak is not measured
-here: it is an argument (--peak, GFLOP/s per thread), whose default is the 16-chain
-`vfmadd231ps zmm` loop measured on the project's machines, ≈207 GF/s per core (for --isa
-avx2, half of it: 8 lanes instead of 16 on the same two FMA ports).
+For every shape it prints GFLOP/s of each side (median of repeats, with min-max), the ratio of
+herbs' to the reference's and herbs' fraction of the machine's peak: the fp32 FMA peak, or with
+--precision bf16 the bf16 dot-product peak, both measured here at each thread count
+(benchmarks/peaks.py: loops of 16 independent vfmadd231ps / vdpbf16ps zmm chains; --peak gives
+one instead, GF/s per thread). bf16: herbs multiplies fp32 operands rounded to bf16 while packing,
+with fp32 accumulation and output, once with B packed in each call and once with B packed once
+before (a weight: what a model's forward does; the % of peak is this one's); PyTorch multiplies
+operands converted to bf16 outside the timing, writing bf16.
 
 Each thread count runs in a child process that sets OPENBLAS_NUM_THREADS (so threadpoolctl
 is not needed; when installed it is only asked which BLAS and how many threads it uses) and
@@ -16,6 +20,7 @@ do not affect herbs, which does not use BLAS.
     python benchmarks/bench_gemm.py            # everything, 1 and 2 threads
     python benchmarks/bench_gemm.py --quick    # fewer repeats, no 2048 square
     python benchmarks/bench_gemm.py --markdown # the table as Markdown (for README.md)
+    python benchmarks/bench_gemm.py --precision bf16 --threads 2
 """
 import os
 import sys
@@ -34,12 +39,8 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+import peaks  # noqa: E402
 from common import load, machine  # noqa: E402
-
-# GF/s per thread: fp32 FMA peak of the project's Sapphire-Rapids-class cores, measured with a loop of
-# 16 independent vfmadd231ps zmm chains (avx512); avx2 is half of it (the same two FMA ports, 8 lanes);
-# none for the portable kernel
-DEFAULT_PEAKS = {"avx512": 207.0, "avx2": 103.5}
 
 # (label, M, N, K, trans_a, trans_b, batch). Linear layers run forward as X·Wᵀ (trans_b=1, W is
 # [out, in]); backward as dX = dY·W (0, 0) and dW = dYᵀ·X (1, 0).
@@ -93,17 +94,32 @@ def operands(rng, m, n, k, ta, tb, batch):
     return a, b, c
 
 
-def herbs_call(a, b, c, ta, tb, batch):
+def herbs_calls(a, b, c, ta, tb, batch, precision):
+    """{side: call} of herbs at the precision: fp32, or bf16 with B packed in the call and, for a
+    single product, packed once before (a weight)."""
     from herbs import _C
+    if precision == "fp32":
+        if batch > 1:
+            return {"herbs": lambda: _C.gemm_batched(a, b, c, trans_a=ta, trans_b=tb)}
+        return {"herbs": lambda: _C.gemm(a, b, c, trans_a=ta, trans_b=tb)}
     if batch > 1:
-        return lambda: _C.gemm_batched(a, b, c, trans_a=ta, trans_b=tb)
-    return lambda: _C.gemm(a, b, c, trans_a=ta, trans_b=tb)
+        return {"herbs": lambda: _C.gemm_bf16_batched(a, b, c, trans_a=ta, trans_b=tb)}
+    packed = _C.gemm_prepack_b(b, trans_b=tb, bf16=True)
+    return {"herbs": lambda: _C.gemm_bf16(a, b, c, trans_a=ta, trans_b=tb),
+            "herbs packed B": lambda: _C.gemm_prepacked(a, packed, c.shape[-1], c, trans_a=ta)}
 
 
-def numpy_call(a, b, c, ta, tb, batch):
+def reference_call(a, b, c, ta, tb, batch, precision):
+    """NumPy's matmul (fp32), or PyTorch's on bf16 copies of the operands (bf16)."""
     opa = np.swapaxes(a, -1, -2) if ta else a
     opb = np.swapaxes(b, -1, -2) if tb else b
-    return lambda: np.matmul(opa, opb, out=c)
+    if precision == "fp32":
+        return lambda: np.matmul(opa, opb, out=c)
+    import torch
+    ta_, tb_ = (torch.from_numpy(np.ascontiguousarray(x)).to(torch.bfloat16) for x in (a, b))
+    opa_, opb_ = (x.transpose(-1, -2) if t else x for x, t in ((ta_, ta), (tb_, tb)))
+    out = torch.empty(c.shape, dtype=torch.bfloat16)
+    return lambda: torch.matmul(opa_, opb_, out=out)
 
 
 def cpu_seconds():
@@ -173,11 +189,18 @@ def child(args):
     """Runs every shape at args.child threads and prints one JSON line per shape."""
     import herbs
     herbs.set_num_threads(args.child)
+    if args.precision == "bf16":
+        import torch
+        torch.set_num_threads(args.child)
+        reference = f"torch {torch.__version__} (bf16)"
+    else:
+        reference = f"numpy {np.__version__}: {blas_info()}"
     rng = np.random.default_rng(0)
-    print(json.dumps({"blas": blas_info(), "herbs": herbs.cpu_info()}), flush=True)
+    print(json.dumps({"reference": reference, "herbs": herbs.cpu_info()}), flush=True)
     for label, m, n, k, ta, tb, batch in shapes(args):
         a, b, c = operands(rng, m, n, k, ta, tb, batch)
-        fns = {"herbs": herbs_call(a, b, c, ta, tb, batch), "numpy": numpy_call(a, b, c, ta, tb, batch)}
+        fns = herbs_calls(a, b, c, ta, tb, batch, args.precision)
+        fns["reference"] = reference_call(a, b, c, ta, tb, batch, args.precision)
         if args.wait_quiet:
             wait_for_quiet(args.wait_quiet)
         row, other = measure(fns, 2.0 * m * n * k * batch, args.repeats, args.min_time, args.pause)
@@ -200,15 +223,23 @@ def describe(shape):
     return f"{m}x{n}x{k} {ops}" + (f" x{batch}" if batch > 1 else "")
 
 
-def table(rows, threads, peak, markdown):
-    head = ["shape", "MxNxK op", "herbs GF/s", "(min-max)", "numpy GF/s", "(min-max)", "herbs/numpy", "% peak",
-            "other load"]
+def table(rows, peak, reference, markdown):
+    """One line per shape: each side's GF/s, herbs' best over the reference's, herbs' best as a
+    share of `peak` (GF/s of all threads)."""
+    sides = ["herbs", "herbs packed B", "reference"]
+    head = ["shape", "MxNxK op"]
+    for side in sides:
+        head += [f"{reference if side == 'reference' else side} GF/s", "(min-max)"]
+    head += ["herbs/" + reference, "% peak", "other load"]
     lines = []
     for r in rows:
-        h, n = statistics.median(r["herbs"]), statistics.median(r["numpy"])
-        lines.append([r["label"], describe(r["shape"]), f"{h:.0f}", spread(r["herbs"]), f"{n:.0f}",
-                      spread(r["numpy"]), f"{h / n:.2f}", f"{100 * h / (peak * threads):.0f}%" if peak else "-",
-                      f"{r['other']:.2f}"])
+        line = [r["label"], describe(r["shape"])]
+        for side in sides:
+            line += [f"{statistics.median(r[side]):.0f}", spread(r[side])] if side in r else ["-", ""]
+        best = statistics.median(r.get("herbs packed B", r["herbs"]))
+        line += [f"{best / statistics.median(r['reference']):.2f}", f"{100 * best / peak:.0f}%" if peak else "-",
+                 f"{r['other']:.2f}"]
+        lines.append(line)
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(line) + " |" for line in lines]
@@ -225,9 +256,11 @@ def main():
     parser.add_argument("--repeats", type=int, default=None, help="samples per measurement (default 7, quick 3)")
     parser.add_argument("--min-time", type=float, default=None, help="seconds per sample (default 0.2, quick 0.05)")
     parser.add_argument("--pause", type=float, default=0.15, help="seconds of rest after each sample (default 0.15)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="fp32 against NumPy, or bf16 against PyTorch (default fp32)")
     parser.add_argument("--peak", type=float, default=None,
-                        help="fp32 FMA peak per thread in GF/s for the %%-of-peak column (default: measured "
-                             + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_PEAKS.items()) + ")")
+                        help="the peak per thread in GF/s for the %%-of-peak column (default: measured here, at each "
+                             "thread count, for the precision)")
     parser.add_argument("--filter", default="", help="only shapes whose label contains this text")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="before each shape, wait up to SECONDS for other processes to leave the CPUs idle")
@@ -242,31 +275,33 @@ def main():
         SQUARES, MODEL, ATTENTION = ([s for s in group if args.filter in s[0]] for group in (SQUARES, MODEL, ATTENTION))
         return child(args)
 
-    if args.peak is None:
-        import herbs
-        args.peak = DEFAULT_PEAKS.get(args.isa or herbs.cpu_info()["best_isa"])
     print(f"machine: {machine()}; load (1/5/15 min) {load()} at start")
     print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
-    print(f"fp32 FMA peak taken as {args.peak or 0:g} GF/s per thread (--peak); median of {args.repeats} samples "
-          f"of >= {args.min_time:g} s, min-max in brackets; 'other load': CPUs kept busy by other processes "
-          f"over the row's samples and pauses, from /proc/stat")
+    print(f"median of {args.repeats} samples of >= {args.min_time:g} s, min-max in brackets; 'other load': CPUs "
+          f"kept busy by other processes over the row's samples and pauses, from /proc/stat")
     for threads in [int(t) for t in args.threads.split(",")]:
+        peak = args.peak * threads if args.peak else peaks.measure(threads)[args.precision]
         env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads))
+        if "OMP_WAIT_POLICY" not in env:  # herbs' default, for PyTorch's OpenMP as well: its threads would
+            env.setdefault("GOMP_SPINCOUNT", "1000")  # spin on through herbs' samples otherwise
         if args.isa:
             env["HERBS_ISA"] = args.isa
         cmd = [sys.executable, os.path.abspath(__file__), "--child", str(threads), "--repeats", str(args.repeats),
                "--min-time", str(args.min_time), "--pause", str(args.pause), "--filter", args.filter,
-               "--wait-quiet", str(args.wait_quiet)]
+               "--wait-quiet", str(args.wait_quiet), "--precision", args.precision]
         if args.quick:
             cmd.append("--quick")
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"the {threads}-thread run failed:\n{out.stderr}")
         header, *rows = [json.loads(line) for line in out.stdout.splitlines()]
-        print(f"\n{threads} thread(s): herbs {header['herbs']['gemm_kernel']} ({header['herbs']['threads']} threads); "
-              f"numpy {np.__version__}: {header['blas']}; load (1/5/15 min) {load()} after")
-        print(table(rows, threads, args.peak, args.markdown))
+        kernel = header["herbs"]["bf16_gemm_kernel" if args.precision == "bf16" else "gemm_kernel"]
+        reference = "torch" if args.precision == "bf16" else "numpy"
+        print(f"\n{threads} thread(s): herbs {kernel} ({header['herbs']['threads']} threads); {header['reference']}; "
+              f"{args.precision} peak {peak:.0f} GF/s ({'--peak' if args.peak else 'measured'}); load (1/5/15 min) "
+              f"{load()} after")
+        print(table(rows, peak, reference, args.markdown))
 
 
 if __name__ == "__main__":
