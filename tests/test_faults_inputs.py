@@ -1,5 +1,6 @@
 """Bad and unusual inputs: image files of every kind Pillow reads (16-bit, 32-bit integer and
-float grey, EXIF orientations, alpha, 1-pixel, truncated, corrupt, mutated, decompression bombs)."""
+float grey, EXIF orientations, alpha, 1-pixel, truncated, corrupt, mutated, decompression bombs),
+and the private binding's Net used without a successful __init__."""
 import io
 import struct
 import time
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from herbs import data
+from herbs import _C, data
 from herbs import transforms as T
 
 # ------------------------------------------------------------------------------------------------
@@ -306,3 +307,71 @@ def test_pixel_limit_is_pillows_setting(tmp_path, monkeypatch):
     assert data.read_image(path).size == (40, 40)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # no limit
     assert data.read_image(path).size == (40, 40)
+
+
+# ------------------------------------------------------------------------------------------------
+# the private binding: a Net whose __init__ never ran or failed
+
+def uninitialised():
+    return _C.Net.__new__(_C.Net)
+
+
+def failed_init():
+    net = _C.Net.__new__(_C.Net)
+    with pytest.raises(ValueError, match="unknown network kind"):
+        net.__init__("no-such-kind", {})
+    return net
+
+
+def live():
+    return _C.Net("linear", {"img_size": 4, "num_classes": 3}, 0)
+
+
+PUBLIC = sorted(name for name in dir(_C.Net) if not name.startswith("_"))
+ATTRIBUTES = [name for name in PUBLIC if type(getattr(_C.Net, name)).__name__ == "getset_descriptor"]
+METHODS = [name for name in PUBLIC if name not in ATTRIBUTES]
+
+
+def test_enumeration_sees_the_attributes_and_methods():
+    assert {"params", "grads", "buffers", "kind", "precision", "image_shape"} <= set(ATTRIBUTES)
+    assert {"forward", "backward", "loss", "train_step", "tensors", "zero_grad"} <= set(METHODS)
+    assert all(callable(getattr(live(), name)) for name in METHODS)
+
+
+@pytest.mark.parametrize("make", [uninitialised, failed_init])
+@pytest.mark.parametrize("name", ATTRIBUTES)
+def test_attributes_of_a_dead_net_raise(make, name):
+    net, reference = make(), live()
+    with pytest.raises(RuntimeError, match=r"Net is not initialised: its __init__ did not run or failed"):
+        getattr(net, name)
+    try:
+        setattr(reference, name, getattr(reference, name))  # settable? (a live net takes its own value)
+    except AttributeError:
+        return
+    with pytest.raises(RuntimeError, match="not initialised"):
+        setattr(net, name, getattr(reference, name))
+
+
+@pytest.mark.parametrize("make", [uninitialised, failed_init])
+@pytest.mark.parametrize("name", METHODS)
+def test_methods_of_a_dead_net_raise(make, name):
+    """Each method with 0, 1, 2, ... placeholder arguments: those its signature refuses (TypeError
+    about arguments) are skipped; the first call that gets past them must raise 'not initialised'."""
+    method = getattr(make(), name)
+    for count in range(5):
+        try:
+            method(*[None] * count)
+        except TypeError as e:
+            assert "argument" in str(e), f"{name}: {e}"
+            continue
+        except RuntimeError as e:
+            assert "not initialised" in str(e), f"{name}: {e}"
+            return
+        pytest.fail(f"{name}({count} arguments) returned on a net that was never initialised")
+    pytest.fail(f"{name} refused 0 to 4 arguments")
+
+
+def test_a_dead_net_can_be_shown_and_freed():
+    for net in (uninitialised(), failed_init()):
+        assert "herbs._C.Net" in repr(net)
+        del net  # deallocating a net without an engine network
