@@ -1,8 +1,9 @@
 """Bad and unusual inputs: image files of every kind Pillow reads (16-bit, 32-bit integer and
 float grey, EXIF orientations, alpha, 1-pixel, truncated, corrupt, mutated, decompression bombs),
-and the private binding's Net used without a successful __init__."""
+the private binding's Net used without a successful __init__, and big-endian arrays."""
 import io
 import struct
+import sys
 import time
 import warnings
 import zlib
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import herbs
 from herbs import _C, data
 from herbs import transforms as T
 
@@ -375,3 +377,56 @@ def test_a_dead_net_can_be_shown_and_freed():
     for net in (uninitialised(), failed_init()):
         assert "herbs._C.Net" in repr(net)
         del net  # deallocating a net without an engine network
+
+
+# ------------------------------------------------------------------------------------------------
+# byte order: the machine's other one (big-endian on x86-64 and arm64)
+
+FOREIGN, FOREIGN_NAME = (">", "big") if sys.byteorder == "little" else ("<", "little")
+
+
+def tiny_resnet(seed=0):
+    return herbs.Model({"backbone": "resnet", "img_size": 64, "depths": (1, 1, 1, 1), "width": 8}, num_classes=3,
+                       num_selects=(100, 24, 6, 2), seed=seed)
+
+
+def test_big_endian_arrays_are_converted_by_the_model():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 64, 64)).astype(np.float32)
+    y = np.array([2, 0])
+    model = tiny_resnet()
+    for swapped in (x.astype(FOREIGN + "f4"), x.astype(FOREIGN + "f8"), x.astype(FOREIGN + "f2")):
+        assert not swapped.dtype.isnative
+        native = swapped.astype(swapped.dtype.newbyteorder("="))
+        out, want = model.forward(swapped), model.forward(native)
+        assert sorted(out) == sorted(want)
+        for name in want:
+            np.testing.assert_array_equal(out[name], want[name])
+        np.testing.assert_array_equal(model.predict(swapped), model.predict(native))
+
+    straight, swapped = tiny_resnet(), tiny_resnet()
+    losses = straight.train_step(x, y)
+    assert swapped.train_step(x.astype(FOREIGN + "f4"), y.astype(FOREIGN + "i8")) == losses
+    np.testing.assert_array_equal(swapped.flat_gradients(), straight.flat_gradients())
+    with pytest.raises(TypeError, match=f"images must be floating point.*got dtype {FOREIGN}i4"):
+        model.forward(x.astype(FOREIGN + "i4"))
+
+
+def test_big_endian_arrays_are_named_by_the_binding():
+    net = live()
+    x = np.ones((2, 3, 4, 4), FOREIGN + "f4")
+    with pytest.raises(ValueError, match=rf"images is {FOREIGN_NAME}-endian, not in this machine's byte order: "
+                                         r"convert it with a.astype\(a.dtype.newbyteorder\('='\)\)"):
+        net.forward(x)
+    net.forward(x.astype("=f4"))
+    with pytest.raises(ValueError, match=f"logits is {FOREIGN_NAME}-endian"):
+        net.backward({"logits": np.ones((2, 3), FOREIGN + "f4")})
+    with pytest.raises(ValueError, match=f"grads is {FOREIGN_NAME}-endian"):
+        _C.sgd_update(net.params, net.grads.astype(FOREIGN + "f4"), np.zeros_like(net.params), 0.1)
+
+
+def test_unaligned_arrays_are_named_by_the_binding():
+    unaligned = np.frombuffer(bytearray(4 * 3 * 4 * 4 + 1), np.float32, count=3 * 4 * 4, offset=1).reshape(1, 3, 4, 4)
+    assert not unaligned.flags.aligned
+    with pytest.raises(ValueError, match=r"images is not aligned to its dtype's size: copy it \(numpy.array\(a\)\)"):
+        live().forward(unaligned)
