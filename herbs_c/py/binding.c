@@ -50,8 +50,13 @@ PyArrayObject *check_float_array(PyObject *obj, const char *what, int ndim, int 
         PyErr_Format(PyExc_ValueError, "%s must have %d dimensions, got shape %s", what, ndim, shape);
         return NULL;
     }
-    if (!PyArray_ISNOTSWAPPED(a) || !PyArray_ISALIGNED(a)) {
-        PyErr_Format(PyExc_ValueError, "%s must be aligned and in native byte order", what);
+    if (!PyArray_ISNOTSWAPPED(a)) {
+        PyErr_Format(PyExc_ValueError, "%s is %s-endian, not in this machine's byte order: convert it with "
+                     "a.astype(a.dtype.newbyteorder('='))", what, PyArray_DESCR(a)->byteorder == '>' ? "big" : "little");
+        return NULL;
+    }
+    if (!PyArray_ISALIGNED(a)) {
+        PyErr_Format(PyExc_ValueError, "%s is not aligned to its dtype's size: copy it (numpy.array(a))", what);
         return NULL;
     }
     npy_intp item = PyArray_ITEMSIZE(a);

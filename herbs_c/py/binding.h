@@ -16,8 +16,9 @@
 PyObject *raise_status(herbs_status status);
 
 /* `obj` as an ndarray of dtype float32 or float64 (given by `*dtype`, or taken from obj when
-   *dtype is -1) with `ndim` dimensions whose last axis is contiguous. TypeError/ValueError
-   naming `what` otherwise. Returns a borrowed reference. */
+   *dtype is -1), aligned and in native byte order, with `ndim` dimensions whose last axis is
+   contiguous. TypeError/ValueError naming `what` (and the byte order) otherwise. Returns a
+   borrowed reference. */
 PyArrayObject *check_float_array(PyObject *obj, const char *what, int ndim, int *dtype);
 
 /* The row stride (elements) of the last two axes, for a GEMM's leading dimension; -1 with

@@ -111,12 +111,21 @@ static void Net_dealloc(NetObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* The engine's network of `self`, or NULL with a RuntimeError if its __init__ never ran or failed
+   (Net.__new__(Net) alone, a bad kind or config). Every getter, setter and method reaches the
+   network through this (methods through claim). */
+static herbs_net *live_net(NetObject *self)
+{
+    if (!self->net)
+        PyErr_SetString(PyExc_RuntimeError, "this Net is not initialised: its __init__ did not run or failed "
+                                            "(make one with Net(kind, config, seed))");
+    return self->net;
+}
+
 static int claim(NetObject *self)
 {
-    if (!self->net) {
-        PyErr_SetString(PyExc_RuntimeError, "Net is not initialised");
+    if (!live_net(self))
         return 0;
-    }
     if (self->busy) {
         PyErr_SetString(PyExc_RuntimeError, "this network is busy in another thread; one call at a time per network");
         return 0;
@@ -171,11 +180,14 @@ static PyObject *block_view(NetObject *self, float *data, size_t n)
 
 static PyObject *Net_get_params(NetObject *self, void *c)
 {
+    herbs_net *net = live_net(self);
+    if (!net)
+        return NULL;
     PyObject *array = self->params_ref ? PyWeakref_GetObject(self->params_ref) : Py_None;
     if (array != Py_None)
         Py_INCREF(array);
     else {
-        array = block_view(self, self->net->params.params, self->net->params.n_params);
+        array = block_view(self, net->params.params, net->params.n_params);
         Py_CLEAR(self->params_ref);
         if (!array || !(self->params_ref = PyWeakref_NewRef(array, NULL))) {
             Py_XDECREF(array);
@@ -196,19 +208,37 @@ static void note_param_writes(NetObject *self)
         params_written(&self->net->params);
     self->params_handed_out = 0;
 }
-static PyObject *Net_get_grads(NetObject *self, void *c) { return block_view(self, self->net->params.grads, self->net->params.n_params); }
-static PyObject *Net_get_buffers(NetObject *self, void *c) { return block_view(self, self->net->params.buffers, self->net->params.n_buffers); }
+
+static PyObject *Net_get_grads(NetObject *self, void *c)
+{
+    herbs_net *net = live_net(self);
+    return net ? block_view(self, net->params.grads, net->params.n_params) : NULL;
+}
+
+static PyObject *Net_get_buffers(NetObject *self, void *c)
+{
+    herbs_net *net = live_net(self);
+    return net ? block_view(self, net->params.buffers, net->params.n_buffers) : NULL;
+}
+
 static PyObject *Net_get_params_version(NetObject *self, void *c)
 {
-    return PyLong_FromUnsignedLongLong(self->net->params.version);
+    herbs_net *net = live_net(self);
+    return net ? PyLong_FromUnsignedLongLong(net->params.version) : NULL;
 }
-static PyObject *Net_get_kind(NetObject *self, void *c) { return PyUnicode_FromString(self->net->ops->kind); }
+
+static PyObject *Net_get_kind(NetObject *self, void *c)
+{
+    herbs_net *net = live_net(self);
+    return net ? PyUnicode_FromString(net->ops->kind) : NULL;
+}
 
 static const char *const precision_names[HERBS_PRECISIONS] = {"fp32", "bf16"};
 
 static PyObject *Net_get_precision(NetObject *self, void *c)
 {
-    return PyUnicode_FromString(precision_names[self->net->params.precision]);
+    herbs_net *net = live_net(self);
+    return net ? PyUnicode_FromString(precision_names[net->params.precision]) : NULL;
 }
 
 static int Net_set_precision(NetObject *self, PyObject *value, void *c)
@@ -225,9 +255,11 @@ static int Net_set_precision(NetObject *self, PyObject *value, void *c)
     PyErr_Format(PyExc_ValueError, "precision must be 'fp32' or 'bf16', got %R", value ? value : Py_None);
     return -1;
 }
+
 static PyObject *Net_get_image_shape(NetObject *self, void *c)
 {
-    return Py_BuildValue("(iii)", self->net->in_channels, self->net->height, self->net->width);
+    herbs_net *net = live_net(self);
+    return net ? Py_BuildValue("(iii)", net->in_channels, net->height, net->width) : NULL;
 }
 
 /* The images of a forward pass: a C-contiguous float32 [B, C, H, W] of this net's image size. */

@@ -16,6 +16,39 @@ Datasets:
 dataset's transform makes of the RGB picture (by default a float32 [3, H, W] array in
 [0, 1]; see :mod:`herbs.transforms`), the label an int.
 
+Images: :func:`read_image` decodes a file with Pillow (the first frame of an animation or a
+multi-page file), turns it upright by its EXIF orientation (``PIL.ImageOps.exif_transpose``,
+as ``torchvision.io.decode_image(..., apply_exif_orientation=True)`` does) and makes it 8-bit
+RGB with :func:`to_rgb`, by Pillow mode:
+
+- ``1``: black 0, white 255. ``L``: the grey level in all three channels. ``P``: the
+  palette's colours.
+- ``RGB``: as is. ``RGBA``, ``LA``, ``PA``, ``RGBX``: the colour channels; alpha is dropped,
+  not composited (what ``convert("RGB")`` in torchvision's loader does). ``RGBa`` and ``La``
+  (premultiplied alpha) are un-premultiplied first.
+- ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: Pillow's conversion. ICC profiles are not applied.
+- 16-bit grey, ``I;16`` / ``I;16L`` / ``I;16B`` / ``I;16N`` (16-bit PNG and TIFF): the full
+  range 0..65535 maps to 0..255 as round(v / 257), the 8-bit level nearest to v / 65535 (what
+  torchvision's ``to_dtype(float32, scale=True)`` makes of uint16; its uint8 conversion and
+  Pillow's decoding of 16-bit colour keep the high byte, v >> 8, at most one level lower).
+  65535 → 255, and 8-bit data stored as v·257 come back exactly. Data using fewer bits
+  (12-bit sensors in 16-bit files) come out dark: stretch such files first.
+- ``I`` (32-bit integer: 16-bit PGM, integer TIFF): read as 16-bit data, like ``I;16``;
+  values outside 0..65535 are refused.
+- ``F`` (32-bit float TIFF): values in [0, 1] map to round(v·255), the inverse of
+  :class:`~herbs.transforms.ToArray`'s /255 ([0, 1] is the range torchvision and scikit-image
+  assume for float images); values outside [0, 1] and NaN or ±inf are refused, not clipped
+  and not stretched (a per-image min-max would hide the intensity differences between
+  images that scientific data carry): rescale such files to [0, 1] first.
+- 16-bit colour PNGs (RGB, RGBA, grey with alpha) are reduced to 8 bits by Pillow as it
+  decodes them (the high byte) and arrive as ``RGB`` or ``RGBA``.
+
+A file that is missing, not an image, truncated or corrupt, holds refused values, or has more
+pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (Pillow's guard against decompression bombs,
+89,478,485 by default; Pillow alone only warns below twice that) raises
+:class:`ImageReadError` naming the file, before anything large is decoded for the last case.
+Raise ``PIL.Image.MAX_IMAGE_PIXELS`` (or set it to None) to read larger trusted files.
+
 :class:`DataLoader` yields ``(images [B, 3, H, W] float32, labels [B] int64)`` batches,
 decoding in a thread pool. The order of an epoch and each sample's augmentation come from
 ``(seed, epoch)`` and ``(seed, epoch, index)``, so they do not depend on the worker count.
@@ -29,7 +62,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from herbs.transforms import ToArray
 
@@ -37,6 +70,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageReadError",
     "read_image",
+    "to_rgb",
     "Dataset",
     "ImageFolder",
     "CUB200",
@@ -53,14 +87,76 @@ class ImageReadError(OSError):
 
 
 def read_image(path: str) -> Image.Image:
-    """The image at `path`, fully decoded, as RGB. Raises :class:`ImageReadError` naming the
-    file if it is missing, unreadable, not an image, truncated or otherwise corrupt."""
+    """The image at `path`, fully decoded, upright by its EXIF orientation, as 8-bit RGB (the
+    rules by mode are in this module's docstring). Raises :class:`ImageReadError` naming the
+    file if it is missing, unreadable, not an image, truncated, corrupt, over
+    ``PIL.Image.MAX_IMAGE_PIXELS`` or holds pixel values :func:`to_rgb` refuses."""
     try:
         with Image.open(path) as img:
+            _check_pixel_count(img)
             img.load()  # decode now: a truncated file fails here, not later
-            return img.convert("RGB")
+            ImageOps.exif_transpose(img, in_place=True)
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... on bad data
         raise ImageReadError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from e
+    try:
+        return to_rgb(img)
+    except ValueError as e:
+        raise ImageReadError(f"{path}: {e}") from e
+
+
+def _check_pixel_count(img: Image.Image) -> None:
+    """Refuses, before decoding, an image over Pillow's decompression-bomb limit (which Pillow
+    itself enforces only at twice the limit, warning below)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and img.width * img.height > limit:
+        raise Image.DecompressionBombError(
+            f"{img.width}x{img.height} = {img.width * img.height} pixels is over PIL.Image.MAX_IMAGE_PIXELS = "
+            f"{limit}, a guard against decompression bombs (raise it for trusted files)")
+
+
+# round(v / 257) for every 16-bit value v: 0..65535 onto 0..255, exact for v = 257·k
+_SIXTEEN_TO_EIGHT = ((np.arange(1 << 16, dtype=np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of a PIL image of any mode, by the rules of this module's docstring:
+    16-bit and 32-bit integer grey as round(v / 257), float grey in [0, 1] as round(v·255),
+    other modes by Pillow's ``convert("RGB")``. Raises ValueError describing the pixels for
+    ``I`` values outside 0..65535 and ``F`` values outside [0, 1] or not finite."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        pixels = np.asarray(image)
+        if image.mode == "I":
+            _require_sixteen_bit(pixels)
+        grey = _SIXTEEN_TO_EIGHT[pixels]
+    elif image.mode == "F":
+        grey = _unit_float_to_eight(np.asarray(image))
+    elif image.mode == "La":  # premultiplied alpha: Pillow converts it to RGB only through LA
+        return image.convert("LA").convert("RGB")
+    else:
+        return image.convert("RGB")
+    return Image.fromarray(grey).convert("RGB")
+
+
+def _require_sixteen_bit(pixels: np.ndarray) -> None:
+    """ValueError unless the 32-bit integer pixels (mode I) are in 0..65535."""
+    low, high = int(pixels.min()), int(pixels.max())
+    if low < 0 or high > 65535:
+        raise ValueError(f"32-bit integer pixels (mode I) are read as 16-bit data (0..65535), but this image "
+                         f"holds values in [{low}, {high}]: rescale it to 16 or 8 bits first")
+
+
+def _unit_float_to_eight(pixels: np.ndarray) -> np.ndarray:
+    """Float grey pixels in [0, 1] as uint8 round(v·255); ValueError for others."""
+    finite = np.isfinite(pixels)
+    if not finite.all():
+        row, col = np.argwhere(~finite)[0]
+        raise ValueError(f"{pixels.size - int(finite.sum())} float pixel(s) are NaN or infinite, the first at "
+                         f"row {row}, column {col} ({pixels[row, col]})")
+    low, high = float(pixels.min()), float(pixels.max())
+    if low < 0 or high > 1:
+        raise ValueError(f"float pixels (mode F) are read as values in [0, 1], but this image holds values in "
+                         f"[{low:g}, {high:g}]: rescale it to [0, 1] first")
+    return np.rint(pixels * np.float32(255)).astype(np.uint8)
 
 
 class Dataset:

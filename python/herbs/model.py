@@ -78,8 +78,9 @@ class Model:
             Parameters stay fp32 (state dicts are unchanged); the backward of train_step is fp32.
 
     Arrays: images are ``[B, 3, img_size, img_size]``; float32 is used as is, float64 and
-    float16 are converted to float32 (a copy), other dtypes are refused; non-contiguous arrays
-    are copied to contiguous ones. Labels are integer class indices ``[B]``.
+    float16 are converted to float32 (a copy), other dtypes are refused; non-contiguous and
+    byte-swapped (big-endian) arrays are copied to contiguous native ones. Labels are integer
+    class indices ``[B]`` of any integer dtype and byte order.
 
     One model serves one call at a time: a second thread calling into it while it computes gets a
     RuntimeError (use one Model per thread). Compute releases the GIL.
@@ -145,14 +146,14 @@ class Model:
     def _images(self, x) -> np.ndarray:
         """x as a C-contiguous float32 [B, C, H, W] of this model's image size."""
         a = np.asarray(x)
-        if a.dtype not in (np.float32, np.float64, np.float16):
+        if a.dtype.newbyteorder("=") not in (np.float32, np.float64, np.float16):  # any byte order
             raise TypeError(f"images must be floating point (float32; float64 and float16 are converted), "
                             f"got dtype {a.dtype}")
         want = self.image_shape
         if a.ndim != 4 or a.shape[1:] != want or a.shape[0] < 1:
             raise ValueError(f"images have shape {a.shape}, expected (batch, {want[0]}, {want[1]}, {want[2]}) "
                              f"with batch >= 1 (img_size = {self.img_size})")
-        return np.ascontiguousarray(a, dtype=np.float32)  # one copy at most: converted and C-ordered
+        return np.ascontiguousarray(a, dtype=np.float32)  # one copy at most: converted, native, C-ordered
 
     def _labels(self, y, batch: int) -> np.ndarray:
         a = np.asarray(y)

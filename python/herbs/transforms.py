@@ -239,10 +239,16 @@ class RandomSharpness:
 
 
 class ToArray:
-    """PIL image -> float32 array [channels, height, width] in [0, 1] (torchvision's ToTensor)."""
+    """8-bit PIL image (``L``, ``RGB``, ``RGBA``, ...) -> float32 array [channels, height, width]
+    in [0, 1] (torchvision's ToTensor). Other modes (``1``, 16-bit, ``I``, ``F``) are refused:
+    :func:`herbs.data.to_rgb` makes them 8-bit RGB (:func:`herbs.data.read_image` already does)."""
 
     def __call__(self, img: Image.Image, rng: Generator = None) -> np.ndarray:
-        x = np.asarray(img, dtype=np.uint8)
+        x = np.asarray(img)
+        if x.dtype != np.uint8:
+            what = f"mode {img.mode!r}" if isinstance(img, Image.Image) else type(img).__name__
+            raise ValueError(f"ToArray takes 8-bit images, got {what} with {x.dtype} pixels: make it RGB "
+                             f"with herbs.data.to_rgb, which scales 16-bit and float pixels")
         if x.ndim == 2:
             x = x[:, :, None]
         return np.ascontiguousarray(x.transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
