@@ -1,21 +1,64 @@
-"""The net's training state: the seed and the step (its count of train-mode passes) that key the dropout
-and drop-path masks, read and restored through Model and the binding."""
+"""Exact resume on the real engine: the net's training state (the seed and step that key the dropout and
+drop-path masks) round-trips through Model and checkpoints, and a training run stopped mid-way and
+resumed from last.pth ends with the same bits as an uninterrupted run: every parameter and buffer, the
+optimiser, every metrics line. Dropout and drop path are on throughout (with both at 0 a resumed net
+that replays the first masks goes unnoticed)."""
+import json
+
 import numpy as np
 import pytest
 
 import herbs
-from herbs import _C
+from herbs import _C, data, train, weights
 from herbs.cli import DEMO_BACKBONE, DEMO_SELECTS
 
 MODELS = {  # the demo's Swin with drop path, a tiny ResNet; the combiner's dropout 0.1 in both
     "swin": (dict(DEMO_BACKBONE, drop_path_rate=0.1), DEMO_SELECTS),
     "resnet": ({"backbone": "resnet", "img_size": 64, "depths": (1, 1, 1, 1), "width": 8}, (100, 24, 6, 2)),
 }
+CONFIG = train.TrainConfig(epochs=4, batch_size=4, max_lr=0.01, warmup_batches=2, update_freq=2, num_workers=0)
+TIMING = ("seconds", "images_per_second")  # the only entries of a metrics line that may differ
 
 
 def make(kind):
     backbone, selects = MODELS[kind]
     return herbs.Model(backbone, num_classes=3, num_selects=selects, fpn_size=32, dropout=0.1, seed=0)
+
+
+def datasets():
+    """(training set of 9 images: 2 batches per epoch, validation set of 6)"""
+    return (data.SyntheticDataset(3, size=64, n_per_class=3, seed=1),
+            data.SyntheticDataset(3, size=64, n_per_class=2, seed=2))
+
+
+def run(model, out_dir, resume=None, stop_at_step=None):
+    """train() into out_dir; with stop_at_step, stopped by an exception at that train_step call."""
+    if stop_at_step is not None:
+        real_step = model.train_step
+
+        def train_step(*args, **kw):
+            if model.training_state()["step"] == stop_at_step:
+                raise KeyboardInterrupt
+            return real_step(*args, **kw)
+
+        model.train_step = train_step
+    return train.train(model, *datasets(), CONFIG, out_dir=str(out_dir), resume=resume, log=lambda s: None)
+
+
+def metrics(folder):
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+
+
+def assert_same_checkpoint(path, reference):
+    a, b = weights.load_checkpoint(path), weights.load_checkpoint(reference)
+    assert a.keys() == b.keys()
+    for part in ("model", "optimizer"):
+        assert a[part].keys() == b[part].keys()
+        for name in a[part]:
+            np.testing.assert_array_equal(a[part][name], b[part][name], err_msg=f"{path}: {part} {name}")
+    assert {k: v for k, v in a.items() if k not in ("model", "optimizer")} == \
+        {k: v for k, v in b.items() if k not in ("model", "optimizer")}
 
 
 def test_the_step_keys_the_masks():
@@ -70,3 +113,52 @@ def test_the_binding_checks_step_and_seed():
         blank.step
     with pytest.raises(RuntimeError, match="not initialised"):
         blank.seed = 1
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """{kind: (folder, model)} of runs of CONFIG.epochs epochs from a fresh model."""
+    runs = {}
+    for kind in MODELS:
+        folder = tmp_path_factory.mktemp(f"uninterrupted_{kind}")
+        model = make(kind)
+        run(model, folder)
+        runs[kind] = folder, model
+    return runs
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_a_stopped_run_resumes_to_the_same_bits(kind, uninterrupted, tmp_path):
+    reference, straight = uninterrupted[kind]
+    with pytest.raises(KeyboardInterrupt):  # in epoch 3 of 4, after its first batch
+        run(make(kind), tmp_path, stop_at_step=2 * 2 + 1)
+    assert weights.load_checkpoint(tmp_path / "last.pth")["epoch"] == 2
+    resumed = make(kind)
+    history = run(resumed, tmp_path, resume=str(tmp_path / "last.pth"))
+    assert [record["epoch"] for record in history] == [3, 4]
+    assert resumed.training_state() == straight.training_state() == {"seed": 0, "step": 8}
+    a, b = resumed.state_dict(), straight.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:  # every parameter and BatchNorm buffer
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert metrics(tmp_path) == metrics(reference)
+    assert_same_checkpoint(tmp_path / "last.pth", reference / "last.pth")
+    assert_same_checkpoint(tmp_path / "best.pth", reference / "best.pth")
+
+
+def test_a_checkpoint_without_training_state_resumes_with_a_warning(uninterrupted, tmp_path):
+    """An older herbs' last.pth: the step is taken as that of a run from a fresh model (one pass per
+    batch), which this run is, so it still ends with the same bits."""
+    reference, straight = uninterrupted["swin"]
+    with pytest.raises(KeyboardInterrupt):
+        run(make("swin"), tmp_path, stop_at_step=2 * 2)
+    old = weights.load_checkpoint(tmp_path / "last.pth")
+    del old["training_state"]
+    weights.save_file(old, tmp_path / "last.pth", format="torch")
+    resumed = make("swin")
+    with pytest.warns(UserWarning, match="has no training_state .* continue from step 4"):
+        run(resumed, tmp_path, resume=str(tmp_path / "last.pth"))
+    a, b = resumed.state_dict(), straight.state_dict()
+    for name in b:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert metrics(tmp_path) == metrics(reference)

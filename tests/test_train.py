@@ -1,6 +1,7 @@
 """The training loop's bookkeeping with a stand-in model: accumulation groups, learning rate
-per batch, temperature per epoch, checkpoints that torch.load reads, and resuming to the same
-numbers. (The real model's training step is tested against PyTorch elsewhere.)"""
+per batch, temperature per epoch, checkpoints that torch.load reads, resuming to the same
+numbers. (The real model's training step is tested against PyTorch elsewhere; resuming it
+exactly in tests/test_resume.py.)"""
 import json
 
 import numpy as np
@@ -17,6 +18,7 @@ class QuadraticModel:
         self.params = np.linspace(-1, 1, n).astype(np.float32)
         self.grads = np.zeros(n, np.float32)
         self.calls = []
+        self.step = 0  # stands for the engine's count of training passes
 
     def flat_parameters(self):
         return self.params
@@ -30,6 +32,7 @@ class QuadraticModel:
         self.calls.append({"temperature": temperature, "scale": loss_scale, "params": self.params.copy(),
                            "images": images.copy()})
         self.grads += loss_scale * (self.params - target)
+        self.step += 1
         return {"total": float(0.5 * ((self.params - target) ** 2).sum()), "comb": 0.0}
 
     def zero_grad(self):
@@ -45,6 +48,12 @@ class QuadraticModel:
 
     def load_state_dict(self, sd):
         self.params[:] = sd["p"]
+
+    def training_state(self):
+        return {"seed": 0, "step": self.step}
+
+    def load_training_state(self, state):
+        self.step = state["step"]
 
 
 def dataset(n=10):
@@ -98,9 +107,11 @@ def test_checkpoints_resume_to_the_same_numbers(tmp_path):
                 resume=str(tmp_path / "b" / "last.pth"), log=lambda s: None)
     np.testing.assert_array_equal(resumed.params, straight.params)
     np.testing.assert_array_equal(resumed.calls[-1]["images"], straight.calls[-1]["images"])
+    assert resumed.step == straight.step == 3 * batches
 
-    saved = torch.load(tmp_path / "a" / "last.pth", weights_only=True)  # the release's format
-    assert saved["epoch"] == 3 and sorted(saved) == ["best", "config", "epoch", "model", "optimizer"]
+    saved = torch.load(tmp_path / "a" / "last.pth", weights_only=True)  # the release's format, and ours
+    assert saved["epoch"] == 3 and sorted(saved) == ["best", "config", "epoch", "model", "optimizer", "training_state"]
+    assert saved["training_state"] == {"seed": 0, "step": 3 * batches}
     np.testing.assert_array_equal(saved["model"]["p"].numpy(), straight.params)
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]

@@ -7,9 +7,10 @@ is divided by the number of batches in its accumulation group and its gradients 
 zeroed. The refinement temperature halves every 10 epochs. After each epoch: evaluation on
 the validation set, one line in ``metrics.jsonl``, and a checkpoint ``last.pth`` (plus
 ``best.pth``) written atomically — ``{"model", "optimizer", "epoch", "best", "config"}`` as
-the release saves it, readable by ``torch.load``. Resuming from ``last.pth`` continues to the
-same numbers as an uninterrupted run, since data order and augmentation depend only on
-(seed, epoch).
+the release saves it, readable by ``torch.load``, and ``"training_state"``, the model's random
+streams (:meth:`herbs.Model.training_state`). Resuming from ``last.pth`` continues to the same
+bits as an uninterrupted run (with the same thread count): data order and augmentation depend
+only on (seed, epoch), dropout and drop path on the saved training state.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from typing import Callable, Optional
 
 import numpy as np
@@ -62,7 +64,19 @@ def make_optimizer(model, config: TrainConfig):
 
 def _write_checkpoint(path: str, model, optimizer, epoch: int, best: float, config: TrainConfig, extra: dict) -> None:
     weights.save_file({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                       "best": best, "config": dataclasses.asdict(config), **extra}, path, format="torch")
+                       "best": best, "config": dataclasses.asdict(config),
+                       "training_state": model.training_state(), **extra}, path, format="torch")
+
+
+def _saved_training_state(saved: dict, path: str, model, steps: int) -> dict:
+    """The training state of checkpoint `saved`. One written before herbs saved it gets the state of
+    a run that began from a fresh model, `steps` train-mode passes ago, with the model's seed."""
+    if "training_state" in saved:
+        return saved["training_state"]
+    warnings.warn(f"{path} has no training_state (an older herbs wrote it): assuming the run began from a "
+                  f"fresh model with seed {model.training_state()['seed']}, dropout and drop path continue "
+                  f"from step {steps}; the resumed run equals an uninterrupted one only if that holds")
+    return {**model.training_state(), "step": steps}
 
 
 def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: TrainConfig = TrainConfig(),
@@ -71,8 +85,10 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
     """Trains `model` on `train_set`; returns the per-epoch metrics (also in out_dir/metrics.jsonl).
 
     `loss_options` go to every ``model.train_step`` call (loss weights, for example).
-    `resume` is a checkpoint written by this function (out_dir/last.pth); `checkpoint_extra`
-    entries are saved in every checkpoint too (e.g. how to rebuild the model, class names)."""
+    `resume` is a checkpoint written by this function (out_dir/last.pth): the model's tensors, its
+    training state, the optimiser and the epoch are restored from it, and the run continues to the
+    same bits as an uninterrupted one. `checkpoint_extra` entries are saved in every checkpoint too
+    (e.g. how to rebuild the model, class names)."""
     config.check()
     loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=True,
                         num_workers=config.num_workers)
@@ -88,6 +104,7 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, best = int(saved["epoch"]), float(saved["best"])
+        model.load_training_state(_saved_training_state(saved, resume, model, start_epoch * len(loader)))
         log(f"resumed from {resume} after epoch {start_epoch}")
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
