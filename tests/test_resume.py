@@ -1,9 +1,15 @@
 """Exact resume on the real engine: the net's training state (the seed and step that key the dropout and
-drop-path masks) round-trips through Model and checkpoints, and a training run stopped mid-way and
-resumed from last.pth ends with the same bits as an uninterrupted run: every parameter and buffer, the
-optimiser, every metrics line. Dropout and drop path are on throughout (with both at 0 a resumed net
-that replays the first masks goes unnoticed)."""
+drop-path masks) round-trips through Model and checkpoints, and a training run stopped mid-way — by an
+exception, or by SIGKILL at random moments and in the middle of writing a checkpoint (subprocesses of
+tests/resume_child.py) — and resumed from last.pth ends with the same bits as an uninterrupted run:
+every parameter and buffer, the optimiser, every metrics line. Dropout and drop path are on
+throughout (with both at 0 a resumed net that replays the first masks goes unnoticed)."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -18,6 +24,7 @@ MODELS = {  # the demo's Swin with drop path, a tiny ResNet; the combiner's drop
 }
 CONFIG = train.TrainConfig(epochs=4, batch_size=4, max_lr=0.01, warmup_batches=2, update_freq=2, num_workers=0)
 TIMING = ("seconds", "images_per_second")  # the only entries of a metrics line that may differ
+CHILD = os.path.join(os.path.dirname(__file__), "resume_child.py")
 
 
 def make(kind):
@@ -162,3 +169,72 @@ def test_a_checkpoint_without_training_state_resumes_with_a_warning(uninterrupte
     for name in b:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     assert metrics(tmp_path) == metrics(reference)
+
+
+# --- SIGKILL: a few trials at random moments and in the middle of writing a checkpoint ---------------
+
+def start_child(out, *kill):
+    herbs_root = os.path.dirname(os.path.dirname(herbs.__file__))  # the herbs that this test imports
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([herbs_root, os.environ.get("PYTHONPATH", "")]))
+    args = [sys.executable, CHILD, str(out), *map(str, kill)]
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_child(child):
+    """(return code, stderr) of a child after its end; a failure (not a kill) shows its stderr."""
+    _, err = child.communicate(timeout=300)
+    assert child.returncode in (0, -signal.SIGKILL), err
+    return child.returncode, err
+
+
+def run_child(out, *kill):
+    """A child run to its end, or to the kill that `kill` (file, nth write, bytes) asks of it:
+    (return code, its last line of output: the atomic writes per file name when it ended)."""
+    child = start_child(out, *kill)
+    lines = child.stdout.readlines()
+    return finish_child(child)[0], lines[-1] if lines else ""
+
+
+def run_child_killed_after(out, delay):
+    """The return code of a child killed `delay` seconds after it started training (0 if it ended
+    before), and how many seconds it trained."""
+    child = start_child(out)
+    if child.stdout.readline() != "ready\n":
+        pytest.fail(finish_child(child)[1])
+    started = time.perf_counter()
+    time.sleep(delay)
+    child.kill()
+    child.stdout.read()
+    return finish_child(child)[0], time.perf_counter() - started
+
+
+def test_runs_killed_at_random_moments_resume_to_the_same_bits(tmp_path):
+    reference = tmp_path / "reference"
+    child = start_child(reference)
+    assert child.stdout.readline() == "ready\n"
+    started = time.perf_counter()
+    writes = json.loads(child.stdout.readline())  # atomic writes per file: last.pth every epoch, best.pth when better
+    duration = time.perf_counter() - started
+    assert finish_child(child)[0] == 0
+    size = os.path.getsize(reference / "last.pth")
+    rng = np.random.default_rng(18)
+    trials = [("last.pth", int(rng.integers(1, writes["last.pth"] + 1)), int(rng.integers(0, size * 0.9))),
+              ("best.pth", int(rng.integers(1, writes["best.pth"] + 1)), int(rng.integers(0, size * 0.9))),
+              float(rng.uniform(0, duration / 2)), float(rng.uniform(duration / 2, duration))]
+    for i, trial in enumerate(trials):
+        folder = tmp_path / f"trial{i}"
+        if isinstance(trial, tuple):  # in the middle of a checkpoint: its temporary file is left behind
+            assert run_child(folder, *trial)[0] == -signal.SIGKILL
+            assert any(name.startswith(f".{trial[0]}.") for name in os.listdir(folder)), trial
+        else:
+            run_child_killed_after(folder, trial)
+        left = {name: weights.load_checkpoint(folder / name)  # what a kill leaves loads
+                for name in ("last.pth", "best.pth") if (folder / name).exists()}
+        if isinstance(trial, tuple):  # the epoch's metrics line went out before its checkpoint
+            epoch = left["last.pth"]["epoch"] if "last.pth" in left else 0
+            assert len((folder / "metrics.jsonl").read_text().splitlines()) == epoch + 1
+        assert run_child(folder)[0] == 0, trial  # resumes from last.pth (or starts again)
+        assert sorted(os.listdir(folder)) == ["best.pth", "last.pth", "metrics.jsonl"], trial
+        assert metrics(folder) == metrics(reference), trial
+        assert_same_checkpoint(folder / "last.pth", reference / "last.pth")
+        assert_same_checkpoint(folder / "best.pth", reference / "best.pth")

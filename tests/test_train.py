@@ -1,14 +1,14 @@
 """The training loop's bookkeeping with a stand-in model: accumulation groups, learning rate
 per batch, temperature per epoch, checkpoints that torch.load reads, resuming to the same
-numbers. (The real model's training step is tested against PyTorch elsewhere; resuming it
-exactly in tests/test_resume.py.)"""
+numbers, and the run folder a killed run leaves. (The real model's training step is tested
+against PyTorch elsewhere; resuming it exactly in tests/test_resume.py.)"""
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from herbs import data, train
+from herbs import data, train, weights
 
 
 class QuadraticModel:
@@ -116,6 +116,34 @@ def test_checkpoints_resume_to_the_same_numbers(tmp_path):
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
     assert (tmp_path / "a" / "best.pth").exists()
+
+
+def test_a_run_cleans_what_a_killed_run_left(tmp_path):
+    """Temporary files of half-written checkpoints go, and metrics.jsonl keeps one line per epoch up to
+    the checkpoint's: not the line of an epoch whose checkpoint was never written, nor a line cut short."""
+    train.train(QuadraticModel(), dataset(), config=config(epochs=2), out_dir=str(tmp_path), log=lambda s: None)
+    metrics = tmp_path / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    left = [".last.pth.0123abcd.tmp", ".best.pth.89abcdef.tmp", ".metrics.jsonl.00000000.tmp"]
+    kept = [".other.pth.0123abcd.tmp", "notes.txt"]
+    for name in left + kept:
+        (tmp_path / name).write_bytes(b"x")
+    third = lines[1].replace('"epoch": 2', '"epoch": 3')  # an epoch past the checkpoint's
+    second_again = lines[1].replace('"epoch": 2', '"epoch": 2, "x": 1')  # an epoch twice: the later line counts
+    metrics.write_text(lines[0] + lines[1] + third + second_again + '{"epoch": 4, "loss')  # and a line cut short
+    messages = []
+    resumed = QuadraticModel()
+    train.train(resumed, dataset(), config=config(epochs=3), out_dir=str(tmp_path), resume=str(tmp_path / "last.pth"),
+                log=messages.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["best.pth", "last.pth", "metrics.jsonl"])
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2, 3]
+    assert metrics.read_text().splitlines(keepends=True)[:2] == [lines[0], second_again]
+    assert any("removed 3 temporary file(s)" in m for m in messages)
+    assert any("3 line(s) removed, 2 kept (epochs up to 2)" in m for m in messages)
+
+    train.train(QuadraticModel(), dataset(), config=config(epochs=1), out_dir=str(tmp_path), log=lambda s: None)
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1]  # a new run starts anew
+    assert weights.load_checkpoint(tmp_path / "last.pth")["epoch"] == 1
 
 
 def test_validation_metrics_are_recorded():
