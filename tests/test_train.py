@@ -1,13 +1,14 @@
 """The training loop's bookkeeping with a stand-in model: accumulation groups, learning rate
-per batch, temperature per epoch, checkpoints that torch.load reads, and resuming to the same
-numbers. (The real model's training step is tested against PyTorch elsewhere.)"""
+per batch, temperature per epoch, checkpoints that torch.load reads, resuming to the same
+numbers, and the run folder a killed run leaves. (The real model's training step is tested
+against PyTorch elsewhere; resuming it exactly in tests/test_resume.py.)"""
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from herbs import data, train
+from herbs import data, train, weights
 
 
 class QuadraticModel:
@@ -17,6 +18,7 @@ class QuadraticModel:
         self.params = np.linspace(-1, 1, n).astype(np.float32)
         self.grads = np.zeros(n, np.float32)
         self.calls = []
+        self.step = 0  # stands for the engine's count of training passes
 
     def flat_parameters(self):
         return self.params
@@ -30,6 +32,7 @@ class QuadraticModel:
         self.calls.append({"temperature": temperature, "scale": loss_scale, "params": self.params.copy(),
                            "images": images.copy()})
         self.grads += loss_scale * (self.params - target)
+        self.step += 1
         return {"total": float(0.5 * ((self.params - target) ** 2).sum()), "comb": 0.0}
 
     def zero_grad(self):
@@ -45,6 +48,12 @@ class QuadraticModel:
 
     def load_state_dict(self, sd):
         self.params[:] = sd["p"]
+
+    def training_state(self):
+        return {"seed": 0, "step": self.step}
+
+    def load_training_state(self, state):
+        self.step = state["step"]
 
 
 def dataset(n=10):
@@ -98,13 +107,43 @@ def test_checkpoints_resume_to_the_same_numbers(tmp_path):
                 resume=str(tmp_path / "b" / "last.pth"), log=lambda s: None)
     np.testing.assert_array_equal(resumed.params, straight.params)
     np.testing.assert_array_equal(resumed.calls[-1]["images"], straight.calls[-1]["images"])
+    assert resumed.step == straight.step == 3 * batches
 
-    saved = torch.load(tmp_path / "a" / "last.pth", weights_only=True)  # the release's format
-    assert saved["epoch"] == 3 and sorted(saved) == ["best", "config", "epoch", "model", "optimizer"]
+    saved = torch.load(tmp_path / "a" / "last.pth", weights_only=True)  # the release's format, and ours
+    assert saved["epoch"] == 3 and sorted(saved) == ["best", "config", "epoch", "model", "optimizer", "training_state"]
+    assert saved["training_state"] == {"seed": 0, "step": 3 * batches}
     np.testing.assert_array_equal(saved["model"]["p"].numpy(), straight.params)
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
     assert (tmp_path / "a" / "best.pth").exists()
+
+
+def test_a_run_cleans_what_a_killed_run_left(tmp_path):
+    """Temporary files of half-written checkpoints go, and metrics.jsonl keeps one line per epoch up to
+    the checkpoint's: not the line of an epoch whose checkpoint was never written, nor a line cut short."""
+    train.train(QuadraticModel(), dataset(), config=config(epochs=2), out_dir=str(tmp_path), log=lambda s: None)
+    metrics = tmp_path / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    left = [".last.pth.0123abcd.tmp", ".best.pth.89abcdef.tmp", ".metrics.jsonl.00000000.tmp"]
+    kept = [".other.pth.0123abcd.tmp", "notes.txt"]
+    for name in left + kept:
+        (tmp_path / name).write_bytes(b"x")
+    third = lines[1].replace('"epoch": 2', '"epoch": 3')  # an epoch past the checkpoint's
+    second_again = lines[1].replace('"epoch": 2', '"epoch": 2, "x": 1')  # an epoch twice: the later line counts
+    metrics.write_text(lines[0] + lines[1] + third + second_again + '{"epoch": 4, "loss')  # and a line cut short
+    messages = []
+    resumed = QuadraticModel()
+    train.train(resumed, dataset(), config=config(epochs=3), out_dir=str(tmp_path), resume=str(tmp_path / "last.pth"),
+                log=messages.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["best.pth", "last.pth", "metrics.jsonl"])
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2, 3]
+    assert metrics.read_text().splitlines(keepends=True)[:2] == [lines[0], second_again]
+    assert any("removed 3 temporary file(s)" in m for m in messages)
+    assert any("3 line(s) removed, 2 kept (epochs up to 2)" in m for m in messages)
+
+    train.train(QuadraticModel(), dataset(), config=config(epochs=1), out_dir=str(tmp_path), log=lambda s: None)
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1]  # a new run starts anew
+    assert weights.load_checkpoint(tmp_path / "last.pth")["epoch"] == 1
 
 
 def test_validation_metrics_are_recorded():

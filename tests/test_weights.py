@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from herbs import weights
+from herbs import files, weights
 from herbs.weights import UnsafePickleError, WeightsFormatError
 
 
@@ -363,6 +363,21 @@ def test_atomic_write_permissions(tmp_path):
     path = tmp_path / "w.safetensors"
     weights.save_file({"a": np.ones(1)}, path)
     assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_remove_stale_temps_removes_only_the_temporary_files_of_its_path(tmp_path):
+    path = tmp_path / "last.pth"
+    with files.atomic_write(path) as f:
+        f.write(b"new")
+        (temp,) = [name for name in os.listdir(tmp_path) if name != "last.pth"]
+    (tmp_path / temp).write_bytes(b"half")  # what a process killed in the middle of the write leaves
+    others = [".last.pth.0123ABCD.tmp", ".last.pth.0123abc.tmp", ".best.pth.0123abcd.tmp", "last.pth.0123abcd.tmp",
+              ".last.pth.0123abcd.tmp.1"]
+    for name in others:
+        (tmp_path / name).write_bytes(b"x")
+    assert files.remove_stale_temps(path) == 1
+    assert sorted(os.listdir(tmp_path)) == sorted(others + ["last.pth"]) and path.read_bytes() == b"new"
+    assert files.remove_stale_temps(path) == 0
 
 
 def test_save_file_format_errors(tmp_path):

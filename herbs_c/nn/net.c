@@ -36,6 +36,12 @@ void net_free(herbs_net *net)
     free(net);
 }
 
+void net_set_random_state(herbs_net *net, uint64_t seed, uint64_t step)
+{
+    net->seed = seed;
+    net->step = step;
+}
+
 static size_t output_size(const herbs_output *o)
 {
     size_t size = 1;

@@ -91,6 +91,11 @@ struct herbs_net {
 herbs_status net_create(herbs_net **out, const char *kind, herbs_config *config, uint64_t seed);
 void net_free(herbs_net *net);
 
+/* Sets the state that keys the random streams (a checkpoint's `seed` and `step`, say): the next
+   train-mode forward draws the dropout and drop-path masks of `step` under `seed`, as the net that
+   saved them would have. The parameters, the last forward and its saved masks are unchanged. */
+void net_set_random_state(herbs_net *net, uint64_t seed, uint64_t step);
+
 /* --- the lifecycle: forward -> objective -> backward ------------------------------------------ */
 
 /* images [batch, C, H, W] -> net->outputs and probes (valid until the next forward). Forgets the

@@ -233,6 +233,40 @@ static PyObject *Net_get_kind(NetObject *self, void *c)
     return net ? PyUnicode_FromString(net->ops->kind) : NULL;
 }
 
+/* The random streams' state (nn/net.h: net_set_random_state): `which` is "seed" or "step". */
+static PyObject *Net_get_random_state(NetObject *self, void *which)
+{
+    if (!claim(self))
+        return NULL;
+    self->busy = 0;
+    const herbs_net *net = self->net;
+    return PyLong_FromUnsignedLongLong(strcmp(which, "seed") == 0 ? net->seed : net->step);
+}
+
+static int Net_set_random_state(NetObject *self, PyObject *value, void *which)
+{
+    if (!value) {
+        PyErr_Format(PyExc_TypeError, "cannot delete a Net's %s", (const char *)which);
+        return -1;
+    }
+    PyObject *number = PyBool_Check(value) ? NULL : PyNumber_Index(value);
+    unsigned long long v = number ? PyLong_AsUnsignedLongLong(number) : 0;
+    Py_XDECREF(number);
+    if (!number || PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s must be an integer in [0, 2**64), got %R", (const char *)which, value);
+        return -1;
+    }
+    if (!claim(self))
+        return -1;
+    herbs_net *net = self->net;
+    const int seed = strcmp(which, "seed") == 0;
+    net_set_random_state(net, seed ? v : net->seed, seed ? net->step : v);
+    self->busy = 0;
+    return 0;
+}
+
+
 static const char *const precision_names[HERBS_PRECISIONS] = {"fp32", "bf16"};
 
 static PyObject *Net_get_precision(NetObject *self, void *c)
@@ -619,6 +653,12 @@ static PyGetSetDef Net_getset[] = {
     {"buffers", (getter)Net_get_buffers, NULL, "float32 view of the buffer block", NULL},
     {"params_version", (getter)Net_get_params_version, NULL,
      "the parameters' version, bumped by every write path (packed weights are tagged with it)", NULL},
+    {"seed", (getter)Net_get_random_state, (setter)Net_set_random_state,
+     "the seed of the dropout and drop-path streams (and of the initial parameters); setting it changes\n"
+     "the streams only", "seed"},
+    {"step", (getter)Net_get_random_state, (setter)Net_set_random_state,
+     "train-mode forward passes so far: the next one draws the masks of this step. A checkpoint saves it\n"
+     "(with seed) so that a resumed run draws the masks an uninterrupted one would", "step"},
     {"kind", (getter)Net_get_kind, NULL, "the network's kind", NULL},
     {"precision", (getter)Net_get_precision, (setter)Net_set_precision,
      "'fp32' or 'bf16': how the products of forward passes compute (the backward is fp32)", NULL},

@@ -69,7 +69,8 @@ class Model:
             The combiner needs the selector and the pyramid.
         drop_path_rate: Swin's stochastic depth (default 0.1); not for ResNet.
         dropout: the combiner's dropout (0.1).
-        seed: parameter initialisation and the random streams of dropout and drop path.
+        seed: parameter initialisation and the random streams of dropout and drop path (whose
+            state a checkpoint keeps: :meth:`training_state`).
         precision: ``"fp32"`` (default) or ``"bf16"``: how the forward pass's products compute
             (also settable later as :attr:`precision`). bf16 rounds the operands of the linear
             layers, qkv and projections, 1×1 and k×k convolutions and the pyramid's and
@@ -253,6 +254,36 @@ class Model:
             outputs = {k: v for k, v in net.forward(x, train=False).items() if not k.startswith("rank_")}
             net.backward(dict(output_gradients(outputs)), probe_grads=True)
             return outputs, net.probes()
+
+    # ------------------------------------------------------------------------------------------
+    # the state of the random streams
+
+    def training_state(self) -> Dict[str, int]:
+        """What decides the model's future random numbers besides its tensors:
+        ``{"seed": s, "step": n}`` — the seed of the dropout and drop-path streams and the number
+        of train-mode forward passes so far (``forward(train=True)`` and ``train_step`` count; the
+        masks of a pass are drawn from (seed, its step, layer)).
+
+        A checkpoint needs it beside :meth:`state_dict` for a resumed run to draw the masks an
+        uninterrupted one would: :func:`herbs.train.train` saves it as the checkpoint's top-level
+        ``"training_state"``, so the state dict under ``"model"`` keeps the release's keys only
+        (the release's ``load_state_dict`` refuses keys it does not know)."""
+        with self._claim() as net:
+            return {"seed": net.seed, "step": net.step}
+
+    def load_training_state(self, state: Mapping) -> None:
+        """Restores what :meth:`training_state` returned: the next train-mode pass draws the masks
+        of ``state["step"]`` under ``state["seed"]`` (integers in [0, 2**64)). The parameters are
+        unchanged; a seed set here changes the random streams, not the initialisation."""
+        if not isinstance(state, Mapping) or set(state) != {"seed", "step"}:
+            found = sorted(map(str, state)) if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"a training state is a mapping with keys 'seed' and 'step', got {found}")
+        for key in ("seed", "step"):
+            value = state[key]
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 2 ** 64:
+                raise ValueError(f"training state '{key}' must be an integer in [0, 2**64), got {value!r}")
+        with self._claim() as net:
+            net.seed, net.step = int(state["seed"]), int(state["step"])
 
     # ------------------------------------------------------------------------------------------
     # tensors

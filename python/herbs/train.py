@@ -7,9 +7,12 @@ is divided by the number of batches in its accumulation group and its gradients 
 zeroed. The refinement temperature halves every 10 epochs. After each epoch: evaluation on
 the validation set, one line in ``metrics.jsonl``, and a checkpoint ``last.pth`` (plus
 ``best.pth``) written atomically — ``{"model", "optimizer", "epoch", "best", "config"}`` as
-the release saves it, readable by ``torch.load``. Resuming from ``last.pth`` continues to the
-same numbers as an uninterrupted run, since data order and augmentation depend only on
-(seed, epoch).
+the release saves it, readable by ``torch.load``, and ``"training_state"``, the model's random
+streams (:meth:`herbs.Model.training_state`). Resuming from ``last.pth`` continues to the same
+bits as an uninterrupted run (with the same thread count): data order and augmentation depend
+only on (seed, epoch), dropout and drop path on the saved training state. Before its first epoch
+a run removes what a killed run left in its folder: temporary files of half-written checkpoints,
+and lines of ``metrics.jsonl`` after the epoch it starts from.
 """
 from __future__ import annotations
 
@@ -18,13 +21,14 @@ import json
 import os
 import shutil
 import time
+import warnings
 from typing import Callable, Optional
 
 import numpy as np
 
 from herbs import evaluate as evaluation
 from herbs import optim, weights
-from herbs.files import atomic_write
+from herbs.files import atomic_write, remove_stale_temps
 from herbs.data import DataLoader, Dataset
 from herbs.progress import Progress
 
@@ -62,7 +66,52 @@ def make_optimizer(model, config: TrainConfig):
 
 def _write_checkpoint(path: str, model, optimizer, epoch: int, best: float, config: TrainConfig, extra: dict) -> None:
     weights.save_file({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                       "best": best, "config": dataclasses.asdict(config), **extra}, path, format="torch")
+                       "best": best, "config": dataclasses.asdict(config),
+                       "training_state": model.training_state(), **extra}, path, format="torch")
+
+
+def _saved_training_state(saved: dict, path: str, model, steps: int) -> dict:
+    """The training state of checkpoint `saved`. One written before herbs saved it gets the state of
+    a run that began from a fresh model, `steps` train-mode passes ago, with the model's seed."""
+    if "training_state" in saved:
+        return saved["training_state"]
+    warnings.warn(f"{path} has no training_state (an older herbs wrote it): assuming the run began from a "
+                  f"fresh model with seed {model.training_state()['seed']}, dropout and drop path continue "
+                  f"from step {steps}; the resumed run equals an uninterrupted one only if that holds")
+    return {**model.training_state(), "step": steps}
+
+
+def _clean_run_folder(out_dir: str, epoch: int, log: Callable[[str], None]) -> None:
+    """Before a run that continues after `epoch` (0 for a new run): removes the temporary files that
+    killed writes of its files left, and cuts metrics.jsonl to epochs 1..epoch (a run killed after
+    an epoch's line and before its checkpoint wrote a line that the resumed run writes again)."""
+    metrics = os.path.join(out_dir, "metrics.jsonl")
+    removed = sum(remove_stale_temps(os.path.join(out_dir, name)) for name in ("last.pth", "best.pth", "metrics.jsonl"))
+    if removed:
+        log(f"removed {removed} temporary file(s) of writes a killed run left in {out_dir}")
+    if not os.path.exists(metrics):
+        return
+    with open(metrics, "rb") as f:
+        lines = f.read().decode("utf-8", "replace").splitlines(keepends=True)
+    by_epoch = {}
+    for line in lines:  # whole lines of epochs 1..epoch; of two lines of an epoch, the resumed run's (later)
+        if line.endswith("\n") and 1 <= _epoch_of(line) <= epoch:
+            by_epoch[_epoch_of(line)] = line
+    kept = [by_epoch[e] for e in sorted(by_epoch)]
+    if kept != lines:
+        log(f"metrics.jsonl: {len(lines) - len(kept)} line(s) removed, {len(kept)} kept (epochs up to {epoch})")
+        with atomic_write(metrics) as f:
+            f.write("".join(kept).encode())
+
+
+def _epoch_of(line: str) -> int:
+    """The epoch of a metrics.jsonl line; 0 for a line that is not one (cut short, say)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return 0
+    epoch = record.get("epoch") if isinstance(record, dict) else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
 
 
 def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: TrainConfig = TrainConfig(),
@@ -71,8 +120,12 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
     """Trains `model` on `train_set`; returns the per-epoch metrics (also in out_dir/metrics.jsonl).
 
     `loss_options` go to every ``model.train_step`` call (loss weights, for example).
-    `resume` is a checkpoint written by this function (out_dir/last.pth); `checkpoint_extra`
-    entries are saved in every checkpoint too (e.g. how to rebuild the model, class names)."""
+    `resume` is a checkpoint written by this function (out_dir/last.pth): the model's tensors, its
+    training state, the optimiser and the epoch are restored from it, and the run continues to the
+    same bits as an uninterrupted one. `checkpoint_extra` entries are saved in every checkpoint too
+    (e.g. how to rebuild the model, class names). A run into `out_dir` (new or resumed) removes
+    temporary files left there by killed writes and keeps the lines of metrics.jsonl up to the epoch
+    it starts from (none for a new run) before it appends its own."""
     config.check()
     loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=True,
                         num_workers=config.num_workers)
@@ -88,9 +141,11 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, best = int(saved["epoch"]), float(saved["best"])
+        model.load_training_state(_saved_training_state(saved, resume, model, start_epoch * len(loader)))
         log(f"resumed from {resume} after epoch {start_epoch}")
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
+        _clean_run_folder(out_dir, start_epoch, log)
 
     model.zero_grad()  # each update group ends with a zero_grad, so once is enough
     for epoch in range(start_epoch, config.epochs):
@@ -126,9 +181,12 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
         if out_dir:
             with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
-            last = os.path.join(out_dir, "last.pth")
-            _write_checkpoint(last, model, optimizer, epoch + 1, best, config, checkpoint_extra or {})
-            if improved:  # the same bytes as last.pth
-                with open(last, "rb") as src, atomic_write(os.path.join(out_dir, "best.pth")) as dst:
+            # best.pth before last.pth: a run killed between the two resumes from the epoch before
+            # and writes both again, where the other order could leave best.pth an epoch behind
+            last, best_path = os.path.join(out_dir, "last.pth"), os.path.join(out_dir, "best.pth")
+            _write_checkpoint(best_path if improved else last, model, optimizer, epoch + 1, best, config,
+                              checkpoint_extra or {})
+            if improved:  # the same bytes as best.pth
+                with open(best_path, "rb") as src, atomic_write(last) as dst:
                     shutil.copyfileobj(src, dst)
     return history
