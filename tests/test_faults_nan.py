@@ -1,0 +1,183 @@
+"""Non-finite values cannot hide (issue 18): NaN and infinity go through every kernel that could
+drop them — ReLU wherever it is computed, max pooling, the losses, the selector's ranking — as
+PyTorch takes them; images holding them are refused at the API; a NaN parameter makes the outputs
+NaN, as in the PyTorch reference; the optimiser refuses non-finite gradients and the training loop
+stops at them (or skips and counts them)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import herbs
+from ckernels import call
+from herbs import _C
+from test_kernel_conv2d import conv
+
+NAN, INF = np.float32(np.nan), np.float32(np.inf)
+SPECIALS = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, -1.5, 2.5], np.float32)
+
+
+def specials(n, seed):
+    """n float32 values with NaN, ±inf and ±0 scattered among normal ones."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n).astype(np.float32)
+    x[rng.integers(0, n, max(n // 5, len(SPECIALS)))] = rng.choice(SPECIALS, max(n // 5, len(SPECIALS)))
+    return x
+
+
+def assert_same_floats(mine, theirs, what=""):
+    """Equal as floats, NaN where the other is NaN (np.testing treats NaN as equal to NaN)."""
+    np.testing.assert_array_equal(mine, theirs, err_msg=what)
+
+
+# --- kernels ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [7, 100003])
+def test_relu_keeps_nan_and_passes_its_gradient(isa, n):
+    """relu(NaN) = NaN, relu(±inf) = inf / 0, relu(-0) = -0 as torch.relu; the backward masks
+    where the output is <= 0 and passes the gradient where it is NaN (torch's threshold_backward)."""
+    x, g = specials(n, 1), specials(n, 2)
+    out = np.empty_like(x)
+    call("relu_forward", out, x, n, dtype=np.float32)
+    want = torch.relu(torch.tensor(x)).numpy()
+    assert_same_floats(out, want)
+    np.testing.assert_array_equal(np.signbit(out), np.signbit(want))  # -0 stays -0
+    dx = np.full_like(x, np.nan)
+    call("relu_backward", dx, g, out, n, 0, dtype=np.float32)
+    assert_same_floats(dx, torch.ops.aten.threshold_backward(torch.tensor(g), torch.tensor(want), 0).numpy())
+    added = np.ones_like(x)
+    call("relu_backward", added, g, out, n, 1, dtype=np.float32)
+    assert_same_floats(added, 1 + dx)
+
+
+def test_add_relu_keeps_nan(isa):
+    a, b, g = specials(1001, 3), specials(1001, 4), specials(1001, 5)
+    out, da, db = np.empty_like(a), np.full_like(a, np.nan), np.full_like(a, np.nan)
+    call("add_relu_forward", out, a, b, a.size, dtype=np.float32)
+    call("add_relu_backward", da, db, g, out, a.size, 0, dtype=np.float32)
+    want = torch.relu(torch.tensor(a) + torch.tensor(b))
+    assert_same_floats(out, want.numpy())
+    assert_same_floats(da, torch.ops.aten.threshold_backward(torch.tensor(g), want, 0).numpy())
+    assert_same_floats(db, da)
+
+
+def test_batchnorm_relu_keeps_nan(isa):
+    """A NaN in one channel makes that channel's statistics, output and gradients NaN and leaves
+    the other channels alone, in the fused BN+ReLU forward (train) and its backward."""
+    N, C = 50, 20
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((N, C)).astype(np.float32)
+    x[7, 3] = NAN
+    w, b, g = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32), \
+        rng.standard_normal((N, C)).astype(np.float32)
+    out, mean, rstd, rm, rv = np.empty_like(x), *(np.zeros(C, np.float32) for _ in range(4))
+    call("batchnorm_relu_forward_train", out, mean, rstd, rm, rv, x, w, b, N, C, 1e-5, 0.1, dtype=np.float32)
+    dx, dw, db = np.full_like(x, np.nan), np.zeros(C, np.float32), np.zeros(C, np.float32)
+    call("batchnorm_backward", dx, dw, db, g, out, x, w, mean, rstd, N, C, 0, dtype=np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    tw, tb = torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)
+    ty = torch.relu(F.batch_norm(tx, torch.zeros(C), torch.ones(C), tw, tb, True, 0.1, 1e-5))
+    ty.backward(torch.tensor(g))
+    pairs = [(out, ty.detach(), "out"), (dx, tx.grad, "dx"), (dw, tw.grad, "dw"), (db, tb.grad, "db")]
+    for mine, theirs, what in pairs:
+        np.testing.assert_array_equal(np.isnan(mine), np.isnan(theirs.numpy()), err_msg=what)
+        np.testing.assert_allclose(mine, theirs.numpy(), rtol=1e-4, atol=1e-4, err_msg=what)
+    # channel 3 is NaN in the output and every gradient but the bias's: Σ dout over a NaN output
+    # that the ReLU passes
+    assert np.isnan(out[:, 3]).all() and np.isnan(dx[:, 3]).all() and np.isnan(dw[3]) and np.isfinite(db).all()
+
+
+@pytest.mark.parametrize("m,n,k", [(5, 7, 3), (45, 70, 33), (129, 100, 300)])
+def test_gemm_relu_epilogue_keeps_nan(isa, m, n, k):
+    """The ReLU applied to the GEMM's tiles as they are stored (the AVX-512 micro-kernel's own;
+    affine_rows on the other paths): a NaN row of A (or column of B) stays NaN, ±inf products go
+    through ReLU as torch.relu takes them."""
+    rng = np.random.default_rng(m)
+    a, b = rng.uniform(-1, 1, (m, k)).astype(np.float32), rng.uniform(-1, 1, (k, n)).astype(np.float32)
+    a[m // 2, k // 3] = NAN
+    b[k - 1, n // 2] = NAN
+    a[m - 1, 0] = INF
+    shift = rng.uniform(-1, 1, n).astype(np.float32)
+    want = torch.relu(torch.tensor(a) @ torch.tensor(b) + torch.tensor(shift)).numpy()
+    for relu_args in (dict(relu=True), dict(shift=shift, relu=True)):
+        c = _C.gemm(a, b, **relu_args)
+        ref = want if "shift" in relu_args else torch.relu(torch.tensor(a) @ torch.tensor(b)).numpy()
+        np.testing.assert_array_equal(np.isnan(c), np.isnan(ref))
+        np.testing.assert_array_equal(np.isinf(c), np.isinf(ref))
+        assert np.isnan(c).sum() == m + n - 1  # the row and the column
+        finite = np.isfinite(ref)
+        np.testing.assert_allclose(c[finite], ref[finite], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bf16_isa", [herbs.cpu_info()["best_bf16_isa"], "portable"])
+def test_bf16_gemm_relu_epilogue_keeps_nan(bf16_isa):
+    before = herbs.cpu_info()["bf16_isa"]
+    _C._set_bf16_isa(bf16_isa)
+    try:
+        rng = np.random.default_rng(8)
+        a, b = rng.uniform(-1, 1, (45, 33)).astype(np.float32), rng.uniform(-1, 1, (33, 70)).astype(np.float32)
+        a[20, 5] = NAN
+        c = _C.gemm_bf16(a, b, shift=np.ones(70, np.float32), relu=True)
+    finally:
+        _C._set_bf16_isa(before)
+    nan = np.zeros(c.shape, bool)
+    nan[20] = True
+    np.testing.assert_array_equal(np.isnan(c), nan)
+
+
+@pytest.mark.parametrize("K,C", [(3, 8), (1, 40)])  # the direct convolution and a pointwise one
+def test_conv_relu_epilogue_keeps_nan(isa, K, C):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 9, 7, C)).astype(np.float32)
+    x[1, 4, 3, 2] = NAN
+    w = rng.standard_normal((16, C, K, K)).astype(np.float32)
+    bias = rng.standard_normal(16).astype(np.float32)
+    out, _, _ = conv(x, w, bias, 1, K // 2, dtype=np.float32, relu=1)
+    want = torch.relu(F.conv2d(torch.tensor(x.transpose(0, 3, 1, 2)), torch.tensor(w), torch.tensor(bias),
+                               padding=K // 2)).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+    assert np.isnan(out).sum() == 16 * K * K
+
+
+def test_maxpool_with_nans_matches_torch(isa):
+    """A NaN beats every number in its window, the last NaN in scan order is the argmax (PyTorch's
+    rule), and the backward routes there."""
+    rng = np.random.default_rng(10)
+    B, H, W, C = 2, 9, 8, 5
+    x = rng.standard_normal((B, H, W, C)).astype(np.float32)
+    x.reshape(-1)[rng.integers(0, x.size, 25)] = NAN
+    x.reshape(-1)[rng.integers(0, x.size, 5)] = INF
+    OH, OW = (H + 2 - 3) // 2 + 1, (W + 2 - 3) // 2 + 1
+    out, argmax = np.empty((B, OH, OW, C), np.float32), np.empty((B, OH, OW, C), np.int32)
+    call("maxpool2d_forward", out, argmax, x, B, H, W, C, 3, 2, 1, dtype=np.float32)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    dx = np.zeros_like(x)
+    call("maxpool2d_backward", dx, g, argmax, B, H, W, C, 3, 2, 1, dtype=np.float32)
+    tx = torch.tensor(x.transpose(0, 3, 1, 2)).contiguous(memory_format=torch.channels_last).requires_grad_()
+    ty, tidx = F.max_pool2d(tx, 3, 2, 1, return_indices=True)
+    ty.backward(torch.tensor(g.transpose(0, 3, 1, 2)))
+    assert np.isnan(out).sum() > 10
+    assert_same_floats(out, ty.detach().numpy().transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(argmax, tidx.numpy().transpose(0, 2, 3, 1))
+    np.testing.assert_allclose(dx, tx.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6)
+
+
+def test_losses_of_a_nan_logit_are_nan():
+    """Cross-entropy, tanh-MSE and the refinement KL of a row with one NaN logit are NaN (as
+    torch's), and only that row's."""
+    x = np.random.default_rng(11).standard_normal((3, 5)).astype(np.float32)
+    x[1, 2] = NAN
+    labels = np.array([0, 1, 4], np.int32)
+    loss = np.empty(3, np.float32)
+    call("cross_entropy_forward", loss, x, labels, 1, 3, 5, dtype=np.float32)
+    np.testing.assert_array_equal(np.isnan(loss), [False, True, False])
+    want = F.cross_entropy(torch.tensor(x), torch.tensor(labels).long(), reduction="none").numpy()
+    np.testing.assert_array_equal(np.isnan(want), np.isnan(loss))
+    call("tanh_mse_forward", loss, x, -1.0, 3, 5, dtype=np.float32)
+    np.testing.assert_array_equal(np.isnan(loss), [False, True, False])
+    for student, teacher in ((x, np.zeros_like(x)), (np.zeros_like(x), x)):
+        call("kl_softmax_forward", loss, student, teacher, 4.0, 3, 5, dtype=np.float32)
+        np.testing.assert_array_equal(np.isnan(loss), [False, True, False])
+    dx = np.zeros_like(x)
+    call("cross_entropy_backward", dx, x, labels, 1, 1.0, 3, 5, dtype=np.float32)
+    np.testing.assert_array_equal(np.isnan(dx).any(axis=1), [False, True, False])
