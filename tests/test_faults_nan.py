@@ -181,3 +181,35 @@ def test_losses_of_a_nan_logit_are_nan():
     dx = np.zeros_like(x)
     call("cross_entropy_backward", dx, x, labels, 1, 1.0, 3, 5, dtype=np.float32)
     np.testing.assert_array_equal(np.isnan(dx).any(axis=1), [False, True, False])
+
+
+def rank(logits):
+    B, S, C = logits.shape
+    order, scratch = np.empty((B, S), np.int32), np.empty((B, S), np.int32)
+    score, mean = np.empty((B, S), np.float32), np.empty((B, C), np.float32)
+    call("select_rank", order, scratch, score, mean, logits, B, S, C, dtype=np.float32)
+    return order, score
+
+
+def test_selector_ranks_nan_first_as_torch_sort():
+    """Tokens whose score is NaN rank above every number, among themselves by index — where
+    torch.sort(descending=True, stable=True) puts them; ±inf logits make NaN scores too (softmax
+    of inf); a NaN in the token mean makes every class probability NaN, and c* is class 0, as
+    torch.argmax picks the first NaN."""
+    rng = np.random.default_rng(12)
+    B, S, C = 3, 40, 6
+    logits = rng.standard_normal((B, S, C)).astype(np.float32)
+    logits[0, [5, 17, 30], 1] = NAN  # three NaN tokens; c* becomes 0 (the mean of class 1 is NaN)
+    logits[1, 9, :] = INF
+    logits[2, [3, 4], :] = logits[2, 3]  # ties stay in index order
+    order, score = rank(logits)
+    t = torch.tensor(logits)
+    top = torch.softmax(t.mean(1), -1).argmax(-1)
+    assert top[0] == 0 and top[1] == 0
+    want_score = torch.softmax(t, -1)[torch.arange(B), :, top]
+    np.testing.assert_array_equal(np.isnan(score), np.isnan(want_score.numpy()))
+    for b in range(B):
+        want = torch.sort(torch.tensor(score[b]), descending=True, stable=True)[1].numpy()
+        np.testing.assert_array_equal(order[b], want)
+    np.testing.assert_array_equal(order[0, :3], [5, 17, 30])
+    np.testing.assert_array_equal(order[1, :1], [9])
