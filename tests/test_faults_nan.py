@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import herbs
 from ckernels import call
-from herbs import _C
+from herbs import _C, optim
 from test_kernel_conv2d import conv
 
 NAN, INF = np.float32(np.nan), np.float32(np.inf)
@@ -213,3 +213,58 @@ def test_selector_ranks_nan_first_as_torch_sort():
         np.testing.assert_array_equal(order[b], want)
     np.testing.assert_array_equal(order[0, :3], [5, 17, 30])
     np.testing.assert_array_equal(order[1, :1], [9])
+
+
+# --- the gradient check and the optimiser --------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 15, 65537, 1000003])
+def test_count_nonfinite(isa, dtype, n):
+    x = specials(n, n).astype(dtype) if n else np.empty(0, dtype)
+    assert _C.count_nonfinite(x) == int((~np.isfinite(x)).sum())
+    assert _C.count_nonfinite(np.full((3, 4), np.finfo(dtype).max, dtype)) == 0  # 2-D, the largest finite
+
+
+def test_count_nonfinite_refuses_other_arrays():
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _C.count_nonfinite(np.zeros(3, np.int32))
+    with pytest.raises(TypeError, match="NumPy array"):
+        _C.count_nonfinite([1.0, 2.0])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _C.count_nonfinite(np.zeros((4, 4), np.float32)[:, 1])
+
+
+@pytest.mark.parametrize("make", [optim.SGD, optim.AdamW])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_the_optimiser_refuses_non_finite_gradients(make, bad):
+    rng = np.random.default_rng(13)
+    params, grads = rng.standard_normal(1000).astype(np.float32), rng.standard_normal(1000).astype(np.float32)
+    opt = make(params, grads, lr=0.1)
+    opt.step()
+    saved, state = params.copy(), opt.state_dict()
+    grads[321] = bad
+    with pytest.raises(optim.NonFiniteGradientError, match="1 of 1000 gradient values are NaN or infinite"):
+        opt.step(lr=0.5)
+    np.testing.assert_array_equal(params, saved)
+    after = opt.state_dict()
+    assert after["lr"] == 0.1 and after.get("step_count") == state.get("step_count")
+    for name in opt.state:
+        np.testing.assert_array_equal(after[name], state[name])
+    grads[321] = 0
+    opt.step()
+    assert np.isfinite(params).all() and not np.array_equal(params, saved)
+
+
+def test_the_optimiser_refuses_non_finite_settings_and_state():
+    p, g = np.zeros(4, np.float32), np.zeros(4, np.float32)
+    for bad in (dict(lr=np.nan), dict(lr=np.inf), dict(weight_decay=np.nan), dict(momentum=np.inf)):
+        with pytest.raises(ValueError, match="finite"):
+            optim.SGD(p, g, **bad)
+    with pytest.raises(ValueError, match="finite"):
+        optim.AdamW(p, g, eps=np.nan)
+    with pytest.raises(ValueError, match="lr must be finite"):
+        optim.SGD(p, g).step(lr=np.nan)
+    state = optim.SGD(p, g).state_dict()
+    state["momentum_buffer"][2] = np.nan
+    with pytest.raises(ValueError, match="'momentum_buffer' holds NaN"):
+        optim.SGD(p, g).load_state_dict(state)
