@@ -11,6 +11,9 @@ import torch.nn.functional as F
 import herbs
 from ckernels import call
 from herbs import _C, optim
+from herbs.model import NonFiniteImageError
+from herbs_compare import grads_of, load_reference, run_reference
+from test_herbs_backbones import SWIN, SWIN_KEEP, data as herbs_data, perturb_running_stats, resnet_pair, swin_pair
 from test_kernel_conv2d import conv
 
 NAN, INF = np.float32(np.nan), np.float32(np.inf)
@@ -268,3 +271,100 @@ def test_the_optimiser_refuses_non_finite_settings_and_state():
     state["momentum_buffer"][2] = np.nan
     with pytest.raises(ValueError, match="'momentum_buffer' holds NaN"):
         optim.SGD(p, g).load_state_dict(state)
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model():
+    return herbs.Model({"backbone": "swin", **SWIN, "drop_path_rate": 0.0}, num_classes=3, num_selects=SWIN_KEEP)
+
+
+def images(B=2, seed=0):
+    return np.random.default_rng(seed).standard_normal((B, 3, 64, 64)).astype(np.float32)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_images_are_refused_at_every_call(model, bad):
+    x = images(3)
+    x[1, 2, 10, 20] = bad
+    model.zero_grad()
+    calls = {"forward": lambda: model.forward(x), "predict": lambda: model.predict(x),
+             "train_step": lambda: model.train_step(x, np.zeros(3, np.int64)),
+             "tap_gradients": lambda: model.tap_gradients(x, lambda out: {"comb_outs": np.ones_like(out["comb_outs"])})}
+    for name, run in calls.items():
+        with pytest.raises(NonFiniteImageError, match=r"images \[1\] of the batch hold 1 NaN or infinite.*"
+                                                      r"at \[1, 2, 10, 20\]") as caught:
+            run()
+        assert caught.value.images == [1], name
+    assert not model.flat_gradients().any()  # refused before any compute
+    # a float64 value that overflows float32 is refused as well, and so is float16's infinity
+    with pytest.raises(NonFiniteImageError, match=r"images \[0\]"):
+        model.predict(np.where(np.arange(64) == 3, 1e39, images(1).astype(np.float64)))
+    with pytest.raises(NonFiniteImageError):
+        model.predict(np.full((1, 3, 64, 64), np.inf, np.float16))
+    assert np.isfinite(model.predict(x[[0, 2]])).all()
+
+
+def test_a_nan_parameter_makes_the_outputs_nan(model):
+    """A NaN written into any parameter tensor (its first element, through named_parameters)
+    reaches the prediction; the model is intact again once it is put back."""
+    x = images()
+    reached = []
+    for name, p in model.named_parameters():
+        flat = p.reshape(-1)
+        old, flat[0] = flat[0], NAN
+        reached.append(np.isnan(model.predict(x)).all())
+        flat[0] = old
+        assert reached[-1], name
+    assert len(reached) > 50 and np.isfinite(model.predict(x)).all()
+
+
+def test_a_nan_parameter_makes_the_loss_and_gradients_nan(model):
+    x, y = images(), np.array([0, 2])
+    for name, p in list(model.named_parameters())[::40]:
+        model.zero_grad()
+        flat = p.reshape(-1)
+        old, flat[0] = flat[0], NAN
+        losses = model.train_step(x, y)
+        flat[0] = old
+        assert np.isnan(losses["total"]), name
+        assert _C.count_nonfinite(model.flat_gradients()) > 0, name
+    model.zero_grad()
+
+
+@pytest.mark.parametrize("train_mode", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("pair", [swin_pair, resnet_pair], ids=["swin", "resnet"])
+@pytest.mark.parametrize("where", ["pixel", "parameter"])
+def test_nan_spreads_as_in_the_pytorch_reference(pair, train_mode, where):
+    """The engine (behind the API's image check) against the reference with the same weights, one
+    NaN in an image or in a parameter: the same outputs NaN, element by element, the same rankings,
+    the same loss terms NaN; every gradient tensor NaN in the reference is NaN here (element-wise
+    the engine may have more: its im2col multiplies padding zeros by NaN gradients where the
+    reference skips the padding)."""
+    net, ref = pair()
+    perturb_running_stats(net)
+    x, y = herbs_data()
+    if where == "pixel":
+        x[0, 1, 20, 30] = NAN
+    else:
+        tensors = [t for t in net.tensors() if t[1] == "parameter"]
+        net.params[tensors[len(tensors) // 3][3] + 3] = NAN
+    options = dict(lambda_s=0.5)  # every term computed on both sides (a term with λ = 0 is 0 here)
+    load_reference(ref, net)
+    net.zero_grad()
+    out = net.forward(x, train=train_mode)
+    terms = net.loss(y, **options)
+    net.backward({})
+    out32, ranks, terms32, grads32 = run_reference(ref, x, y, train_mode, options, torch.float32)
+    for name, value in out32.items():
+        np.testing.assert_array_equal(np.isnan(out[name]), np.isnan(value), err_msg=name)
+    assert any(np.isnan(v).any() for v in out32.values())
+    for i, r in enumerate(ranks or [], 1):
+        np.testing.assert_array_equal(out[f"rank_layer{i}"], r.numpy(), err_msg=f"rank_layer{i}")
+    assert {k: np.isnan(v) for k, v in terms.items()} == {k: np.isnan(v) for k, v in terms32.items()}
+    assert np.isnan(terms["total"])
+    for name, g in grads_of(net).items():
+        theirs = np.isnan(grads32[name])
+        assert np.isnan(g).any() == theirs.any(), name
+        assert np.isnan(g)[theirs].all(), name
