@@ -3,6 +3,8 @@ drop them — ReLU wherever it is computed, max pooling, the losses, the selecto
 PyTorch takes them; images holding them are refused at the API; a NaN parameter makes the outputs
 NaN, as in the PyTorch reference; the optimiser refuses non-finite gradients and the training loop
 stops at them (or skips and counts them)."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,8 @@ import torch.nn.functional as F
 
 import herbs
 from ckernels import call
-from herbs import _C, optim
+from herbs import _C, data, optim, train, weights
+from herbs.cli import parser
 from herbs.model import NonFiniteImageError
 from herbs_compare import grads_of, load_reference, run_reference
 from test_herbs_backbones import SWIN, SWIN_KEEP, data as herbs_data, perturb_running_stats, resnet_pair, swin_pair
@@ -368,3 +371,106 @@ def test_nan_spreads_as_in_the_pytorch_reference(pair, train_mode, where):
         theirs = np.isnan(grads32[name])
         assert np.isnan(g).any() == theirs.any(), name
         assert np.isnan(g)[theirs].all(), name
+
+
+# --- the training loop -------------------------------------------------------------------------
+
+class NaNAt:
+    """A herbs.Model whose `at`-th train_step (counted from 1) meets a NaN: in a parameter
+    (written before the step, and left there) or in the gradients (after the step, once)."""
+
+    def __init__(self, model, at, where):
+        self.model, self.at, self.where, self.calls = model, at, where, 0
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def train_step(self, *args, **kw):
+        self.calls += 1
+        if self.calls == self.at and self.where == "parameter":
+            self.model.named_parameters()[5][1].reshape(-1)[0] = NAN
+        losses = self.model.train_step(*args, **kw)
+        if self.calls == self.at and self.where == "gradient":
+            self.model.flat_gradients()[1234] = NAN
+        return losses
+
+
+class NaNImage(data.SyntheticDataset):
+    """Synthetic images, with NaN pixels in sample `bad`."""
+
+    def __init__(self, bad):
+        super().__init__(num_classes=3, size=64, n_per_class=3, seed=1)
+        self.bad = bad
+
+    def get(self, index, rng=None):
+        image, label = super().get(index, rng)
+        if index == self.bad:
+            image[0, 5, 5] = np.nan
+        return image, label
+
+
+def loop_model():
+    return herbs.Model({"backbone": "swin", **SWIN, "drop_path_rate": 0.0}, num_classes=3, num_selects=SWIN_KEEP,
+                       seed=3)
+
+
+def loop_config(**kw):
+    # 9 images, batches of 2 (the last image dropped): 4 batches, 2 optimiser steps per epoch
+    return train.TrainConfig(**{**dict(epochs=2, batch_size=2, update_freq=2, max_lr=1e-3, warmup_batches=1,
+                                       num_workers=0, seed=5), **kw})
+
+
+def group_samples(config, epoch, first_batch, batches):
+    loader = data.DataLoader(NaNImage(None), config.batch_size, shuffle=True, seed=config.seed, drop_last=True)
+    return np.concatenate(loader._batches(epoch)[first_batch:first_batch + batches]).tolist()
+
+
+def test_training_stops_at_a_nan_keeping_the_last_good_checkpoint(tmp_path):
+    """A NaN parameter from the 6th batch on (epoch 2, batch 2): the loop stops at optimiser step 3
+    (epoch 2's first group) naming its samples; nothing was updated with it — the parameters hold
+    only the NaN that was written — and last.pth is still epoch 1's, finite."""
+    model = NaNAt(loop_model(), 6, "parameter")
+    config = loop_config()
+    with pytest.raises(train.NonFiniteError, match=r"optimiser step 3 \(epoch 2, batches 1-2 of 4, samples") as caught:
+        train.train(model, NaNImage(None), config=config, out_dir=str(tmp_path), log=lambda s: None)
+    error = caught.value
+    assert (error.step, error.epoch) == (3, 2) and error.indices == group_samples(config, 1, 0, 2)
+    assert "loss is nan" in str(error) and "last.pth holds the last good epoch" in str(error)
+    assert _C.count_nonfinite(model.flat_parameters()) == 1
+    saved = weights.load_checkpoint(str(tmp_path / "last.pth"))
+    assert saved["epoch"] == 1 and all(np.isfinite(v).all() for v in saved["model"].values())
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_training_skips_and_counts_a_nan_gradient(tmp_path):
+    model = NaNAt(loop_model(), 3, "gradient")  # epoch 1's second group (batches 3-4)
+    logged = []
+    history = train.train(model, NaNImage(None), config=loop_config(skip_nonfinite=True), out_dir=str(tmp_path),
+                          log=logged.append)
+    assert [h["skipped_batches"] for h in history] == [2, 0]
+    assert sum("skipped optimiser step 2 (epoch 1, batches 3-4" in line for line in logged) == 1
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_batches"] for r in records] == [2, 0] and np.isfinite(records[0]["loss_total"])
+    assert _C.count_nonfinite(model.flat_parameters()) == 0
+
+
+def test_training_names_the_file_of_a_nan_image_or_skips_it():
+    config = loop_config(epochs=1)
+    bad = group_samples(config, 0, 1, 1)[0]  # a sample of the second batch
+    with pytest.raises(train.NonFiniteError, match=f"batch 2 has NaN or infinite pixels in sample {bad}") as caught:
+        train.train(loop_model(), NaNImage(bad), config=config, log=lambda s: None)
+    assert caught.value.step == 1 and bad in caught.value.indices
+    history = train.train(loop_model(), NaNImage(bad), config=loop_config(epochs=1, skip_nonfinite=True),
+                          log=lambda s: None)
+    assert history[0]["skipped_batches"] == 2
+
+
+def test_an_epoch_of_skipped_updates_stops_the_training():
+    model = NaNAt(loop_model(), 1, "parameter")
+    with pytest.raises(train.NonFiniteError, match="every update of epoch 1 was skipped"):
+        train.train(model, NaNImage(None), config=loop_config(skip_nonfinite=True), log=lambda s: None)
+
+
+def test_the_cli_has_the_skip_switch():
+    assert parser().parse_args(["train", "data", "--skip-nonfinite"]).skip_nonfinite is True
+    assert parser().parse_args(["train", "data"]).skip_nonfinite is False
