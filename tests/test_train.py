@@ -163,5 +163,7 @@ def test_bad_configuration():
 def test_non_finite_loss_stops_with_a_clear_error():
     model = QuadraticModel()
     model.params[0] = np.inf
-    with pytest.raises(FloatingPointError, match="epoch 1, batch 1"):
+    with pytest.raises(train.NonFiniteError, match="optimiser step 1 \\(epoch 1, batches 1-3 of 6, samples .*"
+                                                   "batch 1's loss is inf") as caught:
         train.train(model, dataset(), config=config(), log=lambda s: None)
+    assert len(caught.value.indices) == 6 and model.params[0] == np.inf and np.isfinite(model.params[1:]).all()

@@ -11,7 +11,7 @@ HERBS_INLINE void FN(relu_forward_span)(real *out, const real *inp, size_t i0, s
 {
 #pragma omp simd
     for (size_t i = i0; i < i1; i++)
-        out[i] = inp[i] > 0 ? inp[i] : 0;
+        out[i] = inp[i] < 0 ? 0 : inp[i]; /* max(0, x): NaN and -0 stay, as in PyTorch */
 }
 HERBS_ISA_VARIANTS(relu_forward_span, (real *out, const real *inp, size_t i0, size_t i1), (out, inp, i0, i1))
 
@@ -27,13 +27,13 @@ HERBS_INLINE void FN(relu_backward_span)(real *dinp, const real *dout, const rea
 #pragma omp simd
         for (size_t i = i0; i < i1; i++) {
             const real g = dout[i], o = out[i]; /* both loaded: the select vectorises as a blend */
-            dinp[i] += o > 0 ? g : 0;
+            dinp[i] += o <= 0 ? 0 : g; /* a NaN output passes g, as torch's threshold_backward */
         }
     } else {
 #pragma omp simd
         for (size_t i = i0; i < i1; i++) {
             const real g = dout[i], o = out[i];
-            dinp[i] = o > 0 ? g : 0;
+            dinp[i] = o <= 0 ? 0 : g;
         }
     }
 }

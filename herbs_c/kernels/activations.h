@@ -1,10 +1,11 @@
 /* Elementwise activations over n values. Backward kernels add onto dinp when `accumulate` is set
    and write it (not read) when it is 0. */
 
-/* out[n] = max(inp, 0); out may alias inp */
+/* out[n] = max(0, inp) as PyTorch's relu: NaN stays NaN (and -0 stays -0); out may alias inp */
 void FN(relu_forward)(real *out, const real *inp, size_t n);
-/* dinp[n] += (accumulate set) or = dout * (out > 0), from the forward's output; dinp may alias
-   dout when it is written (the mask applied in place) */
+/* dinp[n] += (accumulate set) or = (out <= 0 ? 0 : dout), from the forward's output — a NaN output
+   passes dout, as torch's threshold_backward; dinp may alias dout when it is written (the mask
+   applied in place) */
 void FN(relu_backward)(real *dinp, const real *dout, const real *out, size_t n, int accumulate);
 
 /* out[n] = x · Φ(x) = x/2 · (1 + erf(x/√2)), the exact GELU; out may alias inp */

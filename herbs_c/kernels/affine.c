@@ -27,7 +27,7 @@ HERBS_INLINE void FN(affine_rows_body)(real *y, long ldy, const real *scale, con
         if (relu) {
 #pragma omp simd
             for (int j = 0; j < cols; j++)
-                row[j] = row[j] > 0 ? row[j] : 0;
+                row[j] = row[j] < 0 ? 0 : row[j]; /* relu_forward's: NaN stays */
         }
     }
 }

@@ -1,6 +1,7 @@
 /* The step a GEMM or a convolution applies to each finished tile of its output, while the tile
    is still in cache: per column j, y = y·scale[j] + shift[j] (scale NULL: 1, shift NULL: 0),
-   then max(y, 0) when relu is set. BatchNorm in eval mode, a bias and a ReLU in one pass. */
+   then max(0, y) when relu is set (relu_forward's: NaN stays NaN). BatchNorm in eval mode, a
+   bias and a ReLU in one pass. */
 
 /* rows [m0, m1) of y [.., ldy], `cols` columns */
 typedef void (*FN(affine_rows_fn))(real *y, long ldy, const real *scale, const real *shift, int relu, int cols,

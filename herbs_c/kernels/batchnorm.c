@@ -40,7 +40,7 @@ HERBS_INLINE void FN(bn_apply)(real *out, const real *inp, const real *scale, co
 #pragma omp simd
             for (int j = 0; j < w; j++) {
                 real v = x[j] * scale[j] + shift[j];
-                y[j] = v > 0 ? v : 0;
+                y[j] = v < 0 ? 0 : v; /* relu_forward's: NaN stays */
             }
         } else {
 #pragma omp simd
@@ -79,7 +79,7 @@ HERBS_INLINE void FN(bn_train_blocks)(real *out, real *mean, real *rstd, real *r
         for (int j = 0; j < w; j++) {
             const int c = c0 + j;
             double m = s1[j] / N, sq = s2[j] - s1[j] * m; /* Σ (x - mean)² */
-            sq = sq > 0 ? sq : 0;
+            sq = sq < 0 ? 0 : sq; /* rounding below 0 clamped; NaN stays */
             mean[c] = (real)(shift[j] + m);
             rstd[c] = (real)(1 / sqrt(sq / N + eps));
             scale[j] = rstd[c] * (weight ? weight[c] : 1);
@@ -163,7 +163,7 @@ void FN(batchnorm_forward_eval)(real *out, const real *inp, const real *running_
    and dinp (+)= w·r·(g - batch_stats·(mean(g) + x̂·mean(g·x̂))) — batch_stats is 0 in eval mode,
    where the statistics do not depend on the input; dinp is added to when `accumulate` is set,
    else written. center and r are the block's [w] values.
-   With `relu_out` (the output of a ReLU after the BN), g is dout where relu_out > 0, else 0. */
+   With `relu_out` (the output of a ReLU after the BN), g is dout where relu_out > 0 or NaN, else 0. */
 HERBS_INLINE void FN(bn_backward_block)(real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out,
                                         const real *inp, const real *weight, const real *center, const real *r,
                                         int batch_stats, int N, int C, int c0, int w, int accumulate)
@@ -181,7 +181,7 @@ HERBS_INLINE void FN(bn_backward_block)(real *dinp, real *dweight, real *dbias, 
 #pragma omp simd
             for (int j = 0; j < w; j++) {
                 const real gv = g[j], mv = m[j];
-                masked[j] = mv > 0 ? gv : 0;
+                masked[j] = mv <= 0 ? 0 : gv;
             }
 #pragma omp simd
             for (int j = 0; j < w; j++) {
@@ -217,7 +217,7 @@ HERBS_INLINE void FN(bn_backward_block)(real *dinp, real *dweight, real *dbias, 
 #pragma omp simd
             for (int j = 0; j < w; j++) {
                 const real gv = g[j], mv = m[j];
-                d[j] = (accumulate ? d[j] : 0) + ((mv > 0 ? gv : 0) * a[j] + (x[j] - center[j]) * b[j] + k[j]);
+                d[j] = (accumulate ? d[j] : 0) + ((mv <= 0 ? 0 : gv) * a[j] + (x[j] - center[j]) * b[j] + k[j]);
             }
         } else {
 #pragma omp simd

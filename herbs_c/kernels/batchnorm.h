@@ -21,7 +21,8 @@ void FN(batchnorm_forward_eval)(real *out, const real *inp, const real *running_
 /* Backward of train mode (the statistics depend on inp): dinp[N,C] += (accumulate set) or =
    (dinp not read) its gradient, dweight[C] += Σ g·x̂, dbias[C] += Σ g. Any gradient may be NULL.
    g is dout, or with relu_out (the output out[N,C] of a ReLU after the BN, as
-   batchnorm_relu_forward_train returns it; NULL: none) dout where relu_out > 0, else 0. */
+   batchnorm_relu_forward_train returns it; NULL: none) dout where relu_out > 0 or NaN, else 0
+   (relu_backward's mask). */
 void FN(batchnorm_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out,
                             const real *inp, const real *weight, const real *mean, const real *rstd, int N, int C,
                             int accumulate);
@@ -31,7 +32,7 @@ void FN(batchnorm_backward_eval)(real *dinp, real *dweight, real *dbias, const r
                                  const real *inp, const real *running_mean, const real *running_var,
                                  const real *weight, int N, int C, real eps, int accumulate);
 
-/* BatchNorm followed by a ReLU in one pass (out = max(BN(inp), 0)); arguments as above; its
+/* BatchNorm followed by a ReLU in one pass (out = max(0, BN(inp)) as relu_forward: NaN stays); arguments as above; its
    backward is batchnorm_backward with relu_out = out. In eval mode the pair is folded into the
    conv before it (conv2d_forward with batchnorm_eval_affine). */
 void FN(batchnorm_relu_forward_train)(real *out, real *mean, real *rstd, real *running_mean, real *running_var,

@@ -46,8 +46,8 @@ TARGET static inline step_vectors step_vectors_of(const gemm_tile_step *step, __
     return v;
 }
 
-/* y·scale + shift, then ReLU, as affine_rows computes them (one fma where both apply; ReLU maps
-   NaN to 0, as its max(y, 0) does) */
+/* y·scale + shift, then ReLU, as affine_rows computes them (one fma where both apply). ReLU is
+   max(0, y) with y second: MAXPS returns its second operand when either is NaN, so NaN stays. */
 TARGET static inline __m512 step_apply(__m512 y, const step_vectors *v, int half)
 {
     if (v->scale && v->shift)
@@ -56,7 +56,7 @@ TARGET static inline __m512 step_apply(__m512 y, const step_vectors *v, int half
         y = _mm512_mul_ps(y, v->s[half]);
     else if (v->shift)
         y = _mm512_add_ps(y, v->t[half]);
-    return v->relu ? _mm512_max_ps(y, _mm512_setzero_ps()) : y;
+    return v->relu ? _mm512_max_ps(_mm512_setzero_ps(), y) : y;
 }
 
 /* c[i, 0:32] = alpha * acc + beta * c (beta == 0: c not read), then the step, columns masked by

@@ -1,5 +1,6 @@
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
+#include "kernels/isa.h"
 
 #define OPTIM_PARALLEL_MIN 65536
 
@@ -30,4 +31,32 @@ void FN(adamw_update)(real *params, const real *grads, real *exp_avg, real *exp_
         exp_avg_sq[i] = v;
         params[i] = params[i] * decay - step_size * m / (sqrt(v) / sqrt_bc2 + eps);
     }
+}
+
+/* counts[0] += the non-finite values of x[i0, i1), over blocks short enough for a 32-bit count in
+   the vector lanes */
+HERBS_INLINE void FN(count_nonfinite_span)(size_t *counts, const real *x, size_t i0, size_t i1)
+{
+    for (size_t b0 = i0; b0 < i1; b0 += 1u << 30) {
+        const size_t b1 = i1 - b0 > (1u << 30) ? b0 + (1u << 30) : i1;
+        unsigned count = 0;
+#pragma omp simd reduction(+ : count)
+        for (size_t i = b0; i < b1; i++)
+            count += !isfinite(x[i]);
+        counts[0] += count;
+    }
+}
+HERBS_ISA_VARIANTS(count_nonfinite_span, (size_t *counts, const real *x, size_t i0, size_t i1), (counts, x, i0, i1))
+
+size_t FN(count_nonfinite)(const real *x, size_t n)
+{
+    void (*body)(size_t *, const real *, size_t, size_t) = FN(count_nonfinite_span_isa)();
+    const int team = herbs_threads_for((double)n, OPTIM_PARALLEL_MIN);
+    size_t count = 0;
+#pragma omp parallel num_threads(team) if (team > 1) reduction(+ : count)
+    {
+        const size_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+        body(&count, x, n * t / nt, n * (t + 1) / nt);
+    }
+    return count;
 }

@@ -10,3 +10,7 @@ void FN(sgd_update)(real *params, const real *grads, real *momentum_buf, size_t 
    p -= lr/(1-β1^step) · m / (sqrt(v)/sqrt(1-β2^step) + eps), step counted from 1. All [n]. */
 void FN(adamw_update)(real *params, const real *grads, real *exp_avg, real *exp_avg_sq, size_t n, real lr,
                       real beta1, real beta2, real eps, real weight_decay, int step);
+
+/* The number of values of x[n] that are NaN or ±infinity, in one pass: the check of a gradient
+   block before an optimiser step (and of images at the API). */
+size_t FN(count_nonfinite)(const real *x, size_t n);

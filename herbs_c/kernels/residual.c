@@ -53,7 +53,7 @@ HERBS_INLINE void FN(add_relu_forward_span)(real *out, const real *a, const real
 #pragma omp simd
     for (size_t i = i0; i < i1; i++) {
         const real s = a[i] + b[i];
-        out[i] = s > 0 ? s : 0;
+        out[i] = s < 0 ? 0 : s; /* relu_forward's: NaN stays */
     }
 }
 HERBS_ISA_VARIANTS(add_relu_forward_span, (real *out, const real *a, const real *b, size_t i0, size_t i1),

@@ -8,10 +8,10 @@ void FN(residual_add_forward)(real *out, const real *res, const real *branch, co
    gradient is dout itself. */
 void FN(residual_add_backward)(real *dbranch, const real *dout, const real *scale, int B, long M, int accumulate);
 
-/* out[n] = max(a + b, 0); out may alias a or b */
+/* out[n] = max(0, a + b) (relu_forward's: NaN stays); out may alias a or b */
 void FN(add_relu_forward)(real *out, const real *a, const real *b, size_t n);
-/* da[n] += dout·(out > 0), db[n] += the same, from the forward's output; either may be NULL.
-   Without accumulate they are written (not read) instead. */
+/* da[n] += relu_backward's masked dout (0 where out <= 0), db[n] += the same, from the forward's
+   output; either may be NULL. Without accumulate they are written (not read) instead. */
 void FN(add_relu_backward)(real *da, real *db, const real *dout, const real *out, size_t n, int accumulate);
 /* dst[n] += src[n] */
 void FN(add_into)(real *dst, const real *src, size_t n);

@@ -1,7 +1,12 @@
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
 
-/* The class whose softmax of the token-mean logits mean[C] is largest (the first of equals). */
+/* a ranks before b: a is larger, or a is NaN and b is not (torch.sort(descending=True) and
+   torch.argmax count NaN as larger than every number) */
+static int FN(select_before)(real a, real b) { return a > b || (isnan(a) && !isnan(b)); }
+
+/* The class whose softmax of the token-mean logits mean[C] is largest (the first of equals; the
+   first NaN, if any: a NaN mean makes every probability NaN, so that is class 0). */
 static int FN(select_top_class)(const real *mean, int C)
 {
     real top = -INFINITY;
@@ -11,10 +16,10 @@ static int FN(select_top_class)(const real *mean, int C)
     for (int c = 0; c < C; c++)
         sum += exp(mean[c] - top);
     int best = 0;
-    real best_p = -1;
-    for (int c = 0; c < C; c++) { /* compared as probabilities, as the release does */
+    real best_p = exp(mean[0] - top) / sum;
+    for (int c = 1; c < C; c++) { /* compared as probabilities, as the release does */
         real p = exp(mean[c] - top) / sum;
-        if (p > best_p) {
+        if (FN(select_before)(p, best_p)) {
             best_p = p;
             best = c;
         }
@@ -34,7 +39,7 @@ static real FN(select_prob)(const real *row, int C, int c)
     return exp(row[c] - top) / sum;
 }
 
-/* Sorts idx[0..n) by key descending, stably, with tmp[n] as room: a bottom-up merge sort. */
+/* Sorts idx[0..n) by key descending, NaN first, stably, with tmp[n] as room: a bottom-up merge sort. */
 static void FN(select_sort)(int *idx, int *tmp, const real *key, int n)
 {
     int *src = idx, *dst = tmp;
@@ -43,7 +48,7 @@ static void FN(select_sort)(int *idx, int *tmp, const real *key, int n)
             int mid = lo + width < n ? lo + width : n, hi = lo + 2 * width < n ? lo + 2 * width : n;
             int i = lo, j = mid, o = lo;
             while (i < mid && j < hi)
-                dst[o++] = key[src[j]] > key[src[i]] ? src[j++] : src[i++]; /* equal: the left (earlier) one */
+                dst[o++] = FN(select_before)(key[src[j]], key[src[i]]) ? src[j++] : src[i++]; /* equal: the left */
             while (i < mid)
                 dst[o++] = src[i++];
             while (j < hi)

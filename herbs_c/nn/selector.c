@@ -1,5 +1,6 @@
 /* The weakly supervised selector (SPEC.md §3.5): per tap and sample, rank the tokens by their
-   probability of the sample's top class and keep the first K_i. It has no parameters; its
+   probability of the sample's top class and keep the first K_i (a NaN probability ranks first,
+   as in PyTorch's sort: select.h). It has no parameters; its
    backward scatters gradients back to the rows they were gathered from. */
 #include <string.h>
 

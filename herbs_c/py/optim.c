@@ -1,6 +1,6 @@
 /* herbs._C.sgd_update and herbs._C.adamw_update: optimiser steps over flat float32 blocks
    (a net's params/grads views and the optimiser's state arrays). A step on a net's parameter
-   block marks them written (nn/product.h). */
+   block marks them written (nn/product.h). herbs._C.count_nonfinite: the check before a step. */
 #include "py/binding.h" /* first: Python.h must precede system headers */
 
 #include "core/threads.h"
@@ -84,7 +84,32 @@ static PyObject *py_adamw_update(PyObject *self, PyObject *args, PyObject *kw)
     Py_RETURN_NONE;
 }
 
+/* count_nonfinite(array) -> int */
+static PyObject *py_count_nonfinite(PyObject *self, PyObject *arg)
+{
+    if (!PyArray_Check(arg))
+        return PyErr_Format(PyExc_TypeError, "count_nonfinite takes a NumPy array, got %s", Py_TYPE(arg)->tp_name);
+    PyArrayObject *a = (PyArrayObject *)arg;
+    const int type = PyArray_TYPE(a);
+    if (type != NPY_FLOAT32 && type != NPY_FLOAT64)
+        return PyErr_Format(PyExc_TypeError, "count_nonfinite takes a float32 or float64 array, got %s",
+                            PyArray_DESCR(a)->typeobj->tp_name);
+    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a) || !PyArray_ISNOTSWAPPED(a))
+        return PyErr_Format(PyExc_ValueError,
+                            "count_nonfinite takes a C-contiguous, aligned array in native byte order");
+    const size_t n = (size_t)PyArray_SIZE(a);
+    size_t count;
+    Py_BEGIN_ALLOW_THREADS
+    herbs_threads_apply();
+    count = type == NPY_FLOAT32 ? count_nonfinite(PyArray_DATA(a), n) : count_nonfinite_f64(PyArray_DATA(a), n);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromSize_t(count);
+}
+
 PyMethodDef optim_methods[] = {
+    {"count_nonfinite", py_count_nonfinite, METH_O,
+     "count_nonfinite(array) -> int\n\nThe number of NaN and infinite values in a float32 or float64 array, in one\n"
+     "pass in C (the gradient check before an optimiser step; images at herbs.Model's calls)."},
     {"sgd_update", (PyCFunction)(void (*)(void))py_sgd_update, METH_VARARGS | METH_KEYWORDS,
      "sgd_update(params, grads, momentum_buffer, lr, momentum=0, weight_decay=0, nesterov=False)\n\n"
      "One SGD step in place over flat float32 arrays, with torch.optim.SGD's formulas (dampening 0)."},

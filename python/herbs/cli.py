@@ -87,7 +87,8 @@ def cmd_train(a) -> None:
         model.load_pretrained(a.pretrained)
     config = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, max_lr=a.lr, warmup_batches=a.warmup,
                          update_freq=a.update_freq, optimizer=a.optimizer, weight_decay=a.weight_decay,
-                         temperature=a.temperature, seed=a.seed, num_workers=a.workers)
+                         temperature=a.temperature, seed=a.seed, num_workers=a.workers,
+                         skip_nonfinite=a.skip_nonfinite)
     print(f"{model}: {len(train_set)} training images, {train_set.num_classes} classes"
           + (f", {len(val_set)} validation images" if val_set else ""))
     train(model, train_set, val_set, config, out_dir=a.out, resume=a.resume,
@@ -161,6 +162,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=defaults.num_workers, help="image decoding threads")
     t.add_argument("--out", default="runs/herbs", help="folder for checkpoints and metrics.jsonl")
     t.add_argument("--resume", help="a last.pth to continue from")
+    t.add_argument("--skip-nonfinite", action="store_true",
+                   help="skip an update whose loss, gradients or images hold NaN or infinity, counting it in "
+                        "metrics.jsonl's skipped_batches (default: stop with an error naming the step and samples)")
     t.set_defaults(run=cmd_train)
 
     e = sub.add_parser("evaluate", help="top-1 accuracy of a checkpoint, per head and combined")
@@ -208,7 +212,7 @@ def main(argv=None) -> None:
     except BrokenPipeError:  # output piped into a reader that stopped (herbs info | head): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         raise SystemExit(0)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, FloatingPointError) as e:  # FloatingPointError: train.NonFiniteError
         print(f"herbs {a.command}: {e}", file=sys.stderr)
         raise SystemExit(2)
 

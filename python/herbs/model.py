@@ -28,7 +28,31 @@ from herbs import state as _state
 from herbs import weights as _weights
 from herbs.backbones import BACKBONES
 
-__all__ = ["Model", "BACKBONES"]
+__all__ = ["Model", "BACKBONES", "NonFiniteImageError"]
+
+
+class NonFiniteImageError(ValueError):
+    """Images holding a NaN or an infinity (as float32), refused by :class:`Model`'s calls: such a
+    value would spread through every output and gradient. ``images`` lists the positions in the
+    batch of the images that hold one."""
+
+    def __init__(self, message: str, images: List[int]):
+        super().__init__(message)
+        self.images = images
+
+
+def _refuse_nonfinite(images: np.ndarray) -> None:
+    """Raises NonFiniteImageError when the float32 batch holds NaN or ±inf: one pass in C (0.1-0.25 ms
+    for 8 images of 384 px on 2 cores, against seconds for their forward); NumPy only locates them."""
+    count = _C.count_nonfinite(images)
+    if count:
+        bad = ~np.isfinite(images)
+        which = np.flatnonzero(bad.reshape(len(images), -1).any(axis=1)).tolist()
+        b, c, y, x = (int(i) for i in np.argwhere(bad)[0])
+        raise NonFiniteImageError(f"images {which} of the batch hold {count} NaN or infinite value(s) (as float32; the "
+                                  f"first, {images[b, c, y, x]}, at [{b}, {c}, {y}, {x}]): images must be finite",
+                                  which)
+
 
 def _num_selects(value) -> Optional[Tuple[int, ...]]:
     """None, 4 integers, or the release's {"layer1": K1, ..., "layer4": K4}."""
@@ -80,8 +104,9 @@ class Model:
 
     Arrays: images are ``[B, 3, img_size, img_size]``; float32 is used as is, float64 and
     float16 are converted to float32 (a copy), other dtypes are refused; non-contiguous and
-    byte-swapped (big-endian) arrays are copied to contiguous native ones. Labels are integer
-    class indices ``[B]`` of any integer dtype and byte order.
+    byte-swapped (big-endian) arrays are copied to contiguous native ones. Images holding NaN or
+    infinity (after the conversion) are refused with :class:`NonFiniteImageError`. Labels are
+    integer class indices ``[B]`` of any integer dtype and byte order.
 
     One model serves one call at a time: a second thread calling into it while it computes gets a
     RuntimeError (use one Model per thread). Compute releases the GIL.
@@ -145,7 +170,7 @@ class Model:
             self._lock.release()
 
     def _images(self, x) -> np.ndarray:
-        """x as a C-contiguous float32 [B, C, H, W] of this model's image size."""
+        """x as a C-contiguous float32 [B, C, H, W] of this model's image size, every value finite."""
         a = np.asarray(x)
         if a.dtype.newbyteorder("=") not in (np.float32, np.float64, np.float16):  # any byte order
             raise TypeError(f"images must be floating point (float32; float64 and float16 are converted), "
@@ -154,7 +179,10 @@ class Model:
         if a.ndim != 4 or a.shape[1:] != want or a.shape[0] < 1:
             raise ValueError(f"images have shape {a.shape}, expected (batch, {want[0]}, {want[1]}, {want[2]}) "
                              f"with batch >= 1 (img_size = {self.img_size})")
-        return np.ascontiguousarray(a, dtype=np.float32)  # one copy at most: converted, native, C-ordered
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: refused below
+            a = np.ascontiguousarray(a, dtype=np.float32)  # one copy at most: converted, native, C-ordered
+        _refuse_nonfinite(a)
+        return a
 
     def _labels(self, y, batch: int) -> np.ndarray:
         a = np.asarray(y)

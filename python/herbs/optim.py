@@ -2,7 +2,9 @@
 
 The optimisers update a model's whole parameter block in one C loop (``herbs._C.sgd_update``,
 ``herbs._C.adamw_update``) with torch.optim's formulas; their state is plain NumPy arrays,
-so it checkpoints with the model.
+so it checkpoints with the model. A step first checks that every gradient is finite (one pass in
+C, ``herbs._C.count_nonfinite``) and refuses with :class:`NonFiniteGradientError`, changing
+nothing, when one is not: an optimiser never writes NaN into the parameters.
 """
 from __future__ import annotations
 
@@ -11,6 +13,17 @@ import math
 import numpy as np
 
 from herbs import _C
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """An optimiser step refused because gradients hold NaN or infinity; nothing was changed."""
+
+
+def _finite(name: str, value) -> float:
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
 
 
 def _flat_float32(array: np.ndarray, what: str) -> np.ndarray:
@@ -26,10 +39,23 @@ class _Optimizer:
         self.grads = _flat_float32(grads, "grads")
         if params.shape != grads.shape:
             raise ValueError(f"params has {params.size} elements but grads has {grads.size}")
-        if not lr >= 0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
-        self.lr = float(lr)
+        self.lr = self._lr(lr)
         self.state = {name: np.zeros_like(params) for name in state_names}
+
+    @staticmethod
+    def _lr(lr) -> float:
+        if not 0 <= lr < np.inf:
+            raise ValueError(f"lr must be finite and >= 0, got {lr}")
+        return float(lr)
+
+    def _begin_step(self, lr) -> None:
+        """Refuses a step whose gradients are not all finite; sets lr (when given) for this step on."""
+        bad = _C.count_nonfinite(self.grads)
+        if bad:
+            raise NonFiniteGradientError(f"{bad} of {self.grads.size} gradient values are NaN or infinite: "
+                                         f"the optimiser step was refused and the parameters are unchanged")
+        if lr is not None:
+            self.lr = self._lr(lr)
 
     def state_dict(self) -> dict:
         """Hyper-parameters and state arrays (copies), for checkpoints."""
@@ -37,13 +63,16 @@ class _Optimizer:
         return {"type": type(self).__name__, **hyper, **{k: v.copy() for k, v in self.state.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restores what state_dict returned; refuses another optimiser or another model size."""
+        """Restores what state_dict returned; refuses another optimiser, another model size, or
+        state holding NaN or infinity."""
         if state.get("type") != type(self).__name__:
             raise ValueError(f"optimiser state is for {state.get('type')!r}, not {type(self).__name__}")
-        saved = {name: np.asarray(state[name], dtype=np.float32) for name in self.state}
+        saved = {name: np.ascontiguousarray(state[name], dtype=np.float32) for name in self.state}
         for name, array in self.state.items():
             if saved[name].shape != array.shape:
                 raise ValueError(f"optimiser state {name!r} has shape {saved[name].shape}, expected {array.shape}")
+            if _C.count_nonfinite(saved[name]):
+                raise ValueError(f"optimiser state {name!r} holds NaN or infinite values")
         for name, array in self.state.items():
             array[...] = saved[name]
         for key in vars(self):
@@ -60,12 +89,13 @@ class SGD(_Optimizer):
         super().__init__(params, grads, lr, ("momentum_buffer",))
         if nesterov and momentum <= 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
-        self.momentum, self.weight_decay, self.nesterov = float(momentum), float(weight_decay), bool(nesterov)
+        self.momentum, self.weight_decay = _finite("momentum", momentum), _finite("weight_decay", weight_decay)
+        self.nesterov = bool(nesterov)
 
     def step(self, lr: float | None = None) -> None:
-        """One update from the current gradients; ``lr`` replaces the learning rate from now on."""
-        if lr is not None:
-            self.lr = float(lr)
+        """One update from the current gradients; ``lr`` replaces the learning rate from now on.
+        Raises :class:`NonFiniteGradientError` (changing nothing) if a gradient is NaN or infinite."""
+        self._begin_step(lr)
         _C.sgd_update(self.params, self.grads, self.state["momentum_buffer"], self.lr, self.momentum,
                       self.weight_decay, self.nesterov)
 
@@ -79,12 +109,13 @@ class AdamW(_Optimizer):
         self.beta1, self.beta2 = (float(b) for b in betas)
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError(f"betas must lie in [0, 1), got {betas}")
-        self.eps, self.weight_decay, self.step_count = float(eps), float(weight_decay), 0
+        self.eps, self.weight_decay = _finite("eps", eps), _finite("weight_decay", weight_decay)
+        self.step_count = 0
 
     def step(self, lr: float | None = None) -> None:
-        """One update from the current gradients; ``lr`` replaces the learning rate from now on."""
-        if lr is not None:
-            self.lr = float(lr)
+        """One update from the current gradients; ``lr`` replaces the learning rate from now on.
+        Raises :class:`NonFiniteGradientError` (changing nothing) if a gradient is NaN or infinite."""
+        self._begin_step(lr)
         self.step_count += 1
         _C.adamw_update(self.params, self.grads, self.state["exp_avg"], self.state["exp_avg_sq"], self.lr,
                         self.step_count, self.beta1, self.beta2, self.eps, self.weight_decay)

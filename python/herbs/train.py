@@ -13,6 +13,13 @@ bits as an uninterrupted run (with the same thread count): data order and augmen
 only on (seed, epoch), dropout and drop path on the saved training state. Before its first epoch
 a run removes what a killed run left in its folder: temporary files of half-written checkpoints,
 and lines of ``metrics.jsonl`` after the epoch it starts from.
+
+Non-finite values never reach the parameters: before each update the optimiser checks the
+gradients (one pass in C), and the loop also watches each batch's loss and the images the model
+refuses. By default a NaN or infinity stops training with :class:`NonFiniteError`, naming the
+optimiser step, its batches and their samples, before anything is updated or saved (``last.pth``
+keeps the last good epoch); with ``TrainConfig.skip_nonfinite`` that update is skipped instead
+(the group's gradients are dropped) and counted in the metrics as ``skipped_batches``.
 """
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ from herbs import evaluate as evaluation
 from herbs import optim, weights
 from herbs.files import atomic_write, remove_stale_temps
 from herbs.data import DataLoader, Dataset
+from herbs.model import NonFiniteImageError
 from herbs.progress import Progress
 
 
@@ -47,6 +55,7 @@ class TrainConfig:
     temperature: float = 64.0
     seed: int = 0
     num_workers: int = 2
+    skip_nonfinite: bool = False  # a NaN/inf loss, gradient or image: False stops, True skips that update
 
     def check(self) -> None:
         for name in ("epochs", "batch_size", "update_freq"):
@@ -56,6 +65,17 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if not self.max_lr > 0 or self.warmup_batches < 0 or not self.temperature > 0:
             raise ValueError("max_lr and temperature must be > 0 and warmup_batches >= 0")
+
+
+class NonFiniteError(FloatingPointError):
+    """Training met a NaN or infinity (a loss, a gradient, or an image the model refused) with
+    ``TrainConfig.skip_nonfinite`` off. Nothing was updated. ``step`` is the optimiser step (counted
+    from 1 over the run), ``epoch`` the epoch (from 1), ``indices`` the dataset indices of the samples
+    in that step's batches."""
+
+    def __init__(self, message: str, step: int, epoch: int, indices: list):
+        super().__init__(message)
+        self.step, self.epoch, self.indices = step, epoch, indices
 
 
 def make_optimizer(model, config: TrainConfig):
@@ -114,6 +134,14 @@ def _epoch_of(line: str) -> int:
     return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
 
 
+def _last_checkpoint(out_dir: Optional[str]) -> str:
+    """Where the last good parameters are, for messages."""
+    last = os.path.join(out_dir, "last.pth") if out_dir else None
+    if last and os.path.exists(last):
+        return f"{last} holds the last good epoch"
+    return "no checkpoint was written before this"
+
+
 def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: TrainConfig = TrainConfig(),
           out_dir: Optional[str] = None, resume: Optional[str] = None, loss_options: Optional[dict] = None,
           checkpoint_extra: Optional[dict] = None, log: Callable[[str], None] = print) -> list:
@@ -125,7 +153,9 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
     same bits as an uninterrupted one. `checkpoint_extra` entries are saved in every checkpoint too
     (e.g. how to rebuild the model, class names). A run into `out_dir` (new or resumed) removes
     temporary files left there by killed writes and keeps the lines of metrics.jsonl up to the epoch
-    it starts from (none for a new run) before it appends its own."""
+    it starts from (none for a new run) before it appends its own. Raises :class:`NonFiniteError`
+    at a NaN or infinity unless ``config.skip_nonfinite`` (see the module's docstring); an epoch
+    whose every update is skipped raises it too."""
     config.check()
     loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=True,
                         num_workers=config.num_workers)
@@ -147,31 +177,62 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
         os.makedirs(out_dir, exist_ok=True)
         _clean_run_folder(out_dir, start_epoch, log)
 
+    steps_per_epoch = -(-len(loader) // config.update_freq)
     model.zero_grad()  # each update group ends with a zero_grad, so once is enough
     for epoch in range(start_epoch, config.epochs):
         temperature = optim.temperature(epoch, config.temperature)
         loader.set_epoch(epoch)
-        sums: dict = {}
+        batch_indices = loader._batches(epoch)  # the samples of each batch, for messages
+        sums, group, problems, skipped = {}, {}, [], 0
         progress = Progress(len(loader), f"epoch {epoch + 1}/{config.epochs}")
         started = time.perf_counter()
         for i, (images, labels) in enumerate(loader):
             group_start = i - i % config.update_freq
             group_size = min(config.update_freq, len(loader) - group_start)
-            losses = model.train_step(images, labels, temperature=temperature, accumulation_steps=group_size,
-                                      **(loss_options or {}))
-            if not np.isfinite(losses["total"]):
-                raise FloatingPointError(f"the loss is {losses['total']} at epoch {epoch + 1}, batch {i + 1}")
+            losses = {}
+            try:
+                losses = model.train_step(images, labels, temperature=temperature, accumulation_steps=group_size,
+                                          **(loss_options or {}))
+            except NonFiniteImageError as e:  # refused before any compute
+                files = ", ".join(train_set.describe(int(batch_indices[i][k])) for k in e.images)
+                problems.append(f"batch {i + 1} has NaN or infinite pixels in {files}")
+            if losses and not np.isfinite(losses["total"]):
+                problems.append(f"batch {i + 1}'s loss is {losses['total']}")
             for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + value
+                group[name] = group.get(name, 0.0) + value
             lr = float(schedule[epoch * len(loader) + i])
-            if i - group_start + 1 == group_size:
-                optimizer.step(lr=lr)
+            if i - group_start + 1 == group_size:  # the group's last batch: update, if all is finite
+                if not problems:
+                    try:
+                        optimizer.step(lr=lr)  # checks the gradients first, in C
+                    except optim.NonFiniteGradientError as e:
+                        problems.append(str(e))
+                if problems:
+                    step = epoch * steps_per_epoch + i // config.update_freq + 1
+                    samples = np.concatenate(batch_indices[group_start:i + 1]).tolist()
+                    where = (f"optimiser step {step} (epoch {epoch + 1}, batches {group_start + 1}-{i + 1} of "
+                             f"{len(loader)}, samples {samples}): {'; '.join(problems)}")
+                    if not config.skip_nonfinite:
+                        raise NonFiniteError(f"{where}. Nothing was updated; {_last_checkpoint(out_dir)}. "
+                                             f"TrainConfig(skip_nonfinite=True) (herbs train --skip-nonfinite) "
+                                             f"skips such updates instead.", step, epoch + 1, samples)
+                    log(f"skipped {where}")
+                    skipped += group_size
+                else:
+                    for name, value in group.items():
+                        sums[name] = sums.get(name, 0.0) + value
                 model.zero_grad()
-            progress.update(1, loss=losses["total"], lr=lr)
+                group, problems = {}, []
+            progress.update(1, loss=losses.get("total", float("nan")), lr=lr)
+        if skipped == len(loader):
+            raise NonFiniteError(f"every update of epoch {epoch + 1} was skipped for NaN or infinite values: the "
+                                 f"model itself may hold them; {_last_checkpoint(out_dir)}",
+                                 epoch * steps_per_epoch + 1, epoch + 1, np.concatenate(batch_indices).tolist())
         seconds = time.perf_counter() - started
         record = {"epoch": epoch + 1, "temperature": temperature, "seconds": round(seconds, 3),
                   "images_per_second": round(len(loader) * config.batch_size / seconds, 3),
-                  **{f"loss_{k}": v / len(loader) for k, v in sums.items()}}
+                  "skipped_batches": skipped,
+                  **{f"loss_{k}": v / (len(loader) - skipped) for k, v in sums.items()}}
         if val_loader:
             record.update({f"val_{k}": v for k, v in evaluation.evaluate(model, val_loader).items()})
         history.append(record)
