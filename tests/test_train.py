@@ -65,6 +65,28 @@ def config(**kw):
     return train.TrainConfig(**{**base, **kw})
 
 
+def test_resume_refuses_other_settings(tmp_path):
+    """A resumed run must continue the checkpoint's run: other settings (the config, the saved
+    checkpoint_extra entries such as how the model was built) are refused by name; num_workers may
+    change, and more epochs are said, not refused."""
+    extra = {"model_args": {"backbone": "tiny", "num_selects": (4, 2)}}
+    train.train(QuadraticModel(), dataset(), config=config(epochs=1), out_dir=str(tmp_path), log=lambda s: None,
+                checkpoint_extra=extra)
+    last = str(tmp_path / "last.pth")
+    for changed, words in [({"seed": 1}, "seed 4 in the checkpoint, 1 now"),
+                           ({"max_lr": 0.5}, "max_lr"), ({"batch_size": 3}, "batch_size")]:
+        with pytest.raises(ValueError, match=words):
+            train.train(QuadraticModel(), dataset(), config=config(epochs=2, **changed), out_dir=str(tmp_path),
+                        resume=last, log=lambda s: None, checkpoint_extra=extra)
+    with pytest.raises(ValueError, match="model_args"):
+        train.train(QuadraticModel(), dataset(), config=config(epochs=2), out_dir=str(tmp_path), resume=last,
+                    log=lambda s: None, checkpoint_extra={"model_args": {"backbone": "other", "num_selects": (4, 2)}})
+    said = []
+    train.train(QuadraticModel(), dataset(), config=config(epochs=2, num_workers=1), out_dir=str(tmp_path),
+                resume=last, log=said.append, checkpoint_extra=extra)  # tuples saved as lists still match
+    assert any("1 epochs, now 2" in line for line in said)
+
+
 def test_accumulation_groups_and_schedules():
     model = QuadraticModel()
     cfg = config(epochs=21, warmup_batches=0)

@@ -101,6 +101,32 @@ def _saved_training_state(saved: dict, path: str, model, steps: int) -> dict:
     return {**model.training_state(), "step": steps}
 
 
+# TrainConfig fields a resumed run may change without changing its numbers; `epochs` changes the
+# cosine schedule after the fact, which a user extending a finished run asks for: said, not refused
+_RESUME_FREE = {"num_workers", "skip_nonfinite"}
+
+
+def _check_resume_settings(saved: dict, path: str, config: TrainConfig, extra: dict,
+                           log: Callable[[str], None]) -> None:
+    """Refuses to resume checkpoint `saved` with settings other than its run's (the config, and the
+    `checkpoint_extra` entries it saved, e.g. how the model was built and the class names): the
+    resumed run would not continue that run, without a word."""
+    def same(a, b):  # a checkpoint keeps tuples as lists
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+    then, now = saved.get("config") or {}, dataclasses.asdict(config)
+    differ = [f"{k} {then[k]!r} in the checkpoint, {now[k]!r} now" for k in now
+              if k in then and k not in _RESUME_FREE | {"epochs"} and not same(then[k], now[k])]
+    differ += [f"{k} {saved[k]!r} in the checkpoint, {v!r} now" for k, v in extra.items()
+               if k in saved and not same(saved[k], v)]
+    if differ:
+        raise ValueError(f"{path}: cannot resume this run with other settings ({'; '.join(differ)}); give the "
+                         f"run's settings, or start a new run")
+    if "epochs" in then and then["epochs"] != now["epochs"]:
+        log(f"the run had {then['epochs']} epochs, now {now['epochs']}: the learning-rate schedule changes from "
+            f"here on, so it differs from a run of either length")
+
+
 def _clean_run_folder(out_dir: str, epoch: int, log: Callable[[str], None]) -> None:
     """Before a run that continues after `epoch` (0 for a new run): removes the temporary files that
     killed writes of its files left, and cuts metrics.jsonl to epochs 1..epoch (a run killed after
@@ -168,6 +194,7 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
     start_epoch, best, history = 0, float("-inf"), []
     if resume:
         saved = weights.load_checkpoint(resume)
+        _check_resume_settings(saved, resume, config, checkpoint_extra or {}, log)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, best = int(saved["epoch"]), float(saved["best"])
