@@ -4,16 +4,20 @@ Reading uses a restricted unpickler: only the few functions that rebuild tensors
 (``torch._utils._rebuild_tensor_v2``, ``_rebuild_parameter``), storage types,
 ``collections.OrderedDict``, sets, byte strings and NumPy scalars are allowed. Any other
 global is refused with :class:`UnsafePickleError` naming it, so loading a file never runs
-code from it. Both torch file formats (zip and legacy) hold this pickle; they differ in where
-the storages' bytes are.
+code from it. The allowed ones take only the arguments torch's and NumPy's pickles give them
+(a NumPy dtype is a plain number or boolean type whose pickled state may set nothing but its
+byte order: NumPy's own ``__setstate__`` would accept object fields pointing anywhere), and an
+``OrderedDict`` may carry no attribute but a state dict's ``_metadata``. Both torch file
+formats (zip and legacy) hold this pickle; they differ in where the storages' bytes are.
 """
 from __future__ import annotations
 
 import io
 import pickle
+import re
 import struct
 from collections import OrderedDict
-from typing import IO, Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -22,7 +26,6 @@ from herbs.formats.common import BF16, WeightsFormatError
 
 class UnsafePickleError(pickle.UnpicklingError):
     """A ``torch.save`` file refers to a Python global that is not needed to rebuild tensors."""
-
 
 
 # torch storage type -> NumPy dtype (little-endian) or BF16
@@ -78,6 +81,10 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, 
     """torch._utils._rebuild_tensor_v2 for NumPy: a strided view into the storage array."""
     if storage is None:  # first pass over a legacy file: storages are not read yet
         return None
+    if not (isinstance(storage, np.ndarray) and isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))
+            and len(size) <= 64):
+        raise ValueError(f"a tensor rebuilt from a {type(storage).__name__}, size {type(size).__name__} "
+                         f"and stride {type(stride).__name__}")
     size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
     offset = int(storage_offset)
     if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
@@ -99,36 +106,76 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=Non
     return data
 
 
+def _sequence(items, what: str):
+    """`items` if a pickle's list or tuple: what sets and torch.Size are made from (a string
+    would make one object per character, which the pickle's bounds do not count)."""
+    if not isinstance(items, (list, tuple)):
+        raise ValueError(f"{what} of a {type(items).__name__}, expected a list or tuple")
+    return items
+
+
+def _size(items=()) -> tuple:
+    return tuple(_sequence(items, "torch.Size"))
+
+
+def _set(items=()) -> set:
+    return set(_sequence(items, "a set"))
+
+
+def _frozenset(items=()) -> frozenset:
+    return frozenset(_sequence(items, "a frozenset"))
+
+
 def _codecs_encode(text: str, encoding: str = "utf-8") -> bytes:
     """_codecs.encode as protocol-2 pickles use it for byte strings (latin-1 text)."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise ValueError(f"unexpected _codecs.encode({type(text).__name__}, {encoding!r})")
+        raise ValueError(f"unexpected _codecs.encode({type(text).__name__}, {type(encoding).__name__})")
     return text.encode("latin1")
 
 
-def _numpy_scalar(dtype: np.dtype, data: bytes = b""):
+class _NumpyDtype:
+    """numpy.dtype(spec, align, copy) as a NumPy scalar's pickle makes it, then BUILDs it with
+    its state: only plain numbers and booleans ('f8', 'i4', 'b1', 'c16'...), and a state that
+    sets nothing but the byte order."""
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, spec, align=False, copy=True):
+        if not (isinstance(spec, str) and re.fullmatch(r"[biufc][0-9]{1,2}", spec)):
+            raise ValueError(f"a numpy dtype {spec!r:.40}: only plain numbers and booleans are read")
+        self.dtype = np.dtype(spec)
+
+    def __setstate__(self, state):
+        # (version, byte order, subarray, names, fields, item size, alignment, flags[, metadata])
+        if not (isinstance(state, tuple) and len(state) in (8, 9) and isinstance(state[1], str)
+                and state[1] in ("<", ">", "|", "=") and all(part is None for part in state[2:5])):
+            raise ValueError("a numpy dtype state that sets more than the byte order")
+        if state[1] != "|":
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _numpy_scalar(dtype: _NumpyDtype, data: bytes = b""):
     """numpy.core.multiarray.scalar: a NumPy scalar from its dtype and raw bytes."""
-    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes) \
-            or len(data) != dtype.itemsize:
-        raise ValueError(f"unexpected numpy scalar of dtype {dtype!r} with {len(data)} bytes")
-    return np.frombuffer(data, dtype)[0]
+    if not isinstance(dtype, _NumpyDtype) or not isinstance(data, bytes) or len(data) != dtype.dtype.itemsize:
+        raise ValueError(f"unexpected numpy scalar of a {type(dtype).__name__} with a {type(data).__name__}")
+    return np.frombuffer(data, dtype.dtype)[0]
 
 
 _ALLOWED_GLOBALS: Dict[Tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch", "Size"): tuple,
-    ("collections", "OrderedDict"): OrderedDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("__builtin__", "set"): set,
-    ("__builtin__", "frozenset"): frozenset,
+    ("torch", "Size"): _size,
+    ("builtins", "set"): _set,
+    ("builtins", "frozenset"): _frozenset,
+    ("__builtin__", "set"): _set,
+    ("__builtin__", "frozenset"): _frozenset,
     ("_codecs", "encode"): _codecs_encode,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy", "dtype"): _NumpyDtype,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
 }
+_ORDERED_DICT = ("collections", "OrderedDict")  # made by TorchUnpickler, which checks their attributes
 
 
 class TorchUnpickler(pickle.Unpickler):
@@ -141,17 +188,32 @@ class TorchUnpickler(pickle.Unpickler):
         self._path = path
         self._load_storage = load_storage
         self._storages: Dict[str, Optional[np.ndarray]] = {}
+        self._ordered_dicts: List[OrderedDict] = []
 
     def load(self):
         try:
-            return super().load()
+            obj = super().load()
         except MemoryError:  # the pickle holds no tensor data: a huge length field is damage
             raise WeightsFormatError(f"{self._path}: corrupt pickle (a length field asks for more "
                                      f"memory than there is)") from None
+        for od in self._ordered_dicts:
+            extra = [k for k in vars(od) if k != "_metadata"]
+            if extra:
+                names = ", ".join(k[:40] if isinstance(k, str) else type(k).__name__ for k in extra[:3])
+                raise UnsafePickleError(f"{self._path}: refusing an OrderedDict with the attributes {names}: "
+                                        f"only a state dict's _metadata is read")
+        return obj
+
+    def _ordered_dict(self, items=()) -> OrderedDict:
+        od = OrderedDict(_sequence(items, "an OrderedDict"))
+        self._ordered_dicts.append(od)
+        return od
 
     def find_class(self, module: str, name: str):
         if module == "torch" and name in STORAGE_DTYPES:
             return StorageType(f"torch.{name}", STORAGE_DTYPES[name], self._path)
+        if (module, name) == _ORDERED_DICT:
+            return _Global(f"{module}.{name}", self._ordered_dict, self._path)
         if (module, name) in _ALLOWED_GLOBALS:
             return _Global(f"{module}.{name}", _ALLOWED_GLOBALS[(module, name)], self._path)
         raise UnsafePickleError(
@@ -160,11 +222,12 @@ class TorchUnpickler(pickle.Unpickler):
             f"from it")
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
-        storage_type, key, numel = pid[1], str(pid[2]), pid[4]
-        if not isinstance(storage_type, StorageType) or not isinstance(numel, int) or numel < 0:
-            raise pickle.UnpicklingError(f"invalid storage reference {pid!r:.80}")
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and isinstance(pid[0], str) and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unsupported persistent id (a {type(pid).__name__})")
+        storage_type, key, numel = pid[1], pid[2], pid[4]
+        if not (isinstance(storage_type, StorageType) and isinstance(key, str) and isinstance(numel, int)
+                and numel >= 0):
+            raise pickle.UnpicklingError(f"invalid storage reference ({', '.join(type(p).__name__ for p in pid[:5])})")
         if len(pid) > 5 and pid[5] is not None:
             raise pickle.UnpicklingError("storage views of the pre-1.0 torch format are not supported; "
                                          "re-save the file with a newer PyTorch")
