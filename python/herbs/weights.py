@@ -27,9 +27,17 @@ float32 (exactly: bfloat16 is the top half of a float32). float16 stays float16;
 into the engine (:mod:`herbs.state`) converts it to float32.
 
 Storages are read one at a time straight into their final arrays, so a file is held in
-memory about once (a zip archive's reader buffers one storage in transit). Tensors that
+memory about once (a zip archive's reader buffers at most 1 MiB in transit). Tensors that
 share a storage in a torch file come back as NumPy views of one array, with the same
 shapes, strides and offsets.
+
+Reading is bounded: every length, size and offset read from a file is checked against the
+file's size and a stated cap before anything is allocated or decompressed, and a pickle is
+walked before it is unpickled, so a decompression or pickle bomb is refused in milliseconds
+with a :class:`WeightsFormatError`. The caps, and why they are what they are, are in the
+docstrings of :mod:`herbs.formats.common` (zip archives), :mod:`~herbs.formats.torch_zip`,
+:mod:`~herbs.formats.torch_pickle`, :mod:`~herbs.formats.safetensors` and
+:mod:`~herbs.formats.npz`.
 """
 from __future__ import annotations
 
@@ -108,7 +116,8 @@ def load_checkpoint(path: str) -> Any:
 
     Raises FileNotFoundError if the file is missing, :class:`UnsafePickleError` if a
     torch file refers to code, and :class:`WeightsFormatError` (a ValueError) if the file is
-    truncated, corrupt or of an unknown format; messages name the file.
+    truncated, corrupt, of an unknown format or beyond the readers' bounds (a decompression or
+    pickle bomb); messages name the file.
     """
     path = os.fspath(path)
     fmt = detect_format(path)

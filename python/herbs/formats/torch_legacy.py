@@ -20,7 +20,7 @@ def load(path: str) -> Any:
     (magic number, protocol version, system info), the object's pickle, a pickle of the
     sorted storage keys, then for each key an int64 element count and the raw elements.
     The file is memory-mapped, so a corrupt length can never make a read allocate more
-    than the file holds."""
+    than the file holds; each pickle is held to the bounds of :mod:`herbs.formats.torch_pickle`."""
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         if TorchUnpickler(mm, path, None).load() != MAGIC:
             raise WeightsFormatError(f"{path}: bad magic number")
@@ -60,4 +60,4 @@ def load(path: str) -> Any:
             storages[key] = to_native(raw, storage_type.dtype, big_endian)
         pickle_bytes = io.BytesIO(mm[start:end])
     # Second pass over the object's pickle, now with the storages.
-    return TorchUnpickler(pickle_bytes, path, lambda key, _type, _numel: storages[key]).load()
+    return TorchUnpickler(pickle_bytes, path, lambda key, _type, _numel: storages[key], checked=True).load()

@@ -1,7 +1,13 @@
 """``torch.save`` zip archives (PyTorch >= 1.6): ``<name>/data.pkl`` (the pickle of
 :mod:`herbs.formats.torch_pickle`), ``<name>/data/<key>`` (one member per storage),
 ``<name>/byteorder`` and ``<name>/version``. Storages are read one at a time straight into
-their arrays; the writer aligns them to 64 bytes as torch does."""
+their arrays; the writer aligns them to 64 bytes as torch does.
+
+Bounds, besides the archive's (:mod:`herbs.formats.common`: at most ``ZIP_EXPANSION`` times the
+file's size in all): ``data.pkl`` may declare at most ``MAX_PICKLE`` = 16 MiB (about 100 bytes a
+tensor, so room for ~160,000) and is then held to the bounds of
+:mod:`herbs.formats.torch_pickle`; the byte order record to 16 bytes; a storage must hold at
+least the bytes its reference in the pickle asks for."""
 from __future__ import annotations
 
 import io
@@ -13,8 +19,11 @@ from typing import IO, Any, Optional
 
 import numpy as np
 
-from herbs.formats.common import WeightsFormatError, little_endian_bytes, read_exact, storage_bytes_dtype, to_native
+from herbs.formats.common import (WeightsFormatError, check_zip, little_endian_bytes, read_member,
+                                  storage_bytes_dtype, to_native)
 from herbs.formats.torch_pickle import StorageType, TorchPickler, TorchUnpickler
+
+MAX_PICKLE = 16 << 20  # bytes of data.pkl
 
 
 def archive_prefix(path: str, names) -> Optional[str]:
@@ -33,11 +42,13 @@ def load(path: str) -> Any:
     """The object in a torch.save zip, each storage read once, checked against its CRC-32."""
     file_size = os.path.getsize(path)
     with zipfile.ZipFile(path) as z:
+        check_zip(path, z, file_size)
         names = z.namelist()
         prefix = archive_prefix(path, names)
         big_endian = False
         if prefix + "byteorder" in names:
-            order = z.read(prefix + "byteorder").decode("ascii", "replace").strip()
+            raw = read_member(path, z, z.getinfo(prefix + "byteorder"), "the byte order record", 16)
+            order = raw.tobytes().decode("ascii", "replace").strip()
             if order not in ("little", "big"):
                 raise WeightsFormatError(f"{path}: unknown byte order {order!r}")
             big_endian = order == "big"
@@ -51,21 +62,14 @@ def load(path: str) -> Any:
                                          f"the archive") from None
             raw_dtype = storage_bytes_dtype(storage_type.dtype)
             nbytes = numel * raw_dtype.itemsize
-            if info.file_size > file_size:
-                raise WeightsFormatError(f"{path}: storage '{key}' claims {info.file_size} bytes, more "
-                                         f"than the whole file ({file_size})")
             if info.file_size < nbytes:
                 raise WeightsFormatError(f"{path}: storage '{key}' has {info.file_size} bytes, "
                                          f"expected {nbytes} ({numel} x {storage_type.name})")
-            with z.open(info) as f:
-                # reading to the end makes zipfile check the CRC-32 of the storage
-                buf = read_exact(f, info.file_size, f"storage '{key}'")
-                if f.read(1):
-                    raise WeightsFormatError(f"{path}: storage '{key}' is longer than its zip entry says")
+            buf = read_member(path, z, info, f"storage '{key}'", info.file_size)
             return to_native(buf[:nbytes].view(raw_dtype), storage_type.dtype, big_endian)
 
-        with z.open(prefix + "data.pkl") as f:
-            return TorchUnpickler(io.BytesIO(f.read()), path, load_storage).load()
+        pickle_file = io.BytesIO(read_member(path, z, z.getinfo(prefix + "data.pkl"), "data.pkl", MAX_PICKLE))
+        return TorchUnpickler(pickle_file, path, load_storage).load()
 
 
 _ARCHIVE = "archive"
