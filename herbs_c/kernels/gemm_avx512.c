@@ -23,22 +23,21 @@ TARGET static inline __mmask16 lanes(int n)
     return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
 }
 
-/* The tile step's per-column vectors (gemm_tile_step) for the tile's two halves. */
+/* The part of a tile step done in registers as the tile is stored: a shift (a bias) and the ReLU,
+   which round as affine_rows does in every build (one add, one max). A step with a scale (a
+   folded BatchNorm) runs as affine_rows after the store instead, so that y·scale + shift rounds
+   as BatchNorm's eval pass does whether or not the build contracts it into an fma. */
 typedef struct {
-    int scale, shift, relu; /* which parts apply */
-    __m512 s[2], t[2];      /* scale and shift of columns 0..15 and 16..31 */
+    int shift, relu; /* which parts apply */
+    __m512 t[2];     /* the shift of columns 0..15 and 16..31 */
 } step_vectors;
 
 TARGET static inline step_vectors step_vectors_of(const gemm_tile_step *step, __mmask16 m0, __mmask16 m1)
 {
     step_vectors v = {0};
-    if (!step)
+    if (!step || step->scale)
         return v;
-    v.scale = step->scale != NULL, v.shift = step->shift != NULL, v.relu = step->relu;
-    if (v.scale) {
-        v.s[0] = _mm512_maskz_loadu_ps(m0, step->scale);
-        v.s[1] = _mm512_maskz_loadu_ps(m1, step->scale + 16);
-    }
+    v.shift = step->shift != NULL, v.relu = step->relu;
     if (v.shift) {
         v.t[0] = _mm512_maskz_loadu_ps(m0, step->shift);
         v.t[1] = _mm512_maskz_loadu_ps(m1, step->shift + 16);
@@ -46,15 +45,11 @@ TARGET static inline step_vectors step_vectors_of(const gemm_tile_step *step, __
     return v;
 }
 
-/* y·scale + shift, then ReLU, as affine_rows computes them (one fma where both apply). ReLU is
-   max(0, y) with y second: MAXPS returns its second operand when either is NaN, so NaN stays. */
+/* y + shift, then ReLU: max(0, y) with y second, as MAXPS returns its second operand when either
+   is NaN, so NaN stays. */
 TARGET static inline __m512 step_apply(__m512 y, const step_vectors *v, int half)
 {
-    if (v->scale && v->shift)
-        y = _mm512_fmadd_ps(y, v->s[half], v->t[half]);
-    else if (v->scale)
-        y = _mm512_mul_ps(y, v->s[half]);
-    else if (v->shift)
+    if (v->shift)
         y = _mm512_add_ps(y, v->t[half]);
     return v->relu ? _mm512_max_ps(_mm512_setzero_ps(), y) : y;
 }
@@ -84,7 +79,8 @@ TARGET static inline void prefetch_tile(const float *c, long ldc, int rows)
     }
 }
 
-/* c[first:rows, 0:cols] = alpha * acc + beta * c, then the step (NULL: none). */
+/* c[first:rows, 0:cols] = alpha * acc + beta * c, then the step (NULL: none): a bias and ReLU
+   in registers, a scale by affine_rows after the store. */
 TARGET static inline void store_tile(__m512 acc[MR][2], float *c, long ldc, float alpha, float beta, int first,
                                      int rows, int cols, const gemm_tile_step *step)
 {
@@ -95,6 +91,8 @@ TARGET static inline void store_tile(__m512 acc[MR][2], float *c, long ldc, floa
     for (int i = 0; i < MR; i++)
         if (i >= first && i < rows)
             store_row(c + i * ldc, acc[i][0], acc[i][1], m0, m1, va, beta, &sv);
+    if (step && step->scale)
+        gemm_tile_step_apply(step, c, ldc, first, rows, cols);
 }
 
 /* acc[14][32] += a[i] * b row by row of B: 2 B vectors and 14 broadcasts make 28 FMAs. */
