@@ -104,6 +104,7 @@ typedef struct {
     real *s, *ds;             /* [N][Np]: logits then probabilities; their gradient */
     real *dbias;              /* [heads][N][N]: this thread's share of the bias gradient */
     int *tok, *label;         /* [N] */
+    int *next_tok, *next_label; /* [N]: the next window's, for prefetching */
     FN(wa_pairs) pairs;       /* the bf16 forward's operands */
 } FN(wa_work);
 
@@ -123,8 +124,10 @@ static FN(wa_work) FN(wa_work_of)(real *base, const FN(wa_geometry) *g)
     w.dbias = w.ds + NN;
     w.tok = (int *)(w.dbias + (size_t)g->heads * g->N * g->N);
     w.label = w.tok + g->N;
+    w.next_tok = w.label + g->N;
+    w.next_label = w.next_tok + g->N;
     const size_t dq2 = (g->d + 31) / 32 * 16, Nq2 = (g->N + 31) / 32 * 16, N16 = (g->N + 15) / 16 * 16;
-    w.pairs.q = (uint32_t *)(w.label + g->N);
+    w.pairs.q = (uint32_t *)(w.next_label + g->N);
     w.pairs.k = w.pairs.q + (size_t)g->N * dq2;
     w.pairs.kt = w.pairs.k + (size_t)g->N * dq2;
     w.pairs.v = w.pairs.kt + dq2 * N16;
@@ -136,7 +139,7 @@ size_t FN(window_attention_work)(int head_dim, int window, int heads)
 {
     const size_t N = (size_t)window * window, Np = (N + WA_VL - 1) / WA_VL * WA_VL;
     const size_t dp = ((size_t)head_dim + WA_VL - 1) / WA_VL * WA_VL;
-    return 5 * N * dp + 2 * dp * Np + 2 * N * Np + (size_t)heads * N * N + 2 * N + 2 * (size_t)WA_VL +
+    return 5 * N * dp + 2 * dp * Np + 2 * N * Np + (size_t)heads * N * N + 4 * N + 2 * (size_t)WA_VL +
            FN(wa_pairs_words)(head_dim, N);
 }
 
@@ -153,6 +156,22 @@ static int FN(wa_window_tokens)(const FN(wa_geometry) *g, int w, int *tok, int *
             label[n] = s ? 3 * (r < H - win ? 0 : r < H - s ? 1 : 2) + (c < W - win ? 0 : c < W - s ? 1 : 2) : 0;
         }
     return s && ((wy + 1) * win == H || (wx + 1) * win == W);
+}
+
+/* Asks for the rows of window `next` (sample next / nw) of src [B, H·W, width] to come into the
+   cache while the current window computes: a window's tokens are rows scattered over the map, in
+   an order no hardware prefetcher follows (at batch 8 the items waited on them). w's next_tok and
+   next_label are overwritten; a `next` past the last window does nothing. */
+static void FN(wa_prefetch_window)(const FN(wa_geometry) *g, const FN(wa_work) *w, long next, long windows,
+                                   const real *src, int width)
+{
+    if (next >= windows)
+        return;
+    FN(wa_window_tokens)(g, (int)(next % g->nw), w->next_tok, w->next_label);
+    const real *sample = src + (size_t)(next / g->nw) * g->H * g->W * width;
+    for (int n = 0; n < g->N; n++)
+        for (int c = 0; c < width; c += (int)(64 / sizeof(real)))
+            __builtin_prefetch(sample + (size_t)w->next_tok[n] * width + c, 0, 2);
 }
 
 /* rows[N][dp] = scale · columns col..col+d of the rows tok[n] of src (row stride ld), zero-padded;
@@ -360,6 +379,7 @@ static void FN(wa_forward)(FN(wa_forward_item_fn) item, real *out, real *lse, re
             if (it / heads != window_of_tokens) {
                 masked = FN(wa_window_tokens)(&g, win, w.tok, w.label);
                 window_of_tokens = it / heads;
+                FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, qkv, 3 * C);
             }
             item(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, bias + (size_t)h * g.N * g.N, h,
                  out + (size_t)b * H * W * C, lse + (((size_t)b * g.nw + win) * heads + h) * g.N);
@@ -395,6 +415,9 @@ void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const re
             if (item / heads != window_of_tokens) {
                 masked = FN(wa_window_tokens)(&g, win, w.tok, w.label);
                 window_of_tokens = item / heads;
+                FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, qkv, 3 * C);
+                FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, dout, C);
+                FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, dqkv, 3 * C);
             }
             item_fn(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, dout + (size_t)b * H * W * C,
                     bias + (size_t)h * nn, lse + (((size_t)b * g.nw + win) * heads + h) * g.N, h,
