@@ -3,6 +3,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "core/threads.h"
 
@@ -17,14 +18,27 @@ struct herbs_arena_chunk {
    touches cost address space only. */
 #define ARENA_MIN_CHUNK ((size_t)64 << 20)
 
+#define HUGE_PAGE ((size_t)2 << 20)         /* x86-64's transparent huge page */
+#define HUGE_PAGE_MIN ((size_t)4 << 20)     /* blocks from this size are aligned to it and advised */
+
 static size_t round_up(size_t n) { return (n + HERBS_ALIGN - 1) / HERBS_ALIGN * HERBS_ALIGN; }
 
 void *herbs_aligned_alloc(size_t bytes)
 {
-    void *p = aligned_alloc(HERBS_ALIGN, round_up(bytes ? bytes : 1));
+    const int huge = bytes >= HUGE_PAGE_MIN;
+    void *p = aligned_alloc(huge ? HUGE_PAGE : HERBS_ALIGN, round_up(bytes ? bytes : 1));
     if (!p)
         herbs_error(HERBS_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
+    else if (huge)
+        herbs_advise_huge_pages(p, bytes);
     return p;
+}
+
+void herbs_advise_huge_pages(void *p, size_t bytes)
+{
+#if defined(MADV_HUGEPAGE)
+    madvise(p, bytes, MADV_HUGEPAGE); /* advice only: where it is refused, small pages serve */
+#endif
 }
 
 void herbs_free(void *ptr) { free(ptr); }

@@ -32,8 +32,14 @@ void *herbs_arena_alloc(herbs_arena *arena, size_t bytes);
    allocate floats from an arena or fail (HERBS_ERR_NOMEM, message set; *out is then NULL). */
 herbs_status herbs_arena_floats(herbs_arena *arena, size_t count, int zero, float **out);
 
-/* Aligned heap memory outside any arena; free with herbs_free. NULL with an error recorded. */
+/* Aligned heap memory outside any arena; free with herbs_free. NULL with an error recorded.
+   Blocks of 4 MiB and more are aligned to 2 MiB and advised as huge pages. */
 void *herbs_aligned_alloc(size_t bytes);
 void herbs_free(void *ptr);
+
+/* Asks the OS to back [p, p + bytes) with transparent huge pages (Linux's madvise mode): large
+   activation and weight blocks read row by row touch a page per row otherwise, more than the
+   TLB holds. Advice only; nothing where the OS has no such thing. */
+void herbs_advise_huge_pages(void *p, size_t bytes);
 
 #endif

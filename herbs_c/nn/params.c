@@ -21,7 +21,10 @@ static float *lazy_zero_block(size_t floats)
 {
     void *p = mmap(NULL, floats ? floats * sizeof(float) : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
                    -1, 0);
-    return p == MAP_FAILED ? NULL : p;
+    if (p == MAP_FAILED)
+        return NULL;
+    herbs_advise_huge_pages(p, floats * sizeof(float));
+    return p;
 }
 
 static void lazy_zero_block_free(float *p, size_t floats)
