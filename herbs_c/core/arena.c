@@ -25,11 +25,11 @@ static size_t round_up(size_t n) { return (n + HERBS_ALIGN - 1) / HERBS_ALIGN * 
 
 void *herbs_aligned_alloc(size_t bytes)
 {
-    const int huge = bytes >= HUGE_PAGE_MIN;
-    void *p = aligned_alloc(huge ? HUGE_PAGE : HERBS_ALIGN, round_up(bytes ? bytes : 1));
+    const size_t align = bytes >= HUGE_PAGE_MIN ? HUGE_PAGE : HERBS_ALIGN; /* C11: size a multiple of it */
+    void *p = aligned_alloc(align, ((bytes ? bytes : 1) + align - 1) / align * align);
     if (!p)
         herbs_error(HERBS_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
-    else if (huge)
+    else if (align == HUGE_PAGE)
         herbs_advise_huge_pages(p, bytes);
     return p;
 }
