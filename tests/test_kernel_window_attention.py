@@ -68,7 +68,8 @@ def test_relative_bias_gathers_and_scatters_through_the_index():
     (1, 3, 3, 2, 2, 3, 0),   # one window, no shift
 ])
 @pytest.mark.parametrize("accumulate", [0, 1])
-def test_backward_matches_finite_differences(B, H, W, heads, d, window, shift, accumulate):
+@pytest.mark.parametrize("saved_lse", [True, False], ids=["saved lse", "lse recomputed"])
+def test_backward_matches_finite_differences(B, H, W, heads, d, window, shift, accumulate, saved_lse):
     rng = np.random.default_rng(1)
     C, N = heads * d, window * window
     qkv = rng.standard_normal((B, H * W, 3 * C))
@@ -79,7 +80,8 @@ def test_backward_matches_finite_differences(B, H, W, heads, d, window, shift, a
         return float((attention(qkv, bias, H, W, heads, window, shift)[0] * probe).sum())
 
     _, lse = attention(qkv, bias, H, W, heads, window, shift)
-    dqkv, dbias = attention_backward(probe, qkv, bias, lse, H, W, heads, window, shift, accumulate=accumulate)
+    dqkv, dbias = attention_backward(probe, qkv, bias, lse if saved_lse else None, H, W, heads, window, shift,
+                                     accumulate=accumulate)
     np.testing.assert_allclose(dqkv, numerical_grad(loss, qkv), rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(dbias, numerical_grad(loss, bias), rtol=1e-6, atol=1e-8)
 
@@ -205,3 +207,29 @@ def test_bf16_forward_is_the_bf16_products(B, H, W, heads, d, window, shift, thr
     assert (err <= 2.0 ** -8 * scale + 1e-5 * scale + 1e-6).all(), f"max error {err.max():.3g}"
     assert np.abs(out - fp32).max() > 1e-3, "no bf16 rounding seen"
     np.testing.assert_allclose(lse, lse32, rtol=0, atol=0.05)  # logits of bf16 operands: close to fp32's
+
+
+def test_backward_after_a_bf16_forward_recomputes_the_softmax():
+    """A bf16 forward saves the log-sum-exp of its bf16 logits; the backward, which recomputes the
+    logits in fp32, normalises them itself (lse NULL) and so gives the gradient of the fp32
+    attention at the same inputs: what an fp32 forward's lse gives, to float32 rounding. With the
+    bf16 forward's lse instead, the probabilities would not sum to 1 and the gradient would be off
+    by the logits' bf16 error."""
+    import herbs
+
+    if herbs.cpu_info()["bf16_isa"] == "portable":
+        pytest.skip("no AVX512-BF16 here: a bf16 forward is fp32 and saves the fp32 lse")
+    rng = np.random.default_rng(5)
+    B, H, W, heads, d, window, shift = 2, 14, 14, 3, 32, 7, 3
+    qkv = rng.standard_normal((B, H * W, 3 * heads * d)).astype(np.float32)
+    bias = (rng.standard_normal((heads, window ** 2, window ** 2)) * 0.5).astype(np.float32)
+    g = rng.standard_normal((B, H * W, heads * d)).astype(np.float32)
+    _, lse32 = attention_at(0, qkv, bias, H, W, heads, window, shift)
+    _, lse16 = attention_at(1, qkv, bias, H, W, heads, window, shift)
+    want = attention_backward(g, qkv, bias, lse32, H, W, heads, window, shift, dtype=np.float32)
+    fresh = attention_backward(g, qkv, bias, None, H, W, heads, window, shift, dtype=np.float32)
+    stale = attention_backward(g, qkv, bias, lse16, H, W, heads, window, shift, dtype=np.float32)
+    for w, f, s in zip(want, fresh, stale):
+        scale = np.abs(w).max()
+        assert np.abs(f - w).max() <= 1e-5 * scale
+        assert np.abs(s - w).max() > 100 * np.abs(f - w).max(), "the bf16 lse would have been as good"

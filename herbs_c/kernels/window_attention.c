@@ -230,7 +230,8 @@ HERBS_INLINE void FN(wa_add_bias_mask)(real *s, const real *bias, const int *lab
     }
 }
 
-/* s[N][Np] <- softmax of each row's first N logits; lse[N] <- each row's log-sum-exp */
+/* s[N][Np] <- softmax of each row's first N logits; lse[N] <- each row's log-sum-exp (lse NULL: not
+   kept) */
 HERBS_INLINE void FN(wa_softmax_rows)(real *s, real *lse, const FN(wa_geometry) *g)
 {
     const int N = g->N;
@@ -244,7 +245,8 @@ HERBS_INLINE void FN(wa_softmax_rows)(real *s, real *lse, const FN(wa_geometry) 
             row[j] = FN(exp_fast)(row[j] - m);
             sum += row[j];
         }
-        lse[i] = m + log(sum);
+        if (lse)
+            lse[i] = m + log(sum);
         const real inv = 1 / sum;
 #pragma omp simd
         for (int j = 0; j < N; j++)
@@ -278,7 +280,8 @@ HERBS_ISA_VARIANTS(wa_forward_item,
                     real *y, real *lse),
                    (g, w, masked, x, bias, h, y, lse))
 
-/* One item backward: p recomputed from lse; dp = dout·vᵀ; dlogits = p·(dp - Σ_j p·dp);
+/* One item backward: p recomputed from lse (NULL: as the softmax of the recomputed logits); dp =
+   dout·vᵀ; dlogits = p·(dp - Σ_j p·dp);
    dbias += dlogits; dq = scale·dlogits·k; dk = dlogitsᵀ·(scale·q); dv = pᵀ·dout. */
 HERBS_INLINE void FN(wa_backward_item)(const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x,
                                     const real *dy, const real *bias, const real *lse, int h, real *dx, real *dbias,
@@ -292,14 +295,19 @@ HERBS_INLINE void FN(wa_backward_item)(const FN(wa_geometry) *g, const FN(wa_wor
     FN(wa_small_mm)(w->s, Np, w->q, dp, 1, w->kt, Np, N, d, Np, 1);
     FN(wa_add_bias_mask)(w->s, bias, w->label, masked, g);
     FN(wa_small_mm)(w->ds, Np, w->dy, dp, 1, w->vt, Np, N, d, Np, 1);
+    if (!lse)
+        FN(wa_softmax_rows)(w->s, NULL, g);
     for (int i = 0; i < N; i++) {
         real *p = w->s + (size_t)i * Np, *gi = w->ds + (size_t)i * Np, *db = dbias + (size_t)i * N, dot = 0;
-        const real l = lse[i];
-#pragma omp simd reduction(+ : dot)
-        for (int j = 0; j < N; j++) {
-            p[j] = FN(exp_fast)(p[j] - l);
-            dot += p[j] * gi[j];
+        if (lse) {
+            const real l = lse[i];
+#pragma omp simd
+            for (int j = 0; j < N; j++)
+                p[j] = FN(exp_fast)(p[j] - l);
         }
+#pragma omp simd reduction(+ : dot)
+        for (int j = 0; j < N; j++)
+            dot += p[j] * gi[j];
 #pragma omp simd
         for (int j = 0; j < N; j++) {
             gi[j] = p[j] * (gi[j] - dot);
@@ -420,7 +428,7 @@ void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const re
                 FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, dqkv, 3 * C);
             }
             item_fn(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, dout + (size_t)b * H * W * C,
-                    bias + (size_t)h * nn, lse + (((size_t)b * g.nw + win) * heads + h) * g.N, h,
+                    bias + (size_t)h * nn, lse ? lse + (((size_t)b * g.nw + win) * heads + h) * g.N : NULL, h,
                     dqkv + (size_t)b * H * W * 3 * C, w.dbias + (size_t)h * nn, accumulate);
         }
         /* per-thread bias gradients, added in thread order: deterministic for a thread count (the

@@ -30,7 +30,9 @@ void window_attention_forward_at(herbs_precision p, float *out, float *lse, floa
 
 /* dout[B, H·W, C] -> dqkv[B, H·W, 3C] and dbias[heads, N, N] (summed over samples and windows in a
    fixed order for a given thread count), from the forward's qkv and lse: both added onto when
-   accumulate is set, written (not read) when it is 0. */
+   accumulate is set, written (not read) when it is 0. lse NULL: the probabilities are the softmax
+   of the logits recomputed here in fp32 (a forward at bf16 saved the log-sum-exp of its bf16
+   logits, with which these would not sum to 1). */
 void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const real *dout, const real *qkv,
                                    const real *bias, const real *lse, int B, int H, int W, int C, int heads,
                                    int window, int shift, int threads, int accumulate);

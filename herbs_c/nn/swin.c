@@ -114,10 +114,9 @@ static herbs_status block_forward(swin_block *k, const swin_stage *st, const her
     layernorm_forward(z->ln, v->mean1, v->rstd1, x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C, SWIN_LN_EPS);
     product_rows_forward(&k->qkv, t, t->precision, v->qkv, z->ln, M, NULL, NULL, 0);
     relative_bias_forward(v->bias, PARAM(t, k->table), st->heads, st->window);
-    /* bf16 attention in inference only: the backward recomputes the probabilities from lse with fp32
-       logits, which must be the forward's */
-    window_attention_forward_at(train ? HERBS_FP32 : t->precision, v->att, v->lse, z->work, v->qkv, v->bias, B,
-                                st->res, st->res, C, st->heads, st->window, k->shift, z->threads);
+    k->attention = t->precision;
+    window_attention_forward_at(k->attention, v->att, v->lse, z->work, v->qkv, v->bias, B, st->res, st->res, C,
+                                st->heads, st->window, k->shift, z->threads);
     product_rows_forward(&k->proj, t, t->precision, z->branch, v->att, M, NULL, NULL, 0);
     residual_add_forward(v->x1, x, z->branch, k->scale1, B, (long)L * C);
 
@@ -244,8 +243,9 @@ static void block_backward(swin_block *k, const block_saved *v, const swin_stage
     /* attention branch: x1 = x + scale1 · proj(attention(qkv(norm1(x)))) */
     g = branch_grad(z->dbranch, d, k->scale1, B, (long)L * C);
     product_rows_backward(&k->proj, t, t->precision, z->datt, g, v->att, M, 0);
-    window_attention_backward(z->dqkv, z->dbias, z->work, z->datt, v->qkv, v->bias, v->lse, B, st->res, st->res, C,
-                              st->heads, st->window, k->shift, z->threads, 0);
+    window_attention_backward(z->dqkv, z->dbias, z->work, z->datt, v->qkv, v->bias,
+                              k->attention == HERBS_FP32 ? v->lse : NULL, B, st->res, st->res, C, st->heads,
+                              st->window, k->shift, z->threads, 0); /* bf16: p from fp32 logits, normalised */
     relative_bias_backward(GRAD(t, k->table), z->dbias, st->heads, st->window);
     layernorm_forward(z->ln, v->mean1, v->rstd1, k->x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C,
                       SWIN_LN_EPS);

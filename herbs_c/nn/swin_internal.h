@@ -40,6 +40,7 @@ typedef struct {
     const float *x;         /* [B, res², C]: the block's input */
     float *out;             /* [B, res², C]: its output (the next block's input) */
     float *scale1, *scale2; /* [B]: drop-path scales per sample, NULL when no drop path ran */
+    herbs_precision attention; /* the attention's precision (bf16: its lse is of bf16 logits) */
     block_saved saved;      /* train mode only */
 } swin_block;
 
