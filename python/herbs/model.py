@@ -97,10 +97,11 @@ class Model:
             state a checkpoint keeps: :meth:`training_state`).
         precision: ``"fp32"`` (default) or ``"bf16"``: how the forward pass's products compute
             (also settable later as :attr:`precision`). bf16 rounds the operands of the linear
-            layers, qkv and projections, 1×1 and k×k convolutions and the pyramid's and
-            classifiers' products to bfloat16 and accumulates in fp32, as PyTorch's CPU autocast
-            does; LayerNorm, BatchNorm, softmax, GELU, attention, reductions and losses stay fp32.
-            Parameters stay fp32 (state dicts are unchanged); the backward of train_step is fp32.
+            layers, qkv and projections, attention's q·kᵀ and p·v, 1×1 and k×k convolutions and
+            the pyramid's and classifiers' products to bfloat16 and accumulates in fp32, as
+            PyTorch's CPU autocast does (on CPUs without AVX512-BF16 attention stays fp32);
+            LayerNorm, BatchNorm, softmax, GELU, reductions and losses stay fp32. Parameters stay
+            fp32 (state dicts are unchanged); the backward of train_step is fp32.
 
     Arrays: images are ``[B, 3, img_size, img_size]``; float32 is used as is, float64 and
     float16 are converted to float32 (a copy), other dtypes are refused; non-contiguous and
