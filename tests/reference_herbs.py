@@ -185,8 +185,11 @@ class HERBS(nn.Module):
 def herbs_loss(out, labels, temperature=64.0, lambda_c=1.0, lambda_b=0.3, lambda_n=5.0, lambda_s=0.0,
                lambda_r=1.375, accumulation_steps=1):
     """SPEC.md §4 (the release's main.py loop): returns (total / accumulation_steps, terms), with
-    each term already weighted by its λ."""
+    each term already weighted by its λ. `labels`: class indices [B], or class probabilities
+    [B, classes] (soft targets, which F.cross_entropy takes as they are)."""
     terms = {}
+    if labels.is_floating_point():
+        labels = labels.to(next(iter(out.values())).dtype)
     if "comb_outs" in out:
         terms["comb"] = lambda_c * F.cross_entropy(out["comb_outs"], labels)
     if "layer1" in out:
@@ -196,7 +199,7 @@ def herbs_loss(out, labels, temperature=64.0, lambda_c=1.0, lambda_b=0.3, lambda
                                                   -torch.ones_like(out[f"drop_layer{i}"])) for i in range(1, 5))
         sel = [out[f"select_layer{i}"] for i in range(1, 5)]
         terms["select"] = lambda_s * sum(
-            F.cross_entropy(s.reshape(-1, s.shape[-1]), labels.repeat_interleave(s.shape[1])) for s in sel)
+            F.cross_entropy(s.reshape(-1, s.shape[-1]), labels.repeat_interleave(s.shape[1], dim=0)) for s in sel)
     if "FPN1_layer1" in out:
         kl = nn.KLDivLoss(reduction="mean")
         terms["refine"] = lambda_r * sum(

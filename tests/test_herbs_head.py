@@ -338,8 +338,10 @@ def test_bad_labels_and_options():
         net.train_step(x, np.array([-1, 0, 1]))
     with pytest.raises(ValueError, match=r"labels have shape \(2,\), expected \(3,\)"):
         net.train_step(x, np.array([0, 1]))
-    with pytest.raises(TypeError, match="integer class indices"):
+    with pytest.raises(ValueError, match=r"targets have shape \(3,\), expected \(3, classes\)"):
         net.train_step(x, np.array([0.0, 1.0, 2.0]))
+    with pytest.raises(TypeError, match="integer class indices"):
+        net.train_step(x, np.array(["a", "b", "c"]))
     with pytest.raises(ValueError, match="unknown config key 'temprature' for the HERBS objective"):
         net.train_step(x, y, temprature=2.0)
     with pytest.raises(ValueError, match="'temperature' = 0 is outside"):

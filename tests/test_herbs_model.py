@@ -264,8 +264,10 @@ def test_input_validation():
         m.train_step(x, np.array([-1, 0]))
     with pytest.raises(ValueError, match=r"labels have shape \(3,\), expected \(2,\)"):
         m.train_step(x, [0, 1, 2])
-    with pytest.raises(TypeError, match="labels must be integer class indices, got dtype float64"):
+    with pytest.raises(ValueError, match=r"targets have shape \(2,\), expected \(2, 10\): one distribution"):
         m.train_step(x, [0.0, 1.0])
+    with pytest.raises(TypeError, match="labels must be integer class indices .B. or float .*got dtype complex128"):
+        m.train_step(x, [0j, 1j])
     with pytest.raises(TypeError, match="got dtype bool"):
         m.train_step(x, [True, False])
     with pytest.raises(ValueError, match="'temperature' = -1 is outside"):

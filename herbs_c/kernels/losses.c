@@ -42,6 +42,36 @@ void FN(cross_entropy_backward)(real *dlogits, const real *logits, const int *la
     }
 }
 
+void FN(soft_cross_entropy_forward)(real *loss, const real *logits, const real *targets, int rows_per_target, int N,
+                                    int C)
+{
+#pragma omp parallel for schedule(static) LOSS_PARALLEL(N, C)
+    for (int n = 0; n < N; n++) {
+        const real *row = logits + (size_t)n * C, *t = targets + (size_t)(n / rows_per_target) * C;
+        real top, lse, sum = 0;
+        FN(loss_lse)(row, 1, C, &top, &lse);
+        for (int c = 0; c < C; c++)
+            sum += t[c] * (top + lse - row[c]);
+        loss[n] = sum;
+    }
+}
+
+void FN(soft_cross_entropy_backward)(real *dlogits, const real *logits, const real *targets, int rows_per_target,
+                                     real scale, int N, int C)
+{
+#pragma omp parallel for schedule(static) LOSS_PARALLEL(N, C)
+    for (int n = 0; n < N; n++) {
+        const real *row = logits + (size_t)n * C, *t = targets + (size_t)(n / rows_per_target) * C;
+        real *d = dlogits + (size_t)n * C;
+        real top, lse, t_sum = 0;
+        FN(loss_lse)(row, 1, C, &top, &lse);
+        for (int c = 0; c < C; c++)
+            t_sum += t[c];
+        for (int c = 0; c < C; c++)
+            d[c] += scale * (exp(row[c] - top - lse) * t_sum - t[c]);
+    }
+}
+
 void FN(tanh_mse_forward)(real *loss, const real *x, real target, int N, int C)
 {
 #pragma omp parallel for schedule(static) LOSS_PARALLEL(N, C)

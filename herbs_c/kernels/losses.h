@@ -8,6 +8,14 @@ void FN(cross_entropy_forward)(real *loss, const real *logits, const int *labels
 void FN(cross_entropy_backward)(real *dlogits, const real *logits, const int *labels, int rows_per_label, real scale,
                                 int N, int C);
 
+/* loss[n] = Σ_c t[c] (logsumexp(logits[n]) - logits[n, c]), t = targets[n / rows_per_target] (a row of [N / rows_per_target, C]):
+   cross entropy against a distribution over the classes (label smoothing, mixup; timm's SoftTargetCrossEntropy) */
+void FN(soft_cross_entropy_forward)(real *loss, const real *logits, const real *targets, int rows_per_target, int N,
+                                    int C);
+/* dlogits[N,C] += scale · (softmax(logits[n]) · Σ_c t[c] - t) */
+void FN(soft_cross_entropy_backward)(real *dlogits, const real *logits, const real *targets, int rows_per_target,
+                                     real scale, int N, int C);
+
 /* loss[n] = Σ_c (tanh(x[n,c]) - target)² (background suppression: MSE of tanh against target) */
 void FN(tanh_mse_forward)(real *loss, const real *x, real target, int N, int C);
 /* dx[N,C] += scale · 2 (tanh(x) - target) (1 - tanh²(x)) */

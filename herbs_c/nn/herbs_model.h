@@ -29,8 +29,10 @@ typedef struct {
 /* The objective of SPEC.md §4 (the herbs_net_ops loss). Options: temperature (64), lambda_c (1),
    lambda_b (0.3), lambda_n (5), lambda_s (0), lambda_r (1.375), accumulation_steps (1: the
    gradient is that of total / accumulation_steps). Terms: total, then those the configuration has
-   among comb, layer, drop, select, refine, ori — each already weighted by its λ, undivided. */
-herbs_status herbs_model_loss(herbs_net *net, const int64_t *labels, int batch, herbs_config *options, int check_only,
-                              herbs_loss_terms *terms);
+   among comb, layer, drop, select, refine, ori — each already weighted by its λ, undivided.
+   Distributions as targets go to the cross-entropy terms (comb, layer, select, ori); drop and
+   refine do not read the targets. */
+herbs_status herbs_model_loss(herbs_net *net, const herbs_targets *targets, int batch, herbs_config *options,
+                              int check_only, herbs_loss_terms *terms);
 
 #endif

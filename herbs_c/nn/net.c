@@ -110,29 +110,29 @@ herbs_status net_loss_ready(const herbs_net *net)
     return HERBS_OK;
 }
 
-herbs_status net_loss(herbs_net *net, const int64_t *labels, int batch, herbs_config *options,
+herbs_status net_loss(herbs_net *net, const herbs_targets *targets, int batch, herbs_config *options,
                       herbs_loss_terms *terms)
 {
     HERBS_TRY(net_loss_ready(net));
     if (batch != net->forward_batch)
-        return herbs_error(HERBS_ERR_VALUE, "got %d labels for a forward pass of %d images", batch, net->forward_batch);
-    HERBS_TRY(net->ops->loss(net, labels, batch, options, 1, terms));
+        return herbs_error(HERBS_ERR_VALUE, "got %d targets for a forward pass of %d images", batch, net->forward_batch);
+    HERBS_TRY(net->ops->loss(net, targets, batch, options, 1, terms));
     /* the objective's gradient replaces any earlier one */
     for (int i = 0; !net->output_grads_zero && i < net->n_outputs; i++)
         if (net->outputs[i].grad)
             herbs_zero_floats(net->outputs[i].grad, output_size(&net->outputs[i]));
     net->output_grads_zero = 0;
-    return net->ops->loss(net, labels, batch, options, 0, terms);
+    return net->ops->loss(net, targets, batch, options, 0, terms);
 }
 
-herbs_status net_train_step(herbs_net *net, const float *images, int batch, int train, const int64_t *labels,
+herbs_status net_train_step(herbs_net *net, const float *images, int batch, int train, const herbs_targets *targets,
                             herbs_config *options, herbs_loss_terms *terms)
 {
     if (!net->ops->loss)
         return herbs_error(HERBS_ERR_TYPE, "a '%s' net has no training objective", net->ops->kind);
-    HERBS_TRY(net->ops->loss(net, labels, batch, options, 1, terms)); /* bad labels or options: before any work */
+    HERBS_TRY(net->ops->loss(net, targets, batch, options, 1, terms)); /* bad targets or options: before any work */
     HERBS_TRY(net_forward(net, images, batch, train));
-    HERBS_TRY(net_loss(net, labels, batch, options, terms));
+    HERBS_TRY(net_loss(net, targets, batch, options, terms));
     return net_backward(net, NULL, 0);
 }
 

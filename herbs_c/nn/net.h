@@ -42,6 +42,15 @@ typedef struct {
     double value[HERBS_MAX_LOSS_TERMS];
 } herbs_loss_terms;
 
+/* What a training objective compares with, per image: a class index (labels [batch]), or a
+   distribution over the classes (probs [batch, classes], row-major: label smoothing and mixup's
+   mixed targets). Exactly one of the two is set. */
+typedef struct {
+    const int64_t *labels;
+    const float *probs;
+    int classes; /* the columns of probs */
+} herbs_targets;
+
 typedef struct herbs_net herbs_net;
 
 /* What a kind implements: it only computes. net.c runs the lifecycle around it (checks, arena,
@@ -57,13 +66,13 @@ typedef struct {
     herbs_status (*backward)(herbs_net *net, float *dimages);
     void (*destroy)(herbs_net *net); /* frees what the kind added; net_free does the rest */
     /* Optional (NULL when the kind has no objective): the training objective of the last forward
-       for labels [batch] (class indices) with kind-specific `options` (numbers; unknown keys are
-       rejected). Fills `terms` and writes the outputs' gradients (zero on entry) with the
-       objective's gradient, so that backward completes a training step. With check_only it only
-       validates labels and options (batch is then the batch about to be forwarded) and changes
-       nothing. */
-    herbs_status (*loss)(herbs_net *net, const int64_t *labels, int batch, herbs_config *options, int check_only,
-                         herbs_loss_terms *terms);
+       for `batch` targets (class indices or distributions) with kind-specific `options` (numbers;
+       unknown keys are rejected). Fills `terms` and writes the outputs' gradients (zero on entry)
+       with the objective's gradient, so that backward completes a training step. With check_only
+       it only validates targets and options (batch is then the batch about to be forwarded) and
+       changes nothing. */
+    herbs_status (*loss)(herbs_net *net, const herbs_targets *targets, int batch, herbs_config *options,
+                         int check_only, herbs_loss_terms *terms);
 } herbs_net_ops;
 
 struct herbs_net {
@@ -118,14 +127,14 @@ herbs_status net_backward(herbs_net *net, float *dimages, int probe_grads);
 /* Whether net_loss may run now (the kind has an objective, a forward was made). */
 herbs_status net_loss_ready(const herbs_net *net);
 
-/* The kind's objective of the last forward for labels [batch]: fills `terms` and replaces the
-   outputs' gradients with the objective's (nothing changes when labels or options are bad). */
-herbs_status net_loss(herbs_net *net, const int64_t *labels, int batch, herbs_config *options,
+/* The kind's objective of the last forward for `batch` targets: fills `terms` and replaces the
+   outputs' gradients with the objective's (nothing changes when targets or options are bad). */
+herbs_status net_loss(herbs_net *net, const herbs_targets *targets, int batch, herbs_config *options,
                       herbs_loss_terms *terms);
 
-/* A training step: labels and options checked before any work, then forward, objective, backward
+/* A training step: targets and options checked before any work, then forward, objective, backward
    (parameter gradients accumulate). */
-herbs_status net_train_step(herbs_net *net, const float *images, int batch, int train, const int64_t *labels,
+herbs_status net_train_step(herbs_net *net, const float *images, int batch, int train, const herbs_targets *targets,
                             herbs_config *options, herbs_loss_terms *terms);
 
 /* --- for the kinds ------------------------------------------------------------------------------ */

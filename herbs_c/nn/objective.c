@@ -1,6 +1,9 @@
 /* The HERBS training objective (SPEC.md §4, the release's main.py): every term, weight and the
    temperature are options; the gradient of total / accumulation_steps goes into the outputs'
-   gradients, ready for backward. Means are over every element, as PyTorch's default reductions. */
+   gradients, ready for backward. Means are over every element, as PyTorch's default reductions.
+   The targets are class indices or, for label smoothing and mixup, distributions over the classes
+   (timm's soft targets): the cross-entropy terms read them; background suppression and refinement
+   do not depend on them. */
 #include <math.h>
 #include <stdio.h>
 
@@ -40,21 +43,29 @@ static double sum_rows(const float *rows, size_t n)
     return s;
 }
 
-/* Everything a term needs: the model's outputs, labels, the room for per-row values. */
+/* Everything a term needs: the model's outputs, the targets (labels, or distributions when probs
+   is set), the room for per-row values. */
 typedef struct {
     herbs_net *net;
     herbs_model *m;
     const int *labels;
+    const float *probs; /* [B, K] or NULL */
     int B, K;
     double scale; /* 1 / accumulation_steps */
     float *rows;  /* room for one value per row of the largest output */
 } objective_ctx;
 
-/* λ · mean CE(logits [n, K], label of row r = labels[r / per_label]), gradient into grad */
+/* λ · mean CE(logits [n, K], target of row r = that of image r / per_label), gradient into grad */
 static double cross_entropy_term(objective_ctx *o, const float *logits, float *grad, int n, int per_label, double lambda)
 {
-    cross_entropy_forward(o->rows, logits, o->labels, per_label, n, o->K);
-    cross_entropy_backward(grad, logits, o->labels, per_label, (float)(lambda * o->scale / n), n, o->K);
+    const float scale = (float)(lambda * o->scale / n);
+    if (o->probs) {
+        soft_cross_entropy_forward(o->rows, logits, o->probs, per_label, n, o->K);
+        soft_cross_entropy_backward(grad, logits, o->probs, per_label, scale, n, o->K);
+    } else {
+        cross_entropy_forward(o->rows, logits, o->labels, per_label, n, o->K);
+        cross_entropy_backward(grad, logits, o->labels, per_label, scale, n, o->K);
+    }
     return lambda * sum_rows(o->rows, n) / n;
 }
 
@@ -121,22 +132,32 @@ static double refine_term(objective_ctx *o, double lambda, double T)
     return value;
 }
 
-static herbs_status check_labels(const herbs_model *m, const int64_t *labels, int batch)
+static herbs_status check_targets(const herbs_model *m, const herbs_targets *t, int batch)
 {
-    for (int b = 0; b < batch; b++)
-        if (labels[b] < 0 || labels[b] >= m->classes)
-            return herbs_error(HERBS_ERR_VALUE, "labels[%d] = %lld is not a class index in [0, %d) (num_classes = %d)",
-                               b, (long long)labels[b], m->classes, m->classes);
+    if (!t->probs) {
+        for (int b = 0; b < batch; b++)
+            if (t->labels[b] < 0 || t->labels[b] >= m->classes)
+                return herbs_error(HERBS_ERR_VALUE, "labels[%d] = %lld is not a class index in [0, %d) (num_classes = %d)",
+                                   b, (long long)t->labels[b], m->classes, m->classes);
+        return HERBS_OK;
+    }
+    if (t->classes != m->classes)
+        return herbs_error(HERBS_ERR_VALUE, "targets have %d columns, expected one per class (num_classes = %d)",
+                           t->classes, m->classes);
+    for (size_t i = 0; i < (size_t)batch * m->classes; i++)
+        if (!(t->probs[i] >= 0 && t->probs[i] < INFINITY)) /* false for NaN too */
+            return herbs_error(HERBS_ERR_VALUE, "targets[%d, %d] = %g: target probabilities must be finite and >= 0",
+                               (int)(i / m->classes), (int)(i % m->classes), (double)t->probs[i]);
     return HERBS_OK;
 }
 
-herbs_status herbs_model_loss(herbs_net *net, const int64_t *labels, int batch, herbs_config *options, int check_only,
-                              herbs_loss_terms *terms)
+herbs_status herbs_model_loss(herbs_net *net, const herbs_targets *targets, int batch, herbs_config *options,
+                              int check_only, herbs_loss_terms *terms)
 {
     herbs_model *m = net->impl;
     objective_options opt;
     HERBS_TRY(read_options(options, &opt));
-    HERBS_TRY(check_labels(m, labels, batch));
+    HERBS_TRY(check_targets(m, targets, batch));
     if (check_only)
         return HERBS_OK;
 
@@ -152,9 +173,9 @@ herbs_status herbs_model_loss(herbs_net *net, const int64_t *labels, int batch, 
     HERBS_TRY(head_alloc(&c, most_rows, 0, &rows));
     if (!label_ints)
         return HERBS_ERR_NOMEM;
-    for (int b = 0; b < batch; b++)
-        label_ints[b] = (int)labels[b];
-    objective_ctx o = {net, m, label_ints, batch, m->classes, 1.0 / opt.accumulation_steps, rows};
+    for (int b = 0; !targets->probs && b < batch; b++)
+        label_ints[b] = (int)targets->labels[b];
+    objective_ctx o = {net, m, label_ints, targets->probs, batch, m->classes, 1.0 / opt.accumulation_steps, rows};
 
     double comb = 0, layer = 0, drop = 0, select = 0, refine = 0, ori = 0;
     if (m->use_combiner && opt.lambda_c != 0)

@@ -479,28 +479,38 @@ static PyObject *Net_probes(NetObject *self, PyObject *unused)
     return result;
 }
 
-/* Class labels as a new C-contiguous int64 array of `batch` entries, or NULL with an exception. */
-static PyArrayObject *labels_array(PyObject *obj, int batch)
+/* The objective's targets from `obj`: class indices [batch] (any integer dtype, into a new int64
+   array) or class probabilities [batch, classes] (any float dtype, into a new float32 array); the
+   new array goes to *owner, the pointers into *t. 0 with an exception when obj is neither. */
+static int targets_from(PyObject *obj, int batch, PyArrayObject **owner, herbs_targets *t)
 {
     PyArrayObject *a = (PyArrayObject *)PyArray_FROM_O(obj);
     if (!a)
-        return NULL;
-    if (!PyArray_ISINTEGER(a)) {
-        PyErr_Format(PyExc_TypeError, "labels must be integer class indices, got dtype %s",
-                     PyArray_DESCR(a)->typeobj->tp_name);
+        return 0;
+    const int soft = PyArray_ISFLOAT(a);
+    if (!soft && !PyArray_ISINTEGER(a)) {
+        PyErr_Format(PyExc_TypeError, "labels must be integer class indices [B] or float class probabilities "
+                     "[B, classes], got dtype %s", PyArray_DESCR(a)->typeobj->tp_name);
         Py_DECREF(a);
-        return NULL;
+        return 0;
     }
-    if (PyArray_NDIM(a) != 1 || PyArray_DIM(a, 0) != batch) {
+    if (PyArray_NDIM(a) != 1 + soft || PyArray_DIM(a, 0) != batch) {
         char shape[128];
         format_shape(shape, sizeof shape, PyArray_NDIM(a), PyArray_DIMS(a));
-        PyErr_Format(PyExc_ValueError, "labels have shape %s, expected (%d,): one label per image", shape, batch);
+        PyErr_Format(PyExc_ValueError, soft ? "targets have shape %s, expected (%d, classes): one distribution per image"
+                                            : "labels have shape %s, expected (%d,): one label per image", shape, batch);
         Py_DECREF(a);
-        return NULL;
+        return 0;
     }
-    PyArrayObject *b = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)a, NPY_INT64, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    *owner = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)a, soft ? NPY_FLOAT32 : NPY_INT64,
+                                               NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
     Py_DECREF(a);
-    return b;
+    if (!*owner)
+        return 0;
+    t->labels = soft ? NULL : PyArray_DATA(*owner);
+    t->probs = soft ? PyArray_DATA(*owner) : NULL;
+    t->classes = soft ? (int)PyArray_DIM(*owner, 1) : 0;
+    return 1;
 }
 
 /* The objective's options from keyword arguments, leaving out the `skip` names. */
@@ -541,6 +551,7 @@ static PyObject *Net_loss(NetObject *self, PyObject *args, PyObject *kw)
     herbs_net *net = self->net;
     PyObject *result = NULL;
     PyArrayObject *labels = NULL;
+    herbs_targets targets;
     herbs_config options;
     herbs_loss_terms terms;
     static const char *const skip[] = {NULL};
@@ -549,12 +560,11 @@ static PyObject *Net_loss(NetObject *self, PyObject *args, PyObject *kw)
         raise_status(s);
         goto done;
     }
-    if (!(labels = labels_array(labels_obj, net->forward_batch)) || !options_config(kw, skip, &options))
+    if (!targets_from(labels_obj, net->forward_batch, &labels, &targets) || !options_config(kw, skip, &options))
         goto done;
-    const int64_t *y = PyArray_DATA(labels);
     Py_BEGIN_ALLOW_THREADS
     herbs_threads_apply();
-    s = net_loss(net, y, net->forward_batch, &options, &terms);
+    s = net_loss(net, &targets, net->forward_batch, &options, &terms);
     Py_END_ALLOW_THREADS
     result = s == HERBS_OK ? terms_dict(&terms) : raise_status(s);
 done:
@@ -576,6 +586,7 @@ static PyObject *Net_train_step(NetObject *self, PyObject *args, PyObject *kw)
     herbs_net *net = self->net;
     PyObject *result = NULL;
     PyArrayObject *labels = NULL;
+    herbs_targets targets;
     herbs_config options;
     herbs_loss_terms terms;
     static const char *const skip[] = {"train", NULL};
@@ -583,14 +594,13 @@ static PyObject *Net_train_step(NetObject *self, PyObject *args, PyObject *kw)
     int batch;
     if (!check_images(net, images_obj, &images, &batch))
         goto done;
-    if (!(labels = labels_array(labels_obj, batch)) || !options_config(kw, skip, &options))
+    if (!targets_from(labels_obj, batch, &labels, &targets) || !options_config(kw, skip, &options))
         goto done;
     herbs_status s;
-    const int64_t *y = PyArray_DATA(labels);
     note_param_writes(self);
     Py_BEGIN_ALLOW_THREADS
     herbs_threads_apply();
-    s = net_train_step(net, images, batch, train, y, &options, &terms);
+    s = net_train_step(net, images, batch, train, &targets, &options, &terms);
     Py_END_ALLOW_THREADS
     result = s == HERBS_OK ? terms_dict(&terms) : raise_status(s);
 done:
@@ -638,7 +648,7 @@ static PyMethodDef Net_methods[] = {
      "path of the package calls it; forward and train_step also assume it, as views may have been written."},
     {"loss", (PyCFunction)(void (*)(void))Net_loss, METH_VARARGS | METH_KEYWORDS,
      "loss(labels, **options) -> {term: value}: the training objective of the last forward for integer\n"
-     "labels [B]; sets the outputs' gradients to its gradient, so backward({}) completes a step.\n"
+     "labels [B] or class probabilities [B, classes] (soft targets); sets the outputs' gradients to its gradient, so backward({}) completes a step.\n"
      "Options are the kind's (unknown names are refused). Kinds without an objective raise TypeError."},
     {"train_step", (PyCFunction)(void (*)(void))Net_train_step, METH_VARARGS | METH_KEYWORDS,
      "train_step(images, labels, train=True, **options) -> {term: value}: forward (train mode unless\n"

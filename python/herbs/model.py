@@ -187,14 +187,29 @@ class Model:
 
     def _labels(self, y, batch: int) -> np.ndarray:
         a = np.asarray(y)
+        if a.dtype.kind == "f":
+            return self._soft_targets(a, batch)
         if a.dtype == np.bool_ or a.dtype.kind not in "iu":
-            raise TypeError(f"labels must be integer class indices, got dtype {a.dtype}")
+            raise TypeError(f"labels must be integer class indices [B] or float class probabilities [B, classes], "
+                            f"got dtype {a.dtype}")
         if a.shape != (batch,):
             raise ValueError(f"labels have shape {a.shape}, expected ({batch},): one label per image")
         if a.size and (a.min() < 0 or a.max() >= self.num_classes):
             bad = int(np.flatnonzero((a < 0) | (a >= self.num_classes))[0])
             raise ValueError(f"labels[{bad}] = {int(a[bad])} is not a class index in [0, {self.num_classes})")
         return np.ascontiguousarray(a, np.int64)
+
+    def _soft_targets(self, a: np.ndarray, batch: int) -> np.ndarray:
+        """Float targets as C-contiguous float32 [batch, classes], every value finite and >= 0."""
+        if a.shape != (batch, self.num_classes):
+            raise ValueError(f"targets have shape {a.shape}, expected ({batch}, {self.num_classes}): one distribution "
+                             f"over the classes per image")
+        a = np.ascontiguousarray(a, np.float32)
+        bad = ~(np.isfinite(a) & (a >= 0))
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ValueError(f"targets[{row}, {col}] = {a[row, col]}: target probabilities must be finite and >= 0")
+        return a
 
     def train(self, mode: bool = True) -> "Model":
         """Sets the default mode of :meth:`forward` (PyTorch style); returns the model."""
@@ -235,6 +250,13 @@ class Model:
                    accumulation_steps: int = 1, train: bool = True) -> Dict[str, float]:
         """Forward, objective (SPEC.md §4) and backward in one call; parameter gradients
         ACCUMULATE (call :meth:`zero_grad` after each optimiser step).
+
+        y: class indices ``[B]`` (integers), or class probabilities ``[B, classes]`` (floats, as
+        ``torch.nn.functional.cross_entropy`` takes them): soft targets, which label smoothing and
+        mixup/cutmix make (:mod:`herbs.mixup`). The cross-entropy terms (comb, layer, select, ori)
+        then compute timm's SoftTargetCrossEntropy, ``Σ_c −t_c·log_softmax(x)_c``, which for mixed
+        targets ``λ·onehot(a) + (1−λ)·onehot(b)`` is ``λ·CE(a) + (1−λ)·CE(b)``; drop and refine do
+        not depend on the targets.
 
         The objective: ``comb`` = λ_c·CE(comb_outs), ``layer`` = λ_b·Σ_i CE(token mean of
         layer{i}), ``drop`` = λ_n·Σ_i MSE(tanh(drop_layer{i}), −1), ``select`` = λ_s·Σ_i CE over
