@@ -157,7 +157,8 @@ def test_a_run_cleans_what_a_killed_run_left(tmp_path):
     resumed = QuadraticModel()
     train.train(resumed, dataset(), config=config(epochs=3), out_dir=str(tmp_path), resume=str(tmp_path / "last.pth"),
                 log=messages.append)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["best.pth", "last.pth", "metrics.jsonl"])
+    run_files = ["best.pth", "last.pth", "metrics.jsonl", "summary.csv", "curves.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + run_files)
     assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2, 3]
     assert metrics.read_text().splitlines(keepends=True)[:2] == [lines[0], second_again]
     assert any("removed 3 temporary file(s)" in m for m in messages)

@@ -60,3 +60,50 @@ size_t FN(count_nonfinite)(const real *x, size_t n)
     }
     return count;
 }
+
+void FN(ema_update)(real *ema, const real *value, size_t n, real weight)
+{
+    const real rest = 1 - weight;
+    if (weight < (real)0.5) {
+#pragma omp parallel for simd schedule(static) if (n > OPTIM_PARALLEL_MIN)
+        for (size_t i = 0; i < n; i++)
+            ema[i] += weight * (value[i] - ema[i]);
+    } else {
+#pragma omp parallel for simd schedule(static) if (n > OPTIM_PARALLEL_MIN)
+        for (size_t i = 0; i < n; i++)
+            ema[i] = value[i] - (value[i] - ema[i]) * rest;
+    }
+}
+
+/* sums[0] += Σ x[i]² over [i0, i1), in double */
+HERBS_INLINE void FN(sum_squares_span)(double *sums, const real *x, size_t i0, size_t i1)
+{
+    double s = 0;
+#pragma omp simd reduction(+ : s)
+    for (size_t i = i0; i < i1; i++)
+        s += (double)x[i] * (double)x[i];
+    sums[0] += s;
+}
+HERBS_ISA_VARIANTS(sum_squares_span, (double *sums, const real *x, size_t i0, size_t i1), (sums, x, i0, i1))
+
+#define SUM_SQUARES_MAX_TEAM 64
+
+double FN(sum_squares)(const real *x, size_t n)
+{
+    void (*body)(double *, const real *, size_t, size_t) = FN(sum_squares_span_isa)();
+    int team = herbs_threads_for((double)n, OPTIM_PARALLEL_MIN);
+    team = team < SUM_SQUARES_MAX_TEAM ? team : SUM_SQUARES_MAX_TEAM;
+    double partial[SUM_SQUARES_MAX_TEAM] = {0};
+    int used = 1;
+#pragma omp parallel num_threads(team) if (team > 1)
+    {
+        const size_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+        body(&partial[t], x, n * t / nt, n * (t + 1) / nt);
+        if (t == 0)
+            used = (int)nt;
+    }
+    double sum = 0;
+    for (int t = 0; t < used; t++) /* in thread order: the same sum for the same team */
+        sum += partial[t];
+    return sum;
+}

@@ -14,3 +14,11 @@ void FN(adamw_update)(real *params, const real *grads, real *exp_avg, real *exp_
 /* The number of values of x[n] that are NaN or ±infinity, in one pass: the check of a gradient
    block before an optimiser step (and of images at the API). */
 size_t FN(count_nonfinite)(const real *x, size_t n);
+
+/* ema = torch.lerp(ema, value, weight): ema + weight·(value - ema) for weight < 0.5, else
+   value - (value - ema)·(1 - weight) (exact at weight 1): the EMA of a parameter block. All [n]. */
+void FN(ema_update)(real *ema, const real *value, size_t n, real weight);
+
+/* Σ x[i]², accumulated in double, in one pass over x[n]: the squared 2-norm of a gradient block
+   (gradient clipping). The order of the sums is fixed for a thread count and instruction set. */
+double FN(sum_squares)(const real *x, size_t n);

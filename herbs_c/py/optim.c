@@ -1,6 +1,7 @@
 /* herbs._C.sgd_update and herbs._C.adamw_update: optimiser steps over flat float32 blocks
    (a net's params/grads views and the optimiser's state arrays). A step on a net's parameter
-   block marks them written (nn/product.h). herbs._C.count_nonfinite: the check before a step. */
+   block marks them written (nn/product.h). herbs._C.count_nonfinite: the check before a step;
+   ema_update and sum_squares: the EMA of the weights and the gradient norm of timm's tools. */
 #include "py/binding.h" /* first: Python.h must precede system headers */
 
 #include "core/threads.h"
@@ -106,6 +107,43 @@ static PyObject *py_count_nonfinite(PyObject *self, PyObject *arg)
     return PyLong_FromSize_t(count);
 }
 
+static PyObject *py_ema_update(PyObject *self, PyObject *args)
+{
+    PyObject *a[2];
+    double weight;
+    if (!PyArg_ParseTuple(args, "OOd:ema_update", &a[0], &a[1], &weight))
+        return NULL;
+    if (!(weight >= 0 && weight <= 1)) {
+        char text[96]; /* PyErr_Format has no %g */
+        snprintf(text, sizeof text, "the EMA's weight (1 - decay) must be in [0, 1], got %g", weight);
+        PyErr_SetString(PyExc_ValueError, text);
+        return NULL;
+    }
+    const char *names[] = {"ema", "value"};
+    Py_ssize_t n = check_blocks(a, names, 2, 1);
+    if (n < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    herbs_threads_apply();
+    ema_update(DATA(a[0]), DATA(a[1]), (size_t)n, (float)weight);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_sum_squares(PyObject *self, PyObject *arg)
+{
+    const char *names[] = {"array"};
+    Py_ssize_t n = check_blocks(&arg, names, 1, 0);
+    if (n < 0)
+        return NULL;
+    double sum;
+    Py_BEGIN_ALLOW_THREADS
+    herbs_threads_apply();
+    sum = sum_squares(DATA(arg), (size_t)n);
+    Py_END_ALLOW_THREADS
+    return PyFloat_FromDouble(sum);
+}
+
 PyMethodDef optim_methods[] = {
     {"count_nonfinite", py_count_nonfinite, METH_O,
      "count_nonfinite(array) -> int\n\nThe number of NaN and infinite values in a float32 or float64 array, in one\n"
@@ -117,5 +155,11 @@ PyMethodDef optim_methods[] = {
      "adamw_update(params, grads, exp_avg, exp_avg_sq, lr, step, beta1=0.9, beta2=0.999, eps=1e-8,\n"
      "             weight_decay=0.01)\n\n"
      "One AdamW step in place over flat float32 arrays, with torch.optim.AdamW's formulas."},
+    {"ema_update", py_ema_update, METH_VARARGS,
+     "ema_update(ema, value, weight)\n\nema = torch.lerp(ema, value, weight) in place over flat float32 arrays\n"
+     "(the EMA of the weights with weight = 1 - decay, herbs.ema)."},
+    {"sum_squares", py_sum_squares, METH_O,
+     "sum_squares(array) -> float\n\nThe sum of the squares of a flat float32 array, accumulated in double in one\n"
+     "pass (the 2-norm of a gradient block, herbs.clip)."},
     {NULL, NULL, 0, NULL},
 };

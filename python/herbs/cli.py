@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 import herbs
-from herbs import backbones, data, transforms, weights
+from herbs import backbones, data, tools, transforms, weights
 from herbs.evaluate import evaluate
 from herbs.train import TrainConfig, train
 
@@ -88,7 +88,7 @@ def cmd_train(a) -> None:
     config = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, max_lr=a.lr, warmup_batches=a.warmup,
                          update_freq=a.update_freq, optimizer=a.optimizer, weight_decay=a.weight_decay,
                          temperature=a.temperature, seed=a.seed, num_workers=a.workers,
-                         skip_nonfinite=a.skip_nonfinite)
+                         skip_nonfinite=a.skip_nonfinite, **tools.options_from(a))
     print(f"{model}: {len(train_set)} training images, {train_set.num_classes} classes"
           + (f", {len(val_set)} validation images" if val_set else ""))
     train(model, train_set, val_set, config, out_dir=a.out, resume=a.resume,
@@ -165,6 +165,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--skip-nonfinite", action="store_true",
                    help="skip an update whose loss, gradients or images hold NaN or infinity, counting it in "
                         "metrics.jsonl's skipped_batches (default: stop with an error naming the step and samples)")
+    tools.add_arguments(t, defaults)
     t.set_defaults(run=cmd_train)
 
     e = sub.add_parser("evaluate", help="top-1 accuracy of a checkpoint, per head and combined")

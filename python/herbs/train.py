@@ -39,11 +39,12 @@ from herbs.files import atomic_write, remove_stale_temps
 from herbs.data import DataLoader, Dataset
 from herbs.model import NonFiniteImageError
 from herbs.progress import Progress
+from herbs.tools import RunTools, TimmOptions, score
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    """The release's defaults (SPEC.md §4–5)."""
+class TrainConfig(TimmOptions):
+    """The release's defaults (SPEC.md §4–5); timm's training tools (:class:`herbs.tools.TimmOptions`) off."""
 
     epochs: int = 80
     batch_size: int = 8
@@ -65,6 +66,7 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if not self.max_lr > 0 or self.warmup_batches < 0 or not self.temperature > 0:
             raise ValueError("max_lr and temperature must be > 0 and warmup_batches >= 0")
+        self.check_tools()
 
 
 class NonFiniteError(FloatingPointError):
@@ -103,7 +105,7 @@ def _saved_training_state(saved: dict, path: str, model, steps: int) -> dict:
 
 # TrainConfig fields a resumed run may change without changing its numbers; `epochs` changes the
 # cosine schedule after the fact, which a user extending a finished run asks for: said, not refused
-_RESUME_FREE = {"num_workers", "skip_nonfinite"}
+_RESUME_FREE = {"num_workers", "skip_nonfinite", "checkpoint_hist"}
 
 
 def _check_resume_settings(saved: dict, path: str, config: TrainConfig, extra: dict,
@@ -132,7 +134,7 @@ def _clean_run_folder(out_dir: str, epoch: int, log: Callable[[str], None]) -> N
     killed writes of its files left, and cuts metrics.jsonl to epochs 1..epoch (a run killed after
     an epoch's line and before its checkpoint wrote a line that the resumed run writes again)."""
     metrics = os.path.join(out_dir, "metrics.jsonl")
-    removed = sum(remove_stale_temps(os.path.join(out_dir, name)) for name in ("last.pth", "best.pth", "metrics.jsonl"))
+    removed = sum(remove_stale_temps(os.path.join(out_dir, name)) for name in ("last.pth", "best.pth", "metrics.jsonl", "summary.csv", "curves.png"))
     if removed:
         log(f"removed {removed} temporary file(s) of writes a killed run left in {out_dir}")
     if not os.path.exists(metrics):
@@ -191,6 +193,7 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
     schedule = optim.cosine_schedule(config.max_lr, len(loader), config.epochs,
                                      min(config.warmup_batches, len(loader) * config.epochs))
     optimizer = make_optimizer(model, config)
+    tools = RunTools(model, config)
     start_epoch, best, history = 0, float("-inf"), []
     if resume:
         saved = weights.load_checkpoint(resume)
@@ -199,6 +202,7 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, best = int(saved["epoch"]), float(saved["best"])
         model.load_training_state(_saved_training_state(saved, resume, model, start_epoch * len(loader)))
+        tools.resume(model, saved, resume)
         log(f"resumed from {resume} after epoch {start_epoch}")
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -217,8 +221,9 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
             group_start = i - i % config.update_freq
             group_size = min(config.update_freq, len(loader) - group_start)
             losses = {}
+            images, targets = tools.targets(images, labels, epoch, i)  # mixup/cutmix, label smoothing
             try:
-                losses = model.train_step(images, labels, temperature=temperature, accumulation_steps=group_size,
+                losses = model.train_step(images, targets, temperature=temperature, accumulation_steps=group_size,
                                           **(loss_options or {}))
             except NonFiniteImageError as e:  # refused before any compute
                 files = ", ".join(train_set.describe(int(batch_indices[i][k])) for k in e.images)
@@ -229,13 +234,15 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
                 group[name] = group.get(name, 0.0) + value
             lr = float(schedule[epoch * len(loader) + i])
             if i - group_start + 1 == group_size:  # the group's last batch: update, if all is finite
+                step = epoch * steps_per_epoch + i // config.update_freq + 1
                 if not problems:
                     try:
+                        tools.before_step(model)  # gradient clipping
                         optimizer.step(lr=lr)  # checks the gradients first, in C
+                        tools.after_step(model, step)  # the EMA
                     except optim.NonFiniteGradientError as e:
                         problems.append(str(e))
                 if problems:
-                    step = epoch * steps_per_epoch + i // config.update_freq + 1
                     samples = np.concatenate(batch_indices[group_start:i + 1]).tolist()
                     where = (f"optimiser step {step} (epoch {epoch + 1}, batches {group_start + 1}-{i + 1} of "
                              f"{len(loader)}, samples {samples}): {'; '.join(problems)}")
@@ -258,14 +265,14 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
         seconds = time.perf_counter() - started
         record = {"epoch": epoch + 1, "temperature": temperature, "seconds": round(seconds, 3),
                   "images_per_second": round(len(loader) * config.batch_size / seconds, 3),
-                  "skipped_batches": skipped,
+                  "skipped_batches": skipped, "lr": lr,
                   **{f"loss_{k}": v / (len(loader) - skipped) for k, v in sums.items()}}
         if val_loader:
             record.update({f"val_{k}": v for k, v in evaluation.evaluate(model, val_loader).items()})
+            record.update(tools.evaluate_ema(model, val_loader))
         history.append(record)
         log(json.dumps(record))
-        score = record.get("val_ensemble", -record["loss_total"])
-        improved, best = score > best, max(best, score)
+        improved, best = score(record) > best, max(best, score(record))
         if out_dir:
             with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -273,8 +280,9 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
             # and writes both again, where the other order could leave best.pth an epoch behind
             last, best_path = os.path.join(out_dir, "last.pth"), os.path.join(out_dir, "best.pth")
             _write_checkpoint(best_path if improved else last, model, optimizer, epoch + 1, best, config,
-                              checkpoint_extra or {})
+                              {**(checkpoint_extra or {}), **tools.checkpoint_entries(model)})
             if improved:  # the same bytes as best.pth
                 with open(best_path, "rb") as src, atomic_write(last) as dst:
                     shutil.copyfileobj(src, dst)
+            tools.end_epoch(out_dir, epoch + 1, last)  # summary.csv, curves.png, the best checkpoint_hist
     return history
