@@ -234,7 +234,8 @@ def test_runs_killed_at_random_moments_resume_to_the_same_bits(tmp_path):
             epoch = left["last.pth"]["epoch"] if "last.pth" in left else 0
             assert len((folder / "metrics.jsonl").read_text().splitlines()) == epoch + 1
         assert run_child(folder)[0] == 0, trial  # resumes from last.pth (or starts again)
-        assert sorted(os.listdir(folder)) == ["best.pth", "curves.png", "last.pth", "metrics.jsonl", "summary.csv"], trial
+        run_files = ["best.pth", "curves.png", "last.pth", "metrics.jsonl", "summary.csv"]
+        assert sorted(os.listdir(folder)) == run_files, trial
         assert metrics(folder) == metrics(reference), trial
         assert (folder / "summary.csv").read_bytes() == (reference / "summary.csv").read_bytes(), trial
         assert_same_checkpoint(folder / "last.pth", reference / "last.pth")

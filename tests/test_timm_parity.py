@@ -104,7 +104,8 @@ def test_ema_matches_timm_model_ema_v3(warmup):
         params = model.flat_parameters()
         params += rng.standard_normal(params.size).astype(np.float32) * 0.05 * (params != 0)
         for name, value in model.named_buffers():
-            value += 1.0 if name.endswith("num_batches_tracked") else rng.uniform(0, 0.1, value.shape).astype(np.float32)
+            counter = name.endswith("num_batches_tracked")
+            value += 1.0 if counter else rng.uniform(0, 0.1, value.shape).astype(np.float32)
         mirror.load(model.state_dict())
         theirs.update(mirror, step=step)
         mine.update(model, step=step)

@@ -122,7 +122,8 @@ def test_ema_of_a_model_follows_torch_and_swaps_cleanly():
         params = model.flat_parameters()
         params += rng.standard_normal(params.size).astype(np.float32) * 0.1 * (params != 0)
         for name, value in model.named_buffers():
-            value += 1.0 if name.endswith("num_batches_tracked") else rng.uniform(0, 0.1, value.shape).astype(np.float32)
+            counter = name.endswith("num_batches_tracked")
+            value += 1.0 if counter else rng.uniform(0, 0.1, value.shape).astype(np.float32)
         ema.update(model, step=step)
         decay = ema.get_decay(step)
         for name, value in model.state_dict().items():  # timm: lerp floats by 1 - decay, copy integers

@@ -137,8 +137,9 @@ static herbs_status check_targets(const herbs_model *m, const herbs_targets *t, 
     if (!t->probs) {
         for (int b = 0; b < batch; b++)
             if (t->labels[b] < 0 || t->labels[b] >= m->classes)
-                return herbs_error(HERBS_ERR_VALUE, "labels[%d] = %lld is not a class index in [0, %d) (num_classes = %d)",
-                                   b, (long long)t->labels[b], m->classes, m->classes);
+                return herbs_error(HERBS_ERR_VALUE,
+                                   "labels[%d] = %lld is not a class index in [0, %d) (num_classes = %d)", b,
+                                   (long long)t->labels[b], m->classes, m->classes);
         return HERBS_OK;
     }
     if (t->classes != m->classes)

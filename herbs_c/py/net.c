@@ -497,8 +497,10 @@ static int targets_from(PyObject *obj, int batch, PyArrayObject **owner, herbs_t
     if (PyArray_NDIM(a) != 1 + soft || PyArray_DIM(a, 0) != batch) {
         char shape[128];
         format_shape(shape, sizeof shape, PyArray_NDIM(a), PyArray_DIMS(a));
-        PyErr_Format(PyExc_ValueError, soft ? "targets have shape %s, expected (%d, classes): one distribution per image"
-                                            : "labels have shape %s, expected (%d,): one label per image", shape, batch);
+        PyErr_Format(PyExc_ValueError,
+                     soft ? "targets have shape %s, expected (%d, classes): one distribution per image"
+                          : "labels have shape %s, expected (%d,): one label per image",
+                     shape, batch);
         Py_DECREF(a);
         return 0;
     }
@@ -648,7 +650,8 @@ static PyMethodDef Net_methods[] = {
      "path of the package calls it; forward and train_step also assume it, as views may have been written."},
     {"loss", (PyCFunction)(void (*)(void))Net_loss, METH_VARARGS | METH_KEYWORDS,
      "loss(labels, **options) -> {term: value}: the training objective of the last forward for integer\n"
-     "labels [B] or class probabilities [B, classes] (soft targets); sets the outputs' gradients to its gradient, so backward({}) completes a step.\n"
+     "labels [B] or class probabilities [B, classes] (soft targets); sets the outputs' gradients to its\n"
+     "gradient, so backward({}) completes a step.\n"
      "Options are the kind's (unknown names are refused). Kinds without an objective raise TypeError."},
     {"train_step", (PyCFunction)(void (*)(void))Net_train_step, METH_VARARGS | METH_KEYWORDS,
      "train_step(images, labels, train=True, **options) -> {term: value}: forward (train mode unless\n"

@@ -46,7 +46,8 @@ class ModelEma:
         if not warmup_gamma > 0 or not warmup_power > 0 or update_after_step < 0:
             raise ValueError("EMA warmup_gamma and warmup_power must be > 0 and update_after_step >= 0")
         self.decay, self.min_decay, self.update_after_step = float(decay), float(min_decay), int(update_after_step)
-        self.use_warmup, self.warmup_gamma, self.warmup_power = bool(use_warmup), float(warmup_gamma), float(warmup_power)
+        self.use_warmup = bool(use_warmup)
+        self.warmup_gamma, self.warmup_power = float(warmup_gamma), float(warmup_power)
         self.params = model.flat_parameters().copy()
         self.buffers = {name: view.copy() for name, view in model.named_buffers()}
 

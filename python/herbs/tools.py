@@ -65,9 +65,10 @@ class TimmOptions:
             raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
         if self.mixup_active:
             self.make_mixup(2)  # checks the mixup settings
-            if getattr(self, "batch_size", 2) % 2:
+            batch_size = getattr(self, "batch_size", 2)  # a TrainConfig's
+            if batch_size % 2:
                 raise ValueError(f"mixup/cutmix pair image i with image B-1-i and need an even batch_size "
-                                 f"(as timm), got {getattr(self, 'batch_size')}")
+                                 f"(as timm), got {batch_size}")
         if self.mixup_off_epoch < 0 or self.checkpoint_hist < 0:
             raise ValueError("mixup_off_epoch and checkpoint_hist must be >= 0")
         if not 0 <= self.model_ema_decay <= 1:
@@ -91,9 +92,10 @@ def score(record: dict) -> float:
 
 
 class RunTools:
-    """The tools of one training run, for the loop of :func:`herbs.train.train`."""
+    """The tools of one training run (settings from `config`, a :class:`herbs.train.TrainConfig`), for
+    the loop of :func:`herbs.train.train`."""
 
-    def __init__(self, model, config: TimmOptions):
+    def __init__(self, model, config):
         self.config = config
         self.num_classes = model.num_classes if config.mixup_active or config.smoothing > 0 else None
         self.mixup = config.make_mixup(model.num_classes) if config.mixup_active else None

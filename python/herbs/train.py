@@ -14,6 +14,11 @@ only on (seed, epoch), dropout and drop path on the saved training state. Before
 a run removes what a killed run left in its folder: temporary files of half-written checkpoints,
 and lines of ``metrics.jsonl`` after the epoch it starts from.
 
+timm's training tools (:mod:`herbs.tools`: label smoothing, mixup/cutmix, gradient clipping, an EMA of
+the weights saved as ``"model_ema"``, the best N checkpoints) are settings of :class:`TrainConfig`, off
+by default; every run into a folder also writes ``summary.csv`` and ``curves.png`` from
+``metrics.jsonl`` after each epoch.
+
 Non-finite values never reach the parameters: before each update the optimiser checks the
 gradients (one pass in C), and the loop also watches each batch's loss and the images the model
 refuses. By default a NaN or infinity stops training with :class:`NonFiniteError`, naming the
