@@ -285,6 +285,28 @@ def test_a_run_with_every_tool_resumes_to_the_same_bits(tmp_path):
     assert (tmp_path / "a" / "summary.csv").read_text().count("\n") == 4
 
 
+class NaNImage(data.SyntheticDataset):
+    """The training set of `datasets()`, with NaN pixels in sample `bad`."""
+
+    def __init__(self, bad):
+        super().__init__(4, size=64, n_per_class=3, seed=1)
+        self.bad = bad
+
+    def get(self, index, rng=None):
+        image, label = super().get(index, rng)
+        if index == self.bad:
+            image[0, 5, 5] = np.nan
+        return image, label
+
+
+def test_a_nan_image_is_named_before_mixing():
+    """Mixing would spread one image's NaN to its partner: the error names that image alone."""
+    config = train.TrainConfig(**dict(TOOLS, epochs=1))
+    bad = int(data.DataLoader(NaNImage(None), 4, shuffle=True, seed=config.seed, drop_last=True)._batches(0)[1][2])
+    with pytest.raises(train.NonFiniteError, match=f"batch 2 has NaN or infinite pixels in sample {bad}\\. Nothing"):
+        train.train(tiny_model(), NaNImage(bad), None, config, log=lambda s: None)
+
+
 def test_cli_flags_have_timms_names():
     a = parser().parse_args(["train", "data", "--smoothing", "0.1", "--mixup", "0.8", "--cutmix", "1.0",
                              "--cutmix-minmax", "0.2", "0.8", "--mixup-prob", "0.5", "--mixup-switch-prob", "0.4",

@@ -19,6 +19,7 @@ from herbs import _C, checkpoints, clip, plot, summary
 from herbs import evaluate as evaluation
 from herbs.ema import ModelEma
 from herbs.mixup import Mixup, mixup_target
+from herbs.model import _refuse_nonfinite as refuse_nonfinite
 
 _MIX_STREAM = 0x6D6978  # "mix": keeps the mixing random numbers apart from other streams of the seed
 
@@ -105,8 +106,11 @@ class RunTools:
     def targets(self, images: np.ndarray, labels: np.ndarray, epoch: int, batch: int):
         """(images, targets) for train_step: mixed images and soft targets with mixup/cutmix, the
         smoothed targets with smoothing alone, else the batch unchanged (integer labels). Mixing draws
-        from a stream of (seed, epoch, batch), so a resumed run mixes as an uninterrupted one."""
+        from a stream of (seed, epoch, batch), so a resumed run mixes as an uninterrupted one. Images
+        holding NaN or infinity are refused before mixing (NonFiniteImageError names their positions in
+        the batch as given, not those of the mixed images they would spread to)."""
         if self.mixup is not None:
+            refuse_nonfinite(np.ascontiguousarray(images, np.float32))
             self.mixup.mixup_enabled = not (self.config.mixup_off_epoch and epoch >= self.config.mixup_off_epoch)
             rng = np.random.RandomState([self.config.seed % 2 ** 32, _MIX_STREAM, epoch, batch])
             return self.mixup(images, labels, rng)

@@ -226,9 +226,9 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
             group_start = i - i % config.update_freq
             group_size = min(config.update_freq, len(loader) - group_start)
             losses = {}
-            images, targets = tools.targets(images, labels, epoch, i)  # mixup/cutmix, label smoothing
             try:
-                losses = model.train_step(images, targets, temperature=temperature, accumulation_steps=group_size,
+                mixed, targets = tools.targets(images, labels, epoch, i)  # mixup/cutmix, label smoothing
+                losses = model.train_step(mixed, targets, temperature=temperature, accumulation_steps=group_size,
                                           **(loss_options or {}))
             except NonFiniteImageError as e:  # refused before any compute
                 files = ", ".join(train_set.describe(int(batch_indices[i][k])) for k in e.images)
