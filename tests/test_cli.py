@@ -65,3 +65,24 @@ def test_output_into_a_closed_pipe_is_not_an_error():
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()
     assert err == b""
+
+
+
+def test_train_and_demo_in_bf16(tmp_path, monkeypatch):
+    """--precision bf16 trains in mixed precision (the demo's checkpoint says so); herbs train passes
+    it on, and without it leaves the choice to TrainConfig (a resumed run's precision, else fp32:
+    tests/test_precision_training.py)."""
+    from herbs import weights
+    demo = tmp_path / "demo"
+    cli.main(["demo", "--epochs", "1", "--per-class", "4", "--classes", "3", "--precision", "bf16", "--out", str(demo)])
+    assert weights.load_checkpoint(str(demo / "last.pth"))["config"]["precision"] == "bf16"
+    configs = []
+    monkeypatch.setattr(cli, "train", lambda model, train_set, val_set, config, **kw: configs.append(config))
+    folder = tmp_path / "images"
+    dataset = data.SyntheticDataset(2, size=64, n_per_class=1, seed=5)
+    for i in range(len(dataset)):
+        (folder / dataset.classes[int(dataset.labels[i])]).mkdir(parents=True, exist_ok=True)
+        dataset.load_image(i).save(folder / dataset.classes[int(dataset.labels[i])] / f"{i}.png")
+    for flags, want in (([], None), (["--precision", "bf16"], "bf16"), (["--precision", "fp32"], "fp32")):
+        cli.main(["train", str(folder), "--backbone", "resnet50", "--img-size", "128", *flags])
+        assert configs[-1].precision == want

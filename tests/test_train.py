@@ -19,6 +19,7 @@ class QuadraticModel:
         self.grads = np.zeros(n, np.float32)
         self.calls = []
         self.step = 0  # stands for the engine's count of training passes
+        self.precision = "fp32"  # set by the loop for its run (TrainConfig.precision)
 
     def flat_parameters(self):
         return self.params

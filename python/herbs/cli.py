@@ -60,7 +60,7 @@ def cmd_demo(a) -> None:
     print(f"{model}\ntraining on {len(train_set)} synthetic images of {a.classes} classes, "
           f"validating on {len(val_set)}; {herbs.get_num_threads()} threads")
     config = TrainConfig(epochs=a.epochs, batch_size=8, max_lr=a.lr, warmup_batches=10, update_freq=1,
-                         seed=a.seed, num_workers=2)
+                         seed=a.seed, num_workers=2, precision=a.precision)
     started = time.perf_counter()
     history = train(model, train_set, val_set, config, out_dir=a.out, log=lambda s: None,
                     checkpoint_extra={"model_args": {"backbone": DEMO_BACKBONE, "num_classes": a.classes,
@@ -88,7 +88,7 @@ def cmd_train(a) -> None:
     config = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, max_lr=a.lr, warmup_batches=a.warmup,
                          update_freq=a.update_freq, optimizer=a.optimizer, weight_decay=a.weight_decay,
                          temperature=a.temperature, seed=a.seed, num_workers=a.workers,
-                         skip_nonfinite=a.skip_nonfinite)
+                         skip_nonfinite=a.skip_nonfinite, precision=a.precision)
     print(f"{model}: {len(train_set)} training images, {train_set.num_classes} classes"
           + (f", {len(val_set)} validation images" if val_set else ""))
     train(model, train_set, val_set, config, out_dir=a.out, resume=a.resume,
@@ -143,6 +143,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--lr", type=float, default=2e-3)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", help="folder for checkpoints and metrics.jsonl")
+    d.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="how the products compute (bf16: mixed precision, as torch.autocast)")
     d.set_defaults(run=cmd_demo)
 
     t = sub.add_parser("train", help="train on a folder per class, CUB-200-2011 or NABirds")
@@ -162,6 +164,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=defaults.num_workers, help="image decoding threads")
     t.add_argument("--out", default="runs/herbs", help="folder for checkpoints and metrics.jsonl")
     t.add_argument("--resume", help="a last.pth to continue from")
+    t.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="how the products compute, forward and backward (bf16: mixed precision, as torch.autocast, "
+                        "faster on CPUs with AVX512-BF16 or AMX); default: a resumed run's, else fp32")
     t.add_argument("--skip-nonfinite", action="store_true",
                    help="skip an update whose loss, gradients or images hold NaN or infinity, counting it in "
                         "metrics.jsonl's skipped_batches (default: stop with an error naming the step and samples)")

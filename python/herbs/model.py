@@ -101,7 +101,9 @@ class Model:
             the pyramid's and classifiers' products to bfloat16 and accumulates in fp32, as
             PyTorch's CPU autocast does (on CPUs without AVX512-BF16 attention stays fp32);
             LayerNorm, BatchNorm, softmax, GELU, reductions and losses stay fp32. Parameters stay
-            fp32 (state dicts are unchanged); the backward of train_step is fp32.
+            fp32 (state dicts are unchanged). train_step's backward runs the same products' input
+            and weight gradients (dx = dy·W, dW += dyᵀ·x) in bf16 into fp32 gradients, attention's
+            backward in fp32 (``TrainConfig(precision=...)`` sets it for a training run).
 
     Arrays: images are ``[B, 3, img_size, img_size]``; float32 is used as is, float64 and
     float16 are converted to float32 (a copy), other dtypes are refused; non-contiguous and

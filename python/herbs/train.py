@@ -14,6 +14,13 @@ only on (seed, epoch), dropout and drop path on the saved training state. Before
 a run removes what a killed run left in its folder: temporary files of half-written checkpoints,
 and lines of ``metrics.jsonl`` after the epoch it starts from.
 
+Mixed precision: ``TrainConfig(precision="bf16")`` runs the forward's and the backward's products
+(linear and convolution layers, attention) with bf16 operands and fp32 accumulation, as
+``torch.autocast("cpu", dtype=torch.bfloat16)`` does; parameters, gradients, the optimiser and
+checkpoints stay fp32 (bf16 keeps fp32's exponent range: no loss scaling). The model computes at
+that precision for the run, evaluation included, and gets its own back at the end. A resumed run
+keeps its checkpoint's precision (``precision=None``, the default) or refuses another.
+
 Non-finite values never reach the parameters: before each update the optimiser checks the
 gradients (one pass in C), and the loop also watches each batch's loss and the images the model
 refuses. By default a NaN or infinity stops training with :class:`NonFiniteError`, naming the
@@ -56,6 +63,9 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 2
     skip_nonfinite: bool = False  # a NaN/inf loss, gradient or image: False stops, True skips that update
+    # the products' precision in training and evaluation, "fp32" or "bf16" (Model.precision); None: a
+    # resumed run's, else fp32
+    precision: Optional[str] = None
 
     def check(self) -> None:
         for name in ("epochs", "batch_size", "update_freq"):
@@ -65,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if not self.max_lr > 0 or self.warmup_batches < 0 or not self.temperature > 0:
             raise ValueError("max_lr and temperature must be > 0 and warmup_batches >= 0")
+        if self.precision not in (None, "fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
 
 
 class NonFiniteError(FloatingPointError):
@@ -183,6 +195,14 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
     at a NaN or infinity unless ``config.skip_nonfinite`` (see the module's docstring); an epoch
     whose every update is skipped raises it too."""
     config.check()
+    own_precision = model.precision
+    try:
+        return _train(model, train_set, val_set, config, out_dir, resume, loss_options, checkpoint_extra, log)
+    finally:
+        model.precision = own_precision
+
+
+def _train(model, train_set, val_set, config, out_dir, resume, loss_options, checkpoint_extra, log) -> list:
     loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=True,
                         num_workers=config.num_workers)
     if len(loader) == 0:
@@ -192,8 +212,11 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
                                      min(config.warmup_batches, len(loader) * config.epochs))
     optimizer = make_optimizer(model, config)
     start_epoch, best, history = 0, float("-inf"), []
+    saved = weights.load_checkpoint(resume) if resume else {}
+    if config.precision is None:  # the resumed run's; a checkpoint of an older herbs: fp32
+        config = dataclasses.replace(config, precision=(saved.get("config") or {}).get("precision") or "fp32")
+    model.precision = config.precision
     if resume:
-        saved = weights.load_checkpoint(resume)
         _check_resume_settings(saved, resume, config, checkpoint_extra or {}, log)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
