@@ -132,12 +132,18 @@ def test_checkpoints_resume_to_the_same_numbers(tmp_path):
     assert resumed.step == straight.step == 3 * batches
 
     saved = torch.load(tmp_path / "a" / "last.pth", weights_only=True)  # the release's format, and ours
-    assert saved["epoch"] == 3 and sorted(saved) == ["best", "config", "epoch", "model", "optimizer", "training_state"]
+    assert saved["epoch"] == 3 and sorted(saved) == ["best", "class_names", "config", "epoch", "model", "optimizer",
+                                                     "training_state"]
+    assert saved["class_names"] == dataset().classes
     assert saved["training_state"] == {"seed": 0, "step": 3 * batches}
     np.testing.assert_array_equal(saved["model"]["p"].numpy(), straight.params)
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
-    assert (tmp_path / "a" / "best.pth").exists()
+    best = torch.load(tmp_path / "a" / "best.pth", weights_only=True)  # the model without the optimizer's state
+    assert "optimizer" not in best and sorted(best) == sorted(set(saved) - {"optimizer"})
+    with pytest.raises(ValueError, match="no optimizer state.*last.pth"):
+        train.train(QuadraticModel(), dataset(), config=config(epochs=3), resume=str(tmp_path / "a" / "best.pth"),
+                    log=lambda s: None)
 
 
 def test_a_run_cleans_what_a_killed_run_left(tmp_path):
