@@ -3,8 +3,10 @@ then evaluate, predict and heatmap from that checkpoint, and clear errors for ba
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,3 +119,11 @@ def test_the_cli_trains_a_small_dict_backbone(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "epoch 1/1: loss" in out and "warning: warmup_batches 1500 is" in out
     assert (tmp_path / "run" / "config.yaml").exists() and (tmp_path / "run" / "best.pth").exists()
+
+
+def test_the_readme_dict_backbone_example_builds():
+    """README's small-model example, as written there (it spans lines)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    example = " ".join(re.search(r"`(herbs\.Model\(\{\"backbone\": \"swin\".*?\))`", readme, re.S).group(1).split())
+    model = eval(example, {"herbs": herbs})
+    assert model.num_classes == 4 and herbs.Model(**model.model_args).num_parameters == model.num_parameters

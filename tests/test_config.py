@@ -12,7 +12,7 @@ import pytest
 yaml = pytest.importorskip("yaml", reason="config files need PyYAML (pip install 'herbs[config]')")
 
 import herbs  # noqa: E402
-from herbs import cli, config, data, optim  # noqa: E402
+from herbs import cli, config, data, optim, weights  # noqa: E402
 
 # The release's configs/config.yaml, key for key and value for value.
 RELEASE_CONFIG = """\
@@ -204,3 +204,23 @@ def test_use_wandb_logs_each_epoch_or_says_it_cannot(tmp_path, monkeypatch, caps
     monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: import fails
     cli.main(args)
     assert "wandb is not installed" in capsys.readouterr().out
+
+
+def test_pretrained_is_a_whole_checkpoint_or_a_backbone(tmp_path):
+    """The release's pretrained is a whole model's checkpoint ({"model": ...}); a backbone's file loads the
+    backbone alone, leaving the head as it was."""
+    settings = config.resolve({"model_name": SMALL, "num_selects": [48, 12, 2, 2]})
+    trained, fresh = (herbs.Model(**dict(config.model_args(settings, 3), seed=s)) for s in (1, 2))
+    state = trained.state_dict()
+    weights.save_file({"model": state, "optimizer": {}, "epoch": 3}, str(tmp_path / "release.pth"))
+    assert config.load_start_weights(fresh, str(tmp_path / "release.pth")).startswith("the whole model")
+    assert all(np.array_equal(v, state[k]) for k, v in fresh.state_dict().items())
+
+    fresh = herbs.Model(**dict(config.model_args(settings, 3), seed=2))
+    head_before = {k: v for k, v in fresh.state_dict().items() if not k.startswith("backbone.")}
+    weights.save_file({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")},
+                      str(tmp_path / "backbone.npz"))
+    assert config.load_start_weights(fresh, str(tmp_path / "backbone.npz")) == "the backbone's weights"
+    after = fresh.state_dict()
+    assert all(np.array_equal(after[k], v) for k, v in state.items() if k.startswith("backbone."))
+    assert all(np.array_equal(after[k], v) for k, v in head_before.items())
