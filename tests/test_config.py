@@ -79,13 +79,13 @@ def test_the_release_config_means_what_it_means_there(tmp_path):
     train_config = config.train_config(settings)
     assert (train_config.epochs, train_config.batch_size, train_config.max_lr, train_config.warmup_batches,
             train_config.update_freq, train_config.optimizer, train_config.weight_decay, train_config.temperature,
-            train_config.num_workers) == (80, 8, 5e-4, 1500, 4, "sgd", 3e-4, 64, 2)
+            train_config.num_workers, train_config.eval_freq) == (80, 8, 5e-4, 1500, 4, "sgd", 3e-4, 64, 2, 10)
     assert config.loss_options(settings) == {"lambda_r": 1.375, "lambda_b": 0.3, "lambda_s": 0.0, "lambda_n": 5.0,
                                              "lambda_c": 1.0}
     assert config.run_folder(settings, "runs/herbs") == "records/FGVC-HERBS/basline"
     notes = config.notices(settings, given)
     ignored = [n for n in notes if "do not apply" in n]
-    assert len(ignored) == 1 and "log_freq" in ignored[0] and "eval_freq" in ignored[0]
+    assert len(ignored) == 1 and "log_freq" in ignored[0] and "eval_freq" not in ignored[0]
     assert any("use_amp" in n and "fp32" in n for n in notes)  # no bf16 training yet: said
     assert any("pretrained is not set" in n for n in notes)
 

@@ -77,7 +77,7 @@ TRAIN_OPTIONS = {"data": "train_root", "val": "val_root", "layout": "layout", "b
                  "num_selects": "num_selects", "pretrained": "pretrained", "epochs": "max_epochs",
                  "batch_size": "batch_size", "update_freq": "update_freq", "warmup": "warmup_batchs", "lr": "max_lr",
                  "weight_decay": "wdecay", "temperature": "temperature", "seed": "seed", "optimizer": "optimizer",
-                 "workers": "num_workers", "skip_nonfinite": "skip_nonfinite"}
+                 "workers": "num_workers", "skip_nonfinite": "skip_nonfinite", "eval_freq": "eval_freq"}
 
 
 def _backbone(text: str):
@@ -115,10 +115,12 @@ def cmd_train(a) -> None:
     print(f"{model}: {len(train_set)} training images, {train_set.num_classes} classes"
           + (f", {len(val_set)} validation images" if val_set else "") + f"; run folder {out}")
     on_epoch = config.wandb_logger(settings, print)
-    train(model, train_set, val_set, config.train_config(settings), out_dir=out, resume=a.resume,
-          loss_options=config.loss_options(settings), on_epoch=on_epoch)
-    if on_epoch is not None:
-        on_epoch(None)
+    try:
+        train(model, train_set, val_set, config.train_config(settings), out_dir=out, resume=a.resume,
+              loss_options=config.loss_options(settings), on_epoch=on_epoch)
+    finally:
+        if on_epoch is not None:
+            on_epoch(None)  # ends the wandb run
 
 
 def _run_validation(folder: str):
@@ -132,10 +134,10 @@ def _run_validation(folder: str):
 
 
 def cmd_evaluate(a) -> None:
-    model, _ = _model_from_checkpoint(a.checkpoint, a.precision)
     if a.data is None and not os.path.isdir(a.checkpoint):
         raise ValueError("give the data to evaluate on (a run folder instead of a checkpoint names it itself)")
     root, layout = (a.data, a.layout) if a.data is not None else _run_validation(a.checkpoint)
+    model, _ = _model_from_checkpoint(a.checkpoint, a.precision)
     dataset = _dataset(root, layout, a.split, transforms.eval_transform(model.img_size))
     loader = data.DataLoader(dataset, a.batch_size, num_workers=a.workers)
     print(json.dumps(evaluate(model, loader), indent=1))
@@ -260,7 +262,9 @@ def parser() -> argparse.ArgumentParser:
                              ("warmup", int, "batches of the learning rate's linear warm-up"),
                              ("lr", float, "the peak learning rate"), ("weight_decay", float, "weight decay"),
                              ("temperature", float, "the refinement's temperature, halved every 10 epochs"),
-                             ("seed", int, "initialisation, data order, augmentation, dropout")):
+                             ("seed", int, "initialisation, data order, augmentation, dropout"),
+                             ("eval_freq", int, "evaluate after epoch 1 and every Nth (the release's schedule: every "
+                                                "2nd from 80%% of the run, every one from 90%%); 1: every epoch")):
         t.add_argument("--" + name.replace("_", "-"), type=kind, default=defaults[TRAIN_OPTIONS[name]], help=what)
     t.add_argument("--optimizer", type=str.lower, choices=["sgd", "adamw"], default=defaults["optimizer"].lower(),
                    help="SGD: momentum 0.9, Nesterov (the release's)")

@@ -4,7 +4,7 @@ A configuration is one flat mapping whose keys are the authors' release's (``con
 of the HERBS release: ``project_name``, ``exp_name``, ``train_root``, ``max_lr``, ``warmup_batchs``,
 ``lambda_b0``, ...) with the release's meaning, plus the few that herbs adds (:data:`HERBS_KEYS`).
 So the release's file runs unchanged, and the ``config.yaml`` that every ``herbs train`` run writes
-into its run folder (:func:`save`: every key, resolved) is a file both herbs and the release read.
+into its run folder (:func:`save`: every key, resolved) speaks the release's keys too.
 
 Reading needs PyYAML (``pip install 'herbs[config]'``); writing does not (each value is written as
 a YAML flow scalar or collection). Unknown keys are an error; keys the release has that do not
@@ -22,14 +22,23 @@ The release's meanings, as its ``main.py`` and ``models/builder.py`` use them:
 - ``data_size``: the crop side, which is the model's image size (the release's models are built
   for 384 and 448 px and trained on ``data_size`` crops, so the two must agree there too).
 - ``warmup_batchs``, ``max_lr``, ``max_epochs``, ``update_freq``, ``temperature``, ``wdecay``,
-  ``optimizer`` (``SGD`` or ``AdamW``): :class:`herbs.train.TrainConfig`'s ``warmup_batches``,
-  ``max_lr``, ``epochs``, ``update_freq``, ``temperature``, ``weight_decay``, ``optimizer``.
+  ``optimizer`` (``SGD`` or ``AdamW``), ``eval_freq``: :class:`herbs.train.TrainConfig`'s
+  ``warmup_batches``, ``max_lr``, ``epochs``, ``update_freq``, ``temperature``, ``weight_decay``,
+  ``optimizer``, ``eval_freq``.
 - ``lambda_b0`` (the refinement), ``lambda_b``, ``lambda_s``, ``lambda_n``, ``lambda_c``: the loss
   weights of :meth:`herbs.Model.train_step` (``lambda_b0`` is its ``lambda_r``).
-- ``use_amp``: bf16 products (:attr:`herbs.Model.precision`), where the release uses CUDA autocast.
+- ``use_amp``: the release's CUDA autocast; here bf16 training where :class:`herbs.train.TrainConfig`
+  has a ``precision``, else fp32, which a warning states.
+- ``optimizer: AdamW``: the release passes AdamW no weight decay (torch's default, 0.01, applies);
+  herbs uses ``wdecay`` for both optimisers, and says so when a file sets both.
 - ``use_wandb``, ``wandb_entity``, ``project_name``, ``exp_name``, ``notes``: a Weights & Biases run
   with that entity, project, name and notes, logging every epoch's metrics (if wandb is installed).
 - ``project_name``, ``exp_name``: also the run folder, ``records/{project_name}/{exp_name}``.
+- ``eval_freq``: evaluation (and so a new best.pth) after the first epoch and every eval_freq-th,
+  every 2nd from 80% of the run and every one from 90% (:func:`herbs.train.evaluates_after`); herbs'
+  own default, 1, evaluates after every epoch.
+- ``log_freq`` (wandb logging every N batches) does not apply: herbs logs once per epoch; a file
+  that sets it gets a warning naming it.
 """
 from __future__ import annotations
 
@@ -143,7 +152,7 @@ RELEASE_KEYS: Dict[str, tuple] = {
     "lambda_b0": (_number(False), 1.375), "lambda_b": (_number(False), 0.3), "lambda_s": (_number(False), 0.0),
     "lambda_n": (_number(False), 5.0), "lambda_c": (_number(False), 1.0),
     "update_freq": (_integer(1), _DEFAULTS.update_freq),
-    "log_freq": (_integer(1), 100), "eval_freq": (_integer(1), 10),
+    "log_freq": (_integer(1), 100), "eval_freq": (_integer(1), _DEFAULTS.eval_freq),
     "temperature": (_number(True), _DEFAULTS.temperature),
 }
 
@@ -156,10 +165,7 @@ HERBS_KEYS: Dict[str, tuple] = {
 _KEYS = {**RELEASE_KEYS, **HERBS_KEYS}
 
 #: Release keys that change nothing here, and why (named in one warning when a file sets them).
-_NOT_APPLIED = {
-    "log_freq": "herbs logs once per epoch",
-    "eval_freq": "herbs evaluates after every epoch, which changes no training number",
-}
+_NOT_APPLIED = {"log_freq": "herbs logs once per epoch"}
 
 
 def load(path: str) -> dict:
@@ -282,7 +288,8 @@ def train_config(settings: Mapping) -> TrainConfig:
                        warmup_batches=settings["warmup_batchs"], update_freq=settings["update_freq"],
                        optimizer=settings["optimizer"].lower(), weight_decay=settings["wdecay"],
                        temperature=settings["temperature"], seed=settings["seed"],
-                       num_workers=settings["num_workers"], skip_nonfinite=settings["skip_nonfinite"], **fields)
+                       num_workers=settings["num_workers"], skip_nonfinite=settings["skip_nonfinite"],
+                       eval_freq=settings["eval_freq"], **fields)
 
 
 def loss_options(settings: Mapping) -> dict:

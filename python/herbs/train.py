@@ -58,9 +58,10 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 2
     skip_nonfinite: bool = False  # a NaN/inf loss, gradient or image: False stops, True skips that update
+    eval_freq: int = 1  # 1: evaluate after every epoch; N > 1: the release's schedule (see evaluates_after)
 
     def check(self) -> None:
-        for name in ("epochs", "batch_size", "update_freq"):
+        for name in ("epochs", "batch_size", "update_freq", "eval_freq"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.optimizer not in ("sgd", "adamw"):
@@ -92,6 +93,15 @@ def _write_checkpoint(path: str, model, optimizer, epoch: int, best: float, conf
     weights.save_file({"model": model.state_dict(), **state, "epoch": epoch, "best": best,
                        "config": dataclasses.asdict(config), "training_state": model.training_state(), **extra},
                       path, format="torch")
+
+
+def evaluates_after(epoch: int, epochs: int, eval_freq: int) -> bool:
+    """Whether epoch `epoch` (counted from 0) of `epochs` ends with an evaluation (and so may write
+    best.pth). With eval_freq 1, every epoch; else the release's schedule: after the first epoch and
+    every eval_freq-th, every 2nd from 80% of the run on and every epoch from 90% on."""
+    if eval_freq > 1:
+        eval_freq = 1 if epoch >= 0.9 * epochs else 2 if epoch >= 0.8 * epochs else eval_freq
+    return epoch == 0 or (epoch + 1) % eval_freq == 0
 
 
 def _warn_long_warmup(config: TrainConfig, batches: int, log: Callable[[str], None]) -> None:
@@ -294,11 +304,13 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
                   "images_per_second": round(len(loader) * config.batch_size / seconds, 3),
                   "skipped_batches": skipped,
                   **{f"loss_{k}": v / (len(loader) - skipped) for k, v in sums.items()}}
-        if val_loader:
+        evaluated = val_loader is not None and evaluates_after(epoch, config.epochs, config.eval_freq)
+        if evaluated:
             record.update({f"val_{k}": v for k, v in evaluation.evaluate(model, val_loader).items()})
         history.append(record)
-        score = record.get("val_ensemble", -record["loss_total"])
-        improved, best = score > best, max(best, score)
+        score = record["val_ensemble"] if evaluated else -record["loss_total"]
+        improved = score > best and (evaluated or val_loader is None)  # an epoch without evaluation is not the best
+        best = max(best, score) if improved else best
         per_epoch = (time.perf_counter() - run_started) / (epoch + 1 - start_epoch)
         log(_epoch_line(record, config.epochs, best, seconds, per_epoch * (config.epochs - epoch - 1)))
         if on_epoch is not None:
