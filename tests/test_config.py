@@ -224,3 +224,17 @@ def test_pretrained_is_a_whole_checkpoint_or_a_backbone(tmp_path):
     after = fresh.state_dict()
     assert all(np.array_equal(after[k], v) for k, v in state.items() if k.startswith("backbone."))
     assert all(np.array_equal(after[k], v) for k, v in head_before.items())
+
+
+def test_the_release_file_unchanged_is_accepted_up_to_its_data(tmp_path, monkeypatch, capsys):
+    """Run where the release's checkout would be, without its CUB folders: the file itself passes, the
+    warnings come once each, and what stops the run is the missing data, named."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "config.yaml").write_text(RELEASE_CONFIG)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--config", "configs/config.yaml"])
+    err = capsys.readouterr().err
+    assert err.count("warning: ") == 3  # log_freq; use_amp's fp32; pretrained unset (wandb comes after the data)
+    assert "herbs train: " in err and "CUB200-2011/train" in err
