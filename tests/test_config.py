@@ -1,6 +1,7 @@
 """Config files: the HERBS release's configs/config.yaml read with the release's meaning, checked,
 resolved and written back; `herbs train --config` end to end with the release's learning-rate
 schedule and loss weights, written here from the release's formulas (SPEC.md §4-5)."""
+import dataclasses
 import json
 import math
 import sys
@@ -86,7 +87,10 @@ def test_the_release_config_means_what_it_means_there(tmp_path):
     notes = config.notices(settings, given)
     ignored = [n for n in notes if "do not apply" in n]
     assert len(ignored) == 1 and "log_freq" in ignored[0] and "eval_freq" not in ignored[0]
-    assert any("use_amp" in n and "fp32" in n for n in notes)  # no bf16 training yet: said
+    if "precision" in {f.name for f in dataclasses.fields(train_config)}:  # bf16 training: use_amp is it
+        assert train_config.precision == "bf16" and not any("use_amp" in n for n in notes)
+    else:  # no bf16 training yet: the fp32 fallback is said
+        assert any("use_amp" in n and "fp32" in n for n in notes)
     assert any("pretrained is not set" in n for n in notes)
 
 
@@ -236,5 +240,19 @@ def test_the_release_file_unchanged_is_accepted_up_to_its_data(tmp_path, monkeyp
     with pytest.raises(SystemExit):
         cli.main(["train", "--config", "configs/config.yaml"])
     err = capsys.readouterr().err
-    assert err.count("warning: ") == 3  # log_freq; use_amp's fp32; pretrained unset (wandb comes after the data)
+    trains_bf16 = "precision" in {f.name for f in dataclasses.fields(config.TrainConfig)}
+    assert err.count("warning: ") == 3 - trains_bf16  # log_freq; use_amp's fp32 fallback; pretrained unset
     assert "herbs train: " in err and "CUB200-2011/train" in err
+
+
+def test_use_amp_becomes_the_training_precision_where_there_is_one(monkeypatch):
+    """With a TrainConfig that trains at a precision (bf16 training), use_amp sets it to bf16, unsaid."""
+    @dataclasses.dataclass
+    class WithPrecision(config.TrainConfig):
+        precision: object = None
+
+    monkeypatch.setattr(config, "TrainConfig", WithPrecision)
+    settings = config.resolve({"use_amp": True})
+    assert config.train_config(settings).precision == "bf16"
+    assert config.train_config(config.resolve({"use_amp": False})).precision is None  # the model's own
+    assert not any("use_amp" in n for n in config.notices(settings, {"use_amp": True}))
