@@ -101,7 +101,7 @@ def test_help_shows_defaults_and_version(capsys):
         with pytest.raises(SystemExit):
             cli.main(argv)
     out = " ".join(capsys.readouterr().out.split())  # as wrapped to any terminal's width
-    assert "(default: 80)" in out and "(default: 1500)" in out and "(default: 5)" in out
+    assert "(default: 80)" in out and "(default: 1500)" in out and "(default: fp32)" in out
     assert out.rstrip().endswith(f"herbs {herbs.__version__}")
 
 

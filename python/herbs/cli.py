@@ -161,8 +161,8 @@ def _image_files(paths) -> list:
 def cmd_predict(a) -> None:
     model, names = _model_from_checkpoint(a.checkpoint, a.precision)
     transform = transforms.eval_transform(model.img_size)
-    top = min(a.top, model.num_classes)
-    if top < a.top:
+    top = min(a.top or 5, model.num_classes)
+    if a.top and top < a.top:
         print(f"herbs predict: warning: --top {a.top}, but the model has {model.num_classes} classes: showing {top}",
               file=sys.stderr)
     writer = csv.writer(sys.stdout, lineterminator="\n") if a.format == "csv" else None
@@ -295,7 +295,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("checkpoint", help="a checkpoint of herbs.train, or a run folder (its best.pth)")
     r.add_argument("images", nargs="+", help="image files and folders of images (searched recursively); an "
                                              "unreadable file is reported and the others go on")
-    r.add_argument("--top", type=int, default=5, help="classes shown per image, most probable first")
+    r.add_argument("--top", type=int, help="classes shown per image, most probable first (default: 5, or all the "
+                                           "classes if fewer)")
     r.add_argument("--format", choices=["text", "csv", "json"], default="text", help="how results are printed")
     r.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="how the forward's products compute (bf16: faster on CPUs with AVX512-BF16 or AMX)")
