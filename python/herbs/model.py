@@ -142,6 +142,12 @@ class Model:
         self.image_shape = tuple(self._net.image_shape)
         self.img_size = self.image_shape[1]
         self.config = {k: v for k, v in config.items() if v is not None}
+        args = dict(backbone=self.backbone, num_classes=self.num_classes, img_size=self.img_size, fpn_size=fpn_size,
+                    num_selects=config["num_selects"], use_fpn=bool(use_fpn), use_selection=bool(use_selection),
+                    use_combiner=bool(use_combiner), drop_path_rate=drop_path_rate, dropout=dropout)
+        #: What rebuilds this model's shape, ``herbs.Model(**m.model_args)`` (not its seed: load the weights);
+        #: every checkpoint of herbs.train holds it.
+        self.model_args = {k: v for k, v in args.items() if v is not None}
         self.training = False
         self.precision = precision
 
