@@ -144,5 +144,6 @@ def test_train_and_demo_in_bf16(tmp_path, monkeypatch):
         (folder / dataset.classes[int(dataset.labels[i])]).mkdir(parents=True, exist_ok=True)
         dataset.load_image(i).save(folder / dataset.classes[int(dataset.labels[i])] / f"{i}.png")
     for flags, want in (([], None), (["--precision", "bf16"], "bf16"), (["--precision", "fp32"], "fp32")):
-        cli.main(["train", str(folder), "--backbone", "resnet50", "--img-size", "128", *flags])
+        cli.main(["train", str(folder), "--backbone", "resnet50", "--img-size", "128", "--out", str(tmp_path / "run"),
+                  *flags])
         assert configs[-1].precision == want
