@@ -96,10 +96,20 @@ def cmd_train(a) -> None:
 
 
 def cmd_evaluate(a) -> None:
-    model, _ = _model_from_checkpoint(a.checkpoint, a.precision)
+    from herbs import report
+
+    model, names = _model_from_checkpoint(a.checkpoint, a.precision)
     dataset = _dataset(a.data, a.layout, a.split, transforms.eval_transform(model.img_size))
+    if names is not None and list(names) != list(dataset.classes):
+        raise ValueError(f"{a.data}: its classes differ from those the checkpoint was trained on "
+                         f"({len(dataset.classes)} vs {len(names)}; first {dataset.classes[:3]} vs {list(names)[:3]})")
     loader = data.DataLoader(dataset, a.batch_size, num_workers=a.workers)
-    print(json.dumps(evaluate(model, loader), indent=1))
+    result = evaluate(model, loader, class_names=names)
+    print(report.summary(result), end="")
+    if a.out:
+        report.write(result, a.out)
+        print(f"written to {a.out}: accuracy.csv, per_class.csv, confusion_matrix.csv/.png, predictions.csv, "
+              f"misclassified.csv, summary.txt")
 
 
 def cmd_predict(a) -> None:
@@ -167,7 +177,7 @@ def parser() -> argparse.ArgumentParser:
                         "metrics.jsonl's skipped_batches (default: stop with an error naming the step and samples)")
     t.set_defaults(run=cmd_train)
 
-    e = sub.add_parser("evaluate", help="top-1 accuracy of a checkpoint, per head and combined")
+    e = sub.add_parser("evaluate", help="top-1/3/5 of every head and the ensemble, per class, confusion matrix")
     e.add_argument("checkpoint")
     e.add_argument("data")
     e.add_argument("--layout", choices=["auto", "folder", "cub", "nabirds"], default="auto")
@@ -176,6 +186,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int, default=2)
     e.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="how the forward's products compute (bf16: faster on CPUs with AVX512-BF16 or AMX)")
+    e.add_argument("--out", help="folder for the report: accuracy, per-class and prediction CSVs, the confusion "
+                                 "matrix as CSV and PNG, misclassified images")
     e.set_defaults(run=cmd_evaluate)
 
     r = sub.add_parser("predict", help="class probabilities of images")

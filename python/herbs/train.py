@@ -261,7 +261,7 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
                   "skipped_batches": skipped,
                   **{f"loss_{k}": v / (len(loader) - skipped) for k, v in sums.items()}}
         if val_loader:
-            record.update({f"val_{k}": v for k, v in evaluation.evaluate(model, val_loader).items()})
+            record.update({f"val_{k}": v for k, v in evaluation.evaluate(model, val_loader).metrics().items()})
         history.append(record)
         log(json.dumps(record))
         score = record.get("val_ensemble", -record["loss_total"])
