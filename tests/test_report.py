@@ -3,7 +3,6 @@ confusion-matrix picture's cells by colour) and the printed summary."""
 import csv
 
 import numpy as np
-from PIL import Image
 
 from herbs import report
 from herbs.evaluate import Evaluation

@@ -161,7 +161,8 @@ class _Tally:
         self.true_probs.append(probs[np.arange(len(labels)), labels])
 
     def result(self, count: int, class_names: List[str], files: List[str]) -> Evaluation:
-        accuracy = {head: {f"top{k}": int(h) / count for k, h in zip(self.ks, hits)} for head, hits in self.hits.items()}
+        accuracy = {head: {f"top{k}": int(h) / count for k, h in zip(self.ks, hits)}
+                    for head, hits in self.hits.items()}
         return Evaluation(count, class_names, accuracy, self.confusion, files, np.concatenate(self.labels),
                           np.concatenate(self.top), np.concatenate(self.top_probs), np.concatenate(self.true_probs))
 
@@ -212,7 +213,8 @@ def evaluate(model, batches: Iterable, class_names: Optional[Sequence[str]] = No
     if tally is None or count == 0:
         raise ValueError("evaluation got no images")
     if class_names is None:
-        class_names = getattr(getattr(batches, "dataset", None), "classes", None) or [str(c) for c in range(tally.classes)]
+        dataset_classes = getattr(getattr(batches, "dataset", None), "classes", None)
+        class_names = dataset_classes or [str(c) for c in range(tally.classes)]
     class_names = [str(name) for name in class_names]
     if len(class_names) != tally.classes:
         raise ValueError(f"{len(class_names)} class names for a model of {tally.classes} classes")

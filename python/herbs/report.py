@@ -78,7 +78,8 @@ def _accuracy_rows(result: Evaluation) -> List[list]:
 
 def _per_class_rows(result: Evaluation) -> List[list]:
     correct, images, accuracy = np.diag(result.confusion), result.per_class_images, result.per_class_accuracy
-    return [[c, name, int(images[c]), int(correct[c]), _percent(accuracy[c])] for c, name in enumerate(result.class_names)]
+    return [[c, name, int(images[c]), int(correct[c]), _percent(accuracy[c])]
+            for c, name in enumerate(result.class_names)]
 
 
 def _prediction_rows(result: Evaluation) -> List[list]:
@@ -153,6 +154,10 @@ def _text_width(font, text: str) -> int:
     return box[2] - box[0]
 
 
+def _text_height(font) -> int:
+    return font.getbbox("Ag")[3]
+
+
 def _cell_colours(confusion: np.ndarray) -> np.ndarray:
     """[n, n, 3] uint8: the diagonal blue by each row's share, the rest red by sqrt(share)."""
     rows = confusion.sum(axis=1, keepdims=True)
@@ -201,7 +206,9 @@ def confusion_image(confusion: np.ndarray, class_names: Sequence[str], title: st
     names = [_short(name) for name in class_names]
     margin = max(_text_width(font, name) for name in names) + 12
     title_font = _font(max(14, min(cell, 22)))
-    head = 2 * (title_font.size if hasattr(title_font, "size") else 14) + 2 * (font.size if hasattr(font, "size") else 11) + 40
+    bar = max(10, _text_height(font))  # the legend's colour bars
+    legend_top = 10 + _text_height(title_font) + 10
+    head = legend_top + 2 * (bar + 6) + 10
     left, top = margin + 8, head + margin
     side = n * cell
     width = max(left + side, left + _text_width(title_font, title), left + 500) + 20  # 500: the legend
@@ -226,5 +233,5 @@ def confusion_image(confusion: np.ndarray, class_names: Sequence[str], title: st
                       fill=(255, 255, 255) if dark else (0, 0, 0), font=font, anchor="mm")
     draw.text((left, 10), title, fill=(0, 0, 0), font=title_font)
     draw.text((left - 6, top - 6), "true class / predicted", fill=(0, 0, 0), font=font, anchor="rb")
-    _legend(draw, left, 10 + title_font.getbbox(title)[3] + 10, font, max(10, font.getbbox("Ag")[3]))
+    _legend(draw, left, legend_top, font, bar)
     return image
