@@ -1,4 +1,4 @@
-"""The ``herbs`` command: demo, train, evaluate, predict, heatmap, info. ``herbs <command> -h`` for help."""
+"""The ``herbs`` command: demo, train, evaluate, predict, heatmap, export, info. ``herbs <command> -h`` for help."""
 from __future__ import annotations
 
 import argparse
@@ -137,6 +137,17 @@ def cmd_heatmap(a) -> None:
     print(f"{a.image}: class {label} (score {result['score']:.3f}); heat map written to {a.out}")
 
 
+def cmd_export(a) -> None:
+    model, names = _model_from_checkpoint(a.checkpoint)
+    try:
+        from herbs.export import OPSET
+        model.export_onnx(a.output, outputs=a.outputs, class_names=names)
+    except ImportError as e:  # onnx is an optional extra
+        raise SystemExit(f"herbs export: {e}") from None
+    print(f"{a.output}: {model} as ONNX opset {OPSET}; input 'images' [batch, 3, {model.img_size}, {model.img_size}], "
+          f"output 'probabilities'" + (" and the model's outputs by name" if a.outputs == "all" else ""))
+
+
 def cmd_info(a) -> None:
     print(json.dumps({"version": herbs.__version__, **herbs.cpu_info()}, indent=1))
 
@@ -208,6 +219,14 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="how the forward's products compute (bf16: faster on CPUs with AVX512-BF16 or AMX)")
     h.set_defaults(run=cmd_heatmap)
+
+    x = sub.add_parser("export", help="write a checkpoint's inference graph as ONNX (needs the onnx package)")
+    x.add_argument("checkpoint")
+    x.add_argument("output", help="the .onnx file to write")
+    x.add_argument("--outputs", choices=["predict", "all"], default="predict",
+                   help="'predict': the class probabilities of 'herbs predict' (default); 'all': also the "
+                        "model's 17 outputs by name")
+    x.set_defaults(run=cmd_export)
 
     i = sub.add_parser("info", help="version, instruction set, GEMM kernel and threads")
     i.set_defaults(run=cmd_info)
