@@ -53,14 +53,15 @@ def test_evaluate_predict_heatmap_from_the_checkpoint(run_dir, tmp_path, capsys)
 
 
 def test_evaluate_refuses_other_classes(run_dir, tmp_path, capsys):
-    """Labels of a folder whose classes are not the checkpoint's would be compared with the wrong names."""
+    """A folder whose classes the checkpoint does not know cannot be evaluated."""
     image = data.SyntheticDataset(3, size=64, n_per_class=1).load_image(0)
     for name in ("ant", "bee", "cat"):
         (tmp_path / name).mkdir()
         image.save(tmp_path / name / "0.png")
     with pytest.raises(SystemExit) as stop:
         cli.main(["evaluate", str(run_dir / "last.pth"), str(tmp_path), "--workers", "0"])
-    assert stop.value.code == 2 and "its classes differ from those the checkpoint was trained on" in capsys.readouterr().err
+    assert stop.value.code == 2 and "the data's classes 'ant', 'bee', 'cat' are not among the model's 3 classes" \
+        in capsys.readouterr().err
 
 
 def test_bad_input_is_a_clear_error(run_dir, tmp_path, capsys):

@@ -140,3 +140,16 @@ def test_files_and_class_names_come_from_an_unshuffled_loader():
     result = evaluate.evaluate(Scripted(outputs), loader)
     assert result.class_names == dataset.classes and result.files == [f"sample {i}" for i in range(6)]
     np.testing.assert_array_equal(result.labels, dataset.labels)
+
+
+def test_align_classes_relabels_by_name():
+    from herbs import data
+
+    dataset = data.SyntheticDataset(3, size=16, n_per_class=2)  # classes disk-0, square-1, triangle-2
+    dataset.classes, dataset.labels = ["triangle-2", "disk-0"], np.array([1, 0, 1])  # a sorted folder of two
+    evaluate.align_classes(dataset, ["disk-0", "square-1", "triangle-2"])
+    assert dataset.classes == ["disk-0", "square-1", "triangle-2"]
+    np.testing.assert_array_equal(dataset.labels, [0, 2, 0])
+    with pytest.raises(ValueError, match="the data's classes 'ant' are not among the model's 3 classes"):
+        dataset.classes = ["ant", "disk-0", "square-1"]
+        evaluate.align_classes(dataset, ["disk-0", "square-1", "triangle-2"])

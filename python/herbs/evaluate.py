@@ -186,6 +186,23 @@ def _files_of(batches, count: int) -> List[str]:
     return [f"sample {i}" for i in range(count)]
 
 
+def align_classes(dataset, class_names: Sequence[str]) -> None:
+    """Relabels `dataset` (``classes``, ``labels``) to the class indices of `class_names`, the
+    classes a model was trained on, matching by name: a folder of test images may sort its
+    classes otherwise or hold only some of them. Raises ValueError naming the classes the model
+    does not know."""
+    if list(dataset.classes) == list(class_names):
+        return
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = [name for name in dataset.classes if name not in index]
+    if unknown:
+        listed = ", ".join(map(repr, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise ValueError(f"the data's classes {listed} are not among the model's {len(class_names)} classes "
+                         f"(e.g. {', '.join(map(repr, list(class_names)[:3]))})")
+    dataset.labels = np.array([index[name] for name in dataset.classes], np.int64)[dataset.labels]
+    dataset.classes = list(class_names)
+
+
 def evaluate(model, batches: Iterable, class_names: Optional[Sequence[str]] = None,
              files: Optional[Sequence[str]] = None, progress: Optional[Callable[[int], None]] = None) -> Evaluation:
     """Evaluates `model` (eval mode) on (images, labels) batches; returns an :class:`Evaluation`.
