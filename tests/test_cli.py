@@ -38,9 +38,14 @@ def test_evaluate_predict_heatmap_from_the_checkpoint(run_dir, tmp_path, capsys)
     image = folder / dataset.classes[0] / "0.png"
     capsys.readouterr()
 
-    cli.main(["evaluate", str(run_dir / "last.pth"), str(folder), "--batch-size", "4", "--workers", "0"])
-    report = json.loads(capsys.readouterr().out)
-    assert report["count"] == 6 and set(report) >= {"ensemble", "comb_outs", "layer1", "FPN1_layer4"}
+    report = tmp_path / "report"
+    cli.main(["evaluate", str(run_dir / "last.pth"), str(folder), "--batch-size", "4", "--workers", "0",
+              "--out", str(report)])
+    printed = capsys.readouterr().out
+    assert printed.startswith("6 images, 3 classes") and all(h in printed for h in ("ensemble", "comb_outs", "FPN1_layer4"))
+    predictions = (report / "predictions.csv").read_text().splitlines()
+    assert len(predictions) == 7 and predictions[1].startswith(f"{folder / dataset.classes[0] / '0.png'},{dataset.classes[0]},")
+    assert Image.open(report / "confusion_matrix.png").mode == "RGB"
 
     cli.main(["predict", str(run_dir / "last.pth"), str(image), "--top", "2"])
     line = capsys.readouterr().out
@@ -50,6 +55,18 @@ def test_evaluate_predict_heatmap_from_the_checkpoint(run_dir, tmp_path, capsys)
     cli.main(["heatmap", str(run_dir / "last.pth"), str(image), "--out", str(out)])
     assert "probability" in capsys.readouterr().out
     assert Image.open(out).size == (64, 64)
+
+
+def test_evaluate_refuses_other_classes(run_dir, tmp_path, capsys):
+    """A folder whose classes the checkpoint does not know cannot be evaluated."""
+    image = data.SyntheticDataset(3, size=64, n_per_class=1).load_image(0)
+    for name in ("ant", "bee", "cat"):
+        (tmp_path / name).mkdir()
+        image.save(tmp_path / name / "0.png")
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["evaluate", str(run_dir / "last.pth"), str(tmp_path), "--workers", "0"])
+    assert stop.value.code == 2 and "the data's classes 'ant', 'bee', 'cat' are not among the model's 3 classes" \
+        in capsys.readouterr().err
 
 
 def test_bad_input_is_a_clear_error(run_dir, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The ``herbs`` command: demo, train, evaluate, predict, heatmap, info. ``herbs <command> -h`` for help."""
+"""The ``herbs`` command: demo, train, evaluate, predict, heatmap, export, info. ``herbs <command> -h`` for help."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,7 @@ import numpy as np
 
 import herbs
 from herbs import backbones, config, data, transforms, weights
-from herbs.evaluate import evaluate
+from herbs.evaluate import align_classes, evaluate
 from herbs.train import TrainConfig, train
 
 #: The demo: a small Swin HERBS on the built-in synthetic shapes, about 20 s on 2 cores.
@@ -135,13 +135,22 @@ def _run_validation(folder: str):
 
 
 def cmd_evaluate(a) -> None:
+    from herbs import report
+
     if a.data is None and not os.path.isdir(a.checkpoint):
         raise ValueError("give the data to evaluate on (a run folder instead of a checkpoint names it itself)")
     root, layout = (a.data, a.layout) if a.data is not None else _run_validation(a.checkpoint)
-    model, _ = _model_from_checkpoint(a.checkpoint, a.precision)
+    model, names = _model_from_checkpoint(a.checkpoint, a.precision)
     dataset = _dataset(root, layout, a.split, transforms.eval_transform(model.img_size))
+    if names is not None:
+        align_classes(dataset, names)  # by name: the folder may sort its classes otherwise, or hold some
     loader = data.DataLoader(dataset, a.batch_size, num_workers=a.workers)
-    print(json.dumps(evaluate(model, loader), indent=1))
+    result = evaluate(model, loader, class_names=names)
+    print(report.summary(result), end="")
+    if a.out:
+        report.write(result, a.out)
+        print(f"written to {a.out}: accuracy.csv, per_class.csv, confusion_matrix.csv/.png, predictions.csv, "
+              f"misclassified.csv, summary.txt")
 
 
 def _image_files(paths) -> list:
@@ -203,6 +212,17 @@ def cmd_heatmap(a) -> None:
     label = names[result["class"]] if names else result["class"]
     print(f"{a.image}: class {label}, probability {result['probability']:.3f} (as herbs predict gives it); heat map "
           f"over the part of the image the model sees written to {a.out}")
+
+
+def cmd_export(a) -> None:
+    model, names = _model_from_checkpoint(a.checkpoint)
+    try:
+        from herbs.export import OPSET
+        model.export_onnx(a.output, outputs=a.outputs, class_names=names)
+    except ImportError as e:  # onnx is an optional extra
+        raise SystemExit(f"herbs export: {e}") from None
+    print(f"{a.output}: {model} as ONNX opset {OPSET}; input 'images' [batch, 3, {model.img_size}, {model.img_size}], "
+          f"output 'probabilities'" + (" and the model's outputs by name" if a.outputs == "all" else ""))
 
 
 def cmd_info(a) -> None:
@@ -283,7 +303,7 @@ def parser() -> argparse.ArgumentParser:
                         "metrics.jsonl's skipped_batches (default: stop with an error naming the step and samples)")
     t.set_defaults(run=cmd_train)
 
-    e = sub.add_parser("evaluate", help="top-1 accuracy of a checkpoint, per head and combined",
+    e = sub.add_parser("evaluate", help="top-1/3/5 of every head and the ensemble, per class, confusion matrix",
                        formatter_class=_HelpFormatter)
     e.add_argument("checkpoint", help="a checkpoint of herbs.train, or a run folder (its best.pth)")
     e.add_argument("data", nargs="?", help="images (folder per class) or the CUB/NABirds root (default: a run "
@@ -295,6 +315,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int, default=2, help="image decoding threads")
     e.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="how the forward's products compute (bf16: faster on CPUs with AVX512-BF16 or AMX)")
+    e.add_argument("--out", help="folder for the report: accuracy, per-class and prediction CSVs, the confusion "
+                                 "matrix as CSV and PNG, misclassified images")
     e.set_defaults(run=cmd_evaluate)
 
     r = sub.add_parser("predict", help="class probabilities of images", formatter_class=_HelpFormatter)
@@ -320,6 +342,14 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="how the forward's products compute (bf16: faster on CPUs with AVX512-BF16 or AMX)")
     h.set_defaults(run=cmd_heatmap)
+
+    x = sub.add_parser("export", help="write a checkpoint's inference graph as ONNX (needs the onnx package)")
+    x.add_argument("checkpoint")
+    x.add_argument("output", help="the .onnx file to write")
+    x.add_argument("--outputs", choices=["predict", "all"], default="predict",
+                   help="'predict': the class probabilities of 'herbs predict' (default); 'all': also the "
+                        "model's 17 outputs by name")
+    x.set_defaults(run=cmd_export)
 
     i = sub.add_parser("info", help="version, instruction set, GEMM kernel and threads")
     i.set_defaults(run=cmd_info)

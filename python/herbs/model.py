@@ -292,6 +292,19 @@ class Model:
             net.backward(dict(output_gradients(outputs)), probe_grads=True)
             return outputs, net.probes()
 
+    def export_onnx(self, path: str, outputs: str = "predict", class_names: Optional[Sequence[str]] = None) -> str:
+        """Writes the eval-mode inference graph to an ONNX file (for ONNX Runtime, OpenVINO,
+        TensorRT), built from this model's settings and state dict with the ``onnx`` package
+        (``pip install herbs[onnx]``), without PyTorch. Input ``images`` ``[batch, 3, H, W]``
+        (normalised as for :meth:`predict`; the batch is dynamic). `outputs`: ``"predict"``
+        (default) gives ``probabilities``, :meth:`predict`'s scores; ``"all"`` also gives
+        :meth:`forward`'s outputs by name (17 with every switch on). `class_names` are stored in
+        the file's metadata (``class_names``, JSON). Swin and ResNet backbones; see
+        :mod:`herbs.export`. Returns `path`."""
+        from herbs.export import export_onnx
+
+        return export_onnx(self, path, outputs=outputs, class_names=class_names)
+
     # ------------------------------------------------------------------------------------------
     # the state of the random streams
 

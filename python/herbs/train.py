@@ -332,7 +332,7 @@ def _train(model, train_set, val_set, config, out_dir, resume, loss_options, che
                   **{f"loss_{k}": v / (len(loader) - skipped) for k, v in sums.items()}}
         evaluated = val_loader is not None and evaluates_after(epoch, config.epochs, config.eval_freq)
         if evaluated:
-            record.update({f"val_{k}": v for k, v in evaluation.evaluate(model, val_loader).items()})
+            record.update({f"val_{k}": v for k, v in evaluation.evaluate(model, val_loader).metrics().items()})
         history.append(record)
         score = record["val_ensemble"] if evaluated else -record["loss_total"]
         improved = score > best and (evaluated or val_loader is None)  # an epoch without evaluation is not the best
