@@ -54,12 +54,23 @@ largest = 1, sorted = 1), which the ONNX spec orders with ties broken by the low
 stable sort. The selector's per-image loop is unrolled at export, so there is one ONNX file per
 batch size (static shapes, which ONNX Runtime and OpenVINO also prefer).
 
+--train measures training instead: one optimiser step of a batch (the train-mode forward, the
+objective of SPEC.md §4, the backward, then SGD with momentum 0.9, Nesterov and weight decay 3e-4,
+the release's) on herbs fp32 and bf16 (`Model(precision=...)`: bf16 products in the forward and the
+backward) against PyTorch eager fp32 and PyTorch under `torch.autocast("cpu", dtype=torch.bfloat16)`
+(parameters, gradients and optimiser fp32 on both sides), at batch 8 (Swin-T, ResNet-50) and 1
+(Swin-L 384). Columns: img/s (median [min, max]), the share of peak on the training FLOPs (forward
+and backward of the reference, counted as for inference), and each side's peak resident memory
+(VmHWM of its process: weights, gradients, optimiser state, activations, and the library itself).
+Ratios: PyTorch time / herbs time at the same precision.
+
 Peers are benchmark dependencies only (`pip install -e .[bench]`); a missing one is reported and
 its columns skipped. PyTorch is required (the reference, the FLOP count, the export).
 
     PYTHONPATH=python python benchmarks/bench_peers.py                  # all configs (long)
     PYTHONPATH=python python benchmarks/bench_peers.py --quick --configs swin_t_224
     PYTHONPATH=python python benchmarks/bench_peers.py --configs resnet50_224 --threads 2 --markdown
+    PYTHONPATH=python python benchmarks/bench_peers.py --train --configs swin_t_224
 """
 import argparse
 import contextlib
@@ -76,7 +87,8 @@ from statistics import median
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from common import add_wait_policy_argument, load, machine, run_child, take_turns, timed, torch_model  # noqa: E402
+from common import (add_wait_policy_argument, load, machine, memory_mb, run_child, take_turns, timed,  # noqa: E402
+                    torch_model)
 
 CONFIGS = {  # name: (herbs.Model backbone, img_size, batches: 1 for latency, more for throughput)
     "swin_t_224": ("swin_tiny_patch4_window7_224", 224, (1, 8)),
@@ -94,6 +106,9 @@ SIDES = {  # side: (column title, precision)
     "ov_bf16": ("OpenVINO bf16", "bf16"),
 }
 RATIOS = (("herbs_bf16", "ov_bf16"), ("herbs_fp32", "ov_fp32"))  # (herbs, peer): peer time / herbs time
+TRAIN_SIDES = ("herbs_fp32", "herbs_bf16", "torch_fp32", "torch_bf16")
+TRAIN_RATIOS = (("herbs_bf16", "torch_bf16"), ("herbs_fp32", "torch_fp32"))  # (herbs, peer): peer time / herbs time
+LR, MOMENTUM, WEIGHT_DECAY = 1e-4, 0.9, 3e-4  # SGD as the release's, both sides
 CHECKED = ("ort_fp32", "ov_fp32")  # fp32 peers whose outputs must match PyTorch fp32's
 TOLERANCE = 1e-4
 
@@ -142,12 +157,76 @@ def sort_stable(self, stable=None, dim=-1, descending=False):
     return op.TopK(self, k, axis=dim, largest=int(bool(descending)), sorted=1)
 
 
-def export(config, batches, tmp, threads, onnx):
-    """Counts the forward FLOPs of one image and, with `onnx`, exports the model for every batch
-    size; prints one JSON line."""
+def train_flops(tmp, config):
+    """FLOPs of one training image: the reference's train-mode forward and backward, batch 1."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    model = reference(tmp).ref.train()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out, _ = model(torch.from_numpy(images(config, 1)))
+        sum(v.float().sum() for v in out.values()).backward()
+    return counter.get_total_flops()
+
+
+def train_step(side, config, batch, tmp, threads):
+    """One side's training step on a fixed batch (a closure), everything built and loaded."""
+    import numpy as np
+    precision = SIDES[side][1]
+    x = images(config, batch)
+    y = np.random.default_rng(1).integers(0, CLASSES, batch)
+    if side.startswith("herbs"):
+        import herbs
+        from herbs.optim import SGD
+        herbs.set_num_threads(threads)
+        with open(os.path.join(tmp, "config.json")) as f:
+            c = json.load(f)
+        backbone, img_size, _ = CONFIGS[config]
+        model = herbs.Model(backbone, num_classes=c["num_classes"], img_size=img_size, seed=0, precision=precision)
+        model.load_state_dict(dict(np.load(os.path.join(tmp, "weights.npz"))))
+        optimizer = SGD(model.flat_parameters(), model.flat_gradients(), lr=LR, momentum=MOMENTUM,
+                        weight_decay=WEIGHT_DECAY)
+
+        def step():
+            model.zero_grad()
+            model.train_step(x, y)
+            optimizer.step()
+        return step
+    import torch
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+    from reference_herbs import herbs_loss
+    torch.set_num_threads(threads)
+    model = reference(tmp).ref.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        optimizer.zero_grad(set_to_none=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out, _ = model(tx)
+            loss, _ = herbs_loss(out, ty)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def train_worker(side, config, batch, tmp, threads, repeats):
+    """Times one side's training steps; prints one JSON line {"step": seconds per step, "peak_mb": MB}."""
+    import warnings
+    warnings.simplefilter("ignore", UserWarning)  # the release's KLDivLoss reduction "mean"
+    step = train_step(side, config, batch, tmp, threads)
+    print(json.dumps({"step": timed(step, repeats), "peak_mb": memory_mb()}))
+
+
+def export(config, batches, tmp, threads, onnx, train):
+    """Counts the forward FLOPs of one image (with `train`, its training FLOPs) and, with `onnx`,
+    exports the model for every batch size; prints one JSON line."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
     torch.set_num_threads(threads)
+    if train:
+        print(json.dumps({"flops": train_flops(tmp, config)}))
+        return
     model = reference(tmp)
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
@@ -311,6 +390,32 @@ def table_rows(results, peaks):
     return rows
 
 
+def train_rows(results, peaks):
+    """Rows of [config, batch, one img/s cell per side, share of peak per side, peak MB per side, ratios]."""
+    rows = []
+    for config, (batch, times, flops) in results.items():
+        row = [config, str(batch)]
+        for side in TRAIN_SIDES:
+            steps = times[side].get("step")
+            row.append(f"{batch / median(steps):.2f} [{batch / max(steps):.2f}, {batch / min(steps):.2f}]"
+                       if steps else "n/a")
+        for side in TRAIN_SIDES:
+            steps, peak = times[side].get("step"), (peaks or {}).get(SIDES[side][1])
+            gflops = flops * batch / median(steps) / 1e9 if steps else None
+            row.append("n/a" if gflops is None else f"{gflops:.0f} GF/s" + (f", {100 * gflops / peak:.0f}%" if peak else ""))
+        row += [f"{times[s]['peak_mb']:.0f}" if "peak_mb" in times[s] else "n/a" for s in TRAIN_SIDES]
+        for h, p in TRAIN_RATIOS:
+            th, tp = times[h].get("step"), times[p].get("step")
+            row.append(f"{median(tp) / median(th):.2f}x" if th and tp else "n/a")
+        rows.append(row)
+    return rows
+
+
+TRAIN_HEADER = ["config", "batch", *(f"{SIDES[s][0]} img/s" for s in TRAIN_SIDES),
+                *(f"{SIDES[s][0]} of peak" for s in TRAIN_SIDES), *(f"{SIDES[s][0]} peak MB" for s in TRAIN_SIDES),
+                "herbs bf16 / autocast", "herbs fp32 / torch fp32"]
+
+
 HEADER = ["config", "batch", "measure", *(title for title, _ in SIDES.values()),
           "herbs bf16 / OV bf16", "herbs fp32 / OV fp32"]
 
@@ -328,16 +433,59 @@ def measure_peaks(peaks_module, threads, when):
     return peaks
 
 
-def print_table(rows, markdown):
+def print_table(rows, markdown, header=HEADER, left=3):
+    """The table, aligned as text or as Markdown; the first `left` columns are labels."""
     if markdown:
-        print("| " + " | ".join(HEADER) + " |")
-        print("|" + "|".join("---" if i < 3 else "---:" for i in range(len(HEADER))) + "|")
+        print("| " + " | ".join(header) + " |")
+        print("|" + "|".join("---" if i < left else "---:" for i in range(len(header))) + "|")
         for row in rows:
             print("| " + " | ".join(row) + " |")
         return
-    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
-    for row in [HEADER, *rows]:
-        print("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+
+
+def save_model(tmp, config):
+    """A freshly initialised herbs model of `config`: its weights and configuration into tmp, for every side."""
+    import herbs
+    import numpy as np
+    backbone, img_size, _ = CONFIGS[config]
+    model = herbs.Model(backbone, num_classes=CLASSES, img_size=img_size, seed=0)
+    np.savez(os.path.join(tmp, "weights.npz"), **model.state_dict())
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(model.config, f)
+
+
+def train_main(args, configs, rounds, peaks, peaks_module):
+    """--train: every side's training steps per config, taking turns; the table."""
+    repeats = args.repeats or (1 if args.quick else 3)
+    results = {}
+    for config in configs:
+        batch = min(2, max(CONFIGS[config][2])) if args.quick else max(CONFIGS[config][2])
+        with tempfile.TemporaryDirectory(prefix="bench_peers_") as tmp:
+            save_model(tmp, config)
+            common = ["--config", config, "--tmp", tmp, "--threads", str(args.threads), "--batches", str(batch)]
+            flops = run_child(__file__, ["--worker", "export", "--train", *common], args.threads, args.wait_policy,
+                              f"FLOP count {config}")["flops"]
+            times = take_turns(rounds, TRAIN_SIDES, lambda side: run_child(
+                __file__, ["--worker", f"train_{side}", *common, "--repeat-counts", str(repeats)], args.threads,
+                args.wait_policy, f"{side} training {config}"))
+        results[config] = (batch, times, flops)
+        print(f"{config}: {flops / 1e9:.1f} GFLOPs per training image; steps of batch {batch}: "
+              f"{rounds} round(s) x {repeats}", flush=True)
+    end = measure_peaks(peaks_module, args.threads, "end")
+    if peaks and end:
+        peaks = {k: max(peaks[k], end[k]) for k in peaks}
+    print()
+    rows = train_rows(results, peaks)
+    print_table(rows, False, TRAIN_HEADER, 2)
+    print(f"load (1/5/15 min) at the end {load()}; img/s: median [min, max]; of peak: the reference's training "
+          f"FLOPs per second and their share of the fp32 or bf16 peak; peak MB: the process's resident peak; "
+          f"ratios: PyTorch time / herbs time (> 1: herbs faster)")
+    if args.markdown:
+        print()
+        print_table(rows, True, TRAIN_HEADER, 2)
 
 
 def main():
@@ -349,8 +497,9 @@ def main():
                    help="timed runs per measurement and round (default 10 at batch 1 and 3 above; quick 3 and 1)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {', '.join(CONFIGS)}")
     p.add_argument("--markdown", action="store_true", help="also print the table as Markdown (for the README)")
+    p.add_argument("--train", action="store_true", help="measure training steps (herbs and PyTorch, fp32 and bf16)")
     add_wait_policy_argument(p)
-    p.add_argument("--worker", choices=[*SIDES, "export"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=[*SIDES, "export", *(f"train_{s}" for s in TRAIN_SIDES)], help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--tmp", help=argparse.SUPPRESS)
     p.add_argument("--batches", help=argparse.SUPPRESS)
@@ -366,7 +515,10 @@ def main():
     if args.worker:
         batches = tuple(int(b) for b in args.batches.split(","))
         if args.worker == "export":
-            return export(args.config, batches, args.tmp, args.threads, args.onnx)
+            return export(args.config, batches, args.tmp, args.threads, args.onnx, args.train)
+        if args.worker.startswith("train_"):
+            return train_worker(args.worker[len("train_"):], args.config, batches[0], args.tmp, args.threads,
+                                int(args.repeat_counts))
         repeats = tuple(int(r) for r in args.repeat_counts.split(","))
         return worker(args.worker, args.config, batches, args.tmp, args.threads, repeats, args.wait_policy,
                       args.save)
@@ -375,7 +527,6 @@ def main():
         sys.exit("bench_peers needs PyTorch (the reference model, the FLOP count and the ONNX export): "
                  "pip install -e .[bench]")
     import herbs
-    import numpy as np
     import peaks as peaks_module
 
     rounds = args.rounds or (1 if args.quick else 2)
@@ -389,6 +540,8 @@ def main():
     for side, why in missing.items():
         print(f"skipped: {SIDES[side][0]}: {why} (pip install -e .[bench])")
     peaks = measure_peaks(peaks_module, args.threads, "start")
+    if args.train:
+        return train_main(args, configs, rounds, peaks, peaks_module)
 
     results = {}
     for config in configs:
@@ -397,11 +550,7 @@ def main():
         sides = [s for s in SIDES if s not in missing]
         skipped = dict(missing)
         with tempfile.TemporaryDirectory(prefix="bench_peers_") as tmp:
-            model = herbs.Model(backbone, num_classes=CLASSES, img_size=img_size, seed=0)
-            np.savez(os.path.join(tmp, "weights.npz"), **model.state_dict())
-            with open(os.path.join(tmp, "config.json"), "w") as f:
-                json.dump(model.config, f)
-            del model
+            save_model(tmp, config)
             common = ["--config", config, "--tmp", tmp, "--threads", str(args.threads),
                       "--batches", ",".join(map(str, batches))]
             onnx = any(s in sides for s in ("ort_fp32", "ov_fp32", "ov_bf16"))

@@ -67,6 +67,14 @@ def reference_heatmap(ref, x, rectify):
     return (heat / heat.max()).numpy(), cls
 
 
+def total_score(ref, x):
+    """The release's summed score of the 9 heads (the value its visualiser back-propagates)."""
+    with torch.no_grad(), torch_threads(1):
+        out, _ = ref(torch.from_numpy(x).double())
+    heads = [out[f"FPN1_layer{i}"].mean(1) for i in range(1, 5)] + [out[f"layer{i}"].mean(1) for i in range(1, 5)]
+    return sum(torch.softmax(s, -1) for s in heads + [out["comb_outs"]])[0].numpy()
+
+
 @pytest.mark.parametrize("rectify", ["each", "sum"])
 def test_heatmap_matches_the_release_recipe(pair, rectify):
     model, ref = pair
@@ -77,7 +85,9 @@ def test_heatmap_matches_the_release_recipe(pair, rectify):
     x = np.random.default_rng(4).standard_normal((1, 3, 64, 64)).astype(np.float32)
     result = hm.heatmap(model, x[0], rectify=rectify)
     expected, cls = reference_heatmap(ref, x, rectify)
-    assert result["class"] == cls and 0 < result["score"] <= 1
+    assert result["class"] == cls  # and the probability is predict's, the summed score over its 9 heads:
+    assert result["probability"] == pytest.approx(float(model.predict(x)[0, cls]), abs=1e-6)
+    assert result["probability"] == pytest.approx(float(total_score(ref, x)[cls]) / 9, abs=1e-5)
     assert result["heatmap"].shape == (64, 64) and result["heatmap"].max() == pytest.approx(1.0)
     # float32 against float64: each tap's map agrees to ~3e-7, their product to ~5e-7 of the peak
     np.testing.assert_allclose(result["heatmap"], expected, atol=1e-5)
@@ -114,3 +124,17 @@ def test_overlay():
     assert out.dtype == np.uint8 and out[0, 0, 0] > out[0, 0, 2] and out[1, 1, 2] > out[1, 1, 0]  # red hot, blue cold
     with pytest.raises(ValueError, match="differ in size"):
         hm.overlay(rgb, np.zeros((3, 3)))
+
+
+def test_overlay_covers_the_region_the_model_sees():
+    """The heat map goes over the original image where eval_transform's centre crop came from, the
+    rest of the image unchanged: 384 px crops of 510 px resizes leave 63/510 of each side outside."""
+    from PIL import Image
+    image = Image.new("RGB", (1020, 510), (10, 200, 30))
+    left, top, right, bottom = hm.crop_box(1020, 510, 384)
+    assert (left, top, right, bottom) == pytest.approx((126, 63, 894, 447))
+    out = hm.overlay_on_image(image, np.ones((384, 384), np.float32))
+    assert out.shape == (510, 1020, 3)
+    outside = np.ones(out.shape[:2], bool)
+    outside[63:447, 126:894] = False
+    assert (out[outside] == (10, 200, 30)).all() and (out[~outside] != (10, 200, 30)).any(axis=1).all()

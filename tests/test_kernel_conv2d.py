@@ -43,7 +43,7 @@ def conv_backward(dout, x, w, scratch, shape, stride, pad, bias=True, dtype=np.f
     dx, dw_ohwi = np.full_like(x, 0.5 if accumulate else np.nan), np.zeros_like(w)
     dw = np.zeros((OC, C, KH, KW), dtype)
     db = np.zeros(OC, dtype) if bias else None
-    call("conv2d_backward", dx, dw_ohwi, db, dout, x, w, scratch, scratch.size, B, H, W, C, OC, KH, KW, stride,
+    call("conv2d_backward", 0, dx, dw_ohwi, db, dout, x, w, scratch, scratch.size, B, H, W, C, OC, KH, KW, stride,
          pad, accumulate, dtype=dtype)
     if accumulate:
         dx -= dtype(0.5)

@@ -18,7 +18,7 @@ def test_linear_backward_matches_finite_differences(N, C, OC):
         return float((out * probe).sum())
 
     dx, dw, db = np.full_like(x, np.nan), np.zeros_like(w), np.zeros_like(b)  # dx written, not read
-    call("linear_backward", dx, dw, db, probe, x, w, N, C, OC, 0)
+    call("linear_backward", 0, dx, dw, db, probe, x, w, N, C, OC, 0)
     for analytic, wrt in ((dx, x), (dw, w), (db, b)):
         np.testing.assert_allclose(analytic, numerical_grad(loss, wrt), rtol=1e-7, atol=1e-8)
 
@@ -36,7 +36,7 @@ def test_linear_matches_torch(N, C, OC, with_bias):
     call("linear_forward", out, x, w, b, N, C, OC, dtype=np.float32)
     dx = np.full((N, C), 0.5, np.float32)  # gradients accumulate onto what is there
     dw, db = np.zeros_like(w), np.zeros(OC, np.float32)
-    call("linear_backward", dx, dw, db if with_bias else None, dout, x, w, N, C, OC, 1, dtype=np.float32)
+    call("linear_backward", 0, dx, dw, db if with_bias else None, dout, x, w, N, C, OC, 1, dtype=np.float32)
 
     tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
     tb = torch.tensor(b, requires_grad=True) if with_bias else None

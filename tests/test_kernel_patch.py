@@ -24,7 +24,7 @@ def embed_backward(images, w, patches, g, p, accumulate, rng, dtype=np.float64):
     dimg, before = grad_buffer(images.shape, accumulate, rng, dtype)
     dw, db = np.zeros_like(w), np.zeros(D, dtype)
     work = np.empty(patches.shape, dtype)
-    call("linear_backward", work, dw, db, g, patches, w, patches.shape[0], patches.shape[1], D, 0, dtype=dtype)
+    call("linear_backward", 0, work, dw, db, g, patches, w, patches.shape[0], patches.shape[1], D, 0, dtype=dtype)
     call("patch_embed_scatter", dimg, work, B, C, H, W, p, accumulate, dtype=dtype)
     return dimg - before, dw, db
 

@@ -31,7 +31,7 @@ def test_token_linear_backward_matches_finite_differences(B, S_in, S_out, C, wit
     dx, before = grad_buffer(x.shape, accumulate, rng)
     dw = np.zeros_like(w)
     db = np.zeros(S_out) if with_bias else None
-    call("token_linear_backward", dx, dw, db, probe, x, w, B, S_in, S_out, C, accumulate)
+    call("token_linear_backward", 0, dx, dw, db, probe, x, w, B, S_in, S_out, C, accumulate)
     for analytic, wrt in ((dx - before, x), (dw, w)) + (((db, b),) if with_bias else ()):
         np.testing.assert_allclose(analytic, numerical_grad(loss, wrt), rtol=1e-7, atol=1e-8)
 
@@ -56,7 +56,7 @@ def test_token_linear_matches_torch_conv1d(B, S_in, S_out, C, accumulate):
     out = token_linear(x, w, b, dtype=np.float32)
     dx, before = grad_buffer(x.shape, accumulate, rng, np.float32)
     dw, db = np.zeros_like(w), np.zeros_like(b)  # parameter gradients accumulate
-    call("token_linear_backward", dx, dw, db, g, x, w, B, S_in, S_out, C, accumulate, dtype=np.float32)
+    call("token_linear_backward", 0, dx, dw, db, g, x, w, B, S_in, S_out, C, accumulate, dtype=np.float32)
 
     tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w[:, :, None], b))
     tout = torch.nn.functional.conv1d(tx, tw, tb)  # the release's Up_/Down_ layers: tokens are channels

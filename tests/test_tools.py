@@ -15,11 +15,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 import herbs
-from herbs import checkpoints, clip, data, plot, summary, train, weights
+from herbs import checkpoints, cli, clip, config, data, plot, summary, tools, train, weights
 from herbs.cli import DEMO_BACKBONE, DEMO_SELECTS, parser
 from herbs.ema import ModelEma, lerp_
 from herbs.mixup import Mixup, mixup_target
-from herbs.tools import options_from
 
 
 def tiny_model(classes=4, seed=0):
@@ -307,16 +306,25 @@ def test_a_nan_image_is_named_before_mixing():
         train.train(tiny_model(), NaNImage(bad), None, config, log=lambda s: None)
 
 
-def test_cli_flags_have_timms_names():
-    a = parser().parse_args(["train", "data", "--smoothing", "0.1", "--mixup", "0.8", "--cutmix", "1.0",
-                             "--cutmix-minmax", "0.2", "0.8", "--mixup-prob", "0.5", "--mixup-switch-prob", "0.4",
-                             "--mixup-mode", "batch", "--mixup-off-epoch", "7", "--model-ema", "--model-ema-decay",
-                             "0.999", "--model-ema-warmup", "--clip-grad", "1.0", "--clip-mode", "value",
-                             "--checkpoint-hist", "3"])
-    assert options_from(a) == dict(smoothing=0.1, mixup=0.8, cutmix=1.0, cutmix_minmax=(0.2, 0.8), mixup_prob=0.5,
-                                   mixup_switch_prob=0.4, mixup_mode="batch", mixup_off_epoch=7, model_ema=True,
-                                   model_ema_decay=0.999, model_ema_warmup=True, clip_grad=1.0, clip_mode="value",
-                                   checkpoint_hist=3)
-    train.TrainConfig(**options_from(a)).check()
-    defaults = options_from(parser().parse_args(["train", "data"]))
-    assert not train.TrainConfig(**defaults).mixup_active and defaults["clip_grad"] is None
+def test_cli_flags_and_config_keys_have_timms_names(tmp_path):
+    argv = ["train", "data", "--smoothing", "0.1", "--mixup", "0.8", "--cutmix", "1.0", "--cutmix-minmax", "0.2", "0.8",
+            "--mixup-prob", "0.5", "--mixup-switch-prob", "0.4", "--mixup-mode", "batch", "--mixup-off-epoch", "7",
+            "--model-ema", "--model-ema-decay", "0.999", "--model-ema-warmup", "--clip-grad", "1.0", "--clip-mode",
+            "value", "--checkpoint-hist", "3"]
+    want = dict(smoothing=0.1, mixup=0.8, cutmix=1.0, cutmix_minmax=(0.2, 0.8), mixup_prob=0.5, mixup_switch_prob=0.4,
+                mixup_mode="batch", mixup_off_epoch=7, model_ema=True, model_ema_decay=0.999, model_ema_warmup=True,
+                clip_grad=1.0, clip_mode="value", checkpoint_hist=3)
+    a, given = parser().parse_args(argv), cli._explicit(argv)
+    settings = config.resolve({}, {key: getattr(a, dest) for dest, key in cli.TRAIN_OPTIONS.items() if dest in given})
+    made = config.train_config(settings)
+    made.check()
+    assert {name: getattr(made, name) for name in tools.OPTIONS} == want
+    assert not config.train_config(config.resolve()).mixup_active  # all off by default
+    config.save(settings, str(tmp_path / "config.yaml"))  # a run's config.yaml holds them, and reads back
+    again = config.resolve(config.load(str(tmp_path / "config.yaml")))
+    assert {name: again[name] for name in tools.OPTIONS} == want
+    assert config.resolve({"mixup": "5e-1"})["mixup"] == 0.5  # YAML 1.1 reads 5e-1 as text
+    with pytest.raises(ValueError, match="model_ema must be true or false"):
+        config.resolve({"model_ema": "yes"})
+    with pytest.raises(ValueError, match=r"cutmix_minmax must be two numbers \[min, max\] or null"):
+        config.resolve({"cutmix_minmax": 0.5})

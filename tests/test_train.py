@@ -19,6 +19,7 @@ class QuadraticModel:
         self.grads = np.zeros(n, np.float32)
         self.calls = []
         self.step = 0  # stands for the engine's count of training passes
+        self.precision = "fp32"  # set by the loop for its run (TrainConfig.precision)
 
     def flat_parameters(self):
         return self.params
@@ -132,12 +133,18 @@ def test_checkpoints_resume_to_the_same_numbers(tmp_path):
     assert resumed.step == straight.step == 3 * batches
 
     saved = torch.load(tmp_path / "a" / "last.pth", weights_only=True)  # the release's format, and ours
-    assert saved["epoch"] == 3 and sorted(saved) == ["best", "config", "epoch", "model", "optimizer", "training_state"]
+    assert saved["epoch"] == 3 and sorted(saved) == ["best", "class_names", "config", "epoch", "model", "optimizer",
+                                                     "training_state"]
+    assert saved["class_names"] == dataset().classes
     assert saved["training_state"] == {"seed": 0, "step": 3 * batches}
     np.testing.assert_array_equal(saved["model"]["p"].numpy(), straight.params)
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
-    assert (tmp_path / "a" / "best.pth").exists()
+    best = torch.load(tmp_path / "a" / "best.pth", weights_only=True)  # the model without the optimizer's state
+    assert "optimizer" not in best and sorted(best) == sorted(set(saved) - {"optimizer"})
+    with pytest.raises(ValueError, match="no optimizer state.*last.pth"):
+        train.train(QuadraticModel(), dataset(), config=config(epochs=3), resume=str(tmp_path / "a" / "best.pth"),
+                    log=lambda s: None)
 
 
 def test_a_run_cleans_what_a_killed_run_left(tmp_path):
@@ -190,3 +197,40 @@ def test_non_finite_loss_stops_with_a_clear_error():
                                                    "batch 1's loss is inf") as caught:
         train.train(model, dataset(), config=config(), log=lambda s: None)
     assert len(caught.value.indices) == 6 and model.params[0] == np.inf and np.isfinite(model.params[1:]).all()
+
+
+def release_evaluates(epochs, eval_freq):
+    """The epochs (from 0) after which the release's main.py evaluates: its eval_freq_schedule sets
+    args.eval_freq to 2 from 80% of the run and to 1 from 90% (95%), before the test of each epoch."""
+    done = []
+    for epoch in range(epochs):
+        if epoch >= epochs * 0.95 or epoch >= epochs * 0.9:
+            eval_freq = 1
+        elif epoch >= epochs * 0.8:
+            eval_freq = 2
+        if epoch == 0 or (epoch + 1) % eval_freq == 0:
+            done.append(epoch)
+    return done
+
+
+@pytest.mark.parametrize("epochs, eval_freq", [(80, 10), (50, 3), (7, 4), (1, 5)])
+def test_evaluation_follows_the_release_eval_freq(epochs, eval_freq):
+    assert [e for e in range(epochs) if train.evaluates_after(e, epochs, eval_freq)] == \
+        release_evaluates(epochs, eval_freq)
+    assert all(train.evaluates_after(e, epochs, 1) for e in range(epochs))  # herbs' default: every epoch
+
+
+def test_epochs_without_evaluation_never_become_best(tmp_path):
+    history = train.train(QuadraticModel(), dataset(), dataset(4), config=config(epochs=4, eval_freq=3),
+                          out_dir=str(tmp_path), log=lambda s: None)
+    assert ["val_ensemble" in h for h in history] == [True, False, True, False]
+    best = torch.load(tmp_path / "best.pth", weights_only=True)
+    assert best["epoch"] in (1, 3)
+
+
+def test_a_long_warmup_is_said_and_each_epoch_is_one_line(tmp_path):
+    said = []
+    train.train(QuadraticModel(), dataset(), config=config(epochs=2, warmup_batches=7), log=said.append)
+    assert said[0].startswith("warning: warmup_batches 7 is 58% of this run's 12 batches: the learning rate reaches max_lr at batch 7")
+    assert said[1].startswith("epoch 1/2: loss ") and ", ETA 0:" in said[1]
+    assert said[2].startswith("epoch 2/2: loss ") and "ETA" not in said[2]

@@ -173,13 +173,13 @@ static size_t FN(conv_wgrad_share)(size_t K, int OC, int pointwise)
 
 /* dweight[OC,K] += doutᵀ · cols over the output pixels [m0, m1), one thread, im2col in chunks
    of `cols` (NULL for a pointwise conv, whose columns are its input rows); beta 0 overwrites. */
-static void FN(conv_wgrad_rows)(real *dweight, real beta, const real *dout, const real *inp, real *cols,
+static void FN(conv_wgrad_rows)(herbs_precision p, real *dweight, real beta, const real *dout, const real *inp, real *cols,
                                 size_t cols_floats, int m0, int m1, int H, int W, int C, int OC, int OH, int OW,
                                 int KH, int KW, int stride, int pad)
 {
     const int K = KH * KW * C;
     if (!cols) {
-        FN(gemm)(1, 0, OC, C, m1 - m0, 1, dout + (size_t)m0 * OC, OC, inp + (size_t)m0 * C, C, beta, dweight, C);
+        FN(gemm_at)(p, 1, 0, OC, C, m1 - m0, 1, dout + (size_t)m0 * OC, OC, inp + (size_t)m0 * C, C, beta, dweight, C);
         return;
     }
     const int rows = FN(conv_chunk_rows)(cols_floats, K, m1 - m0, CONV_BACKWARD_CHUNK_ROWS,
@@ -187,7 +187,7 @@ static void FN(conv_wgrad_rows)(real *dweight, real beta, const real *dout, cons
     for (int a = m0; a < m1; a += rows, beta = 1) {
         const int b = m1 - a < rows ? m1 : a + rows;
         FN(conv_im2col)(cols, inp, a, b, H, W, C, OH, OW, KH, KW, stride, pad);
-        FN(gemm)(1, 0, OC, K, b - a, 1, dout + (size_t)a * OC, OC, cols, K, beta, dweight, K);
+        FN(gemm_at)(p, 1, 0, OC, K, b - a, 1, dout + (size_t)a * OC, OC, cols, K, beta, dweight, K);
     }
 }
 
@@ -196,7 +196,7 @@ static void FN(conv_wgrad_rows)(real *dweight, real beta, const real *dout, cons
    busy machine costs a wait for the slowest thread each time), then the partials are added to
    dweight in thread order, so the result is fixed for a thread count. As many threads as the
    scratch has shares for; with one, straight into dweight. */
-static void FN(conv_weight_grad)(real *dweight, const real *dout, const real *inp, real *scratch,
+static void FN(conv_weight_grad)(herbs_precision p, real *dweight, const real *dout, const real *inp, real *scratch,
                                  size_t scratch_floats, int M, int H, int W, int C, int OC, int OH, int OW, int KH,
                                  int KW, int stride, int pad, int pointwise)
 {
@@ -206,7 +206,7 @@ static void FN(conv_weight_grad)(real *dweight, const real *dout, const real *in
     if ((size_t)nt > scratch_floats / share)
         nt = (int)(scratch_floats / share);
     if (nt < 2) {
-        FN(conv_wgrad_rows)(dweight, 1, dout, inp, pointwise ? NULL : scratch, scratch_floats, 0, M, H, W, C, OC, OH,
+        FN(conv_wgrad_rows)(p, dweight, 1, dout, inp, pointwise ? NULL : scratch, scratch_floats, 0, M, H, W, C, OC, OH,
                             OW, KH, KW, stride, pad);
         return;
     }
@@ -215,7 +215,7 @@ static void FN(conv_weight_grad)(real *dweight, const real *dout, const real *in
         const int t = omp_get_thread_num(), m0 = (int)((long)M * t / nt), m1 = (int)((long)M * (t + 1) / nt);
         real *part = scratch + (size_t)t * share;
         if (m1 > m0)
-            FN(conv_wgrad_rows)(part, 0, dout, inp, pointwise ? NULL : part + wpart, share - wpart, m0, m1, H, W, C,
+            FN(conv_wgrad_rows)(p, part, 0, dout, inp, pointwise ? NULL : part + wpart, share - wpart, m0, m1, H, W, C,
                                 OC, OH, OW, KH, KW, stride, pad);
         else
             memset(part, 0, wsize * sizeof(real));
@@ -311,7 +311,7 @@ static void FN(conv_zero)(real *p, size_t n)
 #endif
 }
 
-void FN(conv2d_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
+void FN(conv2d_backward)(herbs_precision p, real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
                          const real *weight, real *scratch, size_t scratch_floats, int B, int H, int W, int C,
                          int OC, int KH, int KW, int stride, int pad, int accumulate)
 {
@@ -329,12 +329,12 @@ void FN(conv2d_backward)(real *dinp, real *dweight, real *dbias, const real *dou
     const int pointwise = FN(conv_is_pointwise)(KH, KW, stride, pad);
     const int rows = FN(conv_chunk_rows)(scratch_floats, K, M, CONV_BACKWARD_CHUNK_ROWS, CONV_BACKWARD_CHUNK_FLOATS);
     if (dweight)
-        FN(conv_weight_grad)(dweight, dout, inp, scratch, scratch_floats, M, H, W, C, OC, OH, OW, KH, KW, stride, pad,
+        FN(conv_weight_grad)(p, dweight, dout, inp, scratch, scratch_floats, M, H, W, C, OC, OH, OW, KH, KW, stride, pad,
                              pointwise);
     if (!dinp)
         return;
 #ifndef HERBS_F64
-    if (stride == 1 && KH == KW && pad < KH && OC >= CONV_DIRECT_MIN_CHANNELS) { /* a correlation of dout with the flipped weight */
+    if (p == HERBS_FP32 && stride == 1 && KH == KW && pad < KH && OC >= CONV_DIRECT_MIN_CHANNELS) { /* a correlation of dout with the flipped weight */
         float *wpack = conv_aligned(scratch);
         conv_direct_pack_weight(wpack, weight, 1, C, OC, KH * KW);
         conv_direct_forward(dinp, dout, wpack, accumulate ? 1.0f : 0.0f, B, OH, OW, OC, C, KH, KW, 1, KH - 1 - pad,
@@ -343,14 +343,14 @@ void FN(conv2d_backward)(real *dinp, real *dweight, real *dbias, const real *dou
     }
 #endif
     if (pointwise) {
-        FN(gemm)(0, 0, M, C, OC, 1, dout, OC, weight, C, accumulate ? 1 : 0, dinp, C);
+        FN(gemm_at)(p, 0, 0, M, C, OC, 1, dout, OC, weight, C, accumulate ? 1 : 0, dinp, C);
         return;
     }
     if (!accumulate) /* col2im adds the columns' overlapping windows up */
         FN(conv_zero)(dinp, (size_t)B * H * W * C);
     for (int m0 = 0; m0 < M; m0 += rows) { /* dcols = dout · weight, put back by col2im */
         const int m1 = M - m0 < rows ? M : m0 + rows;
-        FN(gemm)(0, 0, m1 - m0, K, OC, 1, dout + (size_t)m0 * OC, OC, weight, K, 0, scratch, K);
+        FN(gemm_at)(p, 0, 0, m1 - m0, K, OC, 1, dout + (size_t)m0 * OC, OC, weight, K, 0, scratch, K);
         FN(conv_col2im_add)(dinp, scratch, m0, m1, H, W, C, OH, OW, KH, KW, stride, pad);
     }
 }

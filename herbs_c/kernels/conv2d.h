@@ -31,7 +31,8 @@ int conv2d_forward_prepacked(float *out, const float *inp, const void *packed, c
                              int KH, int KW, int stride, int pad);
 
 /* dinp[B,H,W,C] += (accumulate set) or = (not read), dweight[OC,KH,KW,C] +=, dbias[OC] += from
-   dout[B,OH,OW,OC]; any gradient may be NULL. scratch as for the forward. */
-void FN(conv2d_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
+   dout[B,OH,OW,OC]; any gradient may be NULL. scratch as for the forward. The products at precision p
+   (gemm_at; fp32 runs a strided-1 input gradient as a direct convolution). */
+void FN(conv2d_backward)(herbs_precision p, real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
                          const real *weight, real *scratch, size_t scratch_floats, int B, int H, int W, int C,
                          int OC, int KH, int KW, int stride, int pad, int accumulate);

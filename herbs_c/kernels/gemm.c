@@ -458,6 +458,12 @@ void gemm_affine(int trans_a, int trans_b, int M, int N, int K, float alpha, con
     gemm_affine_at(HERBS_FP32, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, scale, shift, relu);
 }
 
+void gemm_at(herbs_precision p, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
+             const float *B, long ldb, float beta, float *C, long ldc)
+{
+    gemm_affine_at(p, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL, NULL, 0);
+}
+
 void gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
           const float *B, long ldb, float beta, float *C, long ldc)
 {

@@ -12,10 +12,20 @@ void FN(gemm_affine)(int trans_a, int trans_b, int M, int N, int K, real alpha, 
                      const real *B, long ldb, real beta, real *C, long ldc, const real *scale, const real *shift,
                      int relu);
 
+/* gemm at precision p (gemm_bf16.h: bf16 operands with fp32 accumulation, or fp32); the double
+   build ignores p, so a kernel written over `real` takes its products' precision as an argument. */
+void FN(gemm_at)(herbs_precision p, int trans_a, int trans_b, int M, int N, int K, real alpha, const real *A, long lda,
+                 const real *B, long ldb, real beta, real *C, long ldc);
+
 /* `batch` independent products: item b uses A + b*stride_a, B + b*stride_b, C + b*stride_c. */
 void FN(gemm_batched)(int trans_a, int trans_b, int M, int N, int K, real alpha,
                       const real *A, long lda, long stride_a, const real *B, long ldb, long stride_b,
                       real beta, real *C, long ldc, long stride_c, int batch);
+
+/* gemm_batched at precision p, as gemm_at. */
+void FN(gemm_batched_at)(herbs_precision p, int trans_a, int trans_b, int M, int N, int K, real alpha, const real *A,
+                         long lda, long stride_a, const real *B, long ldb, long stride_b, real beta, real *C, long ldc,
+                         long stride_c, int batch);
 
 /* The same product by three plain loops, no packing and no memory: the fallback, and the
    double GEMM. */

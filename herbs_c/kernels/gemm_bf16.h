@@ -20,10 +20,7 @@ void gemm_affine_at(herbs_precision p, int trans_a, int trans_b, int M, int N, i
                     long lda, const float *B, long ldb, float beta, float *C, long ldc, const float *scale,
                     const float *shift, int relu);
 
-/* gemm_batched (gemm.h) at precision p. */
-void gemm_batched_at(herbs_precision p, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
-                     long lda, long stride_a, const float *B, long ldb, long stride_b, float beta, float *C, long ldc,
-                     long stride_c, int batch);
+/* gemm_at and gemm_batched_at, the products at a precision, are in gemm.h (double twins too). */
 
 /* --- B packed once (a weight): op(B)[K,N] in the current micro-kernel's panels ------------- */
 

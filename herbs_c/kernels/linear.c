@@ -14,13 +14,13 @@ void FN(linear_affine_forward)(real *out, const real *inp, const real *weight, c
     FN(gemm_affine)(0, 1, N, OC, C, 1, inp, C, weight, C, 0, out, OC, scale, shift, relu);
 }
 
-void FN(linear_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
+void FN(linear_backward)(herbs_precision p, real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
                          const real *weight, int N, int C, int OC, int accumulate)
 {
     if (dinp)
-        FN(gemm)(0, 0, N, C, OC, 1, dout, OC, weight, C, accumulate ? 1 : 0, dinp, C);
+        FN(gemm_at)(p, 0, 0, N, C, OC, 1, dout, OC, weight, C, accumulate ? 1 : 0, dinp, C);
     if (dweight)
-        FN(gemm)(1, 0, OC, C, N, 1, dout, OC, inp, C, 1, dweight, C);
+        FN(gemm_at)(p, 1, 0, OC, C, N, 1, dout, OC, inp, C, 1, dweight, C);
     if (dbias) { /* blocks of columns, rows in order: contiguous, vectorisable, deterministic */
 #pragma omp parallel for schedule(static) if ((double)N * OC > 1e5)
         for (int o0 = 0; o0 < OC; o0 += LINEAR_BIAS_BLOCK) {

@@ -88,19 +88,19 @@ herbs_status factored_backward(const factored_use *u, head_ctx *c, const float *
     const int N = a->out, F = a->in;
     const float *A = PARAM(t, a->weight), *W = PARAM(t, u->xf.w->weight);
     float *da = GRAD(t, a->weight);
-    linear_backward(dx_dense, NULL, GRAD(t, a->bias), dy, NULL, A, rows, F, N, accumulate);
+    linear_backward(t->precision, dx_dense, NULL, GRAD(t, a->bias), dy, NULL, A, rows, F, N, accumulate);
     const level_factors *xf = &u->xf;
     const int upper_rows = c->batch * xf->height * xf->width;
     float *dy_h, *dy_sum, *dy_upper;
     HERBS_TRY(kept_by_term(u, c, (size_t)N * xf->hidden, 0, &dy_h));
     HERBS_TRY(kept_by_term(u, c, N, 1, &dy_sum));
     HERBS_TRY(head_scratch(c, (size_t)upper_rows * N, 1, &dy_upper));
-    gemm(1, 0, N, xf->hidden, rows, 1.0f, dy, N, xf->h, xf->hidden, 0.0f, dy_h, xf->hidden);
-    linear_backward(NULL, NULL, dy_sum, dy, NULL, NULL, rows, F, N, 0);
+    gemm_at(t->precision, 1, 0, N, xf->hidden, rows, 1.0f, dy, N, xf->h, xf->hidden, 0.0f, dy_h, xf->hidden);
+    linear_backward(HERBS_FP32, NULL, NULL, dy_sum, dy, NULL, NULL, rows, F, N, 0); /* no product */
     upsample_bilinear2x_backward(dy_upper, dy, c->batch, xf->height, xf->width, N);
     gemm(0, 1, N, F, xf->hidden, 1.0f, dy_h, xf->hidden, W, xf->hidden, 1.0f, da, F);
     gemm(1, 0, N, F, 1, 1.0f, dy_sum, N, PARAM(t, xf->w->bias), F, 1.0f, da, F);
-    gemm(1, 0, N, F, upper_rows, 1.0f, dy_upper, N, xf->upper, F, 1.0f, da, F);
+    gemm_at(t->precision, 1, 0, N, F, upper_rows, 1.0f, dy_upper, N, xf->upper, F, 1.0f, da, F);
     if (u->term)
         dx->terms[dx->count++] = (grad_term){dy, A, N, u->aw, dy_h, dy_sum};
     return HERBS_OK;
@@ -137,7 +137,7 @@ void level_grad_linear_backward(const level_grad *g, head_ctx *c, float *dinp, h
         product_rows_backward(w, c->t, c->t->precision, dinp, g->dense, inp, rows, 0);
     for (int j = 0; j < g->count; j++) {
         const grad_term *t = &g->terms[j];
-        gemm(0, 0, rows, in, t->n, 1.0f, t->dy, t->n, t->aw, in, g->written || j > 0 ? 1.0f : 0.0f, dinp, in);
+        gemm_at(c->t->precision, 0, 0, rows, in, t->n, 1.0f, t->dy, t->n, t->aw, in, g->written || j > 0 ? 1.0f : 0.0f, dinp, in);
         gemm(1, 0, out, in, t->n, 1.0f, t->a, out, t->dy_h, in, 1.0f, dw, in);
         gemm(1, 0, out, 1, t->n, 1.0f, t->a, out, t->dy_sum, 1, 1.0f, db, 1);
     }
@@ -156,7 +156,7 @@ herbs_status level_grad_up2x_backward(const level_grad *g, head_ctx *c, int H, i
         const grad_term *t = &g->terms[j];
         memset(dy_upper, 0, (size_t)upper_rows * t->n * sizeof *dy_upper);
         upsample_bilinear2x_backward(dy_upper, t->dy, c->batch, H, W, t->n);
-        gemm(0, 0, upper_rows, F, t->n, 1.0f, dy_upper, t->n, t->a, F, 1.0f, d_upper, F);
+        gemm_at(c->t->precision, 0, 0, upper_rows, F, t->n, 1.0f, dy_upper, t->n, t->a, F, 1.0f, d_upper, F);
     }
     return HERBS_OK;
 }

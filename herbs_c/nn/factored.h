@@ -102,7 +102,8 @@ herbs_status factored_dy(const factored_use *u, head_ctx *c, size_t count, float
 /* The backward of x·Aᵀ + bias (x [rows, F], a: A [N, F] and bias) from dy [rows, N], as u's plan says:
    dA += dyᵀ·x, dbias += Σ dy into the gradient block and dx += dy·A, on x itself (not factored:
    product_rows_backward) or through x's factors, where dx is formed (level_grad_dense) or handed on
-   as the term dy·A (u->term). */
+   as the term dy·A (u->term). The products over rows run at the net's precision, those of weights
+   with weights in fp32, as in the forward. */
 herbs_status factored_backward(const factored_use *u, head_ctx *c, const float *dy, const float *x, herbs_weight *a,
                                int rows, level_grad *dx);
 

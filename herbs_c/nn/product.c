@@ -2,7 +2,8 @@
    and token kernels, which choose the weight's form for the precision. The forward runs at the
    precision asked, against the weight packed once per table version for the GEMM of that
    precision (in fp32 too: on AMD Zen 4, 2 threads, packing per call was 9% of a Swin-T batch-1
-   forward); the backward in fp32 (a bf16 backward is issue 14's). */
+   forward); the backward's products (dx = dy·W, dW += dyᵀ·x) at the precision asked too, as autocast
+   runs them: bf16 operands, fp32 accumulation into the fp32 gradients. */
 #include "nn/product.h"
 
 #include <stdio.h>
@@ -93,7 +94,7 @@ void product_rows_forward(herbs_weight *w, const herbs_params *t, herbs_precisio
 void product_rows_backward(herbs_weight *w, herbs_params *t, herbs_precision p, float *dx, const float *dy,
                            const float *x, int rows, int accumulate)
 {
-    linear_backward(dx, GRAD(t, w->weight), bias_grad_of(w, t), dy, x, compute_weight(w, t), rows,
+    linear_backward(p, dx, GRAD(t, w->weight), bias_grad_of(w, t), dy, x, compute_weight(w, t), rows,
                     w->in * w->k * w->k, w->out, accumulate);
 }
 
@@ -114,7 +115,7 @@ void product_conv_backward(herbs_weight *w, herbs_params *t, herbs_precision p, 
 {
     const int repacked = w->ohwi.offset != HERBS_NO_TENSOR; /* the gradient comes in the compute layout */
     float *dw = repacked ? herbs_zero_floats(dw_work, w->ohwi.floats) : GRAD(t, w->weight);
-    conv2d_backward(dx, dw, bias_grad_of(w, t), dy, x, compute_weight(w, t), scratch, scratch_floats, B, H, W,
+    conv2d_backward(p, dx, dw, bias_grad_of(w, t), dy, x, compute_weight(w, t), scratch, scratch_floats, B, H, W,
                     w->in, w->out, w->k, w->k, w->stride, w->pad, accumulate);
     if (repacked)
         conv2d_weight_grad_from_ohwi(GRAD(t, w->weight), dw, w->out, w->in, w->k, w->k);
@@ -129,6 +130,6 @@ void product_tokens_forward(herbs_weight *w, const herbs_params *t, herbs_precis
 void product_tokens_backward(herbs_weight *w, herbs_params *t, herbs_precision p, float *dx, const float *dy,
                              const float *x, int B, int C, int accumulate)
 {
-    token_linear_backward(dx, GRAD(t, w->weight), bias_grad_of(w, t), dy, x, PARAM(t, w->weight), B, w->in, w->out,
+    token_linear_backward(p, dx, GRAD(t, w->weight), bias_grad_of(w, t), dy, x, PARAM(t, w->weight), B, w->in, w->out,
                           C, accumulate);
 }

@@ -13,7 +13,9 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+from PIL import Image
 
+from herbs import transforms
 from herbs.evaluate import image_scores, softmax
 
 
@@ -33,7 +35,8 @@ def resize_bilinear(grid: np.ndarray, size: int) -> np.ndarray:
 
 
 def _score_gradients(outputs: dict, target: Optional[int]):
-    """(class, its probability in the summed score, {output: d score[class] / d output})."""
+    """(class, its probability as :meth:`herbs.Model.predict` gives it (the summed score over the
+    number of heads), {output: d score[class] / d output})."""
     scores = image_scores(outputs)
     probs = {name: softmax(s)[0] for name, s in scores.items()}
     total = sum(probs.values())
@@ -47,7 +50,7 @@ def _score_gradients(outputs: dict, target: Optional[int]):
         else:
             d_score = d_score[None]
         grads[name] = np.ascontiguousarray(d_score, dtype=np.float32)
-    return cls, float(softmax(total[None])[0, cls]), grads
+    return cls, float(total[cls] / len(probs)), grads
 
 
 def _tap_map(activation: np.ndarray, gradient: np.ndarray, rectify: str) -> np.ndarray:
@@ -64,8 +67,9 @@ def _tap_map(activation: np.ndarray, gradient: np.ndarray, rectify: str) -> np.n
 
 def heatmap(model, image: np.ndarray, target: Optional[int] = None, rectify: str = "each") -> dict:
     """The heat map of one image ``[3, H, W]`` (or ``[1, 3, H, W]``), normalised like the model's
-    inputs. Returns ``{"heatmap": [H, W] float32 in [0, 1], "class": int, "score": float}``,
-    the class being the model's prediction unless `target` is given.
+    inputs. Returns ``{"heatmap": [H, W] float32 in [0, 1], "class": int, "probability": float}``,
+    the class being the model's prediction unless `target` is given, and its probability the one
+    :meth:`herbs.Model.predict` gives (the summed score that is back-propagated, over its 9 heads).
 
     It runs an eval-mode forward and backward, which accumulates into the model's parameter
     gradients: they are zeroed afterwards, so call it between optimiser steps."""
@@ -77,11 +81,11 @@ def heatmap(model, image: np.ndarray, target: Optional[int] = None, rectify: str
         raise ValueError(f"heatmap takes one image [3, H, W] or [1, 3, H, W], got shape {np.shape(image)}")
     if target is not None and not 0 <= target < model.num_classes:
         raise ValueError(f"target class {target} is outside [0, {model.num_classes})")
-    cls = score = None  # known once the outputs are
+    cls = probability = None  # known once the outputs are
 
     def score_gradients(outputs: dict) -> dict:
-        nonlocal cls, score
-        cls, score, grads = _score_gradients(outputs, target)
+        nonlocal cls, probability
+        cls, probability, grads = _score_gradients(outputs, target)
         return grads
 
     try:
@@ -94,7 +98,7 @@ def heatmap(model, image: np.ndarray, target: Optional[int] = None, rectify: str
         activation, gradient = taps[name]
         heat *= resize_bilinear(_tap_map(activation[0], gradient[0], rectify), size)
     peak = heat.max()
-    return {"heatmap": (heat / peak if peak > 0 else heat).astype(np.float32), "class": cls, "score": score}
+    return {"heatmap": (heat / peak if peak > 0 else heat).astype(np.float32), "class": cls, "probability": probability}
 
 
 def overlay(rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -105,3 +109,26 @@ def overlay(rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray
     colour = np.clip(np.concatenate([1.5 - np.abs(4 * h - 3), 1.5 - np.abs(4 * h - 2), 1.5 - np.abs(4 * h - 1)],
                                     axis=-1), 0, 1) * 255  # the 'jet' ramp
     return ((1 - alpha) * rgb + alpha * colour).astype(np.uint8)
+
+
+def crop_box(width: int, height: int, img_size: int) -> tuple:
+    """(left, top, right, bottom), in pixels of a `width` × `height` image, of the part that
+    :func:`herbs.transforms.eval_transform` shows the model: the centre `img_size` crop of the image
+    resized to a square of :func:`herbs.transforms.resize_size` pixels."""
+    side = transforms.resize_size(img_size)
+    offset = int(round((side - img_size) / 2.0))  # as transforms.CenterCrop
+    sx, sy = width / side, height / side
+    return (offset * sx, offset * sy, (offset + img_size) * sx, (offset + img_size) * sy)
+
+
+def overlay_on_image(image: Image.Image, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The original image (uint8 [H, W, 3]) with the heat map of its evaluation crop (from
+    :func:`heatmap`) stretched over the region that crop came from; the rest as it is."""
+    rgb = np.asarray(image.convert("RGB"))
+    left, top, right, bottom = (int(round(v)) for v in crop_box(image.width, image.height, heat.shape[0]))
+    right, bottom = max(right, left + 1), max(bottom, top + 1)
+    region = Image.fromarray(np.asarray(heat, np.float32), mode="F").resize((right - left, bottom - top),
+                                                                             Image.BILINEAR)
+    out = rgb.copy()
+    out[top:bottom, left:right] = overlay(rgb[top:bottom, left:right], np.asarray(region), alpha)
+    return out

@@ -101,7 +101,9 @@ class Model:
             the pyramid's and classifiers' products to bfloat16 and accumulates in fp32, as
             PyTorch's CPU autocast does (on CPUs without AVX512-BF16 attention stays fp32);
             LayerNorm, BatchNorm, softmax, GELU, reductions and losses stay fp32. Parameters stay
-            fp32 (state dicts are unchanged); the backward of train_step is fp32.
+            fp32 (state dicts are unchanged). train_step's backward runs the same products' input
+            and weight gradients (dx = dy·W, dW += dyᵀ·x) in bf16 into fp32 gradients, attention's
+            backward in fp32 (``TrainConfig(precision=...)`` sets it for a training run).
 
     Arrays: images are ``[B, 3, img_size, img_size]``; float32 is used as is, float64 and
     float16 are converted to float32 (a copy), other dtypes are refused; non-contiguous and
@@ -140,6 +142,12 @@ class Model:
         self.image_shape = tuple(self._net.image_shape)
         self.img_size = self.image_shape[1]
         self.config = {k: v for k, v in config.items() if v is not None}
+        args = dict(backbone=self.backbone, num_classes=self.num_classes, img_size=self.img_size, fpn_size=fpn_size,
+                    num_selects=config["num_selects"], use_fpn=bool(use_fpn), use_selection=bool(use_selection),
+                    use_combiner=bool(use_combiner), drop_path_rate=drop_path_rate, dropout=dropout)
+        #: What rebuilds this model's shape, ``herbs.Model(**m.model_args)`` (not its seed: load the weights);
+        #: every checkpoint of herbs.train holds it.
+        self.model_args = {k: v for k, v in args.items() if v is not None}
         self.training = False
         self.precision = precision
 
@@ -305,6 +313,19 @@ class Model:
             outputs = {k: v for k, v in net.forward(x, train=False).items() if not k.startswith("rank_")}
             net.backward(dict(output_gradients(outputs)), probe_grads=True)
             return outputs, net.probes()
+
+    def export_onnx(self, path: str, outputs: str = "predict", class_names: Optional[Sequence[str]] = None) -> str:
+        """Writes the eval-mode inference graph to an ONNX file (for ONNX Runtime, OpenVINO,
+        TensorRT), built from this model's settings and state dict with the ``onnx`` package
+        (``pip install herbs[onnx]``), without PyTorch. Input ``images`` ``[batch, 3, H, W]``
+        (normalised as for :meth:`predict`; the batch is dynamic). `outputs`: ``"predict"``
+        (default) gives ``probabilities``, :meth:`predict`'s scores; ``"all"`` also gives
+        :meth:`forward`'s outputs by name (17 with every switch on). `class_names` are stored in
+        the file's metadata (``class_names``, JSON). Swin and ResNet backbones; see
+        :mod:`herbs.export`. Returns `path`."""
+        from herbs.export import export_onnx
+
+        return export_onnx(self, path, outputs=outputs, class_names=class_names)
 
     # ------------------------------------------------------------------------------------------
     # the state of the random streams

@@ -103,6 +103,11 @@ class RunTools:
         self.ema = ModelEma(model, decay=config.model_ema_decay, use_warmup=config.model_ema_warmup) \
             if config.model_ema else None
 
+    @staticmethod
+    def score(record: dict) -> float:
+        """The run's score of an evaluated epoch (:func:`score`)."""
+        return score(record)
+
     def targets(self, images: np.ndarray, labels: np.ndarray, epoch: int, batch: int):
         """(images, targets) for train_step: mixed images and soft targets with mixup/cutmix, the
         smoothed targets with smoothing alone, else the batch unchanged (integer labels). Mixing draws
@@ -135,7 +140,7 @@ class RunTools:
         if self.ema is None or val_loader is None:
             return {}
         with self.ema.applied(model):
-            return {f"val_ema_{k}": v for k, v in evaluation.evaluate(model, val_loader).items()}
+            return {f"val_ema_{k}": v for k, v in evaluation.evaluate(model, val_loader).metrics().items()}
 
     def checkpoint_entries(self, model) -> dict:
         """What a checkpoint holds besides the model: ``{"model_ema": state dict}`` with an EMA."""
@@ -150,16 +155,61 @@ class RunTools:
 
     def end_epoch(self, out_dir: str, epoch: int, written: str) -> None:
         """After the epoch's line in metrics.jsonl and its checkpoint (the file `written`): summary.csv,
-        curves.png and the best checkpoint_hist checkpoints, all from metrics.jsonl."""
+        curves.png and the best checkpoint_hist checkpoints, all from metrics.jsonl (ranking the
+        evaluated epochs, with eval_freq > 1, or every epoch by its loss without validation)."""
         records = summary.read_metrics(out_dir)
         summary.write_summary(out_dir, records)
         plot.plot_run(out_dir, records)
         if self.config.checkpoint_hist:
-            checkpoints.keep_best(out_dir, records, self.config.checkpoint_hist, written, epoch, score)
+            ranked = [r for r in records if "val_ensemble" in r] or records
+            checkpoints.keep_best(out_dir, ranked, self.config.checkpoint_hist, written, epoch, score)
 
 
-def add_arguments(parser: argparse.ArgumentParser, defaults: TimmOptions) -> None:
+#: The tools' settings: TrainConfig fields, herbs train options and config-file keys of the same names.
+OPTIONS = tuple(f.name for f in dataclasses.fields(TimmOptions))
+_DEFAULTS = TimmOptions()
+
+
+def _setting(key: str, value):
+    """A tool's setting from a config file or the command line, as its field's type (YAML 1.1 reads
+    5e-4 as text: such text is a number too); the ranges are TrainConfig.check's."""
+    default = getattr(_DEFAULTS, key)
+    if value is None and default is None:
+        return None
+    if key == "cutmix_minmax":
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise ValueError(f"{key} must be two numbers [min, max] or null, got {value!r}")
+        return tuple(_setting("cutmix", v) for v in value)
+    if isinstance(default, (bool, str)):
+        if not isinstance(value, type(default)):
+            raise ValueError(f"{key} must be {'true or false' if isinstance(default, bool) else 'text'}, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        return value
+    try:  # a float, or clip_grad (None by default)
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not np.isfinite(number):
+        raise ValueError(f"{key} must be a number{' or null' if default is None else ''}, got {value!r}")
+    return number
+
+
+def config_keys() -> dict:
+    """The tools' keys of herbs' config files (:mod:`herbs.config`): ``{name: (check, default)}``."""
+    return {name: (_setting, getattr(_DEFAULTS, name)) for name in OPTIONS}
+
+
+def config_options(settings) -> dict:
+    """TrainConfig keyword arguments of the tools from resolved config settings."""
+    return {name: settings[name] for name in OPTIONS}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The tools' options for ``herbs train``, under timm train.py's flag names."""
+    defaults = _DEFAULTS
     g = parser.add_argument_group("timm's training tools (timm train.py's flags; all off by default)")
     g.add_argument("--smoothing", type=float, default=defaults.smoothing, help="label smoothing (timm's default: 0.1)")
     g.add_argument("--mixup", type=float, default=defaults.mixup, help="mixup alpha, on if > 0")
@@ -179,12 +229,4 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: TimmOptions) -> Non
     g.add_argument("--clip-mode", choices=list(clip.MODES), default=defaults.clip_mode)
     g.add_argument("--checkpoint-hist", type=int, default=defaults.checkpoint_hist,
                    help="keep checkpoint-EPOCH.pth of the N best epochs (0: best.pth and last.pth only)")
-
-
-def options_from(args: argparse.Namespace) -> dict:
-    """TrainConfig keyword arguments of the tools from parsed ``herbs train`` arguments."""
-    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(TimmOptions)}
-    if options["cutmix_minmax"] is not None:
-        options["cutmix_minmax"] = tuple(options["cutmix_minmax"])
-    return options
 

@@ -7,12 +7,22 @@ is divided by the number of batches in its accumulation group and its gradients 
 zeroed. The refinement temperature halves every 10 epochs. After each epoch: evaluation on
 the validation set, one line in ``metrics.jsonl``, and a checkpoint ``last.pth`` (plus
 ``best.pth``) written atomically — ``{"model", "optimizer", "epoch", "best", "config"}`` as
-the release saves it, readable by ``torch.load``, and ``"training_state"``, the model's random
-streams (:meth:`herbs.Model.training_state`). Resuming from ``last.pth`` continues to the same
+the release saves it, readable by ``torch.load``, ``"training_state"``, the model's random
+streams (:meth:`herbs.Model.training_state`), and ``"model_args"`` and ``"class_names"``, which
+rebuild the model for ``herbs predict``. ``best.pth`` holds no ``"optimizer"``: that state is as
+large as the model again (SGD's momentum; AdamW's two moments, twice), and best.pth is what is
+evaluated and deployed; ``last.pth`` keeps it, and is what a run resumes from. Resuming from ``last.pth`` continues to the same
 bits as an uninterrupted run (with the same thread count): data order and augmentation depend
 only on (seed, epoch), dropout and drop path on the saved training state. Before its first epoch
 a run removes what a killed run left in its folder: temporary files of half-written checkpoints,
 and lines of ``metrics.jsonl`` after the epoch it starts from.
+
+Mixed precision: ``TrainConfig(precision="bf16")`` runs the forward's and the backward's products
+(linear and convolution layers, attention) with bf16 operands and fp32 accumulation, as
+``torch.autocast("cpu", dtype=torch.bfloat16)`` does; parameters, gradients, the optimiser and
+checkpoints stay fp32 (bf16 keeps fp32's exponent range: no loss scaling). The model computes at
+that precision for the run, evaluation included, and gets its own back at the end. A resumed run
+keeps its checkpoint's precision (``precision=None``, the default) or refuses another.
 
 timm's training tools (:mod:`herbs.tools`: label smoothing, mixup/cutmix, gradient clipping, an EMA of
 the weights saved as ``"model_ema"``, the best N checkpoints) are settings of :class:`TrainConfig`, off
@@ -31,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 import warnings
 from typing import Callable, Optional
@@ -43,8 +52,8 @@ from herbs import optim, weights
 from herbs.files import atomic_write, remove_stale_temps
 from herbs.data import DataLoader, Dataset
 from herbs.model import NonFiniteImageError
-from herbs.progress import Progress
-from herbs.tools import RunTools, TimmOptions, score
+from herbs.progress import Progress, clock
+from herbs.tools import RunTools, TimmOptions
 
 
 @dataclasses.dataclass
@@ -62,15 +71,21 @@ class TrainConfig(TimmOptions):
     seed: int = 0
     num_workers: int = 2
     skip_nonfinite: bool = False  # a NaN/inf loss, gradient or image: False stops, True skips that update
+    eval_freq: int = 1  # 1: evaluate after every epoch; N > 1: the release's schedule (see evaluates_after)
+    # the products' precision in training and evaluation, "fp32" or "bf16" (Model.precision); None: a
+    # resumed run's, else fp32
+    precision: Optional[str] = None
 
     def check(self) -> None:
-        for name in ("epochs", "batch_size", "update_freq"):
+        for name in ("epochs", "batch_size", "update_freq", "eval_freq"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if not self.max_lr > 0 or self.warmup_batches < 0 or not self.temperature > 0:
             raise ValueError("max_lr and temperature must be > 0 and warmup_batches >= 0")
+        if self.precision not in (None, "fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         self.check_tools()
 
 
@@ -92,9 +107,39 @@ def make_optimizer(model, config: TrainConfig):
 
 
 def _write_checkpoint(path: str, model, optimizer, epoch: int, best: float, config: TrainConfig, extra: dict) -> None:
-    weights.save_file({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                       "best": best, "config": dataclasses.asdict(config),
-                       "training_state": model.training_state(), **extra}, path, format="torch")
+    """A checkpoint; without the optimizer's state when `optimizer` is None (best.pth)."""
+    state = {"optimizer": optimizer.state_dict()} if optimizer is not None else {}
+    weights.save_file({"model": model.state_dict(), **state, "epoch": epoch, "best": best,
+                       "config": dataclasses.asdict(config), "training_state": model.training_state(), **extra},
+                      path, format="torch")
+
+
+def evaluates_after(epoch: int, epochs: int, eval_freq: int) -> bool:
+    """Whether epoch `epoch` (counted from 0) of `epochs` ends with an evaluation (and so may write
+    best.pth). With eval_freq 1, every epoch; else the release's schedule: after the first epoch and
+    every eval_freq-th, every 2nd from 80% of the run on and every epoch from 90% on."""
+    if eval_freq > 1:
+        eval_freq = 1 if epoch >= 0.9 * epochs else 2 if epoch >= 0.8 * epochs else eval_freq
+    return epoch == 0 or (epoch + 1) % eval_freq == 0
+
+
+def _warn_long_warmup(config: TrainConfig, batches: int, log: Callable[[str], None]) -> None:
+    """Says when warm-up takes half the run or more: the learning rate then stays far below max_lr
+    for most of it (the release's 1,500 batches are 4% of its CUB run, and all of a run on 200 images)."""
+    warmup = config.warmup_batches
+    if warmup * 2 >= batches:
+        when = f"at batch {warmup}" if warmup <= batches else "never (warm-up is cut short at the run's end)"
+        log(f"warning: warmup_batches {warmup} is {warmup / batches:.0%} of this run's {batches} batches: the "
+            f"learning rate reaches max_lr {when}; a run this short wants a smaller one (herbs train --warmup)")
+
+
+def _epoch_line(record: dict, epochs: int, best: float, seconds: float, eta: float) -> str:
+    """One readable line for an epoch's record: loss, validation top-1 of the ensemble, the best so far."""
+    line = f"epoch {record['epoch']}/{epochs}: loss {record['loss_total']:.4f}"
+    if "val_ensemble" in record:
+        line += f", val top-1 {100 * record['val_ensemble']:.2f}% (best {100 * best:.2f}%)"
+    line += f", {clock(seconds)} ({record['images_per_second']:.1f} img/s)"
+    return line + (f", ETA {clock(eta)}" if record["epoch"] < epochs else "")
 
 
 def _saved_training_state(saved: dict, path: str, model, steps: int) -> dict:
@@ -139,7 +184,8 @@ def _clean_run_folder(out_dir: str, epoch: int, log: Callable[[str], None]) -> N
     killed writes of its files left, and cuts metrics.jsonl to epochs 1..epoch (a run killed after
     an epoch's line and before its checkpoint wrote a line that the resumed run writes again)."""
     metrics = os.path.join(out_dir, "metrics.jsonl")
-    removed = sum(remove_stale_temps(os.path.join(out_dir, name)) for name in ("last.pth", "best.pth", "metrics.jsonl", "summary.csv", "curves.png"))
+    removed = sum(remove_stale_temps(os.path.join(out_dir, name))
+                  for name in ("last.pth", "best.pth", "metrics.jsonl", "summary.csv", "curves.png"))
     if removed:
         log(f"removed {removed} temporary file(s) of writes a killed run left in {out_dir}")
     if not os.path.exists(metrics):
@@ -177,19 +223,33 @@ def _last_checkpoint(out_dir: Optional[str]) -> str:
 
 def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: TrainConfig = TrainConfig(),
           out_dir: Optional[str] = None, resume: Optional[str] = None, loss_options: Optional[dict] = None,
-          checkpoint_extra: Optional[dict] = None, log: Callable[[str], None] = print) -> list:
+          checkpoint_extra: Optional[dict] = None, log: Callable[[str], None] = print,
+          on_epoch: Optional[Callable[[dict], None]] = None) -> list:
     """Trains `model` on `train_set`; returns the per-epoch metrics (also in out_dir/metrics.jsonl).
 
     `loss_options` go to every ``model.train_step`` call (loss weights, for example).
     `resume` is a checkpoint written by this function (out_dir/last.pth): the model's tensors, its
     training state, the optimiser and the epoch are restored from it, and the run continues to the
-    same bits as an uninterrupted one. `checkpoint_extra` entries are saved in every checkpoint too
-    (e.g. how to rebuild the model, class names). A run into `out_dir` (new or resumed) removes
-    temporary files left there by killed writes and keeps the lines of metrics.jsonl up to the epoch
-    it starts from (none for a new run) before it appends its own. Raises :class:`NonFiniteError`
+    same bits as an uninterrupted one. Every checkpoint holds ``model_args`` (the model's
+    :attr:`~herbs.Model.model_args`) and ``class_names`` (the training set's classes);
+    `checkpoint_extra` entries are saved in every checkpoint too, replacing those of the same name.
+    `log` gets a readable line per epoch; `on_epoch` (if given) each epoch's metrics record. A run
+    into `out_dir` (new or resumed) removes temporary files left there by killed writes and keeps
+    the lines of metrics.jsonl up to the epoch it starts from (none for a new run) before it
+    appends its own. Raises :class:`NonFiniteError`
     at a NaN or infinity unless ``config.skip_nonfinite`` (see the module's docstring); an epoch
     whose every update is skipped raises it too."""
     config.check()
+    own_precision = model.precision
+    try:
+        return _train(model, train_set, val_set, config, out_dir, resume, loss_options, checkpoint_extra, log,
+                      on_epoch)
+    finally:
+        model.precision = own_precision
+
+
+def _train(model, train_set, val_set, config, out_dir, resume, loss_options, checkpoint_extra, log,
+           on_epoch) -> list:
     loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=True,
                         num_workers=config.num_workers)
     if len(loader) == 0:
@@ -198,11 +258,20 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
     schedule = optim.cosine_schedule(config.max_lr, len(loader), config.epochs,
                                      min(config.warmup_batches, len(loader) * config.epochs))
     optimizer = make_optimizer(model, config)
+    extra = {"model_args": getattr(model, "model_args", None), "class_names": list(getattr(train_set, "classes", [])),
+             **(checkpoint_extra or {})}  # a stand-in model of a test may have no model_args
+    extra = {k: v for k, v in extra.items() if v}
     tools = RunTools(model, config)
     start_epoch, best, history = 0, float("-inf"), []
+    saved = weights.load_checkpoint(resume) if resume else {}
+    if config.precision is None:  # the resumed run's; a checkpoint of an older herbs: fp32
+        config = dataclasses.replace(config, precision=(saved.get("config") or {}).get("precision") or "fp32")
+    model.precision = config.precision
     if resume:
-        saved = weights.load_checkpoint(resume)
-        _check_resume_settings(saved, resume, config, checkpoint_extra or {}, log)
+        if "optimizer" not in saved:
+            raise ValueError(f"{resume} holds no optimizer state (best.pth keeps only the model): resume from the "
+                             f"run's last.pth")
+        _check_resume_settings(saved, resume, config, extra, log)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, best = int(saved["epoch"]), float(saved["best"])
@@ -212,6 +281,8 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         _clean_run_folder(out_dir, start_epoch, log)
+    _warn_long_warmup(config, len(loader) * config.epochs, log)
+    run_started = time.perf_counter()
 
     steps_per_epoch = -(-len(loader) // config.update_freq)
     model.zero_grad()  # each update group ends with a zero_grad, so once is enough
@@ -220,7 +291,7 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
         loader.set_epoch(epoch)
         batch_indices = loader._batches(epoch)  # the samples of each batch, for messages
         sums, group, problems, skipped = {}, {}, [], 0
-        progress = Progress(len(loader), f"epoch {epoch + 1}/{config.epochs}")
+        progress = Progress(len(loader), f"epoch {epoch + 1}/{config.epochs}", unit="batch")
         started = time.perf_counter()
         for i, (images, labels) in enumerate(loader):
             group_start = i - i % config.update_freq
@@ -272,22 +343,26 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
                   "images_per_second": round(len(loader) * config.batch_size / seconds, 3),
                   "skipped_batches": skipped, "lr": lr,
                   **{f"loss_{k}": v / (len(loader) - skipped) for k, v in sums.items()}}
-        if val_loader:
-            record.update({f"val_{k}": v for k, v in evaluation.evaluate(model, val_loader).items()})
+        evaluated = val_loader is not None and evaluates_after(epoch, config.epochs, config.eval_freq)
+        if evaluated:
+            record.update({f"val_{k}": v for k, v in evaluation.evaluate(model, val_loader).metrics().items()})
             record.update(tools.evaluate_ema(model, val_loader))
         history.append(record)
-        log(json.dumps(record))
-        improved, best = score(record) > best, max(best, score(record))
+        score = tools.score(record) if evaluated else -record["loss_total"]
+        improved = score > best and (evaluated or val_loader is None)  # an epoch without evaluation is not the best
+        best = max(best, score) if improved else best
+        per_epoch = (time.perf_counter() - run_started) / (epoch + 1 - start_epoch)
+        log(_epoch_line(record, config.epochs, best, seconds, per_epoch * (config.epochs - epoch - 1)))
+        if on_epoch is not None:
+            on_epoch(record)
         if out_dir:
             with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
             # best.pth before last.pth: a run killed between the two resumes from the epoch before
             # and writes both again, where the other order could leave best.pth an epoch behind
-            last, best_path = os.path.join(out_dir, "last.pth"), os.path.join(out_dir, "best.pth")
-            _write_checkpoint(best_path if improved else last, model, optimizer, epoch + 1, best, config,
-                              {**(checkpoint_extra or {}), **tools.checkpoint_entries(model)})
-            if improved:  # the same bytes as best.pth
-                with open(best_path, "rb") as src, atomic_write(last) as dst:
-                    shutil.copyfileobj(src, dst)
-            tools.end_epoch(out_dir, epoch + 1, last)  # summary.csv, curves.png, the best checkpoint_hist
+            entries = {**extra, **tools.checkpoint_entries(model)}  # with the EMA's weights
+            if improved:
+                _write_checkpoint(os.path.join(out_dir, "best.pth"), model, None, epoch + 1, best, config, entries)
+            _write_checkpoint(os.path.join(out_dir, "last.pth"), model, optimizer, epoch + 1, best, config, entries)
+            tools.end_epoch(out_dir, epoch + 1, os.path.join(out_dir, "last.pth"))  # summary, plot, best N
     return history
