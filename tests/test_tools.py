@@ -250,8 +250,10 @@ def datasets():
 def test_a_run_with_every_tool_resumes_to_the_same_bits(tmp_path):
     config = train.TrainConfig(**TOOLS)
     whole = tiny_model()
-    history = train.train(whole, *datasets(), config, out_dir=str(tmp_path / "a"), log=lambda s: None)
+    logged = []
+    history = train.train(whole, *datasets(), config, out_dir=str(tmp_path / "a"), log=logged.append)
     assert all("val_ema_ensemble" in r and "lr" in r for r in history)
+    assert sum(", EMA " in line and "(best " in line for line in logged) == 3  # each epoch's line
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert files[:2] == ["best.pth", "checkpoint-%d.pth" % checkpoints.best_epochs(history, 2, herbs.tools.score)[0]]
     assert len([f for f in files if f.startswith("checkpoint-")]) == 2

@@ -134,10 +134,12 @@ def _warn_long_warmup(config: TrainConfig, batches: int, log: Callable[[str], No
 
 
 def _epoch_line(record: dict, epochs: int, best: float, seconds: float, eta: float) -> str:
-    """One readable line for an epoch's record: loss, validation top-1 of the ensemble, the best so far."""
+    """One readable line for an epoch's record: loss, validation top-1 of the ensemble (and of the EMA's
+    weights, which then rank the epochs), the best so far."""
     line = f"epoch {record['epoch']}/{epochs}: loss {record['loss_total']:.4f}"
     if "val_ensemble" in record:
-        line += f", val top-1 {100 * record['val_ensemble']:.2f}% (best {100 * best:.2f}%)"
+        ema = f", EMA {100 * record['val_ema_ensemble']:.2f}%" if "val_ema_ensemble" in record else ""
+        line += f", val top-1 {100 * record['val_ensemble']:.2f}%{ema} (best {100 * best:.2f}%)"
     line += f", {clock(seconds)} ({record['images_per_second']:.1f} img/s)"
     return line + (f", ETA {clock(eta)}" if record["epoch"] < epochs else "")
 
