@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 import herbs
-from herbs import backbones, data, transforms, weights
+from herbs import backbones, data, distributed, transforms, weights
 from herbs.evaluate import evaluate
 from herbs.train import TrainConfig, train
 
@@ -204,6 +204,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     a = parser().parse_args(argv)
+    if distributed.world().rank > 0:  # under mpiexec rank 0 reports; every rank's errors go to stderr
+        sys.stdout = open(os.devnull, "w")
     if a.threads:
         herbs.set_num_threads(a.threads)
     try:
@@ -214,6 +216,7 @@ def main(argv=None) -> None:
         raise SystemExit(0)
     except (ValueError, OSError, FloatingPointError) as e:  # FloatingPointError: train.NonFiniteError
         print(f"herbs {a.command}: {e}", file=sys.stderr)
+        distributed.stop_all(2)  # under mpiexec: ends every rank, none waits for this one
         raise SystemExit(2)
 
 

@@ -33,8 +33,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from herbs import evaluate as evaluation
-from herbs import optim, weights
+from herbs import distributed, optim, weights
 from herbs.files import atomic_write, remove_stale_temps
 from herbs.data import DataLoader, Dataset
 from herbs.model import NonFiniteImageError
@@ -181,26 +180,52 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
     temporary files left there by killed writes and keeps the lines of metrics.jsonl up to the epoch
     it starts from (none for a new run) before it appends its own. Raises :class:`NonFiniteError`
     at a NaN or infinity unless ``config.skip_nonfinite`` (see the module's docstring); an epoch
-    whose every update is skipped raises it too."""
+    whose every update is skipped raises it too.
+
+    Started by ``mpiexec -n N`` (with mpi4py installed) it trains data-parallel on the N ranks
+    (:mod:`herbs.distributed`): rank r takes batches r, r+N, ... of each epoch, and gradients are summed
+    over the ranks before every update, which is then that of one process with ``update_freq × N``. The
+    learning-rate schedule counts batches of all ranks (``warmup_batches`` too), and `config.max_lr` is
+    the rate of the global batch ``N × update_freq × batch_size``, as given: to keep the rate per image of
+    a run on fewer ranks, scale it with the global batch (the linear rule of Goyal et al., 2017). Only
+    rank 0 logs and writes into `out_dir`; every rank reads `resume`. A rank that raises stops all
+    ranks (MPI_Abort); settings that differ between ranks raise
+    :class:`herbs.distributed.RankMismatchError` on every rank."""
+    world = distributed.world()
+    with world.guard(agreed=(NonFiniteError, distributed.RankMismatchError)):
+        return _train(world, model, train_set, val_set, config, out_dir, resume, loss_options or {},
+                      checkpoint_extra or {}, log if world.is_main else lambda line: None)
+
+
+def _train(world: distributed.World, model, train_set: Dataset, val_set: Optional[Dataset], config: TrainConfig,
+           out_dir: Optional[str], resume: Optional[str], loss_options: dict, checkpoint_extra: dict,
+           log: Callable[[str], None]) -> list:
     config.check()
     loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=True,
-                        num_workers=config.num_workers)
+                        num_workers=config.num_workers, shard=world.shard)
     if len(loader) == 0:
-        raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of {config.batch_size}")
-    val_loader = DataLoader(val_set, config.batch_size, num_workers=config.num_workers) if val_set else None
-    schedule = optim.cosine_schedule(config.max_lr, len(loader), config.epochs,
-                                     min(config.warmup_batches, len(loader) * config.epochs))
+        raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of {config.batch_size}"
+                         + (f" for each of {world.size} ranks" if world.size > 1 else ""))
+    val_loader = DataLoader(val_set, config.batch_size, num_workers=config.num_workers,
+                            shard=world.shard) if val_set else None
+    batches = len(loader) * world.size  # of an epoch, over all ranks: the schedule's unit
+    schedule = optim.cosine_schedule(config.max_lr, batches, config.epochs,
+                                     min(config.warmup_batches, batches * config.epochs))
     optimizer = make_optimizer(model, config)
     start_epoch, best, history = 0, float("-inf"), []
     if resume:
         saved = weights.load_checkpoint(resume)
-        _check_resume_settings(saved, resume, config, checkpoint_extra or {}, log)
+        _check_resume_settings(saved, resume, config, checkpoint_extra, log)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, best = int(saved["epoch"]), float(saved["best"])
-        model.load_training_state(_saved_training_state(saved, resume, model, start_epoch * len(loader)))
+        model.load_training_state(_saved_training_state(saved, resume, model, start_epoch * batches))
         log(f"resumed from {resume} after epoch {start_epoch}")
-    if out_dir:
+        world.note_resume(saved, log)
+    if world.size > 1:
+        world.start(model, optimizer, config, train_set, val_set, start_epoch, loss_options, checkpoint_extra, log)
+        checkpoint_extra = {**checkpoint_extra, "ranks": world.size}
+    if out_dir and world.is_main:
         os.makedirs(out_dir, exist_ok=True)
         _clean_run_folder(out_dir, start_epoch, log)
 
@@ -211,15 +236,16 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
         loader.set_epoch(epoch)
         batch_indices = loader._batches(epoch)  # the samples of each batch, for messages
         sums, group, problems, skipped = {}, {}, [], 0
-        progress = Progress(len(loader), f"epoch {epoch + 1}/{config.epochs}")
-        started = time.perf_counter()
+        progress = Progress(len(loader), f"epoch {epoch + 1}/{config.epochs}", stream=world.progress_stream())
+        started, epoch_state = time.perf_counter(), model.training_state()
         for i, (images, labels) in enumerate(loader):
             group_start = i - i % config.update_freq
             group_size = min(config.update_freq, len(loader) - group_start)
             losses = {}
+            world.start_batch(model, epoch_state, i)
             try:
-                losses = model.train_step(images, labels, temperature=temperature, accumulation_steps=group_size,
-                                          **(loss_options or {}))
+                losses = model.train_step(images, labels, temperature=temperature,
+                                          accumulation_steps=group_size * world.size, **loss_options)
             except NonFiniteImageError as e:  # refused before any compute
                 files = ", ".join(train_set.describe(int(batch_indices[i][k])) for k in e.images)
                 problems.append(f"batch {i + 1} has NaN or infinite pixels in {files}")
@@ -227,8 +253,10 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
                 problems.append(f"batch {i + 1}'s loss is {losses['total']}")
             for name, value in losses.items():
                 group[name] = group.get(name, 0.0) + value
-            lr = float(schedule[epoch * len(loader) + i])
+            lr = float(schedule[epoch * batches + (i + 1) * world.size - 1])  # of the last batch over the ranks
             if i - group_start + 1 == group_size:  # the group's last batch: update, if all is finite
+                world.sum_gradients(model.flat_gradients())
+                problems = world.gather([f"rank {world.rank}: {p}" if world.size > 1 else p for p in problems])
                 if not problems:
                     try:
                         optimizer.step(lr=lr)  # checks the gradients first, in C
@@ -236,7 +264,7 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
                         problems.append(str(e))
                 if problems:
                     step = epoch * steps_per_epoch + i // config.update_freq + 1
-                    samples = np.concatenate(batch_indices[group_start:i + 1]).tolist()
+                    samples = world.gather(np.concatenate(batch_indices[group_start:i + 1]).tolist())
                     where = (f"optimiser step {step} (epoch {epoch + 1}, batches {group_start + 1}-{i + 1} of "
                              f"{len(loader)}, samples {samples}): {'; '.join(problems)}")
                     if not config.skip_nonfinite:
@@ -254,26 +282,29 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
         if skipped == len(loader):
             raise NonFiniteError(f"every update of epoch {epoch + 1} was skipped for NaN or infinite values: the "
                                  f"model itself may hold them; {_last_checkpoint(out_dir)}",
-                                 epoch * steps_per_epoch + 1, epoch + 1, np.concatenate(batch_indices).tolist())
+                                 epoch * steps_per_epoch + 1, epoch + 1,
+                                 world.gather(np.concatenate(batch_indices).tolist()))
+        world.end_epoch(model, epoch_state, len(loader))
+        world.average_buffers(model)
         seconds = time.perf_counter() - started
         record = {"epoch": epoch + 1, "temperature": temperature, "seconds": round(seconds, 3),
-                  "images_per_second": round(len(loader) * config.batch_size / seconds, 3),
-                  "skipped_batches": skipped,
-                  **{f"loss_{k}": v / (len(loader) - skipped) for k, v in sums.items()}}
-        if val_loader:
-            record.update({f"val_{k}": v for k, v in evaluation.evaluate(model, val_loader).items()})
+                  "images_per_second": round(batches * config.batch_size / seconds, 3),
+                  "skipped_batches": skipped * world.size,
+                  **{f"loss_{k}": v / (batches - skipped * world.size) for k, v in world.sum(sums).items()}}
+        if val_loader is not None:  # not its length: a rank may have no validation batch
+            record.update({f"val_{k}": v for k, v in world.evaluate(model, val_loader).items()})
         history.append(record)
         log(json.dumps(record))
         score = record.get("val_ensemble", -record["loss_total"])
         improved, best = score > best, max(best, score)
-        if out_dir:
+        if out_dir and world.is_main:
             with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
             # best.pth before last.pth: a run killed between the two resumes from the epoch before
             # and writes both again, where the other order could leave best.pth an epoch behind
             last, best_path = os.path.join(out_dir, "last.pth"), os.path.join(out_dir, "best.pth")
             _write_checkpoint(best_path if improved else last, model, optimizer, epoch + 1, best, config,
-                              checkpoint_extra or {})
+                              checkpoint_extra)
             if improved:  # the same bytes as best.pth
                 with open(best_path, "rb") as src, atomic_write(last) as dst:
                     shutil.copyfileobj(src, dst)
