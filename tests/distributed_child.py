@@ -7,7 +7,8 @@ OUT/rank{r}.npz, and rank 0 prints the metrics as one JSON line.
 
 Settings: ``fail=R:S`` makes rank R raise at its S-th train_step call (counted from 1 in this
 process), ``kill=R:S`` makes it SIGKILL itself there instead; ``img_size=R:V``, ``classes=R:V`` and
-``seed=R:V`` give rank R another image size, class count or seed; ``epochs=E`` trains E epochs (3)."""
+``seed=R:V`` give rank R another image size, class count or seed; ``nan=R:S`` gives rank R's S-th
+train_step call images of NaN; ``epochs=E`` trains E epochs (3), ``skip=1`` skips non-finite updates."""
 import json
 import os
 import signal
@@ -34,7 +35,8 @@ def ranked(settings: dict, name: str, rank: int, default):
 
 
 def failing(step, rank: int, settings: dict):
-    """train_step, raising or dying at the call that settings 'fail' or 'kill' name for this rank."""
+    """train_step, raising, dying or given NaN images at the call that settings 'fail', 'kill' or 'nan'
+    name for this rank."""
     calls = [0]
 
     def train_step(*args, **kw):
@@ -43,6 +45,8 @@ def failing(step, rank: int, settings: dict):
             raise RuntimeError(f"an injected failure at train_step call {calls[0]}")
         if calls[0] == ranked(settings, "kill", rank, 0):
             os.kill(os.getpid(), signal.SIGKILL)
+        if calls[0] == ranked(settings, "nan", rank, 0):
+            args = (np.full_like(args[0], np.nan),) + args[1:]
         return step(*args, **kw)
 
     return train_step
@@ -56,7 +60,7 @@ def main(out: str, kind: str, update_freq: int, settings: dict) -> None:
                         num_selects=selects, fpn_size=32, dropout=0.1, seed=ranked(settings, "seed", rank, 0))
     model.train_step = failing(model.train_step, rank, settings)
     config = train.TrainConfig(epochs=int(settings.get("epochs", 3)), batch_size=2, max_lr=0.01, warmup_batches=2, update_freq=update_freq,
-                               num_workers=0)
+                               num_workers=0, skip_nonfinite=settings.get("skip") == "1")
     train_set = data.SyntheticDataset(3, size=size, n_per_class=3, seed=1)  # 9 images: 4 batches of 2
     val_set = data.SyntheticDataset(3, size=size, n_per_class=2, seed=2)
     last = os.path.join(out, "last.pth")

@@ -109,6 +109,18 @@ def test_a_killed_rank_stops_the_job(tmp_path):
 
 
 @needs_mpi
+def test_a_nan_on_one_rank_stops_or_skips_the_update_on_every_rank(tmp_path):
+    code, _, stderr, seconds = run(tmp_path / "stop", "swin", 1, "nan=1:2")
+    assert code != 0 and seconds < 60
+    assert stderr.count("NonFiniteError: optimiser step 2 (epoch 1, batches 2-2 of 2") == 2  # raised by both ranks
+    assert "rank 1: batch 2 has NaN or infinite pixels in" in stderr
+    history = finished(tmp_path / "skip", "swin", 1, "nan=1:2", "skip=1")
+    assert [line["skipped_batches"] for line in history] == [2, 0, 0]  # one update: a batch on each rank
+    a, b = saved(tmp_path / "skip", 0), saved(tmp_path / "skip", 1)
+    assert all(np.array_equal(a[name], b[name]) for name in a)
+
+
+@needs_mpi
 @pytest.mark.parametrize("setting, message", [
     ("img_size=1:128", "model img_size: rank 0 64, rank 1 128"),
     ("classes=1:4", "model num_classes: rank 0 3, rank 1 4"),

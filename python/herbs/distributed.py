@@ -163,13 +163,15 @@ class World:
 
     def average_buffers(self, model) -> None:
         """Averages the BatchNorm running statistics over the ranks (timm's ``--dist-bn reduce``); the
-        batch counters, equal on every rank, count one rank's batches (as in DDP)."""
+        batch counters are rank 0's (the batches of one rank, as DDP's broadcast buffers count them)."""
         if self.size == 1:
             return
         from mpi4py import MPI
 
         for name, buffer in model.named_buffers():
-            if not name.endswith("num_batches_tracked"):
+            if name.endswith("num_batches_tracked"):
+                self.comm.Bcast(buffer, root=0)
+            else:
                 self.comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
                 buffer /= self.size
 
