@@ -221,7 +221,9 @@ class World:
         threads than it has cores (OMP_NUM_THREADS unset: OpenMP takes every core in every rank)."""
         from mpi4py import MPI
 
-        local = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
+        machine = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks sharing this one's memory
+        local = machine.Get_size()
+        machine.Free()
         note = f"data-parallel training on {self.size} ranks × {threads} threads ({local} ranks on this machine)"
         cores = os.cpu_count() or 1
         if local * threads > cores:
