@@ -157,6 +157,19 @@ def sort_stable(self, stable=None, dim=-1, descending=False):
     return op.TopK(self, k, axis=dim, largest=int(bool(descending)), sorted=1)
 
 
+def herbs_model(tmp, config, threads, precision):
+    """The herbs model of `config` with the weights the parent saved in tmp, at `precision`."""
+    import herbs
+    import numpy as np
+    herbs.set_num_threads(threads)
+    with open(os.path.join(tmp, "config.json")) as f:
+        c = json.load(f)
+    backbone, img_size, _ = CONFIGS[config]
+    model = herbs.Model(backbone, num_classes=c["num_classes"], img_size=img_size, seed=0, precision=precision)
+    model.load_state_dict(dict(np.load(os.path.join(tmp, "weights.npz"))))
+    return model
+
+
 def train_flops(tmp, config):
     """FLOPs of one training image: the reference's train-mode forward and backward, batch 1."""
     import torch
@@ -176,14 +189,8 @@ def train_step(side, config, batch, tmp, threads):
     x = images(config, batch)
     y = np.random.default_rng(1).integers(0, CLASSES, batch)
     if side.startswith("herbs"):
-        import herbs
         from herbs.optim import SGD
-        herbs.set_num_threads(threads)
-        with open(os.path.join(tmp, "config.json")) as f:
-            c = json.load(f)
-        backbone, img_size, _ = CONFIGS[config]
-        model = herbs.Model(backbone, num_classes=c["num_classes"], img_size=img_size, seed=0, precision=precision)
-        model.load_state_dict(dict(np.load(os.path.join(tmp, "weights.npz"))))
+        model = herbs_model(tmp, config, threads, precision)
         optimizer = SGD(model.flat_parameters(), model.flat_gradients(), lr=LR, momentum=MOMENTUM,
                         weight_decay=WEIGHT_DECAY)
 
@@ -248,14 +255,8 @@ def runner(side, config, batches, tmp, threads, wait_policy):
     import numpy as np
     precision = SIDES[side][1]
     if side.startswith("herbs"):
-        import herbs
         from herbs.evaluate import ensemble_probabilities
-        herbs.set_num_threads(threads)
-        with open(os.path.join(tmp, "config.json")) as f:
-            c = json.load(f)
-        backbone, img_size, _ = CONFIGS[config]
-        model = herbs.Model(backbone, num_classes=c["num_classes"], img_size=img_size, seed=0, precision=precision)
-        model.load_state_dict(dict(np.load(os.path.join(tmp, "weights.npz"))))
+        model = herbs_model(tmp, config, threads, precision)
 
         def run(x):
             out = model.forward(x, train=False)

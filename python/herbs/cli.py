@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 import herbs
-from herbs import backbones, config, data, tools, transforms, weights
+from herbs import backbones, config, data, distributed, tools, transforms, weights
 from herbs.evaluate import align_classes, evaluate
 from herbs.train import TrainConfig, train
 
@@ -370,6 +370,8 @@ def _explicit(argv) -> set:
 def main(argv=None) -> None:
     a = parser().parse_args(argv)
     a.given = _explicit(argv) if a.command == "train" else set()
+    if distributed.world().rank > 0:  # under mpiexec rank 0 reports; every rank's errors go to stderr
+        sys.stdout = open(os.devnull, "w")
     if a.threads:
         herbs.set_num_threads(a.threads)
     try:
@@ -380,6 +382,7 @@ def main(argv=None) -> None:
         raise SystemExit(0)
     except (ValueError, OSError, FloatingPointError, ImportError) as e:  # FloatingPointError: train.NonFiniteError
         print(f"herbs {a.command}: {e}", file=sys.stderr)
+        distributed.stop_all(2)  # under mpiexec: ends every rank, none waits for this one
         raise SystemExit(2)
 
 

@@ -419,10 +419,14 @@ class DataLoader:
     the next. `num_workers` > 0 decodes and transforms in that many threads (Pillow and
     NumPy release the GIL), keeping up to two batches in flight. The last, smaller batch is
     dropped with `drop_last`.
+
+    `shard` ``(rank, count)`` makes this one of `count` loaders of data-parallel training (as PyTorch's
+    DistributedSampler): it yields batches rank, rank + count, ... of the epoch's batches; with
+    `drop_last` they are first cut to a multiple of `count`, so every rank gets as many.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
-                 drop_last: bool = False, num_workers: int = 0):
+                 drop_last: bool = False, num_workers: int = 0, shard: Tuple[int, int] = (0, 1)):
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: expected an int >= 1")
         if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -430,12 +434,19 @@ class DataLoader:
         if not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
             raise ValueError(f"num_workers={num_workers!r}: expected an int >= 0")
         self.dataset, self.batch_size, self.shuffle = dataset, int(batch_size), shuffle
+        rank, count = shard
+        if not 0 <= rank < count:
+            raise ValueError(f"shard={shard!r}: expected (rank, count) with 0 <= rank < count")
         self.seed, self.drop_last, self.num_workers = int(seed), drop_last, int(num_workers)
-        self.epoch = 0
+        self.shard, self.epoch = (int(rank), int(count)), 0
+
+    def _all_batches(self) -> int:
+        """The number of batches of an epoch over every shard."""
+        n = len(self.dataset)
+        return n // self.batch_size // self.shard[1] * self.shard[1] if self.drop_last else -(-n // self.batch_size)
 
     def __len__(self) -> int:
-        n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(range(self.shard[0], self._all_batches(), self.shard[1]))
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next iteration runs (its order and augmentation)."""
@@ -446,7 +457,9 @@ class DataLoader:
     def _batches(self, epoch: int) -> List[np.ndarray]:
         n = len(self.dataset)
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-        return [order[k:k + self.batch_size] for k in range(0, len(self) * self.batch_size, self.batch_size)]
+        starts = range(self.shard[0] * self.batch_size, self._all_batches() * self.batch_size,
+                       self.shard[1] * self.batch_size)
+        return [order[k:k + self.batch_size] for k in starts]
 
     def _sample(self, epoch: int, index: int) -> Tuple[np.ndarray, int]:
         return self.dataset.get(int(index), np.random.default_rng([self.seed, epoch, int(index)]))

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
 from herbs import _C, checkpoints, clip, plot, summary
-from herbs import evaluate as evaluation
 from herbs.ema import ModelEma
 from herbs.mixup import Mixup, mixup_target
 from herbs.model import _refuse_nonfinite as refuse_nonfinite
@@ -135,12 +134,21 @@ class RunTools:
         if self.ema is not None:
             self.ema.update(model, step=step)
 
-    def evaluate_ema(self, model, val_loader) -> dict:
-        """``{"val_ema_<metric>": ...}``: the EMA's weights evaluated as the model's are (nothing without one)."""
-        if self.ema is None or val_loader is None:
+    def evaluate_ema(self, model, evaluate: Callable[[], dict]) -> dict:
+        """``{"val_ema_<metric>": ...}``: `evaluate()` (the run's evaluation of `model`, metrics by name)
+        with the EMA's weights in the model (nothing without an EMA)."""
+        if self.ema is None:
             return {}
         with self.ema.applied(model):
-            return {f"val_ema_{k}": v for k, v in evaluation.evaluate(model, val_loader).metrics().items()}
+            return {f"val_ema_{k}": v for k, v in evaluate().items()}
+
+    def end_rank_epoch(self, model, average_buffers: Callable) -> None:
+        """At the end of an epoch of data-parallel training: `average_buffers(model)` (the run's
+        average of BatchNorm statistics over the ranks) applied to the EMA's too, as timm's
+        distribute_bn does for its EMA, so that every rank evaluates and saves the same average."""
+        if self.ema is not None:
+            with self.ema.applied(model):
+                average_buffers(model)
 
     def checkpoint_entries(self, model) -> dict:
         """What a checkpoint holds besides the model: ``{"model_ema": state dict}`` with an EMA."""

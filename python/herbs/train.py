@@ -47,8 +47,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from herbs import evaluate as evaluation
-from herbs import optim, weights
+from herbs import distributed, optim, weights
 from herbs.files import atomic_write, remove_stale_temps
 from herbs.data import DataLoader, Dataset
 from herbs.model import NonFiniteImageError
@@ -240,30 +239,45 @@ def train(model, train_set: Dataset, val_set: Optional[Dataset] = None, config: 
     the lines of metrics.jsonl up to the epoch it starts from (none for a new run) before it
     appends its own. Raises :class:`NonFiniteError`
     at a NaN or infinity unless ``config.skip_nonfinite`` (see the module's docstring); an epoch
-    whose every update is skipped raises it too."""
+    whose every update is skipped raises it too.
+
+    Started by ``mpiexec -n N`` (with mpi4py installed) it trains data-parallel on the N ranks
+    (:mod:`herbs.distributed`): rank r takes batches r, r+N, ... of each epoch, and gradients are summed
+    over the ranks before every update, which is then that of one process with ``update_freq × N``. The
+    learning-rate schedule counts batches of all ranks (``warmup_batches`` too), and `config.max_lr` is
+    the rate of the global batch ``N × update_freq × batch_size``, as given: to keep the rate per image of
+    a run on fewer ranks, scale it with the global batch (the linear rule of Goyal et al., 2017). Only
+    rank 0 logs and writes into `out_dir`; every rank reads `resume`. A rank that raises stops all
+    ranks (MPI_Abort); settings that differ between ranks raise
+    :class:`herbs.distributed.RankMismatchError` on every rank."""
     config.check()
-    own_precision = model.precision
+    world, own_precision = distributed.world(), model.precision
     try:
-        return _train(model, train_set, val_set, config, out_dir, resume, loss_options, checkpoint_extra, log,
-                      on_epoch)
+        with world.guard(agreed=(NonFiniteError, distributed.RankMismatchError)):
+            return _train(world, model, train_set, val_set, config, out_dir, resume, loss_options or {},
+                          checkpoint_extra or {}, log if world.is_main else lambda line: None,
+                          on_epoch if world.is_main else None)
     finally:
         model.precision = own_precision
 
 
-def _train(model, train_set, val_set, config, out_dir, resume, loss_options, checkpoint_extra, log,
-           on_epoch) -> list:
+def _train(world: distributed.World, model, train_set: Dataset, val_set: Optional[Dataset], config: TrainConfig,
+           out_dir: Optional[str], resume: Optional[str], loss_options: dict, checkpoint_extra: dict,
+           log: Callable[[str], None], on_epoch: Optional[Callable[[dict], None]]) -> list:
     loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=True,
-                        num_workers=config.num_workers)
+                        num_workers=config.num_workers, shard=world.shard)
     if len(loader) == 0:
-        raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of {config.batch_size}")
-    val_loader = DataLoader(val_set, config.batch_size, num_workers=config.num_workers) if val_set else None
-    schedule = optim.cosine_schedule(config.max_lr, len(loader), config.epochs,
-                                     min(config.warmup_batches, len(loader) * config.epochs))
+        raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of {config.batch_size}"
+                         + (f" for each of {world.size} ranks" if world.size > 1 else ""))
+    val_loader = DataLoader(val_set, config.batch_size, num_workers=config.num_workers,
+                            shard=world.shard) if val_set else None
+    batches = len(loader) * world.size  # of an epoch, over all ranks: the schedule's unit
+    schedule = optim.cosine_schedule(config.max_lr, batches, config.epochs,
+                                     min(config.warmup_batches, batches * config.epochs))
     optimizer = make_optimizer(model, config)
     extra = {"model_args": getattr(model, "model_args", None), "class_names": list(getattr(train_set, "classes", [])),
-             **(checkpoint_extra or {})}  # a stand-in model of a test may have no model_args
+             **checkpoint_extra}  # a stand-in model of a test may have no model_args
     extra = {k: v for k, v in extra.items() if v}
-    tools = RunTools(model, config)
     start_epoch, best, history = 0, float("-inf"), []
     saved = weights.load_checkpoint(resume) if resume else {}
     if config.precision is None:  # the resumed run's; a checkpoint of an older herbs: fp32
@@ -277,10 +291,16 @@ def _train(model, train_set, val_set, config, out_dir, resume, loss_options, che
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, best = int(saved["epoch"]), float(saved["best"])
-        model.load_training_state(_saved_training_state(saved, resume, model, start_epoch * len(loader)))
-        tools.resume(model, saved, resume)
+        model.load_training_state(_saved_training_state(saved, resume, model, start_epoch * batches))
         log(f"resumed from {resume} after epoch {start_epoch}")
-    if out_dir:
+        world.note_resume(saved, log)
+    if world.size > 1:
+        world.start(model, optimizer, config, train_set, val_set, start_epoch, loss_options, extra, log)
+        extra = {**extra, "ranks": world.size}
+    tools = RunTools(model, config)  # after world.start: from the parameters every rank has
+    if resume:
+        tools.resume(model, saved, resume)
+    if out_dir and world.is_main:
         os.makedirs(out_dir, exist_ok=True)
         _clean_run_folder(out_dir, start_epoch, log)
     _warn_long_warmup(config, len(loader) * config.epochs, log)
@@ -293,16 +313,18 @@ def _train(model, train_set, val_set, config, out_dir, resume, loss_options, che
         loader.set_epoch(epoch)
         batch_indices = loader._batches(epoch)  # the samples of each batch, for messages
         sums, group, problems, skipped = {}, {}, [], 0
-        progress = Progress(len(loader), f"epoch {epoch + 1}/{config.epochs}", unit="batch")
-        started = time.perf_counter()
+        progress = Progress(len(loader), f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                            stream=world.progress_stream())
+        started, epoch_state = time.perf_counter(), model.training_state()
         for i, (images, labels) in enumerate(loader):
             group_start = i - i % config.update_freq
             group_size = min(config.update_freq, len(loader) - group_start)
             losses = {}
-            try:
-                mixed, targets = tools.targets(images, labels, epoch, i)  # mixup/cutmix, label smoothing
-                losses = model.train_step(mixed, targets, temperature=temperature, accumulation_steps=group_size,
-                                          **(loss_options or {}))
+            world.start_batch(model, epoch_state, i)
+            try:  # mixup/cutmix and label smoothing, drawn per batch of the whole run (over the ranks)
+                mixed, targets = tools.targets(images, labels, epoch, i * world.size + world.rank)
+                losses = model.train_step(mixed, targets, temperature=temperature,
+                                          accumulation_steps=group_size * world.size, **loss_options)
             except NonFiniteImageError as e:  # refused before any compute
                 files = ", ".join(train_set.describe(int(batch_indices[i][k])) for k in e.images)
                 problems.append(f"batch {i + 1} has NaN or infinite pixels in {files}")
@@ -310,18 +332,20 @@ def _train(model, train_set, val_set, config, out_dir, resume, loss_options, che
                 problems.append(f"batch {i + 1}'s loss is {losses['total']}")
             for name, value in losses.items():
                 group[name] = group.get(name, 0.0) + value
-            lr = float(schedule[epoch * len(loader) + i])
+            lr = float(schedule[epoch * batches + (i + 1) * world.size - 1])  # of the last batch over the ranks
             if i - group_start + 1 == group_size:  # the group's last batch: update, if all is finite
+                world.sum_gradients(model.flat_gradients())
+                problems = world.gather([f"rank {world.rank}: {p}" if world.size > 1 else p for p in problems])
                 step = epoch * steps_per_epoch + i // config.update_freq + 1
                 if not problems:
                     try:
-                        tools.before_step(model)  # gradient clipping
+                        tools.before_step(model)  # gradient clipping, of the gradients summed over the ranks
                         optimizer.step(lr=lr)  # checks the gradients first, in C
                         tools.after_step(model, step)  # the EMA
                     except optim.NonFiniteGradientError as e:
                         problems.append(str(e))
                 if problems:
-                    samples = np.concatenate(batch_indices[group_start:i + 1]).tolist()
+                    samples = world.gather(np.concatenate(batch_indices[group_start:i + 1]).tolist())
                     where = (f"optimiser step {step} (epoch {epoch + 1}, batches {group_start + 1}-{i + 1} of "
                              f"{len(loader)}, samples {samples}): {'; '.join(problems)}")
                     if not config.skip_nonfinite:
@@ -339,16 +363,21 @@ def _train(model, train_set, val_set, config, out_dir, resume, loss_options, che
         if skipped == len(loader):
             raise NonFiniteError(f"every update of epoch {epoch + 1} was skipped for NaN or infinite values: the "
                                  f"model itself may hold them; {_last_checkpoint(out_dir)}",
-                                 epoch * steps_per_epoch + 1, epoch + 1, np.concatenate(batch_indices).tolist())
+                                 epoch * steps_per_epoch + 1, epoch + 1,
+                                 world.gather(np.concatenate(batch_indices).tolist()))
+        world.end_epoch(model, epoch_state, len(loader))
+        world.average_buffers(model)
+        tools.end_rank_epoch(model, world.average_buffers)  # the EMA's BatchNorm statistics too
         seconds = time.perf_counter() - started
         record = {"epoch": epoch + 1, "temperature": temperature, "seconds": round(seconds, 3),
-                  "images_per_second": round(len(loader) * config.batch_size / seconds, 3),
-                  "skipped_batches": skipped, "lr": lr,
-                  **{f"loss_{k}": v / (len(loader) - skipped) for k, v in sums.items()}}
+                  "images_per_second": round(batches * config.batch_size / seconds, 3),
+                  "skipped_batches": skipped * world.size, "lr": lr,
+                  **{f"loss_{k}": v / (batches - skipped * world.size) for k, v in world.sum(sums).items()}}
+        # not the loader's length: a rank may have no validation batch, and every rank must take part
         evaluated = val_loader is not None and evaluates_after(epoch, config.epochs, config.eval_freq)
         if evaluated:
-            record.update({f"val_{k}": v for k, v in evaluation.evaluate(model, val_loader).metrics().items()})
-            record.update(tools.evaluate_ema(model, val_loader))
+            record.update({f"val_{k}": v for k, v in world.evaluate(model, val_loader).items()})
+            record.update(tools.evaluate_ema(model, lambda: world.evaluate(model, val_loader)))
         history.append(record)
         score = tools.score(record) if evaluated else -record["loss_total"]
         improved = score > best and (evaluated or val_loader is None)  # an epoch without evaluation is not the best
@@ -357,7 +386,7 @@ def _train(model, train_set, val_set, config, out_dir, resume, loss_options, che
         log(_epoch_line(record, config.epochs, best, seconds, per_epoch * (config.epochs - epoch - 1)))
         if on_epoch is not None:
             on_epoch(record)
-        if out_dir:
+        if out_dir and world.is_main:
             with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
             # best.pth before last.pth: a run killed between the two resumes from the epoch before
