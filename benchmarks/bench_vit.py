@@ -7,11 +7,14 @@ scaled_dot_product_attention as timm's), same weights, same thread count, fp32, 
 - latency: an eval-mode forward of one image, ms.
 
 Each side runs in its own subprocess (its own peak memory) and the sides alternate over rounds,
-as in bench_herbs.py, whose helpers (benchmarks/common.py) this uses.
+as in bench_herbs.py, whose helpers (benchmarks/common.py) this uses. With --precision bf16 herbs
+runs its bf16 forward (Model.precision) and PyTorch its CPU autocast to bfloat16; both backwards
+stay fp32 in their own ways.
 
     python benchmarks/bench_vit.py                     # 448 px batch 1 and 224 px batch 8
     python benchmarks/bench_vit.py --configs vit_448 --batch 8
     python benchmarks/bench_vit.py --rounds 1 --repeats 1
+    python benchmarks/bench_vit.py --precision bf16
 """
 import argparse
 import json
@@ -52,7 +55,7 @@ def torch_model(c, state):
     return ref
 
 
-def worker(side, img_size, batch, threads, repeats, weights):
+def worker(side, img_size, batch, threads, repeats, weights, precision):
     """One side's measurements, printed as one JSON line."""
     import numpy as np
 
@@ -66,6 +69,7 @@ def worker(side, img_size, batch, threads, repeats, weights):
         herbs.set_num_threads(threads)
         model = herbs_model(img_size)
         model.load_state_dict(state)
+        model.precision = precision
         del state
         train = lambda: model.train_step(x, y)
         infer = lambda: model.forward(x, train=False)
@@ -78,16 +82,19 @@ def worker(side, img_size, batch, threads, repeats, weights):
             ref = torch_model(json.load(f), state)
         del state
         tx, ty, tx1 = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(x1)
+        autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
         def train():
             ref.train()
             ref.zero_grad()
-            out, _ = ref(tx)
-            herbs_loss(out, ty)[0].backward()
+            with autocast():
+                out, _ = ref(tx)
+                loss = herbs_loss(out, ty)[0]
+            loss.backward()
 
         def infer_on(images):
             ref.eval()
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 ref(images)
 
         infer = lambda: infer_on(tx)
@@ -104,17 +111,18 @@ def main():
     p.add_argument("--repeats", type=int, default=2, help="timed runs per measurement and round (default 2)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {', '.join(CONFIGS)}")
     p.add_argument("--batch", type=int, default=None, help="batch of the train and infer measures (default per config)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="of the forward passes (default fp32)")
     add_wait_policy_argument(p)
     p.add_argument("--worker", choices=["herbs", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--img-size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        return worker(args.worker, args.img_size, args.batch, args.threads, args.repeats, args.weights)
+        return worker(args.worker, args.img_size, args.batch, args.threads, args.repeats, args.weights, args.precision)
 
     import numpy as np
-    print(f"machine: {machine()}; threads {args.threads}, {args.rounds} rounds x {args.repeats} runs, OMP_WAIT_POLICY "
-          f"{args.wait_policy} (both sides); load (1/5/15 min) at start {load()}")
+    print(f"machine: {machine()}; threads {args.threads}, {args.rounds} rounds x {args.repeats} runs, {args.precision}, "
+          f"OMP_WAIT_POLICY {args.wait_policy} (both sides); load (1/5/15 min) at start {load()}")
     print(f"{'config':<10}{'batch':>6}  {'measure':<9}{'herbs':>22}{'PyTorch':>22}{'ratio':>8}{'peak MB (h/t)':>17}")
     for config in args.configs.split(","):
         img_size, batch = CONFIGS[config]
@@ -128,7 +136,8 @@ def main():
             del model
             run = lambda side: run_child(__file__, [
                 "--worker", side, "--img-size", str(img_size), "--batch", str(batch), "--threads", str(args.threads),
-                "--repeats", str(args.repeats), "--weights", weights], args.threads, args.wait_policy, f"{side} {config}")
+                "--repeats", str(args.repeats), "--weights", weights, "--precision", args.precision], args.threads,
+                args.wait_policy, f"{side} {config}")
             results = take_turns(args.rounds, ("herbs", "torch"), run)
         for measure, unit in (("train", "img/s"), ("infer", "img/s"), ("latency", "ms")):
             h, t = results["herbs"][measure], results["torch"][measure]
