@@ -1,5 +1,5 @@
 """The whole HERBS model on its real backbones against the PyTorch reference (tests/reference_herbs
-with tests/reference_swin and tests/reference_resnet), in small configurations: all 17 outputs,
+with tests/reference_swin, tests/reference_resnet and tests/reference_vit), in small configurations: all 17 outputs,
 the selector's rankings, every loss term, every parameter gradient (backbone included) and the
 BatchNorm buffers after a step, in train mode (drop path and dropout 0) and eval mode.
 
@@ -10,6 +10,7 @@ import pytest
 
 import reference_resnet
 import reference_swin
+import reference_vit
 from herbs import _C
 from herbs_compare import OUTPUT_NAMES, compare_step
 from reference_herbs import HERBS
@@ -24,6 +25,12 @@ SWIN_KEEP = (100, 24, 6, 4)  # ΣK = 134: two graph nodes
 RESNET = dict(img_size=64, depths=(1, 1, 1, 1), width=8)
 RESNET_TOKENS, RESNET_CHANNELS = (256, 64, 16, 4), (32, 64, 128, 256)
 RESNET_KEEP = (100, 24, 6, 2)
+# patches of 8 on 64 px: four taps of 1 + 8x8 tokens (the class token first) x 24 channels, as the
+# release's ViT feeds its pyramid (Up_/Down_ layers 65 -> 65 tokens); a pyramid narrower than the
+# taps (the release: 512 for 768)
+VIT = dict(img_size=64, patch_size=8, embed_dim=24, depth=5, num_heads=3, mlp_ratio=2.0)
+VIT_TOKENS, VIT_CHANNELS, VIT_FPN = (65,) * 4, (24,) * 4, 16
+VIT_KEEP = (32, 16, 16, 16)  # ΣK = 80: one graph node
 
 
 def swin_pair(**switches):
@@ -43,6 +50,18 @@ def resnet_pair(**switches):
     return net, ref
 
 
+def vit_pair(**switches):
+    net = _C.Net("herbs", {"backbone": "vit", **VIT, "num_classes": CLASSES, "num_selects": VIT_KEEP,
+                           "fpn_size": VIT_FPN, "dropout": 0.0, **switches}, 13)
+    ref = HERBS(reference_vit.vit(**VIT), VIT_CHANNELS, VIT_TOKENS, CLASSES, list(VIT_KEEP), fpn_size=VIT_FPN,
+                dropout=0.0, **switches)
+    return net, ref
+
+
+KEEP = {swin_pair: SWIN_KEEP, resnet_pair: RESNET_KEEP, vit_pair: VIT_KEEP}
+PAIRS = dict(argvalues=[swin_pair, resnet_pair, vit_pair], ids=["swin", "resnet", "vit"])
+
+
 def perturb_running_stats(net, seed=3):
     rng = np.random.default_rng(seed)
     for name, kind, shape, offset, size in net.tensors():
@@ -58,18 +77,18 @@ def data(B=2, size=64, seed=0):
 
 
 @pytest.mark.parametrize("train", [True, False])
-@pytest.mark.parametrize("pair", [swin_pair, resnet_pair], ids=["swin", "resnet"])
+@pytest.mark.parametrize("pair", **PAIRS)
 def test_full_model_matches_reference(pair, train):
     net, ref = pair()
     perturb_running_stats(net)
     x, y = data()
     out, terms = compare_step(net, ref, x, y, train)
     assert set(OUTPUT_NAMES) <= set(out)
-    for i, keep in enumerate(SWIN_KEEP if pair is swin_pair else RESNET_KEEP, 1):
+    for i, keep in enumerate(KEEP[pair], 1):
         assert out[f"select_layer{i}"].shape == (2, keep, CLASSES)
 
 
-@pytest.mark.parametrize("pair", [swin_pair, resnet_pair], ids=["swin", "resnet"])
+@pytest.mark.parametrize("pair", **PAIRS)
 def test_second_step_and_options(pair):
     """A second step from the updated BN statistics, with other λs and temperature."""
     net, ref = pair()
@@ -87,7 +106,7 @@ def test_swin_ablations(switches):
     compare_step(net, ref, x, y, True)
 
 
-@pytest.mark.parametrize("pair", [swin_pair, resnet_pair], ids=["swin", "resnet"])
+@pytest.mark.parametrize("pair", **PAIRS)
 def test_accumulation_over_halves_equals_the_whole_batch(pair):
     """Two half batches with accumulation_steps=2 give the whole batch's gradient where the maths
     says so: with BatchNorm on running statistics (train=False), which also turns off drop path
