@@ -75,23 +75,25 @@ class Model:
 
     Args:
         backbone: a name of :data:`BACKBONES` (``"swin_tiny_patch4_window7_224"``,
-            ``"swin_large_patch4_window12_384"``, ``"resnet50"``, ...) or a dict of engine
+            ``"swin_large_patch4_window12_384"``, ``"resnet50"``, ``"efficientnet_b7"``, ...) or a dict of engine
             settings with ``"backbone"``: a kind of :data:`herbs.backbones.SPECS` (``"swin"``,
             ``"resnet"``) and that backbone's keys
             (e.g. ``{"backbone": "swin", "variant": "tiny", "img_size": 224, "depths": (2, 2, 6, 2)}``).
         num_classes: classes of every classifier.
         img_size: image side in pixels; by default the backbone's (224 or 384 for Swin, as in
-            its name; 448 for ResNet-50, the release's setting).
-        fpn_size: channels of the pyramid; by default the last tap's (768 for Swin-T, 1536 for
-            Swin-L, 2048 for ResNet-50).
+            its name; 448 for ResNet-50 and EfficientNet-B7, the release's setting).
+        fpn_size: channels of the pyramid; by default the variant's (512 for EfficientNet-B7, as
+            the release) or else the last tap's (768 for Swin-T, 1536 for Swin-L, 2048 for ResNet-50).
         num_selects: tokens kept per tap (4 integers, or the release's ``{"layer1": ...}``); each
-            must be smaller than its tap's tokens. By default ``floor(S_i · (1, 2, 4, 2) / 9)`` for
+            must be smaller than its tap's tokens. By default the variant's (32 per tap for
+            EfficientNet-B7, as the release) or else ``floor(S_i · (1, 2, 4, 2) / 9)`` for
             tap sizes S_i, which is the paper's (256, 128, 64, 32) for Swin-L at 384 px. With the
             combiner, their sum must be at least 64 (the graph has sum // 64 nodes).
         use_fpn, use_selection, use_combiner: the release's switches. Without any, the model is
             the backbone, a token mean of the last tap and a linear head (output ``ori_out``).
             The combiner needs the selector and the pyramid.
-        drop_path_rate: Swin's stochastic depth (default 0.1); not for ResNet.
+        drop_path_rate: Swin's stochastic depth (default 0.1) and EfficientNet's (0.2, scaled by
+            block index as torchvision's); not for ResNet.
         dropout: the combiner's dropout (0.1).
         seed: parameter initialisation and the random streams of dropout and drop path (whose
             state a checkpoint keeps: :meth:`training_state`).
@@ -129,6 +131,8 @@ class Model:
                 takers = " and ".join(s.title for s in _backbones.SPECS.values() if "drop_path_rate" in s.options)
                 raise ValueError(f"drop_path_rate applies to {takers} backbones only, not {self.backbone_kind!r}")
             settings["drop_path_rate"] = drop_path_rate
+        fpn_size = settings.get("fpn_size") if fpn_size is None else fpn_size  # a variant's head defaults
+        num_selects = settings.get("num_selects") if num_selects is None else num_selects
         config = dict(settings, num_classes=int(num_classes), fpn_size=fpn_size, num_selects=_num_selects(num_selects),
                       use_fpn=int(bool(use_fpn)), use_selection=int(bool(use_selection)),
                       use_combiner=int(bool(use_combiner)), dropout=dropout)
