@@ -391,10 +391,11 @@ class Model:
     def load_pretrained(self, path: str) -> _state.LoadResult:
         """Loads backbone weights from a file of any format :mod:`herbs.weights` reads
         (``torch.save`` archives, safetensors, ``.npz``): Microsoft's Swin ``.pth``, timm files
-        (timm >= 0.9 Swin layouts are converted), torchvision/timm ResNet-50, or a HERBS release
-        checkpoint (its ``backbone.*`` part). Every backbone tensor must be present with its shape;
-        the file's classifier, final norm and recomputed buffers are skipped; the head keeps its
-        values. Returns ``(missing_keys, unexpected_keys)`` of the backbone."""
+        (timm >= 0.9 Swin layouts are converted), torchvision/timm ResNet-50, torchvision
+        EfficientNet-B7, or a HERBS release checkpoint (its ``backbone.*`` part). Every backbone
+        tensor must be present with its shape; the file's classifier (head), final norm and
+        recomputed buffers are skipped; the head keeps its values. Returns
+        ``(missing_keys, unexpected_keys)`` of the backbone."""
         sd = self._normalise(_weights.load_file(path))
         if any(k.startswith("backbone.") for k in sd):
             sd = _state.strip_prefix(sd, "backbone.")
