@@ -2,6 +2,7 @@
 
 #include <string.h>
 
+#include "nn/efficientnet.h"
 #include "nn/patches.h"
 #include "nn/resnet.h"
 #include "nn/swin.h"
@@ -13,6 +14,7 @@ static const backbone_spec backbones[] = {
     {"resnet", resnet_backbone_create, FPN_CNN},
     {"patches", patches_backbone_create, FPN_TOKENS},
     {"vit", vit_backbone_create, FPN_TOKENS},
+    {"efficientnet", efficientnet_backbone_create, FPN_CNN},
 };
 #define N_BACKBONES (int)(sizeof backbones / sizeof backbones[0])
 
