@@ -102,8 +102,8 @@ def test_bad_files_and_values_are_errors_that_name_them(tmp_path):
         config.resolve({"max_lr": -1})
     with pytest.raises(ValueError, match="use_amp must be true or false"):
         config.resolve({"use_amp": "yes"})
-    with pytest.raises(ValueError, match="unknown backbone 'vit'"):
-        config.resolve({"model_name": "vit"})
+    with pytest.raises(ValueError, match="unknown backbone 'convnext'"):
+        config.resolve({"model_name": "convnext"})
     with pytest.raises(ValueError, match="num_selects as a mapping needs the keys layer1..layer4"):
         config.resolve({"num_selects": {"layer1": 2}})
     # YAML 1.1 reads 5e-4 as text: it is a number here, as the user meant
@@ -251,3 +251,11 @@ def test_use_amp_is_bf16_training_unless_precision_says_otherwise():
     assert not any("use_amp" in n for n in config.notices(settings, {"use_amp": True}))
     with pytest.raises(ValueError, match="precision must be fp32, bf16 or null"):
         config.resolve({"precision": "fp16"})
+
+
+def test_every_release_model_name_is_a_herbs_backbone():
+    """The release's MODEL_GETTER names (models/builder.py): swin-t, resnet50, vit, efficient."""
+    import herbs
+    assert set(config.RELEASE_MODELS) == {"swin-t", "resnet50", "vit", "efficient"}
+    for name in config.RELEASE_MODELS:
+        assert config.backbone(config.resolve({"model_name": name})) in herbs.BACKBONES

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import herbs
 import reference_resnet
 import reference_swin
+import reference_vit
 from herbs import heatmap as hm
 from herbs_compare import load_reference, torch_threads
 from reference_herbs import HERBS
@@ -16,15 +17,20 @@ CLASSES = 5
 SWIN = dict(img_size=64, patch_size=2, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(2, 2, 4, 4), window_size=4)
 KEEP = (100, 24, 6, 4)
 RESNET = dict(img_size=64, depths=(1, 1, 1, 1), width=8)
+VIT = dict(img_size=64, patch_size=8, embed_dim=24, depth=5, num_heads=3, mlp_ratio=2.0)  # taps of 1 + 8x8 tokens
 
 
-@pytest.fixture(scope="module", params=["swin", "resnet"])
+@pytest.fixture(scope="module", params=["swin", "resnet", "vit"])
 def pair(request):
     if request.param == "swin":
         model = herbs.Model({"backbone": "swin", **SWIN, "drop_path_rate": 0.0}, num_classes=CLASSES,
                             num_selects=KEEP, dropout=0.0, seed=3)
         ref = HERBS(reference_swin.swin(**SWIN, drop_path_rate=0.0), (32, 64, 128, 128), (256, 64, 16, 16), CLASSES,
                     list(KEEP), dropout=0.0)
+    elif request.param == "vit":
+        model = herbs.Model({"backbone": "vit", **VIT}, num_classes=CLASSES, num_selects=(32, 16, 16, 16), fpn_size=16,
+                            dropout=0.0, seed=3)
+        ref = HERBS(reference_vit.vit(**VIT), (24,) * 4, (65,) * 4, CLASSES, [32, 16, 16, 16], fpn_size=16, dropout=0.0)
     else:
         model = herbs.Model({"backbone": "resnet", **RESNET}, num_classes=CLASSES, num_selects=(100, 24, 6, 2),
                             dropout=0.0, seed=3)
@@ -62,6 +68,8 @@ def reference_heatmap(ref, x, rectify):
         weighted = act * grad.mean(0)
         cam = F.relu(weighted).sum(1) if rectify == "each" else F.relu(weighted.sum(1))
         side = int(cam.numel() ** 0.5)
+        if side * side + 1 == cam.numel():  # a ViT tap: the class token first, no pixel
+            cam = cam[1:]
         cam = (cam / cam.max()).reshape(1, 1, side, side)
         heat *= F.interpolate(cam, size=(64, 64), mode="bilinear", align_corners=False)[0, 0]
     return (heat / heat.max()).numpy(), cls

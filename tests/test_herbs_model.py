@@ -47,7 +47,7 @@ def test_names_and_defaults():
         herbs.Model({"variant": "tiny"}, num_classes=3)
     with pytest.raises(ValueError, match="num_classes must be a positive integer"):
         herbs.Model(SWIN, num_classes=0)
-    with pytest.raises(ValueError, match="drop_path_rate applies to Swin backbones only"):
+    with pytest.raises(ValueError, match="drop_path_rate applies to Swin, ViT and EfficientNet backbones only"):
         herbs.Model({"backbone": "resnet", "img_size": 64}, num_classes=3, drop_path_rate=0.1)
     with pytest.raises(ValueError, match=r"num_selects\[2\] = 16 must be smaller than layer3's 16 tokens"):
         small(num_selects=(100, 24, 16, 4))

@@ -68,7 +68,7 @@ def test_bad_config(config, exc, words):
 def test_unknown_kind():
     with pytest.raises(ValueError, match="unknown network kind 'lenet'") as info:
         _C.Net("lenet", {})
-    assert "(known: linear, herbs, swin, resnet, patches)" in str(info.value)  # every backbone is a kind
+    assert "(known: linear, herbs, swin, resnet, patches, vit, efficientnet)" in str(info.value)  # every backbone is a kind
 
 
 def test_every_backbone_is_a_net_kind():

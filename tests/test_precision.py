@@ -23,7 +23,7 @@ from herbs import _C
 from ckernels import LIB
 from herbs_compare import OUTPUT_NAMES, load_reference
 from test_gemm_bf16 import U32, bf16_isa, bf16_round  # noqa: F401 (bf16_isa: a fixture)
-from test_herbs_backbones import data, perturb_running_stats, resnet_pair, swin_pair
+from test_herbs_backbones import data, perturb_running_stats, resnet_pair, swin_pair, vit_pair
 
 P = ctypes.c_void_p
 LIB.conv2d_forward_prepacked.argtypes = [P, P, P, P, P, ctypes.c_int, P, ctypes.c_size_t] + [ctypes.c_int] * 9
@@ -103,7 +103,7 @@ def relative_error(mine, exact):
     return np.abs(np.asarray(mine, np.float64) - exact).max() / np.abs(exact).max()
 
 
-@pytest.mark.parametrize("pair", [swin_pair, resnet_pair], ids=["swin", "resnet"])
+@pytest.mark.parametrize("pair", [swin_pair, resnet_pair, vit_pair], ids=["swin", "resnet", "vit"])
 def test_bf16_model_errs_like_autocast(pair):
     """Per output, herbs' bf16 error is within 1.5x of autocast's and their mean over the outputs is
     at most autocast's (measured on AMD Zen 4: Swin at most 0.85x of autocast per output, 0.68x on

@@ -120,3 +120,35 @@ void FN(activation_backward)(real *dinp, const real *dout, const real *deriv, si
 {
     HERBS_ISA_PARALLEL(activation_backward_span, n, ACT_THREADS(n), dinp, dout, deriv, accumulate);
 }
+
+/* SiLU, vectorised through fastmath.h's logistic */
+HERBS_INLINE void FN(silu_forward_span)(real *out, const real *inp, size_t i0, size_t i1)
+{
+#pragma omp simd
+    for (size_t i = i0; i < i1; i++)
+        out[i] = inp[i] * FN(logistic)(inp[i]);
+}
+HERBS_ISA_VARIANTS(silu_forward_span, (real *out, const real *inp, size_t i0, size_t i1), (out, inp, i0, i1))
+
+void FN(silu_forward)(real *out, const real *inp, size_t n)
+{
+    HERBS_ISA_PARALLEL(silu_forward_span, n, ACT_THREADS(n), out, inp);
+}
+
+HERBS_INLINE void FN(silu_backward_span)(real *dinp, const real *dout, const real *inp, int accumulate, size_t i0,
+                                         size_t i1)
+{
+#pragma omp simd
+    for (size_t i = i0; i < i1; i++) {
+        const real x = inp[i], s = FN(logistic)(x), g = dout[i] * s * (1 + x * (1 - s));
+        dinp[i] = accumulate ? dinp[i] + g : g;
+    }
+}
+HERBS_ISA_VARIANTS(silu_backward_span,
+                   (real *dinp, const real *dout, const real *inp, int accumulate, size_t i0, size_t i1),
+                   (dinp, dout, inp, accumulate, i0, i1))
+
+void FN(silu_backward)(real *dinp, const real *dout, const real *inp, size_t n, int accumulate)
+{
+    HERBS_ISA_PARALLEL(silu_backward_span, n, ACT_THREADS(n), dinp, dout, inp, accumulate);
+}

@@ -20,3 +20,9 @@ void FN(gelu_forward_derivative)(real *out, real *deriv, const real *inp, size_t
 /* dinp[n] += (accumulate set) or = dout · deriv: the backward of an elementwise activation, given
    its derivative; dinp may alias dout or deriv when it is written */
 void FN(activation_backward)(real *dinp, const real *dout, const real *deriv, size_t n, int accumulate);
+
+/* out[n] = x · σ(x), SiLU (swish) with the logistic σ; out may alias inp */
+void FN(silu_forward)(real *out, const real *inp, size_t n);
+/* dinp[n] += (accumulate set) or = dout · σ(x)·(1 + x·(1 - σ(x))), from the forward's input; dinp
+   may alias dout when it is written */
+void FN(silu_backward)(real *dinp, const real *dout, const real *inp, size_t n, int accumulate);

@@ -22,3 +22,5 @@
 #include "kernels/window_attention.c"
 #include "kernels/patch.c"
 #include "kernels/drop_path.c"
+#include "kernels/depthwise.c"
+#include "kernels/squeeze_excite.c"

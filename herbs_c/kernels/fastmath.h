@@ -13,6 +13,9 @@
 HERBS_INLINE double exp_sum_f64(double a, double b) { return exp(a + b); }
 HERBS_INLINE double exp_fast_f64(double x) { return exp(x); }
 
+/* the logistic sigmoid 1/(1 + e^-x) */
+HERBS_INLINE double logistic_f64(double x) { return 1 / (1 + exp(-x)); }
+
 /* Φ(x) of the standard normal, and its density φ(x) */
 HERBS_INLINE double normal_cdf_f64(double x) { return 0.5 * erfc(-x * 0.70710678118654752440); }
 HERBS_INLINE double normal_pdf_f64(double x) { return 0.39894228040143267794 * exp(-0.5 * x * x); }
@@ -57,6 +60,13 @@ HERBS_INLINE float exp_sum(float a, float b)
 }
 
 HERBS_INLINE float exp_fast(float x) { return exp_sum(x, 0.0f); }
+
+/* the logistic sigmoid 1/(1 + e^-x), through e^-|x| so that no exponent leaves float range */
+HERBS_INLINE float logistic(float x)
+{
+    const float e = exp_fast(x < 0 ? x : -x), r = 1.0f / (1.0f + e);
+    return x < 0 ? e * r : r;
+}
 
 /* Φ(-|x|) = erfc(|x|/√2)/2 by the Chebyshev-fitted erfc of Numerical Recipes (fractional error
    < 1.2e-7 everywhere), with -x²/2 formed exactly from x split into 12 high bits and the rest. */

@@ -19,3 +19,5 @@
 #include "kernels/window_attention.h"
 #include "kernels/patch.h"
 #include "kernels/drop_path.h"
+#include "kernels/depthwise.h"
+#include "kernels/squeeze_excite.h"

@@ -3,7 +3,10 @@
    dlogits·k, dlogitsᵀ·q, pᵀ·dout) are N×N×d with N = 49 or 144 and d = 32: too small for the
    packed GEMM to pay for its packing, so they go through one register-blocked routine
    (wa_small_mm) written with GCC vector extensions and built per instruction set (isa.h).
-   Backward recomputes the probabilities from the saved log-sum-exp instead of storing them. */
+   Backward recomputes the probabilities from the saved log-sum-exp instead of storing them.
+   Global attention (ViT's) is the same item code on one window of all S tokens, with no bias or
+   mask: N = S (785 at 448 px), where the routine's register tiles still fit and the item's
+   N×N logits (2.5 MB) stay in L2. */
 #include <omp.h>
 #include <string.h>
 
@@ -66,14 +69,25 @@ HERBS_INLINE void FN(wa_small_mm)(real *out, long ldo, const real *a, long ar, l
 
 typedef struct {
     int H, W, C, heads, window, shift, d, N, nwx, nw;
+    int global; /* one window of all H·W tokens (attention_*): no bias, no mask, no window order */
     int Np, dp; /* N and d rounded up to the vector length: row strides of the work buffers */
     real scale;
 } FN(wa_geometry);
 
 static FN(wa_geometry) FN(wa_geometry_of)(int H, int W, int C, int heads, int window, int shift)
 {
-    FN(wa_geometry) g = {H, W, C, heads, window, shift, C / heads, window * window, W / window, 0, 0, 0, 0};
+    FN(wa_geometry) g = {H, W, C, heads, window, shift, C / heads, window * window, W / window, 0, 0, 0, 0, 0};
     g.nw = (H / window) * g.nwx;
+    g.Np = (g.N + WA_VL - 1) / WA_VL * WA_VL;
+    g.dp = (g.d + WA_VL - 1) / WA_VL * WA_VL;
+    g.scale = 1 / sqrt((real)g.d);
+    return g;
+}
+
+/* Global attention over S tokens: one window of them all, in token order. */
+static FN(wa_geometry) FN(wa_geometry_global)(int S, int C, int heads)
+{
+    FN(wa_geometry) g = {1, S, C, heads, 0, 0, C / heads, S, 1, 1, 1, 0, 0, 0};
     g.Np = (g.N + WA_VL - 1) / WA_VL * WA_VL;
     g.dp = (g.d + WA_VL - 1) / WA_VL * WA_VL;
     g.scale = 1 / sqrt((real)g.d);
@@ -102,11 +116,14 @@ typedef struct {
     real *q, *k, *v, *dy, *o; /* [N][dp]: q (already scaled), k, v, dout, a product's result */
     real *kt, *vt;            /* [dp][Np]: k and v transposed */
     real *s, *ds;             /* [N][Np]: logits then probabilities; their gradient */
-    real *dbias;              /* [heads][N][N]: this thread's share of the bias gradient */
+    real *dbias;              /* [heads][N][N]: this thread's share of the bias gradient (global: none) */
     int *tok, *label;         /* [N] */
     int *next_tok, *next_label; /* [N]: the next window's, for prefetching */
     FN(wa_pairs) pairs;       /* the bf16 forward's operands */
 } FN(wa_work);
+
+/* Floats of the bias gradient in a thread's work area. */
+static size_t FN(wa_dbias_floats)(const FN(wa_geometry) *g) { return g->global ? 0 : (size_t)g->heads * g->N * g->N; }
 
 static FN(wa_work) FN(wa_work_of)(real *base, const FN(wa_geometry) *g)
 {
@@ -122,7 +139,7 @@ static FN(wa_work) FN(wa_work_of)(real *base, const FN(wa_geometry) *g)
     w.s = w.vt + dN;
     w.ds = w.s + NN;
     w.dbias = w.ds + NN;
-    w.tok = (int *)(w.dbias + (size_t)g->heads * g->N * g->N);
+    w.tok = (int *)(w.dbias + FN(wa_dbias_floats)(g));
     w.label = w.tok + g->N;
     w.next_tok = w.label + g->N;
     w.next_label = w.next_tok + g->N;
@@ -135,12 +152,24 @@ static FN(wa_work) FN(wa_work_of)(real *base, const FN(wa_geometry) *g)
     return w;
 }
 
+/* Floats of one thread's work area (wa_work_of), with room to align it to a vector. */
+static size_t FN(wa_work_floats)(const FN(wa_geometry) *g)
+{
+    const size_t N = g->N, Np = g->Np, dp = g->dp;
+    return 5 * N * dp + 2 * dp * Np + 2 * N * Np + FN(wa_dbias_floats)(g) + 4 * N + 2 * (size_t)WA_VL +
+           FN(wa_pairs_words)(g->d, N);
+}
+
 size_t FN(window_attention_work)(int head_dim, int window, int heads)
 {
-    const size_t N = (size_t)window * window, Np = (N + WA_VL - 1) / WA_VL * WA_VL;
-    const size_t dp = ((size_t)head_dim + WA_VL - 1) / WA_VL * WA_VL;
-    return 5 * N * dp + 2 * dp * Np + 2 * N * Np + (size_t)heads * N * N + 4 * N + 2 * (size_t)WA_VL +
-           FN(wa_pairs_words)(head_dim, N);
+    const FN(wa_geometry) g = FN(wa_geometry_of)(window, window, head_dim * heads, heads, window, 0);
+    return FN(wa_work_floats)(&g);
+}
+
+size_t FN(attention_work)(int head_dim, int tokens, int heads)
+{
+    const FN(wa_geometry) g = FN(wa_geometry_global)(tokens, head_dim * heads, heads);
+    return FN(wa_work_floats)(&g);
 }
 
 /* An item's window: tok[n] = token index (in its sample) of window position n; with a shift,
@@ -148,6 +177,11 @@ size_t FN(window_attention_work)(int head_dim, int window, int heads)
    several regions (only windows in the last row or column of windows do). */
 static int FN(wa_window_tokens)(const FN(wa_geometry) *g, int w, int *tok, int *label)
 {
+    if (g->global) {
+        for (int n = 0; n < g->N; n++)
+            tok[n] = n, label[n] = 0;
+        return 0;
+    }
     const int wy = w / g->nwx, wx = w % g->nwx, H = g->H, W = g->W, win = g->window, s = g->shift;
     for (int i = 0; i < win; i++)
         for (int j = 0; j < win; j++) {
@@ -165,7 +199,7 @@ static int FN(wa_window_tokens)(const FN(wa_geometry) *g, int w, int *tok, int *
 static void FN(wa_prefetch_window)(const FN(wa_geometry) *g, const FN(wa_work) *w, long next, long windows,
                                    const real *src, int width)
 {
-    if (next >= windows)
+    if (next >= windows || g->global) /* global: the next window is a whole sample, read in order */
         return;
     FN(wa_window_tokens)(g, (int)(next % g->nw), w->next_tok, w->next_label);
     const real *sample = src + (size_t)(next / g->nw) * g->H * g->W * width;
@@ -211,22 +245,23 @@ static void FN(wa_scatter)(real *dst, long ld, int col, const real *o, const int
     }
 }
 
-/* s[N][Np] += bias (+ the mask between different labels) */
+/* s[N][Np] += bias (NULL: none) (+ the mask between different labels) */
 HERBS_INLINE void FN(wa_add_bias_mask)(real *s, const real *bias, const int *label, int masked, const FN(wa_geometry) *g)
 {
     const int N = g->N;
-    for (int i = 0; i < N; i++) {
+    for (int i = 0; bias && i < N; i++) {
         real *row = s + (size_t)i * g->Np;
         const real *b = bias + (size_t)i * N;
 #pragma omp simd
         for (int j = 0; j < N; j++)
             row[j] += b[j];
-        if (masked) {
-            const int li = label[i];
+    }
+    for (int i = 0; masked && i < N; i++) {
+        real *row = s + (size_t)i * g->Np;
+        const int li = label[i];
 #pragma omp simd
-            for (int j = 0; j < N; j++)
-                row[j] += label[j] != li ? WA_MASK : 0;
-        }
+        for (int j = 0; j < N; j++)
+            row[j] += label[j] != li ? WA_MASK : 0;
     }
 }
 
@@ -282,7 +317,7 @@ HERBS_ISA_VARIANTS(wa_forward_item,
 
 /* One item backward: p recomputed from lse (NULL: as the softmax of the recomputed logits); dp =
    dout·vᵀ; dlogits = p·(dp - Σ_j p·dp);
-   dbias += dlogits; dq = scale·dlogits·k; dk = dlogitsᵀ·(scale·q); dv = pᵀ·dout. */
+   dbias += dlogits (dbias NULL: no bias); dq = scale·dlogits·k; dk = dlogitsᵀ·(scale·q); dv = pᵀ·dout. */
 HERBS_INLINE void FN(wa_backward_item)(const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x,
                                     const real *dy, const real *bias, const real *lse, int h, real *dx, real *dbias,
                                     int accumulate)
@@ -298,7 +333,7 @@ HERBS_INLINE void FN(wa_backward_item)(const FN(wa_geometry) *g, const FN(wa_wor
     if (!lse)
         FN(wa_softmax_rows)(w->s, NULL, g);
     for (int i = 0; i < N; i++) {
-        real *p = w->s + (size_t)i * Np, *gi = w->ds + (size_t)i * Np, *db = dbias + (size_t)i * N, dot = 0;
+        real *p = w->s + (size_t)i * Np, *gi = w->ds + (size_t)i * Np, dot = 0;
         if (lse) {
             const real l = lse[i];
 #pragma omp simd
@@ -309,9 +344,13 @@ HERBS_INLINE void FN(wa_backward_item)(const FN(wa_geometry) *g, const FN(wa_wor
         for (int j = 0; j < N; j++)
             dot += p[j] * gi[j];
 #pragma omp simd
-        for (int j = 0; j < N; j++) {
+        for (int j = 0; j < N; j++)
             gi[j] = p[j] * (gi[j] - dot);
-            db[j] += gi[j];
+        if (dbias) {
+            real *db = dbias + (size_t)i * N;
+#pragma omp simd
+            for (int j = 0; j < N; j++)
+                db[j] += gi[j];
         }
     }
     FN(wa_small_mm)(w->o, dp, w->ds, Np, 1, w->k, dp, N, N, dp, g->scale);
@@ -369,13 +408,13 @@ static real *FN(wa_thread_work)(real *work, size_t per_thread)
 typedef void (*FN(wa_forward_item_fn))(const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x,
                                        const real *bias, int h, real *y, real *lse);
 
-/* window_attention_forward with `item` computing each (sample, window, head) item */
+/* The forward of geometry g (bias NULL: none) with `item` computing each (sample, window, head) item */
 static void FN(wa_forward)(FN(wa_forward_item_fn) item, real *out, real *lse, real *work, const real *qkv,
-                           const real *bias, int B, int H, int W, int C, int heads, int window, int shift, int threads)
+                           const real *bias, int B, FN(wa_geometry) g, int threads)
 {
-    const FN(wa_geometry) g = FN(wa_geometry_of)(H, W, C, heads, window, shift);
+    const int H = g.H, W = g.W, C = g.C, heads = g.heads;
     const long items = (long)B * g.nw * heads;
-    const size_t per_thread = FN(window_attention_work)(g.d, window, heads);
+    const size_t per_thread = FN(wa_work_floats)(&g);
 #pragma omp parallel num_threads(threads) WA_PARALLEL(items, g)
     {
         const FN(wa_work) w = FN(wa_work_of)(FN(wa_thread_work)(work, per_thread), &g);
@@ -389,7 +428,7 @@ static void FN(wa_forward)(FN(wa_forward_item_fn) item, real *out, real *lse, re
                 window_of_tokens = it / heads;
                 FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, qkv, 3 * C);
             }
-            item(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, bias + (size_t)h * g.N * g.N, h,
+            item(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, bias ? bias + (size_t)h * g.N * g.N : NULL, h,
                  out + (size_t)b * H * W * C, lse + (((size_t)b * g.nw + win) * heads + h) * g.N);
         }
     }
@@ -398,23 +437,32 @@ static void FN(wa_forward)(FN(wa_forward_item_fn) item, real *out, real *lse, re
 void FN(window_attention_forward)(real *out, real *lse, real *work, const real *qkv, const real *bias, int B, int H,
                                   int W, int C, int heads, int window, int shift, int threads)
 {
-    FN(wa_forward)(FN(wa_forward_item_isa)(), out, lse, work, qkv, bias, B, H, W, C, heads, window, shift, threads);
+    FN(wa_forward)(FN(wa_forward_item_isa)(), out, lse, work, qkv, bias, B,
+                   FN(wa_geometry_of)(H, W, C, heads, window, shift), threads);
 }
 
-void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const real *dout, const real *qkv,
-                                   const real *bias, const real *lse, int B, int H, int W, int C, int heads,
-                                   int window, int shift, int threads, int accumulate)
+void FN(attention_forward)(real *out, real *lse, real *work, const real *qkv, int B, int S, int C, int heads,
+                           int threads)
 {
-    const FN(wa_geometry) g = FN(wa_geometry_of)(H, W, C, heads, window, shift);
+    FN(wa_forward)(FN(wa_forward_item_isa)(), out, lse, work, qkv, NULL, B, FN(wa_geometry_global)(S, C, heads),
+                   threads);
+}
+
+/* The backward of geometry g (bias and dbias NULL: none) */
+static void FN(wa_backward)(real *dqkv, real *dbias, real *work, const real *dout, const real *qkv, const real *bias,
+                            const real *lse, int B, FN(wa_geometry) g, int threads, int accumulate)
+{
+    const int H = g.H, W = g.W, C = g.C, heads = g.heads;
     const long items = (long)B * g.nw * heads;
-    const size_t per_thread = FN(window_attention_work)(g.d, window, heads), nn = (size_t)g.N * g.N;
+    const size_t per_thread = FN(wa_work_floats)(&g), nn = (size_t)g.N * g.N;
     void (*item_fn)(const FN(wa_geometry) *, const FN(wa_work) *, int, const real *, const real *, const real *,
                     const real *, int, real *, real *, int) = FN(wa_backward_item_isa)();
 #pragma omp parallel num_threads(threads) WA_PARALLEL(items, g)
     {
         const FN(wa_work) w = FN(wa_work_of)(FN(wa_thread_work)(work, per_thread), &g);
         const int nt = omp_get_num_threads();
-        memset(w.dbias, 0, heads * nn * sizeof(real));
+        if (dbias)
+            memset(w.dbias, 0, heads * nn * sizeof(real));
         long window_of_tokens = -1;
         int masked = 0;
 #pragma omp for schedule(static)
@@ -428,13 +476,13 @@ void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const re
                 FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, dqkv, 3 * C);
             }
             item_fn(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, dout + (size_t)b * H * W * C,
-                    bias + (size_t)h * nn, lse ? lse + (((size_t)b * g.nw + win) * heads + h) * g.N : NULL, h,
-                    dqkv + (size_t)b * H * W * 3 * C, w.dbias + (size_t)h * nn, accumulate);
+                    bias ? bias + (size_t)h * nn : NULL, lse ? lse + (((size_t)b * g.nw + win) * heads + h) * g.N : NULL,
+                    h, dqkv + (size_t)b * H * W * 3 * C, dbias ? w.dbias + (size_t)h * nn : NULL, accumulate);
         }
         /* per-thread bias gradients, added in thread order: deterministic for a thread count (the
-           first thread's written when not accumulating) */
+           first thread's written when not accumulating); none without a bias */
 #pragma omp for ordered schedule(static, 1)
-        for (int t = 0; t < nt; t++) {
+        for (int t = 0; t < (dbias ? nt : 0); t++) {
 #pragma omp ordered
             if (accumulate || t > 0)
                 for (size_t e = 0; e < heads * nn; e++)
@@ -443,6 +491,21 @@ void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const re
                 memcpy(dbias, w.dbias, heads * nn * sizeof(real));
         }
     }
+}
+
+void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const real *dout, const real *qkv,
+                                   const real *bias, const real *lse, int B, int H, int W, int C, int heads,
+                                   int window, int shift, int threads, int accumulate)
+{
+    FN(wa_backward)(dqkv, dbias, work, dout, qkv, bias, lse, B, FN(wa_geometry_of)(H, W, C, heads, window, shift),
+                    threads, accumulate);
+}
+
+void FN(attention_backward)(real *dqkv, real *work, const real *dout, const real *qkv, const real *lse, int B, int S,
+                            int C, int heads, int threads, int accumulate)
+{
+    FN(wa_backward)(dqkv, NULL, work, dout, qkv, NULL, lse, B, FN(wa_geometry_global)(S, C, heads), threads,
+                    accumulate);
 }
 
 /* --- bf16 forward: q·kᵀ and p·v on bf16 operands with fp32 accumulation (vdpbf16ps) ---------
@@ -591,6 +654,17 @@ void window_attention_forward_at(herbs_precision p, float *out, float *lse, floa
     if (p == HERBS_BF16 && herbs_bf16_isa_current() != HERBS_BF16_ISA_PORTABLE)
         item = wa_forward_item_bf16;
 #endif
-    wa_forward(item, out, lse, work, qkv, bias, B, H, W, C, heads, window, shift, threads);
+    wa_forward(item, out, lse, work, qkv, bias, B, wa_geometry_of(H, W, C, heads, window, shift), threads);
+}
+
+void attention_forward_at(herbs_precision p, float *out, float *lse, float *work, const float *qkv, int B, int S,
+                          int C, int heads, int threads)
+{
+    wa_forward_item_fn item = wa_forward_item_isa();
+#if defined(__x86_64__)
+    if (p == HERBS_BF16 && herbs_bf16_isa_current() != HERBS_BF16_ISA_PORTABLE)
+        item = wa_forward_item_bf16;
+#endif
+    wa_forward(item, out, lse, work, qkv, NULL, B, wa_geometry_global(S, C, heads), threads);
 }
 #endif

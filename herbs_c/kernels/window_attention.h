@@ -36,3 +36,23 @@ void window_attention_forward_at(herbs_precision p, float *out, float *lse, floa
 void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const real *dout, const real *qkv,
                                    const real *bias, const real *lse, int B, int H, int W, int C, int heads,
                                    int window, int shift, int threads, int accumulate);
+
+/* Global multi-head self-attention (ViT): every token attends to all S tokens of its sample, no
+   bias and no mask — window attention with one window of the whole sequence.
+   Floats of `work` per thread that attention_forward/backward need. */
+size_t FN(attention_work)(int head_dim, int tokens, int heads);
+
+/* qkv[B, S, 3C] (q | k | v per token, heads contiguous inside each, C = heads·head_dim) ->
+   out[B, S, C] = softmax(q·kᵀ/√head_dim)·v per head; lse[B, heads, S] saved for backward. work holds
+   threads × attention_work(...) floats; at most `threads` threads run. */
+void FN(attention_forward)(real *out, real *lse, real *work, const real *qkv, int B, int S, int C, int heads,
+                           int threads);
+
+/* The same at precision p, as window_attention_forward_at. Float engine only. */
+void attention_forward_at(herbs_precision p, float *out, float *lse, float *work, const float *qkv, int B, int S,
+                          int C, int heads, int threads);
+
+/* dout[B, S, C] -> dqkv[B, S, 3C] (added onto when accumulate is set, else written), from the
+   forward's qkv and lse (NULL: the probabilities recomputed in fp32, as window_attention_backward). */
+void FN(attention_backward)(real *dqkv, real *work, const real *dout, const real *qkv, const real *lse, int B, int S,
+                            int C, int heads, int threads, int accumulate);

@@ -24,6 +24,8 @@ herbs_status batchnorm_layer_init(batchnorm_layer *bn, herbs_params *t, const ch
     };
     memset(bn, 0, sizeof *bn);
     bn->channels = channels;
+    bn->eps = BN_EPS;
+    bn->momentum = BN_MOMENTUM;
     for (size_t i = 0; i < sizeof tensors / sizeof tensors[0]; i++) {
         char key[HERBS_NAME_MAX];
         snprintf(key, sizeof key, "%s.%s", name, tensors[i].field);
@@ -44,7 +46,7 @@ herbs_status batchnorm_layer_forward(batchnorm_layer *bn, const herbs_params *t,
         if (relu)
             return herbs_error(HERBS_ERR_STATE, "eval-mode BatchNorm+ReLU is folded into the product before it "
                                "(batchnorm_layer_fold), not run by batchnorm_layer_forward");
-        batchnorm_forward_eval(out, x, rm, rv, w, b, rows, C, BN_EPS);
+        batchnorm_forward_eval(out, x, rm, rv, w, b, rows, C, bn->eps);
         return HERBS_OK;
     }
     if (rows < 2)
@@ -53,7 +55,7 @@ herbs_status batchnorm_layer_forward(batchnorm_layer *bn, const herbs_params *t,
     HERBS_TRY(herbs_arena_floats(arena, C, 0, &bn->mean));
     HERBS_TRY(herbs_arena_floats(arena, C, 0, &bn->rstd));
     (relu ? batchnorm_relu_forward_train : batchnorm_forward_train)(out, bn->mean, bn->rstd, rm, rv, x, w, b, rows, C,
-                                                                     BN_EPS, BN_MOMENTUM);
+                                                                     bn->eps, bn->momentum);
     BUFFER(t, bn->num_batches_tracked)[0] += 1;
     return HERBS_OK;
 }
@@ -65,7 +67,7 @@ herbs_status batchnorm_layer_fold(batchnorm_layer *bn, const herbs_params *t, he
     HERBS_TRY(herbs_arena_floats(arena, C, 0, scale));
     HERBS_TRY(herbs_arena_floats(arena, C, 0, shift));
     batchnorm_eval_affine(*scale, *shift, BUFFER(t, bn->running_mean), BUFFER(t, bn->running_var),
-                          PARAM(t, bn->weight), PARAM(t, bn->bias), C, BN_EPS);
+                          PARAM(t, bn->weight), PARAM(t, bn->bias), C, bn->eps);
     for (int j = 0; bias && j < C; j++)
         (*shift)[j] += bias[j] * (*scale)[j];
     bn->train = 0;
@@ -82,5 +84,5 @@ void batchnorm_layer_backward(const batchnorm_layer *bn, herbs_params *t, float 
         batchnorm_backward(dx, dw, db, dout, relu_out, x, w, bn->mean, bn->rstd, rows, C, accumulate);
     else
         batchnorm_backward_eval(dx, dw, db, dout, relu_out, x, BUFFER(t, bn->running_mean),
-                                BUFFER(t, bn->running_var), w, rows, C, BN_EPS, accumulate);
+                                BUFFER(t, bn->running_var), w, rows, C, bn->eps, accumulate);
 }

@@ -8,12 +8,13 @@
 #include "core/arena.h"
 #include "nn/params.h"
 
-#define BN_EPS 1e-5f      /* PyTorch's defaults, which every BatchNorm of the model keeps */
-#define BN_MOMENTUM 0.1f
+#define BN_EPS 1e-5f      /* PyTorch's defaults, which a BatchNorm has unless its owner sets eps and */
+#define BN_MOMENTUM 0.1f  /* momentum after init (EfficientNet-B5..B7: 1e-3 and 0.01, as torchvision) */
 
 typedef struct {
     size_t weight, bias, running_mean, running_var, num_batches_tracked;
     int channels;
+    float eps, momentum; /* BN_EPS and BN_MOMENTUM from init */
     /* the last forward */
     int train;          /* batch statistics (1), or the running ones folded into a product (0) */
     float *mean, *rstd; /* [channels]: train mode's batch statistics, in the arena */

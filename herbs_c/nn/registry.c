@@ -2,15 +2,19 @@
 
 #include <string.h>
 
+#include "nn/efficientnet.h"
 #include "nn/patches.h"
 #include "nn/resnet.h"
 #include "nn/swin.h"
+#include "nn/vit.h"
 
 /* The backbones, the HERBS model's default first. */
 static const backbone_spec backbones[] = {
     {"swin", swin_backbone_create, FPN_TOKENS},
     {"resnet", resnet_backbone_create, FPN_CNN},
     {"patches", patches_backbone_create, FPN_TOKENS},
+    {"vit", vit_backbone_create, FPN_TOKENS},
+    {"efficientnet", efficientnet_backbone_create, FPN_CNN},
 };
 #define N_BACKBONES (int)(sizeof backbones / sizeof backbones[0])
 

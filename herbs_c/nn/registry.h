@@ -1,6 +1,6 @@
 /* Every network kind net_create can build and every backbone, by name, in one place (registry.c).
    The kinds are "linear" and "herbs", each with code of its own, and every backbone alone
-   ("swin", "resnet", "patches": a net whose outputs layer1..layer4 are the backbone's taps,
+   ("swin", "resnet", "patches", "vit": a net whose outputs layer1..layer4 are the backbone's taps,
    backbone_net.c). The HERBS model's `backbone` is chosen from the same list, the first being
    its default.
 

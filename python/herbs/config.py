@@ -13,8 +13,9 @@ apply here are named in one warning (:func:`notices`).
 The release's meanings, as its ``main.py`` and ``models/builder.py`` use them:
 
 - ``model_name``: ``swin-t`` is the release's Swin-L at 384 px with ImageNet-22k weights (timm's
-  ``swin_large_patch4_window12_384_in22k``), ``resnet50`` its ResNet-50 at 448 px; herbs also takes
-  any name of :data:`herbs.BACKBONES` or a mapping of backbone settings (a small Swin, say).
+  ``swin_large_patch4_window12_384_in22k``), ``resnet50`` its ResNet-50 at 448 px, ``vit`` its
+  ViT-B/16 (timm's ``vit_base_patch16_224_miil_in21k``) and ``efficient`` its EfficientNet-B7
+  (torchvision's), both at 448 px; herbs also takes any name of :data:`herbs.BACKBONES` or a mapping of backbone settings (a small Swin, say).
 - ``pretrained``: weights to start from. The release loads a whole checkpoint's ``"model"`` here;
   herbs does that for a file with the head's tensors, and loads the backbone alone from a backbone
   file (Microsoft's, timm's, torchvision's). The release's backbone weights themselves come from
@@ -59,7 +60,8 @@ __all__ = ["RELEASE_MODELS", "RELEASE_KEYS", "HERBS_KEYS", "load", "resolve", "s
            "run_checkpoint", "run_settings", "wandb_logger"]
 
 #: The release's model_name values and the herbs backbones they are.
-RELEASE_MODELS = {"swin-t": "swin_large_patch4_window12_384", "resnet50": "resnet50"}
+RELEASE_MODELS = {"swin-t": "swin_large_patch4_window12_384", "resnet50": "resnet50",
+                  "vit": "vit_base_patch16_224_miil_in21k", "efficient": "efficientnet_b7"}
 
 _OPTIMIZERS = {"sgd": "SGD", "adamw": "AdamW"}  # herbs' name -> the release's spelling
 

@@ -54,10 +54,13 @@ def _score_gradients(outputs: dict, target: Optional[int]):
 
 
 def _tap_map(activation: np.ndarray, gradient: np.ndarray, rectify: str) -> np.ndarray:
-    """[S, C] activation and gradient of one tap -> [side, side] class activation map."""
+    """[S, C] activation and gradient of one tap -> [side, side] class activation map. A ViT tap
+    (1 + side² tokens, the class token first) maps its grid tokens; the class token is no pixel."""
     weights = gradient.mean(axis=0)
     weighted = activation * weights
     cam = np.maximum(weighted, 0).sum(axis=1) if rectify == "each" else np.maximum(weighted.sum(axis=1), 0)
+    if cam.size > 1 and round(np.sqrt(cam.size - 1)) ** 2 == cam.size - 1:
+        cam = cam[1:]
     side = int(round(np.sqrt(cam.size)))
     if side * side != cam.size:
         raise ValueError(f"a tap of {cam.size} tokens is not a square grid")

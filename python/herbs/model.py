@@ -75,23 +75,26 @@ class Model:
 
     Args:
         backbone: a name of :data:`BACKBONES` (``"swin_tiny_patch4_window7_224"``,
-            ``"swin_large_patch4_window12_384"``, ``"resnet50"``, ...) or a dict of engine
+            ``"swin_large_patch4_window12_384"``, ``"resnet50"``, ``"efficientnet_b7"``, ...) or a dict of engine
             settings with ``"backbone"``: a kind of :data:`herbs.backbones.SPECS` (``"swin"``,
             ``"resnet"``) and that backbone's keys
             (e.g. ``{"backbone": "swin", "variant": "tiny", "img_size": 224, "depths": (2, 2, 6, 2)}``).
         num_classes: classes of every classifier.
         img_size: image side in pixels; by default the backbone's (224 or 384 for Swin, as in
-            its name; 448 for ResNet-50, the release's setting).
-        fpn_size: channels of the pyramid; by default the last tap's (768 for Swin-T, 1536 for
-            Swin-L, 2048 for ResNet-50).
+            its name; 448 for ResNet-50, ViT-B/16 and EfficientNet-B7, the release's setting).
+        fpn_size: channels of the pyramid; by default the backbone variant's (512 for ViT-B/16 and
+            EfficientNet-B7, the release's), else the last tap's (768 for Swin-T, 1536 for Swin-L,
+            2048 for ResNet-50).
         num_selects: tokens kept per tap (4 integers, or the release's ``{"layer1": ...}``); each
-            must be smaller than its tap's tokens. By default ``floor(S_i · (1, 2, 4, 2) / 9)`` for
+            must be smaller than its tap's tokens. By default the backbone variant's (32 per tap for
+            ViT-B/16 and EfficientNet-B7, the release's), else ``floor(S_i · (1, 2, 4, 2) / 9)`` for
             tap sizes S_i, which is the paper's (256, 128, 64, 32) for Swin-L at 384 px. With the
             combiner, their sum must be at least 64 (the graph has sum // 64 nodes).
         use_fpn, use_selection, use_combiner: the release's switches. Without any, the model is
             the backbone, a token mean of the last tap and a linear head (output ``ori_out``).
             The combiner needs the selector and the pyramid.
-        drop_path_rate: Swin's stochastic depth (default 0.1); not for ResNet.
+        drop_path_rate: stochastic depth of Swin (default 0.1), ViT (default 0, the release's) and
+            EfficientNet (0.2, scaled by block index as torchvision's); not for ResNet.
         dropout: the combiner's dropout (0.1).
         seed: parameter initialisation and the random streams of dropout and drop path (whose
             state a checkpoint keeps: :meth:`training_state`).
@@ -126,9 +129,13 @@ class Model:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         if img_size is not None:
             settings["img_size"] = img_size
+        # a variant's head settings (the release's for that backbone) are defaults of the arguments
+        fpn_size = settings.pop("fpn_size", None) if fpn_size is None else fpn_size
+        num_selects = settings.pop("num_selects", None) if num_selects is None else num_selects
         if drop_path_rate is not None:
             if "drop_path_rate" not in self._spec.options:
-                takers = " and ".join(s.title for s in _backbones.SPECS.values() if "drop_path_rate" in s.options)
+                takers = [s.title for s in _backbones.SPECS.values() if "drop_path_rate" in s.options]
+                takers = ", ".join(takers[:-1]) + " and " + takers[-1] if len(takers) > 1 else takers[0]
                 raise ValueError(f"drop_path_rate applies to {takers} backbones only, not {self.backbone_kind!r}")
             settings["drop_path_rate"] = drop_path_rate
         config = dict(settings, num_classes=int(num_classes), fpn_size=fpn_size, num_selects=_num_selects(num_selects),
@@ -430,10 +437,12 @@ class Model:
     def load_pretrained(self, path: str) -> _state.LoadResult:
         """Loads backbone weights from a file of any format :mod:`herbs.weights` reads
         (``torch.save`` archives, safetensors, ``.npz``): Microsoft's Swin ``.pth``, timm files
-        (timm >= 0.9 Swin layouts are converted), torchvision/timm ResNet-50, or a HERBS release
-        checkpoint (its ``backbone.*`` part). Every backbone tensor must be present with its shape;
-        the file's classifier, final norm and recomputed buffers are skipped; the head keeps its
-        values. Returns ``(missing_keys, unexpected_keys)`` of the backbone."""
+        (timm >= 0.9 Swin layouts are converted; a ViT's position embedding for another image size
+        is resized as the release does), torchvision/timm ResNet-50, torchvision EfficientNet-B7,
+        or a HERBS release checkpoint (its ``backbone.*`` part). Every backbone tensor must be
+        present with its shape; the file's classifier (head), final norm and recomputed buffers are
+        skipped; the head keeps its values. Returns ``(missing_keys, unexpected_keys)`` of the
+        backbone."""
         sd = self._normalise(_weights.load_file(path))
         if any(k.startswith("backbone.") for k in sd):
             sd = _state.strip_prefix(sd, "backbone.")
@@ -441,6 +450,8 @@ class Model:
             sd = self._spec.convert(sd)
         table = [(name[len("backbone."):], kind, shape, offset, size) for name, kind, shape, offset, size in self._table
                  if name.startswith("backbone.")]
+        if self._spec.fit is not None:
+            sd = self._spec.fit(sd, {name: shape for name, _, shape, _, _ in table})
         with self._claim() as net:
             result = _state.load_into(table, {"params": net.params, "buffers": net.buffers}, sd, strict=True,
                                       skip=self._spec.unused_keys())

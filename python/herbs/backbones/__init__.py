@@ -1,5 +1,5 @@
 """The backbones :class:`herbs.Model` knows: one :class:`BackboneSpec` per architecture, each in
-its own module (``swin.py``, ``resnet.py``, ``patches.py``), and the registry that Model, the
+its own module (``swin.py``, ``resnet.py``, ``patches.py``, ``vit.py``, ``efficientnet.py``), and the registry that Model, the
 ``herbs`` command and weights loading consult. docs/BACKBONES.md tells how to add one.
 
 A spec says what Python needs to know about an architecture; the engine's C backbone (which
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Dict, Mapping, Tuple, Union
 
-from herbs.backbones import patches, resnet, swin
+from herbs.backbones import efficientnet, patches, resnet, swin, vit
 from herbs.backbones.spec import BackboneSpec
 
 __all__ = ["BackboneSpec", "SPECS", "BACKBONES", "register", "resolve"]
@@ -63,5 +63,5 @@ def resolve(backbone: Union[str, Mapping]) -> Tuple[BackboneSpec, dict]:
     return SPECS[settings["backbone"]], settings
 
 
-for _module in (swin, resnet, patches):  # the order of BACKBONES
+for _module in (swin, resnet, patches, vit, efficientnet):  # the order of BACKBONES
     register(_module.SPEC)

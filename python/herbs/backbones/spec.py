@@ -21,6 +21,12 @@ class BackboneSpec:
         convert: a backbone state dict (keys without prefix) of any layout people publish ->
             the engine's layout (names and shapes of ``Model.named_parameters()`` below
             ``backbone.``); None when files already use the engine's names.
+        fit: (a converted backbone state dict, the model's backbone shapes by name) -> the dict
+            with tensors that depend on the image size made to fit it (ViT's position embedding
+            resized), for :meth:`herbs.Model.load_pretrained`; None when no tensor depends on it.
+
+    A variant's settings may hold the head's ``fpn_size`` and ``num_selects`` too: defaults of
+    :class:`herbs.Model` for that name (the release's, e.g. 512 and 32 per tap for ViT-B/16).
     """
 
     kind: str
@@ -29,6 +35,7 @@ class BackboneSpec:
     unused: Tuple[str, ...] = ()
     options: Tuple[str, ...] = ()
     convert: Optional[Callable[[Mapping], Dict]] = None
+    fit: Optional[Callable[[Mapping, Mapping], Dict]] = None
 
     def unused_keys(self, prefix: str = "") -> Tuple[str, ...]:
         """:attr:`unused` for keys under `prefix` (``"backbone."`` in a HERBS release checkpoint);
