@@ -1,7 +1,8 @@
-"""The ``herbs`` command: demo, train, evaluate, predict, heatmap, info. ``herbs <command> -h`` for help."""
+"""The ``herbs`` command: demo, make-data, train, evaluate, predict, heatmap, info. ``herbs <command> -h`` for help."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -10,8 +11,9 @@ import time
 import numpy as np
 
 import herbs
-from herbs import backbones, data, transforms, weights
+from herbs import backbones, data, synthetic, transforms, weights
 from herbs.evaluate import evaluate
+from herbs.progress import Progress
 from herbs.train import TrainConfig, train
 
 #: The demo: a small Swin HERBS on the built-in synthetic shapes, about 20 s on 2 cores.
@@ -70,6 +72,15 @@ def cmd_demo(a) -> None:
     print(f"after {a.epochs} epochs ({time.perf_counter() - started:.0f} s): training loss "
           f"{history[0]['loss_total']:.3f} -> {last['loss_total']:.3f}, validation top-1 "
           f"{100 * last['val_ensemble']:.1f}% (chance {100 / a.classes:.0f}%)")
+
+
+def cmd_make_data(a) -> None:
+    """Writes the built-in fine-grained set as folders of PNGs."""
+    progress = Progress(a.classes * (a.train_per_class + a.val_per_class), "images")
+    counts = synthetic.write_image_folder(a.dir, a.classes, a.train_per_class, a.val_per_class, a.size, a.difficulty,
+                                          a.seed, progress=progress.update)
+    print(f"{counts['train']} training and {counts['val']} validation images of {a.classes} classes in "
+          f"{os.path.join(a.dir, 'train')} and {os.path.join(a.dir, 'val')} (one folder per class)")
 
 
 def cmd_train(a) -> None:
@@ -144,6 +155,17 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", help="folder for checkpoints and metrics.jsonl")
     d.set_defaults(run=cmd_demo)
+
+    m = sub.add_parser("make-data", help="write the built-in fine-grained image set as train/ and val/ folders "
+                                         "of PNGs, one folder per class")
+    m.add_argument("dir")
+    made = inspect.signature(synthetic.write_image_folder).parameters
+    for name, flag, what in (("num_classes", "classes", "2 to 8"), ("n_train", "train-per-class", None),
+                             ("n_val", "val-per-class", None), ("size", "size", "image side in pixels"),
+                             ("difficulty", "difficulty", "0 (easy) to 1 (hard)"), ("seed", "seed", None)):
+        default = made[name].default
+        m.add_argument("--" + flag, type=type(default), default=default, dest=flag.replace("-", "_"), help=what)
+    m.set_defaults(run=cmd_make_data)
 
     t = sub.add_parser("train", help="train on a folder per class, CUB-200-2011 or NABirds")
     t.add_argument("data", help="training images (folder per class) or the CUB/NABirds root")
