@@ -33,7 +33,8 @@ from PIL import Image, ImageDraw
 from herbs.data import Dataset
 from herbs.files import atomic_write
 
-__all__ = ["CLASSES", "Sample", "SyntheticBirds", "render", "sample_grid", "write_image_folder"]
+__all__ = ["CLASSES", "COLOURS", "Sample", "SyntheticBirds", "class_name", "render", "sample_grid", "splits",
+           "write_image_folder"]
 
 WINGS = ("bar", "bars")
 #: the wings' colours: (hue, saturation), value 0.85-1
