@@ -11,6 +11,7 @@ learning rate) from the same seeds, and its validation top-1 reported as mean ±
 
     python benchmarks/ablation.py                    # 3 seeds, the demo's budget (~25 min on 2 idle cores)
     python benchmarks/ablation.py --seeds 0 1 2 3 4 --epochs 6 --json ablation.json
+    python benchmarks/ablation.py --variants 3 --precision bf16   # HERBS trained in bf16 mixed precision
 
 Prints a Markdown table (the one in README.md) with the machine, the load and the wall time.
 """

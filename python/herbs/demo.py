@@ -88,8 +88,8 @@ class Trained:
 def train_model(config: DemoConfig, out_dir: Optional[str] = None, model_options: Optional[dict] = None,
                 loss_options: Optional[dict] = None, log: Callable[[str], None] = print) -> Trained:
     """The demo's model trained on the demo's data (checkpoints and metrics.jsonl into `out_dir`, if
-    given). `model_options` go to :class:`herbs.Model` (e.g. the ablation switches), `loss_options`
-    to every ``train_step`` (e.g. ``lambda_r=0``: no refinement)."""
+    given), left at the run's precision. `model_options` go to :class:`herbs.Model` (e.g. the
+    ablation switches), `loss_options` to every ``train_step`` (e.g. ``lambda_r=0``: no refinement)."""
     train_set, val_set = synthetic.splits(config.classes, config.per_class, config.val_per_class,
                                           DEMO_BACKBONE["img_size"], config.difficulty, config.seed, train_transform(),
                                           eval_transform())
@@ -100,6 +100,7 @@ def train_model(config: DemoConfig, out_dir: Optional[str] = None, model_options
         f"their wings, validating on {len(val_set)}")
     history = train(model, train_set, val_set, _train_config(config), out_dir=out_dir, loss_options=loss_options,
                     log=log, checkpoint_extra={"model_args": model_args, "class_names": list(train_set.classes)})
+    model.precision = config.precision  # evaluated as in training (train() gives the model its own back)
     return Trained(model, history, train_set, val_set)
 
 
@@ -113,7 +114,6 @@ def run(config: DemoConfig = DemoConfig(), out_dir: Optional[str] = None,
     print_(f"herbs demo: run folder {out_dir}")
     trained = train_model(config, out_dir, log=_epoch_line(print_))
     model, val_set = trained.model, trained.val_set
-    model.precision = config.precision  # as in the run's evaluations (train() gives the model's own back)
     heads, confusion, probs = evaluate_model(model, val_set)
     files = {"metrics": os.path.join(out_dir, "metrics.jsonl"), "checkpoint": os.path.join(out_dir, "best.pth"),
              "samples": _save_png(synthetic.sample_grid(trained.train_set), out_dir, "samples.png"),
