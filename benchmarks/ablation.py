@@ -38,8 +38,7 @@ VARIANTS = {  # name: (herbs.Model switches, train_step loss options)
 def run_variant(config: DemoConfig, model_options: dict, loss_options: dict) -> float:
     """Validation top-1 of the ensemble of the heads the variant has (ori_out alone for the backbone)."""
     trained = train_model(config, model_options=model_options, loss_options=loss_options, log=lambda s: None)
-    top1, _, _ = evaluate_model(trained.model, trained.val_set)
-    return top1["ensemble"]
+    return evaluate_model(trained.model, trained.val_set).accuracy["ensemble"]["top1"]
 
 
 def main() -> None:

@@ -22,13 +22,14 @@ import io
 import json
 import os
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from herbs import synthetic, transforms
-from herbs.evaluate import ensemble_of, image_scores
+from herbs.data import DataLoader
+from herbs.evaluate import Evaluation, evaluate
 from herbs.files import atomic_write
 from herbs.heatmap import heatmap, overlay
 from herbs.model import Model
@@ -112,14 +113,15 @@ def run(config: DemoConfig = DemoConfig(), out_dir: Optional[str] = None,
     out_dir = os.path.abspath(out_dir or default_run_dir())
     os.makedirs(out_dir, exist_ok=True)
     print_(f"herbs demo: run folder {out_dir}")
-    trained = train_model(config, out_dir, log=_epoch_line(print_))
+    trained = train_model(config, out_dir, log=print_)  # train()'s line per epoch
     model, val_set = trained.model, trained.val_set
-    heads, confusion, probs = evaluate_model(model, val_set)
+    evaluation = evaluate_model(model, val_set)
+    heads = {head: accuracy["top1"] for head, accuracy in evaluation.accuracy.items()}
     files = {"metrics": os.path.join(out_dir, "metrics.jsonl"), "checkpoint": os.path.join(out_dir, "best.pth"),
              "samples": _save_png(synthetic.sample_grid(trained.train_set), out_dir, "samples.png"),
              "curves": _save_png(curves_picture(trained.history, config.classes), out_dir, "curves.png"),
-             "confusion": _save_png(confusion_picture(confusion, val_set.classes), out_dir, "confusion.png"),
-             "heatmaps": _save_png(heatmap_picture(model, val_set, probs, config.heatmaps), out_dir, "heatmaps.png"),
+             "confusion": _save_png(confusion_picture(evaluation.confusion, val_set.classes), out_dir, "confusion.png"),
+             "heatmaps": _save_png(heatmap_picture(model, val_set, evaluation.predicted, config.heatmaps), out_dir, "heatmaps.png"),
              "summary": os.path.join(out_dir, "summary.json")}
     summary = {"seconds": round(time.perf_counter() - started, 1), "chance": 1 / config.classes,
                "val_top1": heads, "config": dataclasses.asdict(config), "files": files}
@@ -134,37 +136,9 @@ def _train_config(config: DemoConfig) -> TrainConfig:
                        seed=config.seed, num_workers=2, precision=config.precision)
 
 
-def _epoch_line(print_: Callable[[str], None]) -> Callable[[str], None]:
-    """A log for :func:`herbs.train.train` that prints each epoch's record as one short line."""
-    def log(message: str) -> None:
-        try:
-            record = json.loads(message)
-        except ValueError:
-            print_(message)
-            return
-        combiner = f" (combiner {100 * record['val_comb_outs']:.1f}%)" if "val_comb_outs" in record else ""
-        print_(f"epoch {record['epoch']}: loss {record['loss_total']:.3f}, validation top-1 "
-               f"{100 * record['val_ensemble']:.1f}%{combiner}, {record['seconds']:.0f} s")
-    return log
-
-
-def evaluate_model(model: Model, dataset) -> Tuple[Dict[str, float], np.ndarray, np.ndarray]:
-    """({head or "ensemble": top-1}, the ensemble's confusion matrix [true, predicted], the
-    ensemble's probabilities [N, classes]) over `dataset`."""
-    labels = np.asarray(dataset.labels)
-    heads: Dict[str, List[np.ndarray]] = {}
-    for start in range(0, len(dataset), 32):
-        images = np.stack([dataset[i][0] for i in range(start, min(start + 32, len(dataset)))])
-        scores = image_scores(model.forward(images, train=False))
-        scores["ensemble"] = ensemble_of(scores)
-        for name, s in scores.items():
-            heads.setdefault(name, []).append(s)
-    probs = {name: np.concatenate(parts) for name, parts in heads.items()}
-    top1 = {name: float((p.argmax(1) == labels).mean()) for name, p in probs.items()}
-    confusion = np.zeros((model.num_classes,) * 2, np.int64)
-    np.add.at(confusion, (labels, probs["ensemble"].argmax(1)), 1)
-    return top1, confusion, probs["ensemble"]
-
+def evaluate_model(model: Model, dataset) -> Evaluation:
+    """:func:`herbs.evaluate.evaluate` of `model` on the in-memory `dataset` (its order)."""
+    return evaluate(model, DataLoader(dataset, 32, num_workers=0))
 
 def _print_summary(summary: dict, out_dir: str, print_: Callable[[str], None]) -> None:
     top1 = summary["val_top1"]
@@ -270,9 +244,10 @@ def confusion_picture(confusion: np.ndarray, names: Sequence[str], cell: int = 3
     return picture
 
 
-def heatmap_picture(model: Model, dataset, probs: np.ndarray, count: int, zoom: int = 3) -> Image.Image:
+def heatmap_picture(model: Model, dataset, predicted: np.ndarray, count: int, zoom: int = 3) -> Image.Image:
     """For the first validation image of each of `count` classes: the image and its heat map
-    (where the model looks for the class it predicts), captioned with the true and predicted class."""
+    (where the model looks for the class it predicts), captioned with the true and `predicted`
+    class (the ensemble's top-1 of every image of `dataset`)."""
     labels = np.asarray(dataset.labels)
     chosen = [int(np.flatnonzero(labels == c)[0]) for c in range(min(count, dataset.num_classes))]
     side, font = dataset.size * zoom, _font()
@@ -287,8 +262,8 @@ def heatmap_picture(model: Model, dataset, probs: np.ndarray, count: int, zoom: 
         left, top = (n % columns) * width, (n // columns) * height
         for k, pixels in enumerate((rgb, overlay(rgb, heat))):
             picture.paste(Image.fromarray(pixels).resize((side, side), Image.NEAREST), (left + k * side, top))
-        predicted = int(probs[index].argmax())
+        guess = int(predicted[index])
         draw.text((left, top + side + 4), f"true {dataset.classes[int(labels[index])]}", fill="black", font=font)
-        draw.text((left, top + side + 18), f"predicted {dataset.classes[predicted]}",
-                  fill=(0, 110, 0) if predicted == labels[index] else (190, 0, 0), font=font)
+        draw.text((left, top + side + 18), f"predicted {dataset.classes[guess]}",
+                  fill=(0, 110, 0) if guess == labels[index] else (190, 0, 0), font=font)
     return picture
