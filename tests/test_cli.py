@@ -1,8 +1,10 @@
 """The herbs command end to end on built-in synthetic data: demo (which writes a checkpoint),
 then evaluate, predict and heatmap from that checkpoint, and clear errors for bad input."""
+import contextlib
 import csv
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -13,29 +15,62 @@ import pytest
 from PIL import Image
 
 import herbs
-from herbs import cli, data
+from herbs import cli, data, synthetic
+
+
+DEMO_FILES = ["metrics.jsonl", "last.pth", "best.pth", "samples.png", "curves.png", "confusion.png", "heatmaps.png",
+              "summary.json"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    cli.main(["--threads", "2", "demo", "--epochs", "1", "--per-class", "4", "--classes", "3", "--out", str(out)])
-    return out
+def demo_run(tmp_path_factory):
+    """A shortened demo (2 epochs of 12 images) run from an empty current directory without --out:
+    (its run folder, what it printed)."""
+    cwd = tmp_path_factory.mktemp("demo")
+    printed, before = io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(printed):
+            cli.main(["--threads", "2", "demo", "--epochs", "2", "--per-class", "4", "--val-per-class", "2",
+                      "--classes", "3", "--heatmaps", "3"])
+    finally:
+        os.chdir(before)
+    folders = list((cwd / "runs").iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith("demo-")
+    return folders[0], printed.getvalue()
 
 
-def test_demo_writes_metrics_and_checkpoints(run_dir, capsys):
-    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    assert record["epoch"] == 1 and np.isfinite(record["loss_total"]) and 0 <= record["val_ensemble"] <= 1
-    assert (run_dir / "last.pth").exists() and (run_dir / "best.pth").exists()
+@pytest.fixture(scope="module")
+def run_dir(demo_run):
+    return demo_run[0]
+
+
+def test_demo_writes_every_file_it_promises(demo_run):
+    folder, printed = demo_run
+    lines = printed.splitlines()
+    assert lines[0] == f"herbs demo: run folder {folder}" and lines[-1] == lines[0]  # said at the start and the end
+    for name in DEMO_FILES:
+        assert (folder / name).stat().st_size > 0, name
+        assert str(folder / name) in printed or name == "last.pth", f"{name} is not announced"
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and np.isfinite(records[-1]["loss_total"])
+    summary = json.loads((folder / "summary.json").read_text())
+    heads = {f"FPN1_layer{i}" for i in range(1, 5)} | {f"layer{i}" for i in range(1, 5)} | {"comb_outs", "ensemble"}
+    assert set(summary["val_top1"]) == heads and all(0 <= v <= 1 for v in summary["val_top1"].values())
+    assert "validation top-1" in printed and "chance 33.3%" in printed
+    for name in DEMO_FILES:
+        if name.endswith(".png"):
+            with Image.open(folder / name) as picture:
+                assert picture.format == "PNG" and min(picture.size) >= 100
+    with Image.open(folder / "heatmaps.png") as picture:  # three pairs of (image, heat map) of 3x64 px
+        assert picture.size[0] >= 3 * 2 * 3 * 64
 
 
 def test_evaluate_predict_heatmap_from_the_checkpoint(run_dir, tmp_path, capsys):
-    folder = tmp_path / "images"
-    dataset = data.SyntheticDataset(3, size=64, n_per_class=2, seed=5)
-    for i in range(len(dataset)):
-        (folder / dataset.classes[int(dataset.labels[i])]).mkdir(parents=True, exist_ok=True)
-        dataset.load_image(i).save(folder / dataset.classes[int(dataset.labels[i])] / f"{i}.png")
-    image = folder / dataset.classes[0] / "0.png"
+    synthetic.write_image_folder(str(tmp_path / "birds"), 3, n_train=1, n_val=2, seed=5)  # the demo's classes
+    folder = tmp_path / "birds" / "val"
+    classes = sorted(p.name for p in folder.iterdir())
+    image = sorted((folder / classes[0]).iterdir())[0]
     capsys.readouterr()
 
     report = tmp_path / "report"
@@ -44,7 +79,7 @@ def test_evaluate_predict_heatmap_from_the_checkpoint(run_dir, tmp_path, capsys)
     printed = capsys.readouterr().out
     assert printed.startswith("6 images, 3 classes") and all(h in printed for h in ("ensemble", "comb_outs", "FPN1_layer4"))
     predictions = (report / "predictions.csv").read_text().splitlines()
-    assert len(predictions) == 7 and predictions[1].startswith(f"{folder / dataset.classes[0] / '0.png'},{dataset.classes[0]},")
+    assert len(predictions) == 7 and predictions[1].startswith(f"{image},{classes[0]},")
     assert Image.open(report / "confusion_matrix.png").mode == "RGB"
 
     cli.main(["predict", str(run_dir / "last.pth"), str(image), "--top", "2"])
@@ -109,7 +144,7 @@ def test_predict_takes_folders_and_goes_on_past_unreadable_files(run_dir, tmp_pa
     assert [r[0] for r in rows[1:]] == [str(folder / "0.png"), str(folder / "sub" / "1.png"),
                                         str(folder / "sub" / "2.png")]
     for row in rows[1:]:
-        assert set(row[1::2]) == set(dataset.classes)
+        assert set(row[1::2]) == set(synthetic.splits(3, 1, 1)[0].classes)  # the demo's
         assert sum(float(p) for p in row[2::2]) == pytest.approx(1, abs=1e-5)
 
 
@@ -151,7 +186,8 @@ def test_train_and_demo_in_bf16(tmp_path, monkeypatch):
     tests/test_precision_training.py)."""
     from herbs import weights
     demo = tmp_path / "demo"
-    cli.main(["demo", "--epochs", "1", "--per-class", "4", "--classes", "3", "--precision", "bf16", "--out", str(demo)])
+    cli.main(["demo", "--epochs", "1", "--per-class", "4", "--val-per-class", "2", "--classes", "3", "--heatmaps", "3",
+              "--precision", "bf16", "--out", str(demo)])
     assert weights.load_checkpoint(str(demo / "last.pth"))["config"]["precision"] == "bf16"
     configs = []
     monkeypatch.setattr(cli, "train", lambda model, train_set, val_set, config, **kw: configs.append(config))
