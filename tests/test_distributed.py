@@ -193,10 +193,10 @@ def test_herbs_demo_under_mpiexec(tmp_path):
     """The command line: rank 0 alone prints and writes; one rank gets no validation batch (6 images in
     one batch of 8), which must not keep the other waiting in the gathering of the accuracies."""
     command = [MPIEXEC, "-n", "2", sys.executable, "-m", "mpi4py", "-m", "herbs", "demo", "--epochs", "2",
-               "--per-class", "8", "--classes", "3", "--out", str(tmp_path)]
+               "--per-class", "8", "--val-per-class", "2", "--classes", "3", "--heatmaps", "3", "--out", str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("after 2 epochs") == 1
+    assert done.stdout.count("validation top-1 after") == 1
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2] and all(line["val_count"] == 6 for line in lines)
     assert weights.load_checkpoint(str(tmp_path / "last.pth"))["ranks"] == 2
