@@ -17,8 +17,8 @@ only on (seed, epoch), dropout and drop path on the saved training state. Before
 a run removes what a killed run left in its folder: temporary files of half-written checkpoints,
 and lines of ``metrics.jsonl`` after the epoch it starts from.
 
-Mixed precision: ``TrainConfig(precision="bf16")`` runs the forward's and the backward's products
-(linear and convolution layers, attention) with bf16 operands and fp32 accumulation, as
+Mixed precision: ``TrainConfig(precision="bf16")`` runs the products of the linear and convolution
+layers, forward and backward, and attention's forward, with bf16 operands and fp32 accumulation, as
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` does; parameters, gradients, the optimiser and
 checkpoints stay fp32 (bf16 keeps fp32's exponent range: no loss scaling). The model computes at
 that precision for the run, evaluation included, and gets its own back at the end. A resumed run
