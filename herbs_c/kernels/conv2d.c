@@ -173,9 +173,9 @@ static size_t FN(conv_wgrad_share)(size_t K, int OC, int pointwise)
 
 /* dweight[OC,K] += doutᵀ · cols over the output pixels [m0, m1), one thread, im2col in chunks
    of `cols` (NULL for a pointwise conv, whose columns are its input rows); beta 0 overwrites. */
-static void FN(conv_wgrad_rows)(herbs_precision p, real *dweight, real beta, const real *dout, const real *inp, real *cols,
-                                size_t cols_floats, int m0, int m1, int H, int W, int C, int OC, int OH, int OW,
-                                int KH, int KW, int stride, int pad)
+static void FN(conv_wgrad_rows)(herbs_precision p, real *dweight, real beta, const real *dout, const real *inp,
+                                real *cols, size_t cols_floats, int m0, int m1, int H, int W, int C, int OC, int OH,
+                                int OW, int KH, int KW, int stride, int pad)
 {
     const int K = KH * KW * C;
     if (!cols) {
@@ -329,12 +329,13 @@ void FN(conv2d_backward)(herbs_precision p, real *dinp, real *dweight, real *dbi
     const int pointwise = FN(conv_is_pointwise)(KH, KW, stride, pad);
     const int rows = FN(conv_chunk_rows)(scratch_floats, K, M, CONV_BACKWARD_CHUNK_ROWS, CONV_BACKWARD_CHUNK_FLOATS);
     if (dweight)
-        FN(conv_weight_grad)(p, dweight, dout, inp, scratch, scratch_floats, M, H, W, C, OC, OH, OW, KH, KW, stride, pad,
-                             pointwise);
+        FN(conv_weight_grad)(p, dweight, dout, inp, scratch, scratch_floats, M, H, W, C, OC, OH, OW, KH, KW, stride,
+                             pad, pointwise);
     if (!dinp)
         return;
 #ifndef HERBS_F64
-    if (p == HERBS_FP32 && stride == 1 && KH == KW && pad < KH && OC >= CONV_DIRECT_MIN_CHANNELS) { /* a correlation of dout with the flipped weight */
+    /* fp32: a correlation of dout with the flipped weight */
+    if (p == HERBS_FP32 && stride == 1 && KH == KW && pad < KH && OC >= CONV_DIRECT_MIN_CHANNELS) {
         float *wpack = conv_aligned(scratch);
         conv_direct_pack_weight(wpack, weight, 1, C, OC, KH * KW);
         conv_direct_forward(dinp, dout, wpack, accumulate ? 1.0f : 0.0f, B, OH, OW, OC, C, KH, KW, 1, KH - 1 - pad,

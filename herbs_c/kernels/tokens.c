@@ -37,16 +37,16 @@ void token_linear_forward_at(herbs_precision p, float *out, const float *inp, co
 }
 #endif
 
-void FN(token_linear_backward)(herbs_precision p, real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
-                               const real *weight, int B, int S_in, int S_out, int C, int accumulate)
+void FN(token_linear_backward)(herbs_precision p, real *dinp, real *dweight, real *dbias, const real *dout,
+                               const real *inp, const real *weight, int B, int S_in, int S_out, int C, int accumulate)
 {
     if (dinp)
-        FN(gemm_batched_at)(p, 1, 0, S_in, C, S_out, 1, weight, S_in, 0, dout, C, (long)S_out * C, accumulate ? 1 : 0, dinp,
-                         C, (long)S_in * C, B);
+        FN(gemm_batched_at)(p, 1, 0, S_in, C, S_out, 1, weight, S_in, 0, dout, C, (long)S_out * C, accumulate ? 1 : 0,
+                            dinp, C, (long)S_in * C, B);
     if (dweight)
         for (int b = 0; b < B; b++) /* one product per sample, summed in a fixed order */
-            FN(gemm_at)(p, 0, 1, S_out, S_in, C, 1, dout + (size_t)b * S_out * C, C, inp + (size_t)b * S_in * C, C, 1,
-                     dweight, S_in);
+            FN(gemm_at)(p, 0, 1, S_out, S_in, C, 1, dout + (size_t)b * S_out * C, C, inp + (size_t)b * S_in * C, C,
+                        1, dweight, S_in);
     if (dbias) {
 #pragma omp parallel for schedule(static) if ((size_t)B * S_out * C > TOKENS_PARALLEL_MIN)
         for (int o = 0; o < S_out; o++) {

@@ -14,8 +14,8 @@ void token_linear_forward_at(herbs_precision p, float *out, const float *inp, co
 
 /* dinp[B,S_in,C] += (accumulate set) or = (not read) weightᵀ · dout[b]; dweight[S_out,S_in] += Σ_b dout[b] · inp[b]ᵀ;
    dbias[S_out] += Σ_{b,c} dout. Any of dinp, dweight, dbias may be NULL. Products at precision p. */
-void FN(token_linear_backward)(herbs_precision p, real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
-                               const real *weight, int B, int S_in, int S_out, int C, int accumulate);
+void FN(token_linear_backward)(herbs_precision p, real *dinp, real *dweight, real *dbias, const real *dout,
+                               const real *inp, const real *weight, int B, int S_in, int S_out, int C, int accumulate);
 
 /* out[B,C] = mean over the S tokens of inp[B,S,C] */
 void FN(token_mean_forward)(real *out, const real *inp, int B, int S, int C);

@@ -137,7 +137,8 @@ void level_grad_linear_backward(const level_grad *g, head_ctx *c, float *dinp, h
         product_rows_backward(w, c->t, c->t->precision, dinp, g->dense, inp, rows, 0);
     for (int j = 0; j < g->count; j++) {
         const grad_term *t = &g->terms[j];
-        gemm_at(c->t->precision, 0, 0, rows, in, t->n, 1.0f, t->dy, t->n, t->aw, in, g->written || j > 0 ? 1.0f : 0.0f, dinp, in);
+        gemm_at(c->t->precision, 0, 0, rows, in, t->n, 1.0f, t->dy, t->n, t->aw, in, g->written || j > 0 ? 1.0f : 0.0f,
+                dinp, in);
         gemm(1, 0, out, in, t->n, 1.0f, t->a, out, t->dy_h, in, 1.0f, dw, in);
         gemm(1, 0, out, 1, t->n, 1.0f, t->a, out, t->dy_sum, 1, 1.0f, db, 1);
     }
