@@ -22,7 +22,7 @@ import io
 import json
 import os
 import time
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -33,6 +33,7 @@ from herbs.evaluate import Evaluation, evaluate
 from herbs.files import atomic_write
 from herbs.heatmap import heatmap, overlay
 from herbs.model import Model
+from herbs.report import confusion_image
 from herbs.train import TrainConfig, train
 
 #: The demo's small Swin (2.8 M parameters at 8 classes): 64 px images, patches of 2 px.
@@ -119,8 +120,8 @@ def run(config: DemoConfig = DemoConfig(), out_dir: Optional[str] = None,
     heads = {head: accuracy["top1"] for head, accuracy in evaluation.accuracy.items()}
     files = {"metrics": os.path.join(out_dir, "metrics.jsonl"), "checkpoint": os.path.join(out_dir, "best.pth"),
              "samples": _save_png(synthetic.sample_grid(trained.train_set), out_dir, "samples.png"),
-             "curves": _save_png(curves_picture(trained.history, config.classes), out_dir, "curves.png"),
-             "confusion": _save_png(confusion_picture(evaluation.confusion, val_set.classes), out_dir, "confusion.png"),
+             "curves": os.path.join(out_dir, "curves.png"),  # train()'s, from metrics.jsonl
+             "confusion": _save_png(confusion_image(evaluation.confusion, val_set.classes), out_dir, "confusion.png"),
              "heatmaps": _save_png(heatmap_picture(model, val_set, evaluation.predicted, config.heatmaps), out_dir, "heatmaps.png"),
              "summary": os.path.join(out_dir, "summary.json")}
     summary = {"seconds": round(time.perf_counter() - started, 1), "chance": 1 / config.classes,
@@ -164,93 +165,13 @@ def _save_png(picture: Image.Image, folder: str, name: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # pictures (Pillow and NumPy)
 
-_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
-
-
-def _font():
-    return ImageFont.load_default()
-
-
-def _panel(draw: ImageDraw.ImageDraw, box: Tuple[int, int, int, int], title: str, x_max: int, y_range: Tuple[float, float],
-           series: Sequence[Tuple[str, Sequence[float]]], y_format: str) -> None:
-    """A line chart in `box` (left, top, right, bottom): axes, ticks, a legend; x = 1..x_max."""
-    left, top, right, bottom = box
-    font = _font()
-    draw.text((left, top - 18), title, fill="black", font=font)
-    draw.rectangle(box, outline="black")
-    low, high = y_range
-    x_of = lambda x: left + (x - 1) / max(x_max - 1, 1) * (right - left)  # noqa: E731
-    y_of = lambda y: bottom - (y - low) / (high - low or 1) * (bottom - top)  # noqa: E731
-    for k in range(5):
-        value = low + k * (high - low) / 4
-        draw.line([(left - 4, y_of(value)), (right, y_of(value))], fill=(225, 225, 225) if k else "black")
-        draw.text((left - 44, y_of(value) - 6), format(value, y_format), fill="black", font=font)
-    for x in range(1, x_max + 1, max(1, x_max // 8)):
-        draw.line([(x_of(x), bottom), (x_of(x), bottom + 4)], fill="black")
-        draw.text((x_of(x) - 3, bottom + 6), str(x), fill="black", font=font)
-    draw.text(((left + right) // 2 - 14, bottom + 20), "epoch", fill="black", font=font)
-    for n, (name, values) in enumerate(series):
-        colour = _COLOURS[n % len(_COLOURS)] if name != "chance" else (128, 128, 128)
-        points = [(x_of(i + 1), y_of(v)) for i, v in enumerate(values)]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for x, y in points:
-            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-        draw.line([(right - 120, top + 12 + 14 * n), (right - 104, top + 12 + 14 * n)], fill=colour, width=2)
-        draw.text((right - 98, top + 6 + 14 * n), name, fill="black", font=font)
-
-
-def curves_picture(history: Sequence[dict], num_classes: int) -> Image.Image:
-    """Training loss and validation top-1 (ensemble, combiner, chance) per epoch, side by side."""
-    picture = Image.new("RGB", (900, 340), "white")
-    draw = ImageDraw.Draw(picture)
-    epochs = len(history)
-    losses = [r["loss_total"] for r in history]
-    _panel(draw, (60, 40, 430, 290), "training loss", epochs, (0.0, max(losses) * 1.05 or 1.0),
-           [("total", losses)] + [(k[5:], [r[k] for r in history]) for k in ("loss_comb", "loss_layer")
-                                  if k in history[0]], ".2f")
-    accuracy = [(name, [100 * r[f"val_{key}"] for r in history]) for name, key in
-                (("ensemble", "ensemble"), ("combiner", "comb_outs"), ("backbone", "ori_out"))
-                if f"val_{key}" in history[0]]
-    _panel(draw, (510, 40, 880, 290), "validation top-1 (%)", epochs, (0.0, 100.0),
-           accuracy + [("chance", [100 / num_classes] * epochs)], ".0f")
-    return picture
-
-
-def confusion_picture(confusion: np.ndarray, names: Sequence[str], cell: int = 36) -> Image.Image:
-    """The confusion matrix (rows: true class, columns: predicted), cells shaded by the row's fraction."""
-    k = len(names)
-    font = _font()
-    label_width = 8 + 7 * max(len(n) for n in names)
-    top = 40
-    picture = Image.new("RGB", (label_width + k * cell + 20, top + k * cell + 40), "white")
-    draw = ImageDraw.Draw(picture)
-    draw.text((label_width, 6), "predicted class (columns) against true class (rows)", fill="black", font=font)
-    totals = np.maximum(confusion.sum(axis=1, keepdims=True), 1)
-    for i in range(k):
-        draw.text((4, top + i * cell + cell // 2 - 6), names[i], fill="black", font=font)
-        draw.text((label_width + i * cell + cell // 2 - 3, top - 16), str(i), fill="black", font=font)
-        for j in range(k):
-            share = confusion[i, j] / totals[i, 0]
-            shade = tuple(int(255 - share * (255 - c)) for c in ((31, 119, 180) if i == j else (214, 39, 40)))
-            box = (label_width + j * cell, top + i * cell, label_width + (j + 1) * cell, top + (i + 1) * cell)
-            draw.rectangle(box, fill=shade, outline=(200, 200, 200))
-            text = str(int(confusion[i, j]))
-            draw.text((box[0] + cell // 2 - 3 * len(text), box[1] + cell // 2 - 6), text,
-                      fill="white" if share > 0.5 else "black", font=font)
-    accuracy = np.trace(confusion) / max(confusion.sum(), 1)
-    draw.text((label_width, top + k * cell + 12), f"top-1 {100 * accuracy:.1f}% of {int(confusion.sum())} images",
-              fill="black", font=font)
-    return picture
-
-
 def heatmap_picture(model: Model, dataset, predicted: np.ndarray, count: int, zoom: int = 3) -> Image.Image:
     """For the first validation image of each of `count` classes: the image and its heat map
     (where the model looks for the class it predicts), captioned with the true and `predicted`
     class (the ensemble's top-1 of every image of `dataset`)."""
     labels = np.asarray(dataset.labels)
     chosen = [int(np.flatnonzero(labels == c)[0]) for c in range(min(count, dataset.num_classes))]
-    side, font = dataset.size * zoom, _font()
+    side, font = dataset.size * zoom, ImageFont.load_default()
     columns = min(4, len(chosen))
     rows = -(-len(chosen) // columns)
     width, height = 2 * side + 16, side + 34
