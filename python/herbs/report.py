@@ -204,7 +204,8 @@ def confusion_image(confusion: np.ndarray, class_names: Sequence[str], title: st
     cell = int(np.clip(2400 // max(n, 1), 12, 48))
     font = _font(max(9, min(cell - 3, 14)))
     names = [_short(name) for name in class_names]
-    margin = max(_text_width(font, name) for name in names) + 12
+    corner = "true class / predicted"  # above the row names: the margin holds it too
+    margin = max(_text_width(font, text) for text in [*names, corner]) + 12
     title_font = _font(max(14, min(cell, 22)))
     bar = max(10, _text_height(font))  # the legend's colour bars
     legend_top = 10 + _text_height(title_font) + 10
@@ -232,6 +233,6 @@ def confusion_image(confusion: np.ndarray, class_names: Sequence[str], title: st
             draw.text((left + p * cell + cell / 2, top + t * cell + cell / 2), f"{100 * share[t, p]:.0f}",
                       fill=(255, 255, 255) if dark else (0, 0, 0), font=font, anchor="mm")
     draw.text((left, 10), title, fill=(0, 0, 0), font=title_font)
-    draw.text((left - 6, top - 6), "true class / predicted", fill=(0, 0, 0), font=font, anchor="rb")
+    draw.text((left - 6, top - 6), corner, fill=(0, 0, 0), font=font, anchor="rb")
     _legend(draw, left, legend_top, font, bar)
     return image
