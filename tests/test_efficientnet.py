@@ -12,7 +12,7 @@ from ckernels import call
 from herbs import _C
 from reference_efficientnet import B7_STAGES, EfficientNet, config_of
 from reference_resnet import randomize
-from test_resnet import check_close, load_state_dict, nhwc_tokens, rel_err, run_pair, tensor_views
+from test_resnet import check_close, load_state_dict, nhwc_tokens, run_pair, tensor_views
 
 # (expand_ratio, kernel, stride, in, out, layers): no expansion in stage 1 (ratio 1) and in stage 5
 # (ratio 1 at 16 channels), kernels 3 and 5 at strides 1 and 2, residual blocks in stages 2, 4, 6;
