@@ -26,18 +26,25 @@ TARGET static inline __mmask16 lanes(int n)
 /* The part of a tile step done in registers as the tile is stored: a shift (a bias) and the ReLU,
    which round as affine_rows does in every build (one add, one max). A step with a scale (a
    folded BatchNorm) runs as affine_rows after the store instead, so that y·scale + shift rounds
-   as BatchNorm's eval pass does whether or not the build contracts it into an fma. */
+   as BatchNorm's eval pass does whether or not the build contracts it into an fma; so does a
+   step with a GELU, whose Φ is affine_rows' (gelu_forward's) own. */
 typedef struct {
     int shift, relu; /* which parts apply */
     __m512 t[2];     /* the shift of columns 0..15 and 16..31 */
 } step_vectors;
 
+/* Whether the store does the whole step in registers (else affine_rows does it after the store). */
+static inline int in_registers(const gemm_tile_step *step)
+{
+    return !step->scale && step->activation != HERBS_ACTIVATION_GELU;
+}
+
 TARGET static inline step_vectors step_vectors_of(const gemm_tile_step *step, __mmask16 m0, __mmask16 m1)
 {
     step_vectors v = {0};
-    if (!step || step->scale)
+    if (!step || !in_registers(step))
         return v;
-    v.shift = step->shift != NULL, v.relu = step->relu;
+    v.shift = step->shift != NULL, v.relu = step->activation == HERBS_ACTIVATION_RELU;
     if (v.shift) {
         v.t[0] = _mm512_maskz_loadu_ps(m0, step->shift);
         v.t[1] = _mm512_maskz_loadu_ps(m1, step->shift + 16);
@@ -91,7 +98,7 @@ TARGET static inline void store_tile(__m512 acc[MR][2], float *c, long ldc, floa
     for (int i = 0; i < MR; i++)
         if (i >= first && i < rows)
             store_row(c + i * ldc, acc[i][0], acc[i][1], m0, m1, va, beta, &sv);
-    if (step && step->scale)
+    if (step && !in_registers(step))
         gemm_tile_step_apply(step, c, ldc, first, rows, cols);
 }
 

@@ -94,6 +94,8 @@ static herbs_status alloc_saved(block_saved *v, saved_sizes n, herbs_arena *aren
 typedef struct {
     float *ln, *branch, *act, *work; /* a LayerNorm output, a branch output, the GELU output, attention */
     int threads;
+    int for_backward; /* keep what backward needs (train, or a recompute); else fc1's tiles go through GELU as
+                         they are finished and its pre-activation is never stored */
 } forward_scratch;
 
 /* x [B, L, C] -> out [B, L, C] (out may be z->branch), keeping what backward needs in v. Drop
@@ -122,8 +124,11 @@ static herbs_status block_forward(swin_block *k, const swin_stage *st, const her
 
     layernorm_forward(z->ln, v->mean2, v->rstd2, v->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, C,
                       SWIN_LN_EPS);
-    product_rows_forward(&k->fc1, t, t->precision, v->hidden, z->ln, M, NULL, NULL, 0);
-    gelu_forward(z->act, v->hidden, (size_t)M * st->hidden);
+    if (z->for_backward) {
+        product_rows_forward(&k->fc1, t, t->precision, v->hidden, z->ln, M, NULL, NULL, HERBS_ACTIVATION_NONE);
+        gelu_forward(z->act, v->hidden, (size_t)M * st->hidden);
+    } else
+        product_rows_forward(&k->fc1, t, t->precision, z->act, z->ln, M, NULL, NULL, HERBS_ACTIVATION_GELU);
     product_rows_forward(&k->fc2, t, t->precision, z->branch, z->act, M, NULL, NULL, 0);
     residual_add_forward(out, v->x1, z->branch, k->scale2, B, (long)L * C);
     return HERBS_OK;
@@ -152,7 +157,7 @@ herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena
     const int B = batch, res0 = s->stages[0].res, D = s->embed_dim, M0 = B * res0 * res0;
     const int in = bb->in_channels, K = in * s->patch * s->patch;
     s->batch = 0;
-    forward_scratch z = {.threads = herbs_num_threads()};
+    forward_scratch z = {.threads = herbs_num_threads(), .for_backward = train};
     scratch_sizes need = scratch_needed(s, B, z.threads);
     HERBS_TRY(herbs_arena_floats(arena, need.tokens_dim, 0, &z.ln));
     HERBS_TRY(herbs_arena_floats(arena, need.tokens_dim, 0, &z.branch));
@@ -290,7 +295,7 @@ herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *are
        branch) */
     backward_scratch z = {.ln = s->ln, .dbranch = s->branch, .act = s->act, .work = s->work, .threads = s->threads};
     const forward_scratch recompute = {.ln = s->ln, .branch = s->branch, .act = s->act, .work = s->work,
-                                       .threads = s->threads};
+                                       .threads = s->threads, .for_backward = 1};
     scratch_sizes need = scratch_needed(s, B, z.threads);
     const size_t wide = need.tokens_hidden > 3 * need.tokens_dim ? need.tokens_hidden : 3 * need.tokens_dim;
     float *d, *other;

@@ -111,10 +111,12 @@ static herbs_status alloc_saved(vit_saved *s, const vit *v, herbs_arena *arena)
 /* ------------------------------------------------------------------------------------------ */
 /* Forward */
 
-/* x [B, S, D] -> out [B, S, D] (out may be v->branch), keeping what backward needs in s. Drop path
-   in train mode, with its scales allocated here. */
+/* x [B, S, D] -> out [B, S, D] (out may be v->branch), keeping what backward needs in s when
+   for_backward is set (else fc1's tiles go through GELU as they are finished and s->hidden is not
+   written). Drop path in train mode, with its scales allocated here. */
 static herbs_status block_forward(vit *v, int index, const herbs_params *t, herbs_arena *arena, const float *x,
-                                  float *out, const vit_saved *s, int train, uint64_t seed, uint64_t step)
+                                  float *out, const vit_saved *s, int train, int for_backward, uint64_t seed,
+                                  uint64_t step)
 {
     vit_block *k = &v->blocks[index];
     const int B = v->batch, S = v->tokens, D = v->dim, M = B * S;
@@ -135,8 +137,11 @@ static herbs_status block_forward(vit *v, int index, const herbs_params *t, herb
 
     layernorm_forward(v->ln, s->mean2, s->rstd2, s->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, D,
                       VIT_LN_EPS);
-    product_rows_forward(&k->fc1, t, t->precision, s->hidden, v->ln, M, NULL, NULL, 0);
-    gelu_forward(v->act, s->hidden, (size_t)M * v->hidden);
+    if (for_backward) {
+        product_rows_forward(&k->fc1, t, t->precision, s->hidden, v->ln, M, NULL, NULL, HERBS_ACTIVATION_NONE);
+        gelu_forward(v->act, s->hidden, (size_t)M * v->hidden);
+    } else
+        product_rows_forward(&k->fc1, t, t->precision, v->act, v->ln, M, NULL, NULL, HERBS_ACTIVATION_GELU);
     product_rows_forward(&k->fc2, t, t->precision, v->branch, v->act, M, NULL, NULL, 0);
     residual_add_forward(out, s->x1, v->branch, k->scale2, B, (long)S * D);
     return HERBS_OK;
@@ -172,7 +177,8 @@ static herbs_status vit_forward(herbs_backbone *bb, const herbs_params *t, herbs
             HERBS_TRY(alloc_saved(&k->saved, v, arena));
         HERBS_TRY(herbs_arena_floats(arena, M * D, 0, &k->out));
         k->x = x;
-        HERBS_TRY(block_forward(v, b, t, arena, x, k->out, train ? &k->saved : &v->shared, train, seed, step));
+        HERBS_TRY(block_forward(v, b, t, arena, x, k->out, train ? &k->saved : &v->shared, train, train, seed,
+                                step));
         x = k->out;
     }
     for (int i = 0; i < HERBS_TAPS; i++)
@@ -293,7 +299,7 @@ static herbs_status vit_backward(herbs_backbone *bb, herbs_params *t, herbs_aren
         vit_block *k = &v->blocks[b];
         flowing = gather_tap_grads(v, b, d, flowing, dtaps, tap_grads);
         if (!v->kept) /* recompute into the shared buffers; the output goes to scratch */
-            HERBS_TRY(block_forward(v, b, t, arena, k->x, v->branch, &v->shared, 0, 0, 0));
+            HERBS_TRY(block_forward(v, b, t, arena, k->x, v->branch, &v->shared, 0, 1, 0, 0));
         block_backward(v, k, v->kept ? &k->saved : &v->shared, t, d, &z);
     }
 
