@@ -282,12 +282,15 @@ def test_gemm_gelu_epilogue(bf16_isa, isa, threads, bf16):
     from ckernels import call
     gemm = _C.gemm_bf16 if bf16 else _C.gemm
     rng = np.random.default_rng(12)
-    for (m, n, k), (ta, tb) in zip(AFFINE_SHAPES, [(0, 0), (0, 1), (1, 1), (0, 1), (1, 0), (0, 1)]):
+    for i, ((m, n, k), (ta, tb)) in enumerate(zip(AFFINE_SHAPES, [(0, 0), (0, 1), (1, 1), (0, 1), (1, 0), (0, 1)])):
         a, b = operands(rng, m, n, k, ta, tb)
         a.flat[0] = np.nan  # a row or column of C
         shift = rng.uniform(-3, 3, n).astype(np.float32)
-        fused = gemm(a, b, trans_a=ta, trans_b=tb, shift=shift, activation="gelu")
-        plain = gemm(a, b, trans_a=ta, trans_b=tb, shift=shift)
+        alpha, beta = (1.0, 0.0) if i % 2 == 0 else (0.5, 1.0)
+        c0 = rng.uniform(-1, 1, (m, n)).astype(np.float32)
+        fused, plain = c0.copy(), c0.copy()
+        gemm(a, b, fused, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta, shift=shift, activation="gelu")
+        gemm(a, b, plain, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta, shift=shift)
         two_pass = np.empty_like(plain)
         call("gelu_forward", two_pass, plain, plain.size, dtype=np.float32)
         np.testing.assert_array_equal(fused, two_pass)
@@ -296,9 +299,10 @@ def test_gemm_gelu_epilogue(bf16_isa, isa, threads, bf16):
             continue
         finite = np.isfinite(plain)
         product, magnitude, _ = reference(np.nan_to_num(a), b, ta, tb)
-        pre = product + shift
+        pre = alpha * product + beta * c0 + shift
         truth = torch.nn.functional.gelu(torch.from_numpy(pre)).numpy()
-        bound = 1.13 * (2 * k * U32 * magnitude + 4 * U32 * np.abs(pre)) + 4 * U32 * np.abs(truth) + 1e-30
+        bound = 1.13 * (2 * k * U32 * alpha * magnitude + 4 * U32 * (np.abs(pre) + np.abs(c0))) + 4 * U32 * np.abs(truth)
+        bound += 1e-30
         assert np.all(np.abs(fused - truth)[finite] <= bound[finite])
 
 
