@@ -66,6 +66,20 @@ def test_demo_writes_every_file_it_promises(demo_run):
         assert picture.size[0] >= 3 * 2 * 3 * 64
 
 
+def test_demo_draws_on_rank_0_alone(tmp_path, monkeypatch):
+    """Under mpiexec every rank trains; only rank 0 evaluates, draws and writes the summary (the
+    others would redo the same work into the same files)."""
+    from herbs import demo
+
+    class OtherRank:
+        is_main = False
+    trained = []
+    monkeypatch.setattr(demo.distributed, "world", OtherRank)
+    monkeypatch.setattr(demo, "train_model", lambda *args, **kwargs: trained.append(args))
+    assert demo.run(demo.DemoConfig(), str(tmp_path), print_=lambda line: None) == {}
+    assert len(trained) == 1 and list(tmp_path.iterdir()) == []
+
+
 def test_evaluate_predict_heatmap_from_the_checkpoint(run_dir, tmp_path, capsys):
     synthetic.write_image_folder(str(tmp_path / "birds"), 3, n_train=1, n_val=2, seed=5)  # the demo's classes
     folder = tmp_path / "birds" / "val"

@@ -27,7 +27,7 @@ from typing import Callable, List, Optional
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from herbs import synthetic, transforms
+from herbs import distributed, synthetic, transforms
 from herbs.data import DataLoader
 from herbs.evaluate import Evaluation, evaluate
 from herbs.files import atomic_write
@@ -109,12 +109,15 @@ def train_model(config: DemoConfig, out_dir: Optional[str] = None, model_options
 def run(config: DemoConfig = DemoConfig(), out_dir: Optional[str] = None,
         print_: Callable[[str], None] = print) -> dict:
     """Runs the demo into `out_dir` (default :func:`default_run_dir`); returns the summary that
-    ``summary.json`` holds."""
+    ``summary.json`` holds. Under an MPI launcher every rank trains and rank 0 alone evaluates, draws
+    and writes the summary (the other ranks return an empty dict)."""
     started = time.perf_counter()
     out_dir = os.path.abspath(out_dir or default_run_dir())
     os.makedirs(out_dir, exist_ok=True)
     print_(f"herbs demo: run folder {out_dir}")
     trained = train_model(config, out_dir, log=print_)  # train()'s line per epoch
+    if not distributed.world().is_main:
+        return {}
     model, val_set = trained.model, trained.val_set
     evaluation = evaluate_model(model, val_set)
     heads = {head: accuracy["top1"] for head, accuracy in evaluation.accuracy.items()}
