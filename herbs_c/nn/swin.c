@@ -89,50 +89,53 @@ static herbs_status alloc_saved(block_saved *v, saved_sizes n, herbs_arena *aren
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Forward */
+/* The blocks: transformer blocks with shifted-window attention */
 
+/* Swin's attention step: the relative position bias gathered from the block's table, then
+   attention within (shifted) windows. */
 typedef struct {
-    float *ln, *branch, *act, *work; /* a LayerNorm output, a branch output, the GELU output, attention */
-    int threads;
-    int for_backward; /* keep what backward needs (train, or a recompute); else fc1's tiles go through GELU as
-                         they are finished and its pre-activation is never stored */
-} forward_scratch;
+    block_attention step;
+    const swin_block *block;
+    const swin_stage *stage;
+    int B, threads;
+    float *work;  /* threads × window_attention_work */
+    float *dbias; /* [heads, N, N]: the bias gradient (backward) */
+} swin_attention;
 
-/* x [B, L, C] -> out [B, L, C] (out may be z->branch), keeping what backward needs in v. Drop
-   path in train mode, with its scales allocated here. */
-static herbs_status block_forward(swin_block *k, const swin_stage *st, const herbs_params *t, herbs_arena *arena,
-                                  const float *x, float *out, const block_saved *v, int B, int train, uint64_t seed,
-                                  uint64_t step, const forward_scratch *z)
+static void windows_forward(const block_attention *self, const transformer_block *k, const herbs_params *t,
+                            const block_saved *v)
 {
-    const int C = st->dim, L = st->res * st->res, M = B * L;
-    k->scale1 = k->scale2 = NULL;
-    if (train && k->drop_prob > 0) {
-        HERBS_TRY(herbs_arena_floats(arena, B, 0, &k->scale1));
-        HERBS_TRY(herbs_arena_floats(arena, B, 0, &k->scale2));
-        drop_path_scales(k->scale1, B, 1 - k->drop_prob, seed, SWIN_DROP_STREAM(step, k->index, 0));
-        drop_path_scales(k->scale2, B, 1 - k->drop_prob, seed, SWIN_DROP_STREAM(step, k->index, 1));
-    }
-
-    layernorm_forward(z->ln, v->mean1, v->rstd1, x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C, SWIN_LN_EPS);
-    product_rows_forward(&k->qkv, t, t->precision, v->qkv, z->ln, M, NULL, NULL, 0);
-    relative_bias_forward(v->bias, PARAM(t, k->table), st->heads, st->window);
-    k->attention = t->precision;
-    window_attention_forward_at(k->attention, v->att, v->lse, z->work, v->qkv, v->bias, B, st->res, st->res, C,
-                                st->heads, st->window, k->shift, z->threads);
-    product_rows_forward(&k->proj, t, t->precision, z->branch, v->att, M, NULL, NULL, 0);
-    residual_add_forward(v->x1, x, z->branch, k->scale1, B, (long)L * C);
-
-    layernorm_forward(z->ln, v->mean2, v->rstd2, v->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, C,
-                      SWIN_LN_EPS);
-    if (z->for_backward) {
-        product_rows_forward(&k->fc1, t, t->precision, v->hidden, z->ln, M, NULL, NULL, HERBS_ACTIVATION_NONE);
-        gelu_forward(z->act, v->hidden, (size_t)M * st->hidden);
-    } else
-        product_rows_forward(&k->fc1, t, t->precision, z->act, z->ln, M, NULL, NULL, HERBS_ACTIVATION_GELU);
-    product_rows_forward(&k->fc2, t, t->precision, z->branch, z->act, M, NULL, NULL, 0);
-    residual_add_forward(out, v->x1, z->branch, k->scale2, B, (long)L * C);
-    return HERBS_OK;
+    const swin_attention *a = (const swin_attention *)self;
+    const swin_stage *st = a->stage;
+    relative_bias_forward(v->bias, PARAM(t, a->block->table), st->heads, st->window);
+    window_attention_forward_at(k->attention, v->att, v->lse, a->work, v->qkv, v->bias, a->B, st->res, st->res,
+                                st->dim, st->heads, st->window, a->block->shift, a->threads);
 }
+
+static void windows_backward(const block_attention *self, const transformer_block *k, herbs_params *t,
+                             const block_saved *v, const float *datt, float *dqkv)
+{
+    const swin_attention *a = (const swin_attention *)self;
+    const swin_stage *st = a->stage;
+    window_attention_backward(dqkv, a->dbias, a->work, datt, v->qkv, v->bias,
+                              k->attention == HERBS_FP32 ? v->lse : NULL, a->B, st->res, st->res, st->dim, st->heads,
+                              st->window, a->block->shift, a->threads, 0); /* bf16: p from fp32 logits, normalised */
+    relative_bias_backward(GRAD(t, a->block->table), a->dbias, st->heads, st->window);
+}
+
+static swin_attention attention_of(const swin *s, const swin_block *k, const swin_stage *st, int B, float *dbias)
+{
+    return (swin_attention){{windows_forward, windows_backward}, k, st, B, s->threads, s->work, dbias};
+}
+
+/* Stage st's blocks' frame on the backbone's scratch (dln, dact: backward's, NULL in a forward). */
+static block_frame frame_of(const swin *s, const swin_stage *st, int B, float *dln, float *dact)
+{
+    return (block_frame){B, st->res * st->res, st->dim, st->hidden, SWIN_LN_EPS, s->ln, s->branch, s->act, dln, dact};
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Forward */
 
 /* Patch merging at the end of stage st: x [B, res², C] -> tap [B, res²/4, 2C]. */
 static herbs_status merge_forward(swin_stage *st, const herbs_params *t, herbs_arena *arena, const float *x, int B,
@@ -157,17 +160,12 @@ herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena
     const int B = batch, res0 = s->stages[0].res, D = s->embed_dim, M0 = B * res0 * res0;
     const int in = bb->in_channels, K = in * s->patch * s->patch;
     s->batch = 0;
-    forward_scratch z = {.threads = herbs_num_threads(), .for_backward = train};
-    scratch_sizes need = scratch_needed(s, B, z.threads);
-    HERBS_TRY(herbs_arena_floats(arena, need.tokens_dim, 0, &z.ln));
-    HERBS_TRY(herbs_arena_floats(arena, need.tokens_dim, 0, &z.branch));
-    HERBS_TRY(herbs_arena_floats(arena, need.tokens_hidden, 0, &z.act));
-    HERBS_TRY(herbs_arena_floats(arena, need.attention_work, 0, &z.work));
-    s->ln = z.ln;
-    s->branch = z.branch;
-    s->act = z.act;
-    s->work = z.work;
-    s->threads = z.threads;
+    s->threads = herbs_num_threads();
+    scratch_sizes need = scratch_needed(s, B, s->threads);
+    HERBS_TRY(herbs_arena_floats(arena, need.tokens_dim, 0, &s->ln));
+    HERBS_TRY(herbs_arena_floats(arena, need.tokens_dim, 0, &s->branch));
+    HERBS_TRY(herbs_arena_floats(arena, need.tokens_hidden, 0, &s->act));
+    HERBS_TRY(herbs_arena_floats(arena, need.attention_work, 0, &s->work));
     s->kept = train;
     if (!train)
         HERBS_TRY(alloc_saved(&s->shared, saved_sizes_max(s, B), arena));
@@ -185,18 +183,21 @@ herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena
 
     for (int i = 0; i < SWIN_STAGES; i++) {
         swin_stage *st = &s->stages[i];
+        const block_frame frame = frame_of(s, st, B, NULL, NULL);
         for (int b = 0; b < st->depth; b++) {
-            swin_block *k = &st->blocks[b];
+            swin_block *sb = &st->blocks[b];
+            transformer_block *k = &sb->block;
+            const swin_attention attention = attention_of(s, sb, st, B, NULL);
             if (train)
                 HERBS_TRY(alloc_saved(&k->saved, saved_sizes_of(st, B), arena));
             HERBS_TRY(herbs_arena_floats(arena, stage_tokens(st, B) * st->dim, 0, &k->out));
             k->x = x;
-            HERBS_TRY(block_forward(k, st, t, arena, x, k->out, train ? &k->saved : &s->shared, B, train, seed, step,
-                                    &z));
+            HERBS_TRY(transformer_block_forward(k, &frame, &attention.step, t, arena, x, k->out,
+                                                train ? &k->saved : &s->shared, train, train, seed, step));
             x = k->out;
         }
         if (i < SWIN_STAGES - 1) {
-            HERBS_TRY(merge_forward(st, t, arena, x, B, z.ln));
+            HERBS_TRY(merge_forward(st, t, arena, x, B, s->ln));
             x = st->tap;
         } else {
             st->tap = x;
@@ -210,65 +211,15 @@ herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena
 /* ------------------------------------------------------------------------------------------ */
 /* Backward */
 
-typedef struct {
-    float *ln, *dbranch, *act, *dact, *dln, *datt, *dqkv, *dbias, *work;
-    int threads;
-} backward_scratch;
-
-/* The gradient into a branch: d itself without drop path, else scale·d in `buffer`. */
-static const float *branch_grad(float *buffer, const float *d, const float *scale, int B, long per_sample)
-{
-    if (!scale)
-        return d;
-    residual_add_backward(buffer, d, scale, B, per_sample, 0);
-    return buffer;
-}
-
-/* d [B, L, C]: the gradient of the block's output on entry, of its input on return. Every
-   backward writes (accumulate 0) the fresh buffer it is the first writer of, and the LayerNorms
-   add their input gradient onto d (the residual's); parameter gradients accumulate. */
-static void block_backward(swin_block *k, const block_saved *v, const swin_stage *st, herbs_params *t, float *d,
-                           int B, const backward_scratch *z)
-{
-    const int C = st->dim, L = st->res * st->res, M = B * L, H = st->hidden;
-
-    /* MLP branch: out = x1 + scale2 · fc2(gelu(fc1(norm2(x1)))) */
-    const float *g = branch_grad(z->dbranch, d, k->scale2, B, (long)L * C);
-    layernorm_forward(z->ln, v->mean2, v->rstd2, v->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, C,
-                      SWIN_LN_EPS);
-    /* the GELU output again, and its derivative in place of the saved pre-activation (dead after
-       this, which is why a forward allows one backward) */
-    gelu_forward_derivative(z->act, v->hidden, v->hidden, (size_t)M * H);
-    product_rows_backward(&k->fc2, t, t->precision, z->dact, g, z->act, M, 0);
-    activation_backward(z->act, z->dact, v->hidden, (size_t)M * H, 0); /* the pre-activation's gradient */
-    product_rows_backward(&k->fc1, t, t->precision, z->dln, z->act, z->ln, M, 0);
-    layernorm_backward(d, GRAD(t, k->norm2.weight), GRAD(t, k->norm2.bias), z->dln, v->x1, PARAM(t, k->norm2.weight),
-                       v->mean2, v->rstd2, M, C, 1);
-
-    /* attention branch: x1 = x + scale1 · proj(attention(qkv(norm1(x)))) */
-    g = branch_grad(z->dbranch, d, k->scale1, B, (long)L * C);
-    product_rows_backward(&k->proj, t, t->precision, z->datt, g, v->att, M, 0);
-    window_attention_backward(z->dqkv, z->dbias, z->work, z->datt, v->qkv, v->bias,
-                              k->attention == HERBS_FP32 ? v->lse : NULL, B, st->res, st->res, C, st->heads,
-                              st->window, k->shift, z->threads, 0); /* bf16: p from fp32 logits, normalised */
-    relative_bias_backward(GRAD(t, k->table), z->dbias, st->heads, st->window);
-    layernorm_forward(z->ln, v->mean1, v->rstd1, k->x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C,
-                      SWIN_LN_EPS);
-    product_rows_backward(&k->qkv, t, t->precision, z->dln, z->dqkv, z->ln, M, 0);
-    layernorm_backward(d, GRAD(t, k->norm1.weight), GRAD(t, k->norm1.bias), z->dln, k->x, PARAM(t, k->norm1.weight),
-                       v->mean1, v->rstd1, M, C, 1);
-}
-
-/* dtap [B, res²/4, 2C] -> dx [B, res², C] (overwritten). */
-static void merge_backward(swin_stage *st, herbs_params *t, float *dx, const float *dtap, int B,
-                           const backward_scratch *z)
+/* dtap [B, res²/4, 2C] -> dx [B, res², C] (overwritten), on the blocks' scratch f. */
+static void merge_backward(swin_stage *st, herbs_params *t, float *dx, const float *dtap, int B, const block_frame *f)
 {
     const int C = st->dim, M = (int)(stage_tokens(st, B) / 4);
-    layernorm_forward(z->ln, st->merge_mean, st->merge_rstd, st->merged, PARAM(t, st->merge_norm.weight),
+    layernorm_forward(f->ln, st->merge_mean, st->merge_rstd, st->merged, PARAM(t, st->merge_norm.weight),
                       PARAM(t, st->merge_norm.bias), M, 4 * C, SWIN_LN_EPS);
-    product_rows_backward(&st->merge_reduction, t, t->precision, z->dln, dtap, z->ln, M, 0);
-    float *dmerged = z->dqkv; /* free here, and at least res²·C floats */
-    layernorm_backward(dmerged, GRAD(t, st->merge_norm.weight), GRAD(t, st->merge_norm.bias), z->dln, st->merged,
+    product_rows_backward(&st->merge_reduction, t, t->precision, f->dln, dtap, f->ln, M, 0);
+    float *dmerged = f->dact; /* free here, and at least res²·C floats */
+    layernorm_backward(dmerged, GRAD(t, st->merge_norm.weight), GRAD(t, st->merge_norm.bias), f->dln, st->merged,
                        PARAM(t, st->merge_norm.weight), st->merge_mean, st->merge_rstd, M, 4 * C, 0);
     patch_merge_backward(dx, dmerged, B, st->res, st->res, C, 0);
 }
@@ -290,25 +241,19 @@ herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *are
     if (top < 0)
         return HERBS_OK;
 
-    /* the forward's scratch is free again; buffers whose uses never overlap share storage:
-       dln/datt (datt dies in attention backward before dln is written) and dact/dqkv (one per
-       branch) */
-    backward_scratch z = {.ln = s->ln, .dbranch = s->branch, .act = s->act, .work = s->work, .threads = s->threads};
-    const forward_scratch recompute = {.ln = s->ln, .branch = s->branch, .act = s->act, .work = s->work,
-                                       .threads = s->threads, .for_backward = 1};
-    scratch_sizes need = scratch_needed(s, B, z.threads);
+    /* the forward's scratch is free again; the blocks' backward adds dln (= datt) and dact (= dqkv) */
+    scratch_sizes need = scratch_needed(s, B, s->threads);
     const size_t wide = need.tokens_hidden > 3 * need.tokens_dim ? need.tokens_hidden : 3 * need.tokens_dim;
-    float *d, *other;
+    float *d, *other, *dln, *dact, *dbias;
     HERBS_TRY(herbs_arena_floats(arena, need.tokens_dim, 0, &d));
     HERBS_TRY(herbs_arena_floats(arena, need.tokens_dim, 0, &other));
-    HERBS_TRY(herbs_arena_floats(arena, need.tokens_dim, 0, &z.dln));
-    z.datt = z.dln;
-    HERBS_TRY(herbs_arena_floats(arena, wide, 0, &z.dact));
-    z.dqkv = z.dact;
-    HERBS_TRY(herbs_arena_floats(arena, need.bias, 0, &z.dbias));
+    HERBS_TRY(herbs_arena_floats(arena, need.tokens_dim, 0, &dln));
+    HERBS_TRY(herbs_arena_floats(arena, wide, 0, &dact));
+    HERBS_TRY(herbs_arena_floats(arena, need.bias, 0, &dbias));
 
     for (int i = top; i >= 0; i--) {
         swin_stage *st = &s->stages[i];
+        const block_frame frame = frame_of(s, st, B, dln, dact);
         const size_t tap_size = (size_t)B * bb->tap_tokens[i] * bb->tap_channels[i];
         if (i == top)
             memcpy(d, dtaps[i], tap_size * sizeof(float));
@@ -316,26 +261,29 @@ herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *are
             add_into(d, dtaps[i], tap_size);
         backbone_keep_tap_grad(bb, tap_grads, i, B, d);
         if (i < SWIN_STAGES - 1) {
-            merge_backward(st, t, other, d, B, &z);
+            merge_backward(st, t, other, d, B, &frame);
             float *swap = d;
             d = other;
             other = swap;
         }
         for (int b = st->depth - 1; b >= 0; b--) {
-            swin_block *k = &st->blocks[b];
+            swin_block *sb = &st->blocks[b];
+            transformer_block *k = &sb->block;
+            const swin_attention attention = attention_of(s, sb, st, B, dbias);
             if (!s->kept) /* recompute into the shared buffers; the output goes to scratch */
-                HERBS_TRY(block_forward(k, st, t, arena, k->x, s->branch, &s->shared, B, 0, 0, 0, &recompute));
-            block_backward(k, s->kept ? &k->saved : &s->shared, st, t, d, B, &z);
+                HERBS_TRY(transformer_block_forward(k, &frame, &attention.step, t, arena, k->x, s->branch, &s->shared,
+                                                    0, 1, 0, 0));
+            transformer_block_backward(k, &frame, &attention.step, t, s->kept ? &k->saved : &s->shared, d);
         }
     }
 
     const int res0 = s->stages[0].res, D = s->embed_dim, M0 = B * res0 * res0, in = bb->in_channels;
-    layernorm_backward(z.dln, GRAD(t, s->embed_norm.weight), GRAD(t, s->embed_norm.bias), d, s->embedded,
+    layernorm_backward(dln, GRAD(t, s->embed_norm.weight), GRAD(t, s->embed_norm.bias), d, s->embedded,
                        PARAM(t, s->embed_norm.weight), s->embed_mean, s->embed_rstd, M0, D, 0);
     float *image_work = NULL;
     if (dimages)
         HERBS_TRY(herbs_arena_floats(arena, (size_t)M0 * in * s->patch * s->patch, 0, &image_work));
-    product_rows_backward(&s->embed, t, t->precision, image_work, z.dln, s->patches, M0, 0);
+    product_rows_backward(&s->embed, t, t->precision, image_work, dln, s->patches, M0, 0);
     if (dimages)
         patch_embed_scatter(dimages, image_work, B, in, bb->img_size, bb->img_size, s->patch, 1);
     return HERBS_OK;

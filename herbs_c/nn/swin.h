@@ -11,13 +11,12 @@
    whole map and no shift (its bias table is then [(2r-1)², heads] for map size r, as in timm).
 
    Drop path of block k (counted over all stages from 0), branch j (0 attention, 1 MLP) draws
-   sample b's keep decision from herbs_rng_uniform(seed, SWIN_DROP_STREAM(step, k, j), b). */
+   sample b's keep decision from herbs_rng_uniform(seed, TRANSFORMER_DROP_STREAM(step, k, j), b)
+   (nn/transformer_block.h). */
 #ifndef HERBS_NN_SWIN_H
 #define HERBS_NN_SWIN_H
 
 #include "nn/backbone.h"
-
-#define SWIN_DROP_STREAM(step, block, branch) (((uint64_t)(step) << 16) + 2 * (uint64_t)(block) + (branch))
 
 herbs_status swin_backbone_create(herbs_backbone **out, herbs_config *config, herbs_params *t, const char *prefix);
 

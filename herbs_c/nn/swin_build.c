@@ -130,15 +130,16 @@ static herbs_status add_linear(herbs_params *t, herbs_weight *w, const char *pre
 }
 
 /* Tensors in timm's state-dict order. */
-static herbs_status register_block(herbs_params *t, swin_block *k, const swin_stage *st, const char *prefix,
+static herbs_status register_block(herbs_params *t, swin_block *sb, const swin_stage *st, const char *prefix,
                                    const char *name, int qkv_bias)
 {
     char n[HERBS_NAME_MAX];
     const int C = st->dim, span = 2 * st->window - 1;
+    transformer_block *k = &sb->block;
     HERBS_TRY(join(n, name, "norm1"));
     HERBS_TRY(add_norm(t, &k->norm1, prefix, n, C));
     HERBS_TRY(join(n, name, "attn.relative_position_bias_table"));
-    HERBS_TRY(params_add(t, &k->table, HERBS_PARAMETER, LINEAR_INIT, prefix, n, 2, (int64_t)span * span,
+    HERBS_TRY(params_add(t, &sb->table, HERBS_PARAMETER, LINEAR_INIT, prefix, n, 2, (int64_t)span * span,
                          (int64_t)st->heads));
     HERBS_TRY(join(n, name, "attn.qkv"));
     HERBS_TRY(add_linear(t, &k->qkv, prefix, n, C, 3 * C, qkv_bias));
@@ -173,10 +174,10 @@ static herbs_status register_tensors(swin *s, herbs_params *t, const char *prefi
             swin_block *k = &st->blocks[b];
             char name[HERBS_NAME_MAX];
             snprintf(name, sizeof name, "layers.%d.blocks.%d", i, b);
-            k->index = index;
+            k->block.index = index;
             k->shift = b % 2 == 1 && st->res > c->window ? c->window / 2 : 0;
             /* torch.linspace(0, rate, total)[index] */
-            k->drop_prob = total > 1 ? (float)(c->drop_path_rate * index / (total - 1)) : 0.0f;
+            k->block.drop_prob = total > 1 ? (float)(c->drop_path_rate * index / (total - 1)) : 0.0f;
             HERBS_TRY(register_block(t, k, st, prefix, name, c->qkv_bias));
         }
         if (i < SWIN_STAGES - 1) {

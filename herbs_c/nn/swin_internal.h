@@ -5,43 +5,18 @@
 
 #include <stddef.h>
 
-#include "nn/product.h"
 #include "nn/swin.h"
+#include "nn/transformer_block.h"
 
 #define SWIN_STAGES 4
 #define SWIN_LN_EPS 1e-5f /* every LayerNorm of the backbone */
 
+/* A block: the transformer block (its norms, products, drop path and saved activations) with
+   Swin's attention, shifted windows with a relative position bias. */
 typedef struct {
-    size_t weight, bias;
-} norm_offsets;
-
-/* What a block's backward needs from its forward, besides the block's input. Shapes for a
-   stage of M = B·res² tokens of C channels, `heads` heads, windows of N = window² tokens and an
-   MLP of `hidden` channels; all in the owner's arena, valid until the next forward. */
-typedef struct {
-    float *mean1, *rstd1; /* [M]: norm1's statistics (its output is recomputed) */
-    float *qkv;           /* [M, 3C]: the qkv product's output */
-    float *bias;          /* [heads, N, N]: the relative position bias gathered from the table */
-    float *lse;           /* [M, heads]: each attention row's log-sum-exp (not the probabilities) */
-    float *att;           /* [M, C]: the attention output, proj's input */
-    float *x1;            /* [M, C]: the residual stream after the attention branch */
-    float *mean2, *rstd2; /* [M]: norm2's statistics */
-    float *hidden;        /* [M, hidden]: fc1's output, GELU's input (backward overwrites it) */
-} block_saved;
-
-typedef struct {
-    int index;        /* over all blocks of all stages */
-    int shift;        /* 0 or window/2 */
-    float drop_prob;  /* stochastic depth rate of this block */
-    norm_offsets norm1, norm2;
-    size_t table;
-    herbs_weight qkv, proj, fc1, fc2;
-    /* the last forward */
-    const float *x;         /* [B, res², C]: the block's input */
-    float *out;             /* [B, res², C]: its output (the next block's input) */
-    float *scale1, *scale2; /* [B]: drop-path scales per sample, NULL when no drop path ran */
-    herbs_precision attention; /* the attention's precision (bf16: its lse is of bf16 logits) */
-    block_saved saved;      /* train mode only */
+    transformer_block block; /* block.index counts over all blocks of all stages */
+    int shift;               /* 0 or window/2 */
+    size_t table;            /* the relative position bias table [(2w-1)², heads] */
 } swin_block;
 
 typedef struct {

@@ -1,9 +1,8 @@
 /* The ViT backbone (vit.h): tokens [B, S, D] row-major throughout, every activation in the
-   owner's arena. Its blocks save for backward what Swin's do (swin.c): each block's input, the
-   LayerNorm statistics, qkv, each attention row's log-sum-exp, the attention output, the
-   residual after attention and the MLP's pre-activation — in train mode. An eval-mode forward
-   keeps each block's input and output only and shares one set of the rest among the blocks; a
-   backward after it (heat maps) recomputes each block's forward into that set first. */
+   owner's arena. Its blocks are transformer blocks (transformer_block.h) with global attention;
+   in train mode each keeps its block_saved. An eval-mode forward keeps each block's input and
+   output only and shares one set of the rest among the blocks; a backward after it (heat maps)
+   recomputes each block's forward into that set first. */
 #include "nn/vit.h"
 
 #include <math.h>
@@ -13,37 +12,9 @@
 
 #include "core/threads.h"
 #include "kernels/kernels.h"
-#include "nn/product.h"
+#include "nn/transformer_block.h"
 
 #define VIT_LN_EPS 1e-6f /* timm's ViT LayerNorm */
-
-typedef struct {
-    size_t weight, bias;
-} norm_offsets;
-
-/* What a block's backward needs from its forward besides its input, for M = B·S tokens of D
-   channels, `heads` heads and an MLP of `hidden` channels. */
-typedef struct {
-    float *mean1, *rstd1; /* [M]: norm1's statistics (its output is recomputed) */
-    float *qkv;           /* [M, 3D]: the qkv product's output */
-    float *lse;           /* [B, heads, S]: each attention row's log-sum-exp */
-    float *att;           /* [M, D]: the attention output, proj's input */
-    float *x1;            /* [M, D]: the residual stream after the attention branch */
-    float *mean2, *rstd2; /* [M]: norm2's statistics */
-    float *hidden;        /* [M, hidden]: fc1's output, GELU's input (backward overwrites it) */
-} vit_saved;
-
-typedef struct {
-    float drop_prob; /* stochastic depth rate of this block */
-    norm_offsets norm1, norm2;
-    herbs_weight qkv, proj, fc1, fc2;
-    /* the last forward */
-    const float *x;            /* [B, S, D]: the block's input */
-    float *out;                /* [B, S, D]: its output */
-    float *scale1, *scale2;    /* [B]: drop-path scales per sample, NULL when no drop path ran */
-    herbs_precision attention; /* the attention's precision (bf16: its lse is of bf16 logits) */
-    vit_saved saved;           /* train mode only */
-} vit_block;
 
 typedef struct {
     herbs_backbone base;
@@ -51,11 +22,11 @@ typedef struct {
     int tap_block[HERBS_TAPS], last;                    /* the block of each tap; the deepest (blocks > last are idle) */
     herbs_weight embed;                                 /* patch_embed.proj: a conv, kernel = stride = patch */
     size_t cls_token, pos_embed;
-    vit_block *blocks;
+    transformer_block *blocks;
     /* the last forward */
-    int batch, threads, kept; /* kept: train mode, every block has its vit_saved; eval: `shared` serves all */
+    int batch, threads, kept; /* kept: train mode, every block has its block_saved; eval: `shared` serves all */
     int ready;                /* a forward completed and no backward has gone through it yet */
-    vit_saved shared;
+    block_saved shared;
     float *patches;                  /* [B·grid², in·patch²]: the images as patch rows */
     float *ln, *branch, *act, *work; /* scratch (forward and backward): [M, D], [M, D], [M, hidden], attention */
 } vit;
@@ -94,7 +65,7 @@ static size_t block_tokens(const vit *v) { return (size_t)v->batch * v->tokens; 
 
 static size_t attention_floats(const vit *v) { return v->threads * attention_work(v->dim / v->heads, v->tokens, v->heads); }
 
-static herbs_status alloc_saved(vit_saved *s, const vit *v, herbs_arena *arena)
+static herbs_status alloc_saved(block_saved *s, const vit *v, herbs_arena *arena)
 {
     const size_t M = block_tokens(v), D = v->dim;
     HERBS_TRY(herbs_arena_floats(arena, M, 0, &s->mean1));
@@ -111,40 +82,32 @@ static herbs_status alloc_saved(vit_saved *s, const vit *v, herbs_arena *arena)
 /* ------------------------------------------------------------------------------------------ */
 /* Forward */
 
-/* x [B, S, D] -> out [B, S, D] (out may be v->branch), keeping what backward needs in s when
-   for_backward is set (else fc1's tiles go through GELU as they are finished and s->hidden is not
-   written). Drop path in train mode, with its scales allocated here. */
-static herbs_status block_forward(vit *v, int index, const herbs_params *t, herbs_arena *arena, const float *x,
-                                  float *out, const vit_saved *s, int train, int for_backward, uint64_t seed,
-                                  uint64_t step)
+/* ViT's attention step: global attention over each sample's tokens. */
+typedef struct {
+    block_attention step;
+    const vit *v;
+} vit_attention;
+
+static void global_forward(const block_attention *self, const transformer_block *k, const herbs_params *t,
+                           const block_saved *s)
 {
-    vit_block *k = &v->blocks[index];
-    const int B = v->batch, S = v->tokens, D = v->dim, M = B * S;
-    k->scale1 = k->scale2 = NULL;
-    if (train && k->drop_prob > 0) {
-        HERBS_TRY(herbs_arena_floats(arena, B, 0, &k->scale1));
-        HERBS_TRY(herbs_arena_floats(arena, B, 0, &k->scale2));
-        drop_path_scales(k->scale1, B, 1 - k->drop_prob, seed, VIT_DROP_STREAM(step, index, 0));
-        drop_path_scales(k->scale2, B, 1 - k->drop_prob, seed, VIT_DROP_STREAM(step, index, 1));
-    }
+    const vit *v = ((const vit_attention *)self)->v;
+    attention_forward_at(k->attention, s->att, s->lse, v->work, s->qkv, v->batch, v->tokens, v->dim, v->heads,
+                         v->threads);
+}
 
-    layernorm_forward(v->ln, s->mean1, s->rstd1, x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, D, VIT_LN_EPS);
-    product_rows_forward(&k->qkv, t, t->precision, s->qkv, v->ln, M, NULL, NULL, 0);
-    k->attention = t->precision;
-    attention_forward_at(k->attention, s->att, s->lse, v->work, s->qkv, B, S, D, v->heads, v->threads);
-    product_rows_forward(&k->proj, t, t->precision, v->branch, s->att, M, NULL, NULL, 0);
-    residual_add_forward(s->x1, x, v->branch, k->scale1, B, (long)S * D);
+static void global_backward(const block_attention *self, const transformer_block *k, herbs_params *t,
+                            const block_saved *s, const float *datt, float *dqkv)
+{
+    const vit *v = ((const vit_attention *)self)->v;
+    attention_backward(dqkv, v->work, datt, s->qkv, k->attention == HERBS_FP32 ? s->lse : NULL, v->batch, v->tokens,
+                       v->dim, v->heads, v->threads, 0); /* bf16: p from fp32 logits, normalised */
+}
 
-    layernorm_forward(v->ln, s->mean2, s->rstd2, s->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, D,
-                      VIT_LN_EPS);
-    if (for_backward) {
-        product_rows_forward(&k->fc1, t, t->precision, s->hidden, v->ln, M, NULL, NULL, HERBS_ACTIVATION_NONE);
-        gelu_forward(v->act, s->hidden, (size_t)M * v->hidden);
-    } else
-        product_rows_forward(&k->fc1, t, t->precision, v->act, v->ln, M, NULL, NULL, HERBS_ACTIVATION_GELU);
-    product_rows_forward(&k->fc2, t, t->precision, v->branch, v->act, M, NULL, NULL, 0);
-    residual_add_forward(out, s->x1, v->branch, k->scale2, B, (long)S * D);
-    return HERBS_OK;
+/* The blocks' frame on the backbone's scratch (dln, dact: backward's, NULL in a forward). */
+static block_frame frame_of(const vit *v, float *dln, float *dact)
+{
+    return (block_frame){v->batch, v->tokens, v->dim, v->hidden, VIT_LN_EPS, v->ln, v->branch, v->act, dln, dact};
 }
 
 static herbs_status vit_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena *arena, const float *images,
@@ -171,14 +134,16 @@ static herbs_status vit_forward(herbs_backbone *bb, const herbs_params *t, herbs
     product_rows_forward(&v->embed, t, t->precision, v->branch, v->patches, B * L, NULL, NULL, 0);
     tokens_forward(x, v->branch, PARAM(t, v->cls_token), PARAM(t, v->pos_embed), B, v->tokens, D);
 
+    const block_frame frame = frame_of(v, NULL, NULL);
+    const vit_attention attention = {{global_forward, global_backward}, v};
     for (int b = 0; b <= v->last; b++) {
-        vit_block *k = &v->blocks[b];
+        transformer_block *k = &v->blocks[b];
         if (train)
             HERBS_TRY(alloc_saved(&k->saved, v, arena));
         HERBS_TRY(herbs_arena_floats(arena, M * D, 0, &k->out));
         k->x = x;
-        HERBS_TRY(block_forward(v, b, t, arena, x, k->out, train ? &k->saved : &v->shared, train, train, seed,
-                                step));
+        HERBS_TRY(transformer_block_forward(k, &frame, &attention.step, t, arena, x, k->out,
+                                            train ? &k->saved : &v->shared, train, train, seed, step));
         x = k->out;
     }
     for (int i = 0; i < HERBS_TAPS; i++)
@@ -189,49 +154,6 @@ static herbs_status vit_forward(herbs_backbone *bb, const herbs_params *t, herbs
 
 /* ------------------------------------------------------------------------------------------ */
 /* Backward */
-
-typedef struct {
-    float *dbranch, *dln, *datt, *dact, *dqkv;
-} backward_scratch;
-
-/* The gradient into a branch: d itself without drop path, else scale·d in `buffer`. */
-static const float *branch_grad(float *buffer, const float *d, const float *scale, int B, long per_sample)
-{
-    if (!scale)
-        return d;
-    residual_add_backward(buffer, d, scale, B, per_sample, 0);
-    return buffer;
-}
-
-/* d [B, S, D]: the gradient of the block's output on entry, of its input on return (swin.c's
-   block_backward without the relative bias). */
-static void block_backward(vit *v, vit_block *k, const vit_saved *s, herbs_params *t, float *d,
-                           const backward_scratch *z)
-{
-    const int B = v->batch, S = v->tokens, D = v->dim, M = B * S, H = v->hidden;
-
-    /* MLP branch: out = x1 + scale2 · fc2(gelu(fc1(norm2(x1)))) */
-    const float *g = branch_grad(z->dbranch, d, k->scale2, B, (long)S * D);
-    layernorm_forward(v->ln, s->mean2, s->rstd2, s->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, D,
-                      VIT_LN_EPS);
-    gelu_forward_derivative(v->act, s->hidden, s->hidden, (size_t)M * H); /* the derivative replaces the saved input */
-    product_rows_backward(&k->fc2, t, t->precision, z->dact, g, v->act, M, 0);
-    activation_backward(v->act, z->dact, s->hidden, (size_t)M * H, 0);
-    product_rows_backward(&k->fc1, t, t->precision, z->dln, v->act, v->ln, M, 0);
-    layernorm_backward(d, GRAD(t, k->norm2.weight), GRAD(t, k->norm2.bias), z->dln, s->x1, PARAM(t, k->norm2.weight),
-                       s->mean2, s->rstd2, M, D, 1);
-
-    /* attention branch: x1 = x + scale1 · proj(attention(qkv(norm1(x)))) */
-    g = branch_grad(z->dbranch, d, k->scale1, B, (long)S * D);
-    product_rows_backward(&k->proj, t, t->precision, z->datt, g, s->att, M, 0);
-    attention_backward(z->dqkv, v->work, z->datt, s->qkv, k->attention == HERBS_FP32 ? s->lse : NULL, B, S, D,
-                       v->heads, v->threads, 0); /* bf16: p from fp32 logits, normalised */
-    layernorm_forward(v->ln, s->mean1, s->rstd1, k->x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, D,
-                      VIT_LN_EPS);
-    product_rows_backward(&k->qkv, t, t->precision, z->dln, z->dqkv, v->ln, M, 0);
-    layernorm_backward(d, GRAD(t, k->norm1.weight), GRAD(t, k->norm1.bias), z->dln, k->x, PARAM(t, k->norm1.weight),
-                       s->mean1, s->rstd1, M, D, 1);
-}
 
 /* The deepest block whose output has a tap gradient, or -1. */
 static int top_block(const vit *v, const float *const dtaps[HERBS_TAPS])
@@ -279,32 +201,31 @@ static herbs_status vit_backward(herbs_backbone *bb, herbs_params *t, herbs_aren
     if (top < 0)
         return HERBS_OK;
 
-    /* dln and datt share storage (datt dies in the attention's backward before dln is written), so
-       do dact and dqkv (one per branch) */
+    /* the blocks' backward adds dln (= datt) and dact (= dqkv) to the forward's scratch */
     const size_t M = block_tokens(v), D = v->dim, L = (size_t)v->grid * v->grid;
     const size_t wide = M * v->hidden > 3 * M * D ? M * v->hidden : 3 * M * D;
-    backward_scratch z = {.dbranch = v->branch};
-    float *d;
+    float *d, *dln, *dact;
     HERBS_TRY(herbs_arena_floats(arena, M * D, 0, &d));
-    HERBS_TRY(herbs_arena_floats(arena, M * D, 0, &z.dln));
-    z.datt = z.dln;
-    HERBS_TRY(herbs_arena_floats(arena, wide, 0, &z.dact));
-    z.dqkv = z.dact;
+    HERBS_TRY(herbs_arena_floats(arena, M * D, 0, &dln));
+    HERBS_TRY(herbs_arena_floats(arena, wide, 0, &dact));
     float *image_work = NULL;
     if (dimages)
         HERBS_TRY(herbs_arena_floats(arena, B * L * bb->in_channels * v->patch * v->patch, 0, &image_work));
 
+    const block_frame frame = frame_of(v, dln, dact);
+    const vit_attention attention = {{global_forward, global_backward}, v};
     int flowing = 0;
     for (int b = top; b >= 0; b--) {
-        vit_block *k = &v->blocks[b];
+        transformer_block *k = &v->blocks[b];
         flowing = gather_tap_grads(v, b, d, flowing, dtaps, tap_grads);
         if (!v->kept) /* recompute into the shared buffers; the output goes to scratch */
-            HERBS_TRY(block_forward(v, b, t, arena, k->x, v->branch, &v->shared, 0, 1, 0, 0));
-        block_backward(v, k, v->kept ? &k->saved : &v->shared, t, d, &z);
+            HERBS_TRY(transformer_block_forward(k, &frame, &attention.step, t, arena, k->x, v->branch, &v->shared, 0,
+                                                1, 0, 0));
+        transformer_block_backward(k, &frame, &attention.step, t, v->kept ? &k->saved : &v->shared, d);
     }
 
-    tokens_backward(z.dln, GRAD(t, v->cls_token), GRAD(t, v->pos_embed), d, B, v->tokens, v->dim);
-    product_rows_backward(&v->embed, t, t->precision, image_work, z.dln, v->patches, (int)(B * L), 0);
+    tokens_backward(dln, GRAD(t, v->cls_token), GRAD(t, v->pos_embed), d, B, v->tokens, v->dim);
+    product_rows_backward(&v->embed, t, t->precision, image_work, dln, v->patches, (int)(B * L), 0);
     if (dimages)
         patch_embed_scatter(dimages, image_work, B, bb->in_channels, bb->img_size, bb->img_size, v->patch, 1);
     return HERBS_OK;
@@ -409,9 +330,10 @@ static herbs_status register_tensors(vit *v, herbs_params *t, const char *prefix
     if (!v->blocks)
         return herbs_error(HERBS_ERR_NOMEM, "out of memory creating a vit backbone");
     for (int b = 0; b < c->depth; b++) {
-        vit_block *k = &v->blocks[b];
+        transformer_block *k = &v->blocks[b];
         char name[HERBS_NAME_MAX];
         snprintf(name, sizeof name, "blocks.%d", b);
+        k->index = b;
         /* torch.linspace(0, rate, depth)[b] */
         k->drop_prob = c->depth > 1 ? (float)(c->drop_path_rate * b / (c->depth - 1)) : 0.0f;
         HERBS_TRY(add_norm(t, &k->norm1, prefix, name, "norm1", D));

@@ -19,13 +19,12 @@
    norm2, mlp.fc1, mlp.fc2. Each tap's grid is reported as 1 × S (the class token is no pixel).
 
    Drop path of block k, branch j (0 attention, 1 MLP) draws sample b's keep decision from
-   herbs_rng_uniform(seed, VIT_DROP_STREAM(step, k, j), b). */
+   herbs_rng_uniform(seed, TRANSFORMER_DROP_STREAM(step, k, j), b)
+   (nn/transformer_block.h). */
 #ifndef HERBS_NN_VIT_H
 #define HERBS_NN_VIT_H
 
 #include "nn/backbone.h"
-
-#define VIT_DROP_STREAM(step, block, branch) (((uint64_t)(step) << 16) + 2 * (uint64_t)(block) + (branch))
 
 herbs_status vit_backbone_create(herbs_backbone **out, herbs_config *config, herbs_params *t, const char *prefix);
 

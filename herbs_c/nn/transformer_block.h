@@ -1,0 +1,86 @@
+/* The pre-norm transformer block of Swin and ViT (timm's SwinTransformerBlock and Block):
+     x1  = x  + s1 · proj(attention(qkv(norm1(x))))
+     out = x1 + s2 · fc2(GELU(fc1(norm2(x1))))
+   on M = B·L tokens [B, L, C] row-major, s1 and s2 the drop-path scales of each sample (1 without
+   drop path). The owner gives the attention between qkv and proj (Swin's shifted windows with a
+   relative position bias, ViT's global attention) as a step with a forward and a backward, and its
+   LayerNorms' epsilon. What backward needs is saved lean (block_saved): the LayerNorm statistics,
+   not their outputs, which backward recomputes; the log-sum-exp of each attention row, not the
+   probabilities; the MLP's pre-activation, not the GELU output. A forward with no backward after
+   it runs the MLP with GELU on fc1's tiles and keeps no pre-activation.
+
+   Drop path of block k, branch j (0 attention, 1 MLP) draws sample b's keep decision from
+   herbs_rng_uniform(seed, TRANSFORMER_DROP_STREAM(step, k, j), b). */
+#ifndef HERBS_NN_TRANSFORMER_BLOCK_H
+#define HERBS_NN_TRANSFORMER_BLOCK_H
+
+#include <stdint.h>
+
+#include "core/arena.h"
+#include "nn/product.h"
+
+#define TRANSFORMER_DROP_STREAM(step, block, branch) (((uint64_t)(step) << 16) + 2 * (uint64_t)(block) + (branch))
+
+typedef struct {
+    size_t weight, bias;
+} norm_offsets;
+
+/* What a block's backward needs from its forward besides the block's input, for M tokens of C
+   channels, `heads` heads and an MLP of `hidden` channels; in the owner's arena. */
+typedef struct {
+    float *mean1, *rstd1; /* [M]: norm1's statistics */
+    float *qkv;           /* [M, 3C]: the qkv product's output */
+    float *bias;          /* Swin: [heads, N, N], the relative position bias gathered from its table; ViT: unused */
+    float *lse;           /* [M·heads]: each attention row's log-sum-exp, in the attention's order */
+    float *att;           /* [M, C]: the attention output, proj's input */
+    float *x1;            /* [M, C]: the residual stream after the attention branch */
+    float *mean2, *rstd2; /* [M]: norm2's statistics */
+    float *hidden;        /* [M, hidden]: fc1's output, GELU's input (backward overwrites it) */
+} block_saved;
+
+typedef struct {
+    int index;       /* over all blocks of the backbone: its drop-path streams */
+    float drop_prob; /* stochastic depth rate */
+    norm_offsets norm1, norm2;
+    herbs_weight qkv, proj, fc1, fc2;
+    /* the last forward */
+    const float *x;            /* [B, L, C]: the block's input */
+    float *out;                /* [B, L, C]: its output */
+    float *scale1, *scale2;    /* [B]: drop-path scales per sample, NULL when no drop path ran */
+    herbs_precision attention; /* the attention's precision (bf16: its lse is of bf16 logits) */
+    block_saved saved;         /* train mode only */
+} transformer_block;
+
+/* A block's shape and the scratch that all blocks of a backbone share: forward and backward use
+   ln and branch [M, C] and act [M, hidden]; backward also dln (= datt) [M, C] and dact (= dqkv)
+   [M, max(hidden, 3C)], buffers whose uses never overlap. */
+typedef struct {
+    int B, L, C, hidden;
+    float eps; /* the LayerNorms' */
+    float *ln, *branch, *act;
+    float *dln, *dact;
+} block_frame;
+
+/* The attention between qkv and proj, given by the block's owner. */
+typedef struct block_attention {
+    /* v->att, and v->lse (and what else its backward needs), from v->qkv at k->attention's precision */
+    void (*forward)(const struct block_attention *self, const transformer_block *k, const herbs_params *t,
+                    const block_saved *v);
+    /* dqkv [M, 3C] (written) from datt [M, C]; its parameters' gradients accumulate */
+    void (*backward)(const struct block_attention *self, const transformer_block *k, herbs_params *t,
+                     const block_saved *v, const float *datt, float *dqkv);
+} block_attention;
+
+/* x [B, L, C] -> out [B, L, C] (out may be f->branch), keeping what backward needs in v when
+   for_backward is set. Drop path in train mode, with its scales allocated here. */
+herbs_status transformer_block_forward(transformer_block *k, const block_frame *f, const block_attention *attention,
+                                       const herbs_params *t, herbs_arena *arena, const float *x, float *out,
+                                       const block_saved *v, int train, int for_backward, uint64_t seed,
+                                       uint64_t step);
+
+/* d [B, L, C]: the gradient of the block's output on entry, of its input on return. Parameter
+   gradients accumulate; v->hidden is overwritten (one backward per forward). */
+void transformer_block_backward(transformer_block *k, const block_frame *f, const block_attention *attention,
+                                herbs_params *t, const block_saved *v, float *d);
+
+#endif
