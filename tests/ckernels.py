@@ -19,10 +19,9 @@ LIB = ctypes.CDLL(herbs._C.__file__)
 
 KERNEL_HEADERS = pathlib.Path(__file__).resolve().parent.parent / "herbs_c" / "kernels"
 # C parameter type -> argument kind: "p" real pointer (None for NULL), "P" int32 pointer,
-# "i" int (and the enums herbs_precision: 0 fp32, 1 bf16; herbs_activation: 0 none, 1 relu,
-# 2 gelu), "l" long, "z" size_t, "u" uint64_t, "r" real
-C_TYPES = {"real*": "p", "int*": "P", "int32_t*": "P", "int": "i", "herbs_precision": "i", "herbs_activation": "i",
-           "long": "l", "size_t": "z", "uint64_t": "u", "real": "r"}
+# "i" int (and the enum herbs_precision: 0 fp32, 1 bf16), "l" long, "z" size_t, "u" uint64_t, "r" real
+C_TYPES = {"real*": "p", "int*": "P", "int32_t*": "P", "int": "i", "herbs_precision": "i", "long": "l", "size_t": "z",
+           "uint64_t": "u", "real": "r"}
 
 
 def _signatures():

@@ -105,7 +105,7 @@ def test_gemm_relu_epilogue_keeps_nan(isa, m, n, k):
     a[m - 1, 0] = INF
     shift = rng.uniform(-1, 1, n).astype(np.float32)
     want = torch.relu(torch.tensor(a) @ torch.tensor(b) + torch.tensor(shift)).numpy()
-    for relu_args in (dict(activation="relu"), dict(shift=shift, activation="relu")):
+    for relu_args in (dict(relu=True), dict(shift=shift, relu=True)):
         c = _C.gemm(a, b, **relu_args)
         ref = want if "shift" in relu_args else torch.relu(torch.tensor(a) @ torch.tensor(b)).numpy()
         np.testing.assert_array_equal(np.isnan(c), np.isnan(ref))
@@ -123,7 +123,7 @@ def test_bf16_gemm_relu_epilogue_keeps_nan(bf16_isa):
         rng = np.random.default_rng(8)
         a, b = rng.uniform(-1, 1, (45, 33)).astype(np.float32), rng.uniform(-1, 1, (33, 70)).astype(np.float32)
         a[20, 5] = NAN
-        c = _C.gemm_bf16(a, b, shift=np.ones(70, np.float32), activation="relu")
+        c = _C.gemm_bf16(a, b, shift=np.ones(70, np.float32), relu=True)
     finally:
         _C._set_bf16_isa(before)
     nan = np.zeros(c.shape, bool)

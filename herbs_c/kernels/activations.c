@@ -55,8 +55,6 @@ HERBS_INLINE void FN(gelu_forward_span)(real *out, const real *inp, size_t i0, s
 }
 HERBS_ISA_VARIANTS(gelu_forward_span, (real *out, const real *inp, size_t i0, size_t i1), (out, inp, i0, i1))
 
-FN(gelu_span_fn) FN(gelu_forward_span_current)(void) { return FN(gelu_forward_span_isa)(); }
-
 void FN(gelu_forward)(real *out, const real *inp, size_t n)
 {
     HERBS_ISA_PARALLEL(gelu_forward_span, n, ACT_THREADS(n), out, inp);

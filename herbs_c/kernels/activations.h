@@ -10,10 +10,6 @@ void FN(relu_backward)(real *dinp, const real *dout, const real *out, size_t n, 
 
 /* out[n] = x · Φ(x) = x/2 · (1 + erf(x/√2)), the exact GELU; out may alias inp */
 void FN(gelu_forward)(real *out, const real *inp, size_t n);
-/* The same on the calling thread for items [i0, i1): the current instruction set's build (for a
-   GEMM's tile epilogue, which then rounds as gelu_forward does). */
-typedef void (*FN(gelu_span_fn))(real *out, const real *inp, size_t i0, size_t i1);
-FN(gelu_span_fn) FN(gelu_forward_span_current)(void);
 /* dinp[n] += (accumulate set) or = dout · (Φ(x) + x·φ(x)), from the forward's input */
 void FN(gelu_backward)(real *dinp, const real *dout, const real *inp, size_t n, int accumulate);
 

@@ -1,5 +1,4 @@
-/* The per-column affine map and activation on finished rows of a product (see affine.h). */
-#include "kernels/fastmath.h"
+/* The per-column affine map and ReLU on finished rows of a product (see affine.h). */
 #include "kernels/isa.h"
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
@@ -7,8 +6,8 @@
 #define AFFINE_GRAIN 32768 /* a thread's elements, at least */
 
 /* written as BatchNorm's eval pass writes it, so the two round alike in every build */
-HERBS_INLINE void FN(affine_rows_body)(real *y, long ldy, const real *scale, const real *shift,
-                                       herbs_activation activation, int cols, int m0, int m1)
+HERBS_INLINE void FN(affine_rows_body)(real *y, long ldy, const real *scale, const real *shift, int relu, int cols,
+                                       int m0, int m1)
 {
     for (int m = m0; m < m1; m++) {
         real *row = y + (size_t)m * ldy;
@@ -25,28 +24,22 @@ HERBS_INLINE void FN(affine_rows_body)(real *y, long ldy, const real *scale, con
             for (int j = 0; j < cols; j++)
                 row[j] = row[j] + shift[j];
         }
-        if (activation == HERBS_ACTIVATION_RELU) {
+        if (relu) {
 #pragma omp simd
             for (int j = 0; j < cols; j++)
                 row[j] = row[j] < 0 ? 0 : row[j]; /* relu_forward's: NaN stays */
-        } else if (activation == HERBS_ACTIVATION_GELU) {
-#pragma omp simd
-            for (int j = 0; j < cols; j++)
-                row[j] = row[j] * FN(normal_cdf)(row[j]); /* gelu_forward's */
         }
     }
 }
 HERBS_ISA_VARIANTS(affine_rows_body,
-                   (real *y, long ldy, const real *scale, const real *shift, herbs_activation activation, int cols,
-                    int m0, int m1),
-                   (y, ldy, scale, shift, activation, cols, m0, m1))
+                   (real *y, long ldy, const real *scale, const real *shift, int relu, int cols, int m0, int m1),
+                   (y, ldy, scale, shift, relu, cols, m0, m1))
 
 FN(affine_rows_fn) FN(affine_rows_current)(void) { return FN(affine_rows_body_isa)(); }
 
-void FN(affine_rows)(real *y, long ldy, const real *scale, const real *shift, herbs_activation activation,
-                     int M, int cols)
+void FN(affine_rows)(real *y, long ldy, const real *scale, const real *shift, int relu, int M, int cols)
 {
-    if (scale || shift || activation)
+    if (scale || shift || relu)
         HERBS_ISA_PARALLEL(affine_rows_body, M, herbs_threads_for((double)M * cols, AFFINE_GRAIN), y, ldy, scale,
-                           shift, activation, cols);
+                           shift, relu, cols);
 }

@@ -209,13 +209,13 @@ typedef struct {
 static gemm_tile_step step_from(const gemm_tile_step *step, int col)
 {
     return (gemm_tile_step){step->scale ? step->scale + col : NULL, step->shift ? step->shift + col : NULL,
-                            step->activation};
+                            step->relu};
 }
 
 void gemm_tile_step_apply(const gemm_tile_step *step, float *c, long ldc, int first, int rows, int cols)
 {
     if (step)
-        affine_rows_current()(c, ldc, step->scale, step->shift, step->activation, cols, first, rows);
+        affine_rows_current()(c, ldc, step->scale, step->shift, step->relu, cols, first, rows);
 }
 
 /* Rows of A packed at once: one stripe, or for a transposed A (whose packing reads rows of A,
@@ -389,15 +389,15 @@ static void thread_end(const gemm_microkernel *uk)
 /* gemm_affine with the micro-kernel uk, op(B) from B or (B NULL) packed; -1 as gemm_serial. */
 static int product(const gemm_microkernel *uk, int trans_a, int trans_b, int M, int N, int K, float alpha,
                    const float *A, long lda, const float *B, long ldb, const char *packed, float beta, float *C,
-                   long ldc, const float *scale, const float *shift, herbs_activation activation)
+                   long ldc, const float *scale, const float *shift, int relu)
 {
     if (M <= 0 || N <= 0)
         return 0;
-    const gemm_tile_step epilogue = {scale, shift, activation};
-    const gemm_tile_step *ep = scale || shift || activation ? &epilogue : NULL;
+    const gemm_tile_step epilogue = {scale, shift, relu};
+    const gemm_tile_step *ep = scale || shift || relu ? &epilogue : NULL;
     if (K <= 0 || alpha == 0.0f) {
         scale_c(M, N, beta, C, ldc);
-        affine_rows(C, ldc, scale, shift, activation, M, N);
+        affine_rows(C, ldc, scale, shift, relu, M, N);
         return 0;
     }
     const int nt = herbs_threads_for(2.0 * M * N * K, FLOPS_PER_THREAD);
@@ -445,18 +445,17 @@ static int product(const gemm_microkernel *uk, int trans_a, int trans_b, int M, 
 
 void gemm_affine_at(herbs_precision p, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
                     long lda, const float *B, long ldb, float beta, float *C, long ldc, const float *scale,
-                    const float *shift, herbs_activation activation)
+                    const float *shift, int relu)
 {
     product(gemm_microkernel_for(p), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, NULL, beta, C, ldc, scale,
-            shift, activation);
+            shift, relu);
 }
 
 void gemm_affine(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
                  const float *B, long ldb, float beta, float *C, long ldc, const float *scale, const float *shift,
-                 herbs_activation activation)
+                 int relu)
 {
-    gemm_affine_at(HERBS_FP32, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, scale, shift,
-                   activation);
+    gemm_affine_at(HERBS_FP32, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, scale, shift, relu);
 }
 
 void gemm_at(herbs_precision p, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
@@ -544,12 +543,12 @@ int gemm_prepack_b_is_current(const void *packed)
 
 herbs_status gemm_prepacked(int trans_a, int M, int N, int K, float alpha, const float *A, long lda,
                             const void *packed, float beta, float *C, long ldc, const float *scale,
-                            const float *shift, herbs_activation activation)
+                            const float *shift, int relu)
 {
     pack_header h;
     memcpy(&h, packed, sizeof h);
     if (product(registry[h.kernel].uk, trans_a, 0, M, N, K, alpha, A, lda, NULL, 0, (const char *)packed + PACK_HEADER,
-                beta, C, ldc, scale, shift, activation) < 0)
+                beta, C, ldc, scale, shift, relu) < 0)
         return herbs_error(HERBS_ERR_NOMEM, "gemm_prepacked: no memory for packing A");
     return HERBS_OK;
 }

@@ -6,11 +6,11 @@
 void FN(gemm)(int trans_a, int trans_b, int M, int N, int K, real alpha,
               const real *A, long lda, const real *B, long ldb, real beta, real *C, long ldc);
 
-/* The same, then per column j of C: C[:, j] = C[:, j]·scale[j] + shift[j] and the activation
-   (affine.h; scale or shift NULL: none), applied to each tile as it is finished. */
+/* The same, then per column j of C: C[:, j] = C[:, j]·scale[j] + shift[j] and, with relu, max(0, ·)
+   (relu_forward's: NaN stays; affine.h; scale or shift NULL: none), applied to each tile as it is finished. */
 void FN(gemm_affine)(int trans_a, int trans_b, int M, int N, int K, real alpha, const real *A, long lda,
                      const real *B, long ldb, real beta, real *C, long ldc, const real *scale, const real *shift,
-                     herbs_activation activation);
+                     int relu);
 
 /* gemm at precision p (gemm_bf16.h: bf16 operands with fp32 accumulation, or fp32); the double
    build ignores p, so a kernel written over `real` takes its products' precision as an argument. */

@@ -26,31 +26,18 @@ TARGET static inline __mmask16 lanes(int n)
 /* The part of a tile step done in registers as the tile is stored: a shift (a bias) and the ReLU,
    which round as affine_rows does in every build (one add, one max). A step with a scale (a
    folded BatchNorm) runs as affine_rows after the store instead, so that y·scale + shift rounds
-   as BatchNorm's eval pass does whether or not the build contracts it into an fma; so does a
-   step with a GELU, whose Φ is affine_rows' (gelu_forward's) own. */
+   as BatchNorm's eval pass does whether or not the build contracts it into an fma. */
 typedef struct {
     int shift, relu; /* which parts apply */
     __m512 t[2];     /* the shift of columns 0..15 and 16..31 */
 } step_vectors;
 
-/* Whether the store does the whole step in registers (else affine_rows does it after the store;
-   a GELU without a scale goes through store_tile_gelu). */
-static inline int in_registers(const gemm_tile_step *step)
-{
-    return !step->scale && step->activation != HERBS_ACTIVATION_GELU;
-}
-
-static inline int gelu_tile(const gemm_tile_step *step)
-{
-    return step && !step->scale && step->activation == HERBS_ACTIVATION_GELU;
-}
-
 TARGET static inline step_vectors step_vectors_of(const gemm_tile_step *step, __mmask16 m0, __mmask16 m1)
 {
     step_vectors v = {0};
-    if (!step || !in_registers(step))
+    if (!step || step->scale)
         return v;
-    v.shift = step->shift != NULL, v.relu = step->activation == HERBS_ACTIVATION_RELU;
+    v.shift = step->shift != NULL, v.relu = step->relu;
     if (v.shift) {
         v.t[0] = _mm512_maskz_loadu_ps(m0, step->shift);
         v.t[1] = _mm512_maskz_loadu_ps(m1, step->shift + 16);
@@ -92,38 +79,11 @@ TARGET static inline void prefetch_tile(const float *c, long ldc, int rows)
     }
 }
 
-/* store_tile with a step of a shift (or none) and a GELU: the shifted tile goes through gelu_forward's
-   span in one pass over a buffer in L1, which is then stored. */
-TARGET static void store_tile_gelu(__m512 acc[MR][2], float *c, long ldc, float alpha, float beta, int first,
-                                   int rows, int cols, const gemm_tile_step *step)
-{
-    float y[MR][NR] __attribute__((aligned(64)));
-    const __m512 va = _mm512_set1_ps(alpha);
-    const __mmask16 m0 = lanes(cols), m1 = lanes(cols - 16);
-    const step_vectors shift = step_vectors_of(&(gemm_tile_step){step->scale, step->shift}, m0, m1);
-    for (int i = first; i < rows; i++) {
-        if (beta != 0.0f) { /* the row of c, which store_row reads for beta·c */
-            _mm512_store_ps(y[i], _mm512_maskz_loadu_ps(m0, c + i * ldc));
-            _mm512_store_ps(y[i] + 16, _mm512_maskz_loadu_ps(m1, c + i * ldc + 16));
-        }
-        store_row(y[i], acc[i][0], acc[i][1], 0xFFFF, 0xFFFF, va, beta, &shift);
-    }
-    gelu_forward_span_current()(&y[0][0], &y[0][0], (size_t)first * NR, (size_t)rows * NR);
-    for (int i = first; i < rows; i++) {
-        _mm512_mask_storeu_ps(c + i * ldc, m0, _mm512_load_ps(y[i]));
-        _mm512_mask_storeu_ps(c + i * ldc + 16, m1, _mm512_load_ps(y[i] + 16));
-    }
-}
-
 /* c[first:rows, 0:cols] = alpha * acc + beta * c, then the step (NULL: none): a bias and ReLU
    in registers, a scale by affine_rows after the store. */
 TARGET static inline void store_tile(__m512 acc[MR][2], float *c, long ldc, float alpha, float beta, int first,
                                      int rows, int cols, const gemm_tile_step *step)
 {
-    if (gelu_tile(step)) {
-        store_tile_gelu(acc, c, ldc, alpha, beta, first, rows, cols, step);
-        return;
-    }
     const __m512 va = _mm512_set1_ps(alpha);
     const __mmask16 m0 = lanes(cols), m1 = lanes(cols - 16);
     const step_vectors sv = step_vectors_of(step, m0, m1);
@@ -131,7 +91,7 @@ TARGET static inline void store_tile(__m512 acc[MR][2], float *c, long ldc, floa
     for (int i = 0; i < MR; i++)
         if (i >= first && i < rows)
             store_row(c + i * ldc, acc[i][0], acc[i][1], m0, m1, va, beta, &sv);
-    if (step && !in_registers(step))
+    if (step && step->scale)
         gemm_tile_step_apply(step, c, ldc, first, rows, cols);
 }
 

@@ -9,7 +9,6 @@
 #include <stddef.h>
 
 #include "core/error.h"
-#include "kernels/activation_code.h"
 
 /* How a product computes: fp32 throughout, or bf16 operands with fp32 accumulation. */
 typedef enum { HERBS_FP32 = 0, HERBS_BF16 = 1 } herbs_precision;
@@ -19,7 +18,7 @@ typedef enum { HERBS_FP32 = 0, HERBS_BF16 = 1 } herbs_precision;
    alpha * bf16(op(A)) · bf16(op(B)) with fp32 accumulation, then beta·C and the per-column step. */
 void gemm_affine_at(herbs_precision p, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
                     long lda, const float *B, long ldb, float beta, float *C, long ldc, const float *scale,
-                    const float *shift, herbs_activation activation);
+                    const float *shift, int relu);
 
 /* gemm_at and gemm_batched_at, the products at a precision, are in gemm.h (double twins too). */
 
@@ -48,7 +47,7 @@ int gemm_prepack_b_is_current(const void *packed);
    HERBS_ERR_NOMEM (C unspecified) when no memory for packing A could be had. */
 herbs_status gemm_prepacked(int trans_a, int M, int N, int K, float alpha, const float *A, long lda,
                             const void *packed, float beta, float *C, long ldc, const float *scale,
-                            const float *shift, herbs_activation activation);
+                            const float *shift, int relu);
 
 /* The name of the bf16 micro-kernel in use ("amx 32x32", ...). */
 const char *gemm_bf16_kernel_name(void);

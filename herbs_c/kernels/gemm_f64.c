@@ -9,10 +9,10 @@ void gemm_f64(int trans_a, int trans_b, int M, int N, int K, double alpha, const
 
 void gemm_affine_f64(int trans_a, int trans_b, int M, int N, int K, double alpha, const double *A, long lda,
                      const double *B, long ldb, double beta, double *C, long ldc, const double *scale,
-                     const double *shift, herbs_activation activation)
+                     const double *shift, int relu)
 {
     gemm_reference_f64(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    affine_rows_f64(C, ldc, scale, shift, activation, M, N);
+    affine_rows_f64(C, ldc, scale, shift, relu, M, N);
 }
 
 void gemm_batched_f64(int trans_a, int trans_b, int M, int N, int K, double alpha, const double *A, long lda,

@@ -13,11 +13,11 @@
 
 #include "kernels/gemm_bf16.h"
 
-/* gemm_affine's per-column step on a finished tile (affine.h): y·scale[j] + shift[j], then the
-   activation; scale and shift start at the tile's first column (NULL: none). */
+/* gemm_affine's per-column step on a finished tile (affine.h): y·scale[j] + shift[j], then ReLU;
+   scale and shift start at the tile's first column (NULL: none). */
 typedef struct {
     const float *scale, *shift;
-    herbs_activation activation;
+    int relu;
 } gemm_tile_step;
 
 /* c[0:rows, 0:cols] (row stride ldc) = alpha * (a·b)[0:rows, 0:cols] + beta * c for one

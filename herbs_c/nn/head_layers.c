@@ -50,7 +50,7 @@ herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, const level_f
         HERBS_TRY(factored_bias(&m->first, c, &m->linear0, &shift));
         HERBS_TRY(factored_forward(&m->first, c, &m->linear0, rows, m->h, NULL, shift, 1));
     } else
-        product_rows_forward(&m->linear0, t, t->precision, m->h, x, rows, NULL, NULL, HERBS_ACTIVATION_RELU);
+        product_rows_forward(&m->linear0, t, t->precision, m->h, x, rows, NULL, NULL, 1);
     product_rows_forward(&m->linear2, t, t->precision, out, m->h, rows, NULL, NULL, 0);
     return HERBS_OK;
 }
@@ -105,8 +105,7 @@ herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x,
     if (k->first.factored)
         HERBS_TRY(factored_forward(&k->first, c, &k->conv0, rows, out, scale, bias, !c->train));
     else
-        product_rows_forward(&k->conv0, t, t->precision, out, x, rows, scale, bias,
-                             c->train ? HERBS_ACTIVATION_NONE : HERBS_ACTIVATION_RELU);
+        product_rows_forward(&k->conv0, t, t->precision, out, x, rows, scale, bias, !c->train);
     if (c->train)
         HERBS_TRY(batchnorm_layer_forward(&k->bn, t, c->arena, 1, k->z, rows, k->r, 1));
     product_rows_forward(&k->conv3, t, t->precision, logits, k->r, rows, NULL, NULL, 0);

@@ -82,14 +82,13 @@ static const void *gemm_pack(herbs_weight *w, const herbs_params *t, herbs_preci
 }
 
 void product_rows_forward(herbs_weight *w, const herbs_params *t, herbs_precision p, float *out, const float *x,
-                          int rows, const float *scale, const float *shift, herbs_activation activation)
+                          int rows, const float *scale, const float *shift, int relu)
 {
     const int K = w->in * w->k * w->k;
     shift = shift ? shift : bias_of(w, t);
-    if (gemm_prepacked(0, rows, w->out, K, 1.0f, x, K, gemm_pack(w, t, p), 0.0f, out, w->out, scale, shift,
-                       activation))
+    if (gemm_prepacked(0, rows, w->out, K, 1.0f, x, K, gemm_pack(w, t, p), 0.0f, out, w->out, scale, shift, relu))
         gemm_affine_at(p, 0, 1, rows, w->out, K, 1.0f, x, K, compute_weight(w, t), K, 0.0f, out, w->out, scale, shift,
-                       activation);
+                       relu);
 }
 
 void product_rows_backward(herbs_weight *w, herbs_params *t, herbs_precision p, float *dx, const float *dy,

@@ -60,10 +60,10 @@ herbs_status product_add(herbs_params *t, herbs_weight *w, const char *prefix, c
 
 /* --- rows: x [rows, in·k·k] (a Linear; a conv's patch matrix in the weight's order) ------- */
 
-/* out[rows, out] = x·Wᵀ + bias, then per output column ·scale + shift and the activation
-   (scale NULL: 1; kernels/affine.h). A shift replaces the bias (a folded BatchNorm folds the bias into it). */
+/* out[rows, out] = x·Wᵀ + bias, then per output column ·scale + shift and ReLU when relu is set
+   (scale NULL: 1). A shift replaces the bias (a folded BatchNorm folds the bias into it). */
 void product_rows_forward(herbs_weight *w, const herbs_params *t, herbs_precision p, float *out, const float *x,
-                          int rows, const float *scale, const float *shift, herbs_activation activation);
+                          int rows, const float *scale, const float *shift, int relu);
 
 /* dx[rows, in] += (accumulate set) or = (not read) dy·W (dx NULL: not wanted); dW += dyᵀ·x,
    db += Σ_rows dy into the gradient block. */

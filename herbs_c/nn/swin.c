@@ -193,7 +193,7 @@ herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena
             HERBS_TRY(herbs_arena_floats(arena, stage_tokens(st, B) * st->dim, 0, &k->out));
             k->x = x;
             HERBS_TRY(transformer_block_forward(k, &frame, &attention.step, t, arena, x, k->out,
-                                                train ? &k->saved : &s->shared, train, train, seed, step));
+                                                train ? &k->saved : &s->shared, train, seed, step));
             x = k->out;
         }
         if (i < SWIN_STAGES - 1) {
@@ -272,7 +272,7 @@ herbs_status swin_backward(herbs_backbone *bb, herbs_params *t, herbs_arena *are
             const swin_attention attention = attention_of(s, sb, st, B, dbias);
             if (!s->kept) /* recompute into the shared buffers; the output goes to scratch */
                 HERBS_TRY(transformer_block_forward(k, &frame, &attention.step, t, arena, k->x, s->branch, &s->shared,
-                                                    0, 1, 0, 0));
+                                                    0, 0, 0));
             transformer_block_backward(k, &frame, &attention.step, t, s->kept ? &k->saved : &s->shared, d);
         }
     }

@@ -5,8 +5,7 @@
 
 herbs_status transformer_block_forward(transformer_block *k, const block_frame *f, const block_attention *attention,
                                        const herbs_params *t, herbs_arena *arena, const float *x, float *out,
-                                       const block_saved *v, int train, int for_backward, uint64_t seed,
-                                       uint64_t step)
+                                       const block_saved *v, int train, uint64_t seed, uint64_t step)
 {
     const int B = f->B, C = f->C, M = B * f->L;
     const long per_sample = (long)f->L * C;
@@ -19,20 +18,17 @@ herbs_status transformer_block_forward(transformer_block *k, const block_frame *
     }
 
     layernorm_forward(f->ln, v->mean1, v->rstd1, x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C, f->eps);
-    product_rows_forward(&k->qkv, t, t->precision, v->qkv, f->ln, M, NULL, NULL, HERBS_ACTIVATION_NONE);
+    product_rows_forward(&k->qkv, t, t->precision, v->qkv, f->ln, M, NULL, NULL, 0);
     k->attention = t->precision;
     attention->forward(attention, k, t, v);
-    product_rows_forward(&k->proj, t, t->precision, f->branch, v->att, M, NULL, NULL, HERBS_ACTIVATION_NONE);
+    product_rows_forward(&k->proj, t, t->precision, f->branch, v->att, M, NULL, NULL, 0);
     residual_add_forward(v->x1, x, f->branch, k->scale1, B, per_sample);
 
     layernorm_forward(f->ln, v->mean2, v->rstd2, v->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, C,
                       f->eps);
-    if (for_backward) {
-        product_rows_forward(&k->fc1, t, t->precision, v->hidden, f->ln, M, NULL, NULL, HERBS_ACTIVATION_NONE);
-        gelu_forward(f->act, v->hidden, (size_t)M * f->hidden);
-    } else
-        product_rows_forward(&k->fc1, t, t->precision, f->act, f->ln, M, NULL, NULL, HERBS_ACTIVATION_GELU);
-    product_rows_forward(&k->fc2, t, t->precision, f->branch, f->act, M, NULL, NULL, HERBS_ACTIVATION_NONE);
+    product_rows_forward(&k->fc1, t, t->precision, v->hidden, f->ln, M, NULL, NULL, 0);
+    gelu_forward(f->act, v->hidden, (size_t)M * f->hidden);
+    product_rows_forward(&k->fc2, t, t->precision, f->branch, f->act, M, NULL, NULL, 0);
     residual_add_forward(out, v->x1, f->branch, k->scale2, B, per_sample);
     return HERBS_OK;
 }

@@ -6,8 +6,7 @@
    relative position bias, ViT's global attention) as a step with a forward and a backward, and its
    LayerNorms' epsilon. What backward needs is saved lean (block_saved): the LayerNorm statistics,
    not their outputs, which backward recomputes; the log-sum-exp of each attention row, not the
-   probabilities; the MLP's pre-activation, not the GELU output. A forward with no backward after
-   it runs the MLP with GELU on fc1's tiles and keeps no pre-activation.
+   probabilities; the MLP's pre-activation, not the GELU output.
 
    Drop path of block k, branch j (0 attention, 1 MLP) draws sample b's keep decision from
    herbs_rng_uniform(seed, TRANSFORMER_DROP_STREAM(step, k, j), b). */
@@ -71,12 +70,11 @@ typedef struct block_attention {
                      const block_saved *v, const float *datt, float *dqkv);
 } block_attention;
 
-/* x [B, L, C] -> out [B, L, C] (out may be f->branch), keeping what backward needs in v when
-   for_backward is set. Drop path in train mode, with its scales allocated here. */
+/* x [B, L, C] -> out [B, L, C] (out may be f->branch), keeping what backward needs in v. Drop
+   path in train mode, with its scales allocated here. */
 herbs_status transformer_block_forward(transformer_block *k, const block_frame *f, const block_attention *attention,
                                        const herbs_params *t, herbs_arena *arena, const float *x, float *out,
-                                       const block_saved *v, int train, int for_backward, uint64_t seed,
-                                       uint64_t step);
+                                       const block_saved *v, int train, uint64_t seed, uint64_t step);
 
 /* d [B, L, C]: the gradient of the block's output on entry, of its input on return. Parameter
    gradients accumulate; v->hidden is overwritten (one backward per forward). */

@@ -143,7 +143,7 @@ static herbs_status vit_forward(herbs_backbone *bb, const herbs_params *t, herbs
         HERBS_TRY(herbs_arena_floats(arena, M * D, 0, &k->out));
         k->x = x;
         HERBS_TRY(transformer_block_forward(k, &frame, &attention.step, t, arena, x, k->out,
-                                            train ? &k->saved : &v->shared, train, train, seed, step));
+                                            train ? &k->saved : &v->shared, train, seed, step));
         x = k->out;
     }
     for (int i = 0; i < HERBS_TAPS; i++)
@@ -220,7 +220,7 @@ static herbs_status vit_backward(herbs_backbone *bb, herbs_params *t, herbs_aren
         flowing = gather_tap_grads(v, b, d, flowing, dtaps, tap_grads);
         if (!v->kept) /* recompute into the shared buffers; the output goes to scratch */
             HERBS_TRY(transformer_block_forward(k, &frame, &attention.step, t, arena, k->x, v->branch, &v->shared, 0,
-                                                1, 0, 0));
+                                                0, 0));
         transformer_block_backward(k, &frame, &attention.step, t, v->kept ? &k->saved : &v->shared, d);
     }
 

@@ -11,8 +11,7 @@
 typedef struct {
     PyArrayObject *a, *b, *c; /* c is a new reference once parsed */
     PyArrayObject *scale, *shift; /* NULL: none */
-    int trans_a, trans_b, dtype, batch;
-    herbs_activation activation;
+    int trans_a, trans_b, dtype, batch, relu;
     int M, N, K;
     long lda, ldb, ldc, stride_a, stride_b, stride_c;
     double alpha, beta;
@@ -49,38 +48,20 @@ static int parse_vector(PyObject *obj, const char *what, npy_intp n, PyArrayObje
     return 1;
 }
 
-/* `obj` ("relu", "gelu", or None: none) as an activation in *out; 0 with an exception if not. */
-static int parse_activation(PyObject *obj, herbs_activation *out)
-{
-    static const char *names[] = {[HERBS_ACTIVATION_RELU] = "relu", [HERBS_ACTIVATION_GELU] = "gelu"};
-    *out = HERBS_ACTIVATION_NONE;
-    if (obj == Py_None)
-        return 1;
-    for (int i = HERBS_ACTIVATION_RELU; i <= HERBS_ACTIVATION_GELU; i++)
-        if (PyUnicode_Check(obj) && PyUnicode_CompareWithASCIIString(obj, names[i]) == 0) {
-            *out = (herbs_activation)i;
-            return 1;
-        }
-    PyErr_SetString(PyExc_ValueError, "activation must be None, 'relu' or 'gelu'");
-    return 0;
-}
-
 /* Parses (a, b, c=None, trans_a=False, trans_b=False, alpha=1, beta=0, scale=None, shift=None,
-   activation=None) for 2-D arrays, or 3-D without the epilogue (batched); bf16: float32 only. */
+   relu=False) for 2-D arrays, or 3-D without the epilogue (batched); bf16: float32 only. */
 static int parse(PyObject *args, PyObject *kw, int batched, int bf16, gemm_call *g)
 {
-    static char *kwlist[] = {"a", "b", "c", "trans_a", "trans_b", "alpha", "beta", "scale", "shift", "activation",
-                             NULL};
-    PyObject *a, *b, *c = Py_None, *scale = Py_None, *shift = Py_None, *activation = Py_None;
-    g->trans_a = g->trans_b = 0;
+    static char *kwlist[] = {"a", "b", "c", "trans_a", "trans_b", "alpha", "beta", "scale", "shift", "relu", NULL};
+    PyObject *a, *b, *c = Py_None, *scale = Py_None, *shift = Py_None;
+    g->trans_a = g->trans_b = g->relu = 0;
     g->alpha = 1.0;
     g->beta = 0.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OppddOOO", kwlist, &a, &b, &c, &g->trans_a, &g->trans_b,
-                                     &g->alpha, &g->beta, &scale, &shift, &activation) ||
-        !parse_activation(activation, &g->activation))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OppddOOp", kwlist, &a, &b, &c, &g->trans_a, &g->trans_b,
+                                     &g->alpha, &g->beta, &scale, &shift, &g->relu))
         return 0;
-    if (batched && (scale != Py_None || shift != Py_None || g->activation)) {
-        PyErr_SetString(PyExc_ValueError, "the batched products take no scale, shift or activation");
+    if (batched && (scale != Py_None || shift != Py_None || g->relu)) {
+        PyErr_SetString(PyExc_ValueError, "the batched products take no scale, shift or relu");
         return 0;
     }
     const int nd = batched ? 3 : 2;
@@ -180,13 +161,13 @@ static PyObject *run(PyObject *args, PyObject *kw, int batched, int bf16)
                          g.beta, C, g.ldc, g.stride_c, g.batch);
     else if (g.dtype == NPY_FLOAT64)
         gemm_affine_f64(g.trans_a, g.trans_b, g.M, g.N, g.K, g.alpha, A, g.lda, B, g.ldb, g.beta, C, g.ldc, NULL,
-                        NULL, g.activation);
+                        NULL, g.relu);
     else if (batched)
         gemm_batched_at(precision, g.trans_a, g.trans_b, g.M, g.N, g.K, alpha, A, g.lda, g.stride_a, B, g.ldb,
                         g.stride_b, beta, C, g.ldc, g.stride_c, g.batch);
     else
         gemm_affine_at(precision, g.trans_a, g.trans_b, g.M, g.N, g.K, alpha, A, g.lda, B, g.ldb, beta, C, g.ldc,
-                       scale, shift, g.activation);
+                       scale, shift, g.relu);
     Py_END_ALLOW_THREADS
     return (PyObject *)g.c;
 }
@@ -224,19 +205,15 @@ static PyObject *py_gemm_prepack_b(PyObject *self, PyObject *args, PyObject *kw)
     return (PyObject *)out;
 }
 
-/* gemm_prepacked(a, packed, n, c=None, trans_a=False, alpha=1, beta=0, scale=None, shift=None,
-   activation=None). */
+/* gemm_prepacked(a, packed, n, c=None, trans_a=False, alpha=1, beta=0, scale=None, shift=None, relu=False). */
 static PyObject *py_gemm_prepacked(PyObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"a", "packed", "n", "c", "trans_a", "alpha", "beta", "scale", "shift", "activation",
-                             NULL};
-    PyObject *a, *packed, *c = Py_None, *scale = Py_None, *shift = Py_None, *act = Py_None;
-    int n, trans_a = 0, dtype = NPY_FLOAT32;
-    herbs_activation activation;
+    static char *kwlist[] = {"a", "packed", "n", "c", "trans_a", "alpha", "beta", "scale", "shift", "relu", NULL};
+    PyObject *a, *packed, *c = Py_None, *scale = Py_None, *shift = Py_None;
+    int n, trans_a = 0, relu = 0, dtype = NPY_FLOAT32;
     double alpha = 1.0, beta = 0.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOi|OpddOOO", kwlist, &a, &packed, &n, &c, &trans_a, &alpha, &beta,
-                                     &scale, &shift, &act) ||
-        !parse_activation(act, &activation))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOi|OpddOOp", kwlist, &a, &packed, &n, &c, &trans_a, &alpha, &beta,
+                                     &scale, &shift, &relu))
         return NULL;
     PyArrayObject *aa = check_float_array(a, "a", 2, &dtype), *sc, *sh;
     if (!aa)
@@ -283,7 +260,7 @@ static PyObject *py_gemm_prepacked(PyObject *self, PyObject *args, PyObject *kw)
     herbs_status status;
     Py_BEGIN_ALLOW_THREADS
     herbs_threads_apply();
-    status = gemm_prepacked(trans_a, (int)M, n, (int)K, (float)alpha, A, lda, P, (float)beta, C, ldc, s, t, activation);
+    status = gemm_prepacked(trans_a, (int)M, n, (int)K, (float)alpha, A, lda, P, (float)beta, C, ldc, s, t, relu);
     Py_END_ALLOW_THREADS
     if (status != HERBS_OK) {
         Py_DECREF(cc);
@@ -303,9 +280,8 @@ PyMethodDef gemm_methods[] = {
      "The same over the first axis of 3-D arrays (any batch strides)."},
     {"gemm_bf16", (PyCFunction)(void (*)(void))py_gemm_bf16, METH_VARARGS | METH_KEYWORDS,
      "gemm_bf16(a, b, c=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, scale=None, shift=None,\n"
-     "activation=None) -> c\n\nThe bf16 GEMM on float32 arrays: a and b rounded to bf16, fp32 accumulation,\n"
-     "then per column j c = c * scale[j] + shift[j] and the activation, 'relu' or 'gelu' (gemm also\n"
-     "takes these)."},
+     "relu=False) -> c\n\nThe bf16 GEMM on float32 arrays: a and b rounded to bf16, fp32 accumulation, then\n"
+     "per column j c = c * scale[j] + shift[j] and max(c, 0) with relu (gemm also takes these)."},
     {"gemm_bf16_batched", (PyCFunction)(void (*)(void))py_gemm_bf16_batched, METH_VARARGS | METH_KEYWORDS,
      "gemm_bf16_batched(a, b, c=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0) -> c"},
     {"gemm_prepack_b", (PyCFunction)(void (*)(void))py_gemm_prepack_b, METH_VARARGS | METH_KEYWORDS,
@@ -313,6 +289,6 @@ PyMethodDef gemm_methods[] = {
      "micro-kernel (bf16 or fp32), for gemm_prepacked."},
     {"gemm_prepacked", (PyCFunction)(void (*)(void))py_gemm_prepacked, METH_VARARGS | METH_KEYWORDS,
      "gemm_prepacked(a, packed, n, c=None, trans_a=False, alpha=1.0, beta=0.0, scale=None, shift=None,\n"
-     "activation=None) -> c: the product with the B of gemm_prepack_b (n columns), in its precision."},
+     "relu=False) -> c: the product with the B of gemm_prepack_b (n columns), in its precision."},
     {NULL, NULL, 0, NULL},
 };
