@@ -17,7 +17,7 @@ import sys
 import tempfile
 
 from common import (add_wait_policy_argument, load, load_weights, machine, memory_mb, run_child, summary, take_turns,
-                    timed)
+                    time_backbone, timed)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIDES = ("herbs", "torch", "torch_channels_last")
@@ -29,26 +29,13 @@ def images(args, batch):
 
 
 def run_herbs(args, weights):
-    import numpy as np
     import herbs
     from herbs import _C
     herbs.set_num_threads(args.threads)
     net = _C.Net("efficientnet", {"img_size": args.img_size}, 0)
     load_weights(net, weights)
     one, x = images(args, 1), images(args, args.batch)
-    out = net.forward(x)
-    rng = np.random.default_rng(1)
-    grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in out.items()}
-
-    def train_step():
-        net.zero_grad()
-        net.forward(x, train=True)
-        net.backward(grads)
-
-    fwd_cpu, train_cpu = [], []
-    fwd = timed(lambda: net.forward(one), args.repeats, args.warmup, fwd_cpu)
-    train = timed(train_step, args.repeats, args.warmup, train_cpu)
-    return {"forward": fwd, "train": train, "forward_cpu": fwd_cpu, "train_cpu": train_cpu, "peak_mb": memory_mb()}
+    return time_backbone(net, one, x, args.repeats, args.warmup, seed=1)
 
 
 def reference(weights=None):

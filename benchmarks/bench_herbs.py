@@ -24,9 +24,8 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from common import (add_wait_policy_argument, load, machine, memory_mb, run_child, take_turns, timed,  # noqa: E402
-                    torch_model)
-from statistics import median  # noqa: E402
+from common import (add_wait_policy_argument, load, machine, memory_mb, print_herbs_torch_rows, run_child,  # noqa: E402
+                    take_turns, timed, torch_model)
 
 CONFIGS = {  # name: (herbs.Model backbone, batch, img_size)
     "swin_t_224": ("swin_tiny_patch4_window7_224", 8, 224),
@@ -127,15 +126,7 @@ def main():
             del model
             results = take_turns(args.rounds, ("herbs", "torch"), lambda side: run_side(
                 side, config, batch, args.threads, repeats, weights, args.wait_policy))
-        for measure, unit in (("train", "img/s"), ("infer", "img/s"), ("latency", "ms")):
-            h, t = results["herbs"][measure], results["torch"][measure]
-            ratio = median(t) / median(h)
-            if unit == "ms":
-                fmt = lambda v: f"{1e3 * median(v):8.1f} ({1e3 * min(v):.0f}-{1e3 * max(v):.0f}) ms"
-            else:
-                fmt = lambda v: f"{batch / median(v):7.2f} ({batch / max(v):.2f}-{batch / min(v):.2f})"
-            mem = f"{results['herbs']['peak_mb']:.0f}/{results['torch']['peak_mb']:.0f}" if measure == "train" else ""
-            print(f"{config:<14}{batch:>6}  {measure:<9}{fmt(h):>22}{fmt(t):>22}{ratio:>7.2f}x{mem:>17}", flush=True)
+        print_herbs_torch_rows(config, batch, results, 14)
     print(f"load (1/5/15 min) at the end {load()}; ratio = PyTorch time / herbs time (> 1: herbs faster)")
 
 

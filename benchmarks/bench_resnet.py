@@ -16,7 +16,7 @@ import sys
 import tempfile
 
 from common import (add_wait_policy_argument, load, load_weights, machine, memory_mb, run_child, summary, take_turns,
-                    timed)
+                    time_backbone, timed)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,18 +30,7 @@ def run_herbs(args, weights):
     load_weights(net, weights)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, 3, args.img_size, args.img_size)).astype(np.float32)
-    out = net.forward(x)
-    grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in out.items()}
-
-    def train_step():
-        net.zero_grad()
-        net.forward(x, train=True)
-        net.backward(grads)
-
-    fwd_cpu, train_cpu = [], []
-    fwd = timed(lambda: net.forward(x), args.repeats, args.warmup, fwd_cpu)
-    train = timed(train_step, args.repeats, args.warmup, train_cpu)
-    return {"forward": fwd, "train": train, "forward_cpu": fwd_cpu, "train_cpu": train_cpu, "peak_mb": memory_mb()}
+    return time_backbone(net, x, x, args.repeats, args.warmup, seed=1)
 
 
 def run_torch(args, weights, channels_last):

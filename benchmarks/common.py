@@ -114,6 +114,42 @@ def take_turns(rounds, sides, measure):
     return merged
 
 
+def time_backbone(net, forward_x, train_x, repeats, warmup, seed):
+    """An engine backbone's timed eval forward on forward_x and train step (forward in train mode,
+    backward of fixed random output gradients) on train_x: {"forward", "train" (wall seconds per
+    call), "forward_cpu", "train_cpu" (process CPU seconds), "peak_mb"}."""
+    import numpy as np
+    out = net.forward(train_x)
+    rng = np.random.default_rng(seed)
+    grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in out.items()}
+
+    def train_step():
+        net.zero_grad()
+        net.forward(train_x, train=True)
+        net.backward(grads)
+
+    fwd_cpu, train_cpu = [], []
+    fwd = timed(lambda: net.forward(forward_x), repeats, warmup, fwd_cpu)
+    train = timed(train_step, repeats, warmup, train_cpu)
+    return {"forward": fwd, "train": train, "forward_cpu": fwd_cpu, "train_cpu": train_cpu, "peak_mb": memory_mb()}
+
+
+def print_herbs_torch_rows(config, batch, results, width):
+    """The rows of one config and batch of a herbs-against-PyTorch table: train and infer img/s and
+    latency ms, median (min-max) per side, the ratio PyTorch time / herbs time, and the train
+    peaks in MB; config left-justified in `width` characters."""
+    from statistics import median
+    for measure, unit in (("train", "img/s"), ("infer", "img/s"), ("latency", "ms")):
+        h, t = results["herbs"][measure], results["torch"][measure]
+        ratio = median(t) / median(h)
+        if unit == "ms":
+            fmt = lambda v: f"{1e3 * median(v):8.1f} ({1e3 * min(v):.0f}-{1e3 * max(v):.0f}) ms"  # noqa: E731
+        else:
+            fmt = lambda v: f"{batch / median(v):7.2f} ({batch / max(v):.2f}-{batch / min(v):.2f})"  # noqa: E731
+        mem = f"{results['herbs']['peak_mb']:.0f}/{results['torch']['peak_mb']:.0f}" if measure == "train" else ""
+        print(f"{config:<{width}}{batch:>6}  {measure:<9}{fmt(h):>22}{fmt(t):>22}{ratio:>7.2f}x{mem:>17}", flush=True)
+
+
 def torch_model(c, state):
     """The PyTorch reference (tests/reference_herbs.py on tests/reference_swin.py or
     tests/reference_resnet.py) with a herbs model's configuration `c` (Model.config) and weights
