@@ -16,6 +16,9 @@ SHIFTED = dict(img_size=64, patch_size=4, embed_dim=16, depths=(2, 2, 2, 2), num
 # channel, a fractional MLP ratio (hidden = int(dim·2.5)), no qkv bias.
 ODD = dict(img_size=48, patch_size=2, in_chans=1, embed_dim=12, depths=(1, 3, 2, 1), num_heads=(2, 3, 4, 6),
            window_size=3, mlp_ratio=2.5, qkv_bias=0)
+# Stage 1 large enough (2 x 4096 tokens, hidden 64) for its MLP to go in chunks of 630 rows per
+# thread (transformer_block.c), the last chunk 2 rows.
+CHUNKED = dict(img_size=256, patch_size=4, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=4)
 TAPS = ["layer1", "layer2", "layer3", "layer4"]
 TAP_TOL, GRAD_TOL = 3e-5, 1e-4  # of each tensor's largest magnitude; see run_parity
 
@@ -83,7 +86,7 @@ def run_parity(config, batch, train, taps=TAPS, **extra):
     return net
 
 
-@pytest.mark.parametrize("config,batch", [(SHIFTED, 2), (ODD, 3)], ids=["shifted", "odd"])
+@pytest.mark.parametrize("config,batch", [(SHIFTED, 2), (ODD, 3), (CHUNKED, 2)], ids=["shifted", "odd", "chunked"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_matches_reference(config, batch, train):
     # train mode with drop path 0 (drop path is tested on its own below); eval ignores it

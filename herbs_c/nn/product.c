@@ -91,6 +91,8 @@ void product_rows_forward(herbs_weight *w, const herbs_params *t, herbs_precisio
                        relu);
 }
 
+void product_rows_prepare(herbs_weight *w, const herbs_params *t, herbs_precision p) { gemm_pack(w, t, p); }
+
 void product_rows_backward(herbs_weight *w, herbs_params *t, herbs_precision p, float *dx, const float *dy,
                            const float *x, int rows, int accumulate)
 {

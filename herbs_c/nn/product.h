@@ -65,6 +65,10 @@ herbs_status product_add(herbs_params *t, herbs_weight *w, const char *prefix, c
 void product_rows_forward(herbs_weight *w, const herbs_params *t, herbs_precision p, float *out, const float *x,
                           int rows, const float *scale, const float *shift, int relu);
 
+/* Makes the packed form product_rows_forward at precision p reads, if it is not current: after
+   this, threads may call product_rows_forward on the weight at once (the form is only read). */
+void product_rows_prepare(herbs_weight *w, const herbs_params *t, herbs_precision p);
+
 /* dx[rows, in] += (accumulate set) or = (not read) dy·W (dx NULL: not wanted); dW += dyᵀ·x,
    db += Σ_rows dy into the gradient block. */
 void product_rows_backward(herbs_weight *w, herbs_params *t, herbs_precision p, float *dx, const float *dy,

@@ -1,7 +1,54 @@
 /* The pre-norm transformer block (transformer_block.h). */
 #include "nn/transformer_block.h"
 
+#include <omp.h>
+
+#include "core/threads.h"
 #include "kernels/kernels.h"
+
+#define CHUNK_HIDDEN_BYTES (160 << 10) /* a chunk's GELU output, in L2 beside the two weights */
+#define CHUNK_WEIGHT_BYTES (384 << 10) /* the two weights at most (re-read from L2 for every chunk) */
+#define CHUNK_ROW_UNIT 14              /* whole micro-kernel stripes */
+
+/* Rows per chunk of the MLP, or 0 to run it whole. */
+static int mlp_chunk_rows(const transformer_block *k, const herbs_params *t, int M, int threads)
+{
+    const int hidden = k->fc1.out, in = k->fc1.in;
+    const size_t weight_bytes = 2 * (size_t)hidden * in * (t->precision == HERBS_BF16 ? 2 : 4);
+    const int rows = CHUNK_HIDDEN_BYTES / (hidden * (int)sizeof(float)) / CHUNK_ROW_UNIT * CHUNK_ROW_UNIT;
+    if (weight_bytes > CHUNK_WEIGHT_BYTES || rows < CHUNK_ROW_UNIT || M < 4 * threads * rows)
+        return 0;
+    return rows;
+}
+
+/* f->branch [M, C] = fc2(GELU(fc1(f->ln))), fc1's output into v->hidden. Where the weights are small
+   (Swin's early stages), by chunks of rows, each thread running both products on its chunks alone
+   with the chunk's GELU output in a buffer of its own that stays in L2. */
+static void mlp_forward(transformer_block *k, const block_frame *f, const herbs_params *t, const block_saved *v, int M)
+{
+    const int C = f->C, H = f->hidden, threads = herbs_num_threads(), rows = mlp_chunk_rows(k, t, M, threads);
+    if (!rows) {
+        product_rows_forward(&k->fc1, t, t->precision, v->hidden, f->ln, M, NULL, NULL, 0);
+        gelu_forward(f->act, v->hidden, (size_t)M * H);
+        product_rows_forward(&k->fc2, t, t->precision, f->branch, f->act, M, NULL, NULL, 0);
+        return;
+    }
+    product_rows_prepare(&k->fc1, t, t->precision); /* packed before the threads share them */
+    product_rows_prepare(&k->fc2, t, t->precision);
+    const int chunks = (M + rows - 1) / rows;
+#pragma omp parallel num_threads(threads)
+    {
+        float *act = f->act + (size_t)omp_get_thread_num() * rows * H; /* reused chunk after chunk */
+#pragma omp for schedule(static)
+        for (int c = 0; c < chunks; c++) {
+            const int r0 = c * rows, n = M - r0 < rows ? M - r0 : rows;
+            float *hidden = v->hidden + (size_t)r0 * H;
+            product_rows_forward(&k->fc1, t, t->precision, hidden, f->ln + (size_t)r0 * C, n, NULL, NULL, 0);
+            gelu_forward(act, hidden, (size_t)n * H);
+            product_rows_forward(&k->fc2, t, t->precision, f->branch + (size_t)r0 * C, act, n, NULL, NULL, 0);
+        }
+    }
+}
 
 herbs_status transformer_block_forward(transformer_block *k, const block_frame *f, const block_attention *attention,
                                        const herbs_params *t, herbs_arena *arena, const float *x, float *out,
@@ -26,9 +73,7 @@ herbs_status transformer_block_forward(transformer_block *k, const block_frame *
 
     layernorm_forward(f->ln, v->mean2, v->rstd2, v->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, C,
                       f->eps);
-    product_rows_forward(&k->fc1, t, t->precision, v->hidden, f->ln, M, NULL, NULL, 0);
-    gelu_forward(f->act, v->hidden, (size_t)M * f->hidden);
-    product_rows_forward(&k->fc2, t, t->precision, f->branch, f->act, M, NULL, NULL, 0);
+    mlp_forward(k, f, t, v, M);
     residual_add_forward(out, v->x1, f->branch, k->scale2, B, per_sample);
     return HERBS_OK;
 }

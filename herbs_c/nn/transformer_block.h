@@ -6,7 +6,9 @@
    relative position bias, ViT's global attention) as a step with a forward and a backward, and its
    LayerNorms' epsilon. What backward needs is saved lean (block_saved): the LayerNorm statistics,
    not their outputs, which backward recomputes; the log-sum-exp of each attention row, not the
-   probabilities; the MLP's pre-activation, not the GELU output.
+   probabilities; the MLP's pre-activation, not the GELU output. Where the MLP's weights are small
+   next to the L2 cache (Swin's first stage), its rows go in chunks, each thread running fc1, GELU
+   and fc2 on a chunk alone with the GELU output in a buffer that stays in its L2.
 
    Drop path of block k, branch j (0 attention, 1 MLP) draws sample b's keep decision from
    herbs_rng_uniform(seed, TRANSFORMER_DROP_STREAM(step, k, j), b). */
