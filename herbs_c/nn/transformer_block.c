@@ -22,7 +22,7 @@ static int mlp_chunk_rows(const transformer_block *k, const herbs_params *t, int
 }
 
 /* f->branch [M, C] = fc2(GELU(fc1(f->ln))), fc1's output into v->hidden. Where the weights are small
-   (Swin's early stages), by chunks of rows, each thread running both products on its chunks alone
+   (Swin's first stage), by chunks of rows, each thread running both products on its chunks alone
    with the chunk's GELU output in a buffer of its own that stays in L2. */
 static void mlp_forward(transformer_block *k, const block_frame *f, const herbs_params *t, const block_saved *v, int M)
 {
