@@ -99,60 +99,6 @@ static herbs_status plan_stages(swin *s, const swin_config *c)
     return HERBS_OK;
 }
 
-static const herbs_init ZEROS = {HERBS_INIT_ZEROS, 0}, ONES = {HERBS_INIT_CONSTANT, 1};
-/* timm's trunc_normal_(std=.02) cuts at ±2 absolute, i.e. ±100σ: in effect a plain normal */
-static const herbs_init LINEAR_INIT = {HERBS_INIT_NORMAL, 0.02f};
-
-/* full = name + "." + suffix */
-static herbs_status join(char full[HERBS_NAME_MAX], const char *name, const char *suffix)
-{
-    if (snprintf(full, HERBS_NAME_MAX, "%s.%s", name, suffix) >= HERBS_NAME_MAX)
-        return herbs_error(HERBS_ERR_VALUE, "tensor name '%s.%s' is too long", name, suffix);
-    return HERBS_OK;
-}
-
-static herbs_status add_norm(herbs_params *t, norm_offsets *n, const char *prefix, const char *name, int dim)
-{
-    char full[HERBS_NAME_MAX];
-    HERBS_TRY(join(full, name, "weight"));
-    HERBS_TRY(params_add(t, &n->weight, HERBS_PARAMETER, ONES, prefix, full, 1, (int64_t)dim));
-    HERBS_TRY(join(full, name, "bias"));
-    return params_add(t, &n->bias, HERBS_PARAMETER, ZEROS, prefix, full, 1, (int64_t)dim);
-}
-
-/* Registers "<name>.weight" [out, in] and, if bias is set, "<name>.bias" [out]. */
-static herbs_status add_linear(herbs_params *t, herbs_weight *w, const char *prefix, const char *name, int in, int out,
-                               int bias)
-{
-    return product_add(t, w, prefix, name,
-                       (herbs_product_spec){.out = out, .in = in, .bias = bias,
-                                            .weight_init = LINEAR_INIT, .bias_init = ZEROS});
-}
-
-/* Tensors in timm's state-dict order. */
-static herbs_status register_block(herbs_params *t, swin_block *sb, const swin_stage *st, const char *prefix,
-                                   const char *name, int qkv_bias)
-{
-    char n[HERBS_NAME_MAX];
-    const int C = st->dim, span = 2 * st->window - 1;
-    transformer_block *k = &sb->block;
-    HERBS_TRY(join(n, name, "norm1"));
-    HERBS_TRY(add_norm(t, &k->norm1, prefix, n, C));
-    HERBS_TRY(join(n, name, "attn.relative_position_bias_table"));
-    HERBS_TRY(params_add(t, &sb->table, HERBS_PARAMETER, LINEAR_INIT, prefix, n, 2, (int64_t)span * span,
-                         (int64_t)st->heads));
-    HERBS_TRY(join(n, name, "attn.qkv"));
-    HERBS_TRY(add_linear(t, &k->qkv, prefix, n, C, 3 * C, qkv_bias));
-    HERBS_TRY(join(n, name, "attn.proj"));
-    HERBS_TRY(add_linear(t, &k->proj, prefix, n, C, C, 1));
-    HERBS_TRY(join(n, name, "norm2"));
-    HERBS_TRY(add_norm(t, &k->norm2, prefix, n, C));
-    HERBS_TRY(join(n, name, "mlp.fc1"));
-    HERBS_TRY(add_linear(t, &k->fc1, prefix, n, C, st->hidden, 1));
-    HERBS_TRY(join(n, name, "mlp.fc2"));
-    return add_linear(t, &k->fc2, prefix, n, st->hidden, C, 1);
-}
-
 static herbs_status register_tensors(swin *s, herbs_params *t, const char *prefix, const swin_config *c)
 {
     const int fan_in = c->in_chans * c->patch * c->patch;
@@ -161,7 +107,7 @@ static herbs_status register_tensors(swin *s, herbs_params *t, const char *prefi
                           (herbs_product_spec){.out = c->embed_dim, .in = c->in_chans, .kernel_dims = 2, .k = c->patch,
                                                .stride = c->patch, .patch_rows = 1, .bias = 1, .weight_init = conv_init,
                                                .bias_init = conv_init}));
-    HERBS_TRY(add_norm(t, &s->embed_norm, prefix, "patch_embed.norm", c->embed_dim));
+    HERBS_TRY(transformer_norm_add(t, &s->embed_norm, prefix, "patch_embed.norm", c->embed_dim));
     int total = 0, index = 0;
     for (int i = 0; i < SWIN_STAGES; i++)
         total += c->depths[i];
@@ -178,14 +124,17 @@ static herbs_status register_tensors(swin *s, herbs_params *t, const char *prefi
             k->shift = b % 2 == 1 && st->res > c->window ? c->window / 2 : 0;
             /* torch.linspace(0, rate, total)[index] */
             k->block.drop_prob = total > 1 ? (float)(c->drop_path_rate * index / (total - 1)) : 0.0f;
-            HERBS_TRY(register_block(t, k, st, prefix, name, c->qkv_bias));
+            const int span = 2 * st->window - 1;
+            HERBS_TRY(transformer_block_add(t, &k->block, prefix, name, st->dim, st->hidden, c->qkv_bias,
+                                            (block_attention_tensor){"attn.relative_position_bias_table",
+                                                                     (int64_t)span * span, st->heads, &k->table}));
         }
         if (i < SWIN_STAGES - 1) {
             char name[HERBS_NAME_MAX];
             snprintf(name, sizeof name, "layers.%d.downsample.reduction", i);
-            HERBS_TRY(add_linear(t, &st->merge_reduction, prefix, name, 4 * st->dim, 2 * st->dim, 0));
+            HERBS_TRY(transformer_linear_add(t, &st->merge_reduction, prefix, name, 4 * st->dim, 2 * st->dim, 0));
             snprintf(name, sizeof name, "layers.%d.downsample.norm", i);
-            HERBS_TRY(add_norm(t, &st->merge_norm, prefix, name, 4 * st->dim));
+            HERBS_TRY(transformer_norm_add(t, &st->merge_norm, prefix, name, 4 * st->dim));
         }
     }
     return HERBS_OK;

@@ -2,9 +2,61 @@
 #include "nn/transformer_block.h"
 
 #include <omp.h>
+#include <stdio.h>
 
 #include "core/threads.h"
 #include "kernels/kernels.h"
+
+const herbs_init TRANSFORMER_ZEROS = {HERBS_INIT_ZEROS, 0}, TRANSFORMER_ONES = {HERBS_INIT_CONSTANT, 1},
+                 TRANSFORMER_NORMAL = {HERBS_INIT_NORMAL, 0.02f};
+
+/* full = name + "." + suffix */
+static herbs_status join(char full[HERBS_NAME_MAX], const char *name, const char *suffix)
+{
+    if (snprintf(full, HERBS_NAME_MAX, "%s.%s", name, suffix) >= HERBS_NAME_MAX)
+        return herbs_error(HERBS_ERR_VALUE, "tensor name '%s.%s' is too long", name, suffix);
+    return HERBS_OK;
+}
+
+herbs_status transformer_norm_add(herbs_params *t, norm_offsets *n, const char *prefix, const char *name, int dim)
+{
+    char full[HERBS_NAME_MAX];
+    HERBS_TRY(join(full, name, "weight"));
+    HERBS_TRY(params_add(t, &n->weight, HERBS_PARAMETER, TRANSFORMER_ONES, prefix, full, 1, (int64_t)dim));
+    HERBS_TRY(join(full, name, "bias"));
+    return params_add(t, &n->bias, HERBS_PARAMETER, TRANSFORMER_ZEROS, prefix, full, 1, (int64_t)dim);
+}
+
+herbs_status transformer_linear_add(herbs_params *t, herbs_weight *w, const char *prefix, const char *name, int in,
+                                    int out, int bias)
+{
+    return product_add(t, w, prefix, name,
+                       (herbs_product_spec){.out = out, .in = in, .bias = bias, .weight_init = TRANSFORMER_NORMAL,
+                                            .bias_init = TRANSFORMER_ZEROS});
+}
+
+herbs_status transformer_block_add(herbs_params *t, transformer_block *k, const char *prefix, const char *name, int C,
+                                   int hidden, int qkv_bias, block_attention_tensor attention)
+{
+    char n[HERBS_NAME_MAX];
+    HERBS_TRY(join(n, name, "norm1"));
+    HERBS_TRY(transformer_norm_add(t, &k->norm1, prefix, n, C));
+    if (attention.name) {
+        HERBS_TRY(join(n, name, attention.name));
+        HERBS_TRY(params_add(t, attention.offset, HERBS_PARAMETER, TRANSFORMER_NORMAL, prefix, n, 2, attention.rows,
+                             attention.cols));
+    }
+    HERBS_TRY(join(n, name, "attn.qkv"));
+    HERBS_TRY(transformer_linear_add(t, &k->qkv, prefix, n, C, 3 * C, qkv_bias));
+    HERBS_TRY(join(n, name, "attn.proj"));
+    HERBS_TRY(transformer_linear_add(t, &k->proj, prefix, n, C, C, 1));
+    HERBS_TRY(join(n, name, "norm2"));
+    HERBS_TRY(transformer_norm_add(t, &k->norm2, prefix, n, C));
+    HERBS_TRY(join(n, name, "mlp.fc1"));
+    HERBS_TRY(transformer_linear_add(t, &k->fc1, prefix, n, C, hidden, 1));
+    HERBS_TRY(join(n, name, "mlp.fc2"));
+    return transformer_linear_add(t, &k->fc2, prefix, n, hidden, C, 1);
+}
 
 #define CHUNK_HIDDEN_BYTES (160 << 10) /* a chunk's GELU output, in L2 beside the two weights */
 #define CHUNK_WEIGHT_BYTES (384 << 10) /* the two weights at most (re-read from L2 for every chunk) */

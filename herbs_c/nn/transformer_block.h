@@ -72,6 +72,32 @@ typedef struct block_attention {
                      const block_saved *v, const float *datt, float *dqkv);
 } block_attention;
 
+/* timm's initialisers of a transformer: LayerNorm weight ones, biases zeros, Linear weights (and
+   position embeddings, bias tables) N(0, 0.02²) — trunc_normal_(std=.02) cuts at ±2 absolute,
+   ±100σ: in effect a plain normal. */
+extern const herbs_init TRANSFORMER_ZEROS, TRANSFORMER_ONES, TRANSFORMER_NORMAL;
+
+/* A LayerNorm's "{name}.weight" and "{name}.bias" [dim], and a Linear's "{name}.weight" [out, in]
+   and, with bias, "{name}.bias" [out], with timm's initialisers. */
+herbs_status transformer_norm_add(herbs_params *t, norm_offsets *n, const char *prefix, const char *name, int dim);
+herbs_status transformer_linear_add(herbs_params *t, herbs_weight *w, const char *prefix, const char *name, int in,
+                                    int out, int bias);
+
+/* A tensor of the owner's attention, registered between norm1 and attn.qkv as timm orders them
+   (Swin's relative position bias table): "{block}.{name}" [rows, cols], N(0, 0.02²), its offset
+   into *offset; name NULL: none. */
+typedef struct {
+    const char *name;
+    int64_t rows, cols;
+    size_t *offset;
+} block_attention_tensor;
+
+/* Registers block k's tensors in timm's state-dict order, named "{name}.": norm1, the attention's
+   tensor, attn.qkv (its bias with qkv_bias), attn.proj, norm2, mlp.fc1, mlp.fc2, for C channels
+   and an MLP of `hidden`. */
+herbs_status transformer_block_add(herbs_params *t, transformer_block *k, const char *prefix, const char *name, int C,
+                                   int hidden, int qkv_bias, block_attention_tensor attention);
+
 /* x [B, L, C] -> out [B, L, C] (out may be f->branch), keeping what backward needs in v. Drop
    path in train mode, with its scales allocated here. */
 herbs_status transformer_block_forward(transformer_block *k, const block_frame *f, const block_attention *attention,

@@ -281,38 +281,6 @@ static herbs_status read_config(herbs_config *config, vit_config *c)
     return HERBS_OK;
 }
 
-static const herbs_init ZEROS = {HERBS_INIT_ZEROS, 0}, ONES = {HERBS_INIT_CONSTANT, 1};
-/* timm's trunc_normal_(std=.02) cuts at ±2 absolute, i.e. ±100σ: in effect a plain normal */
-static const herbs_init LINEAR_INIT = {HERBS_INIT_NORMAL, 0.02f};
-
-/* full = block + "." + name + suffix */
-static herbs_status join(char full[HERBS_NAME_MAX], const char *block, const char *name, const char *suffix)
-{
-    if (snprintf(full, HERBS_NAME_MAX, "%s.%s%s", block, name, suffix) >= HERBS_NAME_MAX)
-        return herbs_error(HERBS_ERR_VALUE, "tensor name '%s.%s%s' is too long", block, name, suffix);
-    return HERBS_OK;
-}
-
-static herbs_status add_norm(herbs_params *t, norm_offsets *n, const char *prefix, const char *block,
-                             const char *name, int dim)
-{
-    char full[HERBS_NAME_MAX];
-    HERBS_TRY(join(full, block, name, ".weight"));
-    HERBS_TRY(params_add(t, &n->weight, HERBS_PARAMETER, ONES, prefix, full, 1, (int64_t)dim));
-    HERBS_TRY(join(full, block, name, ".bias"));
-    return params_add(t, &n->bias, HERBS_PARAMETER, ZEROS, prefix, full, 1, (int64_t)dim);
-}
-
-static herbs_status add_linear(herbs_params *t, herbs_weight *w, const char *prefix, const char *block,
-                               const char *name, int in, int out, int bias)
-{
-    char full[HERBS_NAME_MAX];
-    HERBS_TRY(join(full, block, name, ""));
-    return product_add(t, w, prefix, full,
-                       (herbs_product_spec){.out = out, .in = in, .bias = bias, .weight_init = LINEAR_INIT,
-                                            .bias_init = ZEROS});
-}
-
 /* Tensors in timm's state-dict order. */
 static herbs_status register_tensors(vit *v, herbs_params *t, const char *prefix, const vit_config *c)
 {
@@ -320,7 +288,7 @@ static herbs_status register_tensors(vit *v, herbs_params *t, const char *prefix
     const herbs_init conv_init = {HERBS_INIT_UNIFORM, 1.0f / sqrtf((float)fan_in)}; /* PyTorch's Conv2d default */
     HERBS_TRY(params_add(t, &v->cls_token, HERBS_PARAMETER, (herbs_init){HERBS_INIT_NORMAL, 1e-6f}, prefix,
                          "cls_token", 3, (int64_t)1, (int64_t)1, (int64_t)D));
-    HERBS_TRY(params_add(t, &v->pos_embed, HERBS_PARAMETER, LINEAR_INIT, prefix, "pos_embed", 3, (int64_t)1,
+    HERBS_TRY(params_add(t, &v->pos_embed, HERBS_PARAMETER, TRANSFORMER_NORMAL, prefix, "pos_embed", 3, (int64_t)1,
                          (int64_t)v->tokens, (int64_t)D));
     HERBS_TRY(product_add(t, &v->embed, prefix, "patch_embed.proj",
                           (herbs_product_spec){.out = D, .in = c->in_chans, .kernel_dims = 2, .k = c->patch,
@@ -336,12 +304,7 @@ static herbs_status register_tensors(vit *v, herbs_params *t, const char *prefix
         k->index = b;
         /* torch.linspace(0, rate, depth)[b] */
         k->drop_prob = c->depth > 1 ? (float)(c->drop_path_rate * b / (c->depth - 1)) : 0.0f;
-        HERBS_TRY(add_norm(t, &k->norm1, prefix, name, "norm1", D));
-        HERBS_TRY(add_linear(t, &k->qkv, prefix, name, "attn.qkv", D, 3 * D, c->qkv_bias));
-        HERBS_TRY(add_linear(t, &k->proj, prefix, name, "attn.proj", D, D, 1));
-        HERBS_TRY(add_norm(t, &k->norm2, prefix, name, "norm2", D));
-        HERBS_TRY(add_linear(t, &k->fc1, prefix, name, "mlp.fc1", D, v->hidden, 1));
-        HERBS_TRY(add_linear(t, &k->fc2, prefix, name, "mlp.fc2", v->hidden, D, 1));
+        HERBS_TRY(transformer_block_add(t, k, prefix, name, D, v->hidden, c->qkv_bias, (block_attention_tensor){0}));
     }
     return HERBS_OK;
 }
