@@ -151,17 +151,26 @@ def print_herbs_torch_rows(config, batch, results, width):
 
 
 def torch_model(c, state):
-    """The PyTorch reference (tests/reference_herbs.py on tests/reference_swin.py or
-    tests/reference_resnet.py) with a herbs model's configuration `c` (Model.config) and weights
-    (its state dict)."""
+    """The PyTorch reference (tests/reference_herbs.py on tests/reference_swin.py,
+    tests/reference_resnet.py or tests/reference_vit.py) with a herbs model's configuration `c`
+    (Model.config) and weights (its state dict)."""
     tests = str(pathlib.Path(__file__).resolve().parent.parent / "tests")
     if tests not in sys.path:
         sys.path.insert(0, tests)
     import reference_resnet
     import reference_swin
+    import reference_vit
     from herbs_compare import load_reference
     from reference_herbs import HERBS
 
+    if c["backbone"] == "vit":  # the release's build_vit16: its own fpn size and tokens per tap
+        keys = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "qkv_bias", "taps")
+        backbone = reference_vit.vit(**{k: c[k] for k in keys})
+        tokens = [1 + (c["img_size"] // c["patch_size"]) ** 2] * 4
+        ref = HERBS(backbone, [c["embed_dim"]] * 4, tokens, c["num_classes"], list(c["num_selects"]),
+                    fpn_size=c["fpn_size"])
+        load_reference(ref, state)
+        return ref
     if c["backbone"] == "swin":
         dims, depths, heads = reference_swin.VARIANTS[c["variant"]]
         backbone = reference_swin.swin(img_size=c["img_size"], embed_dim=dims, depths=depths, num_heads=heads,
