@@ -11,16 +11,13 @@ several rounds, so a change of load on a shared machine does not favour one of t
 """
 import argparse
 import datetime
-import json
 import os
 import sys
-import tempfile
 
-from common import (add_wait_policy_argument, load, load_weights, machine, memory_mb, run_child, summary, take_turns,
-                    time_backbone, timed)
+from common import (BACKBONE_SIDES, add_wait_policy_argument, backbone_sides, load, load_weights, machine, memory_mb,
+                    summary, time_backbone, timed)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIDES = ("herbs", "torch", "torch_channels_last")
 
 
 def images(args, batch):
@@ -109,26 +106,18 @@ def main():
     p.add_argument("--rounds", type=int, default=2, help="turns each side takes")
     p.add_argument("--warmup", type=int, default=1)
     add_wait_policy_argument(p)
-    p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
+    p.add_argument("--side", choices=BACKBONE_SIDES, help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
         args.img_size, args.repeats, args.rounds = 224, 2, 1
 
-    if args.side:  # a child: one side, results as JSON on stdout
-        result = (run_herbs(args, args.weights) if args.side == "herbs"
-                  else run_torch(args, args.weights, args.side == "torch_channels_last"))
-        print(json.dumps(result))
-        return
-
     load_before = load()
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = os.path.join(tmp, "weights.npz")
-        make_weights(args, weights)
-        base = ["--weights", weights, "--img-size", str(args.img_size), "--batch", str(args.batch), "--threads",
-                str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
-        results = take_turns(args.rounds, SIDES, lambda side: run_child(
-            __file__, base + ["--side", side], args.threads, args.wait_policy, side))
+    results = backbone_sides(__file__, args, make_weights, [
+        "--img-size", str(args.img_size), "--batch", str(args.batch), "--threads", str(args.threads), "--repeats",
+        str(args.repeats), "--warmup", str(args.warmup)], run_herbs, run_torch)
+    if results is None:  # a child: its side was printed
+        return
 
     print(f"EfficientNet-B7, {args.img_size} px; latency at batch 1, train step at batch {args.batch}")
     print(f"machine: {machine()}; threads: {args.threads}; OMP_WAIT_POLICY {args.wait_policy} (both sides); "

@@ -7,6 +7,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -149,6 +150,26 @@ def print_herbs_torch_rows(config, batch, results, width):
         mem = f"{results['herbs']['peak_mb']:.0f}/{results['torch']['peak_mb']:.0f}" if measure == "train" else ""
         print(f"{config:<{width}}{batch:>6}  {measure:<9}{fmt(h):>22}{fmt(t):>22}{ratio:>7.2f}x{mem:>17}", flush=True)
 
+
+BACKBONE_SIDES = ("herbs", "torch", "torch_channels_last")
+
+
+def backbone_sides(script, args, make_weights, child_args, run_herbs, run_torch):
+    """The two roles of a backbone benchmark (herbs against PyTorch NCHW and channels_last). A child
+    (args.side set) runs its side, run_herbs(args, weights) or run_torch(args, weights,
+    channels_last), prints the result as JSON and returns None. The parent makes the weights once
+    (make_weights(args, path), in a temporary directory), runs the sides in turns, each a child
+    `script --side S --weights W *child_args`, and returns {side: merged results}."""
+    if args.side:
+        result = (run_herbs(args, args.weights) if args.side == "herbs"
+                  else run_torch(args, args.weights, args.side == "torch_channels_last"))
+        print(json.dumps(result))
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = os.path.join(tmp, "weights.npz")
+        make_weights(args, weights)
+        return take_turns(args.rounds, BACKBONE_SIDES, lambda side: run_child(
+            script, child_args + ["--weights", weights, "--side", side], args.threads, args.wait_policy, side))
 
 def torch_model(c, state):
     """The PyTorch reference (tests/reference_herbs.py on tests/reference_swin.py,
