@@ -342,7 +342,8 @@ typedef struct {
     float *se;         /* squeeze-excitation's scratch */
 } grad_buffers;
 
-/* gb->prev = d(block input), from gb->cur = d(block output) */
+/* d(block input) from gb->cur = d(block output): into gb->prev, or with a residual added onto gb->cur
+   itself (the input's gradient is the output's plus the branch's; cur is read before it is added to) */
 static herbs_status block_backward(effnet *e, mbconv *blk, herbs_params *t, herbs_arena *arena, grad_buffers *gb)
 {
     const int B = e->batch;
@@ -358,13 +359,11 @@ static herbs_status block_backward(effnet *e, mbconv *blk, herbs_params *t, herb
 
     /* the residual: the input takes cur as it is, the branch cur·scale */
     const float *dbranch = gb->cur;
-    if (blk->residual) {
+    float *dinput = blk->residual ? gb->cur : gb->prev;
+    if (blk->residual && blk->scale) {
         const size_t n = conv_out_floats(p, B);
-        memcpy(gb->prev, gb->cur, n * sizeof(float));
-        if (blk->scale) {
-            residual_add_backward(gb->a, gb->cur, blk->scale, B, (long)(n / B), 0);
-            dbranch = gb->a;
-        }
+        residual_add_backward(gb->a, gb->cur, blk->scale, B, (long)(n / B), 0);
+        dbranch = gb->a;
     }
     batchnorm_layer_backward(&blk->bn2, t, gb->b, dbranch, NULL, blk->y2, Q, 0);          /* d y2 */
     conv_backward(e, &blk->project, t, gb->dw, gb->c, gb->b, blk->s, 0);                 /* d s */
@@ -373,7 +372,7 @@ static herbs_status block_backward(effnet *e, mbconv *blk, herbs_params *t, herb
                             B, d->OH * d->OW, se->C, se->S, 0);                          /* d a1 */
     silu_backward(gb->a, gb->a, blk->z1, (size_t)Q * d->C, 0);                           /* d z1 */
     batchnorm_layer_backward(&blk->bn1, t, gb->b, gb->a, NULL, blk->y1, Q, 0);          /* d y1 */
-    float *dh = blk->has_expand ? gb->c : gb->prev;
+    float *dh = blk->has_expand ? gb->c : dinput;
     const int add = !blk->has_expand && blk->residual;
     depthwise_backward(dh, herbs_zero_floats(gb->dw, (size_t)d->C * d->k * d->k), gb->b, h, blk->w_kkc, B, d->H,
                        d->W, d->C, d->k, d->stride, d->pad, add);
@@ -381,7 +380,7 @@ static herbs_status block_backward(effnet *e, mbconv *blk, herbs_params *t, herb
     if (blk->has_expand) {
         silu_backward(gb->c, gb->c, blk->z0, (size_t)P * d->C, 0);                       /* d z0 */
         batchnorm_layer_backward(&blk->bn0, t, gb->a, gb->c, NULL, blk->y0, P, 0);       /* d y0 */
-        conv_backward(e, &blk->expand, t, gb->dw, gb->prev, gb->a, blk->x, blk->residual);
+        conv_backward(e, &blk->expand, t, gb->dw, dinput, gb->a, blk->x, blk->residual);
     }
     return HERBS_OK;
 }
@@ -442,9 +441,11 @@ static herbs_status effnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
             backbone_keep_tap_grad(bb, tap_grads, j, e->batch, gb.cur);
         }
         HERBS_TRY(block_backward(e, blk, t, arena, &gb));
-        float *swap = gb.cur;
-        gb.cur = gb.prev;
-        gb.prev = swap;
+        if (!blk->residual) { /* the input's gradient is in prev */
+            float *swap = gb.cur;
+            gb.cur = gb.prev;
+            gb.prev = swap;
+        }
     }
 
     /* the stem: SiLU, BN, conv, layout */
