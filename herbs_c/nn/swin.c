@@ -17,33 +17,19 @@
 
 static size_t stage_tokens(const swin_stage *st, int B) { return (size_t)B * st->res * st->res; }
 
-/* Floats of the block_saved buffers of a block of stage st. */
-typedef struct {
-    size_t stats, qkv, bias, lse, tokens, hidden;
-} saved_sizes;
-
-static saved_sizes saved_sizes_of(const swin_stage *st, int B)
+/* The block_saved sizes of a block of stage st. */
+static block_saved_sizes saved_sizes_of(const swin_stage *st, int B)
 {
-    const size_t M = stage_tokens(st, B), N = (size_t)st->window * st->window;
-    return (saved_sizes){.stats = M, .qkv = 3 * M * st->dim, .bias = st->heads * N * N, .lse = M * st->heads,
-                         .tokens = M * st->dim, .hidden = M * st->hidden};
+    const size_t N = (size_t)st->window * st->window;
+    return block_saved_sizes_of(stage_tokens(st, B), st->dim, st->heads, st->hidden, st->heads * N * N);
 }
 
 /* The largest of each over all stages: one block_saved that serves every block. */
-static saved_sizes saved_sizes_max(const swin *s, int B)
+static block_saved_sizes saved_sizes_max(const swin *s, int B)
 {
-    saved_sizes m = {0, 0, 0, 0, 0, 0};
-    for (int i = 0; i < SWIN_STAGES; i++) {
-        saved_sizes n = saved_sizes_of(&s->stages[i], B);
-#define WIDEN(f) m.f = n.f > m.f ? n.f : m.f
-        WIDEN(stats);
-        WIDEN(qkv);
-        WIDEN(bias);
-        WIDEN(lse);
-        WIDEN(tokens);
-        WIDEN(hidden);
-#undef WIDEN
-    }
+    block_saved_sizes m = {0, 0, 0, 0, 0, 0};
+    for (int i = 0; i < SWIN_STAGES; i++)
+        m = block_saved_sizes_max(m, saved_sizes_of(&s->stages[i], B));
     return m;
 }
 
@@ -71,21 +57,6 @@ static scratch_sizes scratch_needed(const swin *s, int B, int threads)
             z.attention_work = work;
     }
     return z;
-}
-
-static herbs_status alloc_saved(block_saved *v, saved_sizes n, herbs_arena *arena)
-{
-    HERBS_TRY(herbs_arena_floats(arena, n.stats, 0, &v->mean1));
-    HERBS_TRY(herbs_arena_floats(arena, n.stats, 0, &v->rstd1));
-    HERBS_TRY(herbs_arena_floats(arena, n.qkv, 0, &v->qkv));
-    HERBS_TRY(herbs_arena_floats(arena, n.bias, 0, &v->bias));
-    HERBS_TRY(herbs_arena_floats(arena, n.lse, 0, &v->lse));
-    HERBS_TRY(herbs_arena_floats(arena, n.tokens, 0, &v->att));
-    HERBS_TRY(herbs_arena_floats(arena, n.tokens, 0, &v->x1));
-    HERBS_TRY(herbs_arena_floats(arena, n.stats, 0, &v->mean2));
-    HERBS_TRY(herbs_arena_floats(arena, n.stats, 0, &v->rstd2));
-    HERBS_TRY(herbs_arena_floats(arena, n.hidden, 0, &v->hidden));
-    return HERBS_OK;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -168,7 +139,7 @@ herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena
     HERBS_TRY(herbs_arena_floats(arena, need.attention_work, 0, &s->work));
     s->kept = train;
     if (!train)
-        HERBS_TRY(alloc_saved(&s->shared, saved_sizes_max(s, B), arena));
+        HERBS_TRY(block_saved_alloc(&s->shared, saved_sizes_max(s, B), arena));
 
     float *x;
     HERBS_TRY(herbs_arena_floats(arena, (size_t)M0 * K, 0, &s->patches));
@@ -189,7 +160,7 @@ herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena
             transformer_block *k = &sb->block;
             const swin_attention attention = attention_of(s, sb, st, B, NULL);
             if (train)
-                HERBS_TRY(alloc_saved(&k->saved, saved_sizes_of(st, B), arena));
+                HERBS_TRY(block_saved_alloc(&k->saved, saved_sizes_of(st, B), arena));
             HERBS_TRY(herbs_arena_floats(arena, stage_tokens(st, B) * st->dim, 0, &k->out));
             k->x = x;
             HERBS_TRY(transformer_block_forward(k, &frame, &attention.step, t, arena, x, k->out,

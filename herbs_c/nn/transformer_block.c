@@ -58,6 +58,35 @@ herbs_status transformer_block_add(herbs_params *t, transformer_block *k, const 
     return transformer_linear_add(t, &k->fc2, prefix, n, hidden, C, 1);
 }
 
+block_saved_sizes block_saved_sizes_of(size_t M, int C, int heads, int hidden, size_t bias)
+{
+    return (block_saved_sizes){.stats = M, .qkv = 3 * M * C, .bias = bias, .lse = M * heads, .tokens = M * C,
+                               .hidden = M * hidden};
+}
+
+block_saved_sizes block_saved_sizes_max(block_saved_sizes a, block_saved_sizes b)
+{
+#define WIDER(f) (a.f > b.f ? a.f : b.f)
+    return (block_saved_sizes){WIDER(stats), WIDER(qkv), WIDER(bias), WIDER(lse), WIDER(tokens), WIDER(hidden)};
+#undef WIDER
+}
+
+herbs_status block_saved_alloc(block_saved *v, block_saved_sizes n, herbs_arena *arena)
+{
+    v->bias = NULL;
+    HERBS_TRY(herbs_arena_floats(arena, n.stats, 0, &v->mean1));
+    HERBS_TRY(herbs_arena_floats(arena, n.stats, 0, &v->rstd1));
+    HERBS_TRY(herbs_arena_floats(arena, n.qkv, 0, &v->qkv));
+    if (n.bias)
+        HERBS_TRY(herbs_arena_floats(arena, n.bias, 0, &v->bias));
+    HERBS_TRY(herbs_arena_floats(arena, n.lse, 0, &v->lse));
+    HERBS_TRY(herbs_arena_floats(arena, n.tokens, 0, &v->att));
+    HERBS_TRY(herbs_arena_floats(arena, n.tokens, 0, &v->x1));
+    HERBS_TRY(herbs_arena_floats(arena, n.stats, 0, &v->mean2));
+    HERBS_TRY(herbs_arena_floats(arena, n.stats, 0, &v->rstd2));
+    return herbs_arena_floats(arena, n.hidden, 0, &v->hidden);
+}
+
 #define CHUNK_HIDDEN_BYTES (160 << 10) /* a chunk's GELU output, in L2 beside the two weights */
 #define CHUNK_WEIGHT_BYTES (384 << 10) /* the two weights at most (re-read from L2 for every chunk) */
 #define CHUNK_ROW_UNIT 14              /* whole micro-kernel stripes */

@@ -39,6 +39,22 @@ typedef struct {
     float *hidden;        /* [M, hidden]: fc1's output, GELU's input (backward overwrites it) */
 } block_saved;
 
+/* Floats of each block_saved buffer: stats (mean1, rstd1, mean2, rstd2), qkv, bias (0: none), lse,
+   tokens (att, x1), hidden. */
+typedef struct {
+    size_t stats, qkv, bias, lse, tokens, hidden;
+} block_saved_sizes;
+
+/* Those of a block of M tokens of C channels, `heads` heads, an MLP of `hidden` and `bias` floats
+   of attention bias. */
+block_saved_sizes block_saved_sizes_of(size_t M, int C, int heads, int hidden, size_t bias);
+
+/* The larger of a and b, buffer by buffer: a set that serves blocks of either size. */
+block_saved_sizes block_saved_sizes_max(block_saved_sizes a, block_saved_sizes b);
+
+/* v's buffers from the arena (v->bias NULL when n.bias is 0). */
+herbs_status block_saved_alloc(block_saved *v, block_saved_sizes n, herbs_arena *arena);
+
 typedef struct {
     int index;       /* over all blocks of the backbone: its drop-path streams */
     float drop_prob; /* stochastic depth rate */

@@ -65,18 +65,10 @@ static size_t block_tokens(const vit *v) { return (size_t)v->batch * v->tokens; 
 
 static size_t attention_floats(const vit *v) { return v->threads * attention_work(v->dim / v->heads, v->tokens, v->heads); }
 
-static herbs_status alloc_saved(block_saved *s, const vit *v, herbs_arena *arena)
+/* The block_saved sizes of every block (all the same size). */
+static block_saved_sizes saved_sizes(const vit *v)
 {
-    const size_t M = block_tokens(v), D = v->dim;
-    HERBS_TRY(herbs_arena_floats(arena, M, 0, &s->mean1));
-    HERBS_TRY(herbs_arena_floats(arena, M, 0, &s->rstd1));
-    HERBS_TRY(herbs_arena_floats(arena, 3 * M * D, 0, &s->qkv));
-    HERBS_TRY(herbs_arena_floats(arena, M * v->heads, 0, &s->lse));
-    HERBS_TRY(herbs_arena_floats(arena, M * D, 0, &s->att));
-    HERBS_TRY(herbs_arena_floats(arena, M * D, 0, &s->x1));
-    HERBS_TRY(herbs_arena_floats(arena, M, 0, &s->mean2));
-    HERBS_TRY(herbs_arena_floats(arena, M, 0, &s->rstd2));
-    return herbs_arena_floats(arena, M * v->hidden, 0, &s->hidden);
+    return block_saved_sizes_of(block_tokens(v), v->dim, v->heads, v->hidden, 0);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -126,7 +118,7 @@ static herbs_status vit_forward(herbs_backbone *bb, const herbs_params *t, herbs
     HERBS_TRY(herbs_arena_floats(arena, attention_floats(v), 0, &v->work));
     HERBS_TRY(herbs_arena_floats(arena, (size_t)B * L * K, 0, &v->patches));
     if (!train)
-        HERBS_TRY(alloc_saved(&v->shared, v, arena));
+        HERBS_TRY(block_saved_alloc(&v->shared, saved_sizes(v), arena));
 
     float *x;
     HERBS_TRY(herbs_arena_floats(arena, M * D, 0, &x));
@@ -139,7 +131,7 @@ static herbs_status vit_forward(herbs_backbone *bb, const herbs_params *t, herbs
     for (int b = 0; b <= v->last; b++) {
         transformer_block *k = &v->blocks[b];
         if (train)
-            HERBS_TRY(alloc_saved(&k->saved, v, arena));
+            HERBS_TRY(block_saved_alloc(&k->saved, saved_sizes(v), arena));
         HERBS_TRY(herbs_arena_floats(arena, M * D, 0, &k->out));
         k->x = x;
         HERBS_TRY(transformer_block_forward(k, &frame, &attention.step, t, arena, x, k->out,
