@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import reference_swin
+from backbone_parity import GRAD_TOL, TAP_TOL, TAPS, assert_close, check_parity, images
 from ckernels import call
 from herbs import _C
 
@@ -19,8 +20,6 @@ ODD = dict(img_size=48, patch_size=2, in_chans=1, embed_dim=12, depths=(1, 3, 2,
 # Stage 1 large enough (2 x 4096 tokens, hidden 64) for its MLP to go in chunks of 630 rows per
 # thread (transformer_block.c), the last chunk 2 rows.
 CHUNKED = dict(img_size=256, patch_size=4, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=4)
-TAPS = ["layer1", "layer2", "layer3", "layer4"]
-TAP_TOL, GRAD_TOL = 3e-5, 1e-4  # of each tensor's largest magnitude; see run_parity
 
 
 def build(config, seed=0, **extra):
@@ -33,57 +32,9 @@ def build(config, seed=0, **extra):
     return net, ref
 
 
-def images(config, batch, seed=1):
-    rng = np.random.default_rng(seed)
-    size = config["img_size"]
-    return rng.standard_normal((batch, config.get("in_chans", 3), size, size)).astype(np.float32)
-
-
-def assert_close(actual, expected, tol, what):
-    """Every element within tol of the tensor's largest magnitude (float32 rounding scales with
-    the values summed, not with each small result), and the norm-wise error below tol/10."""
-    expected = np.asarray(expected, np.float64)
-    scale = max(np.abs(expected).max(), 1e-30)
-    err = np.abs(actual - expected).max() / scale
-    normwise = np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-30)
-    assert err < tol and normwise < tol / 10, f"{what}: max error {err:.2e}, norm-wise {normwise:.2e} (tol {tol})"
-
-
-def grads_by_name(net):
-    return {name: net.grads[offset:offset + size].reshape(shape)
-            for name, _, shape, offset, size in net.tensors()}
-
-
 def run_parity(config, batch, train, taps=TAPS, **extra):
     net, ref = build(config, **extra)
-    x = images(config, batch)
-    ref.train(train)
-    tx = torch.tensor(x, requires_grad=True)
-    expected = ref(tx)
-    out = net.forward(x, train=train)
-    # taps are LayerNorm-scale activations passed through a few Linear layers; float32 sums of
-    # up to a few hundred terms in another order differ by ~1e-6 of the values' scale (observed
-    # at most 7e-7), so 3e-5 leaves room for other thread counts and GEMM blockings
-    for name, e in zip(TAPS, expected):
-        assert out[name].shape == tuple(e.shape)
-        assert_close(out[name], e.detach().numpy(), TAP_TOL, name)
-
-    rng = np.random.default_rng(2)
-    grads = {name: rng.standard_normal(out[name].shape).astype(np.float32) for name in taps}
-    loss = sum((e * torch.tensor(grads[name])).sum() for name, e in zip(TAPS, expected) if name in grads)
-    loss.backward()
-    dx = net.backward(grads, input_grad=True)
-    # gradients go back through every layer (LayerNorm, softmax, GELU) and sum over all tokens:
-    # observed at most 1.3e-6 of each tensor's own magnitude; 1e-4 bounds it with margin
-    assert_close(dx, tx.grad.numpy(), GRAD_TOL, "image gradient")
-    named = dict(ref.named_parameters())
-    for name, g in grads_by_name(net).items():
-        expected_grad = named[name].grad
-        if expected_grad is None:  # stages above the deepest tap with a gradient
-            assert not g.any(), name
-            continue
-        assert_close(g, expected_grad.numpy(), GRAD_TOL, name)
-    return net
+    check_parity(net, ref, images(config, batch), train, taps)
 
 
 @pytest.mark.parametrize("config,batch", [(SHIFTED, 2), (ODD, 3), (CHUNKED, 2)], ids=["shifted", "odd", "chunked"])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import reference_vit
+from backbone_parity import GRAD_TOL, TAP_TOL, TAPS, assert_close, check_parity, images
 from ckernels import call
 from herbs import _C
 
@@ -18,8 +19,6 @@ SMALL = dict(img_size=40, patch_size=8, embed_dim=24, depth=5, num_heads=3, mlp_
 # fractional MLP ratio, repeated and out-of-order taps, a block after the deepest tap
 ODD = dict(img_size=21, patch_size=3, in_chans=1, embed_dim=10, depth=4, num_heads=2, mlp_ratio=2.5, qkv_bias=0,
            taps=(1, 0, 2, 2))
-TAPS = ["layer1", "layer2", "layer3", "layer4"]
-TAP_TOL, GRAD_TOL = 3e-5, 1e-4  # of each tensor's largest magnitude, as tests/test_swin.py's
 
 
 def build(config, seed=0, **extra):
@@ -28,47 +27,9 @@ def build(config, seed=0, **extra):
     return net, reference_vit.load_from_herbs(reference_vit.vit(**config), net)
 
 
-def images(config, batch, seed=1):
-    rng = np.random.default_rng(seed)
-    size = config["img_size"]
-    return rng.standard_normal((batch, config.get("in_chans", 3), size, size)).astype(np.float32)
-
-
-def assert_close(actual, expected, tol, what):
-    """Every element within tol of the tensor's largest magnitude, and the norm-wise error below tol/10."""
-    expected = np.asarray(expected, np.float64)
-    scale = max(np.abs(expected).max(), 1e-30)
-    err = np.abs(actual - expected).max() / scale
-    normwise = np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-30)
-    assert err < tol and normwise < tol / 10, f"{what}: max error {err:.2e}, norm-wise {normwise:.2e} (tol {tol})"
-
-
 def run_parity(config, batch, train, taps=TAPS, **extra):
     net, ref = build(config, **extra)
-    x = images(config, batch)
-    ref.train(train)
-    tx = torch.tensor(x, requires_grad=True)
-    expected = ref(tx)
-    out = net.forward(x, train=train)
-    # float32 sums of a few hundred terms in another order: observed below 1e-6 of the scale
-    for name, e in zip(TAPS, expected):
-        assert out[name].shape == tuple(e.shape)
-        assert_close(out[name], e.detach().numpy(), TAP_TOL, name)
-
-    rng = np.random.default_rng(2)
-    grads = {name: rng.standard_normal(out[name].shape).astype(np.float32) for name in taps}
-    loss = sum((e * torch.tensor(grads[name])).sum() for name, e in zip(TAPS, expected) if name in grads)
-    loss.backward()
-    dx = net.backward(grads, input_grad=True)
-    assert_close(dx, tx.grad.numpy(), GRAD_TOL, "image gradient")
-    named = dict(ref.named_parameters())
-    for name, _, shape, offset, size in net.tensors():
-        g = net.grads[offset:offset + size].reshape(shape)
-        if named[name].grad is None:  # blocks above the deepest tap with a gradient
-            assert not g.any(), name
-            continue
-        assert_close(g, named[name].grad.numpy(), GRAD_TOL, name)
-    return net
+    check_parity(net, ref, images(config, batch), train, taps)
 
 
 @pytest.mark.parametrize("config,batch", [(SMALL, 2), (ODD, 3)], ids=["small", "odd"])
