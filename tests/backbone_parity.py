@@ -2,6 +2,7 @@
 weights: the four taps, then the image gradient and every parameter gradient after backward from
 random tap gradients (tests/test_swin.py, tests/test_vit.py)."""
 import numpy as np
+import pytest
 import torch
 
 TAPS = ["layer1", "layer2", "layer3", "layer4"]
@@ -58,3 +59,18 @@ def check_parity(net, ref, x, train, taps=TAPS):
             assert not g.any(), name
             continue
         assert_close(g, expected_grad.numpy(), GRAD_TOL, name)
+
+
+def check_gradients_accumulate(net, x):
+    """Two forward+backward rounds give twice the parameter gradients and the same image gradient;
+    a second backward after one forward is refused."""
+    out = net.forward(x)
+    g = {name: np.ones_like(v) for name, v in out.items()}
+    dx1 = net.backward(g, input_grad=True)
+    once = net.grads.copy()
+    net.forward(x)
+    dx2 = net.backward(g, input_grad=True)
+    np.testing.assert_allclose(net.grads, 2 * once, rtol=1e-5, atol=1e-6 * np.abs(once).max())
+    np.testing.assert_array_equal(dx1, dx2)
+    with pytest.raises(RuntimeError, match="one backward per forward"):
+        net.backward(g)
