@@ -14,8 +14,8 @@ import datetime
 import os
 import sys
 
-from common import (BACKBONE_SIDES, add_wait_policy_argument, backbone_sides, load, load_weights, machine, memory_mb,
-                    summary, time_backbone, timed)
+from common import (BACKBONE_SIDES, add_wait_policy_argument, backbone_sides, load, load_weights, machine, summary,
+                    time_backbone, time_torch_backbone)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,33 +48,13 @@ def reference(weights=None):
 
 
 def run_torch(args, weights, channels_last):
-    import numpy as np
     import torch
     torch.set_num_threads(args.threads)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = reference(weights).to(memory_format=fmt)
     one = torch.from_numpy(images(args, 1)).contiguous(memory_format=fmt)
     x = torch.from_numpy(images(args, args.batch)).contiguous(memory_format=fmt)
-    model.eval()
-    with torch.no_grad():
-        taps = model(x)
-    rng = np.random.default_rng(1)
-    grads = [torch.from_numpy(rng.standard_normal(t.shape).astype(np.float32)) for t in taps]
-
-    def forward():
-        with torch.no_grad():
-            model(one)
-
-    def train_step():
-        model.zero_grad()
-        taps = model(x)
-        torch.autograd.backward(taps, grads)
-
-    fwd_cpu, train_cpu = [], []
-    fwd = timed(forward, args.repeats, args.warmup, fwd_cpu)
-    model.train()
-    train = timed(train_step, args.repeats, args.warmup, train_cpu)
-    return {"forward": fwd, "train": train, "forward_cpu": fwd_cpu, "train_cpu": train_cpu, "peak_mb": memory_mb()}
+    return time_torch_backbone(model, one, x, args.repeats, args.warmup)
 
 
 def make_weights(args, path):

@@ -13,8 +13,8 @@ import datetime
 import os
 import sys
 
-from common import (BACKBONE_SIDES, add_wait_policy_argument, backbone_sides, load, load_weights, machine, memory_mb,
-                    summary, time_backbone, timed)
+from common import (BACKBONE_SIDES, add_wait_policy_argument, backbone_sides, load, load_weights, machine, summary,
+                    time_backbone, time_torch_backbone)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,26 +45,7 @@ def run_torch(args, weights, channels_last):
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.standard_normal((args.batch, 3, args.img_size, args.img_size)).astype(np.float32))
     x = x.contiguous(memory_format=fmt)
-    model.eval()
-    with torch.no_grad():
-        taps = model(x)
-    grads = [torch.from_numpy(rng.standard_normal(t.shape).astype(np.float32)) for t in taps]
-
-    def forward():
-        with torch.no_grad():
-            model(x)
-
-    def train_step():
-        model.zero_grad()
-        taps = model(x)
-        torch.autograd.backward(taps, grads)
-
-    model.eval()
-    fwd_cpu, train_cpu = [], []
-    fwd = timed(forward, args.repeats, args.warmup, fwd_cpu)
-    model.train()
-    train = timed(train_step, args.repeats, args.warmup, train_cpu)
-    return {"forward": fwd, "train": train, "forward_cpu": fwd_cpu, "train_cpu": train_cpu, "peak_mb": memory_mb()}
+    return time_torch_backbone(model, x, x, args.repeats, args.warmup)
 
 
 def make_weights(args, path):

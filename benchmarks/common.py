@@ -135,6 +135,32 @@ def time_backbone(net, forward_x, train_x, repeats, warmup, seed):
     return {"forward": fwd, "train": train, "forward_cpu": fwd_cpu, "train_cpu": train_cpu, "peak_mb": memory_mb()}
 
 
+def time_torch_backbone(model, forward_x, train_x, repeats, warmup):
+    """time_backbone's PyTorch side: a reference backbone (returning its taps) timed on the eval
+    forward of forward_x and a train step (zero_grad, forward, backward of fixed random tap
+    gradients) on train_x, with the same keys."""
+    import numpy as np
+    import torch
+    model.eval()
+    with torch.no_grad():
+        taps = model(train_x)
+    rng = np.random.default_rng(1)
+    grads = [torch.from_numpy(rng.standard_normal(t.shape).astype(np.float32)) for t in taps]
+
+    def forward():
+        with torch.no_grad():
+            model(forward_x)
+
+    def train_step():
+        model.zero_grad()
+        torch.autograd.backward(model(train_x), grads)
+
+    fwd_cpu, train_cpu = [], []
+    fwd = timed(forward, repeats, warmup, fwd_cpu)
+    model.train()
+    train = timed(train_step, repeats, warmup, train_cpu)
+    return {"forward": fwd, "train": train, "forward_cpu": fwd_cpu, "train_cpu": train_cpu, "peak_mb": memory_mb()}
+
 def print_herbs_torch_rows(config, batch, results, width):
     """The rows of one config and batch of a herbs-against-PyTorch table: train and infer img/s and
     latency ms, median (min-max) per side, the ratio PyTorch time / herbs time, and the train
