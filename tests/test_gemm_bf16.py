@@ -63,6 +63,11 @@ def bf16_round(x):
     return (h << 16).view(np.float32).reshape(np.shape(x))
 
 
+def bf16_bits(x):
+    """x rounded to bf16, as its uint16 bit patterns."""
+    return (bf16_round(x).view(np.uint32) >> 16).astype(np.uint16)
+
+
 def op(x, trans):
     return x.T if trans else x
 
@@ -344,6 +349,55 @@ def test_gemm_prepacked(bf16_isa, isa, threads, bf16):
                 _C.gemm(a, b, direct, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta, scale=scale, shift=shift,
                         relu=epilogue)
                 np.testing.assert_allclose(c, direct, rtol=2 * k * 2**-23, atol=1e-5 * k ** 0.5)
+
+
+BF16_ROWS_SHAPES = [(1, 1, 1), (13, 40, 96), (14, 33, 96), (29, 288, 96), (45, 70, 33), (200, 96, 384),
+                    (129, 96, 1538), (17, 17, 2001)]
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_gemm_prepacked_bf16_rows(bf16_isa, threads, padded):
+    """An A already in bf16 (uint16 bit patterns): bit for bit the product of the fp32 A holding the
+    same values, whether the kernel reads its rows in place (whole stripes, edge stripes shifted back)
+    or packs them (fewer rows than a stripe, an odd K, rows 4 KiB apart), with alpha, beta and the
+    epilogue, K over several slices, rows split among threads; and within the bf16 bound of the
+    float64 product."""
+    rng = np.random.default_rng(14)
+    for m, n, k in BF16_ROWS_SHAPES + ([(30, 40, 2048)] if padded else []):
+        a32, b = operands(rng, m, n, k, 0, 1)
+        bits = bf16_bits(a32)
+        if padded:  # rows spaced: a view into wider rows (2048 bf16 apart for K = 2048: the packed path)
+            wide = np.zeros((m, 2048 if k == 2048 else k + 7), np.uint16)
+            wide[:, :k] = bits
+            bits = wide[:, :k]
+        a = bf16_round(a32)
+        packed = _C.gemm_prepack_b(b, trans_b=True)
+        for alpha, beta, epilogue in [(1.0, 0.0, False), (-0.5, 1.0, True)]:
+            c0 = rng.uniform(-1, 1, (m, n)).astype(np.float32)
+            scale = rng.uniform(-2, 2, n).astype(np.float32) if epilogue else None
+            shift = rng.uniform(-3, 3, n).astype(np.float32) if epilogue else None
+            want = _C.gemm_prepacked(a, packed, n, c0.copy() if beta else None, alpha=alpha, beta=beta, scale=scale,
+                                     shift=shift, relu=epilogue)
+            got = _C.gemm_prepacked(bits, packed, n, c0.copy() if beta else None, alpha=alpha, beta=beta,
+                                    scale=scale, shift=shift, relu=epilogue)
+            np.testing.assert_array_equal(got, want, err_msg=f"{m}x{n}x{k}, beta {beta}")
+            if not epilogue:
+                check(got, a32, b, 0, 1, alpha, beta, c0)
+
+
+def test_gemm_prepacked_bf16_rows_bad_arguments():
+    rng = np.random.default_rng(15)
+    a, b = operands(rng, 8, 9, 10, 0, 0)
+    bits = bf16_bits(a)
+    with pytest.raises(ValueError, match="bf16 pack"):
+        _C.gemm_prepacked(bits, _C.gemm_prepack_b(b, bf16=False), 9)
+    packed = _C.gemm_prepack_b(b)
+    with pytest.raises(ValueError, match="trans_a False"):
+        _C.gemm_prepacked(np.ascontiguousarray(bits.T), packed, 9, trans_a=True)
+    with pytest.raises(ValueError, match="contiguous"):
+        _C.gemm_prepacked(np.zeros((8, 20), np.uint16)[:, ::2], packed, 9)
+    with pytest.raises(ValueError, match="not a pack"):
+        _C.gemm_prepacked(bits[:, :9], packed, 9)
 
 
 def test_gemm_prepacked_keeps_its_kernel():

@@ -174,9 +174,15 @@ static const float *op_at(const float *X, long ld, int trans, int row, int col)
     return trans ? X + (size_t)col * ld + row : X + (size_t)row * ld + col;
 }
 
-/* Whether rows `ld` floats apart can be read in place: rows 4 KiB apart (or a multiple) all
-   fall into one set of the L1 cache, which holds fewer than a tile's rows. */
-static int readable_in_place(long ld) { return ld % 1024 != 0; }
+/* Where op(A)[row, col] is for an A of fp32, or of bf16 (a_bf16: rows only, not transposed). */
+static const void *a_at(const void *A, int a_bf16, long lda, int trans, int row, int col)
+{
+    return a_bf16 ? (const void *)((const uint16_t *)A + (size_t)row * lda + col) : op_at(A, lda, trans, row, col);
+}
+
+/* Whether rows `ld` elements of `elem` bytes apart can be read in place: rows 4 KiB apart (or a
+   multiple) all fall into one set of the L1 cache, which holds fewer than a tile's rows. */
+static int readable_in_place(long ld, size_t elem) { return ld * elem % 4096 != 0; }
 
 /* The B panels of one kc x nc block: the first `in_place` columns read where they are (row
    stride ldb), the others packed. */
@@ -228,10 +234,11 @@ static int rows_packed_at_once(const gemm_microkernel *uk, int trans_a)
 /* C[0:m, 0:n] = alpha * op(A)[0:m, 0:k] · (B block) + beta * C, a stripe of mr rows of C at a
    time: the stripe's A panel (read in place or packed) stays in L1 while the B panels stream
    from L2, and C is written in the order of its memory, which the hardware prefetcher follows.
-   The kernel applies ep (NULL: none) to each tile as it stores it. */
+   A is fp32, or bf16 rows (a_bf16, for a bf16 kernel). The kernel applies ep (NULL: none) to
+   each tile as it stores it. */
 static void stripes(const gemm_microkernel *uk, int trans_a, int a_in_place, int m, int n, int k, float alpha,
-                    const float *A, long lda, const b_block *bb, float beta, float *C, long ldc, char *apack,
-                    const gemm_tile_step *ep)
+                    const void *A, int a_bf16, long lda, const b_block *bb, float beta, float *C, long ldc,
+                    char *apack, const gemm_tile_step *ep)
 {
     const int mr = uk->mr, nr = uk->nr, group = a_in_place ? mr : rows_packed_at_once(uk, trans_a);
     for (int i0 = 0; i0 < m; i0 += mr) {
@@ -239,8 +246,10 @@ static void stripes(const gemm_microkernel *uk, int trans_a, int a_in_place, int
         /* in place: a full stripe, or for rows of A the last mr rows, storing the stripe's own */
         const int in_place = a_in_place && (rows == mr || (!trans_a && m >= mr));
         const int shift = in_place ? mr - rows : 0;
-        const float *a = op_at(A, lda, trans_a, i0 - shift, 0);
-        if (!in_place && i0 % group == 0)
+        const void *a = a_at(A, a_bf16, lda, trans_a, i0 - shift, 0);
+        if (!in_place && i0 % group == 0 && a_bf16)
+            uk->pack_a_bf16(min_int(group, m - i0), k, a, lda, apack);
+        else if (!in_place && i0 % group == 0)
             uk->pack_a(trans_a, min_int(group, m - i0), k, a, lda, apack);
         const char *a_panel = apack + panel_bytes(uk, k, i0 % group);
         for (int j0 = 0; j0 < n; j0 += nr) {
@@ -252,6 +261,8 @@ static void stripes(const gemm_microkernel *uk, int trans_a, int a_in_place, int
             const gemm_tile_step *step = ep ? &at : NULL;
             if (!in_place)
                 uk->run(k, a_panel, mr, b, b_step, c, ldc, alpha, beta, rows, cols, step);
+            else if (a_bf16)
+                uk->run_rows_bf16(k, a, lda, b, c, ldc, alpha, beta, shift, cols, step);
             else if (trans_a)
                 uk->run(k, a, lda, b, b_step, c, ldc, alpha, beta, rows, cols, step);
             else /* an edge stripe read in place stores (and steps) its own rows shift.. */
@@ -264,16 +275,19 @@ static void stripes(const gemm_microkernel *uk, int trans_a, int a_in_place, int
    calling thread alone. For each nc-wide block of columns and kc-deep slice of K, the B block
    is packed (a product of one small block reads its full panels in place), then stripes()
    runs; with `packed` (B NULL), the blocks of B packed once are read instead. A is read in place
-   when its rows and the kernel allow. ep (NULL: none) is applied to each tile after its last slice of K.
-   Returns 0, or -1 when pack memory ran out with a packed B (without one, the plain loops run). */
+   when its rows and the kernel allow (a bf16 A, only ever with a packed B: whenever the kernel
+   reads one in place and K is whole pairs). ep (NULL: none) is applied to each tile after its last
+   slice of K. Returns 0, or -1 when pack memory ran out with a packed B (without one, the plain
+   loops run). */
 static int gemm_serial(const gemm_microkernel *uk, int trans_a, int trans_b, int M, int N, int K, float alpha,
-                        const float *A, long lda, const float *B, long ldb, const b_packed *packed, float beta,
-                        float *C, long ldc, const gemm_tile_step *ep)
+                        const void *A, int a_bf16, long lda, const float *B, long ldb, const b_packed *packed,
+                        float beta, float *C, long ldc, const gemm_tile_step *ep)
 {
     const int kc = slice_depth(uk, K), nc = block_size(N, nc_of(uk), uk->nr);
     const int small = K <= kc_of(uk) && N <= nc_of(uk) && (size_t)M * K <= SMALL_A_FLOATS && uk->run_rows;
-    const int a_in_place = small && readable_in_place(lda);
-    const int b_in_place = small && !packed && !trans_b && readable_in_place(ldb);
+    const int a_in_place = a_bf16 ? uk->run_rows_bf16 && K % 2 == 0 && readable_in_place(lda, sizeof(uint16_t))
+                                  : small && readable_in_place(lda, sizeof(float));
+    const int b_in_place = small && !packed && !trans_b && readable_in_place(ldb, sizeof(float));
     const size_t b_bytes = packed ? 0 : panel_bytes(uk, kc, nc);
     char *bpack = workspace_get(BUF_PACK, b_bytes + panel_bytes(uk, kc, rows_packed_at_once(uk, trans_a)));
     if (!bpack && packed)
@@ -300,7 +314,7 @@ static int gemm_serial(const gemm_microkernel *uk, int trans_a, int trans_b, int
                     uk->pack_b(trans_b, n - bb.in_place, k, op_at(Bp, ldb, trans_b, 0, bb.in_place), ldb, bpack);
             }
             const gemm_tile_step at = ep ? step_from(ep, jc) : (gemm_tile_step){0};
-            stripes(uk, trans_a, a_in_place, M, n, k, alpha, op_at(A, lda, trans_a, 0, pc), lda, &bb,
+            stripes(uk, trans_a, a_in_place, M, n, k, alpha, a_at(A, a_bf16, lda, trans_a, 0, pc), a_bf16, lda, &bb,
                     pc == 0 ? beta : 1.0f, C + jc, ldc, apack, ep && pc + k == K ? &at : NULL);
         }
     }
@@ -386,10 +400,11 @@ static void thread_end(const gemm_microkernel *uk)
         uk->end();
 }
 
-/* gemm_affine with the micro-kernel uk, op(B) from B or (B NULL) packed; -1 as gemm_serial. */
+/* gemm_affine with the micro-kernel uk, op(B) from B or (B NULL) packed, A fp32 or bf16 rows
+   (a_bf16: with a packed B of a bf16 kernel); -1 as gemm_serial. */
 static int product(const gemm_microkernel *uk, int trans_a, int trans_b, int M, int N, int K, float alpha,
-                   const float *A, long lda, const float *B, long ldb, const char *packed, float beta, float *C,
-                   long ldc, const float *scale, const float *shift, int relu)
+                   const void *A, int a_bf16, long lda, const float *B, long ldb, const char *packed, float beta,
+                   float *C, long ldc, const float *scale, const float *shift, int relu)
 {
     if (M <= 0 || N <= 0)
         return 0;
@@ -404,8 +419,8 @@ static int product(const gemm_microkernel *uk, int trans_a, int trans_b, int M, 
     if (nt == 1) {
         const b_packed pb = {packed, N, 0};
         thread_begin(uk);
-        const int status = gemm_serial(uk, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, packed ? &pb : NULL,
-                                       beta, C, ldc, ep);
+        const int status = gemm_serial(uk, trans_a, trans_b, M, N, K, alpha, A, a_bf16, lda, B, ldb,
+                                       packed ? &pb : NULL, beta, C, ldc, ep);
         thread_end(uk);
         return status;
     }
@@ -428,8 +443,9 @@ static int product(const gemm_microkernel *uk, int trans_a, int trans_b, int M, 
         const b_packed pb = {packed, N, n0};
         if (m1 > m0 && n1 > n0) {
             thread_begin(uk);
-            status = gemm_serial(uk, trans_a, trans_b, m1 - m0, n1 - n0, k1 - k0, alpha, op_at(A, lda, trans_a, m0, k0),
-                                 lda, packed ? NULL : op_at(B, ldb, trans_b, k0, n0), ldb, packed ? &pb : NULL,
+            status = gemm_serial(uk, trans_a, trans_b, m1 - m0, n1 - n0, k1 - k0, alpha,
+                                 a_at(A, a_bf16, lda, trans_a, m0, k0), a_bf16, lda,
+                                 packed ? NULL : op_at(B, ldb, trans_b, k0, n0), ldb, packed ? &pb : NULL,
                                  tk == 0 ? beta : 0.0f, c, tk == 0 ? ldc : N, ep && g.k == 1 ? &at : NULL);
             thread_end(uk);
         }
@@ -447,7 +463,7 @@ void gemm_affine_at(herbs_precision p, int trans_a, int trans_b, int M, int N, i
                     long lda, const float *B, long ldb, float beta, float *C, long ldc, const float *scale,
                     const float *shift, int relu)
 {
-    product(gemm_microkernel_for(p), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, NULL, beta, C, ldc, scale,
+    product(gemm_microkernel_for(p), trans_a, trans_b, M, N, K, alpha, A, 0, lda, B, ldb, NULL, beta, C, ldc, scale,
             shift, relu);
 }
 
@@ -547,9 +563,23 @@ herbs_status gemm_prepacked(int trans_a, int M, int N, int K, float alpha, const
 {
     pack_header h;
     memcpy(&h, packed, sizeof h);
-    if (product(registry[h.kernel].uk, trans_a, 0, M, N, K, alpha, A, lda, NULL, 0, (const char *)packed + PACK_HEADER,
-                beta, C, ldc, scale, shift, relu) < 0)
+    if (product(registry[h.kernel].uk, trans_a, 0, M, N, K, alpha, A, 0, lda, NULL, 0,
+                (const char *)packed + PACK_HEADER, beta, C, ldc, scale, shift, relu) < 0)
         return herbs_error(HERBS_ERR_NOMEM, "gemm_prepacked: no memory for packing A");
+    return HERBS_OK;
+}
+
+herbs_status gemm_prepacked_bf16_rows(int M, int N, int K, float alpha, const uint16_t *A, long lda,
+                                      const void *packed, float beta, float *C, long ldc, const float *scale,
+                                      const float *shift, int relu)
+{
+    pack_header h;
+    memcpy(&h, packed, sizeof h);
+    if (registry[h.kernel].precision != HERBS_BF16)
+        return herbs_error(HERBS_ERR_VALUE, "gemm_prepacked_bf16_rows: a bf16 A needs a bf16 pack of B");
+    if (product(registry[h.kernel].uk, 0, 0, M, N, K, alpha, A, 1, lda, NULL, 0, (const char *)packed + PACK_HEADER,
+                beta, C, ldc, scale, shift, relu) < 0)
+        return herbs_error(HERBS_ERR_NOMEM, "gemm_prepacked_bf16_rows: no memory for packing A");
     return HERBS_OK;
 }
 
@@ -588,8 +618,8 @@ static void batch_serial(const gemm_microkernel *uk, int trans_a, int trans_b, i
             prefetch_matrix(A + (b + 1) * stride_a, lda, trans_a ? K : M, trans_a ? M : K);
             prefetch_matrix(B + (b + 1) * stride_b, ldb, trans_b ? N : K, trans_b ? K : N);
         }
-        gemm_serial(uk, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, NULL, beta,
-                    C + b * stride_c, ldc, NULL);
+        gemm_serial(uk, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, 0, lda, B + b * stride_b, ldb, NULL,
+                    beta, C + b * stride_c, ldc, NULL);
     }
     thread_end(uk);
 }
@@ -604,7 +634,7 @@ static void batched(const gemm_microkernel *uk, int trans_a, int trans_b, int M,
     const int whole_items = batch >= 8 * nt || batch % nt == 0 || flops < FLOPS_PER_THREAD;
     if (M <= 0 || N <= 0 || K <= 0 || alpha == 0.0f || !whole_items) { /* trivial, or few big items */
         for (int b = 0; b < batch; b++)
-            product(uk, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b, ldb, NULL, beta,
+            product(uk, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, 0, lda, B + b * stride_b, ldb, NULL, beta,
                     C + b * stride_c, ldc, NULL, NULL, 0);
         return;
     }

@@ -272,6 +272,19 @@ const gemm_microkernel gemm_microkernel_avx512 = {
 
 typedef int32_t bf16_pair __attribute__((may_alias)); /* two bf16 of one row, k and k + 1 */
 
+/* acc[14][32] += the pair of row i of A (a_of_i, 32 bits) times the B pair row at b: 2 B vectors
+   and 14 broadcasts make 28 vdpbf16ps. */
+#define PAIR_UPDATE(acc, b, a_of_i)                                                                              \
+    do {                                                                                                         \
+        const __m512bh b0_ = (__m512bh)_mm512_loadu_si512(b), b1_ = (__m512bh)_mm512_loadu_si512((b) + NR);     \
+        _Pragma("GCC unroll 14") for (int i = 0; i < MR; i++)                                                   \
+        {                                                                                                        \
+            const __m512bh ai_ = (__m512bh)_mm512_set1_epi32(a_of_i);                                            \
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai_, b0_);                                                   \
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai_, b1_);                                                   \
+        }                                                                                                        \
+    } while (0)
+
 /* c[rows, cols] = alpha * (a·b) + beta * c: the 14x32 tile on bf16 panels, a [K/2][14][2],
    b [K/2][32][2] (the steps are not used: bf16 operands are always packed). */
 TARGET_BF16 static void kernel_bf16_14x32(int K, const void *a_panel, long a_step, const void *b_panel, long b_step,
@@ -286,16 +299,31 @@ TARGET_BF16 static void kernel_bf16_14x32(int K, const void *a_panel, long a_ste
     for (int i = 0; i < MR; i++)
         acc[i][0] = acc[i][1] = _mm512_setzero_ps();
 #pragma GCC unroll 2
-    for (int p = 0; p < (K + 1) / 2; p++, a += MR, b += 2 * NR) {
-        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + NR);
-#pragma GCC unroll 14
-        for (int i = 0; i < MR; i++) {
-            const __m512bh ai = (__m512bh)_mm512_set1_epi32(a[i]);
-            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
-            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
-        }
-    }
+    for (int p = 0; p < (K + 1) / 2; p++, a += MR, b += 2 * NR)
+        PAIR_UPDATE(acc, b, a[i]);
     store_tile(acc, c, ldc, alpha, beta, 0, rows, cols, step);
+}
+
+/* c[first:14, cols] = alpha * (a·b) + beta * c with the 14 rows of a bf16 A in place at a + i*lda
+   (K even), addressed as kernel_14x32_rows does; b a packed panel [K/2][32][2]. */
+TARGET_BF16 static void kernel_bf16_14x32_rows(int K, const uint16_t *a, long lda, const void *b_panel, float *c,
+                                               long ldc, float alpha, float beta, int first, int cols,
+                                               const gemm_tile_step *step)
+{
+    const uint16_t *b = b_panel;
+    prefetch_tile(c + first * ldc, ldc, MR - first);
+    __m512 acc[MR][2];
+#pragma GCC unroll 14
+    for (int i = 0; i < MR; i++)
+        acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    const uint16_t *p0 = a, *p7 = a + 7 * lda;
+    const long l3 = 3 * lda, l5 = 5 * lda;
+    for (int p = 0; p < K / 2; p++, p0 += 2, p7 += 2, b += 2 * NR) {
+        const uint16_t *row[MR] = {p0, p0 + lda, p0 + 2 * lda, p0 + l3, p0 + 4 * lda, p0 + l5, p0 + 2 * l3,
+                                   p7, p7 + lda, p7 + 2 * lda, p7 + l3, p7 + 4 * lda, p7 + l5, p7 + 2 * l3};
+        PAIR_UPDATE(acc, b, *(const bf16_pair *)row[i]);
+    }
+    store_tile(acc, c, ldc, alpha, beta, first, MR, cols, step);
 }
 
 /* --- bf16 packing: VNNI panels [K/2][width][2] of k pairs (gemm_microkernels.h) ------------
@@ -309,18 +337,28 @@ TARGET_BF16 static inline __m512i bf16_row32(const float *x, int width)
                                         _mm512_maskz_loadu_ps(lanes(width), x));
 }
 
-/* dst pair rows [kpairs][stride] (32-bit pairs) <- 16 rows of X (row stride ldx, k contiguous,
-   rows >= rows zero), `store` lanes of each pair row: every 32 of k become 16 pairs per row, and
-   a 16x16 transpose of pairs makes each pair's 16 rows one vector. Pairs beyond k are zero up to
-   a multiple of 16 of them, and none is stored at or beyond kpairs. */
-TARGET_BF16 static void pairs_from_rows(int rows, int k, const float *X, long ldx, uint32_t *dst, int stride,
-                                        int store, int kpairs)
+/* The same from a row of X that is fp32 or (is_bf16) already bf16: element j at X + j. */
+TARGET_BF16 static inline __m512i bf16_row32_of(const void *X, int is_bf16, size_t j, int width)
+{
+    if (!is_bf16)
+        return bf16_row32((const float *)X + j, width);
+    const __mmask32 m = width >= 32 ? ~(__mmask32)0 : width <= 0 ? 0 : (((__mmask32)1 << width) - 1);
+    return _mm512_maskz_loadu_epi16(m, (const uint16_t *)X + j);
+}
+
+/* dst pair rows [kpairs][stride] (32-bit pairs) <- 16 rows of X (fp32, or bf16 with is_bf16; row
+   stride ldx, k contiguous, rows >= rows zero), `store` lanes of each pair row: every 32 of k
+   become 16 pairs per row, and a 16x16 transpose of pairs makes each pair's 16 rows one vector.
+   Pairs beyond k are zero up to a multiple of 16 of them, and none is stored at or beyond kpairs. */
+TARGET_BF16 static void pairs_from_rows(int rows, int k, const void *X, int is_bf16, long ldx, uint32_t *dst,
+                                        int stride, int store, int kpairs)
 {
     for (int k0 = 0; k0 < k; k0 += 32) {
         __m512 r[16];
 #pragma GCC unroll 16
         for (int i = 0; i < 16; i++)
-            r[i] = i < rows ? _mm512_castsi512_ps(bf16_row32(X + (size_t)i * ldx + k0, k - k0)) : _mm512_setzero_ps();
+            r[i] = i < rows ? _mm512_castsi512_ps(bf16_row32_of(X, is_bf16, (size_t)i * ldx + k0, k - k0))
+                            : _mm512_setzero_ps();
         transpose16(r);
 #pragma GCC unroll 16
         for (int p = 0; p < 16; p++)
@@ -373,7 +411,16 @@ TARGET_BF16 static void pack_a_bf16(int trans, int m, int k, const float *A, lon
         return;
     }
     for (int i0 = 0; i0 < m; i0 += MR, out += (size_t)MR * kpairs)
-        pairs_from_rows(m - i0 < MR ? m - i0 : MR, k, A + (size_t)i0 * lda, lda, out, MR, MR, kpairs);
+        pairs_from_rows(m - i0 < MR ? m - i0 : MR, k, A + (size_t)i0 * lda, 0, lda, out, MR, MR, kpairs);
+}
+
+/* A already bf16 (rows) -> the same panels, no rounding. */
+TARGET_BF16 static void pack_a_from_bf16(int m, int k, const uint16_t *A, long lda, void *dst)
+{
+    const int kpairs = (k + 1) / 2;
+    uint32_t *out = dst;
+    for (int i0 = 0; i0 < m; i0 += MR, out += (size_t)MR * kpairs)
+        pairs_from_rows(m - i0 < MR ? m - i0 : MR, k, A + (size_t)i0 * lda, 1, lda, out, MR, MR, kpairs);
 }
 
 void gemm_pack_b_bf16_avx512(int unit, int trans, int n, int k, const float *B, long ldb, void *dst)
@@ -387,7 +434,7 @@ void gemm_pack_b_bf16_avx512(int unit, int trans, int n, int k, const float *B, 
     for (int j0 = 0; j0 < n; j0 += 32, out += (size_t)32 * kpairs)
         for (int half = 0; half < 2; half++) { /* columns beyond n: zero rows */
             const int cols = n - j0 - 16 * half;
-            pairs_from_rows(cols < 0 ? 0 : cols < 16 ? cols : 16, k, B + (size_t)(j0 + 16 * half) * ldb, ldb,
+            pairs_from_rows(cols < 0 ? 0 : cols < 16 ? cols : 16, k, B + (size_t)(j0 + 16 * half) * ldb, 0, ldb,
                             out + 16 * half, 32, 16, kpairs);
         }
 }
@@ -399,7 +446,8 @@ static void pack_b_bf16(int trans, int n, int k, const float *B, long ldb, void 
 
 const gemm_microkernel gemm_microkernel_avx512_bf16 = {
     .name = "avx512_bf16 14x32", .mr = MR, .nr = NR, .kc = 512, .nc = 1024, .elem = sizeof(uint16_t), .ku = 2,
-    .run = kernel_bf16_14x32, .pack_a = pack_a_bf16, .pack_b = pack_b_bf16, .reference = gemm_reference_bf16};
+    .run = kernel_bf16_14x32, .pack_a = pack_a_bf16, .pack_b = pack_b_bf16, .pack_a_bf16 = pack_a_from_bf16,
+    .run_rows_bf16 = kernel_bf16_14x32_rows, .reference = gemm_reference_bf16};
 
 #else
 const gemm_microkernel gemm_microkernel_avx512 = {0};

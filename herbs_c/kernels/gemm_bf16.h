@@ -7,6 +7,7 @@
 #define HERBS_KERNELS_GEMM_BF16_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "core/error.h"
 
@@ -48,6 +49,14 @@ int gemm_prepack_b_is_current(const void *packed);
 herbs_status gemm_prepacked(int trans_a, int M, int N, int K, float alpha, const float *A, long lda,
                             const void *packed, float beta, float *C, long ldc, const float *scale,
                             const float *shift, int relu);
+
+/* gemm_prepacked on an A already in bf16: A [M, K] rows of bf16 bit patterns (row stride lda), the
+   pack a HERBS_BF16 one (else HERBS_ERR_VALUE). The same bits as gemm_prepacked on the fp32 A
+   whose values these are: an activation that only feeds products can be stored in half the bytes
+   and skips the rounding of the A packing (a kernel that can reads it in place, unpacked). */
+herbs_status gemm_prepacked_bf16_rows(int M, int N, int K, float alpha, const uint16_t *A, long lda,
+                                      const void *packed, float beta, float *C, long ldc, const float *scale,
+                                      const float *shift, int relu);
 
 /* The name of the bf16 micro-kernel in use ("amx 32x32", ...). */
 const char *gemm_bf16_kernel_name(void);

@@ -43,9 +43,15 @@ static void pack_b(int trans, int n, int k, const float *B, long ldb, void *dst)
     gemm_pack_b_bf16(NR, 2, 2, trans, n, k, B, ldb, dst);
 }
 
+static void pack_a_bf16(int m, int k, const uint16_t *A, long lda, void *dst)
+{
+    gemm_pack_a_from_bf16(MR, 2, 2, m, k, A, lda, dst);
+}
+
 const gemm_microkernel gemm_microkernel_portable_bf16 = {
     .name = "portable 4x16", .mr = MR, .nr = NR, .kc = 256, .nc = 1024, .elem = sizeof(uint16_t), .ku = 2,
-    .run = kernel_4x16, .pack_a = pack_a, .pack_b = pack_b, .reference = gemm_reference_bf16};
+    .run = kernel_4x16, .pack_a = pack_a, .pack_b = pack_b, .pack_a_bf16 = pack_a_bf16,
+    .reference = gemm_reference_bf16};
 
 /* C = alpha * bf16(op(A)) · bf16(op(B)) + beta * C by three loops, no memory. */
 void gemm_reference_bf16(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,

@@ -7,9 +7,13 @@
      bf16 AMX (ku 32):        A panel [K/32][mr][32] (rows of 16x32 A tiles), B panel VNNI.
    The fp32 kernels also read unpacked operands whose layout allows it: column k of the A tile
    at a + k*a_step, row k of the B panel at b + k*b_step (packed: a_step = mr, b_step = nr);
-   the bf16 kernels read packed panels only (run_rows NULL). */
+   the bf16 kernels read packed panels only (run_rows NULL). A bf16 kernel also takes an A already
+   in bf16 (rows of uint16 bit patterns, not transposed): packed without rounding
+   (pack_a_bf16), or read in place by a kernel that can (run_rows_bf16). */
 #ifndef HERBS_KERNELS_GEMM_MICROKERNELS_H
 #define HERBS_KERNELS_GEMM_MICROKERNELS_H
+
+#include <stdint.h>
 
 #include "kernels/gemm_bf16.h"
 
@@ -34,12 +38,20 @@ typedef void (*gemm_microkernel_rows_fn)(int K, const float *a, long lda, const 
                                          long ldc, float alpha, float beta, int first, int cols,
                                          const gemm_tile_step *step);
 
+/* The same for mr rows of a bf16 A read in place (row i at a + i*lda, K even: pairs of k). */
+typedef void (*gemm_microkernel_rows_bf16_fn)(int K, const uint16_t *a, long lda, const void *b, float *c, long ldc,
+                                              float alpha, float beta, int first, int cols,
+                                              const gemm_tile_step *step);
+
 /* The step (NULL: none) on rows first..rows-1, cols columns of a stored tile: for kernels that
    do not fuse it into their stores. */
 void gemm_tile_step_apply(const gemm_tile_step *step, float *c, long ldc, int first, int rows, int cols);
 
 /* dst[ceil(m/mr)] panels <- op(A)[0:m, 0:k], op(A) = trans ? Aᵀ : A; rows beyond m are zero. */
 typedef void (*gemm_pack_a_fn)(int trans, int m, int k, const float *A, long lda, void *dst);
+
+/* dst[ceil(m/mr)] panels <- A[0:m, 0:k], A bf16 rows (uint16 bit patterns, row stride lda). */
+typedef void (*gemm_pack_a_bf16_fn)(int m, int k, const uint16_t *A, long lda, void *dst);
 
 /* dst[ceil(n/nr)] panels <- op(B)[0:k, 0:n], op(B) = trans ? Bᵀ : B; columns beyond n are zero. */
 typedef void (*gemm_pack_b_fn)(int trans, int n, int k, const float *B, long ldb, void *dst);
@@ -57,6 +69,8 @@ typedef struct {
     gemm_microkernel_rows_fn run_rows; /* NULL: operands are always packed */
     gemm_pack_a_fn pack_a;
     gemm_pack_b_fn pack_b;
+    gemm_pack_a_bf16_fn pack_a_bf16;             /* bf16 kernels: A given in bf16 (else NULL) */
+    gemm_microkernel_rows_bf16_fn run_rows_bf16; /* NULL: a bf16 A is packed */
     gemm_reference_fn reference;
     void (*begin)(void), (*end)(void); /* NULL or run by each thread before and after its kernels */
 } gemm_microkernel;
@@ -84,6 +98,8 @@ const gemm_microkernel *gemm_microkernel_current(void);
 void gemm_pack_a_generic(int mr, int trans, int m, int k, const float *A, long lda, float *dst);
 void gemm_pack_b_generic(int nr, int trans, int n, int k, const float *B, long ldb, float *dst);
 void gemm_pack_a_bf16(int mr, int ku, int unit, int trans, int m, int k, const float *A, long lda, void *dst);
+/* The same panels from A already in bf16 (rows, not transposed): copied, not rounded. */
+void gemm_pack_a_from_bf16(int mr, int ku, int unit, int m, int k, const uint16_t *A, long lda, void *dst);
 void gemm_pack_b_bf16(int nr, int ku, int unit, int trans, int n, int k, const float *B, long ldb, void *dst);
 
 /* gemm_pack_b_bf16 for 32-column panels (nr 32, ku 2) with AVX512-BF16 instructions: the B

@@ -205,7 +205,29 @@ static PyObject *py_gemm_prepack_b(PyObject *self, PyObject *args, PyObject *kw)
     return (PyObject *)out;
 }
 
-/* gemm_prepacked(a, packed, n, c=None, trans_a=False, alpha=1, beta=0, scale=None, shift=None, relu=False). */
+/* Whether obj is a uint16 array: an A of bf16 bit patterns for gemm_prepacked. */
+static int is_bf16_bits(PyObject *obj) { return PyArray_Check(obj) && PyArray_TYPE((PyArrayObject *)obj) == NPY_UINT16; }
+
+/* A uint16 A as the bf16 rows gemm_prepacked_bf16_rows reads (2-D, not transposed, rows contiguous
+   and aligned, native order), or NULL with an exception. */
+static PyArrayObject *check_bf16_rows(PyObject *obj, int trans_a)
+{
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (trans_a || PyArray_NDIM(a) != 2) {
+        PyErr_SetString(PyExc_ValueError, "a of bf16 bits (uint16) must be 2-D rows, trans_a False");
+        return NULL;
+    }
+    if (!PyArray_ISNOTSWAPPED(a) || !PyArray_ISALIGNED(a) ||
+        (PyArray_SIZE(a) > 0 && PyArray_DIM(a, 1) > 1 && PyArray_STRIDE(a, 1) != 2)) {
+        PyErr_SetString(PyExc_ValueError, "a of bf16 bits (uint16) must be aligned, native-endian and contiguous "
+                                          "along its rows");
+        return NULL;
+    }
+    return a;
+}
+
+/* gemm_prepacked(a, packed, n, c=None, trans_a=False, alpha=1, beta=0, scale=None, shift=None, relu=False);
+   a float32, or uint16 holding bf16 bit patterns (with a bf16 pack). */
 static PyObject *py_gemm_prepacked(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"a", "packed", "n", "c", "trans_a", "alpha", "beta", "scale", "shift", "relu", NULL};
@@ -215,7 +237,8 @@ static PyObject *py_gemm_prepacked(PyObject *self, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOi|OpddOOp", kwlist, &a, &packed, &n, &c, &trans_a, &alpha, &beta,
                                      &scale, &shift, &relu))
         return NULL;
-    PyArrayObject *aa = check_float_array(a, "a", 2, &dtype), *sc, *sh;
+    const int a_bf16 = is_bf16_bits(a);
+    PyArrayObject *aa = a_bf16 ? check_bf16_rows(a, trans_a) : check_float_array(a, "a", 2, &dtype), *sc, *sh;
     if (!aa)
         return NULL;
     const npy_intp M = PyArray_DIM(aa, trans_a), K = PyArray_DIM(aa, !trans_a);
@@ -254,13 +277,17 @@ static PyObject *py_gemm_prepacked(PyObject *self, PyObject *args, PyObject *kw)
         Py_DECREF(cc);
         return NULL;
     }
-    const float *A = PyArray_DATA(aa), *s = data_or_null(sc), *t = data_or_null(sh);
+    const void *A = PyArray_DATA(aa);
+    const float *s = data_or_null(sc), *t = data_or_null(sh);
     const void *P = PyArray_DATA((PyArrayObject *)packed);
     float *C = PyArray_DATA(cc);
     herbs_status status;
     Py_BEGIN_ALLOW_THREADS
     herbs_threads_apply();
-    status = gemm_prepacked(trans_a, (int)M, n, (int)K, (float)alpha, A, lda, P, (float)beta, C, ldc, s, t, relu);
+    status = a_bf16 ? gemm_prepacked_bf16_rows((int)M, n, (int)K, (float)alpha, A, lda, P, (float)beta, C, ldc, s, t,
+                                               relu)
+                    : gemm_prepacked(trans_a, (int)M, n, (int)K, (float)alpha, A, lda, P, (float)beta, C, ldc, s, t,
+                                     relu);
     Py_END_ALLOW_THREADS
     if (status != HERBS_OK) {
         Py_DECREF(cc);
@@ -289,6 +316,7 @@ PyMethodDef gemm_methods[] = {
      "micro-kernel (bf16 or fp32), for gemm_prepacked."},
     {"gemm_prepacked", (PyCFunction)(void (*)(void))py_gemm_prepacked, METH_VARARGS | METH_KEYWORDS,
      "gemm_prepacked(a, packed, n, c=None, trans_a=False, alpha=1.0, beta=0.0, scale=None, shift=None,\n"
-     "relu=False) -> c: the product with the B of gemm_prepack_b (n columns), in its precision."},
+     "relu=False) -> c: the product with the B of gemm_prepack_b (n columns), in its precision. a is\n"
+     "float32, or uint16 holding bf16 bit patterns (rows, with a bf16 pack): the same product unrounded."},
     {NULL, NULL, 0, NULL},
 };
