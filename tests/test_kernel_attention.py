@@ -96,17 +96,33 @@ def test_deterministic():
         np.testing.assert_array_equal(a, b)
 
 
+def attention_at(qkv, heads, out_bf16=False):
+    """attention_forward_at with precision 1, the output fp32 or (out_bf16) bf16 bit patterns."""
+    B, S, C3 = qkv.shape
+    d = C3 // 3 // heads
+    out = np.empty((B, S, heads * d), np.uint16 if out_bf16 else np.float32)
+    lse = np.empty((B, heads, S), np.float32)
+    work = np.empty(work_floats(d, S, heads, np.float32, 2), np.float32)
+    fn = LIB.attention_forward_at
+    fn.restype = None
+    fn.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 5 + [ctypes.c_int] * 5
+    fp32_out, bf16_out = (None, out.ctypes.data) if out_bf16 else (out.ctypes.data, None)
+    fn(1, fp32_out, bf16_out, lse.ctypes.data, work.ctypes.data, qkv.ctypes.data, B, S, heads * d, heads, 2)
+    return out, lse
+
+
 def test_bf16_forward_is_close_to_fp32():
     """attention_forward_at with precision 1 (bf16 products where the CPU has AVX512-BF16, fp32
-    elsewhere): within bf16 rounding (8 bits of mantissa) of the fp32 result."""
+    elsewhere): within bf16 rounding (8 bits of mantissa) of the fp32 result; its output stored in
+    bf16 is that result rounded, bit for bit."""
+    from test_gemm_bf16 import bf16_bits
+
     rng = np.random.default_rng(4)
     B, S, heads, d = 2, 65, 2, 32
     qkv = rng.standard_normal((B, S, 3 * heads * d)).astype(np.float32)
     want, _ = attention(qkv, heads, 2, np.float32)
-    out, lse = np.empty_like(want), np.empty((B, heads, S), np.float32)
-    work = np.empty(work_floats(d, S, heads, np.float32, 2), np.float32)
-    fn = LIB.attention_forward_at
-    fn.restype = None
-    fn.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_int] * 5
-    fn(1, out.ctypes.data, lse.ctypes.data, work.ctypes.data, qkv.ctypes.data, B, S, heads * d, heads, 2)
+    out, lse = attention_at(qkv, heads)
     np.testing.assert_allclose(out, want, rtol=0, atol=3e-2)
+    bits, lse_bits = attention_at(qkv, heads, out_bf16=True)
+    np.testing.assert_array_equal(bits, bf16_bits(out))
+    np.testing.assert_array_equal(lse_bits, lse)

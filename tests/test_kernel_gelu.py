@@ -1,12 +1,13 @@
 """GELU's fused output+derivative kernel, the activation backward from a derivative, and the
 accuracy of the float32 GELU (vectorised erfc and exp of kernels/fastmath.h) over a dense range."""
+import ctypes
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from ckernels import call, grad_buffer, numerical_grad
+from ckernels import LIB, call, grad_buffer, numerical_grad
 
 # these kernels are built per instruction set (kernels/isa.h): every test runs on each
 pytestmark = pytest.mark.usefixtures("isa")
@@ -68,3 +69,19 @@ def test_float32_gelu_is_accurate_over_a_dense_range():
     nonzero = np.abs(truth) > 1e-30
     relative = np.abs(out[nonzero] - truth[nonzero]) / np.abs(truth[nonzero])
     assert relative.max() < 1e-6, relative.max()  # a few float32 ulps everywhere, tails included
+
+
+@pytest.mark.parametrize("n", [1, 17, 40000])
+def test_bf16_output_is_the_output_rounded(n):
+    """gelu_forward_bf16 stores the float32 GELU rounded to bf16 (nearest even), bit for bit, for
+    values across the range (tails, ties of the rounding included by their sheer number)."""
+    from test_gemm_bf16 import bf16_bits
+
+    x = (np.random.default_rng(9).standard_normal(n) * 4).astype(np.float32)
+    out = np.empty(n, np.float32)
+    call("gelu_forward", out, x, n, dtype=np.float32)
+    bits = np.empty(n, np.uint16)
+    fn = LIB.gelu_forward_bf16
+    fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    fn(bits.ctypes.data, x.ctypes.data, n)
+    np.testing.assert_array_equal(bits, bf16_bits(out))

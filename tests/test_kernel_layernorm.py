@@ -1,11 +1,13 @@
 """LayerNorm over rows: finite differences in float64, PyTorch parity in float32 (both code paths
 for the weight gradients: per-thread sums for rows up to 4096 channels, column blocks beyond), the
 input gradient written (accumulate 0) or added (1)."""
+import ctypes
+
 import numpy as np
 import pytest
 import torch
 
-from ckernels import call, grad_buffer, numerical_grad
+from ckernels import LIB, call, grad_buffer, numerical_grad
 
 # these kernels are built per instruction set (kernels/isa.h): every test runs on each
 pytestmark = pytest.mark.usefixtures("isa")
@@ -72,3 +74,24 @@ def test_matches_torch(N, C, accumulate):
     np.testing.assert_allclose(dx - before, tx.grad.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dw, tw.grad.numpy(), rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(db, tb.grad.numpy(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("N,C", [(1, 1), (7, 96), (33, 37), (5, 1000)])
+def test_bf16_output_is_the_output_rounded(N, C):
+    """layernorm_forward_bf16 stores the float32 forward's values rounded to bf16 (nearest even) and
+    the same statistics, bit for bit."""
+    from test_gemm_bf16 import bf16_bits
+
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((N, C)) * 3 + 1).astype(np.float32)
+    w, b = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    out, mean, rstd = np.empty((N, C), np.float32), np.empty(N, np.float32), np.empty(N, np.float32)
+    call("layernorm_forward", out, mean, rstd, x, w, b, N, C, 1e-5, dtype=np.float32)
+    bits, mean2, rstd2 = np.empty((N, C), np.uint16), np.empty(N, np.float32), np.empty(N, np.float32)
+    fn = LIB.layernorm_forward_bf16
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int, ctypes.c_int, ctypes.c_float]
+    fn(*(a.ctypes.data for a in (bits, mean2, rstd2, x, w, b)), N, C, 1e-5)
+    np.testing.assert_array_equal(bits, bf16_bits(out))
+    np.testing.assert_array_equal(mean2, mean)
+    np.testing.assert_array_equal(rstd2, rstd)

@@ -131,15 +131,19 @@ def test_deterministic():
         np.testing.assert_array_equal(a, b)
 
 
-def attention_at(precision, qkv, bias, H, W, heads, window, shift, threads=2):
-    """window_attention_forward_at (float32) with precision 0 (fp32) or 1 (bf16)"""
+def attention_at(precision, qkv, bias, H, W, heads, window, shift, threads=2, out_bf16=False):
+    """window_attention_forward_at (float32) with precision 0 (fp32) or 1 (bf16); with out_bf16 the
+    output as bf16 bit patterns (uint16)"""
     B, L, C3 = qkv.shape
     C, N = C3 // 3, window * window
-    out, lse = np.empty((B, L, C), np.float32), np.empty((B, L // N, heads, N), np.float32)
+    out = np.empty((B, L, C), np.uint16 if out_bf16 else np.float32)
+    lse = np.empty((B, L // N, heads, N), np.float32)
     work = np.empty(work_floats(C // heads, window, heads, np.float32, threads), np.float32)
     fn = LIB.window_attention_forward_at
-    fn.restype, fn.argtypes = None, [ctypes.c_int] + [ctypes.c_void_p] * 5 + [ctypes.c_int] * 8
-    fn(precision, *(a.ctypes.data for a in (out, lse, work, qkv, bias)), B, H, W, C, heads, window, shift, threads)
+    fn.restype, fn.argtypes = None, [ctypes.c_int] + [ctypes.c_void_p] * 6 + [ctypes.c_int] * 8
+    fp32_out, bf16_out = (None, out.ctypes.data) if out_bf16 else (out.ctypes.data, None)
+    fn(precision, fp32_out, bf16_out, *(a.ctypes.data for a in (lse, work, qkv, bias)), B, H, W, C, heads, window,
+       shift, threads)
     return out, lse
 
 
@@ -207,6 +211,24 @@ def test_bf16_forward_is_the_bf16_products(B, H, W, heads, d, window, shift, thr
     assert (err <= 2.0 ** -8 * scale + 1e-5 * scale + 1e-6).all(), f"max error {err.max():.3g}"
     assert np.abs(out - fp32).max() > 1e-3, "no bf16 rounding seen"
     np.testing.assert_allclose(lse, lse32, rtol=0, atol=0.05)  # logits of bf16 operands: close to fp32's
+
+
+@pytest.mark.parametrize("B,H,W,heads,d,window,shift", [(2, 14, 14, 3, 32, 7, 3), (1, 12, 8, 3, 5, 4, 2),
+                                                        (1, 8, 8, 1, 40, 8, 0)])
+@pytest.mark.parametrize("precision", [0, 1])
+def test_output_in_bf16_is_the_output_rounded(B, H, W, heads, d, window, shift, precision):
+    """With out_bf16 the output is stored as bf16: the fp32 output rounded to nearest even, bit for
+    bit (what a bf16 product's packing would make of it), and the log-sum-exp unchanged."""
+    from test_gemm_bf16 import bf16_bits
+
+    rng = np.random.default_rng(5)
+    C = heads * d
+    qkv = rng.standard_normal((B, H * W, 3 * C)).astype(np.float32)
+    bias = (rng.standard_normal((heads, window ** 2, window ** 2)) * 0.5).astype(np.float32)
+    out, lse = attention_at(precision, qkv, bias, H, W, heads, window, shift)
+    bits, lse_bits = attention_at(precision, qkv, bias, H, W, heads, window, shift, out_bf16=True)
+    np.testing.assert_array_equal(bits, bf16_bits(out))
+    np.testing.assert_array_equal(lse_bits, lse)
 
 
 def test_backward_after_a_bf16_forward_recomputes_the_softmax():

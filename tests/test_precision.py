@@ -127,6 +127,36 @@ def test_bf16_model_errs_like_autocast(pair):
     assert np.mean(mine) <= np.mean(theirs)
 
 
+@pytest.mark.parametrize("kind,config,batch", [
+    ("swin", dict(img_size=64, patch_size=4, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(2, 2, 4, 4), window_size=4),
+     2),
+    ("swin", dict(img_size=48, patch_size=2, in_chans=1, embed_dim=12, depths=(1, 3, 2, 1), num_heads=(2, 3, 4, 6),
+                  window_size=3, mlp_ratio=2.5, qkv_bias=0), 3),  # odd head dims and K
+    ("swin", dict(img_size=256, patch_size=4, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4),
+                  window_size=4), 2),  # stage 1's MLP in chunks
+    ("vit", dict(img_size=40, patch_size=8, embed_dim=24, depth=5, num_heads=3, mlp_ratio=2.0, qkv_bias=1), 2),
+], ids=["swin", "swin-odd", "swin-chunked", "vit"])
+def test_bf16_inference_keeps_product_inputs_in_bf16_bit_for_bit(bf16_isa, kind, config, batch):
+    """At bf16 inference the outputs that only feed products (the LayerNorms', the attention's, GELU's)
+    are stored in bf16 and the products read them so (gemm_prepacked_bf16_rows): the taps are bit for
+    bit those of the train-mode forward (drop path 0), which keeps them fp32 for its backward and lets
+    the products round them. The backward after an eval forward (heat maps), which recomputes the
+    blocks that way, gives the same image gradient as after a train forward."""
+    net = _C.Net(kind, {**config, "drop_path_rate": 0.0}, 5)
+    net.precision = "bf16"
+    x = np.random.default_rng(6).standard_normal((batch, config.get("in_chans", 3), config["img_size"],
+                                                  config["img_size"])).astype(np.float32)
+    trained = net.forward(x, train=True)
+    grads = {name: np.random.default_rng(7).standard_normal(v.shape).astype(np.float32)
+             for name, v in trained.items()}
+    dx_trained = net.backward(grads, input_grad=True)
+    inferred = net.forward(x, train=False)
+    assert sorted(inferred) == sorted(trained)
+    for name in trained:
+        np.testing.assert_array_equal(inferred[name], trained[name], err_msg=name)
+    np.testing.assert_array_equal(net.backward(grads, input_grad=True), dx_trained)
+
+
 def test_precision_setting():
     model = herbs.Model({"backbone": "resnet", "img_size": 64, "depths": (1, 1, 1, 1), "width": 8}, num_classes=3,
                         num_selects=(100, 24, 6, 2), precision="bf16")

@@ -1,5 +1,6 @@
 /* Elementwise activations: each loop is a body over the elements [i0, i1), built per instruction
    set and run over contiguous ranges, one per thread (isa.h). */
+#include "kernels/bf16.h"
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
 #include "kernels/fastmath.h" /* after precision.h: it is a template over real; includes isa.h */
@@ -59,6 +60,21 @@ void FN(gelu_forward)(real *out, const real *inp, size_t n)
 {
     HERBS_ISA_PARALLEL(gelu_forward_span, n, ACT_THREADS(n), out, inp);
 }
+
+#ifndef HERBS_F64
+HERBS_INLINE void gelu_forward_bf16_span(uint16_t *out, const float *inp, size_t i0, size_t i1)
+{
+#pragma omp simd
+    for (size_t i = i0; i < i1; i++)
+        out[i] = bf16_from_float(inp[i] * normal_cdf(inp[i]));
+}
+HERBS_ISA_VARIANTS(gelu_forward_bf16_span, (uint16_t *out, const float *inp, size_t i0, size_t i1), (out, inp, i0, i1))
+
+void gelu_forward_bf16(uint16_t *out, const float *inp, size_t n)
+{
+    HERBS_ISA_PARALLEL(gelu_forward_bf16_span, n, ACT_THREADS(n), out, inp);
+}
+#endif
 
 HERBS_INLINE void FN(gelu_backward_span)(real *dinp, const real *dout, const real *inp, int accumulate, size_t i0,
                                          size_t i1)

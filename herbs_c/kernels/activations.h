@@ -10,6 +10,9 @@ void FN(relu_backward)(real *dinp, const real *dout, const real *out, size_t n, 
 
 /* out[n] = x · Φ(x) = x/2 · (1 + erf(x/√2)), the exact GELU; out may alias inp */
 void FN(gelu_forward)(real *out, const real *inp, size_t n);
+/* The same, out stored rounded to bf16 (bit patterns, bf16.h's rounding): for an output that only
+   feeds bf16 products. Float engine only (declared for both, defined once). */
+void gelu_forward_bf16(uint16_t *out, const float *inp, size_t n);
 /* dinp[n] += (accumulate set) or = dout · (Φ(x) + x·φ(x)), from the forward's input */
 void FN(gelu_backward)(real *dinp, const real *dout, const real *inp, size_t n, int accumulate);
 

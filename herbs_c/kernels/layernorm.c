@@ -5,6 +5,7 @@
    of channels instead (no stack buffer). */
 #include <omp.h>
 
+#include "kernels/bf16.h"
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
 #include "kernels/isa.h"
@@ -12,21 +13,29 @@
 #define LN_STACK_C 4096
 #define LN_THREADS(N, C) herbs_threads_for((double)(N) * (C), 16384) /* a thread's elements, at least */
 
+/* The mean m and rstd r = 1/sqrt(var + eps) (biased var) of the C values at x. */
+HERBS_INLINE void FN(ln_row_stats)(const real *x, int C, real eps, real *m, real *r)
+{
+    real sum = 0, sq = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int c = 0; c < C; c++)
+        sum += x[c];
+    const real mu = sum / C;
+#pragma omp simd reduction(+ : sq)
+    for (int c = 0; c < C; c++)
+        sq += (x[c] - mu) * (x[c] - mu);
+    *m = mu;
+    *r = 1 / sqrt(sq / C + eps);
+}
+
 /* rows [n0, n1) of layernorm_forward */
 HERBS_INLINE void FN(ln_forward_rows)(real *out, real *mean, real *rstd, const real *inp, const real *weight,
                                       const real *bias, int C, real eps, int n0, int n1)
 {
     for (int n = n0; n < n1; n++) {
         const real *x = inp + (size_t)n * C;
-        real *y = out + (size_t)n * C, sum = 0, sq = 0;
-#pragma omp simd reduction(+ : sum)
-        for (int c = 0; c < C; c++)
-            sum += x[c];
-        const real m = sum / C;
-#pragma omp simd reduction(+ : sq)
-        for (int c = 0; c < C; c++)
-            sq += (x[c] - m) * (x[c] - m);
-        const real r = 1 / sqrt(sq / C + eps);
+        real *y = out + (size_t)n * C, m, r;
+        FN(ln_row_stats)(x, C, eps, &m, &r);
         mean[n] = m;
         rstd[n] = r;
 #pragma omp simd
@@ -38,6 +47,35 @@ HERBS_ISA_VARIANTS(ln_forward_rows,
                    (real *out, real *mean, real *rstd, const real *inp, const real *weight, const real *bias, int C,
                     real eps, int n0, int n1),
                    (out, mean, rstd, inp, weight, bias, C, eps, n0, n1))
+
+#ifndef HERBS_F64
+/* rows [n0, n1) of layernorm_forward_bf16: the same values, stored rounded to bf16 */
+HERBS_INLINE void ln_forward_rows_bf16(uint16_t *out, float *mean, float *rstd, const float *inp, const float *weight,
+                                       const float *bias, int C, float eps, int n0, int n1)
+{
+    for (int n = n0; n < n1; n++) {
+        const float *x = inp + (size_t)n * C;
+        uint16_t *y = out + (size_t)n * C;
+        float m, r;
+        ln_row_stats(x, C, eps, &m, &r);
+        mean[n] = m;
+        rstd[n] = r;
+#pragma omp simd
+        for (int c = 0; c < C; c++)
+            y[c] = bf16_from_float((x[c] - m) * r * weight[c] + bias[c]);
+    }
+}
+HERBS_ISA_VARIANTS(ln_forward_rows_bf16,
+                   (uint16_t *out, float *mean, float *rstd, const float *inp, const float *weight, const float *bias,
+                    int C, float eps, int n0, int n1),
+                   (out, mean, rstd, inp, weight, bias, C, eps, n0, n1))
+
+void layernorm_forward_bf16(uint16_t *out, float *mean, float *rstd, const float *inp, const float *weight,
+                            const float *bias, int N, int C, float eps)
+{
+    HERBS_ISA_PARALLEL(ln_forward_rows_bf16, N, LN_THREADS(N, C), out, mean, rstd, inp, weight, bias, C, eps);
+}
+#endif
 
 /* rows [n0, n1) of layernorm_backward: dinp (+)= r·(g - mean(g) - x̂·mean(g·x̂)) with g = dout·weight
    (dinp may be NULL); dw += dout·x̂ and db += dout (both NULL or both given). */

@@ -10,6 +10,7 @@
 #include <omp.h>
 #include <string.h>
 
+#include "kernels/bf16.h"
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
 #include "kernels/fastmath.h" /* after precision.h: it is a template over real */
@@ -70,13 +71,14 @@ HERBS_INLINE void FN(wa_small_mm)(real *out, long ldo, const real *a, long ar, l
 typedef struct {
     int H, W, C, heads, window, shift, d, N, nwx, nw;
     int global; /* one window of all H·W tokens (attention_*): no bias, no mask, no window order */
+    int out_bf16; /* the output is stored rounded to bf16 (uint16 bit patterns), not in `real` */
     int Np, dp; /* N and d rounded up to the vector length: row strides of the work buffers */
     real scale;
 } FN(wa_geometry);
 
 static FN(wa_geometry) FN(wa_geometry_of)(int H, int W, int C, int heads, int window, int shift)
 {
-    FN(wa_geometry) g = {H, W, C, heads, window, shift, C / heads, window * window, W / window, 0, 0, 0, 0, 0};
+    FN(wa_geometry) g = {H, W, C, heads, window, shift, C / heads, window * window, W / window, 0, 0, 0, 0, 0, 0};
     g.nw = (H / window) * g.nwx;
     g.Np = (g.N + WA_VL - 1) / WA_VL * WA_VL;
     g.dp = (g.d + WA_VL - 1) / WA_VL * WA_VL;
@@ -87,7 +89,7 @@ static FN(wa_geometry) FN(wa_geometry_of)(int H, int W, int C, int heads, int wi
 /* Global attention over S tokens: one window of them all, in token order. */
 static FN(wa_geometry) FN(wa_geometry_global)(int S, int C, int heads)
 {
-    FN(wa_geometry) g = {1, S, C, heads, 0, 0, C / heads, S, 1, 1, 1, 0, 0, 0};
+    FN(wa_geometry) g = {1, S, C, heads, 0, 0, C / heads, S, 1, 1, 1, 0, 0, 0, 0};
     g.Np = (g.N + WA_VL - 1) / WA_VL * WA_VL;
     g.dp = (g.d + WA_VL - 1) / WA_VL * WA_VL;
     g.scale = 1 / sqrt((real)g.d);
@@ -289,11 +291,20 @@ HERBS_INLINE void FN(wa_softmax_rows)(real *s, real *lse, const FN(wa_geometry) 
     }
 }
 
-/* The item's output rows o[N][dp] (d columns) to columns h·d.. of the tokens' rows of y[·, C] */
+/* The item's output rows o[N][dp] (d columns) to columns h·d.. of the tokens' rows of y[·, C]
+   (of bf16 with g->out_bf16, rounded as bf16.h does) */
 HERBS_INLINE void FN(wa_put_rows)(real *y, const real *o, int h, const int *tok, const FN(wa_geometry) *g)
 {
-    for (int n = 0; n < g->N; n++)
-        memcpy(y + (size_t)tok[n] * g->C + h * g->d, o + (size_t)n * g->dp, g->d * sizeof(real));
+    for (int n = 0; n < g->N; n++) {
+        const real *src = o + (size_t)n * g->dp;
+        if (g->out_bf16) {
+            uint16_t *row = (uint16_t *)y + (size_t)tok[n] * g->C + h * g->d;
+            for (int c = 0; c < g->d; c++)
+                row[c] = bf16_from_float((float)src[c]);
+        } else {
+            memcpy(y + (size_t)tok[n] * g->C + h * g->d, src, g->d * sizeof(real));
+        }
+    }
 }
 
 /* One item forward: logits, softmax (lse saved), p·v written to the tokens' rows of y. */
@@ -428,8 +439,9 @@ static void FN(wa_forward)(FN(wa_forward_item_fn) item, real *out, real *lse, re
                 window_of_tokens = it / heads;
                 FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, qkv, 3 * C);
             }
-            item(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, bias ? bias + (size_t)h * g.N * g.N : NULL, h,
-                 out + (size_t)b * H * W * C, lse + (((size_t)b * g.nw + win) * heads + h) * g.N);
+            real *y = (real *)((char *)out + (size_t)b * H * W * C * (g.out_bf16 ? sizeof(uint16_t) : sizeof(real)));
+            item(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, bias ? bias + (size_t)h * g.N * g.N : NULL, h, y,
+                 lse + (((size_t)b * g.nw + win) * heads + h) * g.N);
         }
     }
 }
@@ -623,6 +635,24 @@ WA_BF16 static void wa_mm_pairs(float *out, long ldo, const uint32_t *a, long ld
     }
 }
 
+/* The item's output rows o[N][dp] (d columns) to columns h·d.. of the tokens' rows of y[·, C], as
+   wa_put_rows (bf16 with g->out_bf16: vcvtne2ps2bf16's rounding, as the GEMM's packing rounds) */
+WA_BF16 static void wa_put_rows_bf16(float *y, const float *o, int h, const int *tok, const wa_geometry *g)
+{
+    if (!g->out_bf16) {
+        wa_put_rows(y, o, h, tok, g);
+        return;
+    }
+    for (int n = 0; n < g->N; n++) {
+        uint16_t *row = (uint16_t *)y + (size_t)tok[n] * g->C + h * g->d;
+        for (int c0 = 0; c0 < g->d; c0 += 32) {
+            const int rest = g->d - c0;
+            const __mmask32 m = rest >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << rest) - 1);
+            _mm512_mask_storeu_epi16(row + c0, m, wa_pairs32(o + (size_t)n * g->dp + c0, rest, 1.0f));
+        }
+    }
+}
+
 /* One item forward as wa_forward_item, the two products in bf16 */
 WA_BF16 static void wa_forward_item_bf16(const wa_geometry *g, const wa_work *w, int masked, const float *x,
                                          const float *bias, int h, float *y, float *lse)
@@ -640,31 +670,35 @@ WA_BF16 static void wa_forward_item_bf16(const wa_geometry *g, const wa_work *w,
         for (int j0 = 0; j0 < 2 * Nq2; j0 += 32)
             _mm512_storeu_si512(pr->p + (size_t)i * Nq2 + j0 / 2, wa_pairs32(w->s + (size_t)i * g->Np + j0, N - j0, 1.0f));
     wa_mm_pairs(w->o, g->dp, pr->p, Nq2, pr->v, g->dp, N, Nq2, g->dp);
-    wa_put_rows(y, w->o, h, w->tok, g);
+    wa_put_rows_bf16(y, w->o, h, w->tok, g);
 }
 #endif
 
 #ifndef HERBS_F64
-void window_attention_forward_at(herbs_precision p, float *out, float *lse, float *work, const float *qkv,
-                                 const float *bias, int B, int H, int W, int C, int heads, int window, int shift,
-                                 int threads)
+/* The item of precision p: bf16 products where the CPU has AVX512-BF16. */
+static wa_forward_item_fn wa_forward_item_at(herbs_precision p)
 {
-    wa_forward_item_fn item = wa_forward_item_isa();
 #if defined(__x86_64__)
     if (p == HERBS_BF16 && herbs_bf16_isa_current() != HERBS_BF16_ISA_PORTABLE)
-        item = wa_forward_item_bf16;
+        return wa_forward_item_bf16;
 #endif
-    wa_forward(item, out, lse, work, qkv, bias, B, wa_geometry_of(H, W, C, heads, window, shift), threads);
+    return wa_forward_item_isa();
 }
 
-void attention_forward_at(herbs_precision p, float *out, float *lse, float *work, const float *qkv, int B, int S,
-                          int C, int heads, int threads)
+void window_attention_forward_at(herbs_precision p, float *out, uint16_t *out_bf16, float *lse, float *work,
+                                 const float *qkv, const float *bias, int B, int H, int W, int C, int heads,
+                                 int window, int shift, int threads)
 {
-    wa_forward_item_fn item = wa_forward_item_isa();
-#if defined(__x86_64__)
-    if (p == HERBS_BF16 && herbs_bf16_isa_current() != HERBS_BF16_ISA_PORTABLE)
-        item = wa_forward_item_bf16;
-#endif
-    wa_forward(item, out, lse, work, qkv, NULL, B, wa_geometry_global(S, C, heads), threads);
+    wa_geometry g = wa_geometry_of(H, W, C, heads, window, shift);
+    g.out_bf16 = out_bf16 != NULL;
+    wa_forward(wa_forward_item_at(p), out_bf16 ? (float *)out_bf16 : out, lse, work, qkv, bias, B, g, threads);
+}
+
+void attention_forward_at(herbs_precision p, float *out, uint16_t *out_bf16, float *lse, float *work,
+                          const float *qkv, int B, int S, int C, int heads, int threads)
+{
+    wa_geometry g = wa_geometry_global(S, C, heads);
+    g.out_bf16 = out_bf16 != NULL;
+    wa_forward(wa_forward_item_at(p), out_bf16 ? (float *)out_bf16 : out, lse, work, qkv, NULL, B, g, threads);
 }
 #endif

@@ -23,10 +23,12 @@ void FN(window_attention_forward)(real *out, real *lse, real *work, const real *
 
 /* The same at precision p: HERBS_BF16 multiplies q·kᵀ and p·v with bf16 operands (q scaled first,
    the probabilities rounded after the fp32 softmax) and fp32 accumulation where the CPU has
-   AVX512-BF16, and stays fp32 elsewhere. Float engine only (declared for both, defined once). */
-void window_attention_forward_at(herbs_precision p, float *out, float *lse, float *work, const float *qkv,
-                                 const float *bias, int B, int H, int W, int C, int heads, int window, int shift,
-                                 int threads);
+   AVX512-BF16, and stays fp32 elsewhere. With out_bf16 (not NULL) the output goes there rounded
+   to bf16 (bit patterns; out is not written): for an output that only feeds a bf16 product, in the
+   rounding that product's packing would give it. Float engine only (declared for both, defined once). */
+void window_attention_forward_at(herbs_precision p, float *out, uint16_t *out_bf16, float *lse, float *work,
+                                 const float *qkv, const float *bias, int B, int H, int W, int C, int heads,
+                                 int window, int shift, int threads);
 
 /* dout[B, H·W, C] -> dqkv[B, H·W, 3C] and dbias[heads, N, N] (summed over samples and windows in a
    fixed order for a given thread count), from the forward's qkv and lse: both added onto when
@@ -49,8 +51,8 @@ void FN(attention_forward)(real *out, real *lse, real *work, const real *qkv, in
                            int threads);
 
 /* The same at precision p, as window_attention_forward_at. Float engine only. */
-void attention_forward_at(herbs_precision p, float *out, float *lse, float *work, const float *qkv, int B, int S,
-                          int C, int heads, int threads);
+void attention_forward_at(herbs_precision p, float *out, uint16_t *out_bf16, float *lse, float *work,
+                          const float *qkv, int B, int S, int C, int heads, int threads);
 
 /* dout[B, S, C] -> dqkv[B, S, 3C] (added onto when accumulate is set, else written), from the
    forward's qkv and lse (NULL: the probabilities recomputed in fp32, as window_attention_backward). */

@@ -102,33 +102,48 @@ static int mlp_chunk_rows(const transformer_block *k, const herbs_params *t, int
     return rows;
 }
 
+/* f->branch[r0 : r0 + n] = fc2(GELU(fc1(norm2 output rows r0..))), fc1's output into v->hidden, the
+   GELU output into act (n rows); with bf16_acts the norm2 output (f->ln) and act are bf16. */
+static herbs_status mlp_rows(transformer_block *k, const block_frame *f, const herbs_params *t, const block_saved *v,
+                             int bf16_acts, float *act, int r0, int n)
+{
+    const int C = f->C, H = f->hidden;
+    float *hidden = v->hidden + (size_t)r0 * H, *out = f->branch + (size_t)r0 * C;
+    if (!bf16_acts) {
+        product_rows_forward(&k->fc1, t, t->precision, hidden, f->ln + (size_t)r0 * C, n, NULL, NULL, 0);
+        gelu_forward(act, hidden, (size_t)n * H);
+        product_rows_forward(&k->fc2, t, t->precision, out, act, n, NULL, NULL, 0);
+        return HERBS_OK;
+    }
+    HERBS_TRY(product_rows_forward_bf16(&k->fc1, t, hidden, (const uint16_t *)f->ln + (size_t)r0 * C, n));
+    gelu_forward_bf16((uint16_t *)act, hidden, (size_t)n * H);
+    return product_rows_forward_bf16(&k->fc2, t, out, (const uint16_t *)act, n);
+}
+
 /* f->branch [M, C] = fc2(GELU(fc1(f->ln))), fc1's output into v->hidden. Where the weights are small
    (Swin's first stage), by chunks of rows, each thread running both products on its chunks alone
    with the chunk's GELU output in a buffer of its own that stays in L2. */
-static void mlp_forward(transformer_block *k, const block_frame *f, const herbs_params *t, const block_saved *v, int M)
+static herbs_status mlp_forward(transformer_block *k, const block_frame *f, const herbs_params *t,
+                                const block_saved *v, int bf16_acts, int M)
 {
-    const int C = f->C, H = f->hidden, threads = herbs_num_threads(), rows = mlp_chunk_rows(k, t, M, threads);
-    if (!rows) {
-        product_rows_forward(&k->fc1, t, t->precision, v->hidden, f->ln, M, NULL, NULL, 0);
-        gelu_forward(f->act, v->hidden, (size_t)M * H);
-        product_rows_forward(&k->fc2, t, t->precision, f->branch, f->act, M, NULL, NULL, 0);
-        return;
-    }
+    const int H = f->hidden, threads = herbs_num_threads(), rows = mlp_chunk_rows(k, t, M, threads);
+    if (!rows)
+        return mlp_rows(k, f, t, v, bf16_acts, f->act, 0, M);
     product_rows_prepare(&k->fc1, t, t->precision); /* packed before the threads share them */
     product_rows_prepare(&k->fc2, t, t->precision);
     const int chunks = (M + rows - 1) / rows;
-#pragma omp parallel num_threads(threads)
+    herbs_status status = HERBS_OK; /* an error (non-zero) wins; its message is set on this thread below */
+#pragma omp parallel num_threads(threads) reduction(max : status)
     {
         float *act = f->act + (size_t)omp_get_thread_num() * rows * H; /* reused chunk after chunk */
 #pragma omp for schedule(static)
         for (int c = 0; c < chunks; c++) {
             const int r0 = c * rows, n = M - r0 < rows ? M - r0 : rows;
-            float *hidden = v->hidden + (size_t)r0 * H;
-            product_rows_forward(&k->fc1, t, t->precision, hidden, f->ln + (size_t)r0 * C, n, NULL, NULL, 0);
-            gelu_forward(act, hidden, (size_t)n * H);
-            product_rows_forward(&k->fc2, t, t->precision, f->branch + (size_t)r0 * C, act, n, NULL, NULL, 0);
+            const herbs_status s = mlp_rows(k, f, t, v, bf16_acts, act, r0, n);
+            status = s > status ? s : status;
         }
     }
+    return status ? herbs_error(status, "transformer MLP: no memory for packing its rows") : HERBS_OK;
 }
 
 herbs_status transformer_block_forward(transformer_block *k, const block_frame *f, const block_attention *attention,
@@ -145,16 +160,33 @@ herbs_status transformer_block_forward(transformer_block *k, const block_frame *
         drop_path_scales(k->scale2, B, 1 - k->drop_prob, seed, TRANSFORMER_DROP_STREAM(step, k->index, 1));
     }
 
-    layernorm_forward(f->ln, v->mean1, v->rstd1, x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C, f->eps);
-    product_rows_forward(&k->qkv, t, t->precision, v->qkv, f->ln, M, NULL, NULL, 0);
+    /* at bf16 inference, the outputs that only feed products (the norms', the attention's, GELU's)
+       are stored in bf16: the same products from half the bytes (training keeps them fp32) */
+    const int bf16_acts = k->bf16_acts = !train && t->precision == HERBS_BF16;
+    if (bf16_acts) {
+        layernorm_forward_bf16((uint16_t *)f->ln, v->mean1, v->rstd1, x, PARAM(t, k->norm1.weight),
+                               PARAM(t, k->norm1.bias), M, C, f->eps);
+        HERBS_TRY(product_rows_forward_bf16(&k->qkv, t, v->qkv, (const uint16_t *)f->ln, M));
+    } else {
+        layernorm_forward(f->ln, v->mean1, v->rstd1, x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C,
+                          f->eps);
+        product_rows_forward(&k->qkv, t, t->precision, v->qkv, f->ln, M, NULL, NULL, 0);
+    }
     k->attention = t->precision;
     attention->forward(attention, k, t, v);
-    product_rows_forward(&k->proj, t, t->precision, f->branch, v->att, M, NULL, NULL, 0);
+    if (bf16_acts)
+        HERBS_TRY(product_rows_forward_bf16(&k->proj, t, f->branch, (const uint16_t *)v->att, M));
+    else
+        product_rows_forward(&k->proj, t, t->precision, f->branch, v->att, M, NULL, NULL, 0);
     residual_add_forward(v->x1, x, f->branch, k->scale1, B, per_sample);
 
-    layernorm_forward(f->ln, v->mean2, v->rstd2, v->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, C,
-                      f->eps);
-    mlp_forward(k, f, t, v, M);
+    if (bf16_acts)
+        layernorm_forward_bf16((uint16_t *)f->ln, v->mean2, v->rstd2, v->x1, PARAM(t, k->norm2.weight),
+                               PARAM(t, k->norm2.bias), M, C, f->eps);
+    else
+        layernorm_forward(f->ln, v->mean2, v->rstd2, v->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, C,
+                          f->eps);
+    HERBS_TRY(mlp_forward(k, f, t, v, bf16_acts, M));
     residual_add_forward(out, v->x1, f->branch, k->scale2, B, per_sample);
     return HERBS_OK;
 }
