@@ -194,20 +194,25 @@ static int FN(wa_window_tokens)(const FN(wa_geometry) *g, int w, int *tok, int *
     return s && ((wy + 1) * win == H || (wx + 1) * win == W);
 }
 
-/* Asks for the rows of window `next` (sample next / nw) of src [B, H·W, width] to come into the
-   cache while the current window computes: a window's tokens are rows scattered over the map, in
-   an order no hardware prefetcher follows (at batch 8 the items waited on them). w's next_tok and
-   next_label are overwritten; a `next` past the last window does nothing. */
+/* Asks for the rows of window `next` (sample next / nw) of a [B, H·W] map of rows of row_bytes to come
+   into the cache while the current window computes (with `write`, to be written): a window's tokens
+   are rows scattered over the map, in an order no hardware prefetcher follows (at batch 8 the items
+   waited on them, reading and writing). w's next_tok and next_label are overwritten; a `next` past
+   the last window does nothing. */
 static void FN(wa_prefetch_window)(const FN(wa_geometry) *g, const FN(wa_work) *w, long next, long windows,
-                                   const real *src, int width)
+                                   const void *map, size_t row_bytes, int write)
 {
     if (next >= windows || g->global) /* global: the next window is a whole sample, read in order */
         return;
     FN(wa_window_tokens)(g, (int)(next % g->nw), w->next_tok, w->next_label);
-    const real *sample = src + (size_t)(next / g->nw) * g->H * g->W * width;
+    const char *sample = (const char *)map + (size_t)(next / g->nw) * g->H * g->W * row_bytes;
     for (int n = 0; n < g->N; n++)
-        for (int c = 0; c < width; c += (int)(64 / sizeof(real)))
-            __builtin_prefetch(sample + (size_t)w->next_tok[n] * width + c, 0, 2);
+        for (size_t c = 0; c < row_bytes; c += 64) {
+            if (write)
+                __builtin_prefetch(sample + (size_t)w->next_tok[n] * row_bytes + c, 1, 2);
+            else
+                __builtin_prefetch(sample + (size_t)w->next_tok[n] * row_bytes + c, 0, 2);
+        }
 }
 
 /* rows[N][dp] = scale · columns col..col+d of the rows tok[n] of src (row stride ld), zero-padded;
@@ -425,7 +430,7 @@ static void FN(wa_forward)(FN(wa_forward_item_fn) item, real *out, real *lse, re
 {
     const int H = g.H, W = g.W, C = g.C, heads = g.heads;
     const long items = (long)B * g.nw * heads;
-    const size_t per_thread = FN(wa_work_floats)(&g);
+    const size_t per_thread = FN(wa_work_floats)(&g), out_elem = g.out_bf16 ? sizeof(uint16_t) : sizeof(real);
 #pragma omp parallel num_threads(threads) WA_PARALLEL(items, g)
     {
         const FN(wa_work) w = FN(wa_work_of)(FN(wa_thread_work)(work, per_thread), &g);
@@ -437,9 +442,10 @@ static void FN(wa_forward)(FN(wa_forward_item_fn) item, real *out, real *lse, re
             if (it / heads != window_of_tokens) {
                 masked = FN(wa_window_tokens)(&g, win, w.tok, w.label);
                 window_of_tokens = it / heads;
-                FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, qkv, 3 * C);
+                FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, qkv, 3 * C * sizeof(real), 0);
+                FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, out, C * out_elem, 1);
             }
-            real *y = (real *)((char *)out + (size_t)b * H * W * C * (g.out_bf16 ? sizeof(uint16_t) : sizeof(real)));
+            real *y = (real *)((char *)out + (size_t)b * H * W * C * out_elem);
             item(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, bias ? bias + (size_t)h * g.N * g.N : NULL, h, y,
                  lse + (((size_t)b * g.nw + win) * heads + h) * g.N);
         }
@@ -483,9 +489,9 @@ static void FN(wa_backward)(real *dqkv, real *dbias, real *work, const real *dou
             if (item / heads != window_of_tokens) {
                 masked = FN(wa_window_tokens)(&g, win, w.tok, w.label);
                 window_of_tokens = item / heads;
-                FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, qkv, 3 * C);
-                FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, dout, C);
-                FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, dqkv, 3 * C);
+                FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, qkv, 3 * C * sizeof(real), 0);
+                FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, dout, C * sizeof(real), 0);
+                FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, dqkv, 3 * C * sizeof(real), 1);
             }
             item_fn(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, dout + (size_t)b * H * W * C,
                     bias ? bias + (size_t)h * nn : NULL, lse ? lse + (((size_t)b * g.nw + win) * heads + h) * g.N : NULL,
@@ -527,6 +533,8 @@ void FN(attention_backward)(real *dqkv, real *work, const real *dout, const real
 #if !defined(HERBS_F64) && defined(__x86_64__)
 #include <immintrin.h>
 
+#include "kernels/transpose_avx512.h"
+
 #define WA_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,prefer-vector-width=512")))
 
 WA_BF16 static inline __mmask16 wa_lanes(int n)
@@ -552,18 +560,21 @@ WA_BF16 static void wa_gather_pairs(uint32_t *rows, int dq2, const float *src, l
                                 wa_pairs32(src + (size_t)tok[n] * ld + col + c0, g->d - c0, scale));
 }
 
-/* kt[dq2][N16] <- k[N][dq2] transposed (zero beyond N), a gather of 16 keys per vector */
+/* kt[dq2][N16] <- k[N][dq2] transposed (zero beyond N): 16x16 blocks of pairs transposed in
+   registers */
 WA_BF16 static void wa_transpose_pairs(uint32_t *kt, const uint32_t *k, int N, int dq2, int N16)
 {
-    const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                            _mm512_set1_epi32(dq2));
-    for (int n0 = 0; n0 < N16; n0 += 16) {
-        const __mmask16 m = wa_lanes(N - n0);
-        for (int p = 0; p < dq2; p++)
-            _mm512_storeu_si512(kt + (size_t)p * N16 + n0,
-                                _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, rows,
-                                                            k + (size_t)n0 * dq2 + p, 4));
-    }
+    for (int n0 = 0; n0 < N16; n0 += 16)
+        for (int p0 = 0; p0 < dq2; p0 += 16) {
+            __m512 r[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++)
+                r[i] = n0 + i < N ? _mm512_loadu_ps(k + (size_t)(n0 + i) * dq2 + p0) : _mm512_setzero_ps();
+            transpose16(r);
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; j++)
+                _mm512_storeu_ps(kt + (size_t)(p0 + j) * N16 + n0, r[j]);
+        }
 }
 
 /* v[Nq2][d16] <- rows 2i and 2i + 1 of the item's v (columns col..col+d of the rows tok[n] of src)
@@ -647,8 +658,75 @@ WA_BF16 static void wa_put_rows_bf16(float *y, const float *o, int h, const int 
         uint16_t *row = (uint16_t *)y + (size_t)tok[n] * g->C + h * g->d;
         for (int c0 = 0; c0 < g->d; c0 += 32) {
             const int rest = g->d - c0;
-            const __mmask32 m = rest >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << rest) - 1);
-            _mm512_mask_storeu_epi16(row + c0, m, wa_pairs32(o + (size_t)n * g->dp + c0, rest, 1.0f));
+            const __m512i v = wa_pairs32(o + (size_t)n * g->dp + c0, rest, 1.0f);
+            if (rest >= 32) /* a masked store costs more than a plain one */
+                _mm512_storeu_si512(row + c0, v);
+            else
+                _mm512_mask_storeu_epi16(row + c0, ((__mmask32)1 << rest) - 1, v);
+        }
+    }
+}
+
+/* e^x on 16 lanes, fastmath.h's exp_fast (Cody-Waite reduction, Cephes's degree-6 polynomial, 0
+   below e^-87.3) */
+WA_BF16 static inline __m512 wa_exp16(__m512 x)
+{
+    const __m512 shifter = _mm512_set1_ps(12582912.0f);
+    const __m512 k = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), shifter);
+    const __m512 n = _mm512_sub_ps(k, shifter);
+    const __m512i ni = _mm512_sub_epi32(_mm512_castps_si512(k), _mm512_castps_si512(shifter));
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
+    const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127)), 23));
+    return _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ), e, scale);
+}
+
+/* The logits s[N][Np] of q·kᵀ -> p[N][Nq2] pairs: per row, + bias (NULL: none) + the mask between
+   different labels, softmax (lse[i] its log-sum-exp), rounded to bf16 pairs, zero beyond N; one
+   pass of 16-lane vectors per step and one horizontal max and sum per row. s is overwritten. */
+WA_BF16 static void wa_softmax_pairs(float *s, const float *bias, const int *label, int masked, float *lse,
+                                     uint32_t *p, int Nq2, const wa_geometry *g)
+{
+    const int N = g->N, Np = g->Np;
+    for (int i = 0; i < N; i++) {
+        float *row = s + (size_t)i * Np;
+        const __m512i li = _mm512_set1_epi32(label[i]);
+        __m512 top = _mm512_set1_ps(-INFINITY);
+        for (int j = 0; j < N; j += 16) {
+            const __mmask16 m = wa_lanes(N - j);
+            __m512 x = _mm512_maskz_loadu_ps(m, row + j);
+            if (bias)
+                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, bias + (size_t)i * N + j));
+            if (masked) {
+                const __mmask16 other = _mm512_mask_cmpneq_epi32_mask(m, _mm512_maskz_loadu_epi32(m, label + j), li);
+                x = _mm512_mask_add_ps(x, other, x, _mm512_set1_ps(WA_MASK));
+            }
+            _mm512_storeu_ps(row + j, x);
+            top = _mm512_mask_max_ps(top, m, top, x);
+        }
+        const float mx = _mm512_reduce_max_ps(top);
+        __m512 sum = _mm512_setzero_ps();
+        for (int j = 0; j < N; j += 16) {
+            const __m512 e = _mm512_maskz_mov_ps(wa_lanes(N - j), wa_exp16(_mm512_sub_ps(_mm512_loadu_ps(row + j),
+                                                                                         _mm512_set1_ps(mx))));
+            _mm512_storeu_ps(row + j, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        const float total = _mm512_reduce_add_ps(sum);
+        if (lse)
+            lse[i] = mx + logf(total);
+        const __m512 inv = _mm512_set1_ps(1.0f / total);
+        for (int j0 = 0; j0 < 2 * Nq2; j0 += 32) {
+            const __m512 lo = _mm512_maskz_mul_ps(wa_lanes(N - j0), _mm512_loadu_ps(row + j0), inv);
+            const __m512 hi = _mm512_maskz_mul_ps(wa_lanes(N - j0 - 16), _mm512_loadu_ps(row + j0 + 16), inv);
+            _mm512_storeu_si512(p + (size_t)i * Nq2 + j0 / 2, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
         }
     }
 }
@@ -664,11 +742,7 @@ WA_BF16 static void wa_forward_item_bf16(const wa_geometry *g, const wa_work *w,
     wa_transpose_pairs(pr->kt, pr->k, N, dq2, g->Np);
     wa_pair_rows(pr->v, Nq2, g->dp, x, 3 * C, 2 * C + h * d, w->tok, g);
     wa_mm_pairs(w->s, g->Np, pr->q, dq2, pr->kt, g->Np, N, dq2, g->Np);
-    wa_add_bias_mask(w->s, bias, w->label, masked, g);
-    wa_softmax_rows(w->s, lse, g);
-    for (int i = 0; i < N; i++)
-        for (int j0 = 0; j0 < 2 * Nq2; j0 += 32)
-            _mm512_storeu_si512(pr->p + (size_t)i * Nq2 + j0 / 2, wa_pairs32(w->s + (size_t)i * g->Np + j0, N - j0, 1.0f));
+    wa_softmax_pairs(w->s, bias, w->label, masked, lse, pr->p, Nq2, g);
     wa_mm_pairs(w->o, g->dp, pr->p, Nq2, pr->v, g->dp, N, Nq2, g->dp);
     wa_put_rows_bf16(y, w->o, h, w->tok, g);
 }
