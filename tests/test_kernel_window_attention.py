@@ -131,9 +131,9 @@ def test_deterministic():
         np.testing.assert_array_equal(a, b)
 
 
-def attention_at(precision, qkv, bias, H, W, heads, window, shift, threads=2, out_bf16=False):
+def attention_at(precision, qkv, bias, H, W, heads, window, shift, threads=2, out_bf16=False, keep_lse=True):
     """window_attention_forward_at (float32) with precision 0 (fp32) or 1 (bf16); with out_bf16 the
-    output as bf16 bit patterns (uint16)"""
+    output as bf16 bit patterns (uint16); without keep_lse, lse NULL (returned as None)"""
     B, L, C3 = qkv.shape
     C, N = C3 // 3, window * window
     out = np.empty((B, L, C), np.uint16 if out_bf16 else np.float32)
@@ -142,9 +142,9 @@ def attention_at(precision, qkv, bias, H, W, heads, window, shift, threads=2, ou
     fn = LIB.window_attention_forward_at
     fn.restype, fn.argtypes = None, [ctypes.c_int] + [ctypes.c_void_p] * 6 + [ctypes.c_int] * 8
     fp32_out, bf16_out = (None, out.ctypes.data) if out_bf16 else (out.ctypes.data, None)
-    fn(precision, fp32_out, bf16_out, *(a.ctypes.data for a in (lse, work, qkv, bias)), B, H, W, C, heads, window,
-       shift, threads)
-    return out, lse
+    fn(precision, fp32_out, bf16_out, lse.ctypes.data if keep_lse else None,
+       *(a.ctypes.data for a in (work, qkv, bias)), B, H, W, C, heads, window, shift, threads)
+    return out, lse if keep_lse else None
 
 
 def bf16_attention_float64(qkv, bias, H, W, heads, window, shift):
@@ -218,7 +218,8 @@ def test_bf16_forward_is_the_bf16_products(B, H, W, heads, d, window, shift, thr
 @pytest.mark.parametrize("precision", [0, 1])
 def test_output_in_bf16_is_the_output_rounded(B, H, W, heads, d, window, shift, precision):
     """With out_bf16 the output is stored as bf16: the fp32 output rounded to nearest even, bit for
-    bit (what a bf16 product's packing would make of it), and the log-sum-exp unchanged."""
+    bit (what a bf16 product's packing would make of it), and the log-sum-exp unchanged; without a
+    log-sum-exp buffer (NULL) the output is the same."""
     from test_gemm_bf16 import bf16_bits
 
     rng = np.random.default_rng(5)
@@ -229,6 +230,8 @@ def test_output_in_bf16_is_the_output_rounded(B, H, W, heads, d, window, shift, 
     bits, lse_bits = attention_at(precision, qkv, bias, H, W, heads, window, shift, out_bf16=True)
     np.testing.assert_array_equal(bits, bf16_bits(out))
     np.testing.assert_array_equal(lse_bits, lse)
+    no_lse, _ = attention_at(precision, qkv, bias, H, W, heads, window, shift, out_bf16=True, keep_lse=False)
+    np.testing.assert_array_equal(no_lse, bits)
 
 
 def test_backward_after_a_bf16_forward_recomputes_the_softmax():

@@ -447,7 +447,7 @@ static void FN(wa_forward)(FN(wa_forward_item_fn) item, real *out, real *lse, re
             }
             real *y = (real *)((char *)out + (size_t)b * H * W * C * out_elem);
             item(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, bias ? bias + (size_t)h * g.N * g.N : NULL, h, y,
-                 lse + (((size_t)b * g.nw + win) * heads + h) * g.N);
+                 lse ? lse + (((size_t)b * g.nw + win) * heads + h) * g.N : NULL);
         }
     }
 }
@@ -577,14 +577,14 @@ WA_BF16 static void wa_transpose_pairs(uint32_t *kt, const uint32_t *k, int N, i
         }
 }
 
-/* v[Nq2][d16] <- rows 2i and 2i + 1 of the item's v (columns col..col+d of the rows tok[n] of src)
+/* v[pairs][d16] <- rows 2i and 2i + 1 of the item's v (columns col..col+d of the rows tok[n] of src)
    interleaved as pairs, zero beyond N and d */
-WA_BF16 static void wa_pair_rows(uint32_t *v, int Nq2, int d16, const float *src, long ld, int col, const int *tok,
+WA_BF16 static void wa_pair_rows(uint32_t *v, int pairs, int d16, const float *src, long ld, int col, const int *tok,
                                  const wa_geometry *g)
 {
     const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
                                                 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    for (int i = 0; i < Nq2; i++) {
+    for (int i = 0; i < pairs; i++) {
         const int n0 = 2 * i, n1 = n0 + 1;
         const float *x0 = src + (size_t)tok[n0 < g->N ? n0 : 0] * ld + col;
         const float *x1 = src + (size_t)tok[n1 < g->N ? n1 : 0] * ld + col;
@@ -735,15 +735,15 @@ WA_BF16 static void wa_softmax_pairs(float *s, const float *bias, const int *lab
 WA_BF16 static void wa_forward_item_bf16(const wa_geometry *g, const wa_work *w, int masked, const float *x,
                                          const float *bias, int h, float *y, float *lse)
 {
-    const int N = g->N, d = g->d, C = g->C, dq2 = (d + 31) / 32 * 16, Nq2 = (N + 31) / 32 * 16;
+    const int N = g->N, d = g->d, C = g->C, dq2 = (d + 31) / 32 * 16, Nq2 = (N + 31) / 32 * 16, keys2 = (N + 1) / 2;
     const wa_pairs *pr = &w->pairs;
     wa_gather_pairs(pr->q, dq2, x, 3 * C, h * d, g->scale, w->tok, g);
     wa_gather_pairs(pr->k, dq2, x, 3 * C, C + h * d, 1.0f, w->tok, g);
     wa_transpose_pairs(pr->kt, pr->k, N, dq2, g->Np);
-    wa_pair_rows(pr->v, Nq2, g->dp, x, 3 * C, 2 * C + h * d, w->tok, g);
+    wa_pair_rows(pr->v, keys2, g->dp, x, 3 * C, 2 * C + h * d, w->tok, g);
     wa_mm_pairs(w->s, g->Np, pr->q, dq2, pr->kt, g->Np, N, dq2, g->Np);
     wa_softmax_pairs(w->s, bias, w->label, masked, lse, pr->p, Nq2, g);
-    wa_mm_pairs(w->o, g->dp, pr->p, Nq2, pr->v, g->dp, N, Nq2, g->dp);
+    wa_mm_pairs(w->o, g->dp, pr->p, Nq2, pr->v, g->dp, N, keys2, g->dp); /* the pairs of the N keys only */
     wa_put_rows_bf16(y, w->o, h, w->tok, g);
 }
 #endif

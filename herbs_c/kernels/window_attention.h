@@ -16,7 +16,7 @@ size_t FN(window_attention_work)(int head_dim, int window, int heads);
 
 /* qkv[B, H·W, 3C] (q | k | v per token, heads contiguous inside each, C = heads·head_dim) ->
    out[B, H·W, C] = softmax(q·kᵀ/√head_dim + bias + mask)·v per window and head; lse[B, nW, heads, N]
-   (log-sum-exp of every logit row, nW = H·W/N windows) is saved for backward. work holds
+   (log-sum-exp of every logit row, nW = H·W/N windows) is saved for backward (lse NULL: not). work holds
    threads × window_attention_work(...) floats; at most `threads` threads run. */
 void FN(window_attention_forward)(real *out, real *lse, real *work, const real *qkv, const real *bias, int B, int H,
                                   int W, int C, int heads, int window, int shift, int threads);
@@ -45,7 +45,7 @@ void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const re
 size_t FN(attention_work)(int head_dim, int tokens, int heads);
 
 /* qkv[B, S, 3C] (q | k | v per token, heads contiguous inside each, C = heads·head_dim) ->
-   out[B, S, C] = softmax(q·kᵀ/√head_dim)·v per head; lse[B, heads, S] saved for backward. work holds
+   out[B, S, C] = softmax(q·kᵀ/√head_dim)·v per head; lse[B, heads, S] saved for backward (NULL: not). work holds
    threads × attention_work(...) floats; at most `threads` threads run. */
 void FN(attention_forward)(real *out, real *lse, real *work, const real *qkv, int B, int S, int C, int heads,
                            int threads);

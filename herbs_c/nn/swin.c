@@ -79,9 +79,10 @@ static void windows_forward(const block_attention *self, const transformer_block
     const swin_attention *a = (const swin_attention *)self;
     const swin_stage *st = a->stage;
     relative_bias_forward(v->bias, PARAM(t, a->block->table), st->heads, st->window);
-    window_attention_forward_at(k->attention, v->att, k->bf16_acts ? (uint16_t *)v->att : NULL, v->lse, a->work,
-                                v->qkv, v->bias, a->B, st->res, st->res, st->dim, st->heads, st->window,
-                                a->block->shift, a->threads);
+    /* the backward of a bf16 forward recomputes the softmax in fp32 (window_attention.h): no lse */
+    window_attention_forward_at(k->attention, v->att, k->bf16_acts ? (uint16_t *)v->att : NULL,
+                                k->attention == HERBS_FP32 ? v->lse : NULL, a->work, v->qkv, v->bias, a->B, st->res,
+                                st->res, st->dim, st->heads, st->window, a->block->shift, a->threads);
 }
 
 static void windows_backward(const block_attention *self, const transformer_block *k, herbs_params *t,

@@ -84,8 +84,10 @@ static void global_forward(const block_attention *self, const transformer_block 
                            const block_saved *s)
 {
     const vit *v = ((const vit_attention *)self)->v;
-    attention_forward_at(k->attention, s->att, k->bf16_acts ? (uint16_t *)s->att : NULL, s->lse, v->work, s->qkv,
-                         v->batch, v->tokens, v->dim, v->heads, v->threads);
+    /* the backward of a bf16 forward recomputes the softmax in fp32 (window_attention.h): no lse */
+    attention_forward_at(k->attention, s->att, k->bf16_acts ? (uint16_t *)s->att : NULL,
+                         k->attention == HERBS_FP32 ? s->lse : NULL, v->work, s->qkv, v->batch, v->tokens, v->dim,
+                         v->heads, v->threads);
 }
 
 static void global_backward(const block_attention *self, const transformer_block *k, herbs_params *t,
