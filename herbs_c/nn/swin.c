@@ -111,8 +111,10 @@ static block_frame frame_of(const swin *s, const swin_stage *st, int B, float *d
 /* Forward */
 
 /* Patch merging at the end of stage st: x [B, res², C] -> tap [B, res²/4, 2C]. */
+/* At bf16 inference (bf16_out) the norm's output, which only feeds the reduction, is stored in bf16
+   (as the transformer block's are). */
 static herbs_status merge_forward(swin_stage *st, const herbs_params *t, herbs_arena *arena, const float *x, int B,
-                                  float *ln)
+                                  float *ln, int bf16_out)
 {
     const int C = st->dim, M = (int)(stage_tokens(st, B) / 4);
     HERBS_TRY(herbs_arena_floats(arena, (size_t)M * 4 * C, 0, &st->merged));
@@ -120,6 +122,11 @@ static herbs_status merge_forward(swin_stage *st, const herbs_params *t, herbs_a
     HERBS_TRY(herbs_arena_floats(arena, M, 0, &st->merge_rstd));
     HERBS_TRY(herbs_arena_floats(arena, (size_t)M * 2 * C, 0, &st->tap));
     patch_merge_forward(st->merged, x, B, st->res, st->res, C);
+    if (bf16_out) {
+        layernorm_forward_bf16((uint16_t *)ln, st->merge_mean, st->merge_rstd, st->merged,
+                               PARAM(t, st->merge_norm.weight), PARAM(t, st->merge_norm.bias), M, 4 * C, SWIN_LN_EPS);
+        return product_rows_forward_bf16(&st->merge_reduction, t, st->tap, (const uint16_t *)ln, M);
+    }
     layernorm_forward(ln, st->merge_mean, st->merge_rstd, st->merged, PARAM(t, st->merge_norm.weight),
                       PARAM(t, st->merge_norm.bias), M, 4 * C, SWIN_LN_EPS);
     product_rows_forward(&st->merge_reduction, t, t->precision, st->tap, ln, M, NULL, NULL, 0);
@@ -170,7 +177,7 @@ herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena
             x = k->out;
         }
         if (i < SWIN_STAGES - 1) {
-            HERBS_TRY(merge_forward(st, t, arena, x, B, s->ln));
+            HERBS_TRY(merge_forward(st, t, arena, x, B, s->ln, !train && t->precision == HERBS_BF16));
             x = st->tap;
         } else {
             st->tap = x;
