@@ -80,7 +80,7 @@ static void windows_forward(const block_attention *self, const transformer_block
     const swin_stage *st = a->stage;
     relative_bias_forward(v->bias, PARAM(t, a->block->table), st->heads, st->window);
     /* the backward of a bf16 forward recomputes the softmax in fp32 (window_attention.h): no lse */
-    window_attention_forward_at(k->attention, v->att, k->bf16_acts ? (uint16_t *)v->att : NULL,
+    window_attention_forward_at(k->attention, v->att, k->bf16_att ? (uint16_t *)v->att : NULL,
                                 k->attention == HERBS_FP32 ? v->lse : NULL, a->work, v->qkv, v->bias, a->B, st->res,
                                 st->res, st->dim, st->heads, st->window, a->block->shift, a->threads);
 }
@@ -111,8 +111,8 @@ static block_frame frame_of(const swin *s, const swin_stage *st, int B, float *d
 /* Forward */
 
 /* Patch merging at the end of stage st: x [B, res², C] -> tap [B, res²/4, 2C]. */
-/* At bf16 inference (bf16_out) the norm's output, which only feeds the reduction, is stored in bf16
-   (as the transformer block's are). */
+/* At bf16 (bf16_out) the norm's output, which only feeds the reduction, is stored in bf16 (as the
+   transformer block's are); the backward recomputes it. */
 static herbs_status merge_forward(swin_stage *st, const herbs_params *t, herbs_arena *arena, const float *x, int B,
                                   float *ln, int bf16_out)
 {
@@ -177,7 +177,7 @@ herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena
             x = k->out;
         }
         if (i < SWIN_STAGES - 1) {
-            HERBS_TRY(merge_forward(st, t, arena, x, B, s->ln, !train && t->precision == HERBS_BF16));
+            HERBS_TRY(merge_forward(st, t, arena, x, B, s->ln, t->precision == HERBS_BF16));
             x = st->tap;
         } else {
             st->tap = x;

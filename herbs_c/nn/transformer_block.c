@@ -160,9 +160,11 @@ herbs_status transformer_block_forward(transformer_block *k, const block_frame *
         drop_path_scales(k->scale2, B, 1 - k->drop_prob, seed, TRANSFORMER_DROP_STREAM(step, k->index, 1));
     }
 
-    /* at bf16 inference, the outputs that only feed products (the norms', the attention's, GELU's)
-       are stored in bf16: the same products from half the bytes (training keeps them fp32) */
-    const int bf16_acts = k->bf16_acts = !train && t->precision == HERBS_BF16;
+    /* at bf16, the outputs that only feed products (the norms', GELU's; at inference also the
+       attention's, which training saves in fp32 for proj's weight gradient) are stored in bf16: the
+       same products from half the bytes */
+    const int bf16_acts = t->precision == HERBS_BF16;
+    k->bf16_att = bf16_acts && !train;
     if (bf16_acts) {
         layernorm_forward_bf16((uint16_t *)f->ln, v->mean1, v->rstd1, x, PARAM(t, k->norm1.weight),
                                PARAM(t, k->norm1.bias), M, C, f->eps);
@@ -174,7 +176,7 @@ herbs_status transformer_block_forward(transformer_block *k, const block_frame *
     }
     k->attention = t->precision;
     attention->forward(attention, k, t, v);
-    if (bf16_acts)
+    if (k->bf16_att)
         HERBS_TRY(product_rows_forward_bf16(&k->proj, t, f->branch, (const uint16_t *)v->att, M));
     else
         product_rows_forward(&k->proj, t, t->precision, f->branch, v->att, M, NULL, NULL, 0);
