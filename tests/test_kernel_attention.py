@@ -126,3 +126,28 @@ def test_bf16_forward_is_close_to_fp32():
     bits, lse_bits = attention_at(qkv, heads, out_bf16=True)
     np.testing.assert_array_equal(bits, bf16_bits(out))
     np.testing.assert_array_equal(lse_bits, lse)
+
+
+def test_bf16_backward_is_close_to_fp32():
+    """attention_backward_at with precision 1 (bf16 products where the CPU has AVX512-BF16, fp32
+    elsewhere, bit for bit): within bf16 rounding of the fp32 gradient, and not equal to it. (The
+    window kernel's test checks the same code against the float64 products of the same roundings.)"""
+    import herbs
+
+    rng = np.random.default_rng(6)
+    B, S, heads, d = 2, 65, 2, 32
+    qkv = rng.standard_normal((B, S, 3 * heads * d)).astype(np.float32)
+    dout = rng.standard_normal((B, S, heads * d)).astype(np.float32)
+    want = attention_backward(dout, qkv, None, heads, 2, np.float32)
+    got = np.zeros_like(qkv)
+    work = np.empty(work_floats(d, S, heads, np.float32, 2), np.float32)
+    fn = LIB.attention_backward_at
+    fn.restype = None
+    fn.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 5 + [ctypes.c_int] * 6
+    fn(1, got.ctypes.data, work.ctypes.data, dout.ctypes.data, qkv.ctypes.data, None, B, S, heads * d, heads, 2, 0)
+    if herbs.cpu_info()["bf16_isa"] == "portable":
+        np.testing.assert_array_equal(got, want)
+        return
+    scale = np.abs(want).max()
+    assert np.abs(got - want).max() <= 3e-2 * scale
+    assert np.abs(got - want).max() > 1e-4 * scale, "no bf16 rounding seen"

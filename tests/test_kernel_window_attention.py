@@ -258,3 +258,97 @@ def test_backward_after_a_bf16_forward_recomputes_the_softmax():
         scale = np.abs(w).max()
         assert np.abs(f - w).max() <= 1e-5 * scale
         assert np.abs(s - w).max() > 100 * np.abs(f - w).max(), "the bf16 lse would have been as good"
+
+
+def attention_backward_at(precision, dout, qkv, bias, H, W, heads, window, shift, threads=2, accumulate=0):
+    """window_attention_backward_at (float32, lse NULL): dqkv and dbias, less what their buffers held
+    before (random values when accumulating)"""
+    B, L, C3 = qkv.shape
+    C = C3 // 3
+    rng = np.random.default_rng(8)
+    (dqkv, qkv_before), (dbias, bias_before) = (grad_buffer(a.shape, accumulate, rng, np.float32) for a in (qkv, bias))
+    work = np.empty(work_floats(C // heads, window, heads, np.float32, threads), np.float32)
+    fn = LIB.window_attention_backward_at
+    fn.restype, fn.argtypes = None, [ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_int] * 9
+    fn(precision, *(a.ctypes.data for a in (dqkv, dbias, work, dout, qkv, bias)), None, B, H, W, C, heads, window,
+       shift, threads, accumulate)
+    return dqkv - qkv_before, dbias - bias_before
+
+
+def bf16_backward_float64(dout, qkv, bias, H, W, heads, window, shift):
+    """The bf16 backward's products done exactly, as autocast rounds them: q·scale, k, v and dout
+    rounded to bf16; logits, softmax, dp = dout·vᵀ and ds = p·(dp - Σ p·dp) in float64; ds and p
+    rounded to bf16 for dq = scale·ds·k, dk = dsᵀ·(q·scale), dv = pᵀ·dout. Returns (dqkv, dbias) and
+    the magnitudes |A|·|B| of each gradient's product (dqkv's layout) for the error bound."""
+    from test_gemm_bf16 import bf16_round
+    from reference_swin import shifted_window_mask
+
+    B, L, C3 = qkv.shape
+    C, N, d = C3 // 3, window * window, C3 // 3 // heads
+    scale = np.float32(1) / np.sqrt(np.float32(d))
+
+    def partition(t, parts):  # [B, L, parts·C] -> [B, nW, parts, heads, N, d]
+        x = t.reshape(B, H, W, parts * C)
+        if shift:
+            x = np.roll(x, (-shift, -shift), axis=(1, 2))
+        x = x.reshape(B, H // window, window, W // window, window, parts, heads, d).transpose(0, 1, 3, 5, 6, 2, 4, 7)
+        return x.reshape(B, -1, parts, heads, N, d)
+
+    def unpartition(o):  # [B, nW, heads, N, d] -> [B, L, C], rolled back
+        o = o.reshape(B, H // window, W // window, heads, window, window, d).transpose(0, 1, 4, 2, 5, 3, 6)
+        o = o.reshape(B, H, W, C)
+        return (np.roll(o, (shift, shift), axis=(1, 2)) if shift else o).reshape(B, L, C)
+
+    win, g = partition(qkv, 3), partition(dout, 1)[:, :, 0]
+    r = lambda t: bf16_round(t.astype(np.float32)).astype(np.float64)  # noqa: E731
+    q, k, v, dy = r(win[:, :, 0] * scale), r(win[:, :, 1]), r(win[:, :, 2]), r(g)
+    logits = q @ k.swapaxes(-1, -2) + bias[None, None]
+    if shift:
+        logits += shifted_window_mask(H, W, window, shift).numpy()[None, :, None].astype(np.float64)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    dp = dy @ v.swapaxes(-1, -2)
+    ds = p * (dp - (p * dp).sum(-1, keepdims=True))
+    dsb, pb = r(ds), r(p)
+    grads = (scale * dsb @ k, dsb.swapaxes(-1, -2) @ q, pb.swapaxes(-1, -2) @ dy)
+    sizes = (scale * np.abs(dsb) @ np.abs(k), np.abs(dsb).swapaxes(-1, -2) @ np.abs(q),
+             np.abs(pb).swapaxes(-1, -2) @ np.abs(dy))
+    join = lambda parts: np.concatenate([unpartition(t) for t in parts], axis=-1)  # noqa: E731
+    return join(grads), ds.sum(axis=(0, 1)), join(sizes)
+
+
+@pytest.mark.parametrize("B,H,W,heads,d,window,shift", [
+    (2, 14, 14, 3, 32, 7, 3),   # Swin-T stage 1 (window 7, shifted)
+    (1, 12, 8, 3, 5, 4, 2),     # odd head dim, non-square map
+    (3, 5, 5, 2, 7, 5, 0),      # a stage whose map is one window
+    (1, 24, 24, 2, 32, 12, 6),  # window 12: N = 144
+    (1, 6, 6, 1, 40, 3, 1),     # head dim over 32, N = 9 (fewer keys than a vector's pairs)
+])
+@pytest.mark.parametrize("accumulate", [0, 1])
+def test_bf16_backward_is_the_bf16_products(B, H, W, heads, d, window, shift, accumulate):
+    """Precision bf16: the five products with bf16 operands as autocast rounds them, the softmax and
+    its gradient in fp32. Against the float64 products of the same roundings, each gradient errs by
+    at most the bf16 rounding of an element of p or ds that lands the other side of a rounding tie
+    (2^-8 of |A|·|B|) plus fp32 accumulation; the bias gradient (fp32 throughout) to fp32 rounding;
+    and the result is visibly not the fp32 backward's. Where the CPU lacks AVX512-BF16 the bf16
+    request runs fp32, bit for bit."""
+    import herbs
+
+    rng = np.random.default_rng(9)
+    C = heads * d
+    qkv = rng.standard_normal((B, H * W, 3 * C)).astype(np.float32)
+    bias = (rng.standard_normal((heads, window ** 2, window ** 2)) * 0.5).astype(np.float32)
+    dout = rng.standard_normal((B, H * W, C)).astype(np.float32)
+    fp32 = attention_backward_at(0, dout, qkv, bias, H, W, heads, window, shift, accumulate=accumulate)
+    got = attention_backward_at(1, dout, qkv, bias, H, W, heads, window, shift, accumulate=accumulate)
+    if herbs.cpu_info()["bf16_isa"] == "portable":
+        for a, b in zip(got, fp32):
+            np.testing.assert_array_equal(a, b)
+        return
+    want, dbias, size = bf16_backward_float64(dout.astype(np.float64), qkv.astype(np.float64),
+                                              bias.astype(np.float64), H, W, heads, window, shift)
+    err = np.abs(got[0] - want)
+    bound = 2.0 ** -8 * size + 1e-5 * size.max() + 1e-6
+    assert (err <= bound).all(), f"max error {err.max():.3g} (bound there {bound.flat[np.argmax(err - bound)]:.3g})"
+    np.testing.assert_allclose(got[1], dbias, rtol=0, atol=1e-4 * np.abs(dbias).max())
+    assert np.abs(got[0] - fp32[0]).max() > 1e-3 * np.abs(fp32[0]).max(), "no bf16 rounding seen"

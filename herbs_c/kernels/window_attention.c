@@ -96,21 +96,26 @@ static FN(wa_geometry) FN(wa_geometry_global)(int S, int C, int heads)
     return g;
 }
 
-/* The bf16 forward's operands, bf16 in pairs (32 bits: two neighbours along the products' depth),
+/* The bf16 items' operands, bf16 in pairs (32 bits: two neighbours along the products' depth),
    zero beyond d and N; dq2 = d rounded up to 32, halved; Nq2 = N rounded up to 32, halved;
    N16, d16 = N, d rounded up to 16. */
 typedef struct {
-    uint32_t *q, *k; /* [N][dq2]: q·scale and k, pairs along d */
+    uint32_t *q, *k; /* [N][dq2]: q·scale and k, pairs along d (backward: k's buffer then holds v's) */
     uint32_t *kt;    /* [dq2][N16]: k transposed, the B of q·kᵀ */
-    uint32_t *v;     /* [Nq2][d16]: rows 2i and 2i + 1 of v paired, the B of p·v */
-    uint32_t *p;     /* [N][Nq2]: the probabilities, pairs along keys */
+    uint32_t *v;     /* [Nq2][d16]: rows 2i and 2i + 1 of v paired, the B of p·v (backward: of k, q, dout) */
+    uint32_t *p;     /* [N][Nq2]: the probabilities, pairs along keys (backward: their gradient) */
+    /* backward only */
+    uint32_t *dy;    /* [N][dq2]: dout, pairs along d */
+    uint32_t *vt;    /* [dq2][N16]: v transposed, the B of dout·vᵀ */
+    uint32_t *rows;  /* [Nq2][N16]: rows 2i and 2i + 1 of p or its gradient paired, before transposing */
+    uint32_t *cols;  /* [N16][Nq2]: the same transposed: pᵀ or its gradient's, pairs along queries */
 } FN(wa_pairs);
 
 /* 32-bit words of a wa_pairs for head_dim d and N tokens. */
 static size_t FN(wa_pairs_words)(size_t d, size_t N)
 {
     const size_t dq2 = (d + 31) / 32 * 16, Nq2 = (N + 31) / 32 * 16, N16 = (N + 15) / 16 * 16, d16 = (d + 15) / 16 * 16;
-    return 2 * N * dq2 + dq2 * N16 + Nq2 * d16 + N * Nq2;
+    return 3 * N * dq2 + 2 * dq2 * N16 + Nq2 * d16 + N * Nq2 + 2 * Nq2 * N16;
 }
 
 /* The work area of one thread. */
@@ -151,6 +156,10 @@ static FN(wa_work) FN(wa_work_of)(real *base, const FN(wa_geometry) *g)
     w.pairs.kt = w.pairs.k + (size_t)g->N * dq2;
     w.pairs.v = w.pairs.kt + dq2 * N16;
     w.pairs.p = w.pairs.v + Nq2 * ((g->d + 15) / 16 * 16);
+    w.pairs.dy = w.pairs.p + (size_t)g->N * Nq2;
+    w.pairs.vt = w.pairs.dy + (size_t)g->N * dq2;
+    w.pairs.rows = w.pairs.vt + dq2 * N16;
+    w.pairs.cols = w.pairs.rows + Nq2 * N16;
     return w;
 }
 
@@ -467,15 +476,18 @@ void FN(attention_forward)(real *out, real *lse, real *work, const real *qkv, in
                    threads);
 }
 
-/* The backward of geometry g (bias and dbias NULL: none) */
-static void FN(wa_backward)(real *dqkv, real *dbias, real *work, const real *dout, const real *qkv, const real *bias,
-                            const real *lse, int B, FN(wa_geometry) g, int threads, int accumulate)
+typedef void (*FN(wa_backward_item_fn))(const FN(wa_geometry) *g, const FN(wa_work) *w, int masked, const real *x,
+                                        const real *dy, const real *bias, const real *lse, int h, real *dx,
+                                        real *dbias, int accumulate);
+
+/* The backward of geometry g (bias and dbias NULL: none) with `item_fn` computing each item */
+static void FN(wa_backward)(FN(wa_backward_item_fn) item_fn, real *dqkv, real *dbias, real *work, const real *dout,
+                            const real *qkv, const real *bias, const real *lse, int B, FN(wa_geometry) g, int threads,
+                            int accumulate)
 {
     const int H = g.H, W = g.W, C = g.C, heads = g.heads;
     const long items = (long)B * g.nw * heads;
     const size_t per_thread = FN(wa_work_floats)(&g), nn = (size_t)g.N * g.N;
-    void (*item_fn)(const FN(wa_geometry) *, const FN(wa_work) *, int, const real *, const real *, const real *,
-                    const real *, int, real *, real *, int) = FN(wa_backward_item_isa)();
 #pragma omp parallel num_threads(threads) WA_PARALLEL(items, g)
     {
         const FN(wa_work) w = FN(wa_work_of)(FN(wa_thread_work)(work, per_thread), &g);
@@ -516,15 +528,15 @@ void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const re
                                    const real *bias, const real *lse, int B, int H, int W, int C, int heads,
                                    int window, int shift, int threads, int accumulate)
 {
-    FN(wa_backward)(dqkv, dbias, work, dout, qkv, bias, lse, B, FN(wa_geometry_of)(H, W, C, heads, window, shift),
-                    threads, accumulate);
+    FN(wa_backward)(FN(wa_backward_item_isa)(), dqkv, dbias, work, dout, qkv, bias, lse, B,
+                    FN(wa_geometry_of)(H, W, C, heads, window, shift), threads, accumulate);
 }
 
 void FN(attention_backward)(real *dqkv, real *work, const real *dout, const real *qkv, const real *lse, int B, int S,
                             int C, int heads, int threads, int accumulate)
 {
-    FN(wa_backward)(dqkv, NULL, work, dout, qkv, NULL, lse, B, FN(wa_geometry_global)(S, C, heads), threads,
-                    accumulate);
+    FN(wa_backward)(FN(wa_backward_item_isa)(), dqkv, NULL, work, dout, qkv, NULL, lse, B,
+                    FN(wa_geometry_global)(S, C, heads), threads, accumulate);
 }
 
 /* --- bf16 forward: q·kᵀ and p·v on bf16 operands with fp32 accumulation (vdpbf16ps) ---------
@@ -578,22 +590,24 @@ WA_BF16 static void wa_transpose_pairs(uint32_t *kt, const uint32_t *k, int N, i
         }
 }
 
-/* v[pairs][d16] <- rows 2i and 2i + 1 of the item's v (columns col..col+d of the rows tok[n] of src)
-   interleaved as pairs, zero beyond N and d */
-WA_BF16 static void wa_pair_rows(uint32_t *v, int pairs, int d16, const float *src, long ld, int col, const int *tok,
-                                 const wa_geometry *g)
+/* out[pairs][w16] <- rows 2i and 2i + 1 of a matrix of n rows and `width` columns interleaved as
+   scale · bf16 pairs, zero beyond n and width: row r at src + (tok ? tok[r] : r)·ld + col (the
+   item's v from its tokens' rows, or the rows of p) */
+WA_BF16 static void wa_pair_rows(uint32_t *out, int pairs, int w16, const float *src, long ld, int col, const int *tok,
+                                 int n, int width, float scale)
 {
     const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
                                                 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512 sc = _mm512_set1_ps(scale);
     for (int i = 0; i < pairs; i++) {
         const int n0 = 2 * i, n1 = n0 + 1;
-        const float *x0 = src + (size_t)tok[n0 < g->N ? n0 : 0] * ld + col;
-        const float *x1 = src + (size_t)tok[n1 < g->N ? n1 : 0] * ld + col;
-        for (int c0 = 0; c0 < d16; c0 += 16) {
-            const __mmask16 m = wa_lanes(g->d - c0);
-            const __m512 a = _mm512_maskz_loadu_ps(n0 < g->N ? m : 0, x0 + c0);
-            const __m512 b = _mm512_maskz_loadu_ps(n1 < g->N ? m : 0, x1 + c0);
-            _mm512_storeu_si512(v + (size_t)i * d16 + c0,
+        const float *x0 = src + (size_t)(n0 < n ? (tok ? tok[n0] : n0) : 0) * ld + col;
+        const float *x1 = src + (size_t)(n1 < n ? (tok ? tok[n1] : n1) : 0) * ld + col;
+        for (int c0 = 0; c0 < w16; c0 += 16) {
+            const __mmask16 m = wa_lanes(width - c0);
+            const __m512 a = _mm512_mul_ps(sc, _mm512_maskz_loadu_ps(n0 < n ? m : 0, x0 + c0));
+            const __m512 b = _mm512_mul_ps(sc, _mm512_maskz_loadu_ps(n1 < n ? m : 0, x1 + c0));
+            _mm512_storeu_si512(out + (size_t)i * w16 + c0,
                                 _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(b, a)));
         }
     }
@@ -690,8 +704,9 @@ WA_BF16 static inline __m512 wa_exp16(__m512 x)
 }
 
 /* The logits s[N][Np] of q·kᵀ -> p[N][Nq2] pairs: per row, + bias (NULL: none) + the mask between
-   different labels, softmax (lse[i] its log-sum-exp), rounded to bf16 pairs, zero beyond N; one
-   pass of 16-lane vectors per step and one horizontal max and sum per row. s is overwritten. */
+   different labels, softmax (lse[i] its log-sum-exp; lse NULL: not kept), rounded to bf16 pairs,
+   zero beyond N; one pass of 16-lane vectors per step and one horizontal max and sum per row. s is
+   overwritten; with p NULL it holds the probabilities in fp32 (zero beyond N) instead. */
 WA_BF16 static void wa_softmax_pairs(float *s, const float *bias, const int *label, int masked, float *lse,
                                      uint32_t *p, int Nq2, const wa_geometry *g)
 {
@@ -724,7 +739,9 @@ WA_BF16 static void wa_softmax_pairs(float *s, const float *bias, const int *lab
         if (lse)
             lse[i] = mx + logf(total);
         const __m512 inv = _mm512_set1_ps(1.0f / total);
-        for (int j0 = 0; j0 < 2 * Nq2; j0 += 32) {
+        for (int j = 0; !p && j < Np; j += 16)
+            _mm512_storeu_ps(row + j, _mm512_mul_ps(_mm512_loadu_ps(row + j), inv));
+        for (int j0 = 0; p && j0 < 2 * Nq2; j0 += 32) {
             const __m512 lo = _mm512_maskz_mul_ps(wa_lanes(N - j0), _mm512_loadu_ps(row + j0), inv);
             const __m512 hi = _mm512_maskz_mul_ps(wa_lanes(N - j0 - 16), _mm512_loadu_ps(row + j0 + 16), inv);
             _mm512_storeu_si512(p + (size_t)i * Nq2 + j0 / 2, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
@@ -741,13 +758,93 @@ WA_BF16 static void wa_forward_item_bf16(const wa_geometry *g, const wa_work *w,
     wa_gather_pairs(pr->q, dq2, x, 3 * C, h * d, g->scale, w->tok, g);
     wa_gather_pairs(pr->k, dq2, x, 3 * C, C + h * d, 1.0f, w->tok, g);
     wa_transpose_pairs(pr->kt, pr->k, N, dq2, g->Np);
-    wa_pair_rows(pr->v, keys2, g->dp, x, 3 * C, 2 * C + h * d, w->tok, g);
+    wa_pair_rows(pr->v, keys2, g->dp, x, 3 * C, 2 * C + h * d, w->tok, N, d, 1.0f);
     wa_mm_pairs(w->s, g->Np, pr->q, dq2, pr->kt, g->Np, N, dq2, g->Np);
     wa_softmax_pairs(w->s, bias, w->label, masked, lse, pr->p, Nq2, g);
     wa_mm_pairs(w->o, g->dp, pr->p, Nq2, pr->v, g->dp, N, keys2, g->dp); /* the pairs of the N keys only */
     wa_put_rows_bf16(y, w->o, h, w->tok, g);
 }
+
+/* ds[N][Np] <- p·(dp - Σ_j p·dp) per row (dp in ds, p in s, both fp32, zero beyond N), and dbias
+   (NULL: none) += it */
+WA_BF16 static void wa_softmax_backward_rows(float *ds, const float *s, float *dbias, const wa_geometry *g)
+{
+    const int N = g->N, Np = g->Np;
+    for (int i = 0; i < N; i++) {
+        const float *p = s + (size_t)i * Np;
+        float *gi = ds + (size_t)i * Np;
+        __m512 acc = _mm512_setzero_ps();
+        for (int j = 0; j < Np; j += 16)
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(p + j), _mm512_loadu_ps(gi + j), acc);
+        const __m512 dot = _mm512_set1_ps(_mm512_reduce_add_ps(acc));
+        for (int j = 0; j < Np; j += 16) {
+            const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(p + j), _mm512_sub_ps(_mm512_loadu_ps(gi + j), dot));
+            _mm512_storeu_ps(gi + j, v);
+            if (dbias) {
+                float *db = dbias + (size_t)i * N + j;
+                if (N - j >= 16)
+                    _mm512_storeu_ps(db, _mm512_add_ps(_mm512_loadu_ps(db), v));
+                else
+                    _mm512_mask_storeu_ps(db, wa_lanes(N - j), _mm512_add_ps(_mm512_maskz_loadu_ps(wa_lanes(N - j), db), v));
+            }
+        }
+    }
+}
+
+/* cols[N16][Nq2] <- the fp32 matrix m[N][Np] transposed, in bf16 pairs along its rows: the A of a
+   product over m's rows (pᵀ·dout, dsᵀ·q) */
+WA_BF16 static void wa_transposed_pairs(const wa_pairs *pr, const float *m, const wa_geometry *g)
+{
+    const int N = g->N, Nq2 = (N + 31) / 32 * 16, N16 = (N + 15) / 16 * 16;
+    wa_pair_rows(pr->rows, Nq2, N16, m, g->Np, 0, NULL, N, N, 1.0f);
+    wa_transpose_pairs(pr->cols, pr->rows, Nq2, N16, Nq2);
+}
+
+/* One item backward as wa_backward_item (lse not used: the probabilities are recomputed), its five
+   products in bf16 as autocast runs them: q·kᵀ, dout·vᵀ, ds·k, dsᵀ·(q·scale), pᵀ·dout, the softmax
+   and its gradient in fp32, the probabilities and their gradient rounded to bf16 for the products. */
+WA_BF16 static void wa_backward_item_bf16(const wa_geometry *g, const wa_work *w, int masked, const float *x,
+                                          const float *dy, const float *bias, const float *lse, int h, float *dx,
+                                          float *dbias, int accumulate)
+{
+    const int N = g->N, d = g->d, C = g->C, Np = g->Np, dp = g->dp, dq2 = (d + 31) / 32 * 16;
+    const int Nq2 = (N + 31) / 32 * 16, keys2 = (N + 1) / 2;
+    const wa_pairs *pr = &w->pairs;
+    wa_gather_pairs(pr->q, dq2, x, 3 * C, h * d, g->scale, w->tok, g);
+    wa_gather_pairs(pr->k, dq2, x, 3 * C, C + h * d, 1.0f, w->tok, g);
+    wa_transpose_pairs(pr->kt, pr->k, N, dq2, Np);
+    wa_mm_pairs(w->s, Np, pr->q, dq2, pr->kt, Np, N, dq2, Np);          /* logits */
+    wa_softmax_pairs(w->s, bias, w->label, masked, NULL, NULL, Nq2, g); /* p, fp32 */
+    wa_gather_pairs(pr->dy, dq2, dy, C, h * d, 1.0f, w->tok, g);
+    wa_gather_pairs(pr->k, dq2, x, 3 * C, 2 * C + h * d, 1.0f, w->tok, g); /* v */
+    wa_transpose_pairs(pr->vt, pr->k, N, dq2, Np);
+    wa_mm_pairs(w->ds, Np, pr->dy, dq2, pr->vt, Np, N, dq2, Np); /* dp = dout·vᵀ */
+    wa_softmax_backward_rows(w->ds, w->s, dbias, g);
+
+    /* dq = scale · ds·k */
+    for (int i = 0; i < N; i++)
+        for (int j0 = 0; j0 < 2 * Nq2; j0 += 32)
+            _mm512_storeu_si512(pr->p + (size_t)i * Nq2 + j0 / 2, wa_pairs32(w->ds + (size_t)i * Np + j0, N - j0, 1.0f));
+    wa_pair_rows(pr->v, keys2, dp, x, 3 * C, C + h * d, w->tok, N, d, 1.0f);
+    wa_mm_pairs(w->o, dp, pr->p, Nq2, pr->v, dp, N, keys2, dp);
+    for (int i = 0; i < N; i++)
+        for (int c = 0; c < dp; c += 16)
+            _mm512_storeu_ps(w->o + (size_t)i * dp + c, _mm512_mul_ps(_mm512_loadu_ps(w->o + (size_t)i * dp + c),
+                                                                      _mm512_set1_ps(g->scale)));
+    wa_scatter(dx, 3 * C, h * d, w->o, w->tok, g, accumulate);
+    /* dk = dsᵀ·(q·scale) */
+    wa_transposed_pairs(pr, w->ds, g);
+    wa_pair_rows(pr->v, keys2, dp, x, 3 * C, h * d, w->tok, N, d, g->scale);
+    wa_mm_pairs(w->o, dp, pr->cols, Nq2, pr->v, dp, N, keys2, dp);
+    wa_scatter(dx, 3 * C, C + h * d, w->o, w->tok, g, accumulate);
+    /* dv = pᵀ·dout */
+    wa_transposed_pairs(pr, w->s, g);
+    wa_pair_rows(pr->v, keys2, dp, dy, C, h * d, w->tok, N, d, 1.0f);
+    wa_mm_pairs(w->o, dp, pr->cols, Nq2, pr->v, dp, N, keys2, dp);
+    wa_scatter(dx, 3 * C, 2 * C + h * d, w->o, w->tok, g, accumulate);
+}
 #endif
+
 
 #ifndef HERBS_F64
 /* The item of precision p: bf16 products where the CPU has AVX512-BF16. */
@@ -775,5 +872,30 @@ void attention_forward_at(herbs_precision p, float *out, uint16_t *out_bf16, flo
     wa_geometry g = wa_geometry_global(S, C, heads);
     g.out_bf16 = out_bf16 != NULL;
     wa_forward(wa_forward_item_at(p), out_bf16 ? (float *)out_bf16 : out, lse, work, qkv, NULL, B, g, threads);
+}
+
+/* The backward item of precision p: bf16 products where the CPU has AVX512-BF16. */
+static wa_backward_item_fn wa_backward_item_at(herbs_precision p)
+{
+#if defined(__x86_64__)
+    if (p == HERBS_BF16 && herbs_bf16_isa_current() != HERBS_BF16_ISA_PORTABLE)
+        return wa_backward_item_bf16;
+#endif
+    return wa_backward_item_isa();
+}
+
+void window_attention_backward_at(herbs_precision p, float *dqkv, float *dbias, float *work, const float *dout,
+                                  const float *qkv, const float *bias, const float *lse, int B, int H, int W, int C,
+                                  int heads, int window, int shift, int threads, int accumulate)
+{
+    wa_backward(wa_backward_item_at(p), dqkv, dbias, work, dout, qkv, bias, lse, B,
+                wa_geometry_of(H, W, C, heads, window, shift), threads, accumulate);
+}
+
+void attention_backward_at(herbs_precision p, float *dqkv, float *work, const float *dout, const float *qkv,
+                           const float *lse, int B, int S, int C, int heads, int threads, int accumulate)
+{
+    wa_backward(wa_backward_item_at(p), dqkv, NULL, work, dout, qkv, NULL, lse, B, wa_geometry_global(S, C, heads),
+                threads, accumulate);
 }
 #endif

@@ -39,6 +39,14 @@ void FN(window_attention_backward)(real *dqkv, real *dbias, real *work, const re
                                    const real *bias, const real *lse, int B, int H, int W, int C, int heads,
                                    int window, int shift, int threads, int accumulate);
 
+/* The same at precision p: HERBS_BF16 runs the five products (q·kᵀ, dout·vᵀ, ds·k, dsᵀ·(q·scale),
+   pᵀ·dout) with bf16 operands and fp32 accumulation where the CPU has AVX512-BF16 (the softmax
+   and its gradient fp32, the probabilities and their gradient rounded to bf16 for the products:
+   autocast's recipe), ignoring lse (the probabilities recomputed); fp32 elsewhere. Float engine only. */
+void window_attention_backward_at(herbs_precision p, float *dqkv, float *dbias, float *work, const float *dout,
+                                  const float *qkv, const float *bias, const float *lse, int B, int H, int W, int C,
+                                  int heads, int window, int shift, int threads, int accumulate);
+
 /* Global multi-head self-attention (ViT): every token attends to all S tokens of its sample, no
    bias and no mask — window attention with one window of the whole sequence.
    Floats of `work` per thread that attention_forward/backward need. */
@@ -58,3 +66,7 @@ void attention_forward_at(herbs_precision p, float *out, uint16_t *out_bf16, flo
    forward's qkv and lse (NULL: the probabilities recomputed in fp32, as window_attention_backward). */
 void FN(attention_backward)(real *dqkv, real *work, const real *dout, const real *qkv, const real *lse, int B, int S,
                             int C, int heads, int threads, int accumulate);
+
+/* The same at precision p, as window_attention_backward_at. Float engine only. */
+void attention_backward_at(herbs_precision p, float *dqkv, float *work, const float *dout, const float *qkv,
+                           const float *lse, int B, int S, int C, int heads, int threads, int accumulate);

@@ -90,9 +90,10 @@ static void windows_backward(const block_attention *self, const transformer_bloc
 {
     const swin_attention *a = (const swin_attention *)self;
     const swin_stage *st = a->stage;
-    window_attention_backward(dqkv, a->dbias, a->work, datt, v->qkv, v->bias,
-                              k->attention == HERBS_FP32 ? v->lse : NULL, a->B, st->res, st->res, st->dim, st->heads,
-                              st->window, a->block->shift, a->threads, 0); /* bf16: p from fp32 logits, normalised */
+    /* bf16: the products in bf16, p recomputed from the logits (no lse) */
+    window_attention_backward_at(k->attention, dqkv, a->dbias, a->work, datt, v->qkv, v->bias,
+                                 k->attention == HERBS_FP32 ? v->lse : NULL, a->B, st->res, st->res, st->dim,
+                                 st->heads, st->window, a->block->shift, a->threads, 0);
     relative_bias_backward(GRAD(t, a->block->table), a->dbias, st->heads, st->window);
 }
 

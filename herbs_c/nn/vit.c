@@ -94,8 +94,9 @@ static void global_backward(const block_attention *self, const transformer_block
                             const block_saved *s, const float *datt, float *dqkv)
 {
     const vit *v = ((const vit_attention *)self)->v;
-    attention_backward(dqkv, v->work, datt, s->qkv, k->attention == HERBS_FP32 ? s->lse : NULL, v->batch, v->tokens,
-                       v->dim, v->heads, v->threads, 0); /* bf16: p from fp32 logits, normalised */
+    /* bf16: the products in bf16, p recomputed from the logits (no lse) */
+    attention_backward_at(k->attention, dqkv, v->work, datt, s->qkv, k->attention == HERBS_FP32 ? s->lse : NULL,
+                          v->batch, v->tokens, v->dim, v->heads, v->threads, 0);
 }
 
 /* The blocks' frame on the backbone's scratch (dln, dact: backward's, NULL in a forward). */
