@@ -2,7 +2,8 @@
    are gathered into the thread's work area, and the six products (q·kᵀ, p·v; dout·vᵀ,
    dlogits·k, dlogitsᵀ·q, pᵀ·dout) are N×N×d with N = 49 or 144 and d = 32: too small for the
    packed GEMM to pay for its packing, so they go through one register-blocked routine
-   (wa_small_mm) written with GCC vector extensions and built per instruction set (isa.h).
+   (wa_small_mm) written with GCC vector extensions and built per instruction set (isa.h); at
+   bf16 precision, AVX512-BF16 items run them on bf16 pairs (the section at the end).
    Backward recomputes the probabilities from the saved log-sum-exp instead of storing them.
    Global attention (ViT's) is the same item code on one window of all S tokens, with no bias or
    mask: N = S (785 at 448 px), where the routine's register tiles still fit and the item's
@@ -539,10 +540,13 @@ void FN(attention_backward)(real *dqkv, real *work, const real *dout, const real
                     FN(wa_geometry_global)(S, C, heads), threads, accumulate);
 }
 
-/* --- bf16 forward: q·kᵀ and p·v on bf16 operands with fp32 accumulation (vdpbf16ps) ---------
-   Where PyTorch's autocast puts bf16 in attention; the logits, softmax and output stay fp32. q is
-   scaled before rounding. Runs where the CPU has AVX512-BF16 (herbs_bf16_isa_current() is not
-   portable); elsewhere the forward stays fp32. */
+/* --- bf16 items: the products on bf16 operands with fp32 accumulation (vdpbf16ps) ------------
+   Where PyTorch's autocast puts bf16 in attention: forward q·kᵀ and p·v, backward dout·vᵀ, ds·k,
+   dsᵀ·(q·scale) and pᵀ·dout; the logits, softmax, its gradient and the outputs stay fp32. q is
+   scaled before rounding. Operands are 32-bit pairs of bf16 along each product's depth; a product
+   over the rows of a matrix (pᵀ·, dsᵀ·) takes its rows interleaved in pairs and turned by 16x16
+   register transposes. Runs where the CPU has AVX512-BF16 (herbs_bf16_isa_current() is not
+   portable); elsewhere the items stay fp32. */
 #if !defined(HERBS_F64) && defined(__x86_64__)
 #include <immintrin.h>
 
