@@ -93,9 +93,14 @@ void product_rows_forward(herbs_weight *w, const herbs_params *t, herbs_precisio
 
 void product_rows_prepare(herbs_weight *w, const herbs_params *t, herbs_precision p) { gemm_pack(w, t, p); }
 
-herbs_status product_rows_forward_bf16(herbs_weight *w, const herbs_params *t, float *out, const uint16_t *x, int rows)
+herbs_status product_rows_forward_input(herbs_weight *w, const herbs_params *t, float *out, const void *x, int x_bf16,
+                                        int rows)
 {
     const int K = w->in * w->k * w->k;
+    if (!x_bf16) {
+        product_rows_forward(w, t, t->precision, out, x, rows, NULL, NULL, 0);
+        return HERBS_OK;
+    }
     return gemm_prepacked_bf16_rows(rows, w->out, K, 1.0f, x, K, gemm_pack(w, t, HERBS_BF16), 0.0f, out, w->out, NULL,
                                     bias_of(w, t), 0);
 }

@@ -69,11 +69,12 @@ void product_rows_forward(herbs_weight *w, const herbs_params *t, herbs_precisio
    this, threads may call product_rows_forward on the weight at once (the form is only read). */
 void product_rows_prepare(herbs_weight *w, const herbs_params *t, herbs_precision p);
 
-/* product_rows_forward at bf16 (no scale, shift or ReLU) on an x already rounded to bf16 (bit
-   patterns): the same bits as on the fp32 x of those values, from half the bytes. HERBS_ERR_NOMEM
-   (out unspecified) when no memory for packing x could be had. */
-herbs_status product_rows_forward_bf16(herbs_weight *w, const herbs_params *t, float *out, const uint16_t *x,
-                                       int rows);
+/* out[rows, out] = x·Wᵀ + bias at t->precision, x fp32 or, with x_bf16 (at bf16), already rounded to
+   bf16 (bit patterns): the same bits as on the fp32 x of those values, from half the bytes. For
+   inputs that only feed products (transformer_block.h). HERBS_ERR_NOMEM (out unspecified) when no
+   memory for packing a bf16 x could be had. */
+herbs_status product_rows_forward_input(herbs_weight *w, const herbs_params *t, float *out, const void *x, int x_bf16,
+                                        int rows);
 
 /* dx[rows, in] += (accumulate set) or = (not read) dy·W (dx NULL: not wanted); dW += dyᵀ·x,
    db += Σ_rows dy into the gradient block. */

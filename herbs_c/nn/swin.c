@@ -123,15 +123,9 @@ static herbs_status merge_forward(swin_stage *st, const herbs_params *t, herbs_a
     HERBS_TRY(herbs_arena_floats(arena, M, 0, &st->merge_rstd));
     HERBS_TRY(herbs_arena_floats(arena, (size_t)M * 2 * C, 0, &st->tap));
     patch_merge_forward(st->merged, x, B, st->res, st->res, C);
-    if (bf16_out) {
-        layernorm_forward_bf16((uint16_t *)ln, st->merge_mean, st->merge_rstd, st->merged,
-                               PARAM(t, st->merge_norm.weight), PARAM(t, st->merge_norm.bias), M, 4 * C, SWIN_LN_EPS);
-        return product_rows_forward_bf16(&st->merge_reduction, t, st->tap, (const uint16_t *)ln, M);
-    }
-    layernorm_forward(ln, st->merge_mean, st->merge_rstd, st->merged, PARAM(t, st->merge_norm.weight),
-                      PARAM(t, st->merge_norm.bias), M, 4 * C, SWIN_LN_EPS);
-    product_rows_forward(&st->merge_reduction, t, t->precision, st->tap, ln, M, NULL, NULL, 0);
-    return HERBS_OK;
+    transformer_norm_forward(t, st->merge_norm, ln, bf16_out, st->merge_mean, st->merge_rstd, st->merged, M, 4 * C,
+                             SWIN_LN_EPS);
+    return product_rows_forward_input(&st->merge_reduction, t, st->tap, ln, bf16_out, M);
 }
 
 herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena *arena, const float *images,

@@ -58,6 +58,15 @@ herbs_status transformer_block_add(herbs_params *t, transformer_block *k, const 
     return transformer_linear_add(t, &k->fc2, prefix, n, hidden, C, 1);
 }
 
+void transformer_norm_forward(const herbs_params *t, norm_offsets n, float *out, int out_bf16, float *mean, float *rstd,
+                              const float *x, int M, int C, float eps)
+{
+    if (out_bf16)
+        layernorm_forward_bf16((uint16_t *)out, mean, rstd, x, PARAM(t, n.weight), PARAM(t, n.bias), M, C, eps);
+    else
+        layernorm_forward(out, mean, rstd, x, PARAM(t, n.weight), PARAM(t, n.bias), M, C, eps);
+}
+
 block_saved_sizes block_saved_sizes_of(size_t M, int C, int heads, int hidden, size_t bias)
 {
     return (block_saved_sizes){.stats = M, .qkv = 3 * M * C, .bias = bias, .lse = M * heads, .tokens = M * C,
@@ -108,16 +117,14 @@ static herbs_status mlp_rows(transformer_block *k, const block_frame *f, const h
                              int bf16_acts, float *act, int r0, int n)
 {
     const int C = f->C, H = f->hidden;
+    const size_t elem = bf16_acts ? sizeof(uint16_t) : sizeof(float);
     float *hidden = v->hidden + (size_t)r0 * H, *out = f->branch + (size_t)r0 * C;
-    if (!bf16_acts) {
-        product_rows_forward(&k->fc1, t, t->precision, hidden, f->ln + (size_t)r0 * C, n, NULL, NULL, 0);
+    HERBS_TRY(product_rows_forward_input(&k->fc1, t, hidden, (const char *)f->ln + (size_t)r0 * C * elem, bf16_acts, n));
+    if (bf16_acts)
+        gelu_forward_bf16((uint16_t *)act, hidden, (size_t)n * H);
+    else
         gelu_forward(act, hidden, (size_t)n * H);
-        product_rows_forward(&k->fc2, t, t->precision, out, act, n, NULL, NULL, 0);
-        return HERBS_OK;
-    }
-    HERBS_TRY(product_rows_forward_bf16(&k->fc1, t, hidden, (const uint16_t *)f->ln + (size_t)r0 * C, n));
-    gelu_forward_bf16((uint16_t *)act, hidden, (size_t)n * H);
-    return product_rows_forward_bf16(&k->fc2, t, out, (const uint16_t *)act, n);
+    return product_rows_forward_input(&k->fc2, t, out, act, bf16_acts, n);
 }
 
 /* f->branch [M, C] = fc2(GELU(fc1(f->ln))), fc1's output into v->hidden. Where the weights are small
@@ -165,29 +172,14 @@ herbs_status transformer_block_forward(transformer_block *k, const block_frame *
        same products from half the bytes */
     const int bf16_acts = t->precision == HERBS_BF16;
     k->bf16_att = bf16_acts && !train;
-    if (bf16_acts) {
-        layernorm_forward_bf16((uint16_t *)f->ln, v->mean1, v->rstd1, x, PARAM(t, k->norm1.weight),
-                               PARAM(t, k->norm1.bias), M, C, f->eps);
-        HERBS_TRY(product_rows_forward_bf16(&k->qkv, t, v->qkv, (const uint16_t *)f->ln, M));
-    } else {
-        layernorm_forward(f->ln, v->mean1, v->rstd1, x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C,
-                          f->eps);
-        product_rows_forward(&k->qkv, t, t->precision, v->qkv, f->ln, M, NULL, NULL, 0);
-    }
+    transformer_norm_forward(t, k->norm1, f->ln, bf16_acts, v->mean1, v->rstd1, x, M, C, f->eps);
+    HERBS_TRY(product_rows_forward_input(&k->qkv, t, v->qkv, f->ln, bf16_acts, M));
     k->attention = t->precision;
     attention->forward(attention, k, t, v);
-    if (k->bf16_att)
-        HERBS_TRY(product_rows_forward_bf16(&k->proj, t, f->branch, (const uint16_t *)v->att, M));
-    else
-        product_rows_forward(&k->proj, t, t->precision, f->branch, v->att, M, NULL, NULL, 0);
+    HERBS_TRY(product_rows_forward_input(&k->proj, t, f->branch, v->att, k->bf16_att, M));
     residual_add_forward(v->x1, x, f->branch, k->scale1, B, per_sample);
 
-    if (bf16_acts)
-        layernorm_forward_bf16((uint16_t *)f->ln, v->mean2, v->rstd2, v->x1, PARAM(t, k->norm2.weight),
-                               PARAM(t, k->norm2.bias), M, C, f->eps);
-    else
-        layernorm_forward(f->ln, v->mean2, v->rstd2, v->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, C,
-                          f->eps);
+    transformer_norm_forward(t, k->norm2, f->ln, bf16_acts, v->mean2, v->rstd2, v->x1, M, C, f->eps);
     HERBS_TRY(mlp_forward(k, f, t, v, bf16_acts, M));
     residual_add_forward(out, v->x1, f->branch, k->scale2, B, per_sample);
     return HERBS_OK;

@@ -99,6 +99,11 @@ extern const herbs_init TRANSFORMER_ZEROS, TRANSFORMER_ONES, TRANSFORMER_NORMAL;
 /* A LayerNorm's "{name}.weight" and "{name}.bias" [dim], and a Linear's "{name}.weight" [out, in]
    and, with bias, "{name}.bias" [out], with timm's initialisers. */
 herbs_status transformer_norm_add(herbs_params *t, norm_offsets *n, const char *prefix, const char *name, int dim);
+
+/* The LayerNorm n of x [M, C] into out, for the products that read it (product_rows_forward_input):
+   fp32, or with out_bf16 bf16 bit patterns in out's first half; mean and rstd [M] kept. */
+void transformer_norm_forward(const herbs_params *t, norm_offsets n, float *out, int out_bf16, float *mean, float *rstd,
+                              const float *x, int M, int C, float eps);
 herbs_status transformer_linear_add(herbs_params *t, herbs_weight *w, const char *prefix, const char *name, int in,
                                     int out, int bias);
 
