@@ -37,6 +37,19 @@ HERBS_INLINE int32_t bits_from_float(float f)
     return i;
 }
 
+/* exp's constants, shared with the vector forms written with intrinsics (window_attention.c) */
+#define EXP_SHIFTER 12582912.0f /* 1.5·2^23: adding it rounds to an integer */
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_LN2_HI 0.693359375f /* ln2 = hi + lo, hi exact in few bits */
+#define EXP_LN2_LO -2.12194440e-4f
+#define EXP_UNDERFLOW -87.3f /* below: 0 */
+#define EXP_P0 1.9875691500e-4f /* Cephes's degree-6 polynomial, highest term first */
+#define EXP_P1 1.3981999507e-3f
+#define EXP_P2 8.3334519073e-3f
+#define EXP_P3 4.1665795894e-2f
+#define EXP_P4 1.6666665459e-1f
+#define EXP_P5 5.0000001201e-1f
+
 /* e^(a + b) for a + b in float range, where a may be large and b small: the Cody–Waite
    reduction subtracts n·ln2 from a before adding b, so when a is exact (as -x²/2 from a split x
    is) the result keeps float accuracy even for large arguments. 0 below e^-87.3. Cephes's
@@ -44,19 +57,18 @@ HERBS_INLINE int32_t bits_from_float(float f)
 HERBS_INLINE float exp_sum(float a, float b)
 {
     const float s = a + b;
-    const float shifter = 12582912.0f; /* 1.5·2^23: adding it rounds to an integer */
-    const float k = s * 1.44269504088896341f + shifter;
-    const float n = k - shifter;
-    const int32_t ni = bits_from_float(k) - bits_from_float(shifter);
-    const float r = ((a - n * 0.693359375f) + b) - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    const float k = s * EXP_LOG2E + EXP_SHIFTER;
+    const float n = k - EXP_SHIFTER;
+    const int32_t ni = bits_from_float(k) - bits_from_float(EXP_SHIFTER);
+    const float r = ((a - n * EXP_LN2_HI) + b) - n * EXP_LN2_LO;
+    float p = EXP_P0;
+    p = p * r + EXP_P1;
+    p = p * r + EXP_P2;
+    p = p * r + EXP_P3;
+    p = p * r + EXP_P4;
+    p = p * r + EXP_P5;
     const float e = (p * r * r + r + 1.0f) * float_from_bits((ni + 127) << 23);
-    return s < -87.3f ? 0.0f : e;
+    return s < EXP_UNDERFLOW ? 0.0f : e;
 }
 
 HERBS_INLINE float exp_fast(float x) { return exp_sum(x, 0.0f); }

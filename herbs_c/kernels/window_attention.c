@@ -204,17 +204,24 @@ static int FN(wa_window_tokens)(const FN(wa_geometry) *g, int w, int *tok, int *
     return s && ((wy + 1) * win == H || (wx + 1) * win == W);
 }
 
-/* Asks for the rows of window `next` (sample next / nw) of a [B, H·W] map of rows of row_bytes to come
-   into the cache while the current window computes (with `write`, to be written): a window's tokens
-   are rows scattered over the map, in an order no hardware prefetcher follows (at batch 8 the items
-   waited on them, reading and writing). w's next_tok and next_label are overwritten; a `next` past
-   the last window does nothing. */
-static void FN(wa_prefetch_window)(const FN(wa_geometry) *g, const FN(wa_work) *w, long next, long windows,
-                                   const void *map, size_t row_bytes, int write)
+/* The rows of window `next` (sample next / nw) are asked to come into the cache while the current
+   window computes: a window's tokens are rows scattered over the map, in an order no hardware
+   prefetcher follows (at batch 8 the items waited on them, reading and writing). This finds the
+   window's tokens (w's next_tok and next_label), once per window; returns 0 when there is nothing
+   to fetch (no next window; global: the next window is a whole sample, read in order). */
+static int FN(wa_next_window)(const FN(wa_geometry) *g, const FN(wa_work) *w, long next, long windows)
 {
-    if (next >= windows || g->global) /* global: the next window is a whole sample, read in order */
-        return;
+    if (next >= windows || g->global)
+        return 0;
     FN(wa_window_tokens)(g, (int)(next % g->nw), w->next_tok, w->next_label);
+    return 1;
+}
+
+/* ... and this asks for the next window's rows of a [B, H·W] map of rows of row_bytes (with `write`,
+   to be written). */
+static void FN(wa_prefetch_rows)(const FN(wa_geometry) *g, const FN(wa_work) *w, long next, const void *map,
+                                 size_t row_bytes, int write)
+{
     const char *sample = (const char *)map + (size_t)(next / g->nw) * g->H * g->W * row_bytes;
     for (int n = 0; n < g->N; n++)
         for (size_t c = 0; c < row_bytes; c += 64) {
@@ -452,9 +459,12 @@ static void FN(wa_forward)(FN(wa_forward_item_fn) item, real *out, real *lse, re
             if (it / heads != window_of_tokens) {
                 masked = FN(wa_window_tokens)(&g, win, w.tok, w.label);
                 window_of_tokens = it / heads;
-                FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, qkv, 3 * C * sizeof(real), 0);
-                if (g.out_bf16) /* measured: helps the bf16 item; costs the fp32 forward ~1% (twice the lines) */
-                    FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, out, C * out_elem, 1);
+                const long next = window_of_tokens + 1;
+                if (FN(wa_next_window)(&g, &w, next, items / heads)) {
+                    FN(wa_prefetch_rows)(&g, &w, next, qkv, 3 * C * sizeof(real), 0);
+                    if (g.out_bf16) /* measured: helps the bf16 item; costs the fp32 forward ~1% (twice the lines) */
+                        FN(wa_prefetch_rows)(&g, &w, next, out, C * out_elem, 1);
+                }
             }
             real *y = (real *)((char *)out + (size_t)b * H * W * C * out_elem);
             item(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, bias ? bias + (size_t)h * g.N * g.N : NULL, h, y,
@@ -503,9 +513,12 @@ static void FN(wa_backward)(FN(wa_backward_item_fn) item_fn, real *dqkv, real *d
             if (item / heads != window_of_tokens) {
                 masked = FN(wa_window_tokens)(&g, win, w.tok, w.label);
                 window_of_tokens = item / heads;
-                FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, qkv, 3 * C * sizeof(real), 0);
-                FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, dout, C * sizeof(real), 0);
-                FN(wa_prefetch_window)(&g, &w, window_of_tokens + 1, items / heads, dqkv, 3 * C * sizeof(real), 1);
+                const long next = window_of_tokens + 1;
+                if (FN(wa_next_window)(&g, &w, next, items / heads)) {
+                    FN(wa_prefetch_rows)(&g, &w, next, qkv, 3 * C * sizeof(real), 0);
+                    FN(wa_prefetch_rows)(&g, &w, next, dout, C * sizeof(real), 0);
+                    FN(wa_prefetch_rows)(&g, &w, next, dqkv, 3 * C * sizeof(real), 1);
+                }
             }
             item_fn(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, dout + (size_t)b * H * W * C,
                     bias ? bias + (size_t)h * nn : NULL, lse ? lse + (((size_t)b * g.nw + win) * heads + h) * g.N : NULL,
@@ -567,6 +580,13 @@ WA_BF16 static inline __m512i wa_pairs32(const float *x, int n, float scale)
                                         _mm512_mul_ps(s, _mm512_maskz_loadu_ps(wa_lanes(n), x)));
 }
 
+/* dst[Nq2] <- scale · the n floats of a row (zero beyond) as bf16 pairs along it */
+WA_BF16 static inline void wa_row_pairs(uint32_t *dst, const float *row, int n, int Nq2, float scale)
+{
+    for (int j0 = 0; j0 < 2 * Nq2; j0 += 32)
+        _mm512_storeu_si512(dst + j0 / 2, wa_pairs32(row + j0, n - j0, scale));
+}
+
 /* rows[N][dq2] <- scale · columns col..col+d of the rows tok[n] of src (row stride ld), as pairs */
 WA_BF16 static void wa_gather_pairs(uint32_t *rows, int dq2, const float *src, long ld, int col, float scale,
                                     const int *tok, const wa_geometry *g)
@@ -617,11 +637,11 @@ WA_BF16 static void wa_pair_rows(uint32_t *out, int pairs, int w16, const float 
     }
 }
 
-/* out[r][v·16 ..] = Σ_p a[r·lda + p] · b[p·ldb + v·16 ..] over K2 pairs, r < R, v < V, with
+/* out[r][v·16 ..] = alpha · Σ_p a[r·lda + p] · b[p·ldb + v·16 ..] over K2 pairs, r < R, v < V, with
    vdpbf16ps (R, V constants once inlined) */
 WA_BF16 static inline __attribute__((always_inline)) void wa_mm_pairs_block(float *out, long ldo, const uint32_t *a,
                                                                           long lda, const uint32_t *b, long ldb, int K2,
-                                                                          const int R, const int V)
+                                                                          float alpha, const int R, const int V)
 {
     __m512 acc[4][4];
     for (int r = 0; r < R; r++)
@@ -639,29 +659,30 @@ WA_BF16 static inline __attribute__((always_inline)) void wa_mm_pairs_block(floa
     }
     for (int r = 0; r < R; r++)
         for (int v = 0; v < V; v++)
-            _mm512_storeu_ps(out + (size_t)r * ldo + 16 * v, acc[r][v]);
+            _mm512_storeu_ps(out + (size_t)r * ldo + 16 * v, _mm512_mul_ps(_mm512_set1_ps(alpha), acc[r][v]));
 }
 
-/* out[M][cols] (row stride ldo) = a[M][K2 pairs] · b[K2 pairs][cols], cols a multiple of 16 */
+/* out[M][cols] (row stride ldo) = alpha · a[M][K2 pairs] · b[K2 pairs][cols], cols a multiple of 16, as
+   wa_small_mm */
 WA_BF16 static void wa_mm_pairs(float *out, long ldo, const uint32_t *a, long lda, const uint32_t *b, long ldb, int M,
-                                int K2, int cols)
+                                int K2, int cols, float alpha)
 {
     int r = 0;
     for (; r + 4 <= M; r += 4) {
         int c = 0;
         for (; c + 64 <= cols; c += 64)
-            wa_mm_pairs_block(out + (size_t)r * ldo + c, ldo, a + (size_t)r * lda, lda, b + c, ldb, K2, 4, 4);
+            wa_mm_pairs_block(out + (size_t)r * ldo + c, ldo, a + (size_t)r * lda, lda, b + c, ldb, K2, alpha, 4, 4);
         for (; c + 32 <= cols; c += 32)
-            wa_mm_pairs_block(out + (size_t)r * ldo + c, ldo, a + (size_t)r * lda, lda, b + c, ldb, K2, 4, 2);
+            wa_mm_pairs_block(out + (size_t)r * ldo + c, ldo, a + (size_t)r * lda, lda, b + c, ldb, K2, alpha, 4, 2);
         for (; c < cols; c += 16)
-            wa_mm_pairs_block(out + (size_t)r * ldo + c, ldo, a + (size_t)r * lda, lda, b + c, ldb, K2, 4, 1);
+            wa_mm_pairs_block(out + (size_t)r * ldo + c, ldo, a + (size_t)r * lda, lda, b + c, ldb, K2, alpha, 4, 1);
     }
     for (; r < M; r++) {
         int c = 0;
         for (; c + 64 <= cols; c += 64)
-            wa_mm_pairs_block(out + (size_t)r * ldo + c, ldo, a + (size_t)r * lda, lda, b + c, ldb, K2, 1, 4);
+            wa_mm_pairs_block(out + (size_t)r * ldo + c, ldo, a + (size_t)r * lda, lda, b + c, ldb, K2, alpha, 1, 4);
         for (; c < cols; c += 16)
-            wa_mm_pairs_block(out + (size_t)r * ldo + c, ldo, a + (size_t)r * lda, lda, b + c, ldb, K2, 1, 1);
+            wa_mm_pairs_block(out + (size_t)r * ldo + c, ldo, a + (size_t)r * lda, lda, b + c, ldb, K2, alpha, 1, 1);
     }
 }
 
@@ -686,25 +707,24 @@ WA_BF16 static void wa_put_rows_bf16(float *y, const float *o, int h, const int 
     }
 }
 
-/* e^x on 16 lanes, fastmath.h's exp_fast (Cody-Waite reduction, Cephes's degree-6 polynomial, 0
-   below e^-87.3) */
+/* e^x on 16 lanes: fastmath.h's exp_fast, its constants */
 WA_BF16 static inline __m512 wa_exp16(__m512 x)
 {
-    const __m512 shifter = _mm512_set1_ps(12582912.0f);
-    const __m512 k = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), shifter);
+    const __m512 shifter = _mm512_set1_ps(EXP_SHIFTER);
+    const __m512 k = _mm512_fmadd_ps(x, _mm512_set1_ps(EXP_LOG2E), shifter);
     const __m512 n = _mm512_sub_ps(k, shifter);
     const __m512i ni = _mm512_sub_epi32(_mm512_castps_si512(k), _mm512_castps_si512(shifter));
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_HI), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_LO), r);
+    __m512 p = _mm512_set1_ps(EXP_P0);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P5));
     const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
     const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127)), 23));
-    return _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ), e, scale);
+    return _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_UNDERFLOW), _CMP_GE_OQ), e, scale);
 }
 
 /* The logits s[N][Np] of q·kᵀ -> p[N][Nq2] pairs: per row, + bias (NULL: none) + the mask between
@@ -745,11 +765,8 @@ WA_BF16 static void wa_softmax_pairs(float *s, const float *bias, const int *lab
         const __m512 inv = _mm512_set1_ps(1.0f / total);
         for (int j = 0; !p && j < Np; j += 16)
             _mm512_storeu_ps(row + j, _mm512_mul_ps(_mm512_loadu_ps(row + j), inv));
-        for (int j0 = 0; p && j0 < 2 * Nq2; j0 += 32) {
-            const __m512 lo = _mm512_maskz_mul_ps(wa_lanes(N - j0), _mm512_loadu_ps(row + j0), inv);
-            const __m512 hi = _mm512_maskz_mul_ps(wa_lanes(N - j0 - 16), _mm512_loadu_ps(row + j0 + 16), inv);
-            _mm512_storeu_si512(p + (size_t)i * Nq2 + j0 / 2, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-        }
+        if (p)
+            wa_row_pairs(p + (size_t)i * Nq2, row, N, Nq2, 1.0f / total);
     }
 }
 
@@ -763,9 +780,9 @@ WA_BF16 static void wa_forward_item_bf16(const wa_geometry *g, const wa_work *w,
     wa_gather_pairs(pr->k, dq2, x, 3 * C, C + h * d, 1.0f, w->tok, g);
     wa_transpose_pairs(pr->kt, pr->k, N, dq2, g->Np);
     wa_pair_rows(pr->v, keys2, g->dp, x, 3 * C, 2 * C + h * d, w->tok, N, d, 1.0f);
-    wa_mm_pairs(w->s, g->Np, pr->q, dq2, pr->kt, g->Np, N, dq2, g->Np);
+    wa_mm_pairs(w->s, g->Np, pr->q, dq2, pr->kt, g->Np, N, dq2, g->Np, 1.0f);
     wa_softmax_pairs(w->s, bias, w->label, masked, lse, pr->p, Nq2, g);
-    wa_mm_pairs(w->o, g->dp, pr->p, Nq2, pr->v, g->dp, N, keys2, g->dp); /* the pairs of the N keys only */
+    wa_mm_pairs(w->o, g->dp, pr->p, Nq2, pr->v, g->dp, N, keys2, g->dp, 1.0f); /* the pairs of the N keys only */
     wa_put_rows_bf16(y, w->o, h, w->tok, g);
 }
 
@@ -817,34 +834,29 @@ WA_BF16 static void wa_backward_item_bf16(const wa_geometry *g, const wa_work *w
     wa_gather_pairs(pr->q, dq2, x, 3 * C, h * d, g->scale, w->tok, g);
     wa_gather_pairs(pr->k, dq2, x, 3 * C, C + h * d, 1.0f, w->tok, g);
     wa_transpose_pairs(pr->kt, pr->k, N, dq2, Np);
-    wa_mm_pairs(w->s, Np, pr->q, dq2, pr->kt, Np, N, dq2, Np);          /* logits */
+    wa_mm_pairs(w->s, Np, pr->q, dq2, pr->kt, Np, N, dq2, Np, 1.0f);    /* logits */
     wa_softmax_pairs(w->s, bias, w->label, masked, NULL, NULL, Nq2, g); /* p, fp32 */
     wa_gather_pairs(pr->dy, dq2, dy, C, h * d, 1.0f, w->tok, g);
     wa_gather_pairs(pr->k, dq2, x, 3 * C, 2 * C + h * d, 1.0f, w->tok, g); /* v */
     wa_transpose_pairs(pr->vt, pr->k, N, dq2, Np);
-    wa_mm_pairs(w->ds, Np, pr->dy, dq2, pr->vt, Np, N, dq2, Np); /* dp = dout·vᵀ */
+    wa_mm_pairs(w->ds, Np, pr->dy, dq2, pr->vt, Np, N, dq2, Np, 1.0f); /* dp = dout·vᵀ */
     wa_softmax_backward_rows(w->ds, w->s, dbias, g);
 
     /* dq = scale · ds·k */
     for (int i = 0; i < N; i++)
-        for (int j0 = 0; j0 < 2 * Nq2; j0 += 32)
-            _mm512_storeu_si512(pr->p + (size_t)i * Nq2 + j0 / 2, wa_pairs32(w->ds + (size_t)i * Np + j0, N - j0, 1.0f));
+        wa_row_pairs(pr->p + (size_t)i * Nq2, w->ds + (size_t)i * Np, N, Nq2, 1.0f);
     wa_pair_rows(pr->v, keys2, dp, x, 3 * C, C + h * d, w->tok, N, d, 1.0f);
-    wa_mm_pairs(w->o, dp, pr->p, Nq2, pr->v, dp, N, keys2, dp);
-    for (int i = 0; i < N; i++)
-        for (int c = 0; c < dp; c += 16)
-            _mm512_storeu_ps(w->o + (size_t)i * dp + c, _mm512_mul_ps(_mm512_loadu_ps(w->o + (size_t)i * dp + c),
-                                                                      _mm512_set1_ps(g->scale)));
+    wa_mm_pairs(w->o, dp, pr->p, Nq2, pr->v, dp, N, keys2, dp, g->scale);
     wa_scatter(dx, 3 * C, h * d, w->o, w->tok, g, accumulate);
     /* dk = dsᵀ·(q·scale) */
     wa_transposed_pairs(pr, w->ds, g);
     wa_pair_rows(pr->v, keys2, dp, x, 3 * C, h * d, w->tok, N, d, g->scale);
-    wa_mm_pairs(w->o, dp, pr->cols, Nq2, pr->v, dp, N, keys2, dp);
+    wa_mm_pairs(w->o, dp, pr->cols, Nq2, pr->v, dp, N, keys2, dp, 1.0f);
     wa_scatter(dx, 3 * C, C + h * d, w->o, w->tok, g, accumulate);
     /* dv = pᵀ·dout */
     wa_transposed_pairs(pr, w->s, g);
     wa_pair_rows(pr->v, keys2, dp, dy, C, h * d, w->tok, N, d, 1.0f);
-    wa_mm_pairs(w->o, dp, pr->cols, Nq2, pr->v, dp, N, keys2, dp);
+    wa_mm_pairs(w->o, dp, pr->cols, Nq2, pr->v, dp, N, keys2, dp, 1.0f);
     wa_scatter(dx, 3 * C, 2 * C + h * d, w->o, w->tok, g, accumulate);
 }
 #endif
