@@ -12,12 +12,11 @@
    they are padded to; a B packed once (gemm_prepack_b) replaces the packing of B blocks, and an A
    already in bf16 (gemm_prepacked_bf16_rows) is read in place or packed without rounding. */
 #include <omp.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/arena.h"
 #include "core/cpu.h"
+#include "core/scratch.h"
 #include "core/threads.h"
 #include "kernels/gemm_microkernels.h"
 #include "kernels/kernels.h"
@@ -101,51 +100,6 @@ static int nc_of(const gemm_microkernel *uk)
     int kc, nc;
     gemm_cache_blocks(uk, &kc, &nc);
     return nc;
-}
-
-/* --- per-OS-thread buffers, freed when the thread ends ------------------------------------- */
-
-enum { BUF_PACK, BUF_PARTIAL, BUF_COUNT }; /* pack buffers; partial sums of a split K */
-
-typedef struct {
-    void *data[BUF_COUNT];
-    size_t capacity[BUF_COUNT]; /* bytes */
-} workspace;
-
-static pthread_key_t workspace_key;
-static pthread_once_t workspace_once = PTHREAD_ONCE_INIT;
-
-static void workspace_destroy(void *p)
-{
-    workspace *ws = p;
-    for (int i = 0; i < BUF_COUNT; i++)
-        herbs_free(ws->data[i]);
-    free(ws);
-}
-
-static void workspace_key_create(void) { pthread_key_create(&workspace_key, workspace_destroy); }
-
-/* This thread's buffer `which` of at least `bytes` bytes, or NULL when memory runs out. */
-static void *workspace_get(int which, size_t bytes)
-{
-    pthread_once(&workspace_once, workspace_key_create);
-    workspace *ws = pthread_getspecific(workspace_key);
-    if (!ws) {
-        ws = calloc(1, sizeof *ws);
-        if (!ws || pthread_setspecific(workspace_key, ws) != 0) {
-            free(ws);
-            return NULL;
-        }
-    }
-    if (ws->capacity[which] < bytes) {
-        herbs_free(ws->data[which]);
-        ws->capacity[which] = 0;
-        ws->data[which] = herbs_aligned_alloc(bytes);
-        if (!ws->data[which])
-            return NULL;
-        ws->capacity[which] = bytes;
-    }
-    return ws->data[which];
 }
 
 /* --- one thread's product ------------------------------------------------------------------ */
@@ -290,7 +244,7 @@ static int gemm_serial(const gemm_microkernel *uk, int trans_a, int trans_b, int
                                   : small && readable_in_place(lda, sizeof(float));
     const int b_in_place = small && !packed && !trans_b && readable_in_place(ldb, sizeof(float));
     const size_t b_bytes = packed ? 0 : panel_bytes(uk, kc, nc);
-    char *bpack = workspace_get(BUF_PACK, b_bytes + panel_bytes(uk, kc, rows_packed_at_once(uk, trans_a)));
+    char *bpack = herbs_scratch(HERBS_SCRATCH_GEMM_PACK, b_bytes + panel_bytes(uk, kc, rows_packed_at_once(uk, trans_a)));
     if (!bpack && packed)
         return -1;
     if (!bpack) { /* out of memory for packing: the plain loops need none */
@@ -428,7 +382,7 @@ static int product(const gemm_microkernel *uk, int trans_a, int trans_b, int M, 
     /* a B packed once is in slices of the whole depth: K is not split */
     thread_grid g = choose_grid(uk, M, N, K, nt, !packed);
     float *partial = NULL; /* K split: the products of depth shares 1.. go here, share 0 into C */
-    if (g.k > 1 && !(partial = workspace_get(BUF_PARTIAL, (size_t)(g.k - 1) * M * N * sizeof(float))))
+    if (g.k > 1 && !(partial = herbs_scratch(HERBS_SCRATCH_GEMM_PARTIAL, (size_t)(g.k - 1) * M * N * sizeof(float))))
         g = choose_grid(uk, M, N, K, nt, 0);
     int status = 0;
 
