@@ -385,6 +385,49 @@ def test_gemm_prepacked_bf16_rows(bf16_isa, threads, padded):
                 check(got, a32, b, 0, 1, alpha, beta, c0)
 
 
+INPUTS_SHAPES = [(1, 1, 1), (13, 31, 7), (29, 70, 33), (15, 17, 2), (300, 96, 1000), (96, 384, 3001),
+                 (17, 1100, 520)]
+
+
+@pytest.mark.parametrize("ta,tb", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_gemm_bf16_inputs_already_bf16(bf16_isa, threads, ta, tb):
+    """Operands given as bf16 bit patterns (uint16), either or both, transposed or not: bit for bit the
+    product of the fp32 operands holding the same values, whether the kernel reads rows of A in place
+    or packs them (odd K, fewer rows than a stripe, a transposed A), over several K slices and column
+    blocks, split among threads, with alpha and beta, rows spaced in views (4 KiB apart too); and
+    within the bf16 bound of the float64 product."""
+    rng = np.random.default_rng(16 + 2 * ta + tb)
+    for m, n, k in INPUTS_SHAPES + [(30, 40, 2048)]:
+        a32, b32 = operands(rng, m, n, k, ta, tb)
+        a, b = bf16_round(a32), bf16_round(b32)
+        a_bits, b_bits = bf16_bits(a32), bf16_bits(b32)
+        if k == 2048:  # views of rows 2048 bf16 apart (4 KiB): not read in place
+            wide = np.zeros((a_bits.shape[0], 2 * a_bits.shape[1]), np.uint16)
+            wide[:, :a_bits.shape[1]] = a_bits
+            a_bits = wide[:, :a_bits.shape[1]]
+        for alpha, beta in [(1.0, 0.0), (-0.5, 1.0)]:
+            c0 = rng.uniform(-1, 1, (m, n)).astype(np.float32)
+            want = _C.gemm_bf16(a, b, c0.copy(), trans_a=ta, trans_b=tb, alpha=alpha, beta=beta)
+            for x, y in [(a_bits, b), (a, b_bits), (a_bits, b_bits)]:
+                got = _C.gemm_bf16(x, y, c0.copy(), trans_a=ta, trans_b=tb, alpha=alpha, beta=beta)
+                np.testing.assert_array_equal(got, want, err_msg=f"{m}x{n}x{k} a {x.dtype}, b {y.dtype}")
+            check(want, a32, b32, ta, tb, alpha, beta, c0)
+
+
+def test_gemm_bf16_inputs_bad_arguments():
+    bits, x = np.zeros((4, 6), np.uint16), np.zeros((6, 5), np.float32)
+    with pytest.raises(ValueError, match="no scale, shift or relu"):
+        _C.gemm_bf16(bits, x, relu=True)
+    with pytest.raises(ValueError, match="2-D"):
+        _C.gemm_bf16(np.zeros((2, 4, 6), np.uint16), x)
+    with pytest.raises(ValueError, match="contiguous"):
+        _C.gemm_bf16(np.zeros((4, 12), np.uint16)[:, ::2], x)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _C.gemm(bits, x)  # only the bf16 product takes bf16 bits
+    with pytest.raises(ValueError, match="inner dimensions"):
+        _C.gemm_bf16(bits, np.zeros((5, 6), np.uint16))
+
+
 def test_gemm_prepacked_bf16_rows_bad_arguments():
     rng = np.random.default_rng(15)
     a, b = operands(rng, 8, 9, 10, 0, 0)

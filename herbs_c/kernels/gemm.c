@@ -123,16 +123,38 @@ static size_t panel_bytes(const gemm_microkernel *uk, int k, int width)
 /* The depth of the K slices of a product of depth K: the same for its B packed once. */
 static int slice_depth(const gemm_microkernel *uk, int K) { return block_size(K, kc_of(uk), uk->ku > 16 ? uk->ku : 16); }
 
-/* Where op(X)[row, col] is, for X with row stride ld, transposed or not. */
-static const float *op_at(const float *X, long ld, int trans, int row, int col)
+/* An operand as stored: op(X) = X or (trans) Xᵀ, of fp32 or (bf16, for a bf16 kernel) of bf16 bit
+   patterns, with row stride ld. */
+typedef struct {
+    const void *data;
+    long ld;
+    int trans, bf16;
+} operand;
+
+/* The operand from op(X)[row, col] on. */
+static operand operand_from(operand x, int row, int col)
 {
-    return trans ? X + (size_t)col * ld + row : X + (size_t)row * ld + col;
+    const size_t at = x.trans ? (size_t)col * x.ld + row : (size_t)row * x.ld + col;
+    x.data = (const char *)x.data + at * (x.bf16 ? sizeof(uint16_t) : sizeof(float));
+    return x;
 }
 
-/* Where op(A)[row, col] is for an A of fp32, or of bf16 (a_bf16: rows only, not transposed). */
-static const void *a_at(const void *A, int a_bf16, long lda, int trans, int row, int col)
+/* The panels of op(A)[0:m, 0:k] (pack_a) or op(B)[0:k, 0:n] (pack_b) into dst: rounded to the
+   kernel's element, or copied from bf16. */
+static void pack_a(const gemm_microkernel *uk, const operand *a, int m, int k, void *dst)
 {
-    return a_bf16 ? (const void *)((const uint16_t *)A + (size_t)row * lda + col) : op_at(A, lda, trans, row, col);
+    if (a->bf16)
+        uk->pack_a_from_bf16(a->trans, m, k, a->data, a->ld, dst);
+    else
+        uk->pack_a(a->trans, m, k, a->data, a->ld, dst);
+}
+
+static void pack_b(const gemm_microkernel *uk, const operand *b, int n, int k, void *dst)
+{
+    if (b->bf16)
+        uk->pack_b_from_bf16(b->trans, n, k, b->data, b->ld, dst);
+    else
+        uk->pack_b(b->trans, n, k, b->data, b->ld, dst);
 }
 
 /* Whether rows `ld` elements of `elem` bytes apart can be read in place: rows 4 KiB apart (or a
@@ -189,23 +211,21 @@ static int rows_packed_at_once(const gemm_microkernel *uk, int trans_a)
 /* C[0:m, 0:n] = alpha * op(A)[0:m, 0:k] · (B block) + beta * C, a stripe of mr rows of C at a
    time: the stripe's A panel (read in place or packed) stays in L1 while the B panels stream
    from L2, and C is written in the order of its memory, which the hardware prefetcher follows.
-   A is fp32, or bf16 rows (a_bf16, for a bf16 kernel). The kernel applies ep (NULL: none) to
-   each tile as it stores it. */
-static void stripes(const gemm_microkernel *uk, int trans_a, int a_in_place, int m, int n, int k, float alpha,
-                    const void *A, int a_bf16, long lda, const b_block *bb, float beta, float *C, long ldc,
-                    char *apack, const gemm_tile_step *ep)
+   The kernel applies ep (NULL: none) to each tile as it stores it. */
+static void stripes(const gemm_microkernel *uk, int a_in_place, int m, int n, int k, float alpha, operand A,
+                    const b_block *bb, float beta, float *C, long ldc, char *apack, const gemm_tile_step *ep)
 {
-    const int mr = uk->mr, nr = uk->nr, group = a_in_place ? mr : rows_packed_at_once(uk, trans_a);
+    const int mr = uk->mr, nr = uk->nr, group = a_in_place ? mr : rows_packed_at_once(uk, A.trans);
+    const long lda = A.ld;
     for (int i0 = 0; i0 < m; i0 += mr) {
         const int rows = min_int(mr, m - i0);
         /* in place: a full stripe, or for rows of A the last mr rows, storing the stripe's own */
-        const int in_place = a_in_place && (rows == mr || (!trans_a && m >= mr));
+        const int in_place = a_in_place && (rows == mr || (!A.trans && m >= mr));
         const int shift = in_place ? mr - rows : 0;
-        const void *a = a_at(A, a_bf16, lda, trans_a, i0 - shift, 0);
-        if (!in_place && i0 % group == 0 && a_bf16)
-            uk->pack_a_bf16(min_int(group, m - i0), k, a, lda, apack);
-        else if (!in_place && i0 % group == 0)
-            uk->pack_a(trans_a, min_int(group, m - i0), k, a, lda, apack);
+        const operand stripe = operand_from(A, i0 - shift, 0);
+        const void *a = stripe.data;
+        if (!in_place && i0 % group == 0)
+            pack_a(uk, &stripe, min_int(group, m - i0), k, apack);
         const char *a_panel = apack + panel_bytes(uk, k, i0 % group);
         for (int j0 = 0; j0 < n; j0 += nr) {
             long b_step;
@@ -216,9 +236,9 @@ static void stripes(const gemm_microkernel *uk, int trans_a, int a_in_place, int
             const gemm_tile_step *step = ep ? &at : NULL;
             if (!in_place)
                 uk->run(k, a_panel, mr, b, b_step, c, ldc, alpha, beta, rows, cols, step);
-            else if (a_bf16)
+            else if (A.bf16)
                 uk->run_rows_bf16(k, a, lda, b, c, ldc, alpha, beta, shift, cols, step);
-            else if (trans_a)
+            else if (A.trans)
                 uk->run(k, a, lda, b, b_step, c, ldc, alpha, beta, rows, cols, step);
             else /* an edge stripe read in place stores (and steps) its own rows shift.. */
                 uk->run_rows(k, a, lda, b, b_step, c, ldc, alpha, beta, shift, cols, step);
@@ -229,26 +249,30 @@ static void stripes(const gemm_microkernel *uk, int trans_a, int a_in_place, int
 /* C[0:M, 0:N] = alpha * op(A) · op(B) + beta * C with op(A) M x K, op(B) K x N, on the
    calling thread alone. For each nc-wide block of columns and kc-deep slice of K, the B block
    is packed (a product of one small block reads its full panels in place), then stripes()
-   runs; with `packed` (B NULL), the blocks of B packed once are read instead. A is read in place
-   when its rows and the kernel allow (a bf16 A, only ever with a packed B: whenever the kernel
-   reads one in place and K is whole pairs). ep (NULL: none) is applied to each tile after its last
-   slice of K. Returns 0, or -1 when pack memory ran out with a packed B (without one, the plain
-   loops run). */
-static int gemm_serial(const gemm_microkernel *uk, int trans_a, int trans_b, int M, int N, int K, float alpha,
-                        const void *A, int a_bf16, long lda, const float *B, long ldb, const b_packed *packed,
-                        float beta, float *C, long ldc, const gemm_tile_step *ep)
+   runs; with `packed` (B's data NULL), the blocks of B packed once are read instead. A is read in
+   place when its rows and the kernel allow (a bf16 A whenever the kernel reads one in place, its
+   rows are not transposed and K is whole pairs); a bf16 B is always packed. ep (NULL: none) is
+   applied to each tile after its last slice of K. Returns 0, or -1 when pack memory ran out with
+   a packed B (without one, the plain loops run). */
+static int gemm_serial(const gemm_microkernel *uk, int M, int N, int K, float alpha, operand A, operand B,
+                       const b_packed *packed, float beta, float *C, long ldc, const gemm_tile_step *ep)
 {
     const int kc = slice_depth(uk, K), nc = block_size(N, nc_of(uk), uk->nr);
     const int small = K <= kc_of(uk) && N <= nc_of(uk) && (size_t)M * K <= SMALL_A_FLOATS && uk->run_rows;
-    const int a_in_place = a_bf16 ? uk->run_rows_bf16 && K % 2 == 0 && readable_in_place(lda, sizeof(uint16_t))
-                                  : small && readable_in_place(lda, sizeof(float));
-    const int b_in_place = small && !packed && !trans_b && readable_in_place(ldb, sizeof(float));
+    const int a_in_place = A.bf16 ? uk->run_rows_bf16 && !A.trans && K % 2 == 0 &&
+                                        readable_in_place(A.ld, sizeof(uint16_t))
+                                  : small && readable_in_place(A.ld, sizeof(float));
+    const int b_in_place = small && !packed && !B.trans && !B.bf16 && readable_in_place(B.ld, sizeof(float));
     const size_t b_bytes = packed ? 0 : panel_bytes(uk, kc, nc);
-    char *bpack = herbs_scratch(HERBS_SCRATCH_GEMM_PACK, b_bytes + panel_bytes(uk, kc, rows_packed_at_once(uk, trans_a)));
+    char *bpack = herbs_scratch(HERBS_SCRATCH_GEMM_PACK, b_bytes + panel_bytes(uk, kc, rows_packed_at_once(uk, A.trans)));
     if (!bpack && packed)
         return -1;
     if (!bpack) { /* out of memory for packing: the plain loops need none */
-        uk->reference(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        if (A.bf16 || B.bf16)
+            gemm_reference_bf16_inputs(A.trans, B.trans, M, N, K, alpha, A.data, A.bf16, A.ld, B.data, B.bf16, B.ld,
+                                       beta, C, ldc);
+        else
+            uk->reference(A.trans, B.trans, M, N, K, alpha, A.data, A.ld, B.data, B.ld, beta, C, ldc);
         gemm_tile_step_apply(ep, C, ldc, 0, M, N);
         return 0;
     }
@@ -257,20 +281,21 @@ static int gemm_serial(const gemm_microkernel *uk, int trans_a, int trans_b, int
         const int n = min_int(nc, N - jc);
         for (int pc = 0; pc < K; pc += kc) {
             const int k = min_int(kc, K - pc);
-            b_block bb = {NULL, bpack, ldb, 0};
+            b_block bb = {NULL, bpack, B.ld, 0};
             if (packed) {
                 bb.pack = packed->data + panel_bytes(uk, pc, round_up(packed->cols, uk->nr)) +
                           panel_bytes(uk, k, packed->col0 + jc);
             } else {
-                const float *Bp = op_at(B, ldb, trans_b, pc, jc);
-                bb.B = Bp;
-                bb.in_place = b_in_place ? n / uk->nr * uk->nr : 0;
-                if (bb.in_place < n)
-                    uk->pack_b(trans_b, n - bb.in_place, k, op_at(Bp, ldb, trans_b, 0, bb.in_place), ldb, bpack);
+                const int in_place = b_in_place ? n / uk->nr * uk->nr : 0;
+                const operand block = operand_from(B, pc, jc), rest = operand_from(block, 0, in_place);
+                bb.B = block.data;
+                bb.in_place = in_place;
+                if (in_place < n)
+                    pack_b(uk, &rest, n - bb.in_place, k, bpack);
             }
             const gemm_tile_step at = ep ? step_from(ep, jc) : (gemm_tile_step){0};
-            stripes(uk, trans_a, a_in_place, M, n, k, alpha, a_at(A, a_bf16, lda, trans_a, 0, pc), a_bf16, lda, &bb,
-                    pc == 0 ? beta : 1.0f, C + jc, ldc, apack, ep && pc + k == K ? &at : NULL);
+            stripes(uk, a_in_place, M, n, k, alpha, operand_from(A, 0, pc), &bb, pc == 0 ? beta : 1.0f, C + jc, ldc,
+                    apack, ep && pc + k == K ? &at : NULL);
         }
     }
     return 0;
@@ -355,11 +380,10 @@ static void thread_end(const gemm_microkernel *uk)
         uk->end();
 }
 
-/* gemm_affine with the micro-kernel uk, op(B) from B or (B NULL) packed, A fp32 or bf16 rows
-   (a_bf16: with a packed B of a bf16 kernel); -1 as gemm_serial. */
-static int product(const gemm_microkernel *uk, int trans_a, int trans_b, int M, int N, int K, float alpha,
-                   const void *A, int a_bf16, long lda, const float *B, long ldb, const char *packed, float beta,
-                   float *C, long ldc, const float *scale, const float *shift, int relu)
+/* gemm_affine with the micro-kernel uk on operands A and B, or with B's pack `packed` (B's data
+   NULL); -1 as gemm_serial. */
+static int product(const gemm_microkernel *uk, int M, int N, int K, float alpha, operand A, operand B,
+                   const char *packed, float beta, float *C, long ldc, const float *scale, const float *shift, int relu)
 {
     if (M <= 0 || N <= 0)
         return 0;
@@ -374,8 +398,7 @@ static int product(const gemm_microkernel *uk, int trans_a, int trans_b, int M, 
     if (nt == 1) {
         const b_packed pb = {packed, N, 0};
         thread_begin(uk);
-        const int status = gemm_serial(uk, trans_a, trans_b, M, N, K, alpha, A, a_bf16, lda, B, ldb,
-                                       packed ? &pb : NULL, beta, C, ldc, ep);
+        const int status = gemm_serial(uk, M, N, K, alpha, A, B, packed ? &pb : NULL, beta, C, ldc, ep);
         thread_end(uk);
         return status;
     }
@@ -398,10 +421,9 @@ static int product(const gemm_microkernel *uk, int trans_a, int trans_b, int M, 
         const b_packed pb = {packed, N, n0};
         if (m1 > m0 && n1 > n0) {
             thread_begin(uk);
-            status = gemm_serial(uk, trans_a, trans_b, m1 - m0, n1 - n0, k1 - k0, alpha,
-                                 a_at(A, a_bf16, lda, trans_a, m0, k0), a_bf16, lda,
-                                 packed ? NULL : op_at(B, ldb, trans_b, k0, n0), ldb, packed ? &pb : NULL,
-                                 tk == 0 ? beta : 0.0f, c, tk == 0 ? ldc : N, ep && g.k == 1 ? &at : NULL);
+            status = gemm_serial(uk, m1 - m0, n1 - n0, k1 - k0, alpha, operand_from(A, m0, k0),
+                                 packed ? B : operand_from(B, k0, n0), packed ? &pb : NULL, tk == 0 ? beta : 0.0f, c,
+                                 tk == 0 ? ldc : N, ep && g.k == 1 ? &at : NULL);
             thread_end(uk);
         }
         if (g.k > 1) { /* the sums are whole only now: the epilogue follows the adding */
@@ -418,8 +440,15 @@ void gemm_affine_at(herbs_precision p, int trans_a, int trans_b, int M, int N, i
                     long lda, const float *B, long ldb, float beta, float *C, long ldc, const float *scale,
                     const float *shift, int relu)
 {
-    product(gemm_microkernel_for(p), trans_a, trans_b, M, N, K, alpha, A, 0, lda, B, ldb, NULL, beta, C, ldc, scale,
-            shift, relu);
+    product(gemm_microkernel_for(p), M, N, K, alpha, (operand){A, lda, trans_a, 0}, (operand){B, ldb, trans_b, 0},
+            NULL, beta, C, ldc, scale, shift, relu);
+}
+
+void gemm_bf16_inputs(int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A, int a_bf16, long lda,
+                      const void *B, int b_bf16, long ldb, float beta, float *C, long ldc)
+{
+    product(gemm_microkernel_for(HERBS_BF16), M, N, K, alpha, (operand){A, lda, trans_a, a_bf16},
+            (operand){B, ldb, trans_b, b_bf16}, NULL, beta, C, ldc, NULL, NULL, 0);
 }
 
 void gemm_affine(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
@@ -479,7 +508,8 @@ void gemm_prepack_b(herbs_precision precision, int trans_b, int N, int K, const 
         char *slice = (char *)dst + PACK_HEADER;
         for (int pc = 0; pc < K && j1 > j0; pc += kc) {
             const int k = min_int(kc, K - pc);
-            uk->pack_b(trans_b, j1 - j0, k, op_at(B, ldb, trans_b, pc, j0), ldb, slice + panel_bytes(uk, k, j0));
+            const operand block = operand_from((operand){B, ldb, trans_b, 0}, pc, j0);
+            pack_b(uk, &block, j1 - j0, k, slice + panel_bytes(uk, k, j0));
             slice += panel_bytes(uk, k, round_up(N, uk->nr));
         }
     }
@@ -518,7 +548,7 @@ herbs_status gemm_prepacked(int trans_a, int M, int N, int K, float alpha, const
 {
     pack_header h;
     memcpy(&h, packed, sizeof h);
-    if (product(registry[h.kernel].uk, trans_a, 0, M, N, K, alpha, A, 0, lda, NULL, 0,
+    if (product(registry[h.kernel].uk, M, N, K, alpha, (operand){A, lda, trans_a, 0}, (operand){0},
                 (const char *)packed + PACK_HEADER, beta, C, ldc, scale, shift, relu) < 0)
         return herbs_error(HERBS_ERR_NOMEM, "gemm_prepacked: no memory for packing A");
     return HERBS_OK;
@@ -532,8 +562,8 @@ herbs_status gemm_prepacked_bf16_rows(int M, int N, int K, float alpha, const ui
     memcpy(&h, packed, sizeof h);
     if (registry[h.kernel].precision != HERBS_BF16)
         return herbs_error(HERBS_ERR_VALUE, "gemm_prepacked_bf16_rows: a bf16 A needs a bf16 pack of B");
-    if (product(registry[h.kernel].uk, 0, 0, M, N, K, alpha, A, 1, lda, NULL, 0, (const char *)packed + PACK_HEADER,
-                beta, C, ldc, scale, shift, relu) < 0)
+    if (product(registry[h.kernel].uk, M, N, K, alpha, (operand){A, lda, 0, 1}, (operand){0},
+                (const char *)packed + PACK_HEADER, beta, C, ldc, scale, shift, relu) < 0)
         return herbs_error(HERBS_ERR_NOMEM, "gemm_prepacked_bf16_rows: no memory for packing A");
     return HERBS_OK;
 }
@@ -573,8 +603,8 @@ static void batch_serial(const gemm_microkernel *uk, int trans_a, int trans_b, i
             prefetch_matrix(A + (b + 1) * stride_a, lda, trans_a ? K : M, trans_a ? M : K);
             prefetch_matrix(B + (b + 1) * stride_b, ldb, trans_b ? N : K, trans_b ? K : N);
         }
-        gemm_serial(uk, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, 0, lda, B + b * stride_b, ldb, NULL,
-                    beta, C + b * stride_c, ldc, NULL);
+        gemm_serial(uk, M, N, K, alpha, (operand){A + b * stride_a, lda, trans_a, 0},
+                    (operand){B + b * stride_b, ldb, trans_b, 0}, NULL, beta, C + b * stride_c, ldc, NULL);
     }
     thread_end(uk);
 }
@@ -589,8 +619,8 @@ static void batched(const gemm_microkernel *uk, int trans_a, int trans_b, int M,
     const int whole_items = batch >= 8 * nt || batch % nt == 0 || flops < FLOPS_PER_THREAD;
     if (M <= 0 || N <= 0 || K <= 0 || alpha == 0.0f || !whole_items) { /* trivial, or few big items */
         for (int b = 0; b < batch; b++)
-            product(uk, trans_a, trans_b, M, N, K, alpha, A + b * stride_a, 0, lda, B + b * stride_b, ldb, NULL, beta,
-                    C + b * stride_c, ldc, NULL, NULL, 0);
+            product(uk, M, N, K, alpha, (operand){A + b * stride_a, lda, trans_a, 0},
+                    (operand){B + b * stride_b, ldb, trans_b, 0}, NULL, beta, C + b * stride_c, ldc, NULL, NULL, 0);
         return;
     }
     /* whole items per thread, handed out in chunks so that a thread slowed down by another

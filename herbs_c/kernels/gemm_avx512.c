@@ -337,31 +337,37 @@ TARGET_BF16 static void pairs_from_rows(int rows, int k, const void *X, int is_b
     }
 }
 
-/* The pairs (x[j], y[j]) of two rows of `width` floats (y NULL: zeros), columns 0..15 in *lo and
-   16..31 in *hi. */
-TARGET_BF16 static inline void pairs_of_two_rows(const float *x, const float *y, int width, __m512i *lo, __m512i *hi)
+/* The pairs (x[j], y[j]) of two rows of `width` elements, fp32 or (is_bf16) bf16 (y NULL: zeros),
+   columns 0..15 in *lo and 16..31 in *hi. */
+TARGET_BF16 static inline void pairs_of_two_rows(const void *x, const void *y, int is_bf16, int width, __m512i *lo,
+                                                 __m512i *hi)
 {
     const __m512i interleave_lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39,
                                                    7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
     const __m512i interleave_hi = _mm512_add_epi16(interleave_lo, _mm512_set1_epi16(16));
-    const __m512i bx = bf16_row32(x, width), by = y ? bf16_row32(y, width) : _mm512_setzero_si512();
+    const __m512i bx = bf16_row32_of(x, is_bf16, 0, width);
+    const __m512i by = y ? bf16_row32_of(y, is_bf16, 0, width) : _mm512_setzero_si512();
     *lo = _mm512_permutex2var_epi16(bx, interleave_lo, by);
     *hi = _mm512_permutex2var_epi16(bx, interleave_hi, by);
 }
 
-/* Panels [kpairs][width][2] of `width` <= 32 columns from the rows of X (row stride ldx): pair p
-   is rows 2p and 2p + 1 (zero beyond k), columns col0.. . Panels of successive column blocks
-   are width·kpairs pairs apart; rows are read in order, which the hardware prefetcher streams. */
-TARGET_BF16 static void pairs_from_columns(int n, int k, const float *X, long ldx, uint32_t *dst, int width,
-                                           int kpairs)
+/* Panels [kpairs][width][2] of `width` <= 32 columns from the rows of X (fp32, or bf16 with
+   is_bf16; row stride ldx): pair p is rows 2p and 2p + 1 (zero beyond k), columns col0.. . Panels
+   of successive column blocks are width·kpairs pairs apart; rows are read in order, which the
+   hardware prefetcher streams. */
+TARGET_BF16 static void pairs_from_columns(int n, int k, const void *X, int is_bf16, long ldx, uint32_t *dst,
+                                           int width, int kpairs)
 {
+    const size_t elem = is_bf16 ? sizeof(uint16_t) : sizeof(float);
     for (int p = 0; p < kpairs; p++) {
-        const float *x = 2 * p < k ? X + (size_t)2 * p * ldx : NULL, *y = 2 * p + 1 < k ? x + ldx : NULL;
+        const char *x = 2 * p < k ? (const char *)X + (size_t)2 * p * ldx * elem : NULL;
+        const char *y = 2 * p + 1 < k ? x + ldx * elem : NULL;
         for (int j0 = 0; j0 < n; j0 += width) {
             uint32_t *row = dst + (size_t)j0 * kpairs + (size_t)p * width;
             __m512i lo = _mm512_setzero_si512(), hi = lo;
             if (x)
-                pairs_of_two_rows(x + j0, y ? y + j0 : NULL, n - j0 < width ? n - j0 : width, &lo, &hi);
+                pairs_of_two_rows(x + j0 * elem, y ? y + j0 * elem : NULL, is_bf16, n - j0 < width ? n - j0 : width,
+                                  &lo, &hi);
             _mm512_mask_storeu_epi32(row, lanes(width), lo);
             if (width > 16)
                 _mm512_mask_storeu_epi32(row + 16, lanes(width - 16), hi);
@@ -369,55 +375,66 @@ TARGET_BF16 static void pairs_from_columns(int n, int k, const float *X, long ld
     }
 }
 
-/* op(A)[m, k] -> the A panels [K/2][14][2]; the depth is padded to pairs with zeros, and so are
-   missing rows. A plain A: 14 rows at a time, transposed in pairs; a transposed A (op(A)'s
-   columns are A's rows): pairs of A's rows interleaved. */
-TARGET_BF16 static void pack_a_bf16(int trans, int m, int k, const float *A, long lda, void *dst)
+/* op(A)[m, k], A fp32 or (is_bf16) bf16 -> the A panels [K/2][14][2]; the depth is padded to
+   pairs with zeros, and so are missing rows. A plain A: 14 rows at a time, transposed in pairs; a
+   transposed A (op(A)'s columns are A's rows): pairs of A's rows interleaved. */
+TARGET_BF16 static void pack_a_panels(int trans, int m, int k, const void *A, int is_bf16, long lda, void *dst)
 {
     const int kpairs = (k + 1) / 2;
+    const size_t elem = is_bf16 ? sizeof(uint16_t) : sizeof(float);
     uint32_t *out = dst;
     if (trans) {
-        pairs_from_columns(m, k, A, lda, out, MR, kpairs);
+        pairs_from_columns(m, k, A, is_bf16, lda, out, MR, kpairs);
         return;
     }
     for (int i0 = 0; i0 < m; i0 += MR, out += (size_t)MR * kpairs)
-        pairs_from_rows(m - i0 < MR ? m - i0 : MR, k, A + (size_t)i0 * lda, 0, lda, out, MR, MR, kpairs);
+        pairs_from_rows(m - i0 < MR ? m - i0 : MR, k, (const char *)A + (size_t)i0 * lda * elem, is_bf16, lda, out, MR,
+                        MR, kpairs);
 }
 
-/* A already bf16 (rows) -> the same panels, no rounding. */
-TARGET_BF16 static void pack_a_from_bf16(int m, int k, const uint16_t *A, long lda, void *dst)
+static void pack_a_bf16(int trans, int m, int k, const float *A, long lda, void *dst)
 {
-    const int kpairs = (k + 1) / 2;
-    uint32_t *out = dst;
-    for (int i0 = 0; i0 < m; i0 += MR, out += (size_t)MR * kpairs)
-        pairs_from_rows(m - i0 < MR ? m - i0 : MR, k, A + (size_t)i0 * lda, 1, lda, out, MR, MR, kpairs);
+    pack_a_panels(trans, m, k, A, 0, lda, dst);
 }
 
-void gemm_pack_b_bf16_avx512(int unit, int trans, int n, int k, const float *B, long ldb, void *dst)
+static void pack_a_from_bf16(int trans, int m, int k, const uint16_t *A, long lda, void *dst)
+{
+    pack_a_panels(trans, m, k, A, 1, lda, dst);
+}
+
+void gemm_pack_b_bf16_avx512(int unit, int trans, int n, int k, const void *B, int B_bf16, long ldb, void *dst)
 {
     const int kpairs = (k + unit - 1) / unit * unit / 2;
+    const size_t elem = B_bf16 ? sizeof(uint16_t) : sizeof(float);
     uint32_t *out = dst;
     if (!trans) {
-        pairs_from_columns(n, k, B, ldb, out, 32, kpairs);
+        pairs_from_columns(n, k, B, B_bf16, ldb, out, 32, kpairs);
         return;
     }
     for (int j0 = 0; j0 < n; j0 += 32, out += (size_t)32 * kpairs)
         for (int half = 0; half < 2; half++) { /* columns beyond n: zero rows */
             const int cols = n - j0 - 16 * half;
-            pairs_from_rows(cols < 0 ? 0 : cols < 16 ? cols : 16, k, B + (size_t)(j0 + 16 * half) * ldb, 0, ldb,
-                            out + 16 * half, 32, 16, kpairs);
+            pairs_from_rows(cols < 0 ? 0 : cols < 16 ? cols : 16, k,
+                            (const char *)B + (size_t)(j0 + 16 * half) * ldb * elem, B_bf16, ldb, out + 16 * half, 32,
+                            16, kpairs);
         }
 }
 
 static void pack_b_bf16(int trans, int n, int k, const float *B, long ldb, void *dst)
 {
-    gemm_pack_b_bf16_avx512(2, trans, n, k, B, ldb, dst);
+    gemm_pack_b_bf16_avx512(2, trans, n, k, B, 0, ldb, dst);
+}
+
+static void pack_b_from_bf16(int trans, int n, int k, const uint16_t *B, long ldb, void *dst)
+{
+    gemm_pack_b_bf16_avx512(2, trans, n, k, B, 1, ldb, dst);
 }
 
 const gemm_microkernel gemm_microkernel_avx512_bf16 = {
     .name = "avx512_bf16 14x32", .mr = MR, .nr = NR, .kc = 512, .nc = 1024, .elem = sizeof(uint16_t), .ku = 2,
-    .run = kernel_bf16_14x32, .pack_a = pack_a_bf16, .pack_b = pack_b_bf16, .pack_a_bf16 = pack_a_from_bf16,
-    .run_rows_bf16 = kernel_bf16_14x32_rows, .reference = gemm_reference_bf16};
+    .run = kernel_bf16_14x32, .pack_a = pack_a_bf16, .pack_b = pack_b_bf16, .pack_a_from_bf16 = pack_a_from_bf16,
+    .pack_b_from_bf16 = pack_b_from_bf16, .run_rows_bf16 = kernel_bf16_14x32_rows,
+    .reference = gemm_reference_bf16};
 
 #else
 const gemm_microkernel gemm_microkernel_avx512 = {0};

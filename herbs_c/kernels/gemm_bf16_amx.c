@@ -133,18 +133,24 @@ TARGET static void pack_a(int trans, int m, int k, const float *A, long lda, voi
 
 static void pack_b(int trans, int n, int k, const float *B, long ldb, void *dst)
 {
-    gemm_pack_b_bf16_avx512(KB, trans, n, k, B, ldb, dst);
+    gemm_pack_b_bf16_avx512(KB, trans, n, k, B, 0, ldb, dst);
 }
 
-/* A already bf16: the rows' 32-element pieces copied into the A tiles' rows. */
-static void pack_a_bf16(int m, int k, const uint16_t *A, long lda, void *dst)
+/* Operands already bf16: A's 32-element pieces copied into the A tiles' rows, B paired. */
+static void pack_a_from_bf16(int trans, int m, int k, const uint16_t *A, long lda, void *dst)
 {
-    gemm_pack_a_from_bf16(MR, KB, KB, m, k, A, lda, dst);
+    gemm_pack_a_from_bf16(MR, KB, KB, trans, m, k, A, lda, dst);
+}
+
+static void pack_b_from_bf16(int trans, int n, int k, const uint16_t *B, long ldb, void *dst)
+{
+    gemm_pack_b_bf16_avx512(KB, trans, n, k, B, 1, ldb, dst);
 }
 
 const gemm_microkernel gemm_microkernel_amx_bf16 = {
     .name = "amx 32x32", .mr = MR, .nr = NR, .kc = 512, .nc = 1024, .elem = sizeof(uint16_t), .ku = KB,
-    .run = kernel_32x32, .pack_a = pack_a, .pack_b = pack_b, .pack_a_bf16 = pack_a_bf16,
+    .run = kernel_32x32, .pack_a = pack_a, .pack_b = pack_b, .pack_a_from_bf16 = pack_a_from_bf16,
+    .pack_b_from_bf16 = pack_b_from_bf16,
     .reference = gemm_reference_bf16,
     .begin = tiles_begin, .end = tiles_end};
 

@@ -7,9 +7,9 @@
      bf16 AMX (ku 32):        A panel [K/32][mr][32] (rows of 16x32 A tiles), B panel VNNI.
    The fp32 kernels also read unpacked operands whose layout allows it: column k of the A tile
    at a + k*a_step, row k of the B panel at b + k*b_step (packed: a_step = mr, b_step = nr);
-   the bf16 kernels read packed panels only (run_rows NULL). A bf16 kernel also takes an A already
-   in bf16 (rows of uint16 bit patterns, not transposed): packed without rounding
-   (pack_a_bf16), or read in place by a kernel that can (run_rows_bf16). */
+   the bf16 kernels read packed panels only (run_rows NULL). A bf16 kernel also takes operands
+   already in bf16 (uint16 bit patterns), packed without rounding (pack_a_from_bf16,
+   pack_b_from_bf16), and rows of such an A read in place by a kernel that can (run_rows_bf16). */
 #ifndef HERBS_KERNELS_GEMM_MICROKERNELS_H
 #define HERBS_KERNELS_GEMM_MICROKERNELS_H
 
@@ -50,11 +50,12 @@ void gemm_tile_step_apply(const gemm_tile_step *step, float *c, long ldc, int fi
 /* dst[ceil(m/mr)] panels <- op(A)[0:m, 0:k], op(A) = trans ? Aᵀ : A; rows beyond m are zero. */
 typedef void (*gemm_pack_a_fn)(int trans, int m, int k, const float *A, long lda, void *dst);
 
-/* dst[ceil(m/mr)] panels <- A[0:m, 0:k], A bf16 rows (uint16 bit patterns, row stride lda). */
-typedef void (*gemm_pack_a_bf16_fn)(int m, int k, const uint16_t *A, long lda, void *dst);
 
 /* dst[ceil(n/nr)] panels <- op(B)[0:k, 0:n], op(B) = trans ? Bᵀ : B; columns beyond n are zero. */
 typedef void (*gemm_pack_b_fn)(int trans, int n, int k, const float *B, long ldb, void *dst);
+
+/* The same two from an operand already in bf16 (uint16 bit patterns): copied, not rounded. */
+typedef void (*gemm_pack_from_bf16_fn)(int trans, int m_or_n, int k, const uint16_t *X, long ldx, void *dst);
 
 /* The pack-free product of the kernel's precision, for when pack buffers cannot be had. */
 typedef void (*gemm_reference_fn)(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
@@ -69,7 +70,7 @@ typedef struct {
     gemm_microkernel_rows_fn run_rows; /* NULL: operands are always packed */
     gemm_pack_a_fn pack_a;
     gemm_pack_b_fn pack_b;
-    gemm_pack_a_bf16_fn pack_a_bf16;             /* bf16 kernels: A given in bf16 (else NULL) */
+    gemm_pack_from_bf16_fn pack_a_from_bf16, pack_b_from_bf16; /* bf16 kernels (else NULL) */
     gemm_microkernel_rows_bf16_fn run_rows_bf16; /* NULL: a bf16 A is packed */
     gemm_reference_fn reference;
     void (*begin)(void), (*end)(void); /* NULL or run by each thread before and after its kernels */
@@ -98,16 +99,21 @@ const gemm_microkernel *gemm_microkernel_current(void);
 void gemm_pack_a_generic(int mr, int trans, int m, int k, const float *A, long lda, float *dst);
 void gemm_pack_b_generic(int nr, int trans, int n, int k, const float *B, long ldb, float *dst);
 void gemm_pack_a_bf16(int mr, int ku, int unit, int trans, int m, int k, const float *A, long lda, void *dst);
-/* The same panels from A already in bf16 (rows, not transposed): copied, not rounded. */
-void gemm_pack_a_from_bf16(int mr, int ku, int unit, int m, int k, const uint16_t *A, long lda, void *dst);
 void gemm_pack_b_bf16(int nr, int ku, int unit, int trans, int n, int k, const float *B, long ldb, void *dst);
+/* The same panels from operands already in bf16: copied, not rounded. */
+void gemm_pack_a_from_bf16(int mr, int ku, int unit, int trans, int m, int k, const uint16_t *A, long lda, void *dst);
+void gemm_pack_b_from_bf16(int nr, int ku, int unit, int trans, int n, int k, const uint16_t *B, long ldb, void *dst);
 
-/* gemm_pack_b_bf16 for 32-column panels (nr 32, ku 2) with AVX512-BF16 instructions: the B
-   packing of the AVX512-BF16 and AMX kernels. Only where the CPU has AVX512-BF16. */
-void gemm_pack_b_bf16_avx512(int unit, int trans, int n, int k, const float *B, long ldb, void *dst);
+/* gemm_pack_b_bf16 and gemm_pack_b_from_bf16 (B_bf16) for 32-column panels (nr 32, ku 2) with
+   AVX512-BF16 instructions: the B packing of the AVX512-BF16 and AMX kernels. Only where the CPU
+   has AVX512-BF16. */
+void gemm_pack_b_bf16_avx512(int unit, int trans, int n, int k, const void *B, int B_bf16, long ldb, void *dst);
 
-/* The bf16 product by plain loops on rounded operands (the bf16 kernels' reference). */
+/* The bf16 product by plain loops on rounded operands (the bf16 kernels' reference), and the
+   same on operands that may be bf16 already (a_bf16, b_bf16: uint16 bit patterns). */
 void gemm_reference_bf16(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
                          const float *B, long ldb, float beta, float *C, long ldc);
+void gemm_reference_bf16_inputs(int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A, int a_bf16,
+                                long lda, const void *B, int b_bf16, long ldb, float beta, float *C, long ldc);
 
 #endif

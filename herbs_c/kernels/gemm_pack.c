@@ -56,8 +56,8 @@ static inline uint16_t bf16_at(const void *row, int is_bf16, int i)
 }
 
 /* bf16 panels [depth/ku][mr][ku] of op(A)[0:m, 0:k], depth = k rounded up to `unit` (a multiple
-   of ku), zero beyond m and k, from A in fp32 (rounded to bf16, bf16.h) or in bf16 (is_bf16, not
-   transposed): each row of A's storage read once, in order (rows of op(A), or with trans its
+   of ku), zero beyond m and k, from A in fp32 (rounded to bf16, bf16.h) or in bf16 (is_bf16):
+   each row of A's storage read once, in order (rows of op(A), or with trans its
    columns). */
 static void pack_a_bf16_panels(int mr, int ku, int unit, int trans, int m, int k, const void *A, int is_bf16, long lda,
                                void *dst)
@@ -92,12 +92,17 @@ void gemm_pack_a_bf16(int mr, int ku, int unit, int trans, int m, int k, const f
     pack_a_bf16_panels(mr, ku, unit, trans, m, k, A, 0, lda, dst);
 }
 
-void gemm_pack_a_from_bf16(int mr, int ku, int unit, int m, int k, const uint16_t *A, long lda, void *dst)
+void gemm_pack_a_from_bf16(int mr, int ku, int unit, int trans, int m, int k, const uint16_t *A, long lda, void *dst)
 {
-    pack_a_bf16_panels(mr, ku, unit, 0, m, k, A, 1, lda, dst);
+    pack_a_bf16_panels(mr, ku, unit, trans, m, k, A, 1, lda, dst);
 }
 
 void gemm_pack_b_bf16(int nr, int ku, int unit, int trans, int n, int k, const float *B, long ldb, void *dst)
 {
     gemm_pack_a_bf16(nr, ku, unit, !trans, n, k, B, ldb, dst);
+}
+
+void gemm_pack_b_from_bf16(int nr, int ku, int unit, int trans, int n, int k, const uint16_t *B, long ldb, void *dst)
+{
+    gemm_pack_a_from_bf16(nr, ku, unit, !trans, n, k, B, ldb, dst);
 }

@@ -12,6 +12,7 @@ typedef struct {
     PyArrayObject *a, *b, *c; /* c is a new reference once parsed */
     PyArrayObject *scale, *shift; /* NULL: none */
     int trans_a, trans_b, dtype, batch, relu;
+    int a_bf16, b_bf16; /* gemm_bf16's a or b given as bf16 bit patterns (uint16) */
     int M, N, K;
     long lda, ldb, ldc, stride_a, stride_b, stride_c;
     double alpha, beta;
@@ -48,8 +49,33 @@ static int parse_vector(PyObject *obj, const char *what, npy_intp n, PyArrayObje
     return 1;
 }
 
+/* Whether obj is a uint16 array: an operand of bf16 bit patterns. */
+static int is_bf16_bits(PyObject *obj) { return PyArray_Check(obj) && PyArray_TYPE((PyArrayObject *)obj) == NPY_UINT16; }
+
+/* A uint16 array of bf16 bit patterns as the engine reads one (2-D, aligned, native order, contiguous
+   along its rows), or NULL with an exception. */
+static PyArrayObject *check_bf16_matrix(PyObject *obj, const char *what)
+{
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_NDIM(a) != 2 || !PyArray_ISNOTSWAPPED(a) || !PyArray_ISALIGNED(a) ||
+        (PyArray_SIZE(a) > 0 && PyArray_DIM(a, 1) > 1 && PyArray_STRIDE(a, 1) != 2)) {
+        PyErr_Format(PyExc_ValueError, "%s of bf16 bits (uint16) must be 2-D, aligned, native-endian and contiguous "
+                                       "along its rows", what);
+        return NULL;
+    }
+    return a;
+}
+
+/* Operand `obj` of gemm: float (check_float_array), or for gemm_bf16 uint16 bf16 bits (*is_bf16 set). */
+static PyArrayObject *check_operand(PyObject *obj, const char *what, int nd, int bf16, int *dtype, int *is_bf16)
+{
+    *is_bf16 = bf16 && nd == 2 && is_bf16_bits(obj);
+    return *is_bf16 ? check_bf16_matrix(obj, what) : check_float_array(obj, what, nd, dtype);
+}
+
 /* Parses (a, b, c=None, trans_a=False, trans_b=False, alpha=1, beta=0, scale=None, shift=None,
-   relu=False) for 2-D arrays, or 3-D without the epilogue (batched); bf16: float32 only. */
+   relu=False) for 2-D arrays, or 3-D without the epilogue (batched); bf16: float32, or 2-D uint16
+   operands holding bf16 bit patterns (then without the epilogue). */
 static int parse(PyObject *args, PyObject *kw, int batched, int bf16, gemm_call *g)
 {
     static char *kwlist[] = {"a", "b", "c", "trans_a", "trans_b", "alpha", "beta", "scale", "shift", "relu", NULL};
@@ -66,8 +92,13 @@ static int parse(PyObject *args, PyObject *kw, int batched, int bf16, gemm_call 
     }
     const int nd = batched ? 3 : 2;
     g->dtype = bf16 ? NPY_FLOAT32 : -1;
-    if (!(g->a = check_float_array(a, "a", nd, &g->dtype)) || !(g->b = check_float_array(b, "b", nd, &g->dtype)))
+    if (!(g->a = check_operand(a, "a", nd, bf16, &g->dtype, &g->a_bf16)) ||
+        !(g->b = check_operand(b, "b", nd, bf16, &g->dtype, &g->b_bf16)))
         return 0;
+    if ((g->a_bf16 || g->b_bf16) && (scale != Py_None || shift != Py_None || g->relu)) {
+        PyErr_SetString(PyExc_ValueError, "operands of bf16 bits take no scale, shift or relu");
+        return 0;
+    }
     const npy_intp *da = PyArray_DIMS(g->a) + batched, *db = PyArray_DIMS(g->b) + batched;
     npy_intp M = g->trans_a ? da[1] : da[0], Ka = g->trans_a ? da[0] : da[1];
     npy_intp Kb = g->trans_b ? db[1] : db[0], N = g->trans_b ? db[0] : db[1];
@@ -162,6 +193,9 @@ static PyObject *run(PyObject *args, PyObject *kw, int batched, int bf16)
     else if (g.dtype == NPY_FLOAT64)
         gemm_affine_f64(g.trans_a, g.trans_b, g.M, g.N, g.K, g.alpha, A, g.lda, B, g.ldb, g.beta, C, g.ldc, NULL,
                         NULL, g.relu);
+    else if (g.a_bf16 || g.b_bf16)
+        gemm_bf16_inputs(g.trans_a, g.trans_b, g.M, g.N, g.K, alpha, A, g.a_bf16, g.lda, B, g.b_bf16, g.ldb, beta, C,
+                         g.ldc);
     else if (batched)
         gemm_batched_at(precision, g.trans_a, g.trans_b, g.M, g.N, g.K, alpha, A, g.lda, g.stride_a, B, g.ldb,
                         g.stride_b, beta, C, g.ldc, g.stride_c, g.batch);
@@ -205,27 +239,6 @@ static PyObject *py_gemm_prepack_b(PyObject *self, PyObject *args, PyObject *kw)
     return (PyObject *)out;
 }
 
-/* Whether obj is a uint16 array: an A of bf16 bit patterns for gemm_prepacked. */
-static int is_bf16_bits(PyObject *obj) { return PyArray_Check(obj) && PyArray_TYPE((PyArrayObject *)obj) == NPY_UINT16; }
-
-/* A uint16 A as the bf16 rows gemm_prepacked_bf16_rows reads (2-D, not transposed, rows contiguous
-   and aligned, native order), or NULL with an exception. */
-static PyArrayObject *check_bf16_rows(PyObject *obj, int trans_a)
-{
-    PyArrayObject *a = (PyArrayObject *)obj;
-    if (trans_a || PyArray_NDIM(a) != 2) {
-        PyErr_SetString(PyExc_ValueError, "a of bf16 bits (uint16) must be 2-D rows, trans_a False");
-        return NULL;
-    }
-    if (!PyArray_ISNOTSWAPPED(a) || !PyArray_ISALIGNED(a) ||
-        (PyArray_SIZE(a) > 0 && PyArray_DIM(a, 1) > 1 && PyArray_STRIDE(a, 1) != 2)) {
-        PyErr_SetString(PyExc_ValueError, "a of bf16 bits (uint16) must be aligned, native-endian and contiguous "
-                                          "along its rows");
-        return NULL;
-    }
-    return a;
-}
-
 /* gemm_prepacked(a, packed, n, c=None, trans_a=False, alpha=1, beta=0, scale=None, shift=None, relu=False);
    a float32, or uint16 holding bf16 bit patterns (with a bf16 pack). */
 static PyObject *py_gemm_prepacked(PyObject *self, PyObject *args, PyObject *kw)
@@ -238,7 +251,11 @@ static PyObject *py_gemm_prepacked(PyObject *self, PyObject *args, PyObject *kw)
                                      &scale, &shift, &relu))
         return NULL;
     const int a_bf16 = is_bf16_bits(a);
-    PyArrayObject *aa = a_bf16 ? check_bf16_rows(a, trans_a) : check_float_array(a, "a", 2, &dtype), *sc, *sh;
+    if (a_bf16 && trans_a) {
+        PyErr_SetString(PyExc_ValueError, "a of bf16 bits (uint16) must be rows: trans_a False");
+        return NULL;
+    }
+    PyArrayObject *aa = a_bf16 ? check_bf16_matrix(a, "a") : check_float_array(a, "a", 2, &dtype), *sc, *sh;
     if (!aa)
         return NULL;
     const npy_intp M = PyArray_DIM(aa, trans_a), K = PyArray_DIM(aa, !trans_a);
