@@ -12,6 +12,7 @@
   a resumed run keeps the precision or refuses another.
 """
 import copy
+import ctypes
 import dataclasses
 import warnings
 
@@ -20,12 +21,12 @@ import pytest
 import torch
 
 from ckernels import call
-from herbs import train, weights
+from herbs import _C, train, weights
 from herbs_compare import grads_of, load_reference, torch_threads
 from reference_herbs import herbs_loss
-from test_gemm_bf16 import U32, bf16_isa, bf16_round  # noqa: F401 (bf16_isa: a fixture)
+from test_gemm_bf16 import U32, bf16_bits, bf16_isa, bf16_round, threads  # noqa: F401 (fixtures)
 from test_herbs_backbones import data, perturb_running_stats, resnet_pair, swin_pair
-from test_precision import LIB  # with conv2d_scratch_floats's prototype
+from test_precision import LIB, ptr  # with conv2d_scratch_floats's prototype
 
 BF16, FP32 = 1, 0  # herbs_precision
 
@@ -55,6 +56,33 @@ def test_linear_backward_bf16(bf16_isa, N, C, OC):
     assert_bf16_product(dx, DYr @ Wr, DY @ W, np.abs(DYr) @ np.abs(Wr), OC, "dx")
     assert_bf16_product(dw - dw0, DYr.T @ Xr, DY.T @ X, np.abs(DYr).T @ np.abs(Xr) + np.abs(dw0) / (2 * N), N + 1, "dW")
     np.testing.assert_allclose(db, dy.sum(0), rtol=1e-5, atol=1e-6)  # a sum, no product: fp32
+
+
+LIB.linear_backward_bf16.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_void_p] + [ctypes.c_int] * 4
+LIB.linear_backward_bf16.restype = None
+
+
+@pytest.mark.parametrize("N, C, OC", [(1, 1, 1), (7, 33, 5), (50, 96, 17), (3001, 40, 130)])
+def test_linear_backward_bf16_on_bf16_input(bf16_isa, threads, N, C, OC):
+    """linear_backward_bf16 (dy rounded once, in the bias gradient's pass, for both products) on x
+    given in bf16 and on x in fp32: bit for bit the bf16 GEMM on the fp32 operands (which rounds them
+    while packing) and the fp32 layer's bias sum; dx written or accumulated, dx or dW not wanted."""
+    rng = np.random.default_rng(N + OC)
+    x32, w, dy = uniform(rng, N, C), uniform(rng, OC, C), uniform(rng, N, OC)
+    x, x_bits = bf16_round(x32), bf16_bits(x32)
+    for accumulate, wanted in [(0, "dx dw db"), (1, "dx dw db"), (0, "dw db"), (0, "dx")]:
+        dx0, dw0, db0 = uniform(rng, N, C), uniform(rng, OC, C), uniform(rng, OC)
+        want_db = db0.copy()
+        call("linear_backward", FP32, None, None, want_db, dy, x, w, N, C, OC, 0, dtype=np.float32)
+        want = {"dx": _C.gemm_bf16(dy, w, dx0.copy(), beta=float(accumulate)),
+                "dw": _C.gemm_bf16(dy, x, dw0.copy(), trans_a=True, beta=1.0), "db": want_db}
+        for inp, inp_bf16 in [(x_bits, 1), (x, 0)]:
+            got = {name: start.copy() if name in wanted else None
+                   for name, start in (("dx", dx0), ("dw", dw0), ("db", db0))}
+            LIB.linear_backward_bf16(ptr(got["dx"]), ptr(got["dw"]), ptr(got["db"]), ptr(dy), ptr(inp), inp_bf16,
+                                     ptr(w), N, C, OC, accumulate)
+            for name in wanted.split():
+                np.testing.assert_array_equal(got[name], want[name], err_msg=f"{name}, x {inp.dtype}")
 
 
 @pytest.mark.parametrize("B, S_in, S_out, C", [(1, 3, 2, 1), (2, 49, 32, 24), (3, 17, 64, 13)])

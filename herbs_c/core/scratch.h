@@ -1,6 +1,7 @@
 /* Per-OS-thread scratch buffers that persist from call to call (grown to the largest request,
-   freed when the thread ends): the GEMM's packing buffers. One buffer per slot and thread, so a
-   kernel may hold one slot while the GEMM it calls uses the others. */
+   freed when the thread ends): the GEMM's packing buffers, and operands rounded to bf16 once for
+   several products. One buffer per slot and thread, so a kernel may hold one slot while the
+   GEMM it calls uses the others. */
 #ifndef HERBS_CORE_SCRATCH_H
 #define HERBS_CORE_SCRATCH_H
 
@@ -9,6 +10,7 @@
 typedef enum {
     HERBS_SCRATCH_GEMM_PACK,    /* gemm.c: packed panels of B and A */
     HERBS_SCRATCH_GEMM_PARTIAL, /* gemm.c: partial sums of a product split along K */
+    HERBS_SCRATCH_BF16_OPERAND, /* an operand rounded to bf16 once, read by the products that follow */
     HERBS_SCRATCH_SLOTS
 } herbs_scratch_slot;
 

@@ -14,3 +14,10 @@ void FN(linear_affine_forward)(real *out, const real *inp, const real *weight, c
    precision p (gemm_at). */
 void FN(linear_backward)(herbs_precision p, real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
                          const real *weight, int N, int C, int OC, int accumulate);
+
+/* linear_backward at HERBS_BF16 with inp fp32 or (inp_bf16) bf16 bit patterns [N, C]: dout is rounded
+   to bf16 once, in the pass that sums the bias gradient, and both products read it in half the
+   bytes. The same bits as linear_backward on the fp32 inp of those values. Float engine only
+   (declared for both, defined once). */
+void linear_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout, const void *inp, int inp_bf16,
+                          const float *weight, int N, int C, int OC, int accumulate);
