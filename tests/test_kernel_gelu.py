@@ -85,3 +85,20 @@ def test_bf16_output_is_the_output_rounded(n):
     fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
     fn(bits.ctypes.data, x.ctypes.data, n)
     np.testing.assert_array_equal(bits, bf16_bits(out))
+
+
+@pytest.mark.parametrize("n", [1, 17, 40000])
+def test_bf16_forward_derivative_is_the_fp32_ones(n):
+    """gelu_forward_derivative_bf16 (the backward's recomputation at bf16) stores gelu_forward_derivative's
+    output rounded to bf16 and the same derivative, bit for bit; the derivative may alias the input."""
+    from test_gemm_bf16 import bf16_bits
+
+    x = (np.random.default_rng(10).standard_normal(n) * 4).astype(np.float32)
+    out, deriv = np.empty(n, np.float32), np.empty(n, np.float32)
+    call("gelu_forward_derivative", out, deriv, x, n, dtype=np.float32)
+    bits, in_place = np.empty(n, np.uint16), x.copy()
+    fn = LIB.gelu_forward_derivative_bf16
+    fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    fn(bits.ctypes.data, in_place.ctypes.data, in_place.ctypes.data, n)
+    np.testing.assert_array_equal(bits, bf16_bits(out))
+    np.testing.assert_array_equal(in_place, deriv)

@@ -137,14 +137,14 @@ def test_bf16_model_errs_like_autocast(pair):
     ("vit", dict(img_size=40, patch_size=8, embed_dim=24, depth=5, num_heads=3, mlp_ratio=2.0, qkv_bias=1), 2),
 ], ids=["swin", "swin-odd", "swin-chunked", "vit"])
 def test_bf16_keeps_product_inputs_in_bf16_bit_for_bit(bf16_isa, kind, config, batch):
-    """At bf16 the outputs that only feed products (the LayerNorms', GELU's, at inference also the
-    attention's) are stored in bf16 and the products read them so (gemm_prepacked_bf16_rows): the
-    inference taps, with the attention output in bf16, are bit for bit those of the train-mode forward
-    (drop path 0), which keeps that output fp32 for its backward and lets proj round it. The backward
-    after an eval forward (heat maps), which recomputes the blocks that way, gives the same image
-    gradient as after a train forward. (That each bf16 store is the fp32 value rounded as the GEMM's
-    packing rounds it is tested kernel by kernel: test_gemm_bf16, test_kernel_layernorm,
-    test_kernel_gelu, test_kernel_window_attention.)"""
+    """At bf16 the outputs that only feed products (the LayerNorms', GELU's, the attention's) are
+    stored in bf16 and the products read them so (gemm_prepacked_bf16_rows forward, gemm_bf16_inputs
+    in the weight gradients): the inference taps are bit for bit those of the train-mode forward
+    (drop path 0), and the backward after an eval forward (heat maps), which recomputes the blocks,
+    gives the same image gradient as after a train forward. (That each bf16 store is the fp32 value
+    rounded as the GEMM's packing rounds it, and that products on bf16 operands are those on the fp32
+    operands of the same values, is tested kernel by kernel: test_gemm_bf16, test_kernel_layernorm,
+    test_kernel_gelu, test_kernel_window_attention, test_precision_training's linear backward.)"""
     net = _C.Net(kind, {**config, "drop_path_rate": 0.0}, 5)
     net.precision = "bf16"
     x = np.random.default_rng(6).standard_normal((batch, config.get("in_chans", 3), config["img_size"],

@@ -112,6 +112,17 @@ void product_rows_backward(herbs_weight *w, herbs_params *t, herbs_precision p, 
                     w->in * w->k * w->k, w->out, accumulate);
 }
 
+void product_rows_backward_input(herbs_weight *w, herbs_params *t, float *dx, const float *dy, const void *x,
+                                 int x_bf16, int rows, int accumulate)
+{
+    if (!x_bf16) {
+        product_rows_backward(w, t, t->precision, dx, dy, x, rows, accumulate);
+        return;
+    }
+    linear_backward_bf16(dx, GRAD(t, w->weight), bias_grad_of(w, t), dy, x, 1, compute_weight(w, t), rows,
+                         w->in * w->k * w->k, w->out, accumulate);
+}
+
 void product_conv_forward(herbs_weight *w, const herbs_params *t, herbs_precision p, float *out, const float *x, int B,
                           int H, int W, const float *scale, const float *shift, int relu, float *scratch,
                           size_t scratch_floats)

@@ -81,6 +81,11 @@ herbs_status product_rows_forward_input(herbs_weight *w, const herbs_params *t, 
 void product_rows_backward(herbs_weight *w, herbs_params *t, herbs_precision p, float *dx, const float *dy,
                            const float *x, int rows, int accumulate);
 
+/* product_rows_backward at t->precision with x fp32 or, with x_bf16 (at bf16), already rounded to bf16
+   (bit patterns): the same bits as on the fp32 x of those values, from half the bytes. */
+void product_rows_backward_input(herbs_weight *w, herbs_params *t, float *dx, const float *dy, const void *x,
+                                 int x_bf16, int rows, int accumulate);
+
 /* --- k×k convolution: x [B, H, W, in] NHWC -> [B, OH, OW, out] (kernels/conv2d.h) ------------ */
 
 /* out = conv(x, W) + bias, with scale, shift and relu as product_rows_forward's. scratch: conv2d_scratch_floats(in, out, k, k) floats. */

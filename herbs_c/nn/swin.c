@@ -80,7 +80,7 @@ static void windows_forward(const block_attention *self, const transformer_block
     const swin_stage *st = a->stage;
     relative_bias_forward(v->bias, PARAM(t, a->block->table), st->heads, st->window);
     /* the backward of a bf16 forward recomputes the softmax in fp32 (window_attention.h): no lse */
-    window_attention_forward_at(k->attention, v->att, k->bf16_att ? (uint16_t *)v->att : NULL,
+    window_attention_forward_at(k->attention, v->att, k->attention == HERBS_BF16 ? (uint16_t *)v->att : NULL,
                                 k->attention == HERBS_FP32 ? v->lse : NULL, a->work, v->qkv, v->bias, a->B, st->res,
                                 st->res, st->dim, st->heads, st->window, a->block->shift, a->threads);
 }

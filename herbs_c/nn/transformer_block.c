@@ -167,16 +167,14 @@ herbs_status transformer_block_forward(transformer_block *k, const block_frame *
         drop_path_scales(k->scale2, B, 1 - k->drop_prob, seed, TRANSFORMER_DROP_STREAM(step, k->index, 1));
     }
 
-    /* at bf16, the outputs that only feed products (the norms', GELU's; at inference also the
-       attention's, which training saves in fp32 for proj's weight gradient) are stored in bf16: the
-       same products from half the bytes */
+    /* at bf16, the outputs that only feed products (the norms', GELU's, the attention's) are stored
+       in bf16: the same products from half the bytes */
     const int bf16_acts = t->precision == HERBS_BF16;
-    k->bf16_att = bf16_acts && !train;
     transformer_norm_forward(t, k->norm1, f->ln, bf16_acts, v->mean1, v->rstd1, x, M, C, f->eps);
     HERBS_TRY(product_rows_forward_input(&k->qkv, t, v->qkv, f->ln, bf16_acts, M));
     k->attention = t->precision;
     attention->forward(attention, k, t, v);
-    HERBS_TRY(product_rows_forward_input(&k->proj, t, f->branch, v->att, k->bf16_att, M));
+    HERBS_TRY(product_rows_forward_input(&k->proj, t, f->branch, v->att, bf16_acts, M));
     residual_add_forward(v->x1, x, f->branch, k->scale1, B, per_sample);
 
     transformer_norm_forward(t, k->norm2, f->ln, bf16_acts, v->mean2, v->rstd2, v->x1, M, C, f->eps);
@@ -201,27 +199,29 @@ void transformer_block_backward(transformer_block *k, const block_frame *f, cons
 {
     const int B = f->B, C = f->C, M = B * f->L, H = f->hidden;
     const long per_sample = (long)f->L * C;
+    const int bf16_acts = t->precision == HERBS_BF16; /* the forward's: norm and GELU outputs in bf16 */
     float *dln = f->dln, *datt = f->dln, *dact = f->dact, *dqkv = f->dact;
 
     /* MLP branch: out = x1 + scale2 · fc2(gelu(fc1(norm2(x1)))) */
     const float *g = branch_grad(f->branch, d, k->scale2, B, per_sample);
-    layernorm_forward(f->ln, v->mean2, v->rstd2, v->x1, PARAM(t, k->norm2.weight), PARAM(t, k->norm2.bias), M, C,
-                      f->eps);
+    transformer_norm_forward(t, k->norm2, f->ln, bf16_acts, v->mean2, v->rstd2, v->x1, M, C, f->eps);
     /* the GELU output again, and its derivative in place of the saved pre-activation */
-    gelu_forward_derivative(f->act, v->hidden, v->hidden, (size_t)M * H);
-    product_rows_backward(&k->fc2, t, t->precision, dact, g, f->act, M, 0);
+    if (bf16_acts)
+        gelu_forward_derivative_bf16((uint16_t *)f->act, v->hidden, v->hidden, (size_t)M * H);
+    else
+        gelu_forward_derivative(f->act, v->hidden, v->hidden, (size_t)M * H);
+    product_rows_backward_input(&k->fc2, t, dact, g, f->act, bf16_acts, M, 0);
     activation_backward(f->act, dact, v->hidden, (size_t)M * H, 0); /* the pre-activation's gradient */
-    product_rows_backward(&k->fc1, t, t->precision, dln, f->act, f->ln, M, 0);
+    product_rows_backward_input(&k->fc1, t, dln, f->act, f->ln, bf16_acts, M, 0);
     layernorm_backward(d, GRAD(t, k->norm2.weight), GRAD(t, k->norm2.bias), dln, v->x1, PARAM(t, k->norm2.weight),
                        v->mean2, v->rstd2, M, C, 1);
 
     /* attention branch: x1 = x + scale1 · proj(attention(qkv(norm1(x)))) */
     g = branch_grad(f->branch, d, k->scale1, B, per_sample);
-    product_rows_backward(&k->proj, t, t->precision, datt, g, v->att, M, 0);
+    product_rows_backward_input(&k->proj, t, datt, g, v->att, bf16_acts, M, 0);
     attention->backward(attention, k, t, v, datt, dqkv);
-    layernorm_forward(f->ln, v->mean1, v->rstd1, k->x, PARAM(t, k->norm1.weight), PARAM(t, k->norm1.bias), M, C,
-                      f->eps);
-    product_rows_backward(&k->qkv, t, t->precision, dln, dqkv, f->ln, M, 0);
+    transformer_norm_forward(t, k->norm1, f->ln, bf16_acts, v->mean1, v->rstd1, k->x, M, C, f->eps);
+    product_rows_backward_input(&k->qkv, t, dln, dqkv, f->ln, bf16_acts, M, 0);
     layernorm_backward(d, GRAD(t, k->norm1.weight), GRAD(t, k->norm1.bias), dln, k->x, PARAM(t, k->norm1.weight),
                        v->mean1, v->rstd1, M, C, 1);
 }

@@ -64,9 +64,8 @@ typedef struct {
     const float *x;            /* [B, L, C]: the block's input */
     float *out;                /* [B, L, C]: its output */
     float *scale1, *scale2;    /* [B]: drop-path scales per sample, NULL when no drop path ran */
-    herbs_precision attention; /* the attention's precision (bf16: its lse is of bf16 logits) */
-    int bf16_att;              /* bf16 inference: the attention's output v->att is stored in bf16 (it
-                                  only feeds proj; training keeps it fp32 for proj's weight gradient) */
+    herbs_precision attention; /* the attention's precision (bf16: no lse; its output v->att is stored
+                                  in bf16, as it only feeds proj's products) */
     block_saved saved;         /* train mode only */
 } transformer_block;
 
@@ -82,7 +81,7 @@ typedef struct {
 
 /* The attention between qkv and proj, given by the block's owner. */
 typedef struct block_attention {
-    /* v->att (bf16 bit patterns with k->bf16_att), and v->lse (and what else its backward needs), from
+    /* v->att (bf16 bit patterns at bf16), and v->lse (and what else its backward needs), from
        v->qkv at k->attention's precision */
     void (*forward)(const struct block_attention *self, const transformer_block *k, const herbs_params *t,
                     const block_saved *v);

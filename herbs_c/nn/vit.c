@@ -85,7 +85,7 @@ static void global_forward(const block_attention *self, const transformer_block 
 {
     const vit *v = ((const vit_attention *)self)->v;
     /* the backward of a bf16 forward recomputes the softmax in fp32 (window_attention.h): no lse */
-    attention_forward_at(k->attention, s->att, k->bf16_att ? (uint16_t *)s->att : NULL,
+    attention_forward_at(k->attention, s->att, k->attention == HERBS_BF16 ? (uint16_t *)s->att : NULL,
                          k->attention == HERBS_FP32 ? s->lse : NULL, v->work, s->qkv, v->batch, v->tokens, v->dim,
                          v->heads, v->threads);
 }
