@@ -9,8 +9,9 @@
    the slowest thread's time slice, so fewer is faster. gemm_affine's per-column step runs on
    each tile right after its last slice of K, while the tile is in L1. The micro-kernel (of
    either precision) says how it packs: the element size of its panels and the unit of depth
-   they are padded to; a B packed once (gemm_prepack_b) replaces the packing of B blocks, and an A
-   already in bf16 (gemm_prepacked_bf16_rows) is read in place or packed without rounding. */
+   they are padded to; a B packed once (gemm_prepack_b) replaces the packing of B blocks, and
+   operands already in bf16 (gemm_bf16_inputs, gemm_prepacked_bf16_rows) are packed without
+   rounding, rows of such an A read in place where the kernel can. */
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
