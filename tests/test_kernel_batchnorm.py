@@ -94,3 +94,40 @@ def test_matches_torch_batchnorm2d(B, C, H, W):
     np.testing.assert_allclose(dx, nhwc(tx.grad.numpy()), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dw, bn.weight.grad.numpy(), rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(db, bn.bias.grad.numpy(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("N,C", [(1, 3), (7, 17), (300, 1100), (64, 2048)])
+@pytest.mark.parametrize("relu", [0, 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_saved_is_the_train_forward_bit_for_bit(N, C, relu, dtype):
+    """batchnorm_forward_saved (a backward that did not keep the output makes it again) gives the
+    train-mode forward's output bit for bit from the statistics it saved, with and without the ReLU
+    and the affine parameters, on every instruction set; blocks of 1024 channels and more included."""
+    rng = np.random.default_rng(N * C + relu)
+    x = (rng.standard_normal((N, C)) * 3 + 1).astype(dtype)
+    for w, b in [(rng.uniform(-2, 2, C).astype(dtype), rng.standard_normal(C).astype(dtype)), (None, None)]:
+        out, mean, rstd = np.empty((N, C), dtype), np.empty(C, dtype), np.empty(C, dtype)
+        forward = "batchnorm_relu_forward_train" if relu else "batchnorm_forward_train"
+        call(forward, out, mean, rstd, None, None, x, w, b, N, C, 1e-5, 0.1, dtype=dtype)
+        again = np.full((N, C), np.nan, dtype)
+        call("batchnorm_forward_saved", again, x, mean, rstd, w, b, N, C, relu, dtype=dtype)
+        np.testing.assert_array_equal(again, out)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_backward_in_place(relu):
+    """batchnorm_backward may write dinp over dout or over inp: the same bits as into its own buffer."""
+    rng = np.random.default_rng(21)
+    N, C = 301, 70
+    x, g = rng.standard_normal((N, C)).astype(np.float32), rng.standard_normal((N, C)).astype(np.float32)
+    w = rng.uniform(-2, 2, C).astype(np.float32)
+    out, mean, rstd = np.empty((N, C), np.float32), np.empty(C, np.float32), np.empty(C, np.float32)
+    call("batchnorm_relu_forward_train", out, mean, rstd, None, None, x, w, None, N, C, 1e-5, 0.1, dtype=np.float32)
+    mask = out if relu else None
+    want = np.empty((N, C), np.float32)
+    call("batchnorm_backward", want, None, None, g, mask, x, w, mean, rstd, N, C, 0, dtype=np.float32)
+    over_dout, over_inp = g.copy(), x.copy()
+    call("batchnorm_backward", over_dout, None, None, over_dout, mask, x, w, mean, rstd, N, C, 0, dtype=np.float32)
+    call("batchnorm_backward", over_inp, None, None, g, mask, over_inp, w, mean, rstd, N, C, 0, dtype=np.float32)
+    np.testing.assert_array_equal(over_dout, want)
+    np.testing.assert_array_equal(over_inp, want)

@@ -50,6 +50,18 @@ HERBS_INLINE void FN(bn_apply)(real *out, const real *inp, const real *scale, co
     }
 }
 
+/* The train-mode output's out = x·scale + offset on a block's channels [c0, c0 + w) from its
+   statistics: one expression for the forward and its recomputation (the same bits). */
+HERBS_INLINE void FN(bn_train_affine)(real *scale, real *offset, const real *mean, const real *rstd, const real *weight,
+                                      const real *bias, int c0, int w)
+{
+    for (int j = 0; j < w; j++) {
+        const int c = c0 + j;
+        scale[j] = rstd[c] * (weight ? weight[c] : 1);
+        offset[j] = (bias ? bias[c] : 0) - mean[c] * scale[j];
+    }
+}
+
 /* Train mode, optionally followed by a ReLU (relu = 1) in the same pass: blocks [b0, b1) of nb. */
 HERBS_INLINE void FN(bn_train_blocks)(real *out, real *mean, real *rstd, real *running_mean, real *running_var,
                                       const real *inp, const real *weight, const real *bias, int N, int C, real eps,
@@ -82,13 +94,12 @@ HERBS_INLINE void FN(bn_train_blocks)(real *out, real *mean, real *rstd, real *r
             sq = sq < 0 ? 0 : sq; /* rounding below 0 clamped; NaN stays */
             mean[c] = (real)(shift[j] + m);
             rstd[c] = (real)(1 / sqrt(sq / N + eps));
-            scale[j] = rstd[c] * (weight ? weight[c] : 1);
-            offset[j] = (bias ? bias[c] : 0) - mean[c] * scale[j];
             if (running_mean)
                 running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mean[c];
             if (running_var)
                 running_var[c] = (1 - momentum) * running_var[c] + momentum * (real)(sq / (N - 1));
         }
+        FN(bn_train_affine)(scale, offset, mean, rstd, weight, bias, c0, w);
         FN(bn_apply)(out, inp, scale, offset, N, C, c0, w, relu);
     }
 }
@@ -120,6 +131,32 @@ void FN(batchnorm_relu_forward_train)(real *out, real *mean, real *rstd, real *r
                                       real momentum)
 {
     FN(bn_train)(out, mean, rstd, running_mean, running_var, inp, weight, bias, N, C, eps, momentum, 1);
+}
+
+/* The train-mode output again from saved statistics: blocks [b0, b1) of nb. */
+HERBS_INLINE void FN(bn_saved_blocks)(real *out, const real *inp, const real *mean, const real *rstd,
+                                      const real *weight, const real *bias, int N, int C, int relu, int nb, int b0,
+                                      int b1)
+{
+    for (int b = b0; b < b1; b++) {
+        int c0, c1;
+        FN(bn_block_range)(C, nb, b, &c0, &c1);
+        real scale[BN_MAX_BLOCK], offset[BN_MAX_BLOCK];
+        FN(bn_train_affine)(scale, offset, mean, rstd, weight, bias, c0, c1 - c0);
+        FN(bn_apply)(out, inp, scale, offset, N, C, c0, c1 - c0, relu);
+    }
+}
+HERBS_ISA_VARIANTS(bn_saved_blocks,
+                   (real *out, const real *inp, const real *mean, const real *rstd, const real *weight,
+                    const real *bias, int N, int C, int relu, int nb, int b0, int b1),
+                   (out, inp, mean, rstd, weight, bias, N, C, relu, nb, b0, b1))
+
+void FN(batchnorm_forward_saved)(real *out, const real *inp, const real *mean, const real *rstd, const real *weight,
+                                 const real *bias, int N, int C, int relu)
+{
+    int nt;
+    const int nb = FN(bn_blocks)(N, C, &nt);
+    HERBS_ISA_PARALLEL(bn_saved_blocks, nb, nt, out, inp, mean, rstd, weight, bias, N, C, relu, nb);
 }
 
 void FN(batchnorm_eval_affine)(real *scale, real *shift, const real *running_mean, const real *running_var,

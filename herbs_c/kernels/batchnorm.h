@@ -22,7 +22,7 @@ void FN(batchnorm_forward_eval)(real *out, const real *inp, const real *running_
    (dinp not read) its gradient, dweight[C] += Σ g·x̂, dbias[C] += Σ g. Any gradient may be NULL.
    g is dout, or with relu_out (the output out[N,C] of a ReLU after the BN, as
    batchnorm_relu_forward_train returns it; NULL: none) dout where relu_out > 0 or NaN, else 0
-   (relu_backward's mask). */
+   (relu_backward's mask). dinp may be dout or inp (each element is read before it is written). */
 void FN(batchnorm_backward)(real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out,
                             const real *inp, const real *weight, const real *mean, const real *rstd, int N, int C,
                             int accumulate);
@@ -38,3 +38,8 @@ void FN(batchnorm_backward_eval)(real *dinp, real *dweight, real *dbias, const r
 void FN(batchnorm_relu_forward_train)(real *out, real *mean, real *rstd, real *running_mean, real *running_var,
                                       const real *inp, const real *weight, const real *bias, int N, int C, real eps,
                                       real momentum);
+
+/* out = BN(inp), through a ReLU when relu is set, again from the batch statistics (mean, rstd) a
+   train-mode forward saved: the same bits as that forward's out, for a backward that did not keep it. */
+void FN(batchnorm_forward_saved)(real *out, const real *inp, const real *mean, const real *rstd, const real *weight,
+                                 const real *bias, int N, int C, int relu);

@@ -74,6 +74,13 @@ herbs_status batchnorm_layer_fold(batchnorm_layer *bn, const herbs_params *t, he
     return HERBS_OK;
 }
 
+void batchnorm_layer_forward_again(const batchnorm_layer *bn, const herbs_params *t, const float *x, int rows,
+                                   float *out, int relu)
+{
+    batchnorm_forward_saved(out, x, bn->mean, bn->rstd, PARAM(t, bn->weight), PARAM(t, bn->bias), rows, bn->channels,
+                            relu);
+}
+
 void batchnorm_layer_backward(const batchnorm_layer *bn, herbs_params *t, float *dx, const float *dout,
                               const float *relu_out, const float *x, int rows, int accumulate)
 {

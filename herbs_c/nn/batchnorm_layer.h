@@ -36,10 +36,14 @@ herbs_status batchnorm_layer_forward(batchnorm_layer *bn, const herbs_params *t,
 herbs_status batchnorm_layer_fold(batchnorm_layer *bn, const herbs_params *t, herbs_arena *arena, const float *bias,
                                   float **scale, float **shift);
 
+/* The last train-mode forward's out again (its batch statistics, bits and ReLU), into out[rows, C]. */
+void batchnorm_layer_forward_again(const batchnorm_layer *bn, const herbs_params *t, const float *x, int rows,
+                                   float *out, int relu);
+
 /* The backward of the last forward (or fold): dx[rows, C] += (accumulate set) or = (not read) d(x)
    from dout, with x the BN input; relu_out, when not NULL, is the output of a ReLU downstream of
    the BN (its own, or after a residual add) whose mask is applied to dout on the fly. Weight and
-   bias gradients accumulate. */
+   bias gradients accumulate. dx may be dout or x. */
 void batchnorm_layer_backward(const batchnorm_layer *bn, herbs_params *t, float *dx, const float *dout,
                               const float *relu_out, const float *x, int rows, int accumulate);
 

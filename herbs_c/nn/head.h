@@ -49,7 +49,8 @@ typedef struct {
     herbs_weight conv0, conv3; /* {prefix}0 [F, F, 1] and {prefix}3 [classes, F, 1] */
     batchnorm_layer bn;
     int channels, classes;
-    const float *x; /* last forward: input rows, first conv's output (BN input; eval: NULL), post-ReLU rows */
+    const float *x; /* last forward: input rows, first conv's output (BN input; eval: NULL), post-ReLU rows
+                       (train: NULL, made again from z by the backward) */
     float *z, *r;
     int rows;
     factored_use first; /* the first conv's plan (factored.h) */

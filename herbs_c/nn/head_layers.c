@@ -87,7 +87,8 @@ herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x,
     k->x = x;
     k->rows = rows;
     HERBS_TRY(head_scratch_begin(c));
-    HERBS_TRY(head_alloc(c, n, 0, &k->r));
+    /* train mode keeps z, the BN input, and makes r again in the backward: r only feeds conv3 here */
+    HERBS_TRY(c->train ? head_scratch(c, n, 0, &k->r) : head_alloc(c, n, 0, &k->r));
     if (factored_plan(&k->first, c, xf, rows, k->channels)) { /* then b0 becomes W0·b + b0 (b: x's bias) */
         float *factored_b0;
         HERBS_TRY(factored_bias(&k->first, c, &k->conv0, &factored_b0));
@@ -109,6 +110,8 @@ herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x,
     if (c->train)
         HERBS_TRY(batchnorm_layer_forward(&k->bn, t, c->arena, 1, k->z, rows, k->r, 1));
     product_rows_forward(&k->conv3, t, t->precision, logits, k->r, rows, NULL, NULL, 0);
+    if (c->train)
+        k->r = NULL; /* gone with the scratch */
     return HERBS_OK;
 }
 
@@ -116,16 +119,22 @@ herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *d
 {
     herbs_params *t = c->t;
     const size_t n = (size_t)k->rows * k->channels;
-    float *dr, *dz;
+    float *r = k->r, *dr;
     if (!k->z) { /* after an eval-mode forward: the BN input, for its backward */
         HERBS_TRY(head_alloc(c, n, 0, &k->z));
         product_rows_forward(&k->conv0, t, t->precision, k->z, k->x, k->rows, NULL, NULL, 0);
     }
     HERBS_TRY(head_scratch_begin(c));
+    if (!r) { /* after a train-mode forward: r = ReLU(BN(z)) again, the forward's bits */
+        HERBS_TRY(head_scratch(c, n, 0, &r));
+        batchnorm_layer_forward_again(&k->bn, t, k->z, k->rows, r, 1);
+    }
     HERBS_TRY(head_scratch(c, n, 0, &dr));
-    HERBS_TRY(factored_dy(&k->first, c, n, &dz));
-    /* dr = dlogits · W3; the BN pass applies ReLU's mask */
-    product_rows_backward(&k->conv3, t, t->precision, dr, dlogits, k->r, k->rows, 0);
-    batchnorm_layer_backward(&k->bn, t, dz, dr, k->r, k->z, k->rows, 0);
+    /* dr = dlogits · W3; the BN pass applies ReLU's mask and writes dz over a buffer it reads
+       element by element: over z when a term keeps dz past this call (z is spent then: one backward
+       per forward), else over dr */
+    float *dz = k->first.term ? k->z : dr;
+    product_rows_backward(&k->conv3, t, t->precision, dr, dlogits, r, k->rows, 0);
+    batchnorm_layer_backward(&k->bn, t, dz, dr, r, k->z, k->rows, 0);
     return factored_backward(&k->first, c, dz, k->x, &k->conv0, k->rows, dx);
 }
