@@ -19,10 +19,15 @@ static int factors_pay(const level_factors *xf, int batch, int rows, int F, int 
     return factored < 0.8 * (double)rows * F;
 }
 
+int factored_pays(const head_ctx *c, const level_factors *xf, int rows, int F)
+{
+    return xf && factors_pay(xf, c->batch, rows, F, 1);
+}
+
 int factored_plan(factored_use *u, const head_ctx *c, const level_factors *xf, int rows, int F)
 {
     *u = (factored_use){0};
-    if (xf && factors_pay(xf, c->batch, rows, F, 1))
+    if (factored_pays(c, xf, rows, F))
         *u = (factored_use){.factored = 1, .term = factors_pay(xf, c->batch, rows, F, 2), .xf = *xf};
     return u->factored;
 }

@@ -83,6 +83,9 @@ typedef struct {
    when that is cheaper still. Returns u->factored. */
 int factored_plan(factored_use *u, const head_ctx *c, const level_factors *xf, int rows, int F);
 
+/* Whether factored_plan takes the factors for such a product (what it returns, without a plan). */
+int factored_pays(const head_ctx *c, const level_factors *xf, int rows, int F);
+
 /* --- forward (u->factored) ----------------------------------------------------------------------- */
 
 /* *out[N] = A·b + bias (a: A [N, F] and bias), in the arena: the bias of x·Aᵀ + bias through x's factors */

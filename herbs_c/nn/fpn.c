@@ -85,14 +85,26 @@ int fpn_top_down_factors(const head_fpn *f, int i, level_factors *xf)
     return 1;
 }
 
+/* Whether the lowest top-down level goes unformed: in train mode its two readers (its up_proj and
+   its classifier, of the same rows and F) take it through its factors by the cost rule, and no
+   cascade reads it. An eval forward forms it: a backward after one (heat maps) makes the
+   classifier's BN input from it. */
+static int lowest_level_unformed(const head_fpn *f, const head_ctx *c)
+{
+    level_factors xf; /* its pointers are not read here */
+    return c->train && fpn_top_down_factors(f, 0, &xf) && factored_pays(c, &xf, c->batch * f->tokens[0], f->size);
+}
+
 herbs_status fpn_forward(head_fpn *f, head_ctx *c, float *const taps[HERBS_TAPS])
 {
-    const int B = c->batch, F = f->size;
+    const int B = c->batch, F = f->size, unformed = lowest_level_unformed(f, c);
     for (int i = 0; i < HERBS_TAPS; i++) {
-        HERBS_TRY(head_alloc(c, level_size(f, B, i), 0, &f->top_down[i]));
+        f->top_down[i] = NULL;
+        if (i > 0 || !unformed)
+            HERBS_TRY(head_alloc(c, level_size(f, B, i), 0, &f->top_down[i]));
         HERBS_TRY(mlp_forward(&f->down_proj[i], c, taps[i], NULL, B * f->tokens[i], f->top_down[i]));
     }
-    for (int i = HERBS_TAPS - 1; i > 0; i--) {
+    for (int i = HERBS_TAPS - 1; i > 0 && f->top_down[i - 1]; i--) {
         if (f->type == FPN_TOKENS)
             product_tokens_forward(&f->up[i], c->t, c->t->precision, f->top_down[i - 1], f->top_down[i], B, F, 1);
         else

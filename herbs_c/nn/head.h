@@ -38,7 +38,8 @@ typedef struct {
 
 herbs_status mlp_init(head_mlp *m, herbs_params *t, const char *prefix, int in, int hidden, int out, int conv_shapes);
 /* out[rows, out] = Linear2(ReLU(Linear0(x[rows, in]))); xf: x's factors, when x is such a sum
-   (NULL: it is not), which the first Linear reads where factored_plan says so */
+   (NULL: it is not), which the first Linear reads where factored_plan says so (x NULL: only they
+   are there); out NULL: not formed, only its factors (h, Linear2) kept */
 herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, const level_factors *xf, int rows, float *out);
 /* dx (the input's gradient, level_grad) += from dout (the output's); parameter gradients accumulate */
 herbs_status mlp_backward(head_mlp *m, head_ctx *c, const level_grad *dout, level_grad *dx);
@@ -78,7 +79,8 @@ typedef struct {
     /* tap i (0-based) is layer{i+1}; tokens only: [i] holds Up_layer{i+1} = Conv1d(S_i -> S_{i-1}) for
        i >= 1 and Down_layer{i+1} = Conv1d(S_i -> S_{i+1}) for i <= 2, over the token axis */
     herbs_weight up[HERBS_TAPS], down[HERBS_TAPS];
-    float *top_down[HERBS_TAPS];  /* last forward: FPN1 features [B, S_i, F] */
+    float *top_down[HERBS_TAPS];  /* last forward: FPN1 features [B, S_i, F] (the lowest NULL when only
+                                     its factors are read: fpn.c) */
     float *bottom_up[HERBS_TAPS]; /* last forward: bottom-up features [B, S_i, F] */
 } head_fpn;
 

@@ -45,13 +45,16 @@ herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, const level_f
     m->rows = rows;
     HERBS_TRY(head_scratch_begin(c));
     HERBS_TRY(head_alloc(c, (size_t)rows * m->hidden, 0, &m->h));
-    if (factored_plan(&m->first, c, xf, rows, m->in)) {
+    if (!factored_plan(&m->first, c, xf, rows, m->in) && !x)
+        return herbs_error(HERBS_ERR_STATE, "an MLP's input was not formed and its factors do not pay");
+    if (m->first.factored) {
         float *shift; /* W0·b + b0 (b: x's bias) */
         HERBS_TRY(factored_bias(&m->first, c, &m->linear0, &shift));
         HERBS_TRY(factored_forward(&m->first, c, &m->linear0, rows, m->h, NULL, shift, 1));
     } else
         product_rows_forward(&m->linear0, t, t->precision, m->h, x, rows, NULL, NULL, 1);
-    product_rows_forward(&m->linear2, t, t->precision, out, m->h, rows, NULL, NULL, 0);
+    if (out)
+        product_rows_forward(&m->linear2, t, t->precision, out, m->h, rows, NULL, NULL, 0);
     return HERBS_OK;
 }
 
@@ -89,7 +92,9 @@ herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x,
     HERBS_TRY(head_scratch_begin(c));
     /* train mode keeps z, the BN input, and makes r again in the backward: r only feeds conv3 here */
     HERBS_TRY(c->train ? head_scratch(c, n, 0, &k->r) : head_alloc(c, n, 0, &k->r));
-    if (factored_plan(&k->first, c, xf, rows, k->channels)) { /* then b0 becomes W0·b + b0 (b: x's bias) */
+    if (!factored_plan(&k->first, c, xf, rows, k->channels) && !x)
+        return herbs_error(HERBS_ERR_STATE, "a classifier's input was not formed and its factors do not pay");
+    if (k->first.factored) { /* then b0 becomes W0·b + b0 (b: x's bias) */
         float *factored_b0;
         HERBS_TRY(factored_bias(&k->first, c, &k->conv0, &factored_b0));
         b0 = factored_b0;
