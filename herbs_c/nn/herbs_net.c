@@ -188,7 +188,10 @@ static herbs_status herbs_backward(herbs_net *net, float *dimages)
         HERBS_TRY(head_alloc(&c, (size_t)B * bb->tap_tokens[i] * bb->tap_channels[i], 0, &tap_grads[i]));
         net->probes[i].grad = tap_grads[i];
     }
-    return m->bb->ops->backward(m->bb, &net->params, &net->arena, (const float *const *)dtaps, dimages,
+    /* the backbone's backward scratch comes from the head's, free again by now and resident to its
+       high-water mark already */
+    HERBS_TRY(head_scratch_begin(&c));
+    return m->bb->ops->backward(m->bb, &net->params, &m->scratch, (const float *const *)dtaps, dimages,
                                 net->probe_backward ? tap_grads : NULL);
 }
 
