@@ -131,3 +131,35 @@ def test_backward_in_place(relu):
     call("batchnorm_backward", over_inp, None, None, g, mask, over_inp, w, mean, rstd, N, C, 0, dtype=np.float32)
     np.testing.assert_array_equal(over_dout, want)
     np.testing.assert_array_equal(over_inp, want)
+
+
+@pytest.mark.parametrize("N,C", [(1, 3), (7, 17), (300, 1100)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_backward_saved_is_the_backward_through_the_kept_output(N, C, dtype):
+    """batchnorm_relu_backward_saved (the ReLU's output not kept: its mask made again from the input)
+    gives batchnorm_backward's gradients with relu_out, bit for bit, written, accumulated and in place
+    over dout; zeros among the inputs put outputs exactly on the ReLU's edge."""
+    rng = np.random.default_rng(N + C)
+    x = (rng.standard_normal((N, C)) * 2).astype(dtype)
+    x[::3, ::2] = 0
+    g = rng.standard_normal((N, C)).astype(dtype)
+    for w, b in [(rng.uniform(-2, 2, C).astype(dtype), np.zeros(C, dtype)),
+                 (rng.uniform(-2, 2, C).astype(dtype), rng.standard_normal(C).astype(dtype)), (None, None)]:
+        out, mean, rstd = np.empty((N, C), dtype), np.empty(C, dtype), np.empty(C, dtype)
+        call("batchnorm_relu_forward_train", out, mean, rstd, None, None, x, w, b, N, C, 1e-5, 0.1, dtype=dtype)
+        for accumulate in (0, 1):
+            start = rng.standard_normal((N, C)).astype(dtype)
+            want, dw, db = start.copy(), np.zeros(C, dtype), np.zeros(C, dtype)
+            call("batchnorm_backward", want, dw, db, g, out, x, w, mean, rstd, N, C, accumulate, dtype=dtype)
+            got, gw, gb = start.copy(), np.zeros(C, dtype), np.zeros(C, dtype)
+            call("batchnorm_relu_backward_saved", got, gw, gb, g, x, w, b, mean, rstd, N, C, accumulate, dtype=dtype)
+            np.testing.assert_array_equal(got, want)
+            if w is not None:
+                np.testing.assert_array_equal(gw, dw)
+            np.testing.assert_array_equal(gb, db)
+        over_dout = g.copy()
+        call("batchnorm_relu_backward_saved", over_dout, None, None, over_dout, x, w, b, mean, rstd, N, C, 0,
+             dtype=dtype)
+        want = np.empty((N, C), dtype)
+        call("batchnorm_backward", want, None, None, g, out, x, w, mean, rstd, N, C, 0, dtype=dtype)
+        np.testing.assert_array_equal(over_dout, want)

@@ -196,41 +196,56 @@ void FN(batchnorm_forward_eval)(real *out, const real *inp, const real *running_
     HERBS_ISA_PARALLEL(bn_eval_blocks, nb, nt, out, inp, running_mean, running_var, weight, bias, N, C, eps, nb);
 }
 
+/* g of a block's row: dout where the ReLU after the BN passed, else 0 (relu_backward's mask), the
+   ReLU's output read from relu_out, or (relu_out NULL) made again as x·scale + shift, the BN's
+   output by the forward's expression (bn_apply: the same bits, so the same mask). */
+HERBS_INLINE void FN(bn_masked_row)(real *masked, const real *g, const real *x, const real *relu_out,
+                                    const real *scale, const real *shift, int w)
+{
+    if (relu_out) {
+#pragma omp simd
+        for (int j = 0; j < w; j++) {
+            const real gv = g[j], mv = relu_out[j];
+            masked[j] = mv <= 0 ? 0 : gv;
+        }
+        return;
+    }
+#pragma omp simd
+    for (int j = 0; j < w; j++) {
+        const real gv = g[j], mv = x[j] * scale[j] + shift[j];
+        masked[j] = mv <= 0 ? 0 : gv;
+    }
+}
+
 /* Both backward passes for a block: with x̂ = (x - center)·r, dweight += Σ g·x̂, dbias += Σ g,
    and dinp (+)= w·r·(g - batch_stats·(mean(g) + x̂·mean(g·x̂))) — batch_stats is 0 in eval mode,
    where the statistics do not depend on the input; dinp is added to when `accumulate` is set,
    else written. center and r are the block's [w] values.
-   With `relu_out` (the output of a ReLU after the BN), g is dout where relu_out > 0 or NaN, else 0. */
+   With `relu_out` (the output of a ReLU after the BN), g is dout where relu_out > 0 or NaN, else 0;
+   with mask_scale and mask_shift instead (the block's [w] affine of the BN's output), the same
+   mask from that output made again. */
 HERBS_INLINE void FN(bn_backward_block)(real *dinp, real *dweight, real *dbias, const real *dout, const real *relu_out,
-                                        const real *inp, const real *weight, const real *center, const real *r,
-                                        int batch_stats, int N, int C, int c0, int w, int accumulate)
+                                        const real *mask_scale, const real *mask_shift, const real *inp,
+                                        const real *weight, const real *center, const real *r, int batch_stats, int N,
+                                        int C, int c0, int w, int accumulate)
 {
     double sum_g[BN_MAX_BLOCK], sum_gx[BN_MAX_BLOCK];
-    real a[BN_MAX_BLOCK], b[BN_MAX_BLOCK], k[BN_MAX_BLOCK];
+    real a[BN_MAX_BLOCK], b[BN_MAX_BLOCK], k[BN_MAX_BLOCK], masked[BN_MAX_BLOCK];
+    const int relu = relu_out || mask_scale;
     for (int j = 0; j < w; j++)
         sum_g[j] = sum_gx[j] = 0;
     for (int n = 0; n < N; n++) {
         const real *g = dout + (size_t)n * C + c0, *x = inp + (size_t)n * C + c0;
-        const real *m = relu_out ? relu_out + (size_t)n * C + c0 : NULL;
-        if (m) { /* the masked row first (a vector blend), then the sums: one loop of both does
-                    not vectorise */
-            real masked[BN_MAX_BLOCK];
+        if (relu) { /* the masked row first (a vector blend), then the sums: one loop of both does
+                       not vectorise */
+            FN(bn_masked_row)(masked, g, x, relu_out ? relu_out + (size_t)n * C + c0 : NULL, mask_scale, mask_shift,
+                              w);
+            g = masked;
+        }
 #pragma omp simd
-            for (int j = 0; j < w; j++) {
-                const real gv = g[j], mv = m[j];
-                masked[j] = mv <= 0 ? 0 : gv;
-            }
-#pragma omp simd
-            for (int j = 0; j < w; j++) {
-                sum_g[j] += masked[j];
-                sum_gx[j] += masked[j] * (double)(x[j] - center[j]);
-            }
-        } else {
-#pragma omp simd
-            for (int j = 0; j < w; j++) {
-                sum_g[j] += g[j];
-                sum_gx[j] += g[j] * (double)(x[j] - center[j]);
-            }
+        for (int j = 0; j < w; j++) {
+            sum_g[j] += g[j];
+            sum_gx[j] += g[j] * (double)(x[j] - center[j]);
         }
     }
     for (int j = 0; j < w; j++) {
@@ -248,19 +263,15 @@ HERBS_INLINE void FN(bn_backward_block)(real *dinp, real *dweight, real *dbias, 
         return;
     for (int n = 0; n < N; n++) {
         const real *g = dout + (size_t)n * C + c0, *x = inp + (size_t)n * C + c0;
-        const real *m = relu_out ? relu_out + (size_t)n * C + c0 : NULL;
         real *d = dinp + (size_t)n * C + c0;
-        if (m) {
-#pragma omp simd
-            for (int j = 0; j < w; j++) {
-                const real gv = g[j], mv = m[j];
-                d[j] = (accumulate ? d[j] : 0) + ((mv <= 0 ? 0 : gv) * a[j] + (x[j] - center[j]) * b[j] + k[j]);
-            }
-        } else {
-#pragma omp simd
-            for (int j = 0; j < w; j++)
-                d[j] = (accumulate ? d[j] : 0) + (g[j] * a[j] + (x[j] - center[j]) * b[j] + k[j]);
+        if (relu) {
+            FN(bn_masked_row)(masked, g, x, relu_out ? relu_out + (size_t)n * C + c0 : NULL, mask_scale, mask_shift,
+                              w);
+            g = masked;
         }
+#pragma omp simd
+        for (int j = 0; j < w; j++)
+            d[j] = (accumulate ? d[j] : 0) + (g[j] * a[j] + (x[j] - center[j]) * b[j] + k[j]);
     }
 }
 
@@ -272,8 +283,8 @@ HERBS_INLINE void FN(bn_backward_blocks)(real *dinp, real *dweight, real *dbias,
     for (int b = b0; b < b1; b++) {
         int c0, c1;
         FN(bn_block_range)(C, nb, b, &c0, &c1);
-        FN(bn_backward_block)(dinp, dweight, dbias, dout, relu_out, inp, weight, mean + c0, rstd + c0, 1, N, C, c0,
-                              c1 - c0, accumulate);
+        FN(bn_backward_block)(dinp, dweight, dbias, dout, relu_out, NULL, NULL, inp, weight, mean + c0, rstd + c0, 1,
+                              N, C, c0, c1 - c0, accumulate);
     }
 }
 HERBS_ISA_VARIANTS(bn_backward_blocks,
@@ -292,6 +303,37 @@ void FN(batchnorm_backward)(real *dinp, real *dweight, real *dbias, const real *
                        accumulate, nb);
 }
 
+/* Backward of train mode through a ReLU whose output was not kept: blocks [b0, b1) of nb. */
+HERBS_INLINE void FN(bn_relu_backward_saved_blocks)(real *dinp, real *dweight, real *dbias, const real *dout,
+                                                    const real *inp, const real *weight, const real *bias,
+                                                    const real *mean, const real *rstd, int N, int C, int accumulate,
+                                                    int nb, int b0, int b1)
+{
+    for (int b = b0; b < b1; b++) {
+        int c0, c1;
+        FN(bn_block_range)(C, nb, b, &c0, &c1);
+        real scale[BN_MAX_BLOCK], shift[BN_MAX_BLOCK];
+        FN(bn_train_affine)(scale, shift, mean, rstd, weight, bias, c0, c1 - c0);
+        FN(bn_backward_block)(dinp, dweight, dbias, dout, NULL, scale, shift, inp, weight, mean + c0, rstd + c0, 1, N,
+                              C, c0, c1 - c0, accumulate);
+    }
+}
+HERBS_ISA_VARIANTS(bn_relu_backward_saved_blocks,
+                   (real *dinp, real *dweight, real *dbias, const real *dout, const real *inp, const real *weight,
+                    const real *bias, const real *mean, const real *rstd, int N, int C, int accumulate, int nb, int b0,
+                    int b1),
+                   (dinp, dweight, dbias, dout, inp, weight, bias, mean, rstd, N, C, accumulate, nb, b0, b1))
+
+void FN(batchnorm_relu_backward_saved)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
+                                       const real *weight, const real *bias, const real *mean, const real *rstd, int N,
+                                       int C, int accumulate)
+{
+    int nt;
+    const int nb = FN(bn_blocks)(N, C, &nt);
+    HERBS_ISA_PARALLEL(bn_relu_backward_saved_blocks, nb, nt, dinp, dweight, dbias, dout, inp, weight, bias, mean,
+                       rstd, N, C, accumulate, nb);
+}
+
 /* Backward of eval mode: blocks [b0, b1) of nb. */
 HERBS_INLINE void FN(bn_backward_eval_blocks)(real *dinp, real *dweight, real *dbias, const real *dout,
                                               const real *relu_out, const real *inp, const real *running_mean,
@@ -304,8 +346,8 @@ HERBS_INLINE void FN(bn_backward_eval_blocks)(real *dinp, real *dweight, real *d
         real r[BN_MAX_BLOCK];
         for (int j = 0; j < c1 - c0; j++)
             r[j] = 1 / sqrt(running_var[c0 + j] + eps);
-        FN(bn_backward_block)(dinp, dweight, dbias, dout, relu_out, inp, weight, running_mean + c0, r, 0, N, C, c0,
-                              c1 - c0, accumulate);
+        FN(bn_backward_block)(dinp, dweight, dbias, dout, relu_out, NULL, NULL, inp, weight, running_mean + c0, r, 0,
+                              N, C, c0, c1 - c0, accumulate);
     }
 }
 HERBS_ISA_VARIANTS(bn_backward_eval_blocks,

@@ -43,3 +43,10 @@ void FN(batchnorm_relu_forward_train)(real *out, real *mean, real *rstd, real *r
    train-mode forward saved: the same bits as that forward's out, for a backward that did not keep it. */
 void FN(batchnorm_forward_saved)(real *out, const real *inp, const real *mean, const real *rstd, const real *weight,
                                  const real *bias, int N, int C, int relu);
+
+/* batchnorm_backward through the ReLU after a train-mode BN whose output was not kept: the mask from
+   that output made again from inp, the statistics and the BN's bias (batchnorm_forward_saved's bits),
+   the same gradients as with relu_out. dinp may be dout or inp. */
+void FN(batchnorm_relu_backward_saved)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
+                                       const real *weight, const real *bias, const real *mean, const real *rstd, int N,
+                                       int C, int accumulate);
