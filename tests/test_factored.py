@@ -23,7 +23,8 @@ class Arena(ctypes.Structure):  # core/arena.h
 
 class HeadCtx(ctypes.Structure):  # nn/head.h
     _fields_ = [("t", ctypes.c_void_p), ("arena", ctypes.POINTER(Arena)), ("scratch", ctypes.POINTER(Arena)),
-                ("batch", ctypes.c_int), ("train", ctypes.c_int)]
+                ("batch", ctypes.c_int), ("train", ctypes.c_int), ("spent", ctypes.c_void_p),
+                ("spent_floats", ctypes.c_size_t)]
 
 
 class Params(ctypes.Structure):  # nn/params.h: only the blocks are read here

@@ -66,6 +66,13 @@ herbs_status factored_forward(factored_use *u, head_ctx *c, const herbs_weight *
 /* count floats that a term keeps (u->term: in the arena) or that only this call needs (the scratch) */
 static herbs_status kept_by_term(const factored_use *u, head_ctx *c, size_t count, int zero, float **out)
 {
+    if (u->term && c->spent && count <= c->spent_floats && 2 * count > c->spent_floats) { /* fits, not wasted */
+        *out = c->spent;
+        c->spent = NULL;
+        if (zero)
+            herbs_zero_floats(*out, count);
+        return HERBS_OK;
+    }
     return u->term ? head_alloc(c, count, zero, out) : head_scratch(c, count, zero, out);
 }
 

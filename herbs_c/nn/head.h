@@ -21,6 +21,9 @@ typedef struct head_ctx {
     herbs_arena *scratch; /* temporaries of one layer call, which resets it on entry (factored.h) */
     int batch;
     int train; /* batch statistics and dropout (forward); which BatchNorm backward (backward) */
+    float *spent; /* backward: NULL, or an arena block of spent_floats whose contents are spent; the
+                     next term kept in the arena that fits it takes it instead of new memory */
+    size_t spent_floats;
 } head_ctx;
 
 /* --- building blocks (head_layers.c) -------------------------------------------------------- */

@@ -169,6 +169,11 @@ static herbs_status herbs_backward(herbs_net *net, float *dimages)
             HERBS_TRY(classifier_backward(&m->up_cls[i], &c, dlogits[i], &d_up));
             HERBS_TRY(classifier_backward(&m->down_cls[i], &c, out_grad(net, m->out_fpn1[i]), &d_top_down[i]));
         }
+        if (!m->up_cls[0].first.term) { /* its BN input is spent (its dz went elsewhere): the size of
+                                           layer1's projection terms */
+            c.spent = m->up_cls[0].z;
+            c.spent_floats = (size_t)B * bb->tap_tokens[0] * m->fpn_size;
+        }
         HERBS_TRY(fpn_backward(&m->fpn, &c, d_top_down, d_bottom_up, dtaps));
     } else if (m->use_selection) {
         for (int i = 0; i < HERBS_TAPS; i++)
