@@ -2,6 +2,7 @@
    (through the factors, dx formed or handed on as a term) and the consumers of terms. */
 #include <string.h>
 
+#include "core/threads.h"
 #include "kernels/kernels.h"
 #include "nn/factored.h"
 #include "nn/head.h"
