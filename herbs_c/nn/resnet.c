@@ -35,7 +35,8 @@ typedef struct {
     /* the last forward, NHWC rows in the owner's arena: P = B·H·W input and Q = B·OH·OW output
        positions, `planes` inner channels, 4·planes out */
     const float *x;  /* [P, in_c]: the block input (the previous block's output) */
-    float *y1, *a1;  /* [P, planes]: conv1's output (bn1's input; train only) and after bn1+ReLU */
+    float *y1, *a1;  /* [P, planes]: conv1's output (bn1's input; train only) and after bn1+ReLU (eval
+                        only: train mode makes it again from y1 in the backward) */
     float *y2, *a2;  /* [Q, planes]: the same for conv2 (stride here) */
     float *y3;       /* [Q, 4·planes]: conv3's output (bn3's input; train only) */
     float *yd;       /* [Q, 4·planes]: the downsample conv's output (train only; NULL without one) */
@@ -57,6 +58,7 @@ typedef struct {
     int *argmax;    /* [B, S/2, S/2, width]: where each max came from, for its backward */
     float *scratch; /* the convolutions' scratch (packed weights, im2col chunks) */
     size_t scratch_floats;
+    float *inner[2]; /* train: [the largest a1 or a2] twice, where each block's a1 and a2 are made */
 } resnet;
 
 /* --- building ---------------------------------------------------------------------------- */
@@ -141,15 +143,18 @@ static void conv_backward_pass(resnet *r, conv_layer *c, herbs_params *t, float 
 }
 
 /* out = BN(conv(inp)), through a ReLU when relu is set; train mode keeps y = conv(inp) for the
-   backward, eval mode folds the BN into the conv and keeps no y */
+   backward (out into `into` when not NULL, else the arena), eval mode folds the BN into the conv
+   and keeps no y */
 static herbs_status conv_bn_forward(resnet *r, conv_layer *c, batchnorm_layer *b, int relu, const herbs_params *t,
-                                    herbs_arena *arena, const float *inp, float **y, float **out)
+                                    herbs_arena *arena, const float *inp, float *into, float **y, float **out)
 {
     *y = NULL;
     if (!r->train)
         return conv_forward_pass(r, c, t, arena, inp, b, relu, out);
     HERBS_TRY(conv_forward_pass(r, c, t, arena, inp, NULL, 0, y));
-    HERBS_TRY(herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0, out));
+    *out = into;
+    if (!into)
+        HERBS_TRY(herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0, out));
     return batchnorm_layer_forward(b, t, arena, 1, *y, r->batch * c->OH * c->OW, *out, relu);
 }
 
@@ -157,16 +162,18 @@ static herbs_status block_forward(resnet *r, bottleneck *blk, const herbs_params
                                   const float *x)
 {
     blk->x = x;
-    HERBS_TRY(conv_bn_forward(r, &blk->conv1, &blk->bn1, 1, t, arena, x, &blk->y1, &blk->a1));
-    HERBS_TRY(conv_bn_forward(r, &blk->conv2, &blk->bn2, 1, t, arena, blk->a1, &blk->y2, &blk->a2));
-    HERBS_TRY(conv_bn_forward(r, &blk->conv3, &blk->bn3, 0, t, arena, blk->a2, &blk->y3, &blk->out));
+    HERBS_TRY(conv_bn_forward(r, &blk->conv1, &blk->bn1, 1, t, arena, x, r->inner[0], &blk->y1, &blk->a1));
+    HERBS_TRY(conv_bn_forward(r, &blk->conv2, &blk->bn2, 1, t, arena, blk->a1, r->inner[1], &blk->y2, &blk->a2));
+    HERBS_TRY(conv_bn_forward(r, &blk->conv3, &blk->bn3, 0, t, arena, blk->a2, NULL, &blk->y3, &blk->out));
     const float *identity = x;
     if (blk->has_down) { /* the downsample's BN output only feeds the add */
         float *z;
-        HERBS_TRY(conv_bn_forward(r, &blk->down_conv, &blk->down_bn, 0, t, arena, x, &blk->yd, &z));
+        HERBS_TRY(conv_bn_forward(r, &blk->down_conv, &blk->down_bn, 0, t, arena, x, NULL, &blk->yd, &z));
         identity = z;
     }
     add_relu_forward(blk->out, blk->out, identity, conv_out_floats(&blk->conv3, r->batch));
+    if (r->train) /* the next block makes its own there; the backward makes these again */
+        blk->a1 = blk->a2 = NULL;
     return HERBS_OK;
 }
 
@@ -175,6 +182,18 @@ static herbs_status block_forward(resnet *r, bottleneck *blk, const herbs_params
 static size_t image_floats(const resnet *r, int batch)
 {
     return (size_t)batch * r->base.in_channels * r->base.img_size * r->base.img_size;
+}
+
+/* Floats of the largest a1 or a2 of any block (their inner planes). */
+static size_t inner_floats(const resnet *r, int batch)
+{
+    size_t most = 0;
+    for (int i = 0; i < r->n_blocks; i++) {
+        const size_t a1 = conv_out_floats(&r->blocks[i].conv1, batch), a2 = conv_out_floats(&r->blocks[i].conv2, batch);
+        most = a1 > most ? a1 : most;
+        most = a2 > most ? a2 : most;
+    }
+    return most;
 }
 
 static herbs_status resnet_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena *arena,
@@ -211,10 +230,13 @@ static herbs_status resnet_forward(herbs_backbone *bb, const herbs_params *t, he
         }
     }
     HERBS_TRY(herbs_arena_floats(arena, r->scratch_floats, 0, &r->scratch));
+    r->inner[0] = r->inner[1] = NULL;
+    for (int i = 0; train && i < 2; i++)
+        HERBS_TRY(herbs_arena_floats(arena, inner_floats(r, batch), 0, &r->inner[i]));
     HERBS_TRY(herbs_arena_floats(arena, image_floats(r, batch), 0, &r->x0));
     nchw_to_nhwc_forward(r->x0, images, batch, bb->in_channels, bb->img_size, bb->img_size);
 
-    HERBS_TRY(conv_bn_forward(r, &r->stem_conv, &r->stem_bn, 1, t, arena, r->x0, &r->y0, &r->a0));
+    HERBS_TRY(conv_bn_forward(r, &r->stem_conv, &r->stem_bn, 1, t, arena, r->x0, NULL, &r->y0, &r->a0));
     const conv_layer *first = &r->blocks[0].conv1;
     const size_t pooled = (size_t)batch * first->H * first->W * first->in_c;
     HERBS_TRY(herbs_arena_floats(arena, pooled, 0, &r->p0));
@@ -237,7 +259,29 @@ typedef struct {
     float *cur, *prev; /* gradients of the current block's output and input */
     float *g, *d;      /* scratch of one block */
     float *dw;         /* the largest repacked weight gradient */
+    float *inner;      /* the largest a1 or a2, made again from y after a train-mode forward */
 } grad_buffers;
+
+/* An inner activation a = ReLU(BN(y)) [rows, planes] for a conv's weight gradient: the one kept (eval),
+   or made again from y into gb->inner (train: the forward's bits). */
+static const float *inner_again(const batchnorm_layer *bn, const herbs_params *t, const float *a, const float *y,
+                                int rows, grad_buffers *gb)
+{
+    if (a)
+        return a;
+    batchnorm_layer_forward_again(bn, t, y, rows, gb->inner, 1);
+    return gb->inner;
+}
+
+/* dy = BN+ReLU's backward of da, the ReLU's mask from a when kept, else made again from y. */
+static void inner_backward(const batchnorm_layer *bn, herbs_params *t, float *dy, const float *da, const float *a,
+                           const float *y, int rows)
+{
+    if (a)
+        batchnorm_layer_backward(bn, t, dy, da, a, y, rows, 0);
+    else
+        batchnorm_layer_relu_backward_again(bn, t, dy, da, y, rows, 0);
+}
 
 /* gb->prev = d(block input), from gb->cur = d(block output) */
 static herbs_status block_backward(resnet *r, bottleneck *blk, herbs_params *t, herbs_arena *arena,
@@ -260,10 +304,12 @@ static herbs_status block_backward(resnet *r, bottleneck *blk, herbs_params *t, 
         conv_backward_pass(r, &blk->down_conv, t, gb->dw, gb->prev, gb->d, blk->x, 0);
     }
     batchnorm_layer_backward(&blk->bn3, t, gb->d, gb->cur, blk->out, blk->y3, N3, 0);
-    conv_backward_pass(r, &blk->conv3, t, gb->dw, gb->g, gb->d, blk->a2, 0); /* d a2 */
-    batchnorm_layer_backward(&blk->bn2, t, gb->d, gb->g, blk->a2, blk->y2, N3, 0);   /* d y2 */
-    conv_backward_pass(r, &blk->conv2, t, gb->dw, gb->g, gb->d, blk->a1, 0); /* d a1 */
-    batchnorm_layer_backward(&blk->bn1, t, gb->d, gb->g, blk->a1, blk->y1, N1, 0);   /* d y1 */
+    conv_backward_pass(r, &blk->conv3, t, gb->dw, gb->g, gb->d, inner_again(&blk->bn2, t, blk->a2, blk->y2, N3, gb),
+                       0);                                                         /* d a2 */
+    inner_backward(&blk->bn2, t, gb->d, gb->g, blk->a2, blk->y2, N3);              /* d y2 */
+    conv_backward_pass(r, &blk->conv2, t, gb->dw, gb->g, gb->d, inner_again(&blk->bn1, t, blk->a1, blk->y1, N1, gb),
+                       0);                                                         /* d a1 */
+    inner_backward(&blk->bn1, t, gb->d, gb->g, blk->a1, blk->y1, N1);              /* d y1 */
     conv_backward_pass(r, &blk->conv1, t, gb->dw, gb->prev, gb->d, blk->x, 1);
     return HERBS_OK;
 }
@@ -306,6 +352,7 @@ static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
     HERBS_TRY(herbs_arena_floats(arena, act, 0, &gb.g));
     HERBS_TRY(herbs_arena_floats(arena, act, 0, &gb.d));
     HERBS_TRY(herbs_arena_floats(arena, wmax, 0, &gb.dw));
+    HERBS_TRY(herbs_arena_floats(arena, inner_floats(r, r->batch), 0, &gb.inner));
 
     herbs_zero_floats(gb.cur, conv_out_floats(&r->blocks[r->stage_last[top]].conv3, r->batch));
     for (int i = r->stage_last[top], s = top; i >= 0; i--) {
