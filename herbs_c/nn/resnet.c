@@ -53,12 +53,14 @@ typedef struct {
     /* the last forward */
     int batch, train;
     float *x0;      /* [B, img, img, 3]: the NHWC image */
-    float *y0, *a0; /* [B, S, S, width] (S = img/2): the stem conv's output (train only), after BN+ReLU */
+    float *y0, *a0; /* [B, S, S, width] (S = img/2): the stem conv's output (train only), after BN+ReLU
+                       (train: NULL after the max-pool when it was made in the scratch) */
     float *p0;      /* [B, S/2, S/2, width]: after the 3x3/2 max-pool */
     int *argmax;    /* [B, S/2, S/2, width]: where each max came from, for its backward */
     float *scratch; /* the convolutions' scratch (packed weights, im2col chunks) */
     size_t scratch_floats;
-    float *inner[2]; /* train: [the largest a1 or a2] twice, where each block's a1 and a2 are made */
+    float *inner; /* train: [the largest a1 or a2], where each block's a1 and then its a2 are made (a1 is
+                     spent once conv2 ran) */
 } resnet;
 
 /* --- building ---------------------------------------------------------------------------- */
@@ -158,17 +160,26 @@ static herbs_status conv_bn_forward(resnet *r, conv_layer *c, batchnorm_layer *b
     return batchnorm_layer_forward(b, t, arena, 1, *y, r->batch * c->OH * c->OW, *out, relu);
 }
 
+/* Train mode: the conv scratch as the home of c's BN output, which only feeds the next step (made after
+   c's conv, read before any other conv), when it fits; else NULL (the arena). */
+static float *in_conv_scratch(const resnet *r, const conv_layer *c)
+{
+    return r->train && conv_out_floats(c, r->batch) <= r->scratch_floats ? r->scratch : NULL;
+}
+
 static herbs_status block_forward(resnet *r, bottleneck *blk, const herbs_params *t, herbs_arena *arena,
                                   const float *x)
 {
     blk->x = x;
-    HERBS_TRY(conv_bn_forward(r, &blk->conv1, &blk->bn1, 1, t, arena, x, r->inner[0], &blk->y1, &blk->a1));
-    HERBS_TRY(conv_bn_forward(r, &blk->conv2, &blk->bn2, 1, t, arena, blk->a1, r->inner[1], &blk->y2, &blk->a2));
+    HERBS_TRY(conv_bn_forward(r, &blk->conv1, &blk->bn1, 1, t, arena, x, r->inner, &blk->y1, &blk->a1));
+    HERBS_TRY(conv_bn_forward(r, &blk->conv2, &blk->bn2, 1, t, arena, blk->a1, r->inner, &blk->y2, &blk->a2));
     HERBS_TRY(conv_bn_forward(r, &blk->conv3, &blk->bn3, 0, t, arena, blk->a2, NULL, &blk->y3, &blk->out));
     const float *identity = x;
-    if (blk->has_down) { /* the downsample's BN output only feeds the add */
+    if (blk->has_down) { /* the downsample's BN output only feeds the add: in the conv scratch, free
+                            after the conv, when it fits */
         float *z;
-        HERBS_TRY(conv_bn_forward(r, &blk->down_conv, &blk->down_bn, 0, t, arena, x, NULL, &blk->yd, &z));
+        HERBS_TRY(conv_bn_forward(r, &blk->down_conv, &blk->down_bn, 0, t, arena, x,
+                                  in_conv_scratch(r, &blk->down_conv), &blk->yd, &z));
         identity = z;
     }
     add_relu_forward(blk->out, blk->out, identity, conv_out_floats(&blk->conv3, r->batch));
@@ -230,19 +241,22 @@ static herbs_status resnet_forward(herbs_backbone *bb, const herbs_params *t, he
         }
     }
     HERBS_TRY(herbs_arena_floats(arena, r->scratch_floats, 0, &r->scratch));
-    r->inner[0] = r->inner[1] = NULL;
-    for (int i = 0; train && i < 2; i++)
-        HERBS_TRY(herbs_arena_floats(arena, inner_floats(r, batch), 0, &r->inner[i]));
+    r->inner = NULL;
+    if (train)
+        HERBS_TRY(herbs_arena_floats(arena, inner_floats(r, batch), 0, &r->inner));
     HERBS_TRY(herbs_arena_floats(arena, image_floats(r, batch), 0, &r->x0));
     nchw_to_nhwc_forward(r->x0, images, batch, bb->in_channels, bb->img_size, bb->img_size);
 
-    HERBS_TRY(conv_bn_forward(r, &r->stem_conv, &r->stem_bn, 1, t, arena, r->x0, NULL, &r->y0, &r->a0));
+    float *a0_home = in_conv_scratch(r, stem); /* a0 only feeds the max-pool */
+    HERBS_TRY(conv_bn_forward(r, &r->stem_conv, &r->stem_bn, 1, t, arena, r->x0, a0_home, &r->y0, &r->a0));
     const conv_layer *first = &r->blocks[0].conv1;
     const size_t pooled = (size_t)batch * first->H * first->W * first->in_c;
     HERBS_TRY(herbs_arena_floats(arena, pooled, 0, &r->p0));
     if (!(r->argmax = herbs_arena_alloc(arena, pooled * sizeof(int))))
         return HERBS_ERR_NOMEM;
     maxpool2d_forward(r->p0, r->argmax, r->a0, batch, stem->OH, stem->OW, stem->out_c, 3, 2, 1);
+    if (a0_home) /* the backward takes the ReLU's mask from y0 */
+        r->a0 = NULL;
 
     const float *x = r->p0;
     for (int i = 0; i < r->n_blocks; i++) {
@@ -375,7 +389,7 @@ static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
     HERBS_TRY(conv_output(r, stem, t, arena, r->x0, &r->y0));
     maxpool2d_backward(herbs_zero_floats(gb.g, n0), gb.cur, r->argmax, r->batch, stem->OH, stem->OW, stem->out_c, 3,
                        2, 1);
-    batchnorm_layer_backward(&r->stem_bn, t, gb.d, gb.g, r->a0, r->y0, r->batch * stem->OH * stem->OW, 0);
+    inner_backward(&r->stem_bn, t, gb.d, gb.g, r->a0, r->y0, r->batch * stem->OH * stem->OW);
     float *dx = dimages ? gb.g : NULL;
     conv_backward_pass(r, stem, t, gb.dw, dx, gb.d, r->x0, 0);
     if (dimages)
