@@ -48,3 +48,18 @@ def test_linear_matches_torch(N, C, OC, with_bias):
     np.testing.assert_allclose(dw, tw.grad.numpy(), rtol=1e-4, atol=2e-4)
     if with_bias:
         np.testing.assert_allclose(db, tb.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("precision", [0, 1])  # herbs_precision: fp32, bf16
+def test_backward_input_gradient_over_the_input(precision):
+    """dinp may be inp (the weight gradient reads inp first): the same bits as into its own buffer."""
+    rng = np.random.default_rng(3)
+    N, C, OC = 301, 40, 24
+    x, w, dy = (rng.standard_normal(s).astype(np.float32) for s in ((N, C), (OC, C), (N, OC)))
+    want_dx, want_dw, want_db = np.empty((N, C), np.float32), np.zeros((OC, C), np.float32), np.zeros(OC, np.float32)
+    call("linear_backward", precision, want_dx, want_dw, want_db, dy, x, w, N, C, OC, 0, dtype=np.float32)
+    over, dw, db = x.copy(), np.zeros((OC, C), np.float32), np.zeros(OC, np.float32)
+    call("linear_backward", precision, over, dw, db, dy, over, w, N, C, OC, 0, dtype=np.float32)
+    np.testing.assert_array_equal(over, want_dx)
+    np.testing.assert_array_equal(dw, want_dw)
+    np.testing.assert_array_equal(db, want_db)

@@ -77,10 +77,10 @@ void FN(linear_backward)(herbs_precision p, real *dinp, real *dweight, real *dbi
         return;
     }
 #endif
+    if (dweight) /* first: dinp may be inp */
+        FN(gemm_at)(p, 1, 0, OC, C, N, 1, dout, OC, inp, C, 1, dweight, C);
     if (dinp)
         FN(gemm_at)(p, 0, 0, N, C, OC, 1, dout, OC, weight, C, accumulate ? 1 : 0, dinp, C);
-    if (dweight)
-        FN(gemm_at)(p, 1, 0, OC, C, N, 1, dout, OC, inp, C, 1, dweight, C);
     if (dbias)
         FN(linear_bias_backward)(dbias, NULL, dout, N, OC);
 }
@@ -95,9 +95,9 @@ void linear_backward_bf16(float *dinp, float *dweight, float *dbias, const float
     if (dbias || rounded)
         linear_bias_backward(dbias, rounded, dout, N, OC);
     const void *dy = rounded ? (const void *)rounded : dout;
+    if (dweight) /* first: dinp may be inp */
+        gemm_bf16_inputs(1, 0, OC, C, N, 1, dy, rounded != NULL, OC, inp, inp_bf16, C, 1, dweight, C);
     if (dinp)
         gemm_bf16_inputs(0, 0, N, C, OC, 1, dy, rounded != NULL, OC, weight, 0, C, accumulate ? 1 : 0, dinp, C);
-    if (dweight)
-        gemm_bf16_inputs(1, 0, OC, C, N, 1, dy, rounded != NULL, OC, inp, inp_bf16, C, 1, dweight, C);
 }
 #endif

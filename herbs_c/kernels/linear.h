@@ -10,8 +10,8 @@ void FN(linear_affine_forward)(real *out, const real *inp, const real *weight, c
                                int relu, int N, int C, int OC);
 
 /* dinp[N,C] += (accumulate set) or = (not read) dout[N,OC] · weight; dweight[OC,C] += doutᵀ · inp;
-   dbias[OC] += Σ_n dout. Any of dinp, dweight, dbias may be NULL (not wanted). The two products at
-   precision p (gemm_at). */
+   dbias[OC] += Σ_n dout. Any of dinp, dweight, dbias may be NULL (not wanted); dinp may be inp (the
+   weight gradient reads it first). The two products at precision p (gemm_at). */
 void FN(linear_backward)(herbs_precision p, real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
                          const real *weight, int N, int C, int OC, int accumulate);
 

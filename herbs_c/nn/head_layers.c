@@ -138,9 +138,8 @@ herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *d
                 weight gradient, then dr = dlogits · W3 over it */
         HERBS_TRY(head_scratch(c, n, 0, &r));
         batchnorm_layer_forward_again(&k->bn, t, k->z, k->rows, r, 1);
-        product_rows_backward(&k->conv3, t, t->precision, NULL, dlogits, r, k->rows, 0);
         dr = r;
-        product_rows_backward(&k->conv3, t, t->precision, dr, dlogits, NULL, k->rows, 0);
+        product_rows_backward(&k->conv3, t, t->precision, dr, dlogits, r, k->rows, 0);
     }
     /* The BN pass applies ReLU's mask (from r, or made again from z) and writes dz over a buffer it
        reads element by element: over z when a term keeps dz past this call (z is spent then: one

@@ -108,8 +108,8 @@ herbs_status product_rows_forward_input(herbs_weight *w, const herbs_params *t, 
 void product_rows_backward(herbs_weight *w, herbs_params *t, herbs_precision p, float *dx, const float *dy,
                            const float *x, int rows, int accumulate)
 {
-    linear_backward(p, dx, x ? GRAD(t, w->weight) : NULL, x ? bias_grad_of(w, t) : NULL, dy, x, compute_weight(w, t),
-                    rows, w->in * w->k * w->k, w->out, accumulate);
+    linear_backward(p, dx, GRAD(t, w->weight), bias_grad_of(w, t), dy, x, compute_weight(w, t), rows,
+                    w->in * w->k * w->k, w->out, accumulate);
 }
 
 void product_rows_backward_input(herbs_weight *w, herbs_params *t, float *dx, const float *dy, const void *x,

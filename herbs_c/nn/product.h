@@ -77,7 +77,7 @@ herbs_status product_rows_forward_input(herbs_weight *w, const herbs_params *t, 
                                         int rows);
 
 /* dx[rows, in] += (accumulate set) or = (not read) dy·W (dx NULL: not wanted); dW += dyᵀ·x,
-   db += Σ_rows dy into the gradient block (x NULL: not wanted, dx only). */
+   db += Σ_rows dy into the gradient block; dx may be x (linear_backward). */
 void product_rows_backward(herbs_weight *w, herbs_params *t, herbs_precision p, float *dx, const float *dy,
                            const float *x, int rows, int accumulate);
 
