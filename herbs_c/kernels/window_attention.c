@@ -863,11 +863,21 @@ WA_BF16 static void wa_backward_item_bf16(const wa_geometry *g, const wa_work *w
 
 
 #ifndef HERBS_F64
-/* The item of precision p: bf16 products where the CPU has AVX512-BF16. */
+/* Whether precision p runs the bf16 items: bf16 products where the CPU has AVX512-BF16. */
+static int wa_bf16_items(herbs_precision p)
+{
+#if defined(__x86_64__)
+    return p == HERBS_BF16 && herbs_bf16_isa_current() != HERBS_BF16_ISA_PORTABLE;
+#else
+    return 0;
+#endif
+}
+
+/* The forward item of precision p. */
 static wa_forward_item_fn wa_forward_item_at(herbs_precision p)
 {
 #if defined(__x86_64__)
-    if (p == HERBS_BF16 && herbs_bf16_isa_current() != HERBS_BF16_ISA_PORTABLE)
+    if (wa_bf16_items(p))
         return wa_forward_item_bf16;
 #endif
     return wa_forward_item_isa();
@@ -890,11 +900,11 @@ void attention_forward_at(herbs_precision p, float *out, uint16_t *out_bf16, flo
     wa_forward(wa_forward_item_at(p), out_bf16 ? (float *)out_bf16 : out, lse, work, qkv, NULL, B, g, threads);
 }
 
-/* The backward item of precision p: bf16 products where the CPU has AVX512-BF16. */
+/* The backward item of precision p. */
 static wa_backward_item_fn wa_backward_item_at(herbs_precision p)
 {
 #if defined(__x86_64__)
-    if (p == HERBS_BF16 && herbs_bf16_isa_current() != HERBS_BF16_ISA_PORTABLE)
+    if (wa_bf16_items(p))
         return wa_backward_item_bf16;
 #endif
     return wa_backward_item_isa();
