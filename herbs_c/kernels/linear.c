@@ -58,10 +58,12 @@ static void FN(linear_bias_backward)(real *dbias, uint16_t *rounded, const real 
             const int cols = OC - o0 < LINEAR_BIAS_BLOCK ? OC - o0 : LINEAR_BIAS_BLOCK;
             real sum[LINEAR_BIAS_BLOCK] = {0};
             rows(sum, rounded, dout, OC, o0, cols, r0, r1);
+            if (!dbias) /* the same for every thread: no thread meets the loop below */
+                continue;
 #pragma omp for ordered schedule(static, 1)
             for (int u = 0; u < n; u++) {
 #pragma omp ordered
-                for (int j = 0; j < cols && dbias; j++)
+                for (int j = 0; j < cols; j++)
                     dbias[o0 + j] += sum[j];
             }
         }
