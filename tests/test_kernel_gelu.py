@@ -1,11 +1,15 @@
-"""GELU's fused output+derivative kernel, the activation backward from a derivative, and the
-accuracy of the float32 GELU (vectorised erfc and exp of kernels/fastmath.h) over a dense range."""
+"""GELU's fused output+derivative kernel, the activation backward from a derivative, the accuracy
+of the float32 GELU (vectorised erfc and exp of kernels/fastmath.h) over a dense range, and the bf16
+GELU's table of polynomials (kernels/gelu_bf16.c)."""
 import ctypes
 import math
 
 import numpy as np
 import pytest
 import torch
+
+import herbs
+from herbs import _C
 
 from ckernels import LIB, call, grad_buffer, numerical_grad
 
@@ -71,28 +75,93 @@ def test_float32_gelu_is_accurate_over_a_dense_range():
     assert relative.max() < 1e-6, relative.max()  # a few float32 ulps everywhere, tails included
 
 
-@pytest.mark.parametrize("n", [1, 17, 40000])
-def test_bf16_output_is_the_output_rounded(n):
-    """gelu_forward_bf16 stores the float32 GELU rounded to bf16 (nearest even), bit for bit, for
-    values across the range (tails, ties of the rounding included by their sheer number)."""
-    from test_gemm_bf16 import bf16_bits
+GELU_PIECES, GELU_DEGREE, GELU_BOUND = 32, 5, 6.0
 
-    x = (np.random.default_rng(9).standard_normal(n) * 4).astype(np.float32)
-    out = np.empty(n, np.float32)
-    call("gelu_forward", out, x, n, dtype=np.float32)
-    bits = np.empty(n, np.uint16)
+
+def normal_cdf_pieces():
+    """The table of kernels/gelu_bf16.c: on piece i of [-6, 6] (u = x·32/12 + 16 in [i, i + 1]) the
+    degree-5 interpolant of Φ at the Chebyshev points of t = u - i, coefficients of t^k by row k,
+    rounded to float32."""
+    from scipy.special import ndtr
+
+    k = np.arange(GELU_DEGREE + 1)
+    t = 0.5 - 0.5 * np.cos((2 * k + 1) * np.pi / (2 * (GELU_DEGREE + 1)))
+    scale = float(np.float32(GELU_PIECES / (2 * GELU_BOUND)))
+    table = np.empty((GELU_DEGREE + 1, GELU_PIECES))
+    for i in range(GELU_PIECES):
+        table[:, i] = np.polyfit(t, ndtr((i + t - GELU_PIECES / 2) / scale), GELU_DEGREE)[::-1]
+    return table.astype(np.float32)
+
+
+def test_bf16_table_is_the_interpolants():
+    """The numbers in gelu_bf16.c are what normal_cdf_pieces() computes (so the table can be
+    remade and checked, and a mistyped coefficient fails here)."""
+    import pathlib
+    import re
+
+    source = (pathlib.Path(__file__).parent.parent / "herbs_c" / "kernels" / "gelu_bf16.c").read_text()
+    body = source[source.index("normal_cdf_pieces[GELU_DEGREE + 1][GELU_PIECES]"):]
+    body = body[body.index("{"):body.index("};")]
+    numbers = np.array([float(v) for v in re.findall(r"[-+]?[0-9.]+(?:e[-+]?[0-9]+)?(?=f)", body)], np.float32)
+    np.testing.assert_array_equal(numbers.reshape(GELU_DEGREE + 1, GELU_PIECES), normal_cdf_pieces())
+
+
+def gelu_bf16(x):
+    bits = np.empty(x.size, np.uint16)
     fn = LIB.gelu_forward_bf16
     fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-    fn(bits.ctypes.data, x.ctypes.data, n)
-    np.testing.assert_array_equal(bits, bf16_bits(out))
+    fn(bits.ctypes.data, x.ctypes.data, x.size)
+    return bits
+
+
+def test_bf16_output_is_gelu_within_its_rounding():
+    """gelu_forward_bf16 against x·Φ(x) in float64: Φ from the table is within 1.8e-7 of the truth,
+    so the bf16 output is within half a bf16 ulp of the truth plus 1.8e-7·|x|, i.e. it is the
+    correctly rounded value except near a rounding midpoint: 0.04% of a wide sample within the
+    table's range. Beyond it, x·0 (-0 below -6, where the truth is below 6e-9 in magnitude) and
+    x (above 6). Specials as PyTorch's GELU: NaN and +inf stay, -inf gives NaN (-inf·0)."""
+    from scipy.special import ndtr
+
+    from test_gemm_bf16 import bf16_bits
+
+    rng = np.random.default_rng(9)
+    x = np.concatenate([rng.standard_normal(200003) * 3, np.linspace(-6, 6, 100001)]).astype(np.float32)
+    x = x[np.abs(x) <= GELU_BOUND]
+    truth = x.astype(np.float64) * ndtr(x.astype(np.float64))
+    out = gelu_bf16(x)
+    value = (out.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    half_ulp = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(truth), 1e-30))) - 8)
+    assert np.all(np.abs(value - truth) <= half_ulp + 1.8e-7 * np.abs(x) + 1e-38)
+    assert np.mean(out != bf16_bits(truth.astype(np.float32))) < 4e-4
+
+    big = np.array([-1e30, -100, -6.5, -6.0001, 6.0001, 7, 100, 1e30], np.float32)
+    np.testing.assert_array_equal(gelu_bf16(big), bf16_bits(np.where(big < 0, np.float32(-0.0), big)))
+    nan = np.uint32(0x7FFFFFFF).view(np.float32)  # its rounding would carry into the sign bit
+    special = gelu_bf16(np.array([nan, np.inf, -np.inf, 0.0, -0.0], np.float32))
+    assert special[0] & 0x7FFF > 0x7F80 and special[2] & 0x7FFF > 0x7F80  # NaN
+    np.testing.assert_array_equal(special[[1, 3, 4]], [0x7F80, 0x0000, 0x8000])
 
 
 @pytest.mark.parametrize("n", [1, 17, 40000])
-def test_bf16_forward_derivative_is_the_fp32_ones(n):
-    """gelu_forward_derivative_bf16 (the backward's recomputation at bf16) stores gelu_forward_derivative's
-    output rounded to bf16 and the same derivative, bit for bit; the derivative may alias the input."""
-    from test_gemm_bf16 import bf16_bits
+def test_bf16_output_is_the_same_on_every_isa(n):
+    """The AVX-512 form (vpermt2ps lookups) and the plain C one do the same operations in the same
+    order: the same bits, for every length (the masked tail included)."""
+    x = (np.random.default_rng(11).standard_normal(n) * 4).astype(np.float32)
+    x[::7] = np.uint32(0x7FFFFFFF).view(np.float32)  # a NaN whose rounding would carry into the sign
+    before = herbs.cpu_info()["isa"]
+    try:
+        _C._set_isa("portable")
+        expected = gelu_bf16(x)
+    finally:
+        _C._set_isa(before)
+    np.testing.assert_array_equal(gelu_bf16(x), expected)
 
+
+@pytest.mark.parametrize("n", [1, 17, 4097, 40000])
+def test_bf16_forward_derivative_is_the_fp32_ones(n):
+    """gelu_forward_derivative_bf16 (the backward's recomputation at bf16) stores gelu_forward_bf16's
+    output and gelu_forward_derivative's derivative, bit for bit (in blocks: the lengths cross
+    them); the derivative may alias the input."""
     x = (np.random.default_rng(10).standard_normal(n) * 4).astype(np.float32)
     out, deriv = np.empty(n, np.float32), np.empty(n, np.float32)
     call("gelu_forward_derivative", out, deriv, x, n, dtype=np.float32)
@@ -100,5 +169,5 @@ def test_bf16_forward_derivative_is_the_fp32_ones(n):
     fn = LIB.gelu_forward_derivative_bf16
     fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
     fn(bits.ctypes.data, in_place.ctypes.data, in_place.ctypes.data, n)
-    np.testing.assert_array_equal(bits, bf16_bits(out))
+    np.testing.assert_array_equal(bits, gelu_bf16(x))
     np.testing.assert_array_equal(in_place, deriv)

@@ -61,20 +61,6 @@ void FN(gelu_forward)(real *out, const real *inp, size_t n)
     HERBS_ISA_PARALLEL(gelu_forward_span, n, ACT_THREADS(n), out, inp);
 }
 
-#ifndef HERBS_F64
-HERBS_INLINE void gelu_forward_bf16_span(uint16_t *out, const float *inp, size_t i0, size_t i1)
-{
-#pragma omp simd
-    for (size_t i = i0; i < i1; i++)
-        out[i] = bf16_from_float(inp[i] * normal_cdf(inp[i]));
-}
-HERBS_ISA_VARIANTS(gelu_forward_bf16_span, (uint16_t *out, const float *inp, size_t i0, size_t i1), (out, inp, i0, i1))
-
-void gelu_forward_bf16(uint16_t *out, const float *inp, size_t n)
-{
-    HERBS_ISA_PARALLEL(gelu_forward_bf16_span, n, ACT_THREADS(n), out, inp);
-}
-#endif
 
 HERBS_INLINE void FN(gelu_backward_span)(real *dinp, const real *dout, const real *inp, int accumulate, size_t i0,
                                          size_t i1)
@@ -115,25 +101,6 @@ void FN(gelu_forward_derivative)(real *out, real *deriv, const real *inp, size_t
     HERBS_ISA_PARALLEL(gelu_forward_derivative_span, n, ACT_THREADS(n), out, deriv, inp);
 }
 
-#ifndef HERBS_F64
-HERBS_INLINE void gelu_forward_derivative_bf16_span(uint16_t *out, float *deriv, const float *inp, size_t i0,
-                                                     size_t i1)
-{
-#pragma omp simd
-    for (size_t i = i0; i < i1; i++) {
-        const float x = inp[i], cdf = normal_cdf(x);
-        out[i] = bf16_from_float(x * cdf);
-        deriv[i] = cdf + x * normal_pdf(x);
-    }
-}
-HERBS_ISA_VARIANTS(gelu_forward_derivative_bf16_span, (uint16_t *out, float *deriv, const float *inp, size_t i0,
-                                                        size_t i1), (out, deriv, inp, i0, i1))
-
-void gelu_forward_derivative_bf16(uint16_t *out, float *deriv, const float *inp, size_t n)
-{
-    HERBS_ISA_PARALLEL(gelu_forward_derivative_bf16_span, n, ACT_THREADS(n), out, deriv, inp);
-}
-#endif
 
 HERBS_INLINE void FN(activation_backward_span)(real *dinp, const real *dout, const real *deriv, int accumulate,
                                                size_t i0, size_t i1)

@@ -10,8 +10,9 @@ void FN(relu_backward)(real *dinp, const real *dout, const real *out, size_t n, 
 
 /* out[n] = x · Φ(x) = x/2 · (1 + erf(x/√2)), the exact GELU; out may alias inp */
 void FN(gelu_forward)(real *out, const real *inp, size_t n);
-/* The same, out stored rounded to bf16 (bit patterns, bf16.h's rounding): for an output that only
-   feeds bf16 products. Float engine only (declared for both, defined once). */
+/* x · Φ(x) stored in bf16 (bit patterns, bf16.h's rounding), Φ from a table of polynomials within
+   1.8e-7 of the truth: for an output that only feeds bf16 products (gelu_bf16.c). Float engine
+   only (declared for both, defined once). */
 void gelu_forward_bf16(uint16_t *out, const float *inp, size_t n);
 /* dinp[n] += (accumulate set) or = dout · (Φ(x) + x·φ(x)), from the forward's input */
 void FN(gelu_backward)(real *dinp, const real *dout, const real *inp, size_t n, int accumulate);
@@ -19,7 +20,8 @@ void FN(gelu_backward)(real *dinp, const real *dout, const real *inp, size_t n, 
 /* out[n] = gelu(x) and deriv[n] = gelu'(x) in one pass, for a backward that needs both (the
    output for a weight gradient, the derivative for the input gradient); deriv may alias inp */
 void FN(gelu_forward_derivative)(real *out, real *deriv, const real *inp, size_t n);
-/* The same, out stored rounded to bf16 (as gelu_forward_bf16). Float engine only. */
+/* The same with out as gelu_forward_bf16 stores it (bit for bit) and deriv as
+   gelu_forward_derivative's. Float engine only. */
 void gelu_forward_derivative_bf16(uint16_t *out, float *deriv, const float *inp, size_t n);
 
 /* dinp[n] += (accumulate set) or = dout · deriv: the backward of an elementwise activation, given
