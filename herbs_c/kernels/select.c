@@ -1,5 +1,8 @@
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
+#include "kernels/fastmath.h" /* after precision.h: it is a template over real; includes isa.h */
+
+#define SELECT_GRAIN 65536 /* logits a thread should get at least */
 
 /* a ranks before b: a is larger, or a is NaN and b is not (torch.sort(descending=True) and
    torch.argmax count NaN as larger than every number) */
@@ -27,17 +30,26 @@ static int FN(select_top_class)(const real *mean, int C)
     return best;
 }
 
-/* softmax(row)[c] */
-static real FN(select_prob)(const real *row, int C, int c)
+/* score[i] = softmax(logits row i)[c*] for the tokens i0..i1 of [B·S] rows of C, c* of token i's
+   sample at top[(i / S)·S] */
+HERBS_INLINE void FN(select_scores_span)(real *score, const real *logits, const int *top, int S, int C, size_t i0,
+                                         size_t i1)
 {
-    real top = row[0];
-    for (int j = 1; j < C; j++)
-        top = row[j] > top ? row[j] : top;
-    real sum = 0;
-    for (int j = 0; j < C; j++)
-        sum += exp(row[j] - top);
-    return exp(row[c] - top) / sum;
+    for (size_t i = i0; i < i1; i++) {
+        const real *row = logits + i * C;
+        real high = row[0];
+        for (int j = 1; j < C; j++)
+            high = row[j] > high ? row[j] : high;
+        real sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < C; j++)
+            sum += FN(exp_fast)(row[j] - high);
+        score[i] = FN(exp_fast)(row[top[i / S * S]] - high) / sum;
+    }
 }
+HERBS_ISA_VARIANTS(select_scores_span,
+                   (real *score, const real *logits, const int *top, int S, int C, size_t i0, size_t i1),
+                   (score, logits, top, S, C, i0, i1))
 
 /* Sorts idx[0..n) by key descending, NaN first, stably, with tmp[n] as room: a bottom-up merge sort. */
 static void FN(select_sort)(int *idx, int *tmp, const real *key, int n)
@@ -66,16 +78,16 @@ static void FN(select_sort)(int *idx, int *tmp, const real *key, int n)
 void FN(select_rank)(int *order, int *scratch, real *score, real *mean, const real *logits, int B, int S, int C)
 {
     FN(token_mean_forward)(mean, logits, B, S, C);
-#pragma omp parallel for schedule(dynamic, 1) if ((double)B * S * C > 65536)
+    for (int b = 0; b < B; b++) /* c* of sample b in scratch[b·S] until the sort takes it */
+        scratch[(size_t)b * S] = FN(select_top_class)(mean + (size_t)b * C, C);
+    const size_t tokens = (size_t)B * S;
+    HERBS_ISA_PARALLEL(select_scores_span, tokens, herbs_threads_for((double)tokens * C, SELECT_GRAIN), score, logits,
+                       scratch, S, C);
+#pragma omp parallel for schedule(dynamic, 1) if (B > 1 && (double)tokens * C > SELECT_GRAIN)
     for (int b = 0; b < B; b++) {
-        const real *lb = logits + (size_t)b * S * C;
-        real *sb = score + (size_t)b * S;
         int *ob = order + (size_t)b * S;
-        const int top = FN(select_top_class)(mean + (size_t)b * C, C);
-        for (int s = 0; s < S; s++) {
-            sb[s] = FN(select_prob)(lb + (size_t)s * C, C, top);
+        for (int s = 0; s < S; s++)
             ob[s] = s;
-        }
-        FN(select_sort)(ob, scratch + (size_t)b * S, sb, S);
+        FN(select_sort)(ob, scratch + (size_t)b * S, score + (size_t)b * S, S);
     }
 }
