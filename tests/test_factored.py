@@ -18,7 +18,8 @@ c_float_p = ctypes.POINTER(ctypes.c_float)
 
 
 class Arena(ctypes.Structure):  # core/arena.h
-    _fields_ = [("chunks", ctypes.c_void_p), ("used", ctypes.c_size_t), ("high_water", ctypes.c_size_t)]
+    _fields_ = [("chunks", ctypes.c_void_p), ("current", ctypes.c_void_p), ("used", ctypes.c_size_t),
+                ("high_water", ctypes.c_size_t), ("replaying", ctypes.c_int), ("outgrown", ctypes.c_int)]
 
 
 class HeadCtx(ctypes.Structure):  # nn/head.h

@@ -13,9 +13,9 @@ struct herbs_arena_chunk {
     size_t size, used;
 };
 
-/* Chunks are mapped straight from the OS (glibc maps blocks above 32 MB), so a chunk freed when
-   the arena merges goes back to the OS instead of staying in the heap; pages a chunk never
-   touches cost address space only. */
+/* Chunks are mapped straight from the OS (glibc maps blocks above 32 MB), so a freed arena goes
+   back to the OS instead of staying in the heap; pages a chunk never touches cost address space
+   only. */
 #define ARENA_MIN_CHUNK ((size_t)64 << 20)
 
 #define HUGE_PAGE ((size_t)2 << 20)         /* x86-64's transparent huge page */
@@ -84,31 +84,41 @@ herbs_status herbs_arena_reset(herbs_arena *arena)
     if (arena->used > arena->high_water)
         arena->high_water = arena->used;
     arena->used = 0;
-    if (arena->chunks && arena->chunks->next) { /* several chunks: merge into one */
+    if (arena->outgrown) { /* passes differ: one chunk that holds the largest */
         chunks_free(arena->chunks);
-        arena->chunks = chunk_new(arena->high_water);
-        if (!arena->chunks)
+        arena->outgrown = 0;
+        if (!(arena->chunks = chunk_new(arena->high_water))) {
+            arena->current = NULL;
+            arena->replaying = 0;
             return HERBS_ERR_NOMEM;
+        }
     }
-    if (arena->chunks)
-        arena->chunks->used = 0;
+    for (herbs_arena_chunk *c = arena->chunks; c; c = c->next)
+        c->used = 0;
+    arena->current = arena->chunks;
+    arena->replaying = arena->chunks != NULL;
     return HERBS_OK;
 }
 
 void *herbs_arena_alloc(herbs_arena *arena, size_t bytes)
 {
-    size_t need = round_up(bytes ? bytes : 1);
-    herbs_arena_chunk *c = arena->chunks;
-    if (!c || c->size - c->used < need) {
-        size_t size = need > ARENA_MIN_CHUNK ? need : ARENA_MIN_CHUNK;
-        if (!c && arena->high_water > size)
-            size = arena->high_water;
-        herbs_arena_chunk *fresh = chunk_new(size);
-        if (!fresh)
-            return NULL;
-        fresh->next = c;
-        arena->chunks = c = fresh;
+    const size_t need = round_up(bytes ? bytes : 1);
+    herbs_arena_chunk *c = arena->current, *last = c;
+    while (c && c->size - c->used < need) {
+        last = c;
+        c = c->next;
     }
+    if (!c) {
+        if (!(c = chunk_new(need > ARENA_MIN_CHUNK ? need : ARENA_MIN_CHUNK)))
+            return NULL;
+        if (arena->replaying)
+            arena->outgrown = 1;
+        if (last) /* the loop walked to the last chunk */
+            last->next = c;
+        else
+            arena->chunks = c;
+    }
+    arena->current = c;
     void *p = c->base + c->used;
     c->used += need;
     arena->used += need;
