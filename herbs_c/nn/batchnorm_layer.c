@@ -81,11 +81,14 @@ void batchnorm_layer_forward_again(const batchnorm_layer *bn, const herbs_params
                             relu);
 }
 
-void batchnorm_layer_relu_backward_again(const batchnorm_layer *bn, herbs_params *t, float *dx, const float *dout,
-                                         const float *x, int rows, int accumulate)
+void batchnorm_layer_relu_backward(const batchnorm_layer *bn, herbs_params *t, float *dx, const float *dout,
+                                   const float *relu_out, const float *x, int rows, int accumulate)
 {
-    batchnorm_relu_backward_saved(dx, GRAD(t, bn->weight), GRAD(t, bn->bias), dout, x, PARAM(t, bn->weight),
-                                  PARAM(t, bn->bias), bn->mean, bn->rstd, rows, bn->channels, accumulate);
+    if (relu_out)
+        batchnorm_layer_backward(bn, t, dx, dout, relu_out, x, rows, accumulate);
+    else
+        batchnorm_relu_backward_saved(dx, GRAD(t, bn->weight), GRAD(t, bn->bias), dout, x, PARAM(t, bn->weight),
+                                      PARAM(t, bn->bias), bn->mean, bn->rstd, rows, bn->channels, accumulate);
 }
 
 void batchnorm_layer_backward(const batchnorm_layer *bn, herbs_params *t, float *dx, const float *dout,

@@ -40,10 +40,11 @@ herbs_status batchnorm_layer_fold(batchnorm_layer *bn, const herbs_params *t, he
 void batchnorm_layer_forward_again(const batchnorm_layer *bn, const herbs_params *t, const float *x, int rows,
                                    float *out, int relu);
 
-/* batchnorm_layer_backward of the last train-mode forward through its ReLU (relu set there) when
-   the ReLU's output was not kept: the mask from the output made again from x. dx may be dout or x. */
-void batchnorm_layer_relu_backward_again(const batchnorm_layer *bn, herbs_params *t, float *dx, const float *dout,
-                                         const float *x, int rows, int accumulate);
+/* batchnorm_layer_backward through the BN's own ReLU (relu set in the forward): the mask from
+   relu_out, its output, when it was kept; else (relu_out NULL, after a train-mode forward) from that
+   output made again from x. dx may be dout or x. */
+void batchnorm_layer_relu_backward(const batchnorm_layer *bn, herbs_params *t, float *dx, const float *dout,
+                                   const float *relu_out, const float *x, int rows, int accumulate);
 
 /* The backward of the last forward (or fold): dx[rows, C] += (accumulate set) or = (not read) d(x)
    from dout, with x the BN input; relu_out, when not NULL, is the output of a ReLU downstream of

@@ -130,24 +130,15 @@ herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *d
         product_rows_forward(&k->conv0, t, t->precision, k->z, k->x, k->rows, NULL, NULL, 0);
     }
     HERBS_TRY(head_scratch_begin(c));
-    const int r_kept = r != NULL;
-    if (r_kept) { /* dr = dlogits · W3 */
-        HERBS_TRY(head_scratch(c, n, 0, &dr));
-        product_rows_backward(&k->conv3, t, t->precision, dr, dlogits, r, k->rows, 0);
-    } else { /* after a train-mode forward: r = ReLU(BN(z)) again (the forward's bits) for conv3's
-                weight gradient, then dr = dlogits · W3 over it */
-        HERBS_TRY(head_scratch(c, n, 0, &r));
-        batchnorm_layer_forward_again(&k->bn, t, k->z, k->rows, r, 1);
-        dr = r;
-        product_rows_backward(&k->conv3, t, t->precision, dr, dlogits, r, k->rows, 0);
-    }
-    /* The BN pass applies ReLU's mask (from r, or made again from z) and writes dz over a buffer it
-       reads element by element: over z when a term keeps dz past this call (z is spent then: one
-       backward per forward), else over dr. */
+    HERBS_TRY(head_scratch(c, n, 0, &dr));
+    if (!r) /* after a train-mode forward: r = ReLU(BN(z)) again (the forward's bits), in dr */
+        batchnorm_layer_forward_again(&k->bn, t, k->z, k->rows, dr, 1);
+    /* dr = dlogits · W3 (conv3's weight gradient taken first, over r, which may be dr) */
+    product_rows_backward(&k->conv3, t, t->precision, dr, dlogits, r ? r : dr, k->rows, 0);
+    /* The BN pass applies ReLU's mask (from the kept r, or made again from z) and writes dz over a
+       buffer it reads element by element: over z when a term keeps dz past this call (z is spent
+       then: one backward per forward), else over dr. */
     float *dz = k->first.term ? k->z : dr;
-    if (r_kept)
-        batchnorm_layer_backward(&k->bn, t, dz, dr, r, k->z, k->rows, 0);
-    else
-        batchnorm_layer_relu_backward_again(&k->bn, t, dz, dr, k->z, k->rows, 0);
+    batchnorm_layer_relu_backward(&k->bn, t, dz, dr, r, k->z, k->rows, 0);
     return factored_backward(&k->first, c, dz, k->x, &k->conv0, k->rows, dx);
 }

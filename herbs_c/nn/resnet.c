@@ -287,16 +287,6 @@ static const float *inner_again(const batchnorm_layer *bn, const herbs_params *t
     return gb->inner;
 }
 
-/* dy = BN+ReLU's backward of da, the ReLU's mask from a when kept, else made again from y. */
-static void inner_backward(const batchnorm_layer *bn, herbs_params *t, float *dy, const float *da, const float *a,
-                           const float *y, int rows)
-{
-    if (a)
-        batchnorm_layer_backward(bn, t, dy, da, a, y, rows, 0);
-    else
-        batchnorm_layer_relu_backward_again(bn, t, dy, da, y, rows, 0);
-}
-
 /* gb->prev = d(block input), from gb->cur = d(block output) */
 static herbs_status block_backward(resnet *r, bottleneck *blk, herbs_params *t, herbs_arena *arena,
                                    grad_buffers *gb)
@@ -320,10 +310,10 @@ static herbs_status block_backward(resnet *r, bottleneck *blk, herbs_params *t, 
     batchnorm_layer_backward(&blk->bn3, t, gb->d, gb->cur, blk->out, blk->y3, N3, 0);
     conv_backward_pass(r, &blk->conv3, t, gb->dw, gb->g, gb->d, inner_again(&blk->bn2, t, blk->a2, blk->y2, N3, gb),
                        0);                                                         /* d a2 */
-    inner_backward(&blk->bn2, t, gb->d, gb->g, blk->a2, blk->y2, N3);              /* d y2 */
+    batchnorm_layer_relu_backward(&blk->bn2, t, gb->d, gb->g, blk->a2, blk->y2, N3, 0); /* d y2 */
     conv_backward_pass(r, &blk->conv2, t, gb->dw, gb->g, gb->d, inner_again(&blk->bn1, t, blk->a1, blk->y1, N1, gb),
                        0);                                                         /* d a1 */
-    inner_backward(&blk->bn1, t, gb->d, gb->g, blk->a1, blk->y1, N1);              /* d y1 */
+    batchnorm_layer_relu_backward(&blk->bn1, t, gb->d, gb->g, blk->a1, blk->y1, N1, 0); /* d y1 */
     conv_backward_pass(r, &blk->conv1, t, gb->dw, gb->prev, gb->d, blk->x, 1);
     return HERBS_OK;
 }
@@ -389,7 +379,7 @@ static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
     HERBS_TRY(conv_output(r, stem, t, arena, r->x0, &r->y0));
     maxpool2d_backward(herbs_zero_floats(gb.g, n0), gb.cur, r->argmax, r->batch, stem->OH, stem->OW, stem->out_c, 3,
                        2, 1);
-    inner_backward(&r->stem_bn, t, gb.d, gb.g, r->a0, r->y0, r->batch * stem->OH * stem->OW);
+    batchnorm_layer_relu_backward(&r->stem_bn, t, gb.d, gb.g, r->a0, r->y0, r->batch * stem->OH * stem->OW, 0);
     float *dx = dimages ? gb.g : NULL;
     conv_backward_pass(r, stem, t, gb.dw, dx, gb.d, r->x0, 0);
     if (dimages)
