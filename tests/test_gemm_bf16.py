@@ -394,8 +394,8 @@ def test_gemm_bf16_inputs_already_bf16(bf16_isa, threads, ta, tb):
     """Operands given as bf16 bit patterns (uint16), either or both, transposed or not: bit for bit the
     product of the fp32 operands holding the same values, whether the kernel reads rows of A in place
     or packs them (odd K, fewer rows than a stripe, a transposed A), over several K slices and column
-    blocks, split among threads, with alpha and beta, rows spaced in views (4 KiB apart too); and
-    within the bf16 bound of the float64 product."""
+    blocks, split among threads, with alpha and beta, rows spaced in views (4 KiB apart too), with the
+    per-column epilogue too; and within the bf16 bound of the float64 product."""
     rng = np.random.default_rng(16 + 2 * ta + tb)
     for m, n, k in INPUTS_SHAPES + [(30, 40, 2048)]:
         a32, b32 = operands(rng, m, n, k, ta, tb)
@@ -412,12 +412,16 @@ def test_gemm_bf16_inputs_already_bf16(bf16_isa, threads, ta, tb):
                 got = _C.gemm_bf16(x, y, c0.copy(), trans_a=ta, trans_b=tb, alpha=alpha, beta=beta)
                 np.testing.assert_array_equal(got, want, err_msg=f"{m}x{n}x{k} a {x.dtype}, b {y.dtype}")
             check(want, a32, b32, ta, tb, alpha, beta, c0)
+        scale, shift = rng.uniform(-2, 2, n).astype(np.float32), rng.uniform(-1, 1, n).astype(np.float32)
+        want = _C.gemm_bf16(a, b, trans_a=ta, trans_b=tb, scale=scale, shift=shift, relu=True)
+        assert m * n < 100 or ((want == 0).any() and (want > 0).any())  # the ReLU cuts
+        for x, y in [(a_bits, b), (a, b_bits)]:
+            got = _C.gemm_bf16(x, y, trans_a=ta, trans_b=tb, scale=scale, shift=shift, relu=True)
+            np.testing.assert_array_equal(got, want, err_msg=f"{m}x{n}x{k} affine, a {x.dtype}, b {y.dtype}")
 
 
 def test_gemm_bf16_inputs_bad_arguments():
     bits, x = np.zeros((4, 6), np.uint16), np.zeros((6, 5), np.float32)
-    with pytest.raises(ValueError, match="no scale, shift or relu"):
-        _C.gemm_bf16(bits, x, relu=True)
     with pytest.raises(ValueError, match="2-D"):
         _C.gemm_bf16(np.zeros((2, 4, 6), np.uint16), x)
     with pytest.raises(ValueError, match="contiguous"):

@@ -446,10 +446,11 @@ void gemm_affine_at(herbs_precision p, int trans_a, int trans_b, int M, int N, i
 }
 
 void gemm_bf16_inputs(int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A, int a_bf16, long lda,
-                      const void *B, int b_bf16, long ldb, float beta, float *C, long ldc)
+                      const void *B, int b_bf16, long ldb, float beta, float *C, long ldc, const float *scale,
+                      const float *shift, int relu)
 {
     product(gemm_microkernel_for(HERBS_BF16), M, N, K, alpha, (operand){A, lda, trans_a, a_bf16},
-            (operand){B, ldb, trans_b, b_bf16}, NULL, beta, C, ldc, NULL, NULL, 0);
+            (operand){B, ldb, trans_b, b_bf16}, NULL, beta, C, ldc, scale, shift, relu);
 }
 
 void gemm_affine(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,

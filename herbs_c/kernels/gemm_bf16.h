@@ -23,12 +23,13 @@ void gemm_affine_at(herbs_precision p, int trans_a, int trans_b, int M, int N, i
 
 /* gemm_at and gemm_batched_at, the products at a precision, are in gemm.h (double twins too). */
 
-/* gemm_at(HERBS_BF16) with either operand already in bf16: A (a_bf16) or B (b_bf16) of bf16 bit
-   patterns (uint16), transposed or not, row strides in elements. The same bits as on the fp32
+/* gemm_affine_at(HERBS_BF16) with either operand already in bf16: A (a_bf16) or B (b_bf16) of bf16
+   bit patterns (uint16), transposed or not, row strides in elements. The same bits as on the fp32
    operands holding those values, from half the bytes and without rounding again: an operand
    rounded once serves several products (a gradient dY serves dX = dY·W and dW = dYᵀ·X). */
 void gemm_bf16_inputs(int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A, int a_bf16, long lda,
-                      const void *B, int b_bf16, long ldb, float beta, float *C, long ldc);
+                      const void *B, int b_bf16, long ldb, float beta, float *C, long ldc, const float *scale,
+                      const float *shift, int relu);
 
 /* --- B packed once (a weight): op(B)[K,N] in the current micro-kernel's panels ------------- */
 

@@ -98,8 +98,9 @@ void linear_backward_bf16(float *dinp, float *dweight, float *dbias, const float
         linear_bias_backward(dbias, rounded, dout, N, OC);
     const void *dy = rounded ? (const void *)rounded : dout;
     if (dweight) /* first: dinp may be inp */
-        gemm_bf16_inputs(1, 0, OC, C, N, 1, dy, rounded != NULL, OC, inp, inp_bf16, C, 1, dweight, C);
+        gemm_bf16_inputs(1, 0, OC, C, N, 1, dy, rounded != NULL, OC, inp, inp_bf16, C, 1, dweight, C, NULL, NULL, 0);
     if (dinp)
-        gemm_bf16_inputs(0, 0, N, C, OC, 1, dy, rounded != NULL, OC, weight, 0, C, accumulate ? 1 : 0, dinp, C);
+        gemm_bf16_inputs(0, 0, N, C, OC, 1, dy, rounded != NULL, OC, weight, 0, C, accumulate ? 1 : 0, dinp, C, NULL,
+                         NULL, 0);
 }
 #endif

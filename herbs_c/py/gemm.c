@@ -75,7 +75,7 @@ static PyArrayObject *check_operand(PyObject *obj, const char *what, int nd, int
 
 /* Parses (a, b, c=None, trans_a=False, trans_b=False, alpha=1, beta=0, scale=None, shift=None,
    relu=False) for 2-D arrays, or 3-D without the epilogue (batched); bf16: float32, or 2-D uint16
-   operands holding bf16 bit patterns (then without the epilogue). */
+   operands holding bf16 bit patterns. */
 static int parse(PyObject *args, PyObject *kw, int batched, int bf16, gemm_call *g)
 {
     static char *kwlist[] = {"a", "b", "c", "trans_a", "trans_b", "alpha", "beta", "scale", "shift", "relu", NULL};
@@ -95,10 +95,6 @@ static int parse(PyObject *args, PyObject *kw, int batched, int bf16, gemm_call 
     if (!(g->a = check_operand(a, "a", nd, bf16, &g->dtype, &g->a_bf16)) ||
         !(g->b = check_operand(b, "b", nd, bf16, &g->dtype, &g->b_bf16)))
         return 0;
-    if ((g->a_bf16 || g->b_bf16) && (scale != Py_None || shift != Py_None || g->relu)) {
-        PyErr_SetString(PyExc_ValueError, "operands of bf16 bits take no scale, shift or relu");
-        return 0;
-    }
     const npy_intp *da = PyArray_DIMS(g->a) + batched, *db = PyArray_DIMS(g->b) + batched;
     npy_intp M = g->trans_a ? da[1] : da[0], Ka = g->trans_a ? da[0] : da[1];
     npy_intp Kb = g->trans_b ? db[1] : db[0], N = g->trans_b ? db[0] : db[1];
@@ -195,7 +191,7 @@ static PyObject *run(PyObject *args, PyObject *kw, int batched, int bf16)
                         NULL, g.relu);
     else if (g.a_bf16 || g.b_bf16)
         gemm_bf16_inputs(g.trans_a, g.trans_b, g.M, g.N, g.K, alpha, A, g.a_bf16, g.lda, B, g.b_bf16, g.ldb, beta, C,
-                         g.ldc);
+                         g.ldc, scale, shift, g.relu);
     else if (batched)
         gemm_batched_at(precision, g.trans_a, g.trans_b, g.M, g.N, g.K, alpha, A, g.lda, g.stride_a, B, g.ldb,
                         g.stride_b, beta, C, g.ldc, g.stride_c, g.batch);
