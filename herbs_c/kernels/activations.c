@@ -47,6 +47,47 @@ void FN(relu_backward)(real *dinp, const real *dout, const real *out, size_t n, 
     HERBS_ISA_PARALLEL(relu_backward_span, n, ACT_THREADS(n), dinp, dout, out, accumulate);
 }
 
+#ifndef HERBS_F64
+HERBS_INLINE void relu_forward_bf16_span(uint16_t *out, const float *inp, size_t i0, size_t i1)
+{
+#pragma omp simd
+    for (size_t i = i0; i < i1; i++)
+        out[i] = bf16_from_float(inp[i] < 0 ? 0 : inp[i]);
+}
+HERBS_ISA_VARIANTS(relu_forward_bf16_span, (uint16_t *out, const float *inp, size_t i0, size_t i1), (out, inp, i0, i1))
+
+void relu_forward_bf16(uint16_t *out, const float *inp, size_t n)
+{
+    HERBS_ISA_PARALLEL(relu_forward_bf16_span, n, ACT_THREADS(n), out, inp);
+}
+
+HERBS_INLINE void relu_backward_bf16_span(float *dinp, const float *dout, const uint16_t *out, int accumulate,
+                                          size_t i0, size_t i1)
+{
+    if (accumulate) {
+#pragma omp simd
+        for (size_t i = i0; i < i1; i++) {
+            const float g = dout[i], o = bf16_to_float(out[i]);
+            dinp[i] += o <= 0 ? 0 : g;
+        }
+    } else {
+#pragma omp simd
+        for (size_t i = i0; i < i1; i++) {
+            const float g = dout[i], o = bf16_to_float(out[i]);
+            dinp[i] = o <= 0 ? 0 : g;
+        }
+    }
+}
+HERBS_ISA_VARIANTS(relu_backward_bf16_span,
+                   (float *dinp, const float *dout, const uint16_t *out, int accumulate, size_t i0, size_t i1),
+                   (dinp, dout, out, accumulate, i0, i1))
+
+void relu_backward_bf16(float *dinp, const float *dout, const uint16_t *out, size_t n, int accumulate)
+{
+    HERBS_ISA_PARALLEL(relu_backward_bf16_span, n, ACT_THREADS(n), dinp, dout, out, accumulate);
+}
+#endif
+
 /* GELU, vectorised through fastmath.h */
 HERBS_INLINE void FN(gelu_forward_span)(real *out, const real *inp, size_t i0, size_t i1)
 {
