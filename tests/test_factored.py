@@ -81,7 +81,7 @@ for name, args in {
     "factored_backward": [ctypes.POINTER(FactoredUse), ctypes.POINTER(HeadCtx), P, P, ctypes.POINTER(Weight),
                           ctypes.c_int, ctypes.POINTER(LevelGrad)],
     "level_grad_linear_backward": [ctypes.POINTER(LevelGrad), ctypes.POINTER(HeadCtx), P, ctypes.POINTER(Weight), P,
-                                   ctypes.c_int],
+                                   ctypes.c_int, ctypes.c_int],
     "level_grad_up2x_backward": [ctypes.POINTER(LevelGrad), ctypes.POINTER(HeadCtx), ctypes.c_int, ctypes.c_int,
                                  ctypes.c_int, P],
 }.items():
@@ -276,7 +276,7 @@ def test_backward_paths_match_numpy(ctx, factored, term):
         dh = np.empty((L.rows, L.hidden), np.float32)
         L.dw[:], L.db[:] = 1, 1
         LIB.level_grad_linear_backward(ctypes.byref(g), ctypes.byref(ctx(L.B, L)), ptr(dh),
-                                       ctypes.byref(L.projection), ptr(L.h), L.rows)
+                                       ctypes.byref(L.projection), ptr(L.h), 0, L.rows)
         close(dh, grad @ L.w, "dh = dx·W")
         close(L.dw, 1 + grad.T @ L.h, "dW += dxᵀ·h")
         close(L.db, 1 + grad.sum(0), "db += Σ dx")
@@ -299,7 +299,7 @@ def test_two_terms_and_no_third(ctx):
     dh = np.empty((L.rows, L.hidden), np.float32)
     L.grads[:] = 0
     LIB.level_grad_linear_backward(ctypes.byref(g), ctypes.byref(ctx(L.B, L)), ptr(dh), ctypes.byref(L.projection),
-                                   ptr(L.h), L.rows)
+                                   ptr(L.h), 0, L.rows)
     close(dh, grad @ L.w, "dh")
     close(L.dw, grad.T @ L.h, "dW")
     close(L.db, grad.sum(0), "db")

@@ -42,6 +42,19 @@ herbs_status factored_bias(const factored_use *u, head_ctx *c, herbs_weight *a, 
     return HERBS_OK;
 }
 
+/* C = op(A)·op(B) + beta·C, then the per-column affine, at the net's precision, where A or B (a_is_h,
+   b_is_h) is a factor h: bf16 bit patterns at bf16 (level_factors), read as they are */
+static void product_with_h(const herbs_params *t, int trans_a, int trans_b, int M, int N, int K, const void *A,
+                           int a_is_h, long lda, const void *B, int b_is_h, long ldb, float beta, float *C, long ldc,
+                           const float *scale, const float *shift, int relu)
+{
+    if (t->precision == HERBS_BF16)
+        gemm_bf16_inputs(trans_a, trans_b, M, N, K, 1.0f, A, a_is_h, lda, B, b_is_h, ldb, beta, C, ldc, scale, shift,
+                         relu);
+    else
+        gemm_affine_at(HERBS_FP32, trans_a, trans_b, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc, scale, shift, relu);
+}
+
 /* out = up2x(upper·Aᵀ), then out += h·(A·W)ᵀ with the affine on each tile */
 herbs_status factored_forward(factored_use *u, head_ctx *c, const herbs_weight *a, int rows, float *out,
                               const float *scale, const float *shift, int relu)
@@ -56,8 +69,8 @@ herbs_status factored_forward(factored_use *u, head_ctx *c, const herbs_weight *
     gemm(0, 0, N, xf->hidden, F, 1.0f, A, F, PARAM(c->t, xf->w->weight), xf->hidden, 0.0f, aw, xf->hidden);
     gemm_affine_at(p, 0, 1, upper_rows, N, F, 1.0f, xf->upper, F, A, F, 0.0f, upper_a, N, NULL, NULL, 0);
     upsample_bilinear2x_forward(out, upper_a, c->batch, xf->height, xf->width, N, 0);
-    gemm_affine_at(p, 0, 1, rows, N, xf->hidden, 1.0f, xf->h, xf->hidden, aw, xf->hidden, 1.0f, out, N, scale, shift,
-                   relu);
+    product_with_h(c->t, 0, 1, rows, N, xf->hidden, xf->h, 1, xf->hidden, aw, 0, xf->hidden, 1.0f, out, N, scale,
+                   shift, relu);
     u->aw = aw;
     return HERBS_OK;
 }
@@ -108,7 +121,7 @@ herbs_status factored_backward(const factored_use *u, head_ctx *c, const float *
     HERBS_TRY(kept_by_term(u, c, (size_t)N * xf->hidden, 0, &dy_h));
     HERBS_TRY(kept_by_term(u, c, N, 1, &dy_sum));
     HERBS_TRY(head_scratch(c, (size_t)upper_rows * N, 1, &dy_upper));
-    gemm_at(t->precision, 1, 0, N, xf->hidden, rows, 1.0f, dy, N, xf->h, xf->hidden, 0.0f, dy_h, xf->hidden);
+    product_with_h(t, 1, 0, N, xf->hidden, rows, dy, 0, N, xf->h, 1, xf->hidden, 0.0f, dy_h, xf->hidden, NULL, NULL, 0);
     linear_backward(HERBS_FP32, NULL, NULL, dy_sum, dy, NULL, NULL, rows, F, N, 0); /* no product */
     upsample_bilinear2x_backward(dy_upper, dy, c->batch, xf->height, xf->width, N);
     gemm(0, 1, N, F, xf->hidden, 1.0f, dy_h, xf->hidden, W, xf->hidden, 1.0f, da, F);
@@ -141,13 +154,13 @@ herbs_status level_grad_dense_zeroed(level_grad *g, head_ctx *c, float **dense)
 }
 
 /* dinp = dense·W + Σ dyⱼ·(Aⱼ·W), dW += denseᵀ·inp + Σ Aⱼᵀ·(dyⱼᵀ·h), db += Σ dense + Σ Aⱼᵀ·Σ dyⱼ */
-void level_grad_linear_backward(const level_grad *g, head_ctx *c, float *dinp, herbs_weight *w, const float *inp,
-                                int rows)
+void level_grad_linear_backward(const level_grad *g, head_ctx *c, float *dinp, herbs_weight *w, const void *inp,
+                                int inp_bf16, int rows)
 {
     const int in = w->in, out = w->out;
     float *dw = GRAD(c->t, w->weight), *db = GRAD(c->t, w->bias);
     if (g->written)
-        product_rows_backward(w, c->t, c->t->precision, dinp, g->dense, inp, rows, 0);
+        product_rows_backward_input(w, c->t, dinp, g->dense, inp, inp_bf16, rows, 0);
     for (int j = 0; j < g->count; j++) {
         const grad_term *t = &g->terms[j];
         gemm_at(c->t->precision, 0, 0, rows, in, t->n, 1.0f, t->dy, t->n, t->aw, in, g->written || j > 0 ? 1.0f : 0.0f,

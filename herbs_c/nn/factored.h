@@ -41,7 +41,7 @@ typedef struct head_ctx head_ctx; /* nn/head.h */
 
 /* x[rows, F] = h·Wᵀ + b + up2x(upper) */
 typedef struct {
-    const float *h;         /* [rows, hidden] */
+    const void *h;          /* [rows, hidden]: bf16 bit patterns at bf16, else fp32 (head_mlp's h) */
     const herbs_weight *w;  /* W [F, hidden] and b [F] */
     int hidden;
     const float *upper; /* [batch, height, width, F], x2 bilinear to x's grid */
@@ -119,9 +119,10 @@ herbs_status level_grad_dense_zeroed(level_grad *g, head_ctx *c, float **dense);
 
 /* The consumers of terms. The product that made the level, out = inp·Wᵀ + b (inp [rows, in],
    w: W [out, in] and b), whose output's gradient is g (inp and W are the terms' factors h and W):
-   dinp = g·W (written, not read), dW += gᵀ·inp, db += Σ g; g holds a contribution at least */
-void level_grad_linear_backward(const level_grad *g, head_ctx *c, float *dinp, herbs_weight *w, const float *inp,
-                                int rows);
+   dinp = g·W (written, not read), dW += gᵀ·inp, db += Σ g; g holds a contribution at least; inp fp32
+   or, with inp_bf16 (at bf16), bf16 bit patterns */
+void level_grad_linear_backward(const level_grad *g, head_ctx *c, float *dinp, herbs_weight *w, const void *inp,
+                                int inp_bf16, int rows);
 /* The cascade from the upper level [batch, H, W, F]: d_upper += up2x_backward(dyⱼ)·Aⱼ over g's terms
    (the dense part goes through the cascade's own backward, fpn.c) */
 herbs_status level_grad_up2x_backward(const level_grad *g, head_ctx *c, int H, int W, int F, float *d_upper);

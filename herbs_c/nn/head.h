@@ -33,8 +33,9 @@ typedef struct head_ctx {
 typedef struct {
     herbs_weight linear0, linear2; /* {prefix}0 [hidden, in] and {prefix}2 [out, hidden] */
     int in, hidden, out;
-    const float *x; /* last forward: input and post-ReLU hidden rows */
-    float *h;
+    const float *x; /* last forward: input rows [rows, in] */
+    void *h;        /* and post-ReLU hidden rows [rows, hidden]: bf16 bit patterns at bf16 (they only feed
+                       products and the ReLU's mask, exactly as their fp32 values would), else fp32 */
     int rows;
     factored_use first; /* the first Linear's plan (factored.h) */
 } head_mlp;

@@ -41,32 +41,44 @@ herbs_status mlp_init(head_mlp *m, herbs_params *t, const char *prefix, int in, 
 herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, const level_factors *xf, int rows, float *out)
 {
     herbs_params *t = c->t;
+    const int h_bf16 = t->precision == HERBS_BF16;
+    const size_t n = (size_t)rows * m->hidden;
+    float *h32, *z; /* h's block; the first Linear's output: h itself (fp32), else fp32 rows in the scratch */
     m->x = x;
     m->rows = rows;
     HERBS_TRY(head_scratch_begin(c));
-    HERBS_TRY(head_alloc(c, (size_t)rows * m->hidden, 0, &m->h));
+    HERBS_TRY(head_alloc(c, h_bf16 ? (n + 1) / 2 : n, 0, &h32));
+    m->h = h32;
+    if (h_bf16)
+        HERBS_TRY(head_scratch(c, n, 0, &z));
+    else
+        z = h32;
     if (!factored_plan(&m->first, c, xf, rows, m->in) && !x)
         return herbs_error(HERBS_ERR_STATE, "an MLP's input was not formed and its factors do not pay");
     if (m->first.factored) {
         float *shift; /* W0·b + b0 (b: x's bias) */
         HERBS_TRY(factored_bias(&m->first, c, &m->linear0, &shift));
-        HERBS_TRY(factored_forward(&m->first, c, &m->linear0, rows, m->h, NULL, shift, 1));
+        HERBS_TRY(factored_forward(&m->first, c, &m->linear0, rows, z, NULL, shift, !h_bf16));
     } else
-        product_rows_forward(&m->linear0, t, t->precision, m->h, x, rows, NULL, NULL, 1);
-    if (out)
-        product_rows_forward(&m->linear2, t, t->precision, out, m->h, rows, NULL, NULL, 0);
-    return HERBS_OK;
+        product_rows_forward(&m->linear0, t, t->precision, z, x, rows, NULL, NULL, !h_bf16);
+    if (h_bf16)
+        relu_forward_bf16(m->h, z, n);
+    return out ? product_rows_forward_input(&m->linear2, t, out, m->h, h_bf16, rows) : HERBS_OK;
 }
 
 herbs_status mlp_backward(head_mlp *m, head_ctx *c, const level_grad *dout, level_grad *dx)
 {
+    const int h_bf16 = c->t->precision == HERBS_BF16;
     const size_t n = (size_t)m->rows * m->hidden;
     float *dh;
     HERBS_TRY(head_scratch_begin(c));
     HERBS_TRY(factored_dy(&m->first, c, n, &dh));
     /* dh = dout · W2, then ReLU's mask in place */
-    level_grad_linear_backward(dout, c, dh, &m->linear2, m->h, m->rows);
-    relu_backward(dh, dh, m->h, n, 0);
+    level_grad_linear_backward(dout, c, dh, &m->linear2, m->h, h_bf16, m->rows);
+    if (h_bf16)
+        relu_backward_bf16(dh, dh, m->h, n, 0);
+    else
+        relu_backward(dh, dh, m->h, n, 0);
     return factored_backward(&m->first, c, dh, m->x, &m->linear0, m->rows, dx);
 }
 
