@@ -1,10 +1,13 @@
 """Batch normalisation (channels last): finite differences in float64, PyTorch parity in
-float32 for train mode (batch statistics, running-stat update) and eval mode."""
+float32 for train mode (batch statistics, running-stat update) and eval mode; the input kept in
+bf16 for the backward."""
+import ctypes
+
 import numpy as np
 import pytest
 import torch
 
-from ckernels import call, numerical_grad
+from ckernels import LIB, call, numerical_grad
 
 # these kernels are built per instruction set (kernels/isa.h): every test runs on each
 pytestmark = pytest.mark.usefixtures("isa")
@@ -163,3 +166,28 @@ def test_relu_backward_saved_is_the_backward_through_the_kept_output(N, C, dtype
         want = np.empty((N, C), dtype)
         call("batchnorm_backward", want, None, None, g, out, x, w, mean, rstd, N, C, 0, dtype=dtype)
         np.testing.assert_array_equal(over_dout, want)
+
+
+@pytest.mark.parametrize("N,C", [(1, 1), (3, 17), (1000, 64), (37, 1030)])
+def test_input_kept_in_bf16_centred_on_the_mean(N, C):
+    """batchnorm_input_keep_bf16 stores bf16(inp - mean) (torch's rounding of the float32
+    difference), batchnorm_input_again_bf16 gives those values + mean in float32; so the input comes
+    back within 2^-8 (half a bf16 ulp) of its deviation from the mean, however far the mean is from
+    zero (rounding inp itself would err by 2^-8 of inp: here 100x more)."""
+    rng = np.random.default_rng(3)
+    mean = (rng.standard_normal(C) * 100).astype(np.float32)
+    x = (mean + rng.standard_normal((N, C))).astype(np.float32)
+    x.flat[::11] = mean[np.arange(0, x.size, 11) % C]  # deviations of exactly 0
+    kept, again = np.empty((N, C), np.uint16), np.empty((N, C), np.float32)
+    P = ctypes.c_void_p
+    keep, back = LIB.batchnorm_input_keep_bf16, LIB.batchnorm_input_again_bf16
+    keep.restype = back.restype = None
+    keep.argtypes = back.argtypes = [P, P, P, ctypes.c_int, ctypes.c_int]
+    keep(kept.ctypes.data, x.ctypes.data, mean.ctypes.data, N, C)
+    back(again.ctypes.data, kept.ctypes.data, mean.ctypes.data, N, C)
+    want = torch.from_numpy(x - mean).to(torch.bfloat16)
+    np.testing.assert_array_equal(kept, want.view(torch.int16).numpy().view(np.uint16))
+    np.testing.assert_array_equal(again, want.float().numpy() + mean)
+    deviation = np.abs(x.astype(np.float64) - mean)
+    error = np.abs(again.astype(np.float64) - x)
+    assert (error <= 2.0 ** -8 * deviation + np.spacing(np.abs(x))).all()

@@ -3,6 +3,7 @@
    columns keep their precision. The work of a range of blocks is a body built per instruction
    set, run over contiguous ranges of blocks, one per thread (isa.h). */
 #include "core/threads.h"
+#include "kernels/bf16.h"
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
 #include "kernels/isa.h"
@@ -366,3 +367,44 @@ void FN(batchnorm_backward_eval)(real *dinp, real *dweight, real *dbias, const r
     HERBS_ISA_PARALLEL(bn_backward_eval_blocks, nb, nt, dinp, dweight, dbias, dout, relu_out, inp, running_mean,
                        running_var, weight, N, C, eps, accumulate, nb);
 }
+
+#ifndef HERBS_F64
+/* rows [n0, n1) of batchnorm_input_keep_bf16 and batchnorm_input_again_bf16 */
+HERBS_INLINE void bn_keep_rows(uint16_t *kept, const float *inp, const float *mean, int C, size_t n0, size_t n1)
+{
+    for (size_t n = n0; n < n1; n++) {
+        const float *x = inp + n * C;
+        uint16_t *k = kept + n * C;
+#pragma omp simd
+        for (int c = 0; c < C; c++)
+            k[c] = bf16_from_float(x[c] - mean[c]);
+    }
+}
+HERBS_ISA_VARIANTS(bn_keep_rows, (uint16_t *kept, const float *inp, const float *mean, int C, size_t n0, size_t n1),
+                   (kept, inp, mean, C, n0, n1))
+
+HERBS_INLINE void bn_again_rows(float *inp, const uint16_t *kept, const float *mean, int C, size_t n0, size_t n1)
+{
+    for (size_t n = n0; n < n1; n++) {
+        float *x = inp + n * C;
+        const uint16_t *k = kept + n * C;
+#pragma omp simd
+        for (int c = 0; c < C; c++)
+            x[c] = bf16_to_float(k[c]) + mean[c];
+    }
+}
+HERBS_ISA_VARIANTS(bn_again_rows, (float *inp, const uint16_t *kept, const float *mean, int C, size_t n0, size_t n1),
+                   (inp, kept, mean, C, n0, n1))
+
+#define BN_KEEP_THREADS(N, C) herbs_threads_for((double)(N) * (C), 65536)
+
+void batchnorm_input_keep_bf16(uint16_t *kept, const float *inp, const float *mean, int N, int C)
+{
+    HERBS_ISA_PARALLEL(bn_keep_rows, N, BN_KEEP_THREADS(N, C), kept, inp, mean, C);
+}
+
+void batchnorm_input_again_bf16(float *inp, const uint16_t *kept, const float *mean, int N, int C)
+{
+    HERBS_ISA_PARALLEL(bn_again_rows, N, BN_KEEP_THREADS(N, C), inp, kept, mean, C);
+}
+#endif

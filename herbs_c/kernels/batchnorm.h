@@ -50,3 +50,10 @@ void FN(batchnorm_forward_saved)(real *out, const real *inp, const real *mean, c
 void FN(batchnorm_relu_backward_saved)(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
                                        const real *weight, const real *bias, const real *mean, const real *rstd, int N,
                                        int C, int accumulate);
+
+/* A train-mode BN's input kept for its backward in bf16: kept[N,C] = bf16(inp - mean) with the
+   batch's mean, and inp[N,C] = kept + mean again. Centred, the rounding errs by 2^-8 of the
+   deviation from the mean that the backward's x̂ is made of, not of inp (whose mean may dwarf it).
+   Float engine only (declared for both, defined once). */
+void batchnorm_input_keep_bf16(uint16_t *kept, const float *inp, const float *mean, int N, int C);
+void batchnorm_input_again_bf16(float *inp, const uint16_t *kept, const float *mean, int N, int C);

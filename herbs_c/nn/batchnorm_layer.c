@@ -74,6 +74,16 @@ herbs_status batchnorm_layer_fold(batchnorm_layer *bn, const herbs_params *t, he
     return HERBS_OK;
 }
 
+void batchnorm_layer_keep_input(const batchnorm_layer *bn, const float *x, int rows, uint16_t *kept)
+{
+    batchnorm_input_keep_bf16(kept, x, bn->mean, rows, bn->channels);
+}
+
+void batchnorm_layer_input_again(const batchnorm_layer *bn, const uint16_t *kept, int rows, float *x)
+{
+    batchnorm_input_again_bf16(x, kept, bn->mean, rows, bn->channels);
+}
+
 void batchnorm_layer_forward_again(const batchnorm_layer *bn, const herbs_params *t, const float *x, int rows,
                                    float *out, int relu)
 {

@@ -5,6 +5,8 @@
 #ifndef HERBS_NN_BATCHNORM_LAYER_H
 #define HERBS_NN_BATCHNORM_LAYER_H
 
+#include <stdint.h>
+
 #include "core/arena.h"
 #include "nn/params.h"
 
@@ -36,7 +38,14 @@ herbs_status batchnorm_layer_forward(batchnorm_layer *bn, const herbs_params *t,
 herbs_status batchnorm_layer_fold(batchnorm_layer *bn, const herbs_params *t, herbs_arena *arena, const float *bias,
                                   float **scale, float **shift);
 
-/* The last train-mode forward's out again (its batch statistics, bits and ReLU), into out[rows, C]. */
+/* The last train-mode forward's input x[rows, C] kept in bf16 (kept[rows, C], centred on the batch
+   mean: batchnorm_input_keep_bf16), and made fp32 again for the backward (within 2^-8 of each
+   value's deviation from the mean). */
+void batchnorm_layer_keep_input(const batchnorm_layer *bn, const float *x, int rows, uint16_t *kept);
+void batchnorm_layer_input_again(const batchnorm_layer *bn, const uint16_t *kept, int rows, float *x);
+
+/* The last train-mode forward's out again (its batch statistics, bits and ReLU: the same bits when x
+   is the forward's), into out[rows, C]. */
 void batchnorm_layer_forward_again(const batchnorm_layer *bn, const herbs_params *t, const float *x, int rows,
                                    float *out, int relu);
 

@@ -4,8 +4,9 @@
    channels-last kernel over N = B·H·W rows.
 
    Saved for backward, per block: its input (the previous block's output), each conv's output
-   (the BN input, which BN backward needs) and each post-ReLU activation (the next conv's input,
-   whose sign is also the ReLU's mask), and the block output. Nothing is saved twice.
+   (the BN input, which BN backward needs; at bf16 in bf16, centred on the batch mean:
+   batchnorm_layer_keep_input) and the block output; the post-ReLU activations are made again from
+   the conv outputs. Nothing is saved twice.
    Backward walks the blocks upwards with four gradient buffers of the largest activation. */
 #include "nn/resnet.h"
 
@@ -35,11 +36,12 @@ typedef struct {
     /* the last forward, NHWC rows in the owner's arena: P = B·H·W input and Q = B·OH·OW output
        positions, `planes` inner channels, 4·planes out */
     const float *x;  /* [P, in_c]: the block input (the previous block's output) */
-    float *y1, *a1;  /* [P, planes]: conv1's output (bn1's input; train only) and after bn1+ReLU (eval
-                        only: train mode makes it again from y1 in the backward) */
-    float *y2, *a2;  /* [Q, planes]: the same for conv2 (stride here) */
-    float *y3;       /* [Q, 4·planes]: conv3's output (bn3's input; train only) */
-    float *yd;       /* [Q, 4·planes]: the downsample conv's output (train only; NULL without one) */
+    void *y1;        /* [P, planes]: conv1's output (bn1's input; train only; resnet.y_bf16 says its type) */
+    float *a1;       /* [P, planes]: after bn1+ReLU (eval only: train mode makes it again from y1) */
+    void *y2;        /* [Q, planes]: the same for conv2 (stride here) */
+    float *a2;
+    void *y3;        /* [Q, 4·planes]: conv3's output (bn3's input; train only) */
+    void *yd;        /* [Q, 4·planes]: the downsample conv's output (train only; NULL without one) */
     float *out;      /* [Q, 4·planes]: ReLU(bn3 + shortcut), also the ReLU mask of the backward */
 } bottleneck;
 
@@ -53,8 +55,12 @@ typedef struct {
     /* the last forward */
     int batch, train;
     float *x0;      /* [B, img, img, 3]: the NHWC image */
-    float *y0, *a0; /* [B, S, S, width] (S = img/2): the stem conv's output (train only), after BN+ReLU
-                       (train: NULL after the max-pool when it was made in the scratch) */
+    void *y0;       /* [B, S, S, width] (S = img/2): the stem conv's output (train only) */
+    float *a0;      /* the same after BN+ReLU (train: NULL after the max-pool when it was made in the scratch) */
+    int y_bf16;     /* the kept conv outputs (y0 and the blocks' y) are bf16 bit patterns (train mode at
+                       bf16), else fp32 */
+    float *y_work;  /* y_bf16: [the largest conv output] fp32, where a conv's output is made before its bf16
+                       form is kept, and where the backward makes one fp32 again */
     float *p0;      /* [B, S/2, S/2, width]: after the 3x3/2 max-pool */
     int *argmax;    /* [B, S/2, S/2, width]: where each max came from, for its backward */
     float *scratch; /* the convolutions' scratch (packed weights, im2col chunks) */
@@ -113,26 +119,40 @@ static herbs_status block_init(bottleneck *blk, herbs_params *t, const char *pre
 static size_t conv_out_floats(const conv_layer *c, int batch) { return (size_t)batch * c->OH * c->OW * c->out_c; }
 
 /* out = conv(inp), or with `fold` (eval mode) ReLU?(BN(conv(inp))) in one pass: the eval-mode
-   BatchNorm `fold` is applied to each output tile as the conv stores it (relu: and a ReLU) */
+   BatchNorm `fold` is applied to each output tile as the conv stores it (relu: and a ReLU);
+   *out NULL: from the arena */
 static herbs_status conv_forward_pass(resnet *r, conv_layer *c, const herbs_params *t, herbs_arena *arena,
                                       const float *inp, batchnorm_layer *fold, int relu, float **out)
 {
     float *scale = NULL, *shift = NULL;
     if (fold)
         HERBS_TRY(batchnorm_layer_fold(fold, t, arena, NULL, &scale, &shift));
-    HERBS_TRY(herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0, out));
+    if (!*out)
+        HERBS_TRY(herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0, out));
     product_conv_forward(&c->weight, t, t->precision, *out, inp, r->batch, c->H, c->W, scale, shift, relu, r->scratch,
                          r->scratch_floats);
     return HERBS_OK;
 }
 
-/* *y: the conv's output before its BatchNorm, which a train-mode forward keeps; an eval-mode
-   forward folds the BatchNorm into the conv and keeps none, so a backward after it (heat maps)
-   computes it again */
-static herbs_status conv_output(resnet *r, conv_layer *c, const herbs_params *t, herbs_arena *arena,
-                                const float *inp, float **y)
+/* *rows = the conv's output before its BatchNorm b as fp32 rows, for the backward: *y as a
+   train-mode forward kept it (fp32, or bf16 made fp32 again in r->y_work), or, after an eval-mode
+   forward (which folds the BatchNorm into the conv and keeps none: heat maps), computed again into
+   the arena and kept in *y */
+static herbs_status conv_output(resnet *r, conv_layer *c, const batchnorm_layer *b, const herbs_params *t,
+                                herbs_arena *arena, const float *inp, void **y, const float **rows)
 {
-    return *y ? HERBS_OK : conv_forward_pass(r, c, t, arena, inp, NULL, 0, y);
+    if (*y && r->y_bf16) {
+        batchnorm_layer_input_again(b, *y, r->batch * c->OH * c->OW, r->y_work);
+        *rows = r->y_work;
+        return HERBS_OK;
+    }
+    if (!*y) {
+        float *again = NULL;
+        HERBS_TRY(conv_forward_pass(r, c, t, arena, inp, NULL, 0, &again));
+        *y = again;
+    }
+    *rows = *y;
+    return HERBS_OK;
 }
 
 /* dinp (may be NULL) += (accumulate set) or = d(inp), and the weight gradient += from dout;
@@ -145,19 +165,30 @@ static void conv_backward_pass(resnet *r, conv_layer *c, herbs_params *t, float 
 }
 
 /* out = BN(conv(inp)), through a ReLU when relu is set; train mode keeps y = conv(inp) for the
-   backward (out into `into` when not NULL, else the arena), eval mode folds the BN into the conv
-   and keeps no y */
+   backward (y_bf16: in bf16, made in r->y_work; out into `into` when not NULL, else the arena),
+   eval mode folds the BN into the conv and keeps no y */
 static herbs_status conv_bn_forward(resnet *r, conv_layer *c, batchnorm_layer *b, int relu, const herbs_params *t,
-                                    herbs_arena *arena, const float *inp, float *into, float **y, float **out)
+                                    herbs_arena *arena, const float *inp, float *into, void **y, float **out)
 {
+    const size_t n = conv_out_floats(c, r->batch);
     *y = NULL;
+    *out = NULL;
     if (!r->train)
         return conv_forward_pass(r, c, t, arena, inp, b, relu, out);
-    HERBS_TRY(conv_forward_pass(r, c, t, arena, inp, NULL, 0, y));
+    const int rows = r->batch * c->OH * c->OW;
+    float *y32 = r->y_bf16 ? r->y_work : NULL;
+    HERBS_TRY(conv_forward_pass(r, c, t, arena, inp, NULL, 0, &y32));
     *out = into;
     if (!into)
-        HERBS_TRY(herbs_arena_floats(arena, conv_out_floats(c, r->batch), 0, out));
-    return batchnorm_layer_forward(b, t, arena, 1, *y, r->batch * c->OH * c->OW, *out, relu);
+        HERBS_TRY(herbs_arena_floats(arena, n, 0, out));
+    HERBS_TRY(batchnorm_layer_forward(b, t, arena, 1, y32, rows, *out, relu));
+    *y = y32;
+    if (r->y_bf16) {
+        if (!(*y = herbs_arena_alloc(arena, n * sizeof(uint16_t))))
+            return HERBS_ERR_NOMEM;
+        batchnorm_layer_keep_input(b, y32, rows, *y);
+    }
+    return HERBS_OK;
 }
 
 /* Train mode: the conv scratch as the home of c's BN output, which only feeds the next step (made after
@@ -195,6 +226,23 @@ static size_t image_floats(const resnet *r, int batch)
     return (size_t)batch * r->base.in_channels * r->base.img_size * r->base.img_size;
 }
 
+/* Floats of the largest output of any conv (a downsample's is its block's conv3's); *weight: of the
+   largest weight. */
+static size_t largest_conv(const resnet *r, int batch, size_t *weight)
+{
+    size_t most = conv_out_floats(&r->stem_conv, batch);
+    *weight = (size_t)r->stem_conv.out_c * r->stem_conv.in_c * r->stem_conv.k * r->stem_conv.k;
+    for (int i = 0; i < r->n_blocks; i++) {
+        const conv_layer *cs[3] = {&r->blocks[i].conv1, &r->blocks[i].conv2, &r->blocks[i].conv3};
+        for (int j = 0; j < 3; j++) {
+            const size_t a = conv_out_floats(cs[j], batch), w = (size_t)cs[j]->out_c * cs[j]->in_c * cs[j]->k * cs[j]->k;
+            most = a > most ? a : most;
+            *weight = w > *weight ? w : *weight;
+        }
+    }
+    return most;
+}
+
 /* Floats of the largest a1 or a2 of any block (their inner planes). */
 static size_t inner_floats(const resnet *r, int batch)
 {
@@ -225,6 +273,7 @@ static herbs_status resnet_forward(herbs_backbone *bb, const herbs_params *t, he
                            "ResNet stem; use a smaller batch", batch, bb->img_size);
     r->batch = batch;
     r->train = train;
+    r->y_bf16 = train && t->precision == HERBS_BF16;
     /* one scratch (packed weights, im2col chunks) for every conv */
     r->scratch_floats = 0;
     for (int i = -1; i < r->n_blocks; i++) {
@@ -241,9 +290,13 @@ static herbs_status resnet_forward(herbs_backbone *bb, const herbs_params *t, he
         }
     }
     HERBS_TRY(herbs_arena_floats(arena, r->scratch_floats, 0, &r->scratch));
-    r->inner = NULL;
+    r->inner = r->y_work = NULL;
     if (train)
         HERBS_TRY(herbs_arena_floats(arena, inner_floats(r, batch), 0, &r->inner));
+    if (r->y_bf16) {
+        size_t weight;
+        HERBS_TRY(herbs_arena_floats(arena, largest_conv(r, batch, &weight), 0, &r->y_work));
+    }
     HERBS_TRY(herbs_arena_floats(arena, image_floats(r, batch), 0, &r->x0));
     nchw_to_nhwc_forward(r->x0, images, batch, bb->in_channels, bb->img_size, bb->img_size);
 
@@ -293,27 +346,27 @@ static herbs_status block_backward(resnet *r, bottleneck *blk, herbs_params *t, 
 {
     const size_t n_out = conv_out_floats(&blk->conv3, r->batch);
     const int N1 = r->batch * blk->conv1.OH * blk->conv1.OW, N3 = r->batch * blk->conv3.OH * blk->conv3.OW;
-    HERBS_TRY(conv_output(r, &blk->conv1, t, arena, blk->x, &blk->y1));
-    HERBS_TRY(conv_output(r, &blk->conv2, t, arena, blk->a1, &blk->y2));
-    HERBS_TRY(conv_output(r, &blk->conv3, t, arena, blk->a2, &blk->y3));
-    if (blk->has_down)
-        HERBS_TRY(conv_output(r, &blk->down_conv, t, arena, blk->x, &blk->yd));
+    const float *y; /* each conv's output as fp32 rows, one after the other (conv_output) */
     /* the add and its ReLU: both branches get cur masked by out > 0 — the BN passes apply the
        mask on the fly, the identity takes it straight. Each pass writes its gradient; only the
        last adds, conv1's d(x) onto the identity's (or the downsample's) */
     if (!blk->has_down)
         add_relu_backward(NULL, gb->prev, gb->cur, blk->out, n_out, 0);
     if (blk->has_down) {
-        batchnorm_layer_backward(&blk->down_bn, t, gb->d, gb->cur, blk->out, blk->yd, N3, 0);
+        HERBS_TRY(conv_output(r, &blk->down_conv, &blk->down_bn, t, arena, blk->x, &blk->yd, &y));
+        batchnorm_layer_backward(&blk->down_bn, t, gb->d, gb->cur, blk->out, y, N3, 0);
         conv_backward_pass(r, &blk->down_conv, t, gb->dw, gb->prev, gb->d, blk->x, 0);
     }
-    batchnorm_layer_backward(&blk->bn3, t, gb->d, gb->cur, blk->out, blk->y3, N3, 0);
-    conv_backward_pass(r, &blk->conv3, t, gb->dw, gb->g, gb->d, inner_again(&blk->bn2, t, blk->a2, blk->y2, N3, gb),
-                       0);                                                         /* d a2 */
-    batchnorm_layer_relu_backward(&blk->bn2, t, gb->d, gb->g, blk->a2, blk->y2, N3, 0); /* d y2 */
-    conv_backward_pass(r, &blk->conv2, t, gb->dw, gb->g, gb->d, inner_again(&blk->bn1, t, blk->a1, blk->y1, N1, gb),
-                       0);                                                         /* d a1 */
-    batchnorm_layer_relu_backward(&blk->bn1, t, gb->d, gb->g, blk->a1, blk->y1, N1, 0); /* d y1 */
+    HERBS_TRY(conv_output(r, &blk->conv3, &blk->bn3, t, arena, blk->a2, &blk->y3, &y));
+    batchnorm_layer_backward(&blk->bn3, t, gb->d, gb->cur, blk->out, y, N3, 0);
+    HERBS_TRY(conv_output(r, &blk->conv2, &blk->bn2, t, arena, blk->a1, &blk->y2, &y));
+    conv_backward_pass(r, &blk->conv3, t, gb->dw, gb->g, gb->d, inner_again(&blk->bn2, t, blk->a2, y, N3, gb),
+                       0);                                                   /* d a2 */
+    batchnorm_layer_relu_backward(&blk->bn2, t, gb->d, gb->g, blk->a2, y, N3, 0); /* d y2 */
+    HERBS_TRY(conv_output(r, &blk->conv1, &blk->bn1, t, arena, blk->x, &blk->y1, &y));
+    conv_backward_pass(r, &blk->conv2, t, gb->dw, gb->g, gb->d, inner_again(&blk->bn1, t, blk->a1, y, N1, gb),
+                       0);                                                   /* d a1 */
+    batchnorm_layer_relu_backward(&blk->bn1, t, gb->d, gb->g, blk->a1, y, N1, 0); /* d y1 */
     conv_backward_pass(r, &blk->conv1, t, gb->dw, gb->prev, gb->d, blk->x, 1);
     return HERBS_OK;
 }
@@ -333,23 +386,8 @@ static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
     if (top < 0)
         return HERBS_OK; /* no gradient flows */
 
-    size_t act = image_floats(r, r->batch), wmax = 0;
-    for (int i = -1; i < r->n_blocks; i++) {
-        const conv_layer *cs[4];
-        int nc = 0;
-        if (i < 0) {
-            cs[nc++] = &r->stem_conv;
-        } else {
-            cs[nc++] = &r->blocks[i].conv1;
-            cs[nc++] = &r->blocks[i].conv2;
-            cs[nc++] = &r->blocks[i].conv3;
-        }
-        for (int j = 0; j < nc; j++) {
-            size_t a = conv_out_floats(cs[j], r->batch), w = (size_t)cs[j]->out_c * cs[j]->in_c * cs[j]->k * cs[j]->k;
-            act = a > act ? a : act;
-            wmax = w > wmax ? w : wmax;
-        }
-    }
+    size_t wmax, act = largest_conv(r, r->batch, &wmax);
+    act = image_floats(r, r->batch) > act ? image_floats(r, r->batch) : act;
     grad_buffers gb;
     HERBS_TRY(herbs_arena_floats(arena, act, 0, &gb.cur));
     HERBS_TRY(herbs_arena_floats(arena, act, 0, &gb.prev));
@@ -376,10 +414,11 @@ static herbs_status resnet_backward(herbs_backbone *bb, herbs_params *t, herbs_a
     /* the stem: max-pool, ReLU, BN, conv, layout */
     conv_layer *stem = &r->stem_conv;
     const size_t n0 = conv_out_floats(stem, r->batch);
-    HERBS_TRY(conv_output(r, stem, t, arena, r->x0, &r->y0));
+    const float *y0;
+    HERBS_TRY(conv_output(r, stem, &r->stem_bn, t, arena, r->x0, &r->y0, &y0));
     maxpool2d_backward(herbs_zero_floats(gb.g, n0), gb.cur, r->argmax, r->batch, stem->OH, stem->OW, stem->out_c, 3,
                        2, 1);
-    batchnorm_layer_relu_backward(&r->stem_bn, t, gb.d, gb.g, r->a0, r->y0, r->batch * stem->OH * stem->OW, 0);
+    batchnorm_layer_relu_backward(&r->stem_bn, t, gb.d, gb.g, r->a0, y0, r->batch * stem->OH * stem->OW, 0);
     float *dx = dimages ? gb.g : NULL;
     conv_backward_pass(r, stem, t, gb.dw, dx, gb.d, r->x0, 0);
     if (dimages)
