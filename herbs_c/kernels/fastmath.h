@@ -1,6 +1,6 @@
-/* exp and the normal CDF in forms the compiler can vectorise (no libm calls, no branches), for the
-   float kernels; the double build (finite-difference tests) uses libm. Template over `real`
-   like the kernels, guarded once per precision. */
+/* exp, tanh and the normal CDF in forms the compiler can vectorise (no libm calls, no branches),
+   for the float kernels; the double build (finite-difference tests) uses libm. Template over
+   `real` like the kernels, guarded once per precision. */
 #include <stdint.h>
 #include <string.h>
 
@@ -15,6 +15,9 @@ HERBS_INLINE double exp_fast_f64(double x) { return exp(x); }
 
 /* the logistic sigmoid 1/(1 + e^-x) */
 HERBS_INLINE double logistic_f64(double x) { return 1 / (1 + exp(-x)); }
+
+/* tanh(x) */
+HERBS_INLINE double tanh_fast_f64(double x) { return tanh(x); }
 
 /* Φ(x) of the standard normal, and its density φ(x) */
 HERBS_INLINE double normal_cdf_f64(double x) { return 0.5 * erfc(-x * 0.70710678118654752440); }
@@ -78,6 +81,14 @@ HERBS_INLINE float logistic(float x)
 {
     const float e = exp_fast(x < 0 ? x : -x), r = 1.0f / (1.0f + e);
     return x < 0 ? e * r : r;
+}
+
+/* tanh(x) = sign(x)·(1 - e)/(1 + e), e = e^-2|x|: within 1.2e-7 of the truth absolutely (not
+   relatively near 0, where 1 - e cancels), for losses of tanh's output; NaN stays NaN */
+HERBS_INLINE float tanh_fast(float x)
+{
+    const float e = exp_fast(x < 0 ? 2.0f * x : -2.0f * x), t = (1.0f - e) / (1.0f + e);
+    return x < 0 ? -t : x > 0 ? t : x;
 }
 
 /* Φ(-|x|) = erfc(|x|/√2)/2 by the Chebyshev-fitted erfc of Numerical Recipes (fractional error
