@@ -77,6 +77,15 @@ def call(name, *args, dtype=np.float64):
     fn(*converted)
 
 
+def bf16_output(name, x):
+    """The bf16 bit patterns (uint16) a float-engine kernel `name`(out, inp, n) stores from float32 x."""
+    bits = np.empty(x.size, np.uint16)
+    fn = getattr(LIB, name)
+    fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    fn(bits.ctypes.data, np.ascontiguousarray(x, np.float32).ctypes.data, x.size)
+    return bits
+
+
 def grad_buffer(shape, accumulate, rng, dtype=np.float64):
     """An input-gradient buffer for a backward kernel called with `accumulate`, and what it holds
     that is not the gradient: for 0, NaN everywhere (the kernel must store, never read) and zeros;

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ckernels import LIB, call, grad_buffer, numerical_grad
+from ckernels import LIB, bf16_output, call, grad_buffer, numerical_grad
 
 # these kernels are built per instruction set (kernels/isa.h): every test runs on each
 pytestmark = pytest.mark.usefixtures("isa")
@@ -62,14 +62,6 @@ def test_relu_in_place():
     np.testing.assert_array_equal(x, [0.0, 0.0, 2.0])
 
 
-def relu_bf16(x):
-    bits = np.empty(x.size, np.uint16)
-    fn = LIB.relu_forward_bf16
-    fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-    fn(bits.ctypes.data, x.ctypes.data, x.size)
-    return bits
-
-
 def relu_backward_bf16(dinp, dout, bits, accumulate):
     fn = LIB.relu_backward_bf16
     fn.restype = None
@@ -88,7 +80,7 @@ def test_relu_bf16_is_torch_relu_rounded_and_its_mask(n, accumulate):
     special = np.array([np.nan, -np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-45, 1.5e-40, -1e-45, 3.0e38, 1 + 2**-8,
                         1 + 3 * 2**-8], np.float32)
     x[:min(n, special.size)] = special[:n]
-    bits = relu_bf16(x)
+    bits = bf16_output("relu_forward_bf16", x)
     tx = torch.tensor(x, requires_grad=True)
     ty = torch.relu(tx)
     want = ty.detach().to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)

@@ -11,7 +11,7 @@ import torch
 import herbs
 from herbs import _C
 
-from ckernels import LIB, call, grad_buffer, numerical_grad
+from ckernels import LIB, bf16_output, call, grad_buffer, numerical_grad
 
 # these kernels are built per instruction set (kernels/isa.h): every test runs on each
 pytestmark = pytest.mark.usefixtures("isa")
@@ -107,11 +107,7 @@ def test_bf16_table_is_the_interpolants():
 
 
 def gelu_bf16(x):
-    bits = np.empty(x.size, np.uint16)
-    fn = LIB.gelu_forward_bf16
-    fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-    fn(bits.ctypes.data, x.ctypes.data, x.size)
-    return bits
+    return bf16_output("gelu_forward_bf16", x)
 
 
 def test_bf16_output_is_gelu_within_its_rounding():
