@@ -73,8 +73,8 @@ def relu_backward_bf16(dinp, dout, bits, accumulate):
 @pytest.mark.parametrize("accumulate", [0, 1])
 def test_relu_bf16_is_torch_relu_rounded_and_its_mask(n, accumulate):
     """relu_forward_bf16 stores torch.relu rounded to bf16 (ties to even; -0 stays -0, a NaN stays a
-    NaN, a positive value below 2^-134 becomes +0); relu_backward_bf16 masks with those bits: torch's
-    ReLU gradient wherever the rounding kept the sign, zero where it made +0."""
+    NaN, a positive value of at most 2^-134 becomes +0); relu_backward_bf16 masks with those bits:
+    torch's ReLU gradient wherever the rounding kept the sign, zero where it made +0."""
     rng = np.random.default_rng(2)
     x = (rng.standard_normal(n) * 4).astype(np.float32)
     special = np.array([np.nan, -np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-45, 1.5e-40, -1e-45, 3.0e38, 1 + 2**-8,

@@ -9,8 +9,8 @@ void FN(relu_forward)(real *out, const real *inp, size_t n);
 void FN(relu_backward)(real *dinp, const real *dout, const real *out, size_t n, int accumulate);
 /* relu_forward stored in bf16 (bit patterns, bf16.h's rounding), and relu_backward with that output
    as the mask: for a ReLU whose output only feeds bf16 products (the rounding keeps every sign, so
-   the mask is the fp32 one but where a positive value below 2^-134 rounds to +0). Float engine only
-   (declared for both, defined once). */
+   the mask is the fp32 one but where a positive value of at most 2^-134 rounds to +0). Float engine
+   only (declared for both, defined once). */
 void relu_forward_bf16(uint16_t *out, const float *inp, size_t n);
 void relu_backward_bf16(float *dinp, const float *dout, const uint16_t *out, size_t n, int accumulate);
 
