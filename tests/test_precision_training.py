@@ -200,6 +200,34 @@ def test_resnet_train_gradients_err_no_more_than_autocast():
     assert 1e-3 < mine <= theirs, f"herbs bf16 {mine:.3g}, autocast {theirs:.3g} (mean of 8 batches)"
 
 
+@pytest.mark.parametrize("pair", [swin_pair, resnet_pair], ids=["swin", "resnet"])
+def test_backward_computes_at_its_forwards_precision(pair):
+    """What a bf16 forward saves is partly bf16 (norm, GELU and hidden rows; ResNet's conv outputs), so
+    a precision set between a forward and its backward takes effect at the next forward, as under
+    PyTorch's autocast: the backward gives the gradients of an unchanged bf16 one, bit for bit, and
+    the next forward computes at the new precision."""
+    x, y = data(B=4, seed=1)
+    grads = []
+    for switch in (None, "fp32"):
+        net, _ = pair()
+        net.precision = "bf16"
+        net.zero_grad()
+        net.forward(x, train=True)
+        net.loss(y)
+        if switch:
+            net.precision = switch
+        net.backward({})
+        grads.append(grads_of(net))
+    for name in grads[0]:
+        np.testing.assert_array_equal(grads[1][name], grads[0][name], err_msg=name)
+    switched = net.forward(x, train=False)["comb_outs"]
+    same, _ = pair()  # the switched net's state, at each precision
+    same.params[:], same.buffers[:] = net.params, net.buffers
+    for precision in ("fp32", "bf16"):
+        same.precision = precision
+        assert np.array_equal(same.forward(x, train=False)["comb_outs"], switched) == (precision == "fp32")
+
+
 # --- TrainConfig(precision) ------------------------------------------------------------------------
 
 

@@ -56,6 +56,7 @@ herbs_status net_forward(herbs_net *net, const float *images, int batch, int tra
         return herbs_error(HERBS_ERR_VALUE, "batch must be at least 1, got %d", batch);
     net->forward_batch = 0;
     net->backward_done = 0;
+    net->forward_precision = net->params.precision;
     net->output_grads_zero = 1; /* net_add_output's gradients start zeroed */
     net->n_outputs = 0;
     net->n_probes = 0;
@@ -95,7 +96,10 @@ herbs_status net_backward(herbs_net *net, float *dimages, int probe_grads)
 {
     HERBS_TRY(net_backward_ready(net, probe_grads));
     net->probe_backward = probe_grads;
+    const herbs_precision now = net->params.precision; /* a precision set since the forward: from the next */
+    net->params.precision = net->forward_precision;
     herbs_status s = net->ops->backward(net, dimages);
+    net->params.precision = now;
     net->probe_backward = 0;
     net->backward_done = 1; /* also after a failure: the saved activations may be spent */
     return s;

@@ -90,6 +90,8 @@ struct herbs_net {
     int probe_backward;    /* set for one backward: also keep the whole gradient at each probe */
     int forward_batch;     /* batch of the last forward; 0 when there is none to go back through */
     int backward_done;     /* set by net_backward, cleared by net_forward */
+    herbs_precision forward_precision; /* the last forward's: its backward computes at it, since what the
+                                          forward saved is in that precision's types (bf16 activations) */
     int output_grads_zero; /* every output's gradient is still the forward's zeros (none written since) */
     uint64_t seed;         /* random streams (drop path, dropout) are keyed by (seed, step, layer) */
     uint64_t step;         /* counts forward passes in train mode (net_forward adds 1 after each) */
@@ -121,7 +123,8 @@ herbs_status net_output_grad(herbs_net *net, const char *name, herbs_output **ou
 
 /* One backward per forward: from the outputs' gradients to the parameter gradients (which
    accumulate), the image gradient added into dimages [batch, C, H, W] unless it is NULL; with
-   probe_grads also each probe's whole gradient. */
+   probe_grads also each probe's whole gradient. It computes at the forward's precision (a precision
+   set in between takes effect at the next forward). */
 herbs_status net_backward(herbs_net *net, float *dimages, int probe_grads);
 
 /* Whether net_loss may run now (the kind has an objective, a forward was made). */

@@ -161,7 +161,9 @@ class Model:
     @property
     def precision(self) -> str:
         """``"fp32"`` or ``"bf16"``: how the forward pass's products compute (see the class
-        docstring). Inference packs each weight once for the GEMM of its precision and reuses the
+        docstring); a backward computes at the precision of the forward it goes back through, as
+        PyTorch's autocast does, so a change between the two takes effect at the next forward.
+        Inference packs each weight once for the GEMM of its precision and reuses the
         packs while the parameters are unchanged; any view of them that Python holds (from
         :meth:`named_parameters`, :meth:`flat_parameters`, an optimiser) makes every call repack,
         since writes through it cannot be seen — drop such views for the fastest inference."""
