@@ -1,6 +1,6 @@
 /* exp, tanh and the normal CDF in forms the compiler can vectorise (no libm calls, no branches),
    for the float kernels; the double build (finite-difference tests) uses libm. Template over
-   `real` like the kernels, guarded once per precision. */
+   `real` like the kernels, guarded once per precision. Last, softmax's reductions over a row. */
 #include <stdint.h>
 #include <string.h>
 
@@ -122,6 +122,33 @@ HERBS_INLINE float normal_pdf(float x)
 {
     const float ax = x < 0 ? -x : x, hi = float_from_bits(bits_from_float(ax) & (int32_t)0xFFFFF000);
     return 0.39894228040143267794f * exp_sum(-0.5f * hi * hi, 0.5f * (hi - ax) * (hi + ax));
+}
+
+#endif
+
+/* --- over a row, in either precision ------------------------------------------------------------- */
+#if (defined(HERBS_F64) && !defined(HERBS_FASTMATH_ROW_F64)) || \
+    (!defined(HERBS_F64) && !defined(HERBS_FASTMATH_ROW_F32))
+#ifdef HERBS_F64
+#define HERBS_FASTMATH_ROW_F64
+#else
+#define HERBS_FASTMATH_ROW_F32
+#endif
+
+/* softmax's two reductions over row[0..C) · scale: *top its largest value, *sum Σ e^(value - top),
+   both as vector reductions (softmax(row·scale)[c] = e^(row[c]·scale - top) / sum) */
+HERBS_INLINE void FN(softmax_row_sums)(const real *row, real scale, int C, real *top, real *sum)
+{
+    real m = row[0] * scale;
+#pragma omp simd reduction(max : m)
+    for (int c = 1; c < C; c++)
+        m = row[c] * scale > m ? row[c] * scale : m;
+    real s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int c = 0; c < C; c++)
+        s += FN(exp_fast)(row[c] * scale - m);
+    *top = m;
+    *sum = s;
 }
 
 #endif

@@ -10,15 +10,8 @@
 /* max and log Σ exp(x - max) of row[0..C) · inv_t */
 HERBS_INLINE void FN(loss_lse)(const real *row, real inv_t, int C, real *top, real *lse)
 {
-    real m = row[0] * inv_t;
-#pragma omp simd reduction(max : m)
-    for (int c = 1; c < C; c++)
-        m = row[c] * inv_t > m ? row[c] * inv_t : m;
-    real sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int c = 0; c < C; c++)
-        sum += FN(exp_fast)(row[c] * inv_t - m);
-    *top = m;
+    real sum;
+    FN(softmax_row_sums)(row, inv_t, C, top, &sum);
     *lse = log(sum);
 }
 

@@ -37,13 +37,8 @@ HERBS_INLINE void FN(select_scores_span)(real *score, const real *logits, const 
 {
     for (size_t i = i0; i < i1; i++) {
         const real *row = logits + i * C;
-        real high = row[0];
-        for (int j = 1; j < C; j++)
-            high = row[j] > high ? row[j] : high;
-        real sum = 0;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < C; j++)
-            sum += FN(exp_fast)(row[j] - high);
+        real high, sum;
+        FN(softmax_row_sums)(row, 1, C, &high, &sum);
         score[i] = FN(exp_fast)(row[top[i / S * S]] - high) / sum;
     }
 }
