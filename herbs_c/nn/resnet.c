@@ -36,7 +36,7 @@ typedef struct {
     /* the last forward, NHWC rows in the owner's arena: P = B·H·W input and Q = B·OH·OW output
        positions, `planes` inner channels, 4·planes out */
     const float *x;  /* [P, in_c]: the block input (the previous block's output) */
-    void *y1;        /* [P, planes]: conv1's output (bn1's input; train only; resnet.y_bf16 says its type) */
+    void *y1;        /* [P, planes]: conv1's output (bn1's input; train only; resnet.y_work says its type) */
     float *a1;       /* [P, planes]: after bn1+ReLU (eval only: train mode makes it again from y1) */
     void *y2;        /* [Q, planes]: the same for conv2 (stride here) */
     float *a2;
@@ -57,10 +57,9 @@ typedef struct {
     float *x0;      /* [B, img, img, 3]: the NHWC image */
     void *y0;       /* [B, S, S, width] (S = img/2): the stem conv's output (train only) */
     float *a0;      /* the same after BN+ReLU (train: NULL after the max-pool when it was made in the scratch) */
-    int y_bf16;     /* the kept conv outputs (y0 and the blocks' y) are bf16 bit patterns (train mode at
-                       bf16), else fp32 */
-    float *y_work;  /* y_bf16: [the largest conv output] fp32, where a conv's output is made before its bf16
-                       form is kept, and where the backward makes one fp32 again */
+    float *y_work;  /* [the largest conv output] fp32 when the kept conv outputs (y0 and the blocks' y) are bf16
+                       bit patterns (train mode at bf16), where a conv's output is made before its bf16 form
+                       is kept and where the backward makes one fp32 again; NULL: they are fp32 */
     float *p0;      /* [B, S/2, S/2, width]: after the 3x3/2 max-pool */
     int *argmax;    /* [B, S/2, S/2, width]: where each max came from, for its backward */
     float *scratch; /* the convolutions' scratch (packed weights, im2col chunks) */
@@ -141,7 +140,7 @@ static herbs_status conv_forward_pass(resnet *r, conv_layer *c, const herbs_para
 static herbs_status conv_output(resnet *r, conv_layer *c, const batchnorm_layer *b, const herbs_params *t,
                                 herbs_arena *arena, const float *inp, void **y, const float **rows)
 {
-    if (*y && r->y_bf16) {
+    if (*y && r->y_work) {
         batchnorm_layer_input_again(b, *y, r->batch * c->OH * c->OW, r->y_work);
         *rows = r->y_work;
         return HERBS_OK;
@@ -165,7 +164,7 @@ static void conv_backward_pass(resnet *r, conv_layer *c, herbs_params *t, float 
 }
 
 /* out = BN(conv(inp)), through a ReLU when relu is set; train mode keeps y = conv(inp) for the
-   backward (y_bf16: in bf16, made in r->y_work; out into `into` when not NULL, else the arena),
+   backward (in bf16 when r->y_work is set, made there; out into `into` when not NULL, else the arena),
    eval mode folds the BN into the conv and keeps no y */
 static herbs_status conv_bn_forward(resnet *r, conv_layer *c, batchnorm_layer *b, int relu, const herbs_params *t,
                                     herbs_arena *arena, const float *inp, float *into, void **y, float **out)
@@ -176,14 +175,14 @@ static herbs_status conv_bn_forward(resnet *r, conv_layer *c, batchnorm_layer *b
     if (!r->train)
         return conv_forward_pass(r, c, t, arena, inp, b, relu, out);
     const int rows = r->batch * c->OH * c->OW;
-    float *y32 = r->y_bf16 ? r->y_work : NULL;
+    float *y32 = r->y_work;
     HERBS_TRY(conv_forward_pass(r, c, t, arena, inp, NULL, 0, &y32));
     *out = into;
     if (!into)
         HERBS_TRY(herbs_arena_floats(arena, n, 0, out));
     HERBS_TRY(batchnorm_layer_forward(b, t, arena, 1, y32, rows, *out, relu));
     *y = y32;
-    if (r->y_bf16) {
+    if (r->y_work) {
         if (!(*y = herbs_arena_alloc(arena, n * sizeof(uint16_t))))
             return HERBS_ERR_NOMEM;
         batchnorm_layer_keep_input(b, y32, rows, *y);
@@ -235,7 +234,8 @@ static size_t largest_conv(const resnet *r, int batch, size_t *weight)
     for (int i = 0; i < r->n_blocks; i++) {
         const conv_layer *cs[3] = {&r->blocks[i].conv1, &r->blocks[i].conv2, &r->blocks[i].conv3};
         for (int j = 0; j < 3; j++) {
-            const size_t a = conv_out_floats(cs[j], batch), w = (size_t)cs[j]->out_c * cs[j]->in_c * cs[j]->k * cs[j]->k;
+            const size_t a = conv_out_floats(cs[j], batch);
+            const size_t w = (size_t)cs[j]->out_c * cs[j]->in_c * cs[j]->k * cs[j]->k;
             most = a > most ? a : most;
             *weight = w > *weight ? w : *weight;
         }
@@ -273,7 +273,6 @@ static herbs_status resnet_forward(herbs_backbone *bb, const herbs_params *t, he
                            "ResNet stem; use a smaller batch", batch, bb->img_size);
     r->batch = batch;
     r->train = train;
-    r->y_bf16 = train && t->precision == HERBS_BF16;
     /* one scratch (packed weights, im2col chunks) for every conv */
     r->scratch_floats = 0;
     for (int i = -1; i < r->n_blocks; i++) {
@@ -293,7 +292,7 @@ static herbs_status resnet_forward(herbs_backbone *bb, const herbs_params *t, he
     r->inner = r->y_work = NULL;
     if (train)
         HERBS_TRY(herbs_arena_floats(arena, inner_floats(r, batch), 0, &r->inner));
-    if (r->y_bf16) {
+    if (train && t->precision == HERBS_BF16) {
         size_t weight;
         HERBS_TRY(herbs_arena_floats(arena, largest_conv(r, batch, &weight), 0, &r->y_work));
     }
