@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ckernels import call, numerical_grad
+from test_gemm_bf16 import threads  # noqa: F401 (fixture: 1 and 2 threads)
 
 # these kernels are built per instruction set (kernels/isa.h): every test runs on each
 pytestmark = pytest.mark.usefixtures("isa")
@@ -111,32 +112,24 @@ def test_kl_is_stable_for_huge_logits():
     np.testing.assert_allclose(got[0], 2e4, rtol=1e-6)  # p = e_1, log p_1 - log q_1 = 0 - (-2e4)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_float32_losses_are_accurate_over_a_dense_range(threads):
+def test_float32_losses_are_accurate_over_a_dense_range(threads):  # noqa: F811 (the fixture)
     """The float32 build takes e^x and tanh from fastmath.h in vector form (no libm calls): tanh_mse's
     (tanh(x) - target)² is within what an absolute error of 1.2e-7 in tanh and two roundings allow,
     tails, zeros and tiny values included; cross entropy over wide logits, of rows as long as a
     vector and not (C 16 and 1000), within 2e-6 relatively; on one thread and split across two."""
-    import herbs
-
-    before = herbs.get_num_threads()
-    herbs.set_num_threads(threads)
-    try:
-        x = np.linspace(-10, 10, 200004).astype(np.float32)
-        x = np.concatenate([x, np.float32([1e-30, -1e-30, 1e-6, 0.0, -0.0, 40.0, -40.0])]).reshape(-1, 7)
-        loss = rows("tanh_mse_forward", x, 0.5, x.shape[0], 7, N=x.shape[0], dtype=np.float32)
-        t = np.tanh(x.astype(np.float64))
-        want = ((t - 0.5) ** 2).sum(1)
-        bound = (2 * np.abs(t - 0.5) * 1.2e-7).sum(1) + 8 * np.spacing(want.astype(np.float32))
-        assert (np.abs(loss - want) <= bound).all()
-        rng = np.random.default_rng(5)
-        for C in (16, 1000):
-            logits = (rng.standard_normal((64, C)) * 30).astype(np.float32)
-            labels = rng.integers(0, C, 64).astype(np.int32)
-            got = rows("cross_entropy_forward", logits, labels, 1, 64, C, N=64, dtype=np.float32)
-            l64 = logits.astype(np.float64)
-            top = l64.max(1)
-            want = top + np.log(np.exp(l64 - top[:, None]).sum(1)) - l64[np.arange(64), labels]
-            np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
-    finally:
-        herbs.set_num_threads(before)
+    x = np.linspace(-10, 10, 200004).astype(np.float32)
+    x = np.concatenate([x, np.float32([1e-30, -1e-30, 1e-6, 0.0, -0.0, 40.0, -40.0])]).reshape(-1, 7)
+    loss = rows("tanh_mse_forward", x, 0.5, x.shape[0], 7, N=x.shape[0], dtype=np.float32)
+    t = np.tanh(x.astype(np.float64))
+    want = ((t - 0.5) ** 2).sum(1)
+    bound = (2 * np.abs(t - 0.5) * 1.2e-7).sum(1) + 8 * np.spacing(want.astype(np.float32))
+    assert (np.abs(loss - want) <= bound).all()
+    rng = np.random.default_rng(5)
+    for C in (16, 1000):
+        logits = (rng.standard_normal((64, C)) * 30).astype(np.float32)
+        labels = rng.integers(0, C, 64).astype(np.int32)
+        got = rows("cross_entropy_forward", logits, labels, 1, 64, C, N=64, dtype=np.float32)
+        l64 = logits.astype(np.float64)
+        top = l64.max(1)
+        want = top + np.log(np.exp(l64 - top[:, None]).sum(1)) - l64[np.arange(64), labels]
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
