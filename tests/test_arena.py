@@ -1,7 +1,13 @@
 """The arena (core/arena.h): a pass that asks for the blocks of the pass before gets the same
 memory back (no chunk made, no page touched for the first time), blocks never overlap, and a pass
-that outgrows the chunks it began with is merged into one chunk at the next reset."""
+that outgrows the chunks it began with is merged into one chunk at the next reset. Large blocks
+(the arena's chunks, the parameters and gradients) are advised to transparent huge pages."""
 import ctypes
+import os
+
+import pytest
+
+import herbs
 
 from ckernels import LIB
 from test_factored import Arena
@@ -67,3 +73,34 @@ def test_a_pass_that_outgrows_its_chunks_is_merged_at_the_next_reset():
         assert chunk_count(arena) == 1
     finally:
         LIB.herbs_arena_free(ctypes.byref(arena))
+
+
+def vma_flags(address):
+    """The VmFlags of the mapping of this process that holds `address` (/proc/self/smaps)."""
+    inside = False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            start, end = (int(v, 16) for v in head.split("-"))
+            inside = start <= address < end
+        elif inside and head == "VmFlags:":
+            return line.split()[1:]
+    raise AssertionError("no mapping holds %#x" % address)
+
+
+@pytest.mark.skipif(not os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"),
+                    reason="needs Linux with transparent huge pages (the advice is what is checked)")
+def test_large_blocks_are_advised_to_huge_pages():
+    # MADV_HUGEPAGE is hidden by -std=c11 without _DEFAULT_SOURCE: the advice was compiled out
+    # once, silently, and the training step ran 3.6% slower on 4 KiB pages
+    arena = Arena()
+    LIB.herbs_arena_init(ctypes.byref(arena))
+    try:
+        chunk = LIB.herbs_arena_alloc(ctypes.byref(arena), 8 * MB)
+        assert "hg" in vma_flags(chunk)
+    finally:
+        LIB.herbs_arena_free(ctypes.byref(arena))
+    m = herbs.Model("swin_tiny_patch4_window7_224", num_classes=10)
+    for block in (m.flat_parameters(), m.flat_gradients()):
+        assert block.nbytes >= 4 * MB
+        assert "hg" in vma_flags(block.__array_interface__["data"][0])

@@ -1,3 +1,4 @@
+#define _DEFAULT_SOURCE /* MADV_HUGEPAGE under -std=c11 */
 #include "core/arena.h"
 
 #include <stdint.h>

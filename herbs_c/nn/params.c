@@ -16,14 +16,18 @@
 void params_init(herbs_params *t) { memset(t, 0, sizeof *t); }
 
 /* The gradient block is mapped from the OS, whose fresh pages read as zero: gradients take no
-   memory until a backward writes them, so a net used only for inference never pays for them. */
-static float *lazy_zero_block(size_t floats)
+   memory until a backward writes them, so a net used only for inference never pays for them.
+   huge_pages: a block written whole (the gradients) is advised to huge pages; one written in
+   scattered spans (the packed forms, of which a net makes one precision's) is not, as each span
+   would take the whole 2 MiB pages around it. */
+static float *lazy_zero_block(size_t floats, int huge_pages)
 {
     void *p = mmap(NULL, floats ? floats * sizeof(float) : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
                    -1, 0);
     if (p == MAP_FAILED)
         return NULL;
-    herbs_advise_huge_pages(p, floats * sizeof(float));
+    if (huge_pages)
+        herbs_advise_huge_pages(p, floats * sizeof(float));
     return p;
 }
 
@@ -119,9 +123,9 @@ herbs_status params_allocate(herbs_params *t, uint64_t seed)
     if (t->params || t->buffers)
         return herbs_error(HERBS_ERR_STATE, "parameter blocks allocated twice");
     t->params = zeroed_block(t->n_params);
-    t->grads = lazy_zero_block(t->n_params);
+    t->grads = lazy_zero_block(t->n_params, 1);
     t->buffers = zeroed_block(t->n_buffers);
-    t->packed = lazy_zero_block(t->n_packed); /* pages taken when a form is first made */
+    t->packed = lazy_zero_block(t->n_packed, 0); /* pages taken when a form is first made */
     if (!t->params || !t->grads || !t->buffers || !t->packed) {
         herbs_free(t->params);
         lazy_zero_block_free(t->grads, t->n_params);
