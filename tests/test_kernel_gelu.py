@@ -151,19 +151,3 @@ def test_bf16_output_is_the_same_on_every_isa(n):
     finally:
         _C._set_isa(before)
     np.testing.assert_array_equal(gelu_bf16(x), expected)
-
-
-@pytest.mark.parametrize("n", [1, 17, 4097, 40000])
-def test_bf16_forward_derivative_is_the_fp32_ones(n):
-    """gelu_forward_derivative_bf16 (the backward's recomputation at bf16) stores gelu_forward_bf16's
-    output and gelu_forward_derivative's derivative, bit for bit (in blocks: the lengths cross
-    them); the derivative may alias the input."""
-    x = (np.random.default_rng(10).standard_normal(n) * 4).astype(np.float32)
-    out, deriv = np.empty(n, np.float32), np.empty(n, np.float32)
-    call("gelu_forward_derivative", out, deriv, x, n, dtype=np.float32)
-    bits, in_place = np.empty(n, np.uint16), x.copy()
-    fn = LIB.gelu_forward_derivative_bf16
-    fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-    fn(bits.ctypes.data, in_place.ctypes.data, in_place.ctypes.data, n)
-    np.testing.assert_array_equal(bits, gelu_bf16(x))
-    np.testing.assert_array_equal(in_place, deriv)

@@ -58,7 +58,7 @@ def test_linear_backward_bf16(bf16_isa, N, C, OC):
     np.testing.assert_allclose(db, dy.sum(0), rtol=1e-5, atol=1e-6)  # a sum, no product: fp32
 
 
-LIB.linear_backward_bf16.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_void_p] + [ctypes.c_int] * 4
+LIB.linear_backward_bf16.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int, ctypes.c_void_p] + [ctypes.c_int] * 4
 LIB.linear_backward_bf16.restype = None
 
 
@@ -79,10 +79,35 @@ def test_linear_backward_bf16_on_bf16_input(bf16_isa, threads, N, C, OC):
         for inp, inp_bf16 in [(x_bits, 1), (x, 0)]:
             got = {name: start.copy() if name in wanted else None
                    for name, start in (("dx", dx0), ("dw", dw0), ("db", db0))}
-            LIB.linear_backward_bf16(ptr(got["dx"]), ptr(got["dw"]), ptr(got["db"]), ptr(dy), ptr(inp), inp_bf16,
-                                     ptr(w), N, C, OC, accumulate)
+            LIB.linear_backward_bf16(ptr(got["dx"]), ptr(got["dw"]), ptr(got["db"]), ptr(dy), None, ptr(inp),
+                                     inp_bf16, ptr(w), N, C, OC, accumulate)
             for name in wanted.split():
                 np.testing.assert_array_equal(got[name], want[name], err_msg=f"{name}, x {inp.dtype}")
+
+
+@pytest.mark.parametrize("N, C, OC", [(1, 1, 1), (7, 33, 5), (50, 96, 17), (3001, 40, 1100)])
+def test_linear_backward_bf16_through_gelu(isa, threads, N, C, OC):
+    """linear_backward_bf16 with gelu_input (a transformer's fc1, whose output y feeds the GELU, given
+    dact, the gradient of GELU's output): bit for bit gelu_backward's dy = dact·GELU'(y) passed to
+    it as the output gradient, in every product and the bias sum, on every instruction set (the pass
+    is built per ISA, as gelu_backward); y is left as it was. OC = 1100 crosses the bias pass's
+    column blocks of 1024."""
+    rng = np.random.default_rng(N + 3 * OC)
+    x, w, dact = bf16_bits(uniform(rng, N, C)), uniform(rng, OC, C), uniform(rng, N, OC)
+    y = (rng.standard_normal((N, OC)) * 3).astype(np.float32)
+    dy = np.empty_like(dact)
+    call("gelu_backward", dy, dact, y, N * OC, 0, dtype=np.float32)
+    dx0, dw0, db0 = uniform(rng, N, C), uniform(rng, OC, C), uniform(rng, OC)
+    want = {name: start.copy() for name, start in (("dx", dx0), ("dw", dw0), ("db", db0))}
+    LIB.linear_backward_bf16(ptr(want["dx"]), ptr(want["dw"]), ptr(want["db"]), ptr(dy), None, ptr(x), 1, ptr(w), N,
+                             C, OC, 0)
+    got = {name: start.copy() for name, start in (("dx", dx0), ("dw", dw0), ("db", db0))}
+    y_given = y.copy()
+    LIB.linear_backward_bf16(ptr(got["dx"]), ptr(got["dw"]), ptr(got["db"]), ptr(dact), ptr(y), ptr(x), 1, ptr(w), N,
+                             C, OC, 0)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    np.testing.assert_array_equal(y, y_given)
 
 
 @pytest.mark.parametrize("B, S_in, S_out, C", [(1, 3, 2, 1), (2, 49, 32, 24), (3, 17, 64, 13)])

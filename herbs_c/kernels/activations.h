@@ -26,9 +26,6 @@ void FN(gelu_backward)(real *dinp, const real *dout, const real *inp, size_t n, 
 /* out[n] = gelu(x) and deriv[n] = gelu'(x) in one pass, for a backward that needs both (the
    output for a weight gradient, the derivative for the input gradient); deriv may alias inp */
 void FN(gelu_forward_derivative)(real *out, real *deriv, const real *inp, size_t n);
-/* The same with out as gelu_forward_bf16 stores it (bit for bit) and deriv as
-   gelu_forward_derivative's. Float engine only. */
-void gelu_forward_derivative_bf16(uint16_t *out, float *deriv, const float *inp, size_t n);
 
 /* dinp[n] += (accumulate set) or = dout · deriv: the backward of an elementwise activation, given
    its derivative; dinp may alias dout or deriv when it is written */

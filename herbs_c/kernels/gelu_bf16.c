@@ -7,10 +7,9 @@
 #include "kernels/bf16.h"
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
-#include "kernels/fastmath.h" /* after precision.h: it is a template over real; includes isa.h */
+#include "kernels/isa.h"
 
 #define GELU_GRAIN 16384 /* elements a thread should get at least */
-#define GELU_BLOCK 2048  /* the forward-and-derivative pass goes block by block, the block in L1 */
 
 /* Φ(x) on [-GELU_BOUND, GELU_BOUND] in GELU_PIECES equal pieces: on piece i, u = x·S + 16 in
    [i, i + 1], Φ(x) = Σ_k normal_cdf_pieces[k][i] · (u - i)^k, the degree-5 Chebyshev interpolant
@@ -151,29 +150,4 @@ static void (*gelu_bf16_span_isa(void))(uint16_t *, const float *, size_t, size_
 void gelu_forward_bf16(uint16_t *out, const float *inp, size_t n)
 {
     HERBS_ISA_PARALLEL(gelu_bf16_span, n, herbs_threads_for((double)n, GELU_GRAIN), out, inp);
-}
-
-/* deriv[i0:i1] = Φ(x) + x·φ(x), exact to float rounding (the fp32 GELU's derivative) */
-HERBS_INLINE void gelu_derivative_span(float *deriv, const float *inp, size_t i0, size_t i1)
-{
-#pragma omp simd
-    for (size_t i = i0; i < i1; i++)
-        deriv[i] = normal_cdf(inp[i]) + inp[i] * normal_pdf(inp[i]);
-}
-HERBS_ISA_VARIANTS(gelu_derivative_span, (float *deriv, const float *inp, size_t i0, size_t i1), (deriv, inp, i0, i1))
-
-void gelu_forward_derivative_bf16(uint16_t *out, float *deriv, const float *inp, size_t n)
-{
-    void (*span)(uint16_t *, const float *, size_t, size_t) = gelu_bf16_span_isa();
-    void (*derivative)(float *, const float *, size_t, size_t) = gelu_derivative_span_isa();
-    const int team = herbs_threads_for((double)n, GELU_GRAIN);
-#pragma omp parallel num_threads(team) if (team > 1)
-    {
-        const size_t t = omp_get_thread_num(), nt = omp_get_num_threads(), end = n * (t + 1) / nt;
-        for (size_t b = n * t / nt; b < end; b += GELU_BLOCK) { /* the output first: deriv may alias inp */
-            const size_t e = end - b < GELU_BLOCK ? end : b + GELU_BLOCK;
-            span(out, inp, b, e);
-            derivative(deriv, inp, b, e);
-        }
-    }
 }

@@ -7,6 +7,7 @@
 #include "kernels/isa.h"
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
+#include "kernels/fastmath.h" /* after precision.h: a template over real */
 
 #define LINEAR_BIAS_BLOCK 1024                /* columns summed at once (a stack buffer) */
 #define LINEAR_BIAS_ELEMENTS_PER_THREAD 65536 /* of dout, for a second thread to pay */
@@ -22,14 +23,23 @@ void FN(linear_affine_forward)(real *out, const real *inp, const real *weight, c
     FN(gemm_affine)(0, 1, N, OC, C, 1, inp, C, weight, C, 0, out, OC, scale, shift, relu);
 }
 
-/* sum[0:cols] += Σ rows r0..r1 of dout[:, o0:o0+cols] (row stride OC), in row order; with rounded
-   (not NULL) also rounded[r, o0:o0+cols] = bf16(dout[r, o0:o0+cols]) (bf16.h's rounding). */
-HERBS_INLINE void FN(linear_bias_rows)(real *sum, uint16_t *rounded, const real *dout, int OC, int o0, int cols,
-                                       int r0, int r1)
+/* sum[0:cols] += Σ rows r0..r1 of g[:, o0:o0+cols] (row stride OC), in row order, where g = dout,
+   or with gelu_input (not NULL) g = dout·GELU'(gelu_input) (gelu_backward's arithmetic); with
+   rounded (not NULL) also rounded[r, o0:o0+cols] = bf16(g[r, o0:o0+cols]) (bf16.h's rounding). */
+HERBS_INLINE void FN(linear_bias_rows)(real *sum, uint16_t *rounded, const real *dout, const real *gelu_input, int OC,
+                                       int o0, int cols, int r0, int r1)
 {
+    real through_gelu[LINEAR_BIAS_BLOCK];
     for (int r = r0; r < r1; r++) {
         const real *row = dout + (size_t)r * OC + o0;
         uint16_t *out = rounded ? rounded + (size_t)r * OC + o0 : NULL;
+        if (gelu_input) {
+            const real *x = gelu_input + (size_t)r * OC + o0;
+#pragma omp simd
+            for (int j = 0; j < cols; j++)
+                through_gelu[j] = row[j] * (FN(normal_cdf)(x[j]) + x[j] * FN(normal_pdf)(x[j]));
+            row = through_gelu;
+        }
 #pragma omp simd
         for (int j = 0; j < cols; j++)
             sum[j] += row[j];
@@ -40,13 +50,16 @@ HERBS_INLINE void FN(linear_bias_rows)(real *sum, uint16_t *rounded, const real 
         }
     }
 }
-HERBS_ISA_VARIANTS(linear_bias_rows, (real *sum, uint16_t *rounded, const real *dout, int OC, int o0, int cols,
-                                      int r0, int r1), (sum, rounded, dout, OC, o0, cols, r0, r1))
+HERBS_ISA_VARIANTS(linear_bias_rows, (real *sum, uint16_t *rounded, const real *dout, const real *gelu_input, int OC,
+                                      int o0, int cols, int r0, int r1),
+                   (sum, rounded, dout, gelu_input, OC, o0, cols, r0, r1))
 
-/* dbias[OC] += Σ_n dout (dbias NULL: not wanted), and with rounded (not NULL) rounded[N, OC] =
-   bf16(dout): one pass over dout. Each thread sums its share of the rows, whole rows in order,
-   then the threads' sums are added in thread order: deterministic for a thread count. */
-static void FN(linear_bias_backward)(real *dbias, uint16_t *rounded, const real *dout, int N, int OC)
+/* dbias[OC] += Σ_n g (dbias NULL: not wanted), and with rounded (not NULL) rounded[N, OC] = bf16(g):
+   one pass over dout, where g = dout, or dout·GELU'(gelu_input) (linear_bias_rows). Each thread sums
+   its share of the rows, whole rows in order, then the threads' sums are added in thread order:
+   deterministic for a thread count. */
+static void FN(linear_bias_backward)(real *dbias, uint16_t *rounded, const real *dout, const real *gelu_input, int N,
+                                     int OC)
 {
     const int nt = herbs_threads_for((double)N * OC, LINEAR_BIAS_ELEMENTS_PER_THREAD);
     __typeof__(FN(linear_bias_rows_isa)()) rows = FN(linear_bias_rows_isa)();
@@ -57,7 +70,7 @@ static void FN(linear_bias_backward)(real *dbias, uint16_t *rounded, const real 
         for (int o0 = 0; o0 < OC; o0 += LINEAR_BIAS_BLOCK) {
             const int cols = OC - o0 < LINEAR_BIAS_BLOCK ? OC - o0 : LINEAR_BIAS_BLOCK;
             real sum[LINEAR_BIAS_BLOCK] = {0};
-            rows(sum, rounded, dout, OC, o0, cols, r0, r1);
+            rows(sum, rounded, dout, gelu_input, OC, o0, cols, r0, r1);
             if (!dbias) /* the same for every thread: no thread meets the loop below */
                 continue;
 #pragma omp for ordered schedule(static, 1)
@@ -75,7 +88,7 @@ void FN(linear_backward)(herbs_precision p, real *dinp, real *dweight, real *dbi
 {
 #ifndef HERBS_F64
     if (p == HERBS_BF16) {
-        linear_backward_bf16(dinp, dweight, dbias, dout, inp, 0, weight, N, C, OC, accumulate);
+        linear_backward_bf16(dinp, dweight, dbias, dout, NULL, inp, 0, weight, N, C, OC, accumulate);
         return;
     }
 #endif
@@ -84,18 +97,23 @@ void FN(linear_backward)(herbs_precision p, real *dinp, real *dweight, real *dbi
     if (dinp)
         FN(gemm_at)(p, 0, 0, N, C, OC, 1, dout, OC, weight, C, accumulate ? 1 : 0, dinp, C);
     if (dbias)
-        FN(linear_bias_backward)(dbias, NULL, dout, N, OC);
+        FN(linear_bias_backward)(dbias, NULL, dout, NULL, N, OC);
 }
 
 #ifndef HERBS_F64
-void linear_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout, const void *inp, int inp_bf16,
-                          const float *weight, int N, int C, int OC, int accumulate)
+void linear_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout, float *gelu_input,
+                          const void *inp, int inp_bf16, const float *weight, int N, int C, int OC, int accumulate)
 {
     /* dout rounded once for both products (without the memory, each packing rounds it: same bits) */
     const int products = (dinp != NULL) + (dweight != NULL);
     uint16_t *rounded = products ? herbs_scratch(HERBS_SCRATCH_BF16_OPERAND, (size_t)N * OC * sizeof(uint16_t)) : NULL;
+    if (gelu_input && !rounded) { /* no memory to round into: the output gradient over GELU's input */
+        gelu_backward(gelu_input, dout, gelu_input, (size_t)N * OC, 0);
+        dout = gelu_input;
+        gelu_input = NULL;
+    }
     if (dbias || rounded)
-        linear_bias_backward(dbias, rounded, dout, N, OC);
+        linear_bias_backward(dbias, rounded, dout, gelu_input, N, OC);
     const void *dy = rounded ? (const void *)rounded : dout;
     if (dweight) /* first: dinp may be inp */
         gemm_bf16_inputs(1, 0, OC, C, N, 1, dy, rounded != NULL, OC, inp, inp_bf16, C, 1, dweight, C, NULL, NULL, 0);

@@ -119,8 +119,15 @@ void product_rows_backward_input(herbs_weight *w, herbs_params *t, float *dx, co
         product_rows_backward(w, t, t->precision, dx, dy, x, rows, accumulate);
         return;
     }
-    linear_backward_bf16(dx, GRAD(t, w->weight), bias_grad_of(w, t), dy, x, 1, compute_weight(w, t), rows,
+    linear_backward_bf16(dx, GRAD(t, w->weight), bias_grad_of(w, t), dy, NULL, x, 1, compute_weight(w, t), rows,
                          w->in * w->k * w->k, w->out, accumulate);
+}
+
+void product_rows_backward_through_gelu(herbs_weight *w, herbs_params *t, float *dx, const float *dact, float *pre,
+                                        const void *x, int rows)
+{
+    linear_backward_bf16(dx, GRAD(t, w->weight), bias_grad_of(w, t), dact, pre, x, 1, compute_weight(w, t), rows,
+                         w->in * w->k * w->k, w->out, 0);
 }
 
 void product_conv_forward(herbs_weight *w, const herbs_params *t, herbs_precision p, float *out, const float *x, int B,

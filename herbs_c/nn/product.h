@@ -86,6 +86,13 @@ void product_rows_backward(herbs_weight *w, herbs_params *t, herbs_precision p, 
 void product_rows_backward_input(herbs_weight *w, herbs_params *t, float *dx, const float *dy, const void *x,
                                  int x_bf16, int rows, int accumulate);
 
+/* product_rows_backward_input at bf16 on x in bf16 for a product whose output y = pre [rows, out]
+   feeds a GELU, given dact, the gradient of GELU's output: dy = dact·GELU'(y) is formed in the
+   pass that rounds it for the products (linear_backward_bf16), never stored in fp32; pre may be
+   overwritten. */
+void product_rows_backward_through_gelu(herbs_weight *w, herbs_params *t, float *dx, const float *dact, float *pre,
+                                        const void *x, int rows);
+
 /* --- k×k convolution: x [B, H, W, in] NHWC -> [B, OH, OW, out] (kernels/conv2d.h) ------------ */
 
 /* out = conv(x, W) + bias, with scale, shift and relu as product_rows_forward's. scratch: conv2d_scratch_floats(in, out, k, k) floats. */

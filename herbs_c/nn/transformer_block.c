@@ -205,14 +205,17 @@ void transformer_block_backward(transformer_block *k, const block_frame *f, cons
     /* MLP branch: out = x1 + scale2 · fc2(gelu(fc1(norm2(x1)))) */
     const float *g = branch_grad(f->branch, d, k->scale2, B, per_sample);
     transformer_norm_forward(t, k->norm2, f->ln, bf16_acts, v->mean2, v->rstd2, v->x1, M, C, f->eps);
-    /* the GELU output again, and its derivative in place of the saved pre-activation */
-    if (bf16_acts)
-        gelu_forward_derivative_bf16((uint16_t *)f->act, v->hidden, v->hidden, (size_t)M * H);
-    else
+    /* the GELU output again (and at fp32 its derivative, in place of the saved pre-activation) */
+    if (bf16_acts) {
+        gelu_forward_bf16((uint16_t *)f->act, v->hidden, (size_t)M * H);
+        product_rows_backward_input(&k->fc2, t, dact, g, f->act, 1, M, 0);
+        product_rows_backward_through_gelu(&k->fc1, t, dln, dact, v->hidden, f->ln, M);
+    } else {
         gelu_forward_derivative(f->act, v->hidden, v->hidden, (size_t)M * H);
-    product_rows_backward_input(&k->fc2, t, dact, g, f->act, bf16_acts, M, 0);
-    activation_backward(f->act, dact, v->hidden, (size_t)M * H, 0); /* the pre-activation's gradient */
-    product_rows_backward_input(&k->fc1, t, dln, f->act, f->ln, bf16_acts, M, 0);
+        product_rows_backward_input(&k->fc2, t, dact, g, f->act, 0, M, 0);
+        activation_backward(f->act, dact, v->hidden, (size_t)M * H, 0); /* the pre-activation's gradient */
+        product_rows_backward_input(&k->fc1, t, dln, f->act, f->ln, 0, M, 0);
+    }
     layernorm_backward(d, GRAD(t, k->norm2.weight), GRAD(t, k->norm2.bias), dln, v->x1, PARAM(t, k->norm2.weight),
                        v->mean2, v->rstd2, M, C, 1);
 
