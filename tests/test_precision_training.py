@@ -26,6 +26,7 @@ from herbs_compare import grads_of, load_reference, torch_threads
 from reference_herbs import herbs_loss
 from test_gemm_bf16 import U32, bf16_bits, bf16_isa, bf16_round, threads  # noqa: F401 (fixtures)
 from test_herbs_backbones import data, perturb_running_stats, resnet_pair, swin_pair
+from test_kernel_gelu import gelu_backward_table
 from test_precision import LIB, ptr  # with conv2d_scratch_floats's prototype
 
 BF16, FP32 = 1, 0  # herbs_precision
@@ -88,15 +89,14 @@ def test_linear_backward_bf16_on_bf16_input(bf16_isa, threads, N, C, OC):
 @pytest.mark.parametrize("N, C, OC", [(1, 1, 1), (7, 33, 5), (50, 96, 17), (3001, 40, 1100)])
 def test_linear_backward_bf16_through_gelu(isa, threads, N, C, OC):
     """linear_backward_bf16 with gelu_input (a transformer's fc1, whose output y feeds the GELU, given
-    dact, the gradient of GELU's output): bit for bit gelu_backward's dy = dact·GELU'(y) passed to
-    it as the output gradient, in every product and the bias sum, on every instruction set (the pass
-    is built per ISA, as gelu_backward); y is left as it was. OC = 1100 crosses the bias pass's
+    dact, the gradient of GELU's output): bit for bit gelu_backward_table's dy = dact·GELU'(y) (its
+    accuracy: test_kernel_gelu.py) passed to it as the output gradient, in every product and the
+    bias sum, on every instruction set; y is left as it was. OC = 1100 crosses the bias pass's
     column blocks of 1024."""
     rng = np.random.default_rng(N + 3 * OC)
     x, w, dact = bf16_bits(uniform(rng, N, C)), uniform(rng, OC, C), uniform(rng, N, OC)
     y = (rng.standard_normal((N, OC)) * 3).astype(np.float32)
-    dy = np.empty_like(dact)
-    call("gelu_backward", dy, dact, y, N * OC, 0, dtype=np.float32)
+    dy = gelu_backward_table(dact, y)
     dx0, dw0, db0 = uniform(rng, N, C), uniform(rng, OC, C), uniform(rng, OC)
     want = {name: start.copy() for name, start in (("dx", dx0), ("dw", dw0), ("db", db0))}
     LIB.linear_backward_bf16(ptr(want["dx"]), ptr(want["dw"]), ptr(want["db"]), ptr(dy), None, ptr(x), 1, ptr(w), N,
@@ -306,10 +306,17 @@ def test_precision_is_checked():
         train.TrainConfig(precision="fp16").check()
 
 
+SEEDS = 6
+
+
 def test_bf16_training_converges_like_fp32():
     """On the built-in synthetic shapes, with test_precision.py's recipe for the demo's small Swin
-    (8 epochs, ~15 s a run), bf16 training ends within 1 point of fp32's validation top-1, mean over
-    3 seeds (measured on Zen 4: see the assertion message)."""
+    (8 epochs, ~8 s a run), bf16 training ends within 1 point of fp32's validation top-1, mean over
+    6 seeds (measured on Zen 4: see the assertion message). Six, not three: one run's accuracy moves
+    by up to 3.5 points with any change of the bf16 arithmetic (seed 2 went from 100% to 96.5% when
+    the GELU derivative changed by < 1e-6, 2000 times below the bf16 rounding that follows it, while
+    seeds 3-8 moved by -0.06 points on average), so the mean of three has a standard error near the
+    bound itself."""
     from herbs.cli import DEMO_BACKBONE, DEMO_SELECTS
     from herbs.data import DataLoader, SyntheticDataset
     from herbs.evaluate import evaluate
@@ -321,14 +328,14 @@ def test_bf16_training_converges_like_fp32():
     val_set = SyntheticDataset(4, size=size, n_per_class=50, seed=2, transform=eval_transform(size))
     accuracy = {}
     for precision in ("fp32", "bf16"):
-        for seed in range(3):
+        for seed in range(SEEDS):
             model = Model(DEMO_BACKBONE, num_classes=4, num_selects=DEMO_SELECTS, seed=seed)
             config = train.TrainConfig(epochs=8, batch_size=8, max_lr=1e-2, warmup_batches=10, update_freq=1,
                                        num_workers=0, seed=seed, precision=precision)
             train.train(model, train_set, None, config, log=lambda s: None)
             model.precision = precision  # as the run's own evaluation would (train() gives fp32 back)
             accuracy[precision, seed] = evaluate(model, DataLoader(val_set, 50, num_workers=0)).metrics()["ensemble"]
-    fp32, bf16 = (np.mean([accuracy[p, s] for s in range(3)]) for p in ("fp32", "bf16"))
+    fp32, bf16 = (np.mean([accuracy[p, s] for s in range(SEEDS)]) for p in ("fp32", "bf16"))
     said = ", ".join(f"{p} seed {s}: {100 * a:.1f}%" for (p, s), a in accuracy.items())
     print(said)  # pytest -rP shows it
     assert fp32 > 0.8, f"fp32 did not learn, the comparison would say little ({said})"

@@ -20,6 +20,10 @@ void FN(gelu_forward)(real *out, const real *inp, size_t n);
    1.8e-7 of the truth: for an output that only feeds bf16 products (gelu_bf16.c). Float engine
    only (declared for both, defined once). */
 void gelu_forward_bf16(uint16_t *out, const float *inp, size_t n);
+/* g[n] = dout · GELU'(x) with Φ and its derivative from gelu_forward_bf16's table, within 1e-6 of
+   the exact derivative: for a gradient rounded to bf16 next (linear_backward_bf16 through GELU).
+   On the calling thread. Float engine only. */
+void gelu_backward_table(float *g, const float *dout, const float *x, size_t n);
 /* dinp[n] += (accumulate set) or = dout · (Φ(x) + x·φ(x)), from the forward's input */
 void FN(gelu_backward)(real *dinp, const real *dout, const real *inp, size_t n, int accumulate);
 

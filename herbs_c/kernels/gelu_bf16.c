@@ -85,6 +85,23 @@ HERBS_INLINE float gelu_pieces(float x)
     return x * (x >= -GELU_BOUND ? p : 0.0f);
 }
 
+/* GELU'(x) = Φ(x) + x·Φ'(x) from the table: Φ' is the derivative of the piece's polynomial
+   (Horner's rule on it alongside), zero beyond the bound. Within 1e-6 of the truth everywhere
+   (tests/test_kernel_gelu.py): for a gradient that is rounded to bf16 next. A NaN stays NaN. */
+HERBS_INLINE float gelu_derivative_pieces(float x)
+{
+    const float u = fmaf(fminf(fmaxf(x, -GELU_BOUND), GELU_BOUND), GELU_SCALE, GELU_CENTRE);
+    const int i = (int)u < GELU_PIECES - 1 ? (int)u : GELU_PIECES - 1;
+    const float t = u - (float)i;
+    float p = normal_cdf_pieces[GELU_DEGREE][i], dp = 0.0f;
+    for (int k = GELU_DEGREE - 1; k >= 0; k--) {
+        dp = fmaf(dp, t, p);
+        p = fmaf(p, t, normal_cdf_pieces[k][i]);
+    }
+    const float slope = x >= -GELU_BOUND && x <= GELU_BOUND ? dp * GELU_SCALE : 0.0f;
+    return fmaf(x, slope, x >= -GELU_BOUND ? p : 0.0f);
+}
+
 /* out[i0:i1] = bf16(x·Φ(x)), in plain C */
 HERBS_INLINE void gelu_bf16_body(uint16_t *out, const float *inp, size_t i0, size_t i1)
 {
@@ -100,6 +117,23 @@ static void gelu_bf16_span_portable(uint16_t *out, const float *inp, size_t i0, 
 HERBS_TARGET_AVX2 static void gelu_bf16_span_avx2(uint16_t *out, const float *inp, size_t i0, size_t i1)
 {
     gelu_bf16_body(out, inp, i0, i1);
+}
+
+/* g[0:n] = dout·GELU'(x) with gelu_derivative_pieces, in plain C */
+HERBS_INLINE void gelu_backward_table_body(float *g, const float *dout, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        g[i] = dout[i] * gelu_derivative_pieces(x[i]);
+}
+
+static void gelu_backward_table_portable(float *g, const float *dout, const float *x, size_t n)
+{
+    gelu_backward_table_body(g, dout, x, n);
+}
+
+HERBS_TARGET_AVX2 static void gelu_backward_table_avx2(float *g, const float *dout, const float *x, size_t n)
+{
+    gelu_backward_table_body(g, dout, x, n);
 }
 
 #if defined(__x86_64__)
@@ -135,7 +169,52 @@ HERBS_TARGET_AVX512 static void gelu_bf16_span_avx512(uint16_t *out, const float
         _mm256_mask_storeu_epi16(out + i, m, _mm512_cvtepi32_epi16(h));
     }
 }
+
+/* gelu_backward_table_body for 16 lanes: the same operations in the same order, so the same bits */
+HERBS_TARGET_AVX512 static void gelu_backward_table_avx512(float *g, const float *dout, const float *x, size_t n)
+{
+    __m512 lo[GELU_DEGREE + 1], hi[GELU_DEGREE + 1];
+    for (int k = 0; k <= GELU_DEGREE; k++) {
+        lo[k] = _mm512_load_ps(normal_cdf_pieces[k]);
+        hi[k] = _mm512_load_ps(normal_cdf_pieces[k] + 16);
+    }
+    const __m512 bound = _mm512_set1_ps(GELU_BOUND), low = _mm512_set1_ps(-GELU_BOUND);
+    const __m512 scale = _mm512_set1_ps(GELU_SCALE), centre = _mm512_set1_ps(GELU_CENTRE);
+    const __m512i last = _mm512_set1_epi32(GELU_PIECES - 1);
+    for (size_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        const __m512 u = _mm512_fmadd_ps(_mm512_min_ps(_mm512_max_ps(v, low), bound), scale, centre);
+        const __m512i piece = _mm512_min_epi32(_mm512_cvttps_epi32(u), last);
+        const __m512 t = _mm512_sub_ps(u, _mm512_cvtepi32_ps(piece));
+        __m512 p = _mm512_permutex2var_ps(lo[GELU_DEGREE], piece, hi[GELU_DEGREE]), dp = _mm512_setzero_ps();
+        for (int k = GELU_DEGREE - 1; k >= 0; k--) {
+            dp = _mm512_fmadd_ps(dp, t, p);
+            p = _mm512_fmadd_ps(p, t, _mm512_permutex2var_ps(lo[k], piece, hi[k]));
+        }
+        const __mmask16 above_low = _mm512_cmp_ps_mask(v, low, _CMP_GE_OQ);
+        const __mmask16 inside = _mm512_mask_cmp_ps_mask(above_low, v, bound, _CMP_LE_OQ);
+        const __m512 slope = _mm512_maskz_mov_ps(inside, _mm512_mul_ps(dp, scale));
+        const __m512 derivative = _mm512_fmadd_ps(v, slope, _mm512_maskz_mov_ps(above_low, p));
+        _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, dout + i), derivative));
+    }
+}
 #endif
+
+void gelu_backward_table(float *g, const float *dout, const float *x, size_t n)
+{
+    const herbs_isa isa = herbs_isa_current();
+#if defined(__x86_64__)
+    if (isa == HERBS_ISA_AVX512) {
+        gelu_backward_table_avx512(g, dout, x, n);
+        return;
+    }
+#endif
+    if (isa == HERBS_ISA_AVX2)
+        gelu_backward_table_avx2(g, dout, x, n);
+    else
+        gelu_backward_table_portable(g, dout, x, n);
+}
 
 static void (*gelu_bf16_span_isa(void))(uint16_t *, const float *, size_t, size_t)
 {

@@ -7,7 +7,6 @@
 #include "kernels/isa.h"
 #include "kernels/kernels.h"
 #include "kernels/precision.h"
-#include "kernels/fastmath.h" /* after precision.h: a template over real */
 
 #define LINEAR_BIAS_BLOCK 1024                /* columns summed at once (a stack buffer) */
 #define LINEAR_BIAS_ELEMENTS_PER_THREAD 65536 /* of dout, for a second thread to pay */
@@ -23,22 +22,23 @@ void FN(linear_affine_forward)(real *out, const real *inp, const real *weight, c
     FN(gemm_affine)(0, 1, N, OC, C, 1, inp, C, weight, C, 0, out, OC, scale, shift, relu);
 }
 
+/* A row's output gradient from the gradient dout that reaches a function after the layer and the
+   function's input x (the layer's output): g[n] = dout·f'(x). */
+typedef void (*FN(through_fn))(real *g, const real *dout, const real *x, size_t n);
+
 /* sum[0:cols] += Σ rows r0..r1 of g[:, o0:o0+cols] (row stride OC), in row order, where g = dout,
-   or with gelu_input (not NULL) g = dout·GELU'(gelu_input) (gelu_backward's arithmetic); with
-   rounded (not NULL) also rounded[r, o0:o0+cols] = bf16(g[r, o0:o0+cols]) (bf16.h's rounding). */
-HERBS_INLINE void FN(linear_bias_rows)(real *sum, uint16_t *rounded, const real *dout, const real *gelu_input, int OC,
-                                       int o0, int cols, int r0, int r1)
+   or with through (not NULL) g = through(dout, x) row by row; with rounded (not NULL) also
+   rounded[r, o0:o0+cols] = bf16(g[r, o0:o0+cols]) (bf16.h's rounding). */
+HERBS_INLINE void FN(linear_bias_rows)(real *sum, uint16_t *rounded, const real *dout, FN(through_fn) through,
+                                       const real *x, int OC, int o0, int cols, int r0, int r1)
 {
-    real through_gelu[LINEAR_BIAS_BLOCK];
+    real g[LINEAR_BIAS_BLOCK];
     for (int r = r0; r < r1; r++) {
         const real *row = dout + (size_t)r * OC + o0;
         uint16_t *out = rounded ? rounded + (size_t)r * OC + o0 : NULL;
-        if (gelu_input) {
-            const real *x = gelu_input + (size_t)r * OC + o0;
-#pragma omp simd
-            for (int j = 0; j < cols; j++)
-                through_gelu[j] = row[j] * (FN(normal_cdf)(x[j]) + x[j] * FN(normal_pdf)(x[j]));
-            row = through_gelu;
+        if (through) {
+            through(g, row, x + (size_t)r * OC + o0, (size_t)cols);
+            row = g;
         }
 #pragma omp simd
         for (int j = 0; j < cols; j++)
@@ -50,16 +50,16 @@ HERBS_INLINE void FN(linear_bias_rows)(real *sum, uint16_t *rounded, const real 
         }
     }
 }
-HERBS_ISA_VARIANTS(linear_bias_rows, (real *sum, uint16_t *rounded, const real *dout, const real *gelu_input, int OC,
-                                      int o0, int cols, int r0, int r1),
-                   (sum, rounded, dout, gelu_input, OC, o0, cols, r0, r1))
+HERBS_ISA_VARIANTS(linear_bias_rows, (real *sum, uint16_t *rounded, const real *dout, FN(through_fn) through,
+                                      const real *x, int OC, int o0, int cols, int r0, int r1),
+                   (sum, rounded, dout, through, x, OC, o0, cols, r0, r1))
 
 /* dbias[OC] += Σ_n g (dbias NULL: not wanted), and with rounded (not NULL) rounded[N, OC] = bf16(g):
-   one pass over dout, where g = dout, or dout·GELU'(gelu_input) (linear_bias_rows). Each thread sums
-   its share of the rows, whole rows in order, then the threads' sums are added in thread order:
+   one pass over dout, where g = dout, or through(dout, x) (linear_bias_rows). Each thread sums its
+   share of the rows, whole rows in order, then the threads' sums are added in thread order:
    deterministic for a thread count. */
-static void FN(linear_bias_backward)(real *dbias, uint16_t *rounded, const real *dout, const real *gelu_input, int N,
-                                     int OC)
+static void FN(linear_bias_backward)(real *dbias, uint16_t *rounded, const real *dout, FN(through_fn) through,
+                                     const real *x, int N, int OC)
 {
     const int nt = herbs_threads_for((double)N * OC, LINEAR_BIAS_ELEMENTS_PER_THREAD);
     __typeof__(FN(linear_bias_rows_isa)()) rows = FN(linear_bias_rows_isa)();
@@ -70,7 +70,7 @@ static void FN(linear_bias_backward)(real *dbias, uint16_t *rounded, const real 
         for (int o0 = 0; o0 < OC; o0 += LINEAR_BIAS_BLOCK) {
             const int cols = OC - o0 < LINEAR_BIAS_BLOCK ? OC - o0 : LINEAR_BIAS_BLOCK;
             real sum[LINEAR_BIAS_BLOCK] = {0};
-            rows(sum, rounded, dout, gelu_input, OC, o0, cols, r0, r1);
+            rows(sum, rounded, dout, through, x, OC, o0, cols, r0, r1);
             if (!dbias) /* the same for every thread: no thread meets the loop below */
                 continue;
 #pragma omp for ordered schedule(static, 1)
@@ -97,7 +97,7 @@ void FN(linear_backward)(herbs_precision p, real *dinp, real *dweight, real *dbi
     if (dinp)
         FN(gemm_at)(p, 0, 0, N, C, OC, 1, dout, OC, weight, C, accumulate ? 1 : 0, dinp, C);
     if (dbias)
-        FN(linear_bias_backward)(dbias, NULL, dout, NULL, N, OC);
+        FN(linear_bias_backward)(dbias, NULL, dout, NULL, NULL, N, OC);
 }
 
 #ifndef HERBS_F64
@@ -108,12 +108,12 @@ void linear_backward_bf16(float *dinp, float *dweight, float *dbias, const float
     const int products = (dinp != NULL) + (dweight != NULL);
     uint16_t *rounded = products ? herbs_scratch(HERBS_SCRATCH_BF16_OPERAND, (size_t)N * OC * sizeof(uint16_t)) : NULL;
     if (gelu_input && !rounded) { /* no memory to round into: the output gradient over GELU's input */
-        gelu_backward(gelu_input, dout, gelu_input, (size_t)N * OC, 0);
+        gelu_backward_table(gelu_input, dout, gelu_input, (size_t)N * OC);
         dout = gelu_input;
         gelu_input = NULL;
     }
     if (dbias || rounded)
-        linear_bias_backward(dbias, rounded, dout, gelu_input, N, OC);
+        linear_bias_backward(dbias, rounded, dout, gelu_input ? gelu_backward_table : NULL, gelu_input, N, OC);
     const void *dy = rounded ? (const void *)rounded : dout;
     if (dweight) /* first: dinp may be inp */
         gemm_bf16_inputs(1, 0, OC, C, N, 1, dy, rounded != NULL, OC, inp, inp_bf16, C, 1, dweight, C, NULL, NULL, 0);

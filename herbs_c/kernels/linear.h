@@ -19,8 +19,9 @@ void FN(linear_backward)(herbs_precision p, real *dinp, real *dweight, real *dbi
    to bf16 once, in the pass that sums the bias gradient, and both products read it in half the
    bytes. The same bits as linear_backward on the fp32 inp of those values. With gelu_input [N, OC]
    (not NULL), the layer's output y = gelu_input feeds a GELU and dout is the gradient of GELU's
-   output: the same pass forms the layer's output gradient dout·GELU'(y) (gelu_backward's bits) and
-   rounds that, so it is never stored in fp32 (gelu_input is overwritten by it when there is no
-   memory to round into). Float engine only (declared for both, defined once). */
+   output: the same pass forms the layer's output gradient dout·GELU'(y) (gelu_backward_table, within
+   1e-6·|dout| of the exact one, which the rounding to bf16 dwarfs) and rounds that, so it is never
+   stored in fp32 (gelu_input is overwritten by it when there is no memory to round into). Float
+   engine only (declared for both, defined once). */
 void linear_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout, float *gelu_input,
                           const void *inp, int inp_bf16, const float *weight, int N, int C, int OC, int accumulate);
