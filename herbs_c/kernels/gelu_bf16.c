@@ -73,12 +73,20 @@ static const float normal_cdf_pieces[GELU_DEGREE + 1][GELU_PIECES] __attribute__
 };
 
 
-/* x·Φ(x) from the table. The clamp sends a NaN to the first piece; x·Φ keeps it NaN. */
-HERBS_INLINE float gelu_pieces(float x)
+/* The piece of x, and *t, x's place in it in [0, 1]. The clamp sends a NaN to the first piece. */
+HERBS_INLINE int gelu_piece(float x, float *t)
 {
     const float u = fmaf(fminf(fmaxf(x, -GELU_BOUND), GELU_BOUND), GELU_SCALE, GELU_CENTRE);
     const int i = (int)u < GELU_PIECES - 1 ? (int)u : GELU_PIECES - 1;
-    const float t = u - (float)i;
+    *t = u - (float)i;
+    return i;
+}
+
+/* x·Φ(x) from the table; x·Φ keeps a NaN NaN. */
+HERBS_INLINE float gelu_pieces(float x)
+{
+    float t;
+    const int i = gelu_piece(x, &t);
     float p = normal_cdf_pieces[GELU_DEGREE][i];
     for (int k = GELU_DEGREE - 1; k >= 0; k--)
         p = fmaf(p, t, normal_cdf_pieces[k][i]);
@@ -90,9 +98,8 @@ HERBS_INLINE float gelu_pieces(float x)
    (tests/test_kernel_gelu.py): for a gradient that is rounded to bf16 next. A NaN stays NaN. */
 HERBS_INLINE float gelu_derivative_pieces(float x)
 {
-    const float u = fmaf(fminf(fmaxf(x, -GELU_BOUND), GELU_BOUND), GELU_SCALE, GELU_CENTRE);
-    const int i = (int)u < GELU_PIECES - 1 ? (int)u : GELU_PIECES - 1;
-    const float t = u - (float)i;
+    float t;
+    const int i = gelu_piece(x, &t);
     float p = normal_cdf_pieces[GELU_DEGREE][i], dp = 0.0f;
     for (int k = GELU_DEGREE - 1; k >= 0; k--) {
         dp = fmaf(dp, t, p);
@@ -139,28 +146,51 @@ HERBS_TARGET_AVX2 static void gelu_backward_table_avx2(float *g, const float *do
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-/* gelu_bf16_body for 16 lanes, the table's pieces picked by vpermt2ps from two registers per
-   coefficient; the same operations in the same order, so the same bits. */
+/* The table in registers: coefficient k of the 32 pieces in lo[k] (pieces 0..15) and hi[k]. */
+typedef struct {
+    __m512 lo[GELU_DEGREE + 1], hi[GELU_DEGREE + 1];
+} gelu_table_registers;
+
+HERBS_TARGET_AVX512 static inline gelu_table_registers gelu_table_load(void)
+{
+    gelu_table_registers r;
+    for (int k = 0; k <= GELU_DEGREE; k++) {
+        r.lo[k] = _mm512_load_ps(normal_cdf_pieces[k]);
+        r.hi[k] = _mm512_load_ps(normal_cdf_pieces[k] + 16);
+    }
+    return r;
+}
+
+/* gelu_piece for 16 lanes */
+HERBS_TARGET_AVX512 static inline __m512i gelu_piece16(__m512 x, __m512 *t)
+{
+    const __m512 clamped = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-GELU_BOUND)), _mm512_set1_ps(GELU_BOUND));
+    const __m512 u = _mm512_fmadd_ps(clamped, _mm512_set1_ps(GELU_SCALE), _mm512_set1_ps(GELU_CENTRE));
+    const __m512i piece = _mm512_min_epi32(_mm512_cvttps_epi32(u), _mm512_set1_epi32(GELU_PIECES - 1));
+    *t = _mm512_sub_ps(u, _mm512_cvtepi32_ps(piece));
+    return piece;
+}
+
+/* Coefficient k of each lane's piece, picked by vpermt2ps from the two registers */
+HERBS_TARGET_AVX512 static inline __m512 gelu_coefficient(const gelu_table_registers *r, int k, __m512i piece)
+{
+    return _mm512_permutex2var_ps(r->lo[k], piece, r->hi[k]);
+}
+
+/* gelu_bf16_body for 16 lanes: the same operations in the same order, so the same bits. */
 HERBS_TARGET_AVX512 static void gelu_bf16_span_avx512(uint16_t *out, const float *inp, size_t i0, size_t i1)
 {
-    __m512 lo[GELU_DEGREE + 1], hi[GELU_DEGREE + 1];
-    for (int k = 0; k <= GELU_DEGREE; k++) {
-        lo[k] = _mm512_load_ps(normal_cdf_pieces[k]);
-        hi[k] = _mm512_load_ps(normal_cdf_pieces[k] + 16);
-    }
-    const __m512 bound = _mm512_set1_ps(GELU_BOUND), low = _mm512_set1_ps(-GELU_BOUND);
-    const __m512 scale = _mm512_set1_ps(GELU_SCALE), centre = _mm512_set1_ps(GELU_CENTRE);
-    const __m512i last = _mm512_set1_epi32(GELU_PIECES - 1), round = _mm512_set1_epi32(0x7fff);
-    const __m512i one = _mm512_set1_epi32(1), quiet = _mm512_set1_epi32(0x40);
+    const gelu_table_registers table = gelu_table_load();
+    const __m512 low = _mm512_set1_ps(-GELU_BOUND);
+    const __m512i round = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1), quiet = _mm512_set1_epi32(0x40);
     for (size_t i = i0; i < i1; i += 16) {
         const __mmask16 m = i1 - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (i1 - i)) - 1);
         const __m512 x = _mm512_maskz_loadu_ps(m, inp + i);
-        const __m512 u = _mm512_fmadd_ps(_mm512_min_ps(_mm512_max_ps(x, low), bound), scale, centre);
-        const __m512i piece = _mm512_min_epi32(_mm512_cvttps_epi32(u), last);
-        const __m512 t = _mm512_sub_ps(u, _mm512_cvtepi32_ps(piece));
-        __m512 p = _mm512_permutex2var_ps(lo[GELU_DEGREE], piece, hi[GELU_DEGREE]);
+        __m512 t;
+        const __m512i piece = gelu_piece16(x, &t);
+        __m512 p = gelu_coefficient(&table, GELU_DEGREE, piece);
         for (int k = GELU_DEGREE - 1; k >= 0; k--)
-            p = _mm512_fmadd_ps(p, t, _mm512_permutex2var_ps(lo[k], piece, hi[k]));
+            p = _mm512_fmadd_ps(p, t, gelu_coefficient(&table, k, piece));
         const __m512 y = _mm512_mul_ps(x, _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, low, _CMP_GE_OQ), p));
         /* bf16_from_float: nearest even, a NaN quieted */
         const __m512i bits = _mm512_castps_si512(y), high = _mm512_srli_epi32(bits, 16);
@@ -173,24 +203,18 @@ HERBS_TARGET_AVX512 static void gelu_bf16_span_avx512(uint16_t *out, const float
 /* gelu_backward_table_body for 16 lanes: the same operations in the same order, so the same bits */
 HERBS_TARGET_AVX512 static void gelu_backward_table_avx512(float *g, const float *dout, const float *x, size_t n)
 {
-    __m512 lo[GELU_DEGREE + 1], hi[GELU_DEGREE + 1];
-    for (int k = 0; k <= GELU_DEGREE; k++) {
-        lo[k] = _mm512_load_ps(normal_cdf_pieces[k]);
-        hi[k] = _mm512_load_ps(normal_cdf_pieces[k] + 16);
-    }
+    const gelu_table_registers table = gelu_table_load();
     const __m512 bound = _mm512_set1_ps(GELU_BOUND), low = _mm512_set1_ps(-GELU_BOUND);
-    const __m512 scale = _mm512_set1_ps(GELU_SCALE), centre = _mm512_set1_ps(GELU_CENTRE);
-    const __m512i last = _mm512_set1_epi32(GELU_PIECES - 1);
+    const __m512 scale = _mm512_set1_ps(GELU_SCALE);
     for (size_t i = 0; i < n; i += 16) {
         const __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
         const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
-        const __m512 u = _mm512_fmadd_ps(_mm512_min_ps(_mm512_max_ps(v, low), bound), scale, centre);
-        const __m512i piece = _mm512_min_epi32(_mm512_cvttps_epi32(u), last);
-        const __m512 t = _mm512_sub_ps(u, _mm512_cvtepi32_ps(piece));
-        __m512 p = _mm512_permutex2var_ps(lo[GELU_DEGREE], piece, hi[GELU_DEGREE]), dp = _mm512_setzero_ps();
+        __m512 t;
+        const __m512i piece = gelu_piece16(v, &t);
+        __m512 p = gelu_coefficient(&table, GELU_DEGREE, piece), dp = _mm512_setzero_ps();
         for (int k = GELU_DEGREE - 1; k >= 0; k--) {
             dp = _mm512_fmadd_ps(dp, t, p);
-            p = _mm512_fmadd_ps(p, t, _mm512_permutex2var_ps(lo[k], piece, hi[k]));
+            p = _mm512_fmadd_ps(p, t, gelu_coefficient(&table, k, piece));
         }
         const __mmask16 above_low = _mm512_cmp_ps_mask(v, low, _CMP_GE_OQ);
         const __mmask16 inside = _mm512_mask_cmp_ps_mask(above_low, v, bound, _CMP_LE_OQ);
