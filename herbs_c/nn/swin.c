@@ -17,19 +17,20 @@
 
 static size_t stage_tokens(const swin_stage *st, int B) { return (size_t)B * st->res * st->res; }
 
-/* The block_saved sizes of a block of stage st. */
-static block_saved_sizes saved_sizes_of(const swin_stage *st, int B)
+/* The block_saved sizes of a block of stage st (keep_act_bf16: block_saved_sizes_of's). */
+static block_saved_sizes saved_sizes_of(const swin_stage *st, int B, int keep_act_bf16)
 {
     const size_t N = (size_t)st->window * st->window;
-    return block_saved_sizes_of(stage_tokens(st, B), st->dim, st->heads, st->hidden, st->heads * N * N);
+    return block_saved_sizes_of(stage_tokens(st, B), st->dim, st->heads, st->hidden, st->heads * N * N,
+                                keep_act_bf16);
 }
 
 /* The largest of each over all stages: one block_saved that serves every block. */
 static block_saved_sizes saved_sizes_max(const swin *s, int B)
 {
-    block_saved_sizes m = {0, 0, 0, 0, 0, 0};
+    block_saved_sizes m = {0};
     for (int i = 0; i < SWIN_STAGES; i++)
-        m = block_saved_sizes_max(m, saved_sizes_of(&s->stages[i], B));
+        m = block_saved_sizes_max(m, saved_sizes_of(&s->stages[i], B, 0));
     return m;
 }
 
@@ -164,7 +165,7 @@ herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena
             transformer_block *k = &sb->block;
             const swin_attention attention = attention_of(s, sb, st, B, NULL);
             if (train)
-                HERBS_TRY(block_saved_alloc(&k->saved, saved_sizes_of(st, B), arena));
+                HERBS_TRY(block_saved_alloc(&k->saved, saved_sizes_of(st, B, t->precision == HERBS_BF16), arena));
             HERBS_TRY(herbs_arena_floats(arena, stage_tokens(st, B) * st->dim, 0, &k->out));
             k->x = x;
             HERBS_TRY(transformer_block_forward(k, &frame, &attention.step, t, arena, x, k->out,

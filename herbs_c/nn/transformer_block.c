@@ -67,22 +67,26 @@ void transformer_norm_forward(const herbs_params *t, norm_offsets n, float *out,
         layernorm_forward(out, mean, rstd, x, PARAM(t, n.weight), PARAM(t, n.bias), M, C, eps);
 }
 
-block_saved_sizes block_saved_sizes_of(size_t M, int C, int heads, int hidden, size_t bias)
+block_saved_sizes block_saved_sizes_of(size_t M, int C, int heads, int hidden, size_t bias, int keep_act_bf16)
 {
     return (block_saved_sizes){.stats = M, .qkv = 3 * M * C, .bias = bias, .lse = M * heads, .tokens = M * C,
-                               .hidden = M * hidden};
+                               .hidden = M * hidden, .act = keep_act_bf16 ? (M * hidden + 1) / 2 : 0};
 }
 
 block_saved_sizes block_saved_sizes_max(block_saved_sizes a, block_saved_sizes b)
 {
 #define WIDER(f) (a.f > b.f ? a.f : b.f)
-    return (block_saved_sizes){WIDER(stats), WIDER(qkv), WIDER(bias), WIDER(lse), WIDER(tokens), WIDER(hidden)};
+    return (block_saved_sizes){WIDER(stats),  WIDER(qkv),    WIDER(bias), WIDER(lse),
+                               WIDER(tokens), WIDER(hidden), WIDER(act)};
 #undef WIDER
 }
 
 herbs_status block_saved_alloc(block_saved *v, block_saved_sizes n, herbs_arena *arena)
 {
     v->bias = NULL;
+    v->act = NULL;
+    if (n.act)
+        HERBS_TRY(herbs_arena_floats(arena, n.act, 0, (float **)&v->act));
     HERBS_TRY(herbs_arena_floats(arena, n.stats, 0, &v->mean1));
     HERBS_TRY(herbs_arena_floats(arena, n.stats, 0, &v->rstd1));
     HERBS_TRY(herbs_arena_floats(arena, n.qkv, 0, &v->qkv));
@@ -112,10 +116,13 @@ static int mlp_chunk_rows(const transformer_block *k, const herbs_params *t, int
 }
 
 /* f->branch[r0 : r0 + n] = fc2(GELU(fc1(norm2 output rows r0..))), fc1's output into v->hidden, the
-   GELU output into act (n rows); with bf16_acts the norm2 output (f->ln) and act are bf16. */
+   GELU output into act (n rows), or where v keeps it (v->act); with bf16_acts the norm2 output
+   (f->ln) and act are bf16. */
 static herbs_status mlp_rows(transformer_block *k, const block_frame *f, const herbs_params *t, const block_saved *v,
                              int bf16_acts, float *act, int r0, int n)
 {
+    if (v->act)
+        act = (float *)(v->act + (size_t)r0 * f->hidden);
     const int C = f->C, H = f->hidden;
     const size_t elem = bf16_acts ? sizeof(uint16_t) : sizeof(float);
     float *hidden = v->hidden + (size_t)r0 * H, *out = f->branch + (size_t)r0 * C;
@@ -205,10 +212,15 @@ void transformer_block_backward(transformer_block *k, const block_frame *f, cons
     /* MLP branch: out = x1 + scale2 · fc2(gelu(fc1(norm2(x1)))) */
     const float *g = branch_grad(f->branch, d, k->scale2, B, per_sample);
     transformer_norm_forward(t, k->norm2, f->ln, bf16_acts, v->mean2, v->rstd2, v->x1, M, C, f->eps);
-    /* the GELU output again (and at fp32 its derivative, in place of the saved pre-activation) */
+    /* the GELU output (kept, or made again), and at fp32 its derivative in place of the saved
+       pre-activation */
     if (bf16_acts) {
-        gelu_forward_bf16((uint16_t *)f->act, v->hidden, (size_t)M * H);
-        product_rows_backward_input(&k->fc2, t, dact, g, f->act, 1, M, 0);
+        const uint16_t *act = v->act;
+        if (!act) { /* not kept: eval mode (a heat map's backward) */
+            gelu_forward_bf16((uint16_t *)f->act, v->hidden, (size_t)M * H);
+            act = (const uint16_t *)f->act;
+        }
+        product_rows_backward_input(&k->fc2, t, dact, g, act, 1, M, 0);
         product_rows_backward_through_gelu(&k->fc1, t, dln, dact, v->hidden, f->ln, M);
     } else {
         gelu_forward_derivative(f->act, v->hidden, v->hidden, (size_t)M * H);

@@ -37,22 +37,24 @@ typedef struct {
     float *x1;            /* [M, C]: the residual stream after the attention branch */
     float *mean2, *rstd2; /* [M]: norm2's statistics */
     float *hidden;        /* [M, hidden]: fc1's output, GELU's input (backward overwrites it) */
+    uint16_t *act;        /* [M, hidden] bf16: GELU's output, for fc2's weight gradient (training at bf16;
+                             otherwise NULL, and the backward makes it again) */
 } block_saved;
 
 /* Floats of each block_saved buffer: stats (mean1, rstd1, mean2, rstd2), qkv, bias (0: none), lse,
-   tokens (att, x1), hidden. */
+   tokens (att, x1), hidden, act (0: none). */
 typedef struct {
-    size_t stats, qkv, bias, lse, tokens, hidden;
+    size_t stats, qkv, bias, lse, tokens, hidden, act;
 } block_saved_sizes;
 
 /* Those of a block of M tokens of C channels, `heads` heads, an MLP of `hidden` and `bias` floats
-   of attention bias. */
-block_saved_sizes block_saved_sizes_of(size_t M, int C, int heads, int hidden, size_t bias);
+   of attention bias; with keep_act_bf16, room for GELU's output in bf16 (training at bf16). */
+block_saved_sizes block_saved_sizes_of(size_t M, int C, int heads, int hidden, size_t bias, int keep_act_bf16);
 
 /* The larger of a and b, buffer by buffer: a set that serves blocks of either size. */
 block_saved_sizes block_saved_sizes_max(block_saved_sizes a, block_saved_sizes b);
 
-/* v's buffers from the arena (v->bias NULL when n.bias is 0). */
+/* v's buffers from the arena (v->bias NULL when n.bias is 0, v->act when n.act is). */
 herbs_status block_saved_alloc(block_saved *v, block_saved_sizes n, herbs_arena *arena);
 
 typedef struct {

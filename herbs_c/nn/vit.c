@@ -65,10 +65,10 @@ static size_t block_tokens(const vit *v) { return (size_t)v->batch * v->tokens; 
 
 static size_t attention_floats(const vit *v) { return v->threads * attention_work(v->dim / v->heads, v->tokens, v->heads); }
 
-/* The block_saved sizes of every block (all the same size). */
-static block_saved_sizes saved_sizes(const vit *v)
+/* The block_saved sizes of every block (all the same size; keep_act_bf16: block_saved_sizes_of's). */
+static block_saved_sizes saved_sizes(const vit *v, int keep_act_bf16)
 {
-    return block_saved_sizes_of(block_tokens(v), v->dim, v->heads, v->hidden, 0);
+    return block_saved_sizes_of(block_tokens(v), v->dim, v->heads, v->hidden, 0, keep_act_bf16);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -121,7 +121,7 @@ static herbs_status vit_forward(herbs_backbone *bb, const herbs_params *t, herbs
     HERBS_TRY(herbs_arena_floats(arena, attention_floats(v), 0, &v->work));
     HERBS_TRY(herbs_arena_floats(arena, (size_t)B * L * K, 0, &v->patches));
     if (!train)
-        HERBS_TRY(block_saved_alloc(&v->shared, saved_sizes(v), arena));
+        HERBS_TRY(block_saved_alloc(&v->shared, saved_sizes(v, 0), arena));
 
     float *x;
     HERBS_TRY(herbs_arena_floats(arena, M * D, 0, &x));
@@ -134,7 +134,7 @@ static herbs_status vit_forward(herbs_backbone *bb, const herbs_params *t, herbs
     for (int b = 0; b <= v->last; b++) {
         transformer_block *k = &v->blocks[b];
         if (train)
-            HERBS_TRY(block_saved_alloc(&k->saved, saved_sizes(v), arena));
+            HERBS_TRY(block_saved_alloc(&k->saved, saved_sizes(v, t->precision == HERBS_BF16), arena));
         HERBS_TRY(herbs_arena_floats(arena, M * D, 0, &k->out));
         k->x = x;
         HERBS_TRY(transformer_block_forward(k, &frame, &attention.step, t, arena, x, k->out,
