@@ -73,6 +73,8 @@ block_saved_sizes block_saved_sizes_of(size_t M, int C, int heads, int hidden, s
                                .hidden = M * hidden, .act = keep_act_bf16 ? (M * hidden + 1) / 2 : 0};
 }
 
+int block_keeps_act(const herbs_params *t, int train) { return train && t->precision == HERBS_BF16; }
+
 block_saved_sizes block_saved_sizes_max(block_saved_sizes a, block_saved_sizes b)
 {
 #define WIDER(f) (a.f > b.f ? a.f : b.f)
@@ -116,8 +118,8 @@ static int mlp_chunk_rows(const transformer_block *k, const herbs_params *t, int
 }
 
 /* f->branch[r0 : r0 + n] = fc2(GELU(fc1(norm2 output rows r0..))), fc1's output into v->hidden, the
-   GELU output into act (n rows), or where v keeps it (v->act); with bf16_acts the norm2 output
-   (f->ln) and act are bf16. */
+   GELU output where v keeps it (v->act), else into act (n rows); with bf16_acts the norm2 output
+   (f->ln) and the GELU output are bf16. */
 static herbs_status mlp_rows(transformer_block *k, const block_frame *f, const herbs_params *t, const block_saved *v,
                              int bf16_acts, float *act, int r0, int n)
 {
@@ -149,7 +151,8 @@ static herbs_status mlp_forward(transformer_block *k, const block_frame *f, cons
     herbs_status status = HERBS_OK; /* an error (non-zero) wins; its message is set on this thread below */
 #pragma omp parallel num_threads(threads) reduction(max : status)
     {
-        float *act = f->act + (size_t)omp_get_thread_num() * rows * H; /* reused chunk after chunk */
+        /* reused chunk after chunk, unless v keeps the output */
+        float *act = v->act ? NULL : f->act + (size_t)omp_get_thread_num() * rows * H;
 #pragma omp for schedule(static)
         for (int c = 0; c < chunks; c++) {
             const int r0 = c * rows, n = M - r0 < rows ? M - r0 : rows;

@@ -48,8 +48,13 @@ typedef struct {
 } block_saved_sizes;
 
 /* Those of a block of M tokens of C channels, `heads` heads, an MLP of `hidden` and `bias` floats
-   of attention bias; with keep_act_bf16, room for GELU's output in bf16 (training at bf16). */
+   of attention bias; with keep_act_bf16, room for GELU's output in bf16 (block_keeps_act). */
 block_saved_sizes block_saved_sizes_of(size_t M, int C, int heads, int hidden, size_t bias, int keep_act_bf16);
+
+/* Whether a forward (train mode or not) keeps GELU's output in block_saved: in training at bf16,
+   2 bytes per hidden element, so that the backward need not make it again. Where it does, the
+   frame's act scratch is not used and its owner need not allocate it. */
+int block_keeps_act(const herbs_params *t, int train);
 
 /* The larger of a and b, buffer by buffer: a set that serves blocks of either size. */
 block_saved_sizes block_saved_sizes_max(block_saved_sizes a, block_saved_sizes b);
@@ -72,8 +77,8 @@ typedef struct {
 } transformer_block;
 
 /* A block's shape and the scratch that all blocks of a backbone share: forward and backward use
-   ln and branch [M, C] and act [M, hidden]; backward also dln (= datt) [M, C] and dact (= dqkv)
-   [M, max(hidden, 3C)], buffers whose uses never overlap. */
+   ln and branch [M, C] and act [M, hidden] (NULL where block_keeps_act); backward also dln (= datt)
+   [M, C] and dact (= dqkv) [M, max(hidden, 3C)], buffers whose uses never overlap. */
 typedef struct {
     int B, L, C, hidden;
     float eps; /* the LayerNorms' */
