@@ -517,3 +517,34 @@ def test_bf16_isa_control():
         env["HERBS_BF16_ISA"] = name
         refused = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
         assert refused.returncode != 0 and "not supported" in refused.stderr
+
+
+def test_gemm_profile_keeps_each_shape():
+    """herbs._C.gemm_profile (benchmarks/profile_gemms.py): while on, each product adds a call and
+    its seconds to its shape's entry, told apart by operands and kernel; off, nothing is added; on
+    again, the last profile is forgotten."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((37, 29), dtype=np.float32), rng.standard_normal((29, 50), dtype=np.float32)
+    packed = _C.gemm_prepack_b(b)
+    _C.gemm_profile(True)
+    try:
+        _C.gemm(a, b)
+        _C.gemm(a, b)
+        _C.gemm(a, b.T.copy(), trans_b=True)
+        _C.gemm_bf16(a, b)
+        _C.gemm_prepacked(a, packed, 50)
+        _C.gemm_prepacked(bf16_bits(a), packed, 50)
+    finally:
+        _C.gemm_profile(False)
+    _C.gemm(a, b)  # after the stop: not kept
+    entries = {(e["M"], e["N"], e["K"], e["trans_b"], e["a_bf16"], e["packed"], e["bf16"]): e
+               for e in _C.gemm_profile_entries()}
+    assert set(entries) == {(37, 50, 29, False, False, False, False), (37, 50, 29, True, False, False, False),
+                            (37, 50, 29, False, False, False, True), (37, 50, 29, False, False, True, True),
+                            (37, 50, 29, False, True, True, True)}
+    assert entries[(37, 50, 29, False, False, False, False)]["calls"] == 2
+    assert sum(e["calls"] for e in entries.values()) == 6
+    assert all(e["seconds"] > 0 and not e["trans_a"] and not e["b_bf16"] for e in entries.values())
+    _C.gemm_profile(True)
+    _C.gemm_profile(False)
+    assert _C.gemm_profile_entries() == []

@@ -383,8 +383,9 @@ static void thread_end(const gemm_microkernel *uk)
 
 /* gemm_affine with the micro-kernel uk on operands A and B, or with B's pack `packed` (B's data
    NULL); -1 as gemm_serial. */
-static int product(const gemm_microkernel *uk, int M, int N, int K, float alpha, operand A, operand B,
-                   const char *packed, float beta, float *C, long ldc, const float *scale, const float *shift, int relu)
+static int product_run(const gemm_microkernel *uk, int M, int N, int K, float alpha, operand A, operand B,
+                       const char *packed, float beta, float *C, long ldc, const float *scale, const float *shift,
+                       int relu)
 {
     if (M <= 0 || N <= 0)
         return 0;
@@ -434,6 +435,63 @@ static int product(const gemm_microkernel *uk, int M, int N, int K, float alpha,
             gemm_tile_step_apply(ep, C, ldc, r0, r1, N);
         }
     }
+    return status;
+}
+
+/* --- profile (gemm_bf16.h) ------------------------------------------------------------------ */
+
+static int profiling;
+static gemm_profile_entry profile[GEMM_PROFILE_SHAPES];
+static int profile_count;
+
+void gemm_profile_start(void)
+{
+#pragma omp critical(gemm_profile)
+    {
+        profile_count = 0;
+        profiling = 1;
+    }
+}
+
+void gemm_profile_stop(void) { profiling = 0; }
+
+const gemm_profile_entry *gemm_profile_entries(int *count)
+{
+    *count = profile_count;
+    return profile;
+}
+
+/* One call of `seconds` onto the entry of its shape (e's fields but calls and seconds). */
+static void profile_add(gemm_profile_entry e, double seconds)
+{
+#pragma omp critical(gemm_profile)
+    {
+        int i = 0;
+        while (i < profile_count && !(profile[i].M == e.M && profile[i].N == e.N && profile[i].K == e.K &&
+                                      profile[i].trans_a == e.trans_a && profile[i].trans_b == e.trans_b &&
+                                      profile[i].a_bf16 == e.a_bf16 && profile[i].b_bf16 == e.b_bf16 &&
+                                      profile[i].packed == e.packed && profile[i].bf16 == e.bf16))
+            i++;
+        if (i == profile_count && profile_count < GEMM_PROFILE_SHAPES)
+            profile[profile_count++] = e;
+        if (i < profile_count) {
+            profile[i].calls++;
+            profile[i].seconds += seconds;
+        }
+    }
+}
+
+/* product_run, its wall time kept while profiling (top-level products only: the time of one
+   run inside a parallel region is not the product's) */
+static int product(const gemm_microkernel *uk, int M, int N, int K, float alpha, operand A, operand B,
+                   const char *packed, float beta, float *C, long ldc, const float *scale, const float *shift, int relu)
+{
+    if (!profiling || omp_in_parallel())
+        return product_run(uk, M, N, K, alpha, A, B, packed, beta, C, ldc, scale, shift, relu);
+    const double t0 = omp_get_wtime();
+    const int status = product_run(uk, M, N, K, alpha, A, B, packed, beta, C, ldc, scale, shift, relu);
+    profile_add((gemm_profile_entry){M, N, K, A.trans, B.trans, A.bf16, B.bf16, packed != NULL, uk->elem == 2, 0, 0},
+                omp_get_wtime() - t0);
     return status;
 }
 

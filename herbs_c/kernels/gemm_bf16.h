@@ -69,4 +69,24 @@ herbs_status gemm_prepacked_bf16_rows(int M, int N, int K, float alpha, const ui
 /* The name of the bf16 micro-kernel in use ("amx 32x32", ...). */
 const char *gemm_bf16_kernel_name(void);
 
+/* The wall time of the products of each shape, for finding which ones run below the peak inside a
+   model's steps (benchmarks/profile_gemms.py): between gemm_profile_start (which forgets what was
+   kept) and gemm_profile_stop, every product that starts outside a parallel region adds its seconds
+   to its shape's entry, for the first GEMM_PROFILE_SHAPES shapes; not kept: the products a parallel
+   region runs on each thread (batch items handed out whole, Swin's first-stage MLP by row chunks). */
+typedef struct {
+    int M, N, K, trans_a, trans_b;
+    int a_bf16, b_bf16; /* an operand given in bf16 */
+    int packed;         /* B packed once (a weight) */
+    int bf16;           /* the bf16 micro-kernel (else the fp32 one) */
+    long calls;
+    double seconds;
+} gemm_profile_entry;
+#define GEMM_PROFILE_SHAPES 1024
+
+void gemm_profile_start(void);
+void gemm_profile_stop(void);
+/* The entries kept (valid until the next start), and their number. */
+const gemm_profile_entry *gemm_profile_entries(int *count);
+
 #endif

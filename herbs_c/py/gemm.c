@@ -309,7 +309,48 @@ static PyObject *py_gemm_prepacked(PyObject *self, PyObject *args, PyObject *kw)
     return (PyObject *)cc;
 }
 
+/* gemm_profile(on): start (forgetting the last profile) or stop keeping the products' times. */
+static PyObject *py_gemm_profile(PyObject *self, PyObject *arg)
+{
+    const int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    if (on)
+        gemm_profile_start();
+    else
+        gemm_profile_stop();
+    Py_RETURN_NONE;
+}
+
+/* gemm_profile_entries() -> [dict]: one per shape kept (gemm_profile_entry's fields). */
+static PyObject *py_gemm_profile_entries(PyObject *self, PyObject *unused)
+{
+    int count;
+    const gemm_profile_entry *e = gemm_profile_entries(&count);
+    PyObject *list = PyList_New(count);
+    for (int i = 0; list && i < count; i++) {
+        PyObject *row = Py_BuildValue("{s:i,s:i,s:i,s:O,s:O,s:O,s:O,s:O,s:O,s:l,s:d}", "M", e[i].M, "N", e[i].N, "K",
+                                      e[i].K, "trans_a", e[i].trans_a ? Py_True : Py_False, "trans_b",
+                                      e[i].trans_b ? Py_True : Py_False, "a_bf16", e[i].a_bf16 ? Py_True : Py_False,
+                                      "b_bf16", e[i].b_bf16 ? Py_True : Py_False, "packed",
+                                      e[i].packed ? Py_True : Py_False, "bf16", e[i].bf16 ? Py_True : Py_False,
+                                      "calls", e[i].calls, "seconds", e[i].seconds);
+        if (!row) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, row);
+    }
+    return list;
+}
+
 PyMethodDef gemm_methods[] = {
+    {"gemm_profile", py_gemm_profile, METH_O,
+     "gemm_profile(on)\n\nStarts (forgetting the last profile) or stops keeping the wall time of every product\n"
+     "that starts outside a parallel region, by shape (benchmarks/profile_gemms.py)."},
+    {"gemm_profile_entries", py_gemm_profile_entries, METH_NOARGS,
+     "gemm_profile_entries() -> list of dicts: per shape M, N, K, trans_a, trans_b, a_bf16, b_bf16\n"
+     "(operands given in bf16), packed (B packed once), bf16 (the bf16 micro-kernel), calls, seconds."},
     {"gemm", (PyCFunction)(void (*)(void))py_gemm, METH_VARARGS | METH_KEYWORDS,
      "gemm(a, b, c=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0) -> c\n\n"
      "c = alpha * op(a) @ op(b) + beta * c with the engine's GEMM (float32) or its reference\n"
