@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from common import model_step
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CACHE = pathlib.Path(os.environ.get("HERBS_AB_CACHE", pathlib.Path.home() / ".cache" / "herbs-ab"))
 
@@ -69,19 +71,7 @@ def child(args):
     out = {}
     for batch in args.batches:
         x = rng.standard_normal((batch, 3, args.img_size, args.img_size)).astype(np.float32)
-        if args.train:  # bench_peers.py's step: SGD with momentum and weight decay
-            from herbs.optim import SGD
-            labels = rng.integers(0, args.classes, batch)
-            optimizer = SGD(model.flat_parameters(), model.flat_gradients(), lr=1e-4, momentum=0.9,
-                            weight_decay=3e-4)
-
-            def step():
-                model.zero_grad()
-                model.train_step(x, labels)
-                optimizer.step()
-        else:
-            def step():
-                model.forward(x, train=False)
+        step = model_step(model, x, args.classes, args.train, rng)
         step()
         times = []
         for _ in range(args.repeats):

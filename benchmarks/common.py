@@ -57,6 +57,23 @@ def load():
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
+def model_step(model, x, classes, train, rng):
+    """One call of the workload bench_ab.py and profile_gemms.py time on a herbs.Model: the
+    eval-mode forward of images x, or with `train` bench_peers.py's training step (zero_grad,
+    train_step on random labels, SGD with momentum and weight decay)."""
+    if not train:
+        return lambda: model.forward(x, train=False)
+    from herbs.optim import SGD
+    labels = rng.integers(0, classes, x.shape[0])
+    optimizer = SGD(model.flat_parameters(), model.flat_gradients(), lr=1e-4, momentum=0.9, weight_decay=3e-4)
+
+    def step():
+        model.zero_grad()
+        model.train_step(x, labels)
+        optimizer.step()
+    return step
+
+
 def summary(values):
     """(median, min, max) of a list of numbers."""
     return statistics.median(values), min(values), max(values)
