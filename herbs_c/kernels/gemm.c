@@ -13,6 +13,7 @@
    operands already in bf16 (gemm_bf16_inputs, gemm_prepacked_bf16_rows) are packed without
    rounding, rows of such an A read in place where the kernel can. */
 #include <omp.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -440,7 +441,7 @@ static int product_run(const gemm_microkernel *uk, int M, int N, int K, float al
 
 /* --- profile (gemm_bf16.h) ------------------------------------------------------------------ */
 
-static int profiling;
+static atomic_int profiling; /* read by every product, of any thread */
 static gemm_profile_entry profile[GEMM_PROFILE_SHAPES];
 static int profile_count;
 
@@ -455,10 +456,15 @@ void gemm_profile_start(void)
 
 void gemm_profile_stop(void) { profiling = 0; }
 
-const gemm_profile_entry *gemm_profile_entries(int *count)
+int gemm_profile_entries(gemm_profile_entry out[GEMM_PROFILE_SHAPES])
 {
-    *count = profile_count;
-    return profile;
+    int count;
+#pragma omp critical(gemm_profile)
+    {
+        count = profile_count;
+        memcpy(out, profile, (size_t)count * sizeof *out);
+    }
+    return count;
 }
 
 /* One call of `seconds` onto the entry of its shape (e's fields but calls and seconds). */

@@ -86,7 +86,7 @@ typedef struct {
 
 void gemm_profile_start(void);
 void gemm_profile_stop(void);
-/* The entries kept (valid until the next start), and their number. */
-const gemm_profile_entry *gemm_profile_entries(int *count);
+/* Copies the entries kept into out; returns their number. */
+int gemm_profile_entries(gemm_profile_entry out[GEMM_PROFILE_SHAPES]);
 
 #endif

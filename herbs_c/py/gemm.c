@@ -325,8 +325,10 @@ static PyObject *py_gemm_profile(PyObject *self, PyObject *arg)
 /* gemm_profile_entries() -> [dict]: one per shape kept (gemm_profile_entry's fields). */
 static PyObject *py_gemm_profile_entries(PyObject *self, PyObject *unused)
 {
-    int count;
-    const gemm_profile_entry *e = gemm_profile_entries(&count);
+    gemm_profile_entry *e = PyMem_Malloc(GEMM_PROFILE_SHAPES * sizeof *e);
+    if (!e)
+        return PyErr_NoMemory();
+    const int count = gemm_profile_entries(e);
     PyObject *list = PyList_New(count);
     for (int i = 0; list && i < count; i++) {
         PyObject *row = Py_BuildValue("{s:i,s:i,s:i,s:O,s:O,s:O,s:O,s:O,s:O,s:l,s:d}", "M", e[i].M, "N", e[i].N, "K",
@@ -341,6 +343,7 @@ static PyObject *py_gemm_profile_entries(PyObject *self, PyObject *unused)
         }
         PyList_SET_ITEM(list, i, row);
     }
+    PyMem_Free(e);
     return list;
 }
 
