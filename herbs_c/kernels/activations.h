@@ -24,6 +24,9 @@ void gelu_forward_bf16(uint16_t *out, const float *inp, size_t n);
    the exact derivative: for a gradient rounded to bf16 next (linear_backward_bf16 through GELU).
    On the calling thread. Float engine only. */
 void gelu_backward_table(float *g, const float *dout, const float *x, size_t n);
+/* Its build for the current instruction set, chosen once by a caller that runs it row by row. */
+typedef void (*gelu_backward_table_fn)(float *g, const float *dout, const float *x, size_t n);
+gelu_backward_table_fn gelu_backward_table_isa(void);
 /* dinp[n] += (accumulate set) or = dout · (Φ(x) + x·φ(x)), from the forward's input */
 void FN(gelu_backward)(real *dinp, const real *dout, const real *inp, size_t n, int accumulate);
 

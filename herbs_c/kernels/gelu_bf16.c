@@ -225,19 +225,19 @@ HERBS_TARGET_AVX512 static void gelu_backward_table_avx512(float *g, const float
 }
 #endif
 
-void gelu_backward_table(float *g, const float *dout, const float *x, size_t n)
+gelu_backward_table_fn gelu_backward_table_isa(void)
 {
     const herbs_isa isa = herbs_isa_current();
 #if defined(__x86_64__)
-    if (isa == HERBS_ISA_AVX512) {
-        gelu_backward_table_avx512(g, dout, x, n);
-        return;
-    }
+    if (isa == HERBS_ISA_AVX512)
+        return gelu_backward_table_avx512;
 #endif
-    if (isa == HERBS_ISA_AVX2)
-        gelu_backward_table_avx2(g, dout, x, n);
-    else
-        gelu_backward_table_portable(g, dout, x, n);
+    return isa == HERBS_ISA_AVX2 ? gelu_backward_table_avx2 : gelu_backward_table_portable;
+}
+
+void gelu_backward_table(float *g, const float *dout, const float *x, size_t n)
+{
+    gelu_backward_table_isa()(g, dout, x, n);
 }
 
 static void (*gelu_bf16_span_isa(void))(uint16_t *, const float *, size_t, size_t)

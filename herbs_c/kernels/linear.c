@@ -113,7 +113,7 @@ void linear_backward_bf16(float *dinp, float *dweight, float *dbias, const float
         gelu_input = NULL;
     }
     if (dbias || rounded)
-        linear_bias_backward(dbias, rounded, dout, gelu_input ? gelu_backward_table : NULL, gelu_input, N, OC);
+        linear_bias_backward(dbias, rounded, dout, gelu_input ? gelu_backward_table_isa() : NULL, gelu_input, N, OC);
     const void *dy = rounded ? (const void *)rounded : dout;
     if (dweight) /* first: dinp may be inp */
         gemm_bf16_inputs(1, 0, OC, C, N, 1, dy, rounded != NULL, OC, inp, inp_bf16, C, 1, dweight, C, NULL, NULL, 0);
