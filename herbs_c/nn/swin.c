@@ -140,10 +140,7 @@ herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena
     scratch_sizes need = scratch_needed(s, B, s->threads);
     HERBS_TRY(herbs_arena_floats(arena, need.tokens_dim, 0, &s->ln));
     HERBS_TRY(herbs_arena_floats(arena, need.tokens_dim, 0, &s->branch));
-    const int keep_act = block_keeps_act(t, train);
-    s->act = NULL;
-    if (!keep_act)
-        HERBS_TRY(herbs_arena_floats(arena, need.tokens_hidden, 0, &s->act));
+    HERBS_TRY(block_act_scratch(t, train, need.tokens_hidden, arena, &s->act));
     HERBS_TRY(herbs_arena_floats(arena, need.attention_work, 0, &s->work));
     s->kept = train;
     if (!train)
@@ -168,7 +165,7 @@ herbs_status swin_forward(herbs_backbone *bb, const herbs_params *t, herbs_arena
             transformer_block *k = &sb->block;
             const swin_attention attention = attention_of(s, sb, st, B, NULL);
             if (train)
-                HERBS_TRY(block_saved_alloc(&k->saved, saved_sizes_of(st, B, keep_act), arena));
+                HERBS_TRY(block_saved_alloc(&k->saved, saved_sizes_of(st, B, block_keeps_act(t, train)), arena));
             HERBS_TRY(herbs_arena_floats(arena, stage_tokens(st, B) * st->dim, 0, &k->out));
             k->x = x;
             HERBS_TRY(transformer_block_forward(k, &frame, &attention.step, t, arena, x, k->out,

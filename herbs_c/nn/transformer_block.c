@@ -75,6 +75,12 @@ block_saved_sizes block_saved_sizes_of(size_t M, int C, int heads, int hidden, s
 
 int block_keeps_act(const herbs_params *t, int train) { return train && t->precision == HERBS_BF16; }
 
+herbs_status block_act_scratch(const herbs_params *t, int train, size_t floats, herbs_arena *arena, float **act)
+{
+    *act = NULL;
+    return block_keeps_act(t, train) ? HERBS_OK : herbs_arena_floats(arena, floats, 0, act);
+}
+
 block_saved_sizes block_saved_sizes_max(block_saved_sizes a, block_saved_sizes b)
 {
 #define WIDER(f) (a.f > b.f ? a.f : b.f)

@@ -56,6 +56,9 @@ block_saved_sizes block_saved_sizes_of(size_t M, int C, int heads, int hidden, s
    frame's act scratch is not used and its owner need not allocate it. */
 int block_keeps_act(const herbs_params *t, int train);
 
+/* *act = the frame's act scratch of `floats` from the arena, or NULL where block_keeps_act. */
+herbs_status block_act_scratch(const herbs_params *t, int train, size_t floats, herbs_arena *arena, float **act);
+
 /* The larger of a and b, buffer by buffer: a set that serves blocks of either size. */
 block_saved_sizes block_saved_sizes_max(block_saved_sizes a, block_saved_sizes b);
 

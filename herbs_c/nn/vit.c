@@ -117,10 +117,7 @@ static herbs_status vit_forward(herbs_backbone *bb, const herbs_params *t, herbs
     const size_t M = block_tokens(v);
     HERBS_TRY(herbs_arena_floats(arena, M * D, 0, &v->ln));
     HERBS_TRY(herbs_arena_floats(arena, M * D, 0, &v->branch));
-    const int keep_act = block_keeps_act(t, train);
-    v->act = NULL;
-    if (!keep_act)
-        HERBS_TRY(herbs_arena_floats(arena, M * v->hidden, 0, &v->act));
+    HERBS_TRY(block_act_scratch(t, train, M * v->hidden, arena, &v->act));
     HERBS_TRY(herbs_arena_floats(arena, attention_floats(v), 0, &v->work));
     HERBS_TRY(herbs_arena_floats(arena, (size_t)B * L * K, 0, &v->patches));
     if (!train)
@@ -137,7 +134,7 @@ static herbs_status vit_forward(herbs_backbone *bb, const herbs_params *t, herbs
     for (int b = 0; b <= v->last; b++) {
         transformer_block *k = &v->blocks[b];
         if (train)
-            HERBS_TRY(block_saved_alloc(&k->saved, saved_sizes(v, keep_act), arena));
+            HERBS_TRY(block_saved_alloc(&k->saved, saved_sizes(v, block_keeps_act(t, train)), arena));
         HERBS_TRY(herbs_arena_floats(arena, M * D, 0, &k->out));
         k->x = x;
         HERBS_TRY(transformer_block_forward(k, &frame, &attention.step, t, arena, x, k->out,
