@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Where a model's products lose against the peak: the wall time of every GEMM shape inside the
 steady steps of a herbs.Model, with its GFLOP/s and share of the machine's peak, and how much of
 the step the products take at all.
@@ -64,27 +63,30 @@ def main():
         import peaks
         peak = peaks.measure(args.threads)["bf16" if args.precision == "bf16" else "fp32"]
 
+    def flops(e):  # of one step
+        return 2.0 * e["M"] * e["N"] * e["K"] * e["calls"] / args.steps
+
     step_ms = 1e3 * sum(times) / args.steps
     gemm_ms = 1e3 * sum(e["seconds"] for e in entries) / args.steps
-    flops = sum(2.0 * e["M"] * e["N"] * e["K"] * e["calls"] for e in entries) / args.steps
-    print(f"machine: {machine()}; load {load()}; {herbs.cpu_info()['bf16_gemm_kernel' if args.precision == 'bf16' else 'gemm_kernel']}"
-          f", {args.threads} thread(s), peak {peak:.0f} GF/s")
-    print(f"{args.model} {args.img_size} batch {args.batch} {args.precision} {'training step' if args.train else 'eval forward'}:"
-          f" {statistics.median(times) * 1e3:.1f} ms median of {args.steps} [{min(times) * 1e3:.1f},"
-          f" {max(times) * 1e3:.1f}]")
-    print(f"products timed: {gemm_ms:.1f} ms per step ({100 * gemm_ms / step_ms:.0f}% of it), {flops / 1e9:.1f} GFLOP at"
-          f" {flops / gemm_ms / 1e6:.0f} GF/s ({100 * flops / gemm_ms / 1e6 / peak:.0f}% of peak); at the peak they would"
-          f" take {flops / peak / 1e6:.1f} ms")
+    total = sum(flops(e) for e in entries)
+    kernel = herbs.cpu_info()["bf16_gemm_kernel" if args.precision == "bf16" else "gemm_kernel"]
+    work = "training step" if args.train else "eval forward"
+    print(f"machine: {machine()}; load {load()}; {kernel}, {args.threads} thread(s), peak {peak:.0f} GF/s")
+    print(f"{args.model} {args.img_size} batch {args.batch} {args.precision} {work}: "
+          f"{statistics.median(times) * 1e3:.1f} ms median of {args.steps} [{min(times) * 1e3:.1f}, "
+          f"{max(times) * 1e3:.1f}]")
+    print(f"products timed: {gemm_ms:.1f} ms per step ({100 * gemm_ms / step_ms:.0f}% of it), {total / 1e9:.1f} "
+          f"GFLOP at {total / gemm_ms / 1e6:.0f} GF/s ({100 * total / gemm_ms / 1e6 / peak:.0f}% of peak); at the "
+          f"peak they would take {total / peak / 1e6:.1f} ms")
     print(f"\n{'ms/step':>8} {'GF/s':>5} {'peak':>5} {'lost ms':>7}  {'calls':>5}  shape (M x N x K) and operands")
     for e in sorted(entries, key=lambda e: -e["seconds"])[:args.top]:
         ms = 1e3 * e["seconds"] / args.steps
-        rate = 2.0 * e["M"] * e["N"] * e["K"] * e["calls"] / e["seconds"] / 1e9
-        lost = ms - 2.0 * e["M"] * e["N"] * e["K"] * e["calls"] / args.steps / peak / 1e6
-        operands = ", ".join(name for name, on in (("Aᵀ", e["trans_a"]), ("Bᵀ", e["trans_b"]), ("A bf16", e["a_bf16"]),
-                                                   ("B bf16", e["b_bf16"]), ("B packed once", e["packed"])) if on)
-        print(f"{ms:8.2f} {rate:5.0f} {100 * rate / peak:4.0f}% {lost:7.2f}  {e['calls'] // args.steps:5d}"
-              f"  {e['M']} x {e['N']} x {e['K']}{'  ' + operands if operands else ''}")
-
+        rate = flops(e) / ms / 1e6
+        forms = (("Aᵀ", "trans_a"), ("Bᵀ", "trans_b"), ("A bf16", "a_bf16"), ("B bf16", "b_bf16"),
+                 ("B packed once", "packed"))
+        operands = ", ".join(name for name, key in forms if e[key])
+        print(f"{ms:8.2f} {rate:5.0f} {100 * rate / peak:4.0f}% {ms - flops(e) / peak / 1e6:7.2f}  "
+              f"{e['calls'] // args.steps:5d}  {e['M']} x {e['N']} x {e['K']}{'  ' + operands if operands else ''}")
 
 if __name__ == "__main__":
     sys.exit(main())
