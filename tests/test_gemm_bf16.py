@@ -385,6 +385,29 @@ def test_gemm_prepacked_bf16_rows(bf16_isa, threads, padded):
                 check(got, a32, b, 0, 1, alpha, beta, c0)
 
 
+def test_gemm_edge_stripes_every_row_count(bf16_isa, threads):
+    """Every row count of an edge stripe (M = 1..30: stripes of 14 rows and an edge of 1..13, shared
+    among threads anywhere when the kernel's edge tiles cost their rows), with a bf16 A read in place
+    (the rows of a fresh array, so that a row read beyond M would be a read past its end) and an fp32
+    A packed, over B packed once: the two agree bit for bit, and with the float64 product; the fp32
+    kernel on the same shapes within the fp32 bound, with beta and the epilogue."""
+    rng = np.random.default_rng(30)
+    n, k = 70, 98
+    b = rng.uniform(-1, 1, (n, k)).astype(np.float32)
+    packed, packed32 = _C.gemm_prepack_b(b, trans_b=True), _C.gemm_prepack_b(b, trans_b=True, bf16=False)
+    shift = rng.uniform(-1, 1, n).astype(np.float32)
+    for m in range(1, 31):
+        a32 = rng.uniform(-1, 1, (m, k)).astype(np.float32)
+        c0 = rng.uniform(-1, 1, (m, n)).astype(np.float32)
+        got = _C.gemm_prepacked(np.array(bf16_bits(a32)), packed, n, c0.copy(), beta=0.5)
+        want = _C.gemm_prepacked(bf16_round(a32), packed, n, c0.copy(), beta=0.5)
+        np.testing.assert_array_equal(got, want, err_msg=f"M = {m}")
+        check(got, a32, b, 0, 1, 1.0, 0.5, c0)
+        got32 = _C.gemm_prepacked(a32, packed32, n, c0.copy(), beta=0.5, shift=shift, relu=True)
+        ref = np.maximum(a32.astype(np.float64) @ b.T.astype(np.float64) + 0.5 * c0 + shift, 0)
+        np.testing.assert_allclose(got32, ref, rtol=0, atol=4 * k * U32 * 2, err_msg=f"fp32, M = {m}")
+
+
 INPUTS_SHAPES = [(1, 1, 1), (13, 31, 7), (29, 70, 33), (15, 17, 2), (300, 96, 1000), (96, 384, 3001),
                  (17, 1100, 520)]
 

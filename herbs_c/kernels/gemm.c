@@ -221,9 +221,10 @@ static void stripes(const gemm_microkernel *uk, int a_in_place, int m, int n, in
     const long lda = A.ld;
     for (int i0 = 0; i0 < m; i0 += mr) {
         const int rows = min_int(mr, m - i0);
-        /* in place: a full stripe, or for rows of A the last mr rows, storing the stripe's own */
-        const int in_place = a_in_place && (rows == mr || (!A.trans && m >= mr));
-        const int shift = in_place ? mr - rows : 0;
+        /* in place: a full stripe, any stripe of a bf16 A (whose kernel takes a row count), or for
+           rows of an fp32 A the last mr rows, storing the stripe's own */
+        const int in_place = a_in_place && (rows == mr || A.bf16 || (!A.trans && m >= mr));
+        const int shift = in_place && !A.bf16 ? mr - rows : 0;
         const operand stripe = operand_from(A, i0 - shift, 0);
         const void *a = stripe.data;
         if (!in_place && i0 % group == 0)
@@ -239,7 +240,7 @@ static void stripes(const gemm_microkernel *uk, int a_in_place, int m, int n, in
             if (!in_place)
                 uk->run(k, a_panel, mr, b, b_step, c, ldc, alpha, beta, rows, cols, step);
             else if (A.bf16)
-                uk->run_rows_bf16(k, a, lda, b, c, ldc, alpha, beta, shift, cols, step);
+                uk->run_rows_bf16(k, a, lda, b, c, ldc, alpha, beta, rows, cols, step);
             else if (A.trans)
                 uk->run(k, a, lda, b, b_step, c, ldc, alpha, beta, rows, cols, step);
             else /* an edge stripe read in place stores (and steps) its own rows shift.. */
@@ -310,12 +311,16 @@ typedef struct {
     int m, n, k;
 } thread_grid;
 
+/* The rows of A (and C) are shared among threads in units of this: whole stripes, or for a kernel
+   whose edge tiles cost their rows, single rows (equal shares, each ending in its own edge stripe). */
+static int row_unit(const gemm_microkernel *uk) { return uk->edge_rows ? 1 : uk->mr; }
+
 /* The work of the largest share of a grid in flop-equivalents: its multiply-adds (edge tiles
-   padded), its packing (its B columns once, its A rows once per column block) and its part
-   of the sum of partial products when K is split. */
+   padded unless the kernel has edge_rows), its packing (its B columns once, its A rows once per
+   column block) and its part of the sum of partial products when K is split. */
 static double grid_cost(const gemm_microkernel *uk, int M, int N, int K, thread_grid g)
 {
-    const int rows = round_up(M, uk->mr * g.m) / g.m, cols = round_up(N, uk->nr * g.n) / g.n;
+    const int rows = round_up(M, row_unit(uk) * g.m) / g.m, cols = round_up(N, uk->nr * g.n) / g.n;
     const int depth = (K + g.k - 1) / g.k, column_blocks = (cols + nc_of(uk) - 1) / nc_of(uk);
     const double adds = (double)M * N * (g.k - 1) / (g.m * g.n * g.k);
     return 2.0 * rows * cols * depth + PACK_COST * depth * ((double)rows * column_blocks + cols) + ADD_COST * adds;
@@ -416,7 +421,7 @@ static int product_run(const gemm_microkernel *uk, int M, int N, int K, float al
     {
         const int t = omp_get_thread_num();
         const int ti = t % g.m, tj = t / g.m % g.n, tk = t / (g.m * g.n);
-        const int m0 = share(ti, g.m, M, uk->mr), m1 = share(ti + 1, g.m, M, uk->mr);
+        const int m0 = share(ti, g.m, M, row_unit(uk)), m1 = share(ti + 1, g.m, M, row_unit(uk));
         const int n0 = share(tj, g.n, N, uk->nr), n1 = share(tj + 1, g.n, N, uk->nr);
         const int k0 = share(tk, g.k, K, 1), k1 = share(tk + 1, g.k, K, 1);
         float *c = tk == 0 ? C + (size_t)m0 * ldc + n0 : partial + ((size_t)(tk - 1) * M + m0) * N + n0;

@@ -97,11 +97,11 @@ TARGET static inline void store_tile(__m512 acc[MR][2], float *c, long ldc, floa
         gemm_tile_step_apply(step, c, ldc, first, rows, cols);
 }
 
-/* acc[14][32] += a[i] * b row by row of B: 2 B vectors and 14 broadcasts make 28 FMAs. */
-#define RANK1_UPDATE(acc, b, a_of_i)                                                                             \
+/* acc[0:R][32] += a[i] * b row by row of B: 2 B vectors and R broadcasts make 2R FMAs. */
+#define RANK1_UPDATE(acc, b, a_of_i, R)                                                                          \
     do {                                                                                                         \
         __m512 b0_ = _mm512_loadu_ps(b), b1_ = _mm512_loadu_ps((b) + 16);                                       \
-        _Pragma("GCC unroll 14") for (int i = 0; i < MR; i++)                                                   \
+        _Pragma("GCC unroll 14") for (int i = 0; i < (R); i++)                                                  \
         {                                                                                                        \
             __m512 ai_ = _mm512_set1_ps(a_of_i);                                                                 \
             acc[i][0] = _mm512_fmadd_ps(ai_, b0_, acc[i][0]);                                                    \
@@ -109,21 +109,59 @@ TARGET static inline void store_tile(__m512 acc[MR][2], float *c, long ldc, floa
         }                                                                                                        \
     } while (0)
 
-/* c[rows, cols] = alpha * (a·b) + beta * c: the 14x32 register tile, A by columns (packed:
-   a_step = 14), B by rows (packed: b_step = 32). */
-TARGET static void kernel_14x32(int K, const void *a_tile, long a_step, const void *b_panel, long b_step, float *c,
-                                long ldc, float alpha, float beta, int rows, int cols, const gemm_tile_step *step)
+/* body(R, r0) over the rows of a tile: all 14 at once, or an edge tile of fewer as tiles of 8, 4, 2
+   and 1 rows (its count's binary digits) from row r0 on, R constant in each: the edge stripe of a
+   product whose M is not a multiple of 14 costs about its rows, not a full tile. */
+#define BY_ROW_TILES(rows, body)                                                                                 \
+    do {                                                                                                         \
+        if ((rows) == MR) {                                                                                      \
+            body(MR, 0);                                                                                         \
+            break;                                                                                               \
+        }                                                                                                        \
+        int r0_ = 0;                                                                                             \
+        if ((rows)&8) {                                                                                          \
+            body(8, r0_);                                                                                        \
+            r0_ += 8;                                                                                            \
+        }                                                                                                        \
+        if ((rows)&4) {                                                                                          \
+            body(4, r0_);                                                                                        \
+            r0_ += 4;                                                                                            \
+        }                                                                                                        \
+        if ((rows)&2) {                                                                                          \
+            body(2, r0_);                                                                                        \
+            r0_ += 2;                                                                                            \
+        }                                                                                                        \
+        if ((rows)&1)                                                                                            \
+            body(1, r0_);                                                                                        \
+    } while (0)
+
+/* c[0:R, cols] = alpha * (a·b) + beta * c for the first R rows of the tile, A by columns (packed:
+   a_step = 14), B by rows (packed: b_step = 32); R constant. */
+TARGET static inline __attribute__((always_inline)) void tile_rows(int K, const float *a, long a_step, const float *b,
+                                                                   long b_step, float *c, long ldc, float alpha,
+                                                                   float beta, int cols, const gemm_tile_step *step,
+                                                                   const int R)
 {
-    const float *a = a_tile, *b = b_panel;
-    prefetch_tile(c, ldc, rows);
+    prefetch_tile(c, ldc, R);
     __m512 acc[MR][2];
 #pragma GCC unroll 14
-    for (int i = 0; i < MR; i++)
+    for (int i = 0; i < R; i++)
         acc[i][0] = acc[i][1] = _mm512_setzero_ps();
 #pragma GCC unroll 2
     for (int k = 0; k < K; k++, a += a_step, b += b_step)
-        RANK1_UPDATE(acc, b, a[i]);
-    store_tile(acc, c, ldc, alpha, beta, 0, rows, cols, step);
+        RANK1_UPDATE(acc, b, a[i], R);
+    store_tile(acc, c, ldc, alpha, beta, 0, R, cols, step);
+}
+
+/* c[rows, cols] = alpha * (a·b) + beta * c: the 14x32 register tile (rows of it), A by columns
+   (packed: a_step = 14), B by rows (packed: b_step = 32). */
+TARGET static void kernel_14x32(int K, const void *a_tile, long a_step, const void *b_panel, long b_step, float *c,
+                                long ldc, float alpha, float beta, int rows, int cols, const gemm_tile_step *step)
+{
+#define TILE_ROWS(R, r0) \
+    tile_rows(K, (const float *)a_tile + (r0), a_step, b_panel, b_step, c + (r0)*ldc, ldc, alpha, beta, cols, step, R)
+    BY_ROW_TILES(rows, TILE_ROWS);
+#undef TILE_ROWS
 }
 
 /* c[first:14, cols] = alpha * (a·b) + beta * c with the 14 rows of A in place at a + i*lda.
@@ -143,7 +181,7 @@ TARGET static void kernel_14x32_rows(int K, const float *a, long lda, const void
     for (int k = 0; k < K; k++, p0++, p7++, b += b_step) {
         const float *row[MR] = {p0, p0 + lda, p0 + 2 * lda, p0 + l3, p0 + 4 * lda, p0 + l5, p0 + 2 * l3,
                                 p7, p7 + lda, p7 + 2 * lda, p7 + l3, p7 + 4 * lda, p7 + l5, p7 + 2 * l3};
-        RANK1_UPDATE(acc, b, *row[i]);
+        RANK1_UPDATE(acc, b, *row[i], MR);
     }
     store_tile(acc, c, ldc, alpha, beta, first, MR, cols, step);
 }
@@ -237,17 +275,18 @@ TARGET static void pack_b(int trans, int n, int k, const float *B, long ldb, voi
 
 const gemm_microkernel gemm_microkernel_avx512 = {
     .name = "avx512 14x32", .mr = MR, .nr = NR, .kc = 256, .nc = 1024, .elem = sizeof(float), .ku = 1,
+    .edge_rows = 1,
     .run = kernel_14x32, .run_rows = kernel_14x32_rows, .pack_a = pack_a, .pack_b = pack_b,
     .reference = gemm_reference};
 
 typedef int32_t bf16_pair __attribute__((may_alias)); /* two bf16 of one row, k and k + 1 */
 
-/* acc[14][32] += the pair of row i of A (a_of_i, 32 bits) times the B pair row at b: 2 B vectors
-   and 14 broadcasts make 28 vdpbf16ps. */
-#define PAIR_UPDATE(acc, b, a_of_i)                                                                              \
+/* acc[0:R][32] += the pair of row i of A (a_of_i, 32 bits) times the B pair row at b: 2 B vectors
+   and R broadcasts make 2R vdpbf16ps. */
+#define PAIR_UPDATE(acc, b, a_of_i, R)                                                                           \
     do {                                                                                                         \
         const __m512bh b0_ = (__m512bh)_mm512_loadu_si512(b), b1_ = (__m512bh)_mm512_loadu_si512((b) + NR);     \
-        _Pragma("GCC unroll 14") for (int i = 0; i < MR; i++)                                                   \
+        _Pragma("GCC unroll 14") for (int i = 0; i < (R); i++)                                                  \
         {                                                                                                        \
             const __m512bh ai_ = (__m512bh)_mm512_set1_epi32(a_of_i);                                            \
             acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai_, b0_);                                                   \
@@ -255,45 +294,70 @@ typedef int32_t bf16_pair __attribute__((may_alias)); /* two bf16 of one row, k 
         }                                                                                                        \
     } while (0)
 
-/* c[rows, cols] = alpha * (a·b) + beta * c: the 14x32 tile on bf16 panels, a [K/2][14][2],
-   b [K/2][32][2] (the steps are not used: bf16 operands are always packed). */
+/* c[0:R, cols] = alpha * (a·b) + beta * c for the first R rows of the tile on bf16 panels,
+   a [K/2][14][2], b [K/2][32][2]; R constant. */
+TARGET_BF16 static inline __attribute__((always_inline)) void bf16_tile_rows(int K, const bf16_pair *a,
+                                                                             const uint16_t *b, float *c, long ldc,
+                                                                             float alpha, float beta, int cols,
+                                                                             const gemm_tile_step *step, const int R)
+{
+    prefetch_tile(c, ldc, R);
+    __m512 acc[MR][2];
+#pragma GCC unroll 14
+    for (int i = 0; i < R; i++)
+        acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+    for (int p = 0; p < (K + 1) / 2; p++, a += MR, b += 2 * NR)
+        PAIR_UPDATE(acc, b, a[i], R);
+    store_tile(acc, c, ldc, alpha, beta, 0, R, cols, step);
+}
+
+/* c[rows, cols] = alpha * (a·b) + beta * c: the 14x32 tile (rows of it) on bf16 panels, a
+   [K/2][14][2], b [K/2][32][2] (the steps are not used: bf16 operands are always packed). */
 TARGET_BF16 static void kernel_bf16_14x32(int K, const void *a_panel, long a_step, const void *b_panel, long b_step,
                                           float *c, long ldc, float alpha, float beta, int rows, int cols,
                                           const gemm_tile_step *step)
 {
-    const bf16_pair *a = a_panel;
-    const uint16_t *b = b_panel;
-    prefetch_tile(c, ldc, rows);
-    __m512 acc[MR][2];
-#pragma GCC unroll 14
-    for (int i = 0; i < MR; i++)
-        acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-#pragma GCC unroll 2
-    for (int p = 0; p < (K + 1) / 2; p++, a += MR, b += 2 * NR)
-        PAIR_UPDATE(acc, b, a[i]);
-    store_tile(acc, c, ldc, alpha, beta, 0, rows, cols, step);
+#define TILE_ROWS(R, r0) \
+    bf16_tile_rows(K, (const bf16_pair *)a_panel + (r0), b_panel, c + (r0)*ldc, ldc, alpha, beta, cols, step, R)
+    BY_ROW_TILES(rows, TILE_ROWS);
+#undef TILE_ROWS
 }
 
-/* c[first:14, cols] = alpha * (a·b) + beta * c with the 14 rows of a bf16 A in place at a + i*lda
-   (K even), addressed as kernel_14x32_rows does; b a packed panel [K/2][32][2]. */
-TARGET_BF16 static void kernel_bf16_14x32_rows(int K, const uint16_t *a, long lda, const void *b_panel, float *c,
-                                               long ldc, float alpha, float beta, int first, int cols,
-                                               const gemm_tile_step *step)
+/* c[0:R, cols] = alpha * (a·b) + beta * c with R rows of a bf16 A in place at a + i*lda (K even),
+   addressed from two bases and offsets lda * {0, 1, 2, 3, 4, 5, 6} (nothing spills); b a packed
+   panel [K/2][32][2]; R constant. */
+TARGET_BF16 static inline __attribute__((always_inline)) void bf16_rows_in_place(int K, const uint16_t *a, long lda,
+                                                                                 const uint16_t *b, float *c, long ldc,
+                                                                                 float alpha, float beta, int cols,
+                                                                                 const gemm_tile_step *step,
+                                                                                 const int R)
 {
-    const uint16_t *b = b_panel;
-    prefetch_tile(c + first * ldc, ldc, MR - first);
+    prefetch_tile(c, ldc, R);
     __m512 acc[MR][2];
 #pragma GCC unroll 14
-    for (int i = 0; i < MR; i++)
+    for (int i = 0; i < R; i++)
         acc[i][0] = acc[i][1] = _mm512_setzero_ps();
     const uint16_t *p0 = a, *p7 = a + 7 * lda;
     const long l3 = 3 * lda, l5 = 5 * lda;
     for (int p = 0; p < K / 2; p++, p0 += 2, p7 += 2, b += 2 * NR) {
         const uint16_t *row[MR] = {p0, p0 + lda, p0 + 2 * lda, p0 + l3, p0 + 4 * lda, p0 + l5, p0 + 2 * l3,
                                    p7, p7 + lda, p7 + 2 * lda, p7 + l3, p7 + 4 * lda, p7 + l5, p7 + 2 * l3};
-        PAIR_UPDATE(acc, b, *(const bf16_pair *)row[i]);
+        PAIR_UPDATE(acc, b, *(const bf16_pair *)row[i], R);
     }
-    store_tile(acc, c, ldc, alpha, beta, first, MR, cols, step);
+    store_tile(acc, c, ldc, alpha, beta, 0, R, cols, step);
+}
+
+/* c[0:rows, cols] = alpha * (a·b) + beta * c with rows <= 14 rows of a bf16 A in place (row i at
+   a + i*lda, K even); b a packed panel [K/2][32][2]. */
+TARGET_BF16 static void kernel_bf16_14x32_rows(int K, const uint16_t *a, long lda, const void *b_panel, float *c,
+                                               long ldc, float alpha, float beta, int rows, int cols,
+                                               const gemm_tile_step *step)
+{
+#define TILE_ROWS(R, r0) \
+    bf16_rows_in_place(K, a + (r0)*lda, lda, b_panel, c + (r0)*ldc, ldc, alpha, beta, cols, step, R)
+    BY_ROW_TILES(rows, TILE_ROWS);
+#undef TILE_ROWS
 }
 
 /* --- bf16 packing: VNNI panels [K/2][width][2] of k pairs (gemm_microkernels.h) ------------
@@ -432,6 +496,7 @@ static void pack_b_from_bf16(int trans, int n, int k, const uint16_t *B, long ld
 
 const gemm_microkernel gemm_microkernel_avx512_bf16 = {
     .name = "avx512_bf16 14x32", .mr = MR, .nr = NR, .kc = 512, .nc = 1024, .elem = sizeof(uint16_t), .ku = 2,
+    .edge_rows = 1,
     .run = kernel_bf16_14x32, .pack_a = pack_a_bf16, .pack_b = pack_b_bf16, .pack_a_from_bf16 = pack_a_from_bf16,
     .pack_b_from_bf16 = pack_b_from_bf16, .run_rows_bf16 = kernel_bf16_14x32_rows,
     .reference = gemm_reference_bf16};

@@ -38,9 +38,10 @@ typedef void (*gemm_microkernel_rows_fn)(int K, const float *a, long lda, const 
                                          long ldc, float alpha, float beta, int first, int cols,
                                          const gemm_tile_step *step);
 
-/* The same for mr rows of a bf16 A read in place (row i at a + i*lda, K even: pairs of k). */
+/* The same for rows <= mr rows of a bf16 A read in place (row i at a + i*lda, K even: pairs of k),
+   all of them stored: no row of A outside the tile is read. */
 typedef void (*gemm_microkernel_rows_bf16_fn)(int K, const uint16_t *a, long lda, const void *b, float *c, long ldc,
-                                              float alpha, float beta, int first, int cols,
+                                              float alpha, float beta, int rows, int cols,
                                               const gemm_tile_step *step);
 
 /* The step (NULL: none) on rows first..rows-1, cols columns of a stored tile: for kernels that
@@ -66,6 +67,7 @@ typedef struct {
     int mr, nr;     /* register tile */
     int kc, nc;     /* largest cache blocks: B block kc*nc in L2, A panel kc*mr in L1 */
     int elem, ku;   /* bytes of a packed element; packed depths are multiples of ku */
+    int edge_rows;  /* 1: a tile of rows < mr costs about its rows, so threads may share rows anywhere */
     gemm_microkernel_fn run;
     gemm_microkernel_rows_fn run_rows; /* NULL: operands are always packed */
     gemm_pack_a_fn pack_a;
