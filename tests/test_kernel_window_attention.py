@@ -47,19 +47,24 @@ def attention_backward(dout, qkv, bias, lse, H, W, heads, window, shift, threads
     return dqkv - qkv_before, dbias - bias_before
 
 
-def test_relative_bias_gathers_and_scatters_through_the_index():
-    rng = np.random.default_rng(0)
-    heads, window = 3, 4
-    table = rng.standard_normal(((2 * window - 1) ** 2, heads))
-    bias = expand_bias(table, heads, window, np.float64)
+@pytest.mark.parametrize("heads,window", [(3, 4), (2, 7), (6, 12)])  # (6, 12): heads split among threads
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_relative_bias_gathers_and_scatters_through_the_index(heads, window, dtype):
+    """The bias [heads, N, N] is the table gathered through the index, exactly; its backward adds
+    the gradient of every pair to its table row (onto what the table gradient holds)."""
+    rng = np.random.default_rng(window)
+    table = rng.standard_normal(((2 * window - 1) ** 2, heads)).astype(dtype)
+    bias = expand_bias(table, heads, window, dtype)
     index = relative_position_index(window).numpy()
     np.testing.assert_array_equal(bias, table[index].transpose(2, 0, 1))
-    g = rng.standard_normal(bias.shape)
-    dtable = np.zeros_like(table)
-    call("relative_bias_backward", dtable, g, heads, window)
-    expect = np.zeros_like(table)
-    np.add.at(expect, index, g.transpose(1, 2, 0))
-    np.testing.assert_allclose(dtable, expect, rtol=1e-12)
+    g = rng.standard_normal(bias.shape).astype(dtype)
+    before = rng.standard_normal(table.shape).astype(dtype)
+    dtable = before.copy()
+    call("relative_bias_backward", dtable, g, heads, window, dtype=dtype)
+    expect = np.zeros(table.shape)
+    np.add.at(expect, index, g.transpose(1, 2, 0).astype(np.float64))
+    tolerance = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(dtable, before + expect, rtol=tolerance, atol=tolerance * window ** 2)
 
 
 @pytest.mark.parametrize("B,H,W,heads,d,window,shift", [
