@@ -11,8 +11,8 @@ two per round: a change is real when the per-round ratios agree in sign.
     python benchmarks/bench_ab.py --a HEAD~1 --b HEAD --threads 1 --batches 1,8 --rounds 8
 
 One thread is the steadier measure here (a neighbour's work on the other core does not stop ours at
-every barrier); two threads are what users get. Workload: the eval-mode forward of herbs.Model
-(default the HERBS Swin-T 224 with 200 classes) at a precision, or with --train one training step
+every barrier); two threads are what users get. Workload: herbs.Model.predict (the eval-mode forward and the
+ensemble; default the HERBS Swin-T 224 with 200 classes) at a precision, or with --train one training step
 (forward, HERBS objective, backward, SGD) in train mode.
 """
 import argparse
@@ -105,14 +105,14 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--repeats", type=int, default=4, help="timed calls per side, batch and round")
-    p.add_argument("--train", action="store_true", help="time a training step instead of an eval forward")
+    p.add_argument("--train", action="store_true", help="time a training step instead of a prediction")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
 
     paths = {"A": package_dir(args.a), "B": package_dir(args.b)}
-    what = f"{'train step' if args.train else 'eval forward'} of {args.model} {args.img_size}, {args.precision}"
+    what = f"{'train step' if args.train else 'predict'} of {args.model} {args.img_size}, {args.precision}"
     print(f"A = {args.a} ({paths['A']}), B = {args.b} ({paths['B']}); {what}; {args.threads} thread(s), "
           f"{args.rounds} rounds x {args.repeats} calls; load at start {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     medians = {side: {b: [] for b in args.batches} for side in paths}

@@ -8,7 +8,9 @@ softmax of the nine heads, SPEC.md ยง6) and the combiner's logits `comb_outs` โ€
 PyTorch to ONNX for ONNX Runtime and OpenVINO, selector (top-k sort, gathers) and combiner included.
 Columns:
 
-- herbs fp32, herbs bf16: `herbs.Model(..., precision=...)`, timed on predict (forward + ensemble);
+- herbs fp32, herbs bf16: `herbs.Model(..., precision=...)`, timed on predict (the image-level
+  forward + ensemble: the top-down heads' last product on their token mean, Model.forward's
+  image_level);
 - torch fp32: eager, `torch.inference_mode()`; torch bf16: the same under
   `torch.autocast("cpu", dtype=torch.bfloat16)`;
 - ORT fp32: ONNX Runtime's CPU provider, all graph optimisations, intra_op_num_threads = threads;
@@ -259,7 +261,7 @@ def runner(side, config, batches, tmp, threads, wait_policy):
         model = herbs_model(tmp, config, threads, precision)
 
         def run(x):
-            out = model.forward(x, train=False)
+            out = model.forward(x, train=False, image_level=True)
             return ensemble_probabilities(out).astype(np.float32), out["comb_outs"]  # = Model.predict
         return {b: run for b in batches}
     if side.startswith("torch"):

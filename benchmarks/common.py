@@ -59,10 +59,11 @@ def load():
 
 def model_step(model, x, classes, train, rng):
     """One call of the workload bench_ab.py and profile_gemms.py time on a herbs.Model: the
-    eval-mode forward of images x, or with `train` bench_peers.py's training step (zero_grad,
-    train_step on random labels, SGD with momentum and weight decay)."""
+    prediction of images x (Model.predict: the eval-mode forward, image-level where it can be, and
+    the ensemble), or with `train` bench_peers.py's training step (zero_grad, train_step on random
+    labels, SGD with momentum and weight decay)."""
     if not train:
-        return lambda: model.forward(x, train=False)
+        return lambda: model.predict(x)
     from herbs.optim import SGD
     labels = rng.integers(0, classes, x.shape[0])
     optimizer = SGD(model.flat_parameters(), model.flat_gradients(), lr=1e-4, momentum=0.9, weight_decay=3e-4)

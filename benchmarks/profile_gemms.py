@@ -2,7 +2,7 @@
 steady steps of a herbs.Model, with its GFLOP/s and share of the machine's peak, and how much of
 the step the products take at all.
 
-The workload is bench_ab.py's (the eval-mode forward, or with --train bench_peers.py's training
+The workload is bench_ab.py's (Model.predict, or with --train bench_peers.py's training
 step). The profile starts after two untimed steps: the first steps fault the arena and the packed
 weights in, page by page, and a profile that includes them charges first-touch time to the
 products (the stage-3 products of a Swin-L training step read 301 GF/s so, 415 in steady state).
@@ -32,7 +32,7 @@ def main():
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--steps", type=int, default=4, help="profiled steps, after two untimed ones")
-    p.add_argument("--train", action="store_true", help="a training step instead of an eval forward")
+    p.add_argument("--train", action="store_true", help="a training step instead of a prediction")
     p.add_argument("--top", type=int, default=25, help="shapes listed, by time")
     p.add_argument("--peak", type=float, default=None, help="GF/s to quote shares of (default: measured here)")
     args = p.parse_args()
@@ -70,7 +70,7 @@ def main():
     gemm_ms = 1e3 * sum(e["seconds"] for e in entries) / args.steps
     total = sum(flops(e) for e in entries)
     kernel = herbs.cpu_info()["bf16_gemm_kernel" if args.precision == "bf16" else "gemm_kernel"]
-    work = "training step" if args.train else "eval forward"
+    work = "training step" if args.train else "predict"
     print(f"machine: {machine()}; load {load()}; {kernel}, {args.threads} thread(s), peak {peak:.0f} GF/s")
     print(f"{args.model} {args.img_size} batch {args.batch} {args.precision} {work}: "
           f"{statistics.median(times) * 1e3:.1f} ms median of {args.steps} [{min(times) * 1e3:.1f}, "

@@ -10,6 +10,7 @@ import torch
 
 import herbs
 import reference_swin
+from herbs.evaluate import ensemble_probabilities
 from herbs.state import StateDictError, swin_original_to_timm
 from herbs.weights import save_file
 from reference_herbs import HERBS
@@ -89,6 +90,41 @@ def test_forward_predict_and_modes():
     assert m.state_dict()["combiner.batch_norm1.num_batches_tracked"] == 1
     m.eval()
     assert not m.training
+
+
+@pytest.mark.parametrize("backbone,precision", [("swin", "fp32"), ("swin", "bf16"), ("resnet", "fp32")])
+def test_image_level_forward_is_the_token_mean(backbone, precision):
+    """forward(image_level=True), what predict runs: FPN1_layer{i} is [B, 1, classes], the token mean
+    of the token forward's (its last product on the mean of its input: equal up to rounding, bf16's
+    with bf16 products; ResNet's top-down classifiers read factored inputs), every other output is
+    the same bit for bit, and predict is the ensemble of it. Training, the objective and a backward
+    after it are refused."""
+    if backbone == "swin":
+        m, (x, y) = small(precision=precision), data()
+    else:
+        m = herbs.Model({"backbone": "resnet", "img_size": 64}, num_classes=CLASSES, num_selects=(64, 16, 8, 2),
+                        seed=0, precision=precision)
+        x, y = data()
+    tokens = m.forward(x)
+    image = m.forward(x, image_level=True)
+    assert list(image) == list(tokens)
+    tolerance = 2e-2 if precision == "bf16" else 1e-5
+    for name in tokens:
+        if name.startswith("FPN1_layer"):
+            want = tokens[name].mean(1, keepdims=True, dtype=np.float64)
+            assert image[name].shape == (2, 1, CLASSES)
+            np.testing.assert_allclose(image[name], want, rtol=0, atol=tolerance * np.abs(want).max(), err_msg=name)
+        else:
+            np.testing.assert_array_equal(image[name], tokens[name], err_msg=name)
+    np.testing.assert_array_equal(m.predict(x), ensemble_probabilities(image).astype(np.float32))
+    with pytest.raises(ValueError, match="image-level outputs are for eval mode"):
+        m.forward(x, train=True, image_level=True)
+    with m._claim() as net:
+        net.forward(x, image_level=True)
+        with pytest.raises(RuntimeError, match="loss needs token logits"):
+            net.loss(y)
+        with pytest.raises(RuntimeError, match="backward cannot go back through an image-level forward"):
+            net.backward({})
 
 
 def test_ablation_outputs_and_predict():

@@ -62,9 +62,12 @@ typedef struct {
 } head_classifier;
 
 herbs_status classifier_init(head_classifier *k, herbs_params *t, const char *prefix, int channels, int classes);
-/* logits[rows, classes] from x[rows, F]; xf as in mlp_forward */
+/* logits[rows, classes] from x[rows, F]; xf as in mlp_forward. With image_level (eval only), the
+   logits' token mean per sample instead, logits[B, classes] for rows = B·tokens: the last conv is
+   linear, so it runs on the token mean of its input (the same values up to rounding, 1/tokens of
+   its work). */
 herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x, const level_factors *xf, int rows,
-                                float *logits);
+                                int image_level, float *logits);
 /* dx (the input's gradient, level_grad) += from dlogits; parameter gradients accumulate */
 herbs_status classifier_backward(head_classifier *k, head_ctx *c, const float *dlogits, level_grad *dx);
 

@@ -94,7 +94,7 @@ herbs_status classifier_init(head_classifier *k, herbs_params *t, const char *pr
 }
 
 herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x, const level_factors *xf, int rows,
-                                float *logits)
+                                int image_level, float *logits)
 {
     herbs_params *t = c->t;
     const size_t n = (size_t)rows * k->channels;
@@ -126,6 +126,13 @@ herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x,
         product_rows_forward(&k->conv0, t, t->precision, out, x, rows, scale, bias, !c->train);
     if (c->train)
         HERBS_TRY(batchnorm_layer_forward(&k->bn, t, c->arena, 1, k->z, rows, k->r, 1));
+    if (image_level) { /* the token mean of r per sample, then conv3 on B rows */
+        float *mean;
+        HERBS_TRY(head_alloc(c, (size_t)c->batch * k->channels, 0, &mean));
+        token_mean_forward(mean, k->r, c->batch, rows / c->batch, k->channels);
+        product_rows_forward(&k->conv3, t, t->precision, logits, mean, c->batch, NULL, NULL, 0);
+        return HERBS_OK;
+    }
     product_rows_forward(&k->conv3, t, t->precision, logits, k->r, rows, NULL, NULL, 0);
     if (c->train)
         k->r = NULL; /* gone with the scratch */

@@ -32,9 +32,10 @@ static herbs_status add_output(herbs_net *net, const char *name, int tap, herbs_
 static float *out_data(herbs_net *net, int index) { return index >= 0 ? net->outputs[index].data : NULL; }
 static float *out_grad(herbs_net *net, int index) { return index >= 0 ? net->outputs[index].grad : NULL; }
 
-/* Every output of this configuration, in a fixed order: FPN1_layer*, layer*, select_layer*,
-   drop_layer*, comb_outs or ori_out, rank_layer* (the selector's token order, int64). */
-static herbs_status add_outputs(herbs_net *net, herbs_model *m, int B)
+/* Every output of this configuration, in a fixed order: FPN1_layer* (image_level: their token means,
+   [B, 1, K]: only the prediction's ensemble reads them), layer*, select_layer*, drop_layer*,
+   comb_outs or ori_out, rank_layer* (the selector's token order, int64). */
+static herbs_status add_outputs(herbs_net *net, herbs_model *m, int B, int image_level)
 {
     const herbs_backbone *bb = m->bb;
     const int K = m->classes;
@@ -43,7 +44,8 @@ static herbs_status add_outputs(herbs_net *net, herbs_model *m, int B)
     m->out_comb = m->out_ori = -1;
     const herbs_dtype f32 = HERBS_FLOAT32;
     for (int i = 0; m->use_fpn && i < HERBS_TAPS; i++)
-        HERBS_TRY(add_output(net, "FPN1_layer", i, f32, 3, (int64_t[]){B, bb->tap_tokens[i], K}, &m->out_fpn1[i]));
+        HERBS_TRY(add_output(net, "FPN1_layer", i, f32, 3, (int64_t[]){B, image_level ? 1 : bb->tap_tokens[i], K},
+                             &m->out_fpn1[i]));
     for (int i = 0; (m->use_fpn || m->use_selection) && i < HERBS_TAPS; i++)
         HERBS_TRY(add_output(net, "layer", i, f32, 3, (int64_t[]){B, bb->tap_tokens[i], K}, &m->out_layer[i]));
     for (int i = 0; m->use_selection && i < HERBS_TAPS; i++)
@@ -82,7 +84,7 @@ static herbs_status herbs_forward(herbs_net *net, const float *images, int batch
     head_ctx c = {&net->params, &net->arena, &m->scratch, batch, train};
     m->train = train;
     HERBS_TRY(m->bb->ops->forward(m->bb, &net->params, &net->arena, images, batch, train, net->seed, net->step, m->taps));
-    HERBS_TRY(add_outputs(net, m, batch));
+    HERBS_TRY(add_outputs(net, m, batch, net->image_level));
     add_tap_probes(net, m, batch);
 
     float *logits[HERBS_TAPS], *features[HERBS_TAPS] = {NULL}, *selected[HERBS_TAPS], *dropped[HERBS_TAPS];
@@ -97,10 +99,10 @@ static herbs_status herbs_forward(herbs_net *net, const float *images, int batch
             level_factors xf;
             const int factored = fpn_top_down_factors(&m->fpn, i, &xf);
             HERBS_TRY(classifier_forward(&m->down_cls[i], &c, m->fpn.top_down[i], factored ? &xf : NULL,
-                                         batch * bb->tap_tokens[i], out_data(net, m->out_fpn1[i])));
+                                         batch * bb->tap_tokens[i], net->image_level, out_data(net, m->out_fpn1[i])));
         }
         for (int i = 0; i < HERBS_TAPS; i++) {
-            HERBS_TRY(classifier_forward(&m->up_cls[i], &c, m->fpn.bottom_up[i], NULL, batch * bb->tap_tokens[i],
+            HERBS_TRY(classifier_forward(&m->up_cls[i], &c, m->fpn.bottom_up[i], NULL, batch * bb->tap_tokens[i], 0,
                                          logits[i]));
             features[i] = m->fpn.bottom_up[i];
         }

@@ -50,16 +50,19 @@ static size_t output_size(const herbs_output *o)
     return size;
 }
 
-herbs_status net_forward(herbs_net *net, const float *images, int batch, int train)
+herbs_status net_forward(herbs_net *net, const float *images, int batch, int train, int image_level)
 {
     if (batch < 1)
         return herbs_error(HERBS_ERR_VALUE, "batch must be at least 1, got %d", batch);
+    if (train && image_level)
+        return herbs_error(HERBS_ERR_VALUE, "image-level outputs are for eval mode: training needs token logits");
     net->forward_batch = 0;
     net->backward_done = 0;
     net->forward_precision = net->params.precision;
     net->output_grads_zero = 1; /* net_add_output's gradients start zeroed */
     net->n_outputs = 0;
     net->n_probes = 0;
+    net->image_level = image_level;
     HERBS_TRY(herbs_arena_reset(&net->arena));
     HERBS_TRY(net->ops->forward(net, images, batch, train));
     if (train)
@@ -72,6 +75,8 @@ herbs_status net_backward_ready(const herbs_net *net, int probe_grads)
 {
     if (net->forward_batch == 0 || net->backward_done)
         return herbs_error(HERBS_ERR_STATE, "backward needs a forward pass before it (one backward per forward)");
+    if (net->image_level)
+        return herbs_error(HERBS_ERR_STATE, "backward cannot go back through an image-level forward");
     if (probe_grads && net->n_probes == 0)
         return herbs_error(HERBS_ERR_VALUE, "a '%s' network has no probes", net->ops->kind);
     return HERBS_OK;
@@ -111,6 +116,8 @@ herbs_status net_loss_ready(const herbs_net *net)
         return herbs_error(HERBS_ERR_TYPE, "a '%s' net has no training objective", net->ops->kind);
     if (net->forward_batch == 0)
         return herbs_error(HERBS_ERR_STATE, "loss needs a forward pass before it");
+    if (net->image_level)
+        return herbs_error(HERBS_ERR_STATE, "loss needs token logits: the last forward was image-level");
     return HERBS_OK;
 }
 
@@ -135,7 +142,7 @@ herbs_status net_train_step(herbs_net *net, const float *images, int batch, int 
     if (!net->ops->loss)
         return herbs_error(HERBS_ERR_TYPE, "a '%s' net has no training objective", net->ops->kind);
     HERBS_TRY(net->ops->loss(net, targets, batch, options, 1, terms)); /* bad targets or options: before any work */
-    HERBS_TRY(net_forward(net, images, batch, train));
+    HERBS_TRY(net_forward(net, images, batch, train, 0));
     HERBS_TRY(net_loss(net, targets, batch, options, terms));
     return net_backward(net, NULL, 0);
 }

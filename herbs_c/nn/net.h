@@ -89,6 +89,7 @@ struct herbs_net {
     /* The lifecycle's state, kept by net.c alone (kinds read it): */
     int probe_backward;    /* set for one backward: also keep the whole gradient at each probe */
     int forward_batch;     /* batch of the last forward; 0 when there is none to go back through */
+    int image_level;       /* the last forward's image_level (net_forward), which the kinds read */
     int backward_done;     /* set by net_backward, cleared by net_forward */
     herbs_precision forward_precision; /* the last forward's: its backward computes at it, since what the
                                           forward saved is in that precision's types (bf16 activations) */
@@ -110,8 +111,11 @@ void net_set_random_state(herbs_net *net, uint64_t seed, uint64_t step);
 /* --- the lifecycle: forward -> objective -> backward ------------------------------------------ */
 
 /* images [batch, C, H, W] -> net->outputs and probes (valid until the next forward). Forgets the
-   last forward (arena, outputs, gradients); in train mode the step counter then advances. */
-herbs_status net_forward(herbs_net *net, const float *images, int batch, int train);
+   last forward (arena, outputs, gradients); in train mode the step counter then advances. With
+   image_level (eval only), heads whose token logits only ever serve as their token mean in a
+   prediction give that mean alone ([B, 1, classes]; herbs: FPN1_layer*); no objective or backward
+   follows such a forward. */
+herbs_status net_forward(herbs_net *net, const float *images, int batch, int train, int image_level);
 
 /* Whether net_backward may run now (a forward to go back through, not yet gone back through;
    probes when probe_grads is set): HERBS_OK or the error net_backward would return. */

@@ -348,10 +348,10 @@ static PyObject *outputs_dict(herbs_net *net)
 
 static PyObject *Net_forward(NetObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"images", "train", NULL};
+    static char *kwlist[] = {"images", "train", "image_level", NULL};
     PyObject *obj;
-    int train = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|p", kwlist, &obj, &train))
+    int train = 0, image_level = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|pp", kwlist, &obj, &train, &image_level))
         return NULL;
     if (!claim(self))
         return NULL;
@@ -365,7 +365,7 @@ static PyObject *Net_forward(NetObject *self, PyObject *args, PyObject *kw)
     note_param_writes(self);
     Py_BEGIN_ALLOW_THREADS
     herbs_threads_apply();
-    s = net_forward(net, data, batch, train);
+    s = net_forward(net, data, batch, train, image_level);
     Py_END_ALLOW_THREADS
     if (s != HERBS_OK) {
         raise_status(s);
@@ -634,7 +634,9 @@ static PyMethodDef Net_methods[] = {
      "tensors() -> [(name, kind, shape, offset, size)]: the table of parameters ('parameter', offsets into\n"
      "params/grads) and buffers ('buffer' or 'buffer_int64', offsets into buffers), in PyTorch's names."},
     {"forward", (PyCFunction)(void (*)(void))Net_forward, METH_VARARGS | METH_KEYWORDS,
-     "forward(images, train=False) -> {name: array}: images float32 [B, C, H, W], C-contiguous."},
+     "forward(images, train=False, image_level=False) -> {name: array}: images float32 [B, C, H, W],\n"
+     "C-contiguous. image_level (eval only): heads read only as their token mean give it alone, [B, 1, K]\n"
+     "(HERBS: FPN1_layer*); no loss or backward follows."},
     {"backward", (PyCFunction)(void (*)(void))Net_backward, METH_VARARGS | METH_KEYWORDS,
      "backward(grads, input_grad=False, probe_grads=False) -> image gradient or None: from {output name:\n"
      "gradient} to the parameter gradients, which accumulate. Outputs not named keep their gradient: zero\n"

@@ -237,7 +237,8 @@ class Model:
         """Same as ``train(False)``: forward uses BatchNorm running statistics and no dropout."""
         return self.train(False)
 
-    def forward(self, x, train: Optional[bool] = None, return_ranks: bool = False) -> Dict[str, np.ndarray]:
+    def forward(self, x, train: Optional[bool] = None, return_ranks: bool = False,
+                image_level: bool = False) -> Dict[str, np.ndarray]:
         """The model's outputs for images x ``[B, 3, H, W]``, by the release's names: token logits
         ``FPN1_layer{1..4}`` (top-down) and ``layer{1..4}`` (bottom-up) ``[B, S_i, classes]``,
         ``select_layer{i}`` ``[B, K_i, classes]`` and ``drop_layer{i}`` ``[B, S_i - K_i, classes]``
@@ -246,11 +247,15 @@ class Model:
         ``rank_layer{i}`` (int64 ``[B, S_i]``: token indices by confidence, the first K_i kept).
 
         train: BatchNorm batch statistics (updating the running ones), dropout and drop path;
-        by default the mode set with :meth:`train` / :meth:`eval` (eval after construction)."""
+        by default the mode set with :meth:`train` / :meth:`eval` (eval after construction).
+        image_level (eval only): ``FPN1_layer{i}`` as its token mean ``[B, 1, classes]``, all a
+        prediction reads of it (the selector ranks tokens by ``layer{i}``): the classifier's last
+        product then runs on the token mean of its input, as it is linear — the same values up to
+        rounding for a fraction of the work. Nothing goes back through such a forward."""
         x = self._images(x)
         mode = self.training if train is None else bool(train)
         with self._claim() as net:
-            out = net.forward(x, train=mode)
+            out = net.forward(x, train=mode, image_level=bool(image_level))
         if not return_ranks:
             out = {k: v for k, v in out.items() if not k.startswith("rank_")}
         return out
@@ -259,8 +264,8 @@ class Model:
         """Class probabilities ``[B, classes]`` (float32) in eval mode: the softmax of each
         image-level score — the token mean of ``FPN1_layer{i}`` and ``layer{i}``, and
         ``comb_outs`` — summed and divided by their number (9 with every switch on, SPEC.md §6;
-        the ablations average the heads they have)."""
-        return _evaluate.ensemble_probabilities(self.forward(x, train=False)).astype(np.float32)
+        the ablations average the heads they have). It runs :meth:`forward` with image_level."""
+        return _evaluate.ensemble_probabilities(self.forward(x, train=False, image_level=True)).astype(np.float32)
 
     def train_step(self, x, y, temperature: float = 64.0, lambda_c: float = 1.0, lambda_b: float = 0.3,
                    lambda_n: float = 5.0, lambda_s: float = 0.0, lambda_r: float = 1.375,
