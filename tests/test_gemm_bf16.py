@@ -358,8 +358,8 @@ BF16_ROWS_SHAPES = [(1, 1, 1), (13, 40, 96), (14, 33, 96), (29, 288, 96), (45, 7
 @pytest.mark.parametrize("padded", [False, True])
 def test_gemm_prepacked_bf16_rows(bf16_isa, threads, padded):
     """An A already in bf16 (uint16 bit patterns): bit for bit the product of the fp32 A holding the
-    same values, whether the kernel reads its rows in place (whole stripes, edge stripes shifted back)
-    or packs them (fewer rows than a stripe, an odd K, rows 4 KiB apart), with alpha, beta and the
+    same values, whether the kernel reads its rows in place (whole stripes, edge stripes and fewer rows
+    than a stripe: only their own rows) or packs them (an odd K, rows 4 KiB apart), with alpha, beta and the
     epilogue, K over several slices, rows split among threads; and within the bf16 bound of the
     float64 product."""
     rng = np.random.default_rng(14)
