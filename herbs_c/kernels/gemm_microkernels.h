@@ -67,7 +67,8 @@ typedef struct {
     int mr, nr;     /* register tile */
     int kc, nc;     /* largest cache blocks: B block kc*nc in L2, A panel kc*mr in L1 */
     int elem, ku;   /* bytes of a packed element; packed depths are multiples of ku */
-    int edge_rows;  /* 1: a tile of rows < mr costs about its rows, so threads may share rows anywhere */
+    int edge_rows;  /* 1: a tile of rows < mr (packed A, or a bf16 A in place) costs about its rows, so
+                       threads may share rows anywhere */
     gemm_microkernel_fn run;
     gemm_microkernel_rows_fn run_rows; /* NULL: operands are always packed */
     gemm_pack_a_fn pack_a;
