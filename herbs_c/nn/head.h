@@ -159,6 +159,11 @@ herbs_status head_alloc(head_ctx *c, size_t count, int zero, float **out);
 herbs_status head_scratch_begin(head_ctx *c);
 herbs_status head_scratch(head_ctx *c, size_t count, int zero, float **out);
 
+/* out[B, classes] = the product w on the token mean of x [B, S, C] (c->batch samples), the mean kept
+   in *mean from the arena: an image-level head (the baseline's ori_out, an image-level classifier). */
+herbs_status head_token_mean_product(head_ctx *c, herbs_weight *w, const float *x, int S, int C, float **mean,
+                                     float *out);
+
 /* A head product's weight [out, in] followed by `ones` (0, 1 or 2) dimensions of size 1 (Linear,
    Conv1d or Conv2d with kernel 1) and its bias [out], PyTorch's default init (for product_add). */
 herbs_product_spec head_product_spec(int out, int in, int ones);

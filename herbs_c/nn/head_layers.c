@@ -19,6 +19,15 @@ herbs_status head_scratch(head_ctx *c, size_t count, int zero, float **out)
     return herbs_arena_floats(c->scratch, count, zero, out);
 }
 
+herbs_status head_token_mean_product(head_ctx *c, herbs_weight *w, const float *x, int S, int C, float **mean,
+                                     float *out)
+{
+    HERBS_TRY(head_alloc(c, (size_t)c->batch * C, 0, mean));
+    token_mean_forward(*mean, x, c->batch, S, C);
+    product_rows_forward(w, c->t, c->t->precision, out, *mean, c->batch, NULL, NULL, 0);
+    return HERBS_OK;
+}
+
 herbs_init head_default_init(int fan_in) { return (herbs_init){HERBS_INIT_UNIFORM, 1.0f / sqrtf((float)fan_in)}; }
 
 herbs_product_spec head_product_spec(int out, int in, int ones)
@@ -126,12 +135,9 @@ herbs_status classifier_forward(head_classifier *k, head_ctx *c, const float *x,
         product_rows_forward(&k->conv0, t, t->precision, out, x, rows, scale, bias, !c->train);
     if (c->train)
         HERBS_TRY(batchnorm_layer_forward(&k->bn, t, c->arena, 1, k->z, rows, k->r, 1));
-    if (image_level) { /* the token mean of r per sample, then conv3 on B rows */
+    if (image_level) { /* conv3 on the token mean of r, per sample */
         float *mean;
-        HERBS_TRY(head_alloc(c, (size_t)c->batch * k->channels, 0, &mean));
-        token_mean_forward(mean, k->r, c->batch, rows / c->batch, k->channels);
-        product_rows_forward(&k->conv3, t, t->precision, logits, mean, c->batch, NULL, NULL, 0);
-        return HERBS_OK;
+        return head_token_mean_product(c, &k->conv3, k->r, rows / c->batch, k->channels, &mean, logits);
     }
     product_rows_forward(&k->conv3, t, t->precision, logits, k->r, rows, NULL, NULL, 0);
     if (c->train)

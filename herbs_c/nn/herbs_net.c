@@ -35,7 +35,7 @@ static float *out_grad(herbs_net *net, int index) { return index >= 0 ? net->out
 /* Every output of this configuration, in a fixed order: FPN1_layer* (image_level: their token means,
    [B, 1, K]: only the prediction's ensemble reads them), layer*, select_layer*, drop_layer*,
    comb_outs or ori_out, rank_layer* (the selector's token order, int64). */
-static herbs_status add_outputs(herbs_net *net, herbs_model *m, int B, int image_level)
+static herbs_status add_outputs(herbs_net *net, herbs_model *m, int B)
 {
     const herbs_backbone *bb = m->bb;
     const int K = m->classes;
@@ -44,8 +44,8 @@ static herbs_status add_outputs(herbs_net *net, herbs_model *m, int B, int image
     m->out_comb = m->out_ori = -1;
     const herbs_dtype f32 = HERBS_FLOAT32;
     for (int i = 0; m->use_fpn && i < HERBS_TAPS; i++)
-        HERBS_TRY(add_output(net, "FPN1_layer", i, f32, 3, (int64_t[]){B, image_level ? 1 : bb->tap_tokens[i], K},
-                             &m->out_fpn1[i]));
+        HERBS_TRY(add_output(net, "FPN1_layer", i, f32, 3,
+                             (int64_t[]){B, net->image_level ? 1 : bb->tap_tokens[i], K}, &m->out_fpn1[i]));
     for (int i = 0; (m->use_fpn || m->use_selection) && i < HERBS_TAPS; i++)
         HERBS_TRY(add_output(net, "layer", i, f32, 3, (int64_t[]){B, bb->tap_tokens[i], K}, &m->out_layer[i]));
     for (int i = 0; m->use_selection && i < HERBS_TAPS; i++)
@@ -84,7 +84,7 @@ static herbs_status herbs_forward(herbs_net *net, const float *images, int batch
     head_ctx c = {&net->params, &net->arena, &m->scratch, batch, train};
     m->train = train;
     HERBS_TRY(m->bb->ops->forward(m->bb, &net->params, &net->arena, images, batch, train, net->seed, net->step, m->taps));
-    HERBS_TRY(add_outputs(net, m, batch, net->image_level));
+    HERBS_TRY(add_outputs(net, m, batch));
     add_tap_probes(net, m, batch);
 
     float *logits[HERBS_TAPS], *features[HERBS_TAPS] = {NULL}, *selected[HERBS_TAPS], *dropped[HERBS_TAPS];
@@ -124,10 +124,8 @@ static herbs_status herbs_forward(herbs_net *net, const float *images, int batch
                                    COMBINER_DROPOUT_STREAM(net->step), out_data(net, m->out_comb)));
     if (m->out_ori >= 0) {
         const int S = bb->tap_tokens[HERBS_TAPS - 1], C = bb->tap_channels[HERBS_TAPS - 1];
-        HERBS_TRY(head_alloc(&c, (size_t)batch * C, 0, &m->ori_mean));
-        token_mean_forward(m->ori_mean, m->taps[HERBS_TAPS - 1], batch, S, C);
-        product_rows_forward(&m->ori, &net->params, net->params.precision, out_data(net, m->out_ori), m->ori_mean,
-                             batch, NULL, NULL, 0);
+        HERBS_TRY(head_token_mean_product(&c, &m->ori, m->taps[HERBS_TAPS - 1], S, C, &m->ori_mean,
+                                          out_data(net, m->out_ori)));
     }
     return HERBS_OK;
 }
