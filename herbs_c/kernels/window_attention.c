@@ -204,11 +204,11 @@ static int FN(wa_window_tokens)(const FN(wa_geometry) *g, int w, int *tok, int *
     return s && ((wy + 1) * win == H || (wx + 1) * win == W);
 }
 
-/* The rows of window `next` (sample next / nw) are asked to come into the cache while the current
-   window computes: a window's tokens are rows scattered over the map, in an order no hardware
-   prefetcher follows (at batch 8 the items waited on them, reading and writing). This finds the
-   window's tokens (w's next_tok and next_label), once per window; returns 0 when there is nothing
-   to fetch (no next window; global: the next window is a whole sample, read in order). */
+/* An item reads and writes a few lines of each of N rows scattered over the map, in an order no
+   hardware prefetcher follows (at batch 8 the items waited on them): the next item's lines are asked
+   for while the current one computes. This finds the next window's tokens (w's next_tok and
+   next_label), once per window; returns 0 when there is nothing to fetch (no next window; global:
+   the next window is a whole sample, read in order). */
 static int FN(wa_next_window)(const FN(wa_geometry) *g, const FN(wa_work) *w, long next, long windows)
 {
     if (next >= windows || g->global)
@@ -217,18 +217,34 @@ static int FN(wa_next_window)(const FN(wa_geometry) *g, const FN(wa_work) *w, lo
     return 1;
 }
 
-/* ... and this asks for the next window's rows of a [B, H·W] map of rows of row_bytes (with `write`,
-   to be written). */
-static void FN(wa_prefetch_rows)(const FN(wa_geometry) *g, const FN(wa_work) *w, long next, const void *map,
-                                 size_t row_bytes, int write)
+/* The tokens of the item after (window, h) — w's tok, or with has_next its next_tok when that item
+   opens the next window — and its window and head; NULL when there is nothing to fetch. */
+static const int *FN(wa_next_item)(const FN(wa_geometry) *g, const FN(wa_work) *w, int has_next, long window, int h,
+                                   long *next_window, int *next_h)
 {
-    const char *sample = (const char *)map + (size_t)(next / g->nw) * g->H * g->W * row_bytes;
+    *next_h = (h + 1) % g->heads;
+    *next_window = window + (*next_h == 0);
+    return g->global ? NULL : *next_h ? w->tok : has_next ? w->next_tok : NULL;
+}
+
+/* ... and this asks for an item's part of a [B, H·W] map of rows of `sections` sections of C elements
+   of elem bytes (with `write`, to be written): the d columns of head h in each section of the rows
+   tok[n] of the sample of `window`. (Whole rows asked a window ahead were slower: Swin-L's stage 3
+   asked for 1.3 MB at once, more than L2.) */
+static void FN(wa_prefetch_item)(const FN(wa_geometry) *g, const int *tok, long window, int h, const void *map,
+                                 size_t elem, int sections, int write)
+{
+    const size_t row_bytes = (size_t)sections * g->C * elem, bytes = (size_t)g->d * elem;
+    const char *sample = (const char *)map + (size_t)(window / g->nw) * g->H * g->W * row_bytes;
     for (int n = 0; n < g->N; n++)
-        for (size_t c = 0; c < row_bytes; c += 64) {
-            if (write)
-                __builtin_prefetch(sample + (size_t)w->next_tok[n] * row_bytes + c, 1, 2);
-            else
-                __builtin_prefetch(sample + (size_t)w->next_tok[n] * row_bytes + c, 0, 2);
+        for (int s = 0; s < sections; s++) {
+            const char *row = sample + (size_t)tok[n] * row_bytes;
+            const uintptr_t x = (uintptr_t)(row + ((size_t)s * g->C + (size_t)h * g->d) * elem);
+            for (uintptr_t line = x & ~(uintptr_t)63; line < x + bytes; line += 64)
+                if (write)
+                    __builtin_prefetch((const void *)line, 1, 2);
+                else
+                    __builtin_prefetch((const void *)line, 0, 2);
         }
 }
 
@@ -452,19 +468,21 @@ static void FN(wa_forward)(FN(wa_forward_item_fn) item, real *out, real *lse, re
     {
         const FN(wa_work) w = FN(wa_work_of)(FN(wa_thread_work)(work, per_thread), &g);
         long window_of_tokens = -1; /* the (sample, window) whose tokens are in w.tok */
-        int masked = 0;
+        int masked = 0, has_next = 0;
 #pragma omp for schedule(static)
         for (long it = 0; it < items; it++) {
             const int h = (int)(it % heads), win = (int)(it / heads % g.nw), b = (int)(it / heads / g.nw);
             if (it / heads != window_of_tokens) {
                 masked = FN(wa_window_tokens)(&g, win, w.tok, w.label);
                 window_of_tokens = it / heads;
-                const long next = window_of_tokens + 1;
-                if (FN(wa_next_window)(&g, &w, next, items / heads)) {
-                    FN(wa_prefetch_rows)(&g, &w, next, qkv, 3 * C * sizeof(real), 0);
-                    if (g.out_bf16) /* measured: helps the bf16 item; costs the fp32 forward ~1% (twice the lines) */
-                        FN(wa_prefetch_rows)(&g, &w, next, out, C * out_elem, 1);
-                }
+                has_next = FN(wa_next_window)(&g, &w, window_of_tokens + 1, items / heads);
+            }
+            long next_window;
+            int next_h;
+            const int *next_tok = FN(wa_next_item)(&g, &w, has_next, window_of_tokens, h, &next_window, &next_h);
+            if (next_tok) {
+                FN(wa_prefetch_item)(&g, next_tok, next_window, next_h, qkv, sizeof(real), 3, 0);
+                FN(wa_prefetch_item)(&g, next_tok, next_window, next_h, out, out_elem, 1, 1);
             }
             real *y = (real *)((char *)out + (size_t)b * H * W * C * out_elem);
             item(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, bias ? bias + (size_t)h * g.N * g.N : NULL, h, y,
@@ -506,19 +524,22 @@ static void FN(wa_backward)(FN(wa_backward_item_fn) item_fn, real *dqkv, real *d
         if (dbias)
             memset(w.dbias, 0, heads * nn * sizeof(real));
         long window_of_tokens = -1;
-        int masked = 0;
+        int masked = 0, has_next = 0;
 #pragma omp for schedule(static)
         for (long item = 0; item < items; item++) {
             const int h = (int)(item % heads), win = (int)(item / heads % g.nw), b = (int)(item / heads / g.nw);
             if (item / heads != window_of_tokens) {
                 masked = FN(wa_window_tokens)(&g, win, w.tok, w.label);
                 window_of_tokens = item / heads;
-                const long next = window_of_tokens + 1;
-                if (FN(wa_next_window)(&g, &w, next, items / heads)) {
-                    FN(wa_prefetch_rows)(&g, &w, next, qkv, 3 * C * sizeof(real), 0);
-                    FN(wa_prefetch_rows)(&g, &w, next, dout, C * sizeof(real), 0);
-                    FN(wa_prefetch_rows)(&g, &w, next, dqkv, 3 * C * sizeof(real), 1);
-                }
+                has_next = FN(wa_next_window)(&g, &w, window_of_tokens + 1, items / heads);
+            }
+            long next_window;
+            int next_h;
+            const int *next_tok = FN(wa_next_item)(&g, &w, has_next, window_of_tokens, h, &next_window, &next_h);
+            if (next_tok) {
+                FN(wa_prefetch_item)(&g, next_tok, next_window, next_h, qkv, sizeof(real), 3, 0);
+                FN(wa_prefetch_item)(&g, next_tok, next_window, next_h, dout, sizeof(real), 1, 0);
+                FN(wa_prefetch_item)(&g, next_tok, next_window, next_h, dqkv, sizeof(real), 3, 1);
             }
             item_fn(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, dout + (size_t)b * H * W * C,
                     bias ? bias + (size_t)h * nn : NULL, lse ? lse + (((size_t)b * g.nw + win) * heads + h) * g.N : NULL,
