@@ -283,8 +283,8 @@ def proc_cpuinfo():
 
 def test_cpu_family_and_its_cache_blocks():
     """cpu_info's family is what /proc/cpuinfo says (Zen 4: AMD family 25, models 0x10-0x1f,
-    0x60-0x7f, 0xa0-0xaf), and the fp32 AVX-512 kernel's cache blocks are Zen 4's own there (kc 384,
-    nc 512) and the kernel's elsewhere (256, 1024)."""
+    0x60-0x7f, 0xa0-0xaf), and the AVX-512 kernels' cache blocks are Zen 4's own there (fp32 kc 384,
+    nc 512; bf16 1536, 256) and the kernels' elsewhere (256, 1024; 512, 1024)."""
     info, cpu = herbs.cpu_info(), proc_cpuinfo()
     if cpu is None:
         pytest.skip("no /proc/cpuinfo with vendor, family and model to compare with")
@@ -294,6 +294,8 @@ def test_cpu_family_and_its_cache_blocks():
     assert info["cpu_family"] == ("zen4" if zen4 else "generic")
     if info["gemm_kernel"].startswith("avx512 "):
         assert info["gemm_blocks_kc_nc"] == ((384, 512) if zen4 else (256, 1024))
+    if info["bf16_gemm_kernel"].startswith("avx512_bf16 "):
+        assert info["bf16_gemm_blocks_kc_nc"] == ((1536, 256) if zen4 else (512, 1024))
 
 
 def test_threads_control():

@@ -12,6 +12,7 @@
    they are padded to; a B packed once (gemm_prepack_b) replaces the packing of B blocks, and
    operands already in bf16 (gemm_bf16_inputs, gemm_prepacked_bf16_rows) are packed without
    rounding, rows of such an A read in place where the kernel can. */
+#include <limits.h>
 #include <omp.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -60,8 +61,6 @@ const gemm_microkernel *gemm_microkernel_for(herbs_precision precision) { return
 
 const gemm_microkernel *gemm_microkernel_current(void) { return gemm_microkernel_for(HERBS_FP32); }
 
-const char *gemm_bf16_kernel_name(void) { return gemm_microkernel_for(HERBS_BF16)->name; }
-
 /* --- cache blocks ---------------------------------------------------------------------------- */
 
 /* A kernel's cache blocks where a microarchitecture wants other ones than its own (kc, nc, tuned on
@@ -69,13 +68,18 @@ const char *gemm_bf16_kernel_name(void) { return gemm_microkernel_for(HERBS_BF16
    microarchitecture. Zen 4 (32 KiB L1d, 1 MiB L2), fp32, measured at 2 threads (best of 5, B packed
    once): kc 384 makes one slice of the K = 384 products (Swin-T's fc2 at batch 8: 161 -> 175-178
    GF/s; ResNet's 3x3 as im2col 195 -> 200), nc 512 keeps the 384 x 512 B block in L2; other model
-   shapes within 2%. Its bf16 blocks measured within noise of the kernel's own. */
+   shapes within 2%. bf16 (the B prefetch of gemm_avx512.c in, two builds alternated in one process,
+   2 threads): deep slices pay there, as fewer passes over C — kc 1536 against the kernel's 512 made
+   Swin-L's 576 x 768 x 3072 1.19x, 2304 x 1536 x 1536 1.09x, 144 x 1536 x 1536 1.13x and ResNet's
+   49 x 512 x 4608 1.18x faster, with nc 256 so that a block stays 768 KiB (kc 768 / nc 384 gave
+   about half of it, 3072 / 128 and 1536 / 384 the same). */
 static const struct {
     herbs_cpu_family family;
     const gemm_microkernel *uk;
     int kc, nc;
 } blocking[] = {
     {HERBS_CPU_ZEN4, &gemm_microkernel_avx512, 384, 512},
+    {HERBS_CPU_ZEN4, &gemm_microkernel_avx512_bf16, 1536, 256},
 };
 
 void gemm_cache_blocks(const gemm_microkernel *uk, int *kc, int *nc)
@@ -124,6 +128,15 @@ static size_t panel_bytes(const gemm_microkernel *uk, int k, int width)
 
 /* The depth of the K slices of a product of depth K: the same for its B packed once. */
 static int slice_depth(const gemm_microkernel *uk, int K) { return block_size(K, kc_of(uk), uk->ku > 16 ? uk->ku : 16); }
+
+/* The widest B block of a product of depth K: nc columns, or for slices shallower than kc as many
+   more as keep the block at kc·nc elements (the share of L2 it was sized for), so that a shallow
+   product does not re-read all of A once per narrow block. */
+static int block_width(const gemm_microkernel *uk, int K)
+{
+    const long wide = (long)nc_of(uk) * kc_of(uk) / slice_depth(uk, K);
+    return wide > INT_MAX ? INT_MAX : (int)wide;
+}
 
 /* An operand as stored: op(X) = X or (trans) Xᵀ, of fp32 or (bf16, for a bf16 kernel) of bf16 bit
    patterns, with row stride ld. */
@@ -260,7 +273,7 @@ static void stripes(const gemm_microkernel *uk, int a_in_place, int m, int n, in
 static int gemm_serial(const gemm_microkernel *uk, int M, int N, int K, float alpha, operand A, operand B,
                        const b_packed *packed, float beta, float *C, long ldc, const gemm_tile_step *ep)
 {
-    const int kc = slice_depth(uk, K), nc = block_size(N, nc_of(uk), uk->nr);
+    const int kc = slice_depth(uk, K), nc = block_size(N, block_width(uk, K), uk->nr);
     const int small = K <= kc_of(uk) && N <= nc_of(uk) && (size_t)M * K <= SMALL_A_FLOATS && uk->run_rows;
     const int a_in_place = A.bf16 ? uk->run_rows_bf16 && !A.trans && K % 2 == 0 &&
                                         readable_in_place(A.ld, sizeof(uint16_t))
@@ -321,7 +334,8 @@ static int row_unit(const gemm_microkernel *uk) { return uk->edge_rows ? 1 : uk-
 static double grid_cost(const gemm_microkernel *uk, int M, int N, int K, thread_grid g)
 {
     const int rows = round_up(M, row_unit(uk) * g.m) / g.m, cols = round_up(N, uk->nr * g.n) / g.n;
-    const int depth = (K + g.k - 1) / g.k, column_blocks = (cols + nc_of(uk) - 1) / nc_of(uk);
+    const int depth = (K + g.k - 1) / g.k, width = block_width(uk, depth);
+    const int column_blocks = (cols + width - 1) / width;
     const double adds = (double)M * N * (g.k - 1) / (g.m * g.n * g.k);
     return 2.0 * rows * cols * depth + PACK_COST * depth * ((double)rows * column_blocks + cols) + ADD_COST * adds;
 }

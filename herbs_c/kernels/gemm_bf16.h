@@ -66,9 +66,6 @@ herbs_status gemm_prepacked_bf16_rows(int M, int N, int K, float alpha, const ui
                                       const void *packed, float beta, float *C, long ldc, const float *scale,
                                       const float *shift, int relu);
 
-/* The name of the bf16 micro-kernel in use ("amx 32x32", ...). */
-const char *gemm_bf16_kernel_name(void);
-
 /* The wall time of the products of each shape, for finding which ones run below the peak inside a
    model's steps (benchmarks/profile_gemms.py): between gemm_profile_start (which forgets what was
    kept) and gemm_profile_stop, every product that starts outside a parallel region adds its seconds

@@ -21,15 +21,16 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *unused) { return P
 
 static PyObject *py_cpu_info(PyObject *self, PyObject *unused)
 {
-    const gemm_microkernel *uk = gemm_microkernel_current();
-    int kc, nc;
+    const gemm_microkernel *uk = gemm_microkernel_current(), *uk_bf16 = gemm_microkernel_for(HERBS_BF16);
+    int kc, nc, kc_bf16, nc_bf16;
     gemm_cache_blocks(uk, &kc, &nc);
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:(ii),s:s,s:s,s:s,s:i}", "cpu_family",
+    gemm_cache_blocks(uk_bf16, &kc_bf16, &nc_bf16);
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:(ii),s:s,s:s,s:s,s:(ii),s:i}", "cpu_family",
                          herbs_cpu_family_name(herbs_cpu_family_current()), "isa", herbs_isa_name(herbs_isa_current()),
                          "best_isa", herbs_isa_name(herbs_isa_best()), "gemm_kernel", uk->name,
                          "gemm_blocks_kc_nc", kc, nc, "bf16_isa", herbs_bf16_isa_name(herbs_bf16_isa_current()),
                          "best_bf16_isa", herbs_bf16_isa_name(herbs_bf16_isa_best()), "bf16_gemm_kernel",
-                         gemm_bf16_kernel_name(), "threads", herbs_num_threads());
+                         uk_bf16->name, "bf16_gemm_blocks_kc_nc", kc_bf16, nc_bf16, "threads", herbs_num_threads());
 }
 
 /* Calls select(name) for a str name. */
