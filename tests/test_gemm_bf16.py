@@ -190,6 +190,20 @@ def test_gemm_bf16_awkward_shapes(bf16_isa, threads, ta, tb):
         check(_C.gemm_bf16(a, b, trans_a=ta, trans_b=tb), a, b, ta, tb)
 
 
+@pytest.mark.parametrize("ta", [0, 1])
+def test_gemm_bf16_fp32_a_over_column_blocks(bf16_isa, threads, ta):
+    """An fp32 A multiplied with B of several column blocks and K of several slices: its panels,
+    packed once per slice for all blocks (or per block), serve every block, with beta reading C."""
+    rng = np.random.default_rng(31 + ta)
+    for (m, n, k), alpha, beta in [((45, 1100, 1537), 1.0, 0.0), ((300, 2100, 520), -0.5, 1.0),
+                                   ((29, 3000, 2000), 2.0, 0.5), ((15, 777, 3100), 1.0, 0.0)]:
+        a, b = operands(rng, m, n, k, ta, 0)
+        c0 = rng.uniform(-1, 1, (m, n)).astype(np.float32)
+        c = np.full((m, n), np.nan, np.float32) if beta == 0.0 else c0.copy()
+        _C.gemm_bf16(a, b, c, trans_a=ta, alpha=alpha, beta=beta)
+        check(c, a, b, ta, 0, alpha, beta, c0)
+
+
 @pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (0.5, 0.0), (1.0, 1.0), (-1.5, 1.0), (2.0, -0.7), (0.0, 0.3)])
 def test_gemm_bf16_alpha_beta(bf16_isa, threads, alpha, beta):
     """alpha and beta (beta = 0 never reads C: NaN there must not show), on full and edge tiles

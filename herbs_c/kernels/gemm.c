@@ -30,6 +30,7 @@
 #define SMALL_A_FLOATS 65536       /* with one block of B and an A this small, both are read in place */
 #define PREFETCH_BYTES (256 << 10) /* batch items with operands this small fetch the next item's */
 #define TRANSPOSED_A_ROWS 512      /* rows of a transposed A packed at once (512 x kc floats in L2) */
+#define A_ONCE_BYTES (4u << 20)    /* the most panels of A packed once for all column blocks of a slice */
 #define PREPACK_ELEMENTS_PER_THREAD 65536 /* a B packed once is split among threads from this size */
 
 /* Every micro-kernel, with the precision and ISA (herbs_isa or herbs_bf16_isa) it serves. */
@@ -226,11 +227,13 @@ static int rows_packed_at_once(const gemm_microkernel *uk, int trans_a)
 /* C[0:m, 0:n] = alpha * op(A)[0:m, 0:k] · (B block) + beta * C, a stripe of mr rows of C at a
    time: the stripe's A panel (read in place or packed) stays in L1 while the B panels stream
    from L2, and C is written in the order of its memory, which the hardware prefetcher follows.
-   The kernel applies ep (NULL: none) to each tile as it stores it. */
-static void stripes(const gemm_microkernel *uk, int a_in_place, int m, int n, int k, float alpha, operand A,
-                    const b_block *bb, float beta, float *C, long ldc, char *apack, const gemm_tile_step *ep)
+   A not read in place is packed `group` rows at a time into apack, unless a_packed says apack
+   already holds all m rows' panels. The kernel applies ep (NULL: none) to each tile as it stores it. */
+static void stripes(const gemm_microkernel *uk, int a_in_place, int group, int a_packed, int m, int n, int k,
+                    float alpha, operand A, const b_block *bb, float beta, float *C, long ldc, char *apack,
+                    const gemm_tile_step *ep)
 {
-    const int mr = uk->mr, nr = uk->nr, group = a_in_place ? mr : rows_packed_at_once(uk, A.trans);
+    const int mr = uk->mr, nr = uk->nr;
     const long lda = A.ld;
     for (int i0 = 0; i0 < m; i0 += mr) {
         const int rows = min_int(mr, m - i0);
@@ -240,7 +243,7 @@ static void stripes(const gemm_microkernel *uk, int a_in_place, int m, int n, in
         const int shift = in_place && !A.bf16 ? mr - rows : 0;
         const operand stripe = operand_from(A, i0 - shift, 0);
         const void *a = stripe.data;
-        if (!in_place && i0 % group == 0)
+        if (!in_place && !a_packed && i0 % group == 0)
             pack_a(uk, &stripe, min_int(group, m - i0), k, apack);
         const char *a_panel = apack + panel_bytes(uk, k, i0 % group);
         for (int j0 = 0; j0 < n; j0 += nr) {
@@ -263,9 +266,9 @@ static void stripes(const gemm_microkernel *uk, int a_in_place, int m, int n, in
 }
 
 /* C[0:M, 0:N] = alpha * op(A) · op(B) + beta * C with op(A) M x K, op(B) K x N, on the
-   calling thread alone. For each nc-wide block of columns and kc-deep slice of K, the B block
-   is packed (a product of one small block reads its full panels in place), then stripes()
-   runs; with `packed` (B's data NULL), the blocks of B packed once are read instead. A is read in
+   calling thread alone. For each nc-wide block of columns and kc-deep slice of K (blocks outer,
+   or slices outer when A is packed once per slice), the B block is packed (a product of one small
+   block reads its full panels in place), then stripes() runs; with `packed` (B's data NULL), the blocks of B packed once are read instead. A is read in
    place when its rows and the kernel allow (a bf16 A whenever the kernel reads one in place, its
    rows are not transposed and K is whole pairs); a bf16 B is always packed. ep (NULL: none) is
    applied to each tile after its last slice of K. Returns 0, or -1 when pack memory ran out with
@@ -279,8 +282,13 @@ static int gemm_serial(const gemm_microkernel *uk, int M, int N, int K, float al
                                         readable_in_place(A.ld, sizeof(uint16_t))
                                   : small && readable_in_place(A.ld, sizeof(float));
     const int b_in_place = small && !packed && !B.trans && !B.bf16 && readable_in_place(B.ld, sizeof(float));
+    const int blocks = (N + nc - 1) / nc, slices = (K + kc - 1) / kc;
+    /* an A packed for several column blocks is packed once per slice, all its rows (the blocks then
+       run slice by slice), where those panels fit A_ONCE_BYTES */
+    const int a_once = !a_in_place && blocks > 1 && panel_bytes(uk, kc, round_up(M, uk->mr)) <= A_ONCE_BYTES;
+    const int group = a_in_place ? uk->mr : a_once ? round_up(M, uk->mr) : rows_packed_at_once(uk, A.trans);
     const size_t b_bytes = packed ? 0 : panel_bytes(uk, kc, nc);
-    char *bpack = herbs_scratch(HERBS_SCRATCH_GEMM_PACK, b_bytes + panel_bytes(uk, kc, rows_packed_at_once(uk, A.trans)));
+    char *bpack = herbs_scratch(HERBS_SCRATCH_GEMM_PACK, b_bytes + panel_bytes(uk, kc, group));
     if (!bpack && packed)
         return -1;
     if (!bpack) { /* out of memory for packing: the plain loops need none */
@@ -293,26 +301,24 @@ static int gemm_serial(const gemm_microkernel *uk, int M, int N, int K, float al
         return 0;
     }
     char *apack = bpack + b_bytes;
-    for (int jc = 0; jc < N; jc += nc) {
-        const int n = min_int(nc, N - jc);
-        for (int pc = 0; pc < K; pc += kc) {
-            const int k = min_int(kc, K - pc);
-            b_block bb = {NULL, bpack, B.ld, 0};
-            if (packed) {
-                bb.pack = packed->data + panel_bytes(uk, pc, round_up(packed->cols, uk->nr)) +
-                          panel_bytes(uk, k, packed->col0 + jc);
-            } else {
-                const int in_place = b_in_place ? n / uk->nr * uk->nr : 0;
-                const operand block = operand_from(B, pc, jc), rest = operand_from(block, 0, in_place);
-                bb.B = block.data;
-                bb.in_place = in_place;
-                if (in_place < n)
-                    pack_b(uk, &rest, n - bb.in_place, k, bpack);
-            }
-            const gemm_tile_step at = ep ? step_from(ep, jc) : (gemm_tile_step){0};
-            stripes(uk, a_in_place, M, n, k, alpha, operand_from(A, 0, pc), &bb, pc == 0 ? beta : 1.0f, C + jc, ldc,
-                    apack, ep && pc + k == K ? &at : NULL);
+    for (int step = 0; step < blocks * slices; step++) {
+        const int column = a_once ? step % blocks : step / slices, slice = a_once ? step / blocks : step % slices;
+        const int jc = column * nc, n = min_int(nc, N - jc), pc = slice * kc, k = min_int(kc, K - pc);
+        b_block bb = {NULL, bpack, B.ld, 0};
+        if (packed) {
+            bb.pack = packed->data + panel_bytes(uk, pc, round_up(packed->cols, uk->nr)) +
+                      panel_bytes(uk, k, packed->col0 + jc);
+        } else {
+            const int in_place = b_in_place ? n / uk->nr * uk->nr : 0;
+            const operand block = operand_from(B, pc, jc), rest = operand_from(block, 0, in_place);
+            bb.B = block.data;
+            bb.in_place = in_place;
+            if (in_place < n)
+                pack_b(uk, &rest, n - bb.in_place, k, bpack);
         }
+        const gemm_tile_step at = ep ? step_from(ep, jc) : (gemm_tile_step){0};
+        stripes(uk, a_in_place, group, a_once && column > 0, M, n, k, alpha, operand_from(A, 0, pc), &bb,
+                pc == 0 ? beta : 1.0f, C + jc, ldc, apack, ep && pc + k == K ? &at : NULL);
     }
     return 0;
 }
