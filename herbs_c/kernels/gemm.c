@@ -268,11 +268,12 @@ static void stripes(const gemm_microkernel *uk, int a_in_place, int group, int a
 /* C[0:M, 0:N] = alpha * op(A) · op(B) + beta * C with op(A) M x K, op(B) K x N, on the
    calling thread alone. For each nc-wide block of columns and kc-deep slice of K (blocks outer,
    or slices outer when A is packed once per slice), the B block is packed (a product of one small
-   block reads its full panels in place), then stripes() runs; with `packed` (B's data NULL), the blocks of B packed once are read instead. A is read in
-   place when its rows and the kernel allow (a bf16 A whenever the kernel reads one in place, its
-   rows are not transposed and K is whole pairs); a bf16 B is always packed. ep (NULL: none) is
-   applied to each tile after its last slice of K. Returns 0, or -1 when pack memory ran out with
-   a packed B (without one, the plain loops run). */
+   block reads its full panels in place), then stripes() runs; with `packed` (B's data NULL), the
+   blocks of B packed once are read instead. A is read in place when its rows and the kernel allow
+   (a bf16 A whenever the kernel reads one in place, its rows are not transposed and K is whole
+   pairs); a bf16 B is always packed. ep (NULL: none) is applied to each tile after its last slice
+   of K. Returns 0, or -1 when pack memory ran out with a packed B (without one, the plain loops
+   run). */
 static int gemm_serial(const gemm_microkernel *uk, int M, int N, int K, float alpha, operand A, operand B,
                        const b_packed *packed, float beta, float *C, long ldc, const gemm_tile_step *ep)
 {

@@ -204,27 +204,34 @@ static int FN(wa_window_tokens)(const FN(wa_geometry) *g, int w, int *tok, int *
     return s && ((wy + 1) * win == H || (wx + 1) * win == W);
 }
 
-/* An item reads and writes a few lines of each of N rows scattered over the map, in an order no
-   hardware prefetcher follows (at batch 8 the items waited on them): the next item's lines are asked
-   for while the current one computes. This finds the next window's tokens (w's next_tok and
-   next_label), once per window; returns 0 when there is nothing to fetch (no next window; global:
-   the next window is a whole sample, read in order). */
-static int FN(wa_next_window)(const FN(wa_geometry) *g, const FN(wa_work) *w, long next, long windows)
-{
-    if (next >= windows || g->global)
-        return 0;
-    FN(wa_window_tokens)(g, (int)(next % g->nw), w->next_tok, w->next_label);
-    return 1;
-}
+/* A thread's walk over its items, in order: the (sample, window) whose tokens are in w's tok and
+   label, whether that window holds several regions, and whether the next window's are in next_tok
+   and next_label. */
+typedef struct {
+    long window;
+    int masked, has_next;
+} FN(wa_walk);
 
-/* The tokens of the item after (window, h) — w's tok, or with has_next its next_tok when that item
-   opens the next window — and its window and head; NULL when there is nothing to fetch. */
-static const int *FN(wa_next_item)(const FN(wa_geometry) *g, const FN(wa_work) *w, int has_next, long window, int h,
-                                   long *next_window, int *next_h)
+/* Moves the walk to item `it` of `items`, finding a new window's tokens (and the next window's), and
+   returns the tokens of the item after it, with its window and head, for prefetching (NULL: none).
+   An item reads and writes a few lines of each of N rows scattered over the map, in an order no
+   hardware prefetcher follows (at batch 8 the items waited on them): the next item's lines are asked
+   for while the current one computes. Global attention fetches nothing: its window is a whole
+   sample, read in order. */
+static const int *FN(wa_walk_to)(FN(wa_walk) *walk, const FN(wa_geometry) *g, const FN(wa_work) *w, long it,
+                                 long items, long *next_window, int *next_h)
 {
-    *next_h = (h + 1) % g->heads;
-    *next_window = window + (*next_h == 0);
-    return g->global ? NULL : *next_h ? w->tok : has_next ? w->next_tok : NULL;
+    const int heads = g->heads;
+    if (it / heads != walk->window) {
+        walk->window = it / heads;
+        walk->masked = FN(wa_window_tokens)(g, (int)(walk->window % g->nw), w->tok, w->label);
+        walk->has_next = !g->global && walk->window + 1 < items / heads;
+        if (walk->has_next)
+            FN(wa_window_tokens)(g, (int)((walk->window + 1) % g->nw), w->next_tok, w->next_label);
+    }
+    *next_h = (int)((it + 1) % heads);
+    *next_window = (it + 1) / heads;
+    return g->global ? NULL : *next_h ? w->tok : walk->has_next ? w->next_tok : NULL;
 }
 
 /* ... and this asks for an item's part of a [B, H·W] map of rows of `sections` sections of C elements
@@ -467,26 +474,20 @@ static void FN(wa_forward)(FN(wa_forward_item_fn) item, real *out, real *lse, re
 #pragma omp parallel num_threads(threads) WA_PARALLEL(items, g)
     {
         const FN(wa_work) w = FN(wa_work_of)(FN(wa_thread_work)(work, per_thread), &g);
-        long window_of_tokens = -1; /* the (sample, window) whose tokens are in w.tok */
-        int masked = 0, has_next = 0;
+        FN(wa_walk) walk = {-1, 0, 0};
 #pragma omp for schedule(static)
         for (long it = 0; it < items; it++) {
             const int h = (int)(it % heads), win = (int)(it / heads % g.nw), b = (int)(it / heads / g.nw);
-            if (it / heads != window_of_tokens) {
-                masked = FN(wa_window_tokens)(&g, win, w.tok, w.label);
-                window_of_tokens = it / heads;
-                has_next = FN(wa_next_window)(&g, &w, window_of_tokens + 1, items / heads);
-            }
             long next_window;
             int next_h;
-            const int *next_tok = FN(wa_next_item)(&g, &w, has_next, window_of_tokens, h, &next_window, &next_h);
+            const int *next_tok = FN(wa_walk_to)(&walk, &g, &w, it, items, &next_window, &next_h);
             if (next_tok) {
                 FN(wa_prefetch_item)(&g, next_tok, next_window, next_h, qkv, sizeof(real), 3, 0);
                 FN(wa_prefetch_item)(&g, next_tok, next_window, next_h, out, out_elem, 1, 1);
             }
             real *y = (real *)((char *)out + (size_t)b * H * W * C * out_elem);
-            item(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, bias ? bias + (size_t)h * g.N * g.N : NULL, h, y,
-                 lse ? lse + (((size_t)b * g.nw + win) * heads + h) * g.N : NULL);
+            item(&g, &w, walk.masked, qkv + (size_t)b * H * W * 3 * C, bias ? bias + (size_t)h * g.N * g.N : NULL,
+                 h, y, lse ? lse + (((size_t)b * g.nw + win) * heads + h) * g.N : NULL);
         }
     }
 }
@@ -523,27 +524,22 @@ static void FN(wa_backward)(FN(wa_backward_item_fn) item_fn, real *dqkv, real *d
         const int nt = omp_get_num_threads();
         if (dbias)
             memset(w.dbias, 0, heads * nn * sizeof(real));
-        long window_of_tokens = -1;
-        int masked = 0, has_next = 0;
+        FN(wa_walk) walk = {-1, 0, 0};
 #pragma omp for schedule(static)
         for (long item = 0; item < items; item++) {
             const int h = (int)(item % heads), win = (int)(item / heads % g.nw), b = (int)(item / heads / g.nw);
-            if (item / heads != window_of_tokens) {
-                masked = FN(wa_window_tokens)(&g, win, w.tok, w.label);
-                window_of_tokens = item / heads;
-                has_next = FN(wa_next_window)(&g, &w, window_of_tokens + 1, items / heads);
-            }
             long next_window;
             int next_h;
-            const int *next_tok = FN(wa_next_item)(&g, &w, has_next, window_of_tokens, h, &next_window, &next_h);
+            const int *next_tok = FN(wa_walk_to)(&walk, &g, &w, item, items, &next_window, &next_h);
             if (next_tok) {
                 FN(wa_prefetch_item)(&g, next_tok, next_window, next_h, qkv, sizeof(real), 3, 0);
                 FN(wa_prefetch_item)(&g, next_tok, next_window, next_h, dout, sizeof(real), 1, 0);
                 FN(wa_prefetch_item)(&g, next_tok, next_window, next_h, dqkv, sizeof(real), 3, 1);
             }
-            item_fn(&g, &w, masked, qkv + (size_t)b * H * W * 3 * C, dout + (size_t)b * H * W * C,
-                    bias ? bias + (size_t)h * nn : NULL, lse ? lse + (((size_t)b * g.nw + win) * heads + h) * g.N : NULL,
-                    h, dqkv + (size_t)b * H * W * 3 * C, dbias ? w.dbias + (size_t)h * nn : NULL, accumulate);
+            item_fn(&g, &w, walk.masked, qkv + (size_t)b * H * W * 3 * C, dout + (size_t)b * H * W * C,
+                    bias ? bias + (size_t)h * nn : NULL,
+                    lse ? lse + (((size_t)b * g.nw + win) * heads + h) * g.N : NULL, h,
+                    dqkv + (size_t)b * H * W * 3 * C, dbias ? w.dbias + (size_t)h * nn : NULL, accumulate);
         }
         /* per-thread bias gradients, added in thread order: deterministic for a thread count (the
            first thread's written when not accumulating); none without a bias */
