@@ -422,6 +422,45 @@ def test_gemm_edge_stripes_every_row_count(bf16_isa, threads):
         np.testing.assert_allclose(got32, ref, rtol=0, atol=4 * k * U32 * 2, err_msg=f"fp32, M = {m}")
 
 
+ACTIVATION_SHAPES = [(1, 1, 2), (13, 40, 96), (29, 288, 96), (45, 70, 33), (300, 1100, 520), (129, 96, 1538),
+                     (17, 17, 2001), (200, 3000, 96)]
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_gemm_prepacked_activation(bf16_isa, isa, threads, activation):
+    """A product's output through ReLU or GELU into bf16 (gemm_prepacked_activation), its fp32 output kept
+    or not: bit for bit the fp32 output of gemm_prepacked with the bias, then the model's bf16 pass of the
+    activation (relu_forward_bf16, gelu_forward_bf16), for A fp32 (packed) and bf16 (rows read in place, or
+    packed for an odd K), whole and edge stripes, several column blocks (an A packed once for all), K over
+    several slices (the fp32 output then held whole), rows split among threads; every element written."""
+    from ckernels import bf16_output
+
+    rng = np.random.default_rng(40)
+    for m, n, k in ACTIVATION_SHAPES:
+        a32, b = operands(rng, m, n, k, 0, 1)
+        packed = _C.gemm_prepack_b(b, trans_b=True)
+        for shift in (rng.uniform(-3, 3, n).astype(np.float32), None):
+            for a in (a32, np.array(bf16_bits(a32))):
+                c = _C.gemm_prepacked(a, packed, n, shift=shift)
+                want = bf16_output(f"{activation}_forward_bf16", c).reshape(m, n)
+                h = _C.gemm_prepacked_activation(a, packed, n, activation, shift=shift)
+                np.testing.assert_array_equal(h, want, err_msg=f"{m}x{n}x{k}, A {a.dtype}")
+                h, kept = _C.gemm_prepacked_activation(a, packed, n, activation, shift=shift, keep=True)
+                np.testing.assert_array_equal(h, want, err_msg=f"{m}x{n}x{k}, A {a.dtype}, kept")
+                np.testing.assert_array_equal(kept, c, err_msg=f"{m}x{n}x{k}, A {a.dtype}, kept")
+
+
+def test_gemm_prepacked_activation_refuses_what_it_cannot_do():
+    rng = np.random.default_rng(41)
+    a, b = operands(rng, 5, 6, 7, 0, 1)
+    with pytest.raises(ValueError, match="bf16 pack"):
+        _C.gemm_prepacked_activation(a, _C.gemm_prepack_b(b, trans_b=True, bf16=False), 6, "gelu")
+    with pytest.raises(ValueError, match="'relu' or 'gelu'"):
+        _C.gemm_prepacked_activation(a, _C.gemm_prepack_b(b, trans_b=True), 6, "tanh")
+    with pytest.raises(ValueError, match="K=7, N=5"):
+        _C.gemm_prepacked_activation(a, _C.gemm_prepack_b(b, trans_b=True), 5, "relu")
+
+
 INPUTS_SHAPES = [(1, 1, 1), (13, 31, 7), (29, 70, 33), (15, 17, 2), (300, 96, 1000), (96, 384, 3001),
                  (17, 1100, 520)]
 

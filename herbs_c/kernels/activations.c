@@ -86,6 +86,11 @@ void relu_backward_bf16(float *dinp, const float *dout, const uint16_t *out, siz
 {
     HERBS_ISA_PARALLEL(relu_backward_bf16_span, n, ACT_THREADS(n), dinp, dout, out, accumulate);
 }
+
+bf16_activation_span_fn bf16_activation_span(herbs_bf16_activation act)
+{
+    return act == HERBS_BF16_GELU ? gelu_bf16_span_isa() : relu_forward_bf16_span_isa();
+}
 #endif
 
 /* GELU, vectorised through fastmath.h */

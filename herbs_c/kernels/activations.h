@@ -20,6 +20,11 @@ void FN(gelu_forward)(real *out, const real *inp, size_t n);
    1.8e-7 of the truth: for an output that only feeds bf16 products (gelu_bf16.c). Float engine
    only (declared for both, defined once). */
 void gelu_forward_bf16(uint16_t *out, const float *inp, size_t n);
+/* The current instruction set's span of relu_forward_bf16 or gelu_forward_bf16 (gemm_bf16.h), for a
+   caller that runs it piece by piece on its own thread (the GEMM's bf16 activation output); the
+   second is gelu_bf16.c's. Float engine only. */
+bf16_activation_span_fn bf16_activation_span(herbs_bf16_activation act);
+bf16_activation_span_fn gelu_bf16_span_isa(void);
 /* g[n] = dout · GELU'(x) with Φ and its derivative from gelu_forward_bf16's table, within 1e-6 of
    the exact derivative: for a gradient rounded to bf16 next (linear_backward_bf16 through GELU).
    On the calling thread. Float engine only. */

@@ -240,7 +240,7 @@ void gelu_backward_table(float *g, const float *dout, const float *x, size_t n)
     gelu_backward_table_isa()(g, dout, x, n);
 }
 
-static void (*gelu_bf16_span_isa(void))(uint16_t *, const float *, size_t, size_t)
+bf16_activation_span_fn gelu_bf16_span_isa(void)
 {
     const herbs_isa isa = herbs_isa_current();
 #if defined(__x86_64__)

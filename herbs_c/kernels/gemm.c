@@ -217,6 +217,15 @@ void gemm_tile_step_apply(const gemm_tile_step *step, float *c, long ldc, int fi
         affine_rows_current()(c, ldc, step->scale, step->shift, step->relu, cols, first, rows);
 }
 
+/* A product's output in bf16 through an activation (gemm_prepacked_bf16_activation): each stripe's
+   rows of the fp32 result go through `span` into h (row stride ldh) as soon as the stripe's tiles
+   of their last K slice are stored, while they are in cache. */
+typedef struct {
+    bf16_activation_span_fn span;
+    uint16_t *h;
+    long ldh;
+} bf16_output;
+
 /* Rows of A packed at once: one stripe, or for a transposed A (whose packing reads rows of A,
    better streamed whole) the stripes of about TRANSPOSED_A_ROWS rows. */
 static int rows_packed_at_once(const gemm_microkernel *uk, int trans_a)
@@ -228,10 +237,12 @@ static int rows_packed_at_once(const gemm_microkernel *uk, int trans_a)
    time: the stripe's A panel (read in place or packed) stays in L1 while the B panels stream
    from L2, and C is written in the order of its memory, which the hardware prefetcher follows.
    A not read in place is packed `group` rows at a time into apack, unless a_packed says apack
-   already holds all m rows' panels. The kernel applies ep (NULL: none) to each tile as it stores it. */
+   already holds all m rows' panels. The kernel applies ep (NULL: none) to each tile as it stores it,
+   then out (NULL: none) takes the stripe's rows; with c_stripe, C holds one stripe (every stripe's
+   rows go to its first rows). */
 static void stripes(const gemm_microkernel *uk, int a_in_place, int group, int a_packed, int m, int n, int k,
-                    float alpha, operand A, const b_block *bb, float beta, float *C, long ldc, char *apack,
-                    const gemm_tile_step *ep)
+                    float alpha, operand A, const b_block *bb, float beta, float *C, long ldc, int c_stripe,
+                    char *apack, const gemm_tile_step *ep, const bf16_output *out)
 {
     const int mr = uk->mr, nr = uk->nr;
     const long lda = A.ld;
@@ -246,10 +257,11 @@ static void stripes(const gemm_microkernel *uk, int a_in_place, int group, int a
         if (!in_place && !a_packed && i0 % group == 0)
             pack_a(uk, &stripe, min_int(group, m - i0), k, apack);
         const char *a_panel = apack + panel_bytes(uk, k, i0 % group);
+        float *c_rows = c_stripe ? C : C + (size_t)i0 * ldc; /* the stripe's own first row */
         for (int j0 = 0; j0 < n; j0 += nr) {
             long b_step;
             const void *b = b_panel(uk, bb, j0, k, &b_step);
-            float *c = C + (size_t)(i0 - shift) * ldc + j0;
+            float *c = c_rows - (ptrdiff_t)shift * ldc + j0;
             const int cols = min_int(nr, n - j0);
             const gemm_tile_step at = ep ? step_from(ep, j0) : (gemm_tile_step){0};
             const gemm_tile_step *step = ep ? &at : NULL;
@@ -262,6 +274,8 @@ static void stripes(const gemm_microkernel *uk, int a_in_place, int group, int a
             else /* an edge stripe read in place stores (and steps) its own rows shift.. */
                 uk->run_rows(k, a, lda, b, b_step, c, ldc, alpha, beta, shift, cols, step);
         }
+        for (int r = 0; out && r < rows; r++)
+            out->span(out->h + (size_t)(i0 + r) * out->ldh, c_rows + (size_t)r * ldc, 0, n);
     }
 }
 
@@ -272,10 +286,13 @@ static void stripes(const gemm_microkernel *uk, int a_in_place, int group, int a
    blocks of B packed once are read instead. A is read in place when its rows and the kernel allow
    (a bf16 A whenever the kernel reads one in place, its rows are not transposed and K is whole
    pairs); a bf16 B is always packed. ep (NULL: none) is applied to each tile after its last slice
-   of K. Returns 0, or -1 when pack memory ran out with a packed B (without one, the plain loops
-   run). */
+   of K, then out (NULL: none; only with a packed B) to each stripe's rows; C NULL (with out): the
+   fp32 result is not kept, its tiles go to a buffer of one stripe (of all rows when K is in
+   several slices). Returns 0, or -1 when pack memory ran out with a packed B (without one, the
+   plain loops run). */
 static int gemm_serial(const gemm_microkernel *uk, int M, int N, int K, float alpha, operand A, operand B,
-                       const b_packed *packed, float beta, float *C, long ldc, const gemm_tile_step *ep)
+                       const b_packed *packed, float beta, float *C, long ldc, const gemm_tile_step *ep,
+                       const bf16_output *out)
 {
     const int kc = slice_depth(uk, K), nc = block_size(N, block_width(uk, K), uk->nr);
     const int small = K <= kc_of(uk) && N <= nc_of(uk) && (size_t)M * K <= SMALL_A_FLOATS && uk->run_rows;
@@ -288,8 +305,12 @@ static int gemm_serial(const gemm_microkernel *uk, int M, int N, int K, float al
        run slice by slice), where those panels fit A_ONCE_BYTES */
     const int a_once = !a_in_place && blocks > 1 && panel_bytes(uk, kc, round_up(M, uk->mr)) <= A_ONCE_BYTES;
     const int group = a_in_place ? uk->mr : a_once ? round_up(M, uk->mr) : rows_packed_at_once(uk, A.trans);
-    const size_t b_bytes = packed ? 0 : panel_bytes(uk, kc, nc);
-    char *bpack = herbs_scratch(HERBS_SCRATCH_GEMM_PACK, b_bytes + panel_bytes(uk, kc, group));
+    const size_t b_bytes = packed ? 0 : panel_bytes(uk, kc, nc), a_bytes = panel_bytes(uk, kc, group);
+    const int c_stripe = !C && slices == 1; /* else C NULL: a buffer of all rows */
+    if (!C)
+        ldc = c_stripe ? nc : N;
+    const size_t c_bytes = C ? 0 : (size_t)(c_stripe ? uk->mr : M) * ldc * sizeof(float);
+    char *bpack = herbs_scratch(HERBS_SCRATCH_GEMM_PACK, b_bytes + a_bytes + c_bytes);
     if (!bpack && packed)
         return -1;
     if (!bpack) { /* out of memory for packing: the plain loops need none */
@@ -302,6 +323,8 @@ static int gemm_serial(const gemm_microkernel *uk, int M, int N, int K, float al
         return 0;
     }
     char *apack = bpack + b_bytes;
+    if (!C)
+        C = (float *)(apack + a_bytes);
     for (int step = 0; step < blocks * slices; step++) {
         const int column = a_once ? step % blocks : step / slices, slice = a_once ? step / blocks : step % slices;
         const int jc = column * nc, n = min_int(nc, N - jc), pc = slice * kc, k = min_int(kc, K - pc);
@@ -318,8 +341,10 @@ static int gemm_serial(const gemm_microkernel *uk, int M, int N, int K, float al
                 pack_b(uk, &rest, n - bb.in_place, k, bpack);
         }
         const gemm_tile_step at = ep ? step_from(ep, jc) : (gemm_tile_step){0};
+        const bf16_output out_at = out ? (bf16_output){out->span, out->h + jc, out->ldh} : (bf16_output){0};
         stripes(uk, a_in_place, group, a_once && column > 0, M, n, k, alpha, operand_from(A, 0, pc), &bb,
-                pc == 0 ? beta : 1.0f, C + jc, ldc, apack, ep && pc + k == K ? &at : NULL);
+                pc == 0 ? beta : 1.0f, c_stripe ? C : C + jc, ldc, c_stripe, apack, ep && pc + k == K ? &at : NULL,
+                out && pc + k == K ? &out_at : NULL);
     }
     return 0;
 }
@@ -409,10 +434,10 @@ static void thread_end(const gemm_microkernel *uk)
 }
 
 /* gemm_affine with the micro-kernel uk on operands A and B, or with B's pack `packed` (B's data
-   NULL); -1 as gemm_serial. */
+   NULL), and out (NULL: none; K >= 1 and a packed B) as gemm_serial's; -1 as gemm_serial. */
 static int product_run(const gemm_microkernel *uk, int M, int N, int K, float alpha, operand A, operand B,
                        const char *packed, float beta, float *C, long ldc, const float *scale, const float *shift,
-                       int relu)
+                       int relu, const bf16_output *out)
 {
     if (M <= 0 || N <= 0)
         return 0;
@@ -427,7 +452,7 @@ static int product_run(const gemm_microkernel *uk, int M, int N, int K, float al
     if (nt == 1) {
         const b_packed pb = {packed, N, 0};
         thread_begin(uk);
-        const int status = gemm_serial(uk, M, N, K, alpha, A, B, packed ? &pb : NULL, beta, C, ldc, ep);
+        const int status = gemm_serial(uk, M, N, K, alpha, A, B, packed ? &pb : NULL, beta, C, ldc, ep, out);
         thread_end(uk);
         return status;
     }
@@ -445,14 +470,16 @@ static int product_run(const gemm_microkernel *uk, int M, int N, int K, float al
         const int m0 = share(ti, g.m, M, row_unit(uk)), m1 = share(ti + 1, g.m, M, row_unit(uk));
         const int n0 = share(tj, g.n, N, uk->nr), n1 = share(tj + 1, g.n, N, uk->nr);
         const int k0 = share(tk, g.k, K, 1), k1 = share(tk + 1, g.k, K, 1);
-        float *c = tk == 0 ? C + (size_t)m0 * ldc + n0 : partial + ((size_t)(tk - 1) * M + m0) * N + n0;
+        float *c = tk > 0 ? partial + ((size_t)(tk - 1) * M + m0) * N + n0 : C ? C + (size_t)m0 * ldc + n0 : NULL;
         const gemm_tile_step at = ep ? step_from(ep, n0) : (gemm_tile_step){0};
+        const bf16_output out_at = out ? (bf16_output){out->span, out->h + (size_t)m0 * out->ldh + n0, out->ldh}
+                                       : (bf16_output){0};
         const b_packed pb = {packed, N, n0};
         if (m1 > m0 && n1 > n0) {
             thread_begin(uk);
             status = gemm_serial(uk, m1 - m0, n1 - n0, k1 - k0, alpha, operand_from(A, m0, k0),
                                  packed ? B : operand_from(B, k0, n0), packed ? &pb : NULL, tk == 0 ? beta : 0.0f, c,
-                                 tk == 0 ? ldc : N, ep && g.k == 1 ? &at : NULL);
+                                 tk == 0 ? ldc : N, ep && g.k == 1 ? &at : NULL, out ? &out_at : NULL);
             thread_end(uk);
         }
         if (g.k > 1) { /* the sums are whole only now: the epilogue follows the adding */
@@ -516,12 +543,13 @@ static void profile_add(gemm_profile_entry e, double seconds)
 /* product_run, its wall time kept while profiling (top-level products only: the time of one
    run inside a parallel region is not the product's) */
 static int product(const gemm_microkernel *uk, int M, int N, int K, float alpha, operand A, operand B,
-                   const char *packed, float beta, float *C, long ldc, const float *scale, const float *shift, int relu)
+                   const char *packed, float beta, float *C, long ldc, const float *scale, const float *shift, int relu,
+                   const bf16_output *out)
 {
     if (!profiling || omp_in_parallel())
-        return product_run(uk, M, N, K, alpha, A, B, packed, beta, C, ldc, scale, shift, relu);
+        return product_run(uk, M, N, K, alpha, A, B, packed, beta, C, ldc, scale, shift, relu, out);
     const double t0 = omp_get_wtime();
-    const int status = product_run(uk, M, N, K, alpha, A, B, packed, beta, C, ldc, scale, shift, relu);
+    const int status = product_run(uk, M, N, K, alpha, A, B, packed, beta, C, ldc, scale, shift, relu, out);
     profile_add((gemm_profile_entry){M, N, K, A.trans, B.trans, A.bf16, B.bf16, packed != NULL, uk->elem == 2, 0, 0},
                 omp_get_wtime() - t0);
     return status;
@@ -532,7 +560,7 @@ void gemm_affine_at(herbs_precision p, int trans_a, int trans_b, int M, int N, i
                     const float *shift, int relu)
 {
     product(gemm_microkernel_for(p), M, N, K, alpha, (operand){A, lda, trans_a, 0}, (operand){B, ldb, trans_b, 0},
-            NULL, beta, C, ldc, scale, shift, relu);
+            NULL, beta, C, ldc, scale, shift, relu, NULL);
 }
 
 void gemm_bf16_inputs(int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A, int a_bf16, long lda,
@@ -540,7 +568,7 @@ void gemm_bf16_inputs(int trans_a, int trans_b, int M, int N, int K, float alpha
                       const float *shift, int relu)
 {
     product(gemm_microkernel_for(HERBS_BF16), M, N, K, alpha, (operand){A, lda, trans_a, a_bf16},
-            (operand){B, ldb, trans_b, b_bf16}, NULL, beta, C, ldc, scale, shift, relu);
+            (operand){B, ldb, trans_b, b_bf16}, NULL, beta, C, ldc, scale, shift, relu, NULL);
 }
 
 void gemm_affine(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, long lda,
@@ -641,7 +669,7 @@ herbs_status gemm_prepacked(int trans_a, int M, int N, int K, float alpha, const
     pack_header h;
     memcpy(&h, packed, sizeof h);
     if (product(registry[h.kernel].uk, M, N, K, alpha, (operand){A, lda, trans_a, 0}, (operand){0},
-                (const char *)packed + PACK_HEADER, beta, C, ldc, scale, shift, relu) < 0)
+                (const char *)packed + PACK_HEADER, beta, C, ldc, scale, shift, relu, NULL) < 0)
         return herbs_error(HERBS_ERR_NOMEM, "gemm_prepacked: no memory for packing A");
     return HERBS_OK;
 }
@@ -655,8 +683,23 @@ herbs_status gemm_prepacked_bf16_rows(int M, int N, int K, float alpha, const ui
     if (registry[h.kernel].precision != HERBS_BF16)
         return herbs_error(HERBS_ERR_VALUE, "gemm_prepacked_bf16_rows: a bf16 A needs a bf16 pack of B");
     if (product(registry[h.kernel].uk, M, N, K, alpha, (operand){A, lda, 0, 1}, (operand){0},
-                (const char *)packed + PACK_HEADER, beta, C, ldc, scale, shift, relu) < 0)
+                (const char *)packed + PACK_HEADER, beta, C, ldc, scale, shift, relu, NULL) < 0)
         return herbs_error(HERBS_ERR_NOMEM, "gemm_prepacked_bf16_rows: no memory for packing A");
+    return HERBS_OK;
+}
+
+herbs_status gemm_prepacked_bf16_activation(int M, int N, int K, const void *A, int a_bf16, long lda,
+                                            const void *packed, float *C, long ldc, const float *shift,
+                                            herbs_bf16_activation act, uint16_t *H, long ldh)
+{
+    pack_header h;
+    memcpy(&h, packed, sizeof h);
+    if (registry[h.kernel].precision != HERBS_BF16 || K < 1)
+        return herbs_error(HERBS_ERR_VALUE, "gemm_prepacked_bf16_activation: needs a bf16 pack of B and K >= 1");
+    const bf16_output out = {bf16_activation_span(act), H, ldh};
+    if (product(registry[h.kernel].uk, M, N, K, 1.0f, (operand){A, lda, 0, a_bf16}, (operand){0},
+                (const char *)packed + PACK_HEADER, 0.0f, C, ldc, NULL, shift, 0, &out) < 0)
+        return herbs_error(HERBS_ERR_NOMEM, "gemm_prepacked_bf16_activation: no memory for packing A");
     return HERBS_OK;
 }
 
@@ -696,7 +739,7 @@ static void batch_serial(const gemm_microkernel *uk, int trans_a, int trans_b, i
             prefetch_matrix(B + (b + 1) * stride_b, ldb, trans_b ? N : K, trans_b ? K : N);
         }
         gemm_serial(uk, M, N, K, alpha, (operand){A + b * stride_a, lda, trans_a, 0},
-                    (operand){B + b * stride_b, ldb, trans_b, 0}, NULL, beta, C + b * stride_c, ldc, NULL);
+                    (operand){B + b * stride_b, ldb, trans_b, 0}, NULL, beta, C + b * stride_c, ldc, NULL, NULL);
     }
     thread_end(uk);
 }
@@ -712,7 +755,8 @@ static void batched(const gemm_microkernel *uk, int trans_a, int trans_b, int M,
     if (M <= 0 || N <= 0 || K <= 0 || alpha == 0.0f || !whole_items) { /* trivial, or few big items */
         for (int b = 0; b < batch; b++)
             product(uk, M, N, K, alpha, (operand){A + b * stride_a, lda, trans_a, 0},
-                    (operand){B + b * stride_b, ldb, trans_b, 0}, NULL, beta, C + b * stride_c, ldc, NULL, NULL, 0);
+                    (operand){B + b * stride_b, ldb, trans_b, 0}, NULL, beta, C + b * stride_c, ldc, NULL, NULL, 0,
+                    NULL);
         return;
     }
     /* whole items per thread, handed out in chunks so that a thread slowed down by another

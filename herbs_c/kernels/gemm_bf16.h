@@ -66,6 +66,21 @@ herbs_status gemm_prepacked_bf16_rows(int M, int N, int K, float alpha, const ui
                                       const void *packed, float beta, float *C, long ldc, const float *scale,
                                       const float *shift, int relu);
 
+/* The activation a product's bf16 output goes through (gemm_prepacked_bf16_activation), and a span of
+   it: out[i0:i1] = bf16(act(inp[i0:i1])) on the calling thread (activations.h's bf16_activation_span). */
+typedef enum { HERBS_BF16_RELU, HERBS_BF16_GELU } herbs_bf16_activation;
+typedef void (*bf16_activation_span_fn)(uint16_t *out, const float *inp, size_t i0, size_t i1);
+
+/* gemm_prepacked at bf16 (the pack a HERBS_BF16 one, else HERBS_ERR_VALUE; K >= 1) on A fp32 or (a_bf16)
+   rows of bf16, for an output that only feeds an activation and then bf16 products: H[M, N] (row stride
+   ldh) = bf16(act(op(A)·B + shift)), the bits of relu_forward_bf16 or gelu_forward_bf16 on the fp32
+   output, and C (NULL: not kept) that fp32 output. Each stripe of rows goes through the activation as
+   soon as its tiles are stored, while they are in cache: no pass over C in memory, and with C NULL
+   none of its stores either. HERBS_ERR_NOMEM (H unspecified) when no memory for packing could be had. */
+herbs_status gemm_prepacked_bf16_activation(int M, int N, int K, const void *A, int a_bf16, long lda,
+                                            const void *packed, float *C, long ldc, const float *shift,
+                                            herbs_bf16_activation act, uint16_t *H, long ldh);
+
 /* The wall time of the products of each shape, for finding which ones run below the peak inside a
    model's steps (benchmarks/profile_gemms.py): between gemm_profile_start (which forgets what was
    kept) and gemm_profile_stop, every product that starts outside a parallel region adds its seconds

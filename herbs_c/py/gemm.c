@@ -235,6 +235,18 @@ static PyObject *py_gemm_prepack_b(PyObject *self, PyObject *args, PyObject *kw)
     return (PyObject *)out;
 }
 
+/* Whether `packed` is a uint8 array holding a pack of gemm_prepack_b for K x n (else a ValueError). */
+static int check_pack(PyObject *packed, int n, npy_intp K)
+{
+    if (PyArray_Check(packed) && PyArray_TYPE((PyArrayObject *)packed) == NPY_UINT8 &&
+        PyArray_IS_C_CONTIGUOUS((PyArrayObject *)packed) &&
+        gemm_prepack_b_matches(PyArray_DATA((PyArrayObject *)packed), PyArray_NBYTES((PyArrayObject *)packed), n,
+                               (int)K))
+        return 1;
+    PyErr_Format(PyExc_ValueError, "packed is not a pack of gemm_prepack_b for K=%ld, N=%d", (long)K, n);
+    return 0;
+}
+
 /* gemm_prepacked(a, packed, n, c=None, trans_a=False, alpha=1, beta=0, scale=None, shift=None, relu=False);
    a float32, or uint16 holding bf16 bit patterns (with a bf16 pack). */
 static PyObject *py_gemm_prepacked(PyObject *self, PyObject *args, PyObject *kw)
@@ -258,13 +270,8 @@ static PyObject *py_gemm_prepacked(PyObject *self, PyObject *args, PyObject *kw)
     const long lda = row_stride(aa, "a");
     if (lda < 0 || !dim_fits(M, "a") || !dim_fits(K, "a"))
         return NULL;
-    if (!PyArray_Check(packed) || PyArray_TYPE((PyArrayObject *)packed) != NPY_UINT8 ||
-        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)packed) ||
-        !gemm_prepack_b_matches(PyArray_DATA((PyArrayObject *)packed), PyArray_NBYTES((PyArrayObject *)packed), n,
-                                (int)K)) {
-        PyErr_Format(PyExc_ValueError, "packed is not a pack of gemm_prepack_b for K=%ld, N=%d", (long)K, n);
+    if (!check_pack(packed, n, K))
         return NULL;
-    }
     if (!parse_vector(scale, "scale", n, &sc) || !parse_vector(shift, "shift", n, &sh))
         return NULL;
     npy_intp want[2] = {M, n};
@@ -307,6 +314,55 @@ static PyObject *py_gemm_prepacked(PyObject *self, PyObject *args, PyObject *kw)
         return raise_status(status);
     }
     return (PyObject *)cc;
+}
+
+/* gemm_prepacked_activation(a, packed, n, activation, shift=None, keep=False) -> h or (h, c) */
+static PyObject *py_gemm_prepacked_activation(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"a", "packed", "n", "activation", "shift", "keep", NULL};
+    PyObject *a, *packed, *shift = Py_None;
+    const char *activation;
+    int n, keep = 0, dtype = NPY_FLOAT32;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOis|Op", kwlist, &a, &packed, &n, &activation, &shift, &keep))
+        return NULL;
+    const int gelu = strcmp(activation, "gelu") == 0;
+    if (!gelu && strcmp(activation, "relu") != 0) {
+        PyErr_Format(PyExc_ValueError, "activation must be 'relu' or 'gelu', got '%s'", activation);
+        return NULL;
+    }
+    const int a_bf16 = is_bf16_bits(a);
+    PyArrayObject *aa = a_bf16 ? check_bf16_matrix(a, "a") : check_float_array(a, "a", 2, &dtype), *sh;
+    if (!aa)
+        return NULL;
+    const npy_intp M = PyArray_DIM(aa, 0), K = PyArray_DIM(aa, 1);
+    const long lda = row_stride(aa, "a");
+    if (lda < 0 || !dim_fits(M, "a") || !dim_fits(K, "a") || !check_pack(packed, n, K) ||
+        !parse_vector(shift, "shift", n, &sh))
+        return NULL;
+    npy_intp want[2] = {M, n};
+    PyArrayObject *hh = (PyArrayObject *)PyArray_EMPTY(2, want, NPY_UINT16, 0);
+    PyArrayObject *cc = keep ? (PyArrayObject *)PyArray_EMPTY(2, want, NPY_FLOAT32, 0) : NULL;
+    if (!hh || (keep && !cc)) {
+        Py_XDECREF(hh);
+        Py_XDECREF(cc);
+        return NULL;
+    }
+    const void *A = PyArray_DATA(aa), *P = PyArray_DATA((PyArrayObject *)packed);
+    const float *t = data_or_null(sh);
+    float *C = cc ? PyArray_DATA(cc) : NULL;
+    uint16_t *H = PyArray_DATA(hh);
+    herbs_status status;
+    Py_BEGIN_ALLOW_THREADS
+    herbs_threads_apply();
+    status = gemm_prepacked_bf16_activation((int)M, n, (int)K, A, a_bf16, lda, P, C, n, t,
+                                            gelu ? HERBS_BF16_GELU : HERBS_BF16_RELU, H, n);
+    Py_END_ALLOW_THREADS
+    if (status != HERBS_OK) {
+        Py_DECREF(hh);
+        Py_XDECREF(cc);
+        return raise_status(status);
+    }
+    return cc ? Py_BuildValue("(NN)", hh, cc) : (PyObject *)hh;
 }
 
 /* gemm_profile(on): start (forgetting the last profile) or stop keeping the products' times. */
@@ -375,5 +431,11 @@ PyMethodDef gemm_methods[] = {
      "gemm_prepacked(a, packed, n, c=None, trans_a=False, alpha=1.0, beta=0.0, scale=None, shift=None,\n"
      "relu=False) -> c: the product with the B of gemm_prepack_b (n columns), in its precision. a is\n"
      "float32, or uint16 holding bf16 bit patterns (rows, with a bf16 pack): the same product unrounded."},
+    {"gemm_prepacked_activation", (PyCFunction)(void (*)(void))py_gemm_prepacked_activation,
+     METH_VARARGS | METH_KEYWORDS,
+     "gemm_prepacked_activation(a, packed, n, activation, shift=None, keep=False) -> h, or (h, c) with keep:\n"
+     "h uint16 = bf16(act(a·B + shift)) with the B of a bf16 gemm_prepack_b (n columns), activation 'relu'\n"
+     "or 'gelu' (the bits of the model's bf16 ReLU and GELU passes), c the float32 a·B + shift. a is\n"
+     "float32, or uint16 holding bf16 bit patterns."},
     {NULL, NULL, 0, NULL},
 };
