@@ -163,3 +163,25 @@ def test_heatmap_in_bf16_is_close_to_the_release_recipe(pair):
         model.precision = "fp32"
     assert result["class"] == cls
     assert 0 < np.abs(result["heatmap"] - expected).max() < 0.05
+
+
+def test_bf16_tap_gradients_read_only_their_own_passes(pair):
+    """An eval-mode backward at bf16 (a heat map's) reads only what its forward and its recompute wrote
+    (GELU's input, say, is written by the backward's recompute alone): after fp32 forwards of two other
+    images, which leave different values in the buffers, its tap gradients agree bit for bit."""
+    model, _ = pair
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
+    taps = []
+    for _ in range(2):
+        model.forward(rng.standard_normal((2, 3, 64, 64)).astype(np.float32))
+        model.precision = "bf16"
+        try:
+            _, got = model.tap_gradients(x, lambda outputs: {k: np.ones_like(v) for k, v in outputs.items()
+                                                             if v.dtype == np.float32})
+        finally:
+            model.precision = "fp32"
+            model.zero_grad()
+        taps.append(got)
+    for name in taps[0]:
+        np.testing.assert_array_equal(taps[0][name][1], taps[1][name][1], err_msg=name)

@@ -52,26 +52,29 @@ herbs_status mlp_forward(head_mlp *m, head_ctx *c, const float *x, const level_f
     herbs_params *t = c->t;
     const int h_bf16 = t->precision == HERBS_BF16;
     const size_t n = (size_t)rows * m->hidden;
-    float *h32, *z; /* h's block; the first Linear's output: h itself (fp32), else fp32 rows in the scratch */
+    float *h32; /* h's block */
     m->x = x;
     m->rows = rows;
     HERBS_TRY(head_scratch_begin(c));
     HERBS_TRY(head_alloc(c, h_bf16 ? (n + 1) / 2 : n, 0, &h32));
     m->h = h32;
-    if (h_bf16)
-        HERBS_TRY(head_scratch(c, n, 0, &z));
-    else
-        z = h32;
     if (!factored_plan(&m->first, c, xf, rows, m->in) && !x)
         return herbs_error(HERBS_ERR_STATE, "an MLP's input was not formed and its factors do not pay");
-    if (m->first.factored) {
-        float *shift; /* W0·b + b0 (b: x's bias) */
-        HERBS_TRY(factored_bias(&m->first, c, &m->linear0, &shift));
-        HERBS_TRY(factored_forward(&m->first, c, &m->linear0, rows, z, NULL, shift, !h_bf16));
-    } else
-        product_rows_forward(&m->linear0, t, t->precision, z, x, rows, NULL, NULL, !h_bf16);
-    if (h_bf16)
-        relu_forward_bf16(m->h, z, n);
+    if (h_bf16 && !m->first.factored) { /* the ReLU in the product's stores: its fp32 output is not formed */
+        HERBS_TRY(product_rows_forward_activation(&m->linear0, t, NULL, m->h, HERBS_BF16_RELU, x, 0, rows));
+    } else { /* the first Linear's output: h itself (fp32), else fp32 rows in the scratch */
+        float *z = h32;
+        if (h_bf16)
+            HERBS_TRY(head_scratch(c, n, 0, &z));
+        if (m->first.factored) {
+            float *shift; /* W0·b + b0 (b: x's bias) */
+            HERBS_TRY(factored_bias(&m->first, c, &m->linear0, &shift));
+            HERBS_TRY(factored_forward(&m->first, c, &m->linear0, rows, z, NULL, shift, !h_bf16));
+        } else
+            product_rows_forward(&m->linear0, t, t->precision, z, x, rows, NULL, NULL, 1);
+        if (h_bf16)
+            relu_forward_bf16(m->h, z, n);
+    }
     return out ? product_rows_forward_input(&m->linear2, t, out, m->h, h_bf16, rows) : HERBS_OK;
 }
 

@@ -105,6 +105,14 @@ herbs_status product_rows_forward_input(herbs_weight *w, const herbs_params *t, 
                                     bias_of(w, t), 0);
 }
 
+herbs_status product_rows_forward_activation(herbs_weight *w, const herbs_params *t, float *out, uint16_t *act_out,
+                                             herbs_bf16_activation act, const void *x, int x_bf16, int rows)
+{
+    const int K = w->in * w->k * w->k;
+    return gemm_prepacked_bf16_activation(rows, w->out, K, x, x_bf16, K, gemm_pack(w, t, HERBS_BF16), out, w->out,
+                                          bias_of(w, t), act, act_out, w->out);
+}
+
 void product_rows_backward(herbs_weight *w, herbs_params *t, herbs_precision p, float *dx, const float *dy,
                            const float *x, int rows, int accumulate)
 {

@@ -76,6 +76,14 @@ void product_rows_prepare(herbs_weight *w, const herbs_params *t, herbs_precisio
 herbs_status product_rows_forward_input(herbs_weight *w, const herbs_params *t, float *out, const void *x, int x_bf16,
                                         int rows);
 
+/* product_rows_forward_input at bf16 (t->precision) for an output that only feeds `act` and then bf16
+   products: act_out[rows, out] = bf16(act(x·Wᵀ + bias)), the bits of the fp32 output's bf16 activation
+   pass (activations.h), and out (NULL: not kept) the fp32 x·Wᵀ + bias; with neither the pass over out
+   nor, when it is not kept, its stores (gemm_prepacked_bf16_activation). HERBS_ERR_NOMEM as
+   product_rows_forward_input's. */
+herbs_status product_rows_forward_activation(herbs_weight *w, const herbs_params *t, float *out, uint16_t *act_out,
+                                             herbs_bf16_activation act, const void *x, int x_bf16, int rows);
+
 /* dx[rows, in] += (accumulate set) or = (not read) dy·W (dx NULL: not wanted); dW += dyᵀ·x,
    db += Σ_rows dy into the gradient block; dx may be x (linear_backward). */
 void product_rows_backward(herbs_weight *w, herbs_params *t, herbs_precision p, float *dx, const float *dy,

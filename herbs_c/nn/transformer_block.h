@@ -36,7 +36,8 @@ typedef struct {
     float *att;           /* [M, C]: the attention output, proj's input */
     float *x1;            /* [M, C]: the residual stream after the attention branch */
     float *mean2, *rstd2; /* [M]: norm2's statistics */
-    float *hidden;        /* [M, hidden]: fc1's output, GELU's input (backward overwrites it) */
+    float *hidden;        /* [M, hidden]: fc1's output, GELU's input (backward overwrites it); at bf16 written
+                             only for a backward (not by an eval forward that none recomputes) */
     uint16_t *act;        /* [M, hidden] bf16: GELU's output, for fc2's weight gradient (training at bf16;
                              otherwise NULL, and the backward makes it again) */
 } block_saved;
@@ -81,7 +82,8 @@ typedef struct {
 
 /* A block's shape and the scratch that all blocks of a backbone share: forward and backward use
    ln and branch [M, C] and act [M, hidden] (NULL where block_keeps_act); backward also dln (= datt)
-   [M, C] and dact (= dqkv) [M, max(hidden, 3C)], buffers whose uses never overlap. */
+   [M, C] and dact (= dqkv) [M, max(hidden, 3C)], buffers whose uses never overlap (NULL in a forward
+   pass: an eval-mode forward given them is a backward's recompute, and keeps what that backward reads). */
 typedef struct {
     int B, L, C, hidden;
     float eps; /* the LayerNorms' */
