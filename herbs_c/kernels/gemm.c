@@ -11,7 +11,9 @@
    either precision) says how it packs: the element size of its panels and the unit of depth
    they are padded to; a B packed once (gemm_prepack_b) replaces the packing of B blocks, and
    operands already in bf16 (gemm_bf16_inputs, gemm_prepacked_bf16_rows) are packed without
-   rounding, rows of such an A read in place where the kernel can. */
+   rounding, rows of such an A read in place where the kernel can. An output that only feeds an
+   activation into bf16 (gemm_prepacked_bf16_activation) goes through it stripe by stripe, its fp32
+   tiles kept in C or in a stripe buffer of the thread's. */
 #include <limits.h>
 #include <omp.h>
 #include <stdatomic.h>
