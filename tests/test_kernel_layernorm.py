@@ -76,7 +76,7 @@ def test_matches_torch(N, C, accumulate):
     np.testing.assert_allclose(db, tb.grad.numpy(), rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("N,C", [(1, 1), (7, 96), (33, 37), (5, 1000)])
+@pytest.mark.parametrize("N,C", [(1, 1), (7, 96), (33, 37), (5, 1000), (1003, 96)])
 def test_bf16_output_is_the_output_rounded(N, C):
     """layernorm_forward_bf16 stores the float32 forward's values rounded to bf16 (nearest even) and
     the same statistics, bit for bit."""

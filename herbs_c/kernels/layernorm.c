@@ -28,19 +28,26 @@ HERBS_INLINE void FN(ln_row_stats)(const real *x, int C, real eps, real *m, real
     *r = 1 / sqrt(sq / C + eps);
 }
 
+/* The statistics of rows are taken LN_ROW_BLOCK at a time, then those rows normalised (still in L1):
+   the rows' chains of reductions, square root and division are independent, and the core overlaps
+   them (on Zen 4, 2 threads, bf16 output: 1.8x at 96 channels, 1.5x at 192, 1.05x at 768). */
+#define LN_ROW_BLOCK 16
+
 /* rows [n0, n1) of layernorm_forward */
 HERBS_INLINE void FN(ln_forward_rows)(real *out, real *mean, real *rstd, const real *inp, const real *weight,
                                       const real *bias, int C, real eps, int n0, int n1)
 {
-    for (int n = n0; n < n1; n++) {
-        const real *x = inp + (size_t)n * C;
-        real *y = out + (size_t)n * C, m, r;
-        FN(ln_row_stats)(x, C, eps, &m, &r);
-        mean[n] = m;
-        rstd[n] = r;
+    for (int b0 = n0; b0 < n1; b0 += LN_ROW_BLOCK) {
+        const int b1 = n1 - b0 < LN_ROW_BLOCK ? n1 : b0 + LN_ROW_BLOCK;
+        for (int n = b0; n < b1; n++)
+            FN(ln_row_stats)(inp + (size_t)n * C, C, eps, &mean[n], &rstd[n]);
+        for (int n = b0; n < b1; n++) {
+            const real *x = inp + (size_t)n * C, m = mean[n], r = rstd[n];
+            real *y = out + (size_t)n * C;
 #pragma omp simd
-        for (int c = 0; c < C; c++)
-            y[c] = (x[c] - m) * r * weight[c] + bias[c];
+            for (int c = 0; c < C; c++)
+                y[c] = (x[c] - m) * r * weight[c] + bias[c];
+        }
     }
 }
 HERBS_ISA_VARIANTS(ln_forward_rows,
@@ -53,16 +60,17 @@ HERBS_ISA_VARIANTS(ln_forward_rows,
 HERBS_INLINE void ln_forward_rows_bf16(uint16_t *out, float *mean, float *rstd, const float *inp, const float *weight,
                                        const float *bias, int C, float eps, int n0, int n1)
 {
-    for (int n = n0; n < n1; n++) {
-        const float *x = inp + (size_t)n * C;
-        uint16_t *y = out + (size_t)n * C;
-        float m, r;
-        ln_row_stats(x, C, eps, &m, &r);
-        mean[n] = m;
-        rstd[n] = r;
+    for (int b0 = n0; b0 < n1; b0 += LN_ROW_BLOCK) {
+        const int b1 = n1 - b0 < LN_ROW_BLOCK ? n1 : b0 + LN_ROW_BLOCK;
+        for (int n = b0; n < b1; n++)
+            ln_row_stats(inp + (size_t)n * C, C, eps, &mean[n], &rstd[n]);
+        for (int n = b0; n < b1; n++) {
+            const float *x = inp + (size_t)n * C, m = mean[n], r = rstd[n];
+            uint16_t *y = out + (size_t)n * C;
 #pragma omp simd
-        for (int c = 0; c < C; c++)
-            y[c] = bf16_from_float((x[c] - m) * r * weight[c] + bias[c]);
+            for (int c = 0; c < C; c++)
+                y[c] = bf16_from_float((x[c] - m) * r * weight[c] + bias[c]);
+        }
     }
 }
 HERBS_ISA_VARIANTS(ln_forward_rows_bf16,
