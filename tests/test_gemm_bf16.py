@@ -428,7 +428,7 @@ ACTIVATION_SHAPES = [(1, 1, 2), (13, 40, 96), (29, 288, 96), (45, 70, 33), (300,
 
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 def test_gemm_prepacked_activation(bf16_isa, isa, threads, activation):
-    """A product's output through ReLU or GELU into bf16 (gemm_prepacked_activation), its fp32 output kept
+    """A product's output through ReLU or GELU into bf16 (gemm_prepacked_bf16_activation), its fp32 output kept
     or not: bit for bit the fp32 output of gemm_prepacked with the bias, then the model's bf16 pass of the
     activation (relu_forward_bf16, gelu_forward_bf16), for A fp32 (packed) and bf16 (rows read in place, or
     packed for an odd K), whole and edge stripes, several column blocks (an A packed once for all), K over
@@ -443,22 +443,47 @@ def test_gemm_prepacked_activation(bf16_isa, isa, threads, activation):
             for a in (a32, np.array(bf16_bits(a32))):
                 c = _C.gemm_prepacked(a, packed, n, shift=shift)
                 want = bf16_output(f"{activation}_forward_bf16", c).reshape(m, n)
-                h = _C.gemm_prepacked_activation(a, packed, n, activation, shift=shift)
+                h = _C.gemm_prepacked_epilogue(a, packed, n, shift=shift, activation=activation)
                 np.testing.assert_array_equal(h, want, err_msg=f"{m}x{n}x{k}, A {a.dtype}")
-                h, kept = _C.gemm_prepacked_activation(a, packed, n, activation, shift=shift, keep=True)
+                h, kept = _C.gemm_prepacked_epilogue(a, packed, n, shift=shift, activation=activation, keep=True)
                 np.testing.assert_array_equal(h, want, err_msg=f"{m}x{n}x{k}, A {a.dtype}, kept")
                 np.testing.assert_array_equal(kept, c, err_msg=f"{m}x{n}x{k}, A {a.dtype}, kept")
 
 
-def test_gemm_prepacked_activation_refuses_what_it_cannot_do():
+@pytest.mark.parametrize("bf16", [True, False])
+def test_gemm_prepacked_residual(bf16_isa, isa, threads, bf16):
+    """A product's output added to a residual in its stores (gemm_prepacked_residual, a transformer's
+    proj and fc2): bit for bit the product with its bias (gemm_prepacked) plus the residual, as
+    residual_add_forward adds, in either pack's precision (fp32: the kernel of `isa`), for A fp32 and
+    (bf16) bf16 rows, the residual's rows spaced in a view, every shape of ACTIVATION_SHAPES."""
+    rng = np.random.default_rng(42)
+    for m, n, k in ACTIVATION_SHAPES:
+        a32, b = operands(rng, m, n, k, 0, 1)
+        packed = _C.gemm_prepack_b(b, trans_b=True, bf16=bf16)
+        residual = rng.uniform(-2, 2, (m, n + 3)).astype(np.float32)[:, :n]
+        for shift in (rng.uniform(-3, 3, n).astype(np.float32), None):
+            for a in (a32, np.array(bf16_bits(a32))) if bf16 else (a32,):
+                want = _C.gemm_prepacked(a, packed, n, shift=shift) + residual
+                got = _C.gemm_prepacked_epilogue(a, packed, n, shift=shift, residual=residual)
+                np.testing.assert_array_equal(got, want, err_msg=f"{m}x{n}x{k}, A {a.dtype}")
+
+
+def test_gemm_prepacked_epilogue_refuses_what_it_cannot_do():
     rng = np.random.default_rng(41)
     a, b = operands(rng, 5, 6, 7, 0, 1)
+    packed, packed32 = _C.gemm_prepack_b(b, trans_b=True), _C.gemm_prepack_b(b, trans_b=True, bf16=False)
     with pytest.raises(ValueError, match="bf16 pack"):
-        _C.gemm_prepacked_activation(a, _C.gemm_prepack_b(b, trans_b=True, bf16=False), 6, "gelu")
-    with pytest.raises(ValueError, match="'relu' or 'gelu'"):
-        _C.gemm_prepacked_activation(a, _C.gemm_prepack_b(b, trans_b=True), 6, "tanh")
+        _C.gemm_prepacked_epilogue(a, packed32, 6, activation="gelu")
+    with pytest.raises(ValueError, match="bf16 pack"):
+        _C.gemm_prepacked_epilogue(np.array(bf16_bits(a)), packed32, 6, residual=np.zeros((5, 6), np.float32))
+    with pytest.raises(ValueError, match="either activation"):
+        _C.gemm_prepacked_epilogue(a, packed, 6, activation="tanh")
+    with pytest.raises(ValueError, match="either activation"):
+        _C.gemm_prepacked_epilogue(a, packed, 6, activation="relu", residual=np.zeros((5, 6), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        _C.gemm_prepacked_epilogue(a, packed, 6, residual=np.zeros((5, 5), np.float32))
     with pytest.raises(ValueError, match="K=7, N=5"):
-        _C.gemm_prepacked_activation(a, _C.gemm_prepack_b(b, trans_b=True), 5, "relu")
+        _C.gemm_prepacked_epilogue(a, packed, 5, activation="relu")
 
 
 INPUTS_SHAPES = [(1, 1, 1), (13, 31, 7), (29, 70, 33), (15, 17, 2), (300, 96, 1000), (96, 384, 3001),

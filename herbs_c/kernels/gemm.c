@@ -13,7 +13,8 @@
    operands already in bf16 (gemm_bf16_inputs, gemm_prepacked_bf16_rows) are packed without
    rounding, rows of such an A read in place where the kernel can. An output that only feeds an
    activation into bf16 (gemm_prepacked_bf16_activation) goes through it stripe by stripe, its fp32
-   tiles kept in C or in a stripe buffer of the thread's. */
+   tiles kept in C or in a stripe buffer of the thread's; so does the residual a product's output is
+   added to (gemm_prepacked_residual). */
 #include <limits.h>
 #include <omp.h>
 #include <stdatomic.h>
@@ -219,14 +220,63 @@ void gemm_tile_step_apply(const gemm_tile_step *step, float *c, long ldc, int fi
         affine_rows_current()(c, ldc, step->scale, step->shift, step->relu, cols, first, rows);
 }
 
-/* A product's output in bf16 through an activation (gemm_prepacked_bf16_activation): each stripe's
-   rows of the fp32 result go through `span` into h (row stride ldh) as soon as the stripe's tiles
-   of their last K slice are stored, while they are in cache. */
+/* Asks for the n floats at p to be brought into the L2 cache. */
+static void prefetch_span(const float *p, long n)
+{
+    for (long j = 0; j < n; j += 16)
+        __builtin_prefetch(p + j, 0, 2);
+    __builtin_prefetch(p + n - 1, 0, 2);
+}
+
+/* The same for the rows x cols floats at X with row stride ld. */
+static void prefetch_matrix(const float *X, long ld, int rows, int cols)
+{
+    if (ld == cols) {
+        prefetch_span(X, (long)rows * cols);
+        return;
+    }
+    for (int i = 0; i < rows; i++)
+        prefetch_span(X + (size_t)i * ld, cols);
+}
+
+/* What becomes of each stripe's rows as soon as its tiles of their last K slice are stored, while
+   they are in cache: R's rows (row stride ldr) added to them (gemm_prepacked_residual; R NULL:
+   none), or the rows sent through `span` into h (row stride ldh; gemm_prepacked_bf16_activation). */
 typedef struct {
+    const float *r;
+    long ldr;
     bf16_activation_span_fn span;
     uint16_t *h;
     long ldh;
-} bf16_output;
+} stripe_epilogue;
+
+/* The epilogue of the rows from (row, col) on. */
+static stripe_epilogue epilogue_from(const stripe_epilogue *e, int row, int col)
+{
+    stripe_epilogue at = *e;
+    if (at.r)
+        at.r += (size_t)row * at.ldr + col;
+    if (at.h)
+        at.h += (size_t)row * at.ldh + col;
+    return at;
+}
+
+/* c[0:n] += r[0:n], as residual_add_forward adds */
+static void add_row(float *restrict c, const float *restrict r, int n)
+{
+#pragma omp simd
+    for (int j = 0; j < n; j++)
+        c[j] = r[j] + c[j];
+}
+
+/* The epilogue on row i of a stripe (at c, n columns). */
+static void stripe_row_epilogue(const stripe_epilogue *e, int i, float *c, int n)
+{
+    if (e->r)
+        add_row(c, e->r + (size_t)i * e->ldr, n);
+    if (e->span)
+        e->span(e->h + (size_t)i * e->ldh, c, 0, n);
+}
 
 /* Rows of A packed at once: one stripe, or for a transposed A (whose packing reads rows of A,
    better streamed whole) the stripes of about TRANSPOSED_A_ROWS rows. */
@@ -244,7 +294,7 @@ static int rows_packed_at_once(const gemm_microkernel *uk, int trans_a)
    rows go to its first rows). */
 static void stripes(const gemm_microkernel *uk, int a_in_place, int group, int a_packed, int m, int n, int k,
                     float alpha, operand A, const b_block *bb, float beta, float *C, long ldc, int c_stripe,
-                    char *apack, const gemm_tile_step *ep, const bf16_output *out)
+                    char *apack, const gemm_tile_step *ep, const stripe_epilogue *out)
 {
     const int mr = uk->mr, nr = uk->nr;
     const long lda = A.ld;
@@ -265,6 +315,8 @@ static void stripes(const gemm_microkernel *uk, int a_in_place, int group, int a
             const void *b = b_panel(uk, bb, j0, k, &b_step);
             float *c = c_rows - (ptrdiff_t)shift * ldc + j0;
             const int cols = min_int(nr, n - j0);
+            if (out && out->r && i0 + mr < m) /* the next stripe's residual, a tile's columns at a time */
+                prefetch_matrix(out->r + (size_t)(i0 + mr) * out->ldr + j0, out->ldr, min_int(mr, m - i0 - mr), cols);
             const gemm_tile_step at = ep ? step_from(ep, j0) : (gemm_tile_step){0};
             const gemm_tile_step *step = ep ? &at : NULL;
             if (!in_place)
@@ -277,7 +329,7 @@ static void stripes(const gemm_microkernel *uk, int a_in_place, int group, int a
                 uk->run_rows(k, a, lda, b, b_step, c, ldc, alpha, beta, shift, cols, step);
         }
         for (int r = 0; out && r < rows; r++)
-            out->span(out->h + (size_t)(i0 + r) * out->ldh, c_rows + (size_t)r * ldc, 0, n);
+            stripe_row_epilogue(out, i0 + r, c_rows + (size_t)r * ldc, n);
     }
 }
 
@@ -288,13 +340,13 @@ static void stripes(const gemm_microkernel *uk, int a_in_place, int group, int a
    blocks of B packed once are read instead. A is read in place when its rows and the kernel allow
    (a bf16 A whenever the kernel reads one in place, its rows are not transposed and K is whole
    pairs); a bf16 B is always packed. ep (NULL: none) is applied to each tile after its last slice
-   of K, then out (NULL: none; only with a packed B) to each stripe's rows; C NULL (with out): the
-   fp32 result is not kept, its tiles go to a buffer of one stripe (of all rows when K is in
+   of K, then out (NULL: none; only with a packed B) to each stripe's rows; C NULL (with an out that
+   has a span): the fp32 result is not kept, its tiles go to a buffer of one stripe (of all rows when K is in
    several slices). Returns 0, or -1 when pack memory ran out with a packed B (without one, the
    plain loops run). */
 static int gemm_serial(const gemm_microkernel *uk, int M, int N, int K, float alpha, operand A, operand B,
                        const b_packed *packed, float beta, float *C, long ldc, const gemm_tile_step *ep,
-                       const bf16_output *out)
+                       const stripe_epilogue *out)
 {
     const int kc = slice_depth(uk, K), nc = block_size(N, block_width(uk, K), uk->nr);
     const int small = K <= kc_of(uk) && N <= nc_of(uk) && (size_t)M * K <= SMALL_A_FLOATS && uk->run_rows;
@@ -343,7 +395,7 @@ static int gemm_serial(const gemm_microkernel *uk, int M, int N, int K, float al
                 pack_b(uk, &rest, n - bb.in_place, k, bpack);
         }
         const gemm_tile_step at = ep ? step_from(ep, jc) : (gemm_tile_step){0};
-        const bf16_output out_at = out ? (bf16_output){out->span, out->h + jc, out->ldh} : (bf16_output){0};
+        const stripe_epilogue out_at = out ? epilogue_from(out, 0, jc) : (stripe_epilogue){0};
         stripes(uk, a_in_place, group, a_once && column > 0, M, n, k, alpha, operand_from(A, 0, pc), &bb,
                 pc == 0 ? beta : 1.0f, c_stripe ? C : C + jc, ldc, c_stripe, apack, ep && pc + k == K ? &at : NULL,
                 out && pc + k == K ? &out_at : NULL);
@@ -439,7 +491,7 @@ static void thread_end(const gemm_microkernel *uk)
    NULL), and out (NULL: none; K >= 1 and a packed B) as gemm_serial's; -1 as gemm_serial. */
 static int product_run(const gemm_microkernel *uk, int M, int N, int K, float alpha, operand A, operand B,
                        const char *packed, float beta, float *C, long ldc, const float *scale, const float *shift,
-                       int relu, const bf16_output *out)
+                       int relu, const stripe_epilogue *out)
 {
     if (M <= 0 || N <= 0)
         return 0;
@@ -474,8 +526,7 @@ static int product_run(const gemm_microkernel *uk, int M, int N, int K, float al
         const int k0 = share(tk, g.k, K, 1), k1 = share(tk + 1, g.k, K, 1);
         float *c = tk > 0 ? partial + ((size_t)(tk - 1) * M + m0) * N + n0 : C ? C + (size_t)m0 * ldc + n0 : NULL;
         const gemm_tile_step at = ep ? step_from(ep, n0) : (gemm_tile_step){0};
-        const bf16_output out_at = out ? (bf16_output){out->span, out->h + (size_t)m0 * out->ldh + n0, out->ldh}
-                                       : (bf16_output){0};
+        const stripe_epilogue out_at = out ? epilogue_from(out, m0, n0) : (stripe_epilogue){0};
         const b_packed pb = {packed, N, n0};
         if (m1 > m0 && n1 > n0) {
             thread_begin(uk);
@@ -546,7 +597,7 @@ static void profile_add(gemm_profile_entry e, double seconds)
    run inside a parallel region is not the product's) */
 static int product(const gemm_microkernel *uk, int M, int N, int K, float alpha, operand A, operand B,
                    const char *packed, float beta, float *C, long ldc, const float *scale, const float *shift, int relu,
-                   const bf16_output *out)
+                   const stripe_epilogue *out)
 {
     if (!profiling || omp_in_parallel())
         return product_run(uk, M, N, K, alpha, A, B, packed, beta, C, ldc, scale, shift, relu, out);
@@ -698,33 +749,28 @@ herbs_status gemm_prepacked_bf16_activation(int M, int N, int K, const void *A, 
     memcpy(&h, packed, sizeof h);
     if (registry[h.kernel].precision != HERBS_BF16 || K < 1)
         return herbs_error(HERBS_ERR_VALUE, "gemm_prepacked_bf16_activation: needs a bf16 pack of B and K >= 1");
-    const bf16_output out = {bf16_activation_span(act), H, ldh};
+    const stripe_epilogue out = {.span = bf16_activation_span(act), .h = H, .ldh = ldh};
     if (product(registry[h.kernel].uk, M, N, K, 1.0f, (operand){A, lda, 0, a_bf16}, (operand){0},
                 (const char *)packed + PACK_HEADER, 0.0f, C, ldc, NULL, shift, 0, &out) < 0)
         return herbs_error(HERBS_ERR_NOMEM, "gemm_prepacked_bf16_activation: no memory for packing A");
     return HERBS_OK;
 }
 
+herbs_status gemm_prepacked_residual(int M, int N, int K, const void *A, int a_bf16, long lda, const void *packed,
+                                     float *C, long ldc, const float *shift, const float *R, long ldr)
+{
+    pack_header h;
+    memcpy(&h, packed, sizeof h);
+    if ((a_bf16 && registry[h.kernel].precision != HERBS_BF16) || K < 1)
+        return herbs_error(HERBS_ERR_VALUE, "gemm_prepacked_residual: a bf16 A needs a bf16 pack of B, and K >= 1");
+    const stripe_epilogue out = {.r = R, .ldr = ldr};
+    if (product(registry[h.kernel].uk, M, N, K, 1.0f, (operand){A, lda, 0, a_bf16}, (operand){0},
+                (const char *)packed + PACK_HEADER, 0.0f, C, ldc, NULL, shift, 0, &out) < 0)
+        return herbs_error(HERBS_ERR_NOMEM, "gemm_prepacked_residual: no memory for packing A");
+    return HERBS_OK;
+}
+
 /* --- batches ------------------------------------------------------------------------------- */
-
-/* Asks for the n floats at p to be brought into the L2 cache. */
-static void prefetch_span(const float *p, long n)
-{
-    for (long j = 0; j < n; j += 16)
-        __builtin_prefetch(p + j, 0, 2);
-    __builtin_prefetch(p + n - 1, 0, 2);
-}
-
-/* The same for the rows x cols floats at X with row stride ld. */
-static void prefetch_matrix(const float *X, long ld, int rows, int cols)
-{
-    if (ld == cols) {
-        prefetch_span(X, (long)rows * cols);
-        return;
-    }
-    for (int i = 0; i < rows; i++)
-        prefetch_span(X + (size_t)i * ld, cols);
-}
 
 /* Items b0..b1 of a batch, one after the other on the calling thread. Small items are too
    short for the hardware prefetcher to find their rows: the next one's operands are fetched

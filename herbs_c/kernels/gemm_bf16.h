@@ -81,6 +81,13 @@ herbs_status gemm_prepacked_bf16_activation(int M, int N, int K, const void *A, 
                                             const void *packed, float *C, long ldc, const float *shift,
                                             herbs_bf16_activation act, uint16_t *H, long ldh);
 
+/* gemm_prepacked (in the precision of the pack; K >= 1) on A fp32 or (a_bf16, with a bf16 pack) rows of
+   bf16, its output added to a residual: C[M, N] = (op(A)·B + shift) + R, R [M, N] (row stride ldr, not
+   C), the bits of the product into C and residual_add_forward after it, each stripe of rows added as
+   soon as its tiles are stored (no pass over C in memory). HERBS_ERR_NOMEM as gemm_prepacked's. */
+herbs_status gemm_prepacked_residual(int M, int N, int K, const void *A, int a_bf16, long lda, const void *packed,
+                                     float *C, long ldc, const float *shift, const float *R, long ldr);
+
 /* The wall time of the products of each shape, for finding which ones run below the peak inside a
    model's steps (benchmarks/profile_gemms.py): between gemm_profile_start (which forgets what was
    kept) and gemm_profile_stop, every product that starts outside a parallel region adds its seconds

@@ -113,6 +113,14 @@ herbs_status product_rows_forward_activation(herbs_weight *w, const herbs_params
                                           bias_of(w, t), act, act_out, w->out);
 }
 
+herbs_status product_rows_forward_residual(herbs_weight *w, const herbs_params *t, float *out, const float *res,
+                                           const void *x, int x_bf16, int rows)
+{
+    const int K = w->in * w->k * w->k;
+    return gemm_prepacked_residual(rows, w->out, K, x, x_bf16, K, gemm_pack(w, t, t->precision), out, w->out,
+                                   bias_of(w, t), res, w->out);
+}
+
 void product_rows_backward(herbs_weight *w, herbs_params *t, herbs_precision p, float *dx, const float *dy,
                            const float *x, int rows, int accumulate)
 {

@@ -84,6 +84,12 @@ herbs_status product_rows_forward_input(herbs_weight *w, const herbs_params *t, 
 herbs_status product_rows_forward_activation(herbs_weight *w, const herbs_params *t, float *out, uint16_t *act_out,
                                              herbs_bf16_activation act, const void *x, int x_bf16, int rows);
 
+/* product_rows_forward_input's output added to a residual: out[rows, out] = (x·Wᵀ + bias) + res (res
+   [rows, out], not out), the bits of the product and residual_add_forward after it, each stripe added
+   in the product's stores (gemm_prepacked_residual). HERBS_ERR_NOMEM as product_rows_forward_input's. */
+herbs_status product_rows_forward_residual(herbs_weight *w, const herbs_params *t, float *out, const float *res,
+                                           const void *x, int x_bf16, int rows);
+
 /* dx[rows, in] += (accumulate set) or = (not read) dy·W (dx NULL: not wanted); dW += dyᵀ·x,
    db += Σ_rows dy into the gradient block; dx may be x (linear_backward). */
 void product_rows_backward(herbs_weight *w, herbs_params *t, herbs_precision p, float *dx, const float *dy,

@@ -123,17 +123,18 @@ static int mlp_chunk_rows(const transformer_block *k, const herbs_params *t, int
     return rows;
 }
 
-/* f->branch[r0 : r0 + n] = fc2(GELU(fc1(norm2 output rows r0..))), fc1's output into v->hidden (at bf16
-   only with keep_hidden), the GELU output where v keeps it (v->act), else into act (n rows); with
-   bf16_acts the norm2 output (f->ln) and the GELU output are bf16, the GELU applied in fc1's stores. */
+/* f->branch[r0 : r0 + n] = fc2(GELU(fc1(norm2 output rows r0..))), or with res, out[r0 : r0 + n] = res +
+   that (added in fc2's stores); fc1's output into v->hidden (at bf16 only with keep_hidden), the GELU
+   output where v keeps it (v->act), else into act (n rows); with bf16_acts the norm2 output (f->ln)
+   and the GELU output are bf16, the GELU applied in fc1's stores. */
 static herbs_status mlp_rows(transformer_block *k, const block_frame *f, const herbs_params *t, const block_saved *v,
-                             int bf16_acts, int keep_hidden, float *act, int r0, int n)
+                             int bf16_acts, int keep_hidden, const float *res, float *out, float *act, int r0, int n)
 {
     if (v->act)
         act = (float *)(v->act + (size_t)r0 * f->hidden);
     const int C = f->C, H = f->hidden;
     const size_t elem = bf16_acts ? sizeof(uint16_t) : sizeof(float);
-    float *hidden = v->hidden + (size_t)r0 * H, *out = f->branch + (size_t)r0 * C;
+    float *hidden = v->hidden + (size_t)r0 * H;
     const char *x = (const char *)f->ln + (size_t)r0 * C * elem;
     if (bf16_acts) {
         HERBS_TRY(product_rows_forward_activation(&k->fc1, t, keep_hidden ? hidden : NULL, (uint16_t *)act,
@@ -142,18 +143,21 @@ static herbs_status mlp_rows(transformer_block *k, const block_frame *f, const h
         HERBS_TRY(product_rows_forward_input(&k->fc1, t, hidden, x, 0, n));
         gelu_forward(act, hidden, (size_t)n * H);
     }
-    return product_rows_forward_input(&k->fc2, t, out, act, bf16_acts, n);
+    const size_t at = (size_t)r0 * C;
+    return res ? product_rows_forward_residual(&k->fc2, t, out + at, res + at, act, bf16_acts, n)
+               : product_rows_forward_input(&k->fc2, t, f->branch + at, act, bf16_acts, n);
 }
 
-/* f->branch [M, C] = fc2(GELU(fc1(f->ln))), fc1's output into v->hidden. Where the weights are small
+/* f->branch [M, C] = fc2(GELU(fc1(f->ln))), or with res, out = res + that, as mlp_rows. Where the weights are small
    (Swin's first stage), by chunks of rows, each thread running both products on its chunks alone
    with the chunk's GELU output in a buffer of its own that stays in L2. */
 static herbs_status mlp_forward(transformer_block *k, const block_frame *f, const herbs_params *t,
-                                const block_saved *v, int bf16_acts, int keep_hidden, int M)
+                                const block_saved *v, int bf16_acts, int keep_hidden, const float *res, float *out,
+                                int M)
 {
     const int H = f->hidden, threads = herbs_num_threads(), rows = mlp_chunk_rows(k, t, M, threads);
     if (!rows)
-        return mlp_rows(k, f, t, v, bf16_acts, keep_hidden, f->act, 0, M);
+        return mlp_rows(k, f, t, v, bf16_acts, keep_hidden, res, out, f->act, 0, M);
     product_rows_prepare(&k->fc1, t, t->precision); /* packed before the threads share them */
     product_rows_prepare(&k->fc2, t, t->precision);
     const int chunks = (M + rows - 1) / rows;
@@ -165,7 +169,7 @@ static herbs_status mlp_forward(transformer_block *k, const block_frame *f, cons
 #pragma omp for schedule(static)
         for (int c = 0; c < chunks; c++) {
             const int r0 = c * rows, n = M - r0 < rows ? M - r0 : rows;
-            const herbs_status s = mlp_rows(k, f, t, v, bf16_acts, keep_hidden, act, r0, n);
+            const herbs_status s = mlp_rows(k, f, t, v, bf16_acts, keep_hidden, res, out, act, r0, n);
             status = s > status ? s : status;
         }
     }
@@ -193,13 +197,19 @@ herbs_status transformer_block_forward(transformer_block *k, const block_frame *
     HERBS_TRY(product_rows_forward_input(&k->qkv, t, v->qkv, f->ln, bf16_acts, M));
     k->attention = t->precision;
     attention->forward(attention, k, t, v);
-    HERBS_TRY(product_rows_forward_input(&k->proj, t, f->branch, v->att, bf16_acts, M));
-    residual_add_forward(v->x1, x, f->branch, k->scale1, B, per_sample);
+    /* each residual join x + branch in the branch's last product (its stores), or after it where drop
+       path scales the branch */
+    if (k->scale1) {
+        HERBS_TRY(product_rows_forward_input(&k->proj, t, f->branch, v->att, bf16_acts, M));
+        residual_add_forward(v->x1, x, f->branch, k->scale1, B, per_sample);
+    } else
+        HERBS_TRY(product_rows_forward_residual(&k->proj, t, v->x1, x, v->att, bf16_acts, M));
 
     transformer_norm_forward(t, k->norm2, f->ln, bf16_acts, v->mean2, v->rstd2, v->x1, M, C, f->eps);
     /* GELU's input is for a backward only: training's, or the one that runs this forward again */
-    HERBS_TRY(mlp_forward(k, f, t, v, bf16_acts, train || f->dln, M));
-    residual_add_forward(out, v->x1, f->branch, k->scale2, B, per_sample);
+    HERBS_TRY(mlp_forward(k, f, t, v, bf16_acts, train || f->dln, k->scale2 ? NULL : v->x1, out, M));
+    if (k->scale2)
+        residual_add_forward(out, v->x1, f->branch, k->scale2, B, per_sample);
     return HERBS_OK;
 }
 

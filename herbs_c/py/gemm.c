@@ -316,22 +316,24 @@ static PyObject *py_gemm_prepacked(PyObject *self, PyObject *args, PyObject *kw)
     return (PyObject *)cc;
 }
 
-/* gemm_prepacked_activation(a, packed, n, activation, shift=None, keep=False) -> h or (h, c) */
-static PyObject *py_gemm_prepacked_activation(PyObject *self, PyObject *args, PyObject *kw)
+/* gemm_prepacked_epilogue(a, packed, n, shift=None, activation=None, keep=False, residual=None): h or (h, c)
+   with an activation, c with a residual */
+static PyObject *py_gemm_prepacked_epilogue(PyObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"a", "packed", "n", "activation", "shift", "keep", NULL};
-    PyObject *a, *packed, *shift = Py_None;
-    const char *activation;
+    static char *kwlist[] = {"a", "packed", "n", "shift", "activation", "keep", "residual", NULL};
+    PyObject *a, *packed, *shift = Py_None, *residual = Py_None;
+    const char *activation = NULL;
     int n, keep = 0, dtype = NPY_FLOAT32;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOis|Op", kwlist, &a, &packed, &n, &activation, &shift, &keep))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOi|OzpO", kwlist, &a, &packed, &n, &shift, &activation, &keep,
+                                     &residual))
         return NULL;
-    const int gelu = strcmp(activation, "gelu") == 0;
-    if (!gelu && strcmp(activation, "relu") != 0) {
-        PyErr_Format(PyExc_ValueError, "activation must be 'relu' or 'gelu', got '%s'", activation);
+    const int gelu = activation && strcmp(activation, "gelu") == 0;
+    if ((activation != NULL) == (residual != Py_None) || (activation && !gelu && strcmp(activation, "relu") != 0)) {
+        PyErr_SetString(PyExc_ValueError, "give either activation ('relu' or 'gelu') or residual");
         return NULL;
     }
     const int a_bf16 = is_bf16_bits(a);
-    PyArrayObject *aa = a_bf16 ? check_bf16_matrix(a, "a") : check_float_array(a, "a", 2, &dtype), *sh;
+    PyArrayObject *aa = a_bf16 ? check_bf16_matrix(a, "a") : check_float_array(a, "a", 2, &dtype), *sh, *rr = NULL;
     if (!aa)
         return NULL;
     const npy_intp M = PyArray_DIM(aa, 0), K = PyArray_DIM(aa, 1);
@@ -340,28 +342,40 @@ static PyObject *py_gemm_prepacked_activation(PyObject *self, PyObject *args, Py
         !parse_vector(shift, "shift", n, &sh))
         return NULL;
     npy_intp want[2] = {M, n};
-    PyArrayObject *hh = (PyArrayObject *)PyArray_EMPTY(2, want, NPY_UINT16, 0);
-    PyArrayObject *cc = keep ? (PyArrayObject *)PyArray_EMPTY(2, want, NPY_FLOAT32, 0) : NULL;
-    if (!hh || (keep && !cc)) {
+    if (residual != Py_None) {
+        if (!(rr = check_float_array(residual, "residual", 2, &dtype)))
+            return NULL;
+        if (!PyArray_CompareLists(PyArray_DIMS(rr), want, 2) || row_stride(rr, "residual") < 0) {
+            PyErr_SetString(PyExc_ValueError, "residual must be of shape (M, n)");
+            return NULL;
+        }
+    }
+    PyArrayObject *hh = activation ? (PyArrayObject *)PyArray_EMPTY(2, want, NPY_UINT16, 0) : NULL;
+    PyArrayObject *cc = keep || rr ? (PyArrayObject *)PyArray_EMPTY(2, want, NPY_FLOAT32, 0) : NULL;
+    if ((activation && !hh) || ((keep || rr) && !cc)) {
         Py_XDECREF(hh);
         Py_XDECREF(cc);
         return NULL;
     }
     const void *A = PyArray_DATA(aa), *P = PyArray_DATA((PyArrayObject *)packed);
-    const float *t = data_or_null(sh);
+    const float *t = data_or_null(sh), *R = rr ? PyArray_DATA(rr) : NULL;
+    const long ldr = rr ? row_stride(rr, "residual") : 0;
     float *C = cc ? PyArray_DATA(cc) : NULL;
-    uint16_t *H = PyArray_DATA(hh);
+    uint16_t *H = hh ? PyArray_DATA(hh) : NULL;
     herbs_status status;
     Py_BEGIN_ALLOW_THREADS
     herbs_threads_apply();
-    status = gemm_prepacked_bf16_activation((int)M, n, (int)K, A, a_bf16, lda, P, C, n, t,
-                                            gelu ? HERBS_BF16_GELU : HERBS_BF16_RELU, H, n);
+    status = R ? gemm_prepacked_residual((int)M, n, (int)K, A, a_bf16, lda, P, C, n, t, R, ldr)
+               : gemm_prepacked_bf16_activation((int)M, n, (int)K, A, a_bf16, lda, P, C, n, t,
+                                                gelu ? HERBS_BF16_GELU : HERBS_BF16_RELU, H, n);
     Py_END_ALLOW_THREADS
     if (status != HERBS_OK) {
-        Py_DECREF(hh);
+        Py_XDECREF(hh);
         Py_XDECREF(cc);
         return raise_status(status);
     }
+    if (!hh)
+        return (PyObject *)cc;
     return cc ? Py_BuildValue("(NN)", hh, cc) : (PyObject *)hh;
 }
 
@@ -431,11 +445,11 @@ PyMethodDef gemm_methods[] = {
      "gemm_prepacked(a, packed, n, c=None, trans_a=False, alpha=1.0, beta=0.0, scale=None, shift=None,\n"
      "relu=False) -> c: the product with the B of gemm_prepack_b (n columns), in its precision. a is\n"
      "float32, or uint16 holding bf16 bit patterns (rows, with a bf16 pack): the same product unrounded."},
-    {"gemm_prepacked_activation", (PyCFunction)(void (*)(void))py_gemm_prepacked_activation,
-     METH_VARARGS | METH_KEYWORDS,
-     "gemm_prepacked_activation(a, packed, n, activation, shift=None, keep=False) -> h, or (h, c) with keep:\n"
-     "h uint16 = bf16(act(a·B + shift)) with the B of a bf16 gemm_prepack_b (n columns), activation 'relu'\n"
-     "or 'gelu' (the bits of the model's bf16 ReLU and GELU passes), c the float32 a·B + shift. a is\n"
-     "float32, or uint16 holding bf16 bit patterns."},
+    {"gemm_prepacked_epilogue", (PyCFunction)(void (*)(void))py_gemm_prepacked_epilogue, METH_VARARGS | METH_KEYWORDS,
+     "gemm_prepacked_epilogue(a, packed, n, shift=None, activation=None, keep=False, residual=None): the\n"
+     "product with the B of gemm_prepack_b (n columns) plus shift, then per stripe of rows either\n"
+     "activation 'relu' or 'gelu' into bf16 -> h uint16 (the bits of the model's bf16 ReLU and GELU\n"
+     "passes; with keep, (h, c) with c the float32 product; needs a bf16 pack), or + residual (float32\n"
+     "[M, n]) -> c. a is float32, or uint16 holding bf16 bit patterns (with a bf16 pack)."},
     {NULL, NULL, 0, NULL},
 };
