@@ -121,30 +121,27 @@ TARGET static inline void store_tile(__m512 acc[MR][2], float *c, long ldc, floa
         }                                                                                                        \
     } while (0)
 
-/* body(R, r0) over the rows of a tile: all 14 at once, or an edge tile of fewer as tiles of 8, 4, 2
-   and 1 rows (its count's binary digits) from row r0 on, R constant in each: the edge stripe of a
-   product whose M is not a multiple of 14 costs about its rows, not a full tile. */
+/* body(R, r0) over the rows of a tile: all 14 at once, or an edge tile of fewer in one pass of that
+   many rows (R constant in each instantiation): the edge stripe of a product whose M is not a
+   multiple of 14 costs about its rows and streams its B panel once. */
 #define BY_ROW_TILES(rows, body)                                                                                 \
     do {                                                                                                         \
-        if ((rows) == MR) {                                                                                      \
-            body(MR, 0);                                                                                         \
-            break;                                                                                               \
+        switch (rows) {                                                                                          \
+        case 14: body(14, 0); break;                                                                             \
+        case 13: body(13, 0); break;                                                                             \
+        case 12: body(12, 0); break;                                                                             \
+        case 11: body(11, 0); break;                                                                             \
+        case 10: body(10, 0); break;                                                                             \
+        case 9: body(9, 0); break;                                                                               \
+        case 8: body(8, 0); break;                                                                               \
+        case 7: body(7, 0); break;                                                                               \
+        case 6: body(6, 0); break;                                                                               \
+        case 5: body(5, 0); break;                                                                               \
+        case 4: body(4, 0); break;                                                                               \
+        case 3: body(3, 0); break;                                                                               \
+        case 2: body(2, 0); break;                                                                               \
+        default: body(1, 0); break;                                                                              \
         }                                                                                                        \
-        int r0_ = 0;                                                                                             \
-        if ((rows)&8) {                                                                                          \
-            body(8, r0_);                                                                                        \
-            r0_ += 8;                                                                                            \
-        }                                                                                                        \
-        if ((rows)&4) {                                                                                          \
-            body(4, r0_);                                                                                        \
-            r0_ += 4;                                                                                            \
-        }                                                                                                        \
-        if ((rows)&2) {                                                                                          \
-            body(2, r0_);                                                                                        \
-            r0_ += 2;                                                                                            \
-        }                                                                                                        \
-        if ((rows)&1)                                                                                            \
-            body(1, r0_);                                                                                        \
     } while (0)
 
 /* c[0:R, cols] = alpha * (a·b) + beta * c for the first R rows of the tile, A by columns (packed:
