@@ -482,6 +482,9 @@ def test_gemm_prepacked_epilogue_refuses_what_it_cannot_do():
         _C.gemm_prepacked_epilogue(a, packed, 6, activation="relu", residual=np.zeros((5, 6), np.float32))
     with pytest.raises(ValueError, match="shape"):
         _C.gemm_prepacked_epilogue(a, packed, 6, residual=np.zeros((5, 5), np.float32))
+    with pytest.raises(ValueError, match="rows at least"):  # rows overlapping in a strided view
+        _C.gemm_prepacked_epilogue(a, packed, 6, residual=np.lib.stride_tricks.as_strided(
+            np.zeros(40, np.float32), (5, 6), (8, 4)))
     with pytest.raises(ValueError, match="K=7, N=5"):
         _C.gemm_prepacked_epilogue(a, packed, 5, activation="relu")
 

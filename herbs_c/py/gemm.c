@@ -345,10 +345,12 @@ static PyObject *py_gemm_prepacked_epilogue(PyObject *self, PyObject *args, PyOb
     if (residual != Py_None) {
         if (!(rr = check_float_array(residual, "residual", 2, &dtype)))
             return NULL;
-        if (!PyArray_CompareLists(PyArray_DIMS(rr), want, 2) || row_stride(rr, "residual") < 0) {
+        if (!PyArray_CompareLists(PyArray_DIMS(rr), want, 2)) {
             PyErr_SetString(PyExc_ValueError, "residual must be of shape (M, n)");
             return NULL;
         }
+        if (row_stride(rr, "residual") < 0)
+            return NULL;
     }
     PyArrayObject *hh = activation ? (PyArrayObject *)PyArray_EMPTY(2, want, NPY_UINT16, 0) : NULL;
     PyArrayObject *cc = keep || rr ? (PyArrayObject *)PyArray_EMPTY(2, want, NPY_FLOAT32, 0) : NULL;
