@@ -121,26 +121,16 @@ TARGET static inline void store_tile(__m512 acc[MR][2], float *c, long ldc, floa
         }                                                                                                        \
     } while (0)
 
-/* body(R, r0) over the rows of a tile: all 14 at once, or an edge tile of fewer in one pass of that
-   many rows (R constant in each instantiation): the edge stripe of a product whose M is not a
-   multiple of 14 costs about its rows and streams its B panel once. */
+/* body(R) for the rows of a tile, R constant in each instantiation: all 14 at once, or an edge tile of
+   fewer in one pass of that many rows, so that the edge stripe of a product whose M is not a multiple
+   of 14 costs about its rows and streams its B panel once. */
 #define BY_ROW_TILES(rows, body)                                                                                 \
     do {                                                                                                         \
         switch (rows) {                                                                                          \
-        case 14: body(14, 0); break;                                                                             \
-        case 13: body(13, 0); break;                                                                             \
-        case 12: body(12, 0); break;                                                                             \
-        case 11: body(11, 0); break;                                                                             \
-        case 10: body(10, 0); break;                                                                             \
-        case 9: body(9, 0); break;                                                                               \
-        case 8: body(8, 0); break;                                                                               \
-        case 7: body(7, 0); break;                                                                               \
-        case 6: body(6, 0); break;                                                                               \
-        case 5: body(5, 0); break;                                                                               \
-        case 4: body(4, 0); break;                                                                               \
-        case 3: body(3, 0); break;                                                                               \
-        case 2: body(2, 0); break;                                                                               \
-        default: body(1, 0); break;                                                                              \
+        case 14: body(14); break; case 13: body(13); break; case 12: body(12); break; case 11: body(11); break; \
+        case 10: body(10); break; case 9: body(9); break;   case 8: body(8); break;   case 7: body(7); break;   \
+        case 6: body(6); break;   case 5: body(5); break;   case 4: body(4); break;   case 3: body(3); break;   \
+        case 2: body(2); break;   default: body(1); break;                                                      \
         }                                                                                                        \
     } while (0)
 
@@ -169,8 +159,7 @@ TARGET static inline __attribute__((always_inline)) void tile_rows(int K, const 
 TARGET static void kernel_14x32(int K, const void *a_tile, long a_step, const void *b_panel, long b_step, float *c,
                                 long ldc, float alpha, float beta, int rows, int cols, const gemm_tile_step *step)
 {
-#define TILE_ROWS(R, r0) \
-    tile_rows(K, (const float *)a_tile + (r0), a_step, b_panel, b_step, c + (r0)*ldc, ldc, alpha, beta, cols, step, R)
+#define TILE_ROWS(R) tile_rows(K, a_tile, a_step, b_panel, b_step, c, ldc, alpha, beta, cols, step, R)
     BY_ROW_TILES(rows, TILE_ROWS);
 #undef TILE_ROWS
 }
@@ -332,8 +321,7 @@ TARGET_BF16 static void kernel_bf16_14x32(int K, const void *a_panel, long a_ste
                                           float *c, long ldc, float alpha, float beta, int rows, int cols,
                                           const gemm_tile_step *step)
 {
-#define TILE_ROWS(R, r0) \
-    bf16_tile_rows(K, (const bf16_pair *)a_panel + (r0), b_panel, c + (r0)*ldc, ldc, alpha, beta, cols, step, R)
+#define TILE_ROWS(R) bf16_tile_rows(K, a_panel, b_panel, c, ldc, alpha, beta, cols, step, R)
     BY_ROW_TILES(rows, TILE_ROWS);
 #undef TILE_ROWS
 }
@@ -369,8 +357,7 @@ TARGET_BF16 static void kernel_bf16_14x32_rows(int K, const uint16_t *a, long ld
                                                long ldc, float alpha, float beta, int rows, int cols,
                                                const gemm_tile_step *step)
 {
-#define TILE_ROWS(R, r0) \
-    bf16_rows_in_place(K, a + (r0)*lda, lda, b_panel, c + (r0)*ldc, ldc, alpha, beta, cols, step, R)
+#define TILE_ROWS(R) bf16_rows_in_place(K, a, lda, b_panel, c, ldc, alpha, beta, cols, step, R)
     BY_ROW_TILES(rows, TILE_ROWS);
 #undef TILE_ROWS
 }
