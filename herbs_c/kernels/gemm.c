@@ -240,11 +240,12 @@ static void prefetch_matrix(const float *X, long ld, int rows, int cols)
 }
 
 /* What becomes of each stripe's rows as soon as its tiles of their last K slice are stored, while
-   they are in cache: R's rows (row stride ldr) added to them (gemm_prepacked_residual; R NULL:
-   none), or the rows sent through `span` into h (row stride ldh; gemm_prepacked_bf16_activation). */
+   they are in cache: R's rows (row stride ldr) added to them by `add` (gemm_prepacked_residual; R
+   NULL: none), or the rows sent through `span` into h (row stride ldh; gemm_prepacked_bf16_activation). */
 typedef struct {
     const float *r;
     long ldr;
+    add_into_span_fn add;
     bf16_activation_span_fn span;
     uint16_t *h;
     long ldh;
@@ -261,19 +262,11 @@ static stripe_epilogue epilogue_from(const stripe_epilogue *e, int row, int col)
     return at;
 }
 
-/* c[0:n] += r[0:n], as residual_add_forward adds */
-static void add_row(float *restrict c, const float *restrict r, int n)
-{
-#pragma omp simd
-    for (int j = 0; j < n; j++)
-        c[j] = r[j] + c[j];
-}
-
 /* The epilogue on row i of a stripe (at c, n columns). */
 static void stripe_row_epilogue(const stripe_epilogue *e, int i, float *c, int n)
 {
     if (e->r)
-        add_row(c, e->r + (size_t)i * e->ldr, n);
+        e->add(c, e->r + (size_t)i * e->ldr, 0, n);
     if (e->span)
         e->span(e->h + (size_t)i * e->ldh, c, 0, n);
 }
@@ -763,7 +756,7 @@ herbs_status gemm_prepacked_residual(int M, int N, int K, const void *A, int a_b
     memcpy(&h, packed, sizeof h);
     if ((a_bf16 && registry[h.kernel].precision != HERBS_BF16) || K < 1)
         return herbs_error(HERBS_ERR_VALUE, "gemm_prepacked_residual: a bf16 A needs a bf16 pack of B, and K >= 1");
-    const stripe_epilogue out = {.r = R, .ldr = ldr};
+    const stripe_epilogue out = {.r = R, .ldr = ldr, .add = add_into_span_current()};
     if (product(registry[h.kernel].uk, M, N, K, 1.0f, (operand){A, lda, 0, a_bf16}, (operand){0},
                 (const char *)packed + PACK_HEADER, 0.0f, C, ldc, NULL, shift, 0, &out) < 0)
         return herbs_error(HERBS_ERR_NOMEM, "gemm_prepacked_residual: no memory for packing A");

@@ -85,3 +85,5 @@ void FN(add_into)(real *dst, const real *src, size_t n)
 {
     HERBS_ISA_PARALLEL(add_into_span, n, RESIDUAL_THREADS(n), dst, src);
 }
+
+FN(add_into_span_fn) FN(add_into_span_current)(void) { return FN(add_into_span_isa)(); }

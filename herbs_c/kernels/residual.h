@@ -15,3 +15,7 @@ void FN(add_relu_forward)(real *out, const real *a, const real *b, size_t n);
 void FN(add_relu_backward)(real *da, real *db, const real *dout, const real *out, size_t n, int accumulate);
 /* dst[n] += src[n] */
 void FN(add_into)(real *dst, const real *src, size_t n);
+/* add_into's loop in the current instruction set's build, dst[i0:i1] += src[i0:i1] on the calling thread:
+   for a caller that adds piece by piece inside its own threads (the GEMM's residual epilogue). */
+typedef void (*FN(add_into_span_fn))(real *dst, const real *src, size_t i0, size_t i1);
+FN(add_into_span_fn) FN(add_into_span_current)(void);
