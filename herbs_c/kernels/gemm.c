@@ -708,59 +708,66 @@ int gemm_prepack_b_is_current(const void *packed)
            h.kernel == kernel_index(registry[h.kernel].precision);
 }
 
+/* The precision of a pack of gemm_prepack_b. */
+static herbs_precision pack_precision(const void *packed)
+{
+    pack_header h;
+    memcpy(&h, packed, sizeof h);
+    return registry[h.kernel].precision;
+}
+
+/* product() with op(B) a pack of gemm_prepack_b, on the kernel that made it, and the stripe epilogue out
+   (NULL: none); `what` names the caller in the errors: a bf16 A with a pack that is not bf16, no
+   memory for packing A. */
+static herbs_status product_prepacked(const char *what, int M, int N, int K, float alpha, operand A, const void *packed,
+                                      float beta, float *C, long ldc, const float *scale, const float *shift, int relu,
+                                      const stripe_epilogue *out)
+{
+    pack_header h;
+    memcpy(&h, packed, sizeof h);
+    if (A.bf16 && registry[h.kernel].precision != HERBS_BF16)
+        return herbs_error(HERBS_ERR_VALUE, "%s: a bf16 A needs a bf16 pack of B", what);
+    if (product(registry[h.kernel].uk, M, N, K, alpha, A, (operand){0}, (const char *)packed + PACK_HEADER, beta, C,
+                ldc, scale, shift, relu, out) < 0)
+        return herbs_error(HERBS_ERR_NOMEM, "%s: no memory for packing A", what);
+    return HERBS_OK;
+}
+
 herbs_status gemm_prepacked(int trans_a, int M, int N, int K, float alpha, const float *A, long lda,
                             const void *packed, float beta, float *C, long ldc, const float *scale,
                             const float *shift, int relu)
 {
-    pack_header h;
-    memcpy(&h, packed, sizeof h);
-    if (product(registry[h.kernel].uk, M, N, K, alpha, (operand){A, lda, trans_a, 0}, (operand){0},
-                (const char *)packed + PACK_HEADER, beta, C, ldc, scale, shift, relu, NULL) < 0)
-        return herbs_error(HERBS_ERR_NOMEM, "gemm_prepacked: no memory for packing A");
-    return HERBS_OK;
+    return product_prepacked("gemm_prepacked", M, N, K, alpha, (operand){A, lda, trans_a, 0}, packed, beta, C, ldc,
+                             scale, shift, relu, NULL);
 }
 
 herbs_status gemm_prepacked_bf16_rows(int M, int N, int K, float alpha, const uint16_t *A, long lda,
                                       const void *packed, float beta, float *C, long ldc, const float *scale,
                                       const float *shift, int relu)
 {
-    pack_header h;
-    memcpy(&h, packed, sizeof h);
-    if (registry[h.kernel].precision != HERBS_BF16)
-        return herbs_error(HERBS_ERR_VALUE, "gemm_prepacked_bf16_rows: a bf16 A needs a bf16 pack of B");
-    if (product(registry[h.kernel].uk, M, N, K, alpha, (operand){A, lda, 0, 1}, (operand){0},
-                (const char *)packed + PACK_HEADER, beta, C, ldc, scale, shift, relu, NULL) < 0)
-        return herbs_error(HERBS_ERR_NOMEM, "gemm_prepacked_bf16_rows: no memory for packing A");
-    return HERBS_OK;
+    return product_prepacked("gemm_prepacked_bf16_rows", M, N, K, alpha, (operand){A, lda, 0, 1}, packed, beta, C,
+                             ldc, scale, shift, relu, NULL);
 }
 
 herbs_status gemm_prepacked_bf16_activation(int M, int N, int K, const void *A, int a_bf16, long lda,
                                             const void *packed, float *C, long ldc, const float *shift,
                                             herbs_bf16_activation act, uint16_t *H, long ldh)
 {
-    pack_header h;
-    memcpy(&h, packed, sizeof h);
-    if (registry[h.kernel].precision != HERBS_BF16 || K < 1)
+    if (pack_precision(packed) != HERBS_BF16 || K < 1)
         return herbs_error(HERBS_ERR_VALUE, "gemm_prepacked_bf16_activation: needs a bf16 pack of B and K >= 1");
     const stripe_epilogue out = {.span = bf16_activation_span(act), .h = H, .ldh = ldh};
-    if (product(registry[h.kernel].uk, M, N, K, 1.0f, (operand){A, lda, 0, a_bf16}, (operand){0},
-                (const char *)packed + PACK_HEADER, 0.0f, C, ldc, NULL, shift, 0, &out) < 0)
-        return herbs_error(HERBS_ERR_NOMEM, "gemm_prepacked_bf16_activation: no memory for packing A");
-    return HERBS_OK;
+    return product_prepacked("gemm_prepacked_bf16_activation", M, N, K, 1.0f, (operand){A, lda, 0, a_bf16}, packed,
+                             0.0f, C, ldc, NULL, shift, 0, &out);
 }
 
 herbs_status gemm_prepacked_residual(int M, int N, int K, const void *A, int a_bf16, long lda, const void *packed,
                                      float *C, long ldc, const float *shift, const float *R, long ldr)
 {
-    pack_header h;
-    memcpy(&h, packed, sizeof h);
-    if ((a_bf16 && registry[h.kernel].precision != HERBS_BF16) || K < 1)
-        return herbs_error(HERBS_ERR_VALUE, "gemm_prepacked_residual: a bf16 A needs a bf16 pack of B, and K >= 1");
+    if (K < 1)
+        return herbs_error(HERBS_ERR_VALUE, "gemm_prepacked_residual: needs K >= 1, got %d", K);
     const stripe_epilogue out = {.r = R, .ldr = ldr, .add = add_into_span_current()};
-    if (product(registry[h.kernel].uk, M, N, K, 1.0f, (operand){A, lda, 0, a_bf16}, (operand){0},
-                (const char *)packed + PACK_HEADER, 0.0f, C, ldc, NULL, shift, 0, &out) < 0)
-        return herbs_error(HERBS_ERR_NOMEM, "gemm_prepacked_residual: no memory for packing A");
-    return HERBS_OK;
+    return product_prepacked("gemm_prepacked_residual", M, N, K, 1.0f, (operand){A, lda, 0, a_bf16}, packed, 0.0f, C,
+                             ldc, NULL, shift, 0, &out);
 }
 
 /* --- batches ------------------------------------------------------------------------------- */
